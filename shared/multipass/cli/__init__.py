@@ -1,0 +1,1 @@
+"""The ``multipass`` command line."""
