@@ -95,6 +95,15 @@ class EnvReader:
             self._bad(name, raw, f"a URL with scheme {'/'.join(schemes)}")
         return raw
 
+    def address(self, name: str, default: str) -> str:
+        """A ``host:port`` network address (no scheme), e.g. ``127.0.0.1:9000`` or ``[::1]:9000``."""
+        raw = self._raw(name) or default
+        host, sep, port = raw.rpartition(":")
+        host_ok = bool(host) and "/" not in host and not any(c.isspace() for c in host)
+        if not sep or not host_ok or not port.isdigit() or not 0 < int(port) < 65536:
+            self._bad(name, raw, "host:port with a port in 1..65535")
+        return raw
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         raw = self._raw(name)
         if raw is None:

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the diffusion worker (names are the dashboards' contract)."""
+
+from __future__ import annotations
+
+from multipass.metrics import LONG_BUCKETS
+from prometheus_client import Counter, Gauge, Histogram
+
+PASS_DURATION = Histogram(
+    "multipass_pass_duration_seconds",
+    "Wall time of one diffusion pass, cache hits included.",
+    ["pass_kind"],
+    buckets=LONG_BUCKETS,
+)
+PASS_STEPS = Counter("multipass_pass_steps_total", "Denoising steps run.")
+PASSES = Counter("multipass_passes_total", "Passes finished, by kind and outcome.", ["pass_kind", "outcome"])
+LORA_CACHE_HITS = Counter("multipass_lora_cache_hits_total", "LoRA adapters found resident.")
+LORA_CACHE_MISSES = Counter("multipass_lora_cache_misses_total", "LoRA adapters loaded from disk.")
+MODEL_LOAD_SECONDS = Gauge(
+    "multipass_model_load_seconds", "Seconds it took to load (and warm up) each model.", ["model"]
+)
+PASS_CACHE_HITS = Counter("multipass_pass_cache_hits_total", "Passes answered from the pass cache.")
+GPU_MEMORY = Gauge("multipass_gpu_memory_bytes", "Bytes allocated on the GPU by this worker.", ["device"])

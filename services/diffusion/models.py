@@ -1,0 +1,217 @@
+"""The model directory: which models exist, their family, and loading their components from disk.
+
+Layout (docs/CONTRACTS.md): ``<MODEL_DIR>/diffusion/<name>/`` in diffusers format, optionally with
+``unet_inpaint/`` (a 9-channel inpainting UNet); ControlNets under ``diffusion/controlnet/<family>/<kind>/``
+or, for the SD1.5 family, ``diffusion/controlnet/<kind>/``; preprocessor weights under
+``diffusion/preprocessors/``. Loading never downloads: everything is read with ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from multipass.errors import FailedPrecondition, InvalidInput, Violation
+
+FAMILIES = {
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionImg2ImgPipeline": "sd15",
+    "StableDiffusionInpaintPipeline": "sd15",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    family: str
+
+    @property
+    def inpaint_unet_path(self) -> Path | None:
+        path = self.path / "unet_inpaint"
+        return path if (path / "config.json").is_file() else None
+
+
+def diffusion_root(model_dir: Path) -> Path:
+    return Path(model_dir) / "diffusion"
+
+
+def discover(model_dir: Path) -> dict[str, ModelEntry]:
+    """Every diffusers model under ``<model_dir>/diffusion/`` by name."""
+    root = diffusion_root(model_dir)
+    entries = {}
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if (child / "model_index.json").is_file():
+                entries[child.name] = ModelEntry(child.name, child, family_of(child))
+    return entries
+
+
+def select(model_dir: Path, names: tuple[str, ...]) -> list[ModelEntry]:
+    """The served models: ``names`` (each must exist) or every model found."""
+    found = discover(model_dir)
+    if not names:
+        if not found:
+            raise FailedPrecondition(
+                f"no diffusion model under {diffusion_root(model_dir)} (expected <name>/model_index.json)"
+            )
+        return list(found.values())
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise FailedPrecondition(
+            f"model(s) {', '.join(missing)} not found under {diffusion_root(model_dir)}; found: {', '.join(found) or 'none'}"
+        )
+    return [found[name] for name in names]
+
+
+def family_of(path: Path) -> str:
+    index = json.loads((path / "model_index.json").read_text())
+    family = FAMILIES.get(index.get("_class_name", ""))
+    if family is None:
+        raise FailedPrecondition(
+            f"{path}/model_index.json: pipeline class {index.get('_class_name')!r} is not an SD1.5 or SDXL pipeline"
+        )
+    return family
+
+
+def fingerprint(path: Path) -> str:
+    """Identifies a model's weights cheaply: its config files' contents and its weight files' sizes."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).rglob("*")):
+        if not file.is_file():
+            continue
+        relative = str(file.relative_to(path))
+        digest.update(relative.encode())
+        if file.suffix == ".json":
+            digest.update(file.read_bytes())
+        else:
+            digest.update(str(file.stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def load_pipeline(entry: ModelEntry, *, device: str, dtype):
+    """The text-to-image pipeline of ``entry`` with all its components on ``device``."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    pipeline_class = StableDiffusionXLPipeline if entry.family == "sdxl" else StableDiffusionPipeline
+    kwargs = (
+        {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        if entry.family == "sd15"
+        else {}
+    )
+    try:
+        pipe = pipeline_class.from_pretrained(entry.path, dtype=dtype, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as error:
+        raise FailedPrecondition(f"cannot load model {entry.name} from {entry.path}: {error}") from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_inpaint_unet(entry: ModelEntry, *, device: str, dtype):
+    from diffusers import UNet2DConditionModel
+
+    path = entry.inpaint_unet_path
+    if path is None:
+        return None
+    unet = UNet2DConditionModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    if unet.config.in_channels != 9:
+        raise FailedPrecondition(
+            f"{path}: an inpainting UNet has 9 input channels, this one has {unet.config.in_channels}"
+        )
+    return unet.to(device)
+
+
+def controlnet_path(model_dir: Path, family: str, kind: str) -> Path | None:
+    root = diffusion_root(model_dir) / "controlnet"
+    candidates = [root / family / kind] + ([root / kind] if family == "sd15" else [])
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def installed_controlnets(model_dir: Path, family: str) -> list[str]:
+    from multipass_diffusion.preprocessors import CONTROLNET_KINDS
+
+    return [kind for kind in CONTROLNET_KINDS if controlnet_path(model_dir, family, kind) is not None]
+
+
+def load_controlnet(model_dir: Path, family: str, kind: str, *, cross_attention_dim: int, device: str, dtype):
+    from diffusers import ControlNetModel
+
+    path = controlnet_path(model_dir, family, kind)
+    if path is None:
+        where = diffusion_root(model_dir) / "controlnet" / family / kind
+        alternative = f" or {diffusion_root(model_dir) / 'controlnet' / kind}" if family == "sd15" else ""
+        raise FailedPrecondition(
+            f"controlnet={kind} needs a {family} ControlNet at {where}{alternative}, which is not installed"
+        )
+    model = ControlNetModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    if model.config.cross_attention_dim != cross_attention_dim:
+        raise FailedPrecondition(
+            f"{path}: ControlNet cross-attention dim {model.config.cross_attention_dim} does not fit the {family} UNet ({cross_attention_dim})"
+        )
+    return model.to(device)
+
+
+@dataclass(frozen=True)
+class TuneFile:
+    """What a tune file holds, read from its safetensors header."""
+
+    kind: str  # "lora" | "checkpoint"
+    layout: str  # "kohya" | "diffusers" | "ldm"
+    cross_attention_dim: int | None
+    has_second_text_encoder: bool
+
+
+def inspect_tune(path: Path, field: str) -> TuneFile:
+    """Classify a tune file (LoRA in kohya or diffusers layout, or a full checkpoint)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            shapes = {key: handle.get_slice(key).get_shape() for key in keys if _is_cross_attention_key(key)}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InvalidInput.of([Violation(field, f"is not a readable safetensors file: {error}")]) from error
+    if not keys:
+        raise InvalidInput.of([Violation(field, "is an empty safetensors file")])
+    is_lora = any("lora" in key for key in keys)
+    if is_lora:
+        layout = "kohya" if any(key.startswith(("lora_unet_", "lora_te")) for key in keys) else "diffusers"
+        dims = [
+            shape[1]
+            for key, shape in shapes.items()
+            if ("lora_down" in key or "lora_A" in key or "lora.down" in key) and len(shape) == 2
+        ]
+        has_te2 = any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in keys)
+        return TuneFile("lora", layout, dims[0] if dims else None, has_te2)
+    if any(key.startswith("model.diffusion_model.") for key in keys):
+        dims = [
+            shape[1]
+            for key, shape in shapes.items()
+            if len(shape) == 2 and key.startswith("model.diffusion_model.")
+        ]
+        has_te2 = any(key.startswith("conditioner.embedders.1.") for key in keys)
+        return TuneFile("checkpoint", "ldm", dims[0] if dims else None, has_te2)
+    if any(key.startswith("unet.") for key in keys):
+        dims = [shape[1] for key, shape in shapes.items() if len(shape) == 2 and key.startswith("unet.")]
+        has_te2 = any(key.startswith("text_encoder_2.") for key in keys)
+        return TuneFile("checkpoint", "diffusers", dims[0] if dims else None, has_te2)
+    raise InvalidInput.of(
+        [
+            Violation(
+                field,
+                "is neither a LoRA (kohya or diffusers keys) nor a checkpoint (unet./model.diffusion_model. keys)",
+            )
+        ]
+    )
+
+
+def _is_cross_attention_key(key: str) -> bool:
+    return ("attn2.to_k" in key or "attn2_to_k" in key) and key.endswith(".weight")

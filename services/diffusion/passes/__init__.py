@@ -1,0 +1,56 @@
+"""The pass registry: one handler per pass kind, each in its own module.
+
+A handler validates a spec against its inputs (raising InvalidInput before any model work) and runs the
+pass, returning the output image. New kinds (hires, faces, upscale, finish) plug in by adding a module
+with a handler and listing it in ``_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion.passes.context import PassContext, PassInputs
+from PIL import Image
+
+
+class PassHandler(Protocol):
+    kind: str
+
+    def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None: ...
+
+    def run(self, ctx: PassContext) -> Image.Image: ...
+
+
+_REGISTRY: dict[str, PassHandler] = {}
+_MODULES = ("multipass_diffusion.passes.base", "multipass_diffusion.passes.person")
+
+
+def register(handler: PassHandler) -> PassHandler:
+    if handler.kind in _REGISTRY:
+        raise ValueError(f"pass kind {handler.kind!r} registered twice")
+    _REGISTRY[handler.kind] = handler
+    return handler
+
+
+def _load() -> None:
+    if not _REGISTRY:
+        for module in _MODULES:
+            importlib.import_module(module)
+
+
+def kinds() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def handler_for(kind: str) -> PassHandler:
+    _load()
+    handler = _REGISTRY.get(kind)
+    if handler is None:
+        raise InvalidInput.of(
+            [Violation("spec.kind", f"got {kind!r}; this worker runs {', '.join(sorted(_REGISTRY))}")]
+        )
+    return handler

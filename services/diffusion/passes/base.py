@@ -1,0 +1,134 @@
+"""The base pass: txt2img, img2img, ControlNet (txt2img or img2img), or inpainting inside a prompt mask."""
+
+from __future__ import annotations
+
+import numpy as np
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion.crop_inpaint import Box, feather, paste
+from multipass_diffusion.passes import register
+from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.sampling import (
+    check_strength,
+    generate,
+    resolve_size,
+    scale_skeletons,
+    skeletons,
+)
+from multipass_diffusion.passes.validation import check_common, mask_blur
+from multipass_diffusion.preprocessors import CONTROLNET_KINDS
+from PIL import Image
+
+DEFAULT_IMG2IMG_STRENGTH = 0.8
+DEFAULT_INPAINT_STRENGTH = 1.0
+
+
+class BasePass:
+    kind = "base"
+
+    def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
+        check_common(spec)
+        problems = []
+        if inputs.mask is not None and inputs.image is None:
+            problems.append(Violation("spec.mask", "inpainting needs an input image (spec.image)"))
+        if inputs.mask is not None and inputs.image is not None and inputs.mask.size != inputs.image.size:
+            problems.append(
+                Violation(
+                    "spec.mask",
+                    f"is {inputs.mask.size[0]}x{inputs.mask.size[1]}, the image {inputs.image.size[0]}x{inputs.image.size[1]}",
+                )
+            )
+        if spec.controlnet:
+            if spec.controlnet not in CONTROLNET_KINDS:
+                problems.append(
+                    Violation(
+                        "spec.controlnet",
+                        f"got {spec.controlnet!r}; expected one of {', '.join(CONTROLNET_KINDS)}",
+                    )
+                )
+            has_pose = spec.controlnet == "pose" and (spec.keypoints or spec.skeletons)
+            if inputs.image is None and inputs.control_image is None and not has_pose:
+                problems.append(
+                    Violation(
+                        "spec.controlnet",
+                        f"controlnet={spec.controlnet} needs an input image or a control image",
+                    )
+                )
+        if problems:
+            raise InvalidInput.of(problems)
+        if spec.denoising_strength:
+            check_strength(spec.denoising_strength)
+
+    def run(self, ctx: PassContext) -> Image.Image:
+        spec, inputs = ctx.spec, ctx.inputs
+        image = inputs.image.convert("RGB") if inputs.image is not None else None
+        size = resolve_size(ctx, image)
+        if inputs.mask is not None:
+            return self._inpaint(ctx, image, inputs.mask, size)
+        resized = (
+            image.resize(size, Image.Resampling.LANCZOS)
+            if image is not None and image.size != size
+            else image
+        )
+        if spec.controlnet:
+            control = self._control_image(ctx, image, size)
+            if resized is None or spec.controlnet_txt2img:
+                return generate(ctx, "txt2img", size=size, control_image=control)
+            strength = spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH
+            return generate(
+                ctx, "img2img", size=size, image=resized, control_image=control, strength=strength
+            )
+        if resized is not None:
+            return generate(
+                ctx,
+                "img2img",
+                size=size,
+                image=resized,
+                strength=spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH,
+            )
+        return generate(ctx, "txt2img", size=size)
+
+    def _control_image(
+        self, ctx: PassContext, image: Image.Image | None, size: tuple[int, int]
+    ) -> Image.Image:
+        spec = ctx.spec
+        if ctx.inputs.control_image is not None:
+            return ctx.inputs.control_image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        people = skeletons(ctx)
+        if spec.controlnet == "pose" and people:
+            source = image.size if image is not None else size
+            sx, sy = size[0] / source[0], size[1] / source[1]
+            people = scale_skeletons(people, offset=(0, 0), scale=(sx, sy))
+        return ctx.runtime.preprocessors.condition(
+            spec.controlnet, image, size, skeletons=people if spec.controlnet == "pose" else ()
+        )
+
+    def _inpaint(
+        self, ctx: PassContext, image: Image.Image, mask: Image.Image, size: tuple[int, int]
+    ) -> Image.Image:
+        """Inpaint the whole picture at ``size``, then paste inside the feathered mask at the image's size."""
+        spec = ctx.spec
+        alpha = feather(np.asarray(mask.convert("L")), mask_blur(spec))
+        if not alpha.any():
+            ctx.warn("the mask is empty: the base pass returned the input image unchanged")
+            return image
+        work_image = image.resize(size, Image.Resampling.LANCZOS)
+        work_mask = Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR)
+        control = self._control_image(ctx, image, size) if spec.controlnet else None
+        strength = spec.denoising_strength or DEFAULT_INPAINT_STRENGTH
+        result = generate(
+            ctx,
+            "inpaint",
+            size=size,
+            image=work_image,
+            mask=work_mask,
+            control_image=control,
+            strength=strength,
+        )
+        patch = result.resize(image.size, Image.Resampling.LANCZOS)
+        box = Box(0, 0, image.width, image.height)
+        ctx.metadata["working_size"] = f"{size[0]}x{size[1]}"
+        return Image.fromarray(paste(np.asarray(image), np.asarray(patch), alpha, box))
+
+
+register(BasePass())

@@ -1,0 +1,107 @@
+"""The person pass: crop around the person's mask, inpaint with their prompt and LoRA(s), paste back.
+
+Geometry is in :mod:`multipass_diffusion.crop_inpaint`. The crop is cut from the *current* image (the
+output of the previous pass), resized to the working size (short side = the model's working size),
+inpainted with the optional ControlNet conditioned on the crop (or on the person's skeleton moved into
+the crop), resized back in pixel space and pasted with the feathered mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion.crop_inpaint import Box, crop_box, feather, paste, working_size
+from multipass_diffusion.passes import register
+from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.sampling import check_strength, generate, scale_skeletons, skeletons
+from multipass_diffusion.passes.validation import check_common, mask_blur
+from multipass_diffusion.preprocessors import CONTROLNET_KINDS
+from PIL import Image
+
+DEFAULT_STRENGTH = 0.5
+DEFAULT_PADDING = 32
+#: The crop's sides are at least this fraction of the working size (tiny masks get context, not x100 zoom).
+MIN_CROP_FRACTION = 0.25
+
+
+class PersonPass:
+    kind = "person"
+
+    def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
+        check_common(spec)
+        problems = []
+        if inputs.image is None:
+            problems.append(Violation("spec.image", "the person pass needs the current image"))
+        if inputs.mask is None:
+            problems.append(Violation("spec.mask", "the person pass needs the person's mask"))
+        if inputs.image is not None and inputs.mask is not None and inputs.mask.size != inputs.image.size:
+            problems.append(
+                Violation(
+                    "spec.mask",
+                    f"is {inputs.mask.size[0]}x{inputs.mask.size[1]}, the image {inputs.image.size[0]}x{inputs.image.size[1]}",
+                )
+            )
+        if spec.controlnet and spec.controlnet not in CONTROLNET_KINDS:
+            problems.append(
+                Violation(
+                    "spec.controlnet",
+                    f"got {spec.controlnet!r}; expected one of {', '.join(CONTROLNET_KINDS)}",
+                )
+            )
+        if spec.crop_padding < 0:
+            problems.append(Violation("spec.crop_padding", f"got {spec.crop_padding}; expected >= 0"))
+        if spec.crop_factor and not 1.0 <= spec.crop_factor <= 10.0:
+            problems.append(Violation("spec.crop_factor", f"got {spec.crop_factor}; expected 1..10"))
+        if problems:
+            raise InvalidInput.of(problems)
+        if spec.denoising_strength:
+            check_strength(spec.denoising_strength)
+
+    def run(self, ctx: PassContext) -> Image.Image:
+        spec = ctx.spec
+        image = ctx.inputs.image.convert("RGB")
+        alpha = feather(np.asarray(ctx.inputs.mask.convert("L")), mask_blur(spec))
+        aspect = spec.width / spec.height if spec.width and spec.height else image.width / image.height
+        box = crop_box(
+            alpha,
+            padding=spec.crop_padding or DEFAULT_PADDING,
+            crop_factor=spec.crop_factor or 1.0,
+            aspect=aspect,
+            min_size=ctx.working_size * MIN_CROP_FRACTION,
+        )
+        if box is None:
+            ctx.warn("the person's mask is empty: the person pass returned the image unchanged")
+            return image
+        size = working_size(box.width, box.height, ctx.working_size)
+        ctx.metadata["crop_box"] = str(box)
+        ctx.metadata["working_size"] = f"{size[0]}x{size[1]}"
+        crop = image.crop((box.x0, box.y0, box.x1, box.y1)).resize(size, Image.Resampling.LANCZOS)
+        crop_mask = Image.fromarray(alpha[box.y0 : box.y1, box.x0 : box.x1]).resize(
+            size, Image.Resampling.BILINEAR
+        )
+        control = self._control_image(ctx, crop, box, size) if spec.controlnet else None
+        strength = spec.denoising_strength or DEFAULT_STRENGTH
+        result = generate(
+            ctx, "inpaint", size=size, image=crop, mask=crop_mask, control_image=control, strength=strength
+        )
+        patch = result.resize((box.width, box.height), Image.Resampling.LANCZOS)
+        return Image.fromarray(paste(np.asarray(image), np.asarray(patch), alpha, box))
+
+    def _control_image(
+        self, ctx: PassContext, crop: Image.Image, box: Box, size: tuple[int, int]
+    ) -> Image.Image:
+        spec = ctx.spec
+        if ctx.inputs.control_image is not None:
+            control = ctx.inputs.control_image.convert("RGB")
+            return control.crop((box.x0, box.y0, box.x1, box.y1)).resize(size, Image.Resampling.LANCZOS)
+        people = skeletons(ctx)
+        if spec.controlnet == "pose" and people:
+            moved = scale_skeletons(
+                people, offset=(box.x0, box.y0), scale=(size[0] / box.width, size[1] / box.height)
+            )
+            return ctx.runtime.preprocessors.condition("pose", crop, size, skeletons=moved)
+        return ctx.runtime.preprocessors.condition(spec.controlnet, crop, size)
+
+
+register(PersonPass())

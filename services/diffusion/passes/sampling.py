@@ -1,0 +1,120 @@
+"""Running one diffusers pipeline for a pass: scheduler, prompts, seed, ControlNet, step callback."""
+
+from __future__ import annotations
+
+from multipass.errors import InvalidInput, Violation
+from multipass_diffusion.passes.context import PassContext
+from multipass_diffusion.preprocessors import Point
+from multipass_diffusion.prompts_lpw import LpwEncoder, strip_break, truncation_warning
+from multipass_diffusion.schedulers import make_scheduler
+from PIL import Image
+
+DEFAULT_CONDITIONING_SCALE = 1.0
+
+
+def resolve_size(ctx: PassContext, image: Image.Image | None) -> tuple[int, int]:
+    """Output size: the spec's, else the input image's rounded down to multiples of 8, else the model's native size."""
+    spec = ctx.spec
+    if spec.width and spec.height:
+        return spec.width, spec.height
+    if image is not None:
+        return max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)
+    native = ctx.components.native_size
+    return spec.width or native, spec.height or native
+
+
+def skeletons(ctx: PassContext) -> list[list[Point]]:
+    spec = ctx.spec
+    people = [[Point(k.index, k.x, k.y, k.confidence) for k in s.keypoints] for s in spec.skeletons]
+    if spec.keypoints:
+        people.append([Point(k.index, k.x, k.y, k.confidence) for k in spec.keypoints])
+    return [p for p in people if p]
+
+
+def scale_skeletons(
+    people: list[list[Point]], *, offset: tuple[float, float], scale: tuple[float, float]
+) -> list[list[Point]]:
+    """Skeletons moved into a crop: subtract the crop's origin, then scale to the working size."""
+    ox, oy = offset
+    sx, sy = scale
+    return [
+        [Point(p.index, (p.x - ox) * sx, (p.y - oy) * sy, p.confidence) for p in person] for person in people
+    ]
+
+
+def generate(
+    ctx: PassContext,
+    task: str,
+    *,
+    size: tuple[int, int],
+    image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    control_image: Image.Image | None = None,
+    strength: float | None = None,
+) -> Image.Image:
+    """Run the ``task`` pipeline ("txt2img", "img2img", "inpaint"), with ControlNet when ``control_image`` is given."""
+    import torch
+
+    spec = ctx.spec
+    width, height = size
+    controlnet = ctx.runtime.controlnet(spec.controlnet) if control_image is not None else None
+    pipe = ctx.components.pipeline(task, controlnet)
+    pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config)
+    kwargs: dict = {
+        "num_inference_steps": spec.steps,
+        "guidance_scale": spec.cfg_scale,
+        "generator": torch.Generator("cpu").manual_seed(int(spec.seed)),
+        "output_type": "pil",
+        "callback_on_step_end": ctx.monitor.callback,
+    }
+    kwargs.update(_prompt_kwargs(ctx))
+    if task == "txt2img":
+        kwargs.update(width=width, height=height)
+        if control_image is not None:
+            kwargs["image"] = control_image
+    elif task == "img2img":
+        kwargs.update(image=image, strength=strength)
+        if control_image is not None:
+            kwargs["control_image"] = control_image
+    else:
+        kwargs.update(image=image, mask_image=mask, strength=strength, width=width, height=height)
+        if control_image is not None:
+            kwargs["control_image"] = control_image
+    if controlnet is not None:
+        kwargs["controlnet_conditioning_scale"] = (
+            spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
+        )
+    ctx.monitor.check()
+    with torch.inference_mode():
+        result = pipe(**kwargs).images[0]
+    ctx.metadata["task"] = task + ("+controlnet" if controlnet is not None else "")
+    return result.convert("RGB")
+
+
+def _prompt_kwargs(ctx: PassContext) -> dict:
+    spec = ctx.spec
+    prompt, negative = strip_break(spec.prompt), strip_break(spec.negative_prompt)
+    components = ctx.components
+    if spec.use_lpw:
+        encoder = LpwEncoder(
+            components.tokenizers, components.text_encoders, sdxl=components.family == "sdxl"
+        )
+        return encoder.encode(prompt, negative).pipeline_kwargs()
+    return {"prompt": prompt, "negative_prompt": negative}
+
+
+def prompt_warnings(spec, tokenizer) -> list[str]:
+    """Truncation warnings of a spec without use_lpw (the model sees at most 75 tokens)."""
+    if spec.use_lpw:
+        return []
+    found = []
+    for text, field in ((spec.prompt, "prompt"), (spec.negative_prompt, "negative prompt")):
+        warning = truncation_warning(tokenizer, text, field)
+        if warning:
+            found.append(warning)
+    return found
+
+
+def check_strength(value: float, field: str = "spec.denoising_strength") -> None:
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInput.of([Violation(field, f"got {value}; expected 0..1")])

@@ -1,0 +1,117 @@
+"""One served model in memory: its component set, adapter cache, checkpoint tunes and ControlNets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from multipass.errors import InvalidInput, Violation
+from multipass_diffusion import metrics, models
+from multipass_diffusion.adapters import AdapterCache
+from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
+from multipass_diffusion.preprocessors import Preprocessors
+
+log = logging.getLogger(__name__)
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        entry: models.ModelEntry,
+        *,
+        model_dir: Path,
+        device: str,
+        dtype,
+        adapter_budget_bytes: int,
+        checkpoint_cache_size: int,
+        preprocessors: Preprocessors,
+    ):
+        self.entry = entry
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.dtype = dtype
+        self.preprocessors = preprocessors
+        self._adapter_budget = adapter_budget_bytes
+        self._checkpoint_cache_size = checkpoint_cache_size
+        pipe = models.load_pipeline(entry, device=device, dtype=dtype)
+        inpaint_unet = models.load_inpaint_unet(entry, device=device, dtype=dtype)
+        self.base = ComponentSet(pipe, family=entry.family, label=entry.name, inpaint_unet=inpaint_unet)
+        self.adapters = self._adapter_cache(self.base)
+        self.fingerprint = models.fingerprint(entry.path)
+        self._checkpoints: OrderedDict[str, tuple[ComponentSet, AdapterCache]] = OrderedDict()
+        self._controlnets: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def family(self) -> str:
+        return self.entry.family
+
+    def _adapter_cache(self, components: ComponentSet) -> AdapterCache:
+        return AdapterCache(
+            components,
+            self._adapter_budget,
+            on_hit=metrics.LORA_CACHE_HITS.inc,
+            on_miss=metrics.LORA_CACHE_MISSES.inc,
+        )
+
+    def controlnet(self, kind: str):
+        with self._lock:
+            if kind not in self._controlnets:
+                self._controlnets[kind] = models.load_controlnet(
+                    self.model_dir,
+                    self.family,
+                    kind,
+                    cross_attention_dim=self.base.cross_attention_dim,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
+            return self._controlnets[kind]
+
+    def capabilities(self) -> list[str]:
+        found = [f"controlnet:{kind}" for kind in models.installed_controlnets(self.model_dir, self.family)]
+        if self.base.inpaint_unet is not None:
+            found.append(f"inpaint_unet:{self.name}")
+        return found
+
+    def components_for(
+        self, checkpoint_tune_id: str | None, path: Path | None, sha256: str | None, layout: str | None
+    ):
+        """(component set, adapter cache) of the base model, or of a checkpoint tune (cached, LRU)."""
+        if checkpoint_tune_id is None:
+            return self.base, self.adapters
+        with self._lock:
+            cached = self._checkpoints.get(sha256)
+            if cached is not None:
+                self._checkpoints.move_to_end(sha256)
+                return cached
+        try:
+            components = checkpoint_components(
+                self.base, path, layout, label=f"{self.name}+{checkpoint_tune_id}", model_path=self.entry.path
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            raise InvalidInput.of(
+                [
+                    Violation(
+                        f"<lora:{checkpoint_tune_id}>", f"checkpoint does not fit model {self.name}: {error}"
+                    )
+                ]
+            ) from error
+        entry = (components, self._adapter_cache(components))
+        with self._lock:
+            if self._checkpoint_cache_size > 0:
+                self._checkpoints[sha256] = entry
+                while len(self._checkpoints) > self._checkpoint_cache_size:
+                    self._checkpoints.popitem(last=False)
+        return entry
+
+    def resident_adapters(self) -> list[str]:
+        names = list(self.adapters.resident)
+        for _, cache in self._checkpoints.values():
+            names += cache.resident
+        return names

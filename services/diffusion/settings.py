@@ -1,0 +1,78 @@
+"""The diffusion worker's settings, read once from ``MULTIPASS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multipass.config import EnvReader
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+PASS_CACHES = ("store", "memory", "off")
+#: Short side of person-pass crops per model family, unless MULTIPASS_DIFFUSION_WORKING_SIZE overrides it.
+FAMILY_WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Everything the diffusion worker needs; see ``from_env`` for the variables."""
+
+    model_dir: Path
+    #: Model names under ``<model_dir>/diffusion/`` this worker serves; empty = every model found there.
+    models: tuple[str, ...] = ()
+    device: str = "auto"
+    dtype: str = "auto"
+    #: Short side of the person-pass working size; 0 = by family (512 SD1.5, 1024 SDXL).
+    working_size: int = 0
+    #: "store" (object store, shared by workers), "memory" (in-process LRU) or "off".
+    pass_cache: str = "store"
+    pass_cache_entries: int = 64
+    tune_cache_dir: Path = Path(".multipass/tune-cache")
+    adapter_memory_mb: int = 2048
+    checkpoint_cache_size: int = 1
+    torch_threads: int = 0
+    grpc_addr: str = "127.0.0.1:50053"
+    metrics_port: int = 9103
+    ack_wait_s: float = 120.0
+    max_deliver: int = 5
+    max_ack_pending: int = 16
+    progress_interval_s: float = 0.25
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DiffusionSettings:
+        env = EnvReader(environ)
+        model_dir = env.path("MODEL_DIR", must_exist=True)
+        if model_dir is None:
+            env.str("MODEL_DIR", required=True)
+        values = dict(
+            model_dir=model_dir,
+            models=env.csv("DIFFUSION_MODELS"),
+            device=env.choice("DIFFUSION_DEVICE", "auto", DEVICES),
+            dtype=env.choice("DIFFUSION_DTYPE", "auto", DTYPES),
+            working_size=env.int("DIFFUSION_WORKING_SIZE", 0, min=0, max=4096),
+            pass_cache=env.choice("DIFFUSION_PASS_CACHE", "store", PASS_CACHES),
+            pass_cache_entries=env.int("DIFFUSION_PASS_CACHE_ENTRIES", 64, min=1, max=100_000),
+            tune_cache_dir=env.path("DIFFUSION_TUNE_CACHE_DIR", ".multipass/tune-cache"),
+            adapter_memory_mb=env.int("DIFFUSION_ADAPTER_MEMORY_MB", 2048, min=1, max=1_000_000),
+            checkpoint_cache_size=env.int("DIFFUSION_CHECKPOINT_CACHE_SIZE", 1, min=0, max=16),
+            torch_threads=env.int("DIFFUSION_TORCH_THREADS", 0, min=0, max=512),
+            grpc_addr=env.str("DIFFUSION_GRPC_ADDR", "127.0.0.1:50053"),
+            metrics_port=env.int("DIFFUSION_METRICS_PORT", 9103, min=0, max=65535),
+            ack_wait_s=env.float("DIFFUSION_ACK_WAIT_S", 120.0, min=5.0, max=3600.0),
+            max_deliver=env.int("DIFFUSION_MAX_DELIVER", 5, min=1, max=100),
+            max_ack_pending=env.int("DIFFUSION_MAX_ACK_PENDING", 16, min=1, max=10_000),
+            progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),
+            worker_name=env.str("DIFFUSION_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
+            log_level=env.str("LOG_LEVEL", "INFO"),
+        )
+        env.check()
+        return cls(**values)
+
+    def working_size_for(self, family: str) -> int:
+        return self.working_size or FAMILY_WORKING_SIZE[family]

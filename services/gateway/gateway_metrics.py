@@ -1,0 +1,21 @@
+"""The gateway's Prometheus metrics (names are a contract with the dashboards and alerts)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from multipass.metrics import LONG_BUCKETS
+
+JOBS_SUBMITTED = Counter("multipass_jobs_submitted_total", "Jobs accepted by SubmitJob.")
+JOBS_FINISHED = Counter("multipass_jobs_finished_total", "Jobs that reached a terminal state, by state.", ["state"])
+JOB_DURATION = Histogram(
+    "multipass_job_duration_seconds", "Seconds from submit to the terminal state.", buckets=LONG_BUCKETS
+)
+QUEUE_PENDING = Gauge(
+    "multipass_queue_pending_passes",
+    "Pass requests not finished yet (pending + in flight) per work-queue consumer, from JetStream consumer info.",
+    ["consumer"],
+)
+CALLBACKS = Counter(
+    "multipass_callbacks_total", "Callback deliveries by outcome (delivered, retried, failed).", ["outcome"]
+)

@@ -1,0 +1,292 @@
+"""The planner: a parsed prompt plus the job's inputs become one chain of passes per output image (pure).
+
+Chain of image *k* (seed ``seed + k``), each pass only when asked for:
+
+``prepare`` (gateway, done at submit) → ``mask`` (the --mask_prompt mask of the input image) →
+``base`` (skipped in keep-background mode) → ``segment`` (one mask per person slot) → ``person-0`` ..
+``person-N-1`` (sequential on the updated image) → ``hires`` → ``faces`` → ``face_correct`` →
+``face_swap`` → ``upscale`` → ``finish`` (film grain / colour grading).
+
+``--only_upscale`` reduces the chain to ``prepare`` → ``upscale`` (→ ``finish``). Each diffusion pass
+gets its full :class:`PassSpec` here except the images produced earlier in the chain (current image,
+masks, faces), which :func:`multipass_gateway.job_state.build_request` fills in at dispatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, prompt_pb2, segmentation_pb2
+
+#: Gateway-side kinds; every other kind runs on a diffusion worker.
+SEGMENTATION_KINDS = frozenset({"mask", "segment"})
+#: Kinds whose spec needs the faces found in the current image.
+FACE_KINDS = frozenset({"faces", "face_swap"})
+#: Fixed progress weights of passes without denoising steps.
+FIXED_WEIGHTS = {"prepare": 1, "mask": 2, "segment": 2, "face_correct": 2, "face_swap": 3, "upscale": 5, "finish": 1}
+
+#: Installed component needed per option: (capability, field it is named after in errors).
+CAPABILITY_UPSCALER = "upscaler"
+CAPABILITY_FACE_RESTORER = "face_restorer"
+CAPABILITY_FACE_SWAPPER = "face_swapper"
+CAPABILITY_PROMPT_EXPANDER = "prompt_expander"
+CAPABILITY_POSE = "controlnet:pose"
+
+
+#: The worker's defaults when a spec leaves denoising_strength at 0 (diffusion.proto).
+BASE_IMG2IMG_STRENGTH = 0.8
+BASE_INPAINT_STRENGTH = 1.0
+PERSON_STRENGTH = 0.5
+
+
+def explicit_strength(parsed: prompt_pb2.ParsedPrompt) -> float:
+    """The user's denoising_strength when they set one, else 0 (each pass kind keeps its own default)."""
+    return parsed.params.denoising_strength if "denoising_strength" in parsed.explicit_params else 0.0
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    base_model: str
+    person_model: str
+    #: What the diffusion workers have installed (Diffusion.Info capabilities).
+    capabilities: frozenset[str] = frozenset()
+    hires_scale: float = 1.5
+    upscale_factor: float = 4.0
+    #: Context around a person's mask box, in pixels, and the crop factor around the box.
+    crop_padding: int = 32
+    crop_factor: float = 1.3
+    #: Feather of the paste mask (Gaussian sigma, pixels).
+    mask_blur: float = 4.0
+    faces_denoising_strength: float = 0.4
+    #: ControlNet strength keeping a person's pose during the person pass.
+    person_pose_scale: float = 0.8
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    seed: int
+    width: int
+    height: int
+    input_image: common_pb2.ImageRef | None = None
+    mask_image: common_pb2.ImageRef | None = None
+    pose_image: common_pb2.ImageRef | None = None
+    slots: Sequence[segmentation_pb2.Slot] = ()
+    #: Tune files by tune id, for every tune the prompt names.
+    tune_files: Mapping[str, common_pb2.ObjectRef] = field(default_factory=dict)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Seed of output image ``index``: ``seed + index``, wrapped into 0..2^32-1."""
+    return (seed + index) % 2**32
+
+
+def round8(value: float) -> int:
+    return max(8, int(round(value / 8.0)) * 8)
+
+
+def scaled(width: int, height: int, factor: float) -> tuple[int, int]:
+    return round8(width * factor), round8(height * factor)
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size of an input image used as the scene: at most ``max_side`` per side, multiples of 8."""
+    factor = min(1.0, max_side / max(width, height))
+    return max(8, int(width * factor) // 8 * 8), max(8, int(height * factor) // 8 * 8)
+
+
+def has_finish(params: prompt_pb2.Params) -> bool:
+    return params.film_grain or bool(params.color_grading)
+
+
+def required_capabilities(parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool) -> list[tuple[str, str]]:
+    """(capability, field) for every installed component the request needs; checked at submit."""
+    params = parsed.params
+    needs: list[tuple[str, str]] = []
+    if params.controlnet and (has_input_image or params.controlnet_txt2img):
+        needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
+    if params.super_resolution or parsed.flags.only_upscale:
+        needs.append((CAPABILITY_UPSCALER, "params.super_resolution" if params.super_resolution else "--only_upscale"))
+    if params.face_correct:
+        needs.append((CAPABILITY_FACE_RESTORER, "params.face_correct"))
+    if params.face_swap:
+        needs.append((CAPABILITY_FACE_SWAPPER, "params.face_swap"))
+    if params.prompt_expansion:
+        needs.append((CAPABILITY_PROMPT_EXPANDER, "params.prompt_expansion"))
+    return needs
+
+
+def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
+    """Every model tag of the prompt (base, common and persons), first occurrence of each tag."""
+    seen: set[tuple[str, str]] = set()
+    refs: list[prompt_pb2.LoraRef] = []
+    for ref in [*parsed.base_loras, *parsed.common_loras, *(r for p in parsed.persons for r in p.loras)]:
+        key = (ref.kind, ref.tune_id)
+        if key not in seen:
+            seen.add(key)
+            refs.append(ref)
+    return refs
+
+
+def _tune_files(loras: Sequence[prompt_pb2.LoraRef], files: Mapping[str, common_pb2.ObjectRef]) -> dict[str, common_pb2.ObjectRef]:
+    return {ref.tune_id: files[ref.tune_id] for ref in loras if ref.tune_id in files}
+
+
+def _denoise_steps(steps: int, strength: float) -> int:
+    """Steps an img2img/inpaint pass really runs (diffusers runs ``int(steps * strength)``)."""
+    return max(1, int(steps * strength)) if strength > 0 else steps
+
+
+def _planned(name: str, kind: str, spec: diffusion_pb2.PassSpec | None, weight: int, person_index: int = -1) -> events_pb2.PlannedPass:
+    if kind == "prepare":
+        runs_in = "gateway"
+    elif kind in SEGMENTATION_KINDS:
+        runs_in = "segmentation"
+    else:
+        runs_in = "diffusion"
+    planned = events_pb2.PlannedPass(
+        name=name, kind=kind, runs_in=runs_in, person_index=person_index, weight=max(1, weight), needs_faces=kind in FACE_KINDS
+    )
+    if spec is not None:
+        planned.spec.CopyFrom(spec)
+    return planned
+
+
+def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig, index: int) -> events_pb2.ImagePlan:
+    """The chain of output image ``index``."""
+    params = parsed.params
+    seed = image_seed(inputs.seed, index)
+    width, height = inputs.width, inputs.height
+    has_input = inputs.input_image is not None
+    pose_installed = CAPABILITY_POSE in config.capabilities
+    passes = [_planned("prepare", "prepare", None, FIXED_WEIGHTS["prepare"])]
+
+    def common(kind: str, model: str, prompt: str, negative: str, loras: Sequence[prompt_pb2.LoraRef]) -> diffusion_pb2.PassSpec:
+        spec = diffusion_pb2.PassSpec(
+            kind=kind,
+            model=model,
+            prompt=prompt,
+            negative_prompt=negative,
+            seed=seed,
+            steps=params.steps,
+            cfg_scale=params.cfg_scale,
+            scheduler=params.scheduler,
+            width=width,
+            height=height,
+            use_lpw=params.use_lpw,
+        )
+        spec.loras.extend(loras)
+        for tune_id, ref in _tune_files(loras, inputs.tune_files).items():
+            spec.tune_files[tune_id].CopyFrom(ref)
+        return spec
+
+    base_prompt, base_negative = parsed.base_effective_prompt, parsed.base_effective_negative_prompt
+
+    if parsed.flags.only_upscale:
+        spec = common("upscale", config.base_model, base_prompt, base_negative, [])
+        width, height = scaled(width, height, config.upscale_factor)
+        spec.width, spec.height, spec.scale, spec.tiled = width, height, config.upscale_factor, parsed.flags.tiled_upscale
+        passes.append(_planned("upscale", "upscale", spec, FIXED_WEIGHTS["upscale"]))
+        return _finish(parsed, passes, common, config, base_prompt, base_negative, index, width, height)
+
+    if parsed.mask.prompt and has_input and not parsed.keep_background:
+        passes.append(_planned("mask", "mask", diffusion_pb2.PassSpec(kind="mask", width=width, height=height), FIXED_WEIGHTS["mask"]))
+
+    if not parsed.keep_background:
+        spec = common("base", config.base_model, base_prompt, base_negative, parsed.base_loras)
+        steps = params.steps
+        if has_input:
+            spec.image.CopyFrom(inputs.input_image)
+            inpaint = inputs.mask_image is not None or bool(parsed.mask.prompt)
+            strength = explicit_strength(parsed) or (BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH)
+            spec.denoising_strength = explicit_strength(parsed)
+            steps = _denoise_steps(params.steps, strength)
+            if params.controlnet:
+                spec.controlnet = params.controlnet
+                spec.controlnet_txt2img = params.controlnet_txt2img
+                if params.HasField("controlnet_conditioning_scale"):
+                    spec.controlnet_conditioning_scale = params.controlnet_conditioning_scale
+                elif params.controlnet == "pose":
+                    spec.controlnet_conditioning_scale = 1.0
+                if params.controlnet_txt2img:
+                    steps = params.steps
+        elif parsed.persons and pose_installed and inputs.pose_image is not None:
+            # Draw the persons where their slots are: the default layout's skeleton conditions the scene.
+            spec.controlnet = "pose"
+            spec.controlnet_txt2img = True
+            spec.controlnet_conditioning_scale = (
+                params.controlnet_conditioning_scale if params.HasField("controlnet_conditioning_scale") else 1.0
+            )
+            spec.control_image.CopyFrom(inputs.pose_image)
+            for slot in inputs.slots:
+                spec.skeletons.add().keypoints.extend(slot.keypoints)
+        if params.prompt_expansion:
+            spec.options["prompt_expansion"] = "true"
+        passes.append(_planned("base", "base", spec, steps))
+
+    if parsed.persons:
+        passes.append(_planned("segment", "segment", diffusion_pb2.PassSpec(kind="segment", width=width, height=height), FIXED_WEIGHTS["segment"]))
+        person_strength = explicit_strength(parsed) or PERSON_STRENGTH
+        for person in parsed.persons:
+            spec = common("person", config.person_model, person.effective_prompt, person.effective_negative_prompt, person.loras)
+            spec.denoising_strength = explicit_strength(parsed)
+            spec.crop_padding = config.crop_padding
+            spec.crop_factor = config.crop_factor
+            spec.mask_blur = config.mask_blur
+            if pose_installed:
+                spec.controlnet = "pose"
+                spec.controlnet_conditioning_scale = config.person_pose_scale
+            passes.append(
+                _planned(f"person-{person.index}", "person", spec, _denoise_steps(params.steps, person_strength), person.index)
+            )
+
+    if params.hires_fix:
+        spec = common("hires", config.base_model, base_prompt, base_negative, parsed.base_loras)
+        width, height = scaled(width, height, config.hires_scale)
+        spec.width, spec.height, spec.scale = width, height, config.hires_scale
+        spec.denoising_strength = parsed.hires_denoising_strength
+        passes.append(_planned("hires", "hires", spec, _denoise_steps(params.steps, parsed.hires_denoising_strength)))
+
+    if params.inpaint_faces:
+        spec = common("faces", config.person_model, base_prompt, base_negative, parsed.base_loras)
+        spec.denoising_strength = config.faces_denoising_strength
+        spec.crop_padding = config.crop_padding
+        spec.mask_blur = config.mask_blur
+        passes.append(_planned("faces", "faces", spec, _denoise_steps(params.steps, config.faces_denoising_strength)))
+
+    if params.face_correct:
+        spec = common("face_correct", config.base_model, "", "", [])
+        passes.append(_planned("face_correct", "face_correct", spec, FIXED_WEIGHTS["face_correct"]))
+
+    if params.face_swap:
+        loras = [ref for person in parsed.persons for ref in person.loras]
+        spec = common("face_swap", config.person_model, "", "", loras)
+        passes.append(_planned("face_swap", "face_swap", spec, FIXED_WEIGHTS["face_swap"]))
+
+    if params.super_resolution:
+        spec = common("upscale", config.base_model, base_prompt, base_negative, [])
+        width, height = scaled(width, height, config.upscale_factor)
+        spec.width, spec.height, spec.scale, spec.tiled = width, height, config.upscale_factor, parsed.flags.tiled_upscale
+        passes.append(_planned("upscale", "upscale", spec, FIXED_WEIGHTS["upscale"]))
+
+    return _finish(parsed, passes, common, config, base_prompt, base_negative, index, width, height)
+
+
+def _finish(parsed, passes, common, config, prompt, negative, index, width, height) -> events_pb2.ImagePlan:
+    params = parsed.params
+    if has_finish(params):
+        spec = common("finish", config.base_model, prompt, negative, [])
+        spec.width, spec.height = width, height
+        if params.film_grain:
+            spec.options["film_grain"] = "true"
+        if params.color_grading:
+            spec.options["color_grading"] = params.color_grading
+        passes.append(_planned("finish", "finish", spec, FIXED_WEIGHTS["finish"]))
+    plan = events_pb2.ImagePlan(index=index)
+    plan.passes.extend(passes)
+    return plan
+
+
+def plan_job(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig) -> list[events_pb2.ImagePlan]:
+    """One chain per output image (``params.num_images`` of them)."""
+    return [plan_image(parsed, inputs, config, index) for index in range(max(1, parsed.params.num_images))]

@@ -1,0 +1,199 @@
+"""The gateway's settings: read once from ``MULTIPASS_*`` variables, validated, frozen, passed down."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from multipass.config import EnvReader
+from multipass.connections import NatsSettings, S3Settings
+from multipass.errors import ConfigError, Violation
+
+DEFAULT_GRPC_ADDR = "127.0.0.1:50050"
+DEFAULT_METRICS_PORT = 9100
+DEFAULT_PARSER_ADDR = "127.0.0.1:50051"
+DEFAULT_SEGMENTATION_ADDR = "127.0.0.1:50052"
+DEFAULT_DIFFUSION_ADDR = "127.0.0.1:50053"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may cost."""
+
+    #: Bytes of one fetched input/mask image, or of one uploaded image.
+    max_image_bytes: int = 20 * 1024 * 1024
+    #: Pixels (width*height) of an input/mask image.
+    max_image_pixels: int = 4096 * 4096
+    #: Bytes of one tune file (LoRA or checkpoint).
+    max_tune_bytes: int = 512 * 1024 * 1024
+    #: Seconds for one HTTP fetch (connect + read) of an input image or a tune URL.
+    fetch_timeout_seconds: float = 20.0
+    #: Redirects followed (each re-checked against the address policy).
+    max_redirects: int = 3
+    #: Passes of unfinished jobs one tenant may have (a job counts its whole plan until it ends).
+    tenant_max_pending_passes: int = 400
+    #: Passes of unfinished jobs across every tenant.
+    global_max_pending_passes: int = 5000
+    #: Retry hint sent with RESOURCE_EXHAUSTED.
+    retry_after_seconds: float = 10.0
+    #: Attempts of a pass whose worker gave up with a transient error (UNAVAILABLE, DEADLINE_EXCEEDED).
+    pass_max_attempts: int = 2
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    #: HMAC-SHA256 key of X-Multipass-Signature; empty disables callbacks (SubmitJob refuses callback_url).
+    signing_key: str = ""
+    max_attempts: int = 5
+    #: First retry delay; doubles per attempt.
+    backoff_seconds: float = 1.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class FetchAllowList:
+    """Hosts and networks exempt from the private/loopback/link-local refusal (operator's choice)."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    grpc_address: str = DEFAULT_GRPC_ADDR
+    #: /metrics port; 0 picks a free port, -1 disables the endpoint.
+    metrics_port: int = DEFAULT_METRICS_PORT
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    parser_target: str = DEFAULT_PARSER_ADDR
+    segmentation_target: str = DEFAULT_SEGMENTATION_ADDR
+    diffusion_target: str = DEFAULT_DIFFUSION_ADDR
+    #: Sent as ``x-multipass-internal`` to the internal services when set.
+    internal_token: str = ""
+    #: Model of the base (and hires/upscale/finish) passes; empty = the first model the worker reports.
+    base_model: str = ""
+    #: Model of the person and face passes; empty = the base model.
+    person_model: str = ""
+    limits: Limits = field(default_factory=Limits)
+    #: Guards the Admin service; empty disables it.
+    admin_token: str = ""
+    #: Server pepper of the API key hashes (HMAC-SHA256 key); empty = plain SHA-256 of the key.
+    api_key_pepper: str = ""
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
+    presign_expiry_seconds: int = 3600
+    #: Seconds a Diffusion.Info answer is trusted before asking again.
+    info_ttl_seconds: float = 30.0
+    #: Upscale factor of super_resolution; hires_fix scale.
+    upscale_factor: float = 4.0
+    hires_scale: float = 1.5
+    #: Largest width/height a chain may reach before hires/upscale.
+    max_side: int = 2048
+    #: Seconds between sweeps for unpublished outboxes, unfinished callbacks and stale markers.
+    sweep_interval_seconds: float = 30.0
+    #: Seconds between refreshes of the pending-passes gauge.
+    queue_metrics_interval_seconds: float = 10.0
+    #: Concurrent handlers of pass events in this replica.
+    event_concurrency: int = 8
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:  # secrets never reach a log line
+        return (
+            f"GatewaySettings(grpc_address={self.grpc_address!r}, metrics_port={self.metrics_port}, nats={self.nats!r}, "
+            f"s3={self.s3!r}, parser={self.parser_target!r}, segmentation={self.segmentation_target!r}, "
+            f"diffusion={self.diffusion_target!r}, base_model={self.base_model!r}, person_model={self.person_model!r}, "
+            f"limits={self.limits!r}, admin_token={'***' if self.admin_token else 'unset'}, "
+            f"callback_key={'***' if self.callbacks.signing_key else 'unset'}, fetch_allow={self.fetch_allow!r})"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+        """Read every setting; one ConfigError names every bad variable."""
+        reader = EnvReader(environ)
+        nats = NatsSettings.from_env(reader)
+        s3 = S3Settings.from_env(reader)
+        parser_addr = reader.address("PARSER_GRPC_ADDR", DEFAULT_PARSER_ADDR)
+        segmentation_addr = reader.address("SEGMENTATION_GRPC_ADDR", DEFAULT_SEGMENTATION_ADDR)
+        diffusion_addr = reader.address("DIFFUSION_GRPC_ADDR", DEFAULT_DIFFUSION_ADDR)
+        defaults = Limits()
+        limits = Limits(
+            max_image_bytes=reader.int("GATEWAY_MAX_IMAGE_BYTES", defaults.max_image_bytes, min=1024),
+            max_image_pixels=reader.int("GATEWAY_MAX_IMAGE_PIXELS", defaults.max_image_pixels, min=64 * 64),
+            max_tune_bytes=reader.int("GATEWAY_MAX_TUNE_BYTES", defaults.max_tune_bytes, min=1024),
+            fetch_timeout_seconds=reader.float("GATEWAY_FETCH_TIMEOUT_SECONDS", defaults.fetch_timeout_seconds, min=0.1),
+            max_redirects=reader.int("GATEWAY_MAX_REDIRECTS", defaults.max_redirects, min=0, max=10),
+            tenant_max_pending_passes=reader.int(
+                "GATEWAY_TENANT_MAX_PENDING_PASSES", defaults.tenant_max_pending_passes, min=1
+            ),
+            global_max_pending_passes=reader.int(
+                "GATEWAY_GLOBAL_MAX_PENDING_PASSES", defaults.global_max_pending_passes, min=1
+            ),
+            retry_after_seconds=reader.float("GATEWAY_RETRY_AFTER_SECONDS", defaults.retry_after_seconds, min=0.0),
+            pass_max_attempts=reader.int("GATEWAY_PASS_MAX_ATTEMPTS", defaults.pass_max_attempts, min=1, max=10),
+        )
+        callback_defaults = CallbackSettings()
+        callbacks = CallbackSettings(
+            signing_key=reader.str("CALLBACK_SIGNING_KEY", ""),
+            max_attempts=reader.int("CALLBACK_MAX_ATTEMPTS", callback_defaults.max_attempts, min=1, max=20),
+            backoff_seconds=reader.float("CALLBACK_BACKOFF_SECONDS", callback_defaults.backoff_seconds, min=0.0),
+            timeout_seconds=reader.float("CALLBACK_TIMEOUT_SECONDS", callback_defaults.timeout_seconds, min=0.1),
+        )
+        allow = _allow_list(reader.csv("FETCH_ALLOW_HOSTS"), reader.csv("FETCH_ALLOW_CIDRS"))
+        settings = cls(
+            grpc_address=reader.address("GATEWAY_GRPC_ADDR", DEFAULT_GRPC_ADDR),
+            metrics_port=reader.int("GATEWAY_METRICS_PORT", DEFAULT_METRICS_PORT, min=-1, max=65535),
+            nats=nats,
+            s3=s3,
+            parser_target=reader.address("PARSER_TARGET", parser_addr),
+            segmentation_target=reader.address("SEGMENTATION_TARGET", segmentation_addr),
+            diffusion_target=reader.address("DIFFUSION_TARGET", diffusion_addr),
+            internal_token=reader.str("INTERNAL_TOKEN", ""),
+            base_model=reader.str("GATEWAY_BASE_MODEL", ""),
+            person_model=reader.str("GATEWAY_PERSON_MODEL", ""),
+            limits=limits,
+            admin_token=reader.str("ADMIN_TOKEN", ""),
+            api_key_pepper=reader.str("API_KEY_PEPPER", ""),
+            callbacks=callbacks,
+            fetch_allow=allow,
+            presign_expiry_seconds=reader.int("GATEWAY_PRESIGN_EXPIRY_SECONDS", 3600, min=60, max=7 * 24 * 3600),
+            info_ttl_seconds=reader.float("GATEWAY_INFO_TTL_SECONDS", 30.0, min=0.0),
+            upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
+            hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
+            max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),
+            sweep_interval_seconds=reader.float("GATEWAY_SWEEP_INTERVAL_SECONDS", 30.0, min=0.1),
+            queue_metrics_interval_seconds=reader.float("GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1),
+            event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 8, min=1, max=256),
+            log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+        reader.check()
+        bad_models = [
+            Violation(f"MULTIPASS_GATEWAY_{name.upper()}", f"got {value!r}; expected letters, digits, '-' or '_'")
+            for name, value in (("base_model", settings.base_model), ("person_model", settings.person_model))
+            if value and not _MODEL_NAME.fullmatch(value)
+        ]
+        if bad_models:
+            raise ConfigError("bad configuration: " + ", ".join(v.field for v in bad_models), violations=bad_models)
+        return settings
+
+
+def _allow_list(hosts: tuple[str, ...], cidrs: tuple[str, ...]) -> FetchAllowList:
+    """Hostnames go to ``hosts``; IP addresses and CIDRs (in either variable) to ``networks``."""
+    names: set[str] = set()
+    networks = []
+    problems = []
+    for entry in hosts:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            names.add(entry.lower().rstrip("."))
+    for entry in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            problems.append(Violation("MULTIPASS_FETCH_ALLOW_CIDRS", f"got {entry!r}; expected an IP address or CIDR"))
+    if problems:
+        raise ConfigError("bad configuration: MULTIPASS_FETCH_ALLOW_CIDRS", violations=problems)
+    return FetchAllowList(hosts=frozenset(names), networks=tuple(networks))

@@ -1,0 +1,160 @@
+"""Inline flags (§4): ``--name`` or ``--name value`` anywhere in the prompt text.
+
+A flag starts with ``--`` and a letter, not preceded by a word character or a hyphen (so ``semi--gloss``
+is text). Its value runs to the next flag, ``BREAK``, model tag or the end of the line, and is trimmed.
+Flags are removed from the text before it is split on BREAK.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from multipass_prompt_parser.breaks import BREAK
+from multipass_prompt_parser.language import (
+    DILATE_PERCENT_MAX,
+    FLAG_NAMES,
+    PARAMS,
+    VALUELESS_FLAGS,
+    Flag,
+    Limits,
+    closest,
+    quote,
+    read_float,
+    shorten,
+)
+from multipass_prompt_parser.problems import Problems
+from multipass_prompt_parser.tags import TAG_START
+
+FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9_]*)")
+_PIXELS = re.compile(r"[+-]?\d{1,9}")
+_PERCENT = re.compile(r"([+-]?(?:\d{1,9}(?:\.\d*)?|\.\d+))\s*%")
+
+
+@dataclass(frozen=True)
+class FlagValues:
+    """The flags given; unset ones hold their "not given" value."""
+
+    mask_prompt: str = ""
+    mask_negative: str = ""
+    mask_invert: bool = False
+    dilate_pixels: int | None = None
+    dilate_percent: float | None = None
+    hires_denoising_strength: float | None = None
+    tiled_upscale: bool = False
+    only_upscale: bool = False
+
+    @property
+    def has_mask(self) -> bool:
+        return bool(
+            self.mask_prompt
+            or self.mask_negative
+            or self.mask_invert
+            or self.dilate_pixels is not None
+            or self.dilate_percent is not None
+        )
+
+
+def _value_end(text: str, start: int, limit: int) -> int:
+    """Where a flag value starting at ``start`` ends (exclusive), at ``limit`` at the latest."""
+    ends = [limit]
+    newline = text.find("\n", start, limit)
+    if newline != -1:
+        ends.append(newline)
+    for pattern in (BREAK, TAG_START):
+        found = pattern.search(text, start, limit)
+        if found is not None:
+            ends.append(found.start())
+    return min(ends)
+
+
+def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, FlagValues]:
+    """``text`` without its flags, and the flag values; flag problems go to ``problems``."""
+    matches = list(FLAG.finditer(text))
+    pieces: list[str] = []
+    position = 0
+    values: dict[str, object] = {}
+    for index, match in enumerate(matches):
+        limit = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        end = _value_end(text, match.end(), limit)
+        pieces.append(text[position : match.start()])
+        pieces.append(" ")
+        position = end
+        _read_flag(match[1], text[match.end() : end].strip(), values, problems, limits)
+    pieces.append(text[position:])
+    return "".join(pieces), FlagValues(**values)
+
+
+def _read_flag(name: str, raw: str, values: dict[str, object], problems: Problems, limits: Limits) -> None:
+    field = f"flag --{shorten(name)}"
+    if name not in FLAG_NAMES:
+        if name in PARAMS:
+            problems.add(
+                field,
+                f"--{name} is not a flag; {name} is a parameter: write {name}=VALUE in the parameter block",
+            )
+            return
+        hint = closest(name, FLAG_NAMES)
+        suggestion = (
+            f"did you mean --{hint}?" if hint else "known flags: " + ", ".join(f"--{f}" for f in FLAG_NAMES)
+        )
+        problems.add(field, f"unknown flag --{shorten(name)}; {suggestion}")
+        return
+    flag = Flag(name)
+    if flag.value in values or (
+        flag is Flag.MASK_DILATE and ("dilate_pixels" in values or "dilate_percent" in values)
+    ):
+        problems.add(field, f"--{name} is given twice; keep one")
+        return
+    if flag in VALUELESS_FLAGS:
+        if raw:
+            problems.add(
+                field,
+                f"--{name} takes no value but is followed by {quote(raw)}; put other text before the flags",
+            )
+            return
+        values[flag.value] = True
+        return
+    if not raw:
+        problems.add(field, f"--{name} needs a value: {_expected(flag, limits)}")
+        return
+    if flag in (Flag.MASK_PROMPT, Flag.MASK_NEGATIVE):
+        values[flag.value] = raw
+    elif flag is Flag.MASK_DILATE:
+        _read_dilate(raw, values, problems, field, limits)
+    elif flag is Flag.HIRES_DENOISING_STRENGTH:
+        try:
+            strength = read_float(raw)
+        except ValueError:
+            strength = -1.0
+        if not 0.0 <= strength <= 1.0:
+            problems.add(field, f"got {quote(raw)}; allowed: {_expected(flag, limits)}")
+            return
+        values[flag.value] = strength
+
+
+def _read_dilate(raw: str, values: dict[str, object], problems: Problems, field: str, limits: Limits) -> None:
+    if _PIXELS.fullmatch(raw):
+        pixels = int(raw)
+        if abs(pixels) <= limits.max_size:
+            values["dilate_pixels"] = pixels
+            return
+    elif (percent := _PERCENT.fullmatch(raw)) is not None:
+        amount = float(percent[1])
+        if abs(amount) <= DILATE_PERCENT_MAX:
+            values["dilate_percent"] = amount
+            return
+    problems.add(field, f"got {quote(raw)}; allowed: {_expected(Flag.MASK_DILATE, limits)}")
+
+
+def _expected(flag: Flag, limits: Limits) -> str:
+    if flag is Flag.MASK_DILATE:
+        return (
+            f"a signed whole number of pixels in -{limits.max_size}..{limits.max_size}, or a signed percent "
+            f"of the shorter side in -{DILATE_PERCENT_MAX:g}%..{DILATE_PERCENT_MAX:g}% (e.g. -20%)"
+        )
+    if flag is Flag.HIRES_DENOISING_STRENGTH:
+        return "a number in 0..1"
+    if flag is Flag.MASK_PROMPT:
+        return "what to segment, e.g. 'foreground', 'person', 'windows door'"
+    return "what to cut out of the mask, e.g. 'clothes hat shoes'"

@@ -1,0 +1,198 @@
+"""Rules that span several parts of a prompt: input-image needs, mask flags, keep-background mode,
+and the warnings about settings that are implied or have no effect.
+
+Decisions where Astria is silent or differs:
+
+- ``controlnet`` needs an image to condition on. Without an input image it is an error, except
+  ``controlnet=pose`` in a prompt with persons: the base pass is then conditioned on the default person
+  layout (evenly spaced standing figures drawn as a pose skeleton), and a warning says so.
+- ``hires_fix`` and ``inpaint_faces`` are accepted without ``super_resolution`` (Astria applies them
+  only together with it); the pass runs alone and a warning says what differs.
+- ``--mask_negative``, ``--mask_invert`` and ``--mask_dilate`` change the mask made by
+  ``--mask_prompt`` and are errors without it. ``--mask_prompt``, a mask image and ``--only_upscale``
+  need an input image. ``--mask_prompt`` and a mask image together are an error (two masks).
+- A prompt with nothing to generate (no text, no persons, not ``--only_upscale``) is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from multipass_prompt_parser.flags import FlagValues
+from multipass_prompt_parser.language import POSE_CONTROLNET, quote
+from multipass_prompt_parser.model import Person
+from multipass_prompt_parser.params import ParamValues
+from multipass_prompt_parser.problems import Problems
+from multipass_prompt_parser.tags import ModelTag
+
+#: ``(words:1.3)``: weighted syntax that only means something with use_lpw=true.
+WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\)")
+
+NEEDS_INPUT = "give input_image_url or upload an input image"
+
+
+@dataclass(frozen=True)
+class Context:
+    base_text: str
+    common_text: str
+    base_tags: tuple[ModelTag, ...]
+    common_tags: tuple[ModelTag, ...]
+    persons: tuple[Person, ...]
+    multi_pass: bool
+    flags: FlagValues
+    values: ParamValues
+    has_input_image: bool
+    has_mask_image: bool
+
+    @cached_property
+    def input_image(self) -> bool:
+        """An input image is given (a refused URL counts: the user meant to give one)."""
+        params = self.values.params
+        return self.has_input_image or bool(params.input_image_url) or "input_image_url" in self.values.failed
+
+    @cached_property
+    def mask_image(self) -> bool:
+        params = self.values.params
+        return self.has_mask_image or bool(params.mask_image_url) or "mask_image_url" in self.values.failed
+
+    @cached_property
+    def keep_background(self) -> bool:
+        return not self.base_text and not self.common_text and self.input_image and bool(self.persons)
+
+    @property
+    def all_tags(self) -> tuple[ModelTag, ...]:
+        return self.base_tags + tuple(tag for person in self.persons for tag in person.loras)
+
+
+def check(context: Context, problems: Problems) -> list[str]:
+    """Report rule violations to ``problems``; return the warnings, in a stable order."""
+    warnings: list[str] = []
+    _check_generation(context, problems, warnings)
+    _check_input_image_needs(context, problems, warnings)
+    _check_mask_flags(context, problems, warnings)
+    _warn_implied(context, warnings)
+    _warn_prompt_text(context, warnings)
+    return warnings
+
+
+def _check_generation(context: Context, problems: Problems, warnings: list[str]) -> None:
+    has_text = bool(context.base_text or context.common_text or context.persons)
+    if context.flags.only_upscale:
+        if has_text:
+            warnings.append("--only_upscale: the prompt text is ignored; the input image is only upscaled")
+        return
+    if not has_text:
+        problems.add(
+            "text", "the prompt has no text to generate from; write the scene (and persons after BREAK)"
+        )
+        return
+    if context.persons and not (context.base_text or context.common_text or context.input_image):
+        warnings.append(
+            "base and common prompts are empty and no input image is given: the base pass generates the "
+            "scene from an empty prompt"
+        )
+    if context.multi_pass and not context.persons:
+        warnings.append(
+            "BREAK without person segments: one pass of the base and common prompts, no person passes"
+        )
+    if context.keep_background and context.base_tags:
+        tags = " ".join(tag.tag for tag in context.base_tags)
+        warnings.append(
+            f"keep-background mode skips the base pass, so the base segment's tags {tags} are unused"
+        )
+    for person in context.persons:
+        own_tags = len(person.loras) - len(context.common_tags)
+        if not own_tags:
+            warnings.append(f"person {person.index} has no <lora:...> tag: its pass uses the base model")
+        if not person.prompt:
+            warnings.append(f"person {person.index} has only tags, no text: its pass uses the common prompt")
+
+
+def _check_input_image_needs(context: Context, problems: Problems, warnings: list[str]) -> None:
+    params = context.values.params
+    if params.controlnet and not context.input_image:
+        if params.controlnet == POSE_CONTROLNET and context.persons:
+            warnings.append(
+                f"controlnet=pose without an input image: the base pass is conditioned on the default layout "
+                f"of {len(context.persons)} standing figure{'s' if len(context.persons) > 1 else ''}"
+            )
+        else:
+            problems.add(
+                "params.controlnet",
+                f"controlnet={params.controlnet} needs an input image to condition on; {NEEDS_INPUT}, "
+                "or remove controlnet",
+            )
+    if context.flags.only_upscale and not context.input_image:
+        problems.add("flag --only_upscale", f"--only_upscale needs an input image to upscale; {NEEDS_INPUT}")
+    if context.mask_image and not context.input_image:
+        problems.add("params.mask_image_url", f"a mask image needs an input image to apply to; {NEEDS_INPUT}")
+
+
+def _check_mask_flags(context: Context, problems: Problems, warnings: list[str]) -> None:
+    flags = context.flags
+    if flags.mask_prompt:
+        if not context.input_image:
+            problems.add(
+                "flag --mask_prompt",
+                f"--mask_prompt {quote(flags.mask_prompt)} needs an input image to segment; {NEEDS_INPUT}",
+            )
+        if context.mask_image:
+            problems.add(
+                "flag --mask_prompt",
+                "--mask_prompt and a mask image both give the mask; keep one of them",
+            )
+        if context.keep_background:
+            warnings.append("keep-background mode skips the base pass, so the --mask_prompt mask is unused")
+        return
+    modifiers = [
+        ("mask_negative", bool(flags.mask_negative)),
+        ("mask_invert", flags.mask_invert),
+        ("mask_dilate", flags.dilate_pixels is not None or flags.dilate_percent is not None),
+    ]
+    for name, given in modifiers:
+        if given:
+            problems.add(
+                f"flag --{name}",
+                f"--{name} changes the mask made by --mask_prompt, but --mask_prompt is not given",
+            )
+
+
+def _warn_implied(context: Context, warnings: list[str]) -> None:
+    params = context.values.params
+    explicit = context.values.explicit
+    for name in ("hires_fix", "inpaint_faces"):
+        if getattr(params, name) and not params.super_resolution:
+            warnings.append(
+                f"{name}=true without super_resolution=true: Astria applies {name} only together with "
+                f"super_resolution; here the {name} pass runs alone, without the x4 upscale"
+            )
+    if context.flags.hires_denoising_strength is not None and not params.hires_fix:
+        warnings.append("--hires_denoising_strength has no effect without hires_fix=true")
+    if context.flags.tiled_upscale and not (params.super_resolution or context.flags.only_upscale):
+        warnings.append("--tiled_upscale has no effect without super_resolution=true or --only_upscale")
+    if not params.controlnet:
+        if "controlnet_conditioning_scale" in explicit:
+            warnings.append("controlnet_conditioning_scale is ignored without controlnet")
+        if params.controlnet_txt2img:
+            warnings.append("controlnet_txt2img is ignored without controlnet")
+    if params.face_swap and not context.all_tags:
+        warnings.append(
+            "face_swap=true needs a tune (<lora:...> or <faceid:...> tag) to take the face from; nothing to swap"
+        )
+
+
+def _warn_prompt_text(context: Context, warnings: list[str]) -> None:
+    if context.values.params.use_lpw:
+        return
+    texts = [context.base_text, context.common_text, *(p.prompt for p in context.persons)]
+    texts.append(context.values.params.negative_prompt)
+    for text in texts:
+        found = WEIGHTED.search(text)
+        if found is not None:
+            warnings.append(
+                f"weighted syntax such as {quote(found.group(0))} needs use_lpw=true; without it the "
+                "brackets and weights reach the encoder as plain text"
+            )
+            return

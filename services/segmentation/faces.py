@@ -1,0 +1,110 @@
+"""Face boxes (OpenCV Haar cascade) and their assignment to person slots.
+
+The frontal-face cascade shipped with ``opencv-python-headless`` (``cv2.data.haarcascades``) is the default
+detector; a model directory may provide another cascade under ``segmentation/faces/``. Detection runs on a
+grey, histogram-equalised copy scaled so its longer side is at most ``max_side`` pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from multipass.errors import FailedPrecondition
+from multipass_segmentation import mask_ops
+from multipass_segmentation.slots import Box
+
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+@dataclass(frozen=True)
+class Face:
+    box: Box
+    score: float
+    slot_index: int = -1
+
+
+class HaarFaceDetector:
+    def __init__(
+        self,
+        cascade_path: Path,
+        *,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size_fraction: float = 0.03,
+        max_side: int = 1024,
+    ):
+        self.cascade_path = Path(cascade_path)
+        if not self.cascade_path.is_file():
+            raise FailedPrecondition(f"face detector cascade not found: {self.cascade_path}")
+        self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
+        if self._cascade.empty():
+            raise FailedPrecondition(f"face detector cascade could not be loaded: {self.cascade_path}")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size_fraction = min_size_fraction
+        self.max_side = max_side
+        self._lock = threading.Lock()
+
+    @classmethod
+    def packaged(cls, **options) -> HaarFaceDetector:
+        """The frontal-face cascade that ships with OpenCV."""
+        return cls(Path(cv2.data.haarcascades) / DEFAULT_CASCADE, **options)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB ``uint8`` image, left to right. Scores map the cascade's confidence to 0..1."""
+        height, width = image.shape[:2]
+        scale = min(1.0, self.max_side / max(height, width))
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        if scale < 1.0:
+            grey = cv2.resize(
+                grey,
+                (max(1, round(width * scale)), max(1, round(height * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
+        grey = cv2.equalizeHist(grey)
+        smallest = max(12, int(round(self.min_size_fraction * min(grey.shape))))
+        with self._lock:
+            rects, _, weights = self._cascade.detectMultiScale3(
+                grey,
+                scaleFactor=self.scale_factor,
+                minNeighbors=self.min_neighbors,
+                minSize=(smallest, smallest),
+                outputRejectLevels=True,
+            )
+        faces = []
+        for (x, y, w, h), weight in zip(np.reshape(rects, (-1, 4)), np.ravel(weights), strict=True):
+            box = Box(x / scale, y / scale, (x + w) / scale, (y + h) / scale).clipped(width, height)
+            faces.append(Face(box, 1.0 - math.exp(-max(0.0, float(weight)) / 4.0)))
+        faces.sort(key=lambda f: f.box.centre[0])
+        return faces
+
+
+def assign_to_slots(
+    faces: Sequence[Face], person_masks: Sequence[np.ndarray | None], min_overlap: float = 0.1
+) -> list[Face]:
+    """Each face gets the slot whose mask covers most of its box; -1 when none covers ``min_overlap`` of it.
+
+    ``person_masks[i]`` is slot i's mask (None for a slot without one). Ties go to the lower slot index.
+    """
+    assigned = []
+    for face in faces:
+        best, best_overlap = -1, 0.0
+        for index, mask in enumerate(person_masks):
+            if mask is None:
+                continue
+            region = mask_ops.box_mask(mask.shape, face.box.as_tuple())
+            total = int(region.sum())
+            if total == 0:
+                continue
+            overlap = float((mask & region).sum()) / total
+            if overlap > best_overlap:
+                best, best_overlap = index, overlap
+        slot = best if best_overlap >= min_overlap and best_overlap > 0 else -1
+        assigned.append(Face(face.box, face.score, slot))
+    return assigned

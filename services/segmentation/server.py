@@ -1,0 +1,319 @@
+"""The thin ``multipass.v1.Segmentation`` servicer: object-store I/O and proto conversion.
+
+Images are read from and masks written to the object store; the model work runs on the service's single
+model thread (one per device), never on the event loop. Errors are raised, never returned: the shared
+interceptor maps them to gRPC status codes with field violations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from multipass import errors
+from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
+from multipass_segmentation import mask_ops
+from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION
+from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
+from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
+from PIL import Image
+
+T = TypeVar("T")
+
+SERVICE_NAME = "multipass.v1.Segmentation"
+INTERNAL_TOKEN_HEADER = "x-multipass-internal"
+
+
+class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
+    def __init__(self, segmenter: Segmenter, store, executor: Executor, *, max_pixels: int):
+        self.segmenter = segmenter
+        self.store = store
+        self.executor = executor
+        self.max_pixels = max_pixels
+
+    async def _run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    # rpcs ----------------------------------------------------------------------------------------
+
+    async def Segment(
+        self, request: segmentation_pb2.SegmentRequest, context
+    ) -> segmentation_pb2.SegmentResponse:
+        started = time.perf_counter()
+        kind = request.WhichOneof("kind")
+        problems: list[Violation] = []
+        if kind is None:
+            problems.append(
+                Violation("kind", "set either persons (one mask per slot) or text (a prompt mask)")
+            )
+        _check_ref(request.image, "image", problems)
+        _check_prefix(request.output_prefix, problems)
+        spec = None
+        if kind == "text":
+            spec = _text_spec(request.text, problems)
+        if problems:
+            raise InvalidInput.of(problems)
+        if spec is not None:
+            self.segmenter.check_text(spec, field="text")
+        image = await self._load_image(request.image, "image")
+        if kind == "persons":
+            slots = [_slot_from_proto(s) for s in request.persons.slots]
+            result = await self._run(self.segmenter.person_masks, image, slots, field="persons.slots")
+        else:
+            result = await self._run(self.segmenter.text_mask, image, spec, field="text")
+        bucket = request.output_bucket or request.image.bucket
+        refs = await asyncio.gather(
+            *(self._store_mask(bucket, f"{request.output_prefix}mask-{m.label}.png", m) for m in result.masks)
+        )
+        for output in result.masks:
+            outcome = "fallback" if output.fallback else "empty" if output.empty else "segmented"
+            MASKS.labels(kind=kind, outcome=outcome).inc()
+            if output.empty:
+                EMPTY.inc()
+        SEGMENT_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+        return segmentation_pb2.SegmentResponse(
+            masks=[_mask_result(m, ref) for m, ref in zip(result.masks, refs, strict=True)],
+            warnings=result.warnings,
+        )
+
+    async def Layout(
+        self, request: segmentation_pb2.LayoutRequest, context
+    ) -> segmentation_pb2.LayoutResponse:
+        started = time.perf_counter()
+        problems: list[Violation] = []
+        has_image = request.HasField("image")
+        if has_image:
+            _check_ref(request.image, "image", problems)
+        if request.output_key:
+            _check_key(request.output_key, "output_key", problems)
+            if not (request.output_bucket or (has_image and request.image.bucket)):
+                problems.append(
+                    Violation(
+                        "output_bucket",
+                        "is required to store the pose image when no input image gives a bucket",
+                    )
+                )
+        if problems:
+            raise InvalidInput.of(problems)
+        image = None
+        width, height = request.width, request.height
+        if has_image:
+            image = await self._load_image(request.image, "image")
+            img_height, img_width = image.shape[:2]
+            if (width and width != img_width) or (height and height != img_height):
+                raise InvalidInput.of(
+                    [
+                        Violation(
+                            "width",
+                            f"got {width}x{height}; the image is {img_width}x{img_height} (leave 0 to use its size)",
+                        )
+                    ]
+                )
+            width, height = img_width, img_height
+        result = await self._run(self.segmenter.layout, width, height, request.count, image)
+        response = segmentation_pb2.LayoutResponse(
+            slots=[_slot_to_proto(s) for s in result.slots], source=result.source, warnings=result.warnings
+        )
+        if request.output_key:
+            if any(s.keypoints for s in result.slots):
+                pose = await self._run(self.segmenter.render_pose, width, height, result.slots)
+                bucket = request.output_bucket or request.image.bucket
+                response.pose_image.CopyFrom(
+                    await self.store.put_image(bucket, request.output_key, Image.fromarray(pose, "RGB"))
+                )
+            else:
+                response.warnings.append(
+                    "no pose image: detected slots carry no keypoints (no pose is estimated)"
+                )
+        SEGMENT_DURATION.labels(kind="layout").observe(time.perf_counter() - started)
+        return response
+
+    async def DetectFaces(
+        self, request: segmentation_pb2.DetectFacesRequest, context
+    ) -> segmentation_pb2.DetectFacesResponse:
+        started = time.perf_counter()
+        problems: list[Violation] = []
+        _check_ref(request.image, "image", problems)
+        seen: set[int] = set()
+        for i, person in enumerate(request.person_masks):
+            _check_ref(person.mask, f"person_masks[{i}].mask", problems)
+            if not 0 <= person.index < MAX_PERSONS:
+                problems.append(
+                    Violation(
+                        f"person_masks[{i}].index", f"got {person.index}; expected 0..{MAX_PERSONS - 1}"
+                    )
+                )
+            elif person.index in seen:
+                problems.append(Violation(f"person_masks[{i}].index", f"slot {person.index} appears twice"))
+            seen.add(person.index)
+        if problems:
+            raise InvalidInput.of(problems)
+        image = await self._load_image(request.image, "image")
+        masks: list[np.ndarray | None] = [None] * (max(seen) + 1 if seen else 0)
+        loaded = await asyncio.gather(
+            *(
+                self._load_mask(p.mask, f"person_masks[{i}].mask", image.shape[:2])
+                for i, p in enumerate(request.person_masks)
+            )
+        )
+        for person, mask in zip(request.person_masks, loaded, strict=True):
+            masks[person.index] = mask
+        faces = await self._run(self.segmenter.detect_faces, image, masks)
+        SEGMENT_DURATION.labels(kind="faces").observe(time.perf_counter() - started)
+        return segmentation_pb2.DetectFacesResponse(
+            faces=[
+                segmentation_pb2.Face(box=_box_to_proto(f.box), score=f.score, slot_index=f.slot_index)
+                for f in faces
+            ]
+        )
+
+    # object store --------------------------------------------------------------------------------
+
+    async def _load_image(self, ref: common_pb2.ImageRef, field: str) -> np.ndarray:
+        try:
+            image = await self.store.get_image(ref, field=field, max_pixels=self.max_pixels, mode="RGB")
+        except NotFound as error:
+            raise NotFound(
+                f"{field} {ref.bucket}/{ref.key} does not exist", violations=[Violation(field, str(error))]
+            ) from error
+        return np.asarray(image)
+
+    async def _load_mask(self, ref: common_pb2.ImageRef, field: str, shape: tuple[int, int]) -> np.ndarray:
+        try:
+            image = await self.store.get_image(ref, field=field, max_pixels=self.max_pixels, mode="L")
+        except NotFound as error:
+            raise NotFound(
+                f"{field} {ref.bucket}/{ref.key} does not exist", violations=[Violation(field, str(error))]
+            ) from error
+        if (image.height, image.width) != tuple(shape):
+            raise InvalidInput.of(
+                [Violation(field, f"is {image.width}x{image.height}; the image is {shape[1]}x{shape[0]}")]
+            )
+        return mask_ops.as_mask(np.asarray(image))
+
+    async def _store_mask(self, bucket: str, key: str, output: MaskOutput) -> common_pb2.ImageRef:
+        try:
+            return await self.store.put_image(
+                bucket, key, Image.fromarray(mask_ops.to_uint8(output.mask), "L")
+            )
+        except NotFound as error:
+            raise NotFound(
+                str(error), violations=[Violation("output_bucket", f"bucket {bucket} does not exist")]
+            ) from error
+
+
+class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
+    """When a token is configured, every rpc but health and reflection needs ``x-multipass-internal``."""
+
+    EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(self.EXEMPT):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        offered = metadata.get(INTERNAL_TOKEN_HEADER, "")
+        offered = offered.encode() if isinstance(offered, str) else offered
+        if hmac.compare_digest(offered, self._token):
+            return await continuation(handler_call_details)
+        error = errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header")
+
+        async def deny(request, context):
+            from multipass.grpc_errors import to_status
+
+            await context.abort_with_status(to_status(error))
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+# conversion --------------------------------------------------------------------------------------
+
+
+def _check_ref(ref: common_pb2.ImageRef, field: str, problems: list[Violation]) -> None:
+    if not ref.bucket or not ref.key:
+        problems.append(Violation(field, "needs a bucket and a key"))
+
+
+def _check_key(key: str, field: str, problems: list[Violation]) -> None:
+    if key.startswith("/") or ".." in key.split("/") or any(ord(c) < 32 for c in key) or len(key) > 900:
+        problems.append(
+            Violation(field, f"got {key!r}; a relative object key without '..' or control characters")
+        )
+
+
+def _check_prefix(prefix: str, problems: list[Violation]) -> None:
+    if not prefix:
+        problems.append(Violation("output_prefix", "is required, e.g. 'jobs/<tenant>/<job>/image-0/'"))
+        return
+    _check_key(prefix, "output_prefix", problems)
+
+
+def _text_spec(text: segmentation_pb2.TextMaskRequest, problems: list[Violation]) -> TextMaskSpec | None:
+    dilation = None
+    which = text.WhichOneof("dilate")
+    if which == "dilate_pixels":
+        if abs(text.dilate_pixels) > 4096:
+            problems.append(
+                Violation("text.dilate_pixels", f"got {text.dilate_pixels}; expected -4096..4096")
+            )
+        dilation = mask_ops.Dilation(text.dilate_pixels)
+    elif which == "dilate_percent":
+        if not -100 <= text.dilate_percent <= 100:
+            problems.append(
+                Violation("text.dilate_percent", f"got {text.dilate_percent:g}; expected -100..100")
+            )
+        dilation = mask_ops.Dilation(text.dilate_percent, percent=True)
+    return TextMaskSpec(
+        prompt=text.prompt,
+        negative=text.negative,
+        invert=text.invert,
+        dilation=dilation,
+        box_threshold=text.box_threshold,
+        text_threshold=text.text_threshold,
+    )
+
+
+def _slot_from_proto(slot: segmentation_pb2.Slot) -> Slot:
+    box = Box(slot.box.x0, slot.box.y0, slot.box.x1, slot.box.y1)
+    keypoints = tuple(Keypoint(k.index, k.x, k.y, k.confidence) for k in slot.keypoints)
+    return Slot(slot.index, box, keypoints)
+
+
+def _box_to_proto(box: Box | tuple[float, float, float, float] | None) -> common_pb2.Box:
+    if box is None:
+        return common_pb2.Box()
+    x0, y0, x1, y1 = box.as_tuple() if isinstance(box, Box) else box
+    return common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1)
+
+
+def _slot_to_proto(slot: Slot) -> segmentation_pb2.Slot:
+    return segmentation_pb2.Slot(
+        index=slot.index,
+        box=_box_to_proto(slot.box),
+        keypoints=[
+            common_pb2.Keypoint(index=k.index, x=k.x, y=k.y, confidence=k.confidence) for k in slot.keypoints
+        ],
+    )
+
+
+def _mask_result(output: MaskOutput, ref: common_pb2.ImageRef) -> segmentation_pb2.MaskResult:
+    return segmentation_pb2.MaskResult(
+        index=output.index,
+        mask=ref,
+        box=_box_to_proto(output.box),
+        score=output.score,
+        label=output.label,
+        fallback=output.fallback,
+        area_fraction=output.area_fraction,
+    )

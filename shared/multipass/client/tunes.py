@@ -1,0 +1,73 @@
+"""Typed calls of the ``Tunes`` service: register (streamed file or URL), get, list, delete."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+TUNE_KINDS = ("lora", "checkpoint")
+BASE_FAMILIES = ("sd15", "sdxl")
+
+
+class TunesClient:
+    def __init__(self, channel: grpc.Channel, *, timeout: float = 120.0):
+        self._stub = jobs_pb2_grpc.TunesStub(channel)
+        self._timeout = max(timeout, 120.0)  # registering streams a whole LoRA
+
+    def register(
+        self,
+        file: Path | bytes | None,
+        *,
+        token: str,
+        class_name: str,
+        base_family: str,
+        kind: str = "lora",
+        name: str = "",
+        url: str = "",
+    ) -> jobs_pb2.Tune:
+        """Register a LoRA or checkpoint from a local file (streamed in chunks, SHA-256 sent along) or a URL."""
+        if (file is None) == (not url):
+            raise ValueError("give exactly one of a file and a URL")
+        data = file.read_bytes() if isinstance(file, Path) else file
+        if isinstance(file, Path) and not name:
+            name = file.stem
+        metadata = jobs_pb2.TuneMetadata(
+            name=name,
+            token=token,
+            class_name=class_name,
+            base_family=base_family,
+            kind=kind,
+            url=url,
+            sha256=hashlib.sha256(data).hexdigest() if data is not None else "",
+        )
+
+        def parts() -> Iterator[jobs_pb2.RegisterTuneRequest]:
+            yield jobs_pb2.RegisterTuneRequest(metadata=metadata)
+            if data is not None:
+                for start in range(0, len(data), CHUNK_BYTES):
+                    yield jobs_pb2.RegisterTuneRequest(chunk=data[start : start + CHUNK_BYTES])
+
+        return self._stub.RegisterTune(parts(), timeout=self._timeout)
+
+    def get(self, tune_id: str) -> jobs_pb2.Tune:
+        return self._stub.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune_id), timeout=self._timeout)
+
+    def list(self, *, page_size: int = 50) -> Iterator[jobs_pb2.Tune]:
+        token = ""
+        while True:
+            page = self._stub.ListTunes(
+                jobs_pb2.ListTunesRequest(page_size=page_size, page_token=token), timeout=self._timeout
+            )
+            yield from page.tunes
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete(self, tune_id: str) -> jobs_pb2.DeleteTuneResponse:
+        return self._stub.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune_id), timeout=self._timeout)

@@ -1,0 +1,160 @@
+"""Replaying a subject's history from a stream sequence, then tailing it (what ``WatchJob`` needs).
+
+Semantics of :class:`Replay`:
+
+* It yields ``(stream_seq, data, headers)`` for every message on ``subject`` (wildcards allowed) whose
+  stream sequence is greater than ``start_sequence_after`` (all of them when it is None or 0), in
+  stream order, each exactly once. A client that saw sequence ``n`` resumes with
+  ``start_sequence_after=n`` and misses nothing that the stream still retains.
+* ``deliver_new=True``: after the history it keeps waiting for new messages until it is closed.
+  ``deliver_new=False``: it ends once it has caught up with the messages present when it started
+  (messages published meanwhile may or may not be included).
+* It reads through an ephemeral, unacknowledged pull consumer that the server drops after a minute
+  without use; if the consumer vanishes or the connection drops, it is recreated from the last
+  sequence yielded, so a NATS restart only pauses the iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+if TYPE_CHECKING:
+    from multipass.bus import Bus
+
+log = logging.getLogger(__name__)
+
+ReplayItem = tuple[int, bytes, dict[str, str]]
+
+
+class Replay:
+    """Async iterator of ``(stream_seq, data, headers)``; also an async context manager."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        stream: str,
+        subject: str,
+        *,
+        start_sequence_after: int | None,
+        deliver_new: bool,
+        batch: int = 100,
+        fetch_timeout: float = 1.0,
+        inactive_threshold: float = 60.0,
+    ):
+        self._bus = bus
+        self.stream = stream
+        self.subject = subject
+        self.deliver_new = deliver_new
+        self.last_sequence = start_sequence_after or 0
+        self._batch = batch
+        self._fetch_timeout = fetch_timeout
+        self._inactive_threshold = inactive_threshold
+        self._sub = None
+        self._consumer: str | None = None
+        self._buffer: list[ReplayItem] = []
+        self._caught_up = False
+        self._closed = False
+
+    def __await__(self):
+        async def itself() -> Replay:
+            return self
+
+        return itself().__await__()
+
+    def __aiter__(self) -> Replay:
+        return self
+
+    async def __aenter__(self) -> Replay:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> ReplayItem:
+        while not self._buffer:
+            if self._closed or (self._caught_up and not self.deliver_new):
+                await self.aclose()
+                raise StopAsyncIteration
+            await self._fill()
+        item = self._buffer.pop(0)
+        self.last_sequence = item[0]
+        return item
+
+    async def _open(self) -> None:
+        start = self.last_sequence + 1
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            filter_subject=self.subject,
+            inactive_threshold=self._inactive_threshold,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        info = await self._bus.js.add_consumer(self.stream, config)
+        self._consumer = info.name
+        self._sub = await self._bus.js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+        self._bus._remember(self)
+        if not self.deliver_new and not info.num_pending:
+            self._caught_up = True
+
+    async def _fill(self) -> None:
+        try:
+            if self._sub is None:
+                await self._open()
+                if self._caught_up and not self.deliver_new:
+                    return
+            try:
+                msgs = await self._sub.fetch(batch=self._batch, timeout=self._fetch_timeout)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                if not self.deliver_new:
+                    info = await self._sub.consumer_info()
+                    self._caught_up = not info.num_pending
+                return
+        except nats.js.errors.NotFoundError:
+            log.info("replay consumer vanished; recreating", extra={"subject": self.subject})
+            await self._drop_consumer()
+            return
+        except (nats.errors.Error, OSError) as error:
+            if self._bus.nc.is_closed:
+                self._closed = True
+                return
+            log.info("replay interrupted; resuming", extra={"subject": self.subject, "error": repr(error)})
+            await self._drop_consumer()
+            await asyncio.sleep(0.5)
+            return
+        for msg in msgs:
+            metadata = msg.metadata
+            sequence = metadata.sequence.stream
+            if sequence <= max(self.last_sequence, self._buffer[-1][0] if self._buffer else 0):
+                continue
+            self._buffer.append((sequence, msg.data, dict(msg.headers or {})))
+            if not self.deliver_new and metadata.num_pending == 0:
+                self._caught_up = True
+
+    async def _drop_consumer(self) -> None:
+        sub, consumer = self._sub, self._consumer
+        self._sub = self._consumer = None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if consumer is not None and self._bus.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._bus.js.delete_consumer(self.stream, consumer)
+
+    async def unsubscribe(self) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop iterating and delete the consumer (idempotent)."""
+        self._closed = True
+        self._buffer.clear()
+        self._bus._forget(self)
+        await self._drop_consumer()

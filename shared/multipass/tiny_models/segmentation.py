@@ -1,0 +1,237 @@
+"""Tiny random-weight segmentation models of the real architectures, in the model-directory layout.
+
+``build(root)`` writes, once, under ``root/"segmentation"``:
+
+- ``sam/``: ``config.json`` (variant ``custom``: image encoder ``img_size=256``, ``embed_dim=32``, depth 2,
+  prompt/mask decoder width 32) and ``sam_tiny.pth``, the state dict of a ``segment_anything`` ``Sam``;
+- ``grounding/``: a ``GroundingDinoForObjectDetection`` in transformers format (Swin backbone with
+  ``embed_dim=16``, BERT text encoder of 1 layer, ``d_model=32``, ``decoder_layers=2``, 20 queries) with
+  its processor; the BERT tokenizer comes from a generated ``vocab.txt`` (common words, letters and
+  ``##`` letter pieces, so any lower-case ASCII word tokenises);
+- ``faces/``: ``config.json`` naming OpenCV's frontal-face Haar cascade, copied from ``cv2.data``.
+
+Everything is loaded by the production loader (``multipass_segmentation.models``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
+VERSION = "tiny-segmentation-v1"
+MARKER = ".tiny-segmentation-built"
+COMPONENTS = ("sam", "grounding", "faces")
+
+#: The tiny SAM's architecture, as the loader's custom configuration reads it.
+SAM_CONFIG = {
+    "variant": "custom",
+    "weights": "sam_tiny.pth",
+    "image_size": 256,
+    "patch_size": 16,
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "window_size": 4,
+    "prompt_embed_dim": 32,
+    "mask_in_chans": 4,
+    "decoder_depth": 2,
+    "decoder_mlp_dim": 64,
+    "decoder_num_heads": 2,
+    "iou_head_hidden_dim": 32,
+}
+
+_WORDS = (
+    "person", "people", "man", "woman", "boy", "girl", "child", "face", "head", "hair", "eye", "eyes",
+    "mouth", "nose", "ear", "hand", "hands", "arm", "arms", "leg", "legs", "body", "shirt", "dress",
+    "jacket", "hat", "glasses", "tie", "suit", "skirt", "shoe", "shoes", "background", "foreground", "sky",
+    "tree", "trees", "grass", "water", "sea", "wall", "floor", "window", "windows", "door", "car", "dog",
+    "cat", "flower", "building", "road", "a", "an", "the", "and", "of", "with", "in", "on", "red", "blue",
+    "green", "black", "white",
+)  # fmt: skip
+
+
+def build(root: Path) -> None:
+    """Write the tiny segmentation models under ``root/"segmentation"`` unless this version is there."""
+    base = Path(root) / "segmentation"
+    marker = base / MARKER
+    if _is_current(marker):
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    with _lock(base / ".build.lock"):
+        if _is_current(marker):
+            return
+        import torch
+
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(min(previous_threads, 2))
+        try:
+            with torch.random.fork_rng(devices=[]):
+                for name in COMPONENTS:
+                    shutil.rmtree(base / name, ignore_errors=True)
+                _build_sam(base / "sam")
+                _build_grounding(base / "grounding", base / ".vocab")
+                _build_faces(base / "faces")
+        finally:
+            torch.set_num_threads(previous_threads)
+        marker.write_text(VERSION + "\n")
+
+
+def _is_current(marker: Path) -> bool:
+    return marker.is_file() and marker.read_text().strip() == VERSION
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_sam(directory: Path) -> None:
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    c = SAM_CONFIG
+    grid = c["image_size"] // c["patch_size"]
+    torch.manual_seed(0)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=c["encoder_depth"],
+            embed_dim=c["encoder_embed_dim"],
+            img_size=c["image_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=c["encoder_num_heads"],
+            patch_size=c["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(c["encoder_global_attn_indexes"]),
+            window_size=c["window_size"],
+            out_chans=c["prompt_embed_dim"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c["prompt_embed_dim"],
+            image_embedding_size=(grid, grid),
+            input_image_size=(c["image_size"], c["image_size"]),
+            mask_in_chans=c["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=c["decoder_depth"],
+                embedding_dim=c["prompt_embed_dim"],
+                mlp_dim=c["decoder_mlp_dim"],
+                num_heads=c["decoder_num_heads"],
+            ),
+            transformer_dim=c["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=c["iou_head_hidden_dim"],
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    torch.save(sam.state_dict(), staging / c["weights"])
+    (staging / "config.json").write_text(json.dumps(c, indent=2) + "\n")
+    staging.rename(directory)
+
+
+def _write_vocab(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    letters = list(string.ascii_lowercase + string.digits)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.punctuation, *_WORDS, *letters]
+    tokens += ["##" + c for c in letters]
+    seen: list[str] = []
+    for token in tokens:
+        if token not in seen:
+            seen.append(token)
+    path.write_text("\n".join(seen) + "\n")
+    return path
+
+
+def _build_grounding(directory: Path, vocab_dir: Path) -> None:
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    vocab = _write_vocab(vocab_dir / "vocab.txt")
+    tokenizer = BertTokenizer(str(vocab), do_lower_case=True, model_max_length=256)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 2, 2],
+            window_size=7,
+            image_size=224,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=256,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,  # 1 fails in transformers 5.x (bbox head weight tying)
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=256,
+    )
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    torch.manual_seed(1)
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}),
+        tokenizer=tokenizer,
+    )
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    staging.rename(directory)
+
+
+def _build_faces(directory: Path) -> None:
+    import cv2
+
+    cascade = "haarcascade_frontalface_default.xml"
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(Path(cv2.data.haarcascades) / cascade, staging / cascade)
+    (staging / "config.json").write_text(
+        json.dumps({"detector": "haar", "cascade": cascade}, indent=2) + "\n"
+    )
+    staging.rename(directory)

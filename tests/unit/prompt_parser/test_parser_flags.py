@@ -1,0 +1,137 @@
+"""Inline flags (§4): every flag, where values end, and every error."""
+
+import pytest
+
+from multipass.errors import InvalidInput
+from multipass_prompt_parser.language import Limits
+from multipass_prompt_parser.parser import parse_prompt
+
+IMAGE = {"input_image_url": "https://example.com/in.png"}
+
+
+def problems_of(text, params=None, **kwargs):
+    with pytest.raises(InvalidInput) as caught:
+        parse_prompt(text, params, **kwargs)
+    return {v.field: v.description for v in caught.value.violations}
+
+
+def test_all_mask_flags_from_the_spec_example():
+    parsed = parse_prompt(
+        "astronaut in a garden --mask_prompt foreground --mask_negative clothes hat shoes --mask_invert "
+        "--mask_dilate -20 --hires_denoising_strength 0.2",
+        IMAGE,
+    )
+    assert parsed.base_prompt == "astronaut in a garden"
+    assert parsed.mask.prompt == "foreground"
+    assert parsed.mask.negative == "clothes hat shoes"
+    assert parsed.mask.invert is True
+    assert (parsed.mask.dilate_pixels, parsed.mask.dilate_percent) == (-20, None)
+    assert parsed.hires_denoising_strength == 0.2
+
+
+def test_multi_word_mask_prompt():
+    parsed = parse_prompt("a house --mask_prompt windows door", IMAGE)
+    assert parsed.mask.prompt == "windows door"
+    assert parsed.mask.negative == "" and parsed.mask.invert is False
+
+
+def test_no_mask_flags_means_no_mask_and_default_hires_strength():
+    parsed = parse_prompt("a house")
+    assert parsed.mask is None
+    assert parsed.hires_denoising_strength == 0.4
+    assert (parsed.tiled_upscale, parsed.only_upscale) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("written", "pixels", "percent"),
+    [("20", 20, None), ("-20", -20, None), ("+8", 8, None), ("0", 0, None), ("-20%", None, -20.0),
+     ("12.5%", None, 12.5), ("-20 %", None, -20.0), ("100%", None, 100.0), ("-2048", -2048, None)],
+)
+def test_mask_dilate_in_pixels_or_percent(written, pixels, percent):
+    parsed = parse_prompt(f"a house --mask_prompt door --mask_dilate {written}", IMAGE)
+    assert (parsed.mask.dilate_pixels, parsed.mask.dilate_percent) == (pixels, percent)
+
+
+@pytest.mark.parametrize("written", ["abc", "2049", "-2049", "101%", "-150%", "1.5", "20px", "%"])
+def test_mask_dilate_out_of_range_or_malformed(written):
+    found = problems_of(f"a house --mask_prompt door --mask_dilate {written}", IMAGE)
+    assert repr(written) in found["flag --mask_dilate"]
+    assert "-2048..2048" in found["flag --mask_dilate"] and "-100%..100%" in found["flag --mask_dilate"]
+
+
+def test_mask_dilate_pixel_bound_follows_the_size_cap():
+    found = problems_of("a house --mask_prompt door --mask_dilate 1100", IMAGE, limits=Limits(max_size=1024))
+    assert "-1024..1024" in found["flag --mask_dilate"]
+
+
+@pytest.mark.parametrize(("written", "value"), [("0", 0.0), ("1", 1.0), ("0.25", 0.25), (".5", 0.5)])
+def test_hires_denoising_strength(written, value):
+    parsed = parse_prompt(f"a house --hires_denoising_strength {written}\nhires_fix=true")
+    assert parsed.hires_denoising_strength == value
+
+
+@pytest.mark.parametrize("written", ["1.5", "-0.1", "x", "nan", "inf"])
+def test_hires_denoising_strength_out_of_range(written):
+    found = problems_of(f"a house --hires_denoising_strength {written}")
+    assert repr(written) in found["flag --hires_denoising_strength"]
+    assert "0..1" in found["flag --hires_denoising_strength"]
+
+
+def test_tiled_and_only_upscale():
+    parsed = parse_prompt("--only_upscale --tiled_upscale", IMAGE)
+    assert (parsed.only_upscale, parsed.tiled_upscale) == (True, True)
+    assert parsed.base_prompt == ""
+
+
+def test_flags_anywhere_and_text_after_them_on_the_next_line():
+    parsed = parse_prompt("a house --mask_prompt door\nat dusk BREAK BREAK ohwx man --mask_invert\nsmiling", IMAGE)
+    assert parsed.base_prompt == "a house at dusk"
+    assert parsed.persons[0].prompt == "ohwx man smiling"
+    assert parsed.mask.prompt == "door" and parsed.mask.invert
+
+
+def test_flag_value_stops_at_inline_break_and_at_a_tag():
+    parsed = parse_prompt("a street --mask_prompt person BREAK BREAK ohwx man --mask_negative hat <lora:1:1>", IMAGE)
+    assert parsed.mask.prompt == "person"
+    assert parsed.mask.negative == "hat"
+    assert parsed.persons[0].prompt == "ohwx man"
+    assert parsed.persons[0].loras[0].tune_id == "1"
+
+
+def test_double_hyphen_inside_words_is_text():
+    parsed = parse_prompt("a semi--gloss finish, a -- pause")
+    assert parsed.base_prompt == "a semi--gloss finish, a -- pause"
+
+
+def test_unknown_flag_is_named_with_the_closest_flag():
+    found = problems_of("a house --mask_promt door")
+    assert found["flag --mask_promt"] == "unknown flag --mask_promt; did you mean --mask_prompt?"
+
+
+def test_unknown_flag_without_similar_name_lists_the_flags():
+    found = problems_of("a house --zoom 2")
+    assert "--zoom" in found["flag --zoom"] and "--mask_prompt" in found["flag --zoom"]
+
+
+def test_a_parameter_written_as_a_flag_is_explained():
+    found = problems_of("a house --ar 16:9")
+    assert "ar=VALUE in the parameter block" in found["flag --ar"]
+
+
+@pytest.mark.parametrize("name", ["mask_prompt", "mask_negative", "mask_dilate", "hires_denoising_strength"])
+def test_flag_missing_its_value(name):
+    found = problems_of(f"a house --{name}\nmore text", IMAGE)
+    assert f"--{name} needs a value" in found[f"flag --{name}"]
+
+
+@pytest.mark.parametrize("name", ["mask_invert", "tiled_upscale", "only_upscale"])
+def test_valueless_flag_followed_by_text(name):
+    found = problems_of(f"a house --mask_prompt door --{name} extra words", IMAGE)
+    assert "takes no value" in found[f"flag --{name}"] and "'extra words'" in found[f"flag --{name}"]
+
+
+def test_flag_given_twice():
+    found = problems_of("a house --mask_prompt door --mask_prompt window", IMAGE)
+    assert "given twice" in found["flag --mask_prompt"]
+    found = problems_of("a house --mask_prompt door --mask_dilate 2 --mask_dilate 3%", IMAGE)
+    assert "given twice" in found["flag --mask_dilate"]

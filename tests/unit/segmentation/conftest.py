@@ -1,0 +1,32 @@
+"""Tiny segmentation models built once per session and loaded through the production loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from multipass.tiny_models import segmentation as tiny
+
+    root = tmp_path_factory.getbasetemp() / "tiny-segmentation-models"
+    tiny.build(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_dir: Path):
+    import torch
+
+    from multipass_segmentation.models import load_models
+
+    return load_models(tiny_model_dir, torch.device("cpu"))
+
+
+@pytest.fixture
+def segmenter(tiny_models):
+    from multipass_segmentation.segmenter import Segmenter
+
+    return Segmenter(tiny_models)
