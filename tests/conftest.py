@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from multipass.bus import Bus
 from multipass.connections import S3Settings
 from multipass.local import BinaryNotFound, NatsServerProcess, S3ServerProcess
@@ -74,7 +73,11 @@ def s3(s3_server: S3ServerProcess) -> S3ServerProcess:
 @pytest.fixture
 def s3_settings(s3: S3ServerProcess) -> S3Settings:
     return S3Settings(
-        endpoint=s3.endpoint, access_key="multipass", secret_key="multipass-secret", secure=False, region="us-east-1"
+        endpoint=s3.endpoint,
+        access_key="multipass",
+        secret_key="multipass-secret",
+        secure=False,
+        region="us-east-1",
     )
 
 

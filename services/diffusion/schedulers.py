@@ -83,8 +83,8 @@ def check_scheduler(name: str) -> str:
     return resolved
 
 
-def make_scheduler(name: str, base_config: dict[str, Any]):
-    """A new scheduler for ``name`` built on the model's scheduler config."""
+def make_scheduler(name: str, base_config: dict[str, Any], *, seed: int = 0):
+    """A new scheduler for ``name`` built on the model's scheduler config; ``seed`` seeds SDE noise."""
     import diffusers
 
     choice = SCHEDULERS[check_scheduler(name)]
@@ -96,5 +96,9 @@ def make_scheduler(name: str, base_config: dict[str, Any]):
                 "scheduler dpm++sde needs the torchsde package, which is not installed"
             ) from error
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_") and k not in _DROPPED_KEYS}
+    options = dict(choice.options)
+    if choice.class_name == "DPMSolverSDEScheduler":
+        # Its Brownian-tree noise is seeded separately from the pipeline's generator (random by default).
+        options["noise_sampler_seed"] = int(seed)
     scheduler_class = getattr(diffusers, choice.class_name)
-    return scheduler_class.from_config(config, **choice.options)
+    return scheduler_class.from_config(config, **options)

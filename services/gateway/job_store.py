@@ -131,3 +131,24 @@ class JobStore:
         if record is not None:
             await self.flush(record)
         return record
+
+    async def update(
+        self, tenant: str, job_id: str, fn: Callable[[events_pb2.JobRecord], bool]
+    ) -> events_pb2.JobRecord | None:
+        """Change fields that emit no job events (callback bookkeeping); ``fn`` returns whether it changed
+        anything. Returns the record as written (or as read when unchanged); None when the job is gone."""
+        key = names.job_key(tenant, job_id)
+        result: dict[str, events_pb2.JobRecord] = {}
+
+        def mutate(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            record = parse_record(current, key)
+            result["record"] = record
+            if not fn(record):
+                return None
+            record.job.updated_at.FromDatetime(now())
+            return record.SerializeToString()
+
+        await self.bus.kv_update(subjects.KV_JOBS, key, mutate)
+        return result.get("record")

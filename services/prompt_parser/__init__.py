@@ -1,0 +1,1 @@
+"""The prompt-parser service: the prompt language (``parser.parse_prompt``) behind gRPC ``PromptParser``."""

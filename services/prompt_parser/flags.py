@@ -74,18 +74,21 @@ def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, F
     pieces: list[str] = []
     position = 0
     values: dict[str, object] = {}
+    seen: set[str] = set()
     for index, match in enumerate(matches):
         limit = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         end = _value_end(text, match.end(), limit)
         pieces.append(text[position : match.start()])
         pieces.append(" ")
         position = end
-        _read_flag(match[1], text[match.end() : end].strip(), values, problems, limits)
+        _read_flag(match[1], text[match.end() : end].strip(), values, seen, problems, limits)
     pieces.append(text[position:])
     return "".join(pieces), FlagValues(**values)
 
 
-def _read_flag(name: str, raw: str, values: dict[str, object], problems: Problems, limits: Limits) -> None:
+def _read_flag(
+    name: str, raw: str, values: dict[str, object], seen: set[str], problems: Problems, limits: Limits
+) -> None:
     field = f"flag --{shorten(name)}"
     if name not in FLAG_NAMES:
         if name in PARAMS:
@@ -101,11 +104,10 @@ def _read_flag(name: str, raw: str, values: dict[str, object], problems: Problem
         problems.add(field, f"unknown flag --{shorten(name)}; {suggestion}")
         return
     flag = Flag(name)
-    if flag.value in values or (
-        flag is Flag.MASK_DILATE and ("dilate_pixels" in values or "dilate_percent" in values)
-    ):
+    if flag.value in seen:
         problems.add(field, f"--{name} is given twice; keep one")
         return
+    seen.add(flag.value)
     if flag in VALUELESS_FLAGS:
         if raw:
             problems.add(
@@ -123,14 +125,20 @@ def _read_flag(name: str, raw: str, values: dict[str, object], problems: Problem
     elif flag is Flag.MASK_DILATE:
         _read_dilate(raw, values, problems, field, limits)
     elif flag is Flag.HIRES_DENOISING_STRENGTH:
-        try:
-            strength = read_float(raw)
-        except ValueError:
-            strength = -1.0
-        if not 0.0 <= strength <= 1.0:
+        strength = _strength(raw)
+        if strength is None:
             problems.add(field, f"got {quote(raw)}; allowed: {_expected(flag, limits)}")
             return
         values[flag.value] = strength
+
+
+def _strength(raw: str) -> float | None:
+    """A denoising strength in 0..1, or None when ``raw`` is not one."""
+    try:
+        strength = read_float(raw)
+    except ValueError:
+        return None
+    return strength if 0.0 <= strength <= 1.0 else None
 
 
 def _read_dilate(raw: str, values: dict[str, object], problems: Problems, field: str, limits: Limits) -> None:

@@ -80,20 +80,20 @@ def parse_prompt(
     _check_person_segments(person_segments, problems, limits)
     _check_repeated_tunes(base, common, person_segments, problems)
 
-    negatives = _split_negative(values.params.negative_prompt, len(person_segments), problems)
-    negative_base, negative_common, person_negatives = negatives
+    negative_base, negative_common, person_negatives = _split_negative(
+        values.params.negative_prompt, len(person_segments), problems
+    )
+    person_negatives += [""] * (len(person_segments) - len(person_negatives))
     persons = tuple(
         Person(
             index=segment.index - 2,
             prompt=segment.text,
-            negative_prompt=person_negatives[i] if i < len(person_negatives) else "",
+            negative_prompt=negative,
             loras=segment.tags + common.tags,
             effective_prompt=join(common.text, segment.text),
-            effective_negative_prompt=join(
-                negative_common, person_negatives[i] if i < len(person_negatives) else ""
-            ),
+            effective_negative_prompt=join(negative_common, negative),
         )
-        for i, segment in enumerate(person_segments)
+        for segment, negative in zip(person_segments, person_negatives, strict=False)
     )
     context = rules.Context(
         base_text=base.text,

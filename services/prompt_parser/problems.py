@@ -10,7 +10,7 @@ from __future__ import annotations
 from multipass.errors import InvalidInput, Violation
 
 MAX_REPORTED = 8
-REPORT_BUDGET_BYTES = 1200
+REPORT_BUDGET_BYTES = 1000
 
 
 class Problems:

@@ -103,8 +103,7 @@ def _check_generation(context: Context, problems: Problems, warnings: list[str])
             f"keep-background mode skips the base pass, so the base segment's tags {tags} are unused"
         )
     for person in context.persons:
-        own_tags = len(person.loras) - len(context.common_tags)
-        if not own_tags:
+        if not person.loras:
             warnings.append(f"person {person.index} has no <lora:...> tag: its pass uses the base model")
         if not person.prompt:
             warnings.append(f"person {person.index} has only tags, no text: its pass uses the common prompt")

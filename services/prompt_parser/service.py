@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
 from multipass.v1 import prompt_pb2_grpc
+from multipass_prompt_parser.auth import InternalTokenInterceptor
 from multipass_prompt_parser.server import PromptParserServicer
 from multipass_prompt_parser.settings import ParserSettings
 from prometheus_client import REGISTRY, start_http_server
@@ -45,7 +46,8 @@ class ParserHandle:
 
 async def serve(settings: ParserSettings) -> ParserHandle:
     """Start the prompt parser on ``settings.grpc_addr`` (port 0 picks one) and /metrics."""
-    metrics_server, _thread = start_http_server(settings.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+    metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=REGISTRY)
+    interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
     try:
         running = await start_grpc_server(
             settings.grpc_addr,
@@ -56,6 +58,7 @@ async def serve(settings: ParserSettings) -> ParserHandle:
                     SERVICE_NAME,
                 )
             ],
+            extra_interceptors=interceptors,
         )
     except BaseException:
         metrics_server.shutdown()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multipass.config import EnvReader
 from multipass.errors import ConfigError, Violation
@@ -23,6 +23,13 @@ class ParserSettings:
     native_size: int = 512
     max_prompt_chars: int = 4000
     log_level: str = "INFO"
+    #: When set, Parse needs the x-multipass-internal metadata with this value.
+    internal_token: str = field(default="", repr=False)
+
+    @property
+    def metrics_host(self) -> str:
+        """/metrics listens where gRPC does: loopback locally, every interface in a pod (0.0.0.0)."""
+        return self.grpc_addr.rpartition(":")[0].strip("[]") or "127.0.0.1"
 
     @property
     def limits(self) -> Limits:

@@ -120,7 +120,12 @@ class Delivery:
             message.ParseFromString(self.data)
         except DecodeError as error:
             raise InvalidInput.of(
-                [Violation("message", f"{len(self.data)} bytes on {self.subject} do not decode as {message_type.__name__}")]
+                [
+                    Violation(
+                        "message",
+                        f"{len(self.data)} bytes on {self.subject} do not decode as {message_type.__name__}",
+                    )
+                ]
             ) from error
         return message
 
@@ -273,10 +278,12 @@ class Bus:
         }
         try:
             await asyncio.wait_for(nc.connect(**options), connect_timeout)
-        except (asyncio.TimeoutError, OSError, nats.errors.Error) as err:
+        except (TimeoutError, OSError, nats.errors.Error) as err:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise Unavailable(f"cannot connect to NATS at {url} within {connect_timeout:g}s: {err!r}") from err
+            raise Unavailable(
+                f"cannot connect to NATS at {url} within {connect_timeout:g}s: {err!r}"
+            ) from err
         bus = cls(nc, name, url)
         ref.append(bus)
         log.info("nats connected", extra={"nats_url": url, "client": name})
@@ -310,10 +317,11 @@ class Bus:
         self._live.add(live)
 
     def _forget(self, live: object) -> bool:
+        """Drop ``live`` from the subscriptions :meth:`close` ends; False if it was not there (any more)."""
         if live in self._live:
             self._live.discard(live)
             return True
-        return not self._closing
+        return False
 
     # topology ------------------------------------------------------------------------------------
 
@@ -351,8 +359,10 @@ class Bus:
                 try:
                     entry = await store.get(key)
                     current, revision = entry.value, entry.revision
-                except nats.js.errors.KeyNotFoundError:
+                except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                     current, revision = None, 0
+                except nats.js.errors.InvalidKeyError as error:
+                    raise InvalidInput.of([Violation("key", f"got {key!r}; not a valid KV key")]) from error
             new = mutate(current)
             if new is None:
                 return current, revision
@@ -399,12 +409,19 @@ class Bus:
             except Unavailable:
                 if attempt >= attempts or self.nc.is_closed:
                     raise
-                log.info("publish not acknowledged; sending again", extra={"subject": subject, "attempt": attempt})
+                log.info(
+                    "publish not acknowledged; sending again", extra={"subject": subject, "attempt": attempt}
+                )
                 await asyncio.sleep(0.1 * attempt)
         raise AssertionError("unreachable")
 
     async def publish_core(
-        self, subject: str, data: Message | bytes, *, headers: Mapping[str, str] | None = None, timeout: float = 2.0
+        self,
+        subject: str,
+        data: Message | bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 2.0,
     ) -> None:
         """Core NATS publish (no persistence, at most once), flushed to the server."""
         payload = data.SerializeToString() if isinstance(data, Message) else bytes(data)
@@ -412,7 +429,9 @@ class Bus:
             await self.nc.publish(subject, payload, headers=dict(headers) if headers else None)
             await self.nc.flush(timeout)
 
-    async def subscribe_core(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> CoreSubscription:
+    async def subscribe_core(
+        self, subject: str, callback: Callable[[Msg], Awaitable[None]]
+    ) -> CoreSubscription:
         """Core NATS subscription; ``callback(msg)`` gets ``.subject``, ``.data``, ``.headers``.
 
         Exceptions from the callback are logged with their traceback and do not end the subscription.
@@ -506,12 +525,15 @@ class Bus:
                     msgs = await self._fetch_unless_closing(sub, min(batch, free), fetch_timeout)
                     if msgs is None:
                         break
-                except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
-                except nats.js.errors.NotFoundError:
-                    log.warning("consumer vanished; recreating it", extra={"durable": durable})
-                    await self._pause_unless(stop, 0.5)
-                    with contextlib.suppress(Unavailable):
+                except (nats.errors.Error, OSError) as error:
+                    if self.nc.is_closed:
+                        break
+                    # A restarted server, a deleted consumer: wait a moment, re-create it, go on.
+                    log.warning("fetch failed; retrying", extra={"durable": durable, "error": repr(error)})
+                    await self._pause_unless(stop, 1.0)
+                    with contextlib.suppress(Unavailable, nats.errors.Error):
                         await self.ensure_consumer(
                             stream=stream,
                             durable=durable,
@@ -521,15 +543,16 @@ class Bus:
                             max_ack_pending=max_ack_pending,
                         )
                     continue
-                except (nats.errors.Error, OSError) as error:
-                    if self.nc.is_closed:
-                        break
-                    log.warning("fetch failed; retrying", extra={"durable": durable, "error": repr(error)})
-                    await self._pause_unless(stop, 1.0)
-                    continue
                 for msg in msgs:
                     task = asyncio.create_task(
-                        self._handle(msg, handler, ack_wait=ack_wait, max_deliver=max_deliver, backoff=backoff, on_term=on_term)
+                        self._handle(
+                            msg,
+                            handler,
+                            ack_wait=ack_wait,
+                            max_deliver=max_deliver,
+                            backoff=backoff,
+                            on_term=on_term,
+                        )
                     )
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
@@ -590,7 +613,11 @@ class Bus:
         on_term: TermHook | None,
     ) -> None:
         delivery = Delivery.from_msg(msg, max_deliver)
-        context = {"subject": delivery.subject, "stream_seq": delivery.stream_sequence, "msg_id": delivery.msg_id}
+        context = {
+            "subject": delivery.subject,
+            "stream_seq": delivery.stream_sequence,
+            "msg_id": delivery.msg_id,
+        }
         with log_context(**context):
             keep_alive = asyncio.create_task(self._keep_alive(msg, ack_wait / 3))
             try:
@@ -613,7 +640,9 @@ class Bus:
                     log.exception("on_term hook failed")
 
     @staticmethod
-    async def _decide(delivery: Delivery, handler: Handler, backoff: Sequence[float]) -> tuple[Decision, bool, str]:
+    async def _decide(
+        delivery: Delivery, handler: Handler, backoff: Sequence[float]
+    ) -> tuple[Decision, bool, str]:
         """(decision, whether the loop rather than the handler made it, failure description)."""
         retry_delay = backoff_delay(backoff, delivery.num_delivered)
         try:

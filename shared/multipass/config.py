@@ -53,7 +53,9 @@ class EnvReader:
             return default
         return value
 
-    def float(self, name: str, default: float, *, min: float | None = None, max: float | None = None) -> float:
+    def float(
+        self, name: str, default: float, *, min: float | None = None, max: float | None = None
+    ) -> float:
         raw = self._raw(name)
         if raw is None:
             return default

@@ -25,6 +25,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from multipass.errors import NotFound
+
 if TYPE_CHECKING:
     from multipass.bus import Bus
 
@@ -113,12 +115,15 @@ class Replay:
                     return
             try:
                 msgs = await self._sub.fetch(batch=self._batch, timeout=self._fetch_timeout)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 if not self.deliver_new:
                     info = await self._sub.consumer_info()
                     self._caught_up = not info.num_pending
                 return
-        except nats.js.errors.NotFoundError:
+        except nats.js.errors.NotFoundError as error:
+            if self._sub is None:  # creating the consumer failed: no such stream
+                await self.aclose()
+                raise NotFound(f"stream {self.stream} does not exist (run ensure_topology)") from error
             log.info("replay consumer vanished; recreating", extra={"subject": self.subject})
             await self._drop_consumer()
             return

@@ -40,7 +40,13 @@ BUCKETS = (BUCKET_JOBS, BUCKET_TUNES, BUCKET_MODELS)
 PNG = "image/png"
 _CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "NoSuchBucket", "ResourceNotFound", "NoSuchObject"}
-_TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "XMinioServerNotInitialized"}
+_TRANSIENT = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "XMinioServerNotInitialized",
+}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 T = TypeVar("T")
@@ -56,13 +62,18 @@ class ObjectInfo:
     last_modified: datetime | None
 
 
-def http_client(*, connect_timeout: float, read_timeout: float, retries: int, secure: bool) -> urllib3.PoolManager:
+def http_client(
+    *, connect_timeout: float, read_timeout: float, retries: int, secure: bool
+) -> urllib3.PoolManager:
     """A pool that gives up fast on an unreachable endpoint: short connect timeout, few quick retries."""
     kwargs: dict = {}
     if secure:
         import certifi
 
-        kwargs = {"cert_reqs": "CERT_REQUIRED", "ca_certs": os.environ.get("SSL_CERT_FILE") or certifi.where()}
+        kwargs = {
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        }
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         maxsize=16,
@@ -102,7 +113,10 @@ class ObjectStore:
             secure=settings.secure,
             region=settings.region,
             http_client=http_client(
-                connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries, secure=settings.secure
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries=retries,
+                secure=settings.secure,
             ),
         )
         return cls(client, endpoint=settings.endpoint)
@@ -119,7 +133,9 @@ class ObjectStore:
             if error.code in _TRANSIENT:
                 return Unavailable(f"object store at {self.endpoint} failed on {where}: {error.code}")
             if error.code in _DENIED:
-                return FailedPrecondition(f"object store at {self.endpoint} refused access to {where}: {error.code}")
+                return FailedPrecondition(
+                    f"object store at {self.endpoint} refused access to {where}: {error.code}"
+                )
             return Internal(f"object store error on {where}: {error.code} {error.message}")
         if isinstance(error, ServerError):
             return Unavailable(f"object store at {self.endpoint} failed on {where}: HTTP {error.status_code}")
@@ -129,14 +145,22 @@ class ObjectStore:
                 return Unavailable(f"object store at {self.endpoint} failed on {where}: HTTP {status}")
             return Internal(f"object store at {self.endpoint} answered nonsense on {where}: {error}")
         if isinstance(error, (urllib3.exceptions.HTTPError, OSError, TimeoutError)):
-            return Unavailable(f"object store at {self.endpoint} unreachable ({where}): {type(error).__name__}")
+            return Unavailable(
+                f"object store at {self.endpoint} unreachable ({where}): {type(error).__name__}"
+            )
         return error
 
     async def _run(self, fn: Callable[[], T], bucket: str, key: str | None = None) -> T:
         def call() -> T:
             try:
                 return fn()
-            except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as error:
+            except (
+                S3Error,
+                ServerError,
+                InvalidResponseError,
+                urllib3.exceptions.HTTPError,
+                OSError,
+            ) as error:
                 raise self._translate(error, bucket, key) from error
 
         return await asyncio.to_thread(call)
@@ -220,7 +244,12 @@ class ObjectStore:
             return await self._run(read, bucket, key)
         except _TooLarge as error:
             raise InvalidInput.of(
-                [Violation(field, f"{bucket}/{key} is {'at least ' if error.partial else ''}{error.size} bytes; at most {max_bytes} allowed")]
+                [
+                    Violation(
+                        field,
+                        f"{bucket}/{key} is {'at least ' if error.partial else ''}{error.size} bytes; at most {max_bytes} allowed",
+                    )
+                ]
             ) from None
 
     async def get_image(
@@ -238,7 +267,9 @@ class ObjectStore:
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo:
         """Size, etag, content type and time of an object; NotFound if it does not exist."""
-        result = await self._run(lambda: self.client.stat_object(bucket_name=bucket, object_name=key), bucket, key)
+        result = await self._run(
+            lambda: self.client.stat_object(bucket_name=bucket, object_name=key), bucket, key
+        )
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -287,7 +318,9 @@ class ObjectStore:
                 )
             )
             if failures:
-                raise Internal(f"could not delete {len(failures)} objects under {bucket}/{prefix}: {failures[0]}")
+                raise Internal(
+                    f"could not delete {len(failures)} objects under {bucket}/{prefix}: {failures[0]}"
+                )
 
         await self._run(remove, bucket, prefix)
         return len(keys)
@@ -297,7 +330,9 @@ class ObjectStore:
     async def presigned_get(self, bucket: str, key: str, expires_seconds: int) -> str:
         """A URL that lets its holder GET the object for ``expires_seconds`` (1 s .. 7 days)."""
         if not 1 <= expires_seconds <= 7 * 24 * 3600:
-            raise InvalidInput.of([Violation("expires_seconds", f"got {expires_seconds}; expected 1..604800")])
+            raise InvalidInput.of(
+                [Violation("expires_seconds", f"got {expires_seconds}; expected 1..604800")]
+            )
         return await self._run(
             lambda: self.client.presigned_get_object(
                 bucket_name=bucket, object_name=key, expires=timedelta(seconds=expires_seconds)
@@ -308,7 +343,9 @@ class ObjectStore:
 
     # node-local cache ----------------------------------------------------------------------------
 
-    async def fetch_to_cache(self, ref: common_pb2.ObjectRef | common_pb2.ImageRef, cache_dir: str | Path) -> Path:
+    async def fetch_to_cache(
+        self, ref: common_pb2.ObjectRef | common_pb2.ImageRef, cache_dir: str | Path
+    ) -> Path:
         """A local file holding the object at ``ref``, downloaded once and keyed by its sha256.
 
         The file is ``<cache_dir>/<sha256><suffix of the key>`` (loaders that look at the suffix, such
@@ -317,7 +354,9 @@ class ObjectStore:
         """
         expected = ref.sha256.lower()
         if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-            raise InvalidInput.of([Violation("sha256", f"got {ref.sha256!r}; a cached object needs its sha256")])
+            raise InvalidInput.of(
+                [Violation("sha256", f"got {ref.sha256!r}; a cached object needs its sha256")]
+            )
         suffix = PurePosixPath(ref.key).suffix
         if not suffix.replace(".", "").isalnum():
             suffix = ""

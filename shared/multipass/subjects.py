@@ -49,7 +49,12 @@ def check_token(value: str, field: str) -> str:
     """``value`` if it is a safe subject token (letters, digits, ``_``, ``-``; 1..128), else InvalidInput."""
     if not isinstance(value, str) or not _TOKEN.match(value):
         raise InvalidInput.of(
-            [Violation(field, f"got {value!r}; expected 1..128 letters, digits, '_' or '-' (a NATS subject token)")]
+            [
+                Violation(
+                    field,
+                    f"got {value!r}; expected 1..128 letters, digits, '_' or '-' (a NATS subject token)",
+                )
+            ]
         )
     return value
 
@@ -104,7 +109,9 @@ def pass_msg_id(job_id: str, image: int, pass_name: str, attempt: int, suffix: s
     if isinstance(image, bool) or not isinstance(image, int) or image < 0:
         problems.append(Violation("image", f"got {image!r}; expected an integer >= 0"))
     if not isinstance(pass_name, str) or not pass_name or any(c.isspace() or c == ":" for c in pass_name):
-        problems.append(Violation("pass_name", f"got {pass_name!r}; expected a non-empty name without ':' or spaces"))
+        problems.append(
+            Violation("pass_name", f"got {pass_name!r}; expected a non-empty name without ':' or spaces")
+        )
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         problems.append(Violation("attempt", f"got {attempt!r}; expected an integer >= 0"))
     if any(c.isspace() for c in suffix):

@@ -56,17 +56,28 @@ class BucketSpec:
 
     def config(self, replicas: int) -> api.KeyValueConfig:
         return api.KeyValueConfig(
-            bucket=self.name, history=self.history, ttl=self.ttl, storage=api.StorageType.FILE, replicas=replicas
+            bucket=self.name,
+            history=self.history,
+            ttl=self.ttl,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
         )
 
 
 STREAMS: tuple[StreamSpec, ...] = (
     # Pass requests: each is removed once a worker acks (or terms) it; stale work expires after a day.
-    StreamSpec(subjects.STREAM_PASSES, (subjects.PASSES_SUBJECTS,), api.RetentionPolicy.WORK_QUEUE, max_age=DAY),
-    # Pass events and job events: kept a week for replay (WatchJob) whoever has read them.
-    StreamSpec(subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), api.RetentionPolicy.LIMITS, max_age=7 * DAY),
     StreamSpec(
-        subjects.STREAM_JOB_EVENTS, (subjects.JOB_EVENTS_SUBJECTS,), api.RetentionPolicy.LIMITS, max_age=7 * DAY
+        subjects.STREAM_PASSES, (subjects.PASSES_SUBJECTS,), api.RetentionPolicy.WORK_QUEUE, max_age=DAY
+    ),
+    # Pass events and job events: kept a week for replay (WatchJob) whoever has read them.
+    StreamSpec(
+        subjects.STREAM_EVENTS, (subjects.EVENTS_SUBJECTS,), api.RetentionPolicy.LIMITS, max_age=7 * DAY
+    ),
+    StreamSpec(
+        subjects.STREAM_JOB_EVENTS,
+        (subjects.JOB_EVENTS_SUBJECTS,),
+        api.RetentionPolicy.LIMITS,
+        max_age=7 * DAY,
     ),
 )
 

@@ -8,13 +8,12 @@ import time
 
 import nats.js.errors
 import pytest
-from nats.js import api
-
 from multipass import subjects, topology
 from multipass.bus import Ack, Bus, Delivery, Nak, Term, backoff_delay
 from multipass.errors import InvalidInput, NotFound, Unavailable
 from multipass.local.process import free_port
 from multipass.v1 import common_pb2
+from nats.js import api
 
 MODEL = "tiny"
 SUBJECT = subjects.diffusion_pass_subject(MODEL)
@@ -40,7 +39,9 @@ def consumer(bus: Bus, handler, stop: asyncio.Event, **overrides) -> asyncio.Tas
 
 async def publish_passes(bus: Bus, count: int) -> None:
     for index in range(count):
-        await bus.publish(SUBJECT, f"pass-{index}".encode(), msg_id=subjects.pass_msg_id("J1", index, "base", 0))
+        await bus.publish(
+            SUBJECT, f"pass-{index}".encode(), msg_id=subjects.pass_msg_id("J1", index, "base", 0)
+        )
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -79,7 +80,7 @@ async def test_publish_protobuf_and_headers_reach_the_handler(bus):
         return Ack()
 
     await asyncio.wait_for(consumer(bus, handler, stop), 10)
-    (parsed, delivery), = seen
+    ((parsed, delivery),) = seen
     assert parsed == ref
     assert delivery.headers["x-tenant"] == "t1"
     assert delivery.msg_id == "J1:0:base:0"
@@ -120,7 +121,10 @@ async def test_topology_is_created_with_the_contract_settings(bus):
     assert passes.config.retention == api.RetentionPolicy.WORK_QUEUE
     assert passes.config.storage == api.StorageType.FILE
     assert passes.config.subjects == ["multipass.pass.>"]
-    for name, subject in ((subjects.STREAM_EVENTS, "multipass.events.>"), (subjects.STREAM_JOB_EVENTS, "multipass.jobevents.>")):
+    for name, subject in (
+        (subjects.STREAM_EVENTS, "multipass.events.>"),
+        (subjects.STREAM_JOB_EVENTS, "multipass.jobevents.>"),
+    ):
         info = await bus.js.stream_info(name)
         assert info.config.retention == api.RetentionPolicy.LIMITS
         assert info.config.subjects == [subject]
@@ -132,7 +136,12 @@ async def test_topology_is_created_with_the_contract_settings(bus):
 
 
 async def test_topology_is_idempotent_concurrently_and_updates_old_config(bus, nats_server):
-    await bus.js.update_stream(name=subjects.STREAM_EVENTS, subjects=["multipass.events.>"], max_age=60.0, storage=api.StorageType.FILE)
+    await bus.js.update_stream(
+        name=subjects.STREAM_EVENTS,
+        subjects=["multipass.events.>"],
+        max_age=60.0,
+        storage=api.StorageType.FILE,
+    )
     others = [await Bus.connect(nats_server.url, name=f"other-{i}") for i in range(3)]
     try:
         await asyncio.gather(bus.ensure_topology(), *(other.ensure_topology() for other in others))
@@ -392,6 +401,24 @@ async def test_close_with_a_live_consumer_does_not_stall(nats_server):
     assert bus.nc.is_closed
 
 
+async def test_a_deleted_consumer_is_recreated(bus):
+    stop, seen = asyncio.Event(), []
+
+    async def handler(delivery):
+        seen.append(delivery.data)
+        if len(seen) == 2:
+            stop.set()
+        return Ack()
+
+    task = consumer(bus, handler, stop)
+    await bus.publish(SUBJECT, b"first", msg_id="J1:0:base:0")
+    await wait_until(lambda: seen == [b"first"])
+    await bus.js.delete_consumer(subjects.STREAM_PASSES, DURABLE)
+    await bus.publish(SUBJECT, b"second", msg_id="J1:1:base:0")
+    await asyncio.wait_for(task, 10)
+    assert seen == [b"first", b"second"]
+
+
 async def test_consumer_config_is_updated_not_ignored(bus):
     stop = asyncio.Event()
     stop.set()
@@ -435,7 +462,9 @@ async def test_core_publish_reaches_subscribers_until_unsubscribed(bus):
 
 async def publish_job_events(bus: Bus, job_id: str, count: int, start: int = 0) -> list[int]:
     acks = [
-        await bus.publish(subjects.job_event_subject(job_id), f"{job_id}-{i}".encode(), msg_id=f"{job_id}:{i}")
+        await bus.publish(
+            subjects.job_event_subject(job_id), f"{job_id}-{i}".encode(), msg_id=f"{job_id}:{i}"
+        )
         for i in range(start, start + count)
     ]
     return [ack.seq for ack in acks]
@@ -447,23 +476,38 @@ async def test_replay_history_after_a_sequence(bus):
     await publish_job_events(bus, "J1", 1, start=2)
 
     stream, subject = subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J2")
-    everything = [item async for item in bus.replay(stream, subject, start_sequence_after=None, deliver_new=False)]
+    everything = [
+        item async for item in bus.replay(stream, subject, start_sequence_after=None, deliver_new=False)
+    ]
     assert [seq for seq, _, _ in everything] == seqs
     assert [data for _, data, _ in everything] == [b"J2-0", b"J2-1", b"J2-2"]
     assert everything[0][2]["Nats-Msg-Id"] == "J2:0"
 
-    after_first = [item[0] async for item in bus.replay(stream, subject, start_sequence_after=seqs[0], deliver_new=False)]
+    after_first = [
+        item[0] async for item in bus.replay(stream, subject, start_sequence_after=seqs[0], deliver_new=False)
+    ]
     assert after_first == seqs[1:]
-    nothing = [item async for item in bus.replay(stream, subject, start_sequence_after=seqs[-1], deliver_new=False)]
+    nothing = [
+        item async for item in bus.replay(stream, subject, start_sequence_after=seqs[-1], deliver_new=False)
+    ]
     assert nothing == []
-    unknown = [item async for item in await bus.replay(stream, subjects.job_event_subject("J9"), deliver_new=False)]
+    unknown = [
+        item async for item in await bus.replay(stream, subjects.job_event_subject("J9"), deliver_new=False)
+    ]
     assert unknown == []
+
+
+async def test_replay_of_a_missing_stream_is_not_found(bus):
+    with pytest.raises(NotFound, match="NOPE"):
+        await anext(aiter(bus.replay("NOPE", "nope.>")))
 
 
 async def test_replay_then_tail_new_messages(bus):
     first = await publish_job_events(bus, "J1", 2)
     got: list[int] = []
-    async with bus.replay(subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J1"), start_sequence_after=first[0]) as replay:
+    async with bus.replay(
+        subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J1"), start_sequence_after=first[0]
+    ) as replay:
         iterator = aiter(replay)
         got.append((await asyncio.wait_for(anext(iterator), 5))[0])
         later = await publish_job_events(bus, "J1", 2, start=2)
@@ -477,7 +521,12 @@ async def test_replay_of_pass_events_with_a_wildcard(bus):
     for event in ("started", "progress", "completed"):
         await bus.publish(subjects.event_subject("J5", event), event.encode(), msg_id=f"J5:0:base:0:{event}")
     await bus.publish(subjects.event_subject("J6", "started"), b"other job", msg_id="J6:0:base:0:started")
-    items = [item async for item in bus.replay(subjects.STREAM_EVENTS, subjects.job_events_filter("J5"), deliver_new=False)]
+    items = [
+        item
+        async for item in bus.replay(
+            subjects.STREAM_EVENTS, subjects.job_events_filter("J5"), deliver_new=False
+        )
+    ]
     assert [data for _, data, _ in items] == [b"started", b"progress", b"completed"]
 
 
@@ -528,3 +577,20 @@ async def test_bucket_specs_cover_every_contract_bucket():
         subjects.STREAM_EVENTS,
         subjects.STREAM_JOB_EVENTS,
     }
+
+
+async def test_kv_update_recreates_a_deleted_key_and_refuses_bad_keys(bus):
+    jobs = await bus.kv(subjects.KV_JOBS)
+    await jobs.put("J1", b"old")
+    await jobs.delete("J1")
+    seen: list[bytes | None] = []
+
+    def replace(current: bytes | None) -> bytes:
+        seen.append(current)
+        return b"new"
+
+    value, revision = await bus.kv_update(subjects.KV_JOBS, "J1", replace)
+    assert seen == [None] and value == b"new"
+    assert (await jobs.get("J1")).revision == revision
+    with pytest.raises(InvalidInput):
+        await bus.kv_update(subjects.KV_JOBS, "bad key*", replace)

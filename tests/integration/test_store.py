@@ -9,13 +9,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from multipass.connections import S3Settings
 from multipass.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from multipass.local import S3ServerProcess
 from multipass.store import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES, ObjectStore
 from multipass.v1 import common_pb2
+from PIL import Image
 
 KEY = "jobs/t1/J1/image-0/base.png"
 
@@ -24,7 +23,10 @@ async def test_put_and_get_bytes_with_sha256_and_size(store):
     data = b"\x00\x01 lora weights \xff" * 100
     ref = await store.put_bytes(BUCKET_TUNES, "tunes/t1/7/model.safetensors", data)
     assert ref == common_pb2.ObjectRef(
-        bucket=BUCKET_TUNES, key="tunes/t1/7/model.safetensors", sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+        bucket=BUCKET_TUNES,
+        key="tunes/t1/7/model.safetensors",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
     )
     assert await store.get_bytes(BUCKET_TUNES, ref.key) == data
     info = await store.stat(BUCKET_TUNES, ref.key)
@@ -34,7 +36,13 @@ async def test_put_and_get_bytes_with_sha256_and_size(store):
 async def test_put_image_and_get_image_round_trip(store):
     pixels = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     ref = await store.put_image(BUCKET_JOBS, KEY, Image.fromarray(pixels, "RGB"))
-    assert (ref.bucket, ref.key, ref.width, ref.height, ref.content_type) == (BUCKET_JOBS, KEY, 40, 24, "image/png")
+    assert (ref.bucket, ref.key, ref.width, ref.height, ref.content_type) == (
+        BUCKET_JOBS,
+        KEY,
+        40,
+        24,
+        "image/png",
+    )
     stored = await store.get_bytes(BUCKET_JOBS, KEY)
     assert ref.sha256 == hashlib.sha256(stored).hexdigest() and ref.size == len(stored)
     image = await store.get_image(ref)
@@ -101,7 +109,9 @@ async def test_list_exists_delete_and_delete_prefix(store):
 
 
 async def test_ensure_buckets_is_idempotent(store):
-    await asyncio.gather(*(store.ensure_buckets([BUCKET_JOBS, BUCKET_TUNES, BUCKET_MODELS, "extra"]) for _ in range(3)))
+    await asyncio.gather(
+        *(store.ensure_buckets([BUCKET_JOBS, BUCKET_TUNES, BUCKET_MODELS, "extra"]) for _ in range(3))
+    )
     assert await store.list_keys("extra") == []
 
 

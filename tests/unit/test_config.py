@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError
@@ -106,7 +105,9 @@ def test_address_accepts_host_port(value):
     reader.check()
 
 
-@pytest.mark.parametrize("value", ["minio", "minio:", ":9000", "minio:0", "minio:70000", "minio:http", "a b:1"])
+@pytest.mark.parametrize(
+    "value", ["minio", "minio:", ":9000", "minio:0", "minio:70000", "minio:http", "a b:1"]
+)
 def test_address_refuses_anything_else(value):
     reader = EnvReader({"MULTIPASS_A": value})
     reader.address("A", "x:1")
@@ -153,7 +154,11 @@ def test_connection_settings_from_environment():
 
 def test_bad_connection_settings_are_named():
     reader = EnvReader(
-        {"MULTIPASS_NATS_URL": "localhost:4222", "MULTIPASS_S3_ENDPOINT": "http://minio:9000", "MULTIPASS_S3_SECURE": "si"}
+        {
+            "MULTIPASS_NATS_URL": "localhost:4222",
+            "MULTIPASS_S3_ENDPOINT": "http://minio:9000",
+            "MULTIPASS_S3_SECURE": "si",
+        }
     )
     NatsSettings.from_env(reader)
     S3Settings.from_env(reader)

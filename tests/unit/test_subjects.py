@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from multipass import subjects
 from multipass.errors import InvalidInput
 
@@ -12,7 +11,12 @@ def test_names_match_the_contract():
     assert subjects.STREAM_PASSES == "MULTIPASS_PASSES"
     assert subjects.STREAM_EVENTS == "MULTIPASS_EVENTS"
     assert subjects.STREAM_JOB_EVENTS == "MULTIPASS_JOB_EVENTS"
-    assert subjects.KV_BUCKETS == ("multipass-jobs", "multipass-idempotency", "multipass-tenants", "multipass-tunes")
+    assert subjects.KV_BUCKETS == (
+        "multipass-jobs",
+        "multipass-idempotency",
+        "multipass-tenants",
+        "multipass-tunes",
+    )
     assert subjects.diffusion_pass_subject("sd15-tiny") == "multipass.pass.diffusion.sd15-tiny"
     assert subjects.event_subject("J1", "progress") == "multipass.events.J1.progress"
     assert subjects.job_events_filter("J1") == "multipass.events.J1.>"

@@ -59,7 +59,7 @@ def generate(
     width, height = size
     controlnet = ctx.runtime.controlnet(spec.controlnet) if control_image is not None else None
     pipe = ctx.components.pipeline(task, controlnet)
-    pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config)
+    pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config, seed=spec.seed)
     kwargs: dict = {
         "num_inference_steps": spec.steps,
         "guidance_scale": spec.cfg_scale,

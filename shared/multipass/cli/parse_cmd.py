@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("text", nargs="?", help="the prompt document")
-    source.add_argument("-f", "--file", metavar="FILE", help="read the prompt document from FILE ('-' for stdin)")
+    source.add_argument(
+        "-f", "--file", metavar="FILE", help="read the prompt document from FILE ('-' for stdin)"
+    )
     parser.add_argument(
         "--param",
         action="append",
@@ -76,10 +78,11 @@ def _read_document(args: argparse.Namespace) -> str | None:
 
 
 def _parse_local(args: argparse.Namespace, text: str, params: dict[str, str]) -> int:
-    from multipass.errors import ConfigError, InvalidInput
     from multipass_prompt_parser.convert import to_proto
     from multipass_prompt_parser.parser import parse_prompt
     from multipass_prompt_parser.settings import ParserSettings
+
+    from multipass.errors import ConfigError, InvalidInput
 
     try:
         limits = ParserSettings.from_env().limits
@@ -97,10 +100,10 @@ def _parse_local(args: argparse.Namespace, text: str, params: dict[str, str]) ->
 
 def _parse_remote(args: argparse.Namespace, text: str, params: dict[str, str]) -> int:
     import grpc
+    from multipass_prompt_parser.convert import to_request
 
     from multipass.grpc_errors import field_violations
     from multipass.v1 import prompt_pb2_grpc
-    from multipass_prompt_parser.convert import to_request
 
     request = to_request(text, params, has_input_image=args.input_image)
     with grpc.insecure_channel(args.addr) as channel:

@@ -108,7 +108,9 @@ class ManagedProcess:
                 return
             if time.monotonic() > deadline:
                 self.kill()
-                raise ServerStartError(f"{self.name} not ready after {timeout:.0f}s:\n{log_tail(self.log_path)}")
+                raise ServerStartError(
+                    f"{self.name} not ready after {timeout:.0f}s:\n{log_tail(self.log_path)}"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 

@@ -222,6 +222,8 @@ class LocalStack:
         """The complete environment of one service process."""
         config = self.config
         env = self._inherited_env()
+        for name, value in self._service_defaults(service).items():
+            env.setdefault(name, value)
         env.update(config.service_env)
         env.update(
             {
@@ -250,6 +252,17 @@ class LocalStack:
             if config.fetch_allow_hosts:
                 env["MULTIPASS_FETCH_ALLOW_HOSTS"] = ",".join(config.fetch_allow_hosts)
         return env
+
+    def _service_defaults(self, service: ServiceDef) -> dict[str, str]:
+        """Settings the local stack chooses unless the user's environment sets them."""
+        if service is not DIFFUSION:
+            return {}
+        defaults = {"MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(self.paths.root / "tune-cache")}
+        if self.config.model_dir is None:
+            from multipass.tiny_models.diffusion import TINY_WORKING_SIZE
+
+            defaults["MULTIPASS_DIFFUSION_WORKING_SIZE"] = str(TINY_WORKING_SIZE)
+        return defaults
 
     def _service_spec(self, service: ServiceDef, wiring: _Wiring) -> ProcessSpec:
         return ProcessSpec(

@@ -21,12 +21,13 @@ import fcntl
 import gzip
 import json
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-diffusion-v3"
+VERSION = "tiny-diffusion-v4"
 MARKER = ".tiny-diffusion-built"
 SD15_MODEL = "sd15-tiny"
 SDXL_MODEL = "sdxl-tiny"
@@ -134,9 +135,9 @@ def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:
 def _tokenizer(files: tuple[Path, Path], pad_token: str):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(
-        vocab_file=str(files[0]), merges_file=str(files[1]), model_max_length=77, pad_token=pad_token
-    )
+    vocab = json.loads(files[0].read_text())
+    merges = [tuple(line.split()) for line in files[1].read_text().split("\n")[1:] if line]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)
 
 
 def _text_config(*, hidden: int, projection: int):
@@ -303,7 +304,9 @@ class _TinyEdgeNet:
                 return torch.sigmoid(self.body(image))
 
         torch.manual_seed(300)
-        return torch.jit.script(EdgeNet().eval())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.script(EdgeNet().eval())
 
 
 def _build_preprocessors(base: Path) -> None:

@@ -1,7 +1,6 @@
 """BREAK (§2): segments, persons, joins, and BREAK never reaching the text."""
 
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.breaks import join, tidy
 from multipass_prompt_parser.language import Limits
@@ -48,7 +47,9 @@ def test_empty_common_segment_joins_without_a_stray_comma():
     assert parsed.persons[0].effective_prompt == "ohwx woman"
 
 
-@pytest.mark.parametrize("text", ["BREAKFAST at noon", "a break in the clouds", "Break dance", "UNBREAKABLE vow", "BREAK_1"])
+@pytest.mark.parametrize(
+    "text", ["BREAKFAST at noon", "a break in the clouds", "Break dance", "UNBREAKABLE vow", "BREAK_1"]
+)
 def test_break_only_as_a_whole_upper_case_word(text):
     parsed = parse_prompt(text)
     assert parsed.multi_pass is False and parsed.base_prompt == text
@@ -56,7 +57,11 @@ def test_break_only_as_a_whole_upper_case_word(text):
 
 def test_break_next_to_punctuation_splits():
     parsed = parse_prompt("a ballroom,BREAK,light BREAK.ohwx man")
-    assert (parsed.base_prompt, parsed.common_prompt, parsed.persons[0].prompt) == ("a ballroom", "light", ".ohwx man")
+    assert (parsed.base_prompt, parsed.common_prompt, parsed.persons[0].prompt) == (
+        "a ballroom",
+        "light",
+        ".ohwx man",
+    )
 
 
 def test_one_break_without_persons_warns():
@@ -110,8 +115,14 @@ def test_break_never_reaches_any_text():
 
 @pytest.mark.parametrize(
     ("raw", "tidied"),
-    [("  a   cat ,  dog  ", "a cat, dog"), (", a cat,", "a cat"), ("a\n\tcat", "a cat"), ("a, , ,b", "a,b"),
-     ("(word:1.3), [word]", "(word:1.3), [word]"), ("", "")],
+    [
+        ("  a   cat ,  dog  ", "a cat, dog"),
+        (", a cat,", "a cat"),
+        ("a\n\tcat", "a cat"),
+        ("a, , ,b", "a,b"),
+        ("(word:1.3), [word]", "(word:1.3), [word]"),
+        ("", ""),
+    ],
 )
 def test_tidy(raw, tidied):
     assert tidy(raw) == tidied
@@ -119,8 +130,20 @@ def test_tidy(raw, tidied):
 
 @pytest.mark.parametrize(
     ("parts", "joined"),
-    [(("base", "common"), "base, common"), (("base,", "common"), "base, common"), (("base, ", ", common"), "base, common"),
-     (("", "common"), "common"), (("base", ""), "base"), (("", ""), "")],
+    [
+        (("base", "common"), "base, common"),
+        (("base,", "common"), "base, common"),
+        (("base, ", ", common"), "base, common"),
+        (("", "common"), "common"),
+        (("base", ""), "base"),
+        (("", ""), ""),
+    ],
 )
 def test_join(parts, joined):
     assert join(*parts) == joined
+
+
+def test_person_with_only_common_tags_does_not_warn():
+    parsed = parse_prompt("a park BREAK light <lora:7:1> BREAK ohwx man")
+    assert [t.tune_id for t in parsed.persons[0].loras] == ["7"]
+    assert not any("has no <lora" in w for w in parsed.warnings)

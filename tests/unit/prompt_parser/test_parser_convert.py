@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from multipass.v1 import prompt_pb2
 from multipass_prompt_parser.convert import from_proto, from_request, to_proto, to_request, to_response
 from multipass_prompt_parser.parser import parse_prompt
@@ -35,7 +34,9 @@ def test_fields_of_the_multi_person_example():
 
 
 def test_optional_fields_are_present_when_set():
-    parsed = parse_prompt("a park --mask_prompt bench --mask_dilate -12.5%", {**IMAGE, "seed": "0", "controlnet": "pose"})
+    parsed = parse_prompt(
+        "a park --mask_prompt bench --mask_dilate -12.5%", {**IMAGE, "seed": "0", "controlnet": "pose"}
+    )
     message = to_proto(parsed)
     assert message.params.HasField("seed") and message.params.seed == 0
     assert message.params.controlnet_conditioning_scale == 1.0
@@ -45,7 +46,10 @@ def test_optional_fields_are_present_when_set():
 
 
 def test_pixel_dilate_and_flags():
-    parsed = parse_prompt("a park --mask_prompt bench --mask_dilate 7 --mask_invert --tiled_upscale", {**IMAGE, "super_resolution": "1"})
+    parsed = parse_prompt(
+        "a park --mask_prompt bench --mask_dilate 7 --mask_invert --tiled_upscale",
+        {**IMAGE, "super_resolution": "1"},
+    )
     message = to_proto(parsed)
     assert message.mask.WhichOneof("dilate") == "dilate_pixels" and message.mask.dilate_pixels == 7
     assert message.mask.invert and message.flags.tiled_upscale and not message.flags.only_upscale
@@ -71,4 +75,9 @@ def test_warnings_and_explicit_params_travel():
 def test_request_conversion():
     request = to_request("a park", {"steps": "20"}, has_input_image=True)
     asked = from_request(prompt_pb2.ParseRequest.FromString(request.SerializeToString()))
-    assert (asked.text, asked.params, asked.has_input_image, asked.has_mask_image) == ("a park", {"steps": "20"}, True, False)
+    assert (asked.text, asked.params, asked.has_input_image, asked.has_mask_image) == (
+        "a park",
+        {"steps": "20"},
+        True,
+        False,
+    )

@@ -1,7 +1,6 @@
 """One InvalidInput carries every problem; the report stays small enough for gRPC trailers."""
 
 import pytest
-
 from multipass.errors import InvalidInput, Violation
 from multipass_prompt_parser.parser import parse_prompt
 from multipass_prompt_parser.problems import MAX_REPORTED, REPORT_BUDGET_BYTES, report
@@ -23,7 +22,9 @@ def test_every_problem_of_every_part_is_reported_at_once():
 def test_single_problem_message_names_the_field():
     with pytest.raises(InvalidInput) as caught:
         parse_prompt("a park", {"steps": "99"})
-    assert caught.value.message == "invalid params.steps: got '99' in the request; allowed: an integer in 1..50"
+    assert (
+        caught.value.message == "invalid params.steps: got '99' in the request; allowed: an integer in 1..50"
+    )
 
 
 def test_refused_input_image_url_does_not_cause_follow_up_errors():
@@ -43,7 +44,9 @@ def test_report_keeps_the_first_problems_and_counts_the_rest():
     kept = report(found)
     assert len(kept) == MAX_REPORTED + 1
     assert kept[:MAX_REPORTED] == found[:MAX_REPORTED]
-    assert kept[-1] == Violation("request", f"{30 - MAX_REPORTED} more problems not listed; fix the above first")
+    assert kept[-1] == Violation(
+        "request", f"{30 - MAX_REPORTED} more problems not listed; fix the above first"
+    )
 
 
 def test_report_respects_the_byte_budget():

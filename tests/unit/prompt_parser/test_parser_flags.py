@@ -1,7 +1,6 @@
 """Inline flags (§4): every flag, where values end, and every error."""
 
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.parser import parse_prompt
@@ -44,8 +43,17 @@ def test_no_mask_flags_means_no_mask_and_default_hires_strength():
 
 @pytest.mark.parametrize(
     ("written", "pixels", "percent"),
-    [("20", 20, None), ("-20", -20, None), ("+8", 8, None), ("0", 0, None), ("-20%", None, -20.0),
-     ("12.5%", None, 12.5), ("-20 %", None, -20.0), ("100%", None, 100.0), ("-2048", -2048, None)],
+    [
+        ("20", 20, None),
+        ("-20", -20, None),
+        ("+8", 8, None),
+        ("0", 0, None),
+        ("-20%", None, -20.0),
+        ("12.5%", None, 12.5),
+        ("-20 %", None, -20.0),
+        ("100%", None, 100.0),
+        ("-2048", -2048, None),
+    ],
 )
 def test_mask_dilate_in_pixels_or_percent(written, pixels, percent):
     parsed = parse_prompt(f"a house --mask_prompt door --mask_dilate {written}", IMAGE)
@@ -84,14 +92,18 @@ def test_tiled_and_only_upscale():
 
 
 def test_flags_anywhere_and_text_after_them_on_the_next_line():
-    parsed = parse_prompt("a house --mask_prompt door\nat dusk BREAK BREAK ohwx man --mask_invert\nsmiling", IMAGE)
+    parsed = parse_prompt(
+        "a house --mask_prompt door\nat dusk BREAK BREAK ohwx man --mask_invert\nsmiling", IMAGE
+    )
     assert parsed.base_prompt == "a house at dusk"
     assert parsed.persons[0].prompt == "ohwx man smiling"
     assert parsed.mask.prompt == "door" and parsed.mask.invert
 
 
 def test_flag_value_stops_at_inline_break_and_at_a_tag():
-    parsed = parse_prompt("a street --mask_prompt person BREAK BREAK ohwx man --mask_negative hat <lora:1:1>", IMAGE)
+    parsed = parse_prompt(
+        "a street --mask_prompt person BREAK BREAK ohwx man --mask_negative hat <lora:1:1>", IMAGE
+    )
     assert parsed.mask.prompt == "person"
     assert parsed.mask.negative == "hat"
     assert parsed.persons[0].prompt == "ohwx man"
@@ -135,3 +147,8 @@ def test_flag_given_twice():
     assert "given twice" in found["flag --mask_prompt"]
     found = problems_of("a house --mask_prompt door --mask_dilate 2 --mask_dilate 3%", IMAGE)
     assert "given twice" in found["flag --mask_dilate"]
+
+
+def test_flag_repeated_after_a_bad_value_is_still_reported_twice():
+    found = problems_of("a house --hires_denoising_strength 7 --hires_denoising_strength 0.2")
+    assert "given twice" in found["flag --hires_denoising_strength"]

@@ -1,7 +1,6 @@
 """Parameters (§5): defaults, every type and range, enums, sizes from ar, URLs, request overrides."""
 
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import BOOL_PARAMS, CONTROLNETS, SCHEDULERS, Limits, size_for_ar
 from multipass_prompt_parser.parser import parse_prompt
@@ -22,7 +21,12 @@ def params_of(**given):
 def test_defaults():
     p = parse_prompt("a lighthouse").params
     assert (p.num_images, p.negative_prompt, p.seed, p.steps, p.cfg_scale, p.scheduler) == (
-        1, "", None, 30, 7.0, "dpm++2m_karras",
+        1,
+        "",
+        None,
+        30,
+        7.0,
+        "dpm++2m_karras",
     )
     assert (p.w, p.h, p.ar) == (512, 512, "1:1")
     assert (p.controlnet, p.controlnet_conditioning_scale, p.controlnet_txt2img) == ("", None, False)
@@ -52,7 +56,9 @@ def test_numeric_ranges(name, low, high, below, above, words):
         )
 
 
-@pytest.mark.parametrize(("name", "bad"), [("steps", "3.5"), ("steps", "1_0"), ("num_images", "two"), ("seed", "0x10")])
+@pytest.mark.parametrize(
+    ("name", "bad"), [("steps", "3.5"), ("steps", "1_0"), ("num_images", "two"), ("seed", "0x10")]
+)
 def test_integers_must_be_written_as_integers(name, bad):
     assert repr(bad) in problems_of(f"a lighthouse\n{name}={bad}")[f"params.{name}"]
 
@@ -72,7 +78,9 @@ def test_float_forms():
 
 
 @pytest.mark.parametrize("name", BOOL_PARAMS + ("controlnet_txt2img",))
-@pytest.mark.parametrize(("written", "value"), [("true", True), ("1", True), ("TRUE", True), ("false", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("written", "value"), [("true", True), ("1", True), ("TRUE", True), ("false", False), ("0", False)]
+)
 def test_bools(name, written, value):
     extra = {"controlnet": "canny", "input_image_url": IMAGE} if name == "controlnet_txt2img" else {}
     assert getattr(params_of(**{name: written}, **extra), name) is value
@@ -99,16 +107,31 @@ def test_every_controlnet(controlnet):
 
 
 def test_conditioning_scale_given_is_kept_for_pose_and_others():
-    assert params_of(controlnet="pose", input_image_url=IMAGE, controlnet_conditioning_scale="0.6").controlnet_conditioning_scale == 0.6
-    assert params_of(controlnet="depth", input_image_url=IMAGE, controlnet_conditioning_scale="1.5").controlnet_conditioning_scale == 1.5
+    assert (
+        params_of(
+            controlnet="pose", input_image_url=IMAGE, controlnet_conditioning_scale="0.6"
+        ).controlnet_conditioning_scale
+        == 0.6
+    )
+    assert (
+        params_of(
+            controlnet="depth", input_image_url=IMAGE, controlnet_conditioning_scale="1.5"
+        ).controlnet_conditioning_scale
+        == 1.5
+    )
 
 
-@pytest.mark.parametrize(("written", "value"), [("Film Velvia", "Film Velvia"), ("film portra", "Film Portra"), ("EKTAR", "Ektar")])
+@pytest.mark.parametrize(
+    ("written", "value"), [("Film Velvia", "Film Velvia"), ("film portra", "Film Portra"), ("EKTAR", "Ektar")]
+)
 def test_color_grading(written, value):
     assert params_of(color_grading=written).color_grading == value
 
 
-@pytest.mark.parametrize(("name", "bad"), [("scheduler", "ddim"), ("controlnet", "openpose"), ("color_grading", "Kodachrome"), ("ar", "4:3")])
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("scheduler", "ddim"), ("controlnet", "openpose"), ("color_grading", "Kodachrome"), ("ar", "4:3")],
+)
 def test_enum_errors_list_the_allowed_values(name, bad):
     description = problems_of("a lighthouse", {name: bad, "input_image_url": IMAGE})[f"params.{name}"]
     assert description.startswith(f"got {bad!r} in the request; allowed: one of ")
@@ -116,8 +139,15 @@ def test_enum_errors_list_the_allowed_values(name, bad):
 
 @pytest.mark.parametrize(
     ("ar", "size"),
-    [("1:1", (512, 512)), ("portrait", (512, 768)), ("16:9", (912, 512)), ("landscape", (768, 512)),
-     ("anamorphic", (1224, 512)), ("2:3", (512, 768)), ("3:2", (768, 512))],
+    [
+        ("1:1", (512, 512)),
+        ("portrait", (512, 768)),
+        ("16:9", (912, 512)),
+        ("landscape", (768, 512)),
+        ("anamorphic", (1224, 512)),
+        ("2:3", (512, 768)),
+        ("3:2", (768, 512)),
+    ],
 )
 def test_ar_resolves_width_and_height_from_the_native_size(ar, size):
     p = params_of(ar=ar)
@@ -176,12 +206,22 @@ def test_http_urls(url):
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/a.png", "file:///etc/passwd", "example.com/a.png", "http://", "javascript:alert(1)",
-            "https://exa mple.com/a", "http://[::1"]
+    "url",
+    [
+        "ftp://example.com/a.png",
+        "file:///etc/passwd",
+        "example.com/a.png",
+        "http://",
+        "javascript:alert(1)",
+        "https://exa mple.com/a",
+        "http://[::1",
+    ],
 )
 @pytest.mark.parametrize("name", ["input_image_url", "mask_image_url"])
 def test_non_http_urls_are_refused(url, name):
-    found = problems_of("a lighthouse", {name: url, "input_image_url": IMAGE} if name == "mask_image_url" else {name: url})
+    found = problems_of(
+        "a lighthouse", {name: url, "input_image_url": IMAGE} if name == "mask_image_url" else {name: url}
+    )
     assert found[f"params.{name}"] == f"got {url!r} in the request; allowed: an http:// or https:// URL"
 
 

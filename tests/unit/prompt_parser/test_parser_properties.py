@@ -5,7 +5,6 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.convert import to_proto
 from multipass_prompt_parser.language import FLAG_NAMES, PARAMS, Limits
@@ -15,17 +14,70 @@ from multipass_prompt_parser.problems import MAX_REPORTED
 VALUES = st.one_of(
     st.text(max_size=12),
     st.sampled_from(
-        ["", "1", "0", "-1", "8", "30", "7.5", "1e3", "nan", "true", "false", "TRUE", "1:1", "portrait", "anamorphic",
-         "pose", "canny", "euler_a", "Ektar", "512", "768", "2048", "2056", "https://example.com/a.png", "ftp://x/y",
-         "http://", "a BREAK b BREAK c BREAK d", "x <lora:1:1>"]
+        [
+            "",
+            "1",
+            "0",
+            "-1",
+            "8",
+            "30",
+            "7.5",
+            "1e3",
+            "nan",
+            "true",
+            "false",
+            "TRUE",
+            "1:1",
+            "portrait",
+            "anamorphic",
+            "pose",
+            "canny",
+            "euler_a",
+            "Ektar",
+            "512",
+            "768",
+            "2048",
+            "2056",
+            "https://example.com/a.png",
+            "ftp://x/y",
+            "http://",
+            "a BREAK b BREAK c BREAK d",
+            "x <lora:1:1>",
+        ]
     ),
 )
-NAMES = st.one_of(st.sampled_from(sorted(PARAMS)), st.sampled_from(["stesp", "cfg", "mask_prompt", "--seed"]), st.text(max_size=8))
+NAMES = st.one_of(
+    st.sampled_from(sorted(PARAMS)),
+    st.sampled_from(["stesp", "cfg", "mask_prompt", "--seed"]),
+    st.text(max_size=8),
+)
 FRAGMENTS = st.one_of(
     st.text(max_size=24),
     st.sampled_from(
-        ["BREAK", " BREAK ", "\nBREAK\n", "BREAKFAST", "\n", ", ", " ", "--", "<", ">", ":", "=", "(", ")", "[", "]",
-         "%", "-", "(word:1.3)", "\\(", "ohwx woman", "\r\n"]
+        [
+            "BREAK",
+            " BREAK ",
+            "\nBREAK\n",
+            "BREAKFAST",
+            "\n",
+            ", ",
+            " ",
+            "--",
+            "<",
+            ">",
+            ":",
+            "=",
+            "(",
+            ")",
+            "[",
+            "]",
+            "%",
+            "-",
+            "(word:1.3)",
+            "\\(",
+            "ohwx woman",
+            "\r\n",
+        ]
     ),
     st.builds(
         lambda name, value: f" --{name} {value}",
@@ -36,7 +88,13 @@ FRAGMENTS = st.one_of(
         lambda kind, tune, weight: f"<{kind}:{tune}{weight}>",
         st.sampled_from(["lora", "faceid", "LoRA", "lyco", "x"]),
         st.one_of(st.text(max_size=5), st.sampled_from(["849330", "861629", "style.v2", ""])),
-        st.one_of(st.just(""), st.builds(lambda w: f":{w}", st.one_of(st.text(max_size=4), st.sampled_from(["1", "0.5", "-2", "9", "x"])))),
+        st.one_of(
+            st.just(""),
+            st.builds(
+                lambda w: f":{w}",
+                st.one_of(st.text(max_size=4), st.sampled_from(["1", "0.5", "-2", "9", "x"])),
+            ),
+        ),
     ),
     st.builds(lambda name, value: f"\n{name}={value}", NAMES, VALUES),
 )
@@ -50,22 +108,40 @@ LIMITS = st.builds(
     max_prompt_chars=st.sampled_from([60, 4000]),
 )
 WORDS = st.lists(
-    st.one_of(st.sampled_from(["a", "red", "fox", "ohwx", "woman", "man", "(soft light:1.2)", "[blur]", ",", "break"]),
-              st.text(st.characters(codec="utf-8", exclude_characters="<>-=\n\r"), max_size=6)),
+    st.one_of(
+        st.sampled_from(
+            ["a", "red", "fox", "ohwx", "woman", "man", "(soft light:1.2)", "[blur]", ",", "break"]
+        ),
+        st.text(st.characters(codec="utf-8", exclude_characters="<>-=\n\r"), max_size=6),
+    ),
     max_size=6,
 ).map(" ".join)
 GOOD_TAGS = st.lists(
-    st.builds(lambda kind, tune, weight: f"<{kind}:{tune}{weight}>", st.sampled_from(["lora", "faceid"]),
-              st.sampled_from(["849330", "861629", "12", "style.v2"]), st.sampled_from(["", ":1", ":0.5", ":-1"])),
+    st.builds(
+        lambda kind, tune, weight: f"<{kind}:{tune}{weight}>",
+        st.sampled_from(["lora", "faceid"]),
+        st.sampled_from(["849330", "861629", "12", "style.v2"]),
+        st.sampled_from(["", ":1", ":0.5", ":-1"]),
+    ),
     max_size=2,
 ).map(" ".join)
 GOOD_FLAGS = st.sampled_from(
-    ["", "", " --mask_prompt person", " --mask_prompt door --mask_negative hat --mask_invert --mask_dilate -20%",
-     " --mask_prompt face --mask_dilate 8", " --hires_denoising_strength 0.3", " --tiled_upscale", " --only_upscale"]
+    [
+        "",
+        "",
+        " --mask_prompt person",
+        " --mask_prompt door --mask_negative hat --mask_invert --mask_dilate -20%",
+        " --mask_prompt face --mask_dilate 8",
+        " --hires_denoising_strength 0.3",
+        " --tiled_upscale",
+        " --only_upscale",
+    ]
 )
 GOOD_VALUES = {
     "num_images": st.sampled_from(["1", "4", "8"]),
-    "negative_prompt": st.sampled_from(["", "blurry", "a BREAK b", "a BREAK b BREAK c", "x BREAK y BREAK z BREAK w"]),
+    "negative_prompt": st.sampled_from(
+        ["", "blurry", "a BREAK b", "a BREAK b BREAK c", "x BREAK y BREAK z BREAK w"]
+    ),
     "seed": st.sampled_from(["", "0", "42", "4294967295"]),
     "steps": st.sampled_from(["1", "30", "50"]),
     "cfg_scale": st.sampled_from(["0", "7", "15"]),
@@ -89,7 +165,9 @@ def good_documents(draw):
         segments += [draw(WORDS) + " " + draw(GOOD_TAGS) for _ in range(draw(st.integers(0, 4)))]
     block = draw(st.dictionaries(st.sampled_from(sorted(GOOD_VALUES)), st.just(""), max_size=5))
     lines = [f"{name}={draw(GOOD_VALUES[name])}" for name in block]
-    return draw(st.sampled_from([" BREAK ", "\nBREAK\n"])).join(segments) + "".join("\n" + line for line in lines)
+    return draw(st.sampled_from([" BREAK ", "\nBREAK\n"])).join(segments) + "".join(
+        "\n" + line for line in lines
+    )
 
 
 GOOD_PARAMS = st.dictionaries(st.sampled_from(sorted(GOOD_VALUES)), st.just(""), max_size=4).flatmap(
@@ -114,7 +192,11 @@ def check_outcome(text, params, limits, has_input_image, has_mask_image):
         parsed.negative_base,
         parsed.negative_common,
         parsed.base_effective_negative_prompt,
-        *(t for p in parsed.persons for t in (p.prompt, p.effective_prompt, p.negative_prompt, p.effective_negative_prompt)),
+        *(
+            t
+            for p in parsed.persons
+            for t in (p.prompt, p.effective_prompt, p.negative_prompt, p.effective_negative_prompt)
+        ),
     ]
     if parsed.mask is not None:
         texts += [parsed.mask.prompt, parsed.mask.negative]

@@ -4,7 +4,6 @@ length limit, and the documents of prompt-language.md."""
 from pathlib import Path
 
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.parser import parse_prompt
@@ -43,7 +42,9 @@ def test_the_spec_document():
     p = parsed.params
     assert (p.num_images, p.seed, p.steps, p.cfg_scale, p.scheduler) == (1, None, 30, 7.0, "dpm++sde_karras")
     assert (p.controlnet, p.controlnet_conditioning_scale, p.input_image_url) == (
-        "pose", 1.0, "https://example.com/photo.jpg",
+        "pose",
+        1.0,
+        "https://example.com/photo.jpg",
     )
     assert (p.super_resolution, p.hires_fix, p.w, p.h) == (True, True, 512, 512)
     assert parsed.base_effective_negative_prompt == "clay, text, watermark, padding, cropped, typography"
@@ -127,7 +128,9 @@ def test_controlnet_needs_an_input_image():
 
 
 def test_pose_controlnet_with_persons_uses_the_default_layout():
-    parsed = parse_prompt("a park BREAK BREAK ohwx man <lora:1:1> BREAK ohwx woman <lora:2:1>", {"controlnet": "pose"})
+    parsed = parse_prompt(
+        "a park BREAK BREAK ohwx man <lora:1:1> BREAK ohwx woman <lora:2:1>", {"controlnet": "pose"}
+    )
     assert parsed.params.controlnet == "pose"
     assert any("default layout of 2 standing figures" in w for w in parsed.warnings)
 
@@ -143,9 +146,14 @@ def test_mask_prompt_needs_an_input_image():
 
 
 def test_mask_prompt_and_mask_image_together():
-    found = problems_of("a park --mask_prompt bench", {**IMAGE, "mask_image_url": "https://example.com/m.png"})
+    found = problems_of(
+        "a park --mask_prompt bench", {**IMAGE, "mask_image_url": "https://example.com/m.png"}
+    )
     assert "keep one of them" in found["flag --mask_prompt"]
-    assert "keep one" in problems_of("a park --mask_prompt bench", IMAGE, has_mask_image=True)["flag --mask_prompt"]
+    assert (
+        "keep one"
+        in problems_of("a park --mask_prompt bench", IMAGE, has_mask_image=True)["flag --mask_prompt"]
+    )
 
 
 def test_mask_image_needs_an_input_image():
@@ -170,11 +178,17 @@ def test_settings_astria_ties_to_super_resolution_are_accepted_alone_with_a_warn
 
 
 def test_warnings_for_settings_without_effect():
-    warnings = parse_prompt("a park --hires_denoising_strength 0.3 --tiled_upscale", {
-        "controlnet_conditioning_scale": "0.5", "controlnet_txt2img": "true", "face_swap": "true"
-    }).warnings
-    for words in ("--hires_denoising_strength has no effect", "--tiled_upscale has no effect",
-                  "controlnet_conditioning_scale is ignored", "controlnet_txt2img is ignored", "nothing to swap"):
+    warnings = parse_prompt(
+        "a park --hires_denoising_strength 0.3 --tiled_upscale",
+        {"controlnet_conditioning_scale": "0.5", "controlnet_txt2img": "true", "face_swap": "true"},
+    ).warnings
+    for words in (
+        "--hires_denoising_strength has no effect",
+        "--tiled_upscale has no effect",
+        "controlnet_conditioning_scale is ignored",
+        "controlnet_txt2img is ignored",
+        "nothing to swap",
+    ):
         assert any(words in w for w in warnings), words
 
 

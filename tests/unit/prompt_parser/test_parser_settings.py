@@ -1,7 +1,6 @@
 """ParserSettings.from_env: defaults, overrides, and failures naming the variable."""
 
 import pytest
-
 from multipass.errors import ConfigError
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.settings import ParserSettings
@@ -10,7 +9,11 @@ from multipass_prompt_parser.settings import ParserSettings
 def test_defaults():
     settings = ParserSettings.from_env({})
     assert settings == ParserSettings()
-    assert (settings.grpc_addr, settings.metrics_port, settings.log_level) == ("127.0.0.1:50051", 9101, "INFO")
+    assert (settings.grpc_addr, settings.metrics_port, settings.log_level) == (
+        "127.0.0.1:50051",
+        9101,
+        "INFO",
+    )
     assert settings.limits == Limits(native_size=512, max_size=2048, max_persons=8, max_prompt_chars=4000)
 
 
@@ -32,7 +35,13 @@ def test_every_variable():
 
 def test_bad_values_are_named_together():
     with pytest.raises(ConfigError) as caught:
-        ParserSettings.from_env({"MULTIPASS_MAX_PERSONS": "0", "MULTIPASS_PARSER_METRICS_PORT": "x", "MULTIPASS_LOG_LEVEL": "LOUD"})
+        ParserSettings.from_env(
+            {
+                "MULTIPASS_MAX_PERSONS": "0",
+                "MULTIPASS_PARSER_METRICS_PORT": "x",
+                "MULTIPASS_LOG_LEVEL": "LOUD",
+            }
+        )
     assert {v.field for v in caught.value.violations} == {
         "MULTIPASS_MAX_PERSONS",
         "MULTIPASS_PARSER_METRICS_PORT",
@@ -42,9 +51,12 @@ def test_bad_values_are_named_together():
 
 @pytest.mark.parametrize(
     ("env", "variable"),
-    [({"MULTIPASS_MAX_SIZE": "1020"}, "MULTIPASS_MAX_SIZE"), ({"MULTIPASS_NATIVE_SIZE": "500"}, "MULTIPASS_NATIVE_SIZE"),
-     ({"MULTIPASS_NATIVE_SIZE": "1024", "MULTIPASS_MAX_SIZE": "768"}, "MULTIPASS_NATIVE_SIZE"),
-     ({"MULTIPASS_MAX_SIZE": "128"}, "MULTIPASS_MAX_SIZE")],
+    [
+        ({"MULTIPASS_MAX_SIZE": "1020"}, "MULTIPASS_MAX_SIZE"),
+        ({"MULTIPASS_NATIVE_SIZE": "500"}, "MULTIPASS_NATIVE_SIZE"),
+        ({"MULTIPASS_NATIVE_SIZE": "1024", "MULTIPASS_MAX_SIZE": "768"}, "MULTIPASS_NATIVE_SIZE"),
+        ({"MULTIPASS_MAX_SIZE": "128"}, "MULTIPASS_MAX_SIZE"),
+    ],
 )
 def test_sizes_must_be_consistent(env, variable):
     with pytest.raises(ConfigError) as caught:

@@ -1,7 +1,6 @@
 """Model tags (§3): <lora:ID:WEIGHT>, <faceid:ID:WEIGHT>, where they apply, and every error."""
 
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.parser import parse_prompt
 from multipass_prompt_parser.tags import ModelTag
@@ -48,7 +47,9 @@ def test_kind_is_case_insensitive_and_spaces_are_trimmed():
 
 
 def test_base_tags_apply_to_the_base_pass_and_common_tags_to_every_pass():
-    parsed = parse_prompt("a park <lora:1:1> BREAK film look <lora:2:0.5> BREAK ohwx man <lora:3:1> BREAK ohwx woman")
+    parsed = parse_prompt(
+        "a park <lora:1:1> BREAK film look <lora:2:0.5> BREAK ohwx man <lora:3:1> BREAK ohwx woman"
+    )
     assert [t.tune_id for t in parsed.base_loras] == ["1", "2"]
     assert [t.tune_id for t in parsed.common_loras] == ["2"]
     assert [t.tune_id for t in parsed.persons[0].loras] == ["3", "2"]
@@ -62,8 +63,11 @@ def test_angle_brackets_that_are_not_tags_stay_text():
 
 @pytest.mark.parametrize(
     ("text", "field"),
-    [("ohwx <lora:12:0.5 red dress", "tag <lora:12:0.5"), ("ohwx <lora:12", "tag <lora:12"),
-     ("ohwx <lora:12:1 <lora:13:1>", "tag <lora:12:1")],
+    [
+        ("ohwx <lora:12:0.5 red dress", "tag <lora:12:0.5"),
+        ("ohwx <lora:12", "tag <lora:12"),
+        ("ohwx <lora:12:1 <lora:13:1>", "tag <lora:12:1"),
+    ],
 )
 def test_unclosed_tag(text, field):
     found = problems_of(f"a park BREAK BREAK {text}")
@@ -83,7 +87,12 @@ def test_weight_out_of_range(weight):
 
 @pytest.mark.parametrize(
     ("tag", "words"),
-    [("<lora::1>", "no id"), ("<lora: :1>", "no id"), ("<lora:a/b:1>", "not a tune id"), ("<lora:1:2:3>", "4 parts")],
+    [
+        ("<lora::1>", "no id"),
+        ("<lora: :1>", "no id"),
+        ("<lora:a/b:1>", "not a tune id"),
+        ("<lora:1:2:3>", "4 parts"),
+    ],
 )
 def test_malformed_tags(tag, words):
     assert words in problems_of(f"a park {tag}")[f"tag {tag}"]
@@ -111,5 +120,9 @@ def test_tags_are_refused_in_the_negative_prompt():
 
 def test_tag_text_never_reaches_the_prompt():
     parsed = parse_prompt("a <lora:1:1> park BREAK x <faceid:2> BREAK ohwx <lora:3:0.5>")
-    texts = [parsed.base_effective_prompt, parsed.common_prompt, *(p.effective_prompt for p in parsed.persons)]
+    texts = [
+        parsed.base_effective_prompt,
+        parsed.common_prompt,
+        *(p.effective_prompt for p in parsed.persons),
+    ]
     assert not any("<" in text or "lora" in text or "faceid" in text for text in texts)

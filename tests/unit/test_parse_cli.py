@@ -1,0 +1,120 @@
+"""``multipass parse`` in-process: JSON and readable output, parameters, exit status 2 on bad input."""
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from multipass.cli.main import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def default_settings(monkeypatch):
+    for name in (
+        "MULTIPASS_MAX_PERSONS",
+        "MULTIPASS_MAX_SIZE",
+        "MULTIPASS_NATIVE_SIZE",
+        "MULTIPASS_MAX_PROMPT_CHARS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_json_of_the_multi_person_example(capsys):
+    assert main(["parse", "--json", "-f", str(EXAMPLES / "multi-person.prompt")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["base_prompt"].startswith("a grand ballroom at a charity gala")
+    assert shown["common_prompt"] == "elegant, detailed skin, sharp focus, natural colours"
+    assert [[lora["tune_id"] for lora in person["loras"]] for person in shown["persons"]] == [
+        ["849330"],
+        ["861629"],
+    ]
+    assert shown["persons"][0]["index"] == 0 and shown["persons"][1]["index"] == 1
+    assert shown["multi_pass"] is True
+    assert shown["params"]["w"] == 768 and shown["params"]["h"] == 512
+
+
+def test_json_prints_fields_at_their_default_values(capsys):
+    assert main(["parse", "--json", "a lighthouse"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["common_prompt"] == "" and shown["persons"] == [] and shown["keep_background"] is False
+    assert shown["flags"] == {"tiled_upscale": False, "only_upscale": False}
+    assert shown["params"]["use_lpw"] is False and shown["params"]["controlnet"] == ""
+    assert "seed" not in shown["params"]
+    assert "mask" not in shown
+
+
+def test_readable_output(capsys):
+    assert main(["parse", "-f", str(EXAMPLES / "multi-person.prompt")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("multi-pass: base pass + 2 person passes")
+    assert "person 0: ohwx woman, long red silk evening gown, pearl earrings, smiling" in out
+    assert "lora 861629 weight 1" in out
+    assert " * num_images = 2" in out and "   seed = (unset)" in out
+
+
+def test_readable_output_of_mask_and_warnings(capsys):
+    text = "a house --mask_prompt door --mask_dilate -20% --mask_invert\nhires_fix=true"
+    assert main(["parse", text, "--param", "input_image_url=https://example.com/a.png"]) == 0
+    out = capsys.readouterr().out
+    assert "mask: 'door', dilate -20%, inverted" in out
+    assert "warnings:\n  - hires_fix=true without super_resolution=true" in out
+
+
+def test_params_override_the_block(capsys):
+    assert (
+        main(["parse", "--json", "a lighthouse\nsteps=20", "--param", "steps=40", "--param", "seed=9"]) == 0
+    )
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert (params["steps"], params["seed"]) == (40, 9)
+
+
+def test_input_image_switch_gives_keep_background(capsys):
+    assert main(["parse", "--json", "--input-image", "BREAK BREAK ohwx man <lora:3:1>"]) == 0
+    assert json.loads(capsys.readouterr().out)["keep_background"] is True
+
+
+def test_prompt_from_stdin(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("a lighthouse BREAK dusk BREAK ohwx man <lora:3:1>\n"))
+    assert main(["parse", "--json", "-f", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["persons"][0]["loras"][0]["tune_id"] == "3"
+
+
+def test_invalid_prompt_exits_2_with_violations_on_stderr(capsys):
+    assert main(["parse", "a lighthouse --mask_promt x\nstesp=3", "--param", "cfg_scale=99"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("invalid prompt:\n")
+    assert (
+        "  params.stesp: unknown parameter 'stesp' on line 2 of the parameter block; did you mean 'steps'?"
+        in captured.err
+    )
+    assert "  flag --mask_promt: unknown flag --mask_promt; did you mean --mask_prompt?" in captured.err
+    assert "  params.cfg_scale: got '99' in the request; allowed: a number in 0..15" in captured.err
+
+
+def test_settings_from_the_environment_apply(capsys, monkeypatch):
+    monkeypatch.setenv("MULTIPASS_MAX_PERSONS", "1")
+    assert main(["parse", "a BREAK b BREAK ohwx man BREAK ohwx woman"]) == 2
+    assert "at most 1 are allowed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["parse"], "give the prompt as TEXT or with -f FILE"),
+        (["parse", "x", "--param", "steps"], "expected NAME=VALUE"),
+        (["parse", "-f", "/nonexistent/prompt.txt"], "cannot read /nonexistent/prompt.txt"),
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv, words):
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_text_and_file_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["parse", "a lighthouse", "-f", str(EXAMPLES / "multi-person.prompt")])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
