@@ -79,5 +79,7 @@ def admin_token_matches(metadata: Iterable[tuple[str, str | bytes]] | None, expe
     presented = [header(metadata, ADMIN_TOKEN_HEADER), bearer_token(metadata)]
     expected_bytes = expected.encode("utf-8")
     return any(
-        hmac.compare_digest(candidate.encode("utf-8"), expected_bytes) for candidate in presented if candidate is not None
+        hmac.compare_digest(candidate.encode("utf-8"), expected_bytes)
+        for candidate in presented
+        if candidate is not None
     )

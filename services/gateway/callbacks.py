@@ -21,9 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from google.protobuf import json_format
-
 from multipass.v1 import events_pb2, jobs_pb2
-
 from multipass_gateway import gateway_metrics
 from multipass_gateway.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import CallbackSettings
@@ -37,7 +35,9 @@ _RETRY_STATUSES = frozenset({408, 425, 429})
 
 def job_json(job: jobs_pb2.Job) -> bytes:
     """The job as proto3 JSON with the proto field names (what GetJob returns, as JSON)."""
-    return json_format.MessageToJson(job, preserving_proto_field_name=True, indent=None, sort_keys=True).encode("utf-8")
+    return json_format.MessageToJson(
+        job, preserving_proto_field_name=True, indent=None, sort_keys=True
+    ).encode("utf-8")
 
 
 def sign(body: bytes, key: str, timestamp: int) -> str:
@@ -94,11 +94,17 @@ class CallbackSender:
 
     def budget_seconds(self) -> float:
         attempts = self._settings.max_attempts
-        return sum(backoff_delays(attempts, self._settings.backoff_seconds)) + attempts * (self._settings.timeout_seconds + 1) + 5
+        return (
+            sum(backoff_delays(attempts, self._settings.backoff_seconds))
+            + attempts * (self._settings.timeout_seconds + 1)
+            + 5
+        )
 
     async def deliver(self, tenant: str, job_id: str) -> str | None:
         """Claim and deliver; returns the outcome recorded, or None when another replica holds the claim."""
-        record = await self._claim(tenant, job_id, datetime.now().astimezone() + timedelta(seconds=self.budget_seconds()))
+        record = await self._claim(
+            tenant, job_id, datetime.now().astimezone() + timedelta(seconds=self.budget_seconds())
+        )
         if record is None or not record.job.callback_url:
             return None
         job = await self._load_job(record)
@@ -126,7 +132,8 @@ class CallbackSender:
                     break
                 reason, permanent = f"HTTP {status}", not retriable_status(status)
             log.warning(
-                "callback attempt failed", extra={"job_id": job_id, "attempt": attempt, "reason": reason, "permanent": permanent}
+                "callback attempt failed",
+                extra={"job_id": job_id, "attempt": attempt, "reason": reason, "permanent": permanent},
             )
             if permanent or attempt == self._settings.max_attempts:
                 outcome = f"failed after {attempt} attempts: {reason}"

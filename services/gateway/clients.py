@@ -12,20 +12,32 @@ import time
 from collections.abc import Mapping
 
 import grpc
-
 from multipass.errors import MultipassError, Unavailable
 from multipass.grpc_errors import from_rpc_error
-from multipass.v1 import diffusion_pb2, diffusion_pb2_grpc, prompt_pb2, prompt_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from multipass.v1 import (
+    diffusion_pb2,
+    diffusion_pb2_grpc,
+    prompt_pb2,
+    prompt_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_HEADER = "x-multipass-internal"
-_OPTIONS = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.max_send_message_length", 8 * 1024 * 1024)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+]
 
 
 class InternalClients:
     def __init__(self, *, parser: str, segmentation: str, diffusion: str, internal_token: str = ""):
-        self._channels = [grpc.aio.insecure_channel(target, options=_OPTIONS) for target in (parser, segmentation, diffusion)]
+        self._channels = [
+            grpc.aio.insecure_channel(target, options=_OPTIONS)
+            for target in (parser, segmentation, diffusion)
+        ]
         self.parser = prompt_pb2_grpc.PromptParserStub(self._channels[0])
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self._channels[1])
         self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[2])
@@ -42,7 +54,9 @@ class InternalClients:
         except grpc.aio.AioRpcError as error:
             rebuilt = from_rpc_error(error)
             if isinstance(rebuilt, Unavailable):
-                raise Unavailable(f"{service} at {self._targets[service]} unavailable: {error.details()}") from error
+                raise Unavailable(
+                    f"{service} at {self._targets[service]} unavailable: {error.details()}"
+                ) from error
             raise rebuilt from error
 
     async def parse(
@@ -60,7 +74,9 @@ class InternalClients:
     async def segment(self, request: segmentation_pb2.SegmentRequest) -> segmentation_pb2.SegmentResponse:
         return await self._call("segmentation", self.segmentation.Segment, request, 120.0)
 
-    async def detect_faces(self, request: segmentation_pb2.DetectFacesRequest) -> segmentation_pb2.DetectFacesResponse:
+    async def detect_faces(
+        self, request: segmentation_pb2.DetectFacesRequest
+    ) -> segmentation_pb2.DetectFacesResponse:
         return await self._call("segmentation", self.segmentation.DetectFaces, request, 60.0)
 
     async def info(self) -> diffusion_pb2.InfoResponse:

@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import urllib3
-from urllib3.exceptions import HTTPError
-
 from multipass_gateway.ssrf import AddressPolicy, IPAddress, Refused, Target, parse_url, redirect_target
+from urllib3.exceptions import HTTPError
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 USER_AGENT = "multipass-gateway/1"
@@ -70,7 +69,9 @@ async def system_resolve(host: str, port: int) -> list[IPAddress]:
 class SafeHttp:
     """Fetches and posts to user URLs; every connection goes to an address the policy allowed."""
 
-    def __init__(self, policy: AddressPolicy, *, resolver: Resolver = system_resolve, user_agent: str = USER_AGENT):
+    def __init__(
+        self, policy: AddressPolicy, *, resolver: Resolver = system_resolve, user_agent: str = USER_AGENT
+    ):
         self.policy = policy
         self._resolve = resolver
         self._user_agent = user_agent
@@ -107,7 +108,9 @@ class SafeHttp:
                     raise FetchError(f"redirect refused: {error}", permanent=True) from error
                 continue
             if response.status != 200:
-                raise FetchError(f"{target.url} answered HTTP {response.status}", permanent=400 <= response.status < 500)
+                raise FetchError(
+                    f"{target.url} answered HTTP {response.status}", permanent=400 <= response.status < 500
+                )
             return Fetched(response.data, target.url, response.headers.get("content-type", ""))
         raise FetchError(f"more than {max_redirects} redirects", permanent=True)
 
@@ -179,7 +182,9 @@ def _request(
                 raise FetchError(f"response is {encoding}-encoded; only identity is accepted", permanent=True)
             length = response_headers.get("content-length", "")
             if length.isdigit() and int(length) > max_bytes:
-                raise FetchError(f"response is {int(length)} bytes; at most {max_bytes} allowed", permanent=True)
+                raise FetchError(
+                    f"response is {int(length)} bytes; at most {max_bytes} allowed", permanent=True
+                )
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -199,6 +204,8 @@ def _request(
     except FetchError:
         raise
     except (HTTPError, OSError) as error:
-        raise FetchError(f"could not reach {target.host}:{target.port} ({type(error).__name__})", permanent=False) from error
+        raise FetchError(
+            f"could not reach {target.host}:{target.port} ({type(error).__name__})", permanent=False
+        ) from error
     finally:
         pool.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from multipass.metrics import LONG_BUCKETS
 from prometheus_client import Counter, Gauge, Histogram
 
-from multipass.metrics import LONG_BUCKETS
-
 JOBS_SUBMITTED = Counter("multipass_jobs_submitted_total", "Jobs accepted by SubmitJob.")
-JOBS_FINISHED = Counter("multipass_jobs_finished_total", "Jobs that reached a terminal state, by state.", ["state"])
+JOBS_FINISHED = Counter(
+    "multipass_jobs_finished_total", "Jobs that reached a terminal state, by state.", ["state"]
+)
 JOB_DURATION = Histogram(
     "multipass_job_duration_seconds", "Seconds from submit to the terminal state.", buckets=LONG_BUCKETS
 )

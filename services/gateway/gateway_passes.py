@@ -21,7 +21,6 @@ from multipass.bus import Ack, Bus, Delivery, Term
 from multipass.errors import MultipassError
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
-
 from multipass_gateway import job_state, names
 from multipass_gateway.clients import InternalClients
 from multipass_gateway.job_store import JobStore
@@ -34,14 +33,20 @@ WORKER_NAME = "gateway"
 
 
 def error_detail(error: MultipassError) -> common_pb2.ErrorDetail:
-    detail = common_pb2.ErrorDetail(code=common_pb2.ErrorCode.Value(f"ERROR_CODE_{error.code_name}"), message=str(error))
+    detail = common_pb2.ErrorDetail(
+        code=common_pb2.ErrorCode.Value(f"ERROR_CODE_{error.code_name}"), message=str(error)
+    )
     for violation in error.violations:
         detail.field_violations.add(field=violation.field, description=violation.description)
     return detail
 
 
 def face_targets(
-    record: events_pb2.JobRecord, image_index: int, faces: list[segmentation_pb2.Face], spec: diffusion_pb2.PassSpec, scale: tuple[float, float] | None
+    record: events_pb2.JobRecord,
+    image_index: int,
+    faces: list[segmentation_pb2.Face],
+    spec: diffusion_pb2.PassSpec,
+    scale: tuple[float, float] | None,
 ) -> list[diffusion_pb2.FaceTarget]:
     """Each face with the prompt and adapters of its person (the base prompt for faces outside every slot).
 
@@ -59,7 +64,10 @@ def face_targets(
             cx, cy = (face.box.x0 + face.box.x1) / 2, (face.box.y0 + face.box.y1) / 2
             for candidate in record.slots:
                 box = candidate.box
-                if box.x0 * scale[0] <= cx < box.x1 * scale[0] and box.y0 * scale[1] <= cy < box.y1 * scale[1]:
+                if (
+                    box.x0 * scale[0] <= cx < box.x1 * scale[0]
+                    and box.y0 * scale[1] <= cy < box.y1 * scale[1]
+                ):
                     slot = candidate.index
                     break
         source = persons.get(slot)
@@ -83,12 +91,18 @@ class GatewayPasses:
 
     async def _emit(self, request: diffusion_pb2.PassRequest, event: events_pb2.PassEvent, name: str) -> None:
         event.job_id, event.tenant = request.job_id, request.tenant
-        event.image_index, event.pass_name, event.attempt = request.image_index, request.pass_name, request.attempt
+        event.image_index, event.pass_name, event.attempt = (
+            request.image_index,
+            request.pass_name,
+            request.attempt,
+        )
         event.time.GetCurrentTime()
         await self.bus.publish(
             subjects.event_subject(request.job_id, name),
             event,
-            msg_id=subjects.pass_msg_id(request.job_id, request.image_index, request.pass_name, request.attempt, name),
+            msg_id=subjects.pass_msg_id(
+                request.job_id, request.image_index, request.pass_name, request.attempt, name
+            ),
         )
 
     async def _fail(self, request: diffusion_pb2.PassRequest, error: MultipassError) -> None:
@@ -102,7 +116,9 @@ class GatewayPasses:
         except MultipassError:
             return
         detail = common_pb2.ErrorDetail(code=common_pb2.ERROR_CODE_UNAVAILABLE, message=f"gave up: {reason}")
-        await self._emit(request, events_pb2.PassEvent(failed=events_pb2.PassFailed(error=detail)), subjects.EVENT_FAILED)
+        await self._emit(
+            request, events_pb2.PassEvent(failed=events_pb2.PassFailed(error=detail)), subjects.EVENT_FAILED
+        )
 
     async def handle(self, delivery: Delivery):
         request = delivery.parse(diffusion_pb2.PassRequest)
@@ -114,7 +130,11 @@ class GatewayPasses:
             if index is None:
                 return Term(f"no pass {request.pass_name} in image {request.image_index}")
             state = record.job.images[request.image_index].passes[index]
-            if job_state.is_terminal(record) or state.attempt != request.attempt or state.status not in job_state.ACTIVE_PASS:
+            if (
+                job_state.is_terminal(record)
+                or state.attempt != request.attempt
+                or state.status not in job_state.ACTIVE_PASS
+            ):
                 log.info("dropping an outdated gateway pass request")
                 return Ack()
             planned = record.plans[request.image_index].passes[index]
@@ -132,9 +152,18 @@ class GatewayPasses:
                 return Term(str(error))
         return Ack()
 
-    async def _segment(self, record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest, planned: events_pb2.PlannedPass) -> None:
+    async def _segment(
+        self,
+        record: events_pb2.JobRecord,
+        request: diffusion_pb2.PassRequest,
+        planned: events_pb2.PlannedPass,
+    ) -> None:
         image = request.spec.image
-        await self._emit(request, events_pb2.PassEvent(started=events_pb2.PassStarted(worker=WORKER_NAME, steps_total=1)), subjects.EVENT_STARTED)
+        await self._emit(
+            request,
+            events_pb2.PassEvent(started=events_pb2.PassStarted(worker=WORKER_NAME, steps_total=1)),
+            subjects.EVENT_STARTED,
+        )
         segment = segmentation_pb2.SegmentRequest(
             image=image,
             output_bucket=names.BUCKET_JOBS,
@@ -144,7 +173,11 @@ class GatewayPasses:
             segment.persons.slots.extend(record.slots)
         else:
             mask = record.job.parsed.mask
-            segment.text.prompt, segment.text.negative, segment.text.invert = mask.prompt, mask.negative, mask.invert
+            segment.text.prompt, segment.text.negative, segment.text.invert = (
+                mask.prompt,
+                mask.negative,
+                mask.invert,
+            )
             which = mask.WhichOneof("dilate")
             if which == "dilate_pixels":
                 segment.text.dilate_pixels = mask.dilate_pixels
@@ -152,7 +185,8 @@ class GatewayPasses:
                 segment.text.dilate_percent = mask.dilate_percent
         response = await self.clients.segment(segment)
         completed = events_pb2.PassCompleted(
-            result=diffusion_pb2.PassResult(output=image, warnings=list(response.warnings)), masks=list(response.masks)
+            result=diffusion_pb2.PassResult(output=image, warnings=list(response.warnings)),
+            masks=list(response.masks),
         )
         await self._emit(request, events_pb2.PassEvent(completed=completed), subjects.EVENT_COMPLETED)
 
@@ -165,7 +199,9 @@ class GatewayPasses:
             if f"person-{i}" in masks
         ]
         same_size = all(m.mask.width == image.width and m.mask.height == image.height for m in person_masks)
-        detect = segmentation_pb2.DetectFacesRequest(image=image, person_masks=person_masks if same_size else [])
+        detect = segmentation_pb2.DetectFacesRequest(
+            image=image, person_masks=person_masks if same_size else []
+        )
         response = await self.clients.detect_faces(detect)
         scale = None
         if person_masks and not same_size:
@@ -173,11 +209,17 @@ class GatewayPasses:
             scale = (image.width / max(1, first.width), image.height / max(1, first.height))
         if not response.faces:
             result = diffusion_pb2.PassResult(output=image, warnings=["no face found; image unchanged"])
-            await self._emit(request, events_pb2.PassEvent(completed=events_pb2.PassCompleted(result=result)), subjects.EVENT_COMPLETED)
+            await self._emit(
+                request,
+                events_pb2.PassEvent(completed=events_pb2.PassCompleted(result=result)),
+                subjects.EVENT_COMPLETED,
+            )
             return
         forwarded = diffusion_pb2.PassRequest()
         forwarded.CopyFrom(request)
-        forwarded.spec.faces.extend(face_targets(record, request.image_index, list(response.faces), request.spec, scale))
+        forwarded.spec.faces.extend(
+            face_targets(record, request.image_index, list(response.faces), request.spec, scale)
+        )
         for target in forwarded.spec.faces:
             for ref in target.loras:
                 if ref.tune_id not in forwarded.spec.tune_files:
@@ -187,7 +229,9 @@ class GatewayPasses:
         await self.bus.publish(
             subjects.diffusion_pass_subject(request.spec.model),
             forwarded,
-            msg_id=subjects.pass_msg_id(request.job_id, request.image_index, request.pass_name, request.attempt, "faces"),
+            msg_id=subjects.pass_msg_id(
+                request.job_id, request.image_index, request.pass_name, request.attempt, "faces"
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -17,19 +17,29 @@ from datetime import datetime
 
 from multipass import subjects
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
-
 from multipass_gateway import names
 
 PS = jobs_pb2
-TERMINAL_PASS = frozenset({PS.PASS_STATUS_COMPLETED, PS.PASS_STATUS_FAILED, PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_SKIPPED})
+TERMINAL_PASS = frozenset(
+    {PS.PASS_STATUS_COMPLETED, PS.PASS_STATUS_FAILED, PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_SKIPPED}
+)
 ACTIVE_PASS = frozenset({PS.PASS_STATUS_QUEUED, PS.PASS_STATUS_RUNNING})
 TERMINAL_IMAGE = frozenset({PS.PASS_STATUS_COMPLETED, PS.PASS_STATUS_FAILED, PS.PASS_STATUS_CANCELLED})
 TERMINAL_JOB = frozenset(
-    {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_PARTIAL, jobs_pb2.JOB_STATE_CANCELLED}
+    {
+        jobs_pb2.JOB_STATE_SUCCEEDED,
+        jobs_pb2.JOB_STATE_FAILED,
+        jobs_pb2.JOB_STATE_PARTIAL,
+        jobs_pb2.JOB_STATE_CANCELLED,
+    }
 )
 #: Worker failures worth another attempt of the pass (a fresh request, attempt + 1).
 RETRIABLE_CODES = frozenset(
-    {common_pb2.ERROR_CODE_UNAVAILABLE, common_pb2.ERROR_CODE_DEADLINE_EXCEEDED, common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED}
+    {
+        common_pb2.ERROR_CODE_UNAVAILABLE,
+        common_pb2.ERROR_CODE_DEADLINE_EXCEEDED,
+        common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED,
+    }
 )
 #: Step progress is recorded (and emitted) about this many times per pass.
 PROGRESS_UPDATES_PER_PASS = 10
@@ -94,7 +104,9 @@ def progress(record: events_pb2.JobRecord) -> float:
 
 
 def remaining_passes(record: events_pb2.JobRecord) -> int:
-    return sum(1 for image in record.job.images for state in image.passes if state.status not in TERMINAL_PASS)
+    return sum(
+        1 for image in record.job.images for state in image.passes if state.status not in TERMINAL_PASS
+    )
 
 
 # --- the chain ----------------------------------------------------------------------------------------
@@ -109,7 +121,9 @@ def current_image(record: events_pb2.JobRecord, image_index: int, before: int) -
     return record.input_image if record.input_image.key else None
 
 
-def build_request(record: events_pb2.JobRecord, image_index: int, pass_index: int) -> events_pb2.OutboxRequest:
+def build_request(
+    record: events_pb2.JobRecord, image_index: int, pass_index: int
+) -> events_pb2.OutboxRequest:
     """The pass request of pass ``pass_index`` of image ``image_index``, with the chain's images filled in."""
     job = record.job
     image = job.images[image_index]
@@ -159,7 +173,9 @@ def _queue(state: jobs_pb2.PassState, attempt: int) -> None:
     state.ClearField("error")
 
 
-def _advance(record: events_pb2.JobRecord, image_index: int, after: int, now: datetime, outcome: Outcome) -> None:
+def _advance(
+    record: events_pb2.JobRecord, image_index: int, after: int, now: datetime, outcome: Outcome
+) -> None:
     """Queue the next pending pass of the chain after ``after``; complete the image when none is left."""
     image = record.job.images[image_index]
     for index in range(after + 1, len(image.passes)):
@@ -202,7 +218,13 @@ def _finish_if_done(record: events_pb2.JobRecord, now: datetime, outcome: Outcom
     outcome.events.append(event)
 
 
-def _fail_chain(record: events_pb2.JobRecord, image_index: int, pass_index: int, error: common_pb2.ErrorDetail, now: datetime) -> None:
+def _fail_chain(
+    record: events_pb2.JobRecord,
+    image_index: int,
+    pass_index: int,
+    error: common_pb2.ErrorDetail,
+    now: datetime,
+) -> None:
     image = record.job.images[image_index]
     state = image.passes[pass_index]
     state.status = PS.PASS_STATUS_FAILED
@@ -224,13 +246,18 @@ def start(record: events_pb2.JobRecord, now: datetime) -> Outcome:
     job = record.job
     job.state = jobs_pb2.JOB_STATE_QUEUED
     outcome.events.append(
-        jobs_pb2.JobEvent(accepted=jobs_pb2.JobAccepted(num_images=len(job.images), num_persons=len(job.persons)))
+        jobs_pb2.JobEvent(
+            accepted=jobs_pb2.JobAccepted(num_images=len(job.images), num_persons=len(job.persons))
+        )
     )
     for image_index, image in enumerate(job.images):
         image.status = PS.PASS_STATUS_QUEUED
         last_done = -1
         for index, state in enumerate(image.passes):
-            if record.plans[image_index].passes[index].runs_in == "gateway" and state.status == PS.PASS_STATUS_PENDING:
+            if (
+                record.plans[image_index].passes[index].runs_in == "gateway"
+                and state.status == PS.PASS_STATUS_PENDING
+            ):
                 state.status = PS.PASS_STATUS_COMPLETED
                 state.attempt = 1
                 if not state.HasField("started_at"):
@@ -247,7 +274,14 @@ def start(record: events_pb2.JobRecord, now: datetime) -> Outcome:
     return outcome
 
 
-def _mark_running(record: events_pb2.JobRecord, state: jobs_pb2.PassState, image_index: int, now: datetime, outcome: Outcome, steps_total: int) -> None:
+def _mark_running(
+    record: events_pb2.JobRecord,
+    state: jobs_pb2.PassState,
+    image_index: int,
+    now: datetime,
+    outcome: Outcome,
+    steps_total: int,
+) -> None:
     state.status = PS.PASS_STATUS_RUNNING
     _stamp(state.started_at, now)
     if steps_total > 0:
@@ -257,7 +291,11 @@ def _mark_running(record: events_pb2.JobRecord, state: jobs_pb2.PassState, image
         record.job.state = jobs_pb2.JOB_STATE_RUNNING
     outcome.changed = True
     outcome.events.append(
-        jobs_pb2.JobEvent(pass_started=jobs_pb2.JobPassStarted(image_index=image_index, pass_name=state.name, attempt=state.attempt))
+        jobs_pb2.JobEvent(
+            pass_started=jobs_pb2.JobPassStarted(
+                image_index=image_index, pass_name=state.name, attempt=state.attempt
+            )
+        )
     )
 
 
@@ -270,7 +308,9 @@ def progress_step_due(steps_done: int, step: int, steps_total: int) -> bool:
     return step - steps_done >= max(1, math.ceil(steps_total / PROGRESS_UPDATES_PER_PASS))
 
 
-def apply_event(record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: datetime, *, max_attempts: int = 2) -> Outcome:
+def apply_event(
+    record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: datetime, *, max_attempts: int = 2
+) -> Outcome:
     """Apply one pass event (idempotent on (image, pass, attempt))."""
     outcome = Outcome()
     if is_terminal(record):
@@ -310,7 +350,10 @@ def apply_event(record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: 
             outcome.events.append(
                 jobs_pb2.JobEvent(
                     step_progress=jobs_pb2.JobStepProgress(
-                        image_index=event.image_index, pass_name=state.name, step=state.steps_done, steps_total=state.steps_total
+                        image_index=event.image_index,
+                        pass_name=state.name,
+                        step=state.steps_done,
+                        steps_total=state.steps_total,
                     )
                 )
             )
@@ -330,7 +373,9 @@ def apply_event(record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: 
         output = result.output if result.output.key else current_image(record, event.image_index, index)
         if output is not None:
             state.output.CopyFrom(output)
-        completed = jobs_pb2.JobPassCompleted(image_index=event.image_index, pass_name=state.name, cache_hit=result.cache_hit)
+        completed = jobs_pb2.JobPassCompleted(
+            image_index=event.image_index, pass_name=state.name, cache_hit=result.cache_hit
+        )
         if output is not None:
             completed.output.CopyFrom(output)
         for mask in event.completed.masks:
@@ -371,7 +416,11 @@ def apply_event(record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: 
             return outcome
         _fail_chain(record, event.image_index, index, error, now)
         outcome.events.append(
-            jobs_pb2.JobEvent(pass_failed=jobs_pb2.JobPassFailed(image_index=event.image_index, pass_name=state.name, error=error))
+            jobs_pb2.JobEvent(
+                pass_failed=jobs_pb2.JobPassFailed(
+                    image_index=event.image_index, pass_name=state.name, error=error
+                )
+            )
         )
         _finish_if_done(record, now, outcome)
         return outcome
@@ -380,9 +429,22 @@ def apply_event(record: events_pb2.JobRecord, event: events_pb2.PassEvent, now: 
     return outcome
 
 
-def fail_pass(record: events_pb2.JobRecord, image_index: int, pass_name: str, attempt: int, error: common_pb2.ErrorDetail, now: datetime) -> Outcome:
+def fail_pass(
+    record: events_pb2.JobRecord,
+    image_index: int,
+    pass_name: str,
+    attempt: int,
+    error: common_pb2.ErrorDetail,
+    now: datetime,
+) -> Outcome:
     """Fail a pass from the gateway's side (e.g. its request could not be built or published)."""
-    event = events_pb2.PassEvent(job_id=record.job.job_id, tenant=record.tenant, image_index=image_index, pass_name=pass_name, attempt=attempt)
+    event = events_pb2.PassEvent(
+        job_id=record.job.job_id,
+        tenant=record.tenant,
+        image_index=image_index,
+        pass_name=pass_name,
+        attempt=attempt,
+    )
     event.failed.error.CopyFrom(error)
     return apply_event(record, event, now, max_attempts=0)
 
@@ -414,7 +476,9 @@ def cancel(record: events_pb2.JobRecord, now: datetime) -> Outcome:
     outcome.changed = True
     outcome.finished = True
     outcome.events.append(
-        jobs_pb2.JobEvent(finished=jobs_pb2.JobFinished(state=job.state, error=error, message="cancelled by its owner"))
+        jobs_pb2.JobEvent(
+            finished=jobs_pb2.JobFinished(state=job.state, error=error, message="cancelled by its owner")
+        )
     )
     return outcome
 
@@ -442,7 +506,9 @@ def commit(record: events_pb2.JobRecord, outcome: Outcome, now: datetime) -> lis
     return numbered
 
 
-def clear_outbox(record: events_pb2.JobRecord, published_events: int, published: Sequence[tuple[str, int]]) -> bool:
+def clear_outbox(
+    record: events_pb2.JobRecord, published_events: int, published: Sequence[tuple[str, int]]
+) -> bool:
     """Drop published entries: events up to sequence ``published_events`` and requests by msg id.
 
     ``published`` holds (msg_id, stream sequence); the sequence is remembered on the pass for cancel.

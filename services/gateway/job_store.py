@@ -16,14 +16,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
-from nats.js.kv import KeyValue
-
 from multipass import subjects
 from multipass.bus import Bus, nats_errors
 from multipass.errors import Internal, NotFound
 from multipass.v1 import events_pb2
-
 from multipass_gateway import job_state, kv, names
+from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,9 @@ class JobStore:
     async def create(self, record: events_pb2.JobRecord) -> int:
         """Store a new record; fails if the key exists."""
         with nats_errors("create job"):
-            return await self.kv.create(names.job_key(record.tenant, record.job.job_id), record.SerializeToString())
+            return await self.kv.create(
+                names.job_key(record.tenant, record.job.job_id), record.SerializeToString()
+            )
 
     async def load(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
         try:
@@ -107,7 +107,9 @@ class JobStore:
         job_id = record.job.job_id
         last_event = 0
         for event in sorted(record.outbox_events, key=lambda e: e.sequence):
-            await self.bus.publish(subjects.job_event_subject(job_id), event, msg_id=job_event_msg_id(job_id, event.sequence))
+            await self.bus.publish(
+                subjects.job_event_subject(job_id), event, msg_id=job_event_msg_id(job_id, event.sequence)
+            )
             last_event = event.sequence
         published: list[tuple[str, int]] = []
         for entry in record.outbox_requests:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import nats.js.errors
-from nats.js.kv import KeyValue
-
 from multipass.bus import nats_errors
+from nats.js.kv import KeyValue
 
 
 async def get(store: KeyValue, key: str) -> tuple[bytes, int] | None:

@@ -15,21 +15,19 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from nats.js.kv import KeyValue
-
 from multipass import subjects
 from multipass.bus import Bus, nats_errors
 from multipass.errors import MultipassError
 from multipass.store import ObjectStore
 from multipass.v1 import events_pb2, jobs_pb2
-
-from multipass_gateway import gateway_metrics, job_state, kv, names
+from multipass_gateway import gateway_metrics, job_state, kv
 from multipass_gateway.budget import PendingBudget
 from multipass_gateway.callbacks import CallbackSender
 from multipass_gateway.fetch import SafeHttp
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.views import public_job
+from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +133,9 @@ class JobLifecycle:
             if record is None:
                 await self.budget.remove(tenant, job_id)
                 continue
-            if (record.outbox_events or record.outbox_requests) and record.job.updated_at.ToDatetime(tzinfo=UTC) < stale_before:
+            if (record.outbox_events or record.outbox_requests) and record.job.updated_at.ToDatetime(
+                tzinfo=UTC
+            ) < stale_before:
                 log.warning("publishing an outbox left behind", extra={"job_id": job_id})
                 await self.jobs.flush(record)
             if job_state.is_terminal(record):
@@ -166,7 +166,9 @@ class JobLifecycle:
             consumers = await self.bus.js.consumers_info(subjects.STREAM_PASSES)
         for info in consumers:
             name = info.name or (info.config.durable_name if info.config else "") or "unknown"
-            gateway_metrics.QUEUE_PENDING.labels(consumer=name).set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            gateway_metrics.QUEUE_PENDING.labels(consumer=name).set(
+                (info.num_pending or 0) + (info.num_ack_pending or 0)
+            )
 
     async def run_queue_gauge(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -17,7 +17,6 @@ from multipass.bus import Ack, Bus, Delivery, Term
 from multipass.errors import NotFound
 from multipass.logs import log_context
 from multipass.v1 import events_pb2
-
 from multipass_gateway import job_state, names
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
@@ -29,7 +28,9 @@ MAX_DELIVER = 20
 
 
 class Orchestrator:
-    def __init__(self, bus: Bus, jobs: JobStore, lifecycle: JobLifecycle, *, max_attempts: int, concurrency: int):
+    def __init__(
+        self, bus: Bus, jobs: JobStore, lifecycle: JobLifecycle, *, max_attempts: int, concurrency: int
+    ):
         self.bus = bus
         self.jobs = jobs
         self.lifecycle = lifecycle
@@ -45,13 +46,18 @@ class Orchestrator:
                 record, outcome = await self.jobs.transition(
                     event.tenant,
                     event.job_id,
-                    lambda record, now: job_state.apply_event(record, event, now, max_attempts=self.max_attempts),
+                    lambda record, now: job_state.apply_event(
+                        record, event, now, max_attempts=self.max_attempts
+                    ),
                 )
             except NotFound:
                 log.warning("pass event for an unknown job; dropped")
                 return Term(f"job {event.job_id} of tenant {event.tenant} does not exist")
             if outcome.note:
-                log.debug("pass event changed nothing", extra={"note": outcome.note, "event": event.WhichOneof("event")})
+                log.debug(
+                    "pass event changed nothing",
+                    extra={"note": outcome.note, "event": event.WhichOneof("event")},
+                )
             await self.jobs.flush(record)
             if outcome.finished:
                 await self.lifecycle.finished(record)

@@ -24,7 +24,15 @@ SEGMENTATION_KINDS = frozenset({"mask", "segment"})
 #: Kinds whose spec needs the faces found in the current image.
 FACE_KINDS = frozenset({"faces", "face_swap"})
 #: Fixed progress weights of passes without denoising steps.
-FIXED_WEIGHTS = {"prepare": 1, "mask": 2, "segment": 2, "face_correct": 2, "face_swap": 3, "upscale": 5, "finish": 1}
+FIXED_WEIGHTS = {
+    "prepare": 1,
+    "mask": 2,
+    "segment": 2,
+    "face_correct": 2,
+    "face_swap": 3,
+    "upscale": 5,
+    "finish": 1,
+}
 
 #: Installed component needed per option: (capability, field it is named after in errors).
 CAPABILITY_UPSCALER = "upscaler"
@@ -106,7 +114,9 @@ def required_capabilities(parsed: prompt_pb2.ParsedPrompt, *, has_input_image: b
     if params.controlnet and (has_input_image or params.controlnet_txt2img):
         needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
     if params.super_resolution or parsed.flags.only_upscale:
-        needs.append((CAPABILITY_UPSCALER, "params.super_resolution" if params.super_resolution else "--only_upscale"))
+        needs.append(
+            (CAPABILITY_UPSCALER, "params.super_resolution" if params.super_resolution else "--only_upscale")
+        )
     if params.face_correct:
         needs.append((CAPABILITY_FACE_RESTORER, "params.face_correct"))
     if params.face_swap:
@@ -128,7 +138,9 @@ def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
     return refs
 
 
-def _tune_files(loras: Sequence[prompt_pb2.LoraRef], files: Mapping[str, common_pb2.ObjectRef]) -> dict[str, common_pb2.ObjectRef]:
+def _tune_files(
+    loras: Sequence[prompt_pb2.LoraRef], files: Mapping[str, common_pb2.ObjectRef]
+) -> dict[str, common_pb2.ObjectRef]:
     return {ref.tune_id: files[ref.tune_id] for ref in loras if ref.tune_id in files}
 
 
@@ -137,7 +149,9 @@ def _denoise_steps(steps: int, strength: float) -> int:
     return max(1, int(steps * strength)) if strength > 0 else steps
 
 
-def _planned(name: str, kind: str, spec: diffusion_pb2.PassSpec | None, weight: int, person_index: int = -1) -> events_pb2.PlannedPass:
+def _planned(
+    name: str, kind: str, spec: diffusion_pb2.PassSpec | None, weight: int, person_index: int = -1
+) -> events_pb2.PlannedPass:
     if kind == "prepare":
         runs_in = "gateway"
     elif kind in SEGMENTATION_KINDS:
@@ -145,14 +159,21 @@ def _planned(name: str, kind: str, spec: diffusion_pb2.PassSpec | None, weight: 
     else:
         runs_in = "diffusion"
     planned = events_pb2.PlannedPass(
-        name=name, kind=kind, runs_in=runs_in, person_index=person_index, weight=max(1, weight), needs_faces=kind in FACE_KINDS
+        name=name,
+        kind=kind,
+        runs_in=runs_in,
+        person_index=person_index,
+        weight=max(1, weight),
+        needs_faces=kind in FACE_KINDS,
     )
     if spec is not None:
         planned.spec.CopyFrom(spec)
     return planned
 
 
-def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig, index: int) -> events_pb2.ImagePlan:
+def plan_image(
+    parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig, index: int
+) -> events_pb2.ImagePlan:
     """The chain of output image ``index``."""
     params = parsed.params
     seed = image_seed(inputs.seed, index)
@@ -161,7 +182,9 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
     pose_installed = CAPABILITY_POSE in config.capabilities
     passes = [_planned("prepare", "prepare", None, FIXED_WEIGHTS["prepare"])]
 
-    def common(kind: str, model: str, prompt: str, negative: str, loras: Sequence[prompt_pb2.LoraRef]) -> diffusion_pb2.PassSpec:
+    def common(
+        kind: str, model: str, prompt: str, negative: str, loras: Sequence[prompt_pb2.LoraRef]
+    ) -> diffusion_pb2.PassSpec:
         spec = diffusion_pb2.PassSpec(
             kind=kind,
             model=model,
@@ -185,12 +208,24 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
     if parsed.flags.only_upscale:
         spec = common("upscale", config.base_model, base_prompt, base_negative, [])
         width, height = scaled(width, height, config.upscale_factor)
-        spec.width, spec.height, spec.scale, spec.tiled = width, height, config.upscale_factor, parsed.flags.tiled_upscale
+        spec.width, spec.height, spec.scale, spec.tiled = (
+            width,
+            height,
+            config.upscale_factor,
+            parsed.flags.tiled_upscale,
+        )
         passes.append(_planned("upscale", "upscale", spec, FIXED_WEIGHTS["upscale"]))
         return _finish(parsed, passes, common, config, base_prompt, base_negative, index, width, height)
 
     if parsed.mask.prompt and has_input and not parsed.keep_background:
-        passes.append(_planned("mask", "mask", diffusion_pb2.PassSpec(kind="mask", width=width, height=height), FIXED_WEIGHTS["mask"]))
+        passes.append(
+            _planned(
+                "mask",
+                "mask",
+                diffusion_pb2.PassSpec(kind="mask", width=width, height=height),
+                FIXED_WEIGHTS["mask"],
+            )
+        )
 
     if not parsed.keep_background:
         spec = common("base", config.base_model, base_prompt, base_negative, parsed.base_loras)
@@ -198,7 +233,9 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
         if has_input:
             spec.image.CopyFrom(inputs.input_image)
             inpaint = inputs.mask_image is not None or bool(parsed.mask.prompt)
-            strength = explicit_strength(parsed) or (BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH)
+            strength = explicit_strength(parsed) or (
+                BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH
+            )
             spec.denoising_strength = explicit_strength(parsed)
             steps = _denoise_steps(params.steps, strength)
             if params.controlnet:
@@ -215,7 +252,9 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
             spec.controlnet = "pose"
             spec.controlnet_txt2img = True
             spec.controlnet_conditioning_scale = (
-                params.controlnet_conditioning_scale if params.HasField("controlnet_conditioning_scale") else 1.0
+                params.controlnet_conditioning_scale
+                if params.HasField("controlnet_conditioning_scale")
+                else 1.0
             )
             spec.control_image.CopyFrom(inputs.pose_image)
             for slot in inputs.slots:
@@ -225,10 +264,23 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
         passes.append(_planned("base", "base", spec, steps))
 
     if parsed.persons:
-        passes.append(_planned("segment", "segment", diffusion_pb2.PassSpec(kind="segment", width=width, height=height), FIXED_WEIGHTS["segment"]))
+        passes.append(
+            _planned(
+                "segment",
+                "segment",
+                diffusion_pb2.PassSpec(kind="segment", width=width, height=height),
+                FIXED_WEIGHTS["segment"],
+            )
+        )
         person_strength = explicit_strength(parsed) or PERSON_STRENGTH
         for person in parsed.persons:
-            spec = common("person", config.person_model, person.effective_prompt, person.effective_negative_prompt, person.loras)
+            spec = common(
+                "person",
+                config.person_model,
+                person.effective_prompt,
+                person.effective_negative_prompt,
+                person.loras,
+            )
             spec.denoising_strength = explicit_strength(parsed)
             spec.crop_padding = config.crop_padding
             spec.crop_factor = config.crop_factor
@@ -237,7 +289,13 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
                 spec.controlnet = "pose"
                 spec.controlnet_conditioning_scale = config.person_pose_scale
             passes.append(
-                _planned(f"person-{person.index}", "person", spec, _denoise_steps(params.steps, person_strength), person.index)
+                _planned(
+                    f"person-{person.index}",
+                    "person",
+                    spec,
+                    _denoise_steps(params.steps, person_strength),
+                    person.index,
+                )
             )
 
     if params.hires_fix:
@@ -245,14 +303,18 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
         width, height = scaled(width, height, config.hires_scale)
         spec.width, spec.height, spec.scale = width, height, config.hires_scale
         spec.denoising_strength = parsed.hires_denoising_strength
-        passes.append(_planned("hires", "hires", spec, _denoise_steps(params.steps, parsed.hires_denoising_strength)))
+        passes.append(
+            _planned("hires", "hires", spec, _denoise_steps(params.steps, parsed.hires_denoising_strength))
+        )
 
     if params.inpaint_faces:
         spec = common("faces", config.person_model, base_prompt, base_negative, parsed.base_loras)
         spec.denoising_strength = config.faces_denoising_strength
         spec.crop_padding = config.crop_padding
         spec.mask_blur = config.mask_blur
-        passes.append(_planned("faces", "faces", spec, _denoise_steps(params.steps, config.faces_denoising_strength)))
+        passes.append(
+            _planned("faces", "faces", spec, _denoise_steps(params.steps, config.faces_denoising_strength))
+        )
 
     if params.face_correct:
         spec = common("face_correct", config.base_model, "", "", [])
@@ -266,7 +328,12 @@ def plan_image(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: Plann
     if params.super_resolution:
         spec = common("upscale", config.base_model, base_prompt, base_negative, [])
         width, height = scaled(width, height, config.upscale_factor)
-        spec.width, spec.height, spec.scale, spec.tiled = width, height, config.upscale_factor, parsed.flags.tiled_upscale
+        spec.width, spec.height, spec.scale, spec.tiled = (
+            width,
+            height,
+            config.upscale_factor,
+            parsed.flags.tiled_upscale,
+        )
         passes.append(_planned("upscale", "upscale", spec, FIXED_WEIGHTS["upscale"]))
 
     return _finish(parsed, passes, common, config, base_prompt, base_negative, index, width, height)
@@ -287,6 +354,8 @@ def _finish(parsed, passes, common, config, prompt, negative, index, width, heig
     return plan
 
 
-def plan_job(parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig) -> list[events_pb2.ImagePlan]:
+def plan_job(
+    parsed: prompt_pb2.ParsedPrompt, inputs: JobInputs, config: PlannerConfig
+) -> list[events_pb2.ImagePlan]:
     """One chain per output image (``params.num_images`` of them)."""
     return [plan_image(parsed, inputs, config, index) for index in range(max(1, parsed.params.num_images))]

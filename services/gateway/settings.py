@@ -123,7 +123,9 @@ class GatewaySettings:
             max_image_bytes=reader.int("GATEWAY_MAX_IMAGE_BYTES", defaults.max_image_bytes, min=1024),
             max_image_pixels=reader.int("GATEWAY_MAX_IMAGE_PIXELS", defaults.max_image_pixels, min=64 * 64),
             max_tune_bytes=reader.int("GATEWAY_MAX_TUNE_BYTES", defaults.max_tune_bytes, min=1024),
-            fetch_timeout_seconds=reader.float("GATEWAY_FETCH_TIMEOUT_SECONDS", defaults.fetch_timeout_seconds, min=0.1),
+            fetch_timeout_seconds=reader.float(
+                "GATEWAY_FETCH_TIMEOUT_SECONDS", defaults.fetch_timeout_seconds, min=0.1
+            ),
             max_redirects=reader.int("GATEWAY_MAX_REDIRECTS", defaults.max_redirects, min=0, max=10),
             tenant_max_pending_passes=reader.int(
                 "GATEWAY_TENANT_MAX_PENDING_PASSES", defaults.tenant_max_pending_passes, min=1
@@ -131,15 +133,23 @@ class GatewaySettings:
             global_max_pending_passes=reader.int(
                 "GATEWAY_GLOBAL_MAX_PENDING_PASSES", defaults.global_max_pending_passes, min=1
             ),
-            retry_after_seconds=reader.float("GATEWAY_RETRY_AFTER_SECONDS", defaults.retry_after_seconds, min=0.0),
-            pass_max_attempts=reader.int("GATEWAY_PASS_MAX_ATTEMPTS", defaults.pass_max_attempts, min=1, max=10),
+            retry_after_seconds=reader.float(
+                "GATEWAY_RETRY_AFTER_SECONDS", defaults.retry_after_seconds, min=0.0
+            ),
+            pass_max_attempts=reader.int(
+                "GATEWAY_PASS_MAX_ATTEMPTS", defaults.pass_max_attempts, min=1, max=10
+            ),
         )
         callback_defaults = CallbackSettings()
         callbacks = CallbackSettings(
             signing_key=reader.str("CALLBACK_SIGNING_KEY", ""),
             max_attempts=reader.int("CALLBACK_MAX_ATTEMPTS", callback_defaults.max_attempts, min=1, max=20),
-            backoff_seconds=reader.float("CALLBACK_BACKOFF_SECONDS", callback_defaults.backoff_seconds, min=0.0),
-            timeout_seconds=reader.float("CALLBACK_TIMEOUT_SECONDS", callback_defaults.timeout_seconds, min=0.1),
+            backoff_seconds=reader.float(
+                "CALLBACK_BACKOFF_SECONDS", callback_defaults.backoff_seconds, min=0.0
+            ),
+            timeout_seconds=reader.float(
+                "CALLBACK_TIMEOUT_SECONDS", callback_defaults.timeout_seconds, min=0.1
+            ),
         )
         allow = _allow_list(reader.csv("FETCH_ALLOW_HOSTS"), reader.csv("FETCH_ALLOW_CIDRS"))
         settings = cls(
@@ -158,24 +168,32 @@ class GatewaySettings:
             api_key_pepper=reader.str("API_KEY_PEPPER", ""),
             callbacks=callbacks,
             fetch_allow=allow,
-            presign_expiry_seconds=reader.int("GATEWAY_PRESIGN_EXPIRY_SECONDS", 3600, min=60, max=7 * 24 * 3600),
+            presign_expiry_seconds=reader.int(
+                "GATEWAY_PRESIGN_EXPIRY_SECONDS", 3600, min=60, max=7 * 24 * 3600
+            ),
             info_ttl_seconds=reader.float("GATEWAY_INFO_TTL_SECONDS", 30.0, min=0.0),
             upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
             hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
             max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),
             sweep_interval_seconds=reader.float("GATEWAY_SWEEP_INTERVAL_SECONDS", 30.0, min=0.1),
-            queue_metrics_interval_seconds=reader.float("GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1),
+            queue_metrics_interval_seconds=reader.float(
+                "GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1
+            ),
             event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 8, min=1, max=256),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         reader.check()
         bad_models = [
-            Violation(f"MULTIPASS_GATEWAY_{name.upper()}", f"got {value!r}; expected letters, digits, '-' or '_'")
+            Violation(
+                f"MULTIPASS_GATEWAY_{name.upper()}", f"got {value!r}; expected letters, digits, '-' or '_'"
+            )
             for name, value in (("base_model", settings.base_model), ("person_model", settings.person_model))
             if value and not _MODEL_NAME.fullmatch(value)
         ]
         if bad_models:
-            raise ConfigError("bad configuration: " + ", ".join(v.field for v in bad_models), violations=bad_models)
+            raise ConfigError(
+                "bad configuration: " + ", ".join(v.field for v in bad_models), violations=bad_models
+            )
         return settings
 
 
@@ -193,7 +211,9 @@ def _allow_list(hosts: tuple[str, ...], cidrs: tuple[str, ...]) -> FetchAllowLis
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            problems.append(Violation("MULTIPASS_FETCH_ALLOW_CIDRS", f"got {entry!r}; expected an IP address or CIDR"))
+            problems.append(
+                Violation("MULTIPASS_FETCH_ALLOW_CIDRS", f"got {entry!r}; expected an IP address or CIDR")
+            )
     if problems:
         raise ConfigError("bad configuration: MULTIPASS_FETCH_ALLOW_CIDRS", violations=problems)
     return FetchAllowList(hosts=frozenset(names), networks=tuple(networks))

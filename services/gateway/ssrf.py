@@ -25,7 +25,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Cloud instance metadata endpoints (AWS/GCP/Azure/OpenStack share the IPv4 one; AWS's IPv6 one).
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("169.254.170.2")}
+    {
+        ipaddress.ip_address("169.254.169.254"),
+        ipaddress.ip_address("fd00:ec2::254"),
+        ipaddress.ip_address("169.254.170.2"),
+    }
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")

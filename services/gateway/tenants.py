@@ -17,11 +17,10 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from nats.js.kv import KeyValue
-
 from multipass.bus import nats_errors
 from multipass.errors import InvalidInput, NotFound, Unauthenticated, Violation
 from multipass_gateway import auth, kv
+from nats.js.kv import KeyValue
 
 _TENANT_ID = re.compile(r"^t[0-9a-f]{16}$")
 
@@ -68,9 +67,12 @@ class TenantStore:
         digest = auth.hash_key(issued.api_key, self._pepper)
         with nats_errors("store key"):
             await self._kv.create(
-                f"keyid.{issued.key_id}", json.dumps({"tenant": tenant, "hash": digest, "revoked": False}).encode()
+                f"keyid.{issued.key_id}",
+                json.dumps({"tenant": tenant, "hash": digest, "revoked": False}).encode(),
             )
-            await self._kv.create(f"key.{digest}", json.dumps({"key_id": issued.key_id, "tenant": tenant}).encode())
+            await self._kv.create(
+                f"key.{digest}", json.dumps({"key_id": issued.key_id, "tenant": tenant}).encode()
+            )
         return NewKey(tenant=tenant, key_id=issued.key_id, api_key=issued.api_key)
 
     async def authenticate(self, api_key: str | None) -> str:

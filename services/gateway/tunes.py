@@ -17,17 +17,15 @@ import time
 from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
-from nats.js.kv import KeyValue
-
 from multipass.bus import nats_errors
 from multipass.errors import Internal, InvalidInput, NotFound, Violation
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
-
 from multipass_gateway import kv, names
 from multipass_gateway.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
+from nats.js.kv import KeyValue
 
 FAMILIES = ("sd15", "sdxl")
 KINDS = ("lora", "checkpoint")
@@ -76,13 +74,29 @@ def check_safetensors(data: bytes, field: str) -> None:
 def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
     problems = []
     if not _TOKEN.match(metadata.token):
-        problems.append(Violation("metadata.token", f"got {metadata.token!r}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'"))
+        problems.append(
+            Violation(
+                "metadata.token",
+                f"got {metadata.token!r}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'",
+            )
+        )
     if not _CLASS.match(metadata.class_name):
-        problems.append(Violation("metadata.class_name", f"got {metadata.class_name!r}; expected a lower-case class word, e.g. 'woman'"))
+        problems.append(
+            Violation(
+                "metadata.class_name",
+                f"got {metadata.class_name!r}; expected a lower-case class word, e.g. 'woman'",
+            )
+        )
     if metadata.base_family not in FAMILIES:
-        problems.append(Violation("metadata.base_family", f"got {metadata.base_family!r}; expected one of {', '.join(FAMILIES)}"))
+        problems.append(
+            Violation(
+                "metadata.base_family", f"got {metadata.base_family!r}; expected one of {', '.join(FAMILIES)}"
+            )
+        )
     if metadata.kind and metadata.kind not in KINDS:
-        problems.append(Violation("metadata.kind", f"got {metadata.kind!r}; expected one of {', '.join(KINDS)}"))
+        problems.append(
+            Violation("metadata.kind", f"got {metadata.kind!r}; expected one of {', '.join(KINDS)}")
+        )
     if len(metadata.name) > 100 or not metadata.name.isprintable():
         problems.append(Violation("metadata.name", "expected at most 100 printable characters"))
     if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
@@ -90,12 +104,16 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
     if metadata.url and streamed:
         problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
     if not metadata.url and not streamed:
-        problems.append(Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url"))
+        problems.append(
+            Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
+        )
     if len(metadata.reference_image_ids) > MAX_REFERENCE_IMAGES:
         problems.append(Violation("metadata.reference_image_ids", f"at most {MAX_REFERENCE_IMAGES} images"))
     for index, image_id in enumerate(metadata.reference_image_ids):
         if not valid_upload_id(image_id):
-            problems.append(Violation(f"metadata.reference_image_ids[{index}]", f"got {image_id!r}; not an upload id"))
+            problems.append(
+                Violation(f"metadata.reference_image_ids[{index}]", f"got {image_id!r}; not an upload id")
+            )
     return problems
 
 
@@ -122,19 +140,25 @@ class TuneStore:
         self._http = http
         self._limits = limits
 
-    async def register(self, tenant: str, metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]) -> jobs_pb2.Tune:
+    async def register(
+        self, tenant: str, metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]
+    ) -> jobs_pb2.Tune:
         """Validate, store the file and the record; the file comes from ``chunks`` or ``metadata.url``."""
         data = bytearray()
         async for chunk in chunks:
             data += chunk
             if len(data) > self._limits.max_tune_bytes:
-                raise InvalidInput.of([Violation("chunk", f"file is larger than {self._limits.max_tune_bytes} bytes")])
+                raise InvalidInput.of(
+                    [Violation("chunk", f"file is larger than {self._limits.max_tune_bytes} bytes")]
+                )
         problems = check_metadata(metadata, streamed=bool(data))
         if problems:
             raise InvalidInput.of(problems)
         references = []
         for index, image_id in enumerate(metadata.reference_image_ids):
-            references.append(await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]"))
+            references.append(
+                await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]")
+            )
         if metadata.url:
             try:
                 fetched = await self._http.fetch(
@@ -150,7 +174,13 @@ class TuneStore:
         content = bytes(data)
         digest = hashlib.sha256(content).hexdigest()
         if metadata.sha256 and metadata.sha256.lower() != digest:
-            raise InvalidInput.of([Violation("metadata.sha256", f"the file's SHA-256 is {digest}, not {metadata.sha256.lower()}")])
+            raise InvalidInput.of(
+                [
+                    Violation(
+                        "metadata.sha256", f"the file's SHA-256 is {digest}, not {metadata.sha256.lower()}"
+                    )
+                ]
+            )
         check_safetensors(content, field)
         kind = metadata.kind or "lora"
         tune_id = new_tune_id()
@@ -175,7 +205,9 @@ class TuneStore:
     async def _upload_ref(self, tenant: str, image_id: str, field: str) -> common_pb2.ImageRef:
         key = names.upload_key(tenant, image_id)
         try:
-            data = await self._objects.get_bytes(names.BUCKET_JOBS, key, max_bytes=self._limits.max_image_bytes, field=field)
+            data = await self._objects.get_bytes(
+                names.BUCKET_JOBS, key, max_bytes=self._limits.max_image_bytes, field=field
+            )
         except NotFound as error:
             raise InvalidInput.of([Violation(field, f"no uploaded image {image_id!r}")]) from error
         image = decode_image(data, field=field, max_pixels=self._limits.max_image_pixels)
@@ -215,7 +247,11 @@ class TuneStore:
         size = page_size or 20
         after = parse_page_token(token)
         prefix = f"{tenant}."
-        ids = sorted((key[len(prefix) :] for key in await kv.keys(self._kv, f"{tenant}.*")), key=lambda i: (len(i), i), reverse=True)
+        ids = sorted(
+            (key[len(prefix) :] for key in await kv.keys(self._kv, f"{tenant}.*")),
+            key=lambda i: (len(i), i),
+            reverse=True,
+        )
         if after:
             ids = [i for i in ids if (len(i), i) < (len(after), after)]
         tunes = []

@@ -8,7 +8,9 @@ from multipass.store import ObjectStore
 from multipass.v1 import events_pb2, jobs_pb2
 
 
-async def public_job(record: events_pb2.JobRecord, objects: ObjectStore, expiry_seconds: int, *, urls: bool = True) -> jobs_pb2.Job:
+async def public_job(
+    record: events_pb2.JobRecord, objects: ObjectStore, expiry_seconds: int, *, urls: bool = True
+) -> jobs_pb2.Job:
     job = jobs_pb2.Job()
     job.CopyFrom(record.job)
     if urls:

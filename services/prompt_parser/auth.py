@@ -6,7 +6,6 @@ from __future__ import annotations
 import hmac
 
 import grpc
-
 from multipass import errors
 from multipass.grpc_errors import to_status
 
@@ -27,7 +26,9 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
         offered = offered.encode() if isinstance(offered, str) else offered
         if hmac.compare_digest(offered, self._token):
             return await continuation(handler_call_details)
-        status = to_status(errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header"))
+        status = to_status(
+            errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header")
+        )
 
         async def deny(request, context: grpc.aio.ServicerContext):
             await context.abort_with_status(status)

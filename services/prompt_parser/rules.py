@@ -59,7 +59,14 @@ class Context:
 
     @cached_property
     def keep_background(self) -> bool:
-        return not self.base_text and not self.common_text and self.input_image and bool(self.persons)
+        """Base and common empty, an input image, persons to repaint, and generation at all."""
+        return (
+            not self.base_text
+            and not self.common_text
+            and self.input_image
+            and bool(self.persons)
+            and not self.flags.only_upscale
+        )
 
     @property
     def all_tags(self) -> tuple[ModelTag, ...]:

@@ -46,7 +46,9 @@ class ParserHandle:
 
 async def serve(settings: ParserSettings) -> ParserHandle:
     """Start the prompt parser on ``settings.grpc_addr`` (port 0 picks one) and /metrics."""
-    metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=REGISTRY)
+    metrics_server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.metrics_host, registry=REGISTRY
+    )
     interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
     try:
         running = await start_grpc_server(

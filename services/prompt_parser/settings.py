@@ -54,6 +54,7 @@ class ParserSettings:
             log_level=env.choice(
                 "LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            internal_token=env.str("INTERNAL_TOKEN", ""),
         )
         env.check()
         problems = []

@@ -42,7 +42,10 @@ class HaarFaceDetector:
         self.cascade_path = Path(cascade_path)
         if not self.cascade_path.is_file():
             raise FailedPrecondition(f"face detector cascade not found: {self.cascade_path}")
-        self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
+        try:
+            self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
+        except (cv2.error, SystemError) as error:
+            raise FailedPrecondition(f"face detector cascade could not be loaded: {self.cascade_path}: {error}") from error
         if self._cascade.empty():
             raise FailedPrecondition(f"face detector cascade could not be loaded: {self.cascade_path}")
         self.scale_factor = scale_factor

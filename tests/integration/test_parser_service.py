@@ -131,6 +131,32 @@ async def test_metrics_count_handled_calls(parser, channel):
     assert f"grpc_server_handled_total{{{labels.format('INVALID_ARGUMENT')}}}" in body
 
 
+async def test_internal_token_guards_parse_but_not_health(monkeypatch, capsys):
+    handle = await serve(ParserSettings(grpc_addr="127.0.0.1:0", metrics_port=0, internal_token="s3cret"))
+    try:
+        async with grpc.aio.insecure_channel(handle.address) as opened:
+            stub = prompt_pb2_grpc.PromptParserStub(opened)
+            request = prompt_pb2.ParseRequest(text="a park")
+            for metadata in ((), (("x-multipass-internal", "wrong"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Parse(request, metadata=metadata)
+                assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            response = await stub.Parse(request, metadata=(("x-multipass-internal", "s3cret"),))
+            assert response.parsed.base_prompt == "a park"
+            health = await health_pb2_grpc.HealthStub(opened).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        monkeypatch.setenv("MULTIPASS_INTERNAL_TOKEN", "s3cret")
+        assert await asyncio.to_thread(cli_main, ["parse", "--addr", handle.address, "a park"]) == 0
+        assert capsys.readouterr().out.startswith("single pass")
+        monkeypatch.setenv("MULTIPASS_INTERNAL_TOKEN", "wrong")
+        assert await asyncio.to_thread(cli_main, ["parse", "--addr", handle.address, "a park"]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+    finally:
+        await handle.stop(grace=1)
+
+
 async def test_stop_answers_not_serving_then_closes():
     handle = await serve(ParserSettings(grpc_addr="127.0.0.1:0", metrics_port=0))
     async with grpc.aio.insecure_channel(handle.address) as opened:
@@ -212,6 +238,7 @@ def test_process_serves_and_stops_on_sigterm(tmp_path):
         "MULTIPASS_PARSER_GRPC_ADDR": "127.0.0.1:0",
         "MULTIPASS_PARSER_METRICS_PORT": "0",
         "MULTIPASS_LOG_LEVEL": "INFO",
+        "MULTIPASS_INTERNAL_TOKEN": "",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "multipass_prompt_parser"], env=env, stdout=subprocess.PIPE, text=True

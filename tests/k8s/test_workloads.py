@@ -359,7 +359,7 @@ def test_services_reach_their_dependencies_by_service_name(resources):
     for service in ("gateway", "diffusion"):
         url = env_of(main_container(one(resources, "Deployment", service)), resources)["MULTIPASS_NATS_URL"]
         assert url == f"nats://{service}:$(NATS_PASSWORD)@nats:4222"
-    assert one(resources, "ConfigMap", "multipass-common")["data"]["MULTIPASS_S3_ENDPOINT"] == "minio:9000"
+    assert one(resources, "ConfigMap", "multipass-object-store")["data"]["MULTIPASS_S3_ENDPOINT"] == "minio:9000"
 
 
 def test_dockerfile_for_every_image_in_the_manifests(resources):

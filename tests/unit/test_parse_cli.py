@@ -118,3 +118,16 @@ def test_text_and_file_together_are_refused(capsys):
         main(["parse", "a lighthouse", "-f", str(EXAMPLES / "multi-person.prompt")])
     assert caught.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_readable_output_of_keep_background_and_only_upscale(capsys):
+    assert main(["parse", "-f", str(EXAMPLES / "keep-background.prompt")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "multi-pass: base pass + 2 person passes, keep background (the input image is the scene)"
+    )
+    assert "base pass (skipped: keep background)" in out
+    assert main(["parse", "--input-image", "--only_upscale --tiled_upscale"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("upscale only (no generation)")
+    assert "flags: hires_denoising_strength=0.4, tiled_upscale, only_upscale" in out

@@ -62,12 +62,13 @@ def generate(
     pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config, seed=spec.seed)
     kwargs: dict = {
         "num_inference_steps": spec.steps,
-        "guidance_scale": spec.cfg_scale,
+        "guidance_scale": proto_float(spec.cfg_scale),
         "generator": torch.Generator("cpu").manual_seed(int(spec.seed)),
         "output_type": "pil",
         "callback_on_step_end": ctx.monitor.callback,
     }
     kwargs.update(_prompt_kwargs(ctx))
+    strength = proto_float(strength) if strength is not None else None
     if task == "txt2img":
         kwargs.update(width=width, height=height)
         if control_image is not None:
@@ -113,6 +114,11 @@ def prompt_warnings(spec, tokenizer) -> list[str]:
         if warning:
             found.append(warning)
     return found
+
+
+def proto_float(value: float) -> float:
+    """A proto float32 as the decimal the sender meant (0.9 arrives as 0.899999976, which loses a step)."""
+    return round(float(value), 6)
 
 
 def check_strength(value: float, field: str = "spec.denoising_strength") -> None:

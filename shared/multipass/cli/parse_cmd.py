@@ -1,7 +1,7 @@
 """``multipass parse``: parse a prompt document and show the passes it asks for.
 
 In-process by default (limits from the ``MULTIPASS_*`` settings of the prompt parser), or through a
-running prompt-parser service with ``--addr``. Invalid input exits with status 2 and prints one line per
+running prompt-parser service with ``--addr`` (sending ``MULTIPASS_INTERNAL_TOKEN`` when it is set). Invalid input exits with status 2 and prints one line per
 field violation on stderr.
 """
 
@@ -100,15 +100,21 @@ def _parse_local(args: argparse.Namespace, text: str, params: dict[str, str]) ->
 
 def _parse_remote(args: argparse.Namespace, text: str, params: dict[str, str]) -> int:
     import grpc
+    from multipass_prompt_parser.auth import INTERNAL_TOKEN_HEADER
     from multipass_prompt_parser.convert import to_request
 
+    from multipass.config import EnvReader
     from multipass.grpc_errors import field_violations
     from multipass.v1 import prompt_pb2_grpc
 
+    token = EnvReader().str("INTERNAL_TOKEN", "")
+    metadata = ((INTERNAL_TOKEN_HEADER, token),) if token else ()
     request = to_request(text, params, has_input_image=args.input_image)
     with grpc.insecure_channel(args.addr) as channel:
         try:
-            response = prompt_pb2_grpc.PromptParserStub(channel).Parse(request, timeout=RPC_TIMEOUT_SECONDS)
+            response = prompt_pb2_grpc.PromptParserStub(channel).Parse(
+                request, timeout=RPC_TIMEOUT_SECONDS, metadata=metadata
+            )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 _print_violations(field_violations(error) or [("request", error.details() or "invalid")])

@@ -60,7 +60,7 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
 def spawn_detached(paths: StackPaths, environ: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``python -m multipass.stack.daemon`` in its own session, logging to ``logs/supervisor.log``."""
     paths.logs.mkdir(parents=True, exist_ok=True)
-    with paths.supervisor_log.open("ab") as log_file:
+    with paths.supervisor_log.open("wb") as log_file:  # one run per log, like the processes' logs
         return subprocess.Popen(
             [sys.executable, "-m", "multipass.stack.daemon", "--root", str(paths.root)],
             stdin=subprocess.DEVNULL,

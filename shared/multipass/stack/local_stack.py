@@ -79,7 +79,8 @@ class StackConfig:
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     tenant_name: str = "dev"
     ready_timeout: float = 240.0
-    stop_grace: float = 10.0
+    #: Seconds between SIGTERM and SIGKILL; the services themselves drain for up to 10 s.
+    stop_grace: float = 15.0
     restart: RestartPolicy = RestartPolicy()
     python: str = sys.executable
 

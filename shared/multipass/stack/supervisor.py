@@ -9,7 +9,9 @@
 * ``stop`` stops groups in reverse order: SIGTERM to each process group, SIGKILL after the grace period.
 
 Every child runs in its own session (so a terminal's Ctrl-C reaches only the supervisor, which then stops
-the children in order) and, on Linux, receives SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
+the children in order) and, on Linux, receives SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``; the
+kernel ties it to the forking thread, so children are spawned by the caller's thread or the monitor
+thread, both of which outlive them).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def _death_signal_hook() -> Callable[[], None] | None:
     return hook
 
 
-@dataclass
+@dataclass(eq=False)
 class _Managed:
     spec: ProcessSpec
     log_path: Path
@@ -411,22 +413,23 @@ class Supervisor:
     def stop(self) -> None:
         """Stop supervising, then stop every group in reverse start order (SIGTERM, SIGKILL after grace)."""
         self._stopping.set()
-        monitor = self._monitor
-        if monitor is not None and monitor is not threading.current_thread():
-            monitor.join(timeout=10)
         with self._lock:
             groups = [list(group) for group in reversed(self._groups)]
         for group in groups:
             self._stop_group(group)
+        # Joined last: on Linux the death signal follows the thread that forked a child, so the children the
+        # monitor restarted must be stopped (in order) before their thread ends.
+        monitor = self._monitor
+        if monitor is not None and monitor is not threading.current_thread():
+            monitor.join(timeout=10)
         self._notify()
 
     def _stop_group(self, group: list[_Managed]) -> None:
-        alive = [m for m in group if m.alive()]
-        for managed in group:
-            if not managed.alive():
-                managed.state = STOPPED
+        with self._lock:
+            alive = [m for m in group if m.alive()]
+            for managed in group:
+                managed.state = STOPPING if managed in alive else STOPPED
         for managed in alive:
-            managed.state = STOPPING
             self._signal(managed, signal.SIGTERM)
         deadline = time.monotonic() + max((m.spec.stop_grace for m in alive), default=0)
         for managed in alive:

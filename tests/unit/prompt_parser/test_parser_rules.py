@@ -167,6 +167,8 @@ def test_only_upscale():
     assert parsed.only_upscale and parsed.warnings == ()
     assert any("text is ignored" in w for w in parse_prompt("a park --only_upscale", IMAGE).warnings)
     assert "needs an input image" in problems_of("--only_upscale")["flag --only_upscale"]
+    upscale_only = parse_prompt("BREAK BREAK ohwx man --only_upscale", IMAGE)
+    assert upscale_only.only_upscale and not upscale_only.keep_background
 
 
 @pytest.mark.parametrize("name", ["hires_fix", "inpaint_faces"])

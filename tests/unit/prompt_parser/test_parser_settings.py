@@ -27,9 +27,11 @@ def test_every_variable():
             "MULTIPASS_NATIVE_SIZE": "768",
             "MULTIPASS_MAX_PROMPT_CHARS": "2000",
             "MULTIPASS_LOG_LEVEL": "DEBUG",
+            "MULTIPASS_INTERNAL_TOKEN": "s3cret",
         }
     )
-    assert settings == ParserSettings("0.0.0.0:6000", 0, 3, 1024, 768, 2000, "DEBUG")
+    assert settings == ParserSettings("0.0.0.0:6000", 0, 3, 1024, 768, 2000, "DEBUG", "s3cret")
+    assert "s3cret" not in repr(settings)
     assert settings.limits == Limits(native_size=768, max_size=1024, max_persons=3, max_prompt_chars=2000)
 
 
@@ -62,3 +64,16 @@ def test_sizes_must_be_consistent(env, variable):
     with pytest.raises(ConfigError) as caught:
         ParserSettings.from_env(env)
     assert [v.field for v in caught.value.violations] == [variable]
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1"),
+        ("0.0.0.0:50051", "0.0.0.0"),
+        ("[::]:50051", "::"),
+        (":50051", "127.0.0.1"),
+    ],
+)
+def test_metrics_listen_where_grpc_does(address, host):
+    assert ParserSettings(grpc_addr=address).metrics_host == host

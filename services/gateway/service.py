@@ -1,0 +1,187 @@
+"""Wiring of the gateway: NATS, the object store, internal clients, orchestration, the public gRPC API.
+
+``serve(settings)`` is what ``python -m multipass_gateway`` runs and what tests run in-process; the
+returned handle has ``address``, ``port``, ``metrics_port`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from multipass import subjects
+from multipass.bus import Bus
+from multipass.grpc_server import Registration, RunningServer, start_grpc_server
+from multipass.store import BUCKETS, ObjectStore
+from multipass.v1 import admin_pb2_grpc, jobs_pb2_grpc
+from multipass_gateway import admin_server, jobs_server, tunes_server
+from multipass_gateway.budget import PendingBudget
+from multipass_gateway.clients import DiffusionInfo, InternalClients
+from multipass_gateway.fetch import Resolver, SafeHttp, system_resolve
+from multipass_gateway.gateway_passes import GatewayPasses
+from multipass_gateway.job_store import JobStore
+from multipass_gateway.lifecycle import JobLifecycle
+from multipass_gateway.orchestrator import Orchestrator
+from multipass_gateway.settings import GatewaySettings
+from multipass_gateway.ssrf import AddressPolicy
+from multipass_gateway.submission import Submitter
+from multipass_gateway.tenants import TenantStore
+from multipass_gateway.tunes import TuneStore
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayHandle:
+    server: RunningServer
+    bus: Bus
+    clients: InternalClients
+    lifecycle: JobLifecycle
+    stop_event: asyncio.Event
+    tasks: list[asyncio.Task]
+    metrics_port: int
+    _metrics_server: object | None = None
+    components: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking calls, let the consumers finish their in-flight messages, then close connections."""
+        await self.server.stop(grace)
+        self.stop_event.set()
+        _done, pending = await asyncio.wait(self.tasks, timeout=grace + 5) if self.tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.lifecycle.close()
+        await self.clients.close()
+        await self.bus.close()
+        if self._metrics_server is not None:
+            with contextlib.suppress(Exception):
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+        log.info("gateway stopped")
+
+
+async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolve) -> GatewayHandle:
+    """Connect, start the consumers and the sweeper, open the gRPC port."""
+    bus = await Bus.connect(settings.nats.url, name="gateway")
+    clients = InternalClients(
+        parser=settings.parser_target,
+        segmentation=settings.segmentation_target,
+        diffusion=settings.diffusion_target,
+        internal_token=settings.internal_token,
+    )
+    stop_event = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    metrics_server = None
+    try:
+        await bus.ensure_topology()
+        objects = ObjectStore.from_settings(settings.s3)
+        await objects.ensure_buckets(BUCKETS)
+        jobs_kv = await bus.kv(subjects.KV_JOBS)
+        policy = AddressPolicy(
+            allow_hosts=settings.fetch_allow.hosts, allow_networks=settings.fetch_allow.networks
+        )
+        http = SafeHttp(policy, resolver=resolver)
+        jobs = JobStore(bus, jobs_kv)
+        budget = PendingBudget(jobs_kv, settings.limits)
+        tenants = TenantStore(await bus.kv(subjects.KV_TENANTS), settings.api_key_pepper)
+        tunes = TuneStore(await bus.kv(subjects.KV_TUNES), objects, http, settings.limits)
+        lifecycle = JobLifecycle(
+            bus=bus, jobs=jobs, jobs_kv=jobs_kv, budget=budget, objects=objects, http=http, settings=settings
+        )
+        info = DiffusionInfo(clients, settings.info_ttl_seconds)
+        submitter = Submitter(
+            settings=settings,
+            clients=clients,
+            info=info,
+            tunes=tunes,
+            jobs=jobs,
+            objects=objects,
+            http=http,
+            idempotency=await bus.kv(subjects.KV_IDEMPOTENCY),
+            budget=budget,
+            lifecycle=lifecycle,
+        )
+        orchestrator = Orchestrator(
+            bus,
+            jobs,
+            lifecycle,
+            max_attempts=settings.limits.pass_max_attempts,
+            concurrency=settings.event_concurrency,
+        )
+        gateway_passes = GatewayPasses(bus, jobs, clients)
+        tasks = [
+            asyncio.create_task(orchestrator.run(stop_event), name="orchestrator"),
+            asyncio.create_task(gateway_passes.run(stop_event), name="gateway-passes"),
+            asyncio.create_task(lifecycle.run_sweeper(stop_event), name="sweeper"),
+            asyncio.create_task(lifecycle.run_queue_gauge(stop_event), name="queue-gauge"),
+        ]
+        registrations = [
+            Registration(
+                jobs_pb2_grpc.add_JobsServicer_to_server,
+                jobs_server.JobsServicer(
+                    tenants=tenants,
+                    submitter=submitter,
+                    jobs=jobs,
+                    objects=objects,
+                    lifecycle=lifecycle,
+                    bus=bus,
+                    settings=settings,
+                ),
+                jobs_server.SERVICE_NAME,
+            ),
+            Registration(
+                jobs_pb2_grpc.add_TunesServicer_to_server,
+                tunes_server.TunesServicer(tenants=tenants, tunes=tunes),
+                tunes_server.SERVICE_NAME,
+            ),
+            Registration(
+                admin_pb2_grpc.add_AdminServicer_to_server,
+                admin_server.AdminServicer(tenants=tenants, admin_token=settings.admin_token),
+                admin_server.SERVICE_NAME,
+            ),
+        ]
+        metrics_port = -1
+        if settings.metrics_port >= 0:
+            host = settings.grpc_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+            metrics_server, _thread = start_http_server(settings.metrics_port, addr=host)
+            metrics_port = metrics_server.server_port
+        server = await start_grpc_server(settings.grpc_address, registrations)
+    except BaseException:
+        stop_event.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        await clients.close()
+        await bus.close()
+        raise
+    handle = GatewayHandle(
+        server=server,
+        bus=bus,
+        clients=clients,
+        lifecycle=lifecycle,
+        stop_event=stop_event,
+        tasks=tasks,
+        metrics_port=metrics_port,
+        _metrics_server=metrics_server,
+        components={"jobs": jobs, "tenants": tenants, "tunes": tunes, "objects": objects, "budget": budget},
+    )
+    log.info(
+        "gateway serving",
+        extra={"port": server.port, "metrics_port": metrics_port, "settings": repr(settings)},
+    )
+    return handle

@@ -1,0 +1,81 @@
+"""Tenants through the public API: isolation of jobs and tunes, API keys, the admin commands."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from e2e_support import FAST, follow, register_lora
+from multipass.client import connect, describe_rpc_error
+from multipass.v1 import jobs_pb2
+
+pytestmark = pytest.mark.e2e
+
+HIDDEN = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
+
+
+@pytest.fixture(scope="module")
+def other_key(stack) -> str:
+    """A second tenant's API key, created the way an operator does (`multipass tenants create`)."""
+    result = stack.cli("tenants", "create", "e2e-other")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert key.startswith("mpk_") and "\n" not in key
+    return key
+
+
+def test_a_second_tenant_cannot_see_watch_cancel_or_use_the_first_tenants_work(
+    stack, client, other_key, sd15_model, tmp_path
+):
+    tune = register_lora(client, sd15_model, tmp_path, seed=21)
+    job_id = client.jobs.submit("a quiet harbour at dawn", FAST).job_id
+    with stack.client(other_key) as other:
+        calls = {
+            "GetJob": lambda: other.jobs.get(job_id),
+            "WatchJob": lambda: list(other.jobs.watch(job_id)),
+            "CancelJob": lambda: other.jobs.cancel(job_id),
+            "GetTune": lambda: other.tunes.get(tune),
+            "DeleteTune": lambda: other.tunes.delete(tune),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() in HIDDEN, f"{name}: {describe_rpc_error(caught.value)}"
+        assert job_id not in [job.job_id for job in other.jobs.list(limit=100)]
+        assert tune not in [t.tune_id for t in other.tunes.list()]
+        with pytest.raises(grpc.RpcError) as caught:
+            other.jobs.submit(f"a street BREAK photo BREAK ohwx woman <lora:{tune}:1>", FAST)
+        assert caught.value.code() in HIDDEN, describe_rpc_error(caught.value)
+        assert f"<lora:{tune}" in describe_rpc_error(caught.value)
+    # The first tenant's job and tune are untouched.
+    job, _ = follow(client, job_id)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert client.tunes.get(tune).tune_id == tune
+
+
+def test_missing_unknown_and_revoked_keys_are_refused(stack):
+    with connect(stack.address) as anonymous, pytest.raises(grpc.RpcError) as caught:
+        list(anonymous.jobs.list(limit=1))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with stack.client("mpk_0123456789abcdef_" + "x" * 43) as unknown, pytest.raises(grpc.RpcError) as caught:
+        list(unknown.jobs.list(limit=1))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    with connect(stack.address, admin_token=stack.admin_token) as admin:
+        created = admin.admin.create_tenant("e2e-revoked")
+    with stack.client(created.api_key) as tenant:
+        assert list(tenant.jobs.list(limit=1)) == []
+        revoked = stack.cli("tenants", "revoke", created.key_id)
+        assert revoked.returncode == 0, revoked.stderr
+        with pytest.raises(grpc.RpcError) as caught:
+            list(tenant.jobs.list(limit=1))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_admin_api_needs_the_admin_token(stack):
+    with connect(stack.address, admin_token="mpa_wrong") as admin, pytest.raises(grpc.RpcError) as caught:
+        admin.admin.create_tenant("intruder")
+    assert caught.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+    # A tenant's API key is not an admin credential either.
+    result = stack.cli("tenants", "create", "intruder", "--admin-token", stack.api_key)
+    assert result.returncode == 1
+    assert result.stderr.split(":")[0] in ("UNAUTHENTICATED", "PERMISSION_DENIED")

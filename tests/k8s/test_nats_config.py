@@ -1,0 +1,205 @@
+"""The NATS configuration in the nats-config ConfigMap, checked by the real nats-server.
+
+The rendered nats.conf of each overlay must pass ``nats-server -t``; the dev configuration then runs on
+loopback with the dev Secret's passwords, and the per-user subject permissions are exercised with
+nats-py: what the gateway and the diffusion worker do is allowed, the rest is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nats
+import pytest
+from k8s_manifests import generated_base_name, main_container, of_kind, one, pod_spec
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+
+from conftest import rendered
+
+NATS_SERVER = Path(sys.executable).with_name("nats-server")
+
+
+def nats_config(resources: list[dict]) -> dict[str, str]:
+    statefulset = one(resources, "StatefulSet", "nats")
+    name = next(v["configMap"]["name"] for v in pod_spec(statefulset)["volumes"] if "configMap" in v)
+    return one(resources, "ConfigMap", name)["data"]
+
+
+def dev_passwords() -> dict[str, str]:
+    secret = next(s for s in of_kind(rendered("dev"), "Secret") if generated_base_name(s["metadata"]["name"]) == "nats-users")
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def server_environment(resources: list[dict], passwords: dict[str, str]) -> dict[str, str]:
+    """The NATS container's environment as Kubernetes would set it, from the dev Secret's values."""
+    env = {}
+    for item in main_container(one(resources, "StatefulSet", "nats"))["env"]:
+        source = item.get("valueFrom", {})
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.name"
+            env[item["name"]] = "nats-0"
+        elif "secretKeyRef" in source:
+            env[item["name"]] = passwords[source["secretKeyRef"]["key"]]
+        else:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def write_config(resources: list[dict], directory: Path) -> Path:
+    for file_name, content in nats_config(resources).items():
+        (directory / file_name).write_text(content)
+    return directory / "nats.conf"
+
+
+def test_config_variables_are_all_provided_by_the_statefulset(resources):
+    text = "\n".join(nats_config(resources).values())
+    referenced = set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", re.sub(r"\"[^\"]*\"", "", text)))
+    provided = {item["name"] for item in main_container(one(resources, "StatefulSet", "nats"))["env"]}
+    assert referenced == provided
+
+
+def test_nats_server_accepts_the_rendered_config(resources, tmp_path):
+    config = write_config(resources, tmp_path)
+    env = {"PATH": os.environ["PATH"], **server_environment(resources, dev_passwords())}
+    result = subprocess.run(
+        [str(NATS_SERVER), "-t", "-c", str(config)], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "is valid" in result.stderr + result.stdout
+
+
+def test_prod_config_clusters_jetstream(prod):
+    text = "\n".join(nats_config(prod).values())
+    assert re.search(r"^jetstream \{", text, re.M)
+    assert re.search(r"^\s*cluster \{", text, re.M)
+    assert re.search(r"^server_name: \$POD_NAME$", text, re.M), "JetStream clustering needs unique server names"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dev_nats(tmp_path_factory):
+    """nats-server with the dev nats.conf on loopback; only addresses and paths are overridden."""
+    directory = tmp_path_factory.mktemp("nats")
+    resources = rendered("dev")
+    config = write_config(resources, directory)
+    port, monitor = _free_port(), _free_port()
+    env = {"PATH": os.environ["PATH"], **server_environment(resources, dev_passwords())}
+    command = [str(NATS_SERVER), "-c", str(config), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)]
+    command += ["-sd", str(directory / "js"), "-P", str(directory / "nats.pid")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nats-server did not start with the dev config") from None
+                time.sleep(0.1)
+        yield f"nats://127.0.0.1:{port}", dev_passwords()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def _connect(url: str, user: str | None, password: str | None, errors: list[str]):
+    async def on_error(error):
+        errors.append(str(error))
+
+    return await nats.connect(
+        url, user=user, password=password, error_cb=on_error, allow_reconnect=False, connect_timeout=2
+    )
+
+
+async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats):
+    url, passwords = dev_nats
+    gateway_errors: list[str] = []
+    diffusion_errors: list[str] = []
+    gateway = await _connect(url, "gateway", passwords["gateway-password"], gateway_errors)
+    diffusion = await _connect(url, "diffusion", passwords["diffusion-password"], diffusion_errors)
+    try:
+        # the gateway owns the streams and publishes a pass
+        gateway_js = gateway.jetstream(timeout=2)
+        await gateway_js.add_stream(name="MULTIPASS_PASSES", subjects=["multipass.pass.>"], retention=RetentionPolicy.WORK_QUEUE)
+        await gateway_js.add_stream(name="MULTIPASS_EVENTS", subjects=["multipass.events.>"])
+        await gateway_js.publish("multipass.pass.diffusion.tiny", b"pass-1", headers={"Nats-Msg-Id": "j1:0:base:1"})
+        events = await gateway_js.pull_subscribe("multipass.events.>", durable="gateway-events", stream="MULTIPASS_EVENTS")
+        cancels = await diffusion.subscribe("multipass.cancel.>")
+
+        # the worker creates its durable consumer, pulls, acks, reports
+        diffusion_js = diffusion.jetstream(timeout=2)
+        await diffusion_js.add_consumer(
+            "MULTIPASS_PASSES",
+            ConsumerConfig(
+                durable_name="diffusion-tiny", filter_subject="multipass.pass.diffusion.tiny", ack_policy=AckPolicy.EXPLICIT
+            ),
+        )
+        passes = await diffusion_js.pull_subscribe_bind("diffusion-tiny", stream="MULTIPASS_PASSES")
+        (message,) = await passes.fetch(1, timeout=2)
+        assert message.data == b"pass-1"
+        await message.in_progress()
+        await message.ack()
+        await diffusion_js.publish("multipass.events.j1.completed", b"done")
+        (event,) = await events.fetch(1, timeout=2)
+        assert event.data == b"done"
+        await event.ack()
+
+        # a cancel from the gateway reaches the worker
+        await gateway.publish("multipass.cancel.j1", b"")
+        cancel = await cancels.next_msg(timeout=2)
+        assert cancel.subject == "multipass.cancel.j1"
+
+        # the worker may not enqueue passes, read events, or manage streams
+        await diffusion.publish("multipass.pass.diffusion.tiny", b"forged")
+        await diffusion.subscribe("multipass.events.>")
+        await diffusion.flush(timeout=2)
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Error)):
+            await diffusion_js.delete_stream("MULTIPASS_PASSES")
+        await asyncio.sleep(0.2)
+        assert any("publish" in e.lower() and "multipass.pass.diffusion.tiny" in e for e in diffusion_errors), diffusion_errors
+        assert any("subscription" in e.lower() and "multipass.events.>" in e for e in diffusion_errors), diffusion_errors
+        assert (await gateway_js.stream_info("MULTIPASS_PASSES")).state.messages == 0
+
+        # the gateway may not pretend to be a worker reporting events
+        await gateway.publish("multipass.events.j1.completed", b"forged")
+        await gateway.flush(timeout=2)
+        await asyncio.sleep(0.2)
+        assert any("multipass.events.j1.completed" in e for e in gateway_errors), gateway_errors
+    finally:
+        await diffusion.close()
+        await gateway.close()
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(dev_nats):
+    url, passwords = dev_nats
+    for user, password in ((None, None), ("gateway", passwords["diffusion-password"]), ("admin", "admin")):
+        errors: list[str] = []
+        with pytest.raises(Exception):  # noqa: B017 - nats-py raises different types per transport state
+            await _connect(url, user, password, errors)
+        assert any("authorization" in e.lower() for e in errors), errors
+
+
+def test_store_and_pid_file_live_on_their_volumes(resources):
+    container = main_container(one(resources, "StatefulSet", "nats"))
+    command = container["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert options["--config"] == f"{mounts['config']}/nats.conf"
+    assert options["--store_dir"].startswith(mounts["data"] + "/")
+    assert options["--pid"].startswith(mounts["pid"] + "/")
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", f"ldm={options['--pid']}"]

@@ -1,0 +1,195 @@
+"""The planner: which passes each image's chain holds, in which order, with which specs."""
+
+from __future__ import annotations
+
+import pytest
+from gateway_helpers import config, image_ref, parsed_prompt, slots
+from multipass_gateway import planner
+
+
+def names(plan) -> list[str]:
+    return [p.name for p in plan.passes]
+
+
+def plan_of(parsed, **inputs):
+    values = {"seed": 100, "width": parsed.params.w, "height": parsed.params.h, "slots": slots(len(parsed.persons))}
+    values.update(inputs)
+    cfg = values.pop("cfg", None) or config()
+    return planner.plan_job(parsed, planner.JobInputs(**values), cfg)
+
+
+def test_zero_persons_is_a_single_base_pass():
+    (plan,) = plan_of(parsed_prompt(0))
+    assert names(plan) == ["prepare", "base"]
+    base = plan.passes[1]
+    assert base.runs_in == "diffusion"
+    assert base.spec.kind == "base" and base.spec.model == "tiny-sd15"
+    assert base.spec.prompt == "a garden, spring"
+    assert base.spec.negative_prompt == "blurry"
+    assert (base.spec.width, base.spec.height, base.spec.steps, base.spec.seed) == (512, 512, 30, 100)
+    assert not base.spec.controlnet
+    assert base.weight == 30
+
+
+def test_one_person_chain_and_person_spec():
+    parsed = parsed_prompt(1, person_loras={0: ["123"]})
+    files = {"123": planner.common_pb2.ObjectRef(bucket="multipass-tunes", key="tunes/t/123/lora.safetensors", sha256="a" * 64)}
+    (plan,) = plan_of(parsed, tune_files=files)
+    assert names(plan) == ["prepare", "base", "segment", "person-0"]
+    segment, person = plan.passes[2], plan.passes[3]
+    assert segment.runs_in == "segmentation"
+    assert person.person_index == 0 and person.runs_in == "diffusion"
+    assert person.spec.prompt == "spring, ohwx person 0"
+    assert person.spec.negative_prompt == "ugly 0"
+    assert [ref.tune_id for ref in person.spec.loras] == ["123"]
+    assert person.spec.tune_files["123"].key == "tunes/t/123/lora.safetensors"
+    assert person.spec.controlnet == "pose"  # pose kept when the ControlNet is installed
+    assert person.spec.crop_padding == 32 and person.spec.mask_blur == 4.0
+    # No explicit denoising_strength: the worker's person default, and the weight follows it.
+    assert person.spec.denoising_strength == 0.0
+    assert person.weight == int(30 * planner.PERSON_STRENGTH)
+    # The base pass carries no person LoRA.
+    assert not plan.passes[1].spec.loras
+
+
+def test_two_persons_run_sequentially_in_slot_order():
+    (plan,) = plan_of(parsed_prompt(2, person_loras={0: ["1"], 1: ["2"]}))
+    assert names(plan) == ["prepare", "base", "segment", "person-0", "person-1"]
+    assert [p.spec.loras[0].tune_id for p in plan.passes[3:]] == ["1", "2"]
+
+
+def test_eight_persons_and_eight_images_with_consecutive_seeds():
+    parsed = parsed_prompt(8, num_images=8)
+    plans = plan_of(parsed)
+    assert len(plans) == 8
+    assert [p.index for p in plans] == list(range(8))
+    for index, plan in enumerate(plans):
+        assert names(plan) == ["prepare", "base", "segment"] + [f"person-{i}" for i in range(8)]
+        assert {p.spec.seed for p in plan.passes if p.runs_in == "diffusion"} == {100 + index}
+
+
+def test_seed_wraps_at_two_to_the_32():
+    assert planner.image_seed(2**32 - 1, 1) == 0
+    assert planner.image_seed(2**32 - 2, 3) == 1
+
+
+def test_default_layout_pose_conditions_the_base_pass():
+    parsed = parsed_prompt(2)
+    pose = image_ref("jobs/t/j/inputs/pose.png")
+    (plan,) = plan_of(parsed, pose_image=pose)
+    base = plan.passes[1].spec
+    assert base.controlnet == "pose" and base.controlnet_txt2img
+    assert base.control_image.key == "jobs/t/j/inputs/pose.png"
+    assert len(base.skeletons) == 2 and base.skeletons[1].keypoints[0].x == pytest.approx(384.0)
+
+
+def test_without_pose_controlnet_no_conditioning_is_planned():
+    parsed = parsed_prompt(2)
+    (plan,) = plan_of(parsed, pose_image=image_ref("p.png"), cfg=config(capabilities=frozenset()))
+    assert not plan.passes[1].spec.controlnet
+    assert not plan.passes[3].spec.controlnet
+
+
+def test_keep_background_skips_base_and_segments_the_input():
+    parsed = parsed_prompt(2, base="", common="", keep_background=True)
+    source = image_ref("jobs/t/j/inputs/input.png", 640, 480)
+    (plan,) = plan_of(parsed, input_image=source, width=640, height=480)
+    assert names(plan) == ["prepare", "segment", "person-0", "person-1"]
+    assert (plan.passes[2].spec.width, plan.passes[2].spec.height) == (640, 480)
+
+
+def test_img2img_base_uses_the_input_and_user_controlnet():
+    parsed = parsed_prompt(0, controlnet="canny", denoising_strength=0.6, explicit=("denoising_strength", "controlnet"))
+    source = image_ref("jobs/t/j/inputs/input.png")
+    (plan,) = plan_of(parsed, input_image=source)
+    base = plan.passes[1]
+    assert base.spec.image.key == source.key
+    assert base.spec.controlnet == "canny" and not base.spec.controlnet_txt2img
+    assert base.spec.denoising_strength == pytest.approx(0.6)
+    assert base.weight == int(30 * 0.6)
+
+
+def test_mask_prompt_adds_a_mask_pass_before_an_inpainting_base():
+    parsed = parsed_prompt(1, mask_prompt="foreground")
+    (plan,) = plan_of(parsed, input_image=image_ref("in.png"))
+    assert names(plan) == ["prepare", "mask", "base", "segment", "person-0"]
+    assert plan.passes[1].runs_in == "segmentation"
+    # Inpainting strength defaults to the worker's; the progress weight uses it.
+    assert plan.passes[2].weight == int(30 * planner.BASE_INPAINT_STRENGTH)
+
+
+def test_mask_prompt_without_input_image_plans_no_mask_pass():
+    (plan,) = plan_of(parsed_prompt(0, mask_prompt="person"))
+    assert names(plan) == ["prepare", "base"]
+
+
+def test_finishing_passes_in_order_with_sizes():
+    parsed = parsed_prompt(
+        1,
+        hires_fix=True,
+        inpaint_faces=True,
+        face_correct=True,
+        face_swap=True,
+        super_resolution=True,
+        film_grain=True,
+        color_grading="Film Portra",
+        tiled=True,
+    )
+    (plan,) = plan_of(parsed)
+    assert names(plan) == [
+        "prepare",
+        "base",
+        "segment",
+        "person-0",
+        "hires",
+        "faces",
+        "face_correct",
+        "face_swap",
+        "upscale",
+        "finish",
+    ]
+    by_name = {p.name: p for p in plan.passes}
+    assert (by_name["hires"].spec.width, by_name["hires"].spec.height) == (768, 768)
+    assert by_name["hires"].spec.denoising_strength == pytest.approx(0.4)
+    assert by_name["faces"].needs_faces and by_name["face_swap"].needs_faces
+    assert not by_name["face_correct"].needs_faces
+    assert (by_name["upscale"].spec.width, by_name["upscale"].spec.scale) == (3072, 4.0)
+    assert by_name["upscale"].spec.tiled
+    assert dict(by_name["finish"].spec.options) == {"film_grain": "true", "color_grading": "Film Portra"}
+    assert by_name["finish"].spec.width == 3072
+
+
+def test_only_requested_finishing_passes_are_planned():
+    (plan,) = plan_of(parsed_prompt(0, super_resolution=True))
+    assert names(plan) == ["prepare", "base", "upscale"]
+    (plan,) = plan_of(parsed_prompt(0, color_grading="Ektar"))
+    assert names(plan) == ["prepare", "base", "finish"]
+
+
+def test_only_upscale_plans_just_the_upscale():
+    parsed = parsed_prompt(2, only_upscale=True)
+    (plan,) = plan_of(parsed, input_image=image_ref("in.png"))
+    assert names(plan) == ["prepare", "upscale"]
+
+
+def test_required_capabilities_name_their_fields():
+    parsed = parsed_prompt(0, controlnet="depth", super_resolution=True, face_correct=True, face_swap=True, prompt_expansion=True)
+    needs = dict(planner.required_capabilities(parsed, has_input_image=True))
+    assert needs == {
+        "controlnet:depth": "params.controlnet",
+        "upscaler": "params.super_resolution",
+        "face_restorer": "params.face_correct",
+        "face_swapper": "params.face_swap",
+        "prompt_expander": "params.prompt_expansion",
+    }
+    assert planner.required_capabilities(parsed_prompt(0), has_input_image=False) == []
+
+
+def test_tune_ids_lists_each_tag_once_in_order():
+    parsed = parsed_prompt(2, base_loras=["9"], person_loras={0: ["1", "9"], 1: ["1"]})
+    assert [ref.tune_id for ref in planner.tune_ids(parsed)] == ["9", "1"]
+
+
+def test_fit_size_keeps_multiples_of_eight_under_the_cap():
+    assert planner.fit_size(4000, 3000, 2048) == (2048, 1536)
+    assert planner.fit_size(517, 389, 2048) == (512, 384)
