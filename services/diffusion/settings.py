@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multipass.config import EnvReader
+from multipass.connections import NatsSettings, S3Settings
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -43,6 +44,8 @@ class DiffusionSettings:
     progress_interval_s: float = 0.25
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "INFO"
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DiffusionSettings:
@@ -70,6 +73,8 @@ class DiffusionSettings:
             progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),
             worker_name=env.str("DIFFUSION_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
             log_level=env.str("LOG_LEVEL", "INFO"),
+            nats=NatsSettings.from_env(env),
+            s3=S3Settings.from_env(env),
         )
         env.check()
         return cls(**values)

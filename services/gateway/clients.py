@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 import grpc
-from multipass.errors import MultipassError, Unavailable
+from multipass.errors import InvalidInput, MultipassError, Unavailable
 from multipass.grpc_errors import from_rpc_error
 from multipass.v1 import (
     diffusion_pb2,
@@ -53,6 +53,9 @@ class InternalClients:
             return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             rebuilt = from_rpc_error(error)
+            if isinstance(rebuilt, InvalidInput) and rebuilt.violations:
+                # The status details already repeat every violation; keep one copy of them.
+                raise InvalidInput.of(list(rebuilt.violations)) from error
             if isinstance(rebuilt, Unavailable):
                 raise Unavailable(
                     f"{service} at {self._targets[service]} unavailable: {error.details()}"

@@ -327,7 +327,7 @@ def apply_event(
         outcome.note = f"stale attempt {event.attempt} (current {state.attempt})"
         return outcome
     if state.status not in ACTIVE_PASS:
-        outcome.note = f"pass already {jobs_pb2.PassStatus.Name(state.status)}"
+        outcome.note = f"pass already {jobs_pb2.PassStatus.Name(state.status).removeprefix('PASS_STATUS_')}"
         return outcome
     kind = event.WhichOneof("event")
 

@@ -45,7 +45,9 @@ class HaarFaceDetector:
         try:
             self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
         except (cv2.error, SystemError) as error:
-            raise FailedPrecondition(f"face detector cascade could not be loaded: {self.cascade_path}: {error}") from error
+            raise FailedPrecondition(
+                f"face detector cascade could not be loaded: {self.cascade_path}: {error}"
+            ) from error
         if self._cascade.empty():
             raise FailedPrecondition(f"face detector cascade could not be loaded: {self.cascade_path}")
         self.scale_factor = scale_factor

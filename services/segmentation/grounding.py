@@ -1,4 +1,4 @@
-"""Text -> boxes with an open-vocabulary detector (GroundingDINO through ``transformers``).
+"""Text -> boxes with an open-vocabulary detector through ``transformers``: GroundingDINO or OWLv2.
 
 A prompt is split into phrases at commas, periods and semicolons (``"hair, red shirt"`` is two phrases;
 ``"windows door"`` is one). All phrases go through the model in one call as ``"hair. red shirt."``; a
@@ -87,6 +87,46 @@ class GroundingDinoDetector:
             phrase_probs = probs[:, tokens]
             scores = phrase_probs.max(dim=1).values
             keep = (scores > box_threshold) & (phrase_probs > text_threshold).any(dim=1)
+            detections += _best_boxes(
+                phrase, boxes[keep], scores[keep], width, height, self.max_boxes_per_phrase
+            )
+        return detections
+
+
+class Owlv2Detector:
+    """OWLv2 (``Owlv2ForObjectDetection`` + its processor): one text query per phrase.
+
+    OWLv2 scores each (patch, query) pair directly, so only the box threshold applies (its usual values are
+    lower than GroundingDINO's, around 0.1-0.2). The processor pads images to a square at the bottom and
+    right; boxes are relative to that square.
+    """
+
+    def __init__(self, model, processor, *, device: torch.device, max_boxes_per_phrase: int = 20):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = device
+        self.max_boxes_per_phrase = max_boxes_per_phrase
+        self._lock = threading.Lock()
+
+    def detect(
+        self, image: np.ndarray, phrases: Sequence[str], box_threshold: float, text_threshold: float
+    ) -> list[Detection]:
+        if not phrases:
+            return []
+        height, width = image.shape[:2]
+        side = max(height, width)
+        inputs = self.processor(
+            text=[list(phrases)], images=Image.fromarray(image), return_tensors="pt", truncation=True
+        )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with self._lock, torch.inference_mode():
+            outputs = self.model(**inputs)
+        probs = torch.sigmoid(outputs.logits[0].float()).cpu()  # (patches, phrases)
+        boxes = _cxcywh_to_pixels(outputs.pred_boxes[0].float().cpu(), side, side)
+        detections: list[Detection] = []
+        for index, phrase in enumerate(phrases):
+            scores = probs[:, index]
+            keep = scores > box_threshold
             detections += _best_boxes(
                 phrase, boxes[keep], scores[keep], width, height, self.max_boxes_per_phrase
             )

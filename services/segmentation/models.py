@@ -3,7 +3,8 @@
 ```
 segmentation/sam/         sam_vit_b.pth | sam_vit_l.pth | sam_vit_h.pth (official checkpoints, any suffix),
                           or config.json {"variant": "vit_b"|"vit_l"|"vit_h"|"custom", "weights": FILE, ...}
-segmentation/grounding/   a transformers detector directory (config.json, weights, processor files)
+segmentation/grounding/   a transformers detector directory (config.json, weights, processor files):
+                          GroundingDINO (model_type grounding-dino) or OWLv2 (model_type owlv2)
 segmentation/faces/       optional: config.json {"detector": "haar", "cascade": FILE}; default: OpenCV's cascade
 ```
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from multipass.errors import FailedPrecondition
 from multipass_segmentation.faces import HaarFaceDetector
-from multipass_segmentation.grounding import GroundingDinoDetector, TextDetector
+from multipass_segmentation.grounding import GroundingDinoDetector, Owlv2Detector, TextDetector
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -37,7 +38,7 @@ CUSTOM_SAM_KEYS = (
     "encoder_global_attn_indexes", "window_size", "prompt_embed_dim", "mask_in_chans",
     "decoder_depth", "decoder_mlp_dim", "decoder_num_heads", "iou_head_hidden_dim",
 )  # fmt: skip
-SUPPORTED_DETECTORS = ("grounding-dino",)
+SUPPORTED_DETECTORS = ("grounding-dino", "owlv2")
 
 
 @dataclass
@@ -180,18 +181,21 @@ def load_detector(
         raise FailedPrecondition(
             f"{config_path}: detector model_type {model_type!r} is not supported; expected {', '.join(SUPPORTED_DETECTORS)}"
         )
-    from transformers import AutoProcessor, GroundingDinoForObjectDetection
+    from transformers import AutoProcessor, GroundingDinoForObjectDetection, Owlv2ForObjectDetection
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    model_class, detector_class = {
+        "grounding-dino": (GroundingDinoForObjectDetection, GroundingDinoDetector),
+        "owlv2": (Owlv2ForObjectDetection, Owlv2Detector),
+    }[model_type]
     try:
         processor = AutoProcessor.from_pretrained(detector_dir, local_files_only=True)
-        model = GroundingDinoForObjectDetection.from_pretrained(detector_dir, local_files_only=True)
+        model = model_class.from_pretrained(detector_dir, local_files_only=True)
     except (OSError, ValueError) as error:
         raise FailedPrecondition(f"grounding detector at {detector_dir} does not load: {error}") from error
-    return GroundingDinoDetector(
-        model, processor, device=device, max_boxes_per_phrase=max_boxes_per_phrase
-    ), config_path
+    detector = detector_class(model, processor, device=device, max_boxes_per_phrase=max_boxes_per_phrase)
+    return detector, config_path
 
 
 def load_face_detector(faces_dir: Path, *, max_side: int = 1024) -> tuple[HaarFaceDetector, Path]:

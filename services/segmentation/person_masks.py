@@ -68,7 +68,8 @@ def territories(
 ) -> list[np.ndarray]:
     """Disjoint regions, one per slot: its box, where overlaps go to the slot whose figure is nearest.
 
-    Ties go to the lower slot index.
+    Ties go to the smaller box (a person in front of a larger one standing on the same line keeps its
+    box), then to the lower slot index.
     """
     boxes = [mask_ops.box_mask(shape, s.box.as_tuple()) for s in slots]
     overlapping = [
@@ -77,8 +78,11 @@ def territories(
     ]
     if not any(overlapping):
         return boxes
+    # argmin keeps the first of equal distances: stack the slots smallest box first
+    order = sorted(range(len(slots)), key=lambda i: (slots[i].box.area, i))
     distances = np.full((len(slots), *shape), np.inf, dtype=np.float32)
-    for i, slot in enumerate(slots):
+    for rank, i in enumerate(order):
+        slot = slots[i]
         if overlapping[i]:
             guide = figure_guide(shape, slot, min_confidence)
             distance = cv2.distanceTransform(
@@ -86,10 +90,10 @@ def territories(
             )
         else:
             distance = np.zeros(shape, dtype=np.float32)
-        distances[i][boxes[i]] = distance[boxes[i]]
+        distances[rank][boxes[i]] = distance[boxes[i]]
     owner = np.argmin(distances, axis=0)
     covered = np.isfinite(distances.min(axis=0))
-    return [covered & (owner == i) for i in range(len(slots))]
+    return [covered & (owner == order.index(i)) for i in range(len(slots))]
 
 
 def silhouette(

@@ -97,7 +97,9 @@ def relative_path(key: str, prefix: str) -> PurePosixPath:
     if path.name in _RESERVED or path.name.endswith(PART_SUFFIX):
         raise InvalidInput(
             f"object key {key!r} collides with the sync's own files",
-            violations=[Violation("key", f"names ending in {PART_SUFFIX} and {sorted(_RESERVED)} are reserved")],
+            violations=[
+                Violation("key", f"names ending in {PART_SUFFIX} and {sorted(_RESERVED)} are reserved")
+            ],
         )
     return path
 
@@ -118,7 +120,9 @@ def list_remote(client: Minio, *, bucket: str, prefix: str) -> list[RemoteFile]:
         if obj.is_dir or obj.object_name.endswith("/"):
             continue
         path = relative_path(obj.object_name, prefix)
-        remote.append(RemoteFile(key=obj.object_name, path=path, size=int(obj.size), etag=_clean_etag(obj.etag)))
+        remote.append(
+            RemoteFile(key=obj.object_name, path=path, size=int(obj.size), etag=_clean_etag(obj.etag))
+        )
     return sorted(remote, key=lambda item: item.key)
 
 
@@ -141,11 +145,20 @@ class _Manifest:
             data = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return
-        if isinstance(data, dict) and data.get("source") == self.source and isinstance(data.get("files"), dict):
+        if (
+            isinstance(data, dict)
+            and data.get("source") == self.source
+            and isinstance(data.get("files"), dict)
+        ):
             self.files = data["files"]
 
     def record(self, path: str, *, etag: str, size: int, sha256: str | None, local: Path) -> None:
-        self.files[path] = {"etag": etag, "size": size, "sha256": sha256, "mtime_ns": local.stat().st_mtime_ns}
+        self.files[path] = {
+            "etag": etag,
+            "size": size,
+            "sha256": sha256,
+            "mtime_ns": local.stat().st_mtime_ns,
+        }
 
     def matches(self, path: str, remote: RemoteFile, stat: os.stat_result) -> bool:
         entry = self.files.get(path)
@@ -158,7 +171,9 @@ class _Manifest:
 
     def save(self, keep: set[str]) -> None:
         files = {path: entry for path, entry in self.files.items() if path in keep}
-        _atomic_write(self.path, json.dumps({"source": self.source, "files": files}, indent=1, sort_keys=True))
+        _atomic_write(
+            self.path, json.dumps({"source": self.source, "files": files}, indent=1, sort_keys=True)
+        )
 
 
 def _atomic_write(target: Path, text: str) -> None:
@@ -201,7 +216,9 @@ def _remove_stale_parts(dest: Path) -> None:
             part.unlink()
 
 
-def _is_current(client: Minio, bucket: str, remote: RemoteFile, local: Path, manifest: _Manifest) -> str | None:
+def _is_current(
+    client: Minio, bucket: str, remote: RemoteFile, local: Path, manifest: _Manifest
+) -> str | None:
     """``None`` when ``local`` must be downloaded; otherwise its SHA-256 if known, or ``""``."""
     try:
         stat = local.stat()
@@ -215,7 +232,9 @@ def _is_current(client: Minio, bucket: str, remote: RemoteFile, local: Path, man
     if _PLAIN_MD5.match(remote.etag) and _file_digest(local, "md5") == remote.etag:
         return ""
     try:
-        expected = client.stat_object(bucket_name=bucket, object_name=remote.key).metadata.get(SHA256_METADATA)
+        expected = client.stat_object(bucket_name=bucket, object_name=remote.key).metadata.get(
+            SHA256_METADATA
+        )
     except (MinioException, HTTPError, OSError) as error:
         raise Unavailable(f"cannot stat s3://{bucket}/{remote.key}: {error}") from error
     if expected:
@@ -307,7 +326,9 @@ def sync_prefix(
             if known_sha is None:
                 pending.append(item)
                 continue
-            manifest.record(item.path.as_posix(), etag=item.etag, size=item.size, sha256=known_sha or None, local=local)
+            manifest.record(
+                item.path.as_posix(), etag=item.etag, size=item.size, sha256=known_sha or None, local=local
+            )
             report.skipped.append(item.path.as_posix())
 
         def fetch(item: RemoteFile) -> tuple[RemoteFile, str, int, str]:

@@ -13,9 +13,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
-from skimage import data
-
 from multipass.errors import FailedPrecondition
 from multipass.grpc_errors import field_violations
 from multipass.images import sha256_hex
@@ -23,6 +20,8 @@ from multipass.store import BUCKET_JOBS
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation.service import serve
 from multipass_segmentation.settings import SegmentationSettings
+from PIL import Image
+from skimage import data
 
 PREFIX = "jobs/tenant-a/job-1/image-0/"
 INPUT_KEY = "jobs/tenant-a/job-1/inputs/astronaut.png"
@@ -39,7 +38,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tiny_model_dir: Path, s3_settings) -> SegmentationSettings:
-    return SegmentationSettings(model_dir=tiny_model_dir, s3=s3_settings, grpc_addr="127.0.0.1:0", metrics_port=0)
+    return SegmentationSettings(
+        model_dir=tiny_model_dir, s3=s3_settings, grpc_addr="127.0.0.1:0", metrics_port=0
+    )
 
 
 @pytest.fixture
@@ -99,11 +100,16 @@ async def test_layout_then_person_masks_then_faces(service, stub, store, astrona
 
     response = await stub.Segment(
         segmentation_pb2.SegmentRequest(
-            image=astronaut, persons=segmentation_pb2.PersonMasksRequest(slots=layout.slots), output_prefix=PREFIX
+            image=astronaut,
+            persons=segmentation_pb2.PersonMasksRequest(slots=layout.slots),
+            output_prefix=PREFIX,
         )
     )
     assert [m.label for m in response.masks] == ["person-0", "person-1"]
-    assert [m.mask.key for m in response.masks] == [PREFIX + "mask-person-0.png", PREFIX + "mask-person-1.png"]
+    assert [m.mask.key for m in response.masks] == [
+        PREFIX + "mask-person-0.png",
+        PREFIX + "mask-person-1.png",
+    ]
     masks = []
     for result, slot in zip(response.masks, layout.slots, strict=True):
         assert (result.mask.width, result.mask.height) == (512, 512)
@@ -116,7 +122,9 @@ async def test_layout_then_person_masks_then_faces(service, stub, store, astrona
         assert 0.0 <= result.score <= 1.0
     assert not (masks[0] & masks[1]).any()
 
-    faces = await stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut, person_masks=response.masks))
+    faces = await stub.DetectFaces(
+        segmentation_pb2.DetectFacesRequest(image=astronaut, person_masks=response.masks)
+    )
     assert len(faces.faces) == 1
     face = faces.faces[0]
     assert box_tuple(face.box) == pytest.approx((177, 67, 270, 160), abs=6)
@@ -146,9 +154,13 @@ async def test_faces_are_assigned_to_the_slot_whose_mask_holds_them(stub, store,
 
 
 async def test_text_mask(stub, store, astronaut):
-    text = segmentation_pb2.TextMaskRequest(prompt="person", box_threshold=0.01, text_threshold=0.01, dilate_pixels=2)
+    text = segmentation_pb2.TextMaskRequest(
+        prompt="person", box_threshold=0.01, text_threshold=0.01, dilate_pixels=2
+    )
     response = await stub.Segment(
-        segmentation_pb2.SegmentRequest(image=astronaut, text=text, output_prefix=PREFIX, output_bucket=BUCKET_JOBS)
+        segmentation_pb2.SegmentRequest(
+            image=astronaut, text=text, output_prefix=PREFIX, output_bucket=BUCKET_JOBS
+        )
     )
     [result] = response.masks
     assert result.label == "prompt" and result.mask.key == PREFIX + "mask-prompt.png"
@@ -167,7 +179,9 @@ async def test_text_mask(stub, store, astronaut):
 
 
 async def test_layout_from_an_input_image(stub, astronaut):
-    layout = await stub.Layout(segmentation_pb2.LayoutRequest(count=2, image=astronaut, output_key=PREFIX + "pose.png"))
+    layout = await stub.Layout(
+        segmentation_pb2.LayoutRequest(count=2, image=astronaut, output_key=PREFIX + "pose.png")
+    )
     assert layout.source == "detected"
     assert len(layout.slots) == 2
     assert layout.slots[0].box.x0 + layout.slots[0].box.x1 <= layout.slots[1].box.x0 + layout.slots[1].box.x1
@@ -183,7 +197,12 @@ def bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def expect_error(call, code: grpc.StatusCode, field: str) -> None:
@@ -194,47 +213,75 @@ async def expect_error(call, code: grpc.StatusCode, field: str) -> None:
     assert field in fields, (fields, caught.value.details())
 
 
-async def test_bad_input_is_refused_with_the_field_named_and_the_service_stays_healthy(service, stub, store, astronaut):
+async def test_bad_input_is_refused_with_the_field_named_and_the_service_stays_healthy(
+    service, stub, store, astronaut
+):
     persons = segmentation_pb2.PersonMasksRequest
     slot = segmentation_pb2.Slot
     missing = common_pb2.ImageRef(bucket=BUCKET_JOBS, key="jobs/nope.png")
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=missing, text=segmentation_pb2.TextMaskRequest(prompt="x"), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=missing, text=segmentation_pb2.TextMaskRequest(prompt="x"), output_prefix=PREFIX
+            )
+        ),
         grpc.StatusCode.NOT_FOUND,
         "image",
     )
     text_ref = await store.put_bytes(BUCKET_JOBS, "jobs/notes.txt", b"hello, not an image")
     not_image = common_pb2.ImageRef(bucket=text_ref.bucket, key=text_ref.key)
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=not_image, text=segmentation_pb2.TextMaskRequest(prompt="x"), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=not_image, text=segmentation_pb2.TextMaskRequest(prompt="x"), output_prefix=PREFIX
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "image",
     )
     bomb = await store.put_bytes(BUCKET_JOBS, "jobs/bomb.png", bomb_png(60000, 60000))
     await expect_error(
-        stub.Layout(segmentation_pb2.LayoutRequest(count=1, image=common_pb2.ImageRef(bucket=bomb.bucket, key=bomb.key))),
+        stub.Layout(
+            segmentation_pb2.LayoutRequest(
+                count=1, image=common_pb2.ImageRef(bucket=bomb.bucket, key=bomb.key)
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "image",
     )
     zero_area = slot(index=0, box=common_pb2.Box(x0=10, y0=10, x1=10, y1=100))
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=astronaut, persons=persons(slots=[zero_area]), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=astronaut, persons=persons(slots=[zero_area]), output_prefix=PREFIX
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "persons.slots[0].box",
     )
     outside = slot(index=0, box=common_pb2.Box(x0=400, y0=10, x1=600, y1=100))
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=astronaut, persons=persons(slots=[outside]), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=astronaut, persons=persons(slots=[outside]), output_prefix=PREFIX
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "persons.slots[0].box",
     )
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=astronaut, persons=persons(slots=[]), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(image=astronaut, persons=persons(slots=[]), output_prefix=PREFIX)
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "persons.slots",
     )
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=astronaut, text=segmentation_pb2.TextMaskRequest(prompt="  "), output_prefix=PREFIX)),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=astronaut, text=segmentation_pb2.TextMaskRequest(prompt="  "), output_prefix=PREFIX
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "text.prompt",
     )
@@ -244,23 +291,38 @@ async def test_bad_input_is_refused_with_the_field_named_and_the_service_stays_h
         "kind",
     )
     await expect_error(
-        stub.Segment(segmentation_pb2.SegmentRequest(image=astronaut, text=segmentation_pb2.TextMaskRequest(prompt="face"))),
+        stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=astronaut, text=segmentation_pb2.TextMaskRequest(prompt="face")
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "output_prefix",
     )
     await expect_error(
         stub.Segment(
             segmentation_pb2.SegmentRequest(
-                image=astronaut, text=segmentation_pb2.TextMaskRequest(prompt="face"), output_prefix=PREFIX, output_bucket="no-such-bucket"
+                image=astronaut,
+                text=segmentation_pb2.TextMaskRequest(prompt="face"),
+                output_prefix=PREFIX,
+                output_bucket="no-such-bucket",
             )
         ),
         grpc.StatusCode.NOT_FOUND,
         "output_bucket",
     )
-    await expect_error(stub.Layout(segmentation_pb2.LayoutRequest(width=512, height=512, count=0)), grpc.StatusCode.INVALID_ARGUMENT, "count")
+    await expect_error(
+        stub.Layout(segmentation_pb2.LayoutRequest(width=512, height=512, count=0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "count",
+    )
     small = await store.put_image(BUCKET_JOBS, PREFIX + "small.png", Image.new("L", (64, 64)))
     await expect_error(
-        stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut, person_masks=[segmentation_pb2.MaskResult(index=0, mask=small)])),
+        stub.DetectFaces(
+            segmentation_pb2.DetectFacesRequest(
+                image=astronaut, person_masks=[segmentation_pb2.MaskResult(index=0, mask=small)]
+            )
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "person_masks[0].mask",
     )
@@ -276,7 +338,9 @@ async def test_images_over_the_pixel_cap_are_refused(settings, store, astronaut)
         async with grpc.aio.insecure_channel(capped.address) as channel:
             stub = segmentation_pb2_grpc.SegmentationStub(channel)
             await expect_error(
-                stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut)), grpc.StatusCode.INVALID_ARGUMENT, "image"
+                stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "image",
             )
         await assert_serving(capped)
     finally:
@@ -345,7 +409,20 @@ async def test_cli_against_the_running_service(service, s3_settings, tmp_path: P
     for i in range(2):
         written = Image.open(tmp_path / "out" / f"astro-person-{i}.png")
         assert written.size == (512, 512) and written.mode == "L"
-    code = await _run_cli(main, ["segment", str(image_path), "--prompt", "face", "--addr", service.address, "--out", str(out), "--json"])
+    code = await _run_cli(
+        main,
+        [
+            "segment",
+            str(image_path),
+            "--prompt",
+            "face",
+            "--addr",
+            service.address,
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["masks"][0]["label"] == "prompt" and report["masks"][0]["box"] is not None

@@ -40,8 +40,16 @@ def test_diffusion_scales_on_the_lag_of_each_model_consumer(prod):
     for trigger in spec["triggers"]:
         assert trigger["type"] == "nats-jetstream"
         metadata = trigger["metadata"]
-        assert set(metadata) >= {"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"}
-        assert all(isinstance(value, str) for value in metadata.values()), "trigger metadata values are strings"
+        assert set(metadata) >= {
+            "natsServerMonitoringEndpoint",
+            "account",
+            "stream",
+            "consumer",
+            "lagThreshold",
+        }
+        assert all(isinstance(value, str) for value in metadata.values()), (
+            "trigger metadata values are strings"
+        )
         assert metadata["account"] == "$G"
         assert metadata["stream"] == "MULTIPASS_PASSES"
         assert int(metadata["lagThreshold"]) >= 1
@@ -114,7 +122,7 @@ def test_alert_rules_are_complete(prod):
     rules = alert_rules(prod)
     names = [rule["alert"] for rule in rules]
     assert len(names) == len(set(names))
-    assert REQUIRED_ALERTS <= set(names)
+    assert set(names) >= REQUIRED_ALERTS
     for rule in rules:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert rule["expr"].strip()
@@ -124,11 +132,12 @@ def test_alert_rules_are_complete(prod):
 
 
 def test_annotations_use_only_labels_the_expression_keeps(prod):
+    """The result keeps the labels of the leftmost aggregation (or, without one, the selector's)."""
     for rule in alert_rules(prod):
         used = set(re.findall(r"\$labels\.(\w+)", json.dumps(rule["annotations"])))
-        grouping = re.findall(r"by \(([^)]*)\)", rule["expr"])
+        grouping = re.search(r"by \(([^)]*)\)", rule["expr"])
         if grouping:
-            kept = set.intersection(*({label.strip() for label in g.split(",")} for g in grouping))
+            kept = {label.strip() for label in grouping.group(1).split(",")}
         else:
             kept = set(re.findall(r"(\w+)=", rule["expr"])) | set(METRICS["scrape_labels"])
         assert used <= kept, f"{rule['alert']}: {used - kept} not in the result"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import re
 import socket
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import nats
 import pytest
-from k8s_manifests import generated_base_name, main_container, of_kind, one, pod_spec
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
-
 from conftest import rendered
+from k8s_manifests import env_of, generated_base_name, main_container, of_kind, one, pod_spec
+from multipass import subjects
+from multipass.bus import Bus
 
 NATS_SERVER = Path(sys.executable).with_name("nats-server")
 
@@ -35,7 +36,11 @@ def nats_config(resources: list[dict]) -> dict[str, str]:
 
 
 def dev_passwords() -> dict[str, str]:
-    secret = next(s for s in of_kind(rendered("dev"), "Secret") if generated_base_name(s["metadata"]["name"]) == "nats-users")
+    secret = next(
+        s
+        for s in of_kind(rendered("dev"), "Secret")
+        if generated_base_name(s["metadata"]["name"]) == "nats-users"
+    )
     return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
 
 
@@ -71,7 +76,12 @@ def test_nats_server_accepts_the_rendered_config(resources, tmp_path):
     config = write_config(resources, tmp_path)
     env = {"PATH": os.environ["PATH"], **server_environment(resources, dev_passwords())}
     result = subprocess.run(
-        [str(NATS_SERVER), "-t", "-c", str(config)], capture_output=True, text=True, env=env, timeout=30, check=False
+        [str(NATS_SERVER), "-t", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "is valid" in result.stderr + result.stdout
@@ -81,7 +91,9 @@ def test_prod_config_clusters_jetstream(prod):
     text = "\n".join(nats_config(prod).values())
     assert re.search(r"^jetstream \{", text, re.M)
     assert re.search(r"^\s*cluster \{", text, re.M)
-    assert re.search(r"^server_name: \$POD_NAME$", text, re.M), "JetStream clustering needs unique server names"
+    assert re.search(r"^server_name: \$POD_NAME$", text, re.M), (
+        "JetStream clustering needs unique server names"
+    )
 
 
 def _free_port() -> int:
@@ -105,7 +117,9 @@ def dev_nats(tmp_path_factory):
         deadline = time.monotonic() + 20
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", timeout=1).close()
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", timeout=1
+                ).close()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -126,60 +140,103 @@ async def _connect(url: str, user: str | None, password: str | None, errors: lis
     )
 
 
-async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats):
-    url, passwords = dev_nats
-    gateway_errors: list[str] = []
-    diffusion_errors: list[str] = []
-    gateway = await _connect(url, "gateway", passwords["gateway-password"], gateway_errors)
-    diffusion = await _connect(url, "diffusion", passwords["diffusion-password"], diffusion_errors)
+def _service_url(resources: list[dict], service: str, server_url: str, passwords: dict[str, str]) -> str:
+    """The service's MULTIPASS_NATS_URL as its pod sees it, pointed at the test server."""
+    env = {item["name"]: item for item in main_container(one(resources, "Deployment", service))["env"]}
+    password_key = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+    url = env["MULTIPASS_NATS_URL"]["value"].replace("$(NATS_PASSWORD)", passwords[password_key])
+    return url.replace("@nats:4222", "@" + server_url.removeprefix("nats://"))
+
+
+def _nats_errors(caplog) -> list[str]:
+    return [str(getattr(r, "error", "")).lower() for r in caplog.records if r.name == "multipass.bus"]
+
+
+async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, caplog):
+    """The services' own bus code, with the credentials and URLs of their pods."""
+    caplog.set_level(logging.WARNING, logger="multipass.bus")
+    server_url, passwords = dev_nats
+    resources = rendered("dev")
+    model = env_of(main_container(one(resources, "Deployment", "diffusion")), resources)[
+        "MULTIPASS_DIFFUSION_MODELS"
+    ]
+    gateway = await Bus.connect(_service_url(resources, "gateway", server_url, passwords), name="gateway")
+    diffusion = await Bus.connect(
+        _service_url(resources, "diffusion", server_url, passwords), name="diffusion"
+    )
     try:
-        # the gateway owns the streams and publishes a pass
-        gateway_js = gateway.jetstream(timeout=2)
-        await gateway_js.add_stream(name="MULTIPASS_PASSES", subjects=["multipass.pass.>"], retention=RetentionPolicy.WORK_QUEUE)
-        await gateway_js.add_stream(name="MULTIPASS_EVENTS", subjects=["multipass.events.>"])
-        await gateway_js.publish("multipass.pass.diffusion.tiny", b"pass-1", headers={"Nats-Msg-Id": "j1:0:base:1"})
-        events = await gateway_js.pull_subscribe("multipass.events.>", durable="gateway-events", stream="MULTIPASS_EVENTS")
-        cancels = await diffusion.subscribe("multipass.cancel.>")
+        # the gateway creates the streams and KV buckets, records a job, enqueues a pass
+        await gateway.ensure_topology()
+        await gateway.kv_update(subjects.KV_JOBS, "j1", lambda current: b"record")
+        await gateway.publish(
+            subjects.diffusion_pass_subject(model), b"pass-1", msg_id=subjects.pass_msg_id("j1", 0, "base", 1)
+        )
+        await gateway.publish(subjects.job_event_subject("j1"), b"accepted", msg_id="j1:accepted")
+        events = await gateway.js.pull_subscribe(
+            subjects.EVENTS_SUBJECTS, durable="gateway-events", stream=subjects.STREAM_EVENTS
+        )
+        cancels: asyncio.Queue = asyncio.Queue()
+        await diffusion.subscribe_core(subjects.CANCEL_ALL, cancels.put)
 
         # the worker creates its durable consumer, pulls, acks, reports
-        diffusion_js = diffusion.jetstream(timeout=2)
-        await diffusion_js.add_consumer(
-            "MULTIPASS_PASSES",
-            ConsumerConfig(
-                durable_name="diffusion-tiny", filter_subject="multipass.pass.diffusion.tiny", ack_policy=AckPolicy.EXPLICIT
-            ),
+        durable = subjects.diffusion_durable(model)
+        await diffusion.ensure_consumer(
+            stream=subjects.STREAM_PASSES,
+            durable=durable,
+            filter_subject=subjects.diffusion_pass_subject(model),
+            ack_wait=30,
+            max_deliver=3,
+            max_ack_pending=4,
         )
-        passes = await diffusion_js.pull_subscribe_bind("diffusion-tiny", stream="MULTIPASS_PASSES")
+        passes = await diffusion.js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_PASSES)
         (message,) = await passes.fetch(1, timeout=2)
         assert message.data == b"pass-1"
         await message.in_progress()
         await message.ack()
-        await diffusion_js.publish("multipass.events.j1.completed", b"done")
+        await diffusion.publish(
+            subjects.event_subject("j1", subjects.EVENT_COMPLETED),
+            b"done",
+            msg_id=subjects.pass_msg_id("j1", 0, "base", 1, "completed"),
+        )
         (event,) = await events.fetch(1, timeout=2)
         assert event.data == b"done"
         await event.ack()
 
         # a cancel from the gateway reaches the worker
-        await gateway.publish("multipass.cancel.j1", b"")
-        cancel = await cancels.next_msg(timeout=2)
+        await gateway.publish_core(subjects.cancel_subject("j1"), b"")
+        cancel = await asyncio.wait_for(cancels.get(), 2)
         assert cancel.subject == "multipass.cancel.j1"
+        assert not _nats_errors(caplog), _nats_errors(caplog)
 
-        # the worker may not enqueue passes, read events, or manage streams
-        await diffusion.publish("multipass.pass.diffusion.tiny", b"forged")
-        await diffusion.subscribe("multipass.events.>")
-        await diffusion.flush(timeout=2)
+        # the worker may not enqueue passes, read events, touch job records or manage streams
+        await diffusion.nc.publish(subjects.diffusion_pass_subject(model), b"forged")
+        await diffusion.nc.publish(f"$KV.{subjects.KV_JOBS}.j1", b"forged")
+        await diffusion.nc.subscribe(subjects.EVENTS_SUBJECTS)
+        await diffusion.nc.flush(timeout=2)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Error)):
-            await diffusion_js.delete_stream("MULTIPASS_PASSES")
-        await asyncio.sleep(0.2)
-        assert any("publish" in e.lower() and "multipass.pass.diffusion.tiny" in e for e in diffusion_errors), diffusion_errors
-        assert any("subscription" in e.lower() and "multipass.events.>" in e for e in diffusion_errors), diffusion_errors
-        assert (await gateway_js.stream_info("MULTIPASS_PASSES")).state.messages == 0
+            await diffusion.nc.jetstream(timeout=1).delete_stream(subjects.STREAM_PASSES)
+        # the gateway may not pretend to be a worker reporting pass events
+        await gateway.nc.publish(subjects.event_subject("j1", subjects.EVENT_FAILED), b"forged")
+        await gateway.nc.flush(timeout=2)
+        refused = [
+            f'publish to "{subjects.diffusion_pass_subject(model)}"',
+            f'publish to "$kv.{subjects.KV_JOBS}.j1"',
+            f'subscription to "{subjects.EVENTS_SUBJECTS}"',
+            f'publish to "$js.api.stream.delete.{subjects.STREAM_PASSES.lower()}"',
+            f'publish to "{subjects.event_subject("j1", subjects.EVENT_FAILED)}"',
+        ]
 
-        # the gateway may not pretend to be a worker reporting events
-        await gateway.publish("multipass.events.j1.completed", b"forged")
-        await gateway.flush(timeout=2)
-        await asyncio.sleep(0.2)
-        assert any("multipass.events.j1.completed" in e for e in gateway_errors), gateway_errors
+        def unreported() -> list[str]:
+            errors = _nats_errors(caplog)
+            return [r for r in refused if not any("permissions violation" in e and r in e for e in errors)]
+
+        deadline = time.monotonic() + 5  # the server's -ERR lines reach the error callback asynchronously
+        while unreported() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not unreported(), (unreported(), _nats_errors(caplog))
+        info = await gateway.js.stream_info(subjects.STREAM_PASSES)
+        assert info.state.messages == 0
+        assert (await (await gateway.kv(subjects.KV_JOBS)).get("j1")).value == b"record"
     finally:
         await diffusion.close()
         await gateway.close()
@@ -202,4 +259,8 @@ def test_store_and_pid_file_live_on_their_volumes(resources):
     assert options["--config"] == f"{mounts['config']}/nats.conf"
     assert options["--store_dir"].startswith(mounts["data"] + "/")
     assert options["--pid"].startswith(mounts["pid"] + "/")
-    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", f"ldm={options['--pid']}"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == [
+        "nats-server",
+        "--signal",
+        f"ldm={options['--pid']}",
+    ]

@@ -45,7 +45,8 @@ KEDA = Endpoint("keda-operator", "keda", {"app": "keda-operator"})
 OTHER_POD = Endpoint("a pod of another app", "default", {"app": "other"})
 KUBE_DNS = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
 NAMESPACE_LABELS = {
-    ns: {"kubernetes.io/metadata.name": ns} for ns in (NAMESPACE, "monitoring", "keda", "default", "kube-system")
+    ns: {"kubernetes.io/metadata.name": ns}
+    for ns in (NAMESPACE, "monitoring", "keda", "default", "kube-system")
 }
 
 
@@ -93,7 +94,9 @@ def _direction_allows(policies, subject, other, port, protocol, destination, dir
     if subject.namespace != NAMESPACE:
         return True  # only this namespace's policies are rendered; the others are not ours to judge
     applying = [
-        p for p in policies if selects(p["spec"]["podSelector"], subject.labels) and policy_type in p["spec"]["policyTypes"]
+        p
+        for p in policies
+        if selects(p["spec"]["podSelector"], subject.labels) and policy_type in p["spec"]["policyTypes"]
     ]
     if not applying:
         return True
@@ -106,7 +109,9 @@ def _direction_allows(policies, subject, other, port, protocol, destination, dir
     return False
 
 
-def allowed(policies: list[dict], source: Endpoint, destination: Endpoint, port: int, protocol: str = "TCP") -> bool:
+def allowed(
+    policies: list[dict], source: Endpoint, destination: Endpoint, port: int, protocol: str = "TCP"
+) -> bool:
     return _direction_allows(policies, source, destination, port, protocol, destination, "egress") and (
         _direction_allows(policies, destination, source, port, protocol, destination, "ingress")
     )
@@ -162,7 +167,9 @@ def test_there_is_a_default_deny_for_both_directions(resources):
 def test_every_workload_has_its_own_policy(resources):
     policies = of_kind(resources, "NetworkPolicy")
     for name, pod in pods(resources).items():
-        own = [p for p in policies if p["spec"]["podSelector"] and selects(p["spec"]["podSelector"], pod.labels)]
+        own = [
+            p for p in policies if p["spec"]["podSelector"] and selects(p["spec"]["podSelector"], pod.labels)
+        ]
         assert any(p["metadata"]["name"] == name for p in own), f"{name} has no policy of its own"
 
 
@@ -179,7 +186,9 @@ def test_every_configured_connection_is_allowed(resources):
     policies = of_kind(resources, "NetworkPolicy")
     endpoints = pods(resources)
     for source, destination, port in configured_connections(resources):
-        assert allowed(policies, endpoints[source], endpoints[destination], port), f"{source} -> {destination}:{port}"
+        assert allowed(policies, endpoints[source], endpoints[destination], port), (
+            f"{source} -> {destination}:{port}"
+        )
 
 
 def test_every_pod_resolves_names(resources):
@@ -265,7 +274,9 @@ def test_the_evaluator_denies_what_no_policy_allows():
             "spec": {
                 "podSelector": {"matchLabels": {"app": "b"}},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": "http"}]}],
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": "http"}]}
+                ],
             }
         },
         {

@@ -80,7 +80,9 @@ def expressions() -> list[tuple[str, str]]:
     variables = dashboard_variables(board)
     for panel in board["panels"]:
         for target in panel.get("targets", []):
-            found.append((f"panel {panel['title']!r} {target['refId']}", substitute(target["expr"], variables)))
+            found.append(
+                (f"panel {panel['title']!r} {target['refId']}", substitute(target["expr"], variables))
+            )
     return found
 
 
@@ -101,7 +103,9 @@ def check_selector(node, where: str) -> None:
     for matcher in matchers:
         if matcher.name == "__name__":
             continue
-        assert matcher.name in series["labels"] | SCRAPE_LABELS, f"{where}: {name} has no label {matcher.name!r}"
+        assert matcher.name in series["labels"] | SCRAPE_LABELS, (
+            f"{where}: {name} has no label {matcher.name!r}"
+        )
         if matcher.name == "job":
             allowed = set(CATALOGUE["jobs"])
         else:
@@ -112,7 +116,9 @@ def check_selector(node, where: str) -> None:
             values = [matcher.value]
         else:
             values = _alternatives(matcher.value)
-        assert set(values) <= allowed, f"{where}: {name}{{{matcher.name}}} never takes {set(values) - allowed}"
+        assert set(values) <= allowed, (
+            f"{where}: {name}{{{matcher.name}}} never takes {set(values) - allowed}"
+        )
 
 
 def labels_below(node) -> set[str]:
@@ -135,10 +141,13 @@ def check(expression: str, where: str) -> set[str]:
         if isinstance(node, promql_parser.VectorSelector):
             check_selector(node, where)
             used.add(SERIES[node.name]["family"])
-        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
-            if node.modifier.type == promql_parser.AggModifierType.By:
-                missing = set(node.modifier.labels) - labels_below(node.expr)
-                assert not missing, f"{where}: grouping by {missing}, which the series below do not carry"
+        elif (
+            isinstance(node, promql_parser.AggregateExpr)
+            and node.modifier is not None
+            and node.modifier.type == promql_parser.AggModifierType.By
+        ):
+            missing = set(node.modifier.labels) - labels_below(node.expr)
+            assert not missing, f"{where}: grouping by {missing}, which the series below do not carry"
 
     promql_parser.walk(tree, visit)
     assert used, f"{where}: selects no metric"
@@ -185,7 +194,7 @@ def test_exported_families_belong_to_the_services():
     [
         ('rate(multipass_passes_total{outcome="exploded"}[5m])', "never takes"),
         ("rate(multipass_pass_duration_seconds[5m])", "not in k8s/monitoring"),
-        ('sum by (tenant) (rate(multipass_passes_total[5m]))', "grouping by"),
+        ("sum by (tenant) (rate(multipass_passes_total[5m]))", "grouping by"),
         ('multipass_gpu_memory_bytes{gpu="0"}', "has no label"),
         ('up{job="gpu-worker"}', "never takes"),
         ("sum(rate(multipass_jobs_submitted_total[5m])", ""),
@@ -199,4 +208,4 @@ def test_the_checks_catch_mistakes(expression, problem):
 
 def test_undefined_dashboard_variables_are_refused():
     with pytest.raises(AssertionError, match="undefined dashboard variable"):
-        substitute("rate(x{pod=~\"$pods\"}[5m])", {"namespace": "multipass"})
+        substitute('rate(x{pod=~"$pods"}[5m])', {"namespace": "multipass"})

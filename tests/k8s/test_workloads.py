@@ -21,11 +21,10 @@ from k8s_manifests import (
     one,
     pod_labels,
     pod_spec,
-    service_selects,
     selects,
+    service_selects,
     workloads,
 )
-
 from multipass.cli import models_cmd
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -174,7 +173,9 @@ def test_dev_secret_references_resolve_to_generated_secrets(dev):
 
 def test_prod_keeps_no_credentials_and_needs_the_secrets_dev_generates(dev, prod):
     assert of_kind(prod, "Secret") == []
-    dev_keys = {(generated_base_name(s["metadata"]["name"]), key) for s in of_kind(dev, "Secret") for key in s["data"]}
+    dev_keys = {
+        (generated_base_name(s["metadata"]["name"]), key) for s in of_kind(dev, "Secret") for key in s["data"]
+    }
     assert _secret_refs(prod) == dev_keys
 
 
@@ -267,7 +268,7 @@ def test_dev_diffusion_runs_on_cpu(dev):
         assert not any("nvidia.com" in key for key in container["resources"].get("limits", {}))
         assert not any("nvidia.com" in key for key in container["resources"].get("requests", {}))
     assert "nodeSelector" not in spec and "tolerations" not in spec
-    assert env_of(main_container(deployment), dev)["MULTIPASS_DIFFUSION_MODELS"] == "tiny"
+    assert env_of(main_container(deployment), dev)["MULTIPASS_DIFFUSION_MODELS"] == "sd15-tiny"
 
 
 def test_diffusion_can_finish_its_pass_before_being_killed(prod):
@@ -324,7 +325,9 @@ def test_nats_is_a_jetstream_statefulset_clustered_in_prod(dev, prod):
     config = one(prod, "ConfigMap", pod_spec(nats)["volumes"][0]["configMap"]["name"])
     routes = re.findall(r"nats://(nats-\d)\.nats-headless:6222", config["data"]["cluster.conf"])
     assert routes == [f"nats-{i}" for i in range(3)]
-    dev_config = next(c for c in of_kind(dev, "ConfigMap") if generated_base_name(c["metadata"]["name"]) == "nats-config")
+    dev_config = next(
+        c for c in of_kind(dev, "ConfigMap") if generated_base_name(c["metadata"]["name"]) == "nats-config"
+    )
     assert "cluster {" not in dev_config["data"]["cluster.conf"]
 
 
@@ -359,7 +362,9 @@ def test_services_reach_their_dependencies_by_service_name(resources):
     for service in ("gateway", "diffusion"):
         url = env_of(main_container(one(resources, "Deployment", service)), resources)["MULTIPASS_NATS_URL"]
         assert url == f"nats://{service}:$(NATS_PASSWORD)@nats:4222"
-    assert one(resources, "ConfigMap", "multipass-object-store")["data"]["MULTIPASS_S3_ENDPOINT"] == "minio:9000"
+    assert (
+        one(resources, "ConfigMap", "multipass-object-store")["data"]["MULTIPASS_S3_ENDPOINT"] == "minio:9000"
+    )
 
 
 def test_dockerfile_for_every_image_in_the_manifests(resources):
@@ -371,3 +376,22 @@ def test_dockerfile_for_every_image_in_the_manifests(resources):
             directory = ROOT / "services" / name.removeprefix("multipass-").replace("-", "_")
             dockerfile = directory / ("Dockerfile.cuda" if tag.endswith("-cuda") else "Dockerfile")
             assert dockerfile.is_file(), f"{container['image']} has no {Path(dockerfile).relative_to(ROOT)}"
+
+
+def test_gateway_base_model_is_served_by_the_diffusion_workers(resources):
+    gateway = env_of(main_container(one(resources, "Deployment", "gateway")), resources)
+    diffusion = env_of(main_container(one(resources, "Deployment", "diffusion")), resources)
+    served = {model.strip() for model in diffusion["MULTIPASS_DIFFUSION_MODELS"].split(",")}
+    assert gateway["MULTIPASS_GATEWAY_BASE_MODEL"] in served
+
+
+def test_writable_paths_are_volumes(resources):
+    """With a read-only root filesystem every path a service writes must be a mounted volume."""
+    diffusion = main_container(one(resources, "Deployment", "diffusion"))
+    mounts = [m["mountPath"] for m in diffusion["volumeMounts"] if not m.get("readOnly")]
+    tune_cache = env_of(diffusion, resources)["MULTIPASS_DIFFUSION_TUNE_CACHE_DIR"]
+    assert any(PurePosixPath(tune_cache).is_relative_to(mount) for mount in mounts)
+    for workload in workloads(resources):
+        for container in containers(workload):
+            if _image_parts(container["image"])[0] in OWN_IMAGES:  # Python: caches and temp files
+                assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]], name_of(workload)

@@ -1,4 +1,4 @@
-"""``multipass models sync`` against a real S3 endpoint (moto server on loopback)."""
+"""``multipass models sync`` against a real S3 endpoint (the shared moto server fixture, on loopback)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ import hashlib
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 from minio import Minio
-
 from multipass.cli import models_cmd
 from multipass.errors import Internal, InvalidInput, Unavailable
 from multipass.model_sync import MANIFEST_NAME, PART_SUFFIX, download, relative_path, sync_prefix
@@ -25,40 +19,16 @@ from multipass.model_sync import MANIFEST_NAME, PART_SUFFIX, download, relative_
 BUCKET = "multipass-models"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 @pytest.fixture
-def client(s3_endpoint):
-    request = urllib.request.Request(f"http://{s3_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=5).close()
-    minio = Minio(endpoint=s3_endpoint, access_key="multipass", secret_key="multipass-secret", secure=False)
+def client(s3_settings) -> Minio:
+    """A minio client on the session's S3 server (emptied for this test), with the models bucket."""
+    minio = Minio(
+        endpoint=s3_settings.endpoint,
+        access_key=s3_settings.access_key,
+        secret_key=s3_settings.secret_key,
+        secure=s3_settings.secure,
+        region=s3_settings.region,
+    )
     minio.make_bucket(bucket_name=BUCKET)
     return minio
 
@@ -90,7 +60,9 @@ def tree(root: Path) -> dict[str, bytes]:
 def test_first_sync_mirrors_only_the_prefix_with_the_prefix_stripped(client, tmp_path):
     files = seed(client)
     report = sync_prefix(client, bucket=BUCKET, prefix="diffusion", dest=tmp_path)
-    expected = {key.removeprefix("diffusion/"): data for key, data in files.items() if key.startswith("diffusion/")}
+    expected = {
+        key.removeprefix("diffusion/"): data for key, data in files.items() if key.startswith("diffusion/")
+    }
     assert tree(tmp_path) == expected
     assert sorted(report.downloaded) == sorted(expected)
     assert report.skipped == []
@@ -240,19 +212,27 @@ def test_empty_prefix_mirrors_the_whole_bucket_and_skips_folder_markers(client, 
 
 
 @pytest.mark.parametrize(
-    "key", ["diffusion/../etc/passwd", "diffusion//abs", "diffusion/./x", "diffusion/", "other/x", "diffusion/.x.part"]
+    "key",
+    [
+        "diffusion/../etc/passwd",
+        "diffusion//abs",
+        "diffusion/./x",
+        "diffusion/",
+        "other/x",
+        "diffusion/.x.part",
+    ],
 )
 def test_keys_that_would_escape_or_collide_are_refused(key):
     with pytest.raises(InvalidInput):
         relative_path(key, "diffusion/")
 
 
-def test_unsafe_key_in_the_bucket_aborts_before_writing(client, s3_endpoint, tmp_path):
+def test_unsafe_key_in_the_bucket_aborts_before_writing(client, s3_settings, tmp_path):
     put(client, "diffusion/ok.bin", b"ok")
     # the minio client refuses to write such a key; another S3 client does not
     raw = boto3.client(
         "s3",
-        endpoint_url=f"http://{s3_endpoint}",
+        endpoint_url=f"http://{s3_settings.endpoint}",
         aws_access_key_id="multipass",
         aws_secret_access_key="multipass-secret",
         region_name="us-east-1",
@@ -276,11 +256,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_cli_sync_reads_s3_settings_from_the_environment(client, s3_endpoint, tmp_path, monkeypatch, capsys):
+def test_cli_sync_reads_s3_settings_from_the_environment(client, s3_settings, tmp_path, monkeypatch, capsys):
     seed(client)
-    monkeypatch.setenv("MULTIPASS_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("MULTIPASS_S3_ENDPOINT", s3_settings.endpoint)
     monkeypatch.setenv("MULTIPASS_S3_SECURE", "false")
-    args = _parse(["models", "sync", "--bucket", BUCKET, "--prefix", "segmentation/", "--dest", str(tmp_path)])
+    args = _parse(
+        ["models", "sync", "--bucket", BUCKET, "--prefix", "segmentation/", "--dest", str(tmp_path)]
+    )
     assert args.run(args) == 0
     assert set(tree(tmp_path)) == {"sam/sam_vit_b.pth"}
     summary = json.loads(capsys.readouterr().out)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "multipass.cli.tunes_cmd",
     "multipass.cli.admin_cmd",
     "multipass.cli.bench_cmd",
+    "multipass.cli.models_cmd",
 )
 
 

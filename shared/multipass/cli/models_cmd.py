@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MULTIPASS_S3_SECURE, MULTIPASS_S3_REGION.",
     )
     sync.add_argument("--bucket", default=DEFAULT_BUCKET, help=f"source bucket (default {DEFAULT_BUCKET})")
-    sync.add_argument("--prefix", default="", help="folder in the bucket to mirror (default: the whole bucket)")
+    sync.add_argument(
+        "--prefix", default="", help="folder in the bucket to mirror (default: the whole bucket)"
+    )
     sync.add_argument("--dest", required=True, type=Path, help="local directory to fill")
     sync.add_argument("--delete", action="store_true", help="remove local files that are not in the bucket")
     sync.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
@@ -47,7 +49,9 @@ def s3_client_from_env(environ: Mapping[str, str] | None = None):
     secure = env.bool("S3_SECURE", False)
     region = env.str("S3_REGION", "us-east-1")
     env.check()
-    return Minio(endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+    return Minio(
+        endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+    )
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -59,10 +63,17 @@ def run_sync(args: argparse.Namespace) -> int:
     try:
         client = s3_client_from_env()
         report = sync_prefix(
-            client, bucket=args.bucket, prefix=args.prefix, dest=args.dest, delete=args.delete, workers=args.workers
+            client,
+            bucket=args.bucket,
+            prefix=args.prefix,
+            dest=args.dest,
+            delete=args.delete,
+            workers=args.workers,
         )
     except MultipassError as error:
         print(f"multipass models sync: {error}", file=sys.stderr)
         return 1
-    print(json.dumps({"bucket": args.bucket, "prefix": args.prefix, "dest": str(args.dest), **report.summary()}))
+    print(
+        json.dumps({"bucket": args.bucket, "prefix": args.prefix, "dest": str(args.dest), **report.summary()})
+    )
     return 0

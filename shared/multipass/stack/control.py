@@ -85,13 +85,13 @@ def wait_until_up(
         state = read_state(paths) or {}
         mine = state.get("supervisor_pid") == daemon.pid
         if mine:
-            if state.get("phase") != phase and state.get("status") != "failed":
-                phase = state.get("phase")
-                on_progress(phase)
             for name, process in (state.get("processes") or {}).items():
                 if process.get("state") == "running" and name not in up:
                     up.add(name)
                     on_progress(f"  {name} is up (pid {process.get('pid')})")
+            if state.get("phase") != phase and state.get("status") != "failed":
+                phase = state.get("phase")
+                on_progress(phase)
             if state.get("status") == "running":
                 return state
             if state.get("status") == "failed":

@@ -119,6 +119,35 @@ def register_demo_tunes(
     return mapping
 
 
+def submit_with_installed_components(
+    client: Client, prompt: str, params: dict[str, str], console: Console, attempts: int = 5
+) -> tuple[jobs_pb2.SubmitJobResponse, dict[str, str]]:
+    """Submit; when the stack lacks a component a parameter needs (FAILED_PRECONDITION naming
+    ``params.<name>``), say so and submit again with that parameter turned off."""
+    import grpc
+
+    from multipass.client.errors import violations_of
+
+    params = dict(params)
+    for _ in range(attempts):
+        try:
+            return client.jobs.submit(prompt, params), params
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            missing = {
+                field.removeprefix("params."): description
+                for field, description in violations_of(error)
+                if field.startswith("params.") and params.get(field.removeprefix("params.")) != "false"
+            }
+            if not missing:
+                raise
+            for name, description in missing.items():
+                console.print(f"[yellow]{name}: {description}; the demo runs with {name}=false[/yellow]")
+                params[name] = "false"
+    return client.jobs.submit(prompt, params), params
+
+
 def run_demo(
     client: Client,
     *,
@@ -140,7 +169,7 @@ def run_demo(
     written.write_text(prompt, encoding="utf-8")
     console.print(f"prompt with the new tune ids: {written}")
     job_params = {**(TINY_MODEL_PARAMS if tiny_models else {}), **(params or {})}
-    response = client.jobs.submit(prompt, job_params, idempotency_key="")
+    response, job_params = submit_with_installed_components(client, prompt, job_params, console)
     for warning in response.warnings:
         console.print(f"warning: {warning}")
     console.print(f"submitted job {response.job_id}" + (f" with {job_params}" if job_params else ""))

@@ -260,8 +260,10 @@ class LocalStack:
             return {}
         defaults = {"MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(self.paths.root / "tune-cache")}
         if self.config.model_dir is None:
-            from multipass.tiny_models.diffusion import TINY_WORKING_SIZE
+            from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 
+            # One SD1.5-family model: the demo's tunes are SD1.5 LoRAs, and one model loads faster.
+            defaults["MULTIPASS_DIFFUSION_MODELS"] = SD15_MODEL
             defaults["MULTIPASS_DIFFUSION_WORKING_SIZE"] = str(TINY_WORKING_SIZE)
         return defaults
 

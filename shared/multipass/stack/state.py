@@ -72,7 +72,7 @@ def write_json_atomic(path: Path, data: dict, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
+            json.dump(data, handle, indent=2)
             handle.write("\n")
         os.chmod(tmp, mode)
         os.replace(tmp, path)

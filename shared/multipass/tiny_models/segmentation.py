@@ -10,6 +10,10 @@
   ``##`` letter pieces, so any lower-case ASCII word tokenises);
 - ``faces/``: ``config.json`` naming OpenCV's frontal-face Haar cascade, copied from ``cv2.data``.
 
+``build_owlv2(directory)`` writes a tiny OWLv2 detector (the alternative ``grounding/`` model) on request:
+ViT and text towers of width 32 and 1 layer, a CLIP tokenizer whose vocabulary is the 256 byte symbols
+(every word tokenises into characters; no merges); its box head starts near the per-patch box prior.
+
 Everything is loaded by the production loader (``multipass_segmentation.models``); nothing is downloaded.
 """
 
@@ -235,3 +239,81 @@ def _build_faces(directory: Path) -> None:
         json.dumps({"detector": "haar", "cascade": cascade}, indent=2) + "\n"
     )
     staging.rename(directory)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable symbols byte-level BPE tokenizers use for bytes (GPT-2/CLIP table)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    symbols = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            symbols.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in symbols]
+
+
+def build_owlv2(directory: Path) -> None:
+    """Write a tiny random-weight OWLv2 detector in transformers format to ``directory`` (replaced)."""
+    import tempfile
+
+    import torch
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    directory = Path(directory)
+    symbols = _bytes_to_unicode()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_path, merges_path = Path(scratch) / "vocab.json", Path(scratch) / "merges.txt"
+        vocab_path.write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
+        merges_path.write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(vocab_path), str(merges_path), model_max_length=16, pad_token="!")
+    config = Owlv2Config(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": len(vocab) - 2,
+            "eos_token_id": len(vocab) - 1,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
+        projection_dim=32,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        model = Owlv2ForObjectDetection(config).eval()
+        # Random box-head weights saturate every box to a sliver; small ones leave boxes near OWLv2's
+        # per-patch prior (a patch-sized box on each patch), as a trained head starts out.
+        with torch.no_grad():
+            model.box_head.dense2.weight.mul_(0.01)
+            model.box_head.dense2.bias.zero_()
+    processor = Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
+from diffusion_testkit import SD15_MODEL, SDXL_MODEL, box_mask, scene, spec
 from multipass.errors import InvalidInput
 from multipass.images import encode_png
 from multipass.v1 import common_pb2, prompt_pb2
@@ -15,7 +14,7 @@ from multipass_diffusion import metrics
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.engine import file_sha256
 from multipass_diffusion.passes.context import PassInputs
-from tests.unit.diffusion.conftest import SD15_MODEL, SDXL_MODEL, box_mask, scene, spec
+from safetensors.torch import save_file
 
 
 def request(path: Path, tune_id: str, weight: float = 1.0) -> AdapterRequest:
@@ -38,8 +37,16 @@ def text_output(encoder) -> torch.Tensor:
 
 def tuned(spec_fields: dict, tunes: dict[str, Path], weights: dict[str, float] | None = None):
     weights = weights or {}
-    loras = [prompt_pb2.LoraRef(tune_id=tune_id, weight=weights.get(tune_id, 1.0), kind="lora") for tune_id in tunes]
-    files = {tune_id: common_pb2.ObjectRef(bucket="multipass-tunes", key=f"tunes/t/{tune_id}/{p.name}", sha256=file_sha256(p)) for tune_id, p in tunes.items()}
+    loras = [
+        prompt_pb2.LoraRef(tune_id=tune_id, weight=weights.get(tune_id, 1.0), kind="lora")
+        for tune_id in tunes
+    ]
+    files = {
+        tune_id: common_pb2.ObjectRef(
+            bucket="multipass-tunes", key=f"tunes/t/{tune_id}/{p.name}", sha256=file_sha256(p)
+        )
+        for tune_id, p in tunes.items()
+    }
     return spec(**spec_fields, loras=loras, tune_files=files), {tune_id: p for tune_id, p in tunes.items()}
 
 
@@ -75,7 +82,10 @@ def test_weights_and_several_adapters(sd15, lora_dir):
     sd15.adapters.activate([a, request(lora_dir / "sd15-b.safetensors", "2")])
     both = unet_output(unet)
     assert not torch.allclose(full, half) and not torch.allclose(full, both)
-    assert sd15.adapters.active == (a.adapter_name, request(lora_dir / "sd15-b.safetensors", "2").adapter_name)
+    assert sd15.adapters.active == (
+        a.adapter_name,
+        request(lora_dir / "sd15-b.safetensors", "2").adapter_name,
+    )
 
 
 def test_kohya_and_unet_only_loras_load(sd15, lora_dir):
@@ -85,22 +95,28 @@ def test_kohya_and_unet_only_loras_load(sd15, lora_dir):
         assert not torch.allclose(unet_output(sd15.base.pipe.unet), before), name
 
 
-def test_lru_evicts_within_the_memory_budget(sd15, lora_dir):
+def test_lru_evicts_within_the_memory_budget(sd15, model_root, tmp_path):
+    from multipass.tiny_models.diffusion import write_random_lora
+
     cache = sd15.adapters
     budget = cache.budget_bytes
-    a, b = request(lora_dir / "sd15-a.safetensors", "1"), request(lora_dir / "sd15-b.safetensors", "2")
+    model = model_root / "diffusion" / SD15_MODEL
+    d = request(write_random_lora(model, tmp_path / "d.safetensors", seed=21), "21")
+    e = request(write_random_lora(model, tmp_path / "e.safetensors", seed=22), "22")
     try:
-        cache.activate([a])
-        cache.budget_bytes = cache.resident_bytes if list(cache.resident) == [a.adapter_name] else 1
-        cache.budget_bytes = max(cache._resident.values())
-        cache.activate([b])
-        assert a.adapter_name not in cache.resident and b.adapter_name in cache.resident
-        assert a.adapter_name not in sd15.base.pipe.get_list_adapters()["unet"]
+        cache.activate([d])
+        cache.budget_bytes = cache._resident[d.adapter_name]  # room for exactly one adapter of this size
+        cache.activate([e])
+        assert cache.resident == [e.adapter_name]
+        assert d.adapter_name not in sd15.base.pipe.get_list_adapters()["unet"]
         hits, misses = metrics.LORA_CACHE_HITS._value.get(), metrics.LORA_CACHE_MISSES._value.get()
-        cache.activate([b])
-        cache.activate([a])
-        assert metrics.LORA_CACHE_HITS._value.get() == hits + 1
-        assert metrics.LORA_CACHE_MISSES._value.get() == misses + 1
+        cache.activate([e])
+        cache.activate([d])
+        assert (metrics.LORA_CACHE_HITS._value.get(), metrics.LORA_CACHE_MISSES._value.get()) == (
+            hits + 1,
+            misses + 1,
+        )
+        assert cache.resident == [d.adapter_name]
     finally:
         cache.budget_bytes = budget
 
@@ -119,7 +135,9 @@ def test_person_pass_with_a_lora(engine, lora_dir):
     source = scene(96, 96)
     mask = box_mask(source.size, (30, 30, 60, 80))
     plain = engine.run(spec(kind="person", width=0, height=0), PassInputs(image=source, mask=mask))
-    tuned_spec, paths = tuned({"kind": "person", "width": 0, "height": 0}, {"7": lora_dir / "sd15-b.safetensors"})
+    tuned_spec, paths = tuned(
+        {"kind": "person", "width": 0, "height": 0}, {"7": lora_dir / "sd15-b.safetensors"}
+    )
     person = engine.run(tuned_spec, PassInputs(image=source, mask=mask, tune_paths=paths))
     assert person.image.tobytes() != plain.image.tobytes()
 
@@ -155,10 +173,19 @@ def test_a_file_that_is_no_tune_is_invalid(engine, tmp_path):
 
 
 def test_checkpoint_tune_runs_on_a_second_component_set(engine, tmp_path):
+    from safetensors.torch import load_file
+
     runtime = engine.runtime(SD15_MODEL)
+    model = runtime.entry.path
     generator = torch.Generator().manual_seed(5)
-    state = {f"unet.{k}": v + 0.02 * torch.randn(v.shape, generator=generator) for k, v in runtime.base.pipe.unet.state_dict().items()}
-    state.update({f"text_encoder.{k}": v.clone() for k, v in runtime.base.pipe.text_encoder.state_dict().items()})
+    unet = load_file(str(model / "unet" / "diffusion_pytorch_model.safetensors"))
+    state = {f"unet.{k}": v + 0.02 * torch.randn(v.shape, generator=generator) for k, v in unet.items()}
+    state.update(
+        {
+            f"text_encoder.{k}": v
+            for k, v in load_file(str(model / "text_encoder" / "model.safetensors")).items()
+        }
+    )
     path = tmp_path / "checkpoint.safetensors"
     save_file(state, str(path))
     base = engine.run(spec(seed=9))

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from multipass_diffusion.crop_inpaint import Box, crop_box, feather, fit_inside, grow_box, mask_box, paste, widen_to_aspect, working_size
+from multipass_diffusion.crop_inpaint import (
+    Box,
+    crop_box,
+    feather,
+    fit_inside,
+    grow_box,
+    mask_box,
+    paste,
+    widen_to_aspect,
+    working_size,
+)
 
 
 def mask_with(box: tuple[int, int, int, int], size=(200, 100)) -> np.ndarray:
@@ -81,7 +90,13 @@ def test_empty_mask_has_no_crop():
 
 @pytest.mark.parametrize(
     ("width", "height", "short", "expected"),
-    [(40, 40, 512, (512, 512)), (80, 40, 512, (1024, 512)), (40, 60, 64, (64, 96)), (10, 100, 64, (64, 128)), (33, 31, 1024, (1088, 1024))],
+    [
+        (40, 40, 512, (512, 512)),
+        (80, 40, 512, (1024, 512)),
+        (40, 60, 64, (64, 96)),
+        (10, 100, 64, (64, 128)),
+        (33, 31, 1024, (1088, 1024)),
+    ],
 )
 def test_working_size_keeps_the_aspect_in_multiples_of_eight(width, height, short, expected):
     assert working_size(width, height, short) == expected

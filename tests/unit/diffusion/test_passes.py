@@ -6,14 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
-
+from diffusion_testkit import SD15_MODEL, SDXL_MODEL, box_mask, pixels, scene, spec
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput
 from multipass.images import encode_png
 from multipass.v1 import common_pb2, diffusion_pb2
 from multipass_diffusion.crop_inpaint import Box, feather
 from multipass_diffusion.passes.context import PassInputs
-from tests.unit.diffusion.conftest import SD15_MODEL, SDXL_MODEL, box_mask, pixels, scene, spec
+from PIL import Image
 
 MODELS = [SD15_MODEL, SDXL_MODEL]
 
@@ -46,8 +45,12 @@ def test_size_defaults_to_the_model_native_size(engine):
 @pytest.mark.parametrize("model", MODELS)
 def test_img2img_follows_strength(engine, model):
     source = scene(96, 64)
-    weak = engine.run(spec(model, width=0, height=0, steps=10, denoising_strength=0.3), PassInputs(image=source))
-    strong = engine.run(spec(model, width=0, height=0, steps=10, denoising_strength=0.9), PassInputs(image=source))
+    weak = engine.run(
+        spec(model, width=0, height=0, steps=10, denoising_strength=0.3), PassInputs(image=source)
+    )
+    strong = engine.run(
+        spec(model, width=0, height=0, steps=10, denoising_strength=0.9), PassInputs(image=source)
+    )
     assert weak.image.size == (96, 64)
     assert weak.metadata["task"] == "img2img"
     # diffusers runs int(steps * strength) steps; 0.9 must not lose one to float32 rounding
@@ -59,7 +62,10 @@ def test_img2img_follows_strength(engine, model):
 def test_controlnet_txt2img_uses_the_conditioning(engine, model):
     source = scene(64, 64)
     runs = [
-        engine.run(spec(model, controlnet="canny", controlnet_txt2img=True, controlnet_conditioning_scale=scale), PassInputs(image=source))
+        engine.run(
+            spec(model, controlnet="canny", controlnet_txt2img=True, controlnet_conditioning_scale=scale),
+            PassInputs(image=source),
+        )
         for scale in (0.5, 1.5)
     ]
     assert runs[0].metadata["task"] == "txt2img+controlnet"
@@ -74,14 +80,18 @@ def test_controlnet_img2img(engine):
 
 
 def test_pose_controlnet_from_skeletons_without_an_image(engine):
-    skeleton = diffusion_pb2.Skeleton(keypoints=[common_pb2.Keypoint(index=i, x=20 + i, y=10 + 2 * i, confidence=1) for i in range(18)])
+    skeleton = diffusion_pb2.Skeleton(
+        keypoints=[common_pb2.Keypoint(index=i, x=20 + i, y=10 + 2 * i, confidence=1) for i in range(18)]
+    )
     output = engine.run(spec(controlnet="pose", skeletons=[skeleton]))
     assert output.metadata["task"] == "txt2img+controlnet"
 
 
 def test_control_image_given_skips_the_preprocessor(engine):
     control = scene(64, 64, seed=3)
-    output = engine.run(spec(controlnet="depth", controlnet_txt2img=True), PassInputs(image=scene(), control_image=control))
+    output = engine.run(
+        spec(controlnet="depth", controlnet_txt2img=True), PassInputs(image=scene(), control_image=control)
+    )
     assert output.metadata["task"] == "txt2img+controlnet"
 
 
@@ -131,7 +141,16 @@ def test_person_pass_repaints_only_inside_the_feathered_mask(engine, model):
     source = scene(160, 120, seed=5)
     mask = box_mask(source.size, (100, 30, 130, 100))
     output = engine.run(
-        spec(model, kind="person", width=0, height=0, crop_padding=8, mask_blur=2, denoising_strength=0.9, controlnet="canny"),
+        spec(
+            model,
+            kind="person",
+            width=0,
+            height=0,
+            crop_padding=8,
+            mask_blur=2,
+            denoising_strength=0.9,
+            controlnet="canny",
+        ),
         PassInputs(image=source, mask=mask),
     )
     assert output.image.size == source.size
@@ -149,8 +168,16 @@ def test_person_pass_repaints_only_inside_the_feathered_mask(engine, model):
 def test_person_pass_at_the_image_edge_with_a_skeleton(engine):
     source = scene(128, 96, seed=6)
     mask = box_mask(source.size, (0, 40, 20, 96))
-    skeleton = diffusion_pb2.Skeleton(keypoints=[common_pb2.Keypoint(index=1, x=10, y=50, confidence=1), common_pb2.Keypoint(index=8, x=8, y=80, confidence=1)])
-    output = engine.run(spec(kind="person", width=0, height=0, controlnet="pose", skeletons=[skeleton]), PassInputs(image=source, mask=mask))
+    skeleton = diffusion_pb2.Skeleton(
+        keypoints=[
+            common_pb2.Keypoint(index=1, x=10, y=50, confidence=1),
+            common_pb2.Keypoint(index=8, x=8, y=80, confidence=1),
+        ]
+    )
+    output = engine.run(
+        spec(kind="person", width=0, height=0, controlnet="pose", skeletons=[skeleton]),
+        PassInputs(image=source, mask=mask),
+    )
     x0, y0, x1, y1 = map(int, output.metadata["crop_box"].split(","))
     assert x0 == 0 and y1 == 96
     alpha = feather(np.asarray(mask), 4)

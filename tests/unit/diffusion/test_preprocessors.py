@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+from diffusion_testkit import scene
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass_diffusion.preprocessors import Point, Preprocessors, draw_pose
-from tests.unit.diffusion.conftest import scene
 
 
 @pytest.fixture(scope="module")

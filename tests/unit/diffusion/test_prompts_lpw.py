@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
+from diffusion_testkit import SD15_MODEL, SDXL_MODEL, spec
 from multipass_diffusion.prompts_lpw import (
     LpwEncoder,
     chunk_tokens,
@@ -12,7 +12,6 @@ from multipass_diffusion.prompts_lpw import (
     strip_break,
     truncation_warning,
 )
-from tests.unit.diffusion.conftest import SD15_MODEL, SDXL_MODEL, spec
 
 BOS, EOS = 49406, 49407
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import diffusers
 import pytest
-
+from diffusion_testkit import spec
 from multipass.errors import InvalidInput
 from multipass_diffusion.schedulers import SCHEDULERS, check_scheduler, make_scheduler
-from tests.unit.diffusion.conftest import spec
 
 BASE_CONFIG = {
     "beta_start": 0.00085,
@@ -23,8 +22,14 @@ BASE_CONFIG = {
 EXPECTED = {
     "euler": ("EulerDiscreteScheduler", {"timestep_spacing": "linspace", "use_karras_sigmas": False}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace"}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
-    "dpm++2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "dpm++2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    ),
+    "dpm++2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
     "dpm++sde": ("DPMSolverSDEScheduler", {"use_karras_sigmas": False}),
     "dpm++sde_karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
     "lcm": ("LCMScheduler", {}),

@@ -65,7 +65,15 @@ def parsed_prompt(
 
 
 def image_ref(key: str, width: int = 512, height: int = 512) -> common_pb2.ImageRef:
-    return common_pb2.ImageRef(bucket="multipass-jobs", key=key, sha256="0" * 64, size=10, width=width, height=height, content_type="image/png")
+    return common_pb2.ImageRef(
+        bucket="multipass-jobs",
+        key=key,
+        sha256="0" * 64,
+        size=10,
+        width=width,
+        height=height,
+        content_type="image/png",
+    )
 
 
 def slots(count: int, width: int = 512) -> list[segmentation_pb2.Slot]:
@@ -81,7 +89,11 @@ def slots(count: int, width: int = 512) -> list[segmentation_pb2.Slot]:
 
 
 def config(**overrides) -> planner.PlannerConfig:
-    values = {"base_model": "tiny-sd15", "person_model": "tiny-sd15", "capabilities": frozenset({"controlnet:pose"})}
+    values = {
+        "base_model": "tiny-sd15",
+        "person_model": "tiny-sd15",
+        "capabilities": frozenset({"controlnet:pose"}),
+    }
     values.update(overrides)
     return planner.PlannerConfig(**values)
 
@@ -95,14 +107,18 @@ def record_for(
     tenant: str = "t0123456789abcdef",
 ) -> events_pb2.JobRecord:
     """A job record the way SubmitJob builds it (before ``start``)."""
-    inputs = inputs or planner.JobInputs(seed=100, width=parsed.params.w, height=parsed.params.h, slots=slots(len(parsed.persons)))
+    inputs = inputs or planner.JobInputs(
+        seed=100, width=parsed.params.w, height=parsed.params.h, slots=slots(len(parsed.persons))
+    )
     plans = planner.plan_job(parsed, inputs, cfg or config())
     job = jobs_pb2.Job(job_id=job_id, state=jobs_pb2.JOB_STATE_QUEUED, parsed=parsed)
     job.created_at.FromDatetime(T0)
     for plan in plans:
         image = job.images.add(index=plan.index, seed=planner.image_seed(inputs.seed, plan.index))
         for planned in plan.passes:
-            state = image.passes.add(name=planned.name, kind=planned.kind, status=jobs_pb2.PASS_STATUS_PENDING)
+            state = image.passes.add(
+                name=planned.name, kind=planned.kind, status=jobs_pb2.PASS_STATUS_PENDING
+            )
             if planned.runs_in == "diffusion":
                 state.steps_total = planned.weight
     for person in parsed.persons:
@@ -121,7 +137,9 @@ def started(record: events_pb2.JobRecord) -> events_pb2.JobRecord:
     return record
 
 
-def event(record: events_pb2.JobRecord, image: int, pass_name: str, kind: str, attempt: int | None = None, **fields) -> events_pb2.PassEvent:
+def event(
+    record: events_pb2.JobRecord, image: int, pass_name: str, kind: str, attempt: int | None = None, **fields
+) -> events_pb2.PassEvent:
     index = job_state.find_pass(record, image, pass_name)
     current_attempt = record.job.images[image].passes[index].attempt if index is not None else 1
     message = events_pb2.PassEvent(
@@ -138,7 +156,9 @@ def event(record: events_pb2.JobRecord, image: int, pass_name: str, kind: str, a
         message.progress.step = fields["step"]
         message.progress.steps_total = fields["steps_total"]
     elif kind == "completed":
-        output = fields.get("output") or image_ref(f"jobs/{record.tenant}/{record.job.job_id}/image-{image}/{pass_name}.png")
+        output = fields.get("output") or image_ref(
+            f"jobs/{record.tenant}/{record.job.job_id}/image-{image}/{pass_name}.png"
+        )
         message.completed.result.output.CopyFrom(output)
         message.completed.result.warnings.extend(fields.get("warnings", []))
         for mask in fields.get("masks", []):

@@ -13,19 +13,28 @@ PS = jobs_pb2
 
 
 def apply(record, message, *, max_attempts=2, seconds=1):
-    outcome = job_state.apply_event(record, message, T0 + timedelta(seconds=seconds), max_attempts=max_attempts)
-    job_state.commit(record, outcome, T0 + timedelta(seconds=seconds))
+    outcome = job_state.apply_event(
+        record, message, T0 + timedelta(seconds=seconds), max_attempts=max_attempts
+    )
+    if outcome.changed:
+        job_state.commit(record, outcome, T0 + timedelta(seconds=seconds))
     return outcome
 
 
 def statuses(record, image=0):
-    return {p.name: PS.PassStatus.Name(p.status).removeprefix("PASS_STATUS_") for p in record.job.images[image].passes}
+    return {
+        p.name: PS.PassStatus.Name(p.status).removeprefix("PASS_STATUS_")
+        for p in record.job.images[image].passes
+    }
 
 
 def person_masks(record, count, image=0):
     return [
         segmentation_pb2.MaskResult(
-            index=i, label=f"person-{i}", mask=image_ref(f"jobs/{record.tenant}/{record.job.job_id}/image-{image}/mask-person-{i}.png"), fallback=i == 1
+            index=i,
+            label=f"person-{i}",
+            mask=image_ref(f"jobs/{record.tenant}/{record.job.job_id}/image-{image}/mask-person-{i}.png"),
+            fallback=i == 1,
         )
         for i in range(count)
     ]
@@ -40,10 +49,17 @@ def test_start_queues_first_pass_and_emits_accepted():
     record = started(record_for(parsed_prompt(1, num_images=2)))
     assert record.job.state == jobs_pb2.JOB_STATE_QUEUED
     for image in range(2):
-        assert statuses(record, image) == {"prepare": "COMPLETED", "base": "QUEUED", "segment": "PENDING", "person-0": "PENDING"}
+        assert statuses(record, image) == {
+            "prepare": "COMPLETED",
+            "base": "QUEUED",
+            "segment": "PENDING",
+            "person-0": "PENDING",
+        }
     (accepted,) = record.outbox_events
     assert accepted.sequence == 1 and accepted.accepted.num_images == 2 and accepted.accepted.num_persons == 1
-    assert [(r.request.image_index, r.request.pass_name, r.request.attempt) for r in record.outbox_requests] == [
+    assert [
+        (r.request.image_index, r.request.pass_name, r.request.attempt) for r in record.outbox_requests
+    ] == [
         (0, "base", 1),
         (1, "base", 1),
     ]
@@ -61,9 +77,14 @@ def test_full_chain_reaches_succeeded_with_every_pass_recorded():
     segment_request = record.outbox_requests[-1]
     assert segment_request.subject == "multipass.pass.gateway"
     assert segment_request.request.spec.image.key.endswith("image-0/base.png")
-    run_pass(record, 0, "segment", output=record.job.images[0].passes[1].output, masks=person_masks(record, 2))
+    run_pass(
+        record, 0, "segment", output=record.job.images[0].passes[1].output, masks=person_masks(record, 2)
+    )
     assert set(record.job.images[0].masks) == {"person-0", "person-1"}
-    assert record.job.persons[1].masks[0].key.endswith("mask-person-1.png") and record.job.persons[1].fallback_mask
+    assert (
+        record.job.persons[1].masks[0].key.endswith("mask-person-1.png")
+        and record.job.persons[1].fallback_mask
+    )
     person_request = record.outbox_requests[-1].request
     assert person_request.pass_name == "person-0"
     assert person_request.spec.mask.key.endswith("mask-person-0.png")
@@ -125,7 +146,13 @@ def test_failed_pass_fails_the_chain_and_names_the_pass():
     assert record.job.state == jobs_pb2.JOB_STATE_FAILED
     assert record.job.error.pass_name == "segment"
     assert record.job.error.message == "image is 0x0 pixels"
-    assert statuses(record) == {"prepare": "COMPLETED", "base": "COMPLETED", "segment": "FAILED", "person-0": "CANCELLED", "person-1": "CANCELLED"}
+    assert statuses(record) == {
+        "prepare": "COMPLETED",
+        "base": "COMPLETED",
+        "segment": "FAILED",
+        "person-0": "CANCELLED",
+        "person-1": "CANCELLED",
+    }
     kinds = [e.WhichOneof("event") for e in record.outbox_events]
     assert kinds[-2:] == ["pass_failed", "finished"]
     assert "failed in pass segment" in record.outbox_events[-1].finished.message
@@ -167,7 +194,12 @@ def test_cancel_stops_queued_and_running_and_is_a_noop_afterwards():
     outcome = job_state.cancel(record, T0)
     assert outcome.finished and sorted(outcome.withdrawn) == [41, 42]
     assert record.job.state == jobs_pb2.JOB_STATE_CANCELLED
-    assert statuses(record, 0) == {"prepare": "COMPLETED", "base": "CANCELLED", "segment": "CANCELLED", "person-0": "CANCELLED"}
+    assert statuses(record, 0) == {
+        "prepare": "COMPLETED",
+        "base": "CANCELLED",
+        "segment": "CANCELLED",
+        "person-0": "CANCELLED",
+    }
     again = job_state.cancel(record, T0)
     assert not again.changed and "already ended CANCELLED" in again.note
     # A worker finishing after the cancel changes nothing.
@@ -207,7 +239,16 @@ def test_progress_of_a_running_pass_counts_its_steps():
 
 @pytest.mark.parametrize(
     ("done", "step", "total", "due"),
-    [(0, 1, 30, False), (0, 3, 30, True), (3, 5, 30, False), (3, 6, 30, True), (27, 30, 30, True), (30, 30, 30, False), (0, 1, 4, True), (0, 1, 0, True)],
+    [
+        (0, 1, 30, False),
+        (0, 3, 30, True),
+        (3, 5, 30, False),
+        (3, 6, 30, True),
+        (27, 30, 30, True),
+        (30, 30, 30, False),
+        (0, 1, 4, True),
+        (0, 1, 0, True),
+    ],
 )
 def test_progress_throttle(done, step, total, due):
     assert job_state.progress_step_due(done, step, total) is due
@@ -239,9 +280,13 @@ def test_base_inpaint_gets_the_prompt_mask():
 
     parsed = parsed_prompt(0, mask_prompt="windows")
     source = image_ref("jobs/t/j/inputs/input.png")
-    record = started(record_for(parsed, inputs=planner.JobInputs(seed=1, width=512, height=512, input_image=source)))
+    record = started(
+        record_for(parsed, inputs=planner.JobInputs(seed=1, width=512, height=512, input_image=source))
+    )
     assert record.outbox_requests[-1].request.pass_name == "mask"
-    mask = segmentation_pb2.MaskResult(index=0, label="mask", mask=image_ref("jobs/t/j/image-0/mask-mask.png"))
+    mask = segmentation_pb2.MaskResult(
+        index=0, label="mask", mask=image_ref("jobs/t/j/image-0/mask-mask.png")
+    )
     run_pass(record, 0, "mask", output=source, masks=[mask])
     base = record.outbox_requests[-1].request
     assert base.pass_name == "base"

@@ -12,7 +12,12 @@ def names(plan) -> list[str]:
 
 
 def plan_of(parsed, **inputs):
-    values = {"seed": 100, "width": parsed.params.w, "height": parsed.params.h, "slots": slots(len(parsed.persons))}
+    values = {
+        "seed": 100,
+        "width": parsed.params.w,
+        "height": parsed.params.h,
+        "slots": slots(len(parsed.persons)),
+    }
     values.update(inputs)
     cfg = values.pop("cfg", None) or config()
     return planner.plan_job(parsed, planner.JobInputs(**values), cfg)
@@ -33,7 +38,11 @@ def test_zero_persons_is_a_single_base_pass():
 
 def test_one_person_chain_and_person_spec():
     parsed = parsed_prompt(1, person_loras={0: ["123"]})
-    files = {"123": planner.common_pb2.ObjectRef(bucket="multipass-tunes", key="tunes/t/123/lora.safetensors", sha256="a" * 64)}
+    files = {
+        "123": planner.common_pb2.ObjectRef(
+            bucket="multipass-tunes", key="tunes/t/123/lora.safetensors", sha256="a" * 64
+        )
+    }
     (plan,) = plan_of(parsed, tune_files=files)
     assert names(plan) == ["prepare", "base", "segment", "person-0"]
     segment, person = plan.passes[2], plan.passes[3]
@@ -99,7 +108,9 @@ def test_keep_background_skips_base_and_segments_the_input():
 
 
 def test_img2img_base_uses_the_input_and_user_controlnet():
-    parsed = parsed_prompt(0, controlnet="canny", denoising_strength=0.6, explicit=("denoising_strength", "controlnet"))
+    parsed = parsed_prompt(
+        0, controlnet="canny", denoising_strength=0.6, explicit=("denoising_strength", "controlnet")
+    )
     source = image_ref("jobs/t/j/inputs/input.png")
     (plan,) = plan_of(parsed, input_image=source)
     base = plan.passes[1]
@@ -173,7 +184,9 @@ def test_only_upscale_plans_just_the_upscale():
 
 
 def test_required_capabilities_name_their_fields():
-    parsed = parsed_prompt(0, controlnet="depth", super_resolution=True, face_correct=True, face_swap=True, prompt_expansion=True)
+    parsed = parsed_prompt(
+        0, controlnet="depth", super_resolution=True, face_correct=True, face_swap=True, prompt_expansion=True
+    )
     needs = dict(planner.required_capabilities(parsed, has_input_image=True))
     assert needs == {
         "controlnet:depth": "params.controlnet",

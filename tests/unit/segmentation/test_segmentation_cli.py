@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from multipass.cli.main import main
 from PIL import Image
 from skimage import data
-
-from multipass.cli.main import main
 
 
 @pytest.fixture
@@ -29,7 +28,19 @@ def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_f
     out = tmp_path / "masks" / "face.png"
     report = run_json(
         capsys,
-        ["segment", str(astronaut_file), "--prompt", "face", "--dilate", "4", "--model-dir", str(tiny_model_dir), "--out", str(out), "--json"],
+        [
+            "segment",
+            str(astronaut_file),
+            "--prompt",
+            "face",
+            "--dilate",
+            "4",
+            "--model-dir",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--json",
+        ],
     )
     [entry] = report["masks"]
     assert entry["label"] == "prompt" and entry["path"] == str(out)
@@ -52,7 +63,18 @@ def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_f
 def test_slots_write_one_mask_per_person(tiny_model_dir, astronaut_file, tmp_path, capsys):
     out = tmp_path / "people.png"
     report = run_json(
-        capsys, ["segment", str(astronaut_file), "--slots", "2", "--model-dir", str(tiny_model_dir), "--out", str(out), "--json"]
+        capsys,
+        [
+            "segment",
+            str(astronaut_file),
+            "--slots",
+            "2",
+            "--model-dir",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--json",
+        ],
     )
     assert [m["label"] for m in report["masks"]] == ["person-0", "person-1"]
     assert [s["index"] for s in report["slots"]] == [0, 1]
@@ -62,7 +84,19 @@ def test_slots_write_one_mask_per_person(tiny_model_dir, astronaut_file, tmp_pat
 
 def test_faces_write_one_box_mask_per_face(tiny_model_dir, astronaut_file, tmp_path, capsys):
     out = tmp_path / "faces.png"
-    report = run_json(capsys, ["segment", str(astronaut_file), "--faces", "--model-dir", str(tiny_model_dir), "--out", str(out), "--json"])
+    report = run_json(
+        capsys,
+        [
+            "segment",
+            str(astronaut_file),
+            "--faces",
+            "--model-dir",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     [face] = report["masks"]
     assert face["label"] == "face-0" and face["slot_index"] == -1
     mask = np.asarray(Image.open(tmp_path / "faces-face-0.png")) == 255
@@ -72,7 +106,21 @@ def test_faces_write_one_box_mask_per_face(tiny_model_dir, astronaut_file, tmp_p
 
 def test_plain_output_lists_the_files(tiny_model_dir, astronaut_file, tmp_path, capsys):
     out = tmp_path / "plain.png"
-    assert main(["segment", str(astronaut_file), "--prompt", "person", "--model-dir", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(astronaut_file),
+                "--prompt",
+                "person",
+                "--model-dir",
+                str(tiny_model_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     assert out.is_file()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from multipass_segmentation.sam_masks import SamEngine, image_key
 from multipass_segmentation.segmenter import TextMaskSpec
 from multipass_segmentation.slots import Box, Slot
@@ -59,7 +58,9 @@ def test_all_slots_and_text_prompts_on_one_image_share_one_embedding(segmenter):
     picture = image(4, shape=(120, 200, 3))
     slots = [Slot(0, Box(5, 5, 70, 115)), Slot(1, Box(60, 5, 130, 115)), Slot(2, Box(130, 5, 195, 115))]
     segmenter.person_masks(picture, slots)
-    segmenter.text_mask(picture, TextMaskSpec("person", negative="hair", box_threshold=0.01, text_threshold=0.01))
+    segmenter.text_mask(
+        picture, TextMaskSpec("person", negative="hair", box_threshold=0.01, text_threshold=0.01)
+    )
     segmenter.person_masks(picture, slots[:1])
     assert segmenter.sam.stats.misses == 1
     assert segmenter.sam.stats.hits == 3  # text prompt, text negative, second person request

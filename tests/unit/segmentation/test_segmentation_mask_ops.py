@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_segmentation import mask_ops
 from multipass_segmentation.mask_ops import Dilation
@@ -16,7 +15,9 @@ def grid(text: str) -> np.ndarray:
 
 
 def test_as_mask_accepts_bool_uint8_and_float():
-    assert mask_ops.as_mask(np.array([[0, 127, 128, 255]], dtype=np.uint8)).tolist() == [[False, False, True, True]]
+    assert mask_ops.as_mask(np.array([[0, 127, 128, 255]], dtype=np.uint8)).tolist() == [
+        [False, False, True, True]
+    ]
     assert mask_ops.as_mask(np.array([[0.0, 0.49, 0.5, 1.0]])).tolist() == [[False, False, True, True]]
     with pytest.raises(ValueError):
         mask_ops.as_mask(np.zeros((2, 2, 3), dtype=np.uint8))
@@ -110,7 +111,12 @@ def test_percent_erosion_that_empties_the_mask():
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("12", Dilation(12)), ("-4", Dilation(-4)), ("5%", Dilation(5, True)), (" -2.5% ", Dilation(-2.5, True))],
+    [
+        ("12", Dilation(12)),
+        ("-4", Dilation(-4)),
+        ("5%", Dilation(5, True)),
+        (" -2.5% ", Dilation(-2.5, True)),
+    ],
 )
 def test_dilation_parse(text, expected):
     assert Dilation.parse(text) == expected
@@ -185,7 +191,13 @@ def test_process_detections_order_and_vanished_masks():
     thin = box(9, 0, 10, 10)  # 10 px, 5%: a 1-pixel line vanishes under erosion
     tiny = box(0, 9, 1, 10)  # 1 px, 0.5%: filtered by area
     result = mask_ops.process_detections(
-        [right, left, thin, tiny], [0.9, 0.5, 0.8, 0.99], shape, min_ratio=0.01, top_k=3, dx=1, dilation=Dilation(-1)
+        [right, left, thin, tiny],
+        [0.9, 0.5, 0.8, 0.99],
+        shape,
+        min_ratio=0.01,
+        top_k=3,
+        dx=1,
+        dilation=Dilation(-1),
     )
     # area filter drops tiny; top-3 keeps right, thin, left; left-to-right: left, thin, right; erosion kills thin
     assert result.indices == [1, 0]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from multipass.errors import ConfigError, FailedPrecondition
 from multipass.tiny_models import segmentation as tiny
 from multipass_segmentation.grounding import GroundingDinoDetector
@@ -33,7 +32,11 @@ def test_tiny_models_layout_and_idempotent_build(tiny_model_dir: Path):
     base = tiny_model_dir / "segmentation"
     assert (base / tiny.MARKER).read_text().strip() == tiny.VERSION
     sam_config = json.loads((base / "sam" / "config.json").read_text())
-    assert sam_config["image_size"] == 256 and sam_config["encoder_embed_dim"] == 32 and sam_config["encoder_depth"] == 2
+    assert (
+        sam_config["image_size"] == 256
+        and sam_config["encoder_embed_dim"] == 32
+        and sam_config["encoder_depth"] == 2
+    )
     assert (base / "sam" / sam_config["weights"]).is_file()
     grounding = json.loads((base / "grounding" / "config.json").read_text())
     assert grounding["model_type"] == "grounding-dino" and grounding["decoder_layers"] == 2
@@ -84,7 +87,9 @@ def test_bad_sam_configurations(tmp_path: Path):
     sam_dir = tmp_path / "sam"
     sam_dir.mkdir()
     (sam_dir / "w.pth").write_bytes(b"")
-    (sam_dir / "config.json").write_text(json.dumps({"variant": "custom", "weights": "w.pth", "image_size": 256}))
+    (sam_dir / "config.json").write_text(
+        json.dumps({"variant": "custom", "weights": "w.pth", "image_size": 256})
+    )
     with pytest.raises(FailedPrecondition, match="lacks patch_size"):
         load_sam(sam_dir, CPU)
     (sam_dir / "config.json").write_text(json.dumps({"variant": "vit_x", "weights": "w.pth"}))
@@ -104,7 +109,10 @@ def test_official_checkpoint_names_pick_the_registry_variant(tmp_path: Path):
     (tmp_path / "sam_vit_h.pth").write_bytes(b"")
     assert find_sam_checkpoint(tmp_path)[1] == {"variant": "vit_h"}
     (tmp_path / "config.json").write_text(json.dumps({"variant": "vit_b", "weights": "mine.pth"}))
-    assert find_sam_checkpoint(tmp_path) == (tmp_path / "mine.pth", {"variant": "vit_b", "weights": "mine.pth"})
+    assert find_sam_checkpoint(tmp_path) == (
+        tmp_path / "mine.pth",
+        {"variant": "vit_b", "weights": "mine.pth"},
+    )
 
 
 def test_missing_or_unsupported_detector(tmp_path: Path, tiny_model_dir: Path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_segmentation import mask_ops
 from multipass_segmentation.person_masks import (
@@ -36,7 +35,10 @@ def two_overlapping_figures() -> tuple[np.ndarray, list[Slot], list[np.ndarray]]
 
 def farther_than(mask: np.ndarray, pixels: float) -> np.ndarray:
     """Pixels farther than ``pixels`` from ``mask``."""
-    return cv2.distanceTransform(np.where(mask, 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > pixels
+    return (
+        cv2.distanceTransform(np.where(mask, 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        > pixels
+    )
 
 
 def test_territories_split_an_overlap_by_distance_to_the_box_centre_lines():
@@ -52,12 +54,20 @@ def test_territories_split_an_overlap_by_distance_to_the_box_centre_lines():
 
 
 def test_territory_ties_go_to_the_lower_slot_and_separate_boxes_keep_their_box():
-    # A centre line column 2, B (columns 4..8) centre line column 6: column 4 is 2 from both.
+    # A centre line column 2, B (columns 4..8) centre line column 6: column 4 is 2 from both; equal areas.
     slots = [Slot(0, Box(0, 0, 5, 3)), Slot(1, Box(4, 0, 9, 3)), Slot(2, Box(10, 0, 12, 3))]
     a, b, c = territories((3, 12), slots)
     assert a[:, 4].all() and not b[:, 4].any()
     assert np.array_equal(c, mask_ops.box_mask((3, 12), (10, 0, 12, 3)))
     assert not (a & b).any() and not (a & c).any() and not (b & c).any()
+
+
+def test_a_smaller_box_in_front_keeps_its_box_when_centre_lines_coincide():
+    parent = Slot(0, Box(0, 0, 9, 12))  # centre line column 4, rows 1..10
+    child = Slot(1, Box(2, 4, 7, 12))  # centre line column 4, rows 5..10: the same line
+    big, small = territories((12, 9), [parent, child])
+    assert np.array_equal(small, mask_ops.box_mask((12, 9), (2, 4, 7, 12)))
+    assert np.array_equal(big, mask_ops.box_mask((12, 9), (0, 0, 9, 12)) & ~small)
 
 
 def test_territories_follow_skeletons_when_keypoints_are_given():
@@ -87,7 +97,9 @@ def test_overlapping_people_each_mask_stays_within_its_person(segmenter):
         exclusive_j = figures[j] & farther_than(figures[i], 2)
         assert not (masks[i] & exclusive_j).any()
         # SAM alone (random weights) does spill onto the other person: the restriction is what holds
-        raw = segmenter.sam.predict(embedding, box=BOXES[i].as_tuple(), positive=[(k.x, k.y) for k in slots[i].keypoints])
+        raw = segmenter.sam.predict(
+            embedding, box=BOXES[i].as_tuple(), positive=[(k.x, k.y) for k in slots[i].keypoints]
+        )
         assert (raw.mask & exclusive_j).sum() > 100
     assert not (masks[0] & masks[1]).any()
     assert result.warnings == []
@@ -114,7 +126,11 @@ def test_a_slot_where_nothing_is_found_gets_its_silhouette_and_a_warning(segment
     regions = territories((H, W), slots)
     assert [m.fallback for m in masks] == [True, True]
     assert [m.score for m in masks] == [0.0, 0.0]
-    assert len(warnings) == 2 and warnings[0].startswith("person slot 0:") and warnings[1].startswith("person slot 1:")
+    assert (
+        len(warnings) == 2
+        and warnings[0].startswith("person slot 0:")
+        and warnings[1].startswith("person slot 1:")
+    )
     for i, mask in enumerate(masks):
         thickness = max(3, round(2 * options.limb_radius * BOXES[i].height))
         expected = skeleton_lines((H, W), slots[i].keypoints, thickness=thickness) & regions[i]
@@ -131,7 +147,9 @@ def test_min_score_also_triggers_the_fallback(segmenter):
     embedding = segmenter.sam.embed(image)
     scores = [segmenter.sam.predict(embedding, box=s.box.as_tuple()).score for s in slots]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    masks, warnings = person_masks(segmenter.sam, embedding, slots, PersonMaskOptions(min_fill=0.0, min_score=1.01))
+    masks, warnings = person_masks(
+        segmenter.sam, embedding, slots, PersonMaskOptions(min_fill=0.0, min_score=1.01)
+    )
     assert all(m.fallback for m in masks) and len(warnings) == 2
 
 

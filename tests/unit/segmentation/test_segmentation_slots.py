@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from multipass.errors import InvalidInput
 from multipass_segmentation import pose_render
 from multipass_segmentation.slots import (
@@ -54,7 +53,9 @@ def test_narrow_columns_shrink_the_figure_keeping_its_proportions():
     assert box.y1 == pytest.approx(950.0)
 
 
-@pytest.mark.parametrize(("width", "height", "count", "field"), [(0, 10, 1, "width"), (10, 10, 0, "count"), (10, 10, 17, "count")])
+@pytest.mark.parametrize(
+    ("width", "height", "count", "field"), [(0, 10, 1, "width"), (10, 10, 0, "count"), (10, 10, 17, "count")]
+)
 def test_default_layout_rejects_bad_sizes(width, height, count, field):
     with pytest.raises(InvalidInput) as caught:
         default_layout(width, height, count)
@@ -85,7 +86,11 @@ def test_slots_from_boxes_keeps_the_best_count_then_sorts_and_clips():
     boxes = [Box(300, 10, 420, 200), Box(-20, 0, 90, 210), Box(150, 5, 260, 190), Box(500, 0, 530, 40)]
     scores = [0.9, 0.8, 0.4, 0.95]
     slots = slots_from_boxes(boxes, scores, 512, 200, count=3)
-    assert [s.box.as_tuple() for s in slots] == [(0.0, 0.0, 90.0, 200.0), (300.0, 10.0, 420.0, 200.0), (500.0, 0.0, 512.0, 40.0)]
+    assert [s.box.as_tuple() for s in slots] == [
+        (0.0, 0.0, 90.0, 200.0),
+        (300.0, 10.0, 420.0, 200.0),
+        (500.0, 0.0, 512.0, 40.0),
+    ]
     assert [s.index for s in slots] == [0, 1, 2]
     assert all(s.keypoints == () for s in slots)
     assert len(slots_from_boxes(boxes, scores, 512, 200)) == 4
@@ -144,7 +149,9 @@ def test_pose_stroke_scales_with_the_image():
 
 def test_pose_skips_invisible_keypoints_and_empty_slots():
     box = Box(10, 10, 90, 190)
-    keypoints = tuple(Keypoint(k.index, k.x, k.y, 0.0 if k.index == 4 else 1.0) for k in figure_keypoints(box))
+    keypoints = tuple(
+        Keypoint(k.index, k.x, k.y, 0.0 if k.index == 4 else 1.0) for k in figure_keypoints(box)
+    )
     image = pose_render.render_pose(100, 200, [Slot(0, box, keypoints), Slot(1, Box(0, 0, 5, 5))])
     wrist = keypoints[4]
     assert tuple(image[round(wrist.y), round(wrist.x)]) == (0, 0, 0)

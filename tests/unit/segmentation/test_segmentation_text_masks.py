@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from skimage import data
-
 from multipass.errors import InvalidInput
 from multipass_segmentation import mask_ops
 from multipass_segmentation.grounding import _detector_text, _token_spans, split_phrases
 from multipass_segmentation.mask_ops import Dilation
 from multipass_segmentation.segmenter import Segmenter, SegmenterOptions, TextMaskSpec
+from PIL import Image
+from skimage import data
 
 LOW = 0.01  # with random weights, thresholds this low always find boxes
 
@@ -95,7 +95,8 @@ def test_negative_then_dilate_then_invert(segmenter, scene):
 
 def test_erosion_that_empties_the_mask_is_reported(segmenter, scene):
     result = segmenter.text_mask(
-        scene, TextMaskSpec("person", dilation=Dilation(-100, percent=True), box_threshold=LOW, text_threshold=LOW)
+        scene,
+        TextMaskSpec("person", dilation=Dilation(-100, percent=True), box_threshold=LOW, text_threshold=LOW),
     )
     assert result.masks[0].empty and not result.masks[0].mask.any()
     assert any("vanished" in w for w in result.warnings)
@@ -142,3 +143,59 @@ def test_bad_text_requests_name_the_field(segmenter, scene, spec, field):
     with pytest.raises(InvalidInput) as caught:
         segmenter.text_mask(scene, spec)
     assert [v.field for v in caught.value.violations] == [field]
+
+
+@pytest.fixture(scope="module")
+def owlv2(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+    from multipass.tiny_models.segmentation import build_owlv2
+    from multipass_segmentation.models import load_detector
+
+    directory = tmp_path_factory.mktemp("owlv2") / "grounding"
+    build_owlv2(directory)
+    detector, source = load_detector(directory, torch.device("cpu"))
+    assert source == directory / "config.json"
+    return detector
+
+
+def test_owlv2_boxes_are_scaled_from_its_padded_square(owlv2):
+    import torch
+    from multipass_segmentation.grounding import Owlv2Detector
+
+    assert isinstance(owlv2, Owlv2Detector)
+    tall = (np.random.default_rng(5).random((150, 90, 3)) * 255).astype(np.uint8)
+    found = owlv2.detect(tall, ["person", "red shirt"], LOW, LOW)
+    assert {d.phrase for d in found} == {"person", "red shirt"}
+    inputs = owlv2.processor(
+        text=[["person", "red shirt"]], images=Image.fromarray(tall), return_tensors="pt"
+    )
+    with torch.inference_mode():
+        outputs = owlv2.model(**inputs)
+    reference = owlv2.processor.post_process_grounded_object_detection(
+        outputs, threshold=LOW, target_sizes=[(150, 90)]
+    )[0]
+    expected = [tuple(float(v) for v in box.clamp(min=0).tolist()) for box in reference["boxes"]]
+    for detection in found:
+        x0, y0, x1, y1 = detection.box.as_tuple()
+        assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 150
+        assert any(
+            abs(x0 - e[0]) < 1e-3
+            and abs(y0 - e[1]) < 1e-3
+            and abs(x1 - min(e[2], 90)) < 1e-3
+            and abs(y1 - min(e[3], 150)) < 1e-3
+            for e in expected
+        )
+    assert owlv2.detect(tall, ["person"], 1.0, 0.0) == []
+
+
+def test_text_mask_with_owlv2(tiny_models, owlv2, scene):
+    import dataclasses
+
+    segmenter = Segmenter(dataclasses.replace(tiny_models, detector=owlv2))
+    result = segmenter.text_mask(scene, TextMaskSpec("person", box_threshold=LOW))
+    mask = result.masks[0]
+    found = owlv2.detect(scene, ["person"], LOW, 0.25)
+    assert any(d.box.width >= 16 and d.box.height >= 16 for d in found)
+    assert mask.mask.any() and not mask.empty
+    assert not (mask.mask & ~grown_union((160, 224), [d.box for d in found])).any()
+    assert mask.score == pytest.approx(max(d.score for d in found))

@@ -1,0 +1,254 @@
+"""The diffusion worker in-process against a real nats-server and S3 endpoint, on the tiny SD1.5 model."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from multipass import subjects
+from multipass.images import sha256_hex
+from multipass.store import BUCKET_JOBS, BUCKET_TUNES
+from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, build, write_random_lora
+from multipass.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc, events_pb2, prompt_pb2
+from multipass_diffusion.service import serve
+from multipass_diffusion.settings import DiffusionSettings
+from PIL import Image
+
+pytestmark = pytest.mark.timeout(120)
+MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
+
+
+def scene(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+    array[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = (220, 200, 40)
+    return Image.fromarray(array)
+
+
+def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+@pytest.fixture(scope="module")
+def model_root() -> Path:
+    build(MODELS_ROOT)
+    return MODELS_ROOT
+
+
+@pytest.fixture
+async def service(model_root, nats_server, s3_settings, tmp_path):
+    settings = DiffusionSettings.from_env(
+        {
+            "MULTIPASS_MODEL_DIR": str(model_root),
+            "MULTIPASS_DIFFUSION_MODELS": SD15_MODEL,
+            "MULTIPASS_DIFFUSION_DEVICE": "cpu",
+            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(TINY_WORKING_SIZE),
+            "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
+            "MULTIPASS_DIFFUSION_GRPC_ADDR": "127.0.0.1:0",
+            "MULTIPASS_DIFFUSION_METRICS_PORT": "0",
+            "MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(tmp_path / "tunes"),
+            "MULTIPASS_DIFFUSION_PROGRESS_INTERVAL_S": "0",
+            "MULTIPASS_DIFFUSION_ACK_WAIT_S": "10",
+            "MULTIPASS_NATS_URL": nats_server.url,
+            "MULTIPASS_S3_ENDPOINT": s3_settings.endpoint,
+        }
+    )
+    running = await serve(settings)
+    try:
+        yield running
+    finally:
+        await running.stop(grace=1.0)
+
+
+class Events:
+    """Every PassEvent of one job, as the gateway would see them."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue[tuple[str, events_pb2.PassEvent]] = asyncio.Queue()
+
+    async def on_message(self, msg) -> None:
+        event = events_pb2.PassEvent()
+        event.ParseFromString(msg.data)
+        await self.queue.put((msg.subject.rsplit(".", 1)[1], event))
+
+    async def until(
+        self, name: str, pass_name: str, timeout: float = 30.0
+    ) -> list[tuple[str, events_pb2.PassEvent]]:
+        seen = []
+        async with asyncio.timeout(timeout):
+            while True:
+                kind, event = await self.queue.get()
+                seen.append((kind, event))
+                if kind == name and event.pass_name == pass_name:
+                    return seen
+
+
+async def settled(bus):
+    """The consumer's state once the last decision reached the server (the event precedes the ack)."""
+    for _ in range(50):
+        state = await bus.consumer_info(subjects.STREAM_PASSES, subjects.diffusion_durable(SD15_MODEL))
+        if state.num_ack_pending == 0:
+            return state
+        await asyncio.sleep(0.1)
+    return state
+
+
+async def watch(bus, job_id: str) -> Events:
+    events = Events()
+    await bus.subscribe_core(f"{subjects.EVENTS_PREFIX}.{job_id}.>", events.on_message)
+    return events
+
+
+async def submit(
+    bus, job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, model: str = SD15_MODEL
+) -> diffusion_pb2.PassRequest:
+    request = diffusion_pb2.PassRequest(
+        job_id=job_id,
+        tenant="t1",
+        image_index=0,
+        pass_name=pass_name,
+        attempt=0,
+        spec=spec,
+        output_bucket=BUCKET_JOBS,
+        output_key=f"jobs/t1/{job_id}/image-0/{pass_name}.png",
+    )
+    await bus.publish(
+        subjects.diffusion_pass_subject(model), request, msg_id=subjects.pass_msg_id(job_id, 0, pass_name, 0)
+    )
+    return request
+
+
+def base_spec(**fields) -> diffusion_pb2.PassSpec:
+    values = {
+        "kind": "base",
+        "model": SD15_MODEL,
+        "prompt": "a lighthouse",
+        "steps": 4,
+        "cfg_scale": 5.0,
+        "seed": 3,
+        "width": 64,
+        "height": 64,
+    }
+    values.update(fields)
+    return diffusion_pb2.PassSpec(**values)
+
+
+async def test_health_and_info(service):
+    async with grpc.aio.insecure_channel(service.grpc_address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="multipass.v1.Diffusion")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        info = await diffusion_pb2_grpc.DiffusionStub(channel).Info(diffusion_pb2.InfoRequest())
+    assert list(info.models) == [SD15_MODEL]
+    assert (info.model_family, info.device, info.dtype, info.working_size) == (
+        "sd15",
+        "cpu",
+        "float32",
+        TINY_WORKING_SIZE,
+    )
+    assert {
+        "controlnet:canny",
+        "controlnet:pose",
+        "pass:base",
+        "pass:person",
+        "preprocessor:hed",
+        f"inpaint_unet:{SD15_MODEL}",
+    } <= set(info.capabilities)
+    assert info.resident_memory > 0
+
+
+async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus, store, model_root):
+    events = await watch(bus, "J1")
+    source = scene(96, 64)
+    image_ref = await store.put_image(BUCKET_JOBS, "jobs/t1/J1/inputs/input.png", source)
+    request = await submit(
+        bus, "J1", "base", base_spec(image=image_ref, width=0, height=0, denoising_strength=0.75)
+    )
+    seen = await events.until("completed", "base")
+    kinds = [kind for kind, _ in seen]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert [e.progress.step for k, e in seen if k == "progress"] == [1, 2, 3]
+    result = seen[-1][1].completed.result
+    assert (result.output.bucket, result.output.key) == (BUCKET_JOBS, request.output_key)
+    assert (result.output.width, result.output.height) == (96, 64)
+    stored = await store.get_bytes(BUCKET_JOBS, request.output_key)
+    assert sha256_hex(stored) == result.output.sha256
+    assert not result.cache_hit and result.metadata["task"] == "img2img"
+
+    await submit(
+        bus, "J1", "base-again", base_spec(image=image_ref, width=0, height=0, denoising_strength=0.75)
+    )
+    again = (await events.until("completed", "base-again"))[-1][1].completed.result
+    assert again.cache_hit and again.spec_hash == result.spec_hash
+    assert await store.get_bytes(BUCKET_JOBS, again.output.key) == stored
+    assert await store.exists(BUCKET_JOBS, f"cache/{result.spec_hash}.png")
+
+    lora = write_random_lora(
+        model_root / "diffusion" / SD15_MODEL,
+        Path(service.settings.tune_cache_dir).parent / "lora.safetensors",
+        seed=9,
+    )
+    tune_ref = await store.put_bytes(BUCKET_TUNES, "tunes/t1/77/lora.safetensors", lora.read_bytes())
+    mask_ref = await store.put_image(
+        BUCKET_JOBS, "jobs/t1/J1/image-0/mask-person-0.png", box_mask((96, 64), (20, 10, 60, 60))
+    )
+    person = base_spec(
+        kind="person",
+        image=result.output,
+        mask=mask_ref,
+        width=0,
+        height=0,
+        loras=[prompt_pb2.LoraRef(tune_id="77", weight=0.8, kind="lora")],
+        tune_files={"77": tune_ref},
+    )
+    await submit(bus, "J1", "person-0", person)
+    done = (await events.until("completed", "person-0"))[-1][1].completed.result
+    assert done.metadata["adapters"].startswith("t77_") and "crop_box" in done.metadata
+    consumer = await settled(bus)
+    assert (consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered) == (0, 0, 0)
+
+
+async def test_bad_specs_are_terminated_with_a_failed_event(service, bus, store):
+    events = await watch(bus, "J2")
+    await submit(bus, "J2", "base", base_spec(steps=0, scheduler="ddim"))
+    failed = (await events.until("failed", "base"))[-1][1].failed
+    assert not failed.retriable
+    assert failed.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert failed.error.pass_name == "base"
+    assert [v.field for v in failed.error.field_violations] == ["spec.steps"]
+
+    missing = base_spec(image=common_pb2.ImageRef(bucket=BUCKET_JOBS, key="jobs/t1/J2/inputs/none.png"))
+    await submit(bus, "J2", "missing-input", missing)
+    not_found = (await events.until("failed", "missing-input"))[-1][1].failed
+    assert not_found.error.code == common_pb2.ERROR_CODE_NOT_FOUND and "none.png" in not_found.error.message
+
+    await submit(bus, "J2", "wrong-model", base_spec(model="sdxl-tiny"))
+    wrong = (await events.until("failed", "wrong-model"))[-1][1].failed
+    assert (
+        wrong.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+        and "spec.model" in wrong.error.field_violations[0].field
+    )
+
+    consumer = await settled(bus)
+    assert (consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered) == (0, 0, 0)
+    assert not await store.exists(BUCKET_JOBS, "jobs/t1/J2/image-0/base.png")
+
+
+async def test_cancel_stops_the_running_pass(service, bus, store):
+    events = await watch(bus, "J3")
+    await submit(bus, "J3", "base", base_spec(steps=150, width=128, height=128))
+    seen = await events.until("progress", "base")
+    await bus.publish_core(subjects.cancel_subject("J3"), b"")
+    seen += await events.until("failed", "base")
+    failed = seen[-1][1].failed
+    assert failed.error.code == common_pb2.ERROR_CODE_CANCELLED and not failed.retriable
+    steps = [e.progress.step for k, e in seen if k == "progress"]
+    assert max(steps) < 150
+    assert not await store.exists(BUCKET_JOBS, "jobs/t1/J3/image-0/base.png")

@@ -1,0 +1,323 @@
+"""The gateway's public API around jobs: auth, validation with field violations, idempotency, tunes,
+admin, uploads, budgets, and signed callbacks with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+from gateway_support import (  # noqa: F401 - fixtures
+    ADMIN_TOKEN,
+    SIGNING_KEY,
+    bearer,
+    capabilities,
+    register_tune,
+    safetensors_bytes,
+    segmentation_models,
+    stack,
+    wait_for_job,
+)
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from multipass.grpc_errors import field_violations
+from multipass.v1 import admin_pb2, jobs_pb2
+from multipass_gateway import callbacks
+from multipass_gateway.settings import FetchAllowList, Limits
+from PIL import Image
+
+PS = jobs_pb2
+
+
+async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await awaitable
+    return caught.value
+
+
+async def test_auth_admin_and_key_revocation(stack):
+    await stack.start_gateway()
+    request = jobs_pb2.ListJobsRequest()
+    assert (await rpc_error(stack.jobs.ListJobs(request))).code() == grpc.StatusCode.UNAUTHENTICATED
+    wrong = "mpk_0123456789abcdef_" + "x" * 43
+    assert (await rpc_error(stack.jobs.ListJobs(request, metadata=bearer(wrong)))).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await rpc_error(stack.jobs.ListJobs(request, metadata=bearer("garbage")))).code() == grpc.StatusCode.UNAUTHENTICATED
+    # The admin API wants the admin token.
+    no_admin = await rpc_error(stack.admin.CreateTenant(admin_pb2.CreateTenantRequest(name="x"), metadata=bearer("nope")))
+    assert no_admin.code() == grpc.StatusCode.UNAUTHENTICATED
+    tenant = await stack.tenant("acme")
+    assert tenant.api_key.startswith("mpk_") and tenant.key_id and tenant.tenant
+    assert not (await stack.jobs.ListJobs(request, metadata=bearer(tenant.api_key))).jobs
+    # A second key for the tenant works; revoking the first stops it at once and leaves the second.
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    second = await stack.admin.CreateKey(admin_pb2.CreateKeyRequest(tenant=tenant.tenant), metadata=admin)
+    revoked = await stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=tenant.key_id), metadata=admin)
+    assert revoked.revoked
+    denied = await rpc_error(stack.jobs.ListJobs(request, metadata=bearer(tenant.api_key)))
+    assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert not (await stack.jobs.ListJobs(request, metadata=bearer(second.api_key))).jobs
+    again = await stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=tenant.key_id), metadata=admin)
+    assert not again.revoked
+    unknown = await rpc_error(stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id="0" * 16), metadata=admin))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    # Stored hashed: no KV value holds the key.
+    store = await stack.bus.kv("multipass-tenants")
+    for key in await store.keys():
+        assert second.api_key.encode() not in (await store.get(key)).value
+        assert second.api_key not in key
+
+
+async def test_submit_validation_errors_carry_field_violations(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    metadata = bearer(tenant.api_key)
+
+    async def violations(request: jobs_pb2.SubmitJobRequest) -> dict[str, str]:
+        error = await rpc_error(stack.jobs.SubmitJob(request, metadata=metadata))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        return dict(field_violations(error))
+
+    # The parser's violations reach the user unchanged.
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat\nstesp=30"))
+    assert list(found) == ["params.stesp"] and "steps" in found["params.stesp"]
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "500", "cfg_scale": "99"}))
+    assert set(found) == {"params.steps", "params.cfg_scale"}
+    # Tunes: missing, and another tenant's, are errors naming the tag.
+    other = await stack.tenant("other")
+    foreign = await register_tune(stack, other.api_key)
+    prompt = f"a room BREAK BREAK ohwx woman <lora:999:1> BREAK ohwx man <lora:{foreign.tune_id}:0.5>"
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt=prompt))
+    assert found == {"<lora:999:1>": "tune '999' does not exist", f"<lora:{foreign.tune_id}:0.5>": f"tune '{foreign.tune_id}' does not exist"}
+    # A tune of the wrong family.
+    sdxl = await register_tune(stack, tenant.api_key, family="sdxl")
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt=f"a room BREAK BREAK ohwx woman <lora:{sdxl.tune_id}:1>"))
+    assert "is a sdxl lora; model tiny-sd15 is sd15" in found[f"<lora:{sdxl.tune_id}:1>"]
+    # URLs that point inside our network; malformed request fields.
+    found = await violations(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a cat",
+            params={"input_image_url": "http://169.254.169.254/latest/meta-data/", "denoising_strength": "0.5"},
+            callback_url="http://10.0.0.1/hook",
+        )
+    )
+    assert set(found) == {"callback_url"} and "private" in found["callback_url"]
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", params={"input_image_url": "http://2130706433/x.png"}))
+    assert "loopback" in found["params.input_image_url"]
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="../../etc", idempotency_key="a b"))
+    assert set(found) == {"input_image_id", "idempotency_key"}
+    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="ab" * 12))
+    assert found == {"input_image_id": f"no uploaded image {'ab' * 12!r}"}
+    assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata)).jobs
+
+
+async def test_idempotency_key_returns_the_same_job(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    request = jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, idempotency_key="order-17")
+    first, second = await asyncio.gather(
+        stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)), stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+    )
+    assert first.job_id == second.job_id and sorted([first.existing, second.existing]) == [False, True]
+    third = await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+    assert third.job_id == first.job_id and third.existing
+    # The same key of another tenant is another job.
+    other = await stack.tenant("other")
+    theirs = await stack.jobs.SubmitJob(request, metadata=bearer(other.api_key))
+    assert theirs.job_id != first.job_id and not theirs.existing
+    listed = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))
+    assert [j.job_id for j in listed.jobs] == [first.job_id]
+    assert (await wait_for_job(stack, first.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+async def test_tunes_register_get_list_delete(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    metadata = bearer(tenant.api_key)
+    first = await register_tune(stack, tenant.api_key)
+    second = await register_tune(stack, tenant.api_key, family="sdxl")
+    assert first.tune_id.isdigit() and first.file.sha256 and first.file.size == len(safetensors_bytes())
+    assert first.file.key == f"tunes/{tenant.tenant}/{first.tune_id}/lora.safetensors"
+    assert await stack.store.exists(first.file.bucket, first.file.key)
+    assert (await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata)) == first
+    page = await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=1), metadata=metadata)
+    assert [t.tune_id for t in page.tunes] == [second.tune_id] and page.next_page_token
+    rest = await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=1, page_token=page.next_page_token), metadata=metadata)
+    assert [t.tune_id for t in rest.tunes] == [first.tune_id] and not rest.next_page_token
+
+    async def parts(*messages):
+        for message in messages:
+            yield message
+
+    bad = await rpc_error(
+        stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")),
+                jobs_pb2.RegisterTuneRequest(chunk=b"\x80\x02pickled checkpoint" * 10),
+            ),
+            metadata=metadata,
+        )
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "safetensors" in dict(field_violations(bad))["chunk"]
+    wrong_sum = await rpc_error(
+        stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15", sha256="0" * 64)
+                ),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ),
+            metadata=metadata,
+        )
+    )
+    assert "metadata.sha256" in dict(field_violations(wrong_sum))
+    refused_url = await rpc_error(
+        stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15", url="http://127.0.0.1:1/lora")
+                )
+            ),
+            metadata=metadata,
+        )
+    )
+    assert "loopback" in dict(field_violations(refused_url))["metadata.url"]
+    assert (await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=first.tune_id), metadata=metadata)).deleted
+    assert not await stack.store.exists(first.file.bucket, first.file.key)
+    gone = await rpc_error(stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_upload_and_keep_background_job(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (120, 130, 140)).save(buffer, format="JPEG")
+
+    async def parts():
+        yield jobs_pb2.UploadImageRequest(filename="scene.jpg")
+        yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+    upload = await stack.jobs.UploadImage(parts(), metadata=bearer(tenant.api_key))
+    assert upload.image.key == f"uploads/{tenant.tenant}/{upload.image_id}.png" and (upload.image.width, upload.image.height) == (300, 200)
+
+    async def not_an_image():
+        yield jobs_pb2.UploadImageRequest(chunk=b"<html>hello</html>")
+
+    error = await rpc_error(stack.jobs.UploadImage(not_an_image(), metadata=bearer(tenant.api_key)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not an image" in dict(field_violations(error))["chunk"]
+
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="BREAK BREAK ohwx woman", params={"steps": "2"}, input_image_id=upload.image_id),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert job.parsed.keep_background
+    image = job.images[0]
+    assert [p.name for p in image.passes] == ["prepare", "segment", "person-0"]
+    assert (job.parsed.params.w, job.parsed.params.h) == (296, 200)
+    assert image.passes[0].output.key.endswith("inputs/input.png")
+    assert image.passes[1].output.key == image.passes[0].output.key  # segmentation ran on the input image
+    assert image.final.key.endswith("image-0/person-0.png")
+
+
+async def test_pending_pass_budget_is_resource_exhausted_with_retry_info(stack):
+    await stack.start_gateway(limits=Limits(tenant_max_pending_passes=3, retry_after_seconds=7.0))
+    tenant = await stack.tenant()
+    stack.worker.gate.clear()
+    request = jobs_pb2.SubmitJobRequest(prompt="a cat", params={"num_images": "2", "steps": "2", "w": "256", "h": "256"})
+    await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+    error = await rpc_error(stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(error)
+    retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    info = error_details_pb2.RetryInfo()
+    retry[0].Unpack(info)
+    assert info.retry_delay.seconds == 7
+    # Another tenant still has its own budget.
+    other = await stack.tenant("other")
+    assert (await stack.jobs.SubmitJob(request, metadata=bearer(other.api_key))).job_id
+    stack.worker.gate.set()
+
+
+class CallbackReceiver:
+    """A loopback HTTP server that fails the first ``failures`` POSTs with 503, then answers 200."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = 503 if len(receiver.received) <= receiver.failures else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/multipass"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_signed_callback_is_retried_until_delivered(stack):
+    allow = FetchAllowList(networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    await stack.start_gateway(fetch_allow=allow)
+    tenant = await stack.tenant()
+    receiver = CallbackReceiver(failures=1)
+    failing = CallbackReceiver(failures=100)
+    try:
+        ok = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, callback_url=receiver.url),
+            metadata=bearer(tenant.api_key),
+        )
+        bad = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a dog", params={"steps": "2", "w": "256", "h": "256"}, callback_url=failing.url),
+            metadata=bearer(tenant.api_key),
+        )
+        for _ in range(100):
+            job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=ok.job_id), metadata=bearer(tenant.api_key))
+            other = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=bad.job_id), metadata=bearer(tenant.api_key))
+            if job.callback_outcome and other.callback_outcome:
+                break
+            await asyncio.sleep(0.1)
+        assert job.callback_outcome == "delivered (HTTP 200, attempt 2)" and job.callback_attempts == 2
+        assert other.callback_outcome == "failed after 3 attempts: HTTP 503" and other.callback_attempts == 3
+        assert len(receiver.received) == 2 and len(failing.received) == 3
+        headers, body = receiver.received[-1]
+        assert callbacks.verify(headers["x-multipass-signature"], body, SIGNING_KEY)
+        assert not callbacks.verify(headers["x-multipass-signature"], body, "another key")
+        payload = json.loads(body)
+        assert payload["job_id"] == ok.job_id and payload["state"] == "JOB_STATE_SUCCEEDED"
+        assert payload["images"][0]["url"].startswith("http")
+    finally:
+        receiver.close()
+        failing.close()
+
+
+async def test_callback_url_inside_the_network_is_refused_without_allow_list(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    error = await rpc_error(
+        stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a cat", callback_url="http://127.0.0.1:9/x"), metadata=bearer(tenant.api_key))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "loopback" in dict(field_violations(error))["callback_url"]

@@ -1,0 +1,142 @@
+"""The safe fetcher against loopback HTTP servers: connects to the checked address, re-checks
+redirects, caps sizes, refuses compressed bodies, resolves once per hop."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from multipass_gateway.fetch import FetchError, SafeHttp
+from multipass_gateway.ssrf import AddressPolicy
+
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+
+
+class Server:
+    def __init__(self):
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                owner.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                port = owner.port
+                routes = {
+                    "/image.png": (200, {"Content-Type": "image/png"}, PNG),
+                    "/hop": (302, {"Location": "/image.png"}, b""),
+                    "/to-private": (302, {"Location": "http://10.1.2.3/x"}, b""),
+                    "/to-file": (302, {"Location": "file:///etc/passwd"}, b""),
+                    "/loop": (302, {"Location": f"http://images.test:{port}/loop"}, b""),
+                    "/big": (200, {"Content-Length": str(10_000)}, b"x" * 10_000),
+                    "/gzip": (200, {"Content-Encoding": "gzip"}, gzip.compress(b"\x00" * 100_000)),
+                    "/missing": (404, {}, b"nope"),
+                }
+                status, headers, body = routes.get(self.path, (500, {}, b""))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str, host: str = "images.test") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    running = Server()
+    yield running
+    running.close()
+
+
+class Resolver:
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int):
+        self.calls.append(host)
+        return [ipaddress.ip_address(a) for a in self.answers[host]]
+
+
+def http(resolver: Resolver, allow: bool = True) -> SafeHttp:
+    networks = (ipaddress.ip_network("127.0.0.1/32"),) if allow else ()
+    return SafeHttp(AddressPolicy(allow_networks=networks), resolver=resolver)
+
+
+async def test_fetch_connects_to_the_checked_address_with_the_original_host(server):
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    fetched = await http(resolver).fetch(server.url("/hop"), max_bytes=1000, timeout=5)
+    assert fetched.data == PNG and fetched.url == server.url("/image.png")
+    assert [path for path, _ in server.requests] == ["/hop", "/image.png"]
+    assert all(headers["host"] == f"images.test:{server.port}" for _, headers in server.requests)
+    assert server.requests[0][1]["accept-encoding"] == "identity"
+    assert resolver.calls == ["images.test", "images.test"]  # once per hop
+
+
+async def test_loopback_is_refused_unless_allow_listed(server):
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    with pytest.raises(FetchError, match="loopback") as caught:
+        await http(resolver, allow=False).fetch(server.url("/image.png"), max_bytes=1000, timeout=5)
+    assert caught.value.permanent and not server.requests
+
+
+async def test_a_mixed_dns_answer_is_refused(server):
+    resolver = Resolver({"images.test": ["93.184.216.34", "10.0.0.8"]})
+    with pytest.raises(FetchError, match="10.0.0.8, a private address"):
+        await http(resolver).fetch(server.url("/image.png"), max_bytes=1000, timeout=5)
+    assert not server.requests
+
+
+async def test_redirects_are_checked_and_bounded(server):
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    with pytest.raises(FetchError, match="10.1.2.3, a private address"):
+        await http(resolver).fetch(server.url("/to-private"), max_bytes=1000, timeout=5)
+    with pytest.raises(FetchError, match="redirect refused: .*scheme"):
+        await http(resolver).fetch(server.url("/to-file"), max_bytes=1000, timeout=5)
+    server.requests.clear()
+    with pytest.raises(FetchError, match="more than 2 redirects"):
+        await http(resolver).fetch(server.url("/loop"), max_bytes=1000, timeout=5, max_redirects=2)
+    assert len(server.requests) == 3
+
+
+async def test_size_cap_compression_and_status(server):
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    with pytest.raises(FetchError, match="10000 bytes; at most 1000"):
+        await http(resolver).fetch(server.url("/big"), max_bytes=1000, timeout=5)
+    with pytest.raises(FetchError, match="gzip-encoded"):
+        await http(resolver).fetch(server.url("/gzip"), max_bytes=10_000_000, timeout=5)
+    with pytest.raises(FetchError, match="HTTP 404") as caught:
+        await http(resolver).fetch(server.url("/missing"), max_bytes=1000, timeout=5)
+    assert caught.value.permanent
+
+
+async def test_unreachable_port_is_a_transient_failure():
+    resolver = Resolver({"images.test": ["127.0.0.1"]})
+    with pytest.raises(FetchError) as caught:
+        await http(resolver).fetch("http://images.test:1/x", max_bytes=1000, timeout=2)
+    assert not caught.value.permanent
+
+
+async def test_decimal_literal_never_resolves_and_is_refused():
+    resolver = Resolver({})
+    with pytest.raises(FetchError, match="loopback"):
+        await http(resolver, allow=False).fetch("http://2130706433/x", max_bytes=10, timeout=1)
+    assert resolver.calls == []

@@ -1,0 +1,202 @@
+"""Jobs through the gateway: a fake worker answers passes from JetStream; the real parser and
+segmentation services run in-process; job state lives in NATS KV; images in S3."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from gateway_support import (  # noqa: F401 - fixtures
+    Stack,
+    bearer,
+    capabilities,
+    register_tune,
+    segmentation_models,
+    stack,
+    wait_for_job,
+)
+from multipass import subjects
+from multipass.grpc_errors import field_violations
+from multipass.v1 import common_pb2, jobs_pb2
+
+PS = jobs_pb2
+
+
+async def watch(stack: Stack, job_id: str, key: str, after: int = 0) -> list[jobs_pb2.JobEvent]:
+    call = stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after), metadata=bearer(key))
+    return [event async for event in call]
+
+
+async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    tune = await register_tune(stack, tenant.api_key)
+    prompt = (
+        "a ballroom\nBREAK elegant\nBREAK ohwx woman in red <lora:"
+        + tune.tune_id
+        + ":0.8>\nBREAK ohwx man in blue\nnum_images=2\nsteps=6\nw=256\nh=256\nseed=41\nsuper_resolution=true"
+    )
+    submitted = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt=prompt), metadata=bearer(tenant.api_key))
+    assert submitted.job_id and not submitted.existing
+
+    events = await watch(stack, submitted.job_id, tenant.api_key)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[0].WhichOneof("event") == "accepted" and events[0].accepted.num_images == 2
+    assert events[-1].finished.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert any(e.WhichOneof("event") == "step_progress" for e in events)
+
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.progress == 1.0
+    assert job.parsed.params.seed == 41 and [image.seed for image in job.images] == [41, 42]
+    assert job.last_sequence == events[-1].sequence
+    for image in job.images:
+        assert [p.name for p in image.passes] == ["prepare", "base", "segment", "person-0", "person-1", "upscale"]
+        assert all(p.status == PS.PASS_STATUS_COMPLETED for p in image.passes)
+        for state in image.passes[1:]:
+            assert state.output.key, state.name
+            assert await stack.store.exists(state.output.bucket, state.output.key)
+            assert state.finished_at.ToDatetime() >= state.started_at.ToDatetime()
+        assert image.passes[1].output.key == f"jobs/{_tenant_of(job, image)}/{job.job_id}/image-{image.index}/base.png"
+        assert image.final.key == image.passes[-1].output.key
+        assert image.url.startswith("http") and image.final.key in image.url
+        assert set(image.masks) == {"person-0", "person-1"}
+        assert image.masks["person-1"].key.endswith(f"image-{image.index}/mask-person-1.png")
+    assert [p.prompt for p in job.persons] == ["elegant, ohwx woman in red", "elegant, ohwx man in blue"]
+    assert all(p.slot_box.x1 > p.slot_box.x0 for p in job.persons)
+    assert set(job.persons[0].masks) == {0, 1}
+    # The worker saw each person's own LoRA and tune file only in that person's pass.
+    person0 = [r for r in stack.worker.seen if r.pass_name == "person-0"]
+    assert {ref.tune_id for r in person0 for ref in r.spec.loras} == {tune.tune_id}
+    assert all(r.spec.tune_files[tune.tune_id].key == tune.file.key for r in person0)
+    assert not any(r.spec.loras for r in stack.worker.seen if r.pass_name in ("base", "person-1"))
+    # Passes were published with Nats-Msg-Id job:image:pass:attempt and the base pass was pose-conditioned.
+    base = next(r for r in stack.worker.seen if r.pass_name == "base")
+    assert base.spec.controlnet == "pose" and base.spec.control_image.key.endswith("inputs/pose.png")
+
+    # Resume the stream from a sequence: only later events, ending with the same finish.
+    tail = await watch(stack, submitted.job_id, tenant.api_key, after=events[-3].sequence)
+    assert [e.sequence for e in tail] == [e.sequence for e in events[-2:]]
+    assert await watch(stack, submitted.job_id, tenant.api_key, after=events[-1].sequence) == []
+
+    listed = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))
+    assert [j.job_id for j in listed.jobs] == [job.job_id]
+    succeeded = await stack.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(states=[jobs_pb2.JOB_STATE_FAILED]), metadata=bearer(tenant.api_key)
+    )
+    assert not succeeded.jobs
+
+    # Another tenant sees neither the job nor the tune.
+    other = await stack.tenant("other")
+    for call in (
+        stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(other.api_key)),
+        stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=bearer(other.api_key)),
+        stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=bearer(other.api_key)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(other.api_key))).jobs
+    # Cancelling a finished job is a no-op that says so.
+    cancelled = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=bearer(tenant.api_key))
+    assert not cancelled.cancelled and cancelled.state == jobs_pb2.JOB_STATE_SUCCEEDED and "SUCCEEDED" in cancelled.message
+
+
+def _tenant_of(job, image) -> str:
+    return image.passes[1].output.key.split("/")[1]
+
+
+async def test_failed_pass_fails_the_job_naming_the_pass(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    stack.worker.fail["person-0"] = common_pb2.ErrorDetail(
+        code=common_pb2.ERROR_CODE_INVALID_ARGUMENT, message="checkpoint does not fit model tiny-sd15"
+    )
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a room BREAK BREAK ohwx woman", params={"steps": "3", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.error.pass_name == "person-0"
+    assert job.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert "checkpoint does not fit" in job.error.message
+    states = {p.name: p.status for p in job.images[0].passes}
+    assert states["base"] == PS.PASS_STATUS_COMPLETED and states["person-0"] == PS.PASS_STATUS_FAILED
+    events = await watch(stack, submitted.job_id, tenant.api_key)
+    assert events[-2].pass_failed.pass_name == "person-0"
+    assert events[-1].finished.state == jobs_pb2.JOB_STATE_FAILED
+
+
+async def test_cancel_stops_queued_work_and_broadcasts(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    stack.worker.gate.clear()  # the worker takes passes but holds them
+    broadcasts: list[str] = []
+
+    async def heard(msg):
+        broadcasts.append(msg.subject)
+
+    subscription = await stack.bus.subscribe_core(subjects.CANCEL_ALL, heard)
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"num_images": "3", "steps": "2", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    response = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    assert response.cancelled and response.state == jobs_pb2.JOB_STATE_CANCELLED
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    assert job.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert all(p.status in (PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_COMPLETED) for image in job.images for p in image.passes)
+    assert job.error.code == common_pb2.ERROR_CODE_CANCELLED
+    for _ in range(50):
+        if broadcasts:
+            break
+        await asyncio.sleep(0.05)
+    assert broadcasts == [subjects.cancel_subject(submitted.job_id)]
+    again = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    assert not again.cancelled and "CANCELLED" in again.message
+    # Whatever the worker still finishes for the job changes nothing.
+    stack.worker.gate.set()
+    await asyncio.sleep(0.5)
+    after = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    assert after.state == jobs_pb2.JOB_STATE_CANCELLED and after.last_sequence == job.last_sequence
+    events = await watch(stack, submitted.job_id, tenant.api_key)
+    assert events[-1].finished.state == jobs_pb2.JOB_STATE_CANCELLED
+    await subscription.unsubscribe()
+
+
+async def test_gateway_restart_loses_nothing(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    stack.worker.gate.clear()
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a dog BREAK BREAK ohwx man", params={"steps": "2", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    await stack.stop_gateway()
+    stack.worker.gate.set()  # events pile up in JetStream while no gateway runs
+    await asyncio.sleep(0.5)
+    await stack.start_gateway()
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert [p.status for p in job.images[0].passes] == [PS.PASS_STATUS_COMPLETED] * 4
+    passes = [(r.pass_name, r.attempt) for r in stack.worker.seen]
+    assert sorted(passes) == [("base", 1), ("person-0", 1)]
+
+
+@pytest.mark.parametrize("capabilities", [["controlnet:pose"]])
+async def test_missing_capability_is_refused_at_submit(stack, capabilities):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params={"super_resolution": "true"}), metadata=bearer(tenant.api_key)
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert field_violations(caught.value) == [
+        ("params.super_resolution", "needs 'upscaler', which the diffusion workers do not have installed")
+    ]
+    # Nothing was queued.
+    assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs

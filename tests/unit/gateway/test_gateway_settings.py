@@ -1,0 +1,158 @@
+"""Gateway settings: defaults, every variable read, bad values named."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from gateway_helpers import parsed_prompt
+from multipass.errors import ConfigError, InvalidInput
+from multipass.v1 import jobs_pb2
+from multipass_gateway.settings import GatewaySettings
+from multipass_gateway.submission import (
+    check_request,
+    idempotency_kv_key,
+    job_id_time,
+    new_job_id,
+    scene_size,
+)
+from multipass_gateway.tunes import (
+    check_metadata,
+    check_safetensors,
+    new_tune_id,
+    page_token,
+    parse_page_token,
+)
+
+
+def test_defaults():
+    settings = GatewaySettings.from_env({})
+    assert settings.grpc_address == "127.0.0.1:50050"
+    assert settings.parser_target == "127.0.0.1:50051"
+    assert settings.segmentation_target == "127.0.0.1:50052"
+    assert settings.diffusion_target == "127.0.0.1:50053"
+    assert settings.metrics_port == 9100
+    assert settings.admin_token == "" and settings.callbacks.signing_key == ""
+    assert settings.fetch_allow.hosts == frozenset() and settings.fetch_allow.networks == ()
+
+
+def test_values_and_allow_list():
+    settings = GatewaySettings.from_env(
+        {
+            "MULTIPASS_GATEWAY_GRPC_ADDR": "0.0.0.0:7000",
+            "MULTIPASS_PARSER_GRPC_ADDR": "127.0.0.1:6001",
+            "MULTIPASS_DIFFUSION_TARGET": "diffusion:50053",
+            "MULTIPASS_ADMIN_TOKEN": "admin-secret-42",
+            "MULTIPASS_CALLBACK_SIGNING_KEY": "signing-secret-42",
+            "MULTIPASS_FETCH_ALLOW_HOSTS": "127.0.0.1, minio.local,[::1]",
+            "MULTIPASS_FETCH_ALLOW_CIDRS": "10.0.0.0/8",
+            "MULTIPASS_GATEWAY_BASE_MODEL": "tiny-sd15",
+            "MULTIPASS_GATEWAY_TENANT_MAX_PENDING_PASSES": "7",
+        }
+    )
+    assert settings.grpc_address == "0.0.0.0:7000"
+    assert settings.parser_target == "127.0.0.1:6001"  # the parser's own address is the default target
+    assert settings.diffusion_target == "diffusion:50053"
+    assert settings.fetch_allow.hosts == frozenset({"minio.local"})
+    assert set(settings.fetch_allow.networks) == {
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    }
+    assert settings.limits.tenant_max_pending_passes == 7
+    assert "admin-secret-42" not in repr(settings) and "signing-secret-42" not in repr(settings)
+
+
+def test_bad_variables_are_named_together():
+    with pytest.raises(ConfigError) as caught:
+        GatewaySettings.from_env(
+            {
+                "MULTIPASS_GATEWAY_GRPC_ADDR": "nope",
+                "MULTIPASS_GATEWAY_METRICS_PORT": "x",
+                "MULTIPASS_NATS_URL": "http://x",
+            }
+        )
+    fields = {v.field for v in caught.value.violations}
+    assert fields == {"MULTIPASS_GATEWAY_GRPC_ADDR", "MULTIPASS_GATEWAY_METRICS_PORT", "MULTIPASS_NATS_URL"}
+    with pytest.raises(ConfigError, match="MULTIPASS_FETCH_ALLOW_CIDRS"):
+        GatewaySettings.from_env({"MULTIPASS_FETCH_ALLOW_CIDRS": "not-a-network"})
+    with pytest.raises(ConfigError, match="MULTIPASS_GATEWAY_BASE_MODEL"):
+        GatewaySettings.from_env({"MULTIPASS_GATEWAY_BASE_MODEL": "a.b"})
+
+
+def test_job_ids_sort_by_time_and_encode_it():
+    first = new_job_id()
+    second = new_job_id()
+    assert len(first) == 24 and first[:12] <= second[:12]
+    assert abs(job_id_time(first) - __import__("time").time()) < 5
+    assert job_id_time("zz") is None
+
+
+def test_request_checks_name_fields():
+    request = jobs_pb2.SubmitJobRequest(
+        idempotency_key="has space", input_image_id="../x", mask_image_id="0" * 24
+    )
+    assert {v.field for v in check_request(request)} == {"idempotency_key", "input_image_id"}
+    assert idempotency_kv_key("t1", "k") != idempotency_kv_key("t2", "k")
+    assert idempotency_kv_key("t1", "k").startswith("t1.")
+
+
+def test_scene_size():
+    plain = parsed_prompt(0, w=768, h=512)
+    assert scene_size(plain, None, "sd15", 2048) == (768, 512)
+    keep = parsed_prompt(1, base="", common="", keep_background=True)
+    assert scene_size(keep, (4000, 3000), "sd15", 2048) == (2048, 1536)
+    # img2img without an explicit size: the input's aspect at the parsed area.
+    img2img = parsed_prompt(0, w=512, h=512)
+    width, height = scene_size(img2img, (1600, 900), "sd15", 2048)
+    assert width % 8 == 0 and height % 8 == 0 and abs(width / height - 16 / 9) < 0.05
+    assert abs(width * height - 512 * 512) < 0.1 * 512 * 512
+    explicit = parsed_prompt(0, w=640, h=640, explicit=("w", "h"))
+    assert scene_size(explicit, (1600, 900), "sd15", 2048) == (640, 640)
+
+
+def test_tune_metadata_checks():
+    good = jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")
+    assert check_metadata(good, streamed=True) == []
+    bad = jobs_pb2.TuneMetadata(
+        token="O H",
+        class_name="",
+        base_family="sd3",
+        kind="pickle",
+        sha256="xyz",
+        reference_image_ids=["nope"],
+    )
+    fields = {v.field for v in check_metadata(bad, streamed=False)}
+    assert fields == {
+        "metadata.token",
+        "metadata.class_name",
+        "metadata.base_family",
+        "metadata.kind",
+        "metadata.sha256",
+        "chunk",
+        "metadata.reference_image_ids[0]",
+    }
+    both = jobs_pb2.TuneMetadata(token="ohwx", class_name="man", base_family="sdxl", url="https://x/y")
+    assert {v.field for v in check_metadata(both, streamed=True)} == {"metadata.url"}
+
+
+def test_only_safetensors_files_are_accepted():
+    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    check_safetensors(len(header).to_bytes(8, "little") + header + b"\x00" * 4, "chunk")
+    for data in (
+        b"",
+        b"PK\x03\x04" + b"\x00" * 100,
+        b"\x80\x02}q\x00" + b"\x00" * 100,
+        (5).to_bytes(8, "little") + b"not json!!",
+    ):
+        with pytest.raises(InvalidInput):
+            check_safetensors(data, "chunk")
+
+
+def test_tune_ids_are_digits_and_page_tokens_round_trip():
+    tune_id = new_tune_id()
+    assert tune_id.isdigit() and len(tune_id) == 16
+    assert parse_page_token(page_token(tune_id)) == tune_id
+    assert parse_page_token("") == ""
+    with pytest.raises(InvalidInput):
+        parse_page_token("garbage")
