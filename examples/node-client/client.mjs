@@ -25,7 +25,7 @@ function loadApi(protoRoot = PROTO_ROOT) {
     keepCase: true, // proto field names, as in the Python client and the JSON of job.json
     longs: String,
     enums: String,
-    defaults: false,
+    defaults: true, // proto3 zero values present (image_index 0), oneof members only when set
     oneofs: true, // event.event names the member of the JobEvent oneof
   });
   return grpc.loadPackageDefinition(definition).multipass.v1;

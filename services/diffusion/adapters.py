@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +52,11 @@ class AdapterCache:
         *,
         on_hit: Callable[[], None] = lambda: None,
         on_miss: Callable[[], None] = lambda: None,
+        namespace: str = "",
     ):
         self.components = components
+        #: Prefix of this cache's adapter names: a checkpoint set can share a text encoder with the base set.
+        self.namespace = namespace
         self.budget_bytes = budget_bytes
         self._resident: OrderedDict[str, int] = OrderedDict()
         self._on_hit = on_hit
@@ -74,13 +78,13 @@ class AdapterCache:
             return
         names = []
         for request in requests:
-            name = request.adapter_name
+            name = self.namespace + request.adapter_name
             if name in self._resident:
                 self._resident.move_to_end(name)
                 self._on_hit()
             else:
                 self._on_miss()
-                self._load(request, keep={r.adapter_name for r in requests})
+                self._load(request, name, keep={self.namespace + r.adapter_name for r in requests})
             names.append(name)
         weights = [float(r.weight) for r in requests]
         pipe = self.components.pipe
@@ -92,16 +96,18 @@ class AdapterCache:
         self.active = tuple(names)
 
     def deactivate(self) -> None:
-        """Disable every adapter: the model computes exactly as without them."""
-        if not self._resident:
-            self.active = ()
-            return
-        self.components.pipe.disable_lora()
-        if self.components.inpaint_unet is not None:
-            self.components.inpaint_unet.disable_lora()
+        """Disable every adapter on these modules (also ones another cache loaded into a shared module)."""
+        from diffusers.loaders.lora_base import disable_lora_for_text_encoder
+
+        for unet in self.components.unets:
+            if getattr(unet, "peft_config", None):
+                unet.disable_lora()
+        for encoder in self.components.text_encoders:
+            if getattr(encoder, "peft_config", None) or getattr(encoder, "_hf_peft_config_loaded", False):
+                disable_lora_for_text_encoder(encoder)
         self.active = ()
 
-    def _load(self, request: AdapterRequest, *, keep: set[str]) -> None:
+    def _load(self, request: AdapterRequest, name: str, *, keep: set[str]) -> None:
         pipe = self.components.pipe
         try:
             state_dict, alphas = pipe.lora_state_dict(str(request.path), unet_config=pipe.unet.config)
@@ -111,14 +117,16 @@ class AdapterCache:
             ) from error
         size = sum(t.numel() for t in state_dict.values()) * self.components.dtype.itemsize
         self._evict(size, keep)
-        name = request.adapter_name
         try:
-            pipe.load_lora_weights(state_dict, adapter_name=name)
-            if self.components.inpaint_unet is not None:
-                unet_part = {k: v for k, v in state_dict.items() if "conv_in" not in k}
-                type(pipe).load_lora_into_unet(
-                    unet_part, alphas, unet=self.components.inpaint_unet, adapter_name=name
-                )
+            with warnings.catch_warnings():
+                # Several adapters on one model is what this cache is for.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(state_dict, adapter_name=name)
+                if self.components.inpaint_unet is not None:
+                    unet_part = {k: v for k, v in state_dict.items() if "conv_in" not in k}
+                    type(pipe).load_lora_into_unet(
+                        unet_part, alphas, unet=self.components.inpaint_unet, adapter_name=name
+                    )
         except (ValueError, RuntimeError, KeyError) as error:
             self._drop(name)
             raise InvalidInput.of(

@@ -168,14 +168,14 @@ class Engine:
             metrics.PASSES.labels(pass_kind=kind, outcome="cancelled").inc()
             raise
         except MultipassError as error:
-            outcome = "invalid" if isinstance(error, InvalidInput) else "error"
+            outcome = "retried" if error.retriable else "failed"
             metrics.PASSES.labels(pass_kind=kind, outcome=outcome).inc()
             raise
         except Exception:
-            metrics.PASSES.labels(pass_kind=kind, outcome="error").inc()
+            metrics.PASSES.labels(pass_kind=kind, outcome="failed").inc()
             raise
         metrics.PASS_DURATION.labels(pass_kind=kind).observe(output.duration_seconds)
-        metrics.PASSES.labels(pass_kind=kind, outcome="cache_hit" if output.cache_hit else "ok").inc()
+        metrics.PASSES.labels(pass_kind=kind, outcome="succeeded").inc()
         if output.cache_hit:
             metrics.PASS_CACHE_HITS.inc()
         metrics.PASS_STEPS.inc(output.steps_run)
@@ -278,6 +278,9 @@ class Engine:
 
     def capabilities(self) -> list[str]:
         found: set[str] = {f"pass:{kind}" for kind in passes.kinds()}
+        for handler in passes.handlers():
+            if hasattr(handler, "capabilities"):
+                found.update(handler.capabilities(self.settings.model_dir))
         for runtime in self.runtimes.values():
             found.update(runtime.capabilities())
         found.update(f"preprocessor:{kind}" for kind in self.preprocessors.installed())
@@ -309,6 +312,7 @@ def spec_hash(
     tune_shas: dict[str, str],
     working_size: int,
     dtype: str,
+    extra: list[str] = (),
 ) -> str:
     """Hash of everything that determines a pass's output (the pass-cache key)."""
     normalised = diffusion_pb2.PassSpec()
@@ -317,7 +321,7 @@ def spec_hash(
         normalised.ClearField(name)
     normalised.ClearField("tune_files")
     digest = hashlib.sha256()
-    for part in (ENGINE_VERSION, runtime.fingerprint, dtype, str(working_size)):
+    for part in (ENGINE_VERSION, runtime.fingerprint, dtype, str(working_size), *extra):
         digest.update(part.encode() + b"\0")
     for tune_id in sorted(tune_shas):
         digest.update(f"tune:{tune_id}={tune_shas[tune_id]}".encode() + b"\0")

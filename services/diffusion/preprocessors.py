@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,13 @@ class Preprocessors:
     def _edge_network(self, kind: str, image: Image.Image) -> Image.Image:
         import torch
 
-        network = self._model(kind, lambda path: torch.jit.load(str(path), map_location=self.device).eval())
+        def load(path: Path):
+            with warnings.catch_warnings():
+                # TorchScript is deprecated but still the portable format for these small networks.
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location=self.device).eval()
+
+        network = self._model(kind, load)
         pixels = (
             torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
             .permute(2, 0, 1)[None]

@@ -52,12 +52,13 @@ class ModelRuntime:
     def family(self) -> str:
         return self.entry.family
 
-    def _adapter_cache(self, components: ComponentSet) -> AdapterCache:
+    def _adapter_cache(self, components: ComponentSet, namespace: str = "") -> AdapterCache:
         return AdapterCache(
             components,
             self._adapter_budget,
             on_hit=metrics.LORA_CACHE_HITS.inc,
             on_miss=metrics.LORA_CACHE_MISSES.inc,
+            namespace=namespace,
         )
 
     def controlnet(self, kind: str):
@@ -102,7 +103,7 @@ class ModelRuntime:
                     )
                 ]
             ) from error
-        entry = (components, self._adapter_cache(components))
+        entry = (components, self._adapter_cache(components, namespace=f"c{sha256[:8]}_"))
         with self._lock:
             if self._checkpoint_cache_size > 0:
                 self._checkpoints[sha256] = entry

@@ -65,7 +65,11 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
     engine = Engine(settings, cache=cache)
     grpc = await start_grpc_server(
         settings.grpc_addr,
-        [Registration(diffusion_pb2_grpc.add_DiffusionServicer_to_server, DiffusionServicer(engine), SERVICE_NAME)],
+        [
+            Registration(
+                diffusion_pb2_grpc.add_DiffusionServicer_to_server, DiffusionServicer(engine), SERVICE_NAME
+            )
+        ],
         serving=False,
     )
     bus = None
@@ -86,6 +90,11 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
     await grpc.set_serving(True)
     log.info(
         "diffusion worker serving",
-        extra={"models": list(engine.runtimes), "grpc": grpc.address, "metrics_port": metrics_port, "device": engine.device},
+        extra={
+            "models": list(engine.runtimes),
+            "grpc": grpc.address,
+            "metrics_port": metrics_port,
+            "device": engine.device,
+        },
     )
     return DiffusionService(settings, engine, grpc, metrics_port, bus, store, worker, executor)

@@ -101,7 +101,9 @@ class DiffusionWorker:
 
     async def handle(self, model: str, delivery: Delivery) -> Decision:
         request = delivery.parse(diffusion_pb2.PassRequest)
-        with log_context(job_id=request.job_id, **{"pass": request.pass_name}, delivery=delivery.num_delivered):
+        with log_context(
+            job_id=request.job_id, **{"pass": request.pass_name}, delivery=delivery.num_delivered
+        ):
             try:
                 self._check_request(model, request)
             except InvalidInput as error:
@@ -113,8 +115,15 @@ class DiffusionWorker:
             try:
                 output = await self._run(request, delivery, cancel)
                 ref = await self.store.put_image(request.output_bucket, request.output_key, output.image)
-                await self._publish(request, subjects.EVENT_COMPLETED, completed=events_pb2.PassCompleted(result=_result(output, ref)))
-                log.info("pass completed", extra={"seconds": round(output.duration_seconds, 3), "cache_hit": output.cache_hit})
+                await self._publish(
+                    request,
+                    subjects.EVENT_COMPLETED,
+                    completed=events_pb2.PassCompleted(result=_result(output, ref)),
+                )
+                log.info(
+                    "pass completed",
+                    extra={"seconds": round(output.duration_seconds, 3), "cache_hit": output.cache_hit},
+                )
                 return Ack()
             except MultipassError as error:
                 return await self._fail(request, delivery, error)
@@ -133,14 +142,22 @@ class DiffusionWorker:
             if not getattr(request, field):
                 problems.append(Violation(field, "is required"))
         if request.spec.model != model:
-            problems.append(Violation("spec.model", f"got {request.spec.model!r} on the subject of model {model!r}"))
+            problems.append(
+                Violation("spec.model", f"got {request.spec.model!r} on the subject of model {model!r}")
+            )
         if problems:
             raise InvalidInput.of(problems)
         subjects.check_token(request.job_id, "job_id")
 
-    async def _run(self, request: diffusion_pb2.PassRequest, delivery: Delivery, cancel: threading.Event) -> PassOutput:
+    async def _run(
+        self, request: diffusion_pb2.PassRequest, delivery: Delivery, cancel: threading.Event
+    ) -> PassOutput:
         spec = request.spec
-        await self._publish(request, subjects.EVENT_STARTED, started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps))
+        await self._publish(
+            request,
+            subjects.EVENT_STARTED,
+            started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps),
+        )
         inputs = await self._inputs(spec)
         loop = asyncio.get_running_loop()
         reporter = _ProgressReporter(self, request, loop, self.settings.progress_interval_s)
@@ -157,25 +174,38 @@ class DiffusionWorker:
         if spec.HasField("mask"):
             inputs.mask = await self.store.get_image(spec.mask, field="spec.mask", mode="L")
         if spec.HasField("control_image"):
-            inputs.control_image = await self.store.get_image(spec.control_image, field="spec.control_image", mode="RGB")
+            inputs.control_image = await self.store.get_image(
+                spec.control_image, field="spec.control_image", mode="RGB"
+            )
         for ref in spec.loras:
             tune = spec.tune_files.get(ref.tune_id)
             if tune is not None and ref.tune_id not in inputs.tune_paths:
-                inputs.tune_paths[ref.tune_id] = await self.store.fetch_to_cache(tune, Path(self.settings.tune_cache_dir))
+                inputs.tune_paths[ref.tune_id] = await self.store.fetch_to_cache(
+                    tune, Path(self.settings.tune_cache_dir)
+                )
         return inputs
 
-    async def _fail(self, request: diffusion_pb2.PassRequest, delivery: Delivery, error: MultipassError) -> Decision:
+    async def _fail(
+        self, request: diffusion_pb2.PassRequest, delivery: Delivery, error: MultipassError
+    ) -> Decision:
         retry = error.retriable and not delivery.is_last_delivery
         detail = common_pb2.ErrorDetail(
             code=common_pb2.ErrorCode.Value(f"ERROR_CODE_{_code(error)}"),
             message=str(error.message),
             pass_name=request.pass_name,
-            field_violations=[common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+            field_violations=[
+                common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
+            ],
         )
         suffix = f"{subjects.EVENT_FAILED}:retry{delivery.num_delivered}" if retry else subjects.EVENT_FAILED
         if request.job_id:
             try:
-                await self._publish(request, subjects.EVENT_FAILED, suffix=suffix, failed=events_pb2.PassFailed(error=detail, retriable=retry))
+                await self._publish(
+                    request,
+                    subjects.EVENT_FAILED,
+                    suffix=suffix,
+                    failed=events_pb2.PassFailed(error=detail, retriable=retry),
+                )
             except MultipassError:
                 log.warning("could not publish the failed event", exc_info=True)
         if retry:
@@ -190,13 +220,21 @@ class DiffusionWorker:
         try:
             request = delivery.parse(diffusion_pb2.PassRequest)
         except InvalidInput:
-            log.error("undecodable pass request terminated", extra={"reason": reason, "subject": delivery.subject})
+            log.error(
+                "undecodable pass request terminated", extra={"reason": reason, "subject": delivery.subject}
+            )
             return
         if request.job_id:
-            detail = common_pb2.ErrorDetail(code=common_pb2.ERROR_CODE_INTERNAL, message=reason, pass_name=request.pass_name)
-            await self._publish(request, subjects.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail, retriable=False))
+            detail = common_pb2.ErrorDetail(
+                code=common_pb2.ERROR_CODE_INTERNAL, message=reason, pass_name=request.pass_name
+            )
+            await self._publish(
+                request, subjects.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail, retriable=False)
+            )
 
-    async def _publish(self, request: diffusion_pb2.PassRequest, event: str, *, suffix: str | None = None, **payload) -> None:
+    async def _publish(
+        self, request: diffusion_pb2.PassRequest, event: str, *, suffix: str | None = None, **payload
+    ) -> None:
         message = events_pb2.PassEvent(
             job_id=request.job_id,
             tenant=request.tenant,
@@ -208,7 +246,9 @@ class DiffusionWorker:
         now = Timestamp()
         now.GetCurrentTime()
         message.time.CopyFrom(now)
-        msg_id = subjects.pass_msg_id(request.job_id, request.image_index, request.pass_name, request.attempt, suffix or event)
+        msg_id = subjects.pass_msg_id(
+            request.job_id, request.image_index, request.pass_name, request.attempt, suffix or event
+        )
         await self.bus.publish(subjects.event_subject(request.job_id, event), message, msg_id=msg_id)
 
 
@@ -229,7 +269,12 @@ class _ProgressReporter:
             return
         self._last = now
         progress = events_pb2.PassProgress(step=step, steps_total=total)
-        coroutine = self.worker._publish(self.request, subjects.EVENT_PROGRESS, suffix=f"{subjects.EVENT_PROGRESS}:{step}", progress=progress)
+        coroutine = self.worker._publish(
+            self.request,
+            subjects.EVENT_PROGRESS,
+            suffix=f"{subjects.EVENT_PROGRESS}:{step}",
+            progress=progress,
+        )
         self._pending.append(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     async def drain(self) -> None:

@@ -21,8 +21,8 @@ from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, prompt_pb2, segm
 
 #: Gateway-side kinds; every other kind runs on a diffusion worker.
 SEGMENTATION_KINDS = frozenset({"mask", "segment"})
-#: Kinds whose spec needs the faces found in the current image.
-FACE_KINDS = frozenset({"faces", "face_swap"})
+#: Kinds whose spec needs the faces found in the current image (``spec.faces``).
+FACE_KINDS = frozenset({"faces", "face_correct", "face_swap"})
 #: Fixed progress weights of passes without denoising steps.
 FIXED_WEIGHTS = {
     "prepare": 1,
@@ -82,6 +82,13 @@ class JobInputs:
     slots: Sequence[segmentation_pb2.Slot] = ()
     #: Tune files by tune id, for every tune the prompt names.
     tune_files: Mapping[str, common_pb2.ObjectRef] = field(default_factory=dict)
+    #: Reference face images by tune id (face swap identities).
+    reference_images: Mapping[str, Sequence[common_pb2.ImageRef]] = field(default_factory=dict)
+
+
+def reference_key(tune_id: str, index: int) -> str:
+    """Key of a tune's ``index``-th reference image in ``PassSpec.tune_files`` (the worker's convention)."""
+    return f"{tune_id}/reference-{index}"
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -124,6 +131,33 @@ def required_capabilities(parsed: prompt_pb2.ParsedPrompt, *, has_input_image: b
     if params.prompt_expansion:
         needs.append((CAPABILITY_PROMPT_EXPANDER, "params.prompt_expansion"))
     return needs
+
+
+def diffusion_kinds(parsed: prompt_pb2.ParsedPrompt) -> list[tuple[str, str]]:
+    """(pass kind, field that asked for it) of every diffusion pass the chain will hold."""
+    params = parsed.params
+    if parsed.flags.only_upscale:
+        kinds = [("upscale", "--only_upscale")]
+    else:
+        kinds = [] if parsed.keep_background else [("base", "prompt")]
+        if parsed.persons:
+            kinds.append(("person", "prompt"))
+        optional = [
+            ("hires", "params.hires_fix", params.hires_fix),
+            ("faces", "params.inpaint_faces", params.inpaint_faces),
+            ("face_correct", "params.face_correct", params.face_correct),
+            ("face_swap", "params.face_swap", params.face_swap),
+            ("upscale", "params.super_resolution", params.super_resolution),
+        ]
+        kinds += [(kind, field) for kind, field, wanted in optional if wanted]
+    if has_finish(params):
+        kinds.append(("finish", "params.color_grading" if params.color_grading else "params.film_grain"))
+    return kinds
+
+
+def families(model_family: str) -> frozenset[str]:
+    """The families a Diffusion.Info answer names (``"sd15"``, or ``"sd15,sdxl"`` for a mixed worker)."""
+    return frozenset(part.strip() for part in model_family.split(",") if part.strip())
 
 
 def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
@@ -323,6 +357,13 @@ def plan_image(
     if params.face_swap:
         loras = [ref for person in parsed.persons for ref in person.loras]
         spec = common("face_swap", config.person_model, "", "", loras)
+        for ref in loras:
+            for number, image in enumerate(inputs.reference_images.get(ref.tune_id, ())):
+                spec.tune_files[reference_key(ref.tune_id, number)].CopyFrom(
+                    common_pb2.ObjectRef(
+                        bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size
+                    )
+                )
         passes.append(_planned("face_swap", "face_swap", spec, FIXED_WEIGHTS["face_swap"]))
 
     if params.super_resolution:

@@ -168,13 +168,22 @@ class Submitter:
         base_model, person_model = self._models(info)
         has_input = bool(request.input_image_id or parsed.params.input_image_url)
         self._check_capabilities(parsed, info, has_input)
-        tune_files = await self._check_tunes(tenant, parsed, info, base_model, person_model)
+        tune_files, references = await self._check_tunes(tenant, parsed, info, base_model, person_model)
 
         job_id = new_job_id()
         try:
             prepared = await self._prepare_inputs(tenant, job_id, request, parsed, info.model_family)
             record = await self._build(
-                tenant, job_id, request, parsed, prepared, tune_files, info, base_model, person_model, started
+                tenant,
+                job_id,
+                request,
+                parsed,
+                prepared,
+                (tune_files, references),
+                info,
+                base_model,
+                person_model,
+                started,
             )
             outcome = job_state.start(record, datetime.now(UTC))
             job_state.commit(record, outcome, datetime.now(UTC))
@@ -230,9 +239,13 @@ class Submitter:
         self, parsed: prompt_pb2.ParsedPrompt, info: diffusion_pb2.InfoResponse, has_input: bool
     ) -> None:
         installed = set(info.capabilities)
+        needs = planner.required_capabilities(parsed, has_input_image=has_input)
+        if any(name.startswith("pass:") for name in installed):
+            # The workers list the pass kinds they run: every planned kind must be among them.
+            needs = [(f"pass:{kind}", field) for kind, field in planner.diffusion_kinds(parsed)] + needs
         missing = [
             Violation(field, f"needs {capability!r}, which the diffusion workers do not have installed")
-            for capability, field in planner.required_capabilities(parsed, has_input_image=has_input)
+            for capability, field in dict.fromkeys(needs)
             if capability not in installed
         ]
         if missing:
@@ -248,9 +261,11 @@ class Submitter:
         info: diffusion_pb2.InfoResponse,
         base_model: str,
         person_model: str,
-    ) -> dict[str, common_pb2.ObjectRef]:
+    ) -> tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]]:
+        """Tune files and reference images by tune id; InvalidInput naming each bad tag."""
         problems: list[Violation] = []
         files: dict[str, common_pb2.ObjectRef] = {}
+        references: dict[str, list[common_pb2.ImageRef]] = {}
         base_ids = {(ref.kind, ref.tune_id) for ref in parsed.base_loras}
         with_references = False
         person_ids = {ref.tune_id for person in parsed.persons for ref in person.loras}
@@ -261,7 +276,9 @@ class Submitter:
                 problems.append(Violation(field, f"tune {ref.tune_id!r} does not exist"))
                 continue
             model = base_model if (ref.kind, ref.tune_id) in base_ids else person_model
-            if info.model_family and tune.base_family != info.model_family:
+            served = planner.families(info.model_family)
+            # A worker serving one family says which; a mixed one leaves the exact check to the worker.
+            if served and tune.base_family not in served:
                 problems.append(
                     Violation(
                         field,
@@ -275,6 +292,7 @@ class Submitter:
             if ref.tune_id in person_ids and tune.reference_images:
                 with_references = True
             files[ref.tune_id] = tune.file
+            references[ref.tune_id] = list(tune.reference_images)
         if parsed.params.face_swap and not with_references:
             problems.append(
                 Violation(
@@ -284,7 +302,7 @@ class Submitter:
             )
         if problems:
             raise InvalidInput.of(problems)
-        return files
+        return files, references
 
     # inputs ----------------------------------------------------------------------------------------
 
@@ -397,7 +415,7 @@ class Submitter:
         request: jobs_pb2.SubmitJobRequest,
         parsed: prompt_pb2.ParsedPrompt,
         prepared: Prepared,
-        tune_files: dict[str, common_pb2.ObjectRef],
+        tunes: tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]],
         info: diffusion_pb2.InfoResponse,
         base_model: str,
         person_model: str,
@@ -433,7 +451,8 @@ class Submitter:
             mask_image=prepared.mask_image,
             pose_image=pose_image,
             slots=slots,
-            tune_files=tune_files,
+            tune_files=tunes[0],
+            reference_images=tunes[1],
         )
         plans = planner.plan_job(parsed, inputs, config)
         job = jobs_pb2.Job(

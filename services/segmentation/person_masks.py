@@ -78,22 +78,22 @@ def territories(
     ]
     if not any(overlapping):
         return boxes
-    # argmin keeps the first of equal distances: stack the slots smallest box first
+    # Smallest box first; a later slot takes a pixel only when strictly nearer, so ties stay with the first.
     order = sorted(range(len(slots)), key=lambda i: (slots[i].box.area, i))
-    distances = np.full((len(slots), *shape), np.inf, dtype=np.float32)
-    for rank, i in enumerate(order):
-        slot = slots[i]
+    best = np.full(shape, np.inf, dtype=np.float32)
+    owner = np.full(shape, -1, dtype=np.int32)
+    for i in order:
         if overlapping[i]:
-            guide = figure_guide(shape, slot, min_confidence)
+            guide = figure_guide(shape, slots[i], min_confidence)
             distance = cv2.distanceTransform(
                 np.where(guide, 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
             )
         else:
             distance = np.zeros(shape, dtype=np.float32)
-        distances[rank][boxes[i]] = distance[boxes[i]]
-    owner = np.argmin(distances, axis=0)
-    covered = np.isfinite(distances.min(axis=0))
-    return [covered & (owner == order.index(i)) for i in range(len(slots))]
+        nearer = boxes[i] & (distance < best)
+        best[nearer] = distance[nearer]
+        owner[nearer] = i
+    return [owner == i for i in range(len(slots))]
 
 
 def silhouette(

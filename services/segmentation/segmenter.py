@@ -23,8 +23,8 @@ from multipass_segmentation.slots import (
     MAX_PERSONS,
     Box,
     Slot,
-    check_layout_size,
     check_slots,
+    complete_layout,
     default_layout,
     slots_from_boxes,
 )
@@ -228,7 +228,12 @@ class Segmenter:
     # layout ------------------------------------------------------------------------------------
 
     def layout(self, width: int, height: int, count: int, image: np.ndarray | None = None) -> LayoutResult:
-        """Slots from the persons detected in ``image`` (count 0 = all found), else ``count`` default figures."""
+        """Slots for ``count`` persons (exactly ``count`` when > 0), left to right.
+
+        Without an image: the default layout. With one: the ``count`` best person detections (every one
+        when ``count`` is 0); missing persons get default figures in the columns no detection took, and
+        when none is found the whole default layout stands in (source "default").
+        """
         if image is None:
             return LayoutResult(default_layout(width, height, count), "default")
         img_height, img_width = image.shape[:2]
@@ -247,18 +252,22 @@ class Segmenter:
         slots = slots_from_boxes(
             [d.box for d in found], [d.score for d in found], img_width, img_height, count or MAX_PERSONS
         )
+        if count == 0:
+            return LayoutResult(slots, "detected", [] if slots else ["no person found in the image"])
         if not slots:
-            if count == 0:
-                return LayoutResult([], "detected", ["no person found in the image"])
-            check_layout_size(img_width, img_height, count)
             return LayoutResult(
                 default_layout(img_width, img_height, count),
                 "default",
                 [f"no person found in the image; {count} default figures stand in"],
             )
         warnings = []
-        if count and len(slots) < count:
-            warnings.append(f"found {len(slots)} of {count} persons in the image")
+        if len(slots) < count:
+            missing = count - len(slots)
+            warnings.append(
+                f"found {len(slots)} of {count} persons in the image; "
+                f"{missing} default figure{'s' if missing > 1 else ''} stand{'' if missing > 1 else 's'} in"
+            )
+            slots = complete_layout(slots, img_width, img_height, count)
         return LayoutResult(slots, "detected", warnings)
 
     def render_pose(self, width: int, height: int, slots: Sequence[Slot]) -> np.ndarray:

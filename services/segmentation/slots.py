@@ -159,6 +159,22 @@ def slots_from_boxes(
     return sort_left_to_right([s for s in chosen if s.box.area > 0])
 
 
+def complete_layout(detected: Sequence[Slot], width: int, height: int, count: int) -> list[Slot]:
+    """``count`` slots: the detected ones plus default figures in the columns no detection took.
+
+    Each detected slot claims the free default-layout column whose centre is nearest its own (best
+    detections first, as given); the columns left over keep their default figure. Left to right.
+    """
+    if len(detected) >= count:
+        return sort_left_to_right(detected[:count])
+    columns = default_layout(width, height, count)
+    free = list(range(count))
+    for slot in detected:
+        nearest = min(free, key=lambda c: abs(columns[c].box.centre[0] - slot.box.centre[0]))
+        free.remove(nearest)
+    return sort_left_to_right([*detected, *(columns[c] for c in free)])
+
+
 def check_layout_size(width: int, height: int, count: int, *, prefix: str = "") -> None:
     problems = []
     for name, value in (("width", width), ("height", height)):

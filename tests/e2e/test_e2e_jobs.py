@@ -11,6 +11,7 @@ import uuid
 import grpc
 import pytest
 from e2e_support import FAST, follow, register_lora, two_person_prompt
+from multipass.client.downloads import generation_chain
 from multipass.client.errors import violations_of
 from multipass.v1 import jobs_pb2
 from PIL import Image
@@ -56,7 +57,7 @@ def test_two_person_job_runs_every_pass_and_stores_every_output(stack, client, s
     assert len(job.images) == 1
     for image in job.images:
         assert image.status == COMPLETED
-        names = [state.name for state in image.passes]
+        names = [state.name for state in generation_chain(image)]
         assert names[0] == "base"
         assert names.index("segment") < names.index("person-0") < names.index("person-1")
         for state in image.passes:
@@ -80,7 +81,7 @@ def test_two_person_job_runs_every_pass_and_stores_every_output(stack, client, s
     assert downloaded["job_id"] == job_id and downloaded["state"] == "JOB_STATE_SUCCEEDED"
     files = sorted(p.name for p in (directory / "image-0").iterdir())
     assert files[0] == "00-base.png"
-    position = {state.name: index for index, state in enumerate(job.images[0].passes)}
+    position = {state.name: index for index, state in enumerate(generation_chain(job.images[0]))}
     for name in ("person-0", "person-1"):
         assert f"{position[name]:02d}-{name}.png" in files
         assert f"mask-{name}.png" in files

@@ -42,10 +42,16 @@ def test_a_second_tenant_cannot_see_watch_cancel_or_use_the_first_tenants_work(
             assert caught.value.code() in HIDDEN, f"{name}: {describe_rpc_error(caught.value)}"
         assert job_id not in [job.job_id for job in other.jobs.list(limit=100)]
         assert tune not in [t.tune_id for t in other.tunes.list()]
-        with pytest.raises(grpc.RpcError) as caught:
-            other.jobs.submit(f"a street BREAK photo BREAK ohwx woman <lora:{tune}:1>", FAST)
-        assert caught.value.code() in HIDDEN, describe_rpc_error(caught.value)
-        assert f"<lora:{tune}" in describe_rpc_error(caught.value)
+        # Using the first tenant's tune fails exactly like using a tune that never existed: refused,
+        # naming the tag, and nothing that tells the two apart.
+        refusals = {}
+        for tune_id in (tune, "9" * len(tune)):
+            with pytest.raises(grpc.RpcError) as caught:
+                other.jobs.submit(f"a street BREAK photo BREAK ohwx woman <lora:{tune_id}:1>", FAST)
+            assert caught.value.code() in (*HIDDEN, grpc.StatusCode.INVALID_ARGUMENT), describe_rpc_error(caught.value)
+            assert f"<lora:{tune_id}:1>" in describe_rpc_error(caught.value)
+            refusals[tune_id] = (caught.value.code(), describe_rpc_error(caught.value).replace(tune_id, "ID"))
+        assert refusals[tune] == refusals["9" * len(tune)]
     # The first tenant's job and tune are untouched.
     job, _ = follow(client, job_id)
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED

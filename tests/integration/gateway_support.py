@@ -38,7 +38,12 @@ from PIL import Image
 MODEL = "tiny-sd15"
 ADMIN_TOKEN = "admin-token-for-tests"
 SIGNING_KEY = "callback-signing-key-for-tests"
-TERMINAL = {jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_PARTIAL, jobs_pb2.JOB_STATE_CANCELLED}
+TERMINAL = {
+    jobs_pb2.JOB_STATE_SUCCEEDED,
+    jobs_pb2.JOB_STATE_FAILED,
+    jobs_pb2.JOB_STATE_PARTIAL,
+    jobs_pb2.JOB_STATE_CANCELLED,
+}
 
 
 def safetensors_bytes() -> bytes:
@@ -53,7 +58,12 @@ class FakeDiffusionInfo(diffusion_pb2_grpc.DiffusionServicer):
 
     async def Info(self, request, context):
         return diffusion_pb2.InfoResponse(
-            models=[MODEL], model_family=self.family, device="cpu", dtype="float32", capabilities=self.capabilities, working_size=256
+            models=[MODEL],
+            model_family=self.family,
+            device="cpu",
+            dtype="float32",
+            capabilities=self.capabilities,
+            working_size=256,
         )
 
 
@@ -70,14 +80,18 @@ class FakeWorker:
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
-    async def _emit(self, request: diffusion_pb2.PassRequest, event: events_pb2.PassEvent, name: str, suffix: str = "") -> None:
+    async def _emit(
+        self, request: diffusion_pb2.PassRequest, event: events_pb2.PassEvent, name: str, suffix: str = ""
+    ) -> None:
         event.job_id, event.tenant, event.image_index = request.job_id, request.tenant, request.image_index
         event.pass_name, event.attempt = request.pass_name, request.attempt
         event.time.GetCurrentTime()
         await self.bus.publish(
             subjects.event_subject(request.job_id, name),
             event,
-            msg_id=subjects.pass_msg_id(request.job_id, request.image_index, request.pass_name, request.attempt, suffix or name),
+            msg_id=subjects.pass_msg_id(
+                request.job_id, request.image_index, request.pass_name, request.attempt, suffix or name
+            ),
         )
 
     async def handle(self, delivery: Delivery):
@@ -86,12 +100,18 @@ class FakeWorker:
         self.seen.append(request)
         spec = request.spec
         steps = max(1, spec.steps)
-        await self._emit(request, events_pb2.PassEvent(started=events_pb2.PassStarted(worker="fake", steps_total=steps)), "started")
+        await self._emit(
+            request,
+            events_pb2.PassEvent(started=events_pb2.PassStarted(worker="fake", steps_total=steps)),
+            "started",
+        )
         for step in range(1, steps + 1):
             progress = events_pb2.PassEvent(progress=events_pb2.PassProgress(step=step, steps_total=steps))
             await self._emit(request, progress, "progress", f"progress:{step}")
         if request.pass_name in self.fail:
-            failed = events_pb2.PassEvent(failed=events_pb2.PassFailed(error=self.fail[request.pass_name], retriable=False))
+            failed = events_pb2.PassEvent(
+                failed=events_pb2.PassFailed(error=self.fail[request.pass_name], retriable=False)
+            )
             await self._emit(request, failed, "failed")
             return Term("told to fail")
         if spec.image.key:
@@ -102,7 +122,9 @@ class FakeWorker:
         image.paste((len(self.seen) * 37 % 255, 200, 30), (0, 0, 16, 16))
         output = await self.store.put_image(request.output_bucket, request.output_key, image)
         result = diffusion_pb2.PassResult(output=output, duration_seconds=0.01, spec_hash="f" * 64)
-        await self._emit(request, events_pb2.PassEvent(completed=events_pb2.PassCompleted(result=result)), "completed")
+        await self._emit(
+            request, events_pb2.PassEvent(completed=events_pb2.PassCompleted(result=result)), "completed"
+        )
         return Ack()
 
     def start(self) -> None:
@@ -154,7 +176,9 @@ class Stack:
             segmentation_target=self.segmentation_address,
             diffusion_target=self.info_address,
             admin_token=ADMIN_TOKEN,
-            callbacks=CallbackSettings(signing_key=SIGNING_KEY, max_attempts=3, backoff_seconds=0.05, timeout_seconds=5.0),
+            callbacks=CallbackSettings(
+                signing_key=SIGNING_KEY, max_attempts=3, backoff_seconds=0.05, timeout_seconds=5.0
+            ),
             sweep_interval_seconds=0.5,
             queue_metrics_interval_seconds=0.5,
             info_ttl_seconds=60.0,
@@ -188,7 +212,9 @@ class Stack:
         return admin_pb2_grpc.AdminStub(self.channel)
 
     async def tenant(self, name: str = "acme") -> admin_pb2.CreateTenantResponse:
-        return await self.admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name), metadata=[("x-multipass-admin-token", ADMIN_TOKEN)])
+        return await self.admin.CreateTenant(
+            admin_pb2.CreateTenantRequest(name=name), metadata=[("x-multipass-admin-token", ADMIN_TOKEN)]
+        )
 
 
 def bearer(key: str) -> list[tuple[str, str]]:
@@ -207,14 +233,16 @@ async def wait_for_job(stack: Stack, job_id: str, key: str, timeout: float = 30.
 
 async def register_tune(stack: Stack, key: str, *, family: str = "sd15") -> jobs_pb2.Tune:
     async def parts():
-        yield jobs_pb2.RegisterTuneRequest(metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family=family))
+        yield jobs_pb2.RegisterTuneRequest(
+            metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family=family)
+        )
         yield jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes())
 
     return await stack.tunes.RegisterTune(parts(), metadata=bearer(key))
 
 
-@pytest.fixture(scope="session")
-def segmentation_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="segmentation_models")
+def segmentation_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from multipass.tiny_models import segmentation as tiny
 
     root = tmp_path_factory.getbasetemp() / "tiny-segmentation-models"
@@ -222,23 +250,34 @@ def segmentation_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def capabilities() -> list[str]:
-    return ["controlnet:pose", "upscaler"]
+@pytest.fixture(name="capabilities")
+def capabilities_fixture() -> list[str]:
+    return ["controlnet:pose", "pass:base", "pass:faces", "pass:person", "pass:upscale", "upscaler"]
 
 
-@pytest.fixture
-async def stack(nats_server, s3_settings, store, bus, segmentation_models, capabilities) -> AsyncIterator[Stack]:
+@pytest.fixture(name="stack")
+async def stack_fixture(
+    nats_server, s3_settings, store, bus, segmentation_models, capabilities
+) -> AsyncIterator[Stack]:
     from multipass_segmentation.service import serve as serve_segmentation
     from multipass_segmentation.settings import SegmentationSettings
 
     parser = await serve_parser(ParserSettings(grpc_addr="127.0.0.1:0", metrics_port=0, native_size=256))
     segmentation = await serve_segmentation(
-        SegmentationSettings(model_dir=segmentation_models, s3=s3_settings, grpc_addr="127.0.0.1:0", metrics_port=0), store=store
+        SegmentationSettings(
+            model_dir=segmentation_models, s3=s3_settings, grpc_addr="127.0.0.1:0", metrics_port=0
+        ),
+        store=store,
     )
     info = await start_grpc_server(
         "127.0.0.1:0",
-        [Registration(diffusion_pb2_grpc.add_DiffusionServicer_to_server, FakeDiffusionInfo(capabilities), "multipass.v1.Diffusion")],
+        [
+            Registration(
+                diffusion_pb2_grpc.add_DiffusionServicer_to_server,
+                FakeDiffusionInfo(capabilities),
+                "multipass.v1.Diffusion",
+            )
+        ],
     )
     worker = FakeWorker(bus, store)
     worker.start()

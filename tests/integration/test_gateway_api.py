@@ -16,11 +16,11 @@ from gateway_support import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
     SIGNING_KEY,
     bearer,
-    capabilities,
+    capabilities_fixture,
     register_tune,
     safetensors_bytes,
-    segmentation_models,
-    stack,
+    segmentation_models_fixture,
+    stack_fixture,
     wait_for_job,
 )
 from google.rpc import error_details_pb2
@@ -45,10 +45,16 @@ async def test_auth_admin_and_key_revocation(stack):
     request = jobs_pb2.ListJobsRequest()
     assert (await rpc_error(stack.jobs.ListJobs(request))).code() == grpc.StatusCode.UNAUTHENTICATED
     wrong = "mpk_0123456789abcdef_" + "x" * 43
-    assert (await rpc_error(stack.jobs.ListJobs(request, metadata=bearer(wrong)))).code() == grpc.StatusCode.UNAUTHENTICATED
-    assert (await rpc_error(stack.jobs.ListJobs(request, metadata=bearer("garbage")))).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        await rpc_error(stack.jobs.ListJobs(request, metadata=bearer(wrong)))
+    ).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        await rpc_error(stack.jobs.ListJobs(request, metadata=bearer("garbage")))
+    ).code() == grpc.StatusCode.UNAUTHENTICATED
     # The admin API wants the admin token.
-    no_admin = await rpc_error(stack.admin.CreateTenant(admin_pb2.CreateTenantRequest(name="x"), metadata=bearer("nope")))
+    no_admin = await rpc_error(
+        stack.admin.CreateTenant(admin_pb2.CreateTenantRequest(name="x"), metadata=bearer("nope"))
+    )
     assert no_admin.code() == grpc.StatusCode.UNAUTHENTICATED
     tenant = await stack.tenant("acme")
     assert tenant.api_key.startswith("mpk_") and tenant.key_id and tenant.tenant
@@ -63,7 +69,9 @@ async def test_auth_admin_and_key_revocation(stack):
     assert not (await stack.jobs.ListJobs(request, metadata=bearer(second.api_key))).jobs
     again = await stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=tenant.key_id), metadata=admin)
     assert not again.revoked
-    unknown = await rpc_error(stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id="0" * 16), metadata=admin))
+    unknown = await rpc_error(
+        stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id="0" * 16), metadata=admin)
+    )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     # Stored hashed: no KV value holds the key.
     store = await stack.bus.kv("multipass-tenants")
@@ -85,30 +93,44 @@ async def test_submit_validation_errors_carry_field_violations(stack):
     # The parser's violations reach the user unchanged.
     found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat\nstesp=30"))
     assert list(found) == ["params.stesp"] and "steps" in found["params.stesp"]
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "500", "cfg_scale": "99"}))
+    found = await violations(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "500", "cfg_scale": "99"})
+    )
     assert set(found) == {"params.steps", "params.cfg_scale"}
     # Tunes: missing, and another tenant's, are errors naming the tag.
     other = await stack.tenant("other")
     foreign = await register_tune(stack, other.api_key)
     prompt = f"a room BREAK BREAK ohwx woman <lora:999:1> BREAK ohwx man <lora:{foreign.tune_id}:0.5>"
     found = await violations(jobs_pb2.SubmitJobRequest(prompt=prompt))
-    assert found == {"<lora:999:1>": "tune '999' does not exist", f"<lora:{foreign.tune_id}:0.5>": f"tune '{foreign.tune_id}' does not exist"}
+    assert found == {
+        "<lora:999:1>": "tune '999' does not exist",
+        f"<lora:{foreign.tune_id}:0.5>": f"tune '{foreign.tune_id}' does not exist",
+    }
     # A tune of the wrong family.
     sdxl = await register_tune(stack, tenant.api_key, family="sdxl")
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt=f"a room BREAK BREAK ohwx woman <lora:{sdxl.tune_id}:1>"))
+    found = await violations(
+        jobs_pb2.SubmitJobRequest(prompt=f"a room BREAK BREAK ohwx woman <lora:{sdxl.tune_id}:1>")
+    )
     assert "is a sdxl lora; model tiny-sd15 is sd15" in found[f"<lora:{sdxl.tune_id}:1>"]
     # URLs that point inside our network; malformed request fields.
     found = await violations(
         jobs_pb2.SubmitJobRequest(
             prompt="a cat",
-            params={"input_image_url": "http://169.254.169.254/latest/meta-data/", "denoising_strength": "0.5"},
+            params={
+                "input_image_url": "http://169.254.169.254/latest/meta-data/",
+                "denoising_strength": "0.5",
+            },
             callback_url="http://10.0.0.1/hook",
         )
     )
     assert set(found) == {"callback_url"} and "private" in found["callback_url"]
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", params={"input_image_url": "http://2130706433/x.png"}))
+    found = await violations(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"input_image_url": "http://2130706433/x.png"})
+    )
     assert "loopback" in found["params.input_image_url"]
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="../../etc", idempotency_key="a b"))
+    found = await violations(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="../../etc", idempotency_key="a b")
+    )
     assert set(found) == {"input_image_id", "idempotency_key"}
     found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="ab" * 12))
     assert found == {"input_image_id": f"no uploaded image {'ab' * 12!r}"}
@@ -118,9 +140,12 @@ async def test_submit_validation_errors_carry_field_violations(stack):
 async def test_idempotency_key_returns_the_same_job(stack):
     await stack.start_gateway()
     tenant = await stack.tenant()
-    request = jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, idempotency_key="order-17")
+    request = jobs_pb2.SubmitJobRequest(
+        prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, idempotency_key="order-17"
+    )
     first, second = await asyncio.gather(
-        stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)), stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+        stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)),
+        stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)),
     )
     assert first.job_id == second.job_id and sorted([first.existing, second.existing]) == [False, True]
     third = await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
@@ -143,10 +168,14 @@ async def test_tunes_register_get_list_delete(stack):
     assert first.tune_id.isdigit() and first.file.sha256 and first.file.size == len(safetensors_bytes())
     assert first.file.key == f"tunes/{tenant.tenant}/{first.tune_id}/lora.safetensors"
     assert await stack.store.exists(first.file.bucket, first.file.key)
-    assert (await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata)) == first
+    assert (
+        await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata)
+    ) == first
     page = await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=1), metadata=metadata)
     assert [t.tune_id for t in page.tunes] == [second.tune_id] and page.next_page_token
-    rest = await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=1, page_token=page.next_page_token), metadata=metadata)
+    rest = await stack.tunes.ListTunes(
+        jobs_pb2.ListTunesRequest(page_size=1, page_token=page.next_page_token), metadata=metadata
+    )
     assert [t.tune_id for t in rest.tunes] == [first.tune_id] and not rest.next_page_token
 
     async def parts(*messages):
@@ -156,18 +185,25 @@ async def test_tunes_register_get_list_delete(stack):
     bad = await rpc_error(
         stack.tunes.RegisterTune(
             parts(
-                jobs_pb2.RegisterTuneRequest(metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")),
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")
+                ),
                 jobs_pb2.RegisterTuneRequest(chunk=b"\x80\x02pickled checkpoint" * 10),
             ),
             metadata=metadata,
         )
     )
-    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "safetensors" in dict(field_violations(bad))["chunk"]
+    assert (
+        bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "safetensors" in dict(field_violations(bad))["chunk"]
+    )
     wrong_sum = await rpc_error(
         stack.tunes.RegisterTune(
             parts(
                 jobs_pb2.RegisterTuneRequest(
-                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15", sha256="0" * 64)
+                    metadata=jobs_pb2.TuneMetadata(
+                        token="ohwx", class_name="woman", base_family="sd15", sha256="0" * 64
+                    )
                 ),
                 jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
             ),
@@ -179,16 +215,22 @@ async def test_tunes_register_get_list_delete(stack):
         stack.tunes.RegisterTune(
             parts(
                 jobs_pb2.RegisterTuneRequest(
-                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15", url="http://127.0.0.1:1/lora")
+                    metadata=jobs_pb2.TuneMetadata(
+                        token="ohwx", class_name="woman", base_family="sd15", url="http://127.0.0.1:1/lora"
+                    )
                 )
             ),
             metadata=metadata,
         )
     )
     assert "loopback" in dict(field_violations(refused_url))["metadata.url"]
-    assert (await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=first.tune_id), metadata=metadata)).deleted
+    assert (
+        await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=first.tune_id), metadata=metadata)
+    ).deleted
     assert not await stack.store.exists(first.file.bucket, first.file.key)
-    gone = await rpc_error(stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata))
+    gone = await rpc_error(
+        stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=first.tune_id), metadata=metadata)
+    )
     assert gone.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -203,16 +245,24 @@ async def test_upload_and_keep_background_job(stack):
         yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
 
     upload = await stack.jobs.UploadImage(parts(), metadata=bearer(tenant.api_key))
-    assert upload.image.key == f"uploads/{tenant.tenant}/{upload.image_id}.png" and (upload.image.width, upload.image.height) == (300, 200)
+    assert upload.image.key == f"uploads/{tenant.tenant}/{upload.image_id}.png" and (
+        upload.image.width,
+        upload.image.height,
+    ) == (300, 200)
 
     async def not_an_image():
         yield jobs_pb2.UploadImageRequest(chunk=b"<html>hello</html>")
 
     error = await rpc_error(stack.jobs.UploadImage(not_an_image(), metadata=bearer(tenant.api_key)))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not an image" in dict(field_violations(error))["chunk"]
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "is not an image" in dict(field_violations(error))["chunk"]
+    )
 
     submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(prompt="BREAK BREAK ohwx woman", params={"steps": "2"}, input_image_id=upload.image_id),
+        jobs_pb2.SubmitJobRequest(
+            prompt="BREAK BREAK ohwx woman", params={"steps": "2"}, input_image_id=upload.image_id
+        ),
         metadata=bearer(tenant.api_key),
     )
     job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
@@ -227,22 +277,43 @@ async def test_upload_and_keep_background_job(stack):
 
 
 async def test_pending_pass_budget_is_resource_exhausted_with_retry_info(stack):
-    await stack.start_gateway(limits=Limits(tenant_max_pending_passes=3, retry_after_seconds=7.0))
+    limits = Limits(tenant_max_pending_passes=3, global_max_pending_passes=5, retry_after_seconds=7.0)
+    await stack.start_gateway(limits=limits)
     tenant = await stack.tenant()
     stack.worker.gate.clear()
-    request = jobs_pb2.SubmitJobRequest(prompt="a cat", params={"num_images": "2", "steps": "2", "w": "256", "h": "256"})
-    await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+    request = jobs_pb2.SubmitJobRequest(
+        prompt="a cat", params={"num_images": "2", "steps": "2", "w": "256", "h": "256"}
+    )
+    await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))  # 2 passes pending
     error = await rpc_error(stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key)))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "for this tenant" in error.details()
     status = rpc_status.from_call(error)
     retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
     info = error_details_pb2.RetryInfo()
     retry[0].Unpack(info)
     assert info.retry_delay.seconds == 7
-    # Another tenant still has its own budget.
+    # Another tenant has its own budget, until the global one runs out.
     other = await stack.tenant("other")
-    assert (await stack.jobs.SubmitJob(request, metadata=bearer(other.api_key))).job_id
+    assert (await stack.jobs.SubmitJob(request, metadata=bearer(other.api_key))).job_id  # 4 pending in all
+    third = await stack.tenant("third")
+    error = await rpc_error(stack.jobs.SubmitJob(request, metadata=bearer(third.api_key)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "pending-work limit" in error.details()
+    # Finished jobs free the budget.
     stack.worker.gate.set()
+    for listed in (tenant, other):
+        for job in (
+            await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(listed.api_key))
+        ).jobs:
+            await wait_for_job(stack, job.job_id, listed.api_key)
+    for _ in range(50):
+        try:
+            assert (await stack.jobs.SubmitJob(request, metadata=bearer(third.api_key))).job_id
+            break
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(0.1)
+    else:
+        pytest.fail("budget not freed after the jobs ended")
 
 
 class CallbackReceiver:
@@ -286,16 +357,24 @@ async def test_signed_callback_is_retried_until_delivered(stack):
     failing = CallbackReceiver(failures=100)
     try:
         ok = await stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, callback_url=receiver.url),
+            jobs_pb2.SubmitJobRequest(
+                prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}, callback_url=receiver.url
+            ),
             metadata=bearer(tenant.api_key),
         )
         bad = await stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(prompt="a dog", params={"steps": "2", "w": "256", "h": "256"}, callback_url=failing.url),
+            jobs_pb2.SubmitJobRequest(
+                prompt="a dog", params={"steps": "2", "w": "256", "h": "256"}, callback_url=failing.url
+            ),
             metadata=bearer(tenant.api_key),
         )
         for _ in range(100):
-            job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=ok.job_id), metadata=bearer(tenant.api_key))
-            other = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=bad.job_id), metadata=bearer(tenant.api_key))
+            job = await stack.jobs.GetJob(
+                jobs_pb2.GetJobRequest(job_id=ok.job_id), metadata=bearer(tenant.api_key)
+            )
+            other = await stack.jobs.GetJob(
+                jobs_pb2.GetJobRequest(job_id=bad.job_id), metadata=bearer(tenant.api_key)
+            )
             if job.callback_outcome and other.callback_outcome:
                 break
             await asyncio.sleep(0.1)
@@ -317,7 +396,74 @@ async def test_callback_url_inside_the_network_is_refused_without_allow_list(sta
     await stack.start_gateway()
     tenant = await stack.tenant()
     error = await rpc_error(
-        stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a cat", callback_url="http://127.0.0.1:9/x"), metadata=bearer(tenant.api_key))
+        stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", callback_url="http://127.0.0.1:9/x"),
+            metadata=bearer(tenant.api_key),
+        )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "loopback" in dict(field_violations(error))["callback_url"]
+
+
+class ImageServer:
+    """Serves one PNG on loopback (the input image of a job)."""
+
+    def __init__(self, data: bytes):
+        owner = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                owner.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/photo.png"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_input_image_url_is_fetched_stored_and_inpainted_in_the_prompt_mask(stack):
+    allow = FetchAllowList(networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    await stack.start_gateway(fetch_allow=allow)
+    tenant = await stack.tenant()
+    buffer = io.BytesIO()
+    Image.new("RGB", (512, 384), (200, 180, 160)).save(buffer, format="PNG")
+    server = ImageServer(buffer.getvalue())
+    try:
+        submitted = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(
+                prompt="a sunny kitchen --mask_prompt windows --mask_invert",
+                params={"input_image_url": server.url, "steps": "2"},
+            ),
+            metadata=bearer(tenant.api_key),
+        )
+        job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    finally:
+        server.close()
+    assert server.hits == 1
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    image = job.images[0]
+    assert [p.name for p in image.passes] == ["prepare", "mask", "base"]
+    stored = image.passes[0].output
+    assert stored.key == f"jobs/{tenant.tenant}/{job.job_id}/inputs/input.png"
+    assert (stored.width, stored.height) == (job.parsed.params.w, job.parsed.params.h)
+    assert abs(stored.width / stored.height - 4 / 3) < 0.05  # the input's aspect at the model's area
+    assert "prompt" in image.masks
+    base = next(r for r in stack.worker.seen if r.pass_name == "base")
+    assert base.spec.image.key == stored.key and base.spec.mask.key == image.masks["prompt"].key

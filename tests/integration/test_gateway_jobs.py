@@ -10,21 +10,24 @@ import pytest
 from gateway_support import (  # noqa: F401 - fixtures
     Stack,
     bearer,
-    capabilities,
+    capabilities_fixture,
     register_tune,
-    segmentation_models,
-    stack,
+    segmentation_models_fixture,
+    stack_fixture,
     wait_for_job,
 )
 from multipass import subjects
 from multipass.grpc_errors import field_violations
-from multipass.v1 import common_pb2, jobs_pb2
+from multipass.v1 import common_pb2, events_pb2, jobs_pb2
+from prometheus_client import REGISTRY
 
 PS = jobs_pb2
 
 
 async def watch(stack: Stack, job_id: str, key: str, after: int = 0) -> list[jobs_pb2.JobEvent]:
-    call = stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after), metadata=bearer(key))
+    call = stack.jobs.WatchJob(
+        jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after), metadata=bearer(key)
+    )
     return [event async for event in call]
 
 
@@ -35,9 +38,15 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     prompt = (
         "a ballroom\nBREAK elegant\nBREAK ohwx woman in red <lora:"
         + tune.tune_id
-        + ":0.8>\nBREAK ohwx man in blue\nnum_images=2\nsteps=6\nw=256\nh=256\nseed=41\nsuper_resolution=true"
+        + ":0.8>\nBREAK ohwx man in blue\nnum_images=2\nsteps=6\nw=256\nh=256\nseed=41\nsuper_resolution=true\ninpaint_faces=true"
     )
-    submitted = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt=prompt), metadata=bearer(tenant.api_key))
+    submitted_before = REGISTRY.get_sample_value("multipass_jobs_submitted_total") or 0.0
+    finished_before = (
+        REGISTRY.get_sample_value("multipass_jobs_finished_total", {"state": "succeeded"}) or 0.0
+    )
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt=prompt), metadata=bearer(tenant.api_key)
+    )
     assert submitted.job_id and not submitted.existing
 
     events = await watch(stack, submitted.job_id, tenant.api_key)
@@ -48,18 +57,31 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert any(e.WhichOneof("event") == "step_progress" for e in events)
 
-    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    job = await stack.jobs.GetJob(
+        jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+    )
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.progress == 1.0
     assert job.parsed.params.seed == 41 and [image.seed for image in job.images] == [41, 42]
     assert job.last_sequence == events[-1].sequence
     for image in job.images:
-        assert [p.name for p in image.passes] == ["prepare", "base", "segment", "person-0", "person-1", "upscale"]
+        assert [p.name for p in image.passes] == [
+            "prepare",
+            "base",
+            "segment",
+            "person-0",
+            "person-1",
+            "faces",
+            "upscale",
+        ]
         assert all(p.status == PS.PASS_STATUS_COMPLETED for p in image.passes)
         for state in image.passes[1:]:
             assert state.output.key, state.name
             assert await stack.store.exists(state.output.bucket, state.output.key)
             assert state.finished_at.ToDatetime() >= state.started_at.ToDatetime()
-        assert image.passes[1].output.key == f"jobs/{_tenant_of(job, image)}/{job.job_id}/image-{image.index}/base.png"
+        assert (
+            image.passes[1].output.key
+            == f"jobs/{_tenant_of(job, image)}/{job.job_id}/image-{image.index}/base.png"
+        )
         assert image.final.key == image.passes[-1].output.key
         assert image.url.startswith("http") and image.final.key in image.url
         assert set(image.masks) == {"person-0", "person-1"}
@@ -83,6 +105,40 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
 
     listed = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))
     assert [j.job_id for j in listed.jobs] == [job.job_id]
+    later = jobs_pb2.ListJobsRequest()
+    later.created_after.FromSeconds(int(job.created_at.seconds) + 60)
+    assert not (await stack.jobs.ListJobs(later, metadata=bearer(tenant.api_key))).jobs
+
+    # Metrics of the gateway.
+    assert REGISTRY.get_sample_value("multipass_jobs_submitted_total") == submitted_before + 1
+    assert (
+        REGISTRY.get_sample_value("multipass_jobs_finished_total", {"state": "succeeded"})
+        == finished_before + 1
+    )
+    assert (REGISTRY.get_sample_value("multipass_job_duration_seconds_count") or 0) >= 1
+    # The queue gauge follows the work queue's consumer (refreshed every 0.5 s here): drained now.
+    gauge = {"consumer": "diffusion-tiny-sd15"}
+    for _ in range(40):
+        if REGISTRY.get_sample_value("multipass_queue_pending_passes", gauge) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert REGISTRY.get_sample_value("multipass_queue_pending_passes", gauge) == 0
+
+    # A redelivered (late, duplicate) completion of a finished pass changes nothing.
+    late = events_pb2.PassEvent(
+        job_id=job.job_id, tenant=_tenant_of(job, job.images[0]), image_index=0, pass_name="base", attempt=1
+    )
+    late.completed.result.output.CopyFrom(job.images[0].passes[1].output)
+    await stack.bus.publish(
+        subjects.event_subject(job.job_id, "completed"),
+        late,
+        msg_id=f"{job.job_id}:0:base:1:completed:redelivered",
+    )
+    await asyncio.sleep(0.5)
+    again = await stack.jobs.GetJob(
+        jobs_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(tenant.api_key)
+    )
+    assert again.last_sequence == job.last_sequence and again.updated_at == job.updated_at
     succeeded = await stack.jobs.ListJobs(
         jobs_pb2.ListJobsRequest(states=[jobs_pb2.JOB_STATE_FAILED]), metadata=bearer(tenant.api_key)
     )
@@ -94,14 +150,21 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
         stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(other.api_key)),
         stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=bearer(other.api_key)),
         stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=bearer(other.api_key)),
+        watch(stack, job.job_id, other.api_key),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(other.api_key))).jobs
     # Cancelling a finished job is a no-op that says so.
-    cancelled = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=bearer(tenant.api_key))
-    assert not cancelled.cancelled and cancelled.state == jobs_pb2.JOB_STATE_SUCCEEDED and "SUCCEEDED" in cancelled.message
+    cancelled = await stack.jobs.CancelJob(
+        jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=bearer(tenant.api_key)
+    )
+    assert (
+        not cancelled.cancelled
+        and cancelled.state == jobs_pb2.JOB_STATE_SUCCEEDED
+        and "SUCCEEDED" in cancelled.message
+    )
 
 
 def _tenant_of(job, image) -> str:
@@ -115,7 +178,9 @@ async def test_failed_pass_fails_the_job_naming_the_pass(stack):
         code=common_pb2.ERROR_CODE_INVALID_ARGUMENT, message="checkpoint does not fit model tiny-sd15"
     )
     submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(prompt="a room BREAK BREAK ohwx woman", params={"steps": "3", "w": "256", "h": "256"}),
+        jobs_pb2.SubmitJobRequest(
+            prompt="a room BREAK BREAK ohwx woman", params={"steps": "3", "w": "256", "h": "256"}
+        ),
         metadata=bearer(tenant.api_key),
     )
     job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
@@ -141,26 +206,40 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
 
     subscription = await stack.bus.subscribe_core(subjects.CANCEL_ALL, heard)
     submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"num_images": "3", "steps": "2", "w": "256", "h": "256"}),
+        jobs_pb2.SubmitJobRequest(
+            prompt="a cat", params={"num_images": "3", "steps": "2", "w": "256", "h": "256"}
+        ),
         metadata=bearer(tenant.api_key),
     )
-    response = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    response = await stack.jobs.CancelJob(
+        jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+    )
     assert response.cancelled and response.state == jobs_pb2.JOB_STATE_CANCELLED
-    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    job = await stack.jobs.GetJob(
+        jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+    )
     assert job.state == jobs_pb2.JOB_STATE_CANCELLED
-    assert all(p.status in (PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_COMPLETED) for image in job.images for p in image.passes)
+    assert all(
+        p.status in (PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_COMPLETED)
+        for image in job.images
+        for p in image.passes
+    )
     assert job.error.code == common_pb2.ERROR_CODE_CANCELLED
     for _ in range(50):
         if broadcasts:
             break
         await asyncio.sleep(0.05)
     assert broadcasts == [subjects.cancel_subject(submitted.job_id)]
-    again = await stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    again = await stack.jobs.CancelJob(
+        jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+    )
     assert not again.cancelled and "CANCELLED" in again.message
     # Whatever the worker still finishes for the job changes nothing.
     stack.worker.gate.set()
     await asyncio.sleep(0.5)
-    after = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key))
+    after = await stack.jobs.GetJob(
+        jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+    )
     assert after.state == jobs_pb2.JOB_STATE_CANCELLED and after.last_sequence == job.last_sequence
     events = await watch(stack, submitted.job_id, tenant.api_key)
     assert events[-1].finished.state == jobs_pb2.JOB_STATE_CANCELLED
@@ -172,7 +251,9 @@ async def test_gateway_restart_loses_nothing(stack):
     tenant = await stack.tenant()
     stack.worker.gate.clear()
     submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(prompt="a dog BREAK BREAK ohwx man", params={"steps": "2", "w": "256", "h": "256"}),
+        jobs_pb2.SubmitJobRequest(
+            prompt="a dog BREAK BREAK ohwx man", params={"steps": "2", "w": "256", "h": "256"}
+        ),
         metadata=bearer(tenant.api_key),
     )
     await stack.stop_gateway()
@@ -186,17 +267,25 @@ async def test_gateway_restart_loses_nothing(stack):
     assert sorted(passes) == [("base", 1), ("person-0", 1)]
 
 
-@pytest.mark.parametrize("capabilities", [["controlnet:pose"]])
+@pytest.mark.parametrize("capabilities", [["controlnet:pose", "pass:base"]])
 async def test_missing_capability_is_refused_at_submit(stack, capabilities):
     await stack.start_gateway()
     tenant = await stack.tenant()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(prompt="a cat", params={"super_resolution": "true"}), metadata=bearer(tenant.api_key)
+            jobs_pb2.SubmitJobRequest(
+                prompt="a cat", params={"super_resolution": "true", "hires_fix": "true"}
+            ),
+            metadata=bearer(tenant.api_key),
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert field_violations(caught.value) == [
-        ("params.super_resolution", "needs 'upscaler', which the diffusion workers do not have installed")
+        ("params.hires_fix", "needs 'pass:hires', which the diffusion workers do not have installed"),
+        (
+            "params.super_resolution",
+            "needs 'pass:upscale', which the diffusion workers do not have installed",
+        ),
+        ("params.super_resolution", "needs 'upscaler', which the diffusion workers do not have installed"),
     ]
     # Nothing was queued.
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs

@@ -316,8 +316,10 @@ def test_download_writes_passes_in_chain_order_masks_final_and_a_contact_sheet(t
             jobs_pb2.OutputImage(
                 index=0,
                 passes=[
-                    jobs_pb2.PassState(name="base", output=ref("base")),
-                    jobs_pb2.PassState(name="segment"),
+                    jobs_pb2.PassState(name="prepare", kind="prepare"),
+                    jobs_pb2.PassState(name="base", kind="base", output=ref("base")),
+                    # The segment pass hands the base image on: no second copy is written.
+                    jobs_pb2.PassState(name="segment", kind="segment", output=ref("base")),
                     jobs_pb2.PassState(name="person-0", output=ref("person-0")),
                     jobs_pb2.PassState(name="person-1", output=ref("person-1")),
                 ],
@@ -339,7 +341,7 @@ def test_download_writes_passes_in_chain_order_masks_final_and_a_contact_sheet(t
     ]
     assert Image.open(image_dir / "02-person-0.png").getpixel((0, 0)) == (0, 200, 0)
     assert (
-        json.loads((tmp_path / "job-9" / "job.json").read_text())["images"][0]["passes"][0]["name"] == "base"
+        json.loads((tmp_path / "job-9" / "job.json").read_text())["images"][0]["passes"][1]["name"] == "base"
     )
     assert result.missing == []
     sheet = Image.open(result.images[0].contact_sheet)

@@ -14,6 +14,7 @@ from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import paste
 from multipass_diffusion.finishing import components
 from multipass_diffusion.finishing.face_regions import check_faces, ellipse_alpha, face_box, face_sigma, square_crop
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.finishing.progress import part_done
 from multipass_diffusion.passes.context import PassContext, PassInputs
@@ -29,8 +30,9 @@ def load_face_restorer(model_dir, *, device: str, dtype):
     return FaceRestorer(directory, device=device, dtype=dtype)
 
 
-class FaceCorrectPass:
+class FaceCorrectPass(FinishingHandler):
     kind = "face_correct"
+    component = components.FACE_RESTORER
 
     def __init__(self):
         self._models = components.LoadedModels()

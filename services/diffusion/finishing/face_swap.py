@@ -27,6 +27,7 @@ from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import paste
 from multipass_diffusion.finishing import components, face_tunes
 from multipass_diffusion.finishing.face_regions import check_faces, ellipse_alpha, face_box, face_sigma, square_crop
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler, tune_file_parts
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.finishing.progress import part_done
 from multipass_diffusion.passes.context import PassContext, PassInputs
@@ -132,8 +133,14 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-class FaceSwapPass:
+class FaceSwapPass(FinishingHandler):
     kind = "face_swap"
+    component = components.FACE_SWAPPER
+
+    def cache_parts(self, spec: diffusion_pb2.PassSpec, model_dir) -> list[str]:
+        """Reference images travel in ``spec.tune_files``, which the engine leaves out of the key."""
+        references = [key for key in spec.tune_files if face_tunes.is_reference_key(key)]
+        return super().cache_parts(spec, model_dir) + tune_file_parts(spec, references)
 
     def __init__(self):
         self._models = components.LoadedModels()

@@ -25,6 +25,10 @@ def reference_key(tune_id: str, index: int) -> str:
     return f"{tune_id}/reference-{index}"
 
 
+def is_reference_key(key: str) -> bool:
+    return _REFERENCE.match(key) is not None
+
+
 @dataclass
 class FaceTunes:
     #: (tune id, path, sha256, layout) of a checkpoint tune, if one is among the LoRA refs.

@@ -18,6 +18,7 @@ from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import crop_box, feather, paste, working_size
 from multipass_diffusion.finishing import face_tunes
 from multipass_diffusion.finishing.face_regions import check_faces, dynamic_strength, face_box, rect_mask
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler, tune_file_parts
 from multipass_diffusion.finishing.options import check_strength, needs_image, option_float
 from multipass_diffusion.finishing.progress import PartMonitor
 from multipass_diffusion.passes.context import PassContext, PassInputs
@@ -34,8 +35,13 @@ DEFAULT_PADDING = 32
 MIN_CROP_FRACTION = 0.25
 
 
-class FacesPass:
+class FacesPass(FinishingHandler):
     kind = "faces"
+
+    def cache_parts(self, spec: diffusion_pb2.PassSpec, model_dir) -> list[str]:
+        """The faces' own LoRA files are not in the engine's key (it hashes ``spec.loras`` only)."""
+        tune_ids = [ref.tune_id for face in spec.faces for ref in face.loras]
+        return super().cache_parts(spec, model_dir) + tune_file_parts(spec, tune_ids)
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
         check_common(spec)

@@ -14,6 +14,7 @@ import numpy as np
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.finishing import grading
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.grain import film_grain
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.passes.context import PassContext, PassInputs
@@ -51,7 +52,7 @@ def look(spec: diffusion_pb2.PassSpec) -> grading.Look | None:
     return found
 
 
-class FinishPass:
+class FinishPass(FinishingHandler):
     kind = "finish"
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import SIZE_MULTIPLE
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import check_scale, check_strength, needs_image, option_int
 from multipass_diffusion.finishing.progress import PartMonitor
 from multipass_diffusion.finishing.tiling import Blender, default_margin, tile_grid, tile_weight
@@ -49,7 +50,7 @@ def comfortable_side(working_size: int) -> int:
     return _down_to_multiple(working_size * COMFORTABLE_FACTOR)
 
 
-class HiresPass:
+class HiresPass(FinishingHandler):
     kind = "hires"
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:

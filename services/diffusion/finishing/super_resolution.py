@@ -19,6 +19,7 @@ import numpy as np
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.finishing import components
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import check_scale, needs_image, option_int
 from multipass_diffusion.finishing.progress import PartMonitor, part_done
 from multipass_diffusion.finishing.tiling import Blender, default_margin, tile_grid, tile_weight
@@ -70,7 +71,7 @@ class EsrganUpscaler:
         pad_y, pad_x = (-height) % multiple, (-width) % multiple
         if pad_x or pad_y:
             array = np.pad(array, ((0, pad_y), (0, pad_x), (0, 0)), mode="reflect")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+        tensor = torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)[None]
         tensor = tensor.to(device=self.device, dtype=self.dtype) / 255.0
         with torch.inference_mode():
             output = self.model(tensor).clamp_(0.0, 1.0)
@@ -173,8 +174,9 @@ def target_size(size: tuple[int, int], scale: float, cap: int = MAX_SIDE) -> tup
     return (max(1, math.floor(width * shrink)), max(1, math.floor(height * shrink))), True
 
 
-class UpscalePass:
+class UpscalePass(FinishingHandler):
     kind = "upscale"
+    component = components.UPSCALER
 
     def __init__(self):
         self._models = components.LoadedModels()

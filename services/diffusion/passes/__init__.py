@@ -1,8 +1,14 @@
 """The pass registry: one handler per pass kind, each in its own module.
 
 A handler validates a spec against its inputs (raising InvalidInput before any model work) and runs the
-pass, returning the output image. New kinds (hires, faces, upscale, finish) plug in by adding a module
-with a handler and listing it in ``_MODULES``.
+pass, returning the output image. New kinds plug in by a module that calls :func:`register` on import,
+listed in ``_MODULES`` (the finishing passes register through ``multipass_diffusion.finishing.registration``).
+
+Optional handler hooks the engine uses when present:
+
+- ``cache_parts(spec, model_dir) -> list[str]``: more strings for the pass-cache key (for instance the
+  fingerprint of a component the pass loads from the model directory, so new weights miss the cache);
+- ``capabilities(model_dir) -> list[str]``: installed optional components, for ``Diffusion.Info``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ class PassHandler(Protocol):
 
 
 _REGISTRY: dict[str, PassHandler] = {}
-_MODULES = ("multipass_diffusion.passes.base", "multipass_diffusion.passes.person")
+_MODULES = (
+    "multipass_diffusion.passes.base",
+    "multipass_diffusion.passes.person",
+    "multipass_diffusion.finishing.registration",
+)
+_loaded = False
 
 
 def register(handler: PassHandler) -> PassHandler:
@@ -36,14 +47,21 @@ def register(handler: PassHandler) -> PassHandler:
 
 
 def _load() -> None:
-    if not _REGISTRY:
+    global _loaded
+    if not _loaded:
         for module in _MODULES:
             importlib.import_module(module)
+        _loaded = True
 
 
 def kinds() -> list[str]:
     _load()
     return sorted(_REGISTRY)
+
+
+def handlers() -> list[PassHandler]:
+    _load()
+    return [_REGISTRY[kind] for kind in sorted(_REGISTRY)]
 
 
 def handler_for(kind: str) -> PassHandler:

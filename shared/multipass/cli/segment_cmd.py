@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--negative", default="", help="what to cut out of the prompt mask")
     parser.add_argument("--invert", action="store_true", help="invert the prompt mask (after dilate/erode)")
     parser.add_argument(
-        "--dilate", help="grow (or with a minus sign shrink) the prompt mask: pixels (12) or percent (5%%)"
+        "--dilate",
+        help="grow the prompt mask by pixels (12) or percent of the shorter side (5%%); a minus sign shrinks it "
+        "(write --dilate=-5%% for a negative percent)",
     )
     parser.add_argument("--out", type=Path, help="output PNG (default <IMAGE stem>-mask.png)")
     parser.add_argument("--json", action="store_true", help="print boxes, scores and labels as JSON")

@@ -3,7 +3,7 @@
 Layout under ``<out>/<job_id>/``::
 
     job.json                      the Job, proto3 JSON with proto field names
-    image-<k>/00-base.png         pass outputs in chain order: <index in the chain>-<pass name>.png
+    image-<k>/00-base.png         pass outputs in chain order: <index from base>-<pass name>.png
     image-<k>/mask-person-0.png   masks by name
     image-<k>/final.png
     image-<k>/contact-sheet.png   base → masks → person passes → later passes → final
@@ -133,6 +133,12 @@ def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
         return response.read()
 
 
+def generation_chain(image: jobs_pb2.OutputImage) -> list[jobs_pb2.PassState]:
+    """The image's passes from ``base`` on: the gateway's ``prepare`` step produces no image of its own,
+    so ``base`` is pass 00, ``segment`` 01, ``person-0`` 02, ..."""
+    return [state for state in image.passes if state.kind != "prepare" and state.name != "prepare"]
+
+
 def download_job(
     job: jobs_pb2.Job,
     out_dir: Path,
@@ -171,11 +177,15 @@ def download_job(
         image_dir = directory / f"image-{image.index}"
         image_dir.mkdir(exist_ok=True)
         downloaded = DownloadedImage(index=image.index, directory=image_dir)
-        for position, state in enumerate(image.passes):
-            if state.output.key:
-                path = fetch(state.output, image_dir / f"{position:02d}-{safe_name(state.name)}.png")
-                if path is not None:
-                    downloaded.passes.append(path)
+        seen: set[tuple[str, str]] = set()
+        for position, state in enumerate(generation_chain(image)):
+            ref = state.output
+            if not ref.key or (ref.bucket, ref.key) in seen:
+                continue  # no image, or a pass that hands on its input unchanged (segment)
+            seen.add((ref.bucket, ref.key))
+            path = fetch(ref, image_dir / f"{position:02d}-{safe_name(state.name)}.png")
+            if path is not None:
+                downloaded.passes.append(path)
         for name in sorted(image.masks):
             path = fetch(image.masks[name], image_dir / f"mask-{safe_name(name)}.png")
             if path is not None:

@@ -198,3 +198,18 @@ def test_checkpoint_tune_runs_on_a_second_component_set(engine, tmp_path):
     assert runtime.components_for("300", path, file_sha256(path), "diffusers")[0] is components
     assert engine.run(checkpoint_spec, PassInputs(tune_paths=paths)).image.tobytes() == first.image.tobytes()
     assert engine.run(spec(seed=9)).image.tobytes() == base.image.tobytes()
+
+
+def test_checkpoint_with_a_lora_leaves_the_shared_text_encoder_clean(engine, tmp_path, lora_dir):
+    from safetensors.torch import load_file
+
+    runtime = engine.runtime(SD15_MODEL)
+    unet = load_file(str(runtime.entry.path / "unet" / "diffusion_pytorch_model.safetensors"))
+    path = tmp_path / "unet-only.safetensors"
+    save_file({f"unet.{k}": v * 1.01 for k, v in unet.items()}, str(path))  # no text encoder: it is shared
+    base = engine.run(spec(seed=4))
+    both, paths = tuned({"seed": 4}, {"301": path, "12": lora_dir / "sd15-a.safetensors"})
+    components, _ = runtime.components_for("301", path, file_sha256(path), "diffusers")
+    assert components.pipe.text_encoder is runtime.base.pipe.text_encoder
+    assert engine.run(both, PassInputs(tune_paths=paths)).image.tobytes() != base.image.tobytes()
+    assert engine.run(spec(seed=4)).image.tobytes() == base.image.tobytes()

@@ -162,8 +162,12 @@ def test_finishing_passes_in_order_with_sizes():
     by_name = {p.name: p for p in plan.passes}
     assert (by_name["hires"].spec.width, by_name["hires"].spec.height) == (768, 768)
     assert by_name["hires"].spec.denoising_strength == pytest.approx(0.4)
-    assert by_name["faces"].needs_faces and by_name["face_swap"].needs_faces
-    assert not by_name["face_correct"].needs_faces
+    assert (
+        by_name["faces"].needs_faces
+        and by_name["face_swap"].needs_faces
+        and by_name["face_correct"].needs_faces
+    )
+    assert not by_name["hires"].needs_faces and not by_name["upscale"].needs_faces
     assert (by_name["upscale"].spec.width, by_name["upscale"].spec.scale) == (3072, 4.0)
     assert by_name["upscale"].spec.tiled
     assert dict(by_name["finish"].spec.options) == {"film_grain": "true", "color_grading": "Film Portra"}
@@ -206,3 +210,37 @@ def test_tune_ids_lists_each_tag_once_in_order():
 def test_fit_size_keeps_multiples_of_eight_under_the_cap():
     assert planner.fit_size(4000, 3000, 2048) == (2048, 1536)
     assert planner.fit_size(517, 389, 2048) == (512, 384)
+
+
+def test_face_swap_carries_the_persons_tunes_and_reference_images():
+    parsed = parsed_prompt(2, face_swap=True, person_loras={0: ["7"], 1: ["8"]})
+    files = {
+        t: planner.common_pb2.ObjectRef(bucket="multipass-tunes", key=f"tunes/t/{t}/lora.safetensors")
+        for t in ("7", "8")
+    }
+    references = {"7": [image_ref("uploads/t/a.png"), image_ref("uploads/t/b.png")]}
+    (plan,) = plan_of(parsed, tune_files=files, reference_images=references)
+    swap = plan.passes[-1].spec
+    assert plan.passes[-1].name == "face_swap"
+    assert [ref.tune_id for ref in swap.loras] == ["7", "8"]
+    assert sorted(swap.tune_files) == ["7", "7/reference-0", "7/reference-1", "8"]
+    assert swap.tune_files["7/reference-1"].key == "uploads/t/b.png"
+
+
+def test_diffusion_kinds_follow_the_plan():
+    parsed = parsed_prompt(2, hires_fix=True, face_correct=True, super_resolution=True, film_grain=True)
+    kinds = dict(planner.diffusion_kinds(parsed))
+    assert list(kinds) == ["base", "person", "hires", "face_correct", "upscale", "finish"]
+    assert kinds["hires"] == "params.hires_fix" and kinds["finish"] == "params.film_grain"
+    (plan,) = plan_of(parsed)
+    planned = {p.kind for p in plan.passes if p.runs_in == "diffusion"}
+    assert planned == set(kinds)
+    keep = parsed_prompt(1, base="", common="", keep_background=True)
+    assert [k for k, _ in planner.diffusion_kinds(keep)] == ["person"]
+    assert [k for k, _ in planner.diffusion_kinds(parsed_prompt(1, only_upscale=True))] == ["upscale"]
+
+
+def test_families_of_an_info_answer():
+    assert planner.families("sd15") == {"sd15"}
+    assert planner.families("sd15,sdxl") == {"sd15", "sdxl"}
+    assert planner.families("") == frozenset()

@@ -156,3 +156,20 @@ def test_tune_ids_are_digits_and_page_tokens_round_trip():
     assert parse_page_token("") == ""
     with pytest.raises(InvalidInput):
         parse_page_token("garbage")
+
+
+def test_entry_point_fails_fast_naming_the_bad_variable():
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "MULTIPASS_GATEWAY_GRPC_ADDR": "no-port-here",
+        "MULTIPASS_FETCH_ALLOW_CIDRS": "10.0.0.0/8",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "multipass_gateway"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "MULTIPASS_GATEWAY_GRPC_ADDR" in result.stdout

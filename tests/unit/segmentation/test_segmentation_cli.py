@@ -60,6 +60,23 @@ def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_f
     assert np.array_equal(np.asarray(Image.open(inverted)), 255 - mask)
 
 
+def test_negative_percent_dilation_erodes(tiny_model_dir, astronaut_file, tmp_path, capsys):
+    out = tmp_path / "eroded.png"
+    argv = [
+        "segment",
+        str(astronaut_file),
+        "--prompt",
+        "face",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+    ]
+    plain = run_json(capsys, [*argv, "--json"])["masks"][0]["area_fraction"]
+    report = run_json(capsys, [*argv, "--dilate=-1%", "--json"])
+    assert report["masks"][0]["area_fraction"] < plain
+
+
 def test_slots_write_one_mask_per_person(tiny_model_dir, astronaut_file, tmp_path, capsys):
     out = tmp_path / "people.png"
     report = run_json(

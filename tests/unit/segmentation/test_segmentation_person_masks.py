@@ -15,7 +15,7 @@ from multipass_segmentation.person_masks import (
     territories,
 )
 from multipass_segmentation.pose_render import skeleton_lines
-from multipass_segmentation.slots import Box, Keypoint, Slot, figure_keypoints
+from multipass_segmentation.slots import Box, Keypoint, Slot, default_layout, figure_keypoints
 
 H, W = 192, 256
 LIMB_THICKNESS = 12
@@ -64,10 +64,14 @@ def test_territory_ties_go_to_the_lower_slot_and_separate_boxes_keep_their_box()
 
 def test_a_smaller_box_in_front_keeps_its_box_when_centre_lines_coincide():
     parent = Slot(0, Box(0, 0, 9, 12))  # centre line column 4, rows 1..10
-    child = Slot(1, Box(2, 4, 7, 12))  # centre line column 4, rows 5..10: the same line
+    child = Slot(1, Box(2, 4, 7, 12))  # centre line column 4, rows 5..10: on the parent's line
     big, small = territories((12, 9), [parent, child])
-    assert np.array_equal(small, mask_ops.box_mask((12, 9), (2, 4, 7, 12)))
+    # rows 5..11 are equally near both lines: the smaller box wins; row 4 is nearer the parent's line
+    assert np.array_equal(small, mask_ops.box_mask((12, 9), (2, 5, 7, 12)))
     assert np.array_equal(big, mask_ops.box_mask((12, 9), (0, 0, 9, 12)) & ~small)
+    # listed the other way round, the result is the same
+    small_first, big_second = territories((12, 9), [child, parent])
+    assert np.array_equal(small_first, small) and np.array_equal(big_second, big)
 
 
 def test_territories_follow_skeletons_when_keypoints_are_given():
@@ -178,3 +182,24 @@ def test_bad_slots_are_rejected_with_their_fields(segmenter):
     with pytest.raises(InvalidInput) as caught:
         segmenter.person_masks(image, [Slot(0, Box(0, 0, 0, 10)), Slot(1, Box(10, 10, 70, 40))])
     assert [v.field for v in caught.value.violations] == ["persons.slots[0].box", "persons.slots[1].box"]
+
+
+def test_layout_from_an_image(tiny_models):
+    from multipass_segmentation.segmenter import Segmenter, SegmenterOptions
+
+    image, _, _ = two_overlapping_figures()
+    finds_all = Segmenter(tiny_models, SegmenterOptions(box_threshold=0.01, text_threshold=0.01))
+    two = finds_all.layout(0, 0, 2, image)
+    assert two.source == "detected" and [s.index for s in two.slots] == [0, 1] and two.warnings == []
+    assert two.slots[0].box.centre[0] <= two.slots[1].box.centre[0]
+    every = finds_all.layout(0, 0, 0, image)
+    assert 2 <= len(every.slots) <= 16
+    finds_none = Segmenter(tiny_models, SegmenterOptions(box_threshold=1.0))
+    fallback = finds_none.layout(0, 0, 2, image)
+    assert fallback.source == "default"
+    assert [s.box for s in fallback.slots] == [s.box for s in default_layout(W, H, 2)]
+    assert fallback.warnings == ["no person found in the image; 2 default figures stand in"]
+    nobody = finds_none.layout(0, 0, 0, image)
+    assert nobody.slots == [] and nobody.warnings == ["no person found in the image"]
+    with pytest.raises(InvalidInput):
+        finds_none.layout(0, 0, 17, image)

@@ -12,6 +12,7 @@ from multipass_segmentation.slots import (
     Keypoint,
     Slot,
     check_slots,
+    complete_layout,
     default_layout,
     figure_keypoints,
     slots_from_boxes,
@@ -94,6 +95,20 @@ def test_slots_from_boxes_keeps_the_best_count_then_sorts_and_clips():
     assert [s.index for s in slots] == [0, 1, 2]
     assert all(s.keypoints == () for s in slots)
     assert len(slots_from_boxes(boxes, scores, 512, 200)) == 4
+
+
+def test_complete_layout_fills_the_columns_no_detection_took():
+    # three columns of 200 px (centres 100, 300, 500); the detected person stands at x 260..360 (centre 310)
+    detected = [Slot(0, Box(260, 50, 360, 580))]
+    slots = complete_layout(detected, 600, 600, 3)
+    assert [s.index for s in slots] == [0, 1, 2]
+    defaults = default_layout(600, 600, 3)
+    assert slots[0].box == defaults[0].box and len(slots[0].keypoints) == 18
+    assert slots[1].box == Box(260, 50, 360, 580) and slots[1].keypoints == ()
+    assert slots[2].box == defaults[2].box
+    # enough detections: the first `count` are kept, in order
+    many = [Slot(0, Box(400, 0, 500, 100)), Slot(0, Box(0, 0, 100, 100)), Slot(0, Box(200, 0, 300, 100))]
+    assert [s.box.x0 for s in complete_layout(many, 600, 600, 2)] == [0, 400]
 
 
 def test_check_slots_names_every_bad_field():

@@ -1,0 +1,236 @@
+"""Tiny random-weight models of the finishing components, in the model-directory layout.
+
+``build(root)`` writes, once, under ``root/"diffusion"`` (docs/FINISHING.md has the layout):
+
+- ``upscaler/``: an ESRGAN ``RRDBNet`` x4 (``config.json`` + ``model.safetensors``; 8 features, 1 block);
+- ``face_restorer/``: a ``FaceRestorerNet`` working at 64x64 (``config.json`` + ``model.safetensors``);
+- ``face_swapper/``: ``inswapper_128.onnx`` with inswapper's signature (``target`` 1x3x128x128 and
+  ``source`` 1x512 in, the swapped 1x3x128x128 crop out, plus a 512x512 ``emap`` initializer) and
+  ``arcface.onnx`` (1x3x112x112 in, 1x512 embedding out), both exported from small torch modules;
+- ``prompt_expander/``: a 2-layer GPT-2 with a byte-level tokenizer (every byte a token, no merges).
+
+The architectures of the first two are the worker's own (``multipass_diffusion.finishing``), imported
+when building; every model is loaded by the production loading code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
+VERSION = "tiny-finishing-v2"
+MARKER = ".tiny-finishing-built"
+COMPONENTS = ("upscaler", "face_restorer", "face_swapper", "prompt_expander")
+
+UPSCALER_CONFIG = {"architecture": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
+RESTORER_CONFIG = {"architecture": "FaceRestorerNet", "size": 64, "channels": [8, 16, 32], "middle_blocks": 1}
+SWAP_SIZE = 128
+EMBED_SIZE = 112
+
+
+def build(root: Path) -> None:
+    """Write the tiny finishing models under ``root/"diffusion"`` unless this version is already there."""
+    base = Path(root) / "diffusion"
+    marker = base / MARKER
+    if _is_current(marker):
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    with _lock(base / ".finishing-build.lock"):
+        if _is_current(marker):
+            return
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(min(previous, 2))
+        try:
+            for name in COMPONENTS:
+                shutil.rmtree(base / name, ignore_errors=True)
+            _build_upscaler(base / "upscaler")
+            _build_face_restorer(base / "face_restorer")
+            _build_face_swapper(base / "face_swapper")
+            _build_prompt_expander(base / "prompt_expander")
+        finally:
+            torch.set_num_threads(previous)
+        marker.write_text(VERSION + "\n")
+
+
+def _is_current(marker: Path) -> bool:
+    return marker.is_file() and marker.read_text().strip() == VERSION
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _save(directory: Path, config: dict, model) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {key: tensor.detach().contiguous() for key, tensor in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def _build_upscaler(directory: Path) -> None:
+    import torch
+    from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
+
+    torch.manual_seed(400)
+    model = RRDBNet(RRDBConfig.from_dict(UPSCALER_CONFIG))
+    _near_identity(model, ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last"))
+    with torch.no_grad():
+        model.conv_body.weight.normal_(0.0, 0.05)
+    _save(directory, UPSCALER_CONFIG, model)
+
+
+def _near_identity(model, names: tuple[str, ...]) -> None:
+    """Make the named convolutions pass their first channels through (plus small noise), so the tiny
+    upscaler outputs the upsampled input with a texture added by its dense blocks, not a blank image."""
+    import torch
+
+    with torch.no_grad():
+        for name in names:
+            conv = getattr(model, name)
+            torch.nn.init.dirac_(conv.weight)
+            conv.weight.add_(torch.randn_like(conv.weight) * 0.02)
+            conv.bias.zero_()
+
+
+def _build_face_restorer(directory: Path) -> None:
+    import torch
+    from multipass_diffusion.finishing.face_restorer import FaceRestorerNet, RestorerConfig
+
+    torch.manual_seed(410)
+    _save(directory, RESTORER_CONFIG, FaceRestorerNet(RestorerConfig.from_dict(RESTORER_CONFIG)))
+
+
+def _swapper_module():
+    import torch
+    from torch import nn
+
+    class TinySwapper(nn.Module):
+        """inswapper's interface: the target crop is re-synthesised, modulated by the identity latent."""
+
+        def __init__(self):
+            super().__init__()
+            self.encode = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 3, 2, 1))
+            self.style = nn.Linear(512, 32)
+            self.decode = nn.Sequential(
+                nn.Upsample(scale_factor=4, mode="nearest"), nn.Conv2d(16, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 3, 3, 1, 1)
+            )
+
+        def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+            features = self.encode(target)
+            scale, shift = self.style(source).chunk(2, dim=1)
+            features = features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            return torch.sigmoid(self.decode(features) + (target - 0.5) * 4)
+
+    return TinySwapper()
+
+
+def _embedder_module():
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.PReLU(8),
+        nn.Conv2d(8, 16, 3, 2, 1),
+        nn.PReLU(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 512),
+    )
+
+
+def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), args, str(path), input_names=input_names, output_names=output_names, dynamo=False, opset_version=17
+        )
+
+
+def _build_face_swapper(directory: Path) -> None:
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(420)
+    swapper_path = directory / "inswapper_128.onnx"
+    _export(
+        _swapper_module(),
+        (torch.rand(1, 3, SWAP_SIZE, SWAP_SIZE), torch.rand(1, 512)),
+        swapper_path,
+        ["target", "source"],
+        ["output"],
+    )
+    model = onnx.load(str(swapper_path))
+    emap, _ = np.linalg.qr(np.random.default_rng(421).standard_normal((512, 512)))
+    model.graph.initializer.append(numpy_helper.from_array(emap.astype(np.float32), name="emap"))
+    onnx.save(model, str(swapper_path))
+    torch.manual_seed(422)
+    _export(_embedder_module(), (torch.rand(1, 3, EMBED_SIZE, EMBED_SIZE),), directory / "arcface.onnx", ["input"], ["embedding"])
+    (directory / "config.json").write_text(
+        json.dumps({"swapper": "inswapper_128.onnx", "embedder": "arcface.onnx"}, indent=2) + "\n"
+    )
+
+
+def _byte_vocab() -> dict[str, int]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    table = dict(zip(printable, (chr(c) for c in chars), strict=True))
+    return {table[byte]: byte for byte in range(256)}
+
+
+def _build_prompt_expander(directory: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+    from transformers.utils import logging as transformers_logging
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = _byte_vocab()
+    vocab["<|endoftext|>"] = 256
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=128).save_pretrained(directory)
+        torch.manual_seed(430)
+        config = GPT2Config(
+            vocab_size=257,
+            n_positions=128,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=256,
+            eos_token_id=256,
+            initializer_range=0.2,
+        )
+        GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

@@ -1,0 +1,75 @@
+"""The hires pass through the engine: Lanczos upscale then img2img, tiled above the comfortable size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from multipass.errors import InvalidInput
+from multipass_diffusion.finishing.hires import comfortable_side, hires_size
+from multipass_diffusion.passes.context import PassInputs
+
+from finishing_testkit import pixels, scene, spec
+
+
+def test_hires_size_scales_caps_and_rounds_to_multiples_of_eight():
+    assert hires_size((64, 48), 2.0) == (128, 96)
+    assert hires_size((100, 75), 1.5) == (144, 112)
+    assert hires_size((3000, 2000), 2.0) == (4096, 2728)
+    width, height = hires_size((3000, 2000), 2.0, cap=1000)
+    assert max(width, height) <= 1000 and width % 8 == 0 and height % 8 == 0
+
+
+def test_comfortable_side_is_twice_the_working_size():
+    assert comfortable_side(512) == 1024 and comfortable_side(1024) == 2048
+
+
+def test_hires_doubles_the_image_and_rediffuses_it(engine):
+    image = scene(64, 48)
+    output = engine.run(spec("hires"), PassInputs(image=image))
+    assert output.image.size == (128, 96)
+    assert output.metadata["task"] == "img2img"
+    assert output.metadata["strength"] == "0.4"
+    assert output.metadata["tiled"] == "no"
+    lanczos = pixels(image.resize((128, 96)))
+    assert np.abs(pixels(output.image) - lanczos).mean() > 1.0
+    assert output.steps_run == 1  # 4 steps at strength 0.4
+
+
+def test_large_results_are_rediffused_in_tiles_with_monotonic_progress(engine):
+    reports = []
+    image = scene(96, 80)
+    run = lambda: engine.run(  # noqa: E731
+        spec("hires", denoising_strength=0.5), PassInputs(image=image), progress=lambda d, t: reports.append((d, t))
+    )
+    first = run()
+    assert first.image.size == (192, 160)
+    assert first.metadata["tiled"] == "yes"
+    tiles = int(first.metadata["tiles"])
+    assert tiles == 4
+    assert first.steps_run == tiles * 2
+    fractions = [done / total for done, total in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert np.array_equal(pixels(first.image), pixels(run().image))
+
+
+def test_spec_tiled_forces_tiles_and_seed_changes_the_result(engine):
+    image = scene(64, 48)
+    tiled = engine.run(spec("hires", tiled=True, options={"hires_tile": "64"}), PassInputs(image=image))
+    assert tiled.metadata["tiles"] == "6"  # 128x96 in 64-pixel tiles overlapping by 16: 3 x 2
+    other = engine.run(spec("hires", tiled=True, seed=8, options={"hires_tile": "64"}), PassInputs(image=image))
+    assert not np.array_equal(pixels(tiled.image), pixels(other.image))
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"scale": 9.0}, "spec.scale"), ({"denoising_strength": 1.5}, "spec.denoising_strength"), ({"options": {"hires_tile": "100"}}, "spec.options[hires_tile]")],
+)
+def test_bad_settings_are_refused_naming_the_field(engine, fields, field):
+    with pytest.raises(InvalidInput) as caught:
+        engine.run(spec("hires", **fields), PassInputs(image=scene(64, 48)))
+    assert caught.value.violations[0].field == field
+
+
+def test_hires_needs_an_image(engine):
+    with pytest.raises(InvalidInput, match="spec.image"):
+        engine.run(spec("hires"), PassInputs())
