@@ -105,10 +105,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         for value in request.states:
             if value not in jobs_pb2.JobState.values() or value == jobs_pb2.JOB_STATE_UNSPECIFIED:
                 problems.append(Violation("states", f"got {value}; not a job state"))
+        after = ""
+        try:
+            after = parse_page_token(request.page_token)
+        except InvalidInput as error:
+            problems += error.violations
         if problems:
             raise InvalidInput.of(problems)
         size = request.page_size or 20
-        after = parse_page_token(request.page_token)
         after_time = (
             request.created_after.ToSeconds() + request.created_after.nanos / 1e9
             if request.HasField("created_after")

@@ -4,6 +4,7 @@ the shared error interceptor turns InvalidInput into INVALID_ARGUMENT with BadRe
 from __future__ import annotations
 
 import grpc
+
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
 from multipass_prompt_parser.convert import from_request, to_response
 from multipass_prompt_parser.language import Limits

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY, start_http_server
+
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
+from multipass.internal_auth import InternalTokenInterceptor
 from multipass.v1 import prompt_pb2_grpc
-from multipass_prompt_parser.auth import InternalTokenInterceptor
 from multipass_prompt_parser.server import PromptParserServicer
 from multipass_prompt_parser.settings import ParserSettings
-from prometheus_client import REGISTRY, start_http_server
 
 log = logging.getLogger(__name__)
 

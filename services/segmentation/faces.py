@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from multipass.errors import FailedPrecondition
 from multipass_segmentation import mask_ops
 from multipass_segmentation.slots import Box

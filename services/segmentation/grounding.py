@@ -18,9 +18,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from multipass_segmentation.slots import Box
 from PIL import Image
 from torchvision.ops import nms
+
+from multipass_segmentation.slots import Box
 
 DEFAULT_BOX_THRESHOLD = 0.3
 DEFAULT_TEXT_THRESHOLD = 0.25

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from multipass.errors import InvalidInput, Violation
 
 _EPSILON = 1e-6

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from multipass.metrics import LONG_BUCKETS
 from prometheus_client import Counter, Histogram
+
+from multipass.metrics import LONG_BUCKETS
 
 #: kind: persons | text | layout | faces.
 SEGMENT_DURATION = Histogram(

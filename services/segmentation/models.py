@@ -23,11 +23,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
 from multipass.errors import FailedPrecondition
 from multipass_segmentation.faces import HaarFaceDetector
 from multipass_segmentation.grounding import GroundingDinoDetector, Owlv2Detector, TextDetector
-from segment_anything import sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 log = logging.getLogger(__name__)
 

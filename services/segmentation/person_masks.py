@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from multipass_segmentation import mask_ops
 from multipass_segmentation.pose_render import skeleton_lines
 from multipass_segmentation.sam_masks import Embedding, SamEngine

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
 from multipass_segmentation.slots import Keypoint, Slot
 
 #: Limbs as pairs of COCO-18 keypoint indices, in OpenPose drawing order.

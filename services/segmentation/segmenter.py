@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from multipass.errors import InvalidInput, Violation
 from multipass_segmentation import mask_ops
 from multipass_segmentation.faces import Face, assign_to_slots

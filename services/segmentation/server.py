@@ -8,27 +8,24 @@ interceptor maps them to gRPC status codes with field violations.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-import grpc
 import numpy as np
-from multipass import errors
+from PIL import Image
+
 from multipass.errors import InvalidInput, NotFound, Violation
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation import mask_ops
 from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION
 from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
 from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
-from PIL import Image
 
 T = TypeVar("T")
 
 SERVICE_NAME = "multipass.v1.Segmentation"
-INTERNAL_TOKEN_HEADER = "x-multipass-internal"
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
@@ -208,33 +205,6 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             raise NotFound(
                 str(error), violations=[Violation("output_bucket", f"bucket {bucket} does not exist")]
             ) from error
-
-
-class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
-    """When a token is configured, every rpc but health and reflection needs ``x-multipass-internal``."""
-
-    EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-    def __init__(self, token: str):
-        self._token = token.encode()
-
-    async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        if method.startswith(self.EXEMPT):
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        offered = metadata.get(INTERNAL_TOKEN_HEADER, "")
-        offered = offered.encode() if isinstance(offered, str) else offered
-        if hmac.compare_digest(offered, self._token):
-            return await continuation(handler_call_details)
-        error = errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header")
-
-        async def deny(request, context):
-            from multipass.grpc_errors import to_status
-
-            await context.abort_with_status(to_status(error))
-
-        return grpc.unary_unary_rpc_method_handler(deny)
 
 
 # conversion --------------------------------------------------------------------------------------

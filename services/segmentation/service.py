@@ -12,14 +12,16 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from prometheus_client import start_http_server
+
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
+from multipass.internal_auth import InternalTokenInterceptor
 from multipass.v1 import segmentation_pb2_grpc
 from multipass_segmentation.models import load_models, resolve_device
 from multipass_segmentation.person_masks import PersonMaskOptions
 from multipass_segmentation.segmenter import Segmenter, SegmenterOptions
-from multipass_segmentation.server import SERVICE_NAME, InternalTokenInterceptor, SegmentationServicer
+from multipass_segmentation.server import SERVICE_NAME, SegmentationServicer
 from multipass_segmentation.settings import SegmentationSettings
-from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 

@@ -157,6 +157,20 @@ async def test_idempotency_key_returns_the_same_job(stack):
     listed = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))
     assert [j.job_id for j in listed.jobs] == [first.job_id]
     assert (await wait_for_job(stack, first.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    # A new key is a new job; listing pages newest first.
+    request.idempotency_key = "order-18"
+    newer = await stack.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))
+    assert not newer.existing and newer.job_id != first.job_id
+    page = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), metadata=bearer(tenant.api_key))
+    assert [j.job_id for j in page.jobs] == [newer.job_id] and page.next_page_token
+    rest = await stack.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(page_size=1, page_token=page.next_page_token), metadata=bearer(tenant.api_key)
+    )
+    assert [j.job_id for j in rest.jobs] == [first.job_id] and not rest.next_page_token
+    bad = await rpc_error(
+        stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=500, page_token="x"), metadata=bearer(tenant.api_key))
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and set(dict(field_violations(bad))) == {"page_size", "page_token"}
 
 
 async def test_tunes_register_get_list_delete(stack):

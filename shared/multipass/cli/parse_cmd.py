@@ -78,11 +78,10 @@ def _read_document(args: argparse.Namespace) -> str | None:
 
 
 def _parse_local(args: argparse.Namespace, text: str, params: dict[str, str]) -> int:
+    from multipass.errors import ConfigError, InvalidInput
     from multipass_prompt_parser.convert import to_proto
     from multipass_prompt_parser.parser import parse_prompt
     from multipass_prompt_parser.settings import ParserSettings
-
-    from multipass.errors import ConfigError, InvalidInput
 
     try:
         limits = ParserSettings.from_env().limits
@@ -100,12 +99,12 @@ def _parse_local(args: argparse.Namespace, text: str, params: dict[str, str]) ->
 
 def _parse_remote(args: argparse.Namespace, text: str, params: dict[str, str]) -> int:
     import grpc
-    from multipass_prompt_parser.auth import INTERNAL_TOKEN_HEADER
-    from multipass_prompt_parser.convert import to_request
 
     from multipass.config import EnvReader
     from multipass.grpc_errors import field_violations
+    from multipass.internal_auth import INTERNAL_TOKEN_HEADER
     from multipass.v1 import prompt_pb2_grpc
+    from multipass_prompt_parser.convert import to_request
 
     token = EnvReader().str("INTERNAL_TOKEN", "")
     metadata = ((INTERNAL_TOKEN_HEADER, token),) if token else ()

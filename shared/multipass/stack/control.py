@@ -32,7 +32,9 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
     def on_term(signum, frame):
         raise _Stop()
 
+    # Both explicitly: a shell's background job starts with SIGINT ignored.
     previous = signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     stack = LocalStack(config, on_progress=on_progress)
     try:
         try:
@@ -44,7 +46,7 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
         while not forever.wait(3600):
             pass
     except (KeyboardInterrupt, _Stop):
-        pass
+        (on_progress or print)("interrupted; stopping the local stack")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

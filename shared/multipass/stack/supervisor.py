@@ -164,6 +164,8 @@ class _Managed:
     started_at: float = 0.0
     restart_at: float = 0.0
     checked_at: float = 0.0
+    #: Set once the process first came up; from then on the monitor thread owns it.
+    supervised: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -250,8 +252,9 @@ class Supervisor:
                     reason = f"exited with {managed.last_exit} while starting"
                     raise StartError(spec.name, reason, log_tail(managed.log_path), managed.log_path)
                 if spec.probe is None or spec.probe.check(timeout=1.0):
-                    managed.state, managed.healthy = RUNNING, True
-                    managed.checked_at = time.monotonic()
+                    with self._lock:
+                        managed.state, managed.healthy, managed.supervised = RUNNING, True, True
+                        managed.checked_at = time.monotonic()
                     log.info("%s is up (pid %s)", spec.name, managed.pid)
                     pending.remove(managed)
                     self._notify()
@@ -301,7 +304,12 @@ class Supervisor:
 
     def _supervised(self) -> list[_Managed]:
         with self._lock:
-            return [m for group in self._groups for m in group if m.state in (RUNNING, STARTING, BACKOFF)]
+            return [
+                m
+                for group in self._groups
+                for m in group
+                if m.supervised and m.state in (RUNNING, STARTING, BACKOFF)
+            ]
 
     def _tick(self, managed: _Managed) -> bool:
         """One supervision step for one process; True when its state changed."""
