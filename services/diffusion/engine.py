@@ -190,8 +190,15 @@ class Engine:
         monitor.check()
         tunes = self._resolve_tunes(spec, inputs, runtime)
         working = self.settings.working_size_for(runtime.family)
+        extra = list(handler.cache_parts(spec, self.settings.model_dir)) if hasattr(handler, "cache_parts") else []
         key = spec_hash(
-            spec, inputs, runtime=runtime, tune_shas=tunes.shas, working_size=working, dtype=str(self.dtype)
+            spec,
+            inputs,
+            runtime=runtime,
+            tune_shas=tunes.shas,
+            working_size=working,
+            dtype=str(self.dtype),
+            extra=extra,
         )
         warnings = tunes.warnings + prompt_warnings(spec, runtime.base.tokenizers[0])
         if self.cache is not None:

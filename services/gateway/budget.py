@@ -8,11 +8,12 @@ Concurrent submits may overshoot by the jobs in flight between check and marker:
 
 from __future__ import annotations
 
+from nats.js.kv import KeyValue
+
 from multipass.bus import nats_errors
 from multipass.errors import ResourceExhausted
 from multipass_gateway import kv, names
 from multipass_gateway.settings import Limits
-from nats.js.kv import KeyValue
 
 
 class PendingBudget:

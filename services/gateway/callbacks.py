@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from google.protobuf import json_format
+
 from multipass.v1 import events_pb2, jobs_pb2
 from multipass_gateway import gateway_metrics
 from multipass_gateway.fetch import FetchError, SafeHttp

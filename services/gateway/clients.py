@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 import grpc
+
 from multipass.errors import InvalidInput, MultipassError, Unavailable
 from multipass.grpc_errors import from_rpc_error
 from multipass.v1 import (

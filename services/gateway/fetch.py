@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import urllib3
-from multipass_gateway.ssrf import AddressPolicy, IPAddress, Refused, Target, parse_url, redirect_target
 from urllib3.exceptions import HTTPError
+
+from multipass_gateway.ssrf import AddressPolicy, IPAddress, Refused, Target, parse_url, redirect_target
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 USER_AGENT = "multipass-gateway/1"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from multipass.metrics import LONG_BUCKETS
 from prometheus_client import Counter, Gauge, Histogram
+
+from multipass.metrics import LONG_BUCKETS
 
 JOBS_SUBMITTED = Counter("multipass_jobs_submitted_total", "Jobs accepted by SubmitJob.")
 JOBS_FINISHED = Counter(

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
+
 from multipass import subjects
 from multipass.bus import Bus
 from multipass.errors import InvalidInput, Violation

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
+from nats.js.kv import KeyValue
+
 from multipass import subjects
 from multipass.bus import Bus, nats_errors
 from multipass.errors import Internal, NotFound
 from multipass.v1 import events_pb2
 from multipass_gateway import job_state, kv, names
-from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import grpc
+
 from multipass import subjects
 from multipass.bus import Bus
 from multipass.errors import InvalidInput, Violation

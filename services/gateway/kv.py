@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import nats.js.errors
-from multipass.bus import nats_errors
+from nats.js import api
 from nats.js.kv import KeyValue
+
+from multipass.bus import nats_errors
+
+_DELETED = ("DEL", "PURGE")
+_BATCH = 256
 
 
 async def get(store: KeyValue, key: str) -> tuple[bytes, int] | None:
@@ -18,26 +25,47 @@ async def get(store: KeyValue, key: str) -> tuple[bytes, int] | None:
 
 
 async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list[tuple[str, bytes]]:
-    """Latest (key, value) of every live key matching ``pattern`` (NATS wildcards ``*`` and ``>``).
+    """Latest (key, value) of every live key matching ``pattern`` (NATS wildcards ``*`` and ``>``), sorted.
 
-    The filter runs on the server (a KV watch on the pattern), so listing one tenant's keys does not
-    read every tenant's. With ``values=False`` only keys are transferred (values come back empty).
+    Reads the bucket's stream through a short-lived consumer delivering the last message per subject,
+    filtered on the server, so listing one tenant's keys does not read every tenant's. The consumer's
+    pending count at creation says exactly how many messages make up the listing (nats-py's KV watcher
+    may signal "no more" before delivering what it already received). With ``values=False`` only keys
+    are transferred (values come back empty).
     """
+    # nats-py's KeyValue keeps its stream name and subject prefix in these attributes (no public accessor).
+    js, stream, prefix = store._js, store._stream, store._pre
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        filter_subject=f"{prefix}{pattern}",
+        headers_only=not values,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
     found: dict[str, bytes] = {}
     with nats_errors(f"list {pattern}"):
-        watcher = await store.watch(pattern, meta_only=not values, ignore_deletes=False)
+        info = await js.add_consumer(stream, config)
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.operation in ("DEL", "PURGE"):
-                    found.pop(entry.key, None)
-                else:
-                    found[entry.key] = entry.value or b""
-                if entry.delta == 0:
-                    break
+            remaining = info.num_pending or 0
+            if remaining:
+                sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+                try:
+                    while remaining > 0:
+                        for msg in await sub.fetch(batch=min(remaining, _BATCH), timeout=5.0):
+                            remaining -= 1
+                            headers = msg.headers or {}
+                            key = msg.subject[len(prefix) :]
+                            if headers.get("KV-Operation") in _DELETED or headers.get("Nats-Marker-Reason"):
+                                found.pop(key, None)
+                            else:
+                                found[key] = msg.data or b""
+                finally:
+                    await sub.unsubscribe()
         finally:
-            await watcher.stop()
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, info.name)
     return sorted(found.items())
 
 

@@ -15,6 +15,8 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
+from nats.js.kv import KeyValue
+
 from multipass import subjects
 from multipass.bus import Bus, nats_errors
 from multipass.errors import MultipassError
@@ -27,7 +29,6 @@ from multipass_gateway.fetch import SafeHttp
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.views import public_job
-from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 

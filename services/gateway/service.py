@@ -11,6 +11,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from prometheus_client import start_http_server
+
 from multipass import subjects
 from multipass.bus import Bus
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
@@ -29,7 +31,6 @@ from multipass_gateway.ssrf import AddressPolicy
 from multipass_gateway.submission import Submitter
 from multipass_gateway.tenants import TenantStore
 from multipass_gateway.tunes import TuneStore
-from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 

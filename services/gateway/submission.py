@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from nats.js.kv import KeyValue
+from PIL import Image
+
 from multipass.bus import nats_errors
 from multipass.errors import FailedPrecondition, InvalidInput, MultipassError, NotFound, Violation
 from multipass.images import decode_image
@@ -32,8 +35,6 @@ from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.tunes import TuneStore, valid_upload_id
-from nats.js.kv import KeyValue
-from PIL import Image
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from nats.js.kv import KeyValue
+
 from multipass.bus import nats_errors
 from multipass.errors import InvalidInput, NotFound, Unauthenticated, Violation
 from multipass_gateway import auth, kv
-from nats.js.kv import KeyValue
 
 _TENANT_ID = re.compile(r"^t[0-9a-f]{16}$")
 

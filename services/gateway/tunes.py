@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
+from nats.js.kv import KeyValue
+
 from multipass.bus import nats_errors
 from multipass.errors import Internal, InvalidInput, NotFound, Violation
 from multipass.images import decode_image
@@ -25,7 +27,6 @@ from multipass.v1 import common_pb2, jobs_pb2
 from multipass_gateway import kv, names
 from multipass_gateway.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
-from nats.js.kv import KeyValue
 
 FAMILIES = ("sd15", "sdxl")
 KINDS = ("lora", "checkpoint")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import CALLBACK_HOST
+
 from multipass.client import Client, connect
 from multipass.client.downloads import S3Reader, s3_reader_for
 from multipass.stack.state import StackPaths, admin_token, dev_api_key, pid_alive, read_state

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from e2e_support import CALLBACK_HOST, FAST, follow, wait_until
+
 from multipass.v1 import jobs_pb2
 
 pytestmark = pytest.mark.e2e

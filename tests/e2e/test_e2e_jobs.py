@@ -11,10 +11,11 @@ import uuid
 import grpc
 import pytest
 from e2e_support import FAST, follow, register_lora, two_person_prompt
+from PIL import Image
+
 from multipass.client.downloads import generation_chain
 from multipass.client.errors import violations_of
 from multipass.v1 import jobs_pb2
-from PIL import Image
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import FAST
+
 from multipass.v1 import jobs_pb2
 
 pytestmark = pytest.mark.e2e

@@ -9,6 +9,7 @@ import signal
 
 import pytest
 from e2e_support import FAST, follow, wait_until
+
 from multipass.v1 import jobs_pb2
 
 pytestmark = pytest.mark.e2e

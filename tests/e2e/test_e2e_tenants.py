@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from e2e_support import FAST, follow, register_lora
+
 from multipass.client import connect, describe_rpc_error
 from multipass.v1 import jobs_pb2
 
@@ -48,7 +49,9 @@ def test_a_second_tenant_cannot_see_watch_cancel_or_use_the_first_tenants_work(
         for tune_id in (tune, "9" * len(tune)):
             with pytest.raises(grpc.RpcError) as caught:
                 other.jobs.submit(f"a street BREAK photo BREAK ohwx woman <lora:{tune_id}:1>", FAST)
-            assert caught.value.code() in (*HIDDEN, grpc.StatusCode.INVALID_ARGUMENT), describe_rpc_error(caught.value)
+            assert caught.value.code() in (*HIDDEN, grpc.StatusCode.INVALID_ARGUMENT), describe_rpc_error(
+                caught.value
+            )
             assert f"<lora:{tune_id}:1>" in describe_rpc_error(caught.value)
             refusals[tune_id] = (caught.value.code(), describe_rpc_error(caught.value).replace(tune_id, "ID"))
         assert refusals[tune] == refusals["9" * len(tune)]

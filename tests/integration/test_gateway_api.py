@@ -4,6 +4,7 @@ admin, uploads, budgets, and signed callbacks with retries."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import ipaddress
 import json
@@ -25,11 +26,13 @@ from gateway_support import (  # noqa: F401 - fixtures
 )
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from PIL import Image
+
 from multipass.grpc_errors import field_violations
 from multipass.v1 import admin_pb2, jobs_pb2
 from multipass_gateway import callbacks
+from multipass_gateway import kv as gateway_kv
 from multipass_gateway.settings import FetchAllowList, Limits
-from PIL import Image
 
 PS = jobs_pb2
 
@@ -74,10 +77,12 @@ async def test_auth_admin_and_key_revocation(stack):
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     # Stored hashed: no KV value holds the key.
-    store = await stack.bus.kv("multipass-tenants")
-    for key in await store.keys():
-        assert second.api_key.encode() not in (await store.get(key)).value
-        assert second.api_key not in key
+    stored = await gateway_kv.entries(await stack.bus.kv("multipass-tenants"), ">")
+    assert len(stored) == 4  # the tenant, both keys' id records, the lookup of the one live key
+    secret = second.api_key.split("_", 2)[2]
+    for key, value in stored:
+        assert secret.encode() not in value and secret not in key
+    assert any(key == f"key.{hashlib.sha256(second.api_key.encode()).hexdigest()}" for key, _ in stored)
 
 
 async def test_submit_validation_errors_carry_field_violations(stack):
@@ -164,13 +169,19 @@ async def test_idempotency_key_returns_the_same_job(stack):
     page = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), metadata=bearer(tenant.api_key))
     assert [j.job_id for j in page.jobs] == [newer.job_id] and page.next_page_token
     rest = await stack.jobs.ListJobs(
-        jobs_pb2.ListJobsRequest(page_size=1, page_token=page.next_page_token), metadata=bearer(tenant.api_key)
+        jobs_pb2.ListJobsRequest(page_size=1, page_token=page.next_page_token),
+        metadata=bearer(tenant.api_key),
     )
     assert [j.job_id for j in rest.jobs] == [first.job_id] and not rest.next_page_token
     bad = await rpc_error(
-        stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=500, page_token="x"), metadata=bearer(tenant.api_key))
+        stack.jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(page_size=500, page_token="x"), metadata=bearer(tenant.api_key)
+        )
     )
-    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and set(dict(field_violations(bad))) == {"page_size", "page_token"}
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and set(dict(field_violations(bad))) == {
+        "page_size",
+        "page_token",
+    }
 
 
 async def test_tunes_register_get_list_delete(stack):

@@ -8,7 +8,6 @@ import re
 
 import pytest
 import yaml
-from conftest import K8S
 from k8s_manifests import (
     NAMESPACE,
     SERVICES,
@@ -19,6 +18,7 @@ from k8s_manifests import (
     one,
     selects,
 )
+from k8s_render import K8S
 
 DURATION = re.compile(r"^\d+[smh]$")
 METRICS = yaml.safe_load((K8S / "monitoring" / "metrics.yaml").read_text())

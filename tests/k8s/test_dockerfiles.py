@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dockerfile
 import pytest
-from conftest import ROOT, rendered
 from k8s_manifests import SERVICES, containers, main_container, one, workloads
+from k8s_render import ROOT, rendered
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
 DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile*"))

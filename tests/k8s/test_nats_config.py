@@ -21,8 +21,9 @@ from pathlib import Path
 
 import nats
 import pytest
-from conftest import rendered
 from k8s_manifests import env_of, generated_base_name, main_container, of_kind, one, pod_spec
+from k8s_render import rendered
+
 from multipass import subjects
 from multipass.bus import Bus
 

@@ -13,7 +13,7 @@ import re
 import promql_parser
 import pytest
 import yaml
-from conftest import K8S, kustomize
+from k8s_render import K8S, kustomize
 
 CATALOGUE = yaml.safe_load((K8S / "monitoring" / "metrics.yaml").read_text())
 SCRAPE_LABELS = set(CATALOGUE["scrape_labels"])

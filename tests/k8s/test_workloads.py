@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import ROOT
 from k8s_manifests import (
     SERVICES,
     container_ports,
@@ -25,6 +24,8 @@ from k8s_manifests import (
     service_selects,
     workloads,
 )
+from k8s_render import ROOT
+
 from multipass.cli import models_cmd
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -17,11 +17,12 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from PIL import Image
+
 from multipass.cli.main import main
 from multipass.client import connect, describe_rpc_error
 from multipass.client.downloads import download_job
 from multipass.v1 import admin_pb2, admin_pb2_grpc, common_pb2, jobs_pb2, jobs_pb2_grpc
-from PIL import Image
 
 MiB = 1024 * 1024
 

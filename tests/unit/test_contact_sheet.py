@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from multipass.contact_sheet import (
     BACKGROUND,
     CELL_BACKGROUND,
@@ -12,7 +14,6 @@ from multipass.contact_sheet import (
     pass_sections,
     render_contact_sheet,
 )
-from PIL import Image
 
 RED, GREEN, BLUE, YELLOW, CYAN = (220, 30, 30), (30, 200, 60), (40, 60, 230), (240, 220, 20), (20, 210, 220)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from multipass.stack.health import HealthProbe
 from multipass.stack.state import StackPaths, pid_alive, read_state, write_json_atomic
 from multipass.stack.supervisor import (
@@ -272,3 +273,163 @@ def test_state_file_round_trip_is_atomic_and_private(tmp_path):
     assert [p.name for p in paths.root.iterdir()] == ["stack.json"]  # no temporary file left behind
     paths.state_file.write_text("{not json")
     assert read_state(paths) is None
+
+
+# -- the local stack's wiring and control (no services started) -----------------------------------
+
+
+def test_every_service_is_wired_to_loopback_ports_and_the_gateway_to_its_peers(tmp_path):
+    from multipass.stack.local_stack import (
+        DIFFUSION,
+        GATEWAY,
+        PARSER,
+        SEGMENTATION,
+        LocalStack,
+        StackConfig,
+        _Wiring,
+    )
+
+    user_env = {
+        "PATH": os.environ["PATH"],
+        "MULTIPASS_DIFFUSION_MODELS": "my-model",  # the user's choice wins over the stack's default
+        "MULTIPASS_GATEWAY_GRPC_ADDR": "0.0.0.0:50050",  # but never over the wiring
+    }
+    config = StackConfig(
+        paths=StackPaths(tmp_path / ".multipass"), base_env=user_env, fetch_allow_hosts=("127.0.0.2",)
+    )
+    stack = LocalStack(config)
+    wiring = _Wiring.choose(config)
+    ports = [
+        wiring.nats_port,
+        wiring.nats_monitor_port,
+        *wiring.grpc_ports.values(),
+        *wiring.metrics_ports.values(),
+    ]
+    assert len(set(ports)) == len(ports)
+    gateway = stack.service_env(GATEWAY, wiring)
+    assert gateway["MULTIPASS_GATEWAY_GRPC_ADDR"] == wiring.grpc_address("gateway")
+    assert gateway["MULTIPASS_PARSER_TARGET"] == wiring.grpc_address(PARSER.name)
+    assert gateway["MULTIPASS_SEGMENTATION_TARGET"] == wiring.grpc_address(SEGMENTATION.name)
+    assert gateway["MULTIPASS_DIFFUSION_TARGET"] == wiring.grpc_address(DIFFUSION.name)
+    assert gateway["MULTIPASS_ADMIN_TOKEN"] == wiring.admin_token
+    assert gateway["MULTIPASS_CALLBACK_SIGNING_KEY"] == wiring.callback_key
+    assert gateway["MULTIPASS_FETCH_ALLOW_HOSTS"] == "127.0.0.2"
+    diffusion = stack.service_env(DIFFUSION, wiring)
+    assert diffusion["MULTIPASS_DIFFUSION_MODELS"] == "my-model"
+    assert diffusion["MULTIPASS_DIFFUSION_TUNE_CACHE_DIR"] == str(tmp_path / ".multipass" / "tune-cache")
+    assert diffusion["MULTIPASS_MODEL_DIR"] == str(tmp_path / ".multipass" / "models")
+    for env in (gateway, diffusion, stack.service_env(PARSER, wiring)):
+        assert env["MULTIPASS_NATS_URL"] == wiring.nats_url
+        assert env["MULTIPASS_S3_ENDPOINT"] == wiring.s3_endpoint
+        assert env["MULTIPASS_INTERNAL_TOKEN"] == wiring.internal_token
+    assert "MULTIPASS_ADMIN_TOKEN" not in stack.service_env(PARSER, wiring)
+    assert [spec.name for spec in stack._infra_specs(wiring)] == ["nats", "s3"]
+
+
+def test_an_external_s3_endpoint_replaces_the_moto_server(tmp_path):
+    from multipass.stack.local_stack import GATEWAY, LocalStack, StackConfig, _Wiring
+
+    environ = {
+        "MULTIPASS_S3_ENDPOINT": "minio.internal:9000",
+        "MULTIPASS_S3_SECURE": "true",
+        "MULTIPASS_MODEL_DIR": str(tmp_path),
+    }
+    config = StackConfig.from_env(StackPaths(tmp_path / ".multipass"), environ)
+    stack = LocalStack(config)
+    wiring = _Wiring.choose(config)
+    assert [spec.name for spec in stack._infra_specs(wiring)] == ["nats"]
+    env = stack.service_env(GATEWAY, wiring)
+    assert (env["MULTIPASS_S3_ENDPOINT"], env["MULTIPASS_S3_SECURE"]) == ("minio.internal:9000", "true")
+    assert env["MULTIPASS_MODEL_DIR"] == str(tmp_path)
+
+
+def test_up_refuses_to_start_a_second_stack_in_the_same_directory(tmp_path):
+    from multipass.stack.local_stack import LocalStack, StackConfig, StackError
+
+    paths = StackPaths(tmp_path / ".multipass")
+    other = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    try:
+        write_json_atomic(paths.state_file, {"status": "running", "supervisor_pid": other.pid})
+        with pytest.raises(StackError, match="already running"):
+            LocalStack(StackConfig(paths=paths)).start()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_down_signals_the_supervisor_then_stops_only_leftovers_that_are_still_ours(tmp_path):
+    from multipass.stack.control import stop_stack
+
+    paths = StackPaths(tmp_path / ".multipass")
+    marker = tmp_path / "supervisor-stopped"
+    supervisor = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert supervisor.stdout.readline().strip() == b"ready"
+    leftover_argv = [PY, "-c", "import time; time.sleep(60)  # leftover"]
+    leftover = subprocess.Popen(leftover_argv, start_new_session=True)
+    stranger = subprocess.Popen([PY, "-c", "import time; time.sleep(60)  # stranger"], start_new_session=True)
+    try:
+        write_json_atomic(
+            paths.state_file,
+            {
+                "status": "running",
+                "supervisor_pid": supervisor.pid,
+                "processes": {
+                    "worker": {"pid": leftover.pid, "argv": leftover_argv},
+                    # A recorded pid now used by another program is left alone.
+                    "gateway": {"pid": stranger.pid, "argv": [PY, "-m", "multipass_gateway"]},
+                },
+            },
+        )
+        assert stop_stack(paths, timeout=10, on_progress=lambda message: None)
+        supervisor.wait(5)
+        assert marker.exists()
+        leftover.wait(15)
+        assert stranger.poll() is None
+    finally:
+        for process in (supervisor, leftover, stranger):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert not stop_stack(StackPaths(tmp_path / "none"), on_progress=lambda message: None)
+
+
+def test_status_probes_every_recorded_process_now(tmp_path):
+    from multipass.stack.control import live_status
+
+    paths = StackPaths(tmp_path / ".multipass")
+    port = closed_port()
+    server = subprocess.Popen([PY, "-c", SERVE_TCP, str(port)])
+    try:
+        wait_for(lambda: HealthProbe("tcp", f"127.0.0.1:{port}").check())
+        write_json_atomic(
+            paths.state_file,
+            {
+                "status": "running",
+                "supervisor_pid": os.getpid(),
+                "processes": {
+                    "up": {"pid": server.pid, "probe": {"kind": "tcp", "target": f"127.0.0.1:{port}"}},
+                    "hung": {
+                        "pid": os.getpid(),
+                        "probe": {"kind": "tcp", "target": f"127.0.0.1:{closed_port()}"},
+                    },
+                    "gone": {"pid": None, "probe": {"kind": "tcp", "target": "127.0.0.1:1"}},
+                },
+            },
+        )
+        state = live_status(paths)
+    finally:
+        server.kill()
+        server.wait()
+    assert state["supervisor_alive"] is True
+    assert {name: p["health"] for name, p in state["processes"].items()} == {
+        "up": "SERVING",
+        "hung": "NOT_SERVING",
+        "gone": "DOWN",
+    }

@@ -10,15 +10,22 @@ of the original, like CodeFormer's fidelity). Pixels outside the feathered ellip
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import paste
 from multipass_diffusion.finishing import components
-from multipass_diffusion.finishing.face_regions import check_faces, ellipse_alpha, face_box, face_sigma, square_crop
+from multipass_diffusion.finishing.face_regions import (
+    check_faces,
+    ellipse_alpha,
+    face_box,
+    face_sigma,
+    square_crop,
+)
 from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.finishing.progress import part_done
 from multipass_diffusion.passes.context import PassContext, PassInputs
-from PIL import Image
 
 DEFAULT_CONTEXT = 1.5
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import Box, feather, fit_inside

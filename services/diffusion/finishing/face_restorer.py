@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from multipass.errors import FailedPrecondition
 from torch import nn
 from torch.nn import functional as F
+
+from multipass.errors import FailedPrecondition
 
 ARCHITECTURE = "FaceRestorerNet"
 
@@ -40,7 +41,9 @@ class RestorerConfig:
         )
         levels = len(config.channels) - 1
         if levels < 1 or config.size % (1 << levels):
-            raise ValueError(f"size {config.size} must be a multiple of 2**{levels} (channels {config.channels})")
+            raise ValueError(
+                f"size {config.size} must be a multiple of 2**{levels} (channels {config.channels})"
+            )
         return config
 
 
@@ -63,10 +66,14 @@ class ChannelSplitSFT(nn.Module):
         super().__init__()
         self.half = channels // 2
         self.scale = nn.Sequential(
-            nn.Conv2d(condition_channels, channels, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(channels, self.half, 3, 1, 1)
+            nn.Conv2d(condition_channels, channels, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, self.half, 3, 1, 1),
         )
         self.shift = nn.Sequential(
-            nn.Conv2d(condition_channels, channels, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(channels, self.half, 3, 1, 1)
+            nn.Conv2d(condition_channels, channels, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, self.half, 3, 1, 1),
         )
 
     def forward(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
@@ -84,7 +91,9 @@ class FaceRestorerNet(nn.Module):
         self.encoder = nn.ModuleList(ResBlock(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i + 1], 3, 2, 1) for i in range(len(ch) - 1))
         self.middle = nn.Sequential(*(ResBlock(ch[-1], ch[-1]) for _ in range(config.middle_blocks)))
-        self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 3, 1, 1) for i in reversed(range(len(ch) - 1)))
+        self.upsample = nn.ModuleList(
+            nn.Conv2d(ch[i + 1], ch[i], 3, 1, 1) for i in reversed(range(len(ch) - 1))
+        )
         self.sft = nn.ModuleList(ChannelSplitSFT(ch[i], ch[i + 1]) for i in reversed(range(len(ch) - 1)))
         self.decoder = nn.ModuleList(ResBlock(ch[i], ch[i]) for i in reversed(range(len(ch) - 1)))
         self.to_rgb = nn.Conv2d(ch[0], 3, 3, 1, 1)
@@ -107,8 +116,9 @@ class FaceRestorer:
     """A loaded :class:`FaceRestorerNet`: restores uint8 RGB crops of any size."""
 
     def __init__(self, directory: Path, *, device: str, dtype):
-        from multipass_diffusion.finishing import components
         from safetensors.torch import load_file
+
+        from multipass_diffusion.finishing import components
 
         try:
             config = RestorerConfig.from_dict(components.read_config(directory))
@@ -119,7 +129,9 @@ class FaceRestorer:
         try:
             model.load_state_dict(load_file(str(weights)), strict=True)
         except (RuntimeError, OSError) as error:
-            raise FailedPrecondition(f"{weights} does not fit the {ARCHITECTURE} of its config.json: {error}") from error
+            raise FailedPrecondition(
+                f"{weights} does not fit the {ARCHITECTURE} of its config.json: {error}"
+            ) from error
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
         self.size = config.size

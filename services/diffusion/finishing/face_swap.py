@@ -21,17 +21,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import FailedPrecondition
 from multipass.images import decode_image
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import paste
 from multipass_diffusion.finishing import components, face_tunes
-from multipass_diffusion.finishing.face_regions import check_faces, ellipse_alpha, face_box, face_sigma, square_crop
+from multipass_diffusion.finishing.face_regions import (
+    check_faces,
+    ellipse_alpha,
+    face_box,
+    face_sigma,
+    square_crop,
+)
 from multipass_diffusion.finishing.handler_hooks import FinishingHandler, tune_file_parts
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.finishing.progress import part_done
 from multipass_diffusion.passes.context import PassContext, PassInputs
-from PIL import Image
 
 EMBEDDING_SIZE = 512
 DEFAULT_CONTEXT = 1.25
@@ -103,7 +110,9 @@ class FaceSwapper:
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """Normalised identity embedding (512,) of a face crop."""
-        work = _center_square(image.convert("RGB")).resize((self.embed_size, self.embed_size), Image.Resampling.LANCZOS)
+        work = _center_square(image.convert("RGB")).resize(
+            (self.embed_size, self.embed_size), Image.Resampling.LANCZOS
+        )
         blob = (np.asarray(work, dtype=np.float32) - 127.5) / 127.5
         output = self.embedder.run(None, {self._embed_input: blob.transpose(2, 0, 1)[None]})[0]
         return _normalise(np.asarray(output, dtype=np.float32).reshape(-1)[:EMBEDDING_SIZE])
@@ -194,7 +203,9 @@ class FaceSwapPass(FinishingHandler):
                 ]
                 identities[tune_id] = swapper.identity(pictures)
             crop = square_crop(box, size, context)
-            result = swapper.swap(Image.fromarray(image).crop((crop.x0, crop.y0, crop.x1, crop.y1)), identities[tune_id])
+            result = swapper.swap(
+                Image.fromarray(image).crop((crop.x0, crop.y0, crop.x1, crop.y1)), identities[tune_id]
+            )
             alpha = ellipse_alpha(size, box, crop, sigma=face_sigma(box, spec.mask_blur))
             if strength < 1.0:
                 alpha = np.rint(alpha.astype(np.float32) * strength).astype(np.uint8)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import crop_box, feather, paste, working_size
@@ -24,7 +26,6 @@ from multipass_diffusion.finishing.progress import PartMonitor
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.sampling import generate
 from multipass_diffusion.passes.validation import check_common, mask_blur
-from PIL import Image
 
 #: ADetailer's default inpaint strength for faces.
 DEFAULT_STRENGTH = 0.4
@@ -73,7 +74,9 @@ class FacesPass(FinishingHandler):
         for part, (index, face, box) in enumerate(usable):
             ratio = box.width * box.height / (size[0] * size[1])
             strength = dynamic_strength(base_strength, ratio, power)
-            result = self._face(ctx, image, index, face, box, strength, PartMonitor(ctx.monitor, part, len(usable)))
+            result = self._face(
+                ctx, image, index, face, box, strength, PartMonitor(ctx.monitor, part, len(usable))
+            )
             if result is None:
                 continue
             image, crop = result

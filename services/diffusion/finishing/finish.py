@@ -11,14 +11,15 @@ The grain is seeded by ``spec.seed`` (the image's seed), so a finish pass is det
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.finishing import grading
-from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.grain import film_grain
+from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.passes.context import PassContext, PassInputs
-from PIL import Image
 
 DEFAULT_GRAIN = 0.35
 DEFAULT_GRAIN_SIZE = 0.7

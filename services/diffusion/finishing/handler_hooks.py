@@ -34,4 +34,8 @@ class FinishingHandler:
 
 def tune_file_parts(spec: diffusion_pb2.PassSpec, keys) -> list[str]:
     """``key=sha256`` of the given ``spec.tune_files`` entries, sorted (unknown keys are skipped)."""
-    return [f"tune-file:{key}={spec.tune_files[key].sha256.lower()}" for key in sorted(set(keys)) if key in spec.tune_files]
+    return [
+        f"tune-file:{key}={spec.tune_files[key].sha256.lower()}"
+        for key in sorted(set(keys))
+        if key in spec.tune_files
+    ]

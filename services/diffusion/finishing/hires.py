@@ -16,6 +16,8 @@ import dataclasses
 import math
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import SIZE_MULTIPLE
@@ -26,13 +28,14 @@ from multipass_diffusion.finishing.tiling import Blender, default_margin, tile_g
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.sampling import generate
 from multipass_diffusion.passes.validation import MAX_SIDE, check_common
-from PIL import Image
 
 DEFAULT_SCALE = 2.0
 MAX_SCALE = 4.0
 DEFAULT_STRENGTH = 0.4
 #: Long sides above this multiple of the working size are re-diffused in tiles of that size.
 COMFORTABLE_FACTOR = 2
+#: Smallest tile options["hires_tile"] may ask for (its quarter is the overlap, a multiple of 8).
+MIN_TILE = 64
 
 
 def _down_to_multiple(value: float) -> int:
@@ -60,9 +63,14 @@ class HiresPass(FinishingHandler):
         if spec.denoising_strength:
             check_strength(spec.denoising_strength)
         tile = option_int(spec, "hires_tile", 0, low=0, high=MAX_SIDE)
-        if tile and tile % SIZE_MULTIPLE:
+        if tile and (tile % SIZE_MULTIPLE or tile < MIN_TILE):
             raise InvalidInput.of(
-                [Violation("spec.options[hires_tile]", f"got {tile}; expected a multiple of {SIZE_MULTIPLE}")]
+                [
+                    Violation(
+                        "spec.options[hires_tile]",
+                        f"got {tile}; expected a multiple of {SIZE_MULTIPLE} of at least {MIN_TILE}",
+                    )
+                ]
             )
 
     def run(self, ctx: PassContext) -> Image.Image:

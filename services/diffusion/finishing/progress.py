@@ -11,7 +11,7 @@ from __future__ import annotations
 from multipass_diffusion.passes.context import StepMonitor
 
 
-class _Steps:
+class StepCount:
     """Stands in for the pipeline in :meth:`StepMonitor.callback`, which reads ``_num_timesteps``."""
 
     def __init__(self, total: int):
@@ -33,10 +33,10 @@ class PartMonitor:
 
     def callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
         total = int(getattr(pipe, "_num_timesteps", 0) or 0) or step + 1
-        self.monitor.callback(_Steps(total * self.count), self.index * total + step, timestep, {})
+        self.monitor.callback(StepCount(total * self.count), self.index * total + step, timestep, {})
         return tensors
 
 
 def part_done(monitor: StepMonitor, index: int, count: int) -> None:
     """Report a model call that has no inner steps (one tile of an upscaler, one face) as one step."""
-    monitor.callback(_Steps(count), index, None, {})
+    monitor.callback(StepCount(count), index, None, {})

@@ -67,9 +67,7 @@ class PromptExpander:
 def clean(text: str) -> str:
     """First line of ``text`` without control characters or replacement characters, spaces collapsed."""
     line = text.replace("\r", "\n").split("\n", 1)[0]
-    kept = "".join(
-        ch for ch in line if ch != "\ufffd" and not unicodedata.category(ch).startswith("C")
-    )
+    kept = "".join(ch for ch in line if ch != "\ufffd" and not unicodedata.category(ch).startswith("C"))
     return " ".join(kept.split())
 
 

@@ -16,16 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.finishing import components
 from multipass_diffusion.finishing.handler_hooks import FinishingHandler
 from multipass_diffusion.finishing.options import check_scale, needs_image, option_int
-from multipass_diffusion.finishing.progress import PartMonitor, part_done
+from multipass_diffusion.finishing.progress import PartMonitor, StepCount, part_done
 from multipass_diffusion.finishing.tiling import Blender, default_margin, tile_grid, tile_weight
 from multipass_diffusion.passes.context import PassContext, PassInputs, StepMonitor
 from multipass_diffusion.passes.validation import MAX_SIDE
-from PIL import Image
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
@@ -41,8 +42,9 @@ class EsrganUpscaler:
 
     def __init__(self, directory: Path, *, device: str, dtype):
         import torch
-        from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
         from safetensors.torch import load_file
+
+        from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
 
         config_values = components.read_config(directory)
         try:
@@ -54,7 +56,9 @@ class EsrganUpscaler:
         try:
             model.load_state_dict(load_file(str(weights)), strict=True)
         except (RuntimeError, OSError) as error:
-            raise FailedPrecondition(f"{weights} does not fit the RRDBNet of its config.json: {error}") from error
+            raise FailedPrecondition(
+                f"{weights} does not fit the RRDBNet of its config.json: {error}"
+            ) from error
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = device, dtype
         self.scale = config.scale
@@ -106,18 +110,22 @@ class DiffusionUpscaler:
         if pad_x or pad_y:
             array = np.pad(array, ((0, pad_y), (0, pad_x), (0, 0)), mode="reflect")
         noise_level = option_int(spec, "upscale_noise_level", DEFAULT_NOISE_LEVEL, low=0, high=350)
+        steps = spec.steps or DEFAULT_DIFFUSION_STEPS
         monitor.check()
+        # This pipeline only has the legacy per-step callback(step, timestep, latents).
+        count = StepCount(steps)
         with torch.inference_mode():
             result = self.pipe(
                 prompt=spec.prompt,
                 negative_prompt=spec.negative_prompt or None,
                 image=Image.fromarray(array),
-                num_inference_steps=spec.steps or DEFAULT_DIFFUSION_STEPS,
+                num_inference_steps=steps,
                 guidance_scale=spec.cfg_scale or 0.0,
                 noise_level=noise_level,
                 generator=torch.Generator("cpu").manual_seed(int(spec.seed)),
                 output_type="np",
-                callback_on_step_end=monitor.callback,
+                callback=lambda step, timestep, latents: monitor.callback(count, step, timestep, {}),
+                callback_steps=1,
             ).images[0]
         return np.asarray(result, dtype=np.float32)[: height * 4, : width * 4] * 255.0
 
@@ -158,7 +166,9 @@ def upscale_array(
         monitor.check()
         result = run(array[part.y0 : part.y1, part.x0 : part.x1], PartMonitor(monitor, index, len(tiles)))
         big = part.scaled(scale)
-        blender.add(big, result, tile_weight(big, width * scale, height * scale, overlap * scale, margin * scale))
+        blender.add(
+            big, result, tile_weight(big, width * scale, height * scale, overlap * scale, margin * scale)
+        )
         if not reports_steps:
             part_done(monitor, index, len(tiles))
     return blender.result()
@@ -188,7 +198,11 @@ class UpscalePass(FinishingHandler):
         overlap = option_int(spec, "upscale_tile_overlap", DEFAULT_OVERLAP, low=0, high=1024)
         if overlap * 2 > tile:
             raise InvalidInput.of(
-                [Violation("spec.options[upscale_tile_overlap]", f"got {overlap}; expected at most {tile // 2}")]
+                [
+                    Violation(
+                        "spec.options[upscale_tile_overlap]", f"got {overlap}; expected at most {tile // 2}"
+                    )
+                ]
             )
 
     def run(self, ctx: PassContext) -> Image.Image:
@@ -229,4 +243,3 @@ class UpscalePass(FinishingHandler):
         if tiled:
             ctx.metadata["tiles"] = str(len(tile_grid(image.width, image.height, tile, overlap)))
         return upscaled
-

@@ -9,6 +9,7 @@ from pathlib import Path
 from multipass.client.options import (
     add_connection_args,
     client_from_args,
+    local_stack_state,
     parse_key_values,
     reports_rpc_errors,
 )
@@ -107,7 +108,6 @@ def run_submit(args: argparse.Namespace) -> int:
 
     from multipass.client.downloads import s3_reader_for
     from multipass.client.follow import follow_and_download
-    from multipass.stack.state import StackPaths, read_state
 
     try:
         params = parse_key_values(args.param)
@@ -133,9 +133,9 @@ def run_submit(args: argparse.Namespace) -> int:
         if not args.wait:
             print(response.job_id)
             return 0
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
         console.print(f"job {response.job_id} submitted")
-        reader = s3_reader_for(read_state(StackPaths.default()))
+        reader = s3_reader_for(local_stack_state(args))
         job, _ = follow_and_download(client, response.job_id, args.out, reader, console)
         print(response.job_id)
     from multipass.v1 import jobs_pb2

@@ -11,6 +11,7 @@ from pathlib import Path
 from multipass.client.options import (
     add_connection_args,
     client_from_args,
+    local_stack_state,
     parse_key_values,
     reports_rpc_errors,
 )
@@ -195,7 +196,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from multipass.client.downloads import s3_reader_for
     from multipass.stack.demo import run_demo as demo
-    from multipass.stack.state import read_state
     from multipass.v1 import jobs_pb2
 
     try:
@@ -203,12 +203,12 @@ def run_demo(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as error:
         _say(str(error))
         return 2
-    state = read_state(StackPaths.default()) or {}
+    state = local_stack_state(args) or {}
     model_dir = args.model_dir or (Path(state["model_dir"]) if state.get("model_dir") else None)
     if model_dir is None:
         _say("no model directory: start the local stack (`multipass up --detach`) or pass --model-dir")
         return 2
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
     with client_from_args(args) as client:
         job = demo(
             client,

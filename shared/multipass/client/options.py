@@ -40,6 +40,16 @@ def resolve_address(args: argparse.Namespace, paths: StackPaths | None = None) -
     return args.addr or gateway_address(paths)
 
 
+def local_stack_state(args: argparse.Namespace, paths: StackPaths | None = None) -> dict | None:
+    """The local stack's record when the command talks to its gateway (object-store access for downloads)."""
+    from multipass.stack.state import read_state
+
+    state = read_state(paths or StackPaths.default())
+    if state is None or (args.addr and args.addr != state.get("gateway_address")):
+        return None
+    return state
+
+
 def resolve_api_key(args: argparse.Namespace, paths: StackPaths | None = None) -> str | None:
     return getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or dev_api_key(paths)
 

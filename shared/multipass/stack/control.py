@@ -22,8 +22,8 @@ from multipass.stack.supervisor import log_tail
 DOWN_TIMEOUT = 60.0
 
 
-class _Stop(BaseException):
-    """Raised in the main thread by SIGTERM, like KeyboardInterrupt for SIGINT."""
+class _Stop(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM and SIGINT."""
 
 
 def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | None = None) -> int:
@@ -36,6 +36,7 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
     previous = signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     stack = LocalStack(config, on_progress=on_progress)
+    status = 0
     try:
         try:
             stack.start()
@@ -45,8 +46,9 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
         forever = threading.Event()
         while not forever.wait(3600):
             pass
-    except (KeyboardInterrupt, _Stop):
-        (on_progress or print)("interrupted; stopping the local stack")
+    except KeyboardInterrupt:
+        (on_progress or print)("signal received")
+        status = 0 if stack.status == "running" else 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -56,7 +58,7 @@ def run_in_foreground(config: StackConfig, on_progress: Callable[[str], None] | 
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status
 
 
 def spawn_detached(paths: StackPaths, environ: dict[str, str] | None = None) -> subprocess.Popen:

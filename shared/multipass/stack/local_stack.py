@@ -294,7 +294,8 @@ class LocalStack:
             self._fail(error.describe())
             raise StackError(error.describe()) from error
         except BaseException as error:
-            self._fail(f"{type(error).__name__}: {error}")
+            interrupted = isinstance(error, KeyboardInterrupt)
+            self._fail("start interrupted" if interrupted else f"{type(error).__name__}: {error}")
             raise
         self._status = "running"
         self._record(self.supervisor.snapshot())
@@ -366,6 +367,11 @@ class LocalStack:
         self._status, self._error = "failed", message
         self.supervisor.stop()
         self._record(self.supervisor.snapshot())
+
+    @property
+    def status(self) -> str:
+        """``starting``, ``running``, ``failed`` or ``stopped``."""
+        return self._status
 
     # -- recording --------------------------------------------------------------------------------
 

@@ -5,19 +5,15 @@ Tests and the default local stack load them through the production loading code.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 
-def build_tiny_models(root: Path) -> None:
-    """Write every tiny model under ``root`` (once; each factory keeps a marker file)."""
-    from multipass.tiny_models import diffusion
+def build_tiny_models(root: Path) -> Path:
+    """Write every tiny model under ``root`` (once; each factory keeps a marker file). Returns ``root``."""
+    from multipass.tiny_models import diffusion, finishing, segmentation
 
-    diffusion.build(Path(root))
-    try:
-        segmentation = importlib.import_module("multipass.tiny_models.segmentation")
-    except ModuleNotFoundError as error:
-        if error.name != "multipass.tiny_models.segmentation":
-            raise
-        return
-    segmentation.build(Path(root))
+    root = Path(root)
+    diffusion.build(root)
+    finishing.build(root)
+    segmentation.build(root)
+    return root

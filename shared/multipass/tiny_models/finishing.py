@@ -28,7 +28,15 @@ VERSION = "tiny-finishing-v2"
 MARKER = ".tiny-finishing-built"
 COMPONENTS = ("upscaler", "face_restorer", "face_swapper", "prompt_expander")
 
-UPSCALER_CONFIG = {"architecture": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "num_grow_ch": 4, "scale": 4}
+UPSCALER_CONFIG = {
+    "architecture": "RRDBNet",
+    "num_in_ch": 3,
+    "num_out_ch": 3,
+    "num_feat": 8,
+    "num_block": 1,
+    "num_grow_ch": 4,
+    "scale": 4,
+}
 RESTORER_CONFIG = {"architecture": "FaceRestorerNet", "size": 64, "channels": [8, 16, 32], "middle_blocks": 1}
 SWAP_SIZE = 128
 EMBED_SIZE = 112
@@ -85,6 +93,7 @@ def _save(directory: Path, config: dict, model) -> None:
 
 def _build_upscaler(directory: Path) -> None:
     import torch
+
     from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
 
     torch.manual_seed(400)
@@ -110,6 +119,7 @@ def _near_identity(model, names: tuple[str, ...]) -> None:
 
 def _build_face_restorer(directory: Path) -> None:
     import torch
+
     from multipass_diffusion.finishing.face_restorer import FaceRestorerNet, RestorerConfig
 
     torch.manual_seed(410)
@@ -125,10 +135,15 @@ def _swapper_module():
 
         def __init__(self):
             super().__init__()
-            self.encode = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 3, 2, 1))
+            self.encode = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 3, 2, 1)
+            )
             self.style = nn.Linear(512, 32)
             self.decode = nn.Sequential(
-                nn.Upsample(scale_factor=4, mode="nearest"), nn.Conv2d(16, 8, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 3, 3, 1, 1)
+                nn.Upsample(scale_factor=4, mode="nearest"),
+                nn.Conv2d(16, 8, 3, 1, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(8, 3, 3, 1, 1),
             )
 
         def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -160,7 +175,13 @@ def _export(module, args: tuple, path: Path, input_names: list[str], output_name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module.eval(), args, str(path), input_names=input_names, output_names=output_names, dynamo=False, opset_version=17
+            module.eval(),
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamo=False,
+            opset_version=17,
         )
 
 
@@ -185,14 +206,24 @@ def _build_face_swapper(directory: Path) -> None:
     model.graph.initializer.append(numpy_helper.from_array(emap.astype(np.float32), name="emap"))
     onnx.save(model, str(swapper_path))
     torch.manual_seed(422)
-    _export(_embedder_module(), (torch.rand(1, 3, EMBED_SIZE, EMBED_SIZE),), directory / "arcface.onnx", ["input"], ["embedding"])
+    _export(
+        _embedder_module(),
+        (torch.rand(1, 3, EMBED_SIZE, EMBED_SIZE),),
+        directory / "arcface.onnx",
+        ["input"],
+        ["embedding"],
+    )
     (directory / "config.json").write_text(
         json.dumps({"swapper": "inswapper_128.onnx", "embedder": "arcface.onnx"}, indent=2) + "\n"
     )
 
 
 def _byte_vocab() -> dict[str, int]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -234,3 +265,60 @@ def _build_prompt_expander(directory: Path) -> None:
         transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
+
+
+def write_diffusion_upscaler(directory: Path, sd15_model: Path) -> Path:
+    """Write a tiny ``StableDiffusionUpscalePipeline`` (the other ``upscaler/`` layout) to ``directory``.
+
+    It reuses the text encoder and tokenizer of the tiny SD1.5 model at ``sd15_model``; its VAE has three
+    blocks (the real x4 factor) and its UNet takes the 4 latent + 3 low-resolution image channels and a
+    noise-level class embedding, like the real x4 upscaler. Used by tests of the diffusers upscale path.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd15_model = Path(sd15_model)
+    torch.manual_seed(440)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=0.08333,
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel.from_pretrained(sd15_model / "text_encoder", local_files_only=True),
+        tokenizer=CLIPTokenizer.from_pretrained(sd15_model / "tokenizer", local_files_only=True),
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
+    directory = Path(directory)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from finishing_testkit import MODELS_ROOT, SD15_MODEL, TINY_WORKING_SIZE
+
 from multipass.tiny_models import finishing as tiny_finishing
 from multipass.tiny_models.diffusion import build as build_diffusion
 

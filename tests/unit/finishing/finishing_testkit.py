@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 from multipass.v1 import common_pb2, diffusion_pb2
-from PIL import Image
 
 __all__ = ["MODELS_ROOT", "SD15_MODEL", "TINY_WORKING_SIZE", "face", "pixels", "scene", "spec"]
 
@@ -16,7 +17,14 @@ MODELS_ROOT = Path(__file__).resolve().parents[3] / ".multipass" / "test-models"
 
 
 def spec(kind: str, **fields) -> diffusion_pb2.PassSpec:
-    values = {"kind": kind, "model": SD15_MODEL, "prompt": "a portrait", "steps": 4, "cfg_scale": 6.0, "seed": 7}
+    values = {
+        "kind": kind,
+        "model": SD15_MODEL,
+        "prompt": "a portrait",
+        "steps": 4,
+        "cfg_scale": 6.0,
+        "seed": 7,
+    }
     values.update(fields)
     return diffusion_pb2.PassSpec(**values)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
+
 from multipass.errors import FailedPrecondition
 from multipass_diffusion.finishing.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
 from multipass_diffusion.finishing.face_restorer import FaceRestorerNet, RestorerConfig
@@ -50,7 +51,10 @@ def test_faces_are_restored_inside_their_feathered_ellipses_only(engine):
     assert np.array_equal(before[outside], after[outside])
     for x0, y0, x1, y1 in FACES:
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-        assert np.abs(after[cy - 5 : cy + 5, cx - 5 : cx + 5] - before[cy - 5 : cy + 5, cx - 5 : cx + 5]).mean() > 5
+        assert (
+            np.abs(after[cy - 5 : cy + 5, cx - 5 : cx + 5] - before[cy - 5 : cy + 5, cx - 5 : cx + 5]).mean()
+            > 5
+        )
     assert output.metadata["faces"] == "2"
     again = engine.run(spec("face_correct", faces=[face(b) for b in FACES]), PassInputs(image=image))
     assert np.array_equal(after, pixels(again.image))
@@ -61,9 +65,14 @@ def test_strength_blends_between_original_and_restored(engine):
     faces = [face(FACES[0])]
     full = pixels(engine.run(spec("face_correct", faces=faces), PassInputs(image=image)).image)
     half = pixels(
-        engine.run(spec("face_correct", faces=faces, options={"face_correct_strength": "0.5"}), PassInputs(image=image)).image
+        engine.run(
+            spec("face_correct", faces=faces, options={"face_correct_strength": "0.5"}),
+            PassInputs(image=image),
+        ).image
     )
-    none = engine.run(spec("face_correct", faces=faces, options={"face_correct_strength": "0"}), PassInputs(image=image))
+    none = engine.run(
+        spec("face_correct", faces=faces, options={"face_correct_strength": "0"}), PassInputs(image=image)
+    )
     before = pixels(image)
     assert np.array_equal(pixels(none.image), before)
     centre = (slice(40, 50), slice(35, 45))

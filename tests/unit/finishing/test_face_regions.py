@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from finishing_testkit import face, spec
+
 from multipass.errors import InvalidInput
 from multipass_diffusion.crop_inpaint import Box
 from multipass_diffusion.finishing.face_regions import (
@@ -14,8 +16,6 @@ from multipass_diffusion.finishing.face_regions import (
     face_sigma,
     square_crop,
 )
-
-from finishing_testkit import face, spec
 
 
 def test_dynamic_strength_gives_small_faces_more_denoise():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
+
 from multipass.errors import InvalidInput
 from multipass.tiny_models.diffusion import write_random_lora
 from multipass.v1 import common_pb2, prompt_pb2
@@ -66,7 +67,9 @@ def test_each_face_uses_its_own_prompt_and_lora_and_the_next_face_does_not(engin
     tuned = engine.run(
         spec("faces", faces=with_lora, tune_files=files), PassInputs(image=image, tune_paths={"4242": lora})
     )
-    prompted = engine.run(spec("faces", faces=[face(LEFT, "a face"), face(RIGHT, "a clown")]), PassInputs(image=image))
+    prompted = engine.run(
+        spec("faces", faces=[face(LEFT, "a face"), face(RIGHT, "a clown")]), PassInputs(image=image)
+    )
     left = (slice(LEFT[1], LEFT[3]), slice(LEFT[0], LEFT[2]))
     right = (slice(RIGHT[1], RIGHT[3]), slice(RIGHT[0], RIGHT[2]))
     assert np.abs(pixels(tuned.image)[left] - pixels(base.image)[left]).mean() > 0.5
@@ -103,8 +106,12 @@ def test_face_lora_files_are_part_of_the_cache_key():
     from multipass_diffusion.finishing.faces import FacesPass
 
     ref = prompt_pb2.LoraRef(tune_id="9", weight=1.0, kind="lora")
-    first = spec("faces", faces=[face(LEFT, loras=[ref])], tune_files={"9": common_pb2.ObjectRef(sha256="aa")})
-    second = spec("faces", faces=[face(LEFT, loras=[ref])], tune_files={"9": common_pb2.ObjectRef(sha256="bb")})
+    first = spec(
+        "faces", faces=[face(LEFT, loras=[ref])], tune_files={"9": common_pb2.ObjectRef(sha256="aa")}
+    )
+    second = spec(
+        "faces", faces=[face(LEFT, loras=[ref])], tune_files={"9": common_pb2.ObjectRef(sha256="bb")}
+    )
     parts = FacesPass().cache_parts(first, "/nowhere")
     assert "tune-file:9=aa" in parts
     assert parts != FacesPass().cache_parts(second, "/nowhere")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from multipass_diffusion.finishing.grading import LOOKS, Look, apply_lut, build_lut, color_grade, look_named, transform
+
+from multipass_diffusion.finishing.grading import (
+    LOOKS,
+    Look,
+    apply_lut,
+    build_lut,
+    color_grade,
+    look_named,
+    transform,
+)
 
 #: sRGB values of the 24 ColorChecker Classic patches, row by row (the last row is the grey scale).
 CHART = [
@@ -28,7 +37,9 @@ def patches(image: np.ndarray) -> np.ndarray:
     """Mean colour of every patch (24 x 3, float)."""
     return np.array(
         [
-            image[r * PATCH + 2 : (r + 1) * PATCH - 2, c * PATCH + 2 : (c + 1) * PATCH - 2].reshape(-1, 3).mean(0)
+            image[r * PATCH + 2 : (r + 1) * PATCH - 2, c * PATCH + 2 : (c + 1) * PATCH - 2]
+            .reshape(-1, 3)
+            .mean(0)
             for r in range(4)
             for c in range(6)
         ]

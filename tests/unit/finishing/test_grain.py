@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from multipass_diffusion.finishing.grain import film_grain, midtone_weight
 
 

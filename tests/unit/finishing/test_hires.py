@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
-from multipass.errors import InvalidInput
+from finishing_testkit import pixels, scene, spec
+
+from multipass.errors import Cancelled, InvalidInput
 from multipass_diffusion.finishing.hires import comfortable_side, hires_size
 from multipass_diffusion.passes.context import PassInputs
-
-from finishing_testkit import pixels, scene, spec
 
 
 def test_hires_size_scales_caps_and_rounds_to_multiples_of_eight():
@@ -39,7 +41,9 @@ def test_large_results_are_rediffused_in_tiles_with_monotonic_progress(engine):
     reports = []
     image = scene(96, 80)
     run = lambda: engine.run(  # noqa: E731
-        spec("hires", denoising_strength=0.5), PassInputs(image=image), progress=lambda d, t: reports.append((d, t))
+        spec("hires", denoising_strength=0.5),
+        PassInputs(image=image),
+        progress=lambda d, t: reports.append((d, t)),
     )
     first = run()
     assert first.image.size == (192, 160)
@@ -56,13 +60,20 @@ def test_spec_tiled_forces_tiles_and_seed_changes_the_result(engine):
     image = scene(64, 48)
     tiled = engine.run(spec("hires", tiled=True, options={"hires_tile": "64"}), PassInputs(image=image))
     assert tiled.metadata["tiles"] == "6"  # 128x96 in 64-pixel tiles overlapping by 16: 3 x 2
-    other = engine.run(spec("hires", tiled=True, seed=8, options={"hires_tile": "64"}), PassInputs(image=image))
+    other = engine.run(
+        spec("hires", tiled=True, seed=8, options={"hires_tile": "64"}), PassInputs(image=image)
+    )
     assert not np.array_equal(pixels(tiled.image), pixels(other.image))
 
 
 @pytest.mark.parametrize(
     ("fields", "field"),
-    [({"scale": 9.0}, "spec.scale"), ({"denoising_strength": 1.5}, "spec.denoising_strength"), ({"options": {"hires_tile": "100"}}, "spec.options[hires_tile]")],
+    [
+        ({"scale": 9.0}, "spec.scale"),
+        ({"denoising_strength": 1.5}, "spec.denoising_strength"),
+        ({"options": {"hires_tile": "100"}}, "spec.options[hires_tile]"),
+        ({"options": {"hires_tile": "32"}}, "spec.options[hires_tile]"),
+    ],
 )
 def test_bad_settings_are_refused_naming_the_field(engine, fields, field):
     with pytest.raises(InvalidInput) as caught:
@@ -73,3 +84,23 @@ def test_bad_settings_are_refused_naming_the_field(engine, fields, field):
 def test_hires_needs_an_image(engine):
     with pytest.raises(InvalidInput, match="spec.image"):
         engine.run(spec("hires"), PassInputs())
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("hires", {"tiled": True, "options": {"hires_tile": "64"}}),
+        ("upscale", {"tiled": True, "options": {"upscale_tile": "32", "upscale_tile_overlap": "8"}}),
+    ],
+)
+def test_a_cancelled_tiled_pass_stops_after_the_current_step(engine, kind, fields):
+    cancel = threading.Event()
+    reports = []
+
+    def progress(done: int, total: int) -> None:
+        reports.append((done, total))
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.run(spec(kind, **fields), PassInputs(image=scene(64, 48)), progress=progress, cancel=cancel)
+    assert len(reports) == 1 and reports[0][1] > 1

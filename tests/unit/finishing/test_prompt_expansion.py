@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from transformers import AutoTokenizer
+
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass_diffusion.finishing import expand_prompt
 from multipass_diffusion.finishing.prompt_expansion import clean, join
-from transformers import AutoTokenizer
 
 
 def test_expansion_continues_the_prompt_deterministically(model_root):
@@ -50,7 +51,10 @@ def test_an_incomplete_expander_is_refused_naming_the_file(model_root, tmp_path)
         expand_prompt(tmp_path, "a cat", max_new_tokens=8, seed=0)
 
 
-@pytest.mark.parametrize(("prompt", "tokens", "field"), [("  ", 8, "prompt"), ("a cat", 0, "max_new_tokens"), ("a cat", 1000, "max_new_tokens")])
+@pytest.mark.parametrize(
+    ("prompt", "tokens", "field"),
+    [("  ", 8, "prompt"), ("a cat", 0, "max_new_tokens"), ("a cat", 1000, "max_new_tokens")],
+)
 def test_bad_requests_are_refused(model_root, prompt, tokens, field):
     with pytest.raises(InvalidInput) as caught:
         expand_prompt(model_root, prompt, max_new_tokens=tokens, seed=0)

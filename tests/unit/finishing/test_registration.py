@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from multipass.errors import FailedPrecondition
 from multipass_diffusion import finishing
 from multipass_diffusion.finishing import components
@@ -55,6 +56,7 @@ def test_a_diffusers_upscaler_directory_counts_as_installed(tmp_path):
 
 def test_cache_parts_change_with_the_component_weights(model_root, tmp_path):
     from finishing_testkit import spec
+
     from multipass_diffusion.finishing.super_resolution import UpscalePass
 
     shutil.copytree(model_root / "diffusion" / "upscaler", tmp_path / "diffusion" / "upscaler")

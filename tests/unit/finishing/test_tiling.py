@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from multipass_diffusion.finishing.tiling import Blender, Tile, default_margin, starts, tile_grid, tile_weight
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"), [(100, 32, 8), (64, 64, 16), (65, 64, 16), (300, 96, 32), (20, 64, 16)])
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(100, 32, 8), (64, 64, 16), (65, 64, 16), (300, 96, 32), (20, 64, 16)]
+)
 def test_starts_cover_the_axis_with_at_least_the_overlap(length, tile, overlap):
     found = starts(length, tile, overlap)
     size = min(tile, length)

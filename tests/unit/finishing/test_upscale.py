@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from finishing_testkit import SD15_MODEL, pixels, scene, spec
+from PIL import Image
+
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
 from multipass_diffusion.finishing.super_resolution import target_size
 from multipass_diffusion.finishing.tiling import tile_grid
 from multipass_diffusion.passes.context import PassInputs
-from PIL import Image
 
 TILED = {"upscale_tile": "32", "upscale_tile_overlap": "16"}
 
@@ -77,7 +78,9 @@ def test_the_model_only_ever_sees_tiles_of_at_most_the_tile_size(engine, monkeyp
     monkeypatch.setattr(RRDBNet, "forward", recording)
     reports = []
     output = engine.run(
-        spec("upscale", tiled=True, options=TILED), PassInputs(image=scene(96, 80)), progress=lambda d, t: reports.append((d, t))
+        spec("upscale", tiled=True, options=TILED),
+        PassInputs(image=scene(96, 80)),
+        progress=lambda d, t: reports.append((d, t)),
     )
     assert output.image.size == (384, 320)
     assert len(seen) == int(output.metadata["tiles"]) > 1
@@ -87,7 +90,10 @@ def test_the_model_only_ever_sees_tiles_of_at_most_the_tile_size(engine, monkeyp
 
 def test_bad_tile_settings_are_refused(engine):
     with pytest.raises(InvalidInput) as caught:
-        engine.run(spec("upscale", options={"upscale_tile": "64", "upscale_tile_overlap": "40"}), PassInputs(image=scene(40, 32)))
+        engine.run(
+            spec("upscale", options={"upscale_tile": "64", "upscale_tile_overlap": "40"}),
+            PassInputs(image=scene(40, 32)),
+        )
     assert caught.value.violations[0].field == "spec.options[upscale_tile_overlap]"
 
 
@@ -100,3 +106,36 @@ def test_a_missing_upscaler_fails_naming_the_file(engine, model_root, tmp_path, 
     shutil.copy(model_root / "diffusion" / "upscaler" / "config.json", tmp_path / "diffusion" / "upscaler")
     with pytest.raises(FailedPrecondition, match="model.safetensors"):
         engine.run(spec("upscale"), PassInputs(image=scene(40, 32)))
+
+
+@pytest.fixture(scope="module")
+def diffusers_upscaler_root(model_root, tmp_path_factory):
+    from multipass.tiny_models.finishing import write_diffusion_upscaler
+
+    root = tmp_path_factory.mktemp("diffusers-upscaler")
+    write_diffusion_upscaler(root / "diffusion" / "upscaler", model_root / "diffusion" / SD15_MODEL)
+    return root
+
+
+def test_a_diffusers_upscaler_is_used_when_installed(engine, diffusers_upscaler_root, monkeypatch):
+    monkeypatch.setattr(engine.runtimes[SD15_MODEL], "model_dir", diffusers_upscaler_root)
+    reports = []
+    run = lambda seed: engine.run(  # noqa: E731
+        spec("upscale", steps=3, seed=seed),
+        PassInputs(image=scene(32, 24)),
+        progress=lambda d, t: reports.append((d, t)),
+    )
+    output = run(1)
+    assert output.image.size == (128, 96)
+    assert output.metadata["upscaler"] == "DiffusionUpscaler"
+    assert output.steps_run == 3 and reports[-1] == (3, 3)
+    assert np.array_equal(pixels(output.image), pixels(run(1).image))
+    assert not np.array_equal(pixels(output.image), pixels(run(2).image))
+
+
+def test_the_diffusers_upscaler_tiles_too(engine, diffusers_upscaler_root, monkeypatch):
+    monkeypatch.setattr(engine.runtimes[SD15_MODEL], "model_dir", diffusers_upscaler_root)
+    output = engine.run(spec("upscale", steps=2, tiled=True, options=TILED), PassInputs(image=scene(48, 40)))
+    assert output.image.size == (192, 160)
+    assert int(output.metadata["tiles"]) == len(tile_grid(48, 40, 32, 16))
+    assert output.steps_run == 2 * int(output.metadata["tiles"])
