@@ -83,7 +83,11 @@ async def watch(
                         expected = min(held)
                 elif record.outbox_events:
                     await jobs.flush(record)
-                elif job_state.is_terminal(record) and record.job.last_sequence < expected:
+                elif job_state.is_terminal(record):
+                    # Everything was published and the replay had time to deliver it; events older
+                    # than the stream's retention (7 days) are gone, so do not wait for them.
+                    if record.job.last_sequence >= expected:
+                        log.warning("job events no longer retained", extra={"job_id": job_id, "from": expected})
                     return
             else:
                 if event.sequence >= expected:

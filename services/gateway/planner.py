@@ -40,6 +40,18 @@ CAPABILITY_FACE_RESTORER = "face_restorer"
 CAPABILITY_FACE_SWAPPER = "face_swapper"
 CAPABILITY_PROMPT_EXPANDER = "prompt_expander"
 CAPABILITY_POSE = "controlnet:pose"
+#: ControlNet kinds whose conditioning image is estimated from a picture by a model with weights
+#: (the worker lists the installed ones as ``preprocessor:<kind>``); canny, mlsd, ... need none.
+WEIGHTED_PREPROCESSORS = frozenset({"depth", "hed", "lineart", "pose"})
+
+
+def is_capability_complete(capabilities: frozenset[str] | set[str]) -> bool:
+    """Whether the workers list everything they run (``pass:<kind>``), so absent means missing."""
+    return any(name.startswith("pass:") for name in capabilities)
+
+
+def can_estimate_pose(capabilities: frozenset[str] | set[str]) -> bool:
+    return "preprocessor:pose" in capabilities or not is_capability_complete(capabilities)
 
 
 #: The worker's defaults when a spec leaves denoising_strength at 0 (diffusion.proto).
@@ -114,12 +126,21 @@ def has_finish(params: prompt_pb2.Params) -> bool:
     return params.film_grain or bool(params.color_grading)
 
 
-def required_capabilities(parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool) -> list[tuple[str, str]]:
-    """(capability, field) for every installed component the request needs; checked at submit."""
+def required_capabilities(
+    parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool, complete: bool = False
+) -> list[tuple[str, str]]:
+    """(capability, field) for every installed component the request needs; checked at submit.
+
+    ``complete``: the workers list their pass kinds and preprocessors too (see :func:`diffusion_kinds`).
+    """
     params = parsed.params
     needs: list[tuple[str, str]] = []
+    if complete:
+        needs += [(f"pass:{kind}", field) for kind, field in diffusion_kinds(parsed)]
     if params.controlnet and (has_input_image or params.controlnet_txt2img):
         needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
+        if complete and has_input_image and params.controlnet in WEIGHTED_PREPROCESSORS:
+            needs.append((f"preprocessor:{params.controlnet}", "params.controlnet"))
     if params.super_resolution or parsed.flags.only_upscale:
         needs.append(
             (CAPABILITY_UPSCALER, "params.super_resolution" if params.super_resolution else "--only_upscale")
@@ -319,7 +340,13 @@ def plan_image(
             spec.crop_padding = config.crop_padding
             spec.crop_factor = config.crop_factor
             spec.mask_blur = config.mask_blur
-            if pose_installed:
+            slot = next((s for s in inputs.slots if s.index == person.index), None)
+            if pose_installed and slot is not None and slot.keypoints:
+                # Keep the pose of the slot: its skeleton, moved into the person's crop by the worker.
+                spec.controlnet = "pose"
+                spec.controlnet_conditioning_scale = config.person_pose_scale
+                spec.skeletons.add().keypoints.extend(slot.keypoints)
+            elif pose_installed and can_estimate_pose(config.capabilities):
                 spec.controlnet = "pose"
                 spec.controlnet_conditioning_scale = config.person_pose_scale
             passes.append(

@@ -180,11 +180,11 @@ class Submitter:
                 request,
                 parsed,
                 prepared,
-                (tune_files, references),
-                info,
-                base_model,
-                person_model,
-                started,
+                tune_files=tune_files,
+                references=references,
+                info=info,
+                models=(base_model, person_model),
+                started=started,
             )
             outcome = job_state.start(record, datetime.now(UTC))
             job_state.commit(record, outcome, datetime.now(UTC))
@@ -201,7 +201,14 @@ class Submitter:
                 await self.jobs.delete(tenant, job_id)
                 await self._discard(tenant, job_id)
                 return jobs_pb2.SubmitJobResponse(job_id=winner, existing=True)
-        await self.jobs.flush(record)
+        try:
+            await self.jobs.flush(record)
+        except MultipassError as error:
+            # The job is stored with its outbox: the sweeper publishes it, so the id stands.
+            log.warning(
+                "first passes not published yet; the sweeper will",
+                extra={"job_id": job_id, "error": str(error)},
+            )
         gateway_metrics.JOBS_SUBMITTED.inc()
         log.info(
             "job submitted",
@@ -240,10 +247,9 @@ class Submitter:
         self, parsed: prompt_pb2.ParsedPrompt, info: diffusion_pb2.InfoResponse, has_input: bool
     ) -> None:
         installed = set(info.capabilities)
-        needs = planner.required_capabilities(parsed, has_input_image=has_input)
-        if any(name.startswith("pass:") for name in installed):
-            # The workers list the pass kinds they run: every planned kind must be among them.
-            needs = [(f"pass:{kind}", field) for kind, field in planner.diffusion_kinds(parsed)] + needs
+        needs = planner.required_capabilities(
+            parsed, has_input_image=has_input, complete=planner.is_capability_complete(installed)
+        )
         missing = [
             Violation(field, f"needs {capability!r}, which the diffusion workers do not have installed")
             for capability, field in dict.fromkeys(needs)
@@ -416,12 +422,14 @@ class Submitter:
         request: jobs_pb2.SubmitJobRequest,
         parsed: prompt_pb2.ParsedPrompt,
         prepared: Prepared,
-        tunes: tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]],
+        *,
+        tune_files: dict[str, common_pb2.ObjectRef],
+        references: dict[str, list[common_pb2.ImageRef]],
         info: diffusion_pb2.InfoResponse,
-        base_model: str,
-        person_model: str,
+        models: tuple[str, str],
         started: datetime,
     ) -> events_pb2.JobRecord:
+        base_model, person_model = models
         capabilities = frozenset(info.capabilities)
         seed = parsed.params.seed if parsed.params.HasField("seed") else secrets.randbelow(2**32)
         parsed.params.seed = seed
@@ -452,8 +460,8 @@ class Submitter:
             mask_image=prepared.mask_image,
             pose_image=pose_image,
             slots=slots,
-            tune_files=tunes[0],
-            reference_images=tunes[1],
+            tune_files=tune_files,
+            reference_images=references,
         )
         plans = planner.plan_job(parsed, inputs, config)
         job = jobs_pb2.Job(

@@ -34,13 +34,29 @@ class Section:
 
 @dataclass(frozen=True)
 class SheetLayout:
-    """Geometry of a sheet: cell size, margins and text heights, in pixels."""
+    """Geometry of a sheet: cell size (``tile_size`` wide, ``tile_height`` high, square by default),
+    margins and text heights, in pixels."""
 
     tile_size: int = 192
     padding: int = 12
     title_height: int = 22
     label_height: int = 20
     font_size: int = 13
+    tile_height: int | None = None
+
+    @classmethod
+    def for_images(cls, images: Sequence[Image.Image], long_side: int = 192) -> SheetLayout:
+        """Cells shaped like the first image (a landscape chain gets landscape cells)."""
+        if not images:
+            return cls(tile_size=long_side)
+        width, height = images[0].size
+        if width >= height:
+            return cls(tile_size=long_side, tile_height=max(32, round(long_side * height / width)))
+        return cls(tile_size=max(96, round(long_side * width / height)), tile_height=long_side)
+
+    @property
+    def cell_height(self) -> int:
+        return self.tile_height or self.tile_size
 
     def size(self, sections: Sequence[Section]) -> tuple[int, int]:
         rows = [s for s in sections if s.tiles]
@@ -51,7 +67,7 @@ class SheetLayout:
 
     @property
     def row_height(self) -> int:
-        return self.title_height + self.tile_size + self.label_height + self.padding
+        return self.title_height + self.cell_height + self.label_height + self.padding
 
     def cell_origin(self, row: int, column: int) -> tuple[int, int]:
         """Top-left corner of the image cell at ``row``, ``column`` (rows count non-empty sections)."""
@@ -67,10 +83,10 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _fit(image: Image.Image, size: int) -> Image.Image:
-    """``image`` scaled (up or down) to fit a ``size`` square, aspect kept, in RGB."""
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` scaled (up or down) to fit a ``width`` x ``height`` cell, aspect kept, in RGB."""
     rgb = image.convert("RGB")
-    scale = size / max(rgb.width, rgb.height)
+    scale = min(width / rgb.width, height / rgb.height)
     target = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
     return rgb.resize(target, resample)
@@ -86,7 +102,7 @@ def _ellipsize(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 def render_contact_sheet(sections: Sequence[Section], layout: SheetLayout | None = None) -> Image.Image:
     """One RGB image: a titled row per non-empty section, labelled tiles left to right."""
-    layout = layout or SheetLayout()
+    layout = layout or SheetLayout.for_images([tile.image for section in sections for tile in section.tiles])
     sheet = Image.new("RGB", layout.size(sections), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = _font(layout.font_size)
@@ -96,14 +112,12 @@ def render_contact_sheet(sections: Sequence[Section], layout: SheetLayout | None
         draw.text((x0, y0 - layout.title_height + 3), section.title, fill=TITLE, font=font)
         for column, tile in enumerate(section.tiles):
             x, y = layout.cell_origin(row, column)
-            draw.rectangle((x, y, x + layout.tile_size - 1, y + layout.tile_size - 1), fill=CELL_BACKGROUND)
-            fitted = _fit(tile.image, layout.tile_size)
-            sheet.paste(
-                fitted,
-                (x + (layout.tile_size - fitted.width) // 2, y + (layout.tile_size - fitted.height) // 2),
-            )
-            label = _ellipsize(draw, tile.label, font, layout.tile_size)
-            draw.text((x, y + layout.tile_size + 3), label, fill=TEXT, font=font)
+            width, height = layout.tile_size, layout.cell_height
+            draw.rectangle((x, y, x + width - 1, y + height - 1), fill=CELL_BACKGROUND)
+            fitted = _fit(tile.image, width, height)
+            sheet.paste(fitted, (x + (width - fitted.width) // 2, y + (height - fitted.height) // 2))
+            label = _ellipsize(draw, tile.label, font, width)
+            draw.text((x, y + height + 3), label, fill=TEXT, font=font)
     return sheet
 
 

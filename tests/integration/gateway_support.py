@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
+
 from multipass import subjects
 from multipass.bus import Ack, Bus, Delivery, Term
 from multipass.connections import NatsSettings
@@ -33,7 +35,6 @@ from multipass_gateway.service import serve as serve_gateway
 from multipass_gateway.settings import CallbackSettings, GatewaySettings, Limits
 from multipass_prompt_parser.service import serve as serve_parser
 from multipass_prompt_parser.settings import ParserSettings
-from PIL import Image
 
 MODEL = "tiny-sd15"
 ADMIN_TOKEN = "admin-token-for-tests"

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from multipass_gateway.fetch import FetchError, SafeHttp
 from multipass_gateway.ssrf import AddressPolicy
 

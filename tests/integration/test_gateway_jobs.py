@@ -16,10 +16,11 @@ from gateway_support import (  # noqa: F401 - fixtures
     stack_fixture,
     wait_for_job,
 )
+from prometheus_client import REGISTRY
+
 from multipass import subjects
 from multipass.grpc_errors import field_violations
-from multipass.v1 import common_pb2, events_pb2, jobs_pb2
-from prometheus_client import REGISTRY
+from multipass.v1 import common_pb2, events_pb2, jobs_pb2, prompt_pb2
 
 PS = jobs_pb2
 
@@ -289,3 +290,38 @@ async def test_missing_capability_is_refused_at_submit(stack, capabilities):
     ]
     # Nothing was queued.
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
+
+
+async def test_outbox_left_by_a_crashed_replica_is_published_by_the_sweeper(stack):
+    """A replica that wrote a job but died before publishing its first passes loses nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from multipass_gateway import job_state, names, planner
+    from multipass_gateway.submission import new_job_id
+
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    parsed = prompt_pb2.ParsedPrompt(base_prompt="a lake", base_effective_prompt="a lake")
+    parsed.params.MergeFrom(
+        prompt_pb2.Params(num_images=1, steps=2, cfg_scale=7, scheduler="euler", w=256, h=256, seed=3)
+    )
+    config = planner.PlannerConfig(base_model="tiny-sd15", person_model="tiny-sd15")
+    plans = planner.plan_job(parsed, planner.JobInputs(seed=3, width=256, height=256), config)
+    job = jobs_pb2.Job(job_id=new_job_id(), state=jobs_pb2.JOB_STATE_QUEUED, prompt="a lake", parsed=parsed)
+    long_ago = datetime.now(UTC) - timedelta(minutes=1)
+    job.created_at.FromDatetime(long_ago)
+    image = job.images.add(index=0, seed=3)
+    for planned in plans[0].passes:
+        image.passes.add(name=planned.name, kind=planned.kind, status=jobs_pb2.PASS_STATUS_PENDING)
+    record = events_pb2.JobRecord(job=job, tenant=tenant.tenant, plans=plans)
+    job_state.commit(record, job_state.start(record, long_ago), long_ago)
+    assert record.outbox_requests and record.outbox_events
+    jobs_kv = await stack.bus.kv("multipass-jobs")
+    await jobs_kv.put(names.active_key(tenant.tenant, job.job_id), b"1")
+    await jobs_kv.create(names.job_key(tenant.tenant, job.job_id), record.SerializeToString())
+
+    finished = await wait_for_job(stack, job.job_id, tenant.api_key)
+    assert finished.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    events = await watch(stack, job.job_id, tenant.api_key)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[0].WhichOneof("event") == "accepted"

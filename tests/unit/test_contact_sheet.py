@@ -143,3 +143,19 @@ def test_pass_sections_leave_out_what_is_missing():
     assert [s.title for s in sections] == ["base"]
     sheet = render_contact_sheet(sections, SheetLayout(tile_size=50, padding=5))
     assert sheet.size == (5 + 55, 5 + SheetLayout(tile_size=50, padding=5).row_height)
+
+
+def test_cells_take_the_shape_of_the_chain_images():
+    landscape = [
+        Section("base", [Tile("base", solid(RED, size=(300, 200)))]),
+        Section("final", [Tile("final", solid(BLUE, size=(300, 200)))]),
+    ]
+    sheet = render_contact_sheet(landscape)
+    layout = SheetLayout(tile_size=192, tile_height=128)
+    assert SheetLayout.for_images([solid(RED, size=(300, 200))]) == layout
+    assert sheet.size == layout.size(landscape)
+    x, y = layout.cell_origin(1, 0)
+    # The image fills its cell: no letterbox at the corners.
+    assert pixel(sheet, x + 1, y + 1) == BLUE and pixel(sheet, x + 190, y + 126) == BLUE
+    portrait = SheetLayout.for_images([solid(RED, size=(200, 300))])
+    assert (portrait.tile_size, portrait.cell_height) == (128, 192)

@@ -147,7 +147,7 @@ def download_job(
     contact_sheet: bool = True,
 ) -> DownloadedJob:
     """Write the job's JSON, outputs, masks, finals and contact sheets under ``out_dir/<job_id>/``."""
-    directory = Path(out_dir) / job.job_id
+    directory = Path(out_dir).resolve() / job.job_id
     directory.mkdir(parents=True, exist_ok=True)
     job_json = directory / "job.json"
     job_json.write_text(job_to_json(job) + "\n", encoding="utf-8")

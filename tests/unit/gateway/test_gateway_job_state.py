@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from gateway_helpers import T0, event, image_ref, parsed_prompt, record_for, started
+
 from multipass.v1 import common_pb2, jobs_pb2, segmentation_pb2
 from multipass_gateway import job_state
 

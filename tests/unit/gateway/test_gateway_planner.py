@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gateway_helpers import config, image_ref, parsed_prompt, slots
+
 from multipass_gateway import planner
 
 
@@ -53,6 +54,7 @@ def test_one_person_chain_and_person_spec():
     assert [ref.tune_id for ref in person.spec.loras] == ["123"]
     assert person.spec.tune_files["123"].key == "tunes/t/123/lora.safetensors"
     assert person.spec.controlnet == "pose"  # pose kept when the ControlNet is installed
+    assert [k.x for k in person.spec.skeletons[0].keypoints] == [256.0]  # the slot's own skeleton
     assert person.spec.crop_padding == 32 and person.spec.mask_blur == 4.0
     # No explicit denoising_strength: the worker's person default, and the weight follows it.
     assert person.spec.denoising_strength == 0.0
@@ -244,3 +246,29 @@ def test_families_of_an_info_answer():
     assert planner.families("sd15") == {"sd15"}
     assert planner.families("sd15,sdxl") == {"sd15", "sdxl"}
     assert planner.families("") == frozenset()
+
+
+def test_person_pose_without_keypoints_needs_a_pose_estimator():
+    parsed = parsed_prompt(1)
+    bare = [planner.segmentation_pb2.Slot(index=0, box=planner.common_pb2.Box(x0=0, y0=0, x1=512, y1=512))]
+    complete = frozenset({"controlnet:pose", "pass:base", "pass:person"})
+    (plan,) = plan_of(parsed, slots=bare, cfg=config(capabilities=complete))
+    assert not plan.passes[-1].spec.controlnet  # the worker lists its preprocessors and has no pose one
+    (plan,) = plan_of(parsed, slots=bare, cfg=config(capabilities=complete | {"preprocessor:pose"}))
+    assert plan.passes[-1].spec.controlnet == "pose" and not plan.passes[-1].spec.skeletons
+
+
+def test_complete_workers_must_list_pass_kinds_and_weighted_preprocessors():
+    parsed = parsed_prompt(1, controlnet="depth", hires_fix=True)
+    needs = planner.required_capabilities(parsed, has_input_image=True, complete=True)
+    assert needs == [
+        ("pass:base", "prompt"),
+        ("pass:person", "prompt"),
+        ("pass:hires", "params.hires_fix"),
+        ("controlnet:depth", "params.controlnet"),
+        ("preprocessor:depth", "params.controlnet"),
+    ]
+    canny = parsed_prompt(0, controlnet="canny")
+    assert ("preprocessor:canny", "params.controlnet") not in planner.required_capabilities(
+        canny, has_input_image=True, complete=True
+    )

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 from gateway_helpers import parsed_prompt
+
 from multipass.errors import ConfigError, InvalidInput
 from multipass.v1 import jobs_pb2
 from multipass_gateway.settings import GatewaySettings

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from multipass_gateway.ssrf import (
     AddressPolicy,
     Refused,
