@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from multipass.bus import Bus
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
-from multipass.metrics import serve_metrics
+from multipass.metrics import metrics_host_for, serve_metrics
 from multipass.store import BUCKETS, ObjectStore
 from multipass.v1 import diffusion_pb2_grpc
 from multipass_diffusion.engine import Engine
@@ -74,7 +74,7 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
     )
     bus = None
     try:
-        metrics_port = serve_metrics(settings.metrics_port)
+        metrics_port = serve_metrics(settings.metrics_port, metrics_host_for(settings.grpc_addr))
         await loop.run_in_executor(executor, engine.load)
         await store.ensure_buckets(BUCKETS)
         bus = await Bus.connect(settings.nats.url, name=f"diffusion-{settings.worker_name}")

@@ -15,6 +15,7 @@ import grpc
 
 from multipass.errors import InvalidInput, MultipassError, Unavailable
 from multipass.grpc_errors import from_rpc_error
+from multipass.internal_auth import internal_metadata
 from multipass.v1 import (
     diffusion_pb2,
     diffusion_pb2_grpc,
@@ -26,7 +27,6 @@ from multipass.v1 import (
 
 log = logging.getLogger(__name__)
 
-INTERNAL_TOKEN_HEADER = "x-multipass-internal"
 _OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.max_send_message_length", 8 * 1024 * 1024),
@@ -43,7 +43,7 @@ class InternalClients:
         self.segmentation = segmentation_pb2_grpc.SegmentationStub(self._channels[1])
         self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[2])
         self._targets = {"prompt parser": parser, "segmentation": segmentation, "diffusion": diffusion}
-        self._metadata = ((INTERNAL_TOKEN_HEADER, internal_token),) if internal_token else ()
+        self._metadata = internal_metadata(internal_token)
 
     async def close(self) -> None:
         for channel in self._channels:

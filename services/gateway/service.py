@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from multipass import subjects
 from multipass.bus import Bus
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
+from multipass.metrics import metrics_host_for
 from multipass.store import BUCKETS, ObjectStore
 from multipass.v1 import admin_pb2_grpc, jobs_pb2_grpc
 from multipass_gateway import admin_server, jobs_server, tunes_server
@@ -155,8 +156,9 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         ]
         metrics_port = -1
         if settings.metrics_port >= 0:
-            host = settings.grpc_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
-            metrics_server, _thread = start_http_server(settings.metrics_port, addr=host)
+            metrics_server, _thread = start_http_server(
+                settings.metrics_port, addr=metrics_host_for(settings.grpc_address)
+            )
             metrics_port = metrics_server.server_port
         server = await start_grpc_server(settings.grpc_address, registrations)
     except BaseException:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from multipass.config import EnvReader
 from multipass.errors import ConfigError, Violation
+from multipass.metrics import metrics_host_for
 from multipass_prompt_parser.language import MIN_SIZE, SIZE_STEP, Limits
 
 #: Largest size cap an operator may configure.
@@ -29,7 +30,7 @@ class ParserSettings:
     @property
     def metrics_host(self) -> str:
         """/metrics listens where gRPC does: loopback locally, every interface in a pod (0.0.0.0)."""
-        return self.grpc_addr.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        return metrics_host_for(self.grpc_addr)
 
     @property
     def limits(self) -> Limits:

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
 from multipass.internal_auth import InternalTokenInterceptor
+from multipass.metrics import metrics_host_for
 from multipass.v1 import segmentation_pb2_grpc
 from multipass_segmentation.models import load_models, resolve_device
 from multipass_segmentation.person_masks import PersonMaskOptions
@@ -90,8 +91,7 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
 
             store = ObjectStore.from_settings(settings.s3)
         # /metrics listens where gRPC does: loopback locally, every interface in a pod (0.0.0.0).
-        metrics_host = settings.grpc_addr.rpartition(":")[0].strip("[]") or "127.0.0.1"
-        metrics_server, _thread = start_http_server(settings.metrics_port, addr=metrics_host)
+        metrics_server, _thread = start_http_server(settings.metrics_port, addr=metrics_host_for(settings.grpc_addr))
         servicer = SegmentationServicer(segmenter, store, executor, max_pixels=settings.max_pixels)
         interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
         server = await start_grpc_server(

@@ -65,6 +65,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> errors.Multip
                 detail.Unpack(bad_request)
                 violations += [errors.Violation(v.field, v.description) for v in bad_request.field_violations]
     message = error.details() or code.name
+    if violations:
+        # to_status() appends the violations to the message; keep them only once.
+        suffix = " (" + "; ".join(f"{v.field}: {v.description}" for v in violations) + ")"
+        message = message.removesuffix(suffix)
     if cls is errors.ResourceExhausted:
         return errors.ResourceExhausted(message)
     return cls(message, violations=violations)

@@ -71,6 +71,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, on_start=on_start, on_finish=on_finish)
 
 
+def metrics_host_for(grpc_addr: str) -> str:
+    """The /metrics host matching a gRPC ``host:port`` address (0.0.0.0 in pods, loopback locally)."""
+    return grpc_addr.rpartition(":")[0].strip("[]") or "127.0.0.1"
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
     """Start the /metrics HTTP endpoint; port 0 picks a free port. Returns the bound port."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
