@@ -18,6 +18,7 @@ from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, Multip
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion import metrics, models, passes
 from multipass_diffusion.adapters import AdapterRequest
+from multipass_diffusion.finishing import prompt_expansion
 from multipass_diffusion.pass_cache import PassCache
 from multipass_diffusion.passes.context import PassContext, PassInputs, ProgressFn, StepMonitor
 from multipass_diffusion.passes.sampling import prompt_warnings
@@ -185,9 +186,18 @@ class Engine:
     def _run(self, spec, inputs: PassInputs, progress, cancel, started: float) -> PassOutput:
         handler = passes.handler_for(spec.kind)
         runtime = self.runtime(spec.model)
+        expand = prompt_expansion.requested(spec)
         handler.validate(spec, inputs)
         monitor = StepMonitor(progress, cancel)
         monitor.check()
+        expansion_warnings: list[str] = []
+        expansion_metadata: dict[str, str] = {}
+        if expand:
+            # Before the key: the key holds the expanded prompt, and the pass samples with it.
+            original = spec.prompt
+            spec, expanded = prompt_expansion.expand_spec(spec, self.settings.model_dir)
+            expansion_warnings, expansion_metadata = prompt_expansion.expansion_report(original, expanded)
+            monitor.check()
         tunes = self._resolve_tunes(spec, inputs, runtime)
         working = self.settings.working_size_for(runtime.family)
         extra = list(handler.cache_parts(spec, self.settings.model_dir)) if hasattr(handler, "cache_parts") else []
@@ -200,12 +210,18 @@ class Engine:
             dtype=str(self.dtype),
             extra=extra,
         )
-        warnings = tunes.warnings + prompt_warnings(spec, runtime.base.tokenizers[0])
+        warnings = expansion_warnings + tunes.warnings + prompt_warnings(spec, runtime.base.tokenizers[0])
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
                 return PassOutput(
-                    cached, key, True, time.perf_counter() - started, 0, warnings, {"cache": "hit"}
+                    cached,
+                    key,
+                    True,
+                    time.perf_counter() - started,
+                    0,
+                    warnings,
+                    {"cache": "hit", **expansion_metadata},
                 )
         checkpoint = tunes.checkpoint
         if checkpoint is None:
@@ -216,7 +232,15 @@ class Engine:
             runtime.adapters.deactivate()
         adapters.activate(tunes.adapters)
         ctx = PassContext(
-            spec, inputs, runtime, components, adapters, monitor, working, warnings=list(warnings)
+            spec,
+            inputs,
+            runtime,
+            components,
+            adapters,
+            monitor,
+            working,
+            warnings=list(warnings),
+            metadata=dict(expansion_metadata),
         )
         image = handler.run(ctx)
         ctx.metadata["steps_run"] = str(monitor.steps_run)

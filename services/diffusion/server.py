@@ -24,6 +24,7 @@ def info(engine: Engine) -> diffusion_pb2.InfoResponse:
     return diffusion_pb2.InfoResponse(
         models=list(engine.runtimes),
         model_family=",".join(families),
+        model_families={name: runtime.family for name, runtime in engine.runtimes.items()},
         device=engine.device,
         dtype=str(engine.dtype).removeprefix("torch."),
         loaded_adapters=adapters,

@@ -21,3 +21,14 @@ QUEUE_PENDING = Gauge(
 CALLBACKS = Counter(
     "multipass_callbacks_total", "Callback deliveries by outcome (delivered, retried, failed).", ["outcome"]
 )
+PASSES_READY = Gauge(
+    "multipass_gateway_passes_ready",
+    "Pass requests waiting in the gateway's per-tenant ready queues for an in-flight slot.",
+)
+PASSES_IN_FLIGHT = Gauge(
+    "multipass_gateway_passes_in_flight",
+    "Pass requests released to the work queue whose pass has not ended yet.",
+)
+PASSES_RELEASED = Counter(
+    "multipass_gateway_passes_released_total", "Pass requests released to the work queue by the scheduler."
+)

@@ -3,9 +3,9 @@
 * ``segment``: one mask per person slot (Segmentation.Segment with the job's slots) under
   ``jobs/<tenant>/<job>/image-<k>/mask-person-<i>.png``; the pass's output is the image it segmented.
 * ``mask``: the --mask_prompt mask of the input image (Segmentation.Segment with text).
-* ``faces`` / ``face_swap``: find the faces (Segmentation.DetectFaces), give each the prompt and LoRAs of
-  the person whose slot holds it, and forward the completed request to the diffusion worker. No face
-  found: the pass completes at once, unchanged, with a warning.
+* ``faces`` / ``face_correct`` / ``face_swap``: find the faces (Segmentation.DetectFaces), give each the
+  prompt and LoRAs of the person whose slot holds it, and forward the completed request to the diffusion
+  worker (:func:`faces_request`). No face found: the pass completes at once, unchanged, with a warning.
 
 Results travel as ordinary pass events on ``multipass.events.<job_id>.<event>``, so the orchestrator
 treats these passes like any other. Requests for a cancelled job or an outdated attempt are dropped.
@@ -80,6 +80,36 @@ def face_targets(
             target.loras.extend(spec.loras)
         targets.append(target)
     return targets
+
+
+#: Face pass kinds that load each face's adapters (the others only need the faces' boxes and tunes).
+ADAPTER_FACE_KINDS = frozenset({"faces"})
+
+
+def faces_request(
+    record: events_pb2.JobRecord,
+    request: diffusion_pb2.PassRequest,
+    faces: list[segmentation_pb2.Face],
+    scale: tuple[float, float] | None,
+) -> diffusion_pb2.PassRequest:
+    """The diffusion request of a face pass: ``request`` with ``spec.faces`` filled in.
+
+    Each face gets its person's prompt and LoRAs (:func:`face_targets`). A ``faces`` pass activates
+    them, so the tune file of each (with its sha256, as planned for the person passes) is added to
+    ``spec.tune_files`` for the worker to fetch; ``face_swap`` already carries its persons' reference
+    images (``<tune_id>/reference-<k>``) from the plan.
+    """
+    forwarded = diffusion_pb2.PassRequest()
+    forwarded.CopyFrom(request)
+    forwarded.spec.faces.extend(face_targets(record, request.image_index, faces, request.spec, scale))
+    if request.spec.kind in ADAPTER_FACE_KINDS:
+        for target in forwarded.spec.faces:
+            for ref in target.loras:
+                if ref.tune_id not in forwarded.spec.tune_files:
+                    file = _tune_file(record, ref.tune_id)
+                    if file is not None:
+                        forwarded.spec.tune_files[ref.tune_id].CopyFrom(file)
+    return forwarded
 
 
 class GatewayPasses:
@@ -215,17 +245,7 @@ class GatewayPasses:
                 subjects.EVENT_COMPLETED,
             )
             return
-        forwarded = diffusion_pb2.PassRequest()
-        forwarded.CopyFrom(request)
-        forwarded.spec.faces.extend(
-            face_targets(record, request.image_index, list(response.faces), request.spec, scale)
-        )
-        for target in forwarded.spec.faces:
-            for ref in target.loras:
-                if ref.tune_id not in forwarded.spec.tune_files:
-                    file = _tune_file(record, ref.tune_id)
-                    if file is not None:
-                        forwarded.spec.tune_files[ref.tune_id].CopyFrom(file)
+        forwarded = faces_request(record, request, list(response.faces), scale)
         await self.bus.publish(
             subjects.diffusion_pass_subject(request.spec.model),
             forwarded,

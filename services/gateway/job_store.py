@@ -5,14 +5,15 @@
 writes it back on the revision it read; a conflicting writer makes it start over on the fresh record.
 ``flush`` then publishes the outbox (job events in sequence order, then pass requests; every publish
 carries a Nats-Msg-Id, so publishing twice is harmless) and removes what was published, again by
-compare-and-set. A crash between the two leaves the outbox in the record; the next transition of the
+compare-and-set. With a ``dispatch`` hook (the fair :class:`~multipass_gateway.scheduler.PassScheduler`)
+pass requests go to their tenant's ready queue instead of straight to the work queue. A crash between the two leaves the outbox in the record; the next transition of the
 job, a watcher noticing the gap, or the sweeper publishes it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
@@ -44,10 +45,15 @@ def parse_record(data: bytes, key: str) -> events_pb2.JobRecord:
     return record
 
 
+#: Takes a pass request of a tenant's job instead of publishing it (enqueue for fair release).
+Dispatch = Callable[[str, events_pb2.OutboxRequest], Awaitable[None]]
+
+
 class JobStore:
-    def __init__(self, bus: Bus, store: KeyValue):
+    def __init__(self, bus: Bus, store: KeyValue, *, dispatch: Dispatch | None = None):
         self.bus = bus
         self.kv = store
+        self.dispatch = dispatch
 
     async def create(self, record: events_pb2.JobRecord) -> int:
         """Store a new record; fails if the key exists."""
@@ -114,6 +120,10 @@ class JobStore:
             last_event = event.sequence
         published: list[tuple[str, int]] = []
         for entry in record.outbox_requests:
+            if self.dispatch is not None:
+                await self.dispatch(record.tenant, entry)
+                published.append((entry.msg_id, 0))
+                continue
             ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
             published.append((entry.msg_id, int(ack.seq or 0)))
         key = names.job_key(record.tenant, job_id)

@@ -18,6 +18,7 @@ from multipass.v1 import jobs_pb2, jobs_pb2_grpc
 from multipass_gateway import auth, job_events, job_state, names
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
+from multipass_gateway.scheduler import PassScheduler
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.submission import Submitter, job_id_time
 from multipass_gateway.tenants import TenantStore
@@ -50,6 +51,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         lifecycle: JobLifecycle,
         bus: Bus,
         settings: GatewaySettings,
+        scheduler: PassScheduler | None = None,
     ):
         self.tenants = tenants
         self.submitter = submitter
@@ -58,6 +60,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self.lifecycle = lifecycle
         self.bus = bus
         self.settings = settings
+        self.scheduler = scheduler
 
     async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context) -> jobs_pb2.SubmitJobResponse:
         tenant = await authenticate(self.tenants, context)
@@ -91,6 +94,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 withdrawn += bool(await self.bus.js.delete_msg(subjects.STREAM_PASSES, sequence))
             except Exception as error:  # noqa: BLE001 - already taken by a worker: the broadcast stops it
                 log.debug("pass request not withdrawn", extra={"sequence": sequence, "error": repr(error)})
+        if self.scheduler is not None:
+            withdrawn += await self.scheduler.withdraw(tenant, job_id)
         await self.lifecycle.finished(record)
         return jobs_pb2.CancelJobResponse(
             state=record.job.state,

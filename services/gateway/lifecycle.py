@@ -4,7 +4,8 @@
   ``callback.<tenant>.<job_id>`` until its outcome is recorded) and the end of the job's pending-work
   marker.
 * The sweeper publishes outboxes left behind by a crash, finishes what a crashed replica did not
-  (markers of ended jobs, callbacks whose claim expired) and so makes a restart lose nothing.
+  (markers of ended jobs, callbacks whose claim expired, scheduler entries of ended passes) and so makes
+  a restart lose nothing.
 * The queue gauge reads JetStream consumer info of the pass work queue.
 """
 
@@ -27,6 +28,7 @@ from multipass_gateway.budget import PendingBudget
 from multipass_gateway.callbacks import CallbackSender
 from multipass_gateway.fetch import SafeHttp
 from multipass_gateway.job_store import JobStore
+from multipass_gateway.scheduler import PassScheduler
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.views import public_job
 
@@ -51,8 +53,10 @@ class JobLifecycle:
         objects: ObjectStore,
         http: SafeHttp,
         settings: GatewaySettings,
+        scheduler: PassScheduler | None = None,
     ):
         self.bus = bus
+        self.scheduler = scheduler
         self.jobs = jobs
         self._kv = jobs_kv
         self.budget = budget
@@ -82,6 +86,8 @@ class JobLifecycle:
             with nats_errors("mark callback"):
                 await self._kv.put(callback_key(record.tenant, job.job_id), b"1")
             self.schedule_callback(record.tenant, job.job_id)
+        if self.scheduler is not None:
+            await self.scheduler.withdraw(record.tenant, job.job_id)
         await self.budget.remove(record.tenant, job.job_id)
         log.info("job finished", extra={"job_id": job.job_id, "state": state})
 
@@ -141,6 +147,8 @@ class JobLifecycle:
                 await self.jobs.flush(record)
             if job_state.is_terminal(record):
                 await self.finished(record, count=False)
+        if self.scheduler is not None:
+            await self.scheduler.reconcile(self.jobs.load)
         for key in await kv.keys(self._kv, "callback.>"):
             _, tenant, job_id = key.split(".", 2)
             record = await self.jobs.load(tenant, job_id)

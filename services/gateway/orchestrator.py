@@ -5,6 +5,10 @@ replica, so each event is handled once while it is acked; a replica that dies mi
 redelivered. Handling an event = compare-and-set the pure transition on the job record, publish the
 outbox (job events, next pass requests), ack. A redelivered or late event finds its transition already
 applied (idempotent on image, pass and attempt) and at most publishes an outbox left behind.
+
+An event that ends a pass attempt (completed, or failed without the worker retrying) frees the
+attempt's in-flight slot in the :class:`~multipass_gateway.scheduler.PassScheduler`, after the
+transition was written, so the next ready pass of any tenant may go.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from multipass.v1 import events_pb2
 from multipass_gateway import job_state, names
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
+from multipass_gateway.scheduler import PassKey, PassScheduler
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +32,27 @@ ACK_WAIT_SECONDS = 30.0
 MAX_DELIVER = 20
 
 
+def ends_attempt(event: events_pb2.PassEvent) -> bool:
+    """Whether the event closes its pass attempt (a retriable failure means the worker tries again)."""
+    kind = event.WhichOneof("event")
+    return kind == "completed" or (kind == "failed" and not event.failed.retriable)
+
+
 class Orchestrator:
     def __init__(
-        self, bus: Bus, jobs: JobStore, lifecycle: JobLifecycle, *, max_attempts: int, concurrency: int
+        self,
+        bus: Bus,
+        jobs: JobStore,
+        lifecycle: JobLifecycle,
+        *,
+        max_attempts: int,
+        concurrency: int,
+        scheduler: PassScheduler | None = None,
     ):
         self.bus = bus
         self.jobs = jobs
         self.lifecycle = lifecycle
+        self.scheduler = scheduler
         self.max_attempts = max_attempts
         self.concurrency = concurrency
 
@@ -61,6 +80,8 @@ class Orchestrator:
             await self.jobs.flush(record)
             if outcome.finished:
                 await self.lifecycle.finished(record)
+            if self.scheduler is not None and ends_attempt(event):
+                await self.scheduler.done(PassKey.of_request(event.tenant, event))
         return Ack()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -34,6 +34,9 @@ FIXED_WEIGHTS = {
     "finish": 1,
 }
 
+#: ``PassSpec.options`` key asking the worker to expand the prompt before encoding (base and hires).
+PROMPT_EXPANSION_OPTION = "prompt_expansion"
+
 #: Installed component needed per option: (capability, field it is named after in errors).
 CAPABILITY_UPSCALER = "upscaler"
 CAPABILITY_FACE_RESTORER = "face_restorer"
@@ -181,6 +184,37 @@ def families(model_family: str) -> frozenset[str]:
     return frozenset(part.strip() for part in model_family.split(",") if part.strip())
 
 
+def model_family(info: diffusion_pb2.InfoResponse, model: str) -> str:
+    """The family of ``model`` from Diffusion.Info: its ``model_families`` entry; "" when unknown.
+
+    A worker without the per-model map (an older one) is read from ``model_family`` when that names a
+    single family; a mixed answer leaves the family unknown (the worker checks it when the pass runs).
+    """
+    if model in info.model_families:
+        return info.model_families[model]
+    served = families(info.model_family)
+    return next(iter(served)) if len(served) == 1 else ""
+
+
+def tune_models(
+    parsed: prompt_pb2.ParsedPrompt, base_model: str, person_model: str
+) -> dict[tuple[str, str], list[str]]:
+    """The models whose passes load each tune of the prompt, by (kind, tune id).
+
+    Base tags (base and common) load on the base model (base and hires passes); person tags (person and
+    common) on the person model (person passes and the faces pass). Face swap loads no adapter, and the
+    faces pass gives the base tags to faces of no person only when both models are one.
+    """
+    base = {(ref.kind, ref.tune_id) for ref in parsed.base_loras}
+    person = {(ref.kind, ref.tune_id) for p in parsed.persons for ref in p.loras}
+    models: dict[tuple[str, str], list[str]] = {}
+    for ref in tune_ids(parsed):
+        key = (ref.kind, ref.tune_id)
+        used = ([base_model] if key in base else []) + ([person_model] if key in person else [])
+        models[key] = list(dict.fromkeys(used))
+    return models
+
+
 def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
     """Every model tag of the prompt (base, common and persons), first occurrence of each tag."""
     seen: set[tuple[str, str]] = set()
@@ -315,7 +349,7 @@ def plan_image(
             for slot in inputs.slots:
                 spec.skeletons.add().keypoints.extend(slot.keypoints)
         if params.prompt_expansion:
-            spec.options["prompt_expansion"] = "true"
+            spec.options[PROMPT_EXPANSION_OPTION] = "true"
         passes.append(_planned("base", "base", spec, steps))
 
     if parsed.persons:
@@ -364,12 +398,17 @@ def plan_image(
         width, height = scaled(width, height, config.hires_scale)
         spec.width, spec.height, spec.scale = width, height, config.hires_scale
         spec.denoising_strength = parsed.hires_denoising_strength
+        if params.prompt_expansion:
+            # Same prompt and seed as the base pass: the worker expands it the same way (greedy decoding).
+            spec.options[PROMPT_EXPANSION_OPTION] = "true"
         passes.append(
             _planned("hires", "hires", spec, _denoise_steps(params.steps, parsed.hires_denoising_strength))
         )
 
     if params.inpaint_faces:
-        spec = common("faces", config.person_model, base_prompt, base_negative, parsed.base_loras)
+        # Faces of no person get the base prompt, and the base LoRAs when they fit the person model.
+        face_loras = parsed.base_loras if config.base_model == config.person_model else []
+        spec = common("faces", config.person_model, base_prompt, base_negative, face_loras)
         spec.denoising_strength = config.faces_denoising_strength
         spec.crop_padding = config.crop_padding
         spec.mask_blur = config.mask_blur
@@ -382,11 +421,13 @@ def plan_image(
         passes.append(_planned("face_correct", "face_correct", spec, FIXED_WEIGHTS["face_correct"]))
 
     if params.face_swap:
-        loras = [ref for person in parsed.persons for ref in person.loras]
-        spec = common("face_swap", config.person_model, "", "", loras)
-        for ref in loras:
-            for number, image in enumerate(inputs.reference_images.get(ref.tune_id, ())):
-                spec.tune_files[reference_key(ref.tune_id, number)].CopyFrom(
+        # No adapters: each face's identity is the tune of its person (FaceTarget.loras, filled at dispatch),
+        # read from that tune's reference images; a face of no person is left as it is.
+        spec = common("face_swap", config.person_model, "", "", [])
+        tunes = dict.fromkeys(ref.tune_id for person in parsed.persons for ref in person.loras)
+        for tune_id in tunes:
+            for number, image in enumerate(inputs.reference_images.get(tune_id, ())):
+                spec.tune_files[reference_key(tune_id, number)].CopyFrom(
                     common_pb2.ObjectRef(
                         bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size
                     )

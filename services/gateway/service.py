@@ -27,6 +27,7 @@ from multipass_gateway.gateway_passes import GatewayPasses
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
 from multipass_gateway.orchestrator import Orchestrator
+from multipass_gateway.scheduler import PassScheduler
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.ssrf import AddressPolicy
 from multipass_gateway.submission import Submitter
@@ -95,12 +96,26 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             allow_hosts=settings.fetch_allow.hosts, allow_networks=settings.fetch_allow.networks
         )
         http = SafeHttp(policy, resolver=resolver)
-        jobs = JobStore(bus, jobs_kv)
+        scheduler = PassScheduler(
+            bus,
+            jobs_kv,
+            tenant_limit=settings.limits.tenant_max_passes_in_flight,
+            global_limit=settings.limits.max_passes_in_flight,
+            interval=settings.scheduler_interval_seconds,
+        )
+        jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
         budget = PendingBudget(jobs_kv, settings.limits)
         tenants = TenantStore(await bus.kv(subjects.KV_TENANTS), settings.api_key_pepper)
         tunes = TuneStore(await bus.kv(subjects.KV_TUNES), objects, http, settings.limits)
         lifecycle = JobLifecycle(
-            bus=bus, jobs=jobs, jobs_kv=jobs_kv, budget=budget, objects=objects, http=http, settings=settings
+            bus=bus,
+            jobs=jobs,
+            jobs_kv=jobs_kv,
+            budget=budget,
+            objects=objects,
+            http=http,
+            settings=settings,
+            scheduler=scheduler,
         )
         info = DiffusionInfo(clients, settings.info_ttl_seconds)
         submitter = Submitter(
@@ -121,10 +136,12 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             lifecycle,
             max_attempts=settings.limits.pass_max_attempts,
             concurrency=settings.event_concurrency,
+            scheduler=scheduler,
         )
         gateway_passes = GatewayPasses(bus, jobs, clients)
         tasks = [
             asyncio.create_task(orchestrator.run(stop_event), name="orchestrator"),
+            asyncio.create_task(scheduler.run(stop_event), name="pass-scheduler"),
             asyncio.create_task(gateway_passes.run(stop_event), name="gateway-passes"),
             asyncio.create_task(lifecycle.run_sweeper(stop_event), name="sweeper"),
             asyncio.create_task(lifecycle.run_queue_gauge(stop_event), name="queue-gauge"),
@@ -140,6 +157,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
                     lifecycle=lifecycle,
                     bus=bus,
                     settings=settings,
+                    scheduler=scheduler,
                 ),
                 jobs_server.SERVICE_NAME,
             ),
@@ -181,7 +199,14 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         tasks=tasks,
         metrics_port=metrics_port,
         _metrics_server=metrics_server,
-        components={"jobs": jobs, "tenants": tenants, "tunes": tunes, "objects": objects, "budget": budget},
+        components={
+            "jobs": jobs,
+            "tenants": tenants,
+            "tunes": tunes,
+            "objects": objects,
+            "budget": budget,
+            "scheduler": scheduler,
+        },
     )
     log.info(
         "gateway serving",

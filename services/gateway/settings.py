@@ -41,6 +41,10 @@ class Limits:
     retry_after_seconds: float = 10.0
     #: Attempts of a pass whose worker gave up with a transient error (UNAVAILABLE, DEADLINE_EXCEEDED).
     pass_max_attempts: int = 2
+    #: Passes of one tenant released to the work queue and not finished yet; the rest wait their turn.
+    tenant_max_passes_in_flight: int = 16
+    #: Passes of every tenant released and not finished yet (size it to the workers' capacity).
+    max_passes_in_flight: int = 64
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class GatewaySettings:
     sweep_interval_seconds: float = 30.0
     #: Seconds between refreshes of the pending-passes gauge.
     queue_metrics_interval_seconds: float = 10.0
+    #: Seconds between pass release rounds when nothing wakes the scheduler earlier.
+    scheduler_interval_seconds: float = 1.0
     #: Concurrent handlers of pass events in this replica.
     event_concurrency: int = 8
     log_level: str = "INFO"
@@ -139,6 +145,12 @@ class GatewaySettings:
             pass_max_attempts=reader.int(
                 "GATEWAY_PASS_MAX_ATTEMPTS", defaults.pass_max_attempts, min=1, max=10
             ),
+            tenant_max_passes_in_flight=reader.int(
+                "GATEWAY_TENANT_MAX_PASSES_IN_FLIGHT", defaults.tenant_max_passes_in_flight, min=1
+            ),
+            max_passes_in_flight=reader.int(
+                "GATEWAY_MAX_PASSES_IN_FLIGHT", defaults.max_passes_in_flight, min=1
+            ),
         )
         callback_defaults = CallbackSettings()
         callbacks = CallbackSettings(
@@ -179,6 +191,7 @@ class GatewaySettings:
             queue_metrics_interval_seconds=reader.float(
                 "GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1
             ),
+            scheduler_interval_seconds=reader.float("GATEWAY_SCHEDULER_INTERVAL_SECONDS", 1.0, min=0.05),
             event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 8, min=1, max=256),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )

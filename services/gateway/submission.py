@@ -173,7 +173,9 @@ class Submitter:
 
         job_id = new_job_id()
         try:
-            prepared = await self._prepare_inputs(tenant, job_id, request, parsed, info.model_family)
+            prepared = await self._prepare_inputs(
+                tenant, job_id, request, parsed, planner.model_family(info, base_model)
+            )
             record = await self._build(
                 tenant,
                 job_id,
@@ -269,11 +271,15 @@ class Submitter:
         base_model: str,
         person_model: str,
     ) -> tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]]:
-        """Tune files and reference images by tune id; InvalidInput naming each bad tag."""
+        """Tune files and reference images by tune id; InvalidInput naming each bad tag.
+
+        A tune's family must be that of every model whose passes load it (base and person models may
+        differ), from ``Diffusion.Info.model_families``.
+        """
         problems: list[Violation] = []
         files: dict[str, common_pb2.ObjectRef] = {}
         references: dict[str, list[common_pb2.ImageRef]] = {}
-        base_ids = {(ref.kind, ref.tune_id) for ref in parsed.base_loras}
+        models = planner.tune_models(parsed, base_model, person_model)
         with_references = False
         person_ids = {ref.tune_id for person in parsed.persons for ref in person.loras}
         for ref in planner.tune_ids(parsed):
@@ -282,16 +288,16 @@ class Submitter:
             if tune is None:
                 problems.append(Violation(field, f"tune {ref.tune_id!r} does not exist"))
                 continue
-            model = base_model if (ref.kind, ref.tune_id) in base_ids else person_model
-            served = planner.families(info.model_family)
-            # A worker serving one family says which; a mixed one leaves the exact check to the worker.
-            if served and tune.base_family not in served:
-                problems.append(
-                    Violation(
-                        field,
-                        f"tune {ref.tune_id} is a {tune.base_family} {tune.kind}; model {model} is {info.model_family}",
+            for model in models[(ref.kind, ref.tune_id)]:
+                family = planner.model_family(info, model)
+                # An unknown family (an older worker serving both) is left to the worker's own check.
+                if family and tune.base_family != family:
+                    problems.append(
+                        Violation(
+                            field,
+                            f"tune {ref.tune_id} is a {tune.base_family} {tune.kind}; model {model} is {family}",
+                        )
                     )
-                )
             if ref.kind == "faceid" and not tune.reference_images:
                 problems.append(
                     Violation(field, f"tune {ref.tune_id} has no reference images for <faceid:...>")

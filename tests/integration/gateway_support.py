@@ -53,14 +53,17 @@ def safetensors_bytes() -> bytes:
 
 
 class FakeDiffusionInfo(diffusion_pb2_grpc.DiffusionServicer):
-    def __init__(self, capabilities: list[str], family: str = "sd15"):
+    """Diffusion.Info of workers serving ``models`` (model name → family)."""
+
+    def __init__(self, capabilities: list[str], models: dict[str, str] | None = None):
         self.capabilities = capabilities
-        self.family = family
+        self.models = models or {MODEL: "sd15"}
 
     async def Info(self, request, context):
         return diffusion_pb2.InfoResponse(
-            models=[MODEL],
-            model_family=self.family,
+            models=list(self.models),
+            model_family=",".join(sorted(set(self.models.values()))),
+            model_families=self.models,
             device="cpu",
             dtype="float32",
             capabilities=self.capabilities,
@@ -256,9 +259,18 @@ def capabilities_fixture() -> list[str]:
     return ["controlnet:pose", "pass:base", "pass:faces", "pass:person", "pass:upscale", "upscaler"]
 
 
+def served_models(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Models the fake Diffusion.Info says the workers serve, with their families: the test's
+    ``served_models`` argument when it has one (e.g. parametrized), else the tiny SD1.5 model."""
+    try:
+        return request.getfixturevalue("served_models")
+    except pytest.FixtureLookupError:
+        return {MODEL: "sd15"}
+
+
 @pytest.fixture(name="stack")
 async def stack_fixture(
-    nats_server, s3_settings, store, bus, segmentation_models, capabilities
+    request, nats_server, s3_settings, store, bus, segmentation_models, capabilities
 ) -> AsyncIterator[Stack]:
     from multipass_segmentation.service import serve as serve_segmentation
     from multipass_segmentation.settings import SegmentationSettings
@@ -275,7 +287,7 @@ async def stack_fixture(
         [
             Registration(
                 diffusion_pb2_grpc.add_DiffusionServicer_to_server,
-                FakeDiffusionInfo(capabilities),
+                FakeDiffusionInfo(capabilities, served_models(request)),
                 "multipass.v1.Diffusion",
             )
         ],

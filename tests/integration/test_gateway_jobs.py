@@ -292,6 +292,78 @@ async def test_missing_capability_is_refused_at_submit(stack, capabilities):
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
 
 
+async def test_prompt_expansion_without_an_expander_is_refused_at_submit(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params={"prompt_expansion": "true"}),
+            metadata=bearer(tenant.api_key),
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert field_violations(caught.value) == [
+        (
+            "params.prompt_expansion",
+            "needs 'prompt_expander', which the diffusion workers do not have installed",
+        )
+    ]
+    assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
+
+
+@pytest.mark.parametrize(
+    "capabilities", [["controlnet:pose", "pass:base", "pass:hires", "prompt_expander"]]
+)
+async def test_prompt_expansion_is_asked_of_the_worker_on_the_base_and_hires_passes(stack, capabilities):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a cat",
+            params={"prompt_expansion": "true", "hires_fix": "true", "steps": "3", "w": "256", "h": "256"},
+        ),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    seen = {r.pass_name: r.spec for r in stack.worker.seen if r.job_id == submitted.job_id}
+    assert sorted(seen) == ["base", "hires"]
+    assert all(dict(spec.options) == {"prompt_expansion": "true"} for spec in seen.values())
+    assert seen["base"].prompt == seen["hires"].prompt and seen["base"].seed == seen["hires"].seed
+
+
+@pytest.mark.parametrize("served_models", [{"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}])
+async def test_tunes_must_fit_the_model_their_passes_run_on(stack, served_models):
+    """Mixed mode: an SDXL base model, an SD1.5 person model, on workers serving both."""
+    await stack.start_gateway(base_model="tiny-sdxl", person_model="tiny-sd15")
+    tenant = await stack.tenant()
+    sd15 = (await register_tune(stack, tenant.api_key, family="sd15")).tune_id
+    sdxl = (await register_tune(stack, tenant.api_key, family="sdxl")).tune_id
+    fitting = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt=f"a room <lora:{sdxl}:1> BREAK BREAK ohwx woman <lora:{sd15}:1>", params={"steps": "3"}
+        ),
+        metadata=bearer(tenant.api_key),
+    )
+    assert fitting.job_id
+
+    async def refused(prompt: str) -> list[tuple[str, str]]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.jobs.SubmitJob(
+                jobs_pb2.SubmitJobRequest(prompt=prompt, params={"steps": "3"}), metadata=bearer(tenant.api_key)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return field_violations(caught.value)
+
+    assert await refused(f"a room <lora:{sd15}:1> BREAK BREAK ohwx woman <lora:{sdxl}:1>") == [
+        (f"<lora:{sd15}:1>", f"tune {sd15} is a sd15 lora; model tiny-sdxl is sdxl"),
+        (f"<lora:{sdxl}:1>", f"tune {sdxl} is a sdxl lora; model tiny-sd15 is sd15"),
+    ]
+    # A common tag loads on both models, so it must fit both.
+    assert await refused(f"a room BREAK spring <lora:{sd15}:1> BREAK ohwx woman") == [
+        (f"<lora:{sd15}:1>", f"tune {sd15} is a sd15 lora; model tiny-sdxl is sdxl")
+    ]
+
+
 async def test_outbox_left_by_a_crashed_replica_is_published_by_the_sweeper(stack):
     """A replica that wrote a job but died before publishing its first passes loses nothing."""
     from datetime import UTC, datetime, timedelta

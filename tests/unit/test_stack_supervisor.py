@@ -347,7 +347,7 @@ def test_up_refuses_to_start_a_second_stack_in_the_same_directory(tmp_path):
     from multipass.stack.local_stack import LocalStack, StackConfig, StackError
 
     paths = StackPaths(tmp_path / ".multipass")
-    other = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    other = subprocess.Popen([PY, "-c", "import time; time.sleep(30)  # multipass supervisor stand-in"])
     try:
         write_json_atomic(paths.state_file, {"status": "running", "supervisor_pid": other.pid})
         with pytest.raises(StackError, match="already running"):
@@ -366,7 +366,7 @@ def test_down_signals_the_supervisor_then_stops_only_leftovers_that_are_still_ou
         [
             PY,
             "-c",
-            f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)",
+            f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)  # multipass supervisor stand-in",
         ],
         stdout=subprocess.PIPE,
     )
@@ -405,14 +405,18 @@ def test_status_probes_every_recorded_process_now(tmp_path):
 
     paths = StackPaths(tmp_path / ".multipass")
     port = closed_port()
-    server = subprocess.Popen([PY, "-c", SERVE_TCP, str(port)])
+    server = subprocess.Popen([PY, "-c", SERVE_TCP + "# multipass supervisor stand-in\n", str(port)])
+    stranger = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
     try:
         wait_for(lambda: HealthProbe("tcp", f"127.0.0.1:{port}").check())
+        # A recorded supervisor pid now used by another program does not count as a running stack.
+        write_json_atomic(paths.state_file, {"status": "running", "supervisor_pid": stranger.pid})
+        assert live_status(paths)["supervisor_alive"] is False
         write_json_atomic(
             paths.state_file,
             {
                 "status": "running",
-                "supervisor_pid": os.getpid(),
+                "supervisor_pid": server.pid,
                 "processes": {
                     "up": {"pid": server.pid, "probe": {"kind": "tcp", "target": f"127.0.0.1:{port}"}},
                     "hung": {
@@ -425,8 +429,9 @@ def test_status_probes_every_recorded_process_now(tmp_path):
         )
         state = live_status(paths)
     finally:
-        server.kill()
-        server.wait()
+        for process in (server, stranger):
+            process.kill()
+            process.wait()
     assert state["supervisor_alive"] is True
     assert {name: p["health"] for name, p in state["processes"].items()} == {
         "up": "SERVING",

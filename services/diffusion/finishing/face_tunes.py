@@ -9,24 +9,15 @@ the same way). Reference images of a tune travel in the same map under the keys
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.passes.context import PassContext
+from multipass_diffusion.tune_files import is_reference_key, reference_key, reference_match
 
-_REFERENCE = re.compile(r"^(?P<tune>.+)/reference-(?P<index>\d+)$")
-
-
-def reference_key(tune_id: str, index: int) -> str:
-    """Key of a tune's ``index``-th reference image in ``PassSpec.tune_files``."""
-    return f"{tune_id}/reference-{index}"
-
-
-def is_reference_key(key: str) -> bool:
-    return _REFERENCE.match(key) is not None
+__all__ = ["FaceTunes", "activate", "is_reference_key", "reference_images", "reference_key", "resolve"]
 
 
 @dataclass
@@ -89,7 +80,7 @@ def reference_images(ctx: PassContext, tune_id: str) -> list[Path]:
     spec, inputs = ctx.spec, ctx.inputs
     indexed = []
     for key in spec.tune_files:
-        match = _REFERENCE.match(key)
+        match = reference_match(key)
         if match and match["tune"] == tune_id:
             indexed.append((int(match["index"]), key))
     paths = []

@@ -28,7 +28,7 @@ class PassInputs:
     #: Single-channel ("L"), white = repaint.
     mask: Image.Image | None = None
     control_image: Image.Image | None = None
-    #: Local files of the spec's tunes by tune id (the worker fetches them, cached by sha256).
+    #: Local files of the spec's ``tune_files`` by the same keys (tune id; ``<tune_id>/reference-<k>``).
     tune_paths: dict[str, Path] = field(default_factory=dict)
 
 

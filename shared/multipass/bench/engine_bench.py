@@ -177,9 +177,13 @@ def pass_cache_speedup(engine, loras: list[workload.Lora], *, side: int = 512, r
     for index in range(repetitions):
         with workload.pass_cache(engine, MemoryPassCache()):
             seed = 1000 + index
-            seconds, cold = timed(lambda seed=seed: two_person_job(engine, loras, seed=seed, prompts=prompts, side=side))
+            seconds, cold = timed(
+                lambda seed=seed: two_person_job(engine, loras, seed=seed, prompts=prompts, side=side)
+            )
             cold_seconds.append(seconds)
-            seconds, warm = timed(lambda seed=seed: two_person_job(engine, loras, seed=seed, prompts=changed, side=side))
+            seconds, warm = timed(
+                lambda seed=seed: two_person_job(engine, loras, seed=seed, prompts=changed, side=side)
+            )
             warm_seconds.append(seconds)
         if any(output.cache_hit for output in cold):
             raise MetricUnavailable("the cold job hit the pass cache")

@@ -16,7 +16,15 @@ from multipass.bench.report import MetricUnavailable
 def probe(model_root: Path, variant: str, *, timeout: float = 300.0) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "multipass.bench.memory_probe", "--model-root", str(model_root), "--variant", variant],
+        [
+            sys.executable,
+            "-m",
+            "multipass.bench.memory_probe",
+            "--model-root",
+            str(model_root),
+            "--variant",
+            variant,
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -45,12 +53,16 @@ def shared_components_memory(model_root: Path, *, repetitions: int = 2, calibrat
         "rss_one": [o["rss"] for o in ones],
         "rss_all": [a["rss"] for a in alls],
         "rss_ratios": [round(r, 5) for r in ratios],
-        "rss_delta_all_minus_one_bytes": int(statistics.median(a["rss"] for a in alls) - statistics.median(o["rss"] for o in ones)),
+        "rss_delta_all_minus_one_bytes": int(
+            statistics.median(a["rss"] for a in alls) - statistics.median(o["rss"] for o in ones)
+        ),
         "pipelines_built": last_all["pipelines"],
         "parameter_bytes_distinct_one": last_one["parameter_bytes_distinct"],
         "parameter_bytes_distinct_all": last_all["parameter_bytes_distinct"],
         "parameter_bytes_if_not_shared": last_all["parameter_bytes_total"],
-        "load_footprint_bytes": int(statistics.median(o["rss_after_load"] - o["rss_after_imports"] for o in ones)),
+        "load_footprint_bytes": int(
+            statistics.median(o["rss_after_load"] - o["rss_after_imports"] for o in ones)
+        ),
         "repetitions": repetitions,
         "what": "fresh process per variant: engine.load() of sd15-tiny (+ inpainting UNet, pose ControlNet); "
         "'all' builds txt2img/img2img/inpaint with and without the ControlNet via ComponentSet.pipeline",

@@ -89,7 +89,9 @@ def measure(model_root: Path, variant: str) -> dict:
         ]
     gc.collect()
     end = rss_bytes()
-    distinct, total = parameter_bytes(pipelines, [m for m in (components.inpaint_unet, controlnet) if m is not None])
+    distinct, total = parameter_bytes(
+        pipelines, [m for m in (components.inpaint_unet, controlnet) if m is not None]
+    )
     copies_bytes = sum(
         t.numel() * t.element_size() for module in keep for t in [*module.parameters(), *module.buffers()]
     )

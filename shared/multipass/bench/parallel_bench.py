@@ -13,6 +13,7 @@ equality.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import statistics
 import time
@@ -81,11 +82,24 @@ def paste_masks(specs, masks) -> list[np.ndarray]:
     return [feather(np.asarray(m), mask_blur(s)) for s, m in zip(specs, masks, strict=True)]
 
 
+def spin(units: int) -> float:
+    """Fixed CPU work (``units`` x 60 matmuls of 256x256 on the worker's threads); its seconds."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(256, 256, generator=generator)
+    started = time.perf_counter()
+    for _ in range(units * 60):
+        a = torch.tanh(a @ a)
+    return time.perf_counter() - started
+
+
 def _worker(conn, model_root: str, working_size: int, threads: int) -> None:
     import os
 
-    from multipass.v1 import diffusion_pb2
     from PIL import Image
+
+    from multipass.v1 import diffusion_pb2
 
     workload.set_threads(threads)
     engine = workload.make_engine(Path(model_root), working_size=working_size, threads=threads)
@@ -94,7 +108,10 @@ def _worker(conn, model_root: str, working_size: int, threads: int) -> None:
         message = conn.recv()
         if message is None:
             break
-        image_array, jobs = message
+        if message[0] == "spin":
+            conn.send(spin(message[1]))
+            continue
+        _op, image_array, jobs = message
         image = Image.fromarray(image_array)
         started = time.perf_counter()
         metadata = []
@@ -128,17 +145,18 @@ class Workers:
             connection.recv()
 
     def submit(self, index: int, image: np.ndarray, jobs) -> None:
-        self.connections[index].send((image, jobs))
+        self.connections[index].send(("run", image, jobs))
+
+    def spin(self, index: int, units: int) -> None:
+        self.connections[index].send(("spin", units))
 
     def result(self, index: int):
         return self.connections[index].recv()
 
     def close(self) -> None:
         for connection in self.connections:
-            try:
+            with contextlib.suppress(OSError, BrokenPipeError):
                 connection.send(None)
-            except (OSError, BrokenPipeError):
-                pass
         for process in self.processes:
             process.join(10)
             if process.is_alive():
@@ -157,7 +175,7 @@ def parallel_persons(
     alphas = paste_masks(specs, masks)
     jobs = [(s.SerializeToString(), np.asarray(m)) for s, m in zip(specs, masks, strict=True)]
     workers = Workers(model_root, 2, working_size=working_size, threads=threads)
-    sequential, parallel, equal = [], [], []
+    sequential, parallel, equal, capacities = [], [], [], []
     crop_boxes: list = []
     try:
 
@@ -176,9 +194,24 @@ def parallel_persons(
             final = composite(base, [first, second], alphas)
             return time.perf_counter() - started, final, meta0 + meta1
 
+        def capacity() -> float:
+            """Seconds of 2 units on one worker over 1 unit on each of two at once: ~2 with two free
+            cores, ~1 when the machine has one core's worth to give (other load)."""
+            started = time.perf_counter()
+            workers.spin(0, 2)
+            workers.result(0)
+            alone = time.perf_counter() - started
+            started = time.perf_counter()
+            workers.spin(0, 1)
+            workers.spin(1, 1)
+            workers.result(0)
+            workers.result(1)
+            return alone / (time.perf_counter() - started)
+
         run_sequential()
         run_parallel()
         for index in range(repetitions):
+            capacities.append(capacity())
             order = ("seq", "par") if index % 2 == 0 else ("par", "seq")
             results = {}
             for name in order:
@@ -209,6 +242,9 @@ def parallel_persons(
         "sequential_seconds_median": round(statistics.median(sequential), 4),
         "parallel_seconds_median": round(statistics.median(parallel), 4),
         "ratios": [round(r, 4) for r in ratios],
+        "cpu_parallel_capacity": [round(c, 3) for c in capacities],
+        "cpu_parallel_capacity_note": "fixed CPU work: 2 units on one process / 1 unit on each of two at "
+        "once, measured before each pair; 2.0 = two free cores, 1.0 = no parallelism to be had",
         "repetitions": repetitions,
         "note": "engine-level equivalent: the gateway runs person passes sequentially today",
     }

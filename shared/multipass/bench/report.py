@@ -3,6 +3,7 @@ targets, and details; plus the checks the tests and the runner apply to it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -70,10 +71,8 @@ def machine_info() -> dict:
     }
     if info["memory_bytes"]:
         info["memory_gib"] = round(info["memory_bytes"] / 2**30, 1)
-    try:
+    with contextlib.suppress(OSError):
         info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
     try:
         import torch
 
@@ -120,7 +119,7 @@ def build_report(
     for key in METRIC_KEYS:
         value = figures.get(key)
         report[key] = round(float(value), 4) if value is not None else None
-    report["reasons"] = {k: reasons[k] for k in METRIC_KEYS if report[k] is None}
+    report["reasons"] = {k: reasons.get(k) or "not measured" for k in METRIC_KEYS if report[k] is None}
     report["targets"] = {
         key: {
             "target": f"{TARGETS[key][0]} {TARGETS[key][1]:g}" if TARGETS[key] else None,

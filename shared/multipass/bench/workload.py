@@ -138,7 +138,11 @@ def with_lora(pass_spec, lora: Lora):
     """``pass_spec`` with ``lora`` active (its LoraRef and tune file entry)."""
     pass_spec.loras.add(tune_id=lora.tune_id, weight=lora.weight, kind="lora", tag=f"<lora:{lora.tune_id}>")
     ref = pass_spec.tune_files[lora.tune_id]
-    ref.bucket, ref.key, ref.sha256 = "multipass-tunes", f"tunes/bench/{lora.tune_id}/lora.safetensors", lora.sha256
+    ref.bucket, ref.key, ref.sha256 = (
+        "multipass-tunes",
+        f"tunes/bench/{lora.tune_id}/lora.safetensors",
+        lora.sha256,
+    )
     return pass_spec
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from multipass.stack.health import HealthProbe
 from multipass.stack.local_stack import LocalStack, StackConfig, StackError
-from multipass.stack.state import StackPaths, pid_alive, read_state
+from multipass.stack.state import StackPaths, pid_alive, read_state, supervisor_alive
 from multipass.stack.supervisor import log_tail
 
 #: How long ``down`` waits for the supervisor to stop its processes before killing what is left.
@@ -113,9 +113,8 @@ def wait_until_up(
 def running_supervisor(paths: StackPaths) -> int | None:
     """The pid of the live supervisor of the stack recorded under ``paths``, if any."""
     state = read_state(paths) or {}
-    pid = state.get("supervisor_pid")
-    if state.get("status") in ("starting", "running") and pid_alive(pid):
-        return pid
+    if state.get("status") in ("starting", "running") and supervisor_alive(state):
+        return state["supervisor_pid"]
     return None
 
 
@@ -141,7 +140,7 @@ def stop_stack(
     if not state:
         return False
     supervisor = state.get("supervisor_pid")
-    if supervisor and supervisor != os.getpid() and pid_alive(supervisor):
+    if supervisor and supervisor != os.getpid() and supervisor_alive(state):
         on_progress(f"stopping the supervisor (pid {supervisor})")
         os.kill(supervisor, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -175,7 +174,7 @@ def live_status(paths: StackPaths) -> dict | None:
     state = read_state(paths)
     if state is None:
         return None
-    state["supervisor_alive"] = pid_alive(state.get("supervisor_pid"))
+    state["supervisor_alive"] = supervisor_alive(state)
     processes = state.get("processes") or {}
 
     def probe(item):

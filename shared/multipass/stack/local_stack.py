@@ -27,8 +27,8 @@ from multipass.stack.health import HealthProbe
 from multipass.stack.state import (
     STATE_VERSION,
     StackPaths,
-    pid_alive,
     read_state,
+    supervisor_alive,
     write_json_atomic,
     write_secret,
 )
@@ -308,7 +308,7 @@ class LocalStack:
             state
             and state.get("status") in ("starting", "running")
             and owner != os.getpid()
-            and pid_alive(owner)
+            and supervisor_alive(state)
         ):
             raise StackError(
                 f"a local stack is already running under {self.paths.root} (supervisor pid {owner}); `multipass down` stops it"

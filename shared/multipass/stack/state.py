@@ -124,6 +124,18 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def supervisor_alive(state: dict) -> bool:
+    """The recorded supervisor still runs and is still a Multipass process (not a reused pid)."""
+    pid = state.get("supervisor_pid")
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to tell: trust the pid
+    return b"multipass" in cmdline
+
+
 def gateway_address(paths: StackPaths | None = None) -> str:
     """The recorded gateway address of the local stack, else the default one."""
     state = read_state(paths or StackPaths.default())

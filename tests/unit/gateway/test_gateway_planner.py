@@ -224,9 +224,51 @@ def test_face_swap_carries_the_persons_tunes_and_reference_images():
     (plan,) = plan_of(parsed, tune_files=files, reference_images=references)
     swap = plan.passes[-1].spec
     assert plan.passes[-1].name == "face_swap"
-    assert [ref.tune_id for ref in swap.loras] == ["7", "8"]
-    assert sorted(swap.tune_files) == ["7", "7/reference-0", "7/reference-1", "8"]
+    # No adapter is loaded: identities come from the faces' tunes (filled at dispatch) and their references.
+    assert not swap.loras
+    assert sorted(swap.tune_files) == ["7/reference-0", "7/reference-1"]
     assert swap.tune_files["7/reference-1"].key == "uploads/t/b.png"
+    assert swap.tune_files["7/reference-1"].sha256 == "0" * 64
+
+
+def test_prompt_expansion_is_asked_of_the_base_and_hires_passes():
+    (plan,) = plan_of(parsed_prompt(1, prompt_expansion=True, hires_fix=True, inpaint_faces=True))
+    options = {p.name: dict(p.spec.options) for p in plan.passes if p.spec.kind}
+    assert options["base"] == options["hires"] == {"prompt_expansion": "true"}
+    assert not options["person-0"] and not options["faces"]
+    (plan,) = plan_of(parsed_prompt(0, hires_fix=True))
+    assert all(not p.spec.options for p in plan.passes)
+
+
+def test_faces_of_no_person_get_the_base_loras_only_on_the_base_model():
+    parsed = parsed_prompt(1, inpaint_faces=True, base_loras=["5"], person_loras={0: ["6"]})
+    (plan,) = plan_of(parsed)
+    faces = next(p.spec for p in plan.passes if p.name == "faces")
+    assert [ref.tune_id for ref in faces.loras] == ["5"]
+    (plan,) = plan_of(parsed, cfg=config(base_model="tiny-sdxl"))
+    faces = next(p.spec for p in plan.passes if p.name == "faces")
+    base = next(p.spec for p in plan.passes if p.name == "base")
+    assert faces.model == "tiny-sd15" and not faces.loras
+    assert base.model == "tiny-sdxl" and [ref.tune_id for ref in base.loras] == ["5"]
+
+
+def test_tune_models_names_every_model_that_loads_a_tune():
+    parsed = parsed_prompt(2, base_loras=["1", "3"], person_loras={0: ["2", "3"], 1: ["2"]})
+    assert planner.tune_models(parsed, "xl", "sd") == {
+        ("lora", "1"): ["xl"],
+        ("lora", "3"): ["xl", "sd"],
+        ("lora", "2"): ["sd"],
+    }
+    assert planner.tune_models(parsed, "sd", "sd")[("lora", "3")] == ["sd"]
+
+
+def test_model_family_reads_the_per_model_map():
+    info = planner.diffusion_pb2.InfoResponse(
+        models=["a", "b"], model_family="sd15,sdxl", model_families={"a": "sd15", "b": "sdxl"}
+    )
+    assert (planner.model_family(info, "a"), planner.model_family(info, "b")) == ("sd15", "sdxl")
+    assert planner.model_family(planner.diffusion_pb2.InfoResponse(model_family="sd15,sdxl"), "a") == ""
+    assert planner.model_family(planner.diffusion_pb2.InfoResponse(model_family="sdxl"), "a") == "sdxl"
 
 
 def test_diffusion_kinds_follow_the_plan():

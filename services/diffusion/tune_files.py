@@ -1,0 +1,43 @@
+"""Which entries of ``PassSpec.tune_files`` a pass needs on local disk (pure; the worker fetches them).
+
+``tune_files`` maps keys to objects in the tune bucket: a tune id to its LoRA or checkpoint file, and
+``<tune_id>/reference-<k>`` to the tune's ``k``-th reference face image (face swap identities; see
+docs/FINISHING.md). A pass needs the file of every adapter it may activate, i.e. the ``lora`` refs of
+``spec.loras`` and of every ``spec.faces[*].loras`` (a faces pass switches adapters per face), and every
+reference image. The engine reads them from ``PassInputs.tune_paths`` under the same keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+from multipass.v1 import diffusion_pb2
+
+_REFERENCE = re.compile(r"^(?P<tune>.+)/reference-(?P<index>\d+)$")
+#: LoraRef kinds whose tune file is loaded (``faceid`` refs are ignored by the passes, with a warning).
+FILE_KINDS = ("", "lora")
+
+
+def reference_key(tune_id: str, index: int) -> str:
+    """Key of a tune's ``index``-th reference image in ``PassSpec.tune_files``."""
+    return f"{tune_id}/reference-{index}"
+
+
+def reference_match(key: str) -> re.Match | None:
+    """The match of a reference-image key (groups ``tune`` and ``index``), or None."""
+    return _REFERENCE.match(key)
+
+
+def is_reference_key(key: str) -> bool:
+    return _REFERENCE.match(key) is not None
+
+
+def needed_keys(spec: diffusion_pb2.PassSpec) -> list[str]:
+    """Keys of ``spec.tune_files`` to fetch: adapter files of the pass and its faces, reference images.
+
+    In order of first use; refs without a ``tune_files`` entry are left to the engine (it names the tag).
+    """
+    refs = [*spec.loras, *(ref for face in spec.faces for ref in face.loras)]
+    keys = [ref.tune_id for ref in refs if ref.kind in FILE_KINDS and ref.tune_id in spec.tune_files]
+    keys += sorted(key for key in spec.tune_files if is_reference_key(key))
+    return list(dict.fromkeys(keys))

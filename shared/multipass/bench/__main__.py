@@ -1,0 +1,8 @@
+"""``python -m multipass.bench`` (``make bench``)."""
+
+import sys
+
+from multipass.bench.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main())

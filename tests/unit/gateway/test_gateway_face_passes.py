@@ -1,0 +1,69 @@
+"""Face passes forwarded by the gateway: each face's person, prompt, LoRAs, and the tune files they need."""
+
+from __future__ import annotations
+
+from gateway_helpers import config, image_ref, parsed_prompt, record_for, slots
+
+from multipass.v1 import common_pb2, segmentation_pb2
+from multipass_gateway import job_state, planner
+from multipass_gateway.gateway_passes import faces_request
+
+
+def tune_file(tune_id: str) -> common_pb2.ObjectRef:
+    return common_pb2.ObjectRef(
+        bucket="multipass-tunes",
+        key=f"tunes/t/{tune_id}/lora.safetensors",
+        sha256=tune_id[0] * 64,
+        size=100,
+    )
+
+
+def record():
+    parsed = parsed_prompt(
+        2, inpaint_faces=True, face_swap=True, base_loras=["5"], person_loras={0: ["7"], 1: ["8"]}
+    )
+    inputs = planner.JobInputs(
+        seed=100,
+        width=512,
+        height=512,
+        slots=slots(2),
+        tune_files={t: tune_file(t) for t in ("5", "7", "8")},
+        reference_images={"7": [image_ref("uploads/t/a.png"), image_ref("uploads/t/b.png")]},
+    )
+    return record_for(parsed, inputs=inputs, cfg=config())
+
+
+def faces() -> list[segmentation_pb2.Face]:
+    """One face in each slot (the slots split 512 pixels in two), one outside both."""
+    return [
+        segmentation_pb2.Face(box=common_pb2.Box(x0=60, y0=40, x1=120, y1=100), slot_index=0),
+        segmentation_pb2.Face(box=common_pb2.Box(x0=300, y0=40, x1=360, y1=100), slot_index=1),
+        segmentation_pb2.Face(box=common_pb2.Box(x0=200, y0=400, x1=240, y1=440), slot_index=-1),
+    ]
+
+
+def request_of(job, name: str):
+    index = job_state.find_pass(job, 0, name)
+    return job_state.build_request(job, 0, index).request
+
+
+def test_faces_pass_gets_each_persons_loras_and_their_files_with_sha256():
+    job = record()
+    forwarded = faces_request(job, request_of(job, "faces"), faces(), None)
+    spec = forwarded.spec
+    assert [[r.tune_id for r in f.loras] for f in spec.faces] == [["7"], ["8"], ["5"]]
+    assert [f.prompt for f in spec.faces] == ["spring, ohwx person 0", "spring, ohwx person 1", "a garden, spring"]
+    assert sorted(spec.tune_files) == ["5", "7", "8"]
+    assert all(spec.tune_files[t].sha256 == t * 64 for t in ("5", "7", "8"))
+    assert [r.tune_id for r in spec.loras] == ["5"]
+
+
+def test_face_swap_gets_identities_from_reference_images_and_loads_no_adapter():
+    job = record()
+    forwarded = faces_request(job, request_of(job, "face_swap"), faces(), None)
+    spec = forwarded.spec
+    assert not spec.loras
+    # The faces' tunes name the identities; a face of no person has none and is left as it is.
+    assert [[r.tune_id for r in f.loras] for f in spec.faces] == [["7"], ["8"], []]
+    assert sorted(spec.tune_files) == ["7/reference-0", "7/reference-1"]
+    assert spec.tune_files["7/reference-0"].sha256 == "0" * 64
