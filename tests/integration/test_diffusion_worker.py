@@ -12,8 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from multipass import subjects
 from multipass.images import sha256_hex
 from multipass.store import BUCKET_JOBS, BUCKET_TUNES
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, build, write_random_lora
+from multipass.tiny_models import build_tiny_models
+from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
 from multipass.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc, events_pb2, prompt_pb2
+from multipass_diffusion import finishing, passes
 from multipass_diffusion.service import serve
 from multipass_diffusion.settings import DiffusionSettings
 from PIL import Image
@@ -37,8 +39,7 @@ def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Ima
 
 @pytest.fixture(scope="module")
 def model_root() -> Path:
-    build(MODELS_ROOT)
-    return MODELS_ROOT
+    return build_tiny_models(MODELS_ROOT)
 
 
 @pytest.fixture
@@ -147,6 +148,7 @@ async def test_health_and_info(service):
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         info = await diffusion_pb2_grpc.DiffusionStub(channel).Info(diffusion_pb2.InfoRequest())
     assert list(info.models) == [SD15_MODEL]
+    assert dict(info.model_families) == {SD15_MODEL: "sd15"}
     assert (info.model_family, info.device, info.dtype, info.working_size) == (
         "sd15",
         "cpu",
@@ -156,11 +158,16 @@ async def test_health_and_info(service):
     assert {
         "controlnet:canny",
         "controlnet:pose",
-        "pass:base",
-        "pass:person",
         "preprocessor:hed",
         f"inpaint_unet:{SD15_MODEL}",
+        # The finishing components the tiny models include.
+        "upscaler",
+        "face_restorer",
+        "face_swapper",
+        "prompt_expander",
     } <= set(info.capabilities)
+    kinds = {c.removeprefix("pass:") for c in info.capabilities if c.startswith("pass:")}
+    assert kinds == set(passes.kinds()) >= {"base", "person", *finishing.KINDS}
     assert info.resident_memory > 0
 
 

@@ -17,14 +17,13 @@ BPE merges that ``open_clip`` ships, so tokenisation matches the real models tok
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import json
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-diffusion-v4"
@@ -53,15 +52,13 @@ def build(root: Path) -> None:
     """Write the tiny diffusion models under ``root/"diffusion"`` unless this version is already there."""
     base = Path(root) / "diffusion"
     marker = base / MARKER
-    if _is_current(marker):
+    if is_current(marker, VERSION):
         return
     base.mkdir(parents=True, exist_ok=True)
-    with _lock(base / ".build.lock"):
-        if _is_current(marker):
+    with build_lock(base / ".build.lock"):
+        if is_current(marker, VERSION):
             return
-        import torch
-
-        with _fixed_threads(torch):
+        with bounded_torch_threads():
             for name in (SD15_MODEL, SDXL_MODEL, "controlnet", "preprocessors"):
                 shutil.rmtree(base / name, ignore_errors=True)
             tokenizer_files = _write_clip_vocab(base / ".clip-vocab")
@@ -69,30 +66,6 @@ def build(root: Path) -> None:
             _build_sdxl(base, tokenizer_files)
             _build_preprocessors(base / "preprocessors")
         marker.write_text(VERSION + "\n")
-
-
-def _is_current(marker: Path) -> bool:
-    return marker.is_file() and marker.read_text().strip() == VERSION
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _fixed_threads(torch) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -15,13 +15,12 @@ when building; every model is loaded by the production loading code.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-finishing-v2"
@@ -46,40 +45,20 @@ def build(root: Path) -> None:
     """Write the tiny finishing models under ``root/"diffusion"`` unless this version is already there."""
     base = Path(root) / "diffusion"
     marker = base / MARKER
-    if _is_current(marker):
+    if is_current(marker, VERSION):
         return
     base.mkdir(parents=True, exist_ok=True)
-    with _lock(base / ".finishing-build.lock"):
-        if _is_current(marker):
+    with build_lock(base / ".finishing-build.lock"):
+        if is_current(marker, VERSION):
             return
-        import torch
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(min(previous, 2))
-        try:
+        with bounded_torch_threads():
             for name in COMPONENTS:
                 shutil.rmtree(base / name, ignore_errors=True)
             _build_upscaler(base / "upscaler")
             _build_face_restorer(base / "face_restorer")
             _build_face_swapper(base / "face_swapper")
             _build_prompt_expander(base / "prompt_expander")
-        finally:
-            torch.set_num_threads(previous)
         marker.write_text(VERSION + "\n")
-
-
-def _is_current(marker: Path) -> bool:
-    return marker.is_file() and marker.read_text().strip() == VERSION
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _save(directory: Path, config: dict, model) -> None:

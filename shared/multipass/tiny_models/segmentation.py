@@ -19,13 +19,12 @@ Everything is loaded by the production loader (``multipass_segmentation.models``
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import string
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-segmentation-v1"
@@ -65,40 +64,21 @@ def build(root: Path) -> None:
     """Write the tiny segmentation models under ``root/"segmentation"`` unless this version is there."""
     base = Path(root) / "segmentation"
     marker = base / MARKER
-    if _is_current(marker):
+    if is_current(marker, VERSION):
         return
     base.mkdir(parents=True, exist_ok=True)
-    with _lock(base / ".build.lock"):
-        if _is_current(marker):
+    with build_lock(base / ".build.lock"):
+        if is_current(marker, VERSION):
             return
         import torch
 
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(min(previous_threads, 2))
-        try:
-            with torch.random.fork_rng(devices=[]):
-                for name in COMPONENTS:
-                    shutil.rmtree(base / name, ignore_errors=True)
-                _build_sam(base / "sam")
-                _build_grounding(base / "grounding", base / ".vocab")
-                _build_faces(base / "faces")
-        finally:
-            torch.set_num_threads(previous_threads)
+        with bounded_torch_threads(), torch.random.fork_rng(devices=[]):
+            for name in COMPONENTS:
+                shutil.rmtree(base / name, ignore_errors=True)
+            _build_sam(base / "sam")
+            _build_grounding(base / "grounding", base / ".vocab")
+            _build_faces(base / "faces")
         marker.write_text(VERSION + "\n")
-
-
-def _is_current(marker: Path) -> bool:
-    return marker.is_file() and marker.read_text().strip() == VERSION
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_sam(directory: Path) -> None:

@@ -101,7 +101,9 @@ tenant_names = st.sampled_from(["ta", "tb", "tc", "td"])
     global_limit=st.integers(1, 40),
     after=st.one_of(st.none(), tenant_names),
 )
-def test_bounds_hold_and_the_release_is_work_conserving(ready_sizes, flying, tenant_limit, global_limit, after):
+def test_bounds_hold_and_the_release_is_work_conserving(
+    ready_sizes, flying, tenant_limit, global_limit, after
+):
     ready = {tenant: queue(tenant, size) for tenant, size in ready_sizes.items()}
     released = plan_release(ready, flying, tenant_limit=tenant_limit, global_limit=global_limit, after=after)
     counts = Counter(flying) + Counter(tenants_of(released))

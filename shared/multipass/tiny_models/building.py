@@ -1,0 +1,38 @@
+"""What every tiny-model factory shares: a version marker, a build lock, bounded torch threads."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def is_current(marker: Path, version: str) -> bool:
+    """True when ``marker`` records that models of ``version`` were built completely."""
+    return marker.is_file() and marker.read_text().strip() == version
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """An exclusive file lock, so concurrent processes build the same models once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def bounded_torch_threads(limit: int = 2) -> Iterator[None]:
+    """Run the block with at most ``limit`` torch threads, restoring the previous number after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, limit))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
