@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from multipass.bus import Bus
 from multipass.grpc_server import Registration, RunningServer, start_grpc_server
+from multipass.internal_auth import InternalTokenInterceptor
 from multipass.metrics import metrics_host_for, serve_metrics
 from multipass.store import BUCKETS, ObjectStore
 from multipass.v1 import diffusion_pb2_grpc
@@ -71,6 +72,9 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
             )
         ],
         serving=False,
+        extra_interceptors=[InternalTokenInterceptor(settings.internal_token)]
+        if settings.internal_token
+        else [],
     )
     bus = None
     try:

@@ -44,6 +44,8 @@ class DiffusionSettings:
     progress_interval_s: float = 0.25
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "INFO"
+    #: When set, Diffusion.Info needs ``x-multipass-internal: <token>`` (health and reflection stay open).
+    internal_token: str = field(default="", repr=False)
     nats: NatsSettings = field(default_factory=NatsSettings)
     s3: S3Settings = field(default_factory=S3Settings)
 
@@ -73,6 +75,7 @@ class DiffusionSettings:
             progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),
             worker_name=env.str("DIFFUSION_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
             log_level=env.str("LOG_LEVEL", "INFO"),
+            internal_token=env.str("INTERNAL_TOKEN", ""),
             nats=NatsSettings.from_env(env),
             s3=S3Settings.from_env(env),
         )

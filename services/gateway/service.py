@@ -103,7 +103,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             global_limit=settings.limits.max_passes_in_flight,
             interval=settings.scheduler_interval_seconds,
         )
-        jobs = JobStore(bus, jobs_kv, dispatch=None)
+        jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
         budget = PendingBudget(jobs_kv, settings.limits)
         tenants = TenantStore(await bus.kv(subjects.KV_TENANTS), settings.api_key_pepper)
         tunes = TuneStore(await bus.kv(subjects.KV_TUNES), objects, http, settings.limits)

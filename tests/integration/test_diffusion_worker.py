@@ -222,6 +222,62 @@ async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus
     assert (consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered) == (0, 0, 0)
 
 
+def object_ref(image: common_pb2.ImageRef) -> common_pb2.ObjectRef:
+    return common_pb2.ObjectRef(bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size)
+
+
+async def test_face_passes_fetch_their_faces_tunes_and_reference_images(service, bus, store, model_root):
+    """A face's LoRA (not among spec.loras) and a tune's reference images reach the engine's tune paths."""
+    events = await watch(bus, "J4")
+    image = await store.put_image(BUCKET_JOBS, "jobs/t1/J4/image-0/person-0.png", scene(96, 64))
+    lora = write_random_lora(
+        model_root / "diffusion" / SD15_MODEL,
+        Path(service.settings.tune_cache_dir).parent / "face-lora.safetensors",
+        seed=11,
+    )
+    tune_ref = await store.put_bytes(BUCKET_TUNES, "tunes/t1/78/lora.safetensors", lora.read_bytes())
+    box = common_pb2.Box(x0=30, y0=10, x1=62, y1=42)
+    face_lora = prompt_pb2.LoraRef(tune_id="78", weight=0.8, kind="lora")
+    faces = base_spec(
+        kind="faces",
+        image=image,
+        width=0,
+        height=0,
+        faces=[diffusion_pb2.FaceTarget(box=box, prompt="a smiling face", loras=[face_lora])],
+        tune_files={"78": tune_ref},
+    )
+    await submit(bus, "J4", "faces", faces)
+    done = (await events.until("completed", "faces"))[-1][1].completed.result
+    assert done.metadata["faces"] == "1" and done.metadata["adapters"].startswith("t78_")
+
+    references = {}
+    for k in range(2):
+        picture = scene(48, 48).rotate(90 * k)
+        stored = await store.put_image(BUCKET_JOBS, f"uploads/t1/reference-{k}.png", picture)
+        references[f"78/reference-{k}"] = object_ref(stored)
+    swap = base_spec(
+        kind="face_swap",
+        image=done.output,
+        width=0,
+        height=0,
+        faces=[diffusion_pb2.FaceTarget(box=box, loras=[face_lora])],
+        tune_files=references,
+    )
+    await submit(bus, "J4", "face_swap", swap)
+    swapped = (await events.until("completed", "face_swap"))[-1][1].completed.result
+    assert swapped.metadata["faces_swapped"] == "0:78"
+    assert not any("skipped" in w or "unchanged" in w for w in swapped.warnings)
+
+    # A tune file without its sha256 cannot be cached: refused naming the entry.
+    unhashed = diffusion_pb2.PassSpec()
+    unhashed.CopyFrom(swap)
+    unhashed.tune_files["78/reference-1"].sha256 = ""
+    await submit(bus, "J4", "face_swap-unhashed", unhashed)
+    failed = (await events.until("failed", "face_swap-unhashed"))[-1][1].failed
+    assert failed.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and not failed.retriable
+    assert [v.field for v in failed.error.field_violations] == ["spec.tune_files[78/reference-1].sha256"]
+
+
 async def test_bad_specs_are_terminated_with_a_failed_event(service, bus, store):
     events = await watch(bus, "J2")
     await submit(bus, "J2", "base", base_spec(steps=0, scheduler="ddim"))
