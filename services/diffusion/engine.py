@@ -1,8 +1,8 @@
 """The diffusion engine: a PassSpec and its decoded inputs in, an image and metadata out.
 
-Domain code only (no gRPC, NATS or object-store client): the worker fetches inputs, resolves tune files
-through :class:`~multipass_diffusion.tunes.TuneFiles`, and stores outputs. All model work of one device
-runs on one thread (the worker's executor), so the engine needs no locking around the models.
+Domain code only (no gRPC, NATS or object-store client): the worker fetches inputs and the tune files a
+pass needs (:func:`multipass_diffusion.tune_files.needed_keys`), and stores outputs. All model work of one
+device runs on one thread (the worker's executor), so the engine needs no locking around the models.
 """
 
 from __future__ import annotations

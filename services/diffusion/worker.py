@@ -26,6 +26,7 @@ from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
+from multipass_diffusion import tune_files
 from multipass_diffusion.engine import Engine, PassOutput
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.settings import DiffusionSettings
@@ -158,7 +159,7 @@ class DiffusionWorker:
             subjects.EVENT_STARTED,
             started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps),
         )
-        inputs = await self._inputs(spec)
+        inputs = await self.fetch_inputs(spec)
         loop = asyncio.get_running_loop()
         reporter = _ProgressReporter(self, request, loop, self.settings.progress_interval_s)
         run = functools.partial(self.engine.run, spec, inputs, progress=reporter, cancel=cancel)
@@ -167,7 +168,13 @@ class DiffusionWorker:
         finally:
             await reporter.drain()
 
-    async def _inputs(self, spec: diffusion_pb2.PassSpec) -> PassInputs:
+    async def fetch_inputs(self, spec: diffusion_pb2.PassSpec) -> PassInputs:
+        """The pass's images, decoded, and its tune files on local disk (cached by sha256).
+
+        Tune files: every ``spec.tune_files`` entry the pass needs (:func:`tune_files.needed_keys`: the
+        adapters of ``spec.loras`` and of each face's ``loras``, and the tunes' reference images), under
+        the same keys in ``PassInputs.tune_paths``.
+        """
         inputs = PassInputs()
         if spec.HasField("image"):
             inputs.image = await self.store.get_image(spec.image, field="spec.image", mode="RGB")
@@ -177,12 +184,16 @@ class DiffusionWorker:
             inputs.control_image = await self.store.get_image(
                 spec.control_image, field="spec.control_image", mode="RGB"
             )
-        for ref in spec.loras:
-            tune = spec.tune_files.get(ref.tune_id)
-            if tune is not None and ref.tune_id not in inputs.tune_paths:
-                inputs.tune_paths[ref.tune_id] = await self.store.fetch_to_cache(
-                    tune, Path(self.settings.tune_cache_dir)
+        for key in tune_files.needed_keys(spec):
+            ref = spec.tune_files[key]
+            try:
+                inputs.tune_paths[key] = await self.store.fetch_to_cache(
+                    ref, Path(self.settings.tune_cache_dir)
                 )
+            except InvalidInput as error:  # the reference lacks its sha256: name the entry
+                raise InvalidInput.of(
+                    [Violation(f"spec.tune_files[{key}].{v.field}", v.description) for v in error.violations]
+                ) from error
         return inputs
 
     async def _fail(

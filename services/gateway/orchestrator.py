@@ -60,6 +60,14 @@ class Orchestrator:
         event = delivery.parse(events_pb2.PassEvent)
         if not event.job_id or not event.tenant or not event.pass_name:
             return Term(f"pass event on {delivery.subject} lacks job_id, tenant or pass_name")
+        try:
+            await self.apply(event)
+        except NotFound:
+            return Term(f"job {event.job_id} of tenant {event.tenant} does not exist")
+        return Ack()
+
+    async def apply(self, event: events_pb2.PassEvent) -> job_state.Outcome:
+        """Apply one pass event to its job (idempotent); NotFound when the job does not exist."""
         with log_context(job_id=event.job_id, **{"pass": event.pass_name, "image": event.image_index}):
             try:
                 record, outcome = await self.jobs.transition(
@@ -71,7 +79,7 @@ class Orchestrator:
                 )
             except NotFound:
                 log.warning("pass event for an unknown job; dropped")
-                return Term(f"job {event.job_id} of tenant {event.tenant} does not exist")
+                raise
             if outcome.note:
                 log.debug(
                     "pass event changed nothing",
@@ -82,7 +90,7 @@ class Orchestrator:
                 await self.lifecycle.finished(record)
             if self.scheduler is not None and ends_attempt(event):
                 await self.scheduler.done(PassKey.of_request(event.tenant, event))
-        return Ack()
+        return outcome
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.bus.consume(

@@ -310,9 +310,7 @@ async def test_prompt_expansion_without_an_expander_is_refused_at_submit(stack):
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
 
 
-@pytest.mark.parametrize(
-    "capabilities", [["controlnet:pose", "pass:base", "pass:hires", "prompt_expander"]]
-)
+@pytest.mark.parametrize("capabilities", [["controlnet:pose", "pass:base", "pass:hires", "prompt_expander"]])
 async def test_prompt_expansion_is_asked_of_the_worker_on_the_base_and_hires_passes(stack, capabilities):
     await stack.start_gateway()
     tenant = await stack.tenant()
@@ -349,7 +347,8 @@ async def test_tunes_must_fit_the_model_their_passes_run_on(stack, served_models
     async def refused(prompt: str) -> list[tuple[str, str]]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.jobs.SubmitJob(
-                jobs_pb2.SubmitJobRequest(prompt=prompt, params={"steps": "3"}), metadata=bearer(tenant.api_key)
+                jobs_pb2.SubmitJobRequest(prompt=prompt, params={"steps": "3"}),
+                metadata=bearer(tenant.api_key),
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         return field_violations(caught.value)

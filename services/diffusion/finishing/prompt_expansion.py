@@ -142,9 +142,7 @@ def requested(spec: diffusion_pb2.PassSpec) -> bool:
     return True
 
 
-def expand_spec(
-    spec: diffusion_pb2.PassSpec, model_dir: Path
-) -> tuple[diffusion_pb2.PassSpec, str | None]:
+def expand_spec(spec: diffusion_pb2.PassSpec, model_dir: Path) -> tuple[diffusion_pb2.PassSpec, str | None]:
     """(the spec with its prompt expanded, the expanded prompt); (spec, None) when the prompt is empty.
 
     Greedy decoding, seeded by ``spec.seed``: the same prompt and seed always expand the same way, so the

@@ -69,7 +69,15 @@ def crop_vs_full(engine, *, image_side: int = 1024, fraction: float = 0.20, repe
 # -- LoRA switching -----------------------------------------------------------------------------------
 
 
-def lora_switch(engine, loras: list[workload.Lora], *, repetitions: int = 4) -> tuple:
+def lora_switch(
+    engine,
+    loras: list[workload.Lora],
+    *,
+    repetitions: int = 4,
+    model: str = workload.SD15,
+    side: int = workload.SD15_WORKING_SIZE,
+    steps: int = STEPS,
+) -> tuple:
     """Cost of making a person's LoRA active for a pass, as a fraction of a person pass: with the
     adapter cache (both LoRAs resident, ``set_adapters`` switches) and loading the LoRA from disk each
     time (the same AdapterCache with a 1-byte budget: every activation reads the file, loads it into
@@ -78,17 +86,20 @@ def lora_switch(engine, loras: list[workload.Lora], *, repetitions: int = 4) -> 
 
     if len(loras) < 2:
         raise ValueError("two LoRAs are needed to switch between them")
-    runtime = engine.runtime(workload.SD15)
+    runtime = engine.runtime(model)
     cache = runtime.adapters
     requests = [AdapterRequest(lora.tune_id, lora.path, lora.sha256, lora.weight) for lora in loras[:2]]
     budget = cache.budget_bytes
-    size = (workload.SD15_WORKING_SIZE, workload.SD15_WORKING_SIZE)
+    size = (side, side)
     image = workload.scene(size, seed=4)
     mask = workload.box_mask(size, workload.area_box(size, 0.2))
 
     def person_pass(lora):
         pass_spec = workload.with_lora(
-            workload.spec(kind="person", prompt="ohwx woman", denoising_strength=STRENGTH, steps=STEPS), lora
+            workload.spec(
+                kind="person", model=model, prompt="ohwx woman", denoising_strength=STRENGTH, steps=steps
+            ),
+            lora,
         )
         return engine.run(pass_spec, workload.inputs(image=image, mask=mask, loras=[lora])).duration_seconds
 
@@ -130,9 +141,10 @@ def lora_switch(engine, loras: list[workload.Lora], *, repetitions: int = 4) -> 
         "activation_seconds_disk": [round(x, 6) for x in disk_activation],
         "person_pass_seconds_cached_median": round(pass_seconds, 4),
         "person_pass_seconds_disk_median": round(statistics.median(disk_pass), 4),
-        "person_pass": f"{size[0]}x{size[1]} image, working size {workload.SD15_WORKING_SIZE}, "
-        f"{STEPS} steps at strength {STRENGTH}",
-        "lora": "random rank-4 LoRA on the UNet attention and text-encoder projections (write_random_lora)",
+        "person_pass": f"{size[0]}x{size[1]} image, working size "
+        f"{engine.settings.working_size_for(runtime.family)}, {steps} steps at strength {STRENGTH}",
+        "lora": "random LoRAs on the UNet attention and text-encoder projections (write_random_lora), "
+        f"{loras[0].path.stat().st_size} bytes each",
         "repetitions": repetitions,
     }
     return cached / pass_seconds, details
@@ -141,10 +153,21 @@ def lora_switch(engine, loras: list[workload.Lora], *, repetitions: int = 4) -> 
 # -- pass cache -----------------------------------------------------------------------------------------
 
 
-def two_person_job(engine, loras: list[workload.Lora], *, seed: int, prompts: tuple[str, str], side: int):
+def two_person_job(
+    engine,
+    loras: list[workload.Lora],
+    *,
+    seed: int,
+    prompts: tuple[str, str],
+    side: int,
+    model: str = workload.SD15,
+    steps: int = STEPS,
+):
     """base txt2img + person-0 + person-1 (sequential on the updated image); the pass outputs."""
     size = (side, side)
-    base = engine.run(workload.spec(kind="base", seed=seed, width=side, height=side))
+    base = engine.run(
+        workload.spec(kind="base", model=model, seed=seed, steps=steps, width=side, height=side)
+    )
     image = base.image
     outputs = [base]
     for index, prompt in enumerate(prompts):
@@ -153,7 +176,13 @@ def two_person_job(engine, loras: list[workload.Lora], *, seed: int, prompts: tu
         lora = loras[index % len(loras)]
         pass_spec = workload.with_lora(
             workload.spec(
-                kind="person", seed=seed, prompt=prompt, denoising_strength=STRENGTH, crop_padding=32
+                kind="person",
+                model=model,
+                seed=seed,
+                steps=steps,
+                prompt=prompt,
+                denoising_strength=STRENGTH,
+                crop_padding=32,
             ),
             lora,
         )

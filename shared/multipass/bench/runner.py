@@ -24,14 +24,14 @@ from multipass.bench.report import MetricUnavailable, say
 class Plan:
     """Repetitions per figure (``--quick`` lowers them)."""
 
-    crop: int = 3
+    crop: int = 2
     lora: int = 4
     pass_cache: int = 3
     overhead: int = 5
     stack_cache: int = 2
     control_jobs: int = 60
     control_rounds: int = 2
-    memory: int = 2
+    memory: int = 1
     memory_calibration: bool = True
     parallel: int = 3
 
@@ -181,7 +181,11 @@ class Bench:
 
         stack = None
         try:
-            stack = stack_bench.BenchStack(self.directory / "stack", self.model_root).__enter__()
+            stack = stack_bench.BenchStack(
+                self.directory / "stack",
+                self.model_root,
+                profile_dir=self.profile_dir / "stack" if self.profile_dir is not None else None,
+            ).__enter__()
         except MetricUnavailable as error:
             for key in keys:
                 self.figures[key], self.reasons[key] = None, str(error)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -63,7 +64,14 @@ def two_person_prompt(first_tune: str, second_tune: str, second_outfit: str = "b
 class BenchStack:
     """The local stack under ``root`` on ``model_root``'s tiny models, started and stopped by the bench."""
 
-    def __init__(self, root: Path, model_root: Path, *, service_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        model_root: Path,
+        *,
+        service_env: dict[str, str] | None = None,
+        profile_dir: Path | None = None,
+    ):
         try:
             from multipass.stack.local_stack import LocalStack, StackConfig
             from multipass.stack.state import StackPaths
@@ -72,12 +80,17 @@ class BenchStack:
                 f"the local stack (multipass.stack) cannot be imported: {error}"
             ) from error
         self.paths = StackPaths(Path(root))
+        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
+        extra = {}
+        if self.profile_dir is not None:
+            extra["python"] = str(profiling_python(self.paths.root, self.profile_dir))
         config = StackConfig(
             paths=self.paths,
             model_dir=Path(model_root),
             service_env={**STACK_SERVICE_ENV, **(service_env or {})},
             base_env=clean_env(),
             ready_timeout=300.0,
+            **extra,
         )
         self.stack = LocalStack(config, on_progress=lambda message: say(f"stack: {message}"))
         self.model_root = Path(model_root)
@@ -91,6 +104,8 @@ class BenchStack:
 
     def __exit__(self, *exc_info) -> None:
         self.stack.stop()
+        if self.profile_dir is not None:
+            summarise_profiles(self.profile_dir)
 
     @property
     def state(self) -> dict:
@@ -108,6 +123,40 @@ class BenchStack:
         from multipass.client.downloads import s3_reader_for
 
         return s3_reader_for(self.state)
+
+
+def profiling_python(root: Path, profile_dir: Path) -> Path:
+    """An interpreter wrapper that runs each service (``python -m <module>``) under cProfile, writing
+    ``<profile_dir>/<module>.prof`` when the service exits (the stack stops services with SIGTERM, which
+    they handle by returning from main, so the profile is written)."""
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    wrapper = root / "python-cprofile"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# Written by multipass.bench: $1 is -m, $2 the service's module.\n"
+        f'exec "{sys.executable}" -m cProfile -o "{profile_dir}/$2.prof" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def summarise_profiles(profile_dir: Path, lines: int = 30) -> list[Path]:
+    """``<module>.txt`` beside each ``<module>.prof``: top functions by cumulative and by own time."""
+    import pstats
+
+    written = []
+    for path in sorted(Path(profile_dir).glob("*.prof")):
+        text = io.StringIO()
+        stats = pstats.Stats(str(path), stream=text)
+        text.write(f"== {path.stem}: top {lines} by cumulative time ==\n")
+        stats.sort_stats("cumulative").print_stats(lines)
+        text.write(f"== {path.stem}: top {lines} by own time ==\n")
+        stats.sort_stats("tottime").print_stats(lines)
+        target = path.with_suffix(".txt")
+        target.write_text(text.getvalue())
+        written.append(target)
+    return written
 
 
 def register_tunes(client, model_root: Path, directory: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffusion_testkit import spec
+
 from multipass.v1 import common_pb2, diffusion_pb2, prompt_pb2
 from multipass_diffusion import tune_files
 

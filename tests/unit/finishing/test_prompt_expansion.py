@@ -115,7 +115,11 @@ def test_expansion_follows_the_seed_and_token_options(engine):
     [
         ("base", {"prompt_expansion": "maybe"}, "spec.options[prompt_expansion]"),
         ("finish", {"prompt_expansion": "true"}, "spec.options[prompt_expansion]"),
-        ("base", {"prompt_expansion": "true", "prompt_expansion_tokens": "0"}, "spec.options[prompt_expansion_tokens]"),
+        (
+            "base",
+            {"prompt_expansion": "true", "prompt_expansion_tokens": "0"},
+            "spec.options[prompt_expansion_tokens]",
+        ),
     ],
 )
 def test_bad_expansion_options_are_refused_before_any_work(engine, kind, options, field):

@@ -52,7 +52,11 @@ def test_faces_pass_gets_each_persons_loras_and_their_files_with_sha256():
     forwarded = faces_request(job, request_of(job, "faces"), faces(), None)
     spec = forwarded.spec
     assert [[r.tune_id for r in f.loras] for f in spec.faces] == [["7"], ["8"], ["5"]]
-    assert [f.prompt for f in spec.faces] == ["spring, ohwx person 0", "spring, ohwx person 1", "a garden, spring"]
+    assert [f.prompt for f in spec.faces] == [
+        "spring, ohwx person 0",
+        "spring, ohwx person 1",
+        "a garden, spring",
+    ]
     assert sorted(spec.tune_files) == ["5", "7", "8"]
     assert all(spec.tune_files[t].sha256 == t * 64 for t in ("5", "7", "8"))
     assert [r.tune_id for r in spec.loras] == ["5"]

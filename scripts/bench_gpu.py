@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""GPU benchmark: raw diffusers vs the Multipass engine on the real SD1.5 and SDXL architectures.
+
+    .venv/bin/python scripts/bench_gpu.py                 # CUDA, fp16, 30 steps, SD1.5 512 + SDXL 1024
+    .venv/bin/python scripts/bench_gpu.py --tiny          # tiny configs of the same architectures, on CPU
+    .venv/bin/multipass bench --gpu                       # the same as the first line
+
+Prints one JSON object (docs/BENCHMARKS.md). The work is in ``multipass.bench.gpu``.
+"""
+
+import sys
+
+from multipass.bench.gpu import main
+
+if __name__ == "__main__":
+    sys.exit(main())

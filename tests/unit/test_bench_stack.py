@@ -1,0 +1,179 @@
+"""The stack-side bench pieces without starting a stack: rebuilding the dispatched pass requests from a
+job record, the job timeline, fetching inputs as the worker does, the stand-in worker's answers, and
+the control-plane wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from PIL import Image
+
+from multipass import subjects
+from multipass.bench import control_plane, stack_bench, standin_worker
+from multipass.bus import Ack
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _stamp(message, seconds: float) -> None:
+    message.FromDatetime(T0 + timedelta(seconds=seconds))
+
+
+def a_record() -> events_pb2.JobRecord:
+    """A finished two-person job: prepare, base, segment, person-0, person-1."""
+    record = events_pb2.JobRecord(tenant="t1")
+    record.job.job_id = "job1"
+    _stamp(record.job.created_at, 0.0)
+    _stamp(record.job.finished_at, 3.0)
+    image = record.job.images.add()
+    plan = record.plans.add()
+    times = {
+        "prepare": (0.0, 0.1),
+        "base": (0.2, 1.2),
+        "segment": (1.3, 1.5),
+        "person-0": (1.6, 2.2),
+        "person-1": (2.3, 3.0),
+    }
+    for name, (start, end) in times.items():
+        kind = "person" if name.startswith("person") else name
+        runs_in = {"prepare": "gateway", "segment": "segmentation"}.get(kind, "diffusion")
+        spec = diffusion_pb2.PassSpec(kind=kind, model="sd15-tiny", steps=20, prompt=name)
+        plan.passes.add(
+            name=name,
+            kind=kind,
+            runs_in=runs_in,
+            spec=spec,
+            person_index=int(name[-1]) if kind == "person" else -1,
+        )
+        state = image.passes.add(name=name, kind=kind, status=jobs_pb2.PASS_STATUS_COMPLETED, attempt=1)
+        _stamp(state.started_at, start)
+        _stamp(state.finished_at, end)
+        if kind in ("base", "person"):
+            state.output.CopyFrom(
+                common_pb2.ImageRef(bucket="multipass-jobs", key=f"jobs/t1/job1/image-0/{name}.png")
+            )
+    for index in range(2):
+        image.masks[f"person-{index}"].CopyFrom(
+            common_pb2.ImageRef(bucket="multipass-jobs", key=f"jobs/t1/job1/image-0/mask-person-{index}.png")
+        )
+    image.passes[2].output.CopyFrom(image.passes[1].output)  # segment passes the image on
+    return record
+
+
+def test_requests_are_rebuilt_as_the_gateway_dispatched_them():
+    requests = dict(stack_bench.diffusion_requests(a_record()))
+    assert sorted(requests) == [1, 3, 4]
+    base, first, second = requests[1], requests[3], requests[4]
+    assert base.pass_name == "base" and not base.spec.HasField("image")
+    assert first.spec.image.key.endswith("/base.png")
+    assert first.spec.mask.key.endswith("/mask-person-0.png")
+    assert second.spec.image.key.endswith("/person-0.png")  # sequential: the updated image
+    assert second.spec.mask.key.endswith("/mask-person-1.png")
+    assert second.output_key == "jobs/t1/job1/image-0/person-1.png"
+
+
+def test_timeline_shows_gaps_client_latency_and_in_process_times():
+    run = stack_bench.JobRun(seconds=3.5, job=None, wall_started=T0.timestamp() - 0.25)
+    found = stack_bench.timeline(a_record(), run, {"base": 0.9, "person-0": 0.5})
+    by_pass = {p["pass"]: p for p in found["passes"]}
+    assert by_pass["base"]["start"] == 0.2 and by_pass["base"]["end"] == 1.2
+    assert by_pass["segment"]["gap_before"] == 0.1
+    assert by_pass["base"]["stack_minus_in_process"] == 0.1
+    assert "in_process_seconds" not in by_pass["person-1"]
+    assert found["sum_of_gaps"] == 0.4  # base, segment, person-0, person-1 each waited 0.1 s
+    assert found["submit_to_created"] == 0.25
+    assert found["job_end_to_client"] == 0.25
+
+
+class FakeReader:
+    def __init__(self):
+        self.reads = []
+
+    def read(self, bucket: str, key: str) -> bytes:
+        self.reads.append((bucket, key))
+        if key.endswith(".safetensors"):
+            return b"lora-bytes"
+        buffer = io.BytesIO()
+        Image.new("RGBA", (16, 8), (10, 20, 30, 255)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def test_inputs_are_fetched_and_decoded_like_the_worker_does(tmp_path):
+    spec = diffusion_pb2.PassSpec(kind="person")
+    spec.image.CopyFrom(common_pb2.ImageRef(bucket="b", key="image.png"))
+    spec.mask.CopyFrom(common_pb2.ImageRef(bucket="b", key="mask.png"))
+    spec.loras.add(tune_id="42", weight=1.0, kind="lora")
+    spec.tune_files["42"].CopyFrom(
+        common_pb2.ObjectRef(bucket="multipass-tunes", key="t/42/x.safetensors", sha256="ab" * 32)
+    )
+    reader = FakeReader()
+    inputs = stack_bench.fetch_inputs(reader, spec, tmp_path / "tunes")
+    assert inputs.image.mode == "RGB" and inputs.mask.mode == "L" and inputs.control_image is None
+    assert inputs.tune_paths["42"].read_bytes() == b"lora-bytes"
+    stack_bench.fetch_inputs(reader, spec, tmp_path / "tunes")
+    assert reader.reads.count(("multipass-tunes", "t/42/x.safetensors")) == 1  # cached by sha256
+
+
+def test_stack_environment_drops_the_callers_pointers(monkeypatch):
+    monkeypatch.setenv("MULTIPASS_MODEL_DIR", "/elsewhere")
+    monkeypatch.setenv("MULTIPASS_NATS_URL", "nats://elsewhere:4222")
+    env = stack_bench.clean_env()
+    assert "MULTIPASS_MODEL_DIR" not in env and "MULTIPASS_NATS_URL" not in env
+    assert stack_bench.STACK_SERVICE_ENV["MULTIPASS_DIFFUSION_TORCH_THREADS"] == "1"
+
+
+class FakeBus:
+    def __init__(self):
+        self.published = []
+
+    async def publish(self, subject, message, *, msg_id):
+        self.published.append((subject, message, msg_id))
+
+
+class FakeDelivery:
+    def __init__(self, request):
+        self.request = request
+
+    def parse(self, message_type):
+        return self.request
+
+
+def test_standin_answers_each_request_at_once_with_the_stored_image():
+    bus = FakeBus()
+    output = common_pb2.ImageRef(bucket="multipass-jobs", key=standin_worker.IMAGE_KEY, width=256, height=256)
+    standin = standin_worker.StandIn(bus, output)
+    request = diffusion_pb2.PassRequest(job_id="j1", tenant="t", image_index=0, pass_name="base", attempt=1)
+    request.spec.steps = 20
+    decision = asyncio.run(standin.handle(FakeDelivery(request)))
+    assert isinstance(decision, Ack)
+    subjects_seen = [subject for subject, _, _ in bus.published]
+    assert subjects_seen == [
+        subjects.event_subject("j1", "started"),
+        subjects.event_subject("j1", "completed"),
+    ]
+    completed = bus.published[1][1]
+    assert completed.completed.result.output == output
+    assert (completed.job_id, completed.pass_name, completed.attempt) == ("j1", "base", 1)
+    assert bus.published[1][2] == subjects.pass_msg_id("j1", 0, "base", 1, "completed")
+    assert standin.handled == 1
+
+
+def test_info_names_one_model_without_optional_components():
+    answer = asyncio.run(standin_worker.StandInInfo("sd15-tiny").Info(diffusion_pb2.InfoRequest(), None))
+    assert list(answer.models) == ["sd15-tiny"] and answer.model_family == "sd15"
+    assert not answer.capabilities
+
+
+def test_gateway_replicas_share_nats_and_the_standin_but_not_ports(tmp_path):
+    plane = control_plane.ControlPlane(tmp_path, Path("/models"))
+    first, second = plane._gateway(0), plane._gateway(1)
+    assert first.env["MULTIPASS_NATS_URL"] == second.env["MULTIPASS_NATS_URL"] == plane.wiring.nats_url
+    assert first.env["MULTIPASS_DIFFUSION_TARGET"] == plane.wiring.address("standin")
+    assert first.env["MULTIPASS_GATEWAY_GRPC_ADDR"] != second.env["MULTIPASS_GATEWAY_GRPC_ADDR"]
+    assert first.env["MULTIPASS_ADMIN_TOKEN"] == second.env["MULTIPASS_ADMIN_TOKEN"]
+    assert first.probe.target == first.env["MULTIPASS_GATEWAY_GRPC_ADDR"]
+    assert first.argv[-2:] == ("-m", "multipass_gateway")
