@@ -14,8 +14,8 @@ import logging
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from multipass.errors import InvalidInput, Violation
@@ -26,12 +26,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdapterRequest:
-    """One LoRA for one pass: its tune id, resolved file and sha256, and its weight."""
+    """One LoRA for one pass: its tune id, resolved file and sha256, and its weight.
+
+    ``state``: the LoRA's weights already in memory (FaceID's LoRA, split off its IP-Adapter file at
+    ``path``), read instead of ``path``; ``label``: the tag errors name instead of ``<lora:ID:W>``.
+    """
 
     tune_id: str
     path: Path
     sha256: str
     weight: float
+    state: Mapping | None = field(default=None, compare=False, repr=False)
+    label: str = field(default="", compare=False)
 
     @property
     def adapter_name(self) -> str:
@@ -39,7 +45,7 @@ class AdapterRequest:
 
     @property
     def tag(self) -> str:
-        return f"<lora:{self.tune_id}:{self.weight:g}>"
+        return self.label or f"<lora:{self.tune_id}:{self.weight:g}>"
 
 
 class AdapterCache:
@@ -110,7 +116,8 @@ class AdapterCache:
     def _load(self, request: AdapterRequest, name: str, *, keep: set[str]) -> None:
         pipe = self.components.pipe
         try:
-            state_dict, alphas = pipe.lora_state_dict(str(request.path), unet_config=pipe.unet.config)
+            source = dict(request.state) if request.state is not None else str(request.path)
+            state_dict, alphas = pipe.lora_state_dict(source, unet_config=pipe.unet.config)
         except (ValueError, KeyError, OSError) as error:
             raise InvalidInput.of(
                 [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion import metrics, models, passes
+from multipass_diffusion import faceid, metrics, models, passes
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.finishing import prompt_expansion
 from multipass_diffusion.pass_cache import PassCache
@@ -191,16 +191,22 @@ class Engine:
         monitor = StepMonitor(progress, cancel)
         monitor.check()
         expansion_warnings: list[str] = []
-        expansion_metadata: dict[str, str] = {}
+        # Metadata told on cache hits too (prompt expansion, faceid).
+        reported_metadata: dict[str, str] = {}
         if expand:
             # Before the key: the key holds the expanded prompt, and the pass samples with it.
             original = spec.prompt
             spec, expanded = prompt_expansion.expand_spec(spec, self.settings.model_dir)
-            expansion_warnings, expansion_metadata = prompt_expansion.expansion_report(original, expanded)
+            expansion_warnings, reported_metadata = prompt_expansion.expansion_report(original, expanded)
             monitor.check()
-        tunes = self._resolve_tunes(spec, inputs, runtime)
+        uses_faceid = getattr(handler, "uses_faceid", False)
+        tunes = self._resolve_tunes(spec, inputs, runtime, uses_faceid=uses_faceid)
+        identity = faceid.resolve(spec, inputs, runtime) if uses_faceid else None
         working = self.settings.working_size_for(runtime.family)
         extra = list(handler.cache_parts(spec, self.settings.model_dir)) if hasattr(handler, "cache_parts") else []
+        if identity is not None:
+            extra += [identity.cache_part(), faceid.fingerprint(runtime.model_dir, runtime.family)]
+            reported_metadata["faceid"] = f"{identity.tune_id}:{identity.weight:g}"
         key = spec_hash(
             spec,
             inputs,
@@ -221,7 +227,7 @@ class Engine:
                     time.perf_counter() - started,
                     0,
                     warnings,
-                    {"cache": "hit", **expansion_metadata},
+                    {"cache": "hit", **reported_metadata},
                 )
         checkpoint = tunes.checkpoint
         if checkpoint is None:
@@ -230,7 +236,9 @@ class Engine:
             tune_id, resolved, layout = checkpoint
             components, adapters = runtime.components_for(tune_id, resolved.path, resolved.sha256, layout)
             runtime.adapters.deactivate()
-        adapters.activate(tunes.adapters)
+        # Without a faceid tag this detaches FaceID wherever it is attached: the pass runs the plain model.
+        faceid_lora = runtime.faceid.activate(components, identity)
+        adapters.activate(tunes.adapters + ([faceid_lora] if faceid_lora is not None else []))
         ctx = PassContext(
             spec,
             inputs,
@@ -240,7 +248,8 @@ class Engine:
             monitor,
             working,
             warnings=list(warnings),
-            metadata=dict(expansion_metadata),
+            metadata=dict(reported_metadata),
+            faceid=identity,
         )
         image = handler.run(ctx)
         ctx.metadata["steps_run"] = str(monitor.steps_run)
@@ -253,13 +262,15 @@ class Engine:
         )
 
     def _resolve_tunes(
-        self, spec: diffusion_pb2.PassSpec, inputs: PassInputs, runtime: ModelRuntime
+        self, spec: diffusion_pb2.PassSpec, inputs: PassInputs, runtime: ModelRuntime, *, uses_faceid: bool
     ) -> _Tunes:
         adapters: list[AdapterRequest] = []
         checkpoint = None
         shas: dict[str, str] = {}
         warnings: list[str] = []
         for ref in spec.loras:
+            if ref.kind == faceid.KIND and uses_faceid:
+                continue  # faceid.resolve
             if ref.kind and ref.kind != "lora":
                 warnings.append(
                     f"<{ref.kind}:{ref.tune_id}> ignored: the {spec.kind} pass does not use {ref.kind} adapters"

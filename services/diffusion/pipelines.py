@@ -41,6 +41,8 @@ class ComponentSet:
         self._pipelines: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
         self.scheduler_config = dict(pipe.scheduler.config)
+        #: IP-Adapter FaceID layers on these UNets, once a faceid pass used them (``multipass_diffusion.faceid``).
+        self.faceid = None
 
     @property
     def unets(self) -> list:

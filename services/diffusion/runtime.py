@@ -1,4 +1,4 @@
-"""One served model in memory: its component set, adapter cache, checkpoint tunes and ControlNets."""
+"""One served model in memory: its component set, adapter cache, checkpoint tunes, ControlNets and FaceID."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from multipass.errors import InvalidInput, Violation
-from multipass_diffusion import metrics, models
+from multipass_diffusion import faceid, metrics, models
 from multipass_diffusion.adapters import AdapterCache
 from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
 from multipass_diffusion.preprocessors import Preprocessors
@@ -42,6 +42,8 @@ class ModelRuntime:
         self.fingerprint = models.fingerprint(entry.path)
         self._checkpoints: OrderedDict[str, tuple[ComponentSet, AdapterCache]] = OrderedDict()
         self._controlnets: dict[str, object] = {}
+        #: IP-Adapter FaceID of this model's family: read on the first faceid pass, never before.
+        self.faceid = faceid.FaceIdAdapter(self.model_dir, entry.family, label=entry.name)
         self._lock = threading.Lock()
 
     @property
@@ -78,6 +80,8 @@ class ModelRuntime:
         found = [f"controlnet:{kind}" for kind in models.installed_controlnets(self.model_dir, self.family)]
         if self.base.inpaint_unet is not None:
             found.append(f"inpaint_unet:{self.name}")
+        if faceid.installed(self.model_dir, self.family):
+            found += [faceid.CAPABILITY, f"{faceid.CAPABILITY}:{self.name}"]
         return found
 
     def components_for(

@@ -1,10 +1,11 @@
 """Which entries of ``PassSpec.tune_files`` a pass needs on local disk (pure; the worker fetches them).
 
 ``tune_files`` maps keys to objects in the tune bucket: a tune id to its LoRA or checkpoint file, and
-``<tune_id>/reference-<k>`` to the tune's ``k``-th reference face image (face swap identities; see
-docs/FINISHING.md). A pass needs the file of every adapter it may activate, i.e. the ``lora`` refs of
-``spec.loras`` and of every ``spec.faces[*].loras`` (a faces pass switches adapters per face), and every
-reference image. The engine reads them from ``PassInputs.tune_paths`` under the same keys.
+``<tune_id>/reference-<k>`` to the tune's ``k``-th reference face image (the identities of face swap and
+of ``<faceid:ID:W>``; see docs/FINISHING.md and docs/DIFFUSION.md). A pass needs the file of every adapter
+it may activate, i.e. the ``lora`` refs of ``spec.loras`` and of every ``spec.faces[*].loras`` (a faces
+pass switches adapters per face), and every reference image. The engine reads them from
+``PassInputs.tune_paths`` under the same keys.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from multipass.v1 import diffusion_pb2
 
 _REFERENCE = re.compile(r"^(?P<tune>.+)/reference-(?P<index>\d+)$")
-#: LoraRef kinds whose tune file is loaded (``faceid`` refs are ignored by the passes, with a warning).
+#: LoraRef kinds whose tune file is loaded (a ``faceid`` ref needs its tune's reference images instead).
 FILE_KINDS = ("", "lora")
 
 
@@ -30,6 +31,16 @@ def reference_match(key: str) -> re.Match | None:
 
 def is_reference_key(key: str) -> bool:
     return _REFERENCE.match(key) is not None
+
+
+def reference_keys(spec: diffusion_pb2.PassSpec, tune_id: str) -> list[str]:
+    """Keys of ``tune_id``'s reference images in ``spec.tune_files``, in index order."""
+    indexed = []
+    for key in spec.tune_files:
+        match = _REFERENCE.match(key)
+        if match and match["tune"] == tune_id:
+            indexed.append((int(match["index"]), key))
+    return [key for _, key in sorted(indexed)]
 
 
 def needed_keys(spec: diffusion_pb2.PassSpec) -> list[str]:

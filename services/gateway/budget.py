@@ -55,4 +55,4 @@ class PendingBudget:
             await self._kv.put(names.active_key(tenant, job_id), str(cost).encode())
 
     async def remove(self, tenant: str, job_id: str) -> None:
-        await kv.delete(self._kv, names.active_key(tenant, job_id))
+        await kv.remove(self._kv, names.active_key(tenant, job_id))

@@ -87,7 +87,9 @@ async def watch(
                     # Everything was published and the replay had time to deliver it; events older
                     # than the stream's retention (7 days) are gone, so do not wait for them.
                     if record.job.last_sequence >= expected:
-                        log.warning("job events no longer retained", extra={"job_id": job_id, "from": expected})
+                        log.warning(
+                            "job events no longer retained", extra={"job_id": job_id, "from": expected}
+                        )
                     return
             else:
                 if event.sequence >= expected:

@@ -1,4 +1,4 @@
-"""Small helpers over nats-py KeyValue: read-or-None and server-side filtered listings."""
+"""Small helpers over nats-py KeyValue: read-or-None, server-side filtered listings, removal without a trace."""
 
 from __future__ import annotations
 
@@ -76,3 +76,16 @@ async def keys(store: KeyValue, pattern: str) -> list[str]:
 async def delete(store: KeyValue, key: str) -> None:
     with nats_errors(f"delete {key}"):
         await store.delete(key)
+
+
+async def remove(store: KeyValue, pattern: str) -> None:
+    """Remove every key matching ``pattern`` with all its revisions, leaving no delete marker.
+
+    For short-lived markers (pending work, callbacks, scheduler queues): a deleted key keeps a delete
+    marker in the bucket's stream for ever, and every listing of its prefix reads those again, so a
+    prefix that saw a million jobs would be read a million entries long. Purging the key's subject
+    keeps a listing as long as the live keys. (Watchers do not see such a removal; none watch these.)
+    """
+    js, stream, prefix = store._js, store._stream, store._pre
+    with nats_errors(f"remove {pattern}"):
+        await js.purge_stream(stream, subject=f"{prefix}{pattern}")

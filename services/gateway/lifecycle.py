@@ -99,7 +99,7 @@ class JobLifecycle:
     async def _deliver(self, tenant: str, job_id: str) -> None:
         try:
             if await self.callbacks.deliver(tenant, job_id) is not None:
-                await kv.delete(self._kv, callback_key(tenant, job_id))
+                await kv.remove(self._kv, callback_key(tenant, job_id))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -153,7 +153,7 @@ class JobLifecycle:
             _, tenant, job_id = key.split(".", 2)
             record = await self.jobs.load(tenant, job_id)
             if record is None or record.job.callback_outcome or not record.job.callback_url:
-                await kv.delete(self._kv, key)
+                await kv.remove(self._kv, key)
                 continue
             holder = record.callback_claimed_until
             if not holder.seconds or holder.ToDatetime(tzinfo=UTC) <= datetime.now(UTC):

@@ -97,7 +97,7 @@ class JobInputs:
     slots: Sequence[segmentation_pb2.Slot] = ()
     #: Tune files by tune id, for every tune the prompt names.
     tune_files: Mapping[str, common_pb2.ObjectRef] = field(default_factory=dict)
-    #: Reference face images by tune id (face swap identities).
+    #: Reference face images by tune id (identities of face swap and of <faceid:...> tags).
     reference_images: Mapping[str, Sequence[common_pb2.ImageRef]] = field(default_factory=dict)
 
 
@@ -233,6 +233,19 @@ def _tune_files(
     return {ref.tune_id: files[ref.tune_id] for ref in loras if ref.tune_id in files}
 
 
+def _reference_files(
+    tune_ids: Sequence[str], images: Mapping[str, Sequence[common_pb2.ImageRef]]
+) -> dict[str, common_pb2.ObjectRef]:
+    """``<tune_id>/reference-<k>`` entries of ``spec.tune_files`` for the reference images of ``tune_ids``."""
+    return {
+        reference_key(tune_id, number): common_pb2.ObjectRef(
+            bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size
+        )
+        for tune_id in dict.fromkeys(tune_ids)
+        for number, image in enumerate(images.get(tune_id, ()))
+    }
+
+
 def _denoise_steps(steps: int, strength: float) -> int:
     """Steps an img2img/inpaint pass really runs (diffusers runs ``int(steps * strength)``)."""
     return max(1, int(steps * strength)) if strength > 0 else steps
@@ -290,6 +303,10 @@ def plan_image(
         spec.loras.extend(loras)
         for tune_id, ref in _tune_files(loras, inputs.tune_files).items():
             spec.tune_files[tune_id].CopyFrom(ref)
+        # <faceid:ID:W> conditions the pass on the identity of the tune's reference images.
+        faceid_tunes = [ref.tune_id for ref in loras if ref.kind == "faceid"]
+        for key, ref in _reference_files(faceid_tunes, inputs.reference_images).items():
+            spec.tune_files[key].CopyFrom(ref)
         return spec
 
     base_prompt, base_negative = parsed.base_effective_prompt, parsed.base_effective_negative_prompt
@@ -424,14 +441,9 @@ def plan_image(
         # No adapters: each face's identity is the tune of its person (FaceTarget.loras, filled at dispatch),
         # read from that tune's reference images; a face of no person is left as it is.
         spec = common("face_swap", config.person_model, "", "", [])
-        tunes = dict.fromkeys(ref.tune_id for person in parsed.persons for ref in person.loras)
-        for tune_id in tunes:
-            for number, image in enumerate(inputs.reference_images.get(tune_id, ())):
-                spec.tune_files[reference_key(tune_id, number)].CopyFrom(
-                    common_pb2.ObjectRef(
-                        bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size
-                    )
-                )
+        tunes = [ref.tune_id for person in parsed.persons for ref in person.loras]
+        for key, ref in _reference_files(tunes, inputs.reference_images).items():
+            spec.tune_files[key].CopyFrom(ref)
         passes.append(_planned("face_swap", "face_swap", spec, FIXED_WEIGHTS["face_swap"]))
 
     if params.super_resolution:

@@ -284,10 +284,7 @@ class PassScheduler:
         return True
 
     async def _purge(self, key_pattern: str) -> None:
-        """Remove every message of the key(s), leaving no delete marker behind."""
-        store = self._kv
-        with nats_errors(f"remove {key_pattern}"):
-            await store._js.purge_stream(store._stream, subject=f"{store._pre}{key_pattern}")
+        await kv.remove(self._kv, key_pattern)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Release rounds until ``stop``: at once when woken (a pass queued or ended), else every interval."""

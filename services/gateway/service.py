@@ -20,6 +20,7 @@ from multipass.metrics import metrics_host_for
 from multipass.store import BUCKETS, ObjectStore
 from multipass.v1 import admin_pb2_grpc, jobs_pb2_grpc
 from multipass_gateway import admin_server, jobs_server, tunes_server
+from multipass_gateway.abandoned import AbandonedPasses
 from multipass_gateway.budget import PendingBudget
 from multipass_gateway.clients import DiffusionInfo, InternalClients
 from multipass_gateway.fetch import Resolver, SafeHttp, system_resolve
@@ -139,6 +140,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             scheduler=scheduler,
         )
         gateway_passes = GatewayPasses(bus, jobs, clients)
+        await AbandonedPasses(bus, orchestrator).start()
         tasks = [
             asyncio.create_task(orchestrator.run(stop_event), name="orchestrator"),
             asyncio.create_task(scheduler.run(stop_event), name="pass-scheduler"),

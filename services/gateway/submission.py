@@ -61,6 +61,23 @@ def idempotency_kv_key(tenant: str, key: str) -> str:
     return f"{tenant}.{hashlib.sha256(key.encode('utf-8')).hexdigest()[:48]}"
 
 
+def faceid_capabilities(
+    parsed: prompt_pb2.ParsedPrompt, base_model: str, person_model: str
+) -> list[tuple[str, str]]:
+    """(``faceid:<model>``, tag) for every ``<faceid:...>`` tag and model its passes run on.
+
+    The diffusion worker lists ``faceid:<model>`` when the IP-Adapter FaceID of the model's family and
+    the face embedder are installed; without them it could not condition the pass on the identity.
+    """
+    models = planner.tune_models(parsed, base_model, person_model)
+    return [
+        (f"faceid:{model}", ref.tag or f"<faceid:{ref.tune_id}>")
+        for ref in planner.tune_ids(parsed)
+        if ref.kind == "faceid"
+        for model in models[(ref.kind, ref.tune_id)]
+    ]
+
+
 def check_request(request: jobs_pb2.SubmitJobRequest) -> list[Violation]:
     problems = []
     if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY or (
@@ -168,7 +185,7 @@ class Submitter:
         info = await self.info.get()
         base_model, person_model = self._models(info)
         has_input = bool(request.input_image_id or parsed.params.input_image_url)
-        self._check_capabilities(parsed, info, has_input)
+        self._check_capabilities(parsed, info, has_input, (base_model, person_model))
         tune_files, references = await self._check_tunes(tenant, parsed, info, base_model, person_model)
 
         job_id = new_job_id()
@@ -246,12 +263,17 @@ class Submitter:
         return base, person
 
     def _check_capabilities(
-        self, parsed: prompt_pb2.ParsedPrompt, info: diffusion_pb2.InfoResponse, has_input: bool
+        self,
+        parsed: prompt_pb2.ParsedPrompt,
+        info: diffusion_pb2.InfoResponse,
+        has_input: bool,
+        models: tuple[str, str],
     ) -> None:
         installed = set(info.capabilities)
         needs = planner.required_capabilities(
             parsed, has_input_image=has_input, complete=planner.is_capability_complete(installed)
         )
+        needs += faceid_capabilities(parsed, *models)
         missing = [
             Violation(field, f"needs {capability!r}, which the diffusion workers do not have installed")
             for capability, field in dict.fromkeys(needs)

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Tiny random models shared with the other integration tests (built once, kept under .multipass/).
 MODELS_ROOT = ROOT / ".multipass" / "test-models"
 ADMIN_TOKEN = "chaos-admin-token"
-#: Worker settings the fault tests rely on: a lost pass comes back after ACK_WAIT_S; transient failures
-#: are retried MAX_DELIVER times (nak delays 1, 2, 5 s) before the worker gives up on the attempt.
+#: Worker settings the fault tests rely on: a lost pass comes back after ACK_WAIT_S; a transient failure
+#: is delivered MAX_DELIVER times in all (nak delays 1 s, then 2 s) before the worker gives up on the attempt.
 ACK_WAIT_S = 5
-MAX_DELIVER = 4
+MAX_DELIVER = 3
 TERMINAL = {
     jobs_pb2.JOB_STATE_SUCCEEDED,
     jobs_pb2.JOB_STATE_FAILED,

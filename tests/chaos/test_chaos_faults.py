@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 import sys
@@ -20,6 +21,7 @@ from chaos_support import MAX_DELIVER, MODELS_ROOT, TERMINAL, bearer, check_even
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from multipass.internal_auth import INTERNAL_TOKEN_HEADER
+from multipass.stack.health import grpc_serving
 from multipass.store import BUCKET_JOBS
 from multipass.v1 import (
     common_pb2,
@@ -97,7 +99,7 @@ async def finished_cleanly(gateway, objects, tenant, job_id: str, timeout: float
 async def test_every_internal_service_refuses_calls_without_the_internal_token(cluster):
     calls = {
         "prompt-parser": lambda channel, metadata: prompt_pb2_grpc.PromptParserStub(channel).Parse(
-            prompt_pb2.ParseRequest(prompt="a cat"), metadata=metadata, timeout=10
+            prompt_pb2.ParseRequest(text="a cat"), metadata=metadata, timeout=10
         ),
         "segmentation": lambda channel, metadata: segmentation_pb2_grpc.SegmentationStub(channel).Layout(
             segmentation_pb2.LayoutRequest(count=1, width=256, height=256), metadata=metadata, timeout=10
@@ -129,6 +131,51 @@ async def test_every_internal_service_refuses_calls_without_the_internal_token(c
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+# --- odd images reach the real worker -------------------------------------------------------------------------
+
+
+def _encoded(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+async def test_odd_images_are_normalised_and_never_crash_a_worker(cluster, gateway, objects):
+    import numpy as np
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    images = {
+        "cmyk jpeg": _encoded(Image.new("CMYK", (320, 256), (0, 200, 255, 10)), "JPEG"),
+        "16-bit png": _encoded(Image.fromarray(np.full((256, 320), 50000, dtype=np.uint16)), "PNG"),
+        "rgba png": _encoded(Image.new("RGBA", (320, 256), (200, 100, 50, 60)), "PNG"),
+        "exif-rotated jpeg": _encoded(
+            Image.new("RGB", (384, 256), (10, 160, 90)), "JPEG", exif=exif.tobytes()
+        ),
+    }
+    tenant = await gateway.tenant("images")
+    pids = {name: worker.pid for name, worker in cluster.workers.items()}
+    submitted = {}
+    for name, data in images.items():
+
+        async def parts(data: bytes = data):
+            yield jobs_pb2.UploadImageRequest(chunk=data)
+
+        uploaded = await gateway.jobs.UploadImage(parts(), metadata=bearer(tenant.api_key))
+        request = jobs_pb2.SubmitJobRequest(
+            prompt="a watercolour painting", params={"steps": "4"}, input_image_id=uploaded.image_id
+        )
+        submitted[name] = (await gateway.jobs.SubmitJob(request, metadata=bearer(tenant.api_key))).job_id
+    for name, job_id in submitted.items():
+        job = await finished_cleanly(gateway, objects, tenant, job_id)
+        assert job.state == SUCCEEDED, (name, job.error.message)
+    portrait = (await gateway.get(tenant.api_key, submitted["exif-rotated jpeg"])).images[0].final
+    assert portrait.height > portrait.width
+    assert {name: worker.pid for name, worker in cluster.workers.items()} == pids  # nobody crashed
+    assert all(worker.running for worker in cluster.workers.values())
+
+
 # --- a worker dies mid-pass ------------------------------------------------------------------------------------
 
 
@@ -150,17 +197,18 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_duplicates_nothing(
     victim, image, pass_name = await pass_events.until(progressing, 60, "pass past step 5")
     cluster.workers[victim].kill()
     killed_at = time.monotonic()
+    cluster.workers[victim].spawn()  # restarts as a supervisor would; takes ~10 s to serve again
 
     job = await finished_cleanly(gateway, objects, tenant, job_id)
     recovered = time.monotonic() - killed_at
     assert job.state == SUCCEEDED, job.error.message
-    # The killed pass ran again, as the same attempt (JetStream redelivered it), on the surviving worker.
+    # The killed pass ran again, as the same attempt (JetStream redelivered it after the ack wait).
     runs = [
         s.started.worker
         for s in pass_events.of(job_id, "started")
         if (s.image_index, s.pass_name) == (image, pass_name)
     ]
-    assert runs[0] == victim and victim not in runs[1:] and len(runs) >= 2, runs
+    assert runs[0] == victim and len(runs) >= 2, runs
     assert all(state.attempt == 1 for img in job.images for state in img.passes), (
         "no gateway-level retry was needed"
     )
@@ -178,19 +226,22 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_duplicates_nothing(
 
 async def test_jobs_finish_across_a_nats_server_restart(cluster, gateway, objects):
     tenant = await gateway.tenant("nats")
-    jobs = [await gateway.submit(tenant.api_key, f"a harbour, boat {i}", steps="20") for i in range(4)]
+    jobs = [await gateway.submit(tenant.api_key, f"a harbour, boat {i}", steps="30") for i in range(4)]
     await _until_running(gateway, tenant, jobs[0])
     started = time.monotonic()
     await asyncio.to_thread(cluster.nats.restart)
     restarted = time.monotonic() - started
+    unfinished = [j for j in jobs if (await gateway.get(tenant.api_key, j)).state not in TERMINAL]
+    assert len(unfinished) >= 2, "the restart came too late to matter"
     finished = [await finished_cleanly(gateway, objects, tenant, job_id) for job_id in jobs]
     assert [job.state for job in finished] == [SUCCEEDED] * 4, [job.error.message for job in finished]
     report(
         "nats_restart",
         jobs=4,
+        unfinished_at_restart=len(unfinished),
         succeeded=4,
         restart_seconds=round(restarted, 1),
-        after_restart_seconds=round(time.monotonic() - started, 1),
+        done_after_restart_seconds=round(time.monotonic() - started, 1),
     )
 
 
@@ -204,16 +255,17 @@ async def test_passes_back_off_while_the_object_store_is_down_and_resume(
     cluster.s3_proxy.cut()
     job_id = await gateway.submit(tenant.api_key, "a foggy forest path", steps="2")
     retried = await pass_events.until(
-        lambda: [e for e in pass_events.of(job_id, "failed") if e.failed.retriable], 30, "retriable failure"
+        lambda: [e for e in pass_events.of(job_id, "failed") if e.failed.retriable][1:],
+        30,
+        "two retriable failures",
     )
     assert retried[0].failed.error.code == common_pb2.ERROR_CODE_UNAVAILABLE
     assert "object store" in retried[0].failed.error.message
-    await asyncio.sleep(2.0)  # stay down across a second delivery
-    cluster.s3_proxy.restore()
+    cluster.s3_proxy.restore()  # back before the last delivery (2 s after the second failure)
     job = await finished_cleanly(gateway, objects, tenant, job_id)
     assert job.state == SUCCEEDED, job.error.message
     naks = len([e for e in pass_events.of(job_id, "failed") if e.failed.retriable])
-    assert 1 <= naks < MAX_DELIVER
+    assert naks == MAX_DELIVER - 1
     report("s3_outage_then_back", retriable_failures=naks, outcome="SUCCEEDED")
 
 
@@ -229,6 +281,7 @@ async def test_an_object_store_outage_past_the_retry_limit_fails_the_job_unavail
     other = await gateway.submit(tenant.api_key, "a desert at night", steps="2")
     job = await gateway.wait(tenant.api_key, job_id, 60)
     failed_after = time.monotonic() - started
+    other_job = await gateway.wait(tenant.api_key, other, 60)
     cluster.s3_proxy.restore()
     assert job.state == jobs_pb2.JOB_STATE_FAILED
     assert job.error.code == common_pb2.ERROR_CODE_UNAVAILABLE and job.error.pass_name == "base"
@@ -240,7 +293,7 @@ async def test_an_object_store_outage_past_the_retry_limit_fails_the_job_unavail
     deliveries = len(pass_events.of(job_id, "failed"))
     assert deliveries == MAX_DELIVER  # MAX_DELIVER - 1 retriable failures, then the final one
     assert failed_after < 40, failed_after
-    assert (await gateway.wait(tenant.api_key, other, 60)).state == jobs_pb2.JOB_STATE_FAILED
+    assert other_job.state == jobs_pb2.JOB_STATE_FAILED
     report(
         "s3_outage_past_limit",
         deliveries=deliveries,
@@ -309,26 +362,32 @@ async def test_a_permanently_failing_pass_fails_its_job_naming_the_pass_and_othe
 # --- many jobs, random kills ------------------------------------------------------------------------------------------
 
 
-async def test_jobs_under_random_worker_kills_all_reach_a_terminal_state(cluster, gateway, objects):
+async def test_jobs_under_random_worker_kills_all_reach_a_terminal_state(
+    cluster, gateway, objects, pass_events
+):
     rng = random.Random(20260517)
     tenants = [await gateway.tenant(f"soak-{i}") for i in range(3)]
     prompts = ["a bridge over a river", "a fox in snow", "a street BREAK photo BREAK ohwx man"]
     submitted = []
     for i in range(24):
         tenant = tenants[i % 3]
-        params = {"steps": str(rng.choice((6, 12, 20))), "num_images": str(rng.choice((1, 1, 2)))}
+        params = {"steps": str(rng.choice((8, 16, 24))), "num_images": str(rng.choice((1, 1, 2)))}
         submitted.append((tenant, await gateway.submit(tenant.api_key, rng.choice(prompts), **params)))
     started = time.monotonic()
     kills = []
     pending = {job_id for _, job_id in submitted}
-    while pending and len(kills) < 3 and time.monotonic() - started < 120:
-        await asyncio.sleep(rng.uniform(2.0, 4.0))
-        alive = [name for name, worker in cluster.workers.items() if worker.running]
-        if len(alive) == len(cluster.workers):
-            victim = rng.choice(alive)
+    while pending and len(kills) < 2 and time.monotonic() - started < 120:
+        await asyncio.sleep(rng.uniform(1.5, 3.0))
+        serving = [
+            name
+            for name, worker in cluster.workers.items()
+            if worker.running and grpc_serving(worker.grpc_address)
+        ]
+        if len(serving) == len(cluster.workers):  # kill only while the other one can carry on
+            victim = rng.choice(serving)
             cluster.workers[victim].kill()
             kills.append(victim)
-            cluster.workers[victim].spawn()  # back in ~10 s; the other worker carries on meanwhile
+            cluster.workers[victim].spawn()  # back in ~10 s
         pending = {
             job_id
             for tenant, job_id in submitted
@@ -338,9 +397,17 @@ async def test_jobs_under_random_worker_kills_all_reach_a_terminal_state(cluster
         await finished_cleanly(gateway, objects, tenant, job_id, timeout=240) for tenant, job_id in submitted
     ]
     states = Counter(jobs_pb2.JobState.Name(job.state) for job in finished)
+    ids = {job_id for _, job_id in submitted}
+    runs = Counter(
+        (e.job_id, e.image_index, e.pass_name)
+        for e in (ev for name, ev in pass_events.seen if name == "started")
+        if e.job_id in ids
+    )
     report(
         "random_worker_kills",
         jobs=len(submitted),
+        passes=len(runs),
+        passes_run_again=sum(1 for count in runs.values() if count > 1),
         terminal=len(finished),
         lost=len(submitted) - len(finished),
         states=dict(states),

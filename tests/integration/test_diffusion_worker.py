@@ -165,6 +165,9 @@ async def test_health_and_info(service):
         "face_restorer",
         "face_swapper",
         "prompt_expander",
+        # IP-Adapter FaceID of the SD1.5 family and the face swapper's embedder.
+        "faceid",
+        f"faceid:{SD15_MODEL}",
     } <= set(info.capabilities)
     kinds = {c.removeprefix("pass:") for c in info.capabilities if c.startswith("pass:")}
     assert kinds == set(passes.kinds()) >= {"base", "person", *finishing.KINDS}
@@ -226,7 +229,7 @@ def object_ref(image: common_pb2.ImageRef) -> common_pb2.ObjectRef:
     return common_pb2.ObjectRef(bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size)
 
 
-async def test_face_passes_fetch_their_faces_tunes_and_reference_images(service, bus, store, model_root):
+async def test_face_passes_and_faceid_fetch_their_tunes_and_reference_images(service, bus, store, model_root):
     """A face's LoRA (not among spec.loras) and a tune's reference images reach the engine's tune paths."""
     events = await watch(bus, "J4")
     image = await store.put_image(BUCKET_JOBS, "jobs/t1/J4/image-0/person-0.png", scene(96, 64))
@@ -267,6 +270,29 @@ async def test_face_passes_fetch_their_faces_tunes_and_reference_images(service,
     swapped = (await events.until("completed", "face_swap"))[-1][1].completed.result
     assert swapped.metadata["faces_swapped"] == "0:78"
     assert not any("skipped" in w or "unchanged" in w for w in swapped.warnings)
+
+    # <faceid:78:0.7>: the person pass is conditioned on the identity of the same reference images.
+    mask = await store.put_image(
+        BUCKET_JOBS, "jobs/t1/J4/image-0/mask-person-0.png", box_mask((96, 64), (20, 5, 70, 60))
+    )
+    faceid_ref = prompt_pb2.LoraRef(tune_id="78", weight=0.7, kind="faceid")
+    person = base_spec(kind="person", image=image, mask=mask, width=0, height=0, tune_files=references)
+    await submit(bus, "J4", "person-plain", person)
+    plain = (await events.until("completed", "person-plain"))[-1][1].completed.result
+    person.loras.append(faceid_ref)
+    await submit(bus, "J4", "person-faceid", person)
+    conditioned = (await events.until("completed", "person-faceid"))[-1][1].completed.result
+    assert conditioned.metadata["faceid"] == "78:0.7" and not conditioned.warnings
+    assert conditioned.spec_hash != plain.spec_hash
+    assert await store.get_bytes(BUCKET_JOBS, conditioned.output.key) != await store.get_bytes(
+        BUCKET_JOBS, plain.output.key
+    )
+    # A faceid tag whose tune has no reference images in the spec is refused naming the tag.
+    bare = base_spec(loras=[prompt_pb2.LoraRef(tune_id="79", weight=1.0, kind="faceid")])
+    await submit(bus, "J4", "base-faceid-bare", bare)
+    refused = (await events.until("failed", "base-faceid-bare"))[-1][1].failed
+    assert refused.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and not refused.retriable
+    assert [v.field for v in refused.error.field_violations] == ["<faceid:79:1>"]
 
     # A tune file without its sha256 cannot be cached: refused naming the entry.
     unhashed = diffusion_pb2.PassSpec()

@@ -48,7 +48,7 @@ BASE_TUNE, PERSON_TUNE = "101", "102"
 PROMPT = (
     f"a garden party at dusk <lora:{BASE_TUNE}:0.6>\n"
     "BREAK warm evening light\n"
-    f"BREAK ohwx woman in a red dress <lora:{PERSON_TUNE}:0.8>\n"
+    f"BREAK ohwx woman in a red dress <lora:{PERSON_TUNE}:0.8> <faceid:{PERSON_TUNE}:0.7>\n"
     "BREAK a man in a blue suit"
 )
 #: Every option the planner turns into a pass or a pass option.
@@ -189,6 +189,7 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
         c for c, _ in needed
     }
     assert [c for c, _ in needed if c not in capabilities] == []
+    assert f"faceid:{SD15_MODEL}" in capabilities  # what SubmitJob asks for a <faceid:...> tag
     for model in planner.tune_models(parsed, SD15_MODEL, SD15_MODEL).values():
         assert [planner.model_family(info, m) for m in model] == ["sd15"]
 
@@ -307,14 +308,22 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
     # Person passes: the person's LoRA only where the person has one, conditioned on the slot's pose.
     assert meta["person-0"]["adapters"].startswith(f"t{PERSON_TUNE}_")
     assert "adapters" not in meta["person-1"]
+    # <faceid:...>: person 0 on its tune's reference identity (FaceID's LoRA too), person 1 without.
+    assert meta["person-0"]["faceid"] == f"{PERSON_TUNE}:0.7"
+    assert "tfaceid_" in meta["person-0"]["adapters"]
+    assert sorted(k for k in requests["person-0"].spec.tune_files if "/reference-" in k) == [
+        f"{PERSON_TUNE}/reference-0",
+        f"{PERSON_TUNE}/reference-1",
+    ]
+    assert "faceid" not in meta["person-1"]
     assert all("controlnet" in meta[p]["task"] for p in ("person-0", "person-1"))
     assert meta["hires"]["hires_size"] == "384x384"
     # Faces: all three repainted; the person's face with its LoRA (fetched from the faces' tunes).
     assert meta["faces"]["faces"] == "3"
-    assert [[r.tune_id for r in f.loras] for f in requests["faces"].spec.faces] == [
-        [PERSON_TUNE],
+    assert [[(r.kind, r.tune_id) for r in f.loras] for f in requests["faces"].spec.faces] == [
+        [("lora", PERSON_TUNE), ("faceid", PERSON_TUNE)],
         [],
-        [BASE_TUNE],
+        [("lora", BASE_TUNE)],
     ]
     assert meta["face_correct"]["faces"] == "3"
     # Face swap: the identity of person 0's tune from its reference images; the others left as they are.
@@ -323,7 +332,11 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
     assert "face 2 belongs to no tune: face swap skipped for it" in warnings["face_swap"]
     assert meta["upscale"]["output_size"] == "1536x1536"
     assert (meta["finish"]["color_grading"], meta["finish"]["film_grain"]) == ("Film Portra", "0.35")
+    # The faces pass repaints each face with its person's LoRAs but not (yet) with FaceID.
+    faceid_ignored = f"<faceid:{PERSON_TUNE}> ignored: the faces pass does not use faceid adapters"
+    assert faceid_ignored in warnings["faces"]
     for name, found in warnings.items():
+        found = [w for w in found if not (name == "faces" and w == faceid_ignored)]
         assert not [w for w in found if "ignored" in w or "not fetched" in w or "unchanged" in w], name
 
 

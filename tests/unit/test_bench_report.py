@@ -150,3 +150,17 @@ def test_unknown_figure_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--only", "speed_of_light"])
     assert "speed_of_light" in capsys.readouterr().err
+
+
+def test_a_late_figure_runs_with_the_quick_repetitions(tmp_path):
+    from multipass.bench import runner
+
+    bench = Bench(plan=Plan(), directory=tmp_path, only=set(), profile_dir=None)
+    assert bench.plan_for("crop_vs_full_speedup") == Plan()
+    bench.started -= runner.SCHEDULE["parallel_persons_speedup"] + runner.SLACK_SECONDS + 1
+    assert bench.plan_for("parallel_persons_speedup") == Plan.quick()
+    assert bench.plan_for("parallel_persons_speedup") == Plan.quick()  # decided once
+    assert bench.shortened == ["parallel_persons_speedup"]
+    quick = Bench(plan=Plan.quick(), directory=tmp_path, only=set(), profile_dir=None)
+    quick.started -= 10_000
+    assert quick.plan_for("crop_vs_full_speedup") == Plan.quick() and quick.shortened == []

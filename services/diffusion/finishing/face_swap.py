@@ -8,7 +8,7 @@ optional ``config.json``: ``{"swapper": ..., "embedder": ...}``):
   is the normalised ArcFace embedding times the model's ``emap`` matrix (an initializer named ``emap``,
   or inswapper's last 512x512 initializer), normalised again;
 - the embedder (default ``arcface.onnx``), ArcFace's signature: 1x3xExE RGB normalised to -1..1 in,
-  1x512 embedding out.
+  1x512 embedding out; :mod:`multipass_diffusion.face_embedding` runs it, for ``<faceid:...>`` too.
 
 The identity of a face is the mean normalised embedding of the reference images of its tune (the first
 of ``FaceTarget.loras``, or ``options["face_swap_tune"]`` for every face); reference images are face
@@ -27,6 +27,13 @@ from multipass.errors import FailedPrecondition
 from multipass.images import decode_image
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import paste
+from multipass_diffusion.face_embedding import (
+    EMBEDDING_SIZE,
+    FaceEmbedder,
+    load_embedder,
+    normalise,
+    onnx_session,
+)
 from multipass_diffusion.finishing import components, face_tunes
 from multipass_diffusion.finishing.face_regions import (
     check_faces,
@@ -40,19 +47,7 @@ from multipass_diffusion.finishing.options import needs_image, option_float
 from multipass_diffusion.finishing.progress import part_done
 from multipass_diffusion.passes.context import PassContext, PassInputs
 
-EMBEDDING_SIZE = 512
 DEFAULT_CONTEXT = 1.25
-
-
-def _normalise(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
-
-
-def _center_square(image: Image.Image) -> Image.Image:
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
 
 
 def _read_emap(path: Path) -> np.ndarray:
@@ -69,30 +64,17 @@ def _read_emap(path: Path) -> np.ndarray:
 
 
 class FaceSwapper:
-    """The swapper and embedder sessions of one face-swapper directory."""
+    """The swapper session of one face-swapper directory and its identity embedder."""
 
-    def __init__(self, directory: Path, *, device: str, threads: int = 0):
-        import onnxruntime as ort
-
-        swapper_path, embedder_path = components.swapper_files(directory)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+    def __init__(self, directory: Path, *, device: str, embedder: FaceEmbedder, threads: int = 0):
+        swapper_path, _ = components.swapper_files(directory)
         try:
-            self.swapper = ort.InferenceSession(str(swapper_path), options, providers=providers)
-            self.embedder = ort.InferenceSession(str(embedder_path), options, providers=providers)
+            self.swapper = onnx_session(swapper_path, device=device, threads=threads)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
             raise FailedPrecondition(f"cannot load the face swapper in {directory}: {error}") from error
+        self.embedder = embedder
         self._target, self._source = self._swapper_inputs(swapper_path)
         self.swap_size = int(self._target.shape[2])
-        embed_input = self.embedder.get_inputs()[0]
-        self.embed_size = int(embed_input.shape[2])
-        self._embed_input = embed_input.name
         self.emap = _read_emap(swapper_path)
 
     def _swapper_inputs(self, path: Path):
@@ -108,19 +90,9 @@ class FaceSwapper:
             raise FailedPrecondition(f"{path}: the target input needs a fixed size, got {images[0].shape}")
         return images[0], vectors[0]
 
-    def embed(self, image: Image.Image) -> np.ndarray:
-        """Normalised identity embedding (512,) of a face crop."""
-        work = _center_square(image.convert("RGB")).resize(
-            (self.embed_size, self.embed_size), Image.Resampling.LANCZOS
-        )
-        blob = (np.asarray(work, dtype=np.float32) - 127.5) / 127.5
-        output = self.embedder.run(None, {self._embed_input: blob.transpose(2, 0, 1)[None]})[0]
-        return _normalise(np.asarray(output, dtype=np.float32).reshape(-1)[:EMBEDDING_SIZE])
-
     def identity(self, images: list[Image.Image]) -> np.ndarray:
         """The swapper's source latent (1, 512) for the identity shown in ``images``."""
-        mean = _normalise(np.mean([self.embed(image) for image in images], axis=0))
-        return _normalise(mean @ self.emap).astype(np.float32)[None]
+        return normalise(self.embedder.identity(images) @ self.emap).astype(np.float32)[None]
 
     def swap(self, crop: Image.Image, latent: np.ndarray) -> Image.Image:
         work = crop.resize((self.swap_size, self.swap_size), Image.Resampling.LANCZOS)
@@ -133,7 +105,8 @@ class FaceSwapper:
 
 def load_face_swapper(model_dir, *, device: str, threads: int = 0) -> FaceSwapper:
     directory = components.require(model_dir, components.FACE_SWAPPER, needed_by="the face_swap pass")
-    return FaceSwapper(directory, device=device, threads=threads)
+    embedder = load_embedder(model_dir, device=device, threads=threads, needed_by="the face_swap pass")
+    return FaceSwapper(directory, device=device, embedder=embedder, threads=threads)
 
 
 def _torch_threads() -> int:

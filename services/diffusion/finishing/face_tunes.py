@@ -15,7 +15,7 @@ from pathlib import Path
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.passes.context import PassContext
-from multipass_diffusion.tune_files import is_reference_key, reference_key, reference_match
+from multipass_diffusion.tune_files import is_reference_key, reference_key, reference_keys
 
 __all__ = ["FaceTunes", "activate", "is_reference_key", "reference_images", "reference_key", "resolve"]
 
@@ -77,15 +77,9 @@ def activate(ctx: PassContext, tunes: FaceTunes):
 
 def reference_images(ctx: PassContext, tune_id: str) -> list[Path]:
     """Local files of ``tune_id``'s reference images, in index order (empty when the tune has none)."""
-    spec, inputs = ctx.spec, ctx.inputs
-    indexed = []
-    for key in spec.tune_files:
-        match = reference_match(key)
-        if match and match["tune"] == tune_id:
-            indexed.append((int(match["index"]), key))
     paths = []
-    for _, key in sorted(indexed):
-        path = inputs.tune_paths.get(key)
+    for key in reference_keys(ctx.spec, tune_id):
+        path = ctx.inputs.tune_paths.get(key)
         if path is None:
             raise FailedPrecondition(f"reference image {key} of tune {tune_id} was not fetched to local disk")
         paths.append(Path(path))

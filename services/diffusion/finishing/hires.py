@@ -55,6 +55,8 @@ def comfortable_side(working_size: int) -> int:
 
 class HiresPass(FinishingHandler):
     kind = "hires"
+    #: The base pass's ``<faceid:ID:W>`` (the planner sends the base tags) keeps its identity here too.
+    uses_faceid = True
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
         check_common(spec)

@@ -8,7 +8,10 @@ Optional handler hooks the engine uses when present:
 
 - ``cache_parts(spec, model_dir) -> list[str]``: more strings for the pass-cache key (for instance the
   fingerprint of a component the pass loads from the model directory, so new weights miss the cache);
-- ``capabilities(model_dir) -> list[str]``: installed optional components, for ``Diffusion.Info``.
+- ``capabilities(model_dir) -> list[str]``: installed optional components, for ``Diffusion.Info``;
+- ``uses_faceid = True``: the pass samples with ``passes.sampling.generate`` on the engine's component set, so
+  the engine conditions it on a ``<faceid:ID:W>`` ref (``multipass_diffusion.faceid``); other passes ignore
+  such refs with a warning.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ DEFAULT_INPAINT_STRENGTH = 1.0
 
 class BasePass:
     kind = "base"
+    #: ``<faceid:ID:W>`` conditions this pass (the engine attaches the identity adapter).
+    uses_faceid = True
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
         check_common(spec)

@@ -14,6 +14,7 @@ from PIL import Image
 
 if TYPE_CHECKING:
     from multipass_diffusion.adapters import AdapterCache
+    from multipass_diffusion.faceid import FaceIdRequest
     from multipass_diffusion.pipelines import ComponentSet
     from multipass_diffusion.runtime import ModelRuntime
 
@@ -65,6 +66,8 @@ class PassContext:
     working_size: int
     warnings: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The identity the pipelines are conditioned on (``<faceid:ID:W>``), attached by the engine.
+    faceid: FaceIdRequest | None = None
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

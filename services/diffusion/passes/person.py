@@ -27,6 +27,8 @@ MIN_CROP_FRACTION = 0.25
 
 class PersonPass:
     kind = "person"
+    #: ``<faceid:ID:W>`` conditions this pass (the engine attaches the identity adapter).
+    uses_faceid = True
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
         check_common(spec)

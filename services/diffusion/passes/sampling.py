@@ -1,8 +1,9 @@
-"""Running one diffusers pipeline for a pass: scheduler, prompts, seed, ControlNet, step callback."""
+"""Running one diffusers pipeline for a pass: scheduler, prompts, seed, ControlNet, FaceID, step callback."""
 
 from __future__ import annotations
 
 from multipass.errors import InvalidInput, Violation
+from multipass_diffusion import faceid
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.preprocessors import Point
 from multipass_diffusion.prompts_lpw import LpwEncoder, strip_break, truncation_warning
@@ -68,6 +69,8 @@ def generate(
         "callback_on_step_end": ctx.monitor.callback,
     }
     kwargs.update(_prompt_kwargs(ctx))
+    if ctx.faceid is not None:
+        kwargs.update(faceid.pipeline_kwargs(ctx.faceid, pipe, kwargs["guidance_scale"]))
     strength = proto_float(strength) if strength is not None else None
     if task == "txt2img":
         kwargs.update(width=width, height=height)

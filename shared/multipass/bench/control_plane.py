@@ -54,10 +54,15 @@ class Wiring:
 class ControlPlane:
     """The composition; ``gateways(n)`` makes exactly ``n`` gateway replicas run."""
 
-    def __init__(self, root: Path, model_root: Path, *, tenant_passes: int = 5000):
+    def __init__(
+        self, root: Path, model_root: Path, *, tenant_passes: int = 5000, profile_dir: Path | None = None
+    ):
         from multipass.local.process import free_port
 
         self.root = Path(root)
+        self.profile_dir = Path(profile_dir).absolute() if profile_dir is not None else None
+        #: The interpreter of the Multipass processes (a cProfile wrapper when profiling).
+        self.python = sys.executable
         self.model_root = Path(model_root)
         self.tenant_passes = tenant_passes
         names = ("parser", "segmentation", "standin", "gateway-0", "gateway-1")
@@ -90,7 +95,7 @@ class ControlPlane:
 
         return ProcessSpec(
             name=name,
-            argv=(sys.executable, "-m", module),
+            argv=(self.python, "-m", module),
             env=self._env(extra),
             cwd=str(self.root),
             probe=HealthProbe("grpc", self.wiring.address(name)),
@@ -123,6 +128,10 @@ class ControlPlane:
         except ImportError as error:
             raise MetricUnavailable(f"the stack supervisor cannot be imported: {error}") from error
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.profile_dir is not None:
+            from multipass.bench.stack_bench import profiling_python
+
+            self.python = str(profiling_python(self.root, self.profile_dir))
         data = self.root / "data"
         import shutil
 
@@ -235,6 +244,10 @@ class ControlPlane:
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
+            if self.profile_dir is not None:
+                from multipass.bench.stack_bench import summarise_profiles
+
+                summarise_profiles(self.profile_dir)
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -317,10 +330,12 @@ def burst(plane: ControlPlane, replicas: int, jobs: int) -> dict:
     return result
 
 
-def control_plane_throughput(root: Path, model_root: Path, *, jobs: int = 40, rounds: int = 2) -> tuple:
-    """Passes/s with 1 gateway (the figure) and with 2 gateway replicas, rounds alternating 1, 2, 1, 2."""
+def control_plane_throughput(
+    root: Path, model_root: Path, *, jobs: int = 40, rounds: int = 2, profile_dir: Path | None = None
+) -> tuple:
+    """Passes/s with 1 gateway (the figure) and with 2 gateway replicas, rounds alternating 1, 2, 2, 1."""
     one, two = [], []
-    with ControlPlane(root, model_root) as plane:
+    with ControlPlane(root, model_root, profile_dir=profile_dir) as plane:
         burst(plane, 1, max(4, jobs // 4))  # warm-up: connections, consumers, caches
         for index in range(rounds):
             for replicas in (1, 2) if index % 2 == 0 else (2, 1):

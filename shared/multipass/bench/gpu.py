@@ -176,6 +176,7 @@ def model_name(family: str, tiny: bool) -> str:
 
 def build_model(root: Path, family: str, *, tiny: bool, device: str, dtype) -> Path:
     """Random weights for ``family``'s configs saved in diffusers format under ``root/diffusion/<name>``."""
+    import diffusers
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -186,8 +187,6 @@ def build_model(root: Path, family: str, *, tiny: bool, device: str, dtype) -> P
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()

@@ -80,7 +80,7 @@ class BenchStack:
                 f"the local stack (multipass.stack) cannot be imported: {error}"
             ) from error
         self.paths = StackPaths(Path(root))
-        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
+        self.profile_dir = Path(profile_dir).absolute() if profile_dir is not None else None
         extra = {}
         if self.profile_dir is not None:
             extra["python"] = str(profiling_python(self.paths.root, self.profile_dir))

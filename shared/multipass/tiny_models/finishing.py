@@ -6,7 +6,8 @@
 - ``face_restorer/``: a ``FaceRestorerNet`` working at 64x64 (``config.json`` + ``model.safetensors``);
 - ``face_swapper/``: ``inswapper_128.onnx`` with inswapper's signature (``target`` 1x3x128x128 and
   ``source`` 1x512 in, the swapped 1x3x128x128 crop out, plus a 512x512 ``emap`` initializer) and
-  ``arcface.onnx`` (1x3x112x112 in, 1x512 embedding out), both exported from small torch modules;
+  ``arcface.onnx`` (1x3x112x112 in, 1x512 embedding out; pictures of different faces get clearly
+  different embeddings, for face swap and ``<faceid:...>``), both exported from small torch modules;
 - ``prompt_expander/``: a 2-layer GPT-2 with a byte-level tokenizer (every byte a token, no merges).
 
 The architectures of the first two are the worker's own (``multipass_diffusion.finishing``), imported
@@ -23,7 +24,7 @@ from pathlib import Path
 from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-finishing-v2"
+VERSION = "tiny-finishing-v3"
 MARKER = ".tiny-finishing-built"
 COMPONENTS = ("upscaler", "face_restorer", "face_swapper", "prompt_expander")
 
@@ -135,17 +136,21 @@ def _swapper_module():
 
 
 def _embedder_module():
+    """ArcFace's interface; signed features pooled per 4x4 region, so different faces point elsewhere."""
+    import torch
     from torch import nn
 
-    return nn.Sequential(
+    module = nn.Sequential(
         nn.Conv2d(3, 8, 3, 2, 1),
         nn.PReLU(8),
         nn.Conv2d(8, 16, 3, 2, 1),
-        nn.PReLU(16),
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(4),
         nn.Flatten(),
-        nn.Linear(16, 512),
+        nn.Linear(256, 512, bias=False),
     )
+    with torch.no_grad():
+        module[2].bias.zero_()  # a shared offset would make every embedding point the same way
+    return module
 
 
 def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:

@@ -231,6 +231,40 @@ def test_face_swap_carries_the_persons_tunes_and_reference_images():
     assert swap.tune_files["7/reference-1"].sha256 == "0" * 64
 
 
+def test_faceid_tags_carry_their_tunes_reference_images_to_their_passes():
+    parsed = parsed_prompt(2, hires_fix=True, face_swap=True, person_loras={0: ["7"]})
+    parsed.persons[0].loras.add(tune_id="9", weight=0.6, kind="faceid", tag="<faceid:9:0.6>")
+    parsed.base_loras.add(tune_id="8", weight=1.0, kind="faceid", tag="<faceid:8:1>")
+    references = {
+        "7": [image_ref("uploads/t/a.png")],
+        "8": [image_ref("uploads/t/b.png")],
+        "9": [image_ref("uploads/t/c.png"), image_ref("uploads/t/d.png")],
+    }
+    (plan,) = plan_of(parsed, reference_images=references)
+    specs = {p.name: p.spec for p in plan.passes}
+    assert sorted(specs["base"].tune_files) == sorted(specs["hires"].tune_files) == ["8/reference-0"]
+    assert specs["base"].tune_files["8/reference-0"].key == "uploads/t/b.png"
+    assert [(r.kind, r.tune_id) for r in specs["person-0"].loras] == [("lora", "7"), ("faceid", "9")]
+    assert sorted(specs["person-0"].tune_files) == ["9/reference-0", "9/reference-1"]
+    assert specs["person-0"].tune_files["9/reference-1"].key == "uploads/t/d.png"
+    assert not specs["person-1"].tune_files
+    # Face swap: the reference images of every tune of the persons, as before.
+    assert sorted(specs["face_swap"].tune_files) == ["7/reference-0", "9/reference-0", "9/reference-1"]
+
+
+def test_faceid_tags_need_faceid_on_the_models_of_their_passes():
+    from multipass_gateway.submission import faceid_capabilities
+
+    parsed = parsed_prompt(1, person_loras={0: ["7"]})
+    assert faceid_capabilities(parsed, "base-model", "person-model") == []
+    parsed.persons[0].loras.add(tune_id="9", weight=0.6, kind="faceid", tag="<faceid:9:0.6>")
+    parsed.base_loras.add(tune_id="8", weight=1.0, kind="faceid", tag="<faceid:8:1>")
+    assert faceid_capabilities(parsed, "base-model", "person-model") == [
+        ("faceid:base-model", "<faceid:8:1>"),
+        ("faceid:person-model", "<faceid:9:0.6>"),
+    ]
+
+
 def test_prompt_expansion_is_asked_of_the_base_and_hires_passes():
     (plan,) = plan_of(parsed_prompt(1, prompt_expansion=True, hires_fix=True, inpaint_faces=True))
     options = {p.name: dict(p.spec.options) for p in plan.passes if p.spec.kind}
