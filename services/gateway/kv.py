@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import nats.errors
 import nats.js.errors
 from nats.js import api
 from nats.js.kv import KeyValue
@@ -29,9 +30,10 @@ async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list
 
     Reads the bucket's stream through a short-lived consumer delivering the last message per subject,
     filtered on the server, so listing one tenant's keys does not read every tenant's. The consumer's
-    pending count at creation says exactly how many messages make up the listing (nats-py's KV watcher
-    may signal "no more" before delivering what it already received). With ``values=False`` only keys
-    are transferred (values come back empty).
+    pending count at creation bounds how many messages make up the listing (nats-py's KV watcher may
+    signal "no more" before delivering what it already received), and each message's own pending count
+    ends it early when keys were removed meanwhile (a purged key's message never arrives). With
+    ``values=False`` only keys are transferred (values come back empty).
     """
     # nats-py's KeyValue keeps its stream name and subject prefix in these attributes (no public accessor).
     js, stream, prefix = store._js, store._stream, store._pre
@@ -53,7 +55,14 @@ async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list
                 sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
                 try:
                     while remaining > 0:
-                        for msg in await sub.fetch(batch=min(remaining, _BATCH), timeout=5.0):
+                        try:
+                            msgs = await sub.fetch(batch=min(remaining, _BATCH), timeout=5.0)
+                        except nats.errors.TimeoutError:
+                            # Keys removed (purged) while we listed never arrive; stop once none is left.
+                            if (await js.consumer_info(stream, info.name)).num_pending:
+                                raise
+                            break
+                        for msg in msgs:
                             remaining -= 1
                             headers = msg.headers or {}
                             key = msg.subject[len(prefix) :]
@@ -61,6 +70,8 @@ async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list
                                 found.pop(key, None)
                             else:
                                 found[key] = msg.data or b""
+                            if not msg.metadata.num_pending:
+                                remaining = 0  # the last one there is now (removed keys included)
                 finally:
                     await sub.unsubscribe()
         finally:

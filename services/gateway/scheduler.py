@@ -293,7 +293,9 @@ class PassScheduler:
             try:
                 await self.release_once()
             except MultipassError as error:
-                log.warning("pass release round failed", extra={"error": str(error)})
+                if stop.is_set():
+                    break  # shutting down: the connection went first
+                log.warning("pass release round failed: %s", error, extra={"error": str(error)})
                 await _pause(stop, min(1.0, self.interval))
             except Exception:
                 log.exception("pass release round failed")

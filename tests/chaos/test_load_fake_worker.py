@@ -158,6 +158,6 @@ async def kv_messages(stack: Stack, pattern: str) -> int:
         mem_storage=True,
         num_replicas=1,
     )
-    info = await stack.bus.js.add_consumer(f"KV_{store._stream.removeprefix('KV_')}", config)
+    info = await stack.bus.js.add_consumer(store._stream, config)
     await stack.bus.js.delete_consumer(info.stream_name, info.name)
     return info.num_pending or 0

@@ -126,16 +126,16 @@ class BenchStack:
 
 
 def profiling_python(root: Path, profile_dir: Path) -> Path:
-    """An interpreter wrapper that runs each service (``python -m <module>``) under cProfile, writing
-    ``<profile_dir>/<module>.prof`` when the service exits (the stack stops services with SIGTERM, which
-    they handle by returning from main, so the profile is written)."""
+    """An interpreter wrapper that runs each service (``python -m <module>``) under cProfile in all its
+    threads (``profile_service``), writing ``<profile_dir>/<module>.prof`` when the service exits (the
+    stack stops services with SIGTERM, which they handle by returning from main)."""
     profile_dir.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     wrapper = root / "python-cprofile"
     wrapper.write_text(
         "#!/bin/sh\n"
         "# Written by multipass.bench: $1 is -m, $2 the service's module.\n"
-        f'exec "{sys.executable}" -m cProfile -o "{profile_dir}/$2.prof" "$@"\n'
+        f'exec "{sys.executable}" -m multipass.bench.profile_service "{profile_dir}/$2.prof" "$@"\n'
     )
     wrapper.chmod(0o755)
     return wrapper
