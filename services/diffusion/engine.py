@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion import faceid, metrics, models, passes
@@ -25,7 +27,6 @@ from multipass_diffusion.passes.sampling import prompt_warnings
 from multipass_diffusion.preprocessors import Preprocessors
 from multipass_diffusion.runtime import ModelRuntime
 from multipass_diffusion.settings import DiffusionSettings
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,11 @@ class Engine:
         tunes = self._resolve_tunes(spec, inputs, runtime, uses_faceid=uses_faceid)
         identity = faceid.resolve(spec, inputs, runtime) if uses_faceid else None
         working = self.settings.working_size_for(runtime.family)
-        extra = list(handler.cache_parts(spec, self.settings.model_dir)) if hasattr(handler, "cache_parts") else []
+        extra = (
+            list(handler.cache_parts(spec, self.settings.model_dir))
+            if hasattr(handler, "cache_parts")
+            else []
+        )
         if identity is not None:
             extra += [identity.cache_part(), faceid.fingerprint(runtime.model_dir, runtime.family)]
             reported_metadata["faceid"] = f"{identity.tune_id}:{identity.weight:g}"
@@ -255,7 +260,7 @@ class Engine:
         ctx.metadata["steps_run"] = str(monitor.steps_run)
         if adapters.active:
             ctx.metadata["adapters"] = ",".join(adapters.active)
-        if self.cache is not None:
+        if self.cache is not None and not getattr(self.cache, "written_by_worker", False):
             self.cache.put(key, image)
         return PassOutput(
             image, key, False, time.perf_counter() - started, monitor.steps_run, ctx.warnings, ctx.metadata

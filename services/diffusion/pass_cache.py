@@ -14,9 +14,10 @@ import threading
 from collections import OrderedDict
 from typing import Protocol
 
+from PIL import Image
+
 from multipass.errors import NotFound
 from multipass.images import decode_image, encode_png
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,13 @@ class StorePassCache:
     """Outputs as ``<bucket>/cache/<hash>.png`` through :class:`multipass.store.ObjectStore`.
 
     ``loop`` is the event loop the store runs on; calls come from another thread and wait at most
-    ``timeout`` seconds.
+    ``timeout`` seconds. The worker writes entries itself (:meth:`write_encoded`), with the PNG bytes it
+    already encoded for the pass output and after publishing the completion, so the device thread never
+    encodes or uploads a second copy.
     """
+
+    #: The engine skips :meth:`put`; the worker calls :meth:`write_encoded` instead.
+    written_by_worker = True
 
     def __init__(
         self,
@@ -95,6 +101,13 @@ class StorePassCache:
             log.warning("pass cache read failed", exc_info=True, extra={"cache_key": key})
             return None
         return decode_image(data, field="cache")
+
+    async def write_encoded(self, key: str, data: bytes) -> None:
+        """Store an output's PNG bytes under its key (from the event loop); failures are only logged."""
+        try:
+            await self.store.put_bytes(self.bucket, self.object_key(key), data, content_type="image/png")
+        except Exception:  # noqa: BLE001 - a cache write failure must never fail the pass
+            log.warning("pass cache write failed", exc_info=True, extra={"cache_key": key})
 
     def put(self, key: str, image: Image.Image) -> None:
         try:

@@ -21,9 +21,11 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from multipass import subjects
 from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
+from multipass.images import encode_png
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
 from multipass_diffusion import tune_files
@@ -115,12 +117,22 @@ class DiffusionWorker:
             self._running.setdefault(request.job_id, set()).add(cancel)
             try:
                 output = await self._run(request, delivery, cancel)
-                ref = await self.store.put_image(request.output_bucket, request.output_key, output.image)
+                data = await asyncio.to_thread(encode_png, output.image)
+                ref = await self.store.put_png(
+                    request.output_bucket,
+                    request.output_key,
+                    data,
+                    width=output.image.width,
+                    height=output.image.height,
+                )
                 await self._publish(
                     request,
                     subjects.EVENT_COMPLETED,
                     completed=events_pb2.PassCompleted(result=_result(output, ref)),
                 )
+                cache = self.engine.cache
+                if not output.cache_hit and getattr(cache, "written_by_worker", False):
+                    await cache.write_encoded(output.spec_hash, data)
                 log.info(
                     "pass completed",
                     extra={"seconds": round(output.duration_seconds, 3), "cache_hit": output.cache_hit},

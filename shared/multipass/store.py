@@ -205,14 +205,20 @@ class ObjectStore:
     async def put_image(self, bucket: str, key: str, image: Image.Image) -> common_pb2.ImageRef:
         """Store ``image`` as PNG; the reference carries sha256, size, width, height and content type."""
         data = await asyncio.to_thread(encode_png, image)
+        return await self.put_png(bucket, key, data, width=image.width, height=image.height)
+
+    async def put_png(
+        self, bucket: str, key: str, data: bytes, *, width: int, height: int
+    ) -> common_pb2.ImageRef:
+        """Store already-encoded PNG bytes (encode once, store under several keys)."""
         ref = await self.put_bytes(bucket, key, data, content_type=PNG)
         return common_pb2.ImageRef(
             bucket=bucket,
             key=key,
             sha256=ref.sha256,
             size=ref.size,
-            width=image.width,
-            height=image.height,
+            width=width,
+            height=height,
             content_type=PNG,
         )
 
