@@ -1,0 +1,45 @@
+"""The metric families the dashboards and alerts rely on are really exported by the running services.
+
+``k8s/monitoring/metrics.yaml`` lists every family the PromQL in ``k8s/monitoring`` uses (tests/k8s checks
+each expression against it) and which service exports it. Here the local stack's processes are scraped
+after a job ran, and each family must appear in the /metrics of every service said to export it.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.e2e
+
+CATALOGUE = Path(__file__).resolve().parents[2] / "k8s" / "monitoring" / "metrics.yaml"
+
+
+def scrape(url: str) -> set[str]:
+    """The metric family names (counters without ``_total``, as the parser gives them) at ``url``."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL from our stack
+        text = response.read().decode()
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+def family_base(name: str, kind: str) -> str:
+    return name.removesuffix("_total") if kind == "counter" else name
+
+
+def test_every_catalogued_family_is_exported_by_the_services_that_claim_it(stack):
+    families = yaml.safe_load(CATALOGUE.read_text())["families"]
+    processes = stack.state["processes"]
+    exported = {
+        name: scrape(info["metrics_url"]) for name, info in processes.items() if info.get("metrics_url")
+    }
+    assert set(exported) >= {"gateway", "prompt-parser", "segmentation", "diffusion"}, exported.keys()
+    missing = []
+    for name, spec in families.items():
+        for service in spec["exported_by"]:
+            if family_base(name, spec["type"]) not in exported[service]:
+                missing.append(f"{name} (claimed for {service})")
+    assert not missing, "families the dashboards use but the services do not export: " + ", ".join(missing)
