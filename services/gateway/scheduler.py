@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from multipass import subjects
@@ -275,7 +276,12 @@ class PassScheduler:
         if found is None:
             return False  # withdrawn, or released by another replica
         entry = events_pb2.OutboxRequest()
-        entry.ParseFromString(found[0])
+        try:
+            entry.ParseFromString(found[0])
+        except DecodeError:
+            log.error("damaged ready entry dropped", extra={"key": key.ready_key})
+            await self._purge(key.ready_key)
+            return False
         ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
         with nats_errors("mark pass in flight"):
             await self._kv.put(key.flight_key, str(int(ack.seq or 0)).encode())

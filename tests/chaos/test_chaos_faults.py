@@ -376,18 +376,18 @@ async def test_jobs_under_random_worker_kills_all_reach_a_terminal_state(
     started = time.monotonic()
     kills = []
     pending = {job_id for _, job_id in submitted}
-    while pending and len(kills) < 2 and time.monotonic() - started < 120:
+    while pending and len(kills) < 3 and time.monotonic() - started < 120:
         await asyncio.sleep(rng.uniform(1.5, 3.0))
         serving = [
             name
             for name, worker in cluster.workers.items()
             if worker.running and grpc_serving(worker.grpc_address)
         ]
-        if len(serving) == len(cluster.workers):  # kill only while the other one can carry on
+        if serving:  # a worker that is running passes (the other one may still be restarting)
             victim = rng.choice(serving)
             cluster.workers[victim].kill()
             kills.append(victim)
-            cluster.workers[victim].spawn()  # back in ~10 s
+            cluster.workers[victim].spawn()  # back in ~10 s, as a supervisor would bring it
         pending = {
             job_id
             for tenant, job_id in submitted
@@ -414,7 +414,7 @@ async def test_jobs_under_random_worker_kills_all_reach_a_terminal_state(
         kills=len(kills),
         seconds=round(time.monotonic() - started, 1),
     )
-    assert len(kills) >= 2
+    assert len(kills) >= 2, kills
     assert states == {"JOB_STATE_SUCCEEDED": len(submitted)}, states
 
 
