@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from multipass.bus import Bus
 from multipass.connections import S3Settings
 from multipass.local import BinaryNotFound, NatsServerProcess, S3ServerProcess

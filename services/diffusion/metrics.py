@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from multipass.metrics import LONG_BUCKETS
 from prometheus_client import Counter, Gauge, Histogram
+
+from multipass.metrics import LONG_BUCKETS
 
 PASS_DURATION = Histogram(
     "multipass_pass_duration_seconds",
@@ -12,7 +13,11 @@ PASS_DURATION = Histogram(
     buckets=LONG_BUCKETS,
 )
 PASS_STEPS = Counter("multipass_pass_steps_total", "Denoising steps run.")
-PASSES = Counter("multipass_passes_total", "Passes finished, by kind and outcome (succeeded, failed, cancelled, retried).", ["pass_kind", "outcome"])
+PASSES = Counter(
+    "multipass_passes_total",
+    "Passes finished, by kind and outcome (succeeded, failed, cancelled, retried).",
+    ["pass_kind", "outcome"],
+)
 LORA_CACHE_HITS = Counter("multipass_lora_cache_hits_total", "LoRA adapters found resident.")
 LORA_CACHE_MISSES = Counter("multipass_lora_cache_misses_total", "LoRA adapters loaded from disk.")
 MODEL_LOAD_SECONDS = Gauge(

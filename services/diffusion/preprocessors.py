@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from PIL import Image
+
+from multipass.errors import FailedPrecondition, InvalidInput, Violation
 
 CONTROLNET_KINDS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr")
 #: Kinds whose conditioning image needs weights from the model directory (pose only without keypoints).

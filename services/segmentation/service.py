@@ -91,7 +91,9 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
 
             store = ObjectStore.from_settings(settings.s3)
         # /metrics listens where gRPC does: loopback locally, every interface in a pod (0.0.0.0).
-        metrics_server, _thread = start_http_server(settings.metrics_port, addr=metrics_host_for(settings.grpc_addr))
+        metrics_server, _thread = start_http_server(
+            settings.metrics_port, addr=metrics_host_for(settings.grpc_addr)
+        )
         servicer = SegmentationServicer(segmenter, store, executor, max_pixels=settings.max_pixels)
         interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
         server = await start_grpc_server(

@@ -55,7 +55,9 @@ def to_status(error: errors.MultipassError) -> grpc.Status:
 def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> errors.MultipassError:
     """Rebuild our error (with field violations) from a status received from another service."""
     code = error.code()
-    cls = errors.ERRORS_BY_CODE.get(code.name, errors.Unavailable if code == grpc.StatusCode.UNAVAILABLE else errors.Internal)
+    cls = errors.ERRORS_BY_CODE.get(
+        code.name, errors.Unavailable if code == grpc.StatusCode.UNAVAILABLE else errors.Internal
+    )
     violations: list[errors.Violation] = []
     status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
     if status is not None:
@@ -93,7 +95,9 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, me
     if isinstance(error, UndecodableRequest):
         error = errors.InvalidInput(
             "request body is not a valid protobuf message",
-            violations=[errors.Violation("request", f"{error.size} bytes that do not decode as {method}'s request")],
+            violations=[
+                errors.Violation("request", f"{error.size} bytes that do not decode as {method}'s request")
+            ],
         )
     if not isinstance(error, errors.MultipassError):
         log.exception("unhandled error in %s", method, exc_info=error)

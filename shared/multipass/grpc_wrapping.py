@@ -94,7 +94,9 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
             finished("OK")
             return response
 
-        factory = grpc.stream_unary_rpc_method_handler if streaming_request else grpc.unary_unary_rpc_method_handler
+        factory = (
+            grpc.stream_unary_rpc_method_handler if streaming_request else grpc.unary_unary_rpc_method_handler
+        )
     else:
         inner = handler.unary_stream or handler.stream_stream
         streaming_request = handler.stream_stream is not None
@@ -111,10 +113,16 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
                 raise
             finished("OK")
 
-        factory = grpc.stream_stream_rpc_method_handler if streaming_request else grpc.unary_stream_rpc_method_handler
+        factory = (
+            grpc.stream_stream_rpc_method_handler
+            if streaming_request
+            else grpc.unary_stream_rpc_method_handler
+        )
 
     return factory(
         unary_response,
-        request_deserializer=_lenient(handler.request_deserializer) if checking else handler.request_deserializer,
+        request_deserializer=_lenient(handler.request_deserializer)
+        if checking
+        else handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -37,11 +37,19 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB") -> Image.Image:
+def decode_image(
+    data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB"
+) -> Image.Image:
     """Decode untrusted bytes into an 8-bit ``mode`` image, or raise InvalidInput naming ``field``."""
     kind = sniff_format(data)
     if kind is None:
-        raise InvalidInput.of([Violation(field, f"is not an image ({len(data)} bytes; accepted: {', '.join(ACCEPTED_FORMATS)})")])
+        raise InvalidInput.of(
+            [
+                Violation(
+                    field, f"is not an image ({len(data)} bytes; accepted: {', '.join(ACCEPTED_FORMATS)})"
+                )
+            ]
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -49,7 +57,12 @@ def decode_image(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT
             width, height = image.size
             if width <= 0 or height <= 0 or width * height > max_pixels:
                 raise InvalidInput.of(
-                    [Violation(field, f"is {width}x{height} = {width * height} pixels; at most {max_pixels} allowed")]
+                    [
+                        Violation(
+                            field,
+                            f"is {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
+                        )
+                    ]
                 )
             image.load()
     except InvalidInput:
@@ -57,7 +70,9 @@ def decode_image(data: bytes, *, field: str = "image", max_pixels: int = DEFAULT
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidInput.of([Violation(field, f"refused as a decompression bomb: {error}")]) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        raise InvalidInput.of([Violation(field, f"is a damaged or truncated {kind} image: {error}")]) from error
+        raise InvalidInput.of(
+            [Violation(field, f"is a damaged or truncated {kind} image: {error}")]
+        ) from error
     return normalise(image, mode)
 
 

@@ -43,7 +43,9 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        status = to_status(errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header"))
+        status = to_status(
+            errors.Unauthenticated(f"{method} is internal: send the {INTERNAL_TOKEN_HEADER} header")
+        )
 
         async def deny(request, context: grpc.aio.ServicerContext):
             await context.abort_with_status(status)
@@ -53,9 +55,17 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
             yield  # pragma: no cover - abort raises
 
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                deny, handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(deny_stream, handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(deny_stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                deny_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            deny_stream, handler.request_deserializer, handler.response_serializer
+        )

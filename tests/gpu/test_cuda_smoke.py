@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from multipass.errors import Cancelled
 from multipass.images import encode_png
 from multipass.tiny_models.diffusion import (
@@ -21,7 +23,6 @@ from multipass.tiny_models.diffusion import (
     write_random_lora,
 )
 from multipass.v1 import common_pb2, diffusion_pb2, prompt_pb2
-from PIL import Image
 
 pytestmark = [
     pytest.mark.gpu,

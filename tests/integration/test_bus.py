@@ -8,12 +8,13 @@ import time
 
 import nats.js.errors
 import pytest
+from nats.js import api
+
 from multipass import subjects, topology
 from multipass.bus import Ack, Bus, Delivery, Nak, Term, backoff_delay
 from multipass.errors import InvalidInput, NotFound, Unavailable
 from multipass.local.process import free_port
 from multipass.v1 import common_pb2
-from nats.js import api
 
 MODEL = "tiny"
 SUBJECT = subjects.diffusion_pass_subject(MODEL)

@@ -9,6 +9,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
 from multipass import subjects
 from multipass.images import sha256_hex
 from multipass.store import BUCKET_JOBS, BUCKET_TUNES
@@ -18,7 +20,6 @@ from multipass.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc, events_p
 from multipass_diffusion import finishing, passes
 from multipass_diffusion.service import serve
 from multipass_diffusion.settings import DiffusionSettings
-from PIL import Image
 
 pytestmark = pytest.mark.timeout(120)
 MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"

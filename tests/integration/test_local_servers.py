@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+
 from multipass import subjects
 from multipass.bus import Ack, Bus
 from multipass.errors import NotFound

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from multipass.cli.main import main as cli_main
 from multipass.grpc_errors import field_violations
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc

@@ -13,6 +13,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from skimage import data
+
 from multipass.errors import FailedPrecondition
 from multipass.grpc_errors import field_violations
 from multipass.images import sha256_hex
@@ -20,8 +23,6 @@ from multipass.store import BUCKET_JOBS
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation.service import serve
 from multipass_segmentation.settings import SegmentationSettings
-from PIL import Image
-from skimage import data
 
 PREFIX = "jobs/tenant-a/job-1/image-0/"
 INPUT_KEY = "jobs/tenant-a/job-1/inputs/astronaut.png"

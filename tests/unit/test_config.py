@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError

@@ -8,11 +8,12 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
 from multipass import errors
 from multipass.grpc_errors import field_violations, from_rpc_error
 from multipass.grpc_server import Registration, start_grpc_server
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
-from prometheus_client import REGISTRY
 
 SERVICE = "multipass.v1.PromptParser"
 PARSE = f"/{SERVICE}/Parse"

@@ -8,9 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from multipass.errors import InvalidInput
 from multipass.images import decode_image, encode_png, sha256_hex, sniff_format
-from PIL import Image
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 from minio import Minio
+
 from multipass.cli import models_cmd
 from multipass.errors import Internal, InvalidInput, Unavailable
 from multipass.model_sync import MANIFEST_NAME, PART_SUFFIX, download, relative_path, sync_prefix

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from multipass.cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

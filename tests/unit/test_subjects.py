@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from multipass import subjects
 from multipass.errors import InvalidInput
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.passes.context import PassContext, PassInputs
-from PIL import Image
 
 
 class PassHandler(Protocol):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import Box, feather, paste
@@ -17,7 +19,6 @@ from multipass_diffusion.passes.sampling import (
 )
 from multipass_diffusion.passes.validation import check_common, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
-from PIL import Image
 
 DEFAULT_IMG2IMG_STRENGTH = 0.8
 DEFAULT_INPAINT_STRENGTH = 1.0

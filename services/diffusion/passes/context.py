@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from multipass.errors import Cancelled
 from multipass.v1 import diffusion_pb2
-from PIL import Image
 
 if TYPE_CHECKING:
     from multipass_diffusion.adapters import AdapterCache

@@ -9,6 +9,8 @@ the crop), resized back in pixel space and pasted with the feathered mask.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.crop_inpaint import Box, crop_box, feather, paste, working_size
@@ -17,7 +19,6 @@ from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.sampling import check_strength, generate, scale_skeletons, skeletons
 from multipass_diffusion.passes.validation import check_common, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
-from PIL import Image
 
 DEFAULT_STRENGTH = 0.5
 DEFAULT_PADDING = 32

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from PIL import Image
+
 from multipass.errors import InvalidInput, Violation
 from multipass_diffusion import faceid
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.preprocessors import Point
 from multipass_diffusion.prompts_lpw import LpwEncoder, strip_break, truncation_warning
 from multipass_diffusion.schedulers import make_scheduler
-from PIL import Image
 
 DEFAULT_CONDITIONING_SCALE = 1.0
 

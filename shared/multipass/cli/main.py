@@ -24,7 +24,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="multipass", description="Multi-pass personalised image generation.")
+    parser = argparse.ArgumentParser(
+        prog="multipass", description="Multi-pass personalised image generation."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

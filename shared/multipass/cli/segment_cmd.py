@@ -154,8 +154,9 @@ def _read_image(path: Path):
 
 
 def _save(path: Path, mask) -> None:
-    from multipass_segmentation.mask_ops import to_uint8
     from PIL import Image
+
+    from multipass_segmentation.mask_ops import to_uint8
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(mask), "L").save(path)
@@ -242,7 +243,6 @@ async def _remote(args: argparse.Namespace, out: Path) -> Outcome:
 
     import grpc
     import numpy as np
-    from multipass_segmentation.mask_ops import Dilation
     from PIL import Image
 
     from multipass.config import EnvReader
@@ -251,6 +251,7 @@ async def _remote(args: argparse.Namespace, out: Path) -> Outcome:
     from multipass.images import decode_image, sha256_hex
     from multipass.store import BUCKET_JOBS, ObjectStore
     from multipass.v1 import segmentation_pb2, segmentation_pb2_grpc
+    from multipass_segmentation.mask_ops import Dilation
 
     env = EnvReader()
     s3 = S3Settings.from_env(env)

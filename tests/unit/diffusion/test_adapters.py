@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from diffusion_testkit import SD15_MODEL, SDXL_MODEL, box_mask, scene, spec
+from safetensors.torch import save_file
+
 from multipass.errors import InvalidInput
 from multipass.images import encode_png
 from multipass.v1 import common_pb2, prompt_pb2
@@ -14,7 +16,6 @@ from multipass_diffusion import metrics
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.engine import file_sha256
 from multipass_diffusion.passes.context import PassInputs
-from safetensors.torch import save_file
 
 
 def request(path: Path, tune_id: str, weight: float = 1.0) -> AdapterRequest:

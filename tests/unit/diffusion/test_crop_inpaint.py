@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from multipass_diffusion.crop_inpaint import (
     Box,
     crop_box,

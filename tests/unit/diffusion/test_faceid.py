@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from diffusion_testkit import MODELS_ROOT, SD15_MODEL, SDXL_MODEL, box_mask, pixels, scene, spec
+from PIL import Image
+
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass.tiny_models import finishing as tiny_finishing
 from multipass.tiny_models.diffusion import FACEID_FILE, faceid_path, write_random_lora
@@ -17,7 +19,6 @@ from multipass_diffusion.crop_inpaint import feather
 from multipass_diffusion.engine import file_sha256
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.tune_files import reference_key
-from PIL import Image
 
 
 @pytest.fixture(scope="module", autouse=True)

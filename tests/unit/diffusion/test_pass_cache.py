@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 from diffusion_testkit import SDXL_MODEL, scene, spec
+from PIL import Image
+
 from multipass.images import encode_png
 from multipass_diffusion import metrics
 from multipass_diffusion.engine import Engine
 from multipass_diffusion.pass_cache import MemoryPassCache
 from multipass_diffusion.passes.context import PassInputs
-from PIL import Image
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ import threading
 import numpy as np
 import pytest
 from diffusion_testkit import SD15_MODEL, SDXL_MODEL, box_mask, pixels, scene, spec
+from PIL import Image
+
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput
 from multipass.images import encode_png
 from multipass.v1 import common_pb2, diffusion_pb2
 from multipass_diffusion.crop_inpaint import Box, feather
 from multipass_diffusion.passes.context import PassInputs
-from PIL import Image
 
 MODELS = [SD15_MODEL, SDXL_MODEL]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from diffusion_testkit import scene
+
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass_diffusion.preprocessors import Point, Preprocessors, draw_pose
 

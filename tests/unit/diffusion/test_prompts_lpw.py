@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusion_testkit import SD15_MODEL, SDXL_MODEL, spec
+
 from multipass_diffusion.prompts_lpw import (
     LpwEncoder,
     chunk_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import diffusers
 import pytest
 from diffusion_testkit import spec
+
 from multipass.errors import InvalidInput
 from multipass_diffusion.schedulers import SCHEDULERS, check_scheduler, make_scheduler
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from diffusion_testkit import SD15_MODEL, spec
+
 from multipass.bus import Delivery, Nak, Term
 from multipass.errors import Unavailable
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2

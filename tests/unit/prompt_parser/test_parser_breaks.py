@@ -1,6 +1,7 @@
 """BREAK (§2): segments, persons, joins, and BREAK never reaching the text."""
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.breaks import join, tidy
 from multipass_prompt_parser.language import Limits

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from multipass.v1 import prompt_pb2
 from multipass_prompt_parser.convert import from_proto, from_request, to_proto, to_request, to_response
 from multipass_prompt_parser.parser import parse_prompt

@@ -1,6 +1,7 @@
 """The trailing name=value block (§1): where it starts, unknown and repeated names, empty values."""
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.document import split_document
 from multipass_prompt_parser.parser import parse_prompt

@@ -1,6 +1,7 @@
 """One InvalidInput carries every problem; the report stays small enough for gRPC trailers."""
 
 import pytest
+
 from multipass.errors import InvalidInput, Violation
 from multipass_prompt_parser.parser import parse_prompt
 from multipass_prompt_parser.problems import MAX_REPORTED, REPORT_BUDGET_BYTES, report

@@ -1,6 +1,7 @@
 """Inline flags (§4): every flag, where values end, and every error."""
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.parser import parse_prompt

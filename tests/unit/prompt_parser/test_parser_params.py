@@ -1,6 +1,7 @@
 """Parameters (§5): defaults, every type and range, enums, sizes from ar, URLs, request overrides."""
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import BOOL_PARAMS, CONTROLNETS, SCHEDULERS, Limits, size_for_ar
 from multipass_prompt_parser.parser import parse_prompt

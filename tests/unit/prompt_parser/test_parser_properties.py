@@ -5,6 +5,7 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.convert import to_proto
 from multipass_prompt_parser.language import FLAG_NAMES, PARAMS, Limits

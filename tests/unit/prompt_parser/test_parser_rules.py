@@ -4,6 +4,7 @@ length limit, and the documents of prompt-language.md."""
 from pathlib import Path
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.parser import parse_prompt

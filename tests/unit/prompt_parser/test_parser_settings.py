@@ -1,6 +1,7 @@
 """ParserSettings.from_env: defaults, overrides, and failures naming the variable."""
 
 import pytest
+
 from multipass.errors import ConfigError
 from multipass_prompt_parser.language import Limits
 from multipass_prompt_parser.settings import ParserSettings

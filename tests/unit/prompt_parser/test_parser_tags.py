@@ -1,6 +1,7 @@
 """Model tags (§3): <lora:ID:WEIGHT>, <faceid:ID:WEIGHT>, where they apply, and every error."""
 
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_prompt_parser.parser import parse_prompt
 from multipass_prompt_parser.tags import ModelTag

@@ -19,6 +19,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_model_dir: Path):
     import torch
+
     from multipass_segmentation.models import load_models
 
     return load_models(tiny_model_dir, torch.device("cpu"))

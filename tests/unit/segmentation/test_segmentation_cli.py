@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from multipass.cli.main import main
 from PIL import Image
 from skimage import data
+
+from multipass.cli.main import main
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from multipass_segmentation.sam_masks import SamEngine, image_key
 from multipass_segmentation.segmenter import TextMaskSpec
 from multipass_segmentation.slots import Box, Slot

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage import data
+
 from multipass_segmentation import mask_ops
 from multipass_segmentation.faces import Face, HaarFaceDetector, assign_to_slots
 from multipass_segmentation.slots import Box
-from skimage import data
 
 ASTRONAUT_FACE = (177, 67, 270, 160)  # where the frontal cascade puts her face
 

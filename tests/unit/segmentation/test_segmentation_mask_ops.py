@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_segmentation import mask_ops
 from multipass_segmentation.mask_ops import Dilation

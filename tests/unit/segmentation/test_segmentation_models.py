@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from multipass.errors import ConfigError, FailedPrecondition
 from multipass.tiny_models import segmentation as tiny
 from multipass_segmentation.grounding import GroundingDinoDetector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from multipass.errors import InvalidInput
 from multipass_segmentation import pose_render
 from multipass_segmentation.slots import (

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+from skimage import data
+
 from multipass.errors import InvalidInput
 from multipass_segmentation import mask_ops
 from multipass_segmentation.grounding import _detector_text, _token_spans, split_phrases
 from multipass_segmentation.mask_ops import Dilation
 from multipass_segmentation.segmenter import Segmenter, SegmenterOptions, TextMaskSpec
-from PIL import Image
-from skimage import data
 
 LOW = 0.01  # with random weights, thresholds this low always find boxes
 
@@ -148,6 +149,7 @@ def test_bad_text_requests_name_the_field(segmenter, scene, spec, field):
 @pytest.fixture(scope="module")
 def owlv2(tmp_path_factory: pytest.TempPathFactory):
     import torch
+
     from multipass.tiny_models.segmentation import build_owlv2
     from multipass_segmentation.models import load_detector
 
@@ -160,6 +162,7 @@ def owlv2(tmp_path_factory: pytest.TempPathFactory):
 
 def test_owlv2_boxes_are_scaled_from_its_padded_square(owlv2):
     import torch
+
     from multipass_segmentation.grounding import Owlv2Detector
 
     assert isinstance(owlv2, Owlv2Detector)
