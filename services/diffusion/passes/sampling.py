@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image
 
 from multipass.errors import InvalidInput, Violation
@@ -73,6 +75,8 @@ def generate(
     if ctx.faceid is not None:
         kwargs.update(faceid.pipeline_kwargs(ctx.faceid, pipe, kwargs["guidance_scale"]))
     strength = proto_float(strength) if strength is not None else None
+    if task != "txt2img" and strength:
+        kwargs["num_inference_steps"] = steps_for_strength(spec.steps, strength)
     if task == "txt2img":
         kwargs.update(width=width, height=height)
         if control_image is not None:
@@ -94,6 +98,18 @@ def generate(
         result = pipe(**kwargs).images[0]
     ctx.metadata["task"] = task + ("+controlnet" if controlnet is not None else "")
     return result.convert("RGB")
+
+
+def steps_for_strength(steps: int, strength: float) -> int:
+    """Scheduler steps so that an img2img/inpaint pass at ``strength`` denoises at least one step.
+
+    diffusers runs ``int(steps * strength)`` steps, so 2 steps at strength 0.4 would run none (and fail
+    on an empty batch of timesteps); like A1111, run at least one step by raising the schedule length.
+    """
+    needed = max(int(steps), math.ceil(1.0 / strength - 1e-9))
+    while int(needed * strength) < 1:
+        needed += 1
+    return needed
 
 
 def _prompt_kwargs(ctx: PassContext) -> dict:

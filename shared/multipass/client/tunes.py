@@ -30,8 +30,13 @@ class TunesClient:
         kind: str = "lora",
         name: str = "",
         url: str = "",
+        reference_image_ids: tuple[str, ...] = (),
     ) -> jobs_pb2.Tune:
-        """Register a LoRA or checkpoint from a local file (streamed in chunks, SHA-256 sent along) or a URL."""
+        """Register a LoRA or checkpoint from a local file (streamed in chunks, SHA-256 sent along) or a URL.
+
+        ``reference_image_ids`` are ids of images uploaded with ``jobs.upload_image``: the person's reference
+        faces, used by face swap and ``<faceid:...>``.
+        """
         if (file is None) == (not url):
             raise ValueError("give exactly one of a file and a URL")
         data = file.read_bytes() if isinstance(file, Path) else file
@@ -45,6 +50,7 @@ class TunesClient:
             kind=kind,
             url=url,
             sha256=hashlib.sha256(data).hexdigest() if data is not None else "",
+            reference_image_ids=list(reference_image_ids),
         )
 
         def parts() -> Iterator[jobs_pb2.RegisterTuneRequest]:

@@ -11,6 +11,7 @@ from finishing_testkit import pixels, scene, spec
 from multipass.errors import Cancelled, InvalidInput
 from multipass_diffusion.finishing.hires import comfortable_side, hires_size
 from multipass_diffusion.passes.context import PassInputs
+from multipass_diffusion.passes.sampling import steps_for_strength
 
 
 def test_hires_size_scales_caps_and_rounds_to_multiples_of_eight():
@@ -35,6 +36,21 @@ def test_hires_doubles_the_image_and_rediffuses_it(engine):
     lanczos = pixels(image.resize((128, 96)))
     assert np.abs(pixels(output.image) - lanczos).mean() > 1.0
     assert output.steps_run == 1  # 4 steps at strength 0.4
+
+
+def test_few_steps_at_low_strength_still_denoise_one_step(engine):
+    image = scene(64, 48)
+    output = engine.run(spec("hires", steps=2), PassInputs(image=image))  # int(2 * 0.4) would be 0 steps
+    assert output.steps_run == 1
+    assert output.image.size == (128, 96)
+
+
+def test_steps_for_strength_runs_at_least_one_step():
+    for strength in (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0):
+        for steps in (1, 2, 3, 30):
+            needed = steps_for_strength(steps, strength)
+            assert needed >= steps and int(needed * strength) >= 1
+    assert steps_for_strength(30, 0.4) == 30
 
 
 def test_large_results_are_rediffused_in_tiles_with_monotonic_progress(engine):
