@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_context: contextvars.ContextVar[dict[str, object]] = contextvars.ContextVar(
-    "multipass_log_context", default={}
-)  # noqa: B039
+_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "multipass_log_context", default=None
+)
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(_context.get())
+        entry.update(_context.get() or {})
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
@@ -60,7 +60,7 @@ def configure_logging(service: str, level: str = "INFO", stream=None) -> None:
 @contextmanager
 def log_context(**fields: object) -> Iterator[None]:
     """Add fields (job_id, pass, tenant, ...) to every log line written inside the block."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
