@@ -82,7 +82,7 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
         await loop.run_in_executor(executor, engine.load)
         await store.ensure_buckets(BUCKETS)
         bus = await Bus.connect(settings.nats.url, name=f"diffusion-{settings.worker_name}")
-        await bus.ensure_topology()
+        await bus.ensure_topology(replicas=settings.nats.replicas)
         worker = DiffusionWorker(settings, engine, bus, store, executor)
         await worker.start()
     except BaseException:

@@ -89,7 +89,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
     tasks: list[asyncio.Task] = []
     metrics_server = None
     try:
-        await bus.ensure_topology()
+        await bus.ensure_topology(replicas=settings.nats.replicas)
         objects = ObjectStore.from_settings(settings.s3)
         await objects.ensure_buckets(BUCKETS)
         jobs_kv = await bus.kv(subjects.KV_JOBS)

@@ -24,14 +24,19 @@ DEFAULT_S3_REGION = "us-east-1"
 
 @dataclass(frozen=True)
 class NatsSettings:
-    """Where the NATS server is (``MULTIPASS_NATS_URL``)."""
+    """Where the NATS server is (``MULTIPASS_NATS_URL``) and how many replicas the streams and KV buckets
+    get when this service creates them (``MULTIPASS_NATS_REPLICAS``, 1..5; 3 on a three-server cluster)."""
 
     url: str = DEFAULT_NATS_URL
+    replicas: int = 1
 
     @classmethod
     def from_env(cls, reader: EnvReader) -> NatsSettings:
-        """Read ``MULTIPASS_NATS_URL``; problems are collected by ``reader`` (call ``reader.check()``)."""
-        return cls(url=reader.url("NATS_URL", DEFAULT_NATS_URL, schemes=("nats", "tls", "ws", "wss")))
+        """Read the NATS variables; problems are collected by ``reader`` (call ``reader.check()``)."""
+        return cls(
+            url=reader.url("NATS_URL", DEFAULT_NATS_URL, schemes=("nats", "tls", "ws", "wss")),
+            replicas=reader.int("NATS_REPLICAS", 1, min=1, max=5),
+        )
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,15 @@ def test_settings_are_frozen():
     settings = NatsSettings()
     with pytest.raises(AttributeError):
         settings.url = "nats://elsewhere:4222"  # type: ignore[misc]
+
+
+def test_nats_replicas_default_to_one_and_are_bounded():
+    from multipass.connections import NatsSettings
+
+    assert NatsSettings.from_env(EnvReader({})).replicas == 1
+    assert NatsSettings.from_env(EnvReader({"MULTIPASS_NATS_REPLICAS": "3"})).replicas == 3
+    reader = EnvReader({"MULTIPASS_NATS_REPLICAS": "7"})
+    NatsSettings.from_env(reader)
+    with pytest.raises(ConfigError) as caught:
+        reader.check()
+    assert "MULTIPASS_NATS_REPLICAS" in str(caught.value)
