@@ -109,6 +109,7 @@ class Engine:
                 adapter_budget_bytes=self.settings.adapter_memory_mb * 1024 * 1024,
                 checkpoint_cache_size=self.settings.checkpoint_cache_size,
                 preprocessors=self.preprocessors,
+                vae_tile_above_pixels=self.settings.vae_tile_above_pixels,
             )
             self._warm_up(runtime)
             self.runtimes[entry.name] = runtime
@@ -209,6 +210,7 @@ class Engine:
             if hasattr(handler, "cache_parts")
             else []
         )
+        extra.append(f"vae-tile-above:{runtime.vae_tile_above_pixels}")
         if identity is not None:
             extra += [identity.cache_part(), faceid.fingerprint(runtime.model_dir, runtime.family)]
             reported_metadata["faceid"] = f"{identity.tune_id}:{identity.weight:g}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from multipass.errors import InvalidInput, Violation
 from multipass_diffusion import faceid, metrics, models
 from multipass_diffusion.adapters import AdapterCache
+from multipass_diffusion.device_tuning import tune_unets
 from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
 from multipass_diffusion.preprocessors import Preprocessors
 
@@ -27,16 +28,20 @@ class ModelRuntime:
         adapter_budget_bytes: int,
         checkpoint_cache_size: int,
         preprocessors: Preprocessors,
+        vae_tile_above_pixels: int = 0,
     ):
         self.entry = entry
         self.model_dir = Path(model_dir)
         self.device = device
         self.dtype = dtype
         self.preprocessors = preprocessors
+        #: Images with more pixels go through the VAE in tiles (0 = never).
+        self.vae_tile_above_pixels = vae_tile_above_pixels
         self._adapter_budget = adapter_budget_bytes
         self._checkpoint_cache_size = checkpoint_cache_size
         pipe = models.load_pipeline(entry, device=device, dtype=dtype)
         inpaint_unet = models.load_inpaint_unet(entry, device=device, dtype=dtype)
+        tune_unets((pipe.unet, inpaint_unet), device)
         self.base = ComponentSet(pipe, family=entry.family, label=entry.name, inpaint_unet=inpaint_unet)
         self.adapters = self._adapter_cache(self.base)
         self.fingerprint = models.fingerprint(entry.path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
+from multipass_diffusion.device_tuning import DEFAULT_VAE_TILE_ABOVE_PIXELS
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -29,6 +30,8 @@ class DiffusionSettings:
     dtype: str = "auto"
     #: Short side of the person-pass working size; 0 = by family (512 SD1.5, 1024 SDXL).
     working_size: int = 0
+    #: Images with more pixels go through the VAE in tiles (bounded memory); 0 = never tile.
+    vae_tile_above_pixels: int = DEFAULT_VAE_TILE_ABOVE_PIXELS
     #: "store" (object store, shared by workers), "memory" (in-process LRU) or "off".
     pass_cache: str = "store"
     pass_cache_entries: int = 64
@@ -61,6 +64,9 @@ class DiffusionSettings:
             device=env.choice("DIFFUSION_DEVICE", "auto", DEVICES),
             dtype=env.choice("DIFFUSION_DTYPE", "auto", DTYPES),
             working_size=env.int("DIFFUSION_WORKING_SIZE", 0, min=0, max=4096),
+            vae_tile_above_pixels=env.int(
+                "DIFFUSION_VAE_TILE_ABOVE_PIXELS", DEFAULT_VAE_TILE_ABOVE_PIXELS, min=0, max=1 << 30
+            ),
             pass_cache=env.choice("DIFFUSION_PASS_CACHE", "store", PASS_CACHES),
             pass_cache_entries=env.int("DIFFUSION_PASS_CACHE_ENTRIES", 64, min=1, max=100_000),
             tune_cache_dir=env.path("DIFFUSION_TUNE_CACHE_DIR", ".multipass/tune-cache"),

@@ -8,6 +8,7 @@ from PIL import Image
 
 from multipass.errors import InvalidInput, Violation
 from multipass_diffusion import faceid
+from multipass_diffusion.device_tuning import vae_tiling_for
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.preprocessors import Point
 from multipass_diffusion.prompts_lpw import LpwEncoder, strip_break, truncation_warning
@@ -93,6 +94,8 @@ def generate(
         kwargs["controlnet_conditioning_scale"] = (
             spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
         )
+    if vae_tiling_for(pipe.vae, size, ctx.runtime.vae_tile_above_pixels):
+        ctx.metadata["vae_tiled"] = "yes"
     ctx.monitor.check()
     with torch.inference_mode():
         result = pipe(**kwargs).images[0]
