@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -14,15 +15,16 @@ PORT_TRIES = 3
 ServerT = TypeVar("ServerT", bound="LocalServer")
 
 
-class LocalServer:
+class LocalServer(ABC):
     """A server child process: start with free-port retries, stop, kill, restart in place, pause."""
 
     _process: ManagedProcess
 
+    @abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the server answers (health endpoint, HTTP)."""
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Work before each launch (e.g. create the storage directory)."""
 
     def _launch(self, timeout: float) -> None:
