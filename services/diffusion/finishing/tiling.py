@@ -16,21 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from multipass_diffusion.crop_inpaint import Box
+
 
 @dataclass(frozen=True)
-class Tile:
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-    @property
-    def width(self) -> int:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> int:
-        return self.y1 - self.y0
+class Tile(Box):
+    """A tile of an image: a pixel box that can be scaled to the upscaled image."""
 
     def scaled(self, factor: int) -> Tile:
         return Tile(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor)
