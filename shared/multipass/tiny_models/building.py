@@ -36,3 +36,20 @@ def bounded_torch_threads(limit: int = 2) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """The GPT-2/CLIP byte-level BPE table: each byte 0..255 to the printable symbol that stands for it."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    symbols = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            symbols.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in symbols), strict=True))

@@ -26,7 +26,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-diffusion-v5"
@@ -75,23 +75,6 @@ def build(root: Path) -> None:
         marker.write_text(VERSION + "\n")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-to-printable-character table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
 def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:
     """Derive the HF ``vocab.json``/``merges.txt`` pair from open_clip's BPE merges (49408 tokens)."""
     import open_clip
@@ -101,7 +84,7 @@ def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:
     with gzip.open(bpe_path) as handle:
         lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = list(_bytes_to_unicode().values())
+    vocab = list(byte_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab += ["".join(merge) for merge in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

@@ -21,7 +21,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-finishing-v3"
@@ -202,30 +202,13 @@ def _build_face_swapper(directory: Path) -> None:
     )
 
 
-def _byte_vocab() -> dict[str, int]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    table = dict(zip(printable, (chr(c) for c in chars), strict=True))
-    return {table[byte]: byte for byte in range(256)}
-
-
 def _build_prompt_expander(directory: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
     from transformers.utils import logging as transformers_logging
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = _byte_vocab()
+    vocab = {symbol: byte for byte, symbol in byte_to_unicode().items()}
     vocab["<|endoftext|>"] = 256
     verbosity = transformers_logging.get_verbosity()
     bars = transformers_logging.is_progress_bar_enabled()

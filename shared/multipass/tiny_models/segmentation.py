@@ -24,7 +24,7 @@ import shutil
 import string
 from pathlib import Path
 
-from multipass.tiny_models.building import bounded_torch_threads, build_lock, is_current
+from multipass.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-segmentation-v1"
@@ -221,23 +221,6 @@ def _build_faces(directory: Path) -> None:
     staging.rename(directory)
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable symbols byte-level BPE tokenizers use for bytes (GPT-2/CLIP table)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    symbols = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            symbols.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in symbols]
-
-
 def build_owlv2(directory: Path) -> None:
     """Write a tiny random-weight OWLv2 detector in transformers format to ``directory`` (replaced)."""
     import tempfile
@@ -254,7 +237,7 @@ def build_owlv2(directory: Path) -> None:
 
     transformers_logging.disable_progress_bar()
     directory = Path(directory)
-    symbols = _bytes_to_unicode()
+    symbols = list(byte_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as scratch:
         vocab_path, merges_path = Path(scratch) / "vocab.json", Path(scratch) / "merges.txt"
