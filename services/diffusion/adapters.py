@@ -4,7 +4,15 @@ A pass asks for its adapters with :meth:`AdapterCache.activate` (loading the one
 the least recently used ones that the pass does not need while the budget is exceeded) and weights them
 with ``set_adapters``; :meth:`AdapterCache.deactivate` disables every adapter, so the base pass runs the
 unmodified model. Adapters load into the base UNet, the inpainting UNet (when the model has one) and the
-text encoders.
+text encoders, each with a kohya/A1111 file's alpha/rank scale or a diffusers-format file's saved
+LoraConfig (``lora_alpha``/``r`` and patterns, from its header; :func:`load_lora_parts`).
+
+PEFT walks every module of a model on each ``enable_lora``/``set_adapters``/``disable_lora`` call, so the
+cache skips the calls that would change nothing: the LoRA state each *module* (UNet, inpainting UNet, text
+encoder) was last put in is remembered in :data:`_MODULE_STATES`, keyed by the module itself, because a
+checkpoint set shares modules with the base set (its VAE, and the text encoders it does not replace) and
+every pipeline built with ``from_pipe`` shares all of them. Loading or deleting an adapter forgets the
+state of the modules it touched (PEFT makes new layers enabled and may change the active adapters).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import logging
 import re
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +31,28 @@ from multipass.errors import InvalidInput, Violation
 from multipass_diffusion.pipelines import ComponentSet
 
 log = logging.getLogger(__name__)
+
+#: ((adapter name, weight), ...) made active with ``set_adapters``.
+ActiveSet = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class _LoraState:
+    """What a module's LoRA layers were last set to: enabled or not, and the active adapters."""
+
+    enabled: bool | None  # None: not known
+    adapters: ActiveSet | None  # None: not known
+
+
+#: The last known LoRA state of each module (absent: unknown, the next call goes to PEFT).
+_MODULE_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forget_lora_state(modules) -> None:
+    """Forget what ``modules`` were set to (after anything changed their adapters outside this cache)."""
+    for module in modules:
+        if module is not None:
+            _MODULE_STATES.pop(module, None)
 
 
 @dataclass(frozen=True)
@@ -93,12 +124,24 @@ class AdapterCache:
                 self._load(request, name, keep={self.namespace + r.adapter_name for r in requests})
             names.append(name)
         weights = [float(r.weight) for r in requests]
+        wanted: ActiveSet = tuple(zip(names, weights, strict=True))
         pipe = self.components.pipe
-        pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=weights)
-        if self.components.inpaint_unet is not None:
-            self.components.inpaint_unet.enable_lora()
-            self.components.inpaint_unet.set_adapters(names, weights=weights)
+        # pipe.enable_lora / pipe.set_adapters act on the UNet and every text encoder together.
+        pipe_modules = [pipe.unet, *self.components.text_encoders]
+        if not all(_is_enabled(m) for m in pipe_modules):
+            pipe.enable_lora()
+            _mark(pipe_modules, enabled=True)
+        if not all(_has_active(m, wanted) for m in pipe_modules):
+            pipe.set_adapters(names, adapter_weights=weights)
+            _mark(pipe_modules, adapters=wanted)
+        inpaint = self.components.inpaint_unet
+        if inpaint is not None:
+            if not _is_enabled(inpaint):
+                inpaint.enable_lora()
+                _mark([inpaint], enabled=True)
+            if not _has_active(inpaint, wanted):
+                inpaint.set_adapters(names, weights=weights)
+                _mark([inpaint], adapters=wanted)
         self.active = tuple(names)
 
     def deactivate(self) -> None:
@@ -106,33 +149,45 @@ class AdapterCache:
         from diffusers.loaders.lora_base import disable_lora_for_text_encoder
 
         for unet in self.components.unets:
-            if getattr(unet, "peft_config", None):
+            if getattr(unet, "peft_config", None) and not _is_disabled(unet):
                 unet.disable_lora()
+                _mark([unet], enabled=False)
         for encoder in self.components.text_encoders:
-            if getattr(encoder, "peft_config", None) or getattr(encoder, "_hf_peft_config_loaded", False):
+            has_lora = getattr(encoder, "peft_config", None) or getattr(
+                encoder, "_hf_peft_config_loaded", False
+            )
+            if has_lora and not _is_disabled(encoder):
                 disable_lora_for_text_encoder(encoder)
+                _mark([encoder], enabled=False)
         self.active = ()
 
     def _load(self, request: AdapterRequest, name: str, *, keep: set[str]) -> None:
         pipe = self.components.pipe
         try:
             source = dict(request.state) if request.state is not None else str(request.path)
-            state_dict, alphas = pipe.lora_state_dict(source, unet_config=pipe.unet.config)
+            state_dict, alphas, metadata = pipe.lora_state_dict(
+                source, unet_config=pipe.unet.config, return_lora_metadata=True
+            )
         except (ValueError, KeyError, OSError) as error:
             raise InvalidInput.of(
                 [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]
             ) from error
         size = sum(t.numel() for t in state_dict.values()) * self.components.dtype.itemsize
         self._evict(size, keep)
+        forget_lora_state(self._touched_modules())
         try:
             with warnings.catch_warnings():
                 # Several adapters on one model is what this cache is for.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                pipe.load_lora_weights(state_dict, adapter_name=name)
+                load_lora_parts(pipe, state_dict, alphas, adapter_name=name, metadata=metadata)
                 if self.components.inpaint_unet is not None:
                     unet_part = {k: v for k, v in state_dict.items() if "conv_in" not in k}
                     type(pipe).load_lora_into_unet(
-                        unet_part, alphas, unet=self.components.inpaint_unet, adapter_name=name
+                        unet_part,
+                        alphas,
+                        unet=self.components.inpaint_unet,
+                        adapter_name=name,
+                        metadata=component_metadata(metadata, "unet"),
                     )
         except (ValueError, RuntimeError, KeyError) as error:
             self._drop(name)
@@ -151,10 +206,101 @@ class AdapterCache:
             self._drop(name)
             log.info("adapter evicted", extra={"adapter": name})
 
+    def _touched_modules(self) -> list:
+        return [*self.components.unets, *self.components.text_encoders]
+
     def _drop(self, name: str) -> None:
         self._resident.pop(name, None)
+        forget_lora_state(self._touched_modules())
         with contextlib.suppress(ValueError, KeyError):
             self.components.pipe.delete_adapters(name)
         if self.components.inpaint_unet is not None:
             with contextlib.suppress(ValueError, KeyError):
                 self.components.inpaint_unet.delete_adapters(name)
+
+
+def load_lora_parts(
+    pipe,
+    state_dict: dict,
+    alphas: dict | None,
+    *,
+    adapter_name: str,
+    unet: bool = True,
+    metadata: dict | None = None,
+) -> None:
+    """Load a ``lora_state_dict`` result into ``pipe``'s UNet (unless ``unet`` is False) and text encoders.
+
+    ``pipe.load_lora_weights`` cannot take the alphas: it runs ``lora_state_dict`` again on what it is
+    given, and an already converted kohya/A1111 file no longer looks like one, so its ``alpha`` values
+    would be lost and every module would run at scale 1 instead of alpha/rank. This does what
+    ``load_lora_weights`` does after that conversion, with the alphas ``lora_state_dict`` returned, so the
+    UNet, the inpainting UNet and the text encoders all get the scale the LoRA was trained with.
+
+    ``metadata`` is the file's ``lora_adapter_metadata`` (``lora_state_dict(...,
+    return_lora_metadata=True)``): the LoraConfig a diffusers-format file was saved with (``lora_alpha``,
+    ``r``, rank/alpha patterns), keyed ``unet.*``/``text_encoder*.*``; the dict of weights has no header,
+    so without it such a file would run at scale 1 instead of lora_alpha/r.
+    Raises ValueError for a state dict that is not a LoRA, as ``load_lora_weights`` does.
+    """
+    if not all("lora" in key for key in state_dict):
+        raise ValueError("Invalid LoRA checkpoint: every parameter name must contain 'lora'")
+    loader = type(pipe)
+    if unet:
+        loader.load_lora_into_unet(
+            state_dict,
+            alphas,
+            unet=pipe.unet,
+            adapter_name=adapter_name,
+            _pipeline=pipe,
+            metadata=component_metadata(metadata, "unet"),
+        )
+    for prefix in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, prefix, None)
+        if encoder is not None:
+            loader.load_lora_into_text_encoder(
+                state_dict,
+                alphas,
+                text_encoder=encoder,
+                prefix=prefix,
+                lora_scale=pipe.lora_scale,
+                adapter_name=adapter_name,
+                _pipeline=pipe,
+                metadata=component_metadata(metadata, prefix),
+            )
+
+
+def component_metadata(metadata: dict | None, prefix: str) -> dict | None:
+    """``metadata`` when it holds ``prefix``'s LoraConfig, else None (diffusers then reads the shapes).
+
+    diffusers keeps only the ``prefix.*`` keys of what it is given and builds ``LoraConfig(**rest)``: a
+    file with metadata for its UNet but not for its text encoder would otherwise get a default config
+    (rank 8, no target modules) for the text encoder instead of one read from its weights.
+    """
+    if metadata and any(key.startswith(f"{prefix}.") for key in metadata):
+        return metadata
+    return None
+
+
+def _is_enabled(module) -> bool:
+    state = _MODULE_STATES.get(module)
+    return state is not None and state.enabled is True
+
+
+def _is_disabled(module) -> bool:
+    state = _MODULE_STATES.get(module)
+    return state is not None and state.enabled is False
+
+
+def _has_active(module, wanted: ActiveSet) -> bool:
+    state = _MODULE_STATES.get(module)
+    return state is not None and state.adapters == wanted
+
+
+def _mark(modules, *, enabled: bool | None = None, adapters: ActiveSet | None = None) -> None:
+    """Record a call that just went to PEFT: ``enabled`` and/or ``adapters`` (None = left as it was)."""
+    for module in modules:
+        state = _MODULE_STATES.get(module) or _LoraState(enabled=None, adapters=None)
+        _MODULE_STATES[module] = _LoraState(
+            enabled=state.enabled if enabled is None else enabled,
+            adapters=state.adapters if adapters is None else adapters,
+        )

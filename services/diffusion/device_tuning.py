@@ -5,6 +5,9 @@
 - Any device: the VAE decodes and encodes in tiles when an image has more pixels than
   ``vae_tile_above_pixels`` (bounded memory for hires and large scenes), and whole otherwise, so small
   images keep their exact untiled result.
+- Optionally (``MULTIPASS_DIFFUSION_COMPILE``): the base UNets compiled with ``torch.compile``, in place
+  (``Module.compile``), so every pipeline that shares the module object runs the compiled forward; LoRAs
+  then reach them by hot-swap (:mod:`multipass_diffusion.lora_hotswap`).
 """
 
 from __future__ import annotations
@@ -33,3 +36,13 @@ def vae_tiling_for(vae, size: tuple[int, int], tile_above_pixels: int) -> bool:
     else:
         vae.disable_tiling()
     return tiled
+
+
+def compile_unets(unets, *, mode: str = "", backend: str = "inductor") -> None:
+    """Compile ``unets`` in place (call after :func:`multipass_diffusion.lora_hotswap.prepare_slot`).
+
+    Compilation itself happens on the first forward of each new input shape (the first pass at a size).
+    """
+    for unet in unets:
+        if unet is not None:
+            unet.compile(mode=mode or None, backend=backend, fullgraph=False)

@@ -7,10 +7,12 @@ device runs on one thread (the worker's executor), so the engine needs no lockin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from multipass_diffusion.pass_cache import PassCache
 from multipass_diffusion.passes.context import PassContext, PassInputs, ProgressFn, StepMonitor
 from multipass_diffusion.passes.sampling import prompt_warnings
 from multipass_diffusion.preprocessors import Preprocessors
-from multipass_diffusion.runtime import ModelRuntime
+from multipass_diffusion.runtime import CompileOptions, ModelRuntime
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,21 @@ class _Tunes:
     warnings: list[str]
 
 
+@dataclass
+class _Prepared:
+    """A pass ready to run or to be answered from the cache (see ``Engine._prepare``)."""
+
+    spec: diffusion_pb2.PassSpec
+    handler: passes.PassHandler
+    runtime: ModelRuntime
+    tunes: _Tunes
+    identity: faceid.FaceIdRequest | None
+    working: int
+    key: str
+    warnings: list[str]
+    reported_metadata: dict[str, str]
+
+
 def resolve_device(setting: str) -> str:
     import torch
 
@@ -67,6 +84,13 @@ def resolve_device(setting: str) -> str:
     if setting == "cuda" and not torch.cuda.is_available():
         raise FailedPrecondition("MULTIPASS_DIFFUSION_DEVICE=cuda but no CUDA device is available")
     return setting
+
+
+def compile_options(settings: DiffusionSettings) -> CompileOptions | None:
+    """The runtimes' compile options, or None when ``MULTIPASS_DIFFUSION_COMPILE`` is off."""
+    if not settings.compile:
+        return None
+    return CompileOptions(settings.compile_mode, settings.compile_backend, settings.compile_lora_rank)
 
 
 def resolve_dtype(setting: str, device: str):
@@ -110,6 +134,7 @@ class Engine:
                 checkpoint_cache_size=self.settings.checkpoint_cache_size,
                 preprocessors=self.preprocessors,
                 vae_tile_above_pixels=self.settings.vae_tile_above_pixels,
+                compile_options=compile_options(self.settings),
             )
             self._warm_up(runtime)
             self.runtimes[entry.name] = runtime
@@ -167,30 +192,33 @@ class Engine:
         kind = spec.kind or "unknown"
         try:
             output = self._run(spec, inputs or PassInputs(), progress, cancel, started)
-        except Cancelled:
-            metrics.PASSES.labels(pass_kind=kind, outcome="cancelled").inc()
+        except BaseException as error:
+            _count_failure(kind, error)
             raise
-        except MultipassError as error:
-            outcome = "retried" if error.retriable else "failed"
-            metrics.PASSES.labels(pass_kind=kind, outcome=outcome).inc()
-            raise
-        except Exception:
-            metrics.PASSES.labels(pass_kind=kind, outcome="failed").inc()
-            raise
-        metrics.PASS_DURATION.labels(pass_kind=kind).observe(output.duration_seconds)
-        metrics.PASSES.labels(pass_kind=kind, outcome="succeeded").inc()
-        if output.cache_hit:
-            metrics.PASS_CACHE_HITS.inc()
-        metrics.PASS_STEPS.inc(output.steps_run)
+        _count_success(kind, output)
         self.record_memory()
         return output
 
     def _run(self, spec, inputs: PassInputs, progress, cancel, started: float) -> PassOutput:
         handler = passes.handler_for(spec.kind)
+        if not getattr(handler, "uses_models", True):
+            self.runtime(spec.model)  # the subject's model: checked as for every pass
+            return self._run_without_models(handler, spec, inputs, started)
+        monitor = StepMonitor(progress, cancel)
+        prepared = self._prepare(spec, inputs, monitor)
+        hit = self._cached(prepared, started)
+        if hit is not None:
+            return hit
+        ctx = self._context(prepared, inputs, monitor)
+        image = prepared.handler.run(ctx)
+        return self._finish(prepared, ctx, image, monitor.steps_run, started)
+
+    def _prepare(self, spec, inputs: PassInputs, monitor: StepMonitor) -> _Prepared:
+        """Validate, expand the prompt, resolve tunes and identity, and compute the pass-cache key."""
+        handler = passes.handler_for(spec.kind)
         runtime = self.runtime(spec.model)
         expand = prompt_expansion.requested(spec)
         handler.validate(spec, inputs)
-        monitor = StepMonitor(progress, cancel)
         monitor.check()
         expansion_warnings: list[str] = []
         # Metadata told on cache hits too (prompt expansion, faceid).
@@ -211,6 +239,9 @@ class Engine:
             else []
         )
         extra.append(f"vae-tile-above:{runtime.vae_tile_above_pixels}")
+        if runtime.compile_options is not None:
+            # Compiled kernels and folded LoRA scales round differently: never mix with uncompiled outputs.
+            extra.append("unet:compiled-hotswap")
         if identity is not None:
             extra += [identity.cache_part(), faceid.fingerprint(runtime.model_dir, runtime.family)]
             reported_metadata["faceid"] = f"{identity.tune_id}:{identity.weight:g}"
@@ -224,19 +255,28 @@ class Engine:
             extra=extra,
         )
         warnings = expansion_warnings + tunes.warnings + prompt_warnings(spec, runtime.base.tokenizers[0])
-        if self.cache is not None:
-            cached = self.cache.get(key)
-            if cached is not None:
-                return PassOutput(
-                    cached,
-                    key,
-                    True,
-                    time.perf_counter() - started,
-                    0,
-                    warnings,
-                    {"cache": "hit", **reported_metadata},
-                )
-        checkpoint = tunes.checkpoint
+        return _Prepared(spec, handler, runtime, tunes, identity, working, key, warnings, reported_metadata)
+
+    def _cached(self, prepared: _Prepared, started: float) -> PassOutput | None:
+        if self.cache is None:
+            return None
+        cached = self.cache.get(prepared.key)
+        if cached is None:
+            return None
+        return PassOutput(
+            cached,
+            prepared.key,
+            True,
+            time.perf_counter() - started,
+            0,
+            list(prepared.warnings),
+            {"cache": "hit", **prepared.reported_metadata},
+        )
+
+    def _context(self, prepared: _Prepared, inputs: PassInputs, monitor) -> PassContext:
+        """Activate the pass's checkpoint, adapters and identity; the context its handler runs in."""
+        runtime, identity = prepared.runtime, prepared.identity
+        checkpoint = prepared.tunes.checkpoint
         if checkpoint is None:
             components, adapters = runtime.components_for(None, None, None, None)
         else:
@@ -245,28 +285,129 @@ class Engine:
             runtime.adapters.deactivate()
         # Without a faceid tag this detaches FaceID wherever it is attached: the pass runs the plain model.
         faceid_lora = runtime.faceid.activate(components, identity)
-        adapters.activate(tunes.adapters + ([faceid_lora] if faceid_lora is not None else []))
-        ctx = PassContext(
-            spec,
+        adapters.activate(prepared.tunes.adapters + ([faceid_lora] if faceid_lora is not None else []))
+        return PassContext(
+            prepared.spec,
             inputs,
             runtime,
             components,
             adapters,
             monitor,
-            working,
-            warnings=list(warnings),
-            metadata=dict(reported_metadata),
+            prepared.working,
+            warnings=list(prepared.warnings),
+            metadata=dict(prepared.reported_metadata),
             faceid=identity,
         )
-        image = handler.run(ctx)
-        ctx.metadata["steps_run"] = str(monitor.steps_run)
-        if adapters.active:
-            ctx.metadata["adapters"] = ",".join(adapters.active)
+
+    def _finish(
+        self, prepared: _Prepared, ctx: PassContext, image, steps_run: int, started: float
+    ) -> PassOutput:
+        ctx.metadata["steps_run"] = str(steps_run)
+        if ctx.adapters.active:
+            ctx.metadata["adapters"] = ",".join(ctx.adapters.active)
         if self.cache is not None and not getattr(self.cache, "written_by_worker", False):
-            self.cache.put(key, image)
+            self.cache.put(prepared.key, image)
         return PassOutput(
-            image, key, False, time.perf_counter() - started, monitor.steps_run, ctx.warnings, ctx.metadata
+            image,
+            prepared.key,
+            False,
+            time.perf_counter() - started,
+            steps_run,
+            ctx.warnings,
+            ctx.metadata,
         )
+
+    def run_batch(
+        self,
+        spec: diffusion_pb2.PassSpec,
+        seeds: Sequence[int],
+        inputs: PassInputs | None = None,
+        *,
+        progress: Sequence[ProgressFn | None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[PassOutput]:
+        """Run ``spec`` once per seed (``spec.seed`` replaced): one output per seed, in order.
+
+        Each seed's pass is looked up in the pass cache first; the misses run as one pipeline call when
+        their handler can batch them (``batch_support``) and their prepared specs are equal but for the
+        seed, else one after the other through :meth:`run`. ``progress[i]`` hears seed *i*'s steps.
+
+        The batched outputs share the batch's wall time as their duration and its steps as steps_run,
+        and say ``batch=<n>`` in their metadata.
+        """
+        started = time.perf_counter()
+        seeds = list(seeds)
+        inputs = inputs or PassInputs()
+        reporters = list(progress) if progress is not None else [None] * len(seeds)
+        if len(reporters) != len(seeds):
+            raise ValueError(f"{len(reporters)} progress callbacks for {len(seeds)} seeds")
+        monitors = [StepMonitor(reporter, cancel) for reporter in reporters]
+        outputs: list[PassOutput | None] = [None] * len(seeds)
+        try:
+            prepared = [
+                self._prepare(_with_seed(spec, seed), inputs, monitor)
+                for seed, monitor in zip(seeds, monitors, strict=True)
+            ]
+            outputs = [self._cached(one, started) for one in prepared]
+            misses = [i for i, output in enumerate(outputs) if output is None]
+            if self._batches(prepared, misses, inputs):
+                self._run_together(prepared, misses, inputs, monitors, outputs, started)
+            else:
+                for i in misses:
+                    ctx = self._context(prepared[i], inputs, monitors[i])
+                    image = prepared[i].handler.run(ctx)
+                    outputs[i] = self._finish(prepared[i], ctx, image, monitors[i].steps_run, started)
+        except BaseException as error:
+            _count_failure(spec.kind or "unknown", error, sum(output is None for output in outputs))
+            raise
+        for output in outputs:
+            _count_success(spec.kind or "unknown", output)
+        self.record_memory()
+        return outputs
+
+    @staticmethod
+    def _batches(prepared: list[_Prepared], misses: list[int], inputs: PassInputs) -> bool:
+        """Whether the missed seeds run as one pipeline call (their specs equal but for the seed)."""
+        if len(misses) < 2:
+            return False
+        lead = prepared[misses[0]]
+        support = getattr(lead.handler, "batch_support", None)
+        if support is None or not support(lead.spec, inputs):
+            return False
+        return len({_unseeded(prepared[i].spec) for i in misses}) == 1
+
+    def _run_together(
+        self,
+        prepared: list[_Prepared],
+        misses: list[int],
+        inputs: PassInputs,
+        monitors: list[StepMonitor],
+        outputs: list[PassOutput | None],
+        started: float,
+    ) -> None:
+        lead = prepared[misses[0]]
+        monitor = _BatchMonitor([monitors[i] for i in misses])
+        ctx = self._context(lead, inputs, monitor)
+        images = lead.handler.run_batch(ctx, [prepared[i].spec.seed for i in misses])
+        for i, image in zip(misses, images, strict=True):
+            own = prepared[i]
+            member = dataclasses.replace(
+                ctx,
+                spec=own.spec,
+                warnings=own.warnings + [w for w in ctx.warnings if w not in own.warnings],
+                metadata={**ctx.metadata, **own.reported_metadata, "batch": str(len(misses))},
+            )
+            outputs[i] = self._finish(own, member, image, monitor.steps_run, started)
+
+    def _run_without_models(self, handler, spec, inputs: PassInputs, started: float) -> PassOutput:
+        """A pass without model work (composite): no runtime, adapters, or pass-cache lookup (it is cheap)."""
+        handler.validate(spec, inputs)
+        ctx = PassContext(spec, inputs, None, None, None, StepMonitor(), 0)
+        image = handler.run(ctx)
+        key = hashlib.sha256(
+            ENGINE_VERSION.encode() + b"\0" + spec.SerializeToString(deterministic=True)
+        ).hexdigest()
+        return PassOutput(image, key, False, time.perf_counter() - started, 0, ctx.warnings, ctx.metadata)
 
     def _resolve_tunes(
         self, spec: diffusion_pb2.PassSpec, inputs: PassInputs, runtime: ModelRuntime, *, uses_faceid: bool
@@ -334,6 +475,55 @@ class Engine:
             found.update(runtime.capabilities())
         found.update(f"preprocessor:{kind}" for kind in self.preprocessors.installed())
         return sorted(found)
+
+
+class _BatchMonitor:
+    """The step monitor of a batch: each step is a step of every member (progress, cancel)."""
+
+    def __init__(self, members: list[StepMonitor]):
+        self.members = members
+        self.steps_run = 0
+
+    def check(self) -> None:
+        for member in self.members:
+            member.check()
+
+    def callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
+        self.steps_run += 1
+        for member in self.members:
+            member.callback(pipe, step, timestep, tensors)
+        return tensors
+
+
+def _with_seed(spec: diffusion_pb2.PassSpec, seed: int) -> diffusion_pb2.PassSpec:
+    seeded = diffusion_pb2.PassSpec()
+    seeded.CopyFrom(spec)
+    seeded.seed = seed
+    return seeded
+
+
+def _unseeded(spec: diffusion_pb2.PassSpec) -> bytes:
+    return _with_seed(spec, 0).SerializeToString(deterministic=True)
+
+
+def _count_failure(kind: str, error: BaseException, passes: int = 1) -> None:
+    if isinstance(error, Cancelled):
+        outcome = "cancelled"
+    elif isinstance(error, MultipassError):
+        outcome = "retried" if error.retriable else "failed"
+    elif isinstance(error, Exception):
+        outcome = "failed"
+    else:
+        return
+    metrics.PASSES.labels(pass_kind=kind, outcome=outcome).inc(max(1, passes))
+
+
+def _count_success(kind: str, output: PassOutput) -> None:
+    metrics.PASS_DURATION.labels(pass_kind=kind).observe(output.duration_seconds)
+    metrics.PASSES.labels(pass_kind=kind, outcome="succeeded").inc()
+    if output.cache_hit:
+        metrics.PASS_CACHE_HITS.inc()
+    metrics.PASS_STEPS.inc(output.steps_run)
 
 
 def check_family(info: models.TuneFile, runtime: ModelRuntime, tag: str) -> None:

@@ -25,3 +25,12 @@ MODEL_LOAD_SECONDS = Gauge(
 )
 PASS_CACHE_HITS = Counter("multipass_pass_cache_hits_total", "Passes answered from the pass cache.")
 GPU_MEMORY = Gauge("multipass_gpu_memory_bytes", "Bytes allocated on the GPU by this worker.", ["device"])
+DEVICE_IDLE = Histogram(
+    "multipass_diffusion_device_idle_seconds",
+    "Seconds the device thread sat idle between finishing one pass and starting the next while another "
+    "pass was already delivered to this worker (input fetch and hand-over time prefetching hides).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+DEVICE_BUSY = Counter(
+    "multipass_diffusion_device_busy_seconds_total", "Seconds the device thread spent running passes."
+)

@@ -5,16 +5,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from multipass.errors import InvalidInput, Violation
-from multipass_diffusion import faceid, metrics, models
+from multipass_diffusion import faceid, lora_hotswap, metrics, models
 from multipass_diffusion.adapters import AdapterCache
-from multipass_diffusion.device_tuning import tune_unets
+from multipass_diffusion.device_tuning import compile_unets, tune_unets
 from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
 from multipass_diffusion.preprocessors import Preprocessors
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How the base UNets are compiled (``DiffusionSettings.compile*``); None on a runtime = not compiled."""
+
+    mode: str = ""
+    backend: str = "inductor"
+    #: Rank of the LoRA hot-swap slot: the largest summed rank of one pass's LoRAs.
+    lora_rank: int = 64
 
 
 class ModelRuntime:
@@ -29,6 +40,7 @@ class ModelRuntime:
         checkpoint_cache_size: int,
         preprocessors: Preprocessors,
         vae_tile_above_pixels: int = 0,
+        compile_options: CompileOptions | None = None,
     ):
         self.entry = entry
         self.model_dir = Path(model_dir)
@@ -42,8 +54,17 @@ class ModelRuntime:
         pipe = models.load_pipeline(entry, device=device, dtype=dtype)
         inpaint_unet = models.load_inpaint_unet(entry, device=device, dtype=dtype)
         tune_unets((pipe.unet, inpaint_unet), device)
+        #: Set when the base UNets are compiled: their LoRAs go through the hot-swap slot.
+        self.compile_options = compile_options
+        if compile_options is not None:
+            for unet in (pipe.unet, inpaint_unet):
+                if unet is not None:
+                    lora_hotswap.prepare_slot(unet, compile_options.lora_rank)
+            compile_unets(
+                (pipe.unet, inpaint_unet), mode=compile_options.mode, backend=compile_options.backend
+            )
         self.base = ComponentSet(pipe, family=entry.family, label=entry.name, inpaint_unet=inpaint_unet)
-        self.adapters = self._adapter_cache(self.base)
+        self.adapters = self._base_adapter_cache(self.base)
         self.fingerprint = models.fingerprint(entry.path)
         self._checkpoints: OrderedDict[str, tuple[ComponentSet, AdapterCache]] = OrderedDict()
         self._controlnets: dict[str, object] = {}
@@ -58,6 +79,17 @@ class ModelRuntime:
     @property
     def family(self) -> str:
         return self.entry.family
+
+    def _base_adapter_cache(self, components: ComponentSet) -> AdapterCache:
+        if self.compile_options is None:
+            return self._adapter_cache(components)
+        return lora_hotswap.HotswapAdapterCache(
+            components,
+            self._adapter_budget,
+            target_rank=self.compile_options.lora_rank,
+            on_hit=metrics.LORA_CACHE_HITS.inc,
+            on_miss=metrics.LORA_CACHE_MISSES.inc,
+        )
 
     def _adapter_cache(self, components: ComponentSet, namespace: str = "") -> AdapterCache:
         return AdapterCache(

@@ -15,13 +15,30 @@ from multipass_diffusion.device_tuning import DEFAULT_VAE_TILE_ABOVE_PIXELS
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 PASS_CACHES = ("store", "memory", "off")
+#: torch.compile modes ("" = torch's default).
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Short side of person-pass crops per model family, unless MULTIPASS_DIFFUSION_WORKING_SIZE overrides it.
 FAMILY_WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
 
 
 @dataclass(frozen=True)
 class DiffusionSettings:
-    """Everything the diffusion worker needs; see ``from_env`` for the variables."""
+    """Everything the diffusion worker needs; see ``from_env`` for the variables.
+
+    ``prefetch_depth`` (``MULTIPASS_DIFFUSION_PREFETCH``, default 1): passes this worker holds beyond the
+    one on the device, with their inputs fetched and decoded, so the device starts the next pass as soon as
+    it finishes one (docs/DIFFUSION.md, "Prefetch"). 0 = take the next pass only after the current one is
+    decided.
+
+    ``compile`` (``MULTIPASS_DIFFUSION_COMPILE``, default off): ``torch.compile`` the base model's UNet(s)
+    at load, with ``compile_mode`` (``MULTIPASS_DIFFUSION_COMPILE_MODE``, "" = torch's default) and
+    ``compile_backend`` (``MULTIPASS_DIFFUSION_COMPILE_BACKEND``, default "inductor", or any registered
+    dynamo backend). LoRAs then reach the compiled UNets by hot-swap into one adapter slot of rank
+    ``compile_lora_rank`` (``MULTIPASS_DIFFUSION_COMPILE_LORA_RANK``, default 64: the largest summed rank
+    of one pass's LoRAs), so switching persons never recompiles; a pass whose LoRAs need more rank, or
+    target modules outside the transformer blocks, is refused (docs/DIFFUSION.md, "Compiled UNet").
+    Compiling costs a first pass per new image size; checkpoint tunes stay uncompiled.
+    """
 
     model_dir: Path
     #: Model names under ``<model_dir>/diffusion/`` this worker serves; empty = every model found there.
@@ -45,6 +62,11 @@ class DiffusionSettings:
     max_deliver: int = 5
     max_ack_pending: int = 16
     progress_interval_s: float = 0.25
+    prefetch_depth: int = 1
+    compile: bool = False
+    compile_mode: str = ""
+    compile_backend: str = "inductor"
+    compile_lora_rank: int = 64
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "INFO"
     #: When set, Diffusion.Info needs ``x-multipass-internal: <token>`` (health and reflection stay open).
@@ -79,6 +101,11 @@ class DiffusionSettings:
             max_deliver=env.int("DIFFUSION_MAX_DELIVER", 5, min=1, max=100),
             max_ack_pending=env.int("DIFFUSION_MAX_ACK_PENDING", 16, min=1, max=10_000),
             progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),
+            prefetch_depth=env.int("DIFFUSION_PREFETCH", 1, min=0, max=8),
+            compile=env.bool("DIFFUSION_COMPILE", False),
+            compile_mode=env.choice("DIFFUSION_COMPILE_MODE", "", COMPILE_MODES),
+            compile_backend=env.str("DIFFUSION_COMPILE_BACKEND", "inductor"),
+            compile_lora_rank=env.int("DIFFUSION_COMPILE_LORA_RANK", 64, min=1, max=1024),
             worker_name=env.str("DIFFUSION_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
             log_level=env.str("LOG_LEVEL", "INFO"),
             internal_token=env.str("INTERNAL_TOKEN", ""),

@@ -7,6 +7,12 @@ is published; Nak with backoff when the object store or NATS is unavailable; Ter
 event (code, message, pass name, field violations) for a request that cannot succeed. Model work runs
 on the engine's single device thread, never on the event loop. ``multipass.cancel.<job_id>`` (core NATS)
 stops that job's running pass within one denoising step.
+
+Prefetch: each consumer holds ``1 + prefetch_depth`` passes. They fetch their inputs at once and take the
+device in arrival order (:class:`~multipass_diffusion.device_queue.DeviceQueue`), so the device never
+waits for the next pass's downloads; a held pass gets ``in_progress`` heartbeats from the bus like the
+running one, is decided ``Term`` + ``failed`` when its job is cancelled while it waits, and is nak'ed at
+once (no delay) when the worker stops, so another worker takes it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from multipass.images import encode_png
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
 from multipass_diffusion import tune_files
+from multipass_diffusion.device_queue import DeviceQueue
 from multipass_diffusion.engine import Engine, PassOutput
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.settings import DiffusionSettings
@@ -52,6 +59,8 @@ class DiffusionWorker:
         self._cancel_sub = None
         self._running: dict[str, set[threading.Event]] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
+        #: One for every served model: they share the one device thread.
+        self.device = DeviceQueue(executor)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -78,6 +87,8 @@ class DiffusionWorker:
             stop=self._stop,
             backoff=NAK_BACKOFF,
             on_term=self._on_term,
+            concurrency=1 + self.settings.prefetch_depth,
+            prefetch_gate=self.device.until_busy,
         )
 
     async def stop(self) -> None:
@@ -98,12 +109,15 @@ class DiffusionWorker:
             self._cancelled.popitem(last=False)
         for event in self._running.get(job_id, ()):
             event.set()
+        self.device.poke()  # a pass of the job waiting for the device gives its turn up
         log.info("cancel received", extra={"job_id": job_id, "running": len(self._running.get(job_id, ()))})
 
     # -- one message -----------------------------------------------------------------------------------
 
     async def handle(self, model: str, delivery: Delivery) -> Decision:
         request = delivery.parse(diffusion_pb2.PassRequest)
+        if request.batch:
+            return await self._handle_batch(model, request, delivery)
         with log_context(
             job_id=request.job_id, **{"pass": request.pass_name}, delivery=delivery.num_delivered
         ):
@@ -117,27 +131,11 @@ class DiffusionWorker:
             self._running.setdefault(request.job_id, set()).add(cancel)
             try:
                 output = await self._run(request, delivery, cancel)
-                data = await asyncio.to_thread(encode_png, output.image)
-                ref = await self.store.put_png(
-                    request.output_bucket,
-                    request.output_key,
-                    data,
-                    width=output.image.width,
-                    height=output.image.height,
-                )
-                await self._publish(
-                    request,
-                    subjects.EVENT_COMPLETED,
-                    completed=events_pb2.PassCompleted(result=_result(output, ref)),
-                )
-                cache = self.engine.cache
-                if not output.cache_hit and getattr(cache, "written_by_worker", False):
-                    await cache.write_encoded(output.spec_hash, data)
-                log.info(
-                    "pass completed",
-                    extra={"seconds": round(output.duration_seconds, 3), "cache_hit": output.cache_hit},
-                )
+                await self._complete(request, output)
                 return Ack()
+            except _HandedBack:
+                log.info("held pass handed back: the worker is stopping")
+                return Nak(0.0)
             except MultipassError as error:
                 return await self._fail(request, delivery, error)
             except Exception as error:  # a bug: fail this delivery, let the backoff retry it
@@ -148,6 +146,130 @@ class DiffusionWorker:
                 running.discard(cancel)
                 if not running:
                     self._running.pop(request.job_id, None)
+
+    async def _complete(self, request: diffusion_pb2.PassRequest, output: PassOutput) -> None:
+        """Store the output at the request's key, publish ``completed``, fill the shared pass cache."""
+        data = await asyncio.to_thread(encode_png, output.image)
+        ref = await self.store.put_png(
+            request.output_bucket,
+            request.output_key,
+            data,
+            width=output.image.width,
+            height=output.image.height,
+        )
+        await self._publish(
+            request,
+            subjects.EVENT_COMPLETED,
+            completed=events_pb2.PassCompleted(result=_result(output, ref)),
+        )
+        cache = self.engine.cache
+        if not output.cache_hit and getattr(cache, "written_by_worker", False):
+            await cache.write_encoded(output.spec_hash, data)
+        log.info(
+            "pass completed",
+            extra={
+                "seconds": round(output.duration_seconds, 3),
+                "cache_hit": output.cache_hit,
+                "image": request.image_index,
+            },
+        )
+
+    async def _handle_batch(
+        self, model: str, batched: diffusion_pb2.PassRequest, delivery: Delivery
+    ) -> Decision:
+        """A batched request (``PassRequest.batch``): one engine call for every member's seed.
+
+        Every member is a pass of its own to the gateway: it gets its own started, progress, completed or
+        failed events (under its image index and attempt) and its output at its own key. A failure fails
+        every member alike, and the message gets one decision (Nak or Term) for all of them.
+        """
+        members = batch_members(batched)
+        with log_context(
+            job_id=batched.job_id,
+            **{"pass": batched.pass_name},
+            delivery=delivery.num_delivered,
+            batch=len(members),
+        ):
+            try:
+                for member in members:
+                    self._check_request(model, member)
+            except InvalidInput as error:
+                return await self._fail_all(members, delivery, error)
+            if batched.job_id in self._cancelled:
+                return await self._fail_all(
+                    members, delivery, Cancelled("job cancelled before the pass started")
+                )
+            cancel = threading.Event()
+            self._running.setdefault(batched.job_id, set()).add(cancel)
+            try:
+                outputs = await self._run_batch(batched, members, cancel)
+                for member, output in zip(members, outputs, strict=True):
+                    await self._complete(member, output)
+                return Ack()
+            except _HandedBack:
+                log.info("held pass handed back: the worker is stopping")
+                return Nak(0.0)
+            except MultipassError as error:
+                return await self._fail_all(members, delivery, error)
+            except Exception as error:  # a bug: fail this delivery, let the backoff retry it
+                log.exception("batched pass failed unexpectedly")
+                return await self._fail_all(members, delivery, _Internal(f"{type(error).__name__}: {error}"))
+            finally:
+                running = self._running.get(batched.job_id, set())
+                running.discard(cancel)
+                if not running:
+                    self._running.pop(batched.job_id, None)
+
+    async def _run_batch(
+        self,
+        batched: diffusion_pb2.PassRequest,
+        members: list[diffusion_pb2.PassRequest],
+        cancel: threading.Event,
+    ) -> list[PassOutput]:
+        """As :meth:`_run`, for every member at once: one fetch of the shared inputs, one device turn."""
+        spec = batched.spec
+        self.device.hold()
+        on_device = False
+        try:
+            inputs = await self.fetch_inputs(spec)
+            if not await self.device.wait_turn(self._stop, cancel):
+                if cancel.is_set():
+                    raise Cancelled("job cancelled before the pass started")
+                raise _HandedBack
+            loop = asyncio.get_running_loop()
+            interval = self.settings.progress_interval_s
+            reporters = [_ProgressReporter(self, member, loop, interval) for member in members]
+            try:
+                for member in members:
+                    await self._publish(
+                        member,
+                        subjects.EVENT_STARTED,
+                        started=events_pb2.PassStarted(
+                            worker=self.settings.worker_name, steps_total=spec.steps
+                        ),
+                    )
+                on_device = True
+                seeds = [member.spec.seed for member in members]
+                run = functools.partial(
+                    self.engine.run_batch, spec, seeds, inputs, progress=reporters, cancel=cancel
+                )
+                return await self.device.run(run)
+            finally:
+                self.device.end_turn()
+                for reporter in reporters:
+                    await reporter.drain()
+        finally:
+            if not on_device:
+                self.device.release()
+
+    async def _fail_all(
+        self, members: list[diffusion_pb2.PassRequest], delivery: Delivery, error: MultipassError
+    ) -> Decision:
+        """Publish the failure for every member of a batch; the message's one decision."""
+        decision: Decision = Ack()
+        for member in members:
+            decision = await self._fail(member, delivery, error)
+        return decision
 
     def _check_request(self, model: str, request: diffusion_pb2.PassRequest) -> None:
         problems = []
@@ -165,20 +287,33 @@ class DiffusionWorker:
     async def _run(
         self, request: diffusion_pb2.PassRequest, delivery: Delivery, cancel: threading.Event
     ) -> PassOutput:
+        """Fetch the inputs while another pass may hold the device, wait for the device, run."""
         spec = request.spec
-        await self._publish(
-            request,
-            subjects.EVENT_STARTED,
-            started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps),
-        )
-        inputs = await self.fetch_inputs(spec)
-        loop = asyncio.get_running_loop()
-        reporter = _ProgressReporter(self, request, loop, self.settings.progress_interval_s)
-        run = functools.partial(self.engine.run, spec, inputs, progress=reporter, cancel=cancel)
+        self.device.hold()
+        on_device = False
         try:
-            return await loop.run_in_executor(self.executor, run)
+            inputs = await self.fetch_inputs(spec)
+            if not await self.device.wait_turn(self._stop, cancel):
+                if cancel.is_set():
+                    raise Cancelled("job cancelled before the pass started")
+                raise _HandedBack
+            loop = asyncio.get_running_loop()
+            reporter = _ProgressReporter(self, request, loop, self.settings.progress_interval_s)
+            try:
+                await self._publish(
+                    request,
+                    subjects.EVENT_STARTED,
+                    started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps),
+                )
+                on_device = True
+                run = functools.partial(self.engine.run, spec, inputs, progress=reporter, cancel=cancel)
+                return await self.device.run(run)
+            finally:
+                self.device.end_turn()
+                await reporter.drain()
         finally:
-            await reporter.drain()
+            if not on_device:
+                self.device.release()
 
     async def fetch_inputs(self, spec: diffusion_pb2.PassSpec) -> PassInputs:
         """The pass's images, decoded, and its tune files on local disk (cached by sha256).
@@ -195,6 +330,13 @@ class DiffusionWorker:
         if spec.HasField("control_image"):
             inputs.control_image = await self.store.get_image(
                 spec.control_image, field="spec.control_image", mode="RGB"
+            )
+        for number, layer in enumerate(spec.layers):
+            inputs.layers.append(
+                (
+                    await self.store.get_image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
+                    await self.store.get_image(layer.mask, field=f"spec.layers[{number}].mask", mode="L"),
+                )
             )
         for key in tune_files.needed_keys(spec):
             ref = spec.tune_files[key]
@@ -251,9 +393,10 @@ class DiffusionWorker:
             detail = common_pb2.ErrorDetail(
                 code=common_pb2.ERROR_CODE_INTERNAL, message=reason, pass_name=request.pass_name
             )
-            await self._publish(
-                request, subjects.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail, retriable=False)
-            )
+            for member in batch_members(request):
+                await self._publish(
+                    member, subjects.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail, retriable=False)
+                )
 
     async def _publish(
         self, request: diffusion_pb2.PassRequest, event: str, *, suffix: str | None = None, **payload
@@ -309,9 +452,32 @@ class _ProgressReporter:
                 log.debug("progress event not published", exc_info=True)
 
 
+class _HandedBack(Exception):
+    """A held pass gives its device turn up because the worker stops (decided Nak, no delay)."""
+
+
 class _Internal(MultipassError):
     code_name = "INTERNAL"
     retriable = True
+
+
+def batch_members(request: diffusion_pb2.PassRequest) -> list[diffusion_pb2.PassRequest]:
+    """The passes a request stands for: itself, then one request per ``batch`` member (lead first).
+
+    A member's request is the lead's with the member's image index, attempt, seed and output key, and no
+    batch of its own, so the ordinary event and storage code serves it unchanged.
+    """
+    lead = diffusion_pb2.PassRequest()
+    lead.CopyFrom(request)
+    lead.ClearField("batch")
+    members = [lead]
+    for member in request.batch:
+        one = diffusion_pb2.PassRequest()
+        one.CopyFrom(lead)
+        one.image_index, one.attempt, one.output_key = member.image_index, member.attempt, member.output_key
+        one.spec.seed = member.seed
+        members.append(one)
+    return members
 
 
 def _code(error: MultipassError) -> str:

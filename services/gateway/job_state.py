@@ -17,7 +17,7 @@ from datetime import datetime
 
 from multipass import subjects
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
-from multipass_gateway import names
+from multipass_gateway import base_batching, names, person_stages
 
 PS = jobs_pb2
 TERMINAL_PASS = frozenset(
@@ -60,6 +60,8 @@ class Outcome:
     note: str = ""
     #: Stream sequences of pass requests to drop from the work queue (cancel).
     withdrawn: list[int] = field(default_factory=list)
+    #: Members riding in the request of a dispatched pass (base batching at start), by the lead.
+    batches: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def is_terminal(record: events_pb2.JobRecord) -> bool:
@@ -131,7 +133,9 @@ def build_request(
     planned = record.plans[image_index].passes[pass_index]
     spec = diffusion_pb2.PassSpec()
     spec.CopyFrom(planned.spec)
-    current = current_image(record, image_index, pass_index)
+    # A pass of a parallel stage works on the stage's input, not on the latest output before it.
+    position = person_stages.input_position(record.plans[image_index], pass_index)
+    current = current_image(record, image_index, position)
     if current is not None and not (planned.kind == "base" and spec.image.key):
         spec.image.CopyFrom(current)
     if planned.kind == "base":
@@ -143,6 +147,8 @@ def build_request(
         mask = image.masks.get(f"person-{planned.person_index}")
         if mask is not None:
             spec.mask.CopyFrom(mask)
+    elif planned.kind == person_stages.COMPOSITE_KIND:
+        spec.layers.extend(person_stages.composite_layers(record, image_index, pass_index))
     if planned.runs_in == "diffusion" and not planned.needs_faces:
         subject = subjects.diffusion_pass_subject(spec.model)
     else:
@@ -178,13 +184,23 @@ def _advance(
 ) -> None:
     """Queue the next pending pass of the chain after ``after``; complete the image when none is left."""
     image = record.job.images[image_index]
-    for index in range(after + 1, len(image.passes)):
-        state = image.passes[index]
-        if state.status == PS.PASS_STATUS_PENDING:
-            _queue(state, 1)
+    if person_stages.is_graph(record.plans[image_index]):
+        # Parallel persons: queue every pass whose dependencies are done; complete when none is left.
+        ready = person_stages.ready_passes(record.plans[image_index], image.passes)
+        for index in ready:
+            _queue(image.passes[index], 1)
             outcome.dispatch.append((image_index, index))
             image.status = PS.PASS_STATUS_RUNNING
+        if ready or any(state.status not in TERMINAL_PASS for state in image.passes):
             return
+    else:
+        for index in range(after + 1, len(image.passes)):
+            state = image.passes[index]
+            if state.status == PS.PASS_STATUS_PENDING:
+                _queue(state, 1)
+                outcome.dispatch.append((image_index, index))
+                image.status = PS.PASS_STATUS_RUNNING
+                return
     image.status = PS.PASS_STATUS_COMPLETED
     final = current_image(record, image_index, len(image.passes))
     if final is not None:
@@ -230,7 +246,8 @@ def _fail_chain(
     state.status = PS.PASS_STATUS_FAILED
     state.error.CopyFrom(error)
     _stamp(state.finished_at, now)
-    for later in image.passes[pass_index + 1 :]:
+    # Every other unfinished pass: the later ones and, in a parallel stage, the persons beside this one.
+    for later in image.passes:
         if later.status not in TERMINAL_PASS:
             later.status = PS.PASS_STATUS_CANCELLED
     image.status = PS.PASS_STATUS_FAILED
@@ -240,8 +257,12 @@ def _fail_chain(
 # --- transitions ----------------------------------------------------------------------------------------
 
 
-def start(record: events_pb2.JobRecord, now: datetime) -> Outcome:
-    """A new job: emit ``accepted``, complete the prepare passes (done at submit), queue each chain's first pass."""
+def start(record: events_pb2.JobRecord, now: datetime, *, max_batch: int = 1) -> Outcome:
+    """A new job: emit ``accepted``, complete the prepare passes (done at submit), queue each chain's first pass.
+
+    First base passes equal but for their seed go as one batched request of at most ``max_batch``
+    images (:mod:`multipass_gateway.base_batching`).
+    """
     outcome = Outcome(changed=True)
     job = record.job
     job.state = jobs_pb2.JOB_STATE_QUEUED
@@ -271,6 +292,9 @@ def start(record: events_pb2.JobRecord, now: datetime) -> Outcome:
         _advance(record, image_index, last_done, now, outcome)
         if image.status == PS.PASS_STATUS_RUNNING:
             image.status = PS.PASS_STATUS_QUEUED
+    outcome.dispatch, outcome.batches = base_batching.batch_first_passes(
+        record, outcome.dispatch, build_request, max_batch
+    )
     return outcome
 
 
@@ -370,7 +394,15 @@ def apply_event(
         state.cache_hit = result.cache_hit
         if state.steps_total:
             state.steps_done = state.steps_total
-        output = result.output if result.output.key else current_image(record, event.image_index, index)
+        output = (
+            result.output
+            if result.output.key
+            else current_image(
+                record,
+                event.image_index,
+                person_stages.input_position(record.plans[event.image_index], index),
+            )
+        )
         if output is not None:
             state.output.CopyFrom(output)
         completed = jobs_pb2.JobPassCompleted(
@@ -386,6 +418,8 @@ def apply_event(
                 person = record.job.persons[mask.index]
                 person.masks[event.image_index].CopyFrom(mask.mask)
                 person.fallback_mask = person.fallback_mask or mask.fallback
+        if planned.kind == "segment":
+            person_stages.regroup(record, event.image_index, event.completed.masks)
         for warning in result.warnings:
             text = f"image {event.image_index} {state.name}: {warning}"
             if text not in record.job.warnings:
@@ -401,32 +435,51 @@ def apply_event(
         if event.failed.retriable:
             outcome.note = "worker will retry (retriable failure)"
             return outcome
-        error = common_pb2.ErrorDetail()
-        error.CopyFrom(event.failed.error)
-        error.pass_name = state.name
-        if not error.code:
-            error.code = common_pb2.ERROR_CODE_INTERNAL
-        outcome.changed = True
-        if error.code in RETRIABLE_CODES and state.attempt < max_attempts:
-            record.job.warnings.append(
-                f"image {event.image_index} {state.name}: attempt {state.attempt} failed ({error.message}); retrying"
-            )
-            _queue(state, state.attempt + 1)
-            outcome.dispatch.append((event.image_index, index))
-            return outcome
-        _fail_chain(record, event.image_index, index, error, now)
-        outcome.events.append(
-            jobs_pb2.JobEvent(
-                pass_failed=jobs_pb2.JobPassFailed(
-                    image_index=event.image_index, pass_name=state.name, error=error
-                )
-            )
-        )
+        # A batch given up on as a whole is reported for its lead: its waiting members fail with it.
+        riders = base_batching.members_riding_with(record, event.image_index, state.name)
+        _fail_attempt(record, event.image_index, index, event.failed.error, now, outcome, max_attempts)
+        for image_index, pass_index in riders:
+            rider = record.job.images[image_index].passes[pass_index]
+            if rider.status in ACTIVE_PASS and rider.attempt == 1:
+                _fail_attempt(record, image_index, pass_index, event.failed.error, now, outcome, max_attempts)
         _finish_if_done(record, now, outcome)
         return outcome
 
     outcome.note = "event without payload"
     return outcome
+
+
+def _fail_attempt(
+    record: events_pb2.JobRecord,
+    image_index: int,
+    index: int,
+    failure: common_pb2.ErrorDetail,
+    now: datetime,
+    outcome: Outcome,
+    max_attempts: int,
+) -> None:
+    """One failed attempt: queue the next attempt (alone) for a transient error, else fail the chain."""
+    state = record.job.images[image_index].passes[index]
+    record.plans[image_index].passes[index].ClearField("batched_with")
+    error = common_pb2.ErrorDetail()
+    error.CopyFrom(failure)
+    error.pass_name = state.name
+    if not error.code:
+        error.code = common_pb2.ERROR_CODE_INTERNAL
+    outcome.changed = True
+    if error.code in RETRIABLE_CODES and state.attempt < max_attempts:
+        record.job.warnings.append(
+            f"image {image_index} {state.name}: attempt {state.attempt} failed ({error.message}); retrying"
+        )
+        _queue(state, state.attempt + 1)
+        outcome.dispatch.append((image_index, index))
+        return
+    _fail_chain(record, image_index, index, error, now)
+    outcome.events.append(
+        jobs_pb2.JobEvent(
+            pass_failed=jobs_pb2.JobPassFailed(image_index=image_index, pass_name=state.name, error=error)
+        )
+    )
 
 
 def fail_pass(
@@ -461,7 +514,11 @@ def cancel(record: events_pb2.JobRecord, now: datetime) -> Outcome:
         if image.status in TERMINAL_IMAGE:
             continue
         for state, planned in zip(image.passes, plan.passes, strict=True):
-            if state.status in ACTIVE_PASS and planned.request_sequence:
+            if (
+                state.status in ACTIVE_PASS
+                and planned.request_sequence
+                and planned.request_sequence not in outcome.withdrawn
+            ):
                 outcome.withdrawn.append(planned.request_sequence)
             if state.status not in TERMINAL_PASS:
                 if state.status == PS.PASS_STATUS_RUNNING:
@@ -502,6 +559,10 @@ def commit(record: events_pb2.JobRecord, outcome: Outcome, now: datetime) -> lis
         numbered.append(event)
     for image_index, pass_index in outcome.dispatch:
         request = build_request(record, image_index, pass_index)
+        members = outcome.batches.get((image_index, pass_index), ())
+        base_batching.attach_members(
+            request.request, [build_request(record, *member).request for member in members]
+        )
         record.outbox_requests.append(request)
     return numbered
 
@@ -528,6 +589,10 @@ def clear_outbox(
             index = find_pass(record, request.image_index, request.pass_name)
             if index is not None and sequences[entry.msg_id]:
                 record.plans[request.image_index].passes[index].request_sequence = sequences[entry.msg_id]
+                for member in request.batch:  # cancel withdraws the one request of the batch
+                    at = find_pass(record, member.image_index, request.pass_name)
+                    if at is not None:
+                        record.plans[member.image_index].passes[at].request_sequence = sequences[entry.msg_id]
             changed = True
         else:
             remaining.append(entry)

@@ -12,20 +12,29 @@ job, a watcher noticing the gap, or the sweeper publishes it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+import nats.js.errors
 from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from multipass import subjects
 from multipass.bus import Bus, nats_errors
-from multipass.errors import Internal, NotFound
+from multipass.errors import Internal, NotFound, Unavailable
 from multipass.v1 import events_pb2
 from multipass_gateway import job_state, kv, names
 
 log = logging.getLogger(__name__)
+
+
+#: Records from transition() whose revision is kept for their flush; a bound for callers that never flush.
+_REMEMBERED_REVISIONS = 1024
+#: Job records whose last value this replica remembers, to write without reading first.
+_REMEMBERED_RECORDS = 2048
 
 
 def now() -> datetime:
@@ -54,13 +63,72 @@ class JobStore:
         self.bus = bus
         self.kv = store
         self.dispatch = dispatch
+        #: id(record) -> (record, KV revision) of records returned by transition and not flushed yet.
+        self._revisions: dict[int, tuple[events_pb2.JobRecord, int]] = {}
+        #: key -> (value, revision) this replica last wrote or read, most recent last (bounded).
+        self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+
+    # the compare-and-set loop ------------------------------------------------------------------------
+
+    def _remember(self, key: str, value: bytes, revision: int) -> None:
+        self._recent[key] = (value, revision)
+        self._recent.move_to_end(key)
+        while len(self._recent) > _REMEMBERED_RECORDS:
+            self._recent.popitem(last=False)
+
+    async def _read(self, key: str) -> tuple[bytes | None, int]:
+        with nats_errors(f"read {key}"):
+            try:
+                entry = await self.kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                self._recent.pop(key, None)
+                return None, 0
+        value = entry.value or b""
+        self._remember(key, value, entry.revision)
+        return value, entry.revision
+
+    async def _compare_and_set(
+        self, key: str, mutate: Callable[[bytes | None], bytes | None], *, attempts: int = 10
+    ) -> tuple[bytes | None, int]:
+        """Like :meth:`multipass.bus.Bus.kv_update` (``mutate`` may run several times), but starting from
+        the value this replica last wrote or read when it has one: the write's compare-and-set on that
+        revision proves it current, so the usual read before each write is saved. A stale guess costs
+        one refused write and then a read; a guess that ``mutate`` leaves unchanged is confirmed by a read
+        (unchanged on an old value does not mean unchanged on the current one)."""
+        guess = self._recent.get(key)
+        for _ in range(attempts):
+            if guess is not None:
+                (current, revision), guess, guessed = guess, None, True
+            else:
+                (current, revision), guessed = await self._read(key), False
+            new = mutate(current)
+            if new is None:
+                if guessed:
+                    continue  # confirm on the stored value
+                return current, revision
+            with nats_errors(f"write {key}"):
+                try:
+                    if revision == 0:
+                        revision = await self.kv.create(key, new)
+                    else:
+                        revision = await self.kv.update(key, new, last=revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                except nats.js.errors.BadRequestError as error:
+                    if error.err_code == 10071:  # create: key exists (written meanwhile)
+                        continue
+                    raise
+            self._remember(key, new, revision)
+            return new, revision
+        raise Unavailable(f"{key}: {attempts} conflicting updates in a row")
 
     async def create(self, record: events_pb2.JobRecord) -> int:
         """Store a new record; fails if the key exists."""
+        key, value = names.job_key(record.tenant, record.job.job_id), record.SerializeToString()
         with nats_errors("create job"):
-            return await self.kv.create(
-                names.job_key(record.tenant, record.job.job_id), record.SerializeToString()
-            )
+            revision = await self.kv.create(key, value)
+        self._remember(key, value, revision)
+        return revision
 
     async def load(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
         try:
@@ -68,7 +136,10 @@ class JobStore:
         except Exception:
             return None
         found = await kv.get(self.kv, key)
-        return parse_record(found[0], key) if found is not None else None
+        if found is None:
+            return None
+        self._remember(key, *found)
+        return parse_record(found[0], key)
 
     async def get(self, tenant: str, job_id: str) -> events_pb2.JobRecord:
         """The tenant's job; NotFound for a missing job and for another tenant's job alike."""
@@ -78,6 +149,7 @@ class JobStore:
         return record
 
     async def delete(self, tenant: str, job_id: str) -> None:
+        self._recent.pop(names.job_key(tenant, job_id), None)
         await kv.delete(self.kv, names.job_key(tenant, job_id))
 
     async def job_ids(self, tenant: str) -> list[str]:
@@ -88,7 +160,22 @@ class JobStore:
     async def transition(
         self, tenant: str, job_id: str, fn: Callable[[events_pb2.JobRecord, datetime], job_state.Outcome]
     ) -> tuple[events_pb2.JobRecord, job_state.Outcome]:
-        """Apply ``fn`` to the current record and write the result by compare-and-set (retried on conflict)."""
+        """Apply ``fn`` to the current record and write the result by compare-and-set (retried on conflict).
+
+        The returned record is the one stored (or read, when ``fn`` changed nothing); its KV revision
+        is remembered for :meth:`flush`, which can then clear the outbox without reading it again.
+        """
+        record, (outcome,) = await self.transition_many(tenant, job_id, [fn])
+        return record, outcome
+
+    async def transition_many(
+        self,
+        tenant: str,
+        job_id: str,
+        fns: Sequence[Callable[[events_pb2.JobRecord, datetime], job_state.Outcome]],
+    ) -> tuple[events_pb2.JobRecord, list[job_state.Outcome]]:
+        """Apply several transitions in order, each committed before the next sees the record, and write
+        them by one compare-and-set: what their one-by-one application would store, in one round trip."""
         key = names.job_key(tenant, job_id)
         result: dict[str, object] = {}
 
@@ -96,37 +183,70 @@ class JobStore:
             if current is None:
                 raise NotFound(f"job {job_id!r} does not exist")
             record = parse_record(current, key)
-            moment = now()
-            outcome = fn(record, moment)
-            result["record"], result["outcome"] = record, outcome
-            if not outcome.changed:
-                return None
-            job_state.commit(record, outcome, moment)
-            return record.SerializeToString()
+            outcomes = []
+            changed = False
+            for fn in fns:
+                moment = now()
+                outcome = fn(record, moment)
+                if outcome.changed:
+                    job_state.commit(record, outcome, moment)
+                    changed = True
+                outcomes.append(outcome)
+            result["record"], result["outcomes"] = record, outcomes
+            return record.SerializeToString() if changed else None
 
-        await self.bus.kv_update(subjects.KV_JOBS, key, mutate)
-        return result["record"], result["outcome"]  # type: ignore[return-value]
+        _value, revision = await self._compare_and_set(key, mutate)
+        record = result["record"]
+        self._revisions[id(record)] = (record, revision)  # type: ignore[assignment]
+        while len(self._revisions) > _REMEMBERED_REVISIONS:  # transitions never flushed (errors)
+            del self._revisions[next(iter(self._revisions))]
+        return record, result["outcomes"]  # type: ignore[return-value]
 
     async def flush(self, record: events_pb2.JobRecord) -> None:
-        """Publish the record's outbox, then remove the published entries from the stored record."""
+        """Publish the record's outbox, then remove the published entries from the stored record.
+
+        Publishes are sent in order (job events by sequence, then pass requests) and their
+        acknowledgements awaited together. When ``record`` came from :meth:`transition` its revision
+        is known, so the outbox is cleared by one compare-and-set on that revision (a writer in between
+        makes it read the record afresh, as before).
+        """
+        known = self._revisions.pop(id(record), None)
+        revision = known[1] if known is not None and known[0] is record else None
         if not record.outbox_events and not record.outbox_requests:
             return
         job_id = record.job.job_id
-        last_event = 0
-        for event in sorted(record.outbox_events, key=lambda e: e.sequence):
-            await self.bus.publish(
-                subjects.job_event_subject(job_id), event, msg_id=job_event_msg_id(job_id, event.sequence)
+        events = sorted(record.outbox_events, key=lambda e: e.sequence)
+        await asyncio.gather(
+            *(
+                self.bus.publish(
+                    subjects.job_event_subject(job_id), event, msg_id=job_event_msg_id(job_id, event.sequence)
+                )
+                for event in events
             )
-            last_event = event.sequence
-        published: list[tuple[str, int]] = []
-        for entry in record.outbox_requests:
-            if self.dispatch is not None:
-                await self.dispatch(record.tenant, entry)
-                published.append((entry.msg_id, 0))
-                continue
-            ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
-            published.append((entry.msg_id, int(ack.seq or 0)))
+        )
+        last_event = events[-1].sequence if events else 0
+        entries = list(record.outbox_requests)
+        if self.dispatch is not None:
+            await asyncio.gather(*(self.dispatch(record.tenant, entry) for entry in entries))
+            published = [(entry.msg_id, 0) for entry in entries]
+        else:
+            acks = await asyncio.gather(
+                *(self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id) for entry in entries)
+            )
+            published = [(entry.msg_id, int(ack.seq or 0)) for entry, ack in zip(entries, acks, strict=True)]
         key = names.job_key(record.tenant, job_id)
+        if revision:
+            cleared = events_pb2.JobRecord()
+            cleared.CopyFrom(record)
+            if not job_state.clear_outbox(cleared, last_event, published):
+                return
+            value = cleared.SerializeToString()
+            with nats_errors(f"write {key}"):
+                try:
+                    self._remember(key, value, await self.kv.update(key, value, last=revision))
+                    return
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass  # written meanwhile: clear the fresh record below
 
         def mutate(current: bytes | None) -> bytes | None:
             if current is None:
@@ -136,7 +256,7 @@ class JobStore:
                 return None
             return fresh.SerializeToString()
 
-        await self.bus.kv_update(subjects.KV_JOBS, key, mutate)
+        await self._compare_and_set(key, mutate)
 
     async def flush_key(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
         """Publish whatever the stored record still holds in its outbox."""
@@ -163,5 +283,5 @@ class JobStore:
             record.job.updated_at.FromDatetime(now())
             return record.SerializeToString()
 
-        await self.bus.kv_update(subjects.KV_JOBS, key, mutate)
+        await self._compare_and_set(key, mutate)
         return result.get("record")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import nats.errors
 import nats.js.errors
@@ -13,6 +14,10 @@ from multipass.bus import nats_errors
 
 _DELETED = ("DEL", "PURGE")
 _BATCH = 256
+#: How long one fetch of a listing waits before asking the consumer whether anything is left.
+FETCH_WAIT_SECONDS = 0.25
+#: How long a listing may take in all before it is Unavailable.
+LIST_DEADLINE_SECONDS = 5.0
 
 
 async def get(store: KeyValue, key: str) -> tuple[bytes, int] | None:
@@ -29,49 +34,66 @@ async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list
     """Latest (key, value) of every live key matching ``pattern`` (NATS wildcards ``*`` and ``>``), sorted.
 
     Reads the bucket's stream through a short-lived consumer delivering the last message per subject,
-    filtered on the server, so listing one tenant's keys does not read every tenant's. The consumer's
-    pending count at creation bounds how many messages make up the listing (nats-py's KV watcher may
-    signal "no more" before delivering what it already received), and each message's own pending count
-    ends it early when keys were removed meanwhile (a purged key's message never arrives). With
+    filtered on the server, so listing one tenant's keys does not read every tenant's. With
     ``values=False`` only keys are transferred (values come back empty).
+
+    When does it end? The consumer's pending count at creation, and each message's count of what is
+    pending after it, say when the last message came, but keys purged while we list make both wrong
+    (counted messages that never arrive; a 0 before the last one). So the stream has the last word: the
+    listing is complete when every key that exists now (``stream_info`` with a subject filter) was
+    delivered. A fetch waits only briefly (``FETCH_WAIT_SECONDS``) before asking; the listing gives up
+    after ``LIST_DEADLINE_SECONDS`` (Unavailable), never stalls on a count that cannot be reached.
     """
     # nats-py's KeyValue keeps its stream name and subject prefix in these attributes (no public accessor).
     js, stream, prefix = store._js, store._stream, store._pre
+    subject_filter = f"{prefix}{pattern}"
     config = api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE,
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-        filter_subject=f"{prefix}{pattern}",
+        filter_subject=subject_filter,
         headers_only=not values,
         inactive_threshold=30.0,
         mem_storage=True,
         num_replicas=1,
     )
     found: dict[str, bytes] = {}
+    seen: set[str] = set()
     with nats_errors(f"list {pattern}"):
         info = await js.add_consumer(stream, config)
         try:
             remaining = info.num_pending or 0
             if remaining:
+                deadline = time.monotonic() + LIST_DEADLINE_SECONDS
                 sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
                 try:
-                    while remaining > 0:
+                    while True:
+                        if remaining <= 0:
+                            # The count ran out, or a message said nothing is pending after it: with
+                            # keys purged meanwhile either can be wrong, so the stream has the last word.
+                            if await _subjects(js, stream, subject_filter) <= seen:
+                                break
+                            remaining = 1
                         try:
-                            msgs = await sub.fetch(batch=min(remaining, _BATCH), timeout=5.0)
+                            msgs = await sub.fetch(batch=min(remaining, _BATCH), timeout=FETCH_WAIT_SECONDS)
                         except nats.errors.TimeoutError:
-                            # Keys removed (purged) while we listed never arrive; stop once none is left.
-                            if (await js.consumer_info(stream, info.name)).num_pending:
+                            # Nothing came: keys purged since the consumer counted them never arrive.
+                            # Done when every key that exists now was delivered; else wait again.
+                            if await _subjects(js, stream, subject_filter) <= seen:
+                                break
+                            if time.monotonic() > deadline:
                                 raise
-                            break
+                            continue
                         for msg in msgs:
                             remaining -= 1
                             headers = msg.headers or {}
+                            seen.add(msg.subject)
                             key = msg.subject[len(prefix) :]
                             if headers.get("KV-Operation") in _DELETED or headers.get("Nats-Marker-Reason"):
                                 found.pop(key, None)
                             else:
                                 found[key] = msg.data or b""
                             if not msg.metadata.num_pending:
-                                remaining = 0  # the last one there is now (removed keys included)
+                                remaining = 0  # the last one there is now, as far as the consumer knows
                 finally:
                     await sub.unsubscribe()
         finally:
@@ -82,6 +104,24 @@ async def entries(store: KeyValue, pattern: str, *, values: bool = True) -> list
 
 async def keys(store: KeyValue, pattern: str) -> list[str]:
     return [key for key, _ in await entries(store, pattern, values=False)]
+
+
+async def purged_keys(store: KeyValue, pattern: str) -> list[str]:
+    """Every key matching ``pattern``, sorted, in one request, for prefixes whose keys are only ever
+    removed by :func:`remove` (purged, so no delete marker keeps a removed key's subject alive).
+
+    The stream reports the subjects that hold messages; with purge-only removal those are exactly the
+    live keys. (The server answers up to 100,000 subjects at once, far above the markers' bounds.)
+    """
+    js, stream, prefix = store._js, store._stream, store._pre
+    with nats_errors(f"list {pattern}"):
+        subjects = await _subjects(js, stream, f"{prefix}{pattern}")
+    return sorted(subject[len(prefix) :] for subject in subjects)
+
+
+async def _subjects(js, stream: str, subject_filter: str) -> set[str]:
+    info = await js.stream_info(stream, subjects_filter=subject_filter)
+    return set((info.state.subjects or {}) if info.state else {})
 
 
 async def delete(store: KeyValue, key: str) -> None:

@@ -87,7 +87,10 @@ class JobLifecycle:
                 await self._kv.put(callback_key(record.tenant, job.job_id), b"1")
             self.schedule_callback(record.tenant, job.job_id)
         if self.scheduler is not None:
-            await self.scheduler.withdraw(record.tenant, job.job_id)
+            # A job that succeeded has no pass left in the work queue: only its markers go.
+            await self.scheduler.withdraw(
+                record.tenant, job.job_id, delete_released=job.state != jobs_pb2.JOB_STATE_SUCCEEDED
+            )
         await self.budget.remove(record.tenant, job.job_id)
         log.info("job finished", extra={"job_id": job.job_id, "state": state})
 

@@ -3,8 +3,10 @@
 One durable consumer (``gateway-orchestrator`` on ``multipass.events.>``) is shared by every gateway
 replica, so each event is handled once while it is acked; a replica that dies mid-event leaves it to be
 redelivered. Handling an event = compare-and-set the pure transition on the job record, publish the
-outbox (job events, next pass requests), ack. A redelivered or late event finds its transition already
-applied (idempotent on image, pass and attempt) and at most publishes an outbox left behind.
+outbox (job events, next pass requests), ack. Events of one job that arrive while one of its events is
+being handled are handled together in the next round for that job (one write, one outbox flush). A
+redelivered or late event finds its transition already applied (idempotent on image, pass and attempt)
+and at most publishes an outbox left behind.
 
 An event that ends a pass attempt (completed, or failed without the worker retrying) frees the
 attempt's in-flight slot in the :class:`~multipass_gateway.scheduler.PassScheduler`, after the
@@ -55,6 +57,8 @@ class Orchestrator:
         self.scheduler = scheduler
         self.max_attempts = max_attempts
         self.concurrency = concurrency
+        #: (tenant, job_id) -> events waiting for that job's current applier, with their futures.
+        self._pending: dict[tuple[str, str], list[tuple[events_pb2.PassEvent, asyncio.Future]]] = {}
 
     async def handle(self, delivery: Delivery):
         event = delivery.parse(events_pb2.PassEvent)
@@ -67,30 +71,72 @@ class Orchestrator:
         return Ack()
 
     async def apply(self, event: events_pb2.PassEvent) -> job_state.Outcome:
-        """Apply one pass event to its job (idempotent); NotFound when the job does not exist."""
-        with log_context(job_id=event.job_id, **{"pass": event.pass_name, "image": event.image_index}):
+        """Apply one pass event to its job (idempotent); NotFound when the job does not exist.
+
+        Events of one job that arrive while another of its events is being applied wait and are then
+        applied together: one compare-and-set of the record and one flush of the outbox for all of
+        them (a worker's ``started`` and ``completed`` often arrive together). Each event's outcome is
+        what applying it alone, in arrival order, would give.
+        """
+        job = (event.tenant, event.job_id)
+        waiter: asyncio.Future = asyncio.get_running_loop().create_future()
+        queued = self._pending.get(job)
+        if queued is not None:
+            queued.append((event, waiter))  # the job's current applier takes it in its next batch
+            return await waiter
+        self._pending[job] = [(event, waiter)]
+        try:
+            while batch := self._pending[job]:
+                self._pending[job] = []
+                try:
+                    outcomes = await self._apply_batch([e for e, _ in batch])
+                except BaseException as error:
+                    for _event, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_event, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            for _event, future in self._pending.pop(job, []):
+                if not future.done():
+                    future.cancel()
+        return await waiter
+
+    async def _apply_batch(self, events: list[events_pb2.PassEvent]) -> list[job_state.Outcome]:
+        first = events[0]
+        with log_context(job_id=first.job_id, **{"pass": first.pass_name, "image": first.image_index}):
             try:
-                record, outcome = await self.jobs.transition(
-                    event.tenant,
-                    event.job_id,
-                    lambda record, now: job_state.apply_event(
-                        record, event, now, max_attempts=self.max_attempts
-                    ),
+                record, outcomes = await self.jobs.transition_many(
+                    first.tenant,
+                    first.job_id,
+                    [
+                        lambda record, now, event=event: job_state.apply_event(
+                            record, event, now, max_attempts=self.max_attempts
+                        )
+                        for event in events
+                    ],
                 )
             except NotFound:
                 log.warning("pass event for an unknown job; dropped")
                 raise
-            if outcome.note:
-                log.debug(
-                    "pass event changed nothing",
-                    extra={"note": outcome.note, "event": event.WhichOneof("event")},
-                )
+            for event, outcome in zip(events, outcomes, strict=True):
+                if outcome.note:
+                    log.debug(
+                        "pass event changed nothing",
+                        extra={"note": outcome.note, "event": event.WhichOneof("event")},
+                    )
             await self.jobs.flush(record)
-            if outcome.finished:
+            if any(outcome.finished for outcome in outcomes):
                 await self.lifecycle.finished(record)
-            if self.scheduler is not None and ends_attempt(event):
-                await self.scheduler.done(PassKey.of_request(event.tenant, event))
-        return outcome
+            if self.scheduler is not None:
+                for event in events:
+                    if ends_attempt(event):
+                        await self.scheduler.done(PassKey.of_request(event.tenant, event))
+        return outcomes
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.bus.consume(

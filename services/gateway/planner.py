@@ -4,7 +4,8 @@ Chain of image *k* (seed ``seed + k``), each pass only when asked for:
 
 ``prepare`` (gateway, done at submit) → ``mask`` (the --mask_prompt mask of the input image) →
 ``base`` (skipped in keep-background mode) → ``segment`` (one mask per person slot) → ``person-0`` ..
-``person-N-1`` (sequential on the updated image) → ``hires`` → ``faces`` → ``face_correct`` →
+``person-N-1`` (sequential on the updated image; persons whose crops are disjoint become parallel stages
+with a ``composite`` pass once the masks are known, :mod:`multipass_gateway.person_stages`) → ``hires`` → ``faces`` → ``face_correct`` →
 ``face_swap`` → ``upscale`` → ``finish`` (film grain / colour grading).
 
 ``--only_upscale`` reduces the chain to ``prepare`` → ``upscale`` (→ ``finish``). Each diffusion pass
@@ -84,6 +85,9 @@ class PlannerConfig:
     faces_denoising_strength: float = 0.4
     #: ControlNet strength keeping a person's pose during the person pass.
     person_pose_scale: float = 0.8
+    #: The person model's working size when persons may run in parallel
+    #: (:func:`multipass_gateway.person_stages.parallel_working_size`); 0 = always one after the other.
+    parallel_working_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -400,15 +404,15 @@ def plan_image(
             elif pose_installed and can_estimate_pose(config.capabilities):
                 spec.controlnet = "pose"
                 spec.controlnet_conditioning_scale = config.person_pose_scale
-            passes.append(
-                _planned(
-                    f"person-{person.index}",
-                    "person",
-                    spec,
-                    _denoise_steps(params.steps, person_strength),
-                    person.index,
-                )
+            planned = _planned(
+                f"person-{person.index}",
+                "person",
+                spec,
+                _denoise_steps(params.steps, person_strength),
+                person.index,
             )
+            planned.parallel_working_size = config.parallel_working_size
+            passes.append(planned)
 
     if params.hires_fix:
         spec = common("hires", config.base_model, base_prompt, base_negative, parsed.base_loras)

@@ -28,6 +28,7 @@ from multipass_gateway.gateway_passes import GatewayPasses
 from multipass_gateway.job_store import JobStore
 from multipass_gateway.lifecycle import JobLifecycle
 from multipass_gateway.orchestrator import Orchestrator
+from multipass_gateway.replica_notes import ReplicaNotes
 from multipass_gateway.scheduler import PassScheduler
 from multipass_gateway.settings import GatewaySettings
 from multipass_gateway.ssrf import AddressPolicy
@@ -97,15 +98,21 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             allow_hosts=settings.fetch_allow.hosts, allow_networks=settings.fetch_allow.networks
         )
         http = SafeHttp(policy, resolver=resolver)
+        notes = ReplicaNotes(bus)
+        await notes.start()
         scheduler = PassScheduler(
             bus,
             jobs_kv,
             tenant_limit=settings.limits.tenant_max_passes_in_flight,
             global_limit=settings.limits.max_passes_in_flight,
             interval=settings.scheduler_interval_seconds,
+            resync_interval=settings.scheduler_resync_seconds,
+            notes=notes,
         )
         jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
-        budget = PendingBudget(jobs_kv, settings.limits)
+        budget = PendingBudget(
+            jobs_kv, settings.limits, refresh_interval=settings.budget_refresh_seconds, notes=notes
+        )
         tenants = TenantStore(await bus.kv(subjects.KV_TENANTS), settings.api_key_pepper)
         tunes = TuneStore(await bus.kv(subjects.KV_TUNES), objects, http, settings.limits)
         lifecycle = JobLifecycle(
@@ -144,6 +151,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         tasks = [
             asyncio.create_task(orchestrator.run(stop_event), name="orchestrator"),
             asyncio.create_task(scheduler.run(stop_event), name="pass-scheduler"),
+            asyncio.create_task(budget.run(stop_event), name="budget-mirror"),
             asyncio.create_task(gateway_passes.run(stop_event), name="gateway-passes"),
             asyncio.create_task(lifecycle.run_sweeper(stop_event), name="sweeper"),
             asyncio.create_task(lifecycle.run_queue_gauge(stop_event), name="queue-gauge"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError, Violation
+from multipass_gateway.base_batching import DEFAULT_MAX_BATCH
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:50050"
 DEFAULT_METRICS_PORT = 9100
@@ -45,6 +46,8 @@ class Limits:
     tenant_max_passes_in_flight: int = 16
     #: Passes of every tenant released and not finished yet (size it to the workers' capacity).
     max_passes_in_flight: int = 64
+    #: Images of one job whose first base passes go to the worker as one batch (1 = never batch).
+    max_base_batch: int = DEFAULT_MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class GatewaySettings:
     #: Upscale factor of super_resolution; hires_fix scale.
     upscale_factor: float = 4.0
     hires_scale: float = 1.5
+    #: Person passes whose crops avoid each other's masks run at the same time, then one composite pass
+    #: merges them (``MULTIPASS_GATEWAY_PARALLEL_PERSONS``; docs/PARALLEL_PERSONS.md).
+    parallel_persons: bool = True
     #: Largest width/height a chain may reach before hires/upscale.
     max_side: int = 2048
     #: Seconds between sweeps for unpublished outboxes, unfinished callbacks and stale markers.
@@ -102,8 +108,15 @@ class GatewaySettings:
     queue_metrics_interval_seconds: float = 10.0
     #: Seconds between pass release rounds when nothing wakes the scheduler earlier.
     scheduler_interval_seconds: float = 1.0
-    #: Concurrent handlers of pass events in this replica.
-    event_concurrency: int = 8
+    #: Seconds between rebuilds of a replica's in-memory mirror of the scheduler queues from KV (release
+    #: rounds read the mirror; own writes and other replicas' notes keep it current in between).
+    scheduler_resync_seconds: float = 5.0
+    #: Seconds between rebuilds of a replica's mirror of the pending-work markers (SubmitJob's budget check).
+    budget_refresh_seconds: float = 5.0
+    #: Concurrent handlers of pass events in this replica. Each handler mostly waits on NATS round trips,
+    #: and events of one job that arrive together are applied in one write, so more handlers mean more
+    #: overlap and more coalescing, not more CPU per event.
+    event_concurrency: int = 32
     log_level: str = "INFO"
 
     def __repr__(self) -> str:  # secrets never reach a log line
@@ -151,6 +164,7 @@ class GatewaySettings:
             max_passes_in_flight=reader.int(
                 "GATEWAY_MAX_PASSES_IN_FLIGHT", defaults.max_passes_in_flight, min=1
             ),
+            max_base_batch=reader.int("GATEWAY_MAX_BASE_BATCH", defaults.max_base_batch, min=1, max=16),
         )
         callback_defaults = CallbackSettings()
         callbacks = CallbackSettings(
@@ -186,13 +200,16 @@ class GatewaySettings:
             info_ttl_seconds=reader.float("GATEWAY_INFO_TTL_SECONDS", 30.0, min=0.0),
             upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
             hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
+            parallel_persons=reader.bool("GATEWAY_PARALLEL_PERSONS", True),
             max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),
             sweep_interval_seconds=reader.float("GATEWAY_SWEEP_INTERVAL_SECONDS", 30.0, min=0.1),
             queue_metrics_interval_seconds=reader.float(
                 "GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1
             ),
             scheduler_interval_seconds=reader.float("GATEWAY_SCHEDULER_INTERVAL_SECONDS", 1.0, min=0.05),
-            event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 8, min=1, max=256),
+            scheduler_resync_seconds=reader.float("GATEWAY_SCHEDULER_RESYNC_SECONDS", 5.0, min=0.1),
+            budget_refresh_seconds=reader.float("GATEWAY_BUDGET_REFRESH_SECONDS", 5.0, min=0.1),
+            event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 32, min=1, max=256),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         reader.check()

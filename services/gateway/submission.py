@@ -27,7 +27,7 @@ from multipass.errors import FailedPrecondition, InvalidInput, MultipassError, N
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
-from multipass_gateway import gateway_metrics, job_state, kv, names, planner
+from multipass_gateway import gateway_metrics, job_state, kv, names, person_stages, planner
 from multipass_gateway.budget import PendingBudget
 from multipass_gateway.clients import DiffusionInfo, InternalClients
 from multipass_gateway.fetch import FetchError, SafeHttp
@@ -205,7 +205,9 @@ class Submitter:
                 models=(base_model, person_model),
                 started=started,
             )
-            outcome = job_state.start(record, datetime.now(UTC))
+            outcome = job_state.start(
+                record, datetime.now(UTC), max_batch=self.settings.limits.max_base_batch
+            )
             job_state.commit(record, outcome, datetime.now(UTC))
             cost = job_state.remaining_passes(record)
             await self.budget.check(tenant, cost)
@@ -479,6 +481,9 @@ class Submitter:
             capabilities=capabilities,
             hires_scale=self.settings.hires_scale,
             upscale_factor=self.settings.upscale_factor,
+            parallel_working_size=person_stages.parallel_working_size(
+                info, person_model, enabled=self.settings.parallel_persons
+            ),
         )
         inputs = planner.JobInputs(
             seed=seed,

@@ -491,11 +491,15 @@ class Bus:
         backoff: Sequence[float] = DEFAULT_BACKOFF,
         fetch_timeout: float = 1.0,
         on_term: TermHook | None = None,
+        prefetch_gate: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """Run ``handler`` on the messages of a durable pull consumer until ``stop`` is set.
 
         Up to ``concurrency`` handlers run at once; one fetch asks for at most ``min(batch, free
-        slots)`` messages, so no fetched message waits unattended. When ``stop`` is set the loop stops
+        slots)`` messages, so no fetched message waits unattended. With ``prefetch_gate``, a fetch while
+        handlers are in flight waits until the gate's awaitable completes (or every handler ended): a
+        worker takes its next message only once its device is busy, so an idle replica beside it gets the
+        message instead of it waiting behind this one's current work. When ``stop`` is set the loop stops
         fetching, lets the handlers in flight finish and decide, then unsubscribes. Cancelling the task
         instead naks the messages in flight (delay 0) so another worker takes them at once.
         """
@@ -521,6 +525,14 @@ class Bus:
                 if free <= 0:
                     await asyncio.wait({*in_flight, stopped}, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if prefetch_gate is not None and in_flight:
+                    gate = asyncio.ensure_future(prefetch_gate())
+                    try:
+                        await asyncio.wait({gate, *in_flight, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        gate.cancel()
+                    if not gate.done() or gate.cancelled():
+                        continue  # a handler ended or we are stopping: look again
                 try:
                     msgs = await self._fetch_unless_closing(sub, min(batch, free), fetch_timeout)
                     if msgs is None:

@@ -71,6 +71,24 @@ class FakeDiffusionInfo(diffusion_pb2_grpc.DiffusionServicer):
         )
 
 
+def batch_members(request: diffusion_pb2.PassRequest) -> list[diffusion_pb2.PassRequest]:
+    """The lead request and one request per ``batch`` member (image, attempt, seed, output key replaced)."""
+    members = []
+    for member in [None, *request.batch]:
+        one = diffusion_pb2.PassRequest()
+        one.CopyFrom(request)
+        one.ClearField("batch")
+        if member is not None:
+            one.image_index, one.attempt, one.output_key = (
+                member.image_index,
+                member.attempt,
+                member.output_key,
+            )
+            one.spec.seed = member.seed
+        members.append(one)
+    return members
+
+
 class FakeWorker:
     """Answers pass requests like a diffusion worker: started, progress per step, an image, completed."""
 
@@ -102,6 +120,12 @@ class FakeWorker:
         request = delivery.parse(diffusion_pb2.PassRequest)
         await self.gate.wait()
         self.seen.append(request)
+        decision = Ack()
+        for member in batch_members(request):  # a batched base request: each member is a pass of its own
+            decision = await self._answer(member)
+        return decision
+
+    async def _answer(self, request: diffusion_pb2.PassRequest):
         spec = request.spec
         steps = max(1, spec.steps)
         await self._emit(

@@ -335,6 +335,45 @@ async def test_concurrency_bounds_handlers_in_flight(bus):
     assert sorted(done) == [f"pass-{i}".encode() for i in range(6)]
 
 
+async def test_prefetch_gate_holds_the_next_fetch_until_it_opens(bus):
+    await publish_passes(bus, 3)
+    stop, gate_open, started, release = asyncio.Event(), asyncio.Event(), [], asyncio.Event()
+
+    async def handler(delivery):
+        started.append(delivery.data)
+        await release.wait()
+        if len(started) == 3:
+            stop.set()
+        return Ack()
+
+    loop = consumer(bus, handler, stop, concurrency=3, prefetch_gate=gate_open.wait)
+    await wait_until(lambda: len(started) == 1)
+    await asyncio.sleep(0.5)  # two free slots, but the gate is shut: nothing more is taken
+    assert started == [b"pass-0"]
+    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    assert (state.num_pending, state.num_ack_pending) == (2, 1)
+    gate_open.set()
+    await wait_until(lambda: len(started) == 3)
+    release.set()
+    await asyncio.wait_for(loop, 10)
+    assert started == [b"pass-0", b"pass-1", b"pass-2"]
+
+
+async def test_shut_prefetch_gate_still_fetches_once_the_handlers_ended(bus):
+    await publish_passes(bus, 2)
+    stop, seen = asyncio.Event(), []
+
+    async def handler(delivery):
+        seen.append(delivery.data)
+        if len(seen) == 2:
+            stop.set()
+        return Ack()
+
+    never = asyncio.Event()
+    await asyncio.wait_for(consumer(bus, handler, stop, concurrency=2, prefetch_gate=never.wait), 10)
+    assert seen == [b"pass-0", b"pass-1"]
+
+
 async def test_stop_finishes_the_message_in_flight_and_leaves_the_rest(bus):
     await publish_passes(bus, 3)
     stop, seen = asyncio.Event(), []

@@ -342,3 +342,83 @@ async def test_cancel_stops_the_running_pass(service, bus, store):
     steps = [e.progress.step for k, e in seen if k == "progress"]
     assert max(steps) < 150
     assert not await store.exists(BUCKET_JOBS, "jobs/t1/J3/image-0/base.png")
+
+
+# -- prefetch: a held pass waits for the device with its inputs fetched ---------------------------------
+
+
+async def ack_pending_becomes(bus, wanted: int, timeout: float = 5.0) -> int:
+    state = None
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await bus.consumer_info(subjects.STREAM_PASSES, subjects.diffusion_durable(SD15_MODEL))
+            if state.num_ack_pending == wanted:
+                return wanted
+            await asyncio.sleep(0.05)
+
+
+async def test_a_held_pass_runs_right_after_the_running_one(service, bus, store):
+    from multipass_diffusion import metrics
+
+    assert service.settings.prefetch_depth == 1
+    idle_count = metrics.DEVICE_IDLE._sum.get(), sum(b.get() for b in metrics.DEVICE_IDLE._buckets)
+    busy = metrics.DEVICE_BUSY._value.get()
+    events = await watch(bus, "J5")
+    await submit(bus, "J5", "slow", base_spec(steps=60, width=128, height=128))
+    await submit(bus, "J5", "next", base_spec(seed=8))
+    seen = await events.until("progress", "slow")
+    assert await ack_pending_becomes(bus, 2) == 2  # the second pass is held by this worker meanwhile
+    seen += await events.until("completed", "next")
+    kinds = [(k, e.pass_name) for k, e in seen]
+    assert ("started", "next") not in kinds[: kinds.index(("progress", "slow"))]
+    last_slow_step = max(i for i, (k, name) in enumerate(kinds) if k == "progress" and name == "slow")
+    assert kinds.index(("started", "next")) > last_slow_step  # one pass on the device at a time
+    assert await store.exists(BUCKET_JOBS, "jobs/t1/J5/image-0/next.png")
+    assert sum(b.get() for b in metrics.DEVICE_IDLE._buckets) > idle_count[1]
+    assert metrics.DEVICE_BUSY._value.get() > busy
+    gaps = [gap for gap, _ in service.worker.device.history if gap is not None]
+    assert gaps and all(gap >= 0 for gap in gaps)
+
+
+async def test_a_cancelled_held_pass_fails_without_starting(service, bus, store):
+    running, held = await watch(bus, "J7"), await watch(bus, "J8")
+    await submit(bus, "J7", "slow", base_spec(steps=150, width=128, height=128))
+    await submit(bus, "J8", "held", base_spec())
+    await running.until("progress", "slow")
+    assert await ack_pending_becomes(bus, 2) == 2
+    await bus.publish_core(subjects.cancel_subject("J8"), b"")
+    seen = await held.until("failed", "held", timeout=5.0)
+    assert seen[-1][1].failed.error.code == common_pb2.ERROR_CODE_CANCELLED
+    assert "started" not in [k for k, _ in seen]
+    assert not await store.exists(BUCKET_JOBS, "jobs/t1/J8/image-0/held.png")
+    await bus.publish_core(subjects.cancel_subject("J7"), b"")
+    await running.until("failed", "slow")
+    consumer = await settled(bus)
+    assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+
+
+async def test_stopping_hands_a_held_pass_back_at_once(service, bus, store):
+    events = await watch(bus, "J6")
+    await submit(bus, "J6", "slow", base_spec(steps=150, width=128, height=128))
+    held = await submit(bus, "J6", "held", base_spec())
+    await events.until("progress", "slow")
+    assert await ack_pending_becomes(bus, 2) == 2
+    stopping = asyncio.create_task(service.worker.stop())
+    # Another worker gets the held pass while the slow one still runs on this one.
+    other = await bus.js.pull_subscribe_bind(
+        durable=subjects.diffusion_durable(SD15_MODEL), stream=subjects.STREAM_PASSES
+    )
+    try:
+        (msg,) = await other.fetch(1, timeout=5.0)
+        taken = diffusion_pb2.PassRequest()
+        taken.ParseFromString(msg.data)
+        assert taken.pass_name == held.pass_name and msg.metadata.num_delivered == 2
+        assert not stopping.done()
+        await msg.ack()
+    finally:
+        await other.unsubscribe()
+    await bus.publish_core(subjects.cancel_subject("J6"), b"")
+    seen = await events.until("failed", "slow")
+    await stopping
+    assert ("started", "held") not in [(k, e.pass_name) for k, e in seen]
+    assert (await settled(bus)).num_ack_pending == 0

@@ -74,14 +74,7 @@ async def test_one_tenants_many_jobs_do_not_starve_another_tenants_one_job(stack
 
     async def spied_purge(pattern: str):
         await purge(pattern)
-        stem = pattern.removesuffix(">")
-        flying.difference_update(
-            {
-                k
-                for k in flying
-                if k.flight_key == pattern or (stem != pattern and k.flight_key.startswith(stem))
-            }
-        )
+        flying.difference_update({k for k in flying if subject_matches(pattern, k.flight_key)})
 
     scheduler._release, scheduler._purge = spied_release, spied_purge
     flying.update(key for key in queues.flight)  # A's two, released before the spy
@@ -144,6 +137,17 @@ async def test_queued_passes_survive_a_gateway_restart_and_a_cancel_withdraws_th
     for key in leftovers:
         await jobs_kv.put(key, b"0")
     await eventually(lambda: _empty(scheduler))
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (token != "*" and token != tokens[index]):
+            return False
+    return len(tokens) == len(wanted)
 
 
 async def _equals(awaitable, expected):

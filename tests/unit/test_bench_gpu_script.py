@@ -48,6 +48,10 @@ def test_tiny_run_reports_raw_and_engine_throughput_for_both_families(tmp_path):
         assert set(job["cold_passes"]) == {"base", "person-0", "person-1"}
         assert job["cold_seconds"] > 0 and job["warm_seconds"] > 0
         assert figures["lora_switch"]["disk_fraction"] > 0 and figures["lora_switch_fraction"] > 0
+        batched = figures["batched_base"]
+        assert batched["images"] == gpu.BATCH_IMAGES and len(batched["batched_seconds"]) == 1
+        assert batched["speedup"] == pytest.approx(batched["ratios"][0], rel=1e-3)
+        assert batched["images_per_s_batched"] > 0 and batched["images_per_s_sequential"] > 0
         model_dir = tmp_path / "diffusion" / figures["model"]
         assert (model_dir / "model_index.json").is_file()
     assert (tmp_path / "diffusion" / "sdxl-tinycfg" / "text_encoder_2").is_dir()

@@ -9,6 +9,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from multipass import subjects
@@ -177,3 +178,70 @@ def test_gateway_replicas_share_nats_and_the_standin_but_not_ports(tmp_path):
     assert first.env["MULTIPASS_ADMIN_TOKEN"] == second.env["MULTIPASS_ADMIN_TOKEN"]
     assert first.probe.target == first.env["MULTIPASS_GATEWAY_GRPC_ADDR"]
     assert first.argv[-2:] == ("-m", "multipass_gateway")
+
+
+# -- device idle figures: histogram differences between two scrapes, gaps between pass intervals -------
+
+
+def a_scrape(count: float, buckets: dict[str, float]) -> dict[str, float]:
+    """What ``scrape_device_metrics`` returns: idle count/sum, busy seconds, cumulative ``le:`` buckets."""
+    return {"busy": 1.0, "idle_sum": 0.5, "idle_count": count, **{f"le:{k}": v for k, v in buckets.items()}}
+
+
+def test_histogram_bound_counts_only_the_waits_observed_between_the_scrapes():
+    before = a_scrape(10, {"0.01": 10, "0.1": 10, "1.0": 10, "10.0": 10, "+Inf": 10})
+    # Four waits in between: one <= 0.01 s, two in (0.01, 0.1], one in (1, 10].
+    after = a_scrape(14, {"0.01": 11, "0.1": 13, "1.0": 13, "10.0": 14, "+Inf": 14})
+    assert stack_bench.histogram_bound(before, after, 0.25) == 0.01
+    assert stack_bench.histogram_bound(before, after, 0.5) == 0.1
+    assert stack_bench.histogram_bound(before, after, 0.75) == 0.1
+    assert stack_bench.histogram_bound(before, after, 1.0) == 10.0
+
+
+def test_histogram_bound_orders_bounds_by_value_not_by_their_text():
+    before = a_scrape(0, {})  # the buckets appear in /metrics only with the first observation
+    after = {
+        **a_scrape(3, {}),
+        "le:+Inf": 3,
+        "le:10.0": 3,
+        "le:2.5": 3,
+        "le:0.5": 1,
+    }
+    assert stack_bench.histogram_bound(before, after, 0.5) == 2.5
+    assert stack_bench.histogram_bound(before, after, 0.3) == 0.5
+
+
+def test_histogram_bound_of_waits_beyond_every_finite_bucket():
+    before = a_scrape(2, {"1.0": 2, "+Inf": 2})
+    after = a_scrape(3, {"1.0": 2, "+Inf": 3})
+    assert stack_bench.histogram_bound(before, after, 1.0) == float("inf")
+    assert stack_bench.histogram_bound(before, after, 0.5) == float("inf")
+    without_inf = {k: v for k, v in after.items() if k != "le:+Inf"}
+    assert stack_bench.histogram_bound(before, without_inf, 1.0) is None
+
+
+def test_histogram_bound_is_none_without_new_waits():
+    scrape = a_scrape(5, {"0.1": 5, "+Inf": 5})
+    assert stack_bench.histogram_bound(scrape, dict(scrape), 0.5) is None
+    restarted = a_scrape(1, {"0.1": 1, "+Inf": 1})  # the worker restarted: its counters began again
+    assert stack_bench.histogram_bound(scrape, restarted, 0.5) is None
+
+
+def test_idle_gaps_of_no_pass_or_one_pass_are_empty():
+    assert stack_bench.idle_gaps([]) == []
+    assert stack_bench.idle_gaps([(3.0, 4.0)]) == []
+
+
+def test_idle_gaps_follow_start_order_whatever_the_input_order():
+    gaps = stack_bench.idle_gaps([(5.0, 6.0), (0.0, 1.0), (1.5, 4.0)])
+    assert gaps == pytest.approx([0.5, 1.0])
+
+
+def test_overlapping_and_touching_passes_leave_no_gap():
+    assert stack_bench.idle_gaps([(0.0, 2.0), (1.0, 3.0), (3.0, 4.0)]) == [0.0, 0.0]
+
+
+def test_a_gap_starts_when_the_longest_running_pass_ends():
+    # The second pass runs inside the first: the device is busy until 10.0, not 2.0.
+    gaps = stack_bench.idle_gaps([(0.0, 10.0), (1.0, 2.0), (11.0, 12.0), (12.5, 13.0)])
+    assert gaps == pytest.approx([0.0, 1.0, 0.5])

@@ -9,6 +9,8 @@ Optional handler hooks the engine uses when present:
 - ``cache_parts(spec, model_dir) -> list[str]``: more strings for the pass-cache key (for instance the
   fingerprint of a component the pass loads from the model directory, so new weights miss the cache);
 - ``capabilities(model_dir) -> list[str]``: installed optional components, for ``Diffusion.Info``;
+- ``uses_models = False``: the pass does no model work (``composite``): the engine runs it without a
+  runtime, adapters or the pass cache (``PassContext.runtime``/``components``/``adapters`` are None);
 - ``uses_faceid = True``: the pass samples with ``passes.sampling.generate`` on the engine's component set, so
   the engine conditions it on a ``<faceid:ID:W>`` ref (``multipass_diffusion.faceid``); other passes ignore
   such refs with a warning.
@@ -38,6 +40,7 @@ _REGISTRY: dict[str, PassHandler] = {}
 _MODULES = (
     "multipass_diffusion.passes.base",
     "multipass_diffusion.passes.person",
+    "multipass_diffusion.passes.composite",
     "multipass_diffusion.finishing.registration",
 )
 _loaded = False

@@ -11,8 +11,9 @@ from multipass_diffusion.crop_inpaint import Box, feather, paste
 from multipass_diffusion.passes import register
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.sampling import (
+    batchable,
     check_strength,
-    generate,
+    generate_batch,
     resolve_size,
     scale_skeletons,
     skeletons,
@@ -63,11 +64,29 @@ class BasePass:
             check_strength(spec.denoising_strength)
 
     def run(self, ctx: PassContext) -> Image.Image:
+        (image,) = self.run_batch(ctx, [ctx.spec.seed])
+        return image
+
+    @staticmethod
+    def task(spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> str:
+        """The pipeline task the pass runs: "inpaint" (a mask), "img2img" (an image) or "txt2img"."""
+        if inputs.mask is not None:
+            return "inpaint"
+        if inputs.image is not None and not (spec.controlnet and spec.controlnet_txt2img):
+            return "img2img"
+        return "txt2img"
+
+    def batch_support(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> bool:
+        """Whether several seeds of this spec run as one pipeline call (else the engine runs them in turn)."""
+        return batchable(spec.scheduler, self.task(spec, inputs))
+
+    def run_batch(self, ctx: PassContext, seeds: list[int]) -> list[Image.Image]:
+        """One image per seed (``ctx.spec`` with its seed replaced), in one pipeline call where it can."""
         spec, inputs = ctx.spec, ctx.inputs
         image = inputs.image.convert("RGB") if inputs.image is not None else None
         size = resolve_size(ctx, image)
         if inputs.mask is not None:
-            return self._inpaint(ctx, image, inputs.mask, size)
+            return self._inpaint(ctx, image, inputs.mask, size, seeds)
         resized = (
             image.resize(size, Image.Resampling.LANCZOS)
             if image is not None and image.size != size
@@ -76,20 +95,21 @@ class BasePass:
         if spec.controlnet:
             control = self._control_image(ctx, image, size)
             if resized is None or spec.controlnet_txt2img:
-                return generate(ctx, "txt2img", size=size, control_image=control)
+                return generate_batch(ctx, "txt2img", seeds, size=size, control_image=control)
             strength = spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH
-            return generate(
-                ctx, "img2img", size=size, image=resized, control_image=control, strength=strength
+            return generate_batch(
+                ctx, "img2img", seeds, size=size, image=resized, control_image=control, strength=strength
             )
         if resized is not None:
-            return generate(
+            return generate_batch(
                 ctx,
                 "img2img",
+                seeds,
                 size=size,
                 image=resized,
                 strength=spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH,
             )
-        return generate(ctx, "txt2img", size=size)
+        return generate_batch(ctx, "txt2img", seeds, size=size)
 
     def _control_image(
         self, ctx: PassContext, image: Image.Image | None, size: tuple[int, int]
@@ -107,31 +127,40 @@ class BasePass:
         )
 
     def _inpaint(
-        self, ctx: PassContext, image: Image.Image, mask: Image.Image, size: tuple[int, int]
-    ) -> Image.Image:
+        self,
+        ctx: PassContext,
+        image: Image.Image,
+        mask: Image.Image,
+        size: tuple[int, int],
+        seeds: list[int],
+    ) -> list[Image.Image]:
         """Inpaint the whole picture at ``size``, then paste inside the feathered mask at the image's size."""
         spec = ctx.spec
         alpha = feather(np.asarray(mask.convert("L")), mask_blur(spec))
         if not alpha.any():
             ctx.warn("the mask is empty: the base pass returned the input image unchanged")
-            return image
+            return [image.copy() for _ in seeds]
         work_image = image.resize(size, Image.Resampling.LANCZOS)
         work_mask = Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR)
         control = self._control_image(ctx, image, size) if spec.controlnet else None
         strength = spec.denoising_strength or DEFAULT_INPAINT_STRENGTH
-        result = generate(
+        results = generate_batch(
             ctx,
             "inpaint",
+            seeds,
             size=size,
             image=work_image,
             mask=work_mask,
             control_image=control,
             strength=strength,
         )
-        patch = result.resize(image.size, Image.Resampling.LANCZOS)
         box = Box(0, 0, image.width, image.height)
         ctx.metadata["working_size"] = f"{size[0]}x{size[1]}"
-        return Image.fromarray(paste(np.asarray(image), np.asarray(patch), alpha, box))
+        pasted = []
+        for result in results:
+            patch = result.resize(image.size, Image.Resampling.LANCZOS)
+            pasted.append(Image.fromarray(paste(np.asarray(image), np.asarray(patch), alpha, box)))
+        return pasted
 
 
 register(BasePass())

@@ -32,6 +32,8 @@ class PassInputs:
     control_image: Image.Image | None = None
     #: Local files of the spec's ``tune_files`` by the same keys (tune id; ``<tune_id>/reference-<k>``).
     tune_paths: dict[str, Path] = field(default_factory=dict)
+    #: Composite pass: (image RGB, mask "L") of each ``spec.layers`` entry, in order.
+    layers: list[tuple[Image.Image, Image.Image]] = field(default_factory=list)
 
 
 class StepMonitor:

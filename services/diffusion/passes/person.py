@@ -1,6 +1,7 @@
 """The person pass: crop around the person's mask, inpaint with their prompt and LoRA(s), paste back.
 
-Geometry is in :mod:`multipass_diffusion.crop_inpaint`. The crop is cut from the *current* image (the
+Geometry is in :mod:`multipass_diffusion.crop_inpaint` and :mod:`multipass.crop_geometry` (the crop box,
+which the gateway predicts with the same code to run persons in parallel). The crop is cut from the *current* image (the
 output of the previous pass), resized to the working size (short side = the model's working size),
 inpainted with the optional ControlNet conditioned on the crop (or on the person's skeleton moved into
 the crop), resized back in pixel space and pasted with the feathered mask.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from multipass.crop_geometry import person_crop_box
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion.crop_inpaint import Box, crop_box, feather, paste, working_size
+from multipass_diffusion.crop_inpaint import Box, feather, mask_box, paste, working_size
 from multipass_diffusion.passes import register
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.sampling import check_strength, generate, scale_skeletons, skeletons
@@ -21,9 +23,6 @@ from multipass_diffusion.passes.validation import check_common, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
 
 DEFAULT_STRENGTH = 0.5
-DEFAULT_PADDING = 32
-#: The crop's sides are at least this fraction of the working size (tiny masks get context, not x100 zoom).
-MIN_CROP_FRACTION = 0.25
 
 
 class PersonPass:
@@ -65,17 +64,21 @@ class PersonPass:
         spec = ctx.spec
         image = ctx.inputs.image.convert("RGB")
         alpha = feather(np.asarray(ctx.inputs.mask.convert("L")), mask_blur(spec))
-        aspect = spec.width / spec.height if spec.width and spec.height else image.width / image.height
-        box = crop_box(
-            alpha,
-            padding=spec.crop_padding or DEFAULT_PADDING,
-            crop_factor=spec.crop_factor or 1.0,
-            aspect=aspect,
-            min_size=ctx.working_size * MIN_CROP_FRACTION,
-        )
-        if box is None:
+        tight = mask_box(alpha)
+        if tight is None:
             ctx.warn("the person's mask is empty: the person pass returned the image unchanged")
             return image
+        # The gateway predicts this box (multipass_gateway.person_stages) with the same function.
+        box = person_crop_box(
+            tight,
+            image.width,
+            image.height,
+            crop_padding=spec.crop_padding,
+            crop_factor=spec.crop_factor,
+            spec_width=spec.width,
+            spec_height=spec.height,
+            working_size=ctx.working_size,
+        )
         size = working_size(box.width, box.height, ctx.working_size)
         ctx.metadata["crop_box"] = str(box)
         ctx.metadata["working_size"] = f"{size[0]}x{size[1]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -58,20 +59,87 @@ def generate(
     strength: float | None = None,
 ) -> Image.Image:
     """Run the ``task`` pipeline ("txt2img", "img2img", "inpaint"), with ControlNet when ``control_image`` is given."""
+    (result,) = generate_batch(
+        ctx,
+        task,
+        [ctx.spec.seed],
+        size=size,
+        image=image,
+        mask=mask,
+        control_image=control_image,
+        strength=strength,
+    )
+    return result
+
+
+#: Scheduler names whose noise is not drawn from the pipeline's generators (DPMSolverSDEScheduler seeds
+#: one Brownian tree for the whole batch), so a batch of them would not repeat each seed's image.
+UNBATCHABLE_SCHEDULERS = frozenset({"dpm++sde", "dpm++sde_karras"})
+#: Tasks whose pipelines draw every batch member's noise from that member's generator. Inpainting
+#: encodes the (shared) input image with the first generator only, which shifts the other members'
+#: noise, so an inpaint batch runs member by member.
+BATCHABLE_TASKS = frozenset({"txt2img", "img2img"})
+
+
+def generate_batch(
+    ctx: PassContext,
+    task: str,
+    seeds: Sequence[int],
+    *,
+    size: tuple[int, int],
+    image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    control_image: Image.Image | None = None,
+    strength: float | None = None,
+) -> list[Image.Image]:
+    """One image per seed, ``spec.seed`` replaced by each; as one pipeline call where the task allows.
+
+    A batch passes one generator per seed (``generator=[...]``, ``num_images_per_prompt=len(seeds)``):
+    the pipelines draw each image's initial noise (and img2img's encoding sample) from its own
+    generator, so each image equals the one its seed gives alone, up to batched-matmul rounding. Where
+    that does not hold (:data:`BATCHABLE_TASKS`, :data:`UNBATCHABLE_SCHEDULERS`) the seeds run one after
+    the other with the same step monitor.
+    """
+    if len(seeds) > 1 and not batchable(ctx.spec.scheduler, task):
+        return [
+            _run_pipeline(ctx, task, [seed], size, image, mask, control_image, strength)[0] for seed in seeds
+        ]
+    return _run_pipeline(ctx, task, list(seeds), size, image, mask, control_image, strength)
+
+
+def batchable(scheduler: str, task: str) -> bool:
+    """Whether a pass with this scheduler and pipeline task runs several seeds in one call."""
+    return scheduler not in UNBATCHABLE_SCHEDULERS and task in BATCHABLE_TASKS
+
+
+def _run_pipeline(
+    ctx: PassContext,
+    task: str,
+    seeds: list[int],
+    size: tuple[int, int],
+    image: Image.Image | None,
+    mask: Image.Image | None,
+    control_image: Image.Image | None,
+    strength: float | None,
+) -> list[Image.Image]:
     import torch
 
     spec = ctx.spec
     width, height = size
     controlnet = ctx.runtime.controlnet(spec.controlnet) if control_image is not None else None
     pipe = ctx.components.pipeline(task, controlnet)
-    pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config, seed=spec.seed)
+    pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config, seed=seeds[0])
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
     kwargs: dict = {
         "num_inference_steps": spec.steps,
         "guidance_scale": proto_float(spec.cfg_scale),
-        "generator": torch.Generator("cpu").manual_seed(int(spec.seed)),
+        # One image: a bare generator, exactly as before batching existed (outputs and cache entries stay).
+        "generator": generators if len(generators) > 1 else generators[0],
         "output_type": "pil",
         "callback_on_step_end": ctx.monitor.callback,
     }
+    if len(generators) > 1:
+        kwargs["num_images_per_prompt"] = len(generators)
     kwargs.update(_prompt_kwargs(ctx))
     if ctx.faceid is not None:
         kwargs.update(faceid.pipeline_kwargs(ctx.faceid, pipe, kwargs["guidance_scale"]))
@@ -98,9 +166,11 @@ def generate(
         ctx.metadata["vae_tiled"] = "yes"
     ctx.monitor.check()
     with torch.inference_mode():
-        result = pipe(**kwargs).images[0]
+        results = pipe(**kwargs).images
     ctx.metadata["task"] = task + ("+controlnet" if controlnet is not None else "")
-    return result.convert("RGB")
+    if len(results) != len(seeds):
+        raise RuntimeError(f"the pipeline returned {len(results)} images for {len(seeds)} seeds")
+    return [result.convert("RGB") for result in results]
 
 
 def steps_for_strength(steps: int, strength: float) -> int:

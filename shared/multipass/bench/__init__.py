@@ -9,7 +9,8 @@ Modules: ``timing`` (interleaving, medians), ``report`` (machine, versions, the 
 checks), ``workload`` (tiny models, engines, specs, masks, LoRAs), ``engine_bench`` (crop vs whole
 image, LoRA switching, pass cache), ``memory_bench`` + ``memory_probe`` (shared components),
 ``parallel_bench`` (two person passes in two processes), ``stack_bench`` (the full local stack),
-``control_plane`` + ``standin_worker`` (gateway throughput with an instant worker), ``gpu`` (real
+``control_plane`` + ``standin_worker`` (gateway throughput with an instant worker), ``batch_bench``
+(a job's base passes as one batch vs one by one), ``gpu`` (real
 architectures on CUDA; ``scripts/bench_gpu.py``), ``runner`` (all of it, one JSON object).
 """
 
@@ -24,4 +25,5 @@ METRIC_KEYS = (
     "pass_cache_speedup",
     "shared_components_memory_ratio",
     "parallel_persons_speedup",
+    "batched_base_speedup",
 )

@@ -51,6 +51,17 @@ class Wiring:
         return f"127.0.0.1:{self.ports[name]}"
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``); None where unknown."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class ControlPlane:
     """The composition; ``gateways(n)`` makes exactly ``n`` gateway replicas run."""
 
@@ -237,6 +248,18 @@ class ControlPlane:
             self.extra = None
         return [self.wiring.address(f"gateway-{i}") for i in range(max(1, min(count, 2)))]
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each process of the composition (by name), where readable."""
+        found: dict[str, float] = {}
+        for supervisor in (self.supervisor, self.extra):
+            if supervisor is None:
+                continue
+            for status in supervisor.snapshot():
+                seconds = process_cpu_seconds(status.pid)
+                if seconds is not None:
+                    found[status.name] = seconds
+        return found
+
     def stop(self) -> None:
         if self.extra is not None:
             self.extra.stop()
@@ -324,10 +347,27 @@ async def _burst(nats_url: str, addresses: list[str], api_key: str, jobs: int) -
 
 
 def burst(plane: ControlPlane, replicas: int, jobs: int) -> dict:
+    """One round; besides the rate, the CPU seconds each process used during it (all of it: submit,
+    orchestration, the final GetJob calls), and passes per gateway CPU second: the rate one gateway
+    core would sustain if the gateway had it to itself (the machine's other processes share its cores)."""
+    fresh = replicas >= 2 and plane.extra is None
     addresses = plane.gateways(replicas)
+    if fresh:  # the second replica's first jobs (connections, consumers, caches) are not measured
+        asyncio.run(_burst(plane.wiring.nats_url, addresses, plane.api_key, 4))
+    before = plane.cpu_seconds()
     result = asyncio.run(_burst(plane.wiring.nats_url, addresses, plane.api_key, jobs))
+    after = plane.cpu_seconds()
+    used = {name: round(after[name] - before[name], 3) for name in after if name in before}
     result["replicas"] = len(addresses)
+    result["cpu_seconds"] = used
+    gateway_cpu = sum(seconds for name, seconds in used.items() if name.startswith("gateway-"))
+    if gateway_cpu > 0:
+        result["passes_per_gateway_cpu_second"] = result["passes"] / gateway_cpu
     return result
+
+
+def _rounded(result: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
 def control_plane_throughput(
@@ -345,16 +385,14 @@ def control_plane_throughput(
         plane.gateways(1)
     rate_one = statistics.median(r["passes_per_s"] for r in one)
     rate_two = statistics.median(r["passes_per_s"] for r in two)
+    per_cpu = [r["passes_per_gateway_cpu_second"] for r in one if "passes_per_gateway_cpu_second" in r]
     details = {
         "passes_per_s_1_replica": round(rate_one, 3),
         "passes_per_s_2_replicas": round(rate_two, 3),
         "two_over_one": round(rate_two / rate_one, 3),
-        "rounds_1_replica": [
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in one
-        ],
-        "rounds_2_replicas": [
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in two
-        ],
+        "passes_per_gateway_cpu_second_1_replica": round(statistics.median(per_cpu), 1) if per_cpu else None,
+        "rounds_1_replica": [_rounded(r) for r in one],
+        "rounds_2_replicas": [_rounded(r) for r in two],
         "job": "two persons, no LoRA, 256x256; counted passes: base, segment, person-0, person-1 (4 per job)",
         "worker": "stand-in: started + completed at once with a pre-stored 256x256 image (like a cache hit)",
         "segmentation": "the real segmentation service on tiny SAM (the segment pass is gateway work)",

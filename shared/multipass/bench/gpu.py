@@ -12,8 +12,12 @@ one device and interleaved after a warm-up:
 
 it/s = steps / seconds of the whole call (CUDA synchronised). ``engine_over_raw`` = median of paired
 engine/raw time ratios (target <= 1.05). Then a two-person job through the engine (base + two person
-passes with a random LoRA each; cold = first LoRA loads, warm = again), and the LoRA switch cost on the
-real architecture. ``--tiny`` uses tiny configs of the same architectures and runs on CPU.
+passes with a random LoRA each; cold = first LoRA loads, warm = again), the LoRA switch cost on the
+real architecture, and ``batched_base``: a job's ``BATCH_IMAGES`` base passes as one ``Engine.run_batch``
+call (batch size 4, one generator per seed) vs four ``Engine.run`` calls, interleaved (``speedup`` =
+median of the paired sequential/batched ratios). ``compiled``: the same engine with the UNet compiled
+and LoRAs hot-swapped (``multipass.bench.compile_bench``; CUDA only unless ``--compile on``, else the
+JSON says why it was skipped). ``--tiny`` uses tiny configs of the same architectures and runs on CPU.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import time
 import warnings
 from pathlib import Path
 
-from multipass.bench import engine_bench, report, workload
+from multipass.bench import compile_bench, engine_bench, report, workload
 from multipass.bench.timing import interleave
 
 FAMILIES = ("sd15", "sdxl")
+#: Base passes of one job run as one batch in the ``batched_base`` comparison.
+BATCH_IMAGES = 4
 NATIVE = {("sd15", False): 512, ("sdxl", False): 1024, ("sd15", True): 64, ("sdxl", True): 64}
 BUILD_VERSION = "bench-gpu-v1"
 
@@ -254,7 +260,15 @@ def _sync(device: str) -> None:
 
 
 def bench_family(
-    root: Path, family: str, *, tiny: bool, device: str, steps: int, repetitions: int, lora_rank: int
+    root: Path,
+    family: str,
+    *,
+    tiny: bool,
+    device: str,
+    steps: int,
+    repetitions: int,
+    lora_rank: int,
+    compile_request: str = "auto",
 ) -> dict:
     import torch
 
@@ -331,6 +345,20 @@ def bench_family(
     switch_fraction, switch = engine_bench.lora_switch(
         engine, loras, repetitions=max(2, repetitions), model=name, side=size, steps=steps
     )
+    batched = batched_base(engine, spec, device=device, repetitions=repetitions)
+    compiled = compile_bench.skipped(device, compile_request)
+    if compiled is None:
+        compiled = compile_bench.compiled_variant(
+            engine,
+            spec,
+            loras,
+            name=name,
+            size=size,
+            steps=steps,
+            repetitions=repetitions,
+            lora_rank=lora_rank,
+            sync=lambda: _sync(device),
+        )
     result = {
         "model": name,
         "size": f"{size}x{size}",
@@ -345,12 +373,56 @@ def bench_family(
         "two_person_job": {**job, "persons": "two person passes, strength 0.5, a random LoRA each"},
         "lora_switch_fraction": round(switch_fraction, 6),
         "lora_switch": switch,
+        "batched_base": batched,
+        "compiled": compiled,
         "build_seconds": round(built, 1),
         "load_seconds": round(loaded, 1),
     }
     if device.startswith("cuda"):
         result["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     return result
+
+
+def batched_base(engine, spec, *, device: str, repetitions: int, images: int = BATCH_IMAGES) -> dict:
+    """``images`` base passes of ``spec`` (seeds spec.seed + k) as one batch vs one call each."""
+    seeds = [spec.seed + index for index in range(images)]
+
+    def seeded(seed: int):
+        one = type(spec)()
+        one.CopyFrom(spec)
+        one.seed = seed
+        return one
+
+    def sequential() -> float:
+        _sync(device)
+        begun = time.perf_counter()
+        for seed in seeds:
+            engine.run(seeded(seed))
+        _sync(device)
+        return time.perf_counter() - begun
+
+    def batched() -> float:
+        _sync(device)
+        begun = time.perf_counter()
+        outputs = engine.run_batch(spec, seeds)
+        _sync(device)
+        if any(output.metadata.get("batch") != str(images) for output in outputs):
+            raise RuntimeError("the base passes did not run as one batch")
+        return time.perf_counter() - begun
+
+    paired = interleave(sequential, batched, repetitions=repetitions)
+    figures = {
+        "images": images,
+        "speedup": round(paired.median_ratio, 4),
+        "images_per_s_sequential": round(images / statistics.median(paired.a), 4),
+        "images_per_s_batched": round(images / statistics.median(paired.b), 4),
+        **paired.summary("sequential", "batched"),
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        figures["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return figures
 
 
 def _release(device: str) -> None:
@@ -390,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--lora-rank", type=int, default=None, help="rank of the random LoRAs (32; tiny 4)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="measure the compiled-UNet variant with LoRA hot-swap (auto: on CUDA only)",
+    )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where models go (default .multipass/bench-gpu)"
     )
@@ -434,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             repetitions=args.repetitions,
             lora_rank=args.lora_rank or (4 if args.tiny else 32),
+            compile_request=args.compile,
         )
         _release(device)
     result["elapsed_seconds"] = round(time.perf_counter() - started, 1)

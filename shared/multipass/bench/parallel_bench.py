@@ -1,18 +1,23 @@
-"""Two person passes on disjoint regions: one worker running them one after the other vs two workers
-running one each at the same time, their outputs composited onto the base image.
+"""``parallel_persons_speedup``: two persons whose crops avoid each other's masks, one after the other vs at
+the same time.
 
-The engine and gateway run person passes sequentially today; this measures the engine-level
-equivalent of the parallel plan (design.md: "disjoint masks may run in parallel on several GPUs and be
-composited"). Workers are persistent processes (model loaded before timing) with ``threads`` torch
-threads each; latency = from handing out the work to holding the final image (IPC and compositing
-included). Person ``i``'s output differs from the base image only where its feathered paste mask is
-non-zero, and it reads only its crop box, so when no crop box meets the other person's paste mask the
-composite equals the sequential result byte for byte; the bench checks both the precondition and the
+* Through the local stack (the figure, :func:`parallel_persons_through_stack`): the latency of a two-person
+  job on a stack with 1 diffusion worker and ``MULTIPASS_GATEWAY_PARALLEL_PERSONS=false`` (person-0, then
+  person-1 on its output) over the same job on a stack with 2 diffusion workers and parallel persons on
+  (both persons on the segmented image at once, then the ``composite`` pass). The final images must be
+  byte-identical.
+* Engine level (``details["engine_level"]``, :func:`parallel_persons`): the same two passes on persistent
+  engine processes, composited in the bench, without the gateway, NATS or S3.
+
+Workers run with ``threads`` torch threads each. Person ``i``'s output differs from its input only where its
+feathered paste mask is non-zero, and it reads only its crop box, so when no crop box meets the other
+person's paste mask the composite equals the sequential result byte for byte; both measurements check the
 equality.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import multiprocessing
 import statistics
@@ -249,3 +254,201 @@ def parallel_persons(
         "note": "engine-level equivalent: the gateway runs person passes sequentially today",
     }
     return statistics.median(ratios), details
+
+
+# --- through the local stack -------------------------------------------------------------------------------
+
+#: A two-person job whose persons' crops avoid each other's masks: a wide, low scene (person crops are as
+#: wide as the image's aspect makes them, capped at 2:1, so persons must be far apart for their crops to
+#: miss each other's masks; the default layout puts them at a quarter and three quarters of the width).
+#: ``{take}`` varies the persons' prompts per pair: their passes miss the pass cache while the base and
+#: segment passes (same prompt and seed as the warm-up job) hit it, so the jobs time the persons.
+STACK_PROMPT = (
+    "a long promenade by the sea at dusk BREAK candid photo, soft light "
+    "BREAK ohwx woman, red evening gown, take {take} BREAK ohwx man, black tuxedo, take {take}"
+)
+#: Strength 1: the person passes run all their steps (the work that parallel persons split).
+STACK_PARAMS = {"steps": "8", "w": "1536", "h": "256", "seed": "5", "denoising_strength": "1.0"}
+#: Person crops run at this short side on the stack's workers (bigger than the stack's default 64 so the
+#: person passes, not the orchestration, dominate the job).
+STACK_PERSON_WORKING_SIZE = 256
+
+
+def _final_bytes(reader, job) -> bytes:
+    image = job.images[0]
+    return reader.read(image.final.bucket, image.final.key)
+
+
+class _Stacks:
+    """One local stack per variant (name → (diffusion replicas, service env)), started at the same time.
+
+    Each stack is started and stopped by its own thread, which lives until :meth:`stop`: the supervisor
+    ties its processes to the thread that spawned them (they die with it)."""
+
+    def __init__(self, model_root: Path, directory: Path, variants: dict):
+        import threading
+        from dataclasses import replace
+
+        from multipass.bench.stack_bench import BenchStack
+        from multipass.stack.local_stack import LocalStack
+
+        self.stacks = {}
+        for name, (replicas, service_env) in variants.items():
+            bench_stack = BenchStack(Path(directory) / name, model_root, service_env=service_env)
+            config = replace(bench_stack.stack.config, diffusion_replicas=replicas)
+            bench_stack.stack = LocalStack(config, on_progress=bench_stack.stack._on_progress)
+            self.stacks[name] = bench_stack
+        self._errors: dict[str, BaseException] = {}
+        self._ready = {name: threading.Event() for name in self.stacks}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(name,), daemon=True, name=f"stack-{name}")
+            for name in self.stacks
+        ]
+        for thread in self._threads:
+            thread.start()
+        for event in self._ready.values():
+            event.wait()
+        if self._errors:
+            self.stop()
+            raise MetricUnavailable("; ".join(f"{name}: {error}" for name, error in self._errors.items()))
+
+    def _run(self, name: str) -> None:
+        stack = self.stacks[name]
+        try:
+            stack.__enter__()
+        except BaseException as error:  # noqa: BLE001 - reported by the constructor
+            self._errors[name] = error
+            self._ready[name].set()
+            return
+        self._ready[name].set()
+        self._stop.wait()
+        stack.__exit__(None, None, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+
+def parallel_persons_through_stack(
+    model_root: Path, directory: Path, *, repetitions: int = 3, threads: int = 1
+) -> tuple:
+    """Job latency of a two-person job (disjoint persons): the local stack with 1 diffusion worker and
+    parallel persons off (the sequential chain) over the same stack with 2 workers and parallel persons on
+    (both persons at once, then the composite pass). Both stacks run at the same time, jobs interleaved in
+    pairs (order alternating); median of the pairs' ratios. The final images must be byte-identical."""
+    from multipass.bench.stack_bench import run_job
+
+    env = {
+        "MULTIPASS_DIFFUSION_TORCH_THREADS": str(threads),
+        "MULTIPASS_DIFFUSION_WORKING_SIZE": str(STACK_PERSON_WORKING_SIZE),
+        # A worker holding passes beyond the one it runs could take both persons of a stage.
+        "MULTIPASS_DIFFUSION_PREFETCH": "0",
+    }
+    variants = {
+        "sequential": (1, {**env, "MULTIPASS_GATEWAY_PARALLEL_PERSONS": "false"}),
+        "parallel": (2, {**env, "MULTIPASS_GATEWAY_PARALLEL_PERSONS": "true"}),
+    }
+    seconds: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    finals: dict[str, list[bytes]] = {"sequential": [], "parallel": []}
+    chains: dict[str, list[str]] = {}
+    slots: dict[str, list] = {}
+    passes: dict[str, list[dict[str, float]]] = {"sequential": [], "parallel": []}
+    started = time.perf_counter()
+    running = _Stacks(model_root, directory, variants)
+    stacks = running.stacks
+    try:
+        clients = {name: stack.client() for name, stack in stacks.items()}
+        readers = {name: stack.reader() for name, stack in stacks.items()}
+        startup = time.perf_counter() - started
+
+        def job(name: str, take: str):
+            return run_job(clients[name], STACK_PROMPT.format(take=take), STACK_PARAMS)
+
+        # Warm-up, both stacks at once: models paged in, consumers made, base and segment cached.
+        with concurrent.futures.ThreadPoolExecutor(len(stacks)) as pool:
+            list(pool.map(lambda name: job(name, "warm-up"), stacks))
+        warm_up = time.perf_counter() - started - startup
+        for index in range(repetitions):
+            order = ("sequential", "parallel") if index % 2 == 0 else ("parallel", "sequential")
+            for name in order:
+                run = job(name, str(index))
+                seconds[name].append(run.seconds)
+                finals[name].append(_final_bytes(readers[name], run.job))
+                chains[name] = [p.name for p in run.job.images[0].passes]
+                passes[name].append(_pass_seconds(run.job))
+                slots[name] = [
+                    [round(v) for v in (p.slot_box.x0, p.slot_box.y0, p.slot_box.x1, p.slot_box.y1)]
+                    for p in run.job.persons
+                ]
+    finally:
+        running.stop()
+    total = time.perf_counter() - started
+    if "composite-0" not in chains.get("parallel", []):
+        raise MetricUnavailable(
+            f"the parallel stack ran no composite pass: chain {chains.get('parallel')}, person slots {slots}"
+        )
+    if "composite-0" in chains.get("sequential", []):
+        raise MetricUnavailable("the sequential stack ran a composite pass")
+    identical = finals["sequential"] == finals["parallel"]
+    if not identical:
+        raise MetricUnavailable("the parallel job's final image differs from the sequential job's")
+    ratios = [s / p for s, p in zip(seconds["sequential"], seconds["parallel"], strict=True)]
+    details = {
+        "compared": "two-person job through the local stack: 1 diffusion worker, "
+        "MULTIPASS_GATEWAY_PARALLEL_PERSONS=false (person-0 then person-1) vs 2 diffusion workers, "
+        "parallel persons on (person-0 and person-1 at once, then composite-0); "
+        f"torch threads={threads} per worker, MULTIPASS_DIFFUSION_PREFETCH=0 (one pass held per worker)",
+        "job": {
+            "prompt": STACK_PROMPT,
+            "params": STACK_PARAMS,
+        },
+        "person_working_size": STACK_PERSON_WORKING_SIZE,
+        "chains": chains,
+        "final_images_identical": identical,
+        "sequential_seconds": [round(x, 4) for x in seconds["sequential"]],
+        "parallel_seconds": [round(x, 4) for x in seconds["parallel"]],
+        "sequential_seconds_median": round(statistics.median(seconds["sequential"]), 4),
+        "parallel_seconds_median": round(statistics.median(seconds["parallel"]), 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "pass_seconds": passes,
+        "person_slots": slots.get("parallel"),
+        "repetitions": repetitions,
+        "stack_startup_seconds": round(startup, 2),
+        "warm_up_seconds": round(warm_up, 2),
+        "stack_total_seconds": round(total, 2),
+    }
+    return statistics.median(ratios), details
+
+
+def _pass_seconds(job) -> dict[str, float]:
+    """Seconds from started to finished of each pass of the job's first image (as the gateway recorded)."""
+    found = {}
+    for state in job.images[0].passes:
+        if state.HasField("started_at") and state.HasField("finished_at"):
+            seconds = state.finished_at.ToNanoseconds() - state.started_at.ToNanoseconds()
+            found[state.name] = round(seconds / 1e9, 3)
+    return found
+
+
+def parallel_persons_speedup(
+    model_root: Path, directory: Path, *, repetitions: int = 3, engine_level: bool = True
+) -> tuple:
+    """The figure: job latency through the local stack, 2 diffusion workers (parallel persons) over 1
+    (sequential), with the engine-level measurement of the same idea under ``details["engine_level"]``
+    (skipped when ``engine_level`` is false: the --quick plan)."""
+    value, details = parallel_persons_through_stack(model_root, directory, repetitions=repetitions)
+    if not engine_level:
+        details["engine_level"] = {"value": None, "reason": "not measured in the --quick plan"}
+        return value, details
+    started = time.perf_counter()
+    try:
+        engine_value, engine_details = parallel_persons(
+            model_root, repetitions=1, working_size=STACK_PERSON_WORKING_SIZE
+        )
+        details["engine_level"] = {"value": round(engine_value, 4), **engine_details}
+    except MetricUnavailable as error:
+        details["engine_level"] = {"value": None, "reason": str(error)}
+    details["engine_level"]["seconds"] = round(time.perf_counter() - started, 2)
+    return value, details

@@ -24,6 +24,7 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "pass_cache_speedup": None,
     "shared_components_memory_ratio": ("<=", 1.05),
     "parallel_persons_speedup": None,
+    "batched_base_speedup": None,
 }
 
 

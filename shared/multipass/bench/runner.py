@@ -29,11 +29,15 @@ class Plan:
     pass_cache: int = 3
     overhead: int = 7
     stack_cache: int = 2
+    idle_burst: int = 4
     control_jobs: int = 40
     control_rounds: int = 3
     memory: int = 1
     memory_calibration: bool = True
     parallel: int = 3
+    #: parallel_persons_speedup also measures the engine-level variant (details["engine_level"]).
+    parallel_engine_level: bool = True
+    batched_base: int = 3
 
     @classmethod
     def quick(cls) -> Plan:
@@ -43,11 +47,14 @@ class Plan:
             pass_cache=1,
             overhead=2,
             stack_cache=1,
+            idle_burst=2,
             control_jobs=16,
             control_rounds=1,
             memory=1,
             memory_calibration=False,
             parallel=1,
+            parallel_engine_level=False,
+            batched_base=1,
         )
 
 
@@ -58,10 +65,11 @@ SCHEDULE = {
     "crop_vs_full_speedup": 30,
     "lora_switch_fraction": 90,
     "pass_cache_speedup": 150,
-    "orchestration_overhead_ratio": 250,
-    "control_plane_passes_per_s": 320,
-    "shared_components_memory_ratio": 400,
-    "parallel_persons_speedup": 450,
+    "batched_base_speedup": 200,
+    "orchestration_overhead_ratio": 290,
+    "control_plane_passes_per_s": 360,
+    "shared_components_memory_ratio": 440,
+    "parallel_persons_speedup": 490,
 }
 SLACK_SECONDS = 45
 
@@ -173,6 +181,14 @@ class Bench:
                 self.engine(), loras, repetitions=plan("pass_cache_speedup").pass_cache
             ),
         )
+        from multipass.bench import batch_bench
+
+        self.measure(
+            "batched_base_speedup",
+            lambda: batch_bench.batched_base_speedup(
+                self.engine(), repetitions=plan("batched_base_speedup").batched_base
+            ),
+        )
         self._stack_figures()
         from multipass.bench import control_plane
 
@@ -199,8 +215,11 @@ class Bench:
         )
         self.measure(
             "parallel_persons_speedup",
-            lambda: parallel_bench.parallel_persons(
-                self.model_root, repetitions=plan("parallel_persons_speedup").parallel
+            lambda: parallel_bench.parallel_persons_speedup(
+                self.model_root,
+                self.directory / "parallel-persons",
+                repetitions=plan("parallel_persons_speedup").parallel,
+                engine_level=plan("parallel_persons_speedup").parallel_engine_level,
             ),
         )
         settings = {
@@ -244,6 +263,7 @@ class Bench:
                     self.engine(),
                     repetitions=self.plan_for("orchestration_overhead_ratio").overhead,
                     tune_dir=tunes,
+                    burst_jobs=self.plan_for("orchestration_overhead_ratio").idle_burst,
                 ),
             )
             if self.wanted("pass_cache_speedup"):

@@ -7,6 +7,10 @@ parser, segmentation, diffusion worker and gateway as processes), against the sa
   diffusion pass request exactly as the gateway dispatched it (``job_state.build_request``), fetches
   its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded.
 * ``pass_cache_through_stack``: a cold job vs the same job with one person prompt changed.
+* ``device_idle`` (under ``orchestration_overhead``'s details): after the overhead repetitions, a burst of
+  two-person jobs submitted at once; the diffusion worker's /metrics (device busy seconds, the histogram
+  of device idle while a delivered pass was held) and the passes' timestamps say how much of the burst the
+  device spent idle although work was queued.
 
 The stack's diffusion worker and the in-process engine both run with one torch thread on the same tiny
 models and working size (64, the local stack's for tiny models), so the ratio compares equal work.
@@ -302,7 +306,9 @@ def _pixels_equal(reader, ref, image) -> bool | None:
     return stored.tobytes() == image.convert("RGB").tobytes()
 
 
-def orchestration_overhead(stack: BenchStack, engine, *, repetitions: int = 5, tune_dir: Path) -> tuple:
+def orchestration_overhead(
+    stack: BenchStack, engine, *, repetitions: int = 5, tune_dir: Path, burst_jobs: int = 4
+) -> tuple:
     """Median over repetitions of (job through the stack) / (the same diffusion passes in-process)."""
     with stack.client() as client:
         tunes = register_tunes(client, stack.model_root, tune_dir)
@@ -333,6 +339,7 @@ def orchestration_overhead(stack: BenchStack, engine, *, repetitions: int = 5, t
                 r.pass_name: o.duration_seconds for (_, r, _), (_, o) in zip(fetched, outputs, strict=True)
             }
             timelines.append(timeline(record, run, per_pass))
+        idle = device_idle_burst(stack, client, prompt, jobs=burst_jobs) if burst_jobs else None
     engine.runtime(workload.SD15).adapters.deactivate()
     ratios = [s / e for s, e in zip(stack_seconds, engine_seconds, strict=True)]
     middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
@@ -352,7 +359,131 @@ def orchestration_overhead(stack: BenchStack, engine, *, repetitions: int = 5, t
         "timeline_of_median_job": timelines[middle],
         "repetitions": len(ratios),
     }
+    if idle is not None:
+        details["device_idle"] = idle
     return statistics.median(ratios), details
+
+
+def scrape_device_metrics(url: str) -> dict[str, float]:
+    """The diffusion worker's device counters: busy seconds, the idle histogram's sum and count, and its
+    cumulative bucket counts as ``le:<bound>`` keys."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL of our stack
+        text = response.read().decode()
+    wanted = {
+        "multipass_diffusion_device_busy_seconds_total": "busy",
+        "multipass_diffusion_device_idle_seconds_sum": "idle_sum",
+        "multipass_diffusion_device_idle_seconds_count": "idle_count",
+    }
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                found[wanted[sample.name]] = found.get(wanted[sample.name], 0.0) + sample.value
+            elif sample.name == "multipass_diffusion_device_idle_seconds_bucket":
+                key = f"le:{sample.labels['le']}"
+                found[key] = found.get(key, 0.0) + sample.value
+    missing = sorted(set(wanted.values()) - set(found))
+    if missing:
+        raise MetricUnavailable(f"the diffusion worker's /metrics lacks {', '.join(missing)}")
+    return found
+
+
+def histogram_bound(before: dict[str, float], after: dict[str, float], quantile: float) -> float | None:
+    """The smallest bucket bound holding ``quantile`` of the idle waits observed between two scrapes."""
+    count = after["idle_count"] - before["idle_count"]
+    if count <= 0:
+        return None
+    bounds = sorted((float(key[3:]), key) for key in after if key.startswith("le:"))
+    for bound, key in bounds:
+        if after[key] - before.get(key, 0.0) >= quantile * count:
+            return bound
+    return None
+
+
+def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
+    """Gaps between consecutive passes on one device: time no pass ran between one's end and the next start.
+
+    ``intervals`` are (start, end) of every pass; overlapping ones (a pass stamped started while the one
+    before had not been stamped finished) leave no gap.
+    """
+    gaps = []
+    ordered = sorted(intervals)
+    reached = ordered[0][1] if ordered else 0.0
+    for start, end in ordered[1:]:
+        gaps.append(max(0.0, start - reached))
+        reached = max(reached, end)
+    return gaps
+
+
+def device_idle_burst(stack: BenchStack, client, prompt: str, *, jobs: int) -> dict:
+    """Submit ``jobs`` two-person jobs at once and measure the diffusion device's idle time in the burst.
+
+    Busy seconds and the worker's idle histogram come from its /metrics (differences over the burst); the
+    burst wall time and the gaps between consecutive diffusion passes from the gateway's pass timestamps.
+    ``idle_fraction_while_held`` = idle / (idle + busy) by the worker's own clock (idle counted only while
+    a delivered pass waited); ``idle_fraction_of_burst`` = 1 - busy / burst wall (also counts the time the
+    device waited for passes that depended on segmentation or on an earlier pass).
+    """
+    from multipass.v1 import jobs_pb2
+
+    state = stack.state
+    process = state.get("processes", {}).get("diffusion", {})
+    url = process.get("metrics_url")
+    if not url:
+        return {"unavailable": "the local stack's state names no diffusion metrics URL"}
+    try:
+        before = scrape_device_metrics(url)
+        submitted = [
+            client.jobs.submit(prompt, {**JOB_PARAMS, "seed": str(9100 + index * 13)}).job_id
+            for index in range(jobs)
+        ]
+        finished = [client.jobs.wait(job_id, timeout=600.0) for job_id in submitted]
+        after = scrape_device_metrics(url)
+    except (OSError, MetricUnavailable) as error:
+        return {"unavailable": f"{type(error).__name__}: {error}"}
+    if any(job.state != jobs_pb2.JOB_STATE_SUCCEEDED for job in finished):
+        return {"unavailable": "a job of the burst did not succeed"}
+    intervals = []
+    for job in finished:
+        record = load_record(state["nats_url"], state["tenant"], job.job_id)
+        for image_index, image in enumerate(record.job.images):
+            for index, planned in enumerate(record.plans[image_index].passes):
+                pass_state = image.passes[index]
+                if planned.runs_in != "diffusion" or not pass_state.started_at.seconds:
+                    continue
+                start = pass_state.started_at.ToDatetime().replace(tzinfo=UTC).timestamp()
+                end = pass_state.finished_at.ToDatetime().replace(tzinfo=UTC).timestamp()
+                intervals.append((start, end))
+    if len(intervals) < 2:
+        return {"unavailable": f"only {len(intervals)} diffusion pass(es) with timestamps in the burst"}
+    busy = after["busy"] - before["busy"]
+    idle = after["idle_sum"] - before["idle_sum"]
+    wall = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    gaps = idle_gaps(intervals)
+    waits = int(after["idle_count"] - before["idle_count"])
+    return {
+        "jobs": jobs,
+        "diffusion_passes": len(intervals),
+        "prefetch": clean_env().get("MULTIPASS_DIFFUSION_PREFETCH", "1 (default)"),
+        "device_busy_seconds": round(busy, 4),
+        "burst_wall_seconds": round(wall, 4),
+        "device_idle_seconds_while_held": round(idle, 4),
+        "idle_waits_while_held": waits,
+        "idle_fraction_while_held": round(idle / (idle + busy), 4) if idle + busy > 0 else None,
+        "idle_fraction_of_burst": round(max(0.0, 1.0 - busy / wall), 4) if wall > 0 else None,
+        "idle_wait_mean_seconds": round(idle / waits, 4) if waits else None,
+        "idle_wait_median_at_most_seconds": histogram_bound(before, after, 0.5),
+        "idle_wait_max_at_most_seconds": histogram_bound(before, after, 1.0),
+        "gap_between_passes_median_seconds": round(statistics.median(gaps), 4),
+        "gap_between_passes_max_seconds": round(max(gaps), 4),
+        "gaps_note": "worker waits from its histogram (bucket bounds); pass gaps from the gateway's "
+        "started/finished stamps, which overlap when a held pass starts before the previous one's "
+        "completed event arrives (gap 0)",
+    }
 
 
 def pass_cache_through_stack(stack: BenchStack, *, repetitions: int = 2, tune_dir: Path) -> dict:

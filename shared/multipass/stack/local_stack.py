@@ -56,6 +56,19 @@ GATEWAY = ServiceDef("gateway", "multipass_gateway", "GATEWAY")
 WORKERS = (PARSER, SEGMENTATION, DIFFUSION)
 
 
+def _replicas(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 16:
+        raise StackError(f"MULTIPASS_STACK_DIFFUSION_REPLICAS={text!r}; expected a whole number 1..16")
+    return int(text)
+
+
+def diffusion_replicas(count: int) -> tuple[ServiceDef, ...]:
+    """The diffusion services beyond the first: ``diffusion-2`` .. ``diffusion-<count>``."""
+    return tuple(
+        ServiceDef(f"diffusion-{n}", DIFFUSION.module, DIFFUSION.prefix) for n in range(2, count + 1)
+    )
+
+
 class StackError(RuntimeError):
     """The stack cannot start (already running, a process failed, the dev tenant could not be made)."""
 
@@ -83,6 +96,18 @@ class StackConfig:
     stop_grace: float = 15.0
     restart: RestartPolicy = RestartPolicy()
     python: str = sys.executable
+    #: Diffusion worker processes (``diffusion``, ``diffusion-2``, ...): they share the work queue, so
+    #: passes of one job (parallel persons) or of several jobs run at the same time.
+    diffusion_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.diffusion_replicas < 1:
+            raise ValueError(f"diffusion_replicas is {self.diffusion_replicas}; expected >= 1")
+
+    @property
+    def workers(self) -> tuple[ServiceDef, ...]:
+        """The worker services to start: parser, segmentation and every diffusion replica."""
+        return WORKERS + diffusion_replicas(self.diffusion_replicas)
 
     @classmethod
     def from_env(
@@ -103,6 +128,7 @@ class StackConfig:
                 h.strip() for h in (env.get("MULTIPASS_FETCH_ALLOW_HOSTS") or "").split(",") if h.strip()
             ),
             base_env=env,
+            diffusion_replicas=_replicas(env.get("MULTIPASS_STACK_DIFFUSION_REPLICAS") or "1"),
         )
         return replace(config, **overrides)
 
@@ -122,7 +148,7 @@ class _Wiring:
 
     @classmethod
     def choose(cls, config: StackConfig) -> _Wiring:
-        names = [s.name for s in (*WORKERS, GATEWAY)]
+        names = [s.name for s in (*config.workers, GATEWAY)]
         return cls(
             nats_port=free_port(),
             nats_monitor_port=free_port(),
@@ -256,9 +282,11 @@ class LocalStack:
 
     def _service_defaults(self, service: ServiceDef) -> dict[str, str]:
         """Settings the local stack chooses unless the user's environment sets them."""
-        if service is not DIFFUSION:
+        if service.module != DIFFUSION.module:
             return {}
         defaults = {"MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(self.paths.root / "tune-cache")}
+        if service is not DIFFUSION:
+            defaults["MULTIPASS_DIFFUSION_WORKER_NAME"] = f"{service.name}-{os.getpid()}"
         if self.config.model_dir is None:
             from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 
@@ -317,7 +345,7 @@ class LocalStack:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.paths.data, ignore_errors=True)
         self.paths.data.mkdir(parents=True)
-        for name in ("nats", "s3", *(s.name for s in (*WORKERS, GATEWAY))):
+        for name in ("nats", "s3", *(s.name for s in (*self.config.workers, GATEWAY))):
             (self.paths.logs / f"{name}.log").unlink(missing_ok=True)
 
     def _start(self) -> None:
@@ -338,8 +366,9 @@ class LocalStack:
         infra = self._infra_specs(wiring)
         self._progress("starting " + ", ".join(s.name for s in infra))
         self.supervisor.start_group(infra)
-        self._progress("starting " + ", ".join(s.name for s in WORKERS))
-        self.supervisor.start_group([self._service_spec(s, wiring) for s in WORKERS])
+        workers = self.config.workers
+        self._progress("starting " + ", ".join(s.name for s in workers))
+        self.supervisor.start_group([self._service_spec(s, wiring) for s in workers])
         self._progress("starting gateway")
         self.supervisor.start_group([self._service_spec(GATEWAY, wiring)])
         self._create_dev_tenant(wiring)

@@ -342,15 +342,29 @@ def write_random_lora(
     rank: int = 4,
     kohya: bool = False,
     text_encoder: bool = True,
+    alpha: float | None = None,
+    metadata: bool = False,
+    alpha_pattern: dict[str, float] | None = None,
 ) -> Path:
     """Write a LoRA with random (non-zero) ``lora_A`` and ``lora_B`` for the diffusers model at ``model_dir``.
 
     ``kohya=True`` writes kohya/A1111 key names (``lora_unet_*.lora_down.weight`` + ``alpha``); otherwise the
     diffusers/PEFT layout (``unet.*.lora_A.weight``). Used by tests and by the local stack's demo tunes.
+
+    ``alpha`` (default: ``rank``, scale 1) is every module's LoRA alpha: the kohya ``alpha`` tensors, or,
+    diffusers layout, the ``lora_alpha`` of the LoraConfig that ``metadata=True`` writes per component into
+    the safetensors header (``lora_adapter_metadata``, with ``diffusers``' own ``save_lora_weights``), the
+    only place a diffusers-format file can carry it; ``alpha_pattern`` adds per-module alphas to the
+    UNet's config there.
     """
     import torch
     from safetensors.torch import save_file
 
+    alpha = float(rank) if alpha is None else float(alpha)
+    if kohya and (metadata or alpha_pattern):
+        raise ValueError("kohya files carry their alphas as tensors, not as adapter metadata")
+    if not kohya and not metadata and (alpha != rank or alpha_pattern):
+        raise ValueError("a diffusers-format LoRA carries alpha != rank only in its metadata (metadata=True)")
     model_dir = Path(model_dir)
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -374,14 +388,52 @@ def write_random_lora(
                 key = f"{kohya_prefix}_{name.replace('.', '_')}"
                 tensors[f"{key}.lora_down.weight"] = down
                 tensors[f"{key}.lora_up.weight"] = up
-                tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+                tensors[f"{key}.alpha"] = torch.tensor(alpha)
             else:
                 tensors[f"{prefix}.{name}.lora_A.weight"] = down
                 tensors[f"{prefix}.{name}.lora_B.weight"] = up
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_path))
+    if metadata:
+        _save_with_adapter_metadata(
+            tensors, out_path, [p for p, _ in modules], rank, alpha, alpha_pattern or {}
+        )
+    else:
+        save_file(tensors, str(out_path))
     return out_path
+
+
+def _save_with_adapter_metadata(
+    tensors: dict, out_path: Path, prefixes: list[str], rank: int, alpha: float, alpha_pattern: dict
+) -> None:
+    """Save a diffusers-layout LoRA with each component's LoraConfig in the header, as trainers do."""
+    from diffusers.loaders.lora_pipeline import StableDiffusionXLLoraLoaderMixin
+    from peft import LoraConfig
+
+    targets = {"unet": ["to_q", "to_k", "to_v", "to_out.0"]}
+    layers, configs = {}, {}
+    for prefix in prefixes:
+        layers[prefix] = {
+            k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")
+        }
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            alpha_pattern=dict(alpha_pattern) if prefix == "unet" else {},
+            target_modules=targets.get(prefix, ["q_proj", "k_proj", "v_proj", "out_proj"]),
+        )
+        configs[prefix] = config.to_dict()
+    # The SDXL saver writes any of unet / text_encoder / text_encoder_2 (absent ones are skipped).
+    StableDiffusionXLLoraLoaderMixin.save_lora_weights(
+        out_path.parent,
+        unet_lora_layers=layers.get("unet"),
+        text_encoder_lora_layers=layers.get("text_encoder"),
+        text_encoder_2_lora_layers=layers.get("text_encoder_2"),
+        weight_name=out_path.name,
+        unet_lora_adapter_metadata=configs.get("unet"),
+        text_encoder_lora_adapter_metadata=configs.get("text_encoder"),
+        text_encoder_2_lora_adapter_metadata=configs.get("text_encoder_2"),
+    )
 
 
 def _lora_targets(prefix: str, directory: Path) -> list[tuple[str, tuple[int, int]]]:

@@ -214,3 +214,293 @@ def test_checkpoint_with_a_lora_leaves_the_shared_text_encoder_clean(engine, tmp
     assert components.pipe.text_encoder is runtime.base.pipe.text_encoder
     assert engine.run(both, PassInputs(tune_paths=paths)).image.tobytes() != base.image.tobytes()
     assert engine.run(spec(seed=4)).image.tobytes() == base.image.tobytes()
+
+
+# -- the switch shortcut: PEFT is called only when a module's LoRA state changes ----------------------
+
+
+@pytest.fixture
+def peft_calls(monkeypatch):
+    """Counts the PEFT-walking calls the adapter cache makes, by method name (pipelines and models)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.loaders import lora_base
+
+    counts: dict[str, int] = {}
+
+    def counting(owner, name):
+        original = getattr(owner, name)
+
+        key = f"{owner.__name__}.{name}"
+
+        def wrapper(*args, **kwargs):
+            counts[key] = counts.get(key, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    for name in ("enable_lora", "set_adapters"):
+        counting(StableDiffusionPipeline, name)
+        counting(UNet2DConditionModel, name)
+    counting(UNet2DConditionModel, "disable_lora")
+    counting(lora_base, "disable_lora_for_text_encoder")
+    return counts
+
+
+def test_repeating_the_active_adapters_calls_peft_once_and_keeps_the_output(sd15, lora_dir, peft_calls):
+    a = request(lora_dir / "sd15-a.safetensors", "1", 0.8)
+    unet = sd15.base.pipe.unet
+    sd15.adapters.activate([a])
+    first = unet_output(unet), unet_output(sd15.base.inpaint_unet), text_output(sd15.base.pipe.text_encoder)
+    calls_after_first = dict(peft_calls)
+    assert calls_after_first.get("StableDiffusionPipeline.set_adapters", 0) >= 1
+    for _ in range(3):
+        sd15.adapters.activate([a])
+    assert peft_calls == calls_after_first
+    again = unet_output(unet), unet_output(sd15.base.inpaint_unet), text_output(sd15.base.pipe.text_encoder)
+    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+    # Another weight is another active set: it goes to PEFT and changes the output.
+    sd15.adapters.activate([request(a.path, "1", 0.4)])
+    assert (
+        peft_calls["StableDiffusionPipeline.set_adapters"]
+        == calls_after_first["StableDiffusionPipeline.set_adapters"] + 1
+    )
+    assert not torch.equal(unet_output(unet), first[0])
+
+
+def test_switching_a_b_a_gives_the_pixels_of_a_fresh_activation(engine, sd15, lora_dir, peft_calls):
+    a = request(lora_dir / "sd15-a.safetensors", "1")
+    b = request(lora_dir / "sd15-b.safetensors", "2")
+    sd15.adapters.activate([a])
+    fresh_a = unet_output(sd15.base.pipe.unet), text_output(sd15.base.pipe.text_encoder)
+    sd15.adapters.activate([b])
+    only_b = unet_output(sd15.base.pipe.unet)
+    sd15.adapters.activate([a])
+    back_a = unet_output(sd15.base.pipe.unet), text_output(sd15.base.pipe.text_encoder)
+    assert not torch.equal(only_b, fresh_a[0])
+    assert torch.equal(back_a[0], fresh_a[0]) and torch.equal(back_a[1], fresh_a[1])
+    # Through whole passes: tuned A, tuned B, base, tuned A again give A's pixels every time.
+    spec_a, paths_a = tuned({"seed": 6}, {"1": a.path})
+    spec_b, paths_b = tuned({"seed": 6}, {"2": b.path})
+    first = engine.run(spec_a, PassInputs(tune_paths=paths_a)).image.tobytes()
+    assert engine.run(spec_b, PassInputs(tune_paths=paths_b)).image.tobytes() != first
+    engine.run(spec(seed=6))
+    assert engine.run(spec_a, PassInputs(tune_paths=paths_a)).image.tobytes() == first
+
+
+def test_deactivation_is_skipped_when_already_off_and_reactivation_enables_again(sd15, lora_dir, peft_calls):
+    a = request(lora_dir / "sd15-a.safetensors", "1")
+    before = unet_output(sd15.base.pipe.unet)
+    sd15.adapters.activate([a])
+    tuned_output = unet_output(sd15.base.pipe.unet)
+    sd15.adapters.deactivate()
+    disables = peft_calls["UNet2DConditionModel.disable_lora"]
+    sd15.adapters.deactivate()
+    sd15.adapters.deactivate()
+    assert peft_calls["UNet2DConditionModel.disable_lora"] == disables
+    assert torch.equal(unet_output(sd15.base.pipe.unet), before)
+    # Same adapters as before the deactivation: only enable_lora is needed, and it must happen.
+    enables = peft_calls["StableDiffusionPipeline.enable_lora"]
+    sets = peft_calls.get("StableDiffusionPipeline.set_adapters", 0)
+    sd15.adapters.activate([a])
+    assert peft_calls["StableDiffusionPipeline.enable_lora"] == enables + 1
+    assert peft_calls.get("StableDiffusionPipeline.set_adapters", 0) == sets
+    assert torch.equal(unet_output(sd15.base.pipe.unet), tuned_output)
+
+
+def test_a_checkpoint_set_changing_the_shared_text_encoder_is_seen_by_the_base_set(
+    engine, tmp_path, lora_dir
+):
+    from safetensors.torch import load_file
+
+    runtime = engine.runtime(SD15_MODEL)
+    unet = load_file(str(runtime.entry.path / "unet" / "diffusion_pytorch_model.safetensors"))
+    path = tmp_path / "unet-only.safetensors"
+    save_file({f"unet.{k}": v * 0.99 for k, v in unet.items()}, str(path))
+    components, checkpoint_cache = runtime.components_for("302", path, file_sha256(path), "diffusers")
+    encoder = runtime.base.pipe.text_encoder
+    assert components.pipe.text_encoder is encoder
+    a = request(lora_dir / "sd15-a.safetensors", "1")
+    b = request(lora_dir / "sd15-b.safetensors", "2")
+    try:
+        runtime.adapters.activate([a])
+        with_a = text_output(encoder)
+        runtime.adapters.deactivate()
+        checkpoint_cache.activate([b])  # B's text-encoder layers on the shared encoder
+        assert not torch.equal(text_output(encoder), with_a)
+        checkpoint_cache.deactivate()
+        runtime.adapters.activate([a])  # the base set's memory says A; the encoder must be set again
+        assert torch.equal(text_output(encoder), with_a)
+    finally:
+        checkpoint_cache.deactivate()
+        runtime.adapters.deactivate()
+
+
+# -- kohya/A1111 alphas: every targeted module runs at alpha/rank -----------------------------------
+
+
+def write_kohya_lora(model_dir: Path, path: Path, *, seed: int, rank: int, alpha: float) -> Path:
+    """A random kohya-format LoRA (``lora_unet_*``/``lora_te*`` keys) whose modules all have ``alpha``."""
+    from safetensors.torch import load_file
+
+    from multipass.tiny_models.diffusion import write_random_lora
+
+    write_random_lora(model_dir, path, seed=seed, rank=rank, kohya=True, alpha=alpha)
+    alphas = {float(v) for k, v in load_file(str(path)).items() if k.endswith(".alpha")}
+    assert alphas == {alpha}
+    return path
+
+
+def lora_scalings(module, adapter: str) -> set[float]:
+    """The PEFT scaling (alpha/rank before any pass weight) of every LoRA layer of ``adapter`` in ``module``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {
+        float(layer.scaling[adapter])
+        for _, layer in module.named_modules()
+        if isinstance(layer, BaseTunerLayer) and adapter in getattr(layer, "scaling", {})
+    }
+
+
+@pytest.mark.parametrize("model", [SD15_MODEL, SDXL_MODEL])
+def test_kohya_alpha_over_rank_scales_every_targeted_module(engine, model, model_root, tmp_path):
+    runtime = engine.runtime(model)
+    components = runtime.base
+    path = write_kohya_lora(
+        model_root / "diffusion" / model, tmp_path / "kohya.safetensors", seed=31, rank=3, alpha=6.0
+    )
+    lora = request(path, "31")
+    name = runtime.adapters.namespace + lora.adapter_name
+    modules = {"unet": components.pipe.unet, "inpaint_unet": components.inpaint_unet}
+    modules.update({f"text_encoder_{i}": e for i, e in enumerate(components.text_encoders)})
+    try:
+        runtime.adapters.activate([lora])
+        scalings = {label: lora_scalings(m, name) for label, m in modules.items() if m is not None}
+    finally:
+        runtime.adapters.deactivate()
+    assert len(scalings) >= 2 + (model == SDXL_MODEL)
+    assert scalings == dict.fromkeys(scalings, {2.0})  # alpha 6 / rank 3, on every module
+
+
+def test_kohya_alpha_changes_outputs_as_the_pass_weight_does(sd15, model_root, tmp_path):
+    """alpha 6 at weight 1 is alpha 3 (scale 1) at weight 2, on the UNet, the inpainting UNet and the text encoder."""
+    model = model_root / "diffusion" / SD15_MODEL
+    doubled = request(write_kohya_lora(model, tmp_path / "a6.safetensors", seed=32, rank=3, alpha=6.0), "a6")
+    plain = request(
+        write_kohya_lora(model, tmp_path / "a3.safetensors", seed=32, rank=3, alpha=3.0), "a3", 2.0
+    )
+    components = sd15.base
+
+    def outputs():
+        return (
+            unet_output(components.pipe.unet),
+            unet_output(components.inpaint_unet),
+            text_output(components.pipe.text_encoder),
+        )
+
+    before = outputs()
+    sd15.adapters.activate([doubled])
+    with_alpha = outputs()
+    sd15.adapters.activate([plain])
+    with_weight = outputs()
+    sd15.adapters.activate([request(plain.path, "a3", 1.0)])
+    at_scale_one = outputs()
+    for label, a, b, one, base in zip(
+        ("unet", "inpaint_unet", "text_encoder"), with_alpha, with_weight, at_scale_one, before, strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5), label
+        assert not torch.allclose(a, one, atol=1e-4) and not torch.allclose(one, base), label
+
+
+# -- diffusers-format files with adapter metadata: the saved LoraConfig's lora_alpha / r ---------------
+
+
+def write_metadata_lora(model_dir: Path, path: Path, *, seed: int, alpha: float, **kwargs) -> Path:
+    """A random diffusers-format LoRA of rank 3 whose header carries each component's LoraConfig."""
+    from multipass.tiny_models.diffusion import write_random_lora
+
+    return write_random_lora(model_dir, path, seed=seed, rank=3, alpha=alpha, metadata=True, **kwargs)
+
+
+def lora_scalings_by_module(module, adapter: str) -> dict[str, float]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {
+        name: float(layer.scaling[adapter])
+        for name, layer in module.named_modules()
+        if isinstance(layer, BaseTunerLayer) and adapter in getattr(layer, "scaling", {})
+    }
+
+
+@pytest.mark.parametrize("model", [SD15_MODEL, SDXL_MODEL])
+def test_adapter_metadata_alpha_over_rank_scales_every_targeted_module(engine, model, model_root, tmp_path):
+    runtime = engine.runtime(model)
+    components = runtime.base
+    path = write_metadata_lora(
+        model_root / "diffusion" / model, tmp_path / "meta.safetensors", seed=41, alpha=6.0
+    )
+    lora = request(path, "41")
+    name = runtime.adapters.namespace + lora.adapter_name
+    modules = {"unet": components.pipe.unet, "inpaint_unet": components.inpaint_unet}
+    modules.update({f"text_encoder_{i}": e for i, e in enumerate(components.text_encoders)})
+    try:
+        runtime.adapters.activate([lora])
+        scalings = {label: lora_scalings(m, name) for label, m in modules.items() if m is not None}
+    finally:
+        runtime.adapters.deactivate()
+    assert len(scalings) >= 2 + (model == SDXL_MODEL)
+    assert scalings == dict.fromkeys(scalings, {2.0})  # lora_alpha 6 / r 3, on every module
+
+
+def test_adapter_metadata_alpha_pattern_scales_the_matching_modules(sd15, model_root, tmp_path):
+    path = write_metadata_lora(
+        model_root / "diffusion" / SD15_MODEL,
+        tmp_path / "pattern.safetensors",
+        seed=42,
+        alpha=6.0,
+        alpha_pattern={"to_out.0": 3.0},
+    )
+    lora = request(path, "42")
+    name = sd15.adapters.namespace + lora.adapter_name
+    try:
+        sd15.adapters.activate([lora])
+        by_unet = {
+            label: lora_scalings_by_module(unet, name)
+            for label, unet in (("unet", sd15.base.pipe.unet), ("inpaint_unet", sd15.base.inpaint_unet))
+        }
+    finally:
+        sd15.adapters.deactivate()
+    for label, scalings in by_unet.items():
+        out = {m: s for m, s in scalings.items() if m.endswith("to_out.0")}
+        rest = {m: s for m, s in scalings.items() if not m.endswith("to_out.0")}
+        assert out and rest, label
+        assert set(out.values()) == {1.0} and set(rest.values()) == {2.0}, label  # 3/3 and 6/3
+
+
+def test_adapter_metadata_alpha_changes_outputs_as_the_pass_weight_does(sd15, model_root, tmp_path):
+    """lora_alpha 6 / r 3 at weight 1 is the same weights without metadata (scale 1) at weight 2."""
+    from multipass.tiny_models.diffusion import write_random_lora
+
+    model = model_root / "diffusion" / SD15_MODEL
+    doubled = request(write_metadata_lora(model, tmp_path / "a6.safetensors", seed=43, alpha=6.0), "a6")
+    plain = request(write_random_lora(model, tmp_path / "a3.safetensors", seed=43, rank=3), "a3", 2.0)
+    components = sd15.base
+
+    def outputs():
+        return (
+            unet_output(components.pipe.unet),
+            unet_output(components.inpaint_unet),
+            text_output(components.pipe.text_encoder),
+        )
+
+    before = outputs()
+    sd15.adapters.activate([doubled])
+    with_alpha = outputs()
+    sd15.adapters.activate([plain])
+    with_weight = outputs()
+    sd15.adapters.activate([request(plain.path, "a3", 1.0)])
+    at_scale_one = outputs()
+    for label, a, b, one, base in zip(
+        ("unet", "inpaint_unet", "text_encoder"), with_alpha, with_weight, at_scale_one, before, strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5), label
+        assert not torch.allclose(a, one, atol=1e-4) and not torch.allclose(one, base), label

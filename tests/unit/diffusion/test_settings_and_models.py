@@ -25,6 +25,11 @@ def test_settings_defaults_and_overrides(model_root):
     assert (settings.device, settings.dtype, settings.pass_cache) == ("auto", "auto", "memory")
     assert settings.working_size_for("sd15") == 512 and settings.working_size_for("sdxl") == 1024
     assert settings.grpc_addr == "127.0.0.1:50053" and settings.metrics_port == 9103
+    assert settings.prefetch_depth == 1
+    no_prefetch = {"MULTIPASS_MODEL_DIR": str(model_root), "MULTIPASS_DIFFUSION_PREFETCH": "0"}
+    assert DiffusionSettings.from_env(no_prefetch).prefetch_depth == 0
+    with pytest.raises(ConfigError, match="MULTIPASS_DIFFUSION_PREFETCH"):
+        DiffusionSettings.from_env({**no_prefetch, "MULTIPASS_DIFFUSION_PREFETCH": "-1"})
     assert (
         DiffusionSettings.from_env(
             {"MULTIPASS_MODEL_DIR": str(model_root), "MULTIPASS_DIFFUSION_WORKING_SIZE": "96"}

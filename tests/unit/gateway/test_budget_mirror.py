@@ -1,0 +1,120 @@
+"""The pending-work budget's mirror: checks read it, own writes and peers' notes change it, refreshes rebuild it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from multipass.errors import ResourceExhausted
+from multipass_gateway import budget as budget_module
+from multipass_gateway.budget import PendingBudget
+from multipass_gateway.settings import Limits
+
+
+class MemoryKv:
+    """The two KV operations the budget uses, over a dict; ``listing`` can be held to interleave writes."""
+
+    def __init__(self):
+        self.data: dict[str, bytes] = {}
+        self.listings = 0
+        self.reads = 0
+        self.hold: asyncio.Event | None = None
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.data[key] = value
+        return len(self.data)
+
+
+@pytest.fixture
+def store(monkeypatch) -> MemoryKv:
+    memory = MemoryKv()
+
+    async def entries(_store, pattern: str, *, values: bool = True):
+        memory.listings += 1
+        snapshot = sorted((k, v) for k, v in memory.data.items() if k.startswith(pattern.removesuffix(">")))
+        if memory.hold is not None:
+            await memory.hold.wait()
+        return snapshot
+
+    async def purged_keys(_store, pattern: str):
+        return [key for key, _ in await entries(_store, pattern)]
+
+    async def get(_store, key: str):
+        memory.reads += 1
+        return (memory.data[key], 1) if key in memory.data else None
+
+    async def remove(_store, pattern: str):
+        memory.data.pop(pattern, None)
+
+    monkeypatch.setattr(budget_module.kv, "entries", entries)
+    monkeypatch.setattr(budget_module.kv, "remove", remove)
+    monkeypatch.setattr(budget_module.kv, "purged_keys", purged_keys)
+    monkeypatch.setattr(budget_module.kv, "get", get)
+    return memory
+
+
+LIMITS = Limits(tenant_max_pending_passes=5, global_max_pending_passes=8, retry_after_seconds=3.0)
+
+
+async def test_checks_count_markers_without_listing_each_time(store):
+    store.data["active.a.old"] = b"2"  # left by an earlier process
+    budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
+    await budget.check("a", 3)
+    await budget.add("a", "j1", 3)
+    with pytest.raises(ResourceExhausted, match="for this tenant"):
+        await budget.check("a", 1)
+    await budget.add("b", "j2", 3)
+    with pytest.raises(ResourceExhausted, match="pending-work limit"):
+        await budget.check("c", 1)
+    await budget.remove("a", "j1")
+    await budget.check("c", 1)
+    assert budget.pending("a") == (2, 5)
+    assert store.listings == 1  # the first check loaded the mirror; the rest read it
+
+
+async def test_peers_notes_count_at_once(store):
+    budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
+    await budget.refresh()
+    budget._on_note("+", "active.a.peer", "4")
+    budget._on_note("+", "sched.ready.a.x.0.base.1", "")  # not a budget marker
+    assert budget.pending("a") == (4, 4)
+    budget._on_note("+", "active.a.peer", "1")  # rewritten: counted once
+    assert budget.pending("a") == (1, 1)
+    budget._on_note("-", "active.a.peer", "")
+    assert budget.pending("a") == (0, 0)
+
+
+async def test_a_refresh_keeps_writes_made_while_it_listed(store):
+    budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
+    await budget.refresh()
+    store.data["active.a.silent"] = b"1"  # written by a peer whose note was lost
+    store.data["active.a.known"] = b"4"
+    await budget.add("a", "known", 4)
+    store.hold = asyncio.Event()
+    refreshing = asyncio.create_task(budget.refresh())
+    await asyncio.sleep(0)
+    await budget.add("a", "new", 2)  # after the listing's snapshot
+    await budget.remove("a", "known")  # likewise: the listing still has it
+    store.hold.set()
+    await refreshing
+    assert budget.pending("a") == (3, 3)  # silent 1 + new 2
+    reads = store.reads
+    await budget.refresh()
+    assert budget.pending("a") == (3, 3)
+    assert store.reads == reads  # known markers' costs are not read again
+
+
+async def test_the_periodic_refresh_picks_up_markers_nobody_announced(store):
+    budget = PendingBudget(store, LIMITS, refresh_interval=0.01)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    runner = asyncio.create_task(budget.run(stop))
+    await asyncio.sleep(0.02)
+    store.data["active.a.silent"] = b"5"
+    for _ in range(100):
+        if budget.pending("a") == (5, 5):
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await runner
+    assert budget.pending("a") == (5, 5)
