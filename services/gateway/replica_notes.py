@@ -16,11 +16,12 @@ import logging
 import secrets
 from collections.abc import Callable
 
+from multipass import subjects
 from multipass.bus import Bus, CoreSubscription
 
 log = logging.getLogger(__name__)
 
-SUBJECT = "multipass.gateway.notes"
+SUBJECT = subjects.GATEWAY_NOTES
 
 #: ``listener(op, key, value)``: op is "+" or "-"; key a KV key or a pattern ending in ``>``.
 Listener = Callable[[str, str, str], None]

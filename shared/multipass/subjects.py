@@ -27,6 +27,8 @@ JOB_EVENTS_SUBJECTS = f"{JOB_EVENTS_PREFIX}.>"
 DIFFUSION_PASSES = f"{PASS_PREFIX}.diffusion.>"
 #: Every cancel broadcast (a worker serving many jobs subscribes once).
 CANCEL_ALL = f"{CANCEL_PREFIX}.*"
+#: Core NATS (no stream): gateway replicas tell each other their scheduler and budget writes.
+GATEWAY_NOTES = "multipass.gateway.notes"
 
 # Pass event names (last token of an event subject).
 EVENT_STARTED = "started"

@@ -209,7 +209,21 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         assert cancel.subject == "multipass.cancel.j1"
         assert not _nats_errors(caplog), _nats_errors(caplog)
 
-        # the worker may not enqueue passes, read events, touch job records or manage streams
+        # gateway replicas tell each other their scheduler and budget writes on core NATS
+        notes: asyncio.Queue = asyncio.Queue()
+        peer = await Bus.connect(_service_url(resources, "gateway", server_url, passwords), name="gateway-2")
+        try:
+            await peer.nc.subscribe(subjects.GATEWAY_NOTES, cb=notes.put)
+            await peer.nc.flush(timeout=2)
+            await gateway.publish_core(subjects.GATEWAY_NOTES, b"+ sched.ready.t.j.0.base.1")
+            note = await asyncio.wait_for(notes.get(), 2)
+            assert note.data == b"+ sched.ready.t.j.0.base.1"
+        finally:
+            await peer.close()
+        assert not _nats_errors(caplog), _nats_errors(caplog)
+
+        # the worker may not enqueue passes, read events, touch job records, manage streams or forge notes
+        await diffusion.nc.publish(subjects.GATEWAY_NOTES, b"forged")
         await diffusion.nc.publish(subjects.diffusion_pass_subject(model), b"forged")
         await diffusion.nc.publish(f"$KV.{subjects.KV_JOBS}.j1", b"forged")
         await diffusion.nc.subscribe(subjects.EVENTS_SUBJECTS)
@@ -227,6 +241,7 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         await event.ack()
         refused = [
             f'publish to "{subjects.diffusion_pass_subject(model)}"',
+            f'publish to "{subjects.GATEWAY_NOTES}"',
             f'publish to "$kv.{subjects.KV_JOBS}.j1"',
             f'subscription to "{subjects.EVENTS_SUBJECTS}"',
             f'publish to "$js.api.stream.delete.{subjects.STREAM_PASSES.lower()}"',
