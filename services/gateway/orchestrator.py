@@ -6,7 +6,8 @@ redelivered. Handling an event = compare-and-set the pure transition on the job 
 outbox (job events, next pass requests), ack. Events of one job that arrive while one of its events is
 being handled are handled together in the next round for that job (one write, one outbox flush). A
 redelivered or late event finds its transition already applied (idempotent on image, pass and attempt)
-and at most publishes an outbox left behind.
+and at most publishes an outbox left behind; that is also why acks are not confirmed (a lost one is a
+redelivery, nothing more).
 
 An event that ends a pass attempt (completed, or failed without the worker retrying) frees the
 attempt's in-flight slot in the :class:`~multipass_gateway.scheduler.PassScheduler`, after the
@@ -151,4 +152,8 @@ class Orchestrator:
             batch=self.concurrency,
             concurrency=self.concurrency,
             backoff=(0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+            # Applying an event twice is harmless (transitions are idempotent on image, pass and
+            # attempt; the scheduler's markers are per attempt), so an ack lost on the way only costs a
+            # redelivery after ack_wait: acks go out without waiting for the server's confirmation.
+            confirm_acks=False,
         )

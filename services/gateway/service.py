@@ -113,7 +113,11 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         budget = PendingBudget(
             jobs_kv, settings.limits, refresh_interval=settings.budget_refresh_seconds, notes=notes
         )
-        tenants = TenantStore(await bus.kv(subjects.KV_TENANTS), settings.api_key_pepper)
+        tenants = TenantStore(
+            await bus.kv(subjects.KV_TENANTS),
+            settings.api_key_pepper,
+            cache_seconds=settings.auth_cache_seconds,
+        )
         tunes = TuneStore(await bus.kv(subjects.KV_TUNES), objects, http, settings.limits)
         lifecycle = JobLifecycle(
             bus=bus,

@@ -89,6 +89,9 @@ class GatewaySettings:
     admin_token: str = ""
     #: Server pepper of the API key hashes (HMAC-SHA256 key); empty = plain SHA-256 of the key.
     api_key_pepper: str = ""
+    #: Seconds a replica trusts an API key it found live before reading it again; a revoked key keeps
+    #: working on other replicas for at most this long (``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``; 0 = off).
+    auth_cache_seconds: float = 2.0
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
     presign_expiry_seconds: int = 3600
@@ -192,6 +195,7 @@ class GatewaySettings:
             limits=limits,
             admin_token=reader.str("ADMIN_TOKEN", ""),
             api_key_pepper=reader.str("API_KEY_PEPPER", ""),
+            auth_cache_seconds=reader.float("GATEWAY_AUTH_CACHE_SECONDS", 2.0, min=0.0, max=60.0),
             callbacks=callbacks,
             fetch_allow=allow,
             presign_expiry_seconds=reader.int(

@@ -6,7 +6,12 @@ Keys of the bucket:
 * ``key.<hash>``: ``{"key_id", "tenant"}`` (only live keys; the hash is :func:`auth.hash_key`)
 * ``keyid.<key_id>``: ``{"tenant", "hash", "revoked"}`` (for revocation by public id)
 
-Authentication reads ``key.<hash>`` on every call (no cache), so a revoked key fails on its next call.
+Authentication reads ``key.<hash>`` once per key per ``cache_seconds``
+(``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``, default 2 s; 0 = every call): a burst of calls with one key
+costs one KV read. Only keys found live are remembered, by their hash (the secret itself is not kept), so
+a revoked or rotated key stops working on the replica that revoked it at once and on every other replica
+within ``cache_seconds``; an unknown key is read again on each call. The cache is looked up by the
+key's HMAC, as the KV bucket is, so presented key material is never compared with stored material.
 """
 
 from __future__ import annotations
@@ -43,10 +48,49 @@ def valid_tenant_id(tenant: str) -> bool:
     return bool(_TENANT_ID.match(tenant))
 
 
+#: Most remembered keys per replica; beyond it the entries nearest to expiry go first.
+AUTH_CACHE_MAX_KEYS = 10_000
+
+
+class AuthCache:
+    """Tenants of recently authenticated key hashes, each trusted for ``ttl`` seconds after its read."""
+
+    def __init__(self, ttl: float, *, clock=time.monotonic, max_keys: int = AUTH_CACHE_MAX_KEYS):
+        self.ttl = ttl
+        self._clock = clock
+        self._max_keys = max_keys
+        #: key hash -> (tenant, monotonic time until which it is trusted); insertion order = expiry order.
+        self._tenants: dict[str, tuple[str, float]] = {}
+
+    def get(self, digest: str) -> str | None:
+        found = self._tenants.get(digest)
+        if found is None:
+            return None
+        tenant, until = found
+        if self._clock() >= until:
+            del self._tenants[digest]
+            return None
+        return tenant
+
+    def put(self, digest: str, tenant: str) -> None:
+        if self.ttl <= 0:
+            return
+        self._tenants.pop(digest, None)
+        while len(self._tenants) >= self._max_keys:
+            del self._tenants[next(iter(self._tenants))]
+        self._tenants[digest] = (tenant, self._clock() + self.ttl)
+
+    def forget(self, digest: str) -> None:
+        self._tenants.pop(digest, None)
+
+
 class TenantStore:
-    def __init__(self, store: KeyValue, pepper: str = ""):
+    def __init__(
+        self, store: KeyValue, pepper: str = "", *, cache_seconds: float = 0.0, clock=time.monotonic
+    ):
         self._kv = store
         self._pepper = pepper
+        self._cache = AuthCache(cache_seconds, clock=clock)
 
     async def create_tenant(self, name: str) -> NewKey:
         name = name.strip()
@@ -82,10 +126,16 @@ class TenantStore:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")
         if not auth.looks_like_key(api_key):
             raise Unauthenticated("invalid API key")
-        found = await kv.get(self._kv, f"key.{auth.hash_key(api_key, self._pepper)}")
+        digest = auth.hash_key(api_key, self._pepper)
+        tenant = self._cache.get(digest)
+        if tenant is not None:
+            return tenant
+        found = await kv.get(self._kv, f"key.{digest}")
         if found is None:
             raise Unauthenticated("invalid or revoked API key")
-        return json.loads(found[0])["tenant"]
+        tenant = json.loads(found[0])["tenant"]
+        self._cache.put(digest, tenant)
+        return tenant
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke at once; False when it was already revoked. NotFound for an unknown key id."""
@@ -95,8 +145,10 @@ class TenantStore:
         if found is None:
             raise NotFound(f"key {key_id} does not exist")
         record = json.loads(found[0])
-        # Delete the lookup entry first: from here on the key authenticates nothing.
+        # Delete the lookup entry first: from here on the key authenticates nothing (on this replica at
+        # once; other replicas may trust their cached read for up to cache_seconds more).
         await kv.delete(self._kv, f"key.{record['hash']}")
+        self._cache.forget(record["hash"])
         if record.get("revoked"):
             return False
         record["revoked"] = True

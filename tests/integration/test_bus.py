@@ -634,3 +634,93 @@ async def test_kv_update_recreates_a_deleted_key_and_refuses_bad_keys(bus):
     assert (await jobs.get("J1")).revision == revision
     with pytest.raises(InvalidInput):
         await bus.kv_update(subjects.KV_JOBS, "bad key*", replace)
+
+
+# --- unconfirmed acks -----------------------------------------------------------------------------------
+
+
+class SettleSpy:
+    """Records how each decision leaves the connection (request = confirmed, publish = not); can drop acks."""
+
+    def __init__(self, bus: Bus, drop_acks: int = 0):
+        self.requested: list[bytes] = []
+        self.published: list[bytes] = []
+        self.dropped = 0
+        self._drop = drop_acks
+        request, publish = bus.nc.request, bus.nc.publish
+
+        async def spy_request(subject, payload=b"", *args, **kwargs):
+            if subject.startswith("$JS.ACK."):
+                self.requested.append(bytes(payload))
+            return await request(subject, payload, *args, **kwargs)
+
+        async def spy_publish(subject, payload=b"", *args, **kwargs):
+            if subject.startswith("$JS.ACK.") and not kwargs.get("reply", args[0] if args else ""):
+                self.published.append(bytes(payload))
+                if payload == b"+ACK" and self.dropped < self._drop:
+                    self.dropped += 1
+                    return None  # lost on the way
+            return await publish(subject, payload, *args, **kwargs)
+
+        bus.nc.request, bus.nc.publish = spy_request, spy_publish
+
+
+async def test_unconfirmed_acks_settle_without_a_round_trip_and_naks_stay_confirmed(bus):
+    spy = SettleSpy(bus)
+    seen: list[tuple[bytes, int]] = []
+
+    async def handler(delivery: Delivery):
+        seen.append((delivery.data, delivery.num_delivered))
+        return Nak(0.0) if delivery.data == b"pass-0" and delivery.num_delivered == 1 else Ack()
+
+    await publish_passes(bus, 5)
+    stop = asyncio.Event()
+    task = consumer(bus, handler, stop, ack_wait=1.0, concurrency=4, batch=4, confirm_acks=False)
+    await wait_until(lambda: len(seen) == 6)
+    await asyncio.sleep(1.5)  # past ack_wait: nothing comes back
+    stop.set()
+    await task
+    assert sorted(seen) == sorted(
+        [(b"pass-0", 1), (b"pass-0", 2)] + [(f"pass-{i}".encode(), 1) for i in range(1, 5)]
+    )
+    assert spy.published.count(b"+ACK") == 5 and b"+ACK" not in spy.requested
+    assert spy.requested.count(b"-NAK") == 1
+    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    assert state.num_ack_pending == 0 and state.num_pending == 0
+    assert await stream_messages(bus, subjects.STREAM_PASSES) == 0
+
+
+async def test_a_lost_unconfirmed_ack_means_one_redelivery_after_ack_wait(bus):
+    spy = SettleSpy(bus, drop_acks=1)
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery):
+        seen.append(delivery.num_delivered)
+        return Ack()
+
+    await publish_passes(bus, 1)
+    stop = asyncio.Event()
+    task = consumer(bus, handler, stop, ack_wait=1.0, confirm_acks=False)
+    await wait_until(lambda: len(seen) == 2, timeout=10.0)
+    await asyncio.sleep(1.5)
+    stop.set()
+    await task
+    assert spy.dropped == 1 and seen == [1, 2]
+    assert await stream_messages(bus, subjects.STREAM_PASSES) == 0
+
+
+async def test_acks_are_confirmed_by_default(bus):
+    spy = SettleSpy(bus)
+    seen: list[bytes] = []
+
+    async def handler(delivery: Delivery):
+        seen.append(delivery.data)
+        return Ack()
+
+    await publish_passes(bus, 2)
+    stop = asyncio.Event()
+    task = consumer(bus, handler, stop)
+    await wait_until(lambda: len(seen) == 2)
+    stop.set()
+    await task
+    assert spy.requested.count(b"+ACK") == 2 and not spy.published

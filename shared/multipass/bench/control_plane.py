@@ -1,9 +1,11 @@
 """Control-plane throughput: passes per second the gateway orchestrates when pass work is instant.
 
 A bench-only composition of real processes on loopback, supervised by ``multipass.stack.supervisor``:
-nats-server, moto S3, the prompt parser, the segmentation service (tiny SAM), the stand-in worker
-(``standin_worker``: instant diffusion passes) and one or two gateway processes sharing the durable
-consumers. A round submits a burst of two-person jobs (round-robin over the gateways) and counts the
+nats-server, moto S3, the prompt parser, the stand-in segmentation service (``standin_segmentation``:
+instant masks stored once) and the stand-in worker (``standin_worker``: instant diffusion passes), and one
+or two gateway processes sharing the durable consumers. With both stand-ins the pass work costs next to
+nothing, so the figure measures what one gateway orchestrates (the real segmentation model cost as much
+CPU as the gateway on the same cores and was the longest stage of each job). A round submits a burst of two-person jobs (round-robin over the gateways) and counts the
 passes that completed (base, segment, person-0, person-1 per job; ``prepare`` happens inside SubmitJob
 and is not counted) between the first SubmitJob and the last job's end (the gateway's ``finished_at``).
 Completions are observed on the job-event subjects over NATS, so the bench adds no gRPC load.
@@ -33,6 +35,8 @@ PROMPT = (
 )
 PARAMS = {"steps": "20", "w": "256", "h": "256"}
 COUNTED_KINDS = ("base", "segment", "person")
+#: Counted passes of one job: base, segment, person-0, person-1.
+PASSES_PER_JOB = 4
 
 
 @dataclass
@@ -66,7 +70,13 @@ class ControlPlane:
     """The composition; ``gateways(n)`` makes exactly ``n`` gateway replicas run."""
 
     def __init__(
-        self, root: Path, model_root: Path, *, tenant_passes: int = 5000, profile_dir: Path | None = None
+        self,
+        root: Path,
+        model_root: Path,
+        *,
+        tenant_passes: int = 5000,
+        profile_dir: Path | None = None,
+        real_segmentation: bool = False,
     ):
         from multipass.local.process import free_port
 
@@ -76,14 +86,21 @@ class ControlPlane:
         self.python = sys.executable
         self.model_root = Path(model_root)
         self.tenant_passes = tenant_passes
-        names = ("parser", "segmentation", "standin", "gateway-0", "gateway-1")
+        #: Also start the real segmentation service (tiny SAM) for :meth:`use_real_segmentation`.
+        self.real_segmentation = real_segmentation
+        #: Which segmentation service the gateways call: the stand-in, or the real one.
+        self.segmentation = "segmentation"
+        names = ("parser", "segmentation", "segmentation-real", "standin", "gateway-0", "gateway-1")
         self.wiring = Wiring(free_port(), free_port(), free_port())
         for name in names:
             self.wiring.ports[name] = free_port()
             self.wiring.ports[name + "-metrics"] = free_port()
         self.supervisor = None
+        self.primary = None  # gateway-0's supervisor (restarted to change its segmentation service)
         self.extra = None  # the second gateway's supervisor
         self.api_key = ""
+        #: A gRPC channel open from start to stop; see :meth:`_hold_grpc`.
+        self._grpc_anchor = None
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         env = clean_env()
@@ -123,7 +140,7 @@ class ControlPlane:
                 "MULTIPASS_GATEWAY_GRPC_ADDR": self.wiring.address(name),
                 "MULTIPASS_GATEWAY_METRICS_PORT": str(self.wiring.ports[name + "-metrics"]),
                 "MULTIPASS_PARSER_TARGET": self.wiring.address("parser"),
-                "MULTIPASS_SEGMENTATION_TARGET": self.wiring.address("segmentation"),
+                "MULTIPASS_SEGMENTATION_TARGET": self.wiring.address(self.segmentation),
                 "MULTIPASS_DIFFUSION_TARGET": self.wiring.address("standin"),
                 "MULTIPASS_ADMIN_TOKEN": self.wiring.admin_token,
                 "MULTIPASS_GATEWAY_TENANT_MAX_PENDING_PASSES": str(self.tenant_passes),
@@ -139,6 +156,7 @@ class ControlPlane:
         except ImportError as error:
             raise MetricUnavailable(f"the stack supervisor cannot be imported: {error}") from error
         self.root.mkdir(parents=True, exist_ok=True)
+        self._hold_grpc()
         if self.profile_dir is not None:
             from multipass.bench.stack_bench import profiling_python
 
@@ -189,12 +207,8 @@ class ControlPlane:
             ),
             self._python(
                 "segmentation",
-                "multipass_segmentation",
-                {
-                    "MULTIPASS_SEGMENTATION_GRPC_ADDR": w.address("segmentation"),
-                    "MULTIPASS_SEGMENTATION_METRICS_PORT": str(w.ports["segmentation-metrics"]),
-                    "OMP_NUM_THREADS": "1",
-                },
+                "multipass.bench.standin_segmentation",
+                {"MULTIPASS_BENCH_STANDIN_SEGMENTATION_GRPC_ADDR": w.address("segmentation")},
             ),
             self._python(
                 "standin",
@@ -205,13 +219,25 @@ class ControlPlane:
                 },
             ),
         ]
+        if self.real_segmentation:
+            services.append(
+                self._python(
+                    "segmentation-real",
+                    "multipass_segmentation",
+                    {
+                        "MULTIPASS_SEGMENTATION_GRPC_ADDR": w.address("segmentation-real"),
+                        "MULTIPASS_SEGMENTATION_METRICS_PORT": str(w.ports["segmentation-real-metrics"]),
+                        "OMP_NUM_THREADS": "1",
+                    },
+                )
+            )
         try:
             say("control plane: starting nats, s3")
             self.supervisor.start_group(infra)
-            say("control plane: starting parser, segmentation, stand-in worker")
+            say("control plane: starting parser, stand-in segmentation, stand-in worker")
             self.supervisor.start_group(services)
             say("control plane: starting gateway-0")
-            self.supervisor.start_group([self._gateway(0)])
+            self._start_primary()
         except Exception as error:
             self.stop()
             describe = getattr(error, "describe", None)
@@ -219,6 +245,35 @@ class ControlPlane:
                 f"the control-plane composition did not start: {(describe() if describe else str(error))[-1500:]}"
             ) from error
         self._create_tenant()
+
+    def _hold_grpc(self) -> None:
+        """Keep gRPC's core initialised in this process while processes are started.
+
+        Each round's clients are closed at its end; closing the last gRPC object makes gRPC shut its core
+        down on a background thread, and starting a process (fork) while that runs can deadlock in
+        gRPC's fork handler (seen: a bench hung when the second replica started). One channel kept open
+        from start to stop means the core never shuts down in between.
+        """
+        import grpc
+
+        if self._grpc_anchor is None:
+            self._grpc_anchor = grpc.insecure_channel("127.0.0.1:9")
+
+    def _start_primary(self) -> None:
+        from multipass.stack.supervisor import Supervisor
+
+        self.primary = Supervisor(self.root / f"logs-gateway-0-{self.segmentation}")
+        self.primary.start_group([self._gateway(0)])
+
+    def use_real_segmentation(self) -> None:
+        """Restart the gateways on the real segmentation service (one replica runs afterwards)."""
+        if not self.real_segmentation:
+            raise MetricUnavailable("the real segmentation service was not started")
+        self.gateways(1)
+        self.primary.stop()
+        self.segmentation = "segmentation-real"
+        say("control plane: restarting gateway-0 on the real segmentation service")
+        self._start_primary()
 
     def _create_tenant(self) -> None:
         import grpc
@@ -251,7 +306,7 @@ class ControlPlane:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each process of the composition (by name), where readable."""
         found: dict[str, float] = {}
-        for supervisor in (self.supervisor, self.extra):
+        for supervisor in (self.supervisor, self.primary, self.extra):
             if supervisor is None:
                 continue
             for status in supervisor.snapshot():
@@ -264,6 +319,9 @@ class ControlPlane:
         if self.extra is not None:
             self.extra.stop()
             self.extra = None
+        if self.primary is not None:
+            self.primary.stop()
+            self.primary = None
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
@@ -271,6 +329,9 @@ class ControlPlane:
                 from multipass.bench.stack_bench import summarise_profiles
 
                 summarise_profiles(self.profile_dir)
+        if self._grpc_anchor is not None:
+            self._grpc_anchor.close()
+            self._grpc_anchor = None
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -337,6 +398,12 @@ async def _burst(nats_url: str, addresses: list[str], api_key: str, jobs: int) -
         raise MetricUnavailable(
             f"{len(failed)} of {jobs} stand-in jobs did not succeed: {first.error.message or jobs_pb2.JobState.Name(first.state)}"
         )
+    expected = jobs * PASSES_PER_JOB
+    unmasked = [r.job_id for r in records if any(len(image.masks) < 2 for image in r.images)]
+    if counted != expected or unmasked:
+        raise MetricUnavailable(
+            f"{counted} of {expected} counted passes completed; jobs without both person masks: {unmasked[:3]}"
+        )
     return {
         "jobs": jobs,
         "passes": counted,
@@ -373,9 +440,16 @@ def _rounded(result: dict) -> dict:
 def control_plane_throughput(
     root: Path, model_root: Path, *, jobs: int = 40, rounds: int = 2, profile_dir: Path | None = None
 ) -> tuple:
-    """Passes/s with 1 gateway (the figure) and with 2 gateway replicas, rounds alternating 1, 2, 2, 1."""
-    one, two = [], []
-    with ControlPlane(root, model_root, profile_dir=profile_dir) as plane:
+    """Passes/s with 1 gateway (the figure) and with 2 gateway replicas, rounds alternating 1, 2, 2, 1,
+    on the stand-in segmentation service.
+
+    With 2 or more rounds and no profiling, one more 1-replica round runs on the real segmentation
+    service (tiny SAM, one model thread) for comparison (``details.with_real_segmentation``); the quick
+    plan (1 round) skips it, and a profile covers the stand-in rounds only.
+    """
+    one, two, real = [], [], []
+    with_real = rounds >= 2 and profile_dir is None
+    with ControlPlane(root, model_root, profile_dir=profile_dir, real_segmentation=with_real) as plane:
         burst(plane, 1, max(4, jobs // 4))  # warm-up: connections, consumers, caches
         for index in range(rounds):
             for replicas in (1, 2) if index % 2 == 0 else (2, 1):
@@ -383,6 +457,12 @@ def control_plane_throughput(
                 say(f"control plane: {replicas} replica(s): {result['passes_per_s']:.1f} passes/s")
                 (one if replicas == 1 else two).append(result)
         plane.gateways(1)
+        if with_real:
+            plane.use_real_segmentation()
+            burst(plane, 1, 4)  # the restarted gateway's first jobs, and the model's first masks
+            result = burst(plane, 1, jobs)
+            say(f"control plane: 1 replica, real segmentation: {result['passes_per_s']:.1f} passes/s")
+            real.append(result)
     rate_one = statistics.median(r["passes_per_s"] for r in one)
     rate_two = statistics.median(r["passes_per_s"] for r in two)
     per_cpu = [r["passes_per_gateway_cpu_second"] for r in one if "passes_per_gateway_cpu_second" in r]
@@ -395,7 +475,14 @@ def control_plane_throughput(
         "rounds_2_replicas": [_rounded(r) for r in two],
         "job": "two persons, no LoRA, 256x256; counted passes: base, segment, person-0, person-1 (4 per job)",
         "worker": "stand-in: started + completed at once with a pre-stored 256x256 image (like a cache hit)",
-        "segmentation": "the real segmentation service on tiny SAM (the segment pass is gateway work)",
+        "segmentation": "stand-in: the Segmentation API answered at once with per-slot masks stored once "
+        "(the segment pass is still gateway work: its queue, the RPC, the events)",
         "cores": os.cpu_count(),
     }
+    if real:
+        details["with_real_segmentation"] = {
+            "passes_per_s_1_replica": round(statistics.median(r["passes_per_s"] for r in real), 3),
+            "rounds_1_replica": [_rounded(r) for r in real],
+            "segmentation": "the real segmentation service on tiny SAM (one model thread) on the same cores",
+        }
     return rate_one, details
