@@ -245,3 +245,64 @@ def test_a_gap_starts_when_the_longest_running_pass_ends():
     # The second pass runs inside the first: the device is busy until 10.0, not 2.0.
     gaps = stack_bench.idle_gaps([(0.0, 10.0), (1.0, 2.0), (11.0, 12.0), (12.5, 13.0)])
     assert gaps == pytest.approx([0.0, 1.0, 0.5])
+
+
+def test_split_puts_a_slow_in_process_run_in_the_engine_ratio_not_in_orchestration():
+    # Job 1: the worker's engine took 1.5 s of the 1.6 s wall, the in-process engine 1.5 s.
+    # Job 2: same stack job, but the in-process run was slowed to 1.8 s (a busy machine).
+    split = stack_bench.split_overhead([1.6, 1.6], [1.5, 1.5], [1.5, 1.8])
+    assert split["orchestration_seconds"] == pytest.approx([0.1, 0.1])
+    assert split["orchestration_seconds_median"] == pytest.approx(0.1)
+    assert split["engine_in_stack_over_in_process"] == pytest.approx([1.0, 1.5 / 1.8], abs=1e-4)
+    assert split["worker_engine_seconds"] == [1.5, 1.5]
+
+
+def test_split_needs_one_worker_engine_time_per_job():
+    with pytest.raises(ValueError):
+        stack_bench.split_overhead([1.6, 1.6], [1.5], [1.5, 1.5])
+
+
+def _serve_once(body: bytes) -> tuple[str, object]:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/metrics", server
+
+
+def test_engine_seconds_sum_every_pass_kind_of_the_duration_histogram():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    durations = Histogram(
+        "multipass_pass_duration_seconds", "pass wall time", ["pass_kind"], registry=registry
+    )
+    durations.labels(pass_kind="base").observe(1.25)
+    durations.labels(pass_kind="person").observe(0.5)
+    durations.labels(pass_kind="person").observe(0.25)
+    url, server = _serve_once(generate_latest(registry))
+    try:
+        assert stack_bench.scrape_engine_seconds(url) == pytest.approx(2.0)
+    finally:
+        server.server_close()
+
+
+def test_engine_seconds_are_unknown_without_a_metrics_endpoint():
+    import socket
+
+    assert stack_bench.scrape_engine_seconds(None) is None
+    with socket.socket() as probe:  # a port nobody listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert stack_bench.scrape_engine_seconds(f"http://127.0.0.1:{port}/metrics") is None

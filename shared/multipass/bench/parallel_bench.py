@@ -251,7 +251,7 @@ def parallel_persons(
         "cpu_parallel_capacity_note": "fixed CPU work: 2 units on one process / 1 unit on each of two at "
         "once, measured before each pair; 2.0 = two free cores, 1.0 = no parallelism to be had",
         "repetitions": repetitions,
-        "note": "engine-level equivalent: the gateway runs person passes sequentially today",
+        "note": "engine level: the same comparison without gateway, NATS or S3 (persistent engine processes)",
     }
     return statistics.median(ratios), details
 

@@ -5,7 +5,9 @@ parser, segmentation, diffusion worker and gateway as processes), against the sa
   API and followed to its end, over the same diffusion passes run in-process on the engine. "The same
   passes" is literal: after each job the bench reads the job record from NATS KV, rebuilds every
   diffusion pass request exactly as the gateway dispatched it (``job_state.build_request``), fetches
-  its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded.
+  its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded. Its
+  ``split`` detail separates orchestration (job wall minus the worker's own engine seconds, from its
+  /metrics) from the two engines running at different speeds on a shared machine.
 * ``pass_cache_through_stack``: a cold job vs the same job with one person prompt changed.
 * ``device_idle`` (under ``orchestration_overhead``'s details): after the overhead repetitions, a burst of
   two-person jobs submitted at once; the diffusion worker's /metrics (device busy seconds, the histogram
@@ -316,9 +318,13 @@ def orchestration_overhead(
         state = stack.state
         reader = stack.reader()
         stack_seconds, engine_seconds, identical, timelines = [], [], [], []
+        metrics_url = state.get("processes", {}).get("diffusion", {}).get("metrics_url")
+        worker_engine_seconds: list[float] = []
         for index in range(repetitions + 1):  # the first pair warms up both sides
             seed = 4242 + index * 17  # a new seed per job: every pass misses the pass cache
+            engine_before = scrape_engine_seconds(metrics_url)
             run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(seed)})
+            engine_after = scrape_engine_seconds(metrics_url)
             record = load_record(state["nats_url"], state["tenant"], run.job.job_id)
             requests = diffusion_requests(record)
             fetched = [(i, r, fetch_inputs(reader, r.spec, tune_dir)) for i, r in requests]
@@ -332,6 +338,8 @@ def orchestration_overhead(
                 continue
             stack_seconds.append(run.seconds)
             engine_seconds.append(in_process)
+            if engine_before is not None and engine_after is not None:
+                worker_engine_seconds.append(engine_after - engine_before)
             identical.append(
                 all(_pixels_equal(reader, record.job.images[0].passes[i].output, o.image) for i, o in outputs)
             )
@@ -359,9 +367,57 @@ def orchestration_overhead(
         "timeline_of_median_job": timelines[middle],
         "repetitions": len(ratios),
     }
+    if len(worker_engine_seconds) == len(stack_seconds):
+        details["split"] = split_overhead(stack_seconds, worker_engine_seconds, engine_seconds)
     if idle is not None:
         details["device_idle"] = idle
     return statistics.median(ratios), details
+
+
+def scrape_engine_seconds(url: str | None) -> float | None:
+    """The diffusion worker's engine seconds so far: the sum of its pass-duration histogram (every pass's
+    ``Engine.run`` wall time, observed before its ``completed`` event is published); None without /metrics."""
+    if not url:
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL of our stack
+            text = response.read().decode()
+    except OSError:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "multipass_pass_duration_seconds_sum"
+    )
+
+
+def split_overhead(
+    stack_seconds: list[float], worker_engine_seconds: list[float], in_process_seconds: list[float]
+) -> dict:
+    """Split each job's stack-over-in-process difference in two, so a noisy denominator is not read as
+    orchestration cost.
+
+    ``orchestration_seconds`` = the job's wall time through the stack minus the seconds the worker's own
+    engine spent on its passes: dispatch, events, fetches, encoding and uploads, the segmentation pass.
+    ``engine_in_stack_over_in_process`` = the worker's engine seconds over the in-process engine's for the
+    same passes: 1 when both ran at the same speed; away from 1 when the machine's speed changed between
+    the two runs (the 2-core machine is shared) or the worker's process slowed its own device thread.
+    """
+    jobs = list(zip(stack_seconds, worker_engine_seconds, in_process_seconds, strict=True))
+    orchestration = [wall - worker for wall, worker, _ in jobs]
+    engine_ratio = [worker / in_process for _, worker, in_process in jobs]
+    return {
+        "worker_engine_seconds": [round(x, 4) for x in worker_engine_seconds],
+        "orchestration_seconds": [round(x, 4) for x in orchestration],
+        "orchestration_seconds_median": round(statistics.median(orchestration), 4),
+        "engine_in_stack_over_in_process": [round(x, 4) for x in engine_ratio],
+        "engine_in_stack_over_in_process_median": round(statistics.median(engine_ratio), 4),
+    }
 
 
 def scrape_device_metrics(url: str) -> dict[str, float]:
