@@ -149,7 +149,7 @@ class DiffusionWorker:
 
     async def _complete(self, request: diffusion_pb2.PassRequest, output: PassOutput) -> None:
         """Store the output at the request's key, publish ``completed``, fill the shared pass cache."""
-        data = await asyncio.to_thread(encode_png, output.image)
+        data = await asyncio.to_thread(encode_png, output.image, self.settings.png_compress_level)
         ref = await self.store.put_png(
             request.output_bucket,
             request.output_key,

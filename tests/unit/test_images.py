@@ -54,6 +54,17 @@ def test_encode_png_is_deterministic():
     assert sha256_hex(encode_png(image)) == sha256_hex(encode_png(image.copy()))
 
 
+def test_png_levels_trade_bytes_for_speed_on_the_same_pixels():
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    fast, small = encode_png(photo, compress_level=1), encode_png(photo, compress_level=9)
+    assert fast != small and len(fast) > len(small)
+    assert np.array_equal(np.asarray(decode_image(fast)), np.asarray(photo))
+    assert np.array_equal(np.asarray(decode_image(small)), np.asarray(photo))
+    assert encode_png(photo, compress_level=1) == fast  # deterministic per level
+
+
 def test_truncated_png_is_refused_naming_the_field():
     noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     data = png_bytes(Image.fromarray(noise, "RGB"))

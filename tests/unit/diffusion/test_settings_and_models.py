@@ -30,6 +30,15 @@ def test_settings_defaults_and_overrides(model_root):
     assert DiffusionSettings.from_env(no_prefetch).prefetch_depth == 0
     with pytest.raises(ConfigError, match="MULTIPASS_DIFFUSION_PREFETCH"):
         DiffusionSettings.from_env({**no_prefetch, "MULTIPASS_DIFFUSION_PREFETCH": "-1"})
+    assert settings.png_compress_level == 1
+    assert (
+        DiffusionSettings.from_env(
+            {**no_prefetch, "MULTIPASS_DIFFUSION_PNG_COMPRESS_LEVEL": "6"}
+        ).png_compress_level
+        == 6
+    )
+    with pytest.raises(ConfigError, match="MULTIPASS_DIFFUSION_PNG_COMPRESS_LEVEL"):
+        DiffusionSettings.from_env({**no_prefetch, "MULTIPASS_DIFFUSION_PNG_COMPRESS_LEVEL": "10"})
     assert (
         DiffusionSettings.from_env(
             {"MULTIPASS_MODEL_DIR": str(model_root), "MULTIPASS_DIFFUSION_WORKING_SIZE": "96"}
