@@ -163,15 +163,7 @@ class AdapterCache:
 
     def _load(self, request: AdapterRequest, name: str, *, keep: set[str]) -> None:
         pipe = self.components.pipe
-        try:
-            source = dict(request.state) if request.state is not None else str(request.path)
-            state_dict, alphas, metadata = pipe.lora_state_dict(
-                source, unet_config=pipe.unet.config, return_lora_metadata=True
-            )
-        except (ValueError, KeyError, OSError) as error:
-            raise InvalidInput.of(
-                [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]
-            ) from error
+        state_dict, alphas, metadata = read_lora(pipe, request)
         size = sum(t.numel() for t in state_dict.values()) * self.components.dtype.itemsize
         self._evict(size, keep)
         forget_lora_state(self._touched_modules())
@@ -217,6 +209,18 @@ class AdapterCache:
         if self.components.inpaint_unet is not None:
             with contextlib.suppress(ValueError, KeyError):
                 self.components.inpaint_unet.delete_adapters(name)
+
+
+def read_lora(pipe, request: AdapterRequest) -> tuple[dict, dict | None, dict | None]:
+    """(state dict, kohya network alphas, adapter metadata) of a LoRA file or in-memory state, converted by
+    diffusers to its own key format; a file diffusers cannot read is the request's invalid input."""
+    try:
+        source = dict(request.state) if request.state is not None else str(request.path)
+        return pipe.lora_state_dict(source, unet_config=pipe.unet.config, return_lora_metadata=True)
+    except (ValueError, KeyError, OSError) as error:
+        raise InvalidInput.of(
+            [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]
+        ) from error
 
 
 def load_lora_parts(

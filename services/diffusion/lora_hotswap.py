@@ -39,6 +39,7 @@ from multipass_diffusion.adapters import (
     _mark,
     forget_lora_state,
     load_lora_parts,
+    read_lora,
 )
 
 log = logging.getLogger(__name__)
@@ -294,15 +295,7 @@ class HotswapAdapterCache(AdapterCache):
 
     def _load(self, request: AdapterRequest, name: str, *, keep: set[str]) -> None:
         pipe = self.components.pipe
-        try:
-            source = dict(request.state) if request.state is not None else str(request.path)
-            state_dict, alphas, metadata = pipe.lora_state_dict(
-                source, unet_config=pipe.unet.config, return_lora_metadata=True
-            )
-        except (ValueError, KeyError, OSError) as error:
-            raise InvalidInput.of(
-                [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]
-            ) from error
+        state_dict, alphas, metadata = read_lora(pipe, request)
         try:
             folded = fold_unet_lora(state_dict, alphas, slot=self._slot_modules, metadata=metadata)
         except (ValueError, KeyError, RuntimeError) as error:

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -125,27 +126,40 @@ class DiffusionWorker:
                 self._check_request(model, request)
             except InvalidInput as error:
                 return await self._fail(request, delivery, error)
-            if request.job_id in self._cancelled:
-                return await self._fail(request, delivery, Cancelled("job cancelled before the pass started"))
-            cancel = threading.Event()
-            self._running.setdefault(request.job_id, set()).add(cancel)
-            try:
+
+            async def work(cancel: threading.Event) -> None:
                 output = await self._run(request, delivery, cancel)
                 await self._complete(request, output)
-                return Ack()
-            except _HandedBack:
-                log.info("held pass handed back: the worker is stopping")
-                return Nak(0.0)
-            except MultipassError as error:
-                return await self._fail(request, delivery, error)
-            except Exception as error:  # a bug: fail this delivery, let the backoff retry it
-                log.exception("pass failed unexpectedly")
-                return await self._fail(request, delivery, _Internal(f"{type(error).__name__}: {error}"))
-            finally:
-                running = self._running.get(request.job_id, set())
-                running.discard(cancel)
-                if not running:
-                    self._running.pop(request.job_id, None)
+
+            return await self._decide(request.job_id, work, functools.partial(self._fail, request, delivery))
+
+    async def _decide(
+        self,
+        job_id: str,
+        work: Callable[[threading.Event], Awaitable[None]],
+        fail: Callable[[MultipassError], Awaitable[Decision]],
+    ) -> Decision:
+        """Run one message's work with its job's cancel flag registered; one decision for every outcome."""
+        if job_id in self._cancelled:
+            return await fail(Cancelled("job cancelled before the pass started"))
+        cancel = threading.Event()
+        self._running.setdefault(job_id, set()).add(cancel)
+        try:
+            await work(cancel)
+            return Ack()
+        except _HandedBack:
+            log.info("held pass handed back: the worker is stopping")
+            return Nak(0.0)
+        except MultipassError as error:
+            return await fail(error)
+        except Exception as error:  # a bug: fail this delivery, let the backoff retry it
+            log.exception("pass failed unexpectedly")
+            return await fail(_Internal(f"{type(error).__name__}: {error}"))
+        finally:
+            running = self._running.get(job_id, set())
+            running.discard(cancel)
+            if not running:
+                self._running.pop(job_id, None)
 
     async def _complete(self, request: diffusion_pb2.PassRequest, output: PassOutput) -> None:
         """Store the output at the request's key, publish ``completed``, fill the shared pass cache."""
@@ -195,30 +209,15 @@ class DiffusionWorker:
                     self._check_request(model, member)
             except InvalidInput as error:
                 return await self._fail_all(members, delivery, error)
-            if batched.job_id in self._cancelled:
-                return await self._fail_all(
-                    members, delivery, Cancelled("job cancelled before the pass started")
-                )
-            cancel = threading.Event()
-            self._running.setdefault(batched.job_id, set()).add(cancel)
-            try:
+
+            async def work(cancel: threading.Event) -> None:
                 outputs = await self._run_batch(batched, members, cancel)
                 for member, output in zip(members, outputs, strict=True):
                     await self._complete(member, output)
-                return Ack()
-            except _HandedBack:
-                log.info("held pass handed back: the worker is stopping")
-                return Nak(0.0)
-            except MultipassError as error:
-                return await self._fail_all(members, delivery, error)
-            except Exception as error:  # a bug: fail this delivery, let the backoff retry it
-                log.exception("batched pass failed unexpectedly")
-                return await self._fail_all(members, delivery, _Internal(f"{type(error).__name__}: {error}"))
-            finally:
-                running = self._running.get(batched.job_id, set())
-                running.discard(cancel)
-                if not running:
-                    self._running.pop(batched.job_id, None)
+
+            return await self._decide(
+                batched.job_id, work, functools.partial(self._fail_all, members, delivery)
+            )
 
     async def _run_batch(
         self,
