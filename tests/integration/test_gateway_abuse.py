@@ -165,12 +165,21 @@ async def start(stack: Stack, resolver: Resolver, **overrides) -> None:
 
 
 async def upload(stack: Stack, key: str, data: bytes):
-    async def parts():
-        yield jobs_pb2.UploadImageRequest(filename="photo.png")
-        for offset in range(0, max(len(data), 1), 32 * 1024):
-            yield jobs_pb2.UploadImageRequest(chunk=data[offset : offset + 32 * 1024])
+    """Stream ``data`` like a client that stops writing once the server has answered.
 
-    return await stack.jobs.UploadImage(parts(), metadata=bearer(key))
+    The gateway refuses an oversized or hostile upload before the client finished sending; with a request
+    iterator grpc.aio may then report the failed send (INTERNAL) instead of the server's status, so the
+    chunks are written one by one and the call's own status is what the caller sees.
+    """
+    call = stack.jobs.UploadImage(metadata=bearer(key))
+    try:
+        await call.write(jobs_pb2.UploadImageRequest(filename="photo.png"))
+        for offset in range(0, max(len(data), 1), 32 * 1024):
+            await call.write(jobs_pb2.UploadImageRequest(chunk=data[offset : offset + 32 * 1024]))
+        await call.done_writing()
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        pass  # the server ended the call early; awaiting it below gives its status
+    return await call
 
 
 async def refused(call) -> dict[str, str]:
