@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -42,6 +43,7 @@ from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long a cancel is remembered for a job whose pass has not started on this worker yet.
 CANCEL_MEMORY_SECONDS = 600.0
@@ -226,40 +228,15 @@ class DiffusionWorker:
         cancel: threading.Event,
     ) -> list[PassOutput]:
         """As :meth:`_run`, for every member at once: one fetch of the shared inputs, one device turn."""
-        spec = batched.spec
-        self.device.hold()
-        on_device = False
-        try:
-            inputs = await self.fetch_inputs(spec)
-            if not await self.device.wait_turn(self._stop, cancel):
-                if cancel.is_set():
-                    raise Cancelled("job cancelled before the pass started")
-                raise _HandedBack
-            loop = asyncio.get_running_loop()
-            interval = self.settings.progress_interval_s
-            reporters = [_ProgressReporter(self, member, loop, interval) for member in members]
-            try:
-                for member in members:
-                    await self._publish(
-                        member,
-                        subjects.EVENT_STARTED,
-                        started=events_pb2.PassStarted(
-                            worker=self.settings.worker_name, steps_total=spec.steps
-                        ),
-                    )
-                on_device = True
-                seeds = [member.spec.seed for member in members]
-                run = functools.partial(
-                    self.engine.run_batch, spec, seeds, inputs, progress=reporters, cancel=cancel
-                )
-                return await self.device.run(run)
-            finally:
-                self.device.end_turn()
-                for reporter in reporters:
-                    await reporter.drain()
-        finally:
-            if not on_device:
-                self.device.release()
+        seeds = [member.spec.seed for member in members]
+        return await self._device_turn(
+            batched.spec,
+            members,
+            cancel,
+            lambda inputs, reporters: functools.partial(
+                self.engine.run_batch, batched.spec, seeds, inputs, progress=reporters, cancel=cancel
+            ),
+        )
 
     async def _fail_all(
         self, members: list[diffusion_pb2.PassRequest], delivery: Delivery, error: MultipassError
@@ -287,7 +264,23 @@ class DiffusionWorker:
         self, request: diffusion_pb2.PassRequest, delivery: Delivery, cancel: threading.Event
     ) -> PassOutput:
         """Fetch the inputs while another pass may hold the device, wait for the device, run."""
-        spec = request.spec
+        return await self._device_turn(
+            request.spec,
+            [request],
+            cancel,
+            lambda inputs, reporters: functools.partial(
+                self.engine.run, request.spec, inputs, progress=reporters[0], cancel=cancel
+            ),
+        )
+
+    async def _device_turn(
+        self,
+        spec: diffusion_pb2.PassSpec,
+        members: list[diffusion_pb2.PassRequest],
+        cancel: threading.Event,
+        engine_call: Callable[[PassInputs, list[_ProgressReporter]], Callable[[], T]],
+    ) -> T:
+        """Hold a place, fetch the inputs, wait for the device, publish ``started`` per member, run there."""
         self.device.hold()
         on_device = False
         try:
@@ -297,19 +290,23 @@ class DiffusionWorker:
                     raise Cancelled("job cancelled before the pass started")
                 raise _HandedBack
             loop = asyncio.get_running_loop()
-            reporter = _ProgressReporter(self, request, loop, self.settings.progress_interval_s)
+            interval = self.settings.progress_interval_s
+            reporters = [_ProgressReporter(self, member, loop, interval) for member in members]
             try:
-                await self._publish(
-                    request,
-                    subjects.EVENT_STARTED,
-                    started=events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=spec.steps),
-                )
+                for member in members:
+                    await self._publish(
+                        member,
+                        subjects.EVENT_STARTED,
+                        started=events_pb2.PassStarted(
+                            worker=self.settings.worker_name, steps_total=spec.steps
+                        ),
+                    )
                 on_device = True
-                run = functools.partial(self.engine.run, spec, inputs, progress=reporter, cancel=cancel)
-                return await self.device.run(run)
+                return await self.device.run(engine_call(inputs, reporters))
             finally:
                 self.device.end_turn()
-                await reporter.drain()
+                for reporter in reporters:
+                    await reporter.drain()
         finally:
             if not on_device:
                 self.device.release()
