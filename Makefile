@@ -7,7 +7,7 @@ PROTO_STAMP := shared/multipass/v1/__init__.py
 PROTOS := $(wildcard protos/multipass/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint format test test-unit test-integration test-e2e test-k8s run up down status bench clean
+.PHONY: install protos lint format test test-unit test-integration test-e2e test-k8s run up down status bench images clean
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -62,7 +62,11 @@ status: install
 	$(VENV)/bin/multipass status
 
 bench: install
-	$(PY) -m multipass.bench
+	$(PY) -m multipass_bench
+
+# the five service images from docker/Dockerfile (needs docker; REGISTRY=... to prefix the tags)
+images:
+	docker/build-images.sh
 
 clean:
 	rm -rf $(VENV) shared/multipass/v1 .multipass out .pytest_cache .ruff_cache

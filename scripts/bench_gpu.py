@@ -5,12 +5,12 @@
     .venv/bin/python scripts/bench_gpu.py --tiny          # tiny configs of the same architectures, on CPU
     .venv/bin/multipass bench --gpu                       # the same as the first line
 
-Prints one JSON object (docs/BENCHMARKS.md). The work is in ``multipass.bench.gpu``.
+Prints one JSON object (docs/BENCHMARKS.md). The work is in ``multipass_bench.gpu``.
 """
 
 import sys
 
-from multipass.bench.gpu import main
+from multipass_bench.gpu import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,8 +18,9 @@ import pytest
 
 from multipass.bus import Bus
 from multipass.connections import S3Settings
-from multipass.local import BinaryNotFound, NatsServerProcess, S3ServerProcess
-from multipass.store import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES, ObjectStore
+from multipass.names import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES
+from multipass.store import ObjectStore
+from multipass_dev.local import BinaryNotFound, NatsServerProcess, S3ServerProcess
 
 
 def _missing_binary(error: BinaryNotFound) -> None:

@@ -12,7 +12,7 @@ from multipass_diffusion.settings import DiffusionSettings
 
 
 async def _serve(settings: DiffusionSettings):
-    from multipass_diffusion.service import serve
+    from multipass_diffusion.app import serve
 
     return await serve(settings)
 

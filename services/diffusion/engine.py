@@ -20,11 +20,13 @@ from PIL import Image
 
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion import faceid, metrics, models, passes
+from multipass_diffusion import faceid, metrics, models, prompt_expansion
 from multipass_diffusion.adapters import AdapterRequest
-from multipass_diffusion.finishing import prompt_expansion
+from multipass_diffusion.nets import components
 from multipass_diffusion.pass_cache import PassCache
 from multipass_diffusion.passes.context import PassContext, PassInputs, ProgressFn, StepMonitor
+from multipass_diffusion.passes.handler import PassHandler
+from multipass_diffusion.passes.registry import HANDLERS, handler_for
 from multipass_diffusion.passes.sampling import prompt_warnings
 from multipass_diffusion.preprocessors import Preprocessors
 from multipass_diffusion.runtime import CompileOptions, ModelRuntime
@@ -66,7 +68,7 @@ class _Prepared:
     """A pass ready to run or to be answered from the cache (see ``Engine._prepare``)."""
 
     spec: diffusion_pb2.PassSpec
-    handler: passes.PassHandler
+    handler: PassHandler
     runtime: ModelRuntime
     tunes: _Tunes
     identity: faceid.FaceIdRequest | None
@@ -200,8 +202,8 @@ class Engine:
         return output
 
     def _run(self, spec, inputs: PassInputs, progress, cancel, started: float) -> PassOutput:
-        handler = passes.handler_for(spec.kind)
-        if not getattr(handler, "uses_models", True):
+        handler = handler_for(spec.kind)
+        if not handler.uses_models:
             self.runtime(spec.model)  # the subject's model: checked as for every pass
             return self._run_without_models(handler, spec, inputs, started)
         monitor = StepMonitor(progress, cancel)
@@ -215,7 +217,7 @@ class Engine:
 
     def _prepare(self, spec, inputs: PassInputs, monitor: StepMonitor) -> _Prepared:
         """Validate, expand the prompt, resolve tunes and identity, and compute the pass-cache key."""
-        handler = passes.handler_for(spec.kind)
+        handler = handler_for(spec.kind)
         runtime = self.runtime(spec.model)
         expand = prompt_expansion.requested(spec)
         handler.validate(spec, inputs)
@@ -229,15 +231,10 @@ class Engine:
             spec, expanded = prompt_expansion.expand_spec(spec, self.settings.model_dir)
             expansion_warnings, reported_metadata = prompt_expansion.expansion_report(original, expanded)
             monitor.check()
-        uses_faceid = getattr(handler, "uses_faceid", False)
-        tunes = self._resolve_tunes(spec, inputs, runtime, uses_faceid=uses_faceid)
-        identity = faceid.resolve(spec, inputs, runtime) if uses_faceid else None
+        tunes = self._resolve_tunes(spec, inputs, runtime, uses_faceid=handler.uses_faceid)
+        identity = faceid.resolve(spec, inputs, runtime) if handler.uses_faceid else None
         working = self.settings.working_size_for(runtime.family)
-        extra = (
-            list(handler.cache_parts(spec, self.settings.model_dir))
-            if hasattr(handler, "cache_parts")
-            else []
-        )
+        extra = list(handler.cache_parts(spec, self.settings.model_dir))
         extra.append(f"vae-tile-above:{runtime.vae_tile_above_pixels}")
         if runtime.compile_options is not None:
             # Compiled kernels and folded LoRA scales round differently: never mix with uncompiled outputs.
@@ -371,8 +368,7 @@ class Engine:
         if len(misses) < 2:
             return False
         lead = prepared[misses[0]]
-        support = getattr(lead.handler, "batch_support", None)
-        if support is None or not support(lead.spec, inputs):
+        if not lead.handler.batch_support(lead.spec, inputs):
             return False
         return len({_unseeded(prepared[i].spec) for i in misses}) == 1
 
@@ -399,7 +395,9 @@ class Engine:
             )
             outputs[i] = self._finish(own, member, image, monitor.steps_run, started)
 
-    def _run_without_models(self, handler, spec, inputs: PassInputs, started: float) -> PassOutput:
+    def _run_without_models(
+        self, handler: PassHandler, spec, inputs: PassInputs, started: float
+    ) -> PassOutput:
         """A pass without model work (composite): no runtime, adapters, or pass-cache lookup (it is cheap)."""
         handler.validate(spec, inputs)
         ctx = PassContext(spec, inputs, None, None, None, StepMonitor(), 0)
@@ -431,11 +429,11 @@ class Engine:
             if path is None:
                 raise FailedPrecondition(f"{tag}: the tune file was not fetched to local disk")
             resolved = ResolvedTune(
-                Path(path), spec.tune_files[ref.tune_id].sha256.lower() or file_sha256(Path(path))
+                Path(path), spec.tune_files[ref.tune_id].sha256.lower() or models.file_sha256(Path(path))
             )
             shas[ref.tune_id] = resolved.sha256
             info = models.inspect_tune(resolved.path, tag)
-            check_family(info, runtime, tag)
+            models.check_family(info, runtime, tag)
             if info.kind == "checkpoint":
                 if checkpoint is not None:
                     raise InvalidInput.of(
@@ -467,10 +465,12 @@ class Engine:
         return allocated
 
     def capabilities(self) -> list[str]:
-        found: set[str] = {f"pass:{kind}" for kind in passes.kinds()}
-        for handler in passes.handlers():
-            if hasattr(handler, "capabilities"):
-                found.update(handler.capabilities(self.settings.model_dir))
+        model_dir = self.settings.model_dir
+        found: set[str] = {f"pass:{kind}" for kind in HANDLERS}
+        for handler in HANDLERS.values():
+            found.update(handler.capabilities(model_dir))
+        if components.PROMPT_EXPANDER in components.installed_capabilities(model_dir):
+            found.add(components.PROMPT_EXPANDER)  # the prompt_expansion option of the sampling passes
         for runtime in self.runtimes.values():
             found.update(runtime.capabilities())
         found.update(f"preprocessor:{kind}" for kind in self.preprocessors.installed())
@@ -526,23 +526,6 @@ def _count_success(kind: str, output: PassOutput) -> None:
     metrics.PASS_STEPS.inc(output.steps_run)
 
 
-def check_family(info: models.TuneFile, runtime: ModelRuntime, tag: str) -> None:
-    """A tune must be made for the family of the model its pass runs on."""
-    sdxl = runtime.family == "sdxl"
-    if info.has_second_text_encoder and not sdxl:
-        raise InvalidInput.of([Violation(tag, f"is an SDXL tune; model {runtime.name} is {runtime.family}")])
-    expected = runtime.base.cross_attention_dim
-    if info.cross_attention_dim is not None and info.cross_attention_dim != expected:
-        raise InvalidInput.of(
-            [
-                Violation(
-                    tag,
-                    f"is a tune for another model family (cross-attention width {info.cross_attention_dim}; model {runtime.name} is {runtime.family} with {expected})",
-                )
-            ]
-        )
-
-
 def spec_hash(
     spec: diffusion_pb2.PassSpec,
     inputs: PassInputs,
@@ -572,14 +555,6 @@ def spec_hash(
             continue
         digest.update(f"{name}:{image.mode}:{image.width}x{image.height}".encode() + b"\0")
         digest.update(hashlib.sha256(image.tobytes()).digest())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

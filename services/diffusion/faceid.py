@@ -7,7 +7,7 @@ Model directory (docs/DIFFUSION.md): ``<MODEL_DIR>/diffusion/ip_adapter/<family>
 MLP to 4 tokens of the UNet's cross-attention width) and ``to_k_ip``/``to_v_ip`` per cross-attention
 processor, plus FaceID's optional LoRA (``<k>.to_{q,k,v,out}_lora.*``). One adapter serves every model of
 its family; a file whose width does not fit the UNet is FAILED_PRECONDITION. The identity comes from the
-face swapper's ArcFace-class embedder (:mod:`multipass_diffusion.face_embedding`); FaceID Plus (which
+face swapper's ArcFace-class embedder (:mod:`multipass_diffusion.nets.face_embedding`); FaceID Plus (which
 also needs CLIP image embeddings) is not supported.
 
 A pass takes at most one ``faceid`` LoraRef. :func:`resolve` turns it into a :class:`FaceIdRequest`: the
@@ -35,8 +35,8 @@ from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2, prompt_pb2
 from multipass_diffusion import models
 from multipass_diffusion.adapters import AdapterRequest
-from multipass_diffusion.face_embedding import EMBEDDING_SIZE, Reference, embedder_file, load_embedder
-from multipass_diffusion.finishing import components as finishing_components
+from multipass_diffusion.nets import components as model_components
+from multipass_diffusion.nets.face_embedding import EMBEDDING_SIZE, Reference, embedder_file, load_embedder
 from multipass_diffusion.pipelines import ComponentSet
 from multipass_diffusion.tune_files import reference_keys
 
@@ -69,8 +69,8 @@ def missing_files(model_dir: Path, family: str) -> list[Path]:
 
 
 def installed(model_dir: Path, family: str) -> bool:
-    return not missing_files(model_dir, family) and not finishing_components.missing_packages(
-        finishing_components.FACE_SWAPPER
+    return not missing_files(model_dir, family) and not model_components.missing_packages(
+        model_components.FACE_SWAPPER
     )
 
 
@@ -78,7 +78,7 @@ def fingerprint(model_dir: Path, family: str) -> str:
     """The adapter's weight file (name and size) and the embedder's files: part of the pass-cache key."""
     path = weights_file(model_dir, family)
     weights = f"{path.name}:{path.stat().st_size}" if path is not None else "none"
-    embedder = finishing_components.fingerprint(model_dir, finishing_components.FACE_SWAPPER)
+    embedder = model_components.fingerprint(model_dir, model_components.FACE_SWAPPER)
     return f"faceid-weights:{weights}:embedder:{embedder}"
 
 
@@ -151,7 +151,7 @@ def resolve(spec: diffusion_pb2.PassSpec, inputs, runtime) -> FaceIdRequest | No
         if path is None:
             raise FailedPrecondition(f"{tag}: reference image {key} was not fetched to local disk")
         path = Path(path)
-        sha256 = spec.tune_files[key].sha256.lower() or _file_sha256(path)
+        sha256 = spec.tune_files[key].sha256.lower() or models.file_sha256(path)
         references.append(Reference(path, sha256, f"reference image {key} of {tag}"))
     embedder = load_embedder(
         runtime.model_dir, device=runtime.device, threads=_torch_threads(), needed_by=tag
@@ -304,7 +304,7 @@ class FaceIdAdapter:
             lora = _lora_part(state["ip_adapter"], list(components.pipe.unet.attn_processors))
         except FailedPrecondition as error:
             raise FailedPrecondition(f"{path}: {error}") from error
-        self._weights = _Weights(path, _file_sha256(path), state, lora)
+        self._weights = _Weights(path, models.file_sha256(path), state, lora)
         log.info(
             "faceid adapter loaded",
             extra={"model": self.label, "path": str(path), "lora": lora is not None},
@@ -378,12 +378,6 @@ def _lora_part(ip_adapter: dict, processors: list[str]) -> dict | None:
     for key in lora_keys:
         del ip_adapter[key]
     return lora
-
-
-def _file_sha256(path: Path) -> str:
-    from multipass_diffusion.engine import file_sha256
-
-    return file_sha256(path)
 
 
 def _torch_threads() -> int:

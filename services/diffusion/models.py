@@ -1,4 +1,4 @@
-"""The model directory: which models exist, their family, and loading their components from disk.
+"""The model directory: which models exist, their family, loading their components, and checking tune files.
 
 Layout (docs/CONTRACTS.md): ``<MODEL_DIR>/diffusion/<name>/`` in diffusers format, optionally with
 ``unet_inpaint/`` (a 9-channel inpainting UNet); ControlNets under ``diffusion/controlnet/<family>/<kind>/``
@@ -12,8 +12,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
+
+if TYPE_CHECKING:
+    from multipass_diffusion.runtime import ModelRuntime
 
 FAMILIES = {
     "StableDiffusionPipeline": "sd15",
@@ -215,3 +219,29 @@ def inspect_tune(path: Path, field: str) -> TuneFile:
 
 def _is_cross_attention_key(key: str) -> bool:
     return ("attn2.to_k" in key or "attn2_to_k" in key) and key.endswith(".weight")
+
+
+def check_family(info: TuneFile, runtime: ModelRuntime, tag: str) -> None:
+    """A tune must be made for the family of the model its pass runs on."""
+    sdxl = runtime.family == "sdxl"
+    if info.has_second_text_encoder and not sdxl:
+        raise InvalidInput.of([Violation(tag, f"is an SDXL tune; model {runtime.name} is {runtime.family}")])
+    expected = runtime.base.cross_attention_dim
+    if info.cross_attention_dim is not None and info.cross_attention_dim != expected:
+        raise InvalidInput.of(
+            [
+                Violation(
+                    tag,
+                    f"is a tune for another model family (cross-attention width {info.cross_attention_dim}; model {runtime.name} is {runtime.family} with {expected})",
+                )
+            ]
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

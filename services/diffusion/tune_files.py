@@ -52,3 +52,16 @@ def needed_keys(spec: diffusion_pb2.PassSpec) -> list[str]:
     keys = [ref.tune_id for ref in refs if ref.kind in FILE_KINDS and ref.tune_id in spec.tune_files]
     keys += sorted(key for key in spec.tune_files if is_reference_key(key))
     return list(dict.fromkeys(keys))
+
+
+def tune_file_parts(spec: diffusion_pb2.PassSpec, keys) -> list[str]:
+    """``key=sha256`` of the given ``spec.tune_files`` entries, sorted (unknown keys are skipped).
+
+    For the pass-cache key of passes that read tune files the engine does not hash itself (the faces'
+    LoRAs, reference images).
+    """
+    return [
+        f"tune-file:{key}={spec.tune_files[key].sha256.lower()}"
+        for key in sorted(set(keys))
+        if key in spec.tune_files
+    ]

@@ -28,10 +28,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from multipass import subjects
-from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay
+from multipass import names
+from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay, publish_pass_event
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.images import encode_png
 from multipass.logs import log_context
@@ -68,16 +66,16 @@ class DiffusionWorker:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._cancel_sub = await self.bus.subscribe_core(subjects.CANCEL_ALL, self._on_cancel)
+        self._cancel_sub = await self.bus.subscribe_core(names.CANCEL_ALL, self._on_cancel)
         for model in self.engine.runtimes:
             await self.bus.ensure_consumer(**self._consumer_config(model))
             self._tasks.append(asyncio.create_task(self._consume(model), name=f"consume-{model}"))
 
     def _consumer_config(self, model: str) -> dict:
         return {
-            "stream": subjects.STREAM_PASSES,
-            "durable": subjects.diffusion_durable(model),
-            "filter_subject": subjects.diffusion_pass_subject(model),
+            "stream": names.STREAM_PASSES,
+            "durable": names.diffusion_durable(model),
+            "filter_subject": names.diffusion_pass_subject(model),
             "ack_wait": self.settings.ack_wait_s,
             "max_deliver": self.settings.max_deliver,
             "max_ack_pending": self.settings.max_ack_pending,
@@ -105,7 +103,7 @@ class DiffusionWorker:
     # -- cancellation ----------------------------------------------------------------------------------
 
     async def _on_cancel(self, msg) -> None:
-        job_id = subjects.job_id_from_subject(msg.subject)
+        job_id = names.job_id_from_subject(msg.subject)
         now = time.monotonic()
         self._cancelled[job_id] = now
         while self._cancelled and next(iter(self._cancelled.values())) < now - CANCEL_MEMORY_SECONDS:
@@ -173,9 +171,10 @@ class DiffusionWorker:
             width=output.image.width,
             height=output.image.height,
         )
-        await self._publish(
+        await publish_pass_event(
+            self.bus,
             request,
-            subjects.EVENT_COMPLETED,
+            names.EVENT_COMPLETED,
             completed=events_pb2.PassCompleted(result=_result(output, ref)),
         )
         cache = self.engine.cache
@@ -258,7 +257,7 @@ class DiffusionWorker:
             )
         if problems:
             raise InvalidInput.of(problems)
-        subjects.check_token(request.job_id, "job_id")
+        names.check_token(request.job_id, "job_id")
 
     async def _run(
         self, request: diffusion_pb2.PassRequest, delivery: Delivery, cancel: threading.Event
@@ -294,9 +293,10 @@ class DiffusionWorker:
             reporters = [_ProgressReporter(self, member, loop, interval) for member in members]
             try:
                 for member in members:
-                    await self._publish(
+                    await publish_pass_event(
+                        self.bus,
                         member,
-                        subjects.EVENT_STARTED,
+                        names.EVENT_STARTED,
                         started=events_pb2.PassStarted(
                             worker=self.settings.worker_name, steps_total=spec.steps
                         ),
@@ -358,12 +358,13 @@ class DiffusionWorker:
                 common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
             ],
         )
-        suffix = f"{subjects.EVENT_FAILED}:retry{delivery.num_delivered}" if retry else subjects.EVENT_FAILED
+        suffix = f"{names.EVENT_FAILED}:retry{delivery.num_delivered}" if retry else names.EVENT_FAILED
         if request.job_id:
             try:
-                await self._publish(
+                await publish_pass_event(
+                    self.bus,
                     request,
-                    subjects.EVENT_FAILED,
+                    names.EVENT_FAILED,
                     suffix=suffix,
                     failed=events_pb2.PassFailed(error=detail, retriable=retry),
                 )
@@ -390,28 +391,12 @@ class DiffusionWorker:
                 code=common_pb2.ERROR_CODE_INTERNAL, message=reason, pass_name=request.pass_name
             )
             for member in batch_members(request):
-                await self._publish(
-                    member, subjects.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail, retriable=False)
+                await publish_pass_event(
+                    self.bus,
+                    member,
+                    names.EVENT_FAILED,
+                    failed=events_pb2.PassFailed(error=detail, retriable=False),
                 )
-
-    async def _publish(
-        self, request: diffusion_pb2.PassRequest, event: str, *, suffix: str | None = None, **payload
-    ) -> None:
-        message = events_pb2.PassEvent(
-            job_id=request.job_id,
-            tenant=request.tenant,
-            image_index=request.image_index,
-            pass_name=request.pass_name,
-            attempt=request.attempt,
-            **payload,
-        )
-        now = Timestamp()
-        now.GetCurrentTime()
-        message.time.CopyFrom(now)
-        msg_id = subjects.pass_msg_id(
-            request.job_id, request.image_index, request.pass_name, request.attempt, suffix or event
-        )
-        await self.bus.publish(subjects.event_subject(request.job_id, event), message, msg_id=msg_id)
 
 
 class _ProgressReporter:
@@ -431,10 +416,11 @@ class _ProgressReporter:
             return
         self._last = now
         progress = events_pb2.PassProgress(step=step, steps_total=total)
-        coroutine = self.worker._publish(
+        coroutine = publish_pass_event(
+            self.worker.bus,
             self.request,
-            subjects.EVENT_PROGRESS,
-            suffix=f"{subjects.EVENT_PROGRESS}:{step}",
+            names.EVENT_PROGRESS,
+            suffix=f"{names.EVENT_PROGRESS}:{step}",
             progress=progress,
         )
         self._pending.append(asyncio.run_coroutine_threadsafe(coroutine, self.loop))

@@ -1,9 +1,15 @@
 """The Multipass gateway: public Jobs/Tunes/Admin gRPC APIs, job state and orchestration.
 
-Pure modules (no grpc, nats or minio): ``planner`` (parsed prompt -> chain of passes per image),
-``job_state`` (transitions of a job record, progress, the outbox), ``ssrf`` (which addresses user URLs
-may reach), ``auth`` (API keys, admin token), ``names``. The rest wires them to the world: ``fetch``
-(safe HTTP), ``job_store`` (KV compare-and-set + outbox publishing), ``orchestrator`` (pass events),
-``gateway_passes`` (segmentation work queue), ``lifecycle`` (job end, callbacks, sweeper), ``submission``
-(SubmitJob), the servicers, and ``service.serve(settings)``.
+Four layers, each importing only the ones below it (``tests/unit/gateway/test_gateway_layers.py``):
+
+* ``domain``: pure rules (planner, job state machine, parallel persons, base batching, scheduling
+  policy, address policy, API keys): no grpc, nats, S3 or network I/O.
+* ``infra``: the world: job, tune and tenant stores, the KV mirrors and replica notes, the pass
+  scheduler's I/O, safe HTTP, callbacks, clients of the internal services, metrics.
+* ``app``: what each request and consumed message does: submission, cancellation, the orchestrator,
+  the segmentation steps, abandoned-pass recovery, the end of a job, the sweeper, WatchJob's stream.
+* ``api``: the gRPC servicers (``*_servicer.py``), credentials of a call, the public view of a job.
+
+``main.serve(settings)`` wires them (the other services name this module ``app.py``; here ``app`` is the
+application layer); ``settings`` is read once by ``python -m multipass_gateway``.
 """

@@ -9,7 +9,7 @@ from multipass_gateway.settings import GatewaySettings
 
 
 async def _serve(settings: GatewaySettings):
-    from multipass_gateway.service import serve
+    from multipass_gateway.main import serve
 
     return await serve(settings)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError, Violation
-from multipass_gateway.base_batching import DEFAULT_MAX_BATCH
+from multipass_gateway.domain.base_batching import DEFAULT_MAX_BATCH
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:50050"
 DEFAULT_METRICS_PORT = 9100

@@ -9,7 +9,7 @@ from multipass_prompt_parser.settings import ParserSettings
 
 
 async def _serve(settings: ParserSettings):
-    from multipass_prompt_parser.service import serve
+    from multipass_prompt_parser.app import serve
 
     return await serve(settings)
 

@@ -21,10 +21,6 @@ def split_on_break(text: str) -> list[str]:
     return BREAK.split(text)
 
 
-def has_break(text: str) -> bool:
-    return BREAK.search(text) is not None
-
-
 def tidy(text: str) -> str:
     """One segment's text: whitespace runs become one space, no space before a comma, no empty items
     between commas, no leading or trailing comma or space. Brackets, colons and weights are untouched."""

@@ -13,7 +13,7 @@ from multipass_segmentation.settings import SegmentationSettings
 
 
 async def _serve(settings: SegmentationSettings):
-    from multipass_segmentation.service import serve
+    from multipass_segmentation.app import serve
 
     return await serve(settings)
 

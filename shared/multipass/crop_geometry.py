@@ -2,8 +2,8 @@
 
 The worker crops around a person's (or face's) feathered mask with :func:`crop_box`; the gateway predicts
 the same box from the mask's tight box (the Segment response) to decide which person passes may run at the
-same time (``multipass_gateway.person_stages``). One implementation serves both, so the prediction cannot
-drift from what the worker does.
+same time (``multipass_gateway.domain.person_stages``). One implementation serves both, so the prediction
+cannot drift from what the worker does.
 
 The algorithm (A1111's "inpaint only masked" with Impact Pack's crop factor): take the tight box around the
 feathered mask, scale it by ``crop_factor`` around its centre and grow it by ``padding`` on every side,

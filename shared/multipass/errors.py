@@ -1,6 +1,6 @@
 """The one error hierarchy of Multipass.
 
-Domain code raises these; the gRPC interceptor (``multipass.grpc_errors``) maps them to status codes,
+Domain code raises these; the gRPC interceptor (``multipass.grpc.errors``) maps them to status codes,
 and the workers map them to ack/nak/term decisions. Nothing else decides what an error means.
 """
 

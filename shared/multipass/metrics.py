@@ -11,7 +11,7 @@ import time
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from multipass.grpc_wrapping import wrap_handler
+from multipass.grpc.wrapping import wrap_handler
 
 #: Buckets for work measured in seconds to minutes (diffusion passes, whole jobs): up to 10 minutes.
 LONG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)

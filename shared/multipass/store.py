@@ -32,11 +32,6 @@ from multipass.errors import FailedPrecondition, Internal, InvalidInput, NotFoun
 from multipass.images import DEFAULT_MAX_PIXELS, decode_image, encode_png, sha256_hex
 from multipass.v1 import common_pb2
 
-BUCKET_JOBS = "multipass-jobs"
-BUCKET_TUNES = "multipass-tunes"
-BUCKET_MODELS = "multipass-models"
-BUCKETS = (BUCKET_JOBS, BUCKET_TUNES, BUCKET_MODELS)
-
 PNG = "image/png"
 _CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "NoSuchBucket", "ResourceNotFound", "NoSuchObject"}

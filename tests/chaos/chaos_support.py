@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multipass.local.process import LOOPBACK, ManagedProcess, free_port
-from multipass.stack.health import grpc_serving
 from multipass.v1 import jobs_pb2
+from multipass_dev.local.process import LOOPBACK, ManagedProcess, free_port
+from multipass_dev.stack.health import grpc_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Tiny random models shared with the other integration tests (built once, kept under .multipass/).

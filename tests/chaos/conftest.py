@@ -34,10 +34,10 @@ from chaos_support import (
 
 from multipass.bus import Bus
 from multipass.connections import NatsSettings, S3Settings
-from multipass.local import NatsServerProcess, S3ServerProcess
-from multipass.local.process import LOOPBACK, free_port
 from multipass.store import ObjectStore
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from multipass_dev.local import NatsServerProcess, S3ServerProcess
+from multipass_dev.local.process import LOOPBACK, free_port
 
 # The fake worker and gateway wiring of the integration tier, reused by the load test.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -76,7 +76,7 @@ class Cluster:
 
 
 def _worker(name: str, root: Path, nats_url: str, s3_endpoint: str, token: str) -> ServiceProcess:
-    from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
+    from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 
     address = f"{LOOPBACK}:{free_port()}"
     env = service_env(
@@ -102,7 +102,7 @@ def _worker(name: str, root: Path, nats_url: str, s3_endpoint: str, token: str) 
 
 @pytest.fixture(scope="module")
 def cluster(s3_server: S3ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from multipass.tiny_models import build_tiny_models
+    from multipass_dev.tiny_models import build_tiny_models
 
     build_tiny_models(MODELS_ROOT)
     root = tmp_path_factory.mktemp("chaos")
@@ -194,7 +194,7 @@ class Gateway:
         return GatewaySettings(**values)
 
     async def start(self, **overrides) -> None:
-        from multipass_gateway.service import serve
+        from multipass_gateway.main import serve
 
         self.overrides.update(overrides)
         self.handle = await serve(self.settings())

@@ -23,7 +23,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     wait_for_job,
 )
 
-from multipass import subjects
+from multipass import names
 from multipass.v1 import common_pb2, jobs_pb2
 from multipass_gateway.settings import Limits
 
@@ -42,16 +42,16 @@ class DyingWorker:
 
     async def start(self) -> None:
         bus = self.stack.bus
-        durable = subjects.diffusion_durable(MODEL)
+        durable = names.diffusion_durable(MODEL)
         await bus.ensure_consumer(
-            stream=subjects.STREAM_PASSES,
+            stream=names.STREAM_PASSES,
             durable=durable,
-            filter_subject=subjects.diffusion_pass_subject(MODEL),
+            filter_subject=names.diffusion_pass_subject(MODEL),
             ack_wait=1.0,
             max_deliver=DELIVERIES,
             max_ack_pending=16,
         )
-        self._sub = await bus.js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_PASSES)
+        self._sub = await bus.js.pull_subscribe_bind(durable=durable, stream=names.STREAM_PASSES)
         self._task = asyncio.create_task(self._take())
 
     async def _take(self) -> None:
@@ -97,7 +97,7 @@ async def test_a_pass_that_kills_every_worker_fails_its_job_naming_the_pass(stac
     assert any("attempt 1 failed" in warning for warning in job.warnings)
     # Each attempt was delivered exactly DELIVERIES times, then withdrawn from the work queue.
     assert sorted(delivery for _, delivery in dying.taken) == [1, 1, 2, 2]
-    info = await stack.bus.js.stream_info(subjects.STREAM_PASSES)
+    info = await stack.bus.js.stream_info(names.STREAM_PASSES)
     assert info.state.messages == 0
     print(f'RELIABILITY abandoned_pass {{"attempts": 2, "seconds_to_failed": {elapsed:.1f}}}')
 
@@ -118,9 +118,9 @@ async def test_an_abandoned_attempt_runs_again_on_a_healthy_worker(stack):
     healthy_stop = asyncio.Event()
     healthy = asyncio.create_task(
         stack.bus.consume(
-            stream=subjects.STREAM_PASSES,
-            durable=subjects.diffusion_durable(MODEL),
-            filter_subject=subjects.diffusion_pass_subject(MODEL),
+            stream=names.STREAM_PASSES,
+            durable=names.diffusion_durable(MODEL),
+            filter_subject=names.diffusion_pass_subject(MODEL),
             handler=stack.worker.handle,
             ack_wait=1.0,
             max_deliver=DELIVERIES,

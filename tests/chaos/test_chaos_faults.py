@@ -20,9 +20,8 @@ import pytest
 from chaos_support import MAX_DELIVER, MODELS_ROOT, TERMINAL, bearer, check_event_stream, expected_objects
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from multipass.internal_auth import INTERNAL_TOKEN_HEADER
-from multipass.stack.health import grpc_serving
-from multipass.store import BUCKET_JOBS
+from multipass.grpc.internal_auth import INTERNAL_TOKEN_HEADER
+from multipass.names import BUCKET_JOBS
 from multipass.v1 import (
     common_pb2,
     diffusion_pb2,
@@ -34,6 +33,7 @@ from multipass.v1 import (
     segmentation_pb2,
     segmentation_pb2_grpc,
 )
+from multipass_dev.stack.health import grpc_serving
 from multipass_gateway.settings import Limits
 
 pytestmark = pytest.mark.timeout(300)
@@ -329,7 +329,7 @@ async def test_the_gateway_restarts_mid_job_and_orchestration_resumes(cluster, g
 async def test_a_permanently_failing_pass_fails_its_job_naming_the_pass_and_others_run_on(
     cluster, gateway, objects, tmp_path
 ):
-    from multipass.tiny_models.diffusion import SD15_MODEL, write_random_lora
+    from multipass_dev.tiny_models.diffusion import SD15_MODEL, write_random_lora
 
     tenant = await gateway.tenant("corrupt")
     lora = write_random_lora(MODELS_ROOT / "diffusion" / SD15_MODEL, tmp_path / "lora.safetensors", seed=5)

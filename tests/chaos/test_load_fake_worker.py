@@ -149,7 +149,6 @@ async def test_hundreds_of_concurrent_jobs_complete_or_are_refused_cleanly(stack
 
 async def kv_messages(stack: Stack, pattern: str) -> int:
     """Messages (live values and delete markers alike) under ``pattern`` in the jobs bucket's stream."""
-    store = await stack.bus.kv("multipass-jobs")
     config = api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE,
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
@@ -158,6 +157,6 @@ async def kv_messages(stack: Stack, pattern: str) -> int:
         mem_storage=True,
         num_replicas=1,
     )
-    info = await stack.bus.js.add_consumer(store._stream, config)
+    info = await stack.bus.js.add_consumer("KV_multipass-jobs", config)  # the bucket's stream
     await stack.bus.js.delete_consumer(info.stream_name, info.name)
     return info.num_pending or 0

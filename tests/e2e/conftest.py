@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from e2e_support import CALLBACK_HOST
 
-from multipass.client import Client, connect
-from multipass.client.downloads import S3Reader, s3_reader_for
-from multipass.stack.state import StackPaths, admin_token, dev_api_key, pid_alive, read_state
+from multipass_client import Client, connect
+from multipass_client.downloads import S3Reader, s3_reader_for
+from multipass_client.stack_record import StackPaths, admin_token, dev_api_key, read_state
+from multipass_dev.stack.state import pid_alive
 
 E2E_ENV = {
     "MULTIPASS_FETCH_ALLOW_HOSTS": CALLBACK_HOST,
@@ -81,7 +82,7 @@ class Stack:
     ) -> subprocess.CompletedProcess:
         """``multipass ARGS`` as a user runs it (credentials and address from the stack directory)."""
         return subprocess.run(
-            [sys.executable, "-m", "multipass.cli.main", *args],
+            [sys.executable, "-m", "multipass_client.cli.main", *args],
             env={**self.env, **(extra_env or {})},
             capture_output=True,
             text=True,
@@ -124,6 +125,6 @@ def client(stack) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def sd15_model(stack) -> Path:
-    from multipass.stack.demo import sd15_model
+    from multipass_dev.stack.demo import sd15_model
 
     return sd15_model(stack.model_dir)

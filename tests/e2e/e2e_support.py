@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from multipass.client import Client
 from multipass.v1 import jobs_pb2
+from multipass_client import Client
 
 #: Callback receivers of these tests listen on 127.0.0.2; allow-listing only that address keeps
 #: http://127.0.0.1/... refused, as for any user.
@@ -18,7 +18,7 @@ FAST = {"steps": "2", "w": "256", "h": "256"}
 def register_lora(
     client: Client, model: Path, tmp_path: Path, *, seed: int, token: str = "ohwx", class_name: str = "woman"
 ) -> str:
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     path = write_random_lora(model, tmp_path / f"lora-{seed}.safetensors", seed=seed)
     return client.tunes.register(path, token=token, class_name=class_name, base_family="sd15").tune_id

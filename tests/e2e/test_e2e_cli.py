@@ -14,7 +14,7 @@ PARAMS = [arg for name, value in FAST.items() for arg in ("--param", f"{name}={v
 
 
 def test_tunes_register_list_get_delete(stack, sd15_model, tmp_path):
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     lora = write_random_lora(sd15_model, tmp_path / "anna.safetensors", seed=31)
     registered = stack.cli(

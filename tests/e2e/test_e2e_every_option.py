@@ -49,7 +49,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def test_a_job_with_every_option_runs_every_pass_in_order(stack, client, sd15_model, tmp_path):
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     face = Image.fromarray(sample_images.astronaut()).crop((140, 20, 340, 220))
     reference = client.jobs.upload_image(png_bytes(face), "reference.png").image_id

@@ -13,9 +13,9 @@ import pytest
 from e2e_support import FAST, follow, register_lora, two_person_prompt
 from PIL import Image
 
-from multipass.client.downloads import generation_chain
-from multipass.client.errors import violations_of
 from multipass.v1 import jobs_pb2
+from multipass_client.downloads import generation_chain
+from multipass_client.errors import violations_of
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 from e2e_support import follow
 
-from multipass.client import connect
-from multipass.client.downloads import s3_reader_for
-from multipass.stack.local_stack import LocalStack, StackConfig
-from multipass.stack.state import StackPaths, dev_api_key, read_state
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 from multipass.v1 import jobs_pb2
+from multipass_client import connect
+from multipass_client.downloads import s3_reader_for
+from multipass_client.stack_record import StackPaths, dev_api_key, read_state
+from multipass_dev.stack.local_stack import LocalStack, StackConfig
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 
 pytestmark = pytest.mark.e2e
 

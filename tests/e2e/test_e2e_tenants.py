@@ -6,8 +6,8 @@ import grpc
 import pytest
 from e2e_support import FAST, follow, register_lora
 
-from multipass.client import connect, describe_rpc_error
 from multipass.v1 import jobs_pb2
+from multipass_client import connect, describe_rpc_error
 
 pytestmark = pytest.mark.e2e
 

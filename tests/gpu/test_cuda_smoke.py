@@ -15,14 +15,14 @@ from PIL import Image
 
 from multipass.errors import Cancelled
 from multipass.images import encode_png
-from multipass.tiny_models.diffusion import (
+from multipass.v1 import common_pb2, diffusion_pb2, prompt_pb2
+from multipass_dev.tiny_models.diffusion import (
     SD15_MODEL,
     SDXL_MODEL,
     TINY_WORKING_SIZE,
     build,
     write_random_lora,
 )
-from multipass.v1 import common_pb2, diffusion_pb2, prompt_pb2
 
 pytestmark = [
     pytest.mark.gpu,
@@ -89,7 +89,7 @@ def test_every_pass_kind_in_fp16(engine, model):
         spec(model, kind="person", width=0, height=0, use_lpw=True, prompt="(ohwx man:1.2)"),
         PassInputs(image=image, mask=mask),
     )
-    from multipass_diffusion.crop_inpaint import feather
+    from multipass_diffusion.imaging.crop_inpaint import feather
 
     outside = feather(np.asarray(mask), 4) == 0
     assert np.array_equal(np.asarray(person.image)[outside], np.asarray(image)[outside])
@@ -97,7 +97,7 @@ def test_every_pass_kind_in_fp16(engine, model):
 
 
 def test_lora_and_cancel_on_cuda(engine, tmp_path):
-    from multipass_diffusion.engine import file_sha256
+    from multipass_diffusion.models import file_sha256
     from multipass_diffusion.passes.context import PassInputs
 
     lora = write_random_lora(MODELS_ROOT / "diffusion" / SD15_MODEL, tmp_path / "l.safetensors", seed=1)

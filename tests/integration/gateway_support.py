@@ -16,10 +16,10 @@ import grpc
 import pytest
 from PIL import Image
 
-from multipass import subjects
-from multipass.bus import Ack, Bus, Delivery, Term
+from multipass import names
+from multipass.bus import Ack, Bus, Delivery, Term, publish_pass_event
 from multipass.connections import NatsSettings
-from multipass.grpc_server import Registration, start_grpc_server
+from multipass.grpc.server import Registration, start_grpc_server
 from multipass.store import ObjectStore
 from multipass.v1 import (
     admin_pb2,
@@ -31,9 +31,9 @@ from multipass.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
 )
-from multipass_gateway.service import serve as serve_gateway
+from multipass_gateway.main import serve as serve_gateway
 from multipass_gateway.settings import CallbackSettings, GatewaySettings, Limits
-from multipass_prompt_parser.service import serve as serve_parser
+from multipass_prompt_parser.app import serve as serve_parser
 from multipass_prompt_parser.settings import ParserSettings
 
 MODEL = "tiny-sd15"
@@ -102,20 +102,6 @@ class FakeWorker:
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
-    async def _emit(
-        self, request: diffusion_pb2.PassRequest, event: events_pb2.PassEvent, name: str, suffix: str = ""
-    ) -> None:
-        event.job_id, event.tenant, event.image_index = request.job_id, request.tenant, request.image_index
-        event.pass_name, event.attempt = request.pass_name, request.attempt
-        event.time.GetCurrentTime()
-        await self.bus.publish(
-            subjects.event_subject(request.job_id, name),
-            event,
-            msg_id=subjects.pass_msg_id(
-                request.job_id, request.image_index, request.pass_name, request.attempt, suffix or name
-            ),
-        )
-
     async def handle(self, delivery: Delivery):
         request = delivery.parse(diffusion_pb2.PassRequest)
         await self.gate.wait()
@@ -128,19 +114,16 @@ class FakeWorker:
     async def _answer(self, request: diffusion_pb2.PassRequest):
         spec = request.spec
         steps = max(1, spec.steps)
-        await self._emit(
-            request,
-            events_pb2.PassEvent(started=events_pb2.PassStarted(worker="fake", steps_total=steps)),
-            "started",
-        )
+        started = events_pb2.PassStarted(worker="fake", steps_total=steps)
+        await publish_pass_event(self.bus, request, "started", started=started)
         for step in range(1, steps + 1):
-            progress = events_pb2.PassEvent(progress=events_pb2.PassProgress(step=step, steps_total=steps))
-            await self._emit(request, progress, "progress", f"progress:{step}")
-        if request.pass_name in self.fail:
-            failed = events_pb2.PassEvent(
-                failed=events_pb2.PassFailed(error=self.fail[request.pass_name], retriable=False)
+            progress = events_pb2.PassProgress(step=step, steps_total=steps)
+            await publish_pass_event(
+                self.bus, request, "progress", suffix=f"progress:{step}", progress=progress
             )
-            await self._emit(request, failed, "failed")
+        if request.pass_name in self.fail:
+            failed = events_pb2.PassFailed(error=self.fail[request.pass_name], retriable=False)
+            await publish_pass_event(self.bus, request, "failed", failed=failed)
             return Term("told to fail")
         if spec.image.key:
             base = await self.store.get_image(spec.image)
@@ -150,8 +133,8 @@ class FakeWorker:
         image.paste((len(self.seen) * 37 % 255, 200, 30), (0, 0, 16, 16))
         output = await self.store.put_image(request.output_bucket, request.output_key, image)
         result = diffusion_pb2.PassResult(output=output, duration_seconds=0.01, spec_hash="f" * 64)
-        await self._emit(
-            request, events_pb2.PassEvent(completed=events_pb2.PassCompleted(result=result)), "completed"
+        await publish_pass_event(
+            self.bus, request, "completed", completed=events_pb2.PassCompleted(result=result)
         )
         return Ack()
 
@@ -159,9 +142,9 @@ class FakeWorker:
         self.stop.clear()
         self.task = asyncio.create_task(
             self.bus.consume(
-                stream=subjects.STREAM_PASSES,
-                durable=subjects.diffusion_durable(MODEL),
-                filter_subject=subjects.diffusion_pass_subject(MODEL),
+                stream=names.STREAM_PASSES,
+                durable=names.diffusion_durable(MODEL),
+                filter_subject=names.diffusion_pass_subject(MODEL),
                 handler=self.handle,
                 ack_wait=30.0,
                 max_deliver=3,
@@ -271,7 +254,7 @@ async def register_tune(stack: Stack, key: str, *, family: str = "sd15") -> jobs
 
 @pytest.fixture(scope="session", name="segmentation_models")
 def segmentation_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from multipass.tiny_models import segmentation as tiny
+    from multipass_dev.tiny_models import segmentation as tiny
 
     root = tmp_path_factory.getbasetemp() / "tiny-segmentation-models"
     tiny.build(root)
@@ -296,7 +279,7 @@ def served_models(request: pytest.FixtureRequest) -> dict[str, str]:
 async def stack_fixture(
     request, nats_server, s3_settings, store, bus, segmentation_models, capabilities
 ) -> AsyncIterator[Stack]:
-    from multipass_segmentation.service import serve as serve_segmentation
+    from multipass_segmentation.app import serve as serve_segmentation
     from multipass_segmentation.settings import SegmentationSettings
 
     parser = await serve_parser(ParserSettings(grpc_addr="127.0.0.1:0", metrics_port=0, native_size=256))

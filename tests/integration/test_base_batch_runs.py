@@ -17,12 +17,12 @@ from gateway_support import (  # noqa: F401 - fixtures
     wait_for_job,
 )
 
-from multipass import subjects
-from multipass.store import BUCKET_JOBS
-from multipass.tiny_models import build_tiny_models
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
+from multipass import names
+from multipass.names import BUCKET_JOBS
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
-from multipass_diffusion.service import serve
+from multipass_dev.tiny_models import build_tiny_models
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
+from multipass_diffusion.app import serve
 from multipass_diffusion.settings import DiffusionSettings
 
 pytestmark = pytest.mark.timeout(180)
@@ -73,7 +73,7 @@ class Seen:
 
 async def test_three_images_run_their_bases_as_one_batch(stack, diffusion):
     requests = Seen(diffusion_pb2.PassRequest)
-    await stack.bus.subscribe_core(subjects.diffusion_pass_subject(SD15_MODEL), requests.on_message)
+    await stack.bus.subscribe_core(names.diffusion_pass_subject(SD15_MODEL), requests.on_message)
     await stack.start_gateway()
     tenant = await stack.tenant()
     submitted = await stack.jobs.SubmitJob(
@@ -141,7 +141,7 @@ async def wait_for(seen: Seen, predicate, timeout: float = 60.0) -> None:
 async def test_worker_publishes_each_members_events_and_stores_each_output(diffusion, bus, store):
     job_id = "batchjob0123456789abcdef"
     seen = Seen(events_pb2.PassEvent)
-    await bus.subscribe_core(f"{subjects.EVENTS_PREFIX}.{job_id}.>", seen.on_message)
+    await bus.subscribe_core(f"{names.EVENTS_PREFIX}.{job_id}.>", seen.on_message)
     spec = diffusion_pb2.PassSpec(
         kind="base",
         model=SD15_MODEL,
@@ -154,9 +154,9 @@ async def test_worker_publishes_each_members_events_and_stores_each_output(diffu
     )
     request = batched_request(job_id, spec)
     await bus.publish(
-        subjects.diffusion_pass_subject(SD15_MODEL),
+        names.diffusion_pass_subject(SD15_MODEL),
         request,
-        msg_id=subjects.pass_msg_id(job_id, 0, "base", 1),
+        msg_id=names.pass_msg_id(job_id, 0, "base", 1),
     )
     await wait_for(seen, lambda events: sum(e.HasField("completed") for e in events) == 3)
     events = [item for _, item in seen.items]
@@ -171,12 +171,12 @@ async def test_worker_publishes_each_members_events_and_stores_each_output(diffu
 
     # A batch that cannot run fails every member, each under its own image index.
     broken_id = "batchjob0123456789abcdee"
-    await bus.subscribe_core(f"{subjects.EVENTS_PREFIX}.{broken_id}.>", seen.on_message)
+    await bus.subscribe_core(f"{names.EVENTS_PREFIX}.{broken_id}.>", seen.on_message)
     broken = batched_request(broken_id, diffusion_pb2.PassSpec(kind="base", model=SD15_MODEL, steps=0))
     await bus.publish(
-        subjects.diffusion_pass_subject(SD15_MODEL),
+        names.diffusion_pass_subject(SD15_MODEL),
         broken,
-        msg_id=subjects.pass_msg_id(broken_id, 0, "base", 1),
+        msg_id=names.pass_msg_id(broken_id, 0, "base", 1),
     )
     await wait_for(
         seen, lambda items: sum(e.job_id == broken_id and e.HasField("failed") for e in items) == 3

@@ -6,24 +6,23 @@ import asyncio
 import logging
 import time
 
-import nats.js.errors
 import pytest
 from nats.js import api
 
-from multipass import subjects, topology
-from multipass.bus import Ack, Bus, Delivery, Nak, Term, backoff_delay
+from multipass import names
+from multipass.bus import Ack, Bus, Delivery, Nak, RevisionMismatch, Term, backoff_delay, topology
 from multipass.errors import InvalidInput, NotFound, Unavailable
-from multipass.local.process import free_port
 from multipass.v1 import common_pb2
+from multipass_dev.local.process import free_port
 
 MODEL = "tiny"
-SUBJECT = subjects.diffusion_pass_subject(MODEL)
-DURABLE = subjects.diffusion_durable(MODEL)
+SUBJECT = names.diffusion_pass_subject(MODEL)
+DURABLE = names.diffusion_durable(MODEL)
 
 
 def consumer(bus: Bus, handler, stop: asyncio.Event, **overrides) -> asyncio.Task:
     options = {
-        "stream": subjects.STREAM_PASSES,
+        "stream": names.STREAM_PASSES,
         "durable": DURABLE,
         "filter_subject": SUBJECT,
         "handler": handler,
@@ -40,9 +39,7 @@ def consumer(bus: Bus, handler, stop: asyncio.Event, **overrides) -> asyncio.Tas
 
 async def publish_passes(bus: Bus, count: int) -> None:
     for index in range(count):
-        await bus.publish(
-            SUBJECT, f"pass-{index}".encode(), msg_id=subjects.pass_msg_id("J1", index, "base", 0)
-        )
+        await bus.publish(SUBJECT, f"pass-{index}".encode(), msg_id=names.pass_msg_id("J1", index, "base", 0))
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -60,14 +57,14 @@ async def stream_messages(bus: Bus, stream: str) -> int:
 
 
 async def test_publish_is_deduplicated_by_msg_id(bus):
-    msg_id = subjects.pass_msg_id("J1", 0, "base", 0)
+    msg_id = names.pass_msg_id("J1", 0, "base", 0)
     first = await bus.publish(SUBJECT, b"a", msg_id=msg_id)
     again = await bus.publish(SUBJECT, b"a", msg_id=msg_id)
-    other = await bus.publish(SUBJECT, b"a", msg_id=subjects.pass_msg_id("J1", 0, "base", 1))
-    assert first.stream == subjects.STREAM_PASSES and not first.duplicate
+    other = await bus.publish(SUBJECT, b"a", msg_id=names.pass_msg_id("J1", 0, "base", 1))
+    assert first.stream == names.STREAM_PASSES and not first.duplicate
     assert again.duplicate and again.seq == first.seq
     assert other.seq == first.seq + 1
-    assert await stream_messages(bus, subjects.STREAM_PASSES) == 2
+    assert await stream_messages(bus, names.STREAM_PASSES) == 2
 
 
 async def test_publish_protobuf_and_headers_reach_the_handler(bus):
@@ -118,27 +115,27 @@ async def test_publish_while_server_down_is_unavailable(nats_server, bus):
 
 
 async def test_topology_is_created_with_the_contract_settings(bus):
-    passes = await bus.js.stream_info(subjects.STREAM_PASSES)
+    passes = await bus.js.stream_info(names.STREAM_PASSES)
     assert passes.config.retention == api.RetentionPolicy.WORK_QUEUE
     assert passes.config.storage == api.StorageType.FILE
     assert passes.config.subjects == ["multipass.pass.>"]
     for name, subject in (
-        (subjects.STREAM_EVENTS, "multipass.events.>"),
-        (subjects.STREAM_JOB_EVENTS, "multipass.jobevents.>"),
+        (names.STREAM_EVENTS, "multipass.events.>"),
+        (names.STREAM_JOB_EVENTS, "multipass.jobevents.>"),
     ):
         info = await bus.js.stream_info(name)
         assert info.config.retention == api.RetentionPolicy.LIMITS
         assert info.config.subjects == [subject]
         assert info.config.max_age == pytest.approx(7 * 24 * 3600)
         assert info.config.duplicate_window == pytest.approx(120)
-    for bucket in subjects.KV_BUCKETS:
-        status = await (await bus.kv(bucket)).status()
+    for bucket in names.KV_BUCKETS:
+        status = await (await bus.js.key_value(bucket)).status()
         assert status.history >= 1
 
 
 async def test_topology_is_idempotent_concurrently_and_updates_old_config(bus, nats_server):
     await bus.js.update_stream(
-        name=subjects.STREAM_EVENTS,
+        name=names.STREAM_EVENTS,
         subjects=["multipass.events.>"],
         max_age=60.0,
         storage=api.StorageType.FILE,
@@ -149,7 +146,7 @@ async def test_topology_is_idempotent_concurrently_and_updates_old_config(bus, n
     finally:
         for other in others:
             await other.close()
-    info = await bus.js.stream_info(subjects.STREAM_EVENTS)
+    info = await bus.js.stream_info(names.STREAM_EVENTS)
     assert info.config.max_age == pytest.approx(7 * 24 * 3600)
 
 
@@ -173,9 +170,9 @@ async def test_ack_removes_the_message_from_the_work_queue(bus):
 
     await asyncio.wait_for(consumer(bus, handler, stop), 10)
     assert seen == [b"pass-0", b"pass-1"]
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_pending, state.num_ack_pending, state.lag) == (0, 0, 0)
-    assert await stream_messages(bus, subjects.STREAM_PASSES) == 0
+    assert await stream_messages(bus, names.STREAM_PASSES) == 0
 
 
 async def test_nak_redelivers_and_counts_deliveries(bus):
@@ -191,7 +188,7 @@ async def test_nak_redelivers_and_counts_deliveries(bus):
 
     await asyncio.wait_for(consumer(bus, handler, stop), 10)
     assert counts == [1, 2, 3]
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert state.num_ack_pending == 0 and state.num_redelivered == 0
 
 
@@ -229,7 +226,7 @@ async def test_non_retriable_error_is_terminated_and_reported(bus):
     await asyncio.sleep(1.3)  # past ack_wait: a message left undecided would be pending again
     assert calls == [b"pass-0", b"pass-1"]
     assert terms == [(b"pass-0", "INVALID_ARGUMENT: unknown scheduler 'x'")]
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_pending, state.num_ack_pending) == (0, 0)
 
 
@@ -247,7 +244,7 @@ async def test_handler_term_is_final_and_not_reported_again(bus):
 
     await asyncio.wait_for(consumer(bus, handler, stop, ack_wait=1.0, on_term=on_term), 10)
     await asyncio.sleep(1.2)
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert calls == [1] and terms == []
     assert (state.num_pending, state.num_ack_pending) == (0, 0)
 
@@ -271,7 +268,7 @@ async def test_bug_is_logged_nakked_then_terminated_on_the_last_delivery(bus, ca
     assert terms == [(3, "INTERNAL: KeyError: 'oops'")]
     tracebacks = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], KeyError)]
     assert len(tracebacks) == 3
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_pending, state.num_ack_pending) == (0, 0)
 
 
@@ -312,7 +309,7 @@ async def test_in_progress_keeps_a_long_handler_alive_past_ack_wait(bus):
     # With two slots a redelivery after ack_wait would start a second call at once.
     await asyncio.wait_for(consumer(bus, handler, stop, ack_wait=1.0, concurrency=2), 15)
     assert calls == [1]
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_redelivered, state.num_ack_pending, state.num_pending) == (0, 0, 0)
 
 
@@ -350,7 +347,7 @@ async def test_prefetch_gate_holds_the_next_fetch_until_it_opens(bus):
     await wait_until(lambda: len(started) == 1)
     await asyncio.sleep(0.5)  # two free slots, but the gate is shut: nothing more is taken
     assert started == [b"pass-0"]
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_pending, state.num_ack_pending) == (2, 1)
     gate_open.set()
     await wait_until(lambda: len(started) == 3)
@@ -387,7 +384,7 @@ async def test_stop_finishes_the_message_in_flight_and_leaves_the_rest(bus):
     await asyncio.wait_for(consumer(bus, handler, stop), 10)
     assert seen == [b"pass-0"]
     assert not bus._live  # the pull subscription is gone
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert (state.num_pending, state.num_ack_pending) == (2, 0)
 
     again, rest = asyncio.Event(), []
@@ -453,7 +450,7 @@ async def test_a_deleted_consumer_is_recreated(bus):
     task = consumer(bus, handler, stop)
     await bus.publish(SUBJECT, b"first", msg_id="J1:0:base:0")
     await wait_until(lambda: seen == [b"first"])
-    await bus.js.delete_consumer(subjects.STREAM_PASSES, DURABLE)
+    await bus.js.delete_consumer(names.STREAM_PASSES, DURABLE)
     await bus.publish(SUBJECT, b"second", msg_id="J1:1:base:0")
     await asyncio.wait_for(task, 10)
     assert seen == [b"first", b"second"]
@@ -464,14 +461,14 @@ async def test_consumer_config_is_updated_not_ignored(bus):
     stop.set()
     await consumer(bus, None, stop, ack_wait=5.0, max_deliver=5)
     await consumer(bus, None, stop, ack_wait=7.0, max_deliver=9)
-    info = await bus.js.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    info = await bus.js.consumer_info(names.STREAM_PASSES, DURABLE)
     assert info.config.ack_wait == pytest.approx(7.0)
     assert info.config.max_deliver == 9
 
 
 async def test_consumer_info_of_unknown_consumer_is_not_found(bus):
     with pytest.raises(NotFound):
-        await bus.consumer_info(subjects.STREAM_PASSES, "nobody")
+        await bus.consumer_info(names.STREAM_PASSES, "nobody")
 
 
 # --- core NATS ---------------------------------------------------------------------------------------
@@ -485,14 +482,14 @@ async def test_core_publish_reaches_subscribers_until_unsubscribed(bus):
         if msg.data == b"raise":
             raise RuntimeError("callback bug must not end the subscription")
 
-    handle = await bus.subscribe_core(subjects.CANCEL_ALL, on_cancel)
-    await bus.publish_core(subjects.cancel_subject("J1"), b"raise")
-    await bus.publish_core(subjects.cancel_subject("J2"), b"")
+    handle = await bus.subscribe_core(names.CANCEL_ALL, on_cancel)
+    await bus.publish_core(names.cancel_subject("J1"), b"raise")
+    await bus.publish_core(names.cancel_subject("J2"), b"")
     await wait_until(lambda: len(received) == 2)
     assert received == [("multipass.cancel.J1", b"raise"), ("multipass.cancel.J2", b"")]
     await handle.unsubscribe()
     await handle.unsubscribe()
-    await bus.publish_core(subjects.cancel_subject("J3"), b"")
+    await bus.publish_core(names.cancel_subject("J3"), b"")
     await asyncio.sleep(0.1)
     assert len(received) == 2
 
@@ -502,9 +499,7 @@ async def test_core_publish_reaches_subscribers_until_unsubscribed(bus):
 
 async def publish_job_events(bus: Bus, job_id: str, count: int, start: int = 0) -> list[int]:
     acks = [
-        await bus.publish(
-            subjects.job_event_subject(job_id), f"{job_id}-{i}".encode(), msg_id=f"{job_id}:{i}"
-        )
+        await bus.publish(names.job_event_subject(job_id), f"{job_id}-{i}".encode(), msg_id=f"{job_id}:{i}")
         for i in range(start, start + count)
     ]
     return [ack.seq for ack in acks]
@@ -515,7 +510,7 @@ async def test_replay_history_after_a_sequence(bus):
     seqs = await publish_job_events(bus, "J2", 3)
     await publish_job_events(bus, "J1", 1, start=2)
 
-    stream, subject = subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J2")
+    stream, subject = names.STREAM_JOB_EVENTS, names.job_event_subject("J2")
     everything = [
         item async for item in bus.replay(stream, subject, start_sequence_after=None, deliver_new=False)
     ]
@@ -532,7 +527,7 @@ async def test_replay_history_after_a_sequence(bus):
     ]
     assert nothing == []
     unknown = [
-        item async for item in await bus.replay(stream, subjects.job_event_subject("J9"), deliver_new=False)
+        item async for item in await bus.replay(stream, names.job_event_subject("J9"), deliver_new=False)
     ]
     assert unknown == []
 
@@ -546,7 +541,7 @@ async def test_replay_then_tail_new_messages(bus):
     first = await publish_job_events(bus, "J1", 2)
     got: list[int] = []
     async with bus.replay(
-        subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J1"), start_sequence_after=first[0]
+        names.STREAM_JOB_EVENTS, names.job_event_subject("J1"), start_sequence_after=first[0]
     ) as replay:
         iterator = aiter(replay)
         got.append((await asyncio.wait_for(anext(iterator), 5))[0])
@@ -559,20 +554,18 @@ async def test_replay_then_tail_new_messages(bus):
 
 async def test_replay_of_pass_events_with_a_wildcard(bus):
     for event in ("started", "progress", "completed"):
-        await bus.publish(subjects.event_subject("J5", event), event.encode(), msg_id=f"J5:0:base:0:{event}")
-    await bus.publish(subjects.event_subject("J6", "started"), b"other job", msg_id="J6:0:base:0:started")
+        await bus.publish(names.event_subject("J5", event), event.encode(), msg_id=f"J5:0:base:0:{event}")
+    await bus.publish(names.event_subject("J6", "started"), b"other job", msg_id="J6:0:base:0:started")
     items = [
         item
-        async for item in bus.replay(
-            subjects.STREAM_EVENTS, subjects.job_events_filter("J5"), deliver_new=False
-        )
+        async for item in bus.replay(names.STREAM_EVENTS, names.job_events_filter("J5"), deliver_new=False)
     ]
     assert [data for _, data, _ in items] == [b"started", b"progress", b"completed"]
 
 
 async def test_replay_resumes_across_a_server_restart(bus, nats_server):
     first = await publish_job_events(bus, "J1", 1)
-    async with bus.replay(subjects.STREAM_JOB_EVENTS, subjects.job_event_subject("J1")) as replay:
+    async with bus.replay(names.STREAM_JOB_EVENTS, names.job_event_subject("J1")) as replay:
         iterator = aiter(replay)
         assert (await asyncio.wait_for(anext(iterator), 5))[0] == first[0]
         await asyncio.to_thread(nats_server.restart)
@@ -585,11 +578,11 @@ async def test_replay_resumes_across_a_server_restart(bus, nats_server):
 
 
 async def test_kv_compare_and_set_detects_a_conflicting_writer(bus):
-    jobs = await bus.kv(subjects.KV_JOBS)
+    jobs = await bus.kv(names.KV_JOBS)
     revision = await jobs.create("J1", b"queued")
-    newer = await jobs.update("J1", b"running", last=revision)
-    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
-        await jobs.update("J1", b"cancelled", last=revision)
+    newer = await jobs.update("J1", b"running", revision=revision)
+    with pytest.raises(RevisionMismatch):
+        await jobs.update("J1", b"cancelled", revision=revision)
     assert (await jobs.get("J1")).value == b"running"
     assert newer > revision
 
@@ -600,27 +593,27 @@ async def test_kv_update_retries_conflicts_until_every_writer_lands(bus):
 
     async def writer() -> None:
         for _ in range(5):
-            await bus.kv_update(subjects.KV_JOBS, "counter", increment, attempts=100)
+            await bus.kv_update(names.KV_JOBS, "counter", increment, attempts=100)
             await asyncio.sleep(0)
 
     await asyncio.gather(*(writer() for _ in range(4)))
-    assert (await (await bus.kv(subjects.KV_JOBS)).get("counter")).value == b"20"
+    assert (await (await bus.kv(names.KV_JOBS)).get("counter")).value == b"20"
 
-    value, revision = await bus.kv_update(subjects.KV_JOBS, "counter", lambda current: None)
+    value, revision = await bus.kv_update(names.KV_JOBS, "counter", lambda current: None)
     assert value == b"20" and revision > 0
 
 
 async def test_bucket_specs_cover_every_contract_bucket():
-    assert {bucket.name for bucket in topology.BUCKETS} == set(subjects.KV_BUCKETS)
+    assert {bucket.name for bucket in topology.BUCKETS} == set(names.KV_BUCKETS)
     assert {stream.name for stream in topology.STREAMS} == {
-        subjects.STREAM_PASSES,
-        subjects.STREAM_EVENTS,
-        subjects.STREAM_JOB_EVENTS,
+        names.STREAM_PASSES,
+        names.STREAM_EVENTS,
+        names.STREAM_JOB_EVENTS,
     }
 
 
 async def test_kv_update_recreates_a_deleted_key_and_refuses_bad_keys(bus):
-    jobs = await bus.kv(subjects.KV_JOBS)
+    jobs = await bus.kv(names.KV_JOBS)
     await jobs.put("J1", b"old")
     await jobs.delete("J1")
     seen: list[bytes | None] = []
@@ -629,11 +622,11 @@ async def test_kv_update_recreates_a_deleted_key_and_refuses_bad_keys(bus):
         seen.append(current)
         return b"new"
 
-    value, revision = await bus.kv_update(subjects.KV_JOBS, "J1", replace)
+    value, revision = await bus.kv_update(names.KV_JOBS, "J1", replace)
     assert seen == [None] and value == b"new"
     assert (await jobs.get("J1")).revision == revision
     with pytest.raises(InvalidInput):
-        await bus.kv_update(subjects.KV_JOBS, "bad key*", replace)
+        await bus.kv_update(names.KV_JOBS, "bad key*", replace)
 
 
 # --- unconfirmed acks -----------------------------------------------------------------------------------
@@ -685,9 +678,9 @@ async def test_unconfirmed_acks_settle_without_a_round_trip_and_naks_stay_confir
     )
     assert spy.published.count(b"+ACK") == 5 and b"+ACK" not in spy.requested
     assert spy.requested.count(b"-NAK") == 1
-    state = await bus.consumer_info(subjects.STREAM_PASSES, DURABLE)
+    state = await bus.consumer_info(names.STREAM_PASSES, DURABLE)
     assert state.num_ack_pending == 0 and state.num_pending == 0
-    assert await stream_messages(bus, subjects.STREAM_PASSES) == 0
+    assert await stream_messages(bus, names.STREAM_PASSES) == 0
 
 
 async def test_a_lost_unconfirmed_ack_means_one_redelivery_after_ack_wait(bus):
@@ -706,7 +699,7 @@ async def test_a_lost_unconfirmed_ack_means_one_redelivery_after_ack_wait(bus):
     stop.set()
     await task
     assert spy.dropped == 1 and seen == [1, 2]
-    assert await stream_messages(bus, subjects.STREAM_PASSES) == 0
+    assert await stream_messages(bus, names.STREAM_PASSES) == 0
 
 
 async def test_acks_are_confirmed_by_default(bus):

@@ -11,14 +11,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from multipass import subjects
+from multipass import names
 from multipass.images import sha256_hex
-from multipass.store import BUCKET_JOBS, BUCKET_TUNES
-from multipass.tiny_models import build_tiny_models
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
+from multipass.names import BUCKET_JOBS, BUCKET_TUNES
 from multipass.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc, events_pb2, prompt_pb2
-from multipass_diffusion import finishing, passes
-from multipass_diffusion.service import serve
+from multipass_dev.tiny_models import build_tiny_models
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
+from multipass_diffusion.app import serve
+from multipass_diffusion.passes.registry import HANDLERS
 from multipass_diffusion.settings import DiffusionSettings
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,7 +94,7 @@ class Events:
 async def settled(bus):
     """The consumer's state once the last decision reached the server (the event precedes the ack)."""
     for _ in range(50):
-        state = await bus.consumer_info(subjects.STREAM_PASSES, subjects.diffusion_durable(SD15_MODEL))
+        state = await bus.consumer_info(names.STREAM_PASSES, names.diffusion_durable(SD15_MODEL))
         if state.num_ack_pending == 0:
             return state
         await asyncio.sleep(0.1)
@@ -103,7 +103,7 @@ async def settled(bus):
 
 async def watch(bus, job_id: str) -> Events:
     events = Events()
-    await bus.subscribe_core(f"{subjects.EVENTS_PREFIX}.{job_id}.>", events.on_message)
+    await bus.subscribe_core(f"{names.EVENTS_PREFIX}.{job_id}.>", events.on_message)
     return events
 
 
@@ -121,7 +121,7 @@ async def submit(
         output_key=f"jobs/t1/{job_id}/image-0/{pass_name}.png",
     )
     await bus.publish(
-        subjects.diffusion_pass_subject(model), request, msg_id=subjects.pass_msg_id(job_id, 0, pass_name, 0)
+        names.diffusion_pass_subject(model), request, msg_id=names.pass_msg_id(job_id, 0, pass_name, 0)
     )
     return request
 
@@ -171,7 +171,8 @@ async def test_health_and_info(service):
         f"faceid:{SD15_MODEL}",
     } <= set(info.capabilities)
     kinds = {c.removeprefix("pass:") for c in info.capabilities if c.startswith("pass:")}
-    assert kinds == set(passes.kinds()) >= {"base", "person", *finishing.KINDS}
+    finishing = {"hires", "faces", "face_correct", "face_swap", "upscale", "finish"}
+    assert kinds == set(HANDLERS) >= {"base", "person", "composite", *finishing}
     assert info.resident_memory > 0
 
 
@@ -335,7 +336,7 @@ async def test_cancel_stops_the_running_pass(service, bus, store):
     events = await watch(bus, "J3")
     await submit(bus, "J3", "base", base_spec(steps=150, width=128, height=128))
     seen = await events.until("progress", "base")
-    await bus.publish_core(subjects.cancel_subject("J3"), b"")
+    await bus.publish_core(names.cancel_subject("J3"), b"")
     seen += await events.until("failed", "base")
     failed = seen[-1][1].failed
     assert failed.error.code == common_pb2.ERROR_CODE_CANCELLED and not failed.retriable
@@ -351,7 +352,7 @@ async def ack_pending_becomes(bus, wanted: int, timeout: float = 5.0) -> int:
     state = None
     async with asyncio.timeout(timeout):
         while True:
-            state = await bus.consumer_info(subjects.STREAM_PASSES, subjects.diffusion_durable(SD15_MODEL))
+            state = await bus.consumer_info(names.STREAM_PASSES, names.diffusion_durable(SD15_MODEL))
             if state.num_ack_pending == wanted:
                 return wanted
             await asyncio.sleep(0.05)
@@ -386,12 +387,12 @@ async def test_a_cancelled_held_pass_fails_without_starting(service, bus, store)
     await submit(bus, "J8", "held", base_spec())
     await running.until("progress", "slow")
     assert await ack_pending_becomes(bus, 2) == 2
-    await bus.publish_core(subjects.cancel_subject("J8"), b"")
+    await bus.publish_core(names.cancel_subject("J8"), b"")
     seen = await held.until("failed", "held", timeout=5.0)
     assert seen[-1][1].failed.error.code == common_pb2.ERROR_CODE_CANCELLED
     assert "started" not in [k for k, _ in seen]
     assert not await store.exists(BUCKET_JOBS, "jobs/t1/J8/image-0/held.png")
-    await bus.publish_core(subjects.cancel_subject("J7"), b"")
+    await bus.publish_core(names.cancel_subject("J7"), b"")
     await running.until("failed", "slow")
     consumer = await settled(bus)
     assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
@@ -406,7 +407,7 @@ async def test_stopping_hands_a_held_pass_back_at_once(service, bus, store):
     stopping = asyncio.create_task(service.worker.stop())
     # Another worker gets the held pass while the slow one still runs on this one.
     other = await bus.js.pull_subscribe_bind(
-        durable=subjects.diffusion_durable(SD15_MODEL), stream=subjects.STREAM_PASSES
+        durable=names.diffusion_durable(SD15_MODEL), stream=names.STREAM_PASSES
     )
     try:
         (msg,) = await other.fetch(1, timeout=5.0)
@@ -417,7 +418,7 @@ async def test_stopping_hands_a_held_pass_back_at_once(service, bus, store):
         await msg.ack()
     finally:
         await other.unsubscribe()
-    await bus.publish_core(subjects.cancel_subject("J6"), b"")
+    await bus.publish_core(names.cancel_subject("J6"), b"")
     seen = await events.until("failed", "slow")
     await stopping
     assert ("started", "held") not in [(k, e.pass_name) for k, e in seen]

@@ -29,10 +29,10 @@ from gateway_support import (  # noqa: F401 - fixtures
 )
 from PIL import Image
 
-from multipass.grpc_errors import field_violations
+from multipass.grpc.errors import field_violations
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from multipass_gateway.fetch import FetchError
-from multipass_gateway.service import serve as serve_gateway
+from multipass_gateway.infra.fetch import FetchError
+from multipass_gateway.main import serve as serve_gateway
 from multipass_gateway.settings import FetchAllowList, Limits
 
 pytestmark = pytest.mark.timeout(120)

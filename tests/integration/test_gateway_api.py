@@ -28,13 +28,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
 
-from multipass.grpc_errors import field_violations
+from multipass.grpc.errors import field_violations
 from multipass.v1 import admin_pb2, jobs_pb2
-from multipass_gateway import callbacks
-from multipass_gateway import kv as gateway_kv
+from multipass_gateway.infra import callbacks
 from multipass_gateway.settings import FetchAllowList, Limits
-
-PS = jobs_pb2
 
 
 async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
@@ -77,7 +74,7 @@ async def test_auth_admin_and_key_revocation(stack):
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     # Stored hashed: no KV value holds the key.
-    stored = await gateway_kv.entries(await stack.bus.kv("multipass-tenants"), ">")
+    stored = await (await stack.bus.kv("multipass-tenants")).entries(">")
     assert len(stored) == 4  # the tenant, both keys' id records, the lookup of the one live key
     secret = second.api_key.split("_", 2)[2]
     for key, value in stored:

@@ -14,9 +14,9 @@ from gateway_support import (  # noqa: F401 - fixtures
     stack_fixture,
 )
 
-from multipass import subjects
+from multipass import names
 from multipass.v1 import jobs_pb2
-from multipass_gateway.tenants import TenantStore
+from multipass_gateway.infra.tenant_store import TenantStore
 
 LIST = jobs_pb2.ListJobsRequest()
 
@@ -31,7 +31,7 @@ async def code_of(stack, key: str) -> grpc.StatusCode:
 
 async def other_replica(stack) -> TenantStore:
     """The tenant store another gateway replica would use (same bucket, same pepper)."""
-    return TenantStore(await stack.bus.kv(subjects.KV_TENANTS), stack.settings().api_key_pepper)
+    return TenantStore(await stack.bus.kv(names.KV_TENANTS), stack.settings().api_key_pepper)
 
 
 async def test_a_key_revoked_on_another_replica_fails_once_the_cache_ttl_passed(stack):

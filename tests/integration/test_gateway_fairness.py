@@ -17,9 +17,9 @@ from gateway_support import (  # noqa: F401 - fixtures
     wait_for_job,
 )
 
-from multipass import subjects
+from multipass import names
 from multipass.v1 import jobs_pb2
-from multipass_gateway.scheduler import PassKey
+from multipass_gateway.domain.scheduling import PassKey
 from multipass_gateway.settings import Limits
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,7 +27,7 @@ ONE_PASS = jobs_pb2.SubmitJobRequest(prompt="a cat on a sofa", params={"steps": 
 
 
 async def work_queue_lag(stack: Stack) -> int:
-    state = await stack.bus.consumer_info(subjects.STREAM_PASSES, subjects.diffusion_durable(MODEL))
+    state = await stack.bus.consumer_info(names.STREAM_PASSES, names.diffusion_durable(MODEL))
     return state.lag
 
 

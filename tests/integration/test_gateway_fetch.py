@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from multipass_gateway.fetch import FetchError, SafeHttp
-from multipass_gateway.ssrf import AddressPolicy
+from multipass_gateway.domain.ssrf import AddressPolicy
+from multipass_gateway.infra.fetch import FetchError, SafeHttp
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100

@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from multipass_gateway.fetch import FetchError
-from multipass_gateway.service import serve as serve_gateway
+from multipass_gateway.infra.fetch import FetchError
+from multipass_gateway.main import serve as serve_gateway
 from multipass_gateway.settings import Limits
 
 pytestmark = pytest.mark.timeout(240)

@@ -18,11 +18,9 @@ from gateway_support import (  # noqa: F401 - fixtures
 )
 from prometheus_client import REGISTRY
 
-from multipass import subjects
-from multipass.grpc_errors import field_violations
+from multipass import names
+from multipass.grpc.errors import field_violations
 from multipass.v1 import common_pb2, events_pb2, jobs_pb2, prompt_pb2
-
-PS = jobs_pb2
 
 
 async def watch(stack: Stack, job_id: str, key: str, after: int = 0) -> list[jobs_pb2.JobEvent]:
@@ -74,7 +72,7 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
             "faces",
             "upscale",
         ]
-        assert all(p.status == PS.PASS_STATUS_COMPLETED for p in image.passes)
+        assert all(p.status == jobs_pb2.PASS_STATUS_COMPLETED for p in image.passes)
         for state in image.passes[1:]:
             assert state.output.key, state.name
             assert await stack.store.exists(state.output.bucket, state.output.key)
@@ -131,7 +129,7 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     )
     late.completed.result.output.CopyFrom(job.images[0].passes[1].output)
     await stack.bus.publish(
-        subjects.event_subject(job.job_id, "completed"),
+        names.event_subject(job.job_id, "completed"),
         late,
         msg_id=f"{job.job_id}:0:base:1:completed:redelivered",
     )
@@ -190,7 +188,9 @@ async def test_failed_pass_fails_the_job_naming_the_pass(stack):
     assert job.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
     assert "checkpoint does not fit" in job.error.message
     states = {p.name: p.status for p in job.images[0].passes}
-    assert states["base"] == PS.PASS_STATUS_COMPLETED and states["person-0"] == PS.PASS_STATUS_FAILED
+    assert (
+        states["base"] == jobs_pb2.PASS_STATUS_COMPLETED and states["person-0"] == jobs_pb2.PASS_STATUS_FAILED
+    )
     events = await watch(stack, submitted.job_id, tenant.api_key)
     assert events[-2].pass_failed.pass_name == "person-0"
     assert events[-1].finished.state == jobs_pb2.JOB_STATE_FAILED
@@ -205,7 +205,7 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
     async def heard(msg):
         broadcasts.append(msg.subject)
 
-    subscription = await stack.bus.subscribe_core(subjects.CANCEL_ALL, heard)
+    subscription = await stack.bus.subscribe_core(names.CANCEL_ALL, heard)
     submitted = await stack.jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(
             prompt="a cat", params={"num_images": "3", "steps": "2", "w": "256", "h": "256"}
@@ -221,7 +221,7 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
     )
     assert job.state == jobs_pb2.JOB_STATE_CANCELLED
     assert all(
-        p.status in (PS.PASS_STATUS_CANCELLED, PS.PASS_STATUS_COMPLETED)
+        p.status in (jobs_pb2.PASS_STATUS_CANCELLED, jobs_pb2.PASS_STATUS_COMPLETED)
         for image in job.images
         for p in image.passes
     )
@@ -230,7 +230,7 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
         if broadcasts:
             break
         await asyncio.sleep(0.05)
-    assert broadcasts == [subjects.cancel_subject(submitted.job_id)]
+    assert broadcasts == [names.cancel_subject(submitted.job_id)]
     again = await stack.jobs.CancelJob(
         jobs_pb2.CancelJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
     )
@@ -263,7 +263,7 @@ async def test_gateway_restart_loses_nothing(stack):
     await stack.start_gateway()
     job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
-    assert [p.status for p in job.images[0].passes] == [PS.PASS_STATUS_COMPLETED] * 4
+    assert [p.status for p in job.images[0].passes] == [jobs_pb2.PASS_STATUS_COMPLETED] * 4
     passes = [(r.pass_name, r.attempt) for r in stack.worker.seen]
     assert sorted(passes) == [("base", 1), ("person-0", 1)]
 
@@ -367,8 +367,8 @@ async def test_outbox_left_by_a_crashed_replica_is_published_by_the_sweeper(stac
     """A replica that wrote a job but died before publishing its first passes loses nothing."""
     from datetime import UTC, datetime, timedelta
 
-    from multipass_gateway import job_state, names, planner
-    from multipass_gateway.submission import new_job_id
+    from multipass_gateway.app.submission import new_job_id
+    from multipass_gateway.domain import job_state, planner
 
     await stack.start_gateway()
     tenant = await stack.tenant()

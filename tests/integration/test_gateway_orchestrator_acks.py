@@ -14,12 +14,12 @@ from gateway_support import (  # noqa: F401 - fixtures
     wait_for_job,
 )
 
-from multipass import subjects
+from multipass import names
 from multipass.v1 import jobs_pb2
-from multipass_gateway import names, orchestrator
+from multipass_gateway.app import orchestrator
 
 ACK_WAIT = 1.0
-ORCHESTRATOR_ACKS = f"$JS.ACK.{subjects.STREAM_EVENTS}.{names.ORCHESTRATOR_DURABLE}."
+ORCHESTRATOR_ACKS = f"$JS.ACK.{names.STREAM_EVENTS}.{names.ORCHESTRATOR_DURABLE}."
 
 
 async def test_lost_orchestrator_acks_only_cause_harmless_redeliveries(stack, monkeypatch):
@@ -66,7 +66,7 @@ async def test_lost_orchestrator_acks_only_cause_harmless_redeliveries(stack, mo
         await asyncio.sleep(0.1)
     assert redelivered_and_acked(), (lost, seen)
     for _ in range(50):  # the last ack travels on the gateway's connection, this reads on another
-        state = await stack.bus.consumer_info(subjects.STREAM_EVENTS, names.ORCHESTRATOR_DURABLE)
+        state = await stack.bus.consumer_info(names.STREAM_EVENTS, names.ORCHESTRATOR_DURABLE)
         if state.num_ack_pending == 0 and state.num_pending == 0:
             break
         await asyncio.sleep(0.1)

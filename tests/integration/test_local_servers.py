@@ -8,12 +8,18 @@ import time
 
 import pytest
 
-from multipass import subjects
+from multipass import names
 from multipass.bus import Ack, Bus
 from multipass.errors import NotFound
-from multipass.local import BinaryNotFound, NatsServerProcess, S3ServerProcess, ServerStartError, find_binary
-from multipass.local.process import http_status
-from multipass.store import BUCKET_JOBS
+from multipass.names import BUCKET_JOBS
+from multipass_dev.local import (
+    BinaryNotFound,
+    NatsServerProcess,
+    S3ServerProcess,
+    ServerStartError,
+    find_binary,
+)
+from multipass_dev.local.process import http_status
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:
@@ -24,7 +30,7 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
 
 
 async def replayed(bus: Bus, job_id: str) -> list[bytes]:
-    replay = bus.replay(subjects.STREAM_JOB_EVENTS, subjects.job_event_subject(job_id), deliver_new=False)
+    replay = bus.replay(names.STREAM_JOB_EVENTS, names.job_event_subject(job_id), deliver_new=False)
     return [data async for _, data, _ in replay]
 
 
@@ -38,8 +44,8 @@ def test_nats_server_listens_on_loopback_with_jetstream(nats_server):
 @pytest.mark.parametrize("how", ["restart", "kill"])
 async def test_nats_restart_keeps_stream_data_and_clients_carry_on(nats_server, bus, how):
     for index in range(3):
-        await bus.publish(subjects.job_event_subject("J1"), f"e{index}".encode(), msg_id=f"J1:{index}")
-    await bus.publish(subjects.diffusion_pass_subject("tiny"), b"queued pass", msg_id="J1:0:base:0")
+        await bus.publish(names.job_event_subject("J1"), f"e{index}".encode(), msg_id=f"J1:{index}")
+    await bus.publish(names.diffusion_pass_subject("tiny"), b"queued pass", msg_id="J1:0:base:0")
     port, store_dir = nats_server.port, nats_server.store_dir
 
     if how == "kill":
@@ -52,7 +58,7 @@ async def test_nats_restart_keeps_stream_data_and_clients_carry_on(nats_server, 
     await wait_for(lambda: bus.nc.stats["reconnects"] >= 1)
 
     assert await replayed(bus, "J1") == [b"e0", b"e1", b"e2"]
-    await bus.publish(subjects.job_event_subject("J1"), b"e3", msg_id="J1:3")
+    await bus.publish(names.job_event_subject("J1"), b"e3", msg_id="J1:3")
     assert (await replayed(bus, "J1"))[-1] == b"e3"
 
     stop, passes = asyncio.Event(), []
@@ -64,9 +70,9 @@ async def test_nats_restart_keeps_stream_data_and_clients_carry_on(nats_server, 
 
     await asyncio.wait_for(
         bus.consume(
-            stream=subjects.STREAM_PASSES,
+            stream=names.STREAM_PASSES,
             durable="diffusion-tiny",
-            filter_subject=subjects.diffusion_pass_subject("tiny"),
+            filter_subject=names.diffusion_pass_subject("tiny"),
             handler=handler,
             ack_wait=5.0,
             max_deliver=3,
@@ -79,7 +85,7 @@ async def test_nats_restart_keeps_stream_data_and_clients_carry_on(nats_server, 
 
 
 async def test_consume_loop_rides_through_a_restart(nats_server, bus):
-    subject = subjects.diffusion_pass_subject("tiny")
+    subject = names.diffusion_pass_subject("tiny")
     stop, seen = asyncio.Event(), []
 
     async def handler(delivery):
@@ -90,7 +96,7 @@ async def test_consume_loop_rides_through_a_restart(nats_server, bus):
 
     task = asyncio.create_task(
         bus.consume(
-            stream=subjects.STREAM_PASSES,
+            stream=names.STREAM_PASSES,
             durable="diffusion-tiny",
             filter_subject=subject,
             handler=handler,

@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from multipass.cli.main import main as cli_main
-from multipass.grpc_errors import field_violations
+from multipass.grpc.errors import field_violations
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
-from multipass_prompt_parser.service import SERVICE_NAME, serve
+from multipass_client.cli.main import main as cli_main
+from multipass_prompt_parser.app import SERVICE_NAME, serve
 from multipass_prompt_parser.settings import ParserSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ planner, runs pass after pass on the real worker (JetStream, S3, the tiny models
 
 The gateway's side is driven as the orchestrator drives it: the job state machine queues each pass,
 ``job_state.build_request`` fills in the chain's images, face passes get their faces through
-``gateway_passes.faces_request``, and each worker event is applied to the record. Only the segmentation
+``face_targets.faces_request``, and each worker event is applied to the record. Only the segmentation
 service is replaced: person masks are the slots' boxes and faces are boxes around the slots' heads (the
 tiny segmentation models have random weights, so what they find is arbitrary).
 """
@@ -18,10 +18,8 @@ import grpc
 import pytest
 from PIL import Image
 
-from multipass import subjects
-from multipass.store import BUCKET_JOBS, BUCKET_TUNES
-from multipass.tiny_models import build_tiny_models
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
+from multipass import names
+from multipass.names import BUCKET_JOBS, BUCKET_TUNES
 from multipass.v1 import (
     common_pb2,
     diffusion_pb2,
@@ -30,10 +28,12 @@ from multipass.v1 import (
     jobs_pb2,
     segmentation_pb2,
 )
-from multipass_diffusion.service import serve
+from multipass_dev.tiny_models import build_tiny_models
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
+from multipass_diffusion.app import serve
 from multipass_diffusion.settings import DiffusionSettings
-from multipass_gateway import job_state, names, planner
-from multipass_gateway.gateway_passes import faces_request
+from multipass_gateway.domain import job_state, planner, requirements
+from multipass_gateway.domain.face_targets import faces_request
 from multipass_gateway.settings import GatewaySettings
 from multipass_prompt_parser.convert import to_proto
 from multipass_prompt_parser.parser import parse_prompt
@@ -146,7 +146,7 @@ def picture(seed: int, size: int = 96) -> Image.Image:
 
 
 def job_record(parsed, plans, slots) -> events_pb2.JobRecord:
-    """The record SubmitJob writes (``Submitter._build``): one pass state per planned pass."""
+    """The record SubmitJob writes (``planner.job_record``, without the submit-time details): one pass state per planned pass."""
     job = jobs_pb2.Job(job_id=JOB_ID, state=jobs_pb2.JOB_STATE_QUEUED, prompt=PROMPT, parsed=parsed)
     for plan in plans:
         image = job.images.add(index=plan.index, seed=planner.image_seed(parsed.params.seed, plan.index))
@@ -182,16 +182,16 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
     assert len(parsed.persons) == 2
 
     # The checks SubmitJob makes against Diffusion.Info pass on this worker.
-    needed = planner.required_capabilities(
-        parsed, has_input_image=False, complete=planner.is_capability_complete(capabilities)
+    needed = requirements.required_capabilities(
+        parsed, has_input_image=False, complete=requirements.is_capability_complete(capabilities)
     )
     assert {"pass:hires", "pass:faces", "pass:face_correct", "pass:face_swap", "pass:upscale"} <= {
         c for c, _ in needed
     }
     assert [c for c, _ in needed if c not in capabilities] == []
     assert f"faceid:{SD15_MODEL}" in capabilities  # what SubmitJob asks for a <faceid:...> tag
-    for model in planner.tune_models(parsed, SD15_MODEL, SD15_MODEL).values():
-        assert [planner.model_family(info, m) for m in model] == ["sd15"]
+    for model in requirements.tune_models(parsed, SD15_MODEL, SD15_MODEL).values():
+        assert [requirements.model_family(info, m) for m in model] == ["sd15"]
 
     # Tunes as the Tunes API stores them: files with their sha256, reference images of the person tune.
     model_dir = model_root / "diffusion" / SD15_MODEL
@@ -236,7 +236,7 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
     ]  # fmt: skip
 
     outcomes = Outcomes()
-    await bus.subscribe_core(f"{subjects.EVENTS_PREFIX}.{JOB_ID}.>", outcomes.on_message)
+    await bus.subscribe_core(f"{names.EVENTS_PREFIX}.{JOB_ID}.>", outcomes.on_message)
     requests: dict[str, diffusion_pb2.PassRequest] = {}
     results: dict[str, diffusion_pb2.PassResult] = {}
     dispatch = list(job_state.start(record, now).dispatch)
@@ -266,12 +266,12 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
                 )  # fmt: skip
                 request = faces_request(record, request, faces, None)
             else:
-                assert outbox.subject == subjects.diffusion_pass_subject(SD15_MODEL)
+                assert outbox.subject == names.diffusion_pass_subject(SD15_MODEL)
             requests[request.pass_name] = request
             await bus.publish(
-                subjects.diffusion_pass_subject(request.spec.model),
+                names.diffusion_pass_subject(request.spec.model),
                 request,
-                msg_id=subjects.pass_msg_id(JOB_ID, image_index, request.pass_name, request.attempt, "test"),
+                msg_id=names.pass_msg_id(JOB_ID, image_index, request.pass_name, request.attempt, "test"),
             )
             event = await outcomes.of(request.pass_name)
             assert event.WhichOneof("event") == "completed", (

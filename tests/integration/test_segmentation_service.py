@@ -17,11 +17,11 @@ from PIL import Image
 from skimage import data
 
 from multipass.errors import FailedPrecondition
-from multipass.grpc_errors import field_violations
+from multipass.grpc.errors import field_violations
 from multipass.images import sha256_hex
-from multipass.store import BUCKET_JOBS
+from multipass.names import BUCKET_JOBS
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
-from multipass_segmentation.service import serve
+from multipass_segmentation.app import serve
 from multipass_segmentation.settings import SegmentationSettings
 
 PREFIX = "jobs/tenant-a/job-1/image-0/"
@@ -30,7 +30,7 @@ INPUT_KEY = "jobs/tenant-a/job-1/inputs/astronaut.png"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from multipass.tiny_models import segmentation as tiny
+    from multipass_dev.tiny_models import segmentation as tiny
 
     root = tmp_path_factory.getbasetemp() / "tiny-segmentation-models"
     tiny.build(root)
@@ -392,7 +392,7 @@ async def test_a_missing_model_fails_at_startup_naming_the_file(settings, store,
 async def test_cli_against_the_running_service(service, s3_settings, tmp_path: Path, monkeypatch, capsys):
     import json
 
-    from multipass.cli.main import main
+    from multipass_client.cli.main import main
 
     monkeypatch.setenv("MULTIPASS_S3_ENDPOINT", s3_settings.endpoint)
     monkeypatch.setenv("MULTIPASS_S3_ACCESS_KEY", s3_settings.access_key)

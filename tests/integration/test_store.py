@@ -13,9 +13,10 @@ from PIL import Image
 
 from multipass.connections import S3Settings
 from multipass.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
-from multipass.local import S3ServerProcess
-from multipass.store import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES, ObjectStore
+from multipass.names import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES
+from multipass.store import ObjectStore
 from multipass.v1 import common_pb2
+from multipass_dev.local import S3ServerProcess
 
 KEY = "jobs/t1/J1/image-0/base.png"
 

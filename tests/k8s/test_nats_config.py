@@ -24,7 +24,7 @@ import pytest
 from k8s_manifests import env_of, generated_base_name, main_container, of_kind, one, pod_spec
 from k8s_render import rendered
 
-from multipass import subjects
+from multipass import names
 from multipass.bus import Bus
 
 NATS_SERVER = Path(sys.executable).with_name("nats-server")
@@ -168,43 +168,43 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
     try:
         # the gateway creates the streams and KV buckets, records a job, enqueues a pass
         await gateway.ensure_topology()
-        await gateway.kv_update(subjects.KV_JOBS, "j1", lambda current: b"record")
+        await gateway.kv_update(names.KV_JOBS, "j1", lambda current: b"record")
         await gateway.publish(
-            subjects.diffusion_pass_subject(model), b"pass-1", msg_id=subjects.pass_msg_id("j1", 0, "base", 1)
+            names.diffusion_pass_subject(model), b"pass-1", msg_id=names.pass_msg_id("j1", 0, "base", 1)
         )
-        await gateway.publish(subjects.job_event_subject("j1"), b"accepted", msg_id="j1:accepted")
+        await gateway.publish(names.job_event_subject("j1"), b"accepted", msg_id="j1:accepted")
         events = await gateway.js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS, durable="gateway-events", stream=subjects.STREAM_EVENTS
+            names.EVENTS_SUBJECTS, durable="gateway-events", stream=names.STREAM_EVENTS
         )
         cancels: asyncio.Queue = asyncio.Queue()
-        await diffusion.subscribe_core(subjects.CANCEL_ALL, cancels.put)
+        await diffusion.subscribe_core(names.CANCEL_ALL, cancels.put)
 
         # the worker creates its durable consumer, pulls, acks, reports
-        durable = subjects.diffusion_durable(model)
+        durable = names.diffusion_durable(model)
         await diffusion.ensure_consumer(
-            stream=subjects.STREAM_PASSES,
+            stream=names.STREAM_PASSES,
             durable=durable,
-            filter_subject=subjects.diffusion_pass_subject(model),
+            filter_subject=names.diffusion_pass_subject(model),
             ack_wait=30,
             max_deliver=3,
             max_ack_pending=4,
         )
-        passes = await diffusion.js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_PASSES)
+        passes = await diffusion.js.pull_subscribe_bind(durable=durable, stream=names.STREAM_PASSES)
         (message,) = await passes.fetch(1, timeout=2)
         assert message.data == b"pass-1"
         await message.in_progress()
         await message.ack()
         await diffusion.publish(
-            subjects.event_subject("j1", subjects.EVENT_COMPLETED),
+            names.event_subject("j1", names.EVENT_COMPLETED),
             b"done",
-            msg_id=subjects.pass_msg_id("j1", 0, "base", 1, "completed"),
+            msg_id=names.pass_msg_id("j1", 0, "base", 1, "completed"),
         )
         (event,) = await events.fetch(1, timeout=2)
         assert event.data == b"done"
         await event.ack()
 
         # a cancel from the gateway reaches the worker
-        await gateway.publish_core(subjects.cancel_subject("j1"), b"")
+        await gateway.publish_core(names.cancel_subject("j1"), b"")
         cancel = await asyncio.wait_for(cancels.get(), 2)
         assert cancel.subject == "multipass.cancel.j1"
         assert not _nats_errors(caplog), _nats_errors(caplog)
@@ -213,9 +213,9 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         notes: asyncio.Queue = asyncio.Queue()
         peer = await Bus.connect(_service_url(resources, "gateway", server_url, passwords), name="gateway-2")
         try:
-            await peer.nc.subscribe(subjects.GATEWAY_NOTES, cb=notes.put)
+            await peer.nc.subscribe(names.GATEWAY_NOTES, cb=notes.put)
             await peer.nc.flush(timeout=2)
-            await gateway.publish_core(subjects.GATEWAY_NOTES, b"+ sched.ready.t.j.0.base.1")
+            await gateway.publish_core(names.GATEWAY_NOTES, b"+ sched.ready.t.j.0.base.1")
             note = await asyncio.wait_for(notes.get(), 2)
             assert note.data == b"+ sched.ready.t.j.0.base.1"
         finally:
@@ -223,28 +223,28 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         assert not _nats_errors(caplog), _nats_errors(caplog)
 
         # the worker may not enqueue passes, read events, touch job records, manage streams or forge notes
-        await diffusion.nc.publish(subjects.GATEWAY_NOTES, b"forged")
-        await diffusion.nc.publish(subjects.diffusion_pass_subject(model), b"forged")
-        await diffusion.nc.publish(f"$KV.{subjects.KV_JOBS}.j1", b"forged")
-        await diffusion.nc.subscribe(subjects.EVENTS_SUBJECTS)
+        await diffusion.nc.publish(names.GATEWAY_NOTES, b"forged")
+        await diffusion.nc.publish(names.diffusion_pass_subject(model), b"forged")
+        await diffusion.nc.publish(f"$KV.{names.KV_JOBS}.j1", b"forged")
+        await diffusion.nc.subscribe(names.EVENTS_SUBJECTS)
         await diffusion.nc.flush(timeout=2)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Error)):
-            await diffusion.nc.jetstream(timeout=1).delete_stream(subjects.STREAM_PASSES)
+            await diffusion.nc.jetstream(timeout=1).delete_stream(names.STREAM_PASSES)
         # the gateway's own passes (segment, mask, faces) report their results as pass events
         await gateway.publish(
-            subjects.event_subject("j1", subjects.EVENT_COMPLETED),
+            names.event_subject("j1", names.EVENT_COMPLETED),
             b"segmented",
-            msg_id=subjects.pass_msg_id("j1", 0, "segment", 1, "completed"),
+            msg_id=names.pass_msg_id("j1", 0, "segment", 1, "completed"),
         )
         (event,) = await events.fetch(1, timeout=2)
         assert event.data == b"segmented"
         await event.ack()
         refused = [
-            f'publish to "{subjects.diffusion_pass_subject(model)}"',
-            f'publish to "{subjects.GATEWAY_NOTES}"',
-            f'publish to "$kv.{subjects.KV_JOBS}.j1"',
-            f'subscription to "{subjects.EVENTS_SUBJECTS}"',
-            f'publish to "$js.api.stream.delete.{subjects.STREAM_PASSES.lower()}"',
+            f'publish to "{names.diffusion_pass_subject(model)}"',
+            f'publish to "{names.GATEWAY_NOTES}"',
+            f'publish to "$kv.{names.KV_JOBS}.j1"',
+            f'subscription to "{names.EVENTS_SUBJECTS}"',
+            f'publish to "$js.api.stream.delete.{names.STREAM_PASSES.lower()}"',
         ]
 
         def unreported() -> list[str]:
@@ -255,9 +255,9 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         while unreported() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert not unreported(), (unreported(), _nats_errors(caplog))
-        info = await gateway.js.stream_info(subjects.STREAM_PASSES)
+        info = await gateway.js.stream_info(names.STREAM_PASSES)
         assert info.state.messages == 0
-        assert (await (await gateway.kv(subjects.KV_JOBS)).get("j1")).value == b"record"
+        assert (await (await gateway.kv(names.KV_JOBS)).get("j1")).value == b"record"
     finally:
         await diffusion.close()
         await gateway.close()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 from k8s_manifests import (
@@ -26,7 +25,7 @@ from k8s_manifests import (
 )
 from k8s_render import ROOT
 
-from multipass.cli import models_cmd
+from multipass.model_sync import command as model_sync_command
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 OWN_IMAGES = {f"multipass-{name}" for name in SERVICES}
@@ -285,20 +284,14 @@ def test_diffusion_can_finish_its_pass_before_being_killed(prod):
     assert strategy["maxSurge"] == 0, "a rollout must not ask for an extra GPU"
 
 
-def _models_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="multipass")
-    models_cmd.register(parser.add_subparsers(dest="command"))
-    return parser
-
-
 @pytest.mark.parametrize("service", ["segmentation", "diffusion"])
 def test_model_sync_init_container_fills_the_model_dir(resources, service):
     deployment = one(resources, "Deployment", service)
     spec = pod_spec(deployment)
     (init,) = spec["initContainers"]
-    assert init["command"][0] == "multipass"
-    args = _models_parser().parse_args(init["command"][1:])
-    assert args.run is models_cmd.run_sync
+    assert init["command"][:3] == ["python", "-m", "multipass.model_sync"]
+    args = model_sync_command.build_parser().parse_args(init["command"][3:])
+    assert args.run is model_sync_command.run_sync
     assert args.bucket == "multipass-models"
     assert args.prefix == f"{service}/"
     assert init["image"] == main_container(deployment)["image"]
@@ -368,15 +361,16 @@ def test_services_reach_their_dependencies_by_service_name(resources):
     )
 
 
-def test_dockerfile_for_every_image_in_the_manifests(resources):
+def test_dockerfile_has_a_target_for_every_image_in_the_manifests(resources):
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
     for workload in workloads(resources):
         for container in containers(workload):
             name, tag = _image_parts(container["image"])
             if name not in OWN_IMAGES:
                 continue
-            directory = ROOT / "services" / name.removeprefix("multipass-").replace("-", "_")
-            dockerfile = directory / ("Dockerfile.cuda" if tag.endswith("-cuda") else "Dockerfile")
-            assert dockerfile.is_file(), f"{container['image']} has no {Path(dockerfile).relative_to(ROOT)}"
+            target = name.removeprefix("multipass-") + ("-cuda" if tag.endswith("-cuda") else "")
+            assert target in targets, f"{container['image']} has no target {target} in docker/Dockerfile"
 
 
 def test_gateway_base_model_is_served_by_the_diffusion_workers(resources):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from multipass.bench import METRIC_KEYS, batch_bench, report, runner, workload
-from multipass.bench.report import MetricUnavailable
-from multipass.bench.timing import is_positive_finite
+from multipass_bench import METRIC_KEYS, batch_bench, report, runner, workload
+from multipass_bench.report import MetricUnavailable
+from multipass_bench.timing import is_positive_finite
 
 MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
 

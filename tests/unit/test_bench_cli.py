@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from multipass.cli import bench_cmd
-from multipass.cli.main import build_parser
+from multipass_bench import bench_cmd
+from multipass_client.cli.main import build_parser
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -39,6 +39,6 @@ def test_gpu_only_options_without_gpu_are_refused(capsys):
 
 def test_bench_module_runs_the_runner(monkeypatch):
     seen = []
-    monkeypatch.setattr("multipass.bench.runner.main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr("multipass_bench.runner.main", lambda argv: seen.append(argv) or 0)
     assert bench_cmd.run_bench(parse("--quick")) == 0
     assert seen == [["--quick"]]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multipass.bench import engine_bench, memory_bench, parallel_bench, workload
-from multipass.bench.timing import is_positive_finite
+from multipass_bench import engine_bench, memory_bench, parallel_bench, workload
+from multipass_bench.timing import is_positive_finite
 
 MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
 

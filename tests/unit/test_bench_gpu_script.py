@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from multipass.bench import gpu
+from multipass_bench import gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 

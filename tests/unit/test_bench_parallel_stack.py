@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from multipass.bench import parallel_bench
-from multipass.bench.report import MetricUnavailable
 from multipass.v1 import jobs_pb2
+from multipass_bench import parallel_bench
+from multipass_bench.report import MetricUnavailable
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,7 +48,7 @@ def test_the_figure_keeps_the_engine_level_measurement_under_details(monkeypatch
 
 
 def test_the_quick_plan_skips_the_engine_level_measurement(monkeypatch, tmp_path):
-    from multipass.bench.runner import Plan
+    from multipass_bench.runner import Plan
 
     monkeypatch.setattr(
         parallel_bench, "parallel_persons_through_stack", lambda root, directory, repetitions: (1.2, {})

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from multipass.bench import METRIC_KEYS, report
-from multipass.bench.runner import Bench, Plan
-from multipass.bench.timing import Paired, interleave, is_positive_finite
+from multipass_bench import METRIC_KEYS, report
+from multipass_bench.runner import Bench, Plan
+from multipass_bench.timing import Paired, interleave, is_positive_finite
 
 
 def a_report(**figures) -> dict:
@@ -145,7 +145,7 @@ def test_only_skips_the_other_figures(tmp_path):
 
 
 def test_unknown_figure_is_refused(capsys):
-    from multipass.bench.runner import main
+    from multipass_bench.runner import main
 
     with pytest.raises(SystemExit):
         main(["--only", "speed_of_light"])
@@ -153,7 +153,7 @@ def test_unknown_figure_is_refused(capsys):
 
 
 def test_a_late_figure_runs_with_the_quick_repetitions(tmp_path):
-    from multipass.bench import runner
+    from multipass_bench import runner
 
     bench = Bench(plan=Plan(), directory=tmp_path, only=set(), profile_dir=None)
     assert bench.plan_for("crop_vs_full_speedup") == Plan()

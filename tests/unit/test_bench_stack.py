@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from multipass import subjects
-from multipass.bench import control_plane, stack_bench, standin_worker
+from multipass import names
 from multipass.bus import Ack
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
+from multipass_bench import control_plane, stack_bench, standin_worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -153,13 +153,13 @@ def test_standin_answers_each_request_at_once_with_the_stored_image():
     assert isinstance(decision, Ack)
     subjects_seen = [subject for subject, _, _ in bus.published]
     assert subjects_seen == [
-        subjects.event_subject("j1", "started"),
-        subjects.event_subject("j1", "completed"),
+        names.event_subject("j1", "started"),
+        names.event_subject("j1", "completed"),
     ]
     completed = bus.published[1][1]
     assert completed.completed.result.output == output
     assert (completed.job_id, completed.pass_name, completed.attempt) == ("j1", "base", 1)
-    assert bus.published[1][2] == subjects.pass_msg_id("j1", 0, "base", 1, "completed")
+    assert bus.published[1][2] == names.pass_msg_id("j1", 0, "base", 1, "completed")
     assert standin.handled == 1
 
 

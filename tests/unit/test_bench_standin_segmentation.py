@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multipass.bench.standin_segmentation import StandInSegmentation, slot_masks
 from multipass.errors import InvalidInput
 from multipass.v1 import common_pb2, segmentation_pb2
+from multipass_bench.standin_segmentation import StandInSegmentation, slot_masks
 
 
 class MemoryStore:

@@ -19,10 +19,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from PIL import Image
 
-from multipass.cli.main import main
-from multipass.client import connect, describe_rpc_error
-from multipass.client.downloads import download_job
 from multipass.v1 import admin_pb2, admin_pb2_grpc, common_pb2, jobs_pb2, jobs_pb2_grpc
+from multipass_client import connect, describe_rpc_error
+from multipass_client.cli.main import main
+from multipass_client.downloads import download_job
 
 MiB = 1024 * 1024
 
@@ -366,7 +366,7 @@ def test_download_reports_what_it_could_not_fetch(tmp_path):
 
 
 def test_demo_placeholders_map_to_new_tune_ids():
-    from multipass.stack.demo import find_placeholders, substitute_tunes
+    from multipass_dev.stack.demo import find_placeholders, substitute_tunes
 
     prompt = Path(__file__).resolve().parents[2].joinpath("examples", "multi-person.prompt").read_text()
     placeholders = find_placeholders(prompt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from multipass.contact_sheet import (
+from multipass_client.contact_sheet import (
     BACKGROUND,
     CELL_BACKGROUND,
     Section,

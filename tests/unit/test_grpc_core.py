@@ -11,8 +11,8 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from multipass import errors
-from multipass.grpc_errors import field_violations, from_rpc_error
-from multipass.grpc_server import Registration, start_grpc_server
+from multipass.grpc.errors import field_violations, from_rpc_error
+from multipass.grpc.server import Registration, start_grpc_server
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
 
 SERVICE = "multipass.v1.PromptParser"
@@ -124,7 +124,7 @@ async def test_resource_exhausted_carries_retry_info(channel):
 
 async def test_unexpected_exception_is_internal_without_leaking(channel, caplog):
     before = handled("INTERNAL")
-    with caplog.at_level("ERROR", logger="multipass.grpc_errors"):
+    with caplog.at_level("ERROR", logger="multipass.grpc.errors"):
         error = await call(channel, "boom")
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "passwd" not in error.details()

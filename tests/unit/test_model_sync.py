@@ -13,9 +13,9 @@ import boto3
 import pytest
 from minio import Minio
 
-from multipass.cli import models_cmd
 from multipass.errors import Internal, InvalidInput, Unavailable
-from multipass.model_sync import MANIFEST_NAME, PART_SUFFIX, download, relative_path, sync_prefix
+from multipass.model_sync import command as models_cmd
+from multipass.model_sync.mirror import MANIFEST_NAME, PART_SUFFIX, download, relative_path, sync_prefix
 
 BUCKET = "multipass-models"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from multipass.cli.main import main
+from multipass_client.cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from multipass.stack.local_stack import DIFFUSION, GATEWAY, LocalStack, StackConfig, StackError, _Wiring
-from multipass.stack.state import StackPaths
+from multipass_client.stack_record import StackPaths
+from multipass_dev.stack.local_stack import DIFFUSION, GATEWAY, LocalStack, StackConfig, StackError, _Wiring
 
 
 def test_replicas_get_their_own_ports_and_names_and_the_diffusion_settings(tmp_path):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from multipass.stack.health import HealthProbe
-from multipass.stack.state import StackPaths, pid_alive, read_state, write_json_atomic
-from multipass.stack.supervisor import (
+from multipass_client.stack_record import StackPaths, read_state
+from multipass_dev.stack.health import HealthProbe
+from multipass_dev.stack.state import pid_alive, write_json_atomic
+from multipass_dev.stack.supervisor import (
     BACKOFF,
     FAILED,
     RUNNING,
@@ -229,9 +230,8 @@ def test_observers_see_every_state_change(tmp_path):
             [spec("worker", "import time; time.sleep(60)", restart=RestartPolicy(initial_delay=0.05))]
         )
         os.kill(supervisor.status("worker").pid, signal.SIGKILL)
-        wait_for(
-            lambda: supervisor.status("worker").restarts == 1 and supervisor.status("worker").state == RUNNING
-        )
+        # the observer is called by the monitor thread after the state changed: wait for the call itself
+        wait_for(lambda: any(entry.get("worker") == (RUNNING, 1) for entry in list(seen)))
     finally:
         supervisor.stop()
     states = [entry["worker"] for entry in seen if "worker" in entry]
@@ -247,7 +247,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
     script = f"""
 import os, sys, time
 from pathlib import Path
-from multipass.stack.supervisor import ProcessSpec, Supervisor
+from multipass_dev.stack.supervisor import ProcessSpec, Supervisor
 sup = Supervisor(Path({str(tmp_path / "logs")!r}))
 sup.start_group([ProcessSpec(name="child", argv=(sys.executable, "-c", "import time; time.sleep(60)"), env=dict(os.environ))])
 Path({str(pid_file)!r}).write_text(str(sup.status("child").pid))
@@ -279,7 +279,7 @@ def test_state_file_round_trip_is_atomic_and_private(tmp_path):
 
 
 def test_every_service_is_wired_to_loopback_ports_and_the_gateway_to_its_peers(tmp_path):
-    from multipass.stack.local_stack import (
+    from multipass_dev.stack.local_stack import (
         DIFFUSION,
         GATEWAY,
         PARSER,
@@ -327,7 +327,7 @@ def test_every_service_is_wired_to_loopback_ports_and_the_gateway_to_its_peers(t
 
 
 def test_an_external_s3_endpoint_replaces_the_moto_server(tmp_path):
-    from multipass.stack.local_stack import GATEWAY, LocalStack, StackConfig, _Wiring
+    from multipass_dev.stack.local_stack import GATEWAY, LocalStack, StackConfig, _Wiring
 
     environ = {
         "MULTIPASS_S3_ENDPOINT": "minio.internal:9000",
@@ -344,7 +344,7 @@ def test_an_external_s3_endpoint_replaces_the_moto_server(tmp_path):
 
 
 def test_up_refuses_to_start_a_second_stack_in_the_same_directory(tmp_path):
-    from multipass.stack.local_stack import LocalStack, StackConfig, StackError
+    from multipass_dev.stack.local_stack import LocalStack, StackConfig, StackError
 
     paths = StackPaths(tmp_path / ".multipass")
     other = subprocess.Popen([PY, "-c", "import time; time.sleep(30)  # multipass supervisor stand-in"])
@@ -358,7 +358,7 @@ def test_up_refuses_to_start_a_second_stack_in_the_same_directory(tmp_path):
 
 
 def test_down_signals_the_supervisor_then_stops_only_leftovers_that_are_still_ours(tmp_path):
-    from multipass.stack.control import stop_stack
+    from multipass_dev.stack.control import stop_stack
 
     paths = StackPaths(tmp_path / ".multipass")
     marker = tmp_path / "supervisor-stopped"
@@ -401,7 +401,7 @@ def test_down_signals_the_supervisor_then_stops_only_leftovers_that_are_still_ou
 
 
 def test_status_probes_every_recorded_process_now(tmp_path):
-    from multipass.stack.control import live_status
+    from multipass_dev.stack.control import live_status
 
     paths = StackPaths(tmp_path / ".multipass")
     port = closed_port()

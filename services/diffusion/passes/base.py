@@ -7,27 +7,25 @@ from PIL import Image
 
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion.crop_inpaint import Box, feather, paste
-from multipass_diffusion.passes import register
+from multipass_diffusion.imaging.crop_inpaint import Box, feather, paste
 from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.handler import PassHandler
 from multipass_diffusion.passes.sampling import (
     batchable,
-    check_strength,
     generate_batch,
     resolve_size,
     scale_skeletons,
     skeletons,
 )
-from multipass_diffusion.passes.validation import check_common, mask_blur
+from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
 
 DEFAULT_IMG2IMG_STRENGTH = 0.8
 DEFAULT_INPAINT_STRENGTH = 1.0
 
 
-class BasePass:
+class BasePass(PassHandler):
     kind = "base"
-    #: ``<faceid:ID:W>`` conditions this pass (the engine attaches the identity adapter).
     uses_faceid = True
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
@@ -161,6 +159,3 @@ class BasePass:
             patch = result.resize(image.size, Image.Resampling.LANCZOS)
             pasted.append(Image.fromarray(paste(np.asarray(image), np.asarray(patch), alpha, box)))
         return pasted
-
-
-register(BasePass())

@@ -1,8 +1,8 @@
 """The composite pass: merge the outputs of a parallel stage of person passes onto the stage's input.
 
 The gateway runs persons whose crops avoid each other's masks at the same time, each on the stage's input
-(``multipass_gateway.person_stages``). A person pass changes its image only where its feathered mask is
-non-zero (``crop_inpaint.paste``), so copying each output's pixels exactly there onto the stage's input
+(``multipass_gateway.domain.person_stages``). A person pass changes its image only where its feathered mask
+is non-zero (``crop_inpaint.paste``), so copying each output's pixels exactly there onto the stage's input
 gives the image the persons would have made one after the other, byte for byte. No model work: the engine
 runs it without a runtime or adapters.
 """
@@ -15,12 +15,12 @@ from PIL import Image
 from multipass.crop_geometry import feather_sigma
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion.crop_inpaint import feather
-from multipass_diffusion.passes import register
+from multipass_diffusion.imaging.crop_inpaint import feather
 from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.handler import PassHandler
 
 
-class CompositePass:
+class CompositePass(PassHandler):
     kind = "composite"
     uses_models = False
 
@@ -70,6 +70,3 @@ class CompositePass:
         ctx.metadata["layers"] = str(len(ctx.spec.layers))
         ctx.metadata["layer_pixels"] = ",".join(changed)
         return Image.fromarray(result)
-
-
-register(CompositePass())

@@ -1,6 +1,6 @@
 """The person pass: crop around the person's mask, inpaint with their prompt and LoRA(s), paste back.
 
-Geometry is in :mod:`multipass_diffusion.crop_inpaint` and :mod:`multipass.crop_geometry` (the crop box,
+Geometry is in :mod:`multipass_diffusion.imaging.crop_inpaint` and :mod:`multipass.crop_geometry` (the crop box,
 which the gateway predicts with the same code to run persons in parallel). The crop is cut from the *current* image (the
 output of the previous pass), resized to the working size (short side = the model's working size),
 inpainted with the optional ControlNet conditioned on the crop (or on the person's skeleton moved into
@@ -15,19 +15,18 @@ from PIL import Image
 from multipass.crop_geometry import person_crop_box
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion.crop_inpaint import Box, feather, mask_box, paste, working_size
-from multipass_diffusion.passes import register
+from multipass_diffusion.imaging.crop_inpaint import Box, feather, mask_box, paste, working_size
 from multipass_diffusion.passes.context import PassContext, PassInputs
-from multipass_diffusion.passes.sampling import check_strength, generate, scale_skeletons, skeletons
-from multipass_diffusion.passes.validation import check_common, mask_blur
+from multipass_diffusion.passes.handler import PassHandler
+from multipass_diffusion.passes.sampling import generate, scale_skeletons, skeletons
+from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
 
 DEFAULT_STRENGTH = 0.5
 
 
-class PersonPass:
+class PersonPass(PassHandler):
     kind = "person"
-    #: ``<faceid:ID:W>`` conditions this pass (the engine attaches the identity adapter).
     uses_faceid = True
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
@@ -68,7 +67,7 @@ class PersonPass:
         if tight is None:
             ctx.warn("the person's mask is empty: the person pass returned the image unchanged")
             return image
-        # The gateway predicts this box (multipass_gateway.person_stages) with the same function.
+        # The gateway predicts this box (multipass_gateway.domain.person_stages) with the same function.
         box = person_crop_box(
             tight,
             image.width,
@@ -108,6 +107,3 @@ class PersonPass:
             )
             return ctx.runtime.preprocessors.condition("pose", crop, size, skeletons=moved)
         return ctx.runtime.preprocessors.condition(spec.controlnet, crop, size)
-
-
-register(PersonPass())

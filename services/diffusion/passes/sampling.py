@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from multipass.errors import InvalidInput, Violation
 from multipass_diffusion import faceid
 from multipass_diffusion.device_tuning import vae_tiling_for
 from multipass_diffusion.passes.context import PassContext
@@ -212,8 +211,3 @@ def prompt_warnings(spec, tokenizer) -> list[str]:
 def proto_float(value: float) -> float:
     """A proto float32 as the decimal the sender meant (0.9 arrives as 0.899999976, which loses a step)."""
     return round(float(value), 6)
-
-
-def check_strength(value: float, field: str = "spec.denoising_strength") -> None:
-    if not 0.0 <= value <= 1.0:
-        raise InvalidInput.of([Violation(field, f"got {value}; expected 0..1")])

@@ -1,9 +1,10 @@
-"""Checks and defaults shared by the diffusion pass kinds."""
+"""Checks of a pass's spec and inputs shared by the pass kinds, raising InvalidInput that names the field."""
 
 from __future__ import annotations
 
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
+from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.schedulers import check_scheduler
 
 MAX_STEPS = 150
@@ -12,6 +13,7 @@ DEFAULT_MASK_BLUR = 4.0
 
 
 def check_common(spec: diffusion_pb2.PassSpec) -> None:
+    """The sampling fields every diffusion pass reads: steps, cfg scale, size, ControlNet scale, scheduler."""
     problems = []
     if not 1 <= spec.steps <= MAX_STEPS:
         problems.append(Violation("spec.steps", f"got {spec.steps}; expected 1..{MAX_STEPS}"))
@@ -35,6 +37,21 @@ def check_common(spec: diffusion_pb2.PassSpec) -> None:
     if problems:
         raise InvalidInput.of(problems)
     check_scheduler(spec.scheduler)
+
+
+def check_strength(value: float, field: str = "spec.denoising_strength") -> None:
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInput.of([Violation(field, f"got {value:g}; expected 0..1")])
+
+
+def check_scale(spec: diffusion_pb2.PassSpec, *, low: float, high: float) -> None:
+    if spec.scale and not low <= spec.scale <= high:
+        raise InvalidInput.of([Violation("spec.scale", f"got {spec.scale:g}; expected {low:g}..{high:g}")])
+
+
+def needs_image(inputs: PassInputs, kind: str) -> None:
+    if inputs.image is None:
+        raise InvalidInput.of([Violation("spec.image", f"the {kind} pass needs the current image")])
 
 
 def mask_blur(spec: diffusion_pb2.PassSpec) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from diffusion_testkit import MODELS_ROOT, SD15_MODEL, SDXL_MODEL, TINY_WORKING_SIZE
 
-from multipass.tiny_models.diffusion import build, write_random_lora
+from multipass_dev.tiny_models.diffusion import build, write_random_lora
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from multipass.tiny_models.diffusion import SD15_MODEL, SDXL_MODEL, TINY_WORKING_SIZE
 from multipass.v1 import diffusion_pb2
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, SDXL_MODEL, TINY_WORKING_SIZE
 
 __all__ = [
     "MODELS_ROOT",

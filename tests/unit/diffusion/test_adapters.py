@@ -14,7 +14,7 @@ from multipass.images import encode_png
 from multipass.v1 import common_pb2, prompt_pb2
 from multipass_diffusion import metrics
 from multipass_diffusion.adapters import AdapterRequest
-from multipass_diffusion.engine import file_sha256
+from multipass_diffusion.models import file_sha256
 from multipass_diffusion.passes.context import PassInputs
 
 
@@ -97,7 +97,7 @@ def test_kohya_and_unet_only_loras_load(sd15, lora_dir):
 
 
 def test_lru_evicts_within_the_memory_budget(sd15, model_root, tmp_path):
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     cache = sd15.adapters
     budget = cache.budget_bytes
@@ -342,7 +342,7 @@ def write_kohya_lora(model_dir: Path, path: Path, *, seed: int, rank: int, alpha
     """A random kohya-format LoRA (``lora_unet_*``/``lora_te*`` keys) whose modules all have ``alpha``."""
     from safetensors.torch import load_file
 
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     write_random_lora(model_dir, path, seed=seed, rank=rank, kohya=True, alpha=alpha)
     alphas = {float(v) for k, v in load_file(str(path)).items() if k.endswith(".alpha")}
@@ -416,7 +416,7 @@ def test_kohya_alpha_changes_outputs_as_the_pass_weight_does(sd15, model_root, t
 
 def write_metadata_lora(model_dir: Path, path: Path, *, seed: int, alpha: float, **kwargs) -> Path:
     """A random diffusers-format LoRA of rank 3 whose header carries each component's LoraConfig."""
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     return write_random_lora(model_dir, path, seed=seed, rank=3, alpha=alpha, metadata=True, **kwargs)
 
@@ -478,7 +478,7 @@ def test_adapter_metadata_alpha_pattern_scales_the_matching_modules(sd15, model_
 
 def test_adapter_metadata_alpha_changes_outputs_as_the_pass_weight_does(sd15, model_root, tmp_path):
     """lora_alpha 6 / r 3 at weight 1 is the same weights without metadata (scale 1) at weight 2."""
-    from multipass.tiny_models.diffusion import write_random_lora
+    from multipass_dev.tiny_models.diffusion import write_random_lora
 
     model = model_root / "diffusion" / SD15_MODEL
     doubled = request(write_metadata_lora(model, tmp_path / "a6.safetensors", seed=43, alpha=6.0), "a6")

@@ -16,8 +16,8 @@ import pytest
 from diffusion_testkit import SD15_MODEL, pixels, spec
 
 from multipass.errors import InvalidInput
-from multipass.tiny_models.diffusion import write_random_lora
-from multipass_diffusion.engine import file_sha256
+from multipass_dev.tiny_models.diffusion import write_random_lora
+from multipass_diffusion.models import file_sha256
 from multipass_diffusion.passes.context import PassInputs
 
 BACKEND = "multipass_counting_test"

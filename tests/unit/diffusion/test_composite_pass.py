@@ -10,9 +10,9 @@ from PIL import Image
 from multipass.crop_geometry import mask_box, person_crop_box
 from multipass.errors import InvalidInput
 from multipass.v1 import common_pb2, diffusion_pb2, segmentation_pb2
-from multipass_diffusion.crop_inpaint import feather
+from multipass_diffusion.imaging.crop_inpaint import feather
 from multipass_diffusion.passes.context import PassInputs
-from multipass_gateway import person_stages
+from multipass_gateway.domain import person_stages
 
 SIZE = (384, 128)
 LEFT = (16, 32, 48, 96)

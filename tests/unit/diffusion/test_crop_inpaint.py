@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multipass_diffusion.crop_inpaint import (
+from multipass_diffusion.imaging.crop_inpaint import (
     Box,
     crop_box,
     feather,

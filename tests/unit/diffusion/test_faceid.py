@@ -11,12 +11,13 @@ from diffusion_testkit import MODELS_ROOT, SD15_MODEL, SDXL_MODEL, box_mask, pix
 from PIL import Image
 
 from multipass.errors import FailedPrecondition, InvalidInput
-from multipass.tiny_models import finishing as tiny_finishing
-from multipass.tiny_models.diffusion import FACEID_FILE, faceid_path, write_random_lora
 from multipass.v1 import common_pb2, prompt_pb2
-from multipass_diffusion import face_embedding, faceid
-from multipass_diffusion.crop_inpaint import feather
-from multipass_diffusion.engine import file_sha256
+from multipass_dev.tiny_models import finishing as tiny_finishing
+from multipass_dev.tiny_models.diffusion import FACEID_FILE, faceid_path, write_random_lora
+from multipass_diffusion import faceid
+from multipass_diffusion.imaging.crop_inpaint import feather
+from multipass_diffusion.models import file_sha256
+from multipass_diffusion.nets import face_embedding
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.tune_files import reference_key
 
@@ -288,7 +289,7 @@ def test_missing_weights_or_embedder_fail_naming_the_file(engine, tmp_path, monk
 
 
 def test_an_adapter_of_another_width_is_refused(tmp_path, engine):
-    from multipass.tiny_models.diffusion import write_faceid_adapter
+    from multipass_dev.tiny_models.diffusion import write_faceid_adapter
     from multipass_diffusion.faceid import FaceIdAdapter
 
     runtime = engine.runtime(SD15_MODEL)

@@ -12,7 +12,7 @@ from PIL import Image
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput
 from multipass.images import encode_png
 from multipass.v1 import common_pb2, diffusion_pb2
-from multipass_diffusion.crop_inpaint import Box, feather
+from multipass_diffusion.imaging.crop_inpaint import Box, feather
 from multipass_diffusion.passes.context import PassInputs
 
 MODELS = [SD15_MODEL, SDXL_MODEL]

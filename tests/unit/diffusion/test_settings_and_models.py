@@ -8,7 +8,7 @@ import pytest
 from diffusion_testkit import SD15_MODEL, SDXL_MODEL
 
 from multipass.errors import ConfigError, FailedPrecondition
-from multipass.tiny_models.diffusion import MARKER, VERSION, build
+from multipass_dev.tiny_models.diffusion import MARKER, VERSION, build
 from multipass_diffusion import models
 from multipass_diffusion.settings import DiffusionSettings
 

@@ -1,7 +1,7 @@
 """Tiny diffusion + finishing models (built once per machine under .multipass/test-models) and an engine.
 
-The engine serves only the tiny SD1.5 model; the finishing passes reach it through the pass registry
-(``multipass_diffusion.finishing.registration`` is one of the registry's modules).
+The engine serves only the tiny SD1.5 model; it runs the finishing passes from its pass registry
+(``multipass_diffusion.passes.registry``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from finishing_testkit import MODELS_ROOT, SD15_MODEL, TINY_WORKING_SIZE
 
-from multipass.tiny_models import finishing as tiny_finishing
-from multipass.tiny_models.diffusion import build as build_diffusion
+from multipass_dev.tiny_models import finishing as tiny_finishing
+from multipass_dev.tiny_models.diffusion import build as build_diffusion
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from multipass.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 from multipass.v1 import common_pb2, diffusion_pb2
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
 
 __all__ = ["MODELS_ROOT", "SD15_MODEL", "TINY_WORKING_SIZE", "face", "pixels", "scene", "spec"]
 

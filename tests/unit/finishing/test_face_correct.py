@@ -10,8 +10,8 @@ import torch
 from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
 
 from multipass.errors import FailedPrecondition
-from multipass_diffusion.finishing.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
-from multipass_diffusion.finishing.face_restorer import FaceRestorerNet, RestorerConfig
+from multipass_diffusion.imaging.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
+from multipass_diffusion.nets.face_restorer import FaceRestorerNet, RestorerConfig
 from multipass_diffusion.passes.context import PassInputs
 
 SIZE = (160, 120)

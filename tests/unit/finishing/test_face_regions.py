@@ -7,8 +7,8 @@ import pytest
 from finishing_testkit import face, spec
 
 from multipass.errors import InvalidInput
-from multipass_diffusion.crop_inpaint import Box
-from multipass_diffusion.finishing.face_regions import (
+from multipass_diffusion.imaging.crop_inpaint import Box
+from multipass_diffusion.imaging.face_regions import (
     check_faces,
     dynamic_strength,
     ellipse_alpha,

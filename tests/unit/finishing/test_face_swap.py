@@ -8,10 +8,10 @@ from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
 
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass.v1 import common_pb2, prompt_pb2
-from multipass_diffusion.finishing.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
-from multipass_diffusion.finishing.face_swap import FaceSwapPass
-from multipass_diffusion.finishing.face_tunes import reference_key
+from multipass_diffusion.imaging.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
 from multipass_diffusion.passes.context import PassInputs
+from multipass_diffusion.passes.face_swap import FaceSwapPass
+from multipass_diffusion.tune_files import reference_key
 
 SIZE = (160, 120)
 BOXES = [(20, 20, 60, 70), (100, 40, 140, 90)]

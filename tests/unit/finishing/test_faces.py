@@ -7,10 +7,10 @@ import pytest
 from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
 
 from multipass.errors import InvalidInput
-from multipass.tiny_models.diffusion import write_random_lora
 from multipass.v1 import common_pb2, prompt_pb2
-from multipass_diffusion.crop_inpaint import feather
-from multipass_diffusion.finishing.face_regions import face_box, rect_mask
+from multipass_dev.tiny_models.diffusion import write_random_lora
+from multipass_diffusion.imaging.crop_inpaint import feather
+from multipass_diffusion.imaging.face_regions import face_box, rect_mask
 from multipass_diffusion.passes.context import PassInputs
 
 SIZE = (256, 128)
@@ -103,7 +103,7 @@ def test_without_faces_the_image_comes_back_unchanged_with_a_warning(engine):
 
 
 def test_face_lora_files_are_part_of_the_cache_key():
-    from multipass_diffusion.finishing.faces import FacesPass
+    from multipass_diffusion.passes.faces import FacesPass
 
     ref = prompt_pb2.LoraRef(tune_id="9", weight=1.0, kind="lora")
     first = spec(

@@ -7,7 +7,7 @@ import pytest
 from finishing_testkit import pixels, scene, spec
 
 from multipass.errors import InvalidInput
-from multipass_diffusion.finishing.grading import LOOKS, color_grade
+from multipass_diffusion.imaging.grading import LOOKS, color_grade
 from multipass_diffusion.passes.context import PassInputs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multipass_diffusion.finishing.grading import (
+from multipass_diffusion.imaging.grading import (
     LOOKS,
     Look,
     apply_lut,

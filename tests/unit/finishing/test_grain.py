@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from multipass_diffusion.finishing.grain import film_grain, midtone_weight
+from multipass_diffusion.imaging.grain import film_grain, midtone_weight
 
 
 def bands() -> np.ndarray:

@@ -9,8 +9,8 @@ import pytest
 from finishing_testkit import pixels, scene, spec
 
 from multipass.errors import Cancelled, InvalidInput
-from multipass_diffusion.finishing.hires import comfortable_side, hires_size
 from multipass_diffusion.passes.context import PassInputs
+from multipass_diffusion.passes.hires import comfortable_side, hires_size
 from multipass_diffusion.passes.sampling import steps_for_strength
 
 

@@ -9,8 +9,7 @@ from finishing_testkit import pixels, spec
 from transformers import AutoTokenizer
 
 from multipass.errors import FailedPrecondition, InvalidInput
-from multipass_diffusion.finishing import expand_prompt
-from multipass_diffusion.finishing.prompt_expansion import clean, join
+from multipass_diffusion.nets.prompt_expander import clean, expand_prompt, join
 
 
 def test_expansion_continues_the_prompt_deterministically(model_root):
@@ -31,11 +30,9 @@ def test_new_tokens_are_bounded(model_root):
 
 
 def test_sampling_is_seeded(model_root):
-    from multipass_diffusion.finishing.prompt_expansion import expand_prompt as expand
-
-    one = expand(model_root, "a house", max_new_tokens=16, seed=1, temperature=1.5)
-    assert one == expand(model_root, "a house", max_new_tokens=16, seed=1, temperature=1.5)
-    assert one != expand(model_root, "a house", max_new_tokens=16, seed=2, temperature=1.5)
+    one = expand_prompt(model_root, "a house", max_new_tokens=16, seed=1, temperature=1.5)
+    assert one == expand_prompt(model_root, "a house", max_new_tokens=16, seed=1, temperature=1.5)
+    assert one != expand_prompt(model_root, "a house", max_new_tokens=16, seed=2, temperature=1.5)
 
 
 def test_a_missing_expander_is_refused_naming_the_directory(tmp_path):
@@ -135,7 +132,7 @@ def test_an_empty_prompt_is_not_expanded_and_says_so(engine):
 
 
 def test_expansion_without_an_expander_is_a_failed_precondition(tmp_path):
-    from multipass_diffusion.finishing.prompt_expansion import expand_spec
+    from multipass_diffusion.prompt_expansion import expand_spec
 
     with pytest.raises(FailedPrecondition, match="prompt_expander"):
         expand_spec(expanding(), tmp_path)

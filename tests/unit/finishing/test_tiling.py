@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multipass_diffusion.finishing.tiling import Blender, Tile, default_margin, starts, tile_grid, tile_weight
+from multipass_diffusion.imaging.tiling import Blender, Tile, default_margin, starts, tile_grid, tile_weight
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from finishing_testkit import SD15_MODEL, pixels, scene, spec
 from PIL import Image
 
 from multipass.errors import FailedPrecondition, InvalidInput
-from multipass_diffusion.finishing.rrdbnet import RRDBConfig, RRDBNet
-from multipass_diffusion.finishing.super_resolution import target_size
-from multipass_diffusion.finishing.tiling import tile_grid
+from multipass_diffusion.imaging.tiling import tile_grid
+from multipass_diffusion.nets.rrdbnet import RRDBConfig, RRDBNet
 from multipass_diffusion.passes.context import PassInputs
+from multipass_diffusion.passes.upscale import target_size
 
 TILED = {"upscale_tile": "32", "upscale_tile_overlap": "16"}
 
@@ -110,7 +110,7 @@ def test_a_missing_upscaler_fails_naming_the_file(engine, model_root, tmp_path, 
 
 @pytest.fixture(scope="module")
 def diffusers_upscaler_root(model_root, tmp_path_factory):
-    from multipass.tiny_models.finishing import write_diffusion_upscaler
+    from multipass_dev.tiny_models.finishing import write_diffusion_upscaler
 
     root = tmp_path_factory.mktemp("diffusers-upscaler")
     write_diffusion_upscaler(root / "diffusion" / "upscaler", model_root / "diffusion" / SD15_MODEL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from multipass.v1 import common_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
-from multipass_gateway import job_state, planner
+from multipass_gateway.domain import job_state, planner
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 

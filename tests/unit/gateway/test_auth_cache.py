@@ -4,42 +4,34 @@ from __future__ import annotations
 
 import asyncio
 
-import nats.js.errors
 import pytest
 
+from multipass.bus import KeyExists, KvEntry
 from multipass.errors import Unauthenticated
+from multipass_gateway.infra.tenant_store import AuthCache, TenantStore
 from multipass_gateway.settings import GatewaySettings
-from multipass_gateway.tenants import AuthCache, TenantStore
-
-
-class FakeEntry:
-    def __init__(self, value: bytes, revision: int):
-        self.value = value
-        self.revision = revision
 
 
 class FakeKV:
-    """The subset of a NATS KV bucket the tenant store uses, counting reads."""
+    """The subset of a KV bucket (:class:`multipass.bus.KvBucket`) the tenant store uses, counting reads."""
 
     def __init__(self):
-        self.data: dict[str, FakeEntry] = {}
+        self.data: dict[str, KvEntry] = {}
         self.reads = 0
         self._revision = 0
 
-    async def get(self, key: str) -> FakeEntry:
+    async def get(self, key: str) -> KvEntry | None:
         self.reads += 1
-        if key not in self.data:
-            raise nats.js.errors.KeyNotFoundError
-        return self.data[key]
+        return self.data.get(key)
 
     async def create(self, key: str, value: bytes) -> int:
         if key in self.data:
-            raise nats.js.errors.KeyWrongLastSequenceError
+            raise KeyExists(key)
         return await self.put(key, value)
 
     async def put(self, key: str, value: bytes) -> int:
         self._revision += 1
-        self.data[key] = FakeEntry(value, self._revision)
+        self.data[key] = KvEntry(key, value, self._revision)
         return self._revision
 
     async def delete(self, key: str) -> None:

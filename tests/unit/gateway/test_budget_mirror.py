@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
+from multipass.bus import KvEntry
 from multipass.errors import ResourceExhausted
-from multipass_gateway import budget as budget_module
-from multipass_gateway.budget import PendingBudget
+from multipass_gateway.infra.pending_budget import PendingBudget
 from multipass_gateway.settings import Limits
 
 
 class MemoryKv:
-    """The two KV operations the budget uses, over a dict; ``listing`` can be held to interleave writes."""
+    """The KV bucket operations the budget uses, over a dict; ``listing`` can be held to interleave writes."""
 
     def __init__(self):
         self.data: dict[str, bytes] = {}
@@ -25,33 +25,27 @@ class MemoryKv:
         self.data[key] = value
         return len(self.data)
 
-
-@pytest.fixture
-def store(monkeypatch) -> MemoryKv:
-    memory = MemoryKv()
-
-    async def entries(_store, pattern: str, *, values: bool = True):
-        memory.listings += 1
-        snapshot = sorted((k, v) for k, v in memory.data.items() if k.startswith(pattern.removesuffix(">")))
-        if memory.hold is not None:
-            await memory.hold.wait()
+    async def entries(self, pattern: str, *, values: bool = True) -> list[tuple[str, bytes]]:
+        self.listings += 1
+        snapshot = sorted((k, v) for k, v in self.data.items() if k.startswith(pattern.removesuffix(">")))
+        if self.hold is not None:
+            await self.hold.wait()
         return snapshot
 
-    async def purged_keys(_store, pattern: str):
-        return [key for key, _ in await entries(_store, pattern)]
+    async def purged_keys(self, pattern: str) -> list[str]:
+        return [key for key, _ in await self.entries(pattern)]
 
-    async def get(_store, key: str):
-        memory.reads += 1
-        return (memory.data[key], 1) if key in memory.data else None
+    async def get(self, key: str) -> KvEntry | None:
+        self.reads += 1
+        return KvEntry(key, self.data[key], 1) if key in self.data else None
 
-    async def remove(_store, pattern: str):
-        memory.data.pop(pattern, None)
+    async def remove(self, pattern: str) -> None:
+        self.data.pop(pattern, None)
 
-    monkeypatch.setattr(budget_module.kv, "entries", entries)
-    monkeypatch.setattr(budget_module.kv, "remove", remove)
-    monkeypatch.setattr(budget_module.kv, "purged_keys", purged_keys)
-    monkeypatch.setattr(budget_module.kv, "get", get)
-    return memory
+
+@pytest.fixture
+def store() -> MemoryKv:
+    return MemoryKv()
 
 
 LIMITS = Limits(tenant_max_pending_passes=5, global_max_pending_passes=8, retry_after_seconds=3.0)
@@ -76,12 +70,12 @@ async def test_checks_count_markers_without_listing_each_time(store):
 async def test_peers_notes_count_at_once(store):
     budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
     await budget.refresh()
-    budget._on_note("+", "active.a.peer", "4")
-    budget._on_note("+", "sched.ready.a.x.0.base.1", "")  # not a budget marker
+    budget.mirror.on_note("+", "active.a.peer", "4")
+    budget.mirror.on_note("+", "sched.ready.a.x.0.base.1", "")  # not a budget marker
     assert budget.pending("a") == (4, 4)
-    budget._on_note("+", "active.a.peer", "1")  # rewritten: counted once
+    budget.mirror.on_note("+", "active.a.peer", "1")  # rewritten: counted once
     assert budget.pending("a") == (1, 1)
-    budget._on_note("-", "active.a.peer", "")
+    budget.mirror.on_note("-", "active.a.peer", "")
     assert budget.pending("a") == (0, 0)
 
 

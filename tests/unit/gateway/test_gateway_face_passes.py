@@ -5,8 +5,8 @@ from __future__ import annotations
 from gateway_helpers import config, image_ref, parsed_prompt, record_for, slots
 
 from multipass.v1 import common_pb2, segmentation_pb2
-from multipass_gateway import job_state, planner
-from multipass_gateway.gateway_passes import faces_request
+from multipass_gateway.domain import job_state, planner
+from multipass_gateway.domain.face_targets import faces_request
 
 
 def tune_file(tune_id: str) -> common_pb2.ObjectRef:

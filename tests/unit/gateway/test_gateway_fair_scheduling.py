@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multipass_gateway.scheduler import PassKey, plan_release
+from multipass_gateway.domain.scheduling import PassKey, plan_release
 
 
 def queue(tenant: str, jobs: int, *, images: int = 1) -> list[PassKey]:

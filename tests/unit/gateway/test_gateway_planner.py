@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from gateway_helpers import config, image_ref, parsed_prompt, slots
 
-from multipass_gateway import planner
+from multipass_gateway.domain import planner, requirements
 
 
 def names(plan) -> list[str]:
@@ -193,7 +193,7 @@ def test_required_capabilities_name_their_fields():
     parsed = parsed_prompt(
         0, controlnet="depth", super_resolution=True, face_correct=True, face_swap=True, prompt_expansion=True
     )
-    needs = dict(planner.required_capabilities(parsed, has_input_image=True))
+    needs = dict(requirements.required_capabilities(parsed, has_input_image=True))
     assert needs == {
         "controlnet:depth": "params.controlnet",
         "upscaler": "params.super_resolution",
@@ -201,12 +201,12 @@ def test_required_capabilities_name_their_fields():
         "face_swapper": "params.face_swap",
         "prompt_expander": "params.prompt_expansion",
     }
-    assert planner.required_capabilities(parsed_prompt(0), has_input_image=False) == []
+    assert requirements.required_capabilities(parsed_prompt(0), has_input_image=False) == []
 
 
 def test_tune_ids_lists_each_tag_once_in_order():
     parsed = parsed_prompt(2, base_loras=["9"], person_loras={0: ["1", "9"], 1: ["1"]})
-    assert [ref.tune_id for ref in planner.tune_ids(parsed)] == ["9", "1"]
+    assert [ref.tune_id for ref in requirements.tune_ids(parsed)] == ["9", "1"]
 
 
 def test_fit_size_keeps_multiples_of_eight_under_the_cap():
@@ -253,7 +253,7 @@ def test_faceid_tags_carry_their_tunes_reference_images_to_their_passes():
 
 
 def test_faceid_tags_need_faceid_on_the_models_of_their_passes():
-    from multipass_gateway.submission import faceid_capabilities
+    from multipass_gateway.app.submission import faceid_capabilities
 
     parsed = parsed_prompt(1, person_loras={0: ["7"]})
     assert faceid_capabilities(parsed, "base-model", "person-model") == []
@@ -288,40 +288,40 @@ def test_faces_of_no_person_get_the_base_loras_only_on_the_base_model():
 
 def test_tune_models_names_every_model_that_loads_a_tune():
     parsed = parsed_prompt(2, base_loras=["1", "3"], person_loras={0: ["2", "3"], 1: ["2"]})
-    assert planner.tune_models(parsed, "xl", "sd") == {
+    assert requirements.tune_models(parsed, "xl", "sd") == {
         ("lora", "1"): ["xl"],
         ("lora", "3"): ["xl", "sd"],
         ("lora", "2"): ["sd"],
     }
-    assert planner.tune_models(parsed, "sd", "sd")[("lora", "3")] == ["sd"]
+    assert requirements.tune_models(parsed, "sd", "sd")[("lora", "3")] == ["sd"]
 
 
 def test_model_family_reads_the_per_model_map():
     info = planner.diffusion_pb2.InfoResponse(
         models=["a", "b"], model_family="sd15,sdxl", model_families={"a": "sd15", "b": "sdxl"}
     )
-    assert (planner.model_family(info, "a"), planner.model_family(info, "b")) == ("sd15", "sdxl")
-    assert planner.model_family(planner.diffusion_pb2.InfoResponse(model_family="sd15,sdxl"), "a") == ""
-    assert planner.model_family(planner.diffusion_pb2.InfoResponse(model_family="sdxl"), "a") == "sdxl"
+    assert (requirements.model_family(info, "a"), requirements.model_family(info, "b")) == ("sd15", "sdxl")
+    assert requirements.model_family(planner.diffusion_pb2.InfoResponse(model_family="sd15,sdxl"), "a") == ""
+    assert requirements.model_family(planner.diffusion_pb2.InfoResponse(model_family="sdxl"), "a") == "sdxl"
 
 
 def test_diffusion_kinds_follow_the_plan():
     parsed = parsed_prompt(2, hires_fix=True, face_correct=True, super_resolution=True, film_grain=True)
-    kinds = dict(planner.diffusion_kinds(parsed))
+    kinds = dict(requirements.diffusion_kinds(parsed))
     assert list(kinds) == ["base", "person", "hires", "face_correct", "upscale", "finish"]
     assert kinds["hires"] == "params.hires_fix" and kinds["finish"] == "params.film_grain"
     (plan,) = plan_of(parsed)
     planned = {p.kind for p in plan.passes if p.runs_in == "diffusion"}
     assert planned == set(kinds)
     keep = parsed_prompt(1, base="", common="", keep_background=True)
-    assert [k for k, _ in planner.diffusion_kinds(keep)] == ["person"]
-    assert [k for k, _ in planner.diffusion_kinds(parsed_prompt(1, only_upscale=True))] == ["upscale"]
+    assert [k for k, _ in requirements.diffusion_kinds(keep)] == ["person"]
+    assert [k for k, _ in requirements.diffusion_kinds(parsed_prompt(1, only_upscale=True))] == ["upscale"]
 
 
 def test_families_of_an_info_answer():
-    assert planner.families("sd15") == {"sd15"}
-    assert planner.families("sd15,sdxl") == {"sd15", "sdxl"}
-    assert planner.families("") == frozenset()
+    assert requirements.families("sd15") == {"sd15"}
+    assert requirements.families("sd15,sdxl") == {"sd15", "sdxl"}
+    assert requirements.families("") == frozenset()
 
 
 def test_person_pose_without_keypoints_needs_a_pose_estimator():
@@ -336,7 +336,7 @@ def test_person_pose_without_keypoints_needs_a_pose_estimator():
 
 def test_complete_workers_must_list_pass_kinds_and_weighted_preprocessors():
     parsed = parsed_prompt(1, controlnet="depth", hires_fix=True)
-    needs = planner.required_capabilities(parsed, has_input_image=True, complete=True)
+    needs = requirements.required_capabilities(parsed, has_input_image=True, complete=True)
     assert needs == [
         ("pass:base", "prompt"),
         ("pass:person", "prompt"),
@@ -345,6 +345,43 @@ def test_complete_workers_must_list_pass_kinds_and_weighted_preprocessors():
         ("preprocessor:depth", "params.controlnet"),
     ]
     canny = parsed_prompt(0, controlnet="canny")
-    assert ("preprocessor:canny", "params.controlnet") not in planner.required_capabilities(
+    assert ("preprocessor:canny", "params.controlnet") not in requirements.required_capabilities(
         canny, has_input_image=True, complete=True
     )
+
+
+def test_a_new_job_record_holds_a_state_per_planned_pass_and_the_persons_slots():
+    from datetime import UTC, datetime
+
+    from multipass.v1 import jobs_pb2
+
+    parsed = parsed_prompt(2, num_images=2, hires_fix=True, person_loras={1: ["7"]})
+    parsed.warnings.append("from the parser")
+    created = datetime(2030, 1, 2, tzinfo=UTC)
+    inputs = planner.JobInputs(
+        seed=41, width=640, height=384, input_image=image_ref("in.png", 640, 384), slots=slots(2, 640)
+    )
+    request = jobs_pb2.SubmitJobRequest(prompt="the prompt", callback_url="https://x.test/cb")
+    record = planner.job_record(
+        "t1", "job1", request, parsed, inputs, config(), created=created, warnings=["layout: tight"]
+    )
+    job = record.job
+    assert (record.tenant, job.job_id, job.prompt, job.callback_url) == (
+        "t1",
+        "job1",
+        "the prompt",
+        request.callback_url,
+    )
+    assert (job.parsed.params.seed, job.parsed.params.w, job.parsed.params.h) == (41, 640, 384)
+    assert list(job.warnings) == ["from the parser", "layout: tight"]
+    assert job.created_at.ToDatetime(tzinfo=UTC) == created
+    assert [image.seed for image in job.images] == [41, 42] and len(record.plans) == 2
+    for image, plan in zip(job.images, record.plans, strict=True):
+        assert [p.name for p in image.passes] == names(plan)
+        assert all(p.status == jobs_pb2.PASS_STATUS_PENDING for p in image.passes)
+        prepare, base = image.passes[0], image.passes[1]
+        assert prepare.output.key == "in.png" and prepare.started_at.ToDatetime(tzinfo=UTC) == created
+        assert base.steps_total == plan.passes[1].weight
+    assert [p.slot_box for p in job.persons] == [s.box for s in record.slots]
+    assert [ref.tune_id for ref in job.persons[1].loras] == ["7"]
+    assert record.input_image.key == "in.png" and not record.HasField("mask_image")

@@ -6,26 +6,28 @@ import hashlib
 import hmac
 
 from multipass.v1 import jobs_pb2
-from multipass_gateway import auth, callbacks
+from multipass_gateway.api import auth
+from multipass_gateway.domain import api_keys
+from multipass_gateway.infra import callbacks
 
 
 def test_issued_keys_are_unique_high_entropy_and_recognisable():
-    keys = {auth.issue_key().api_key for _ in range(200)}
+    keys = {api_keys.issue_key().api_key for _ in range(200)}
     assert len(keys) == 200
-    issued = auth.issue_key()
+    issued = api_keys.issue_key()
     assert issued.api_key.startswith(f"mpk_{issued.key_id}_")
-    assert auth.looks_like_key(issued.api_key)
-    assert auth.valid_key_id(issued.key_id)
+    assert api_keys.looks_like_key(issued.api_key)
+    assert api_keys.valid_key_id(issued.key_id)
     assert len(issued.api_key.split("_", 2)[2]) >= 43  # 32 random bytes
-    assert not auth.looks_like_key("mpk_short")
+    assert not api_keys.looks_like_key("mpk_short")
 
 
 def test_key_hash_is_sha256_or_peppered_hmac_and_never_the_key():
-    key = auth.issue_key().api_key
-    assert auth.hash_key(key) == hashlib.sha256(key.encode()).hexdigest()
-    peppered = auth.hash_key(key, "pepper")
+    key = api_keys.issue_key().api_key
+    assert api_keys.hash_key(key) == hashlib.sha256(key.encode()).hexdigest()
+    peppered = api_keys.hash_key(key, "pepper")
     assert peppered == hmac.new(b"pepper", key.encode(), hashlib.sha256).hexdigest()
-    assert peppered != auth.hash_key(key, "other pepper") != auth.hash_key(key)
+    assert peppered != api_keys.hash_key(key, "other pepper") != api_keys.hash_key(key)
     assert key not in peppered
 
 

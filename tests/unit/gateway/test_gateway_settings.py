@@ -9,21 +9,21 @@ from gateway_helpers import parsed_prompt
 
 from multipass.errors import ConfigError, InvalidInput
 from multipass.v1 import jobs_pb2
-from multipass_gateway.settings import GatewaySettings
-from multipass_gateway.submission import (
+from multipass_gateway.app.submission import (
     check_request,
     idempotency_kv_key,
     job_id_time,
     new_job_id,
     scene_size,
 )
-from multipass_gateway.tunes import (
+from multipass_gateway.infra.tune_store import (
     check_metadata,
     check_safetensors,
     new_tune_id,
     page_token,
     parse_page_token,
 )
+from multipass_gateway.settings import GatewaySettings
 
 
 def test_defaults():

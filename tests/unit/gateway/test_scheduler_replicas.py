@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from multipass import subjects
+from multipass import names
 from multipass.v1 import diffusion_pb2, events_pb2
-from multipass_gateway.replica_notes import ReplicaNotes
-from multipass_gateway.scheduler import PassKey, PassScheduler
+from multipass_gateway.domain.scheduling import PassKey
+from multipass_gateway.infra.pass_scheduler import PassScheduler
+from multipass_gateway.infra.replica_notes import ReplicaNotes
 
 
 def request(job: str, image: int = 0) -> events_pb2.OutboxRequest:
@@ -15,7 +16,7 @@ def request(job: str, image: int = 0) -> events_pb2.OutboxRequest:
         job_id=job, tenant="t", image_index=image, pass_name="base", attempt=1
     )
     return events_pb2.OutboxRequest(
-        subject=subjects.diffusion_pass_subject("sd15-tiny"),
+        subject=names.diffusion_pass_subject("sd15-tiny"),
         msg_id=f"{job}:{image}:base:1",
         request=pass_request,
     )
@@ -32,7 +33,7 @@ async def eventually(predicate, timeout: float = 5.0) -> None:
 async def replica(bus, **limits) -> PassScheduler:
     notes = ReplicaNotes(bus)
     await notes.start()
-    scheduler = PassScheduler(bus, await bus.kv(subjects.KV_JOBS), notes=notes, **limits)
+    scheduler = PassScheduler(bus, await bus.kv(names.KV_JOBS), notes=notes, **limits)
     await scheduler.resync()
     return scheduler
 
@@ -60,9 +61,9 @@ async def test_each_replica_releases_its_own_passes_and_either_frees_the_slot(bu
     # A withdraws a job; B forgets it too; the flight marker's note arriving late does not revive it.
     await a.withdraw("t", "j2", delete_released=False)
     await eventually(lambda: PassKey("t", "j2", 0, "base", 1) not in b.mirror.flight)
-    b._on_note("+", PassKey("t", "j3", 0, "base", 1).flight_key, "")
+    b.mirror.on_note("+", PassKey("t", "j3", 0, "base", 1).flight_key, "")
     await b.done(PassKey("t", "j3", 0, "base", 1))
-    b._on_note("+", PassKey("t", "j3", 0, "base", 1).flight_key, "")  # overtaken note
+    b.mirror.on_note("+", PassKey("t", "j3", 0, "base", 1).flight_key, "")  # overtaken note
     assert b.mirror.flight == set()
     await eventually(lambda: a.mirror.flight == set())
     assert (await a.queues()).flight == []
@@ -75,7 +76,7 @@ async def test_entries_of_a_replica_that_died_are_released_by_another(bus):
     alive.resync_interval = 0.05  # orphans after two resync intervals
     await dead.enqueue("t", request("j1"))
     await eventually(lambda: len(alive.mirror.ready) == 1)
-    await dead.notes.stop()
+    await dead.mirror.notes.stop()
     await asyncio.sleep(0.15)
     assert await alive.release_once() == 1
     assert [k.job_id for k in (await alive.queues()).flight] == ["j1"]

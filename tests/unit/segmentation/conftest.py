@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from multipass.tiny_models import segmentation as tiny
+    from multipass_dev.tiny_models import segmentation as tiny
 
     root = tmp_path_factory.getbasetemp() / "tiny-segmentation-models"
     tiny.build(root)

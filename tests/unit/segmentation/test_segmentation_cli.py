@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from multipass.cli.main import main
+from multipass_client.cli.main import main
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from multipass.errors import ConfigError, FailedPrecondition
-from multipass.tiny_models import segmentation as tiny
+from multipass_dev.tiny_models import segmentation as tiny
 from multipass_segmentation.grounding import GroundingDinoDetector
 from multipass_segmentation.models import (
     find_sam_checkpoint,

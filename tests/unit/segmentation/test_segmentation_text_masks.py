@@ -150,7 +150,7 @@ def test_bad_text_requests_name_the_field(segmenter, scene, spec, field):
 def owlv2(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
-    from multipass.tiny_models.segmentation import build_owlv2
+    from multipass_dev.tiny_models.segmentation import build_owlv2
     from multipass_segmentation.models import load_detector
 
     directory = tmp_path_factory.mktemp("owlv2") / "grounding"

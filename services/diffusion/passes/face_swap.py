@@ -1,0 +1,116 @@
+"""The ``face_swap`` pass: identity transfer from a tune's reference images with an inswapper-class model.
+
+The identity of a face is the mean normalised embedding of the reference images of its tune (the first
+of ``FaceTarget.loras``, or ``options["face_swap_tune"]`` for every face); reference images are face
+crops, of which the central square is used. A face whose tune has no reference images is left as it is,
+with a warning. Swapped crops are blended back inside the feathered ellipse of the face box. The model
+and its files: :mod:`multipass_diffusion.nets.face_swapper`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from multipass.images import decode_image
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion.imaging.crop_inpaint import paste
+from multipass_diffusion.imaging.face_regions import (
+    check_faces,
+    ellipse_alpha,
+    face_box,
+    face_sigma,
+    square_crop,
+)
+from multipass_diffusion.nets import components
+from multipass_diffusion.nets.face_swapper import load_face_swapper
+from multipass_diffusion.passes import face_tunes
+from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.handler import FINISHING_VERSION, PassHandler
+from multipass_diffusion.passes.progress import part_done
+from multipass_diffusion.passes.validation import needs_image
+from multipass_diffusion.spec_options import option_float
+from multipass_diffusion.tune_files import is_reference_key, tune_file_parts
+
+DEFAULT_CONTEXT = 1.25
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+class FaceSwapPass(PassHandler):
+    kind = "face_swap"
+    code_version = FINISHING_VERSION
+    component = components.FACE_SWAPPER
+
+    def cache_parts(self, spec: diffusion_pb2.PassSpec, model_dir) -> list[str]:
+        """Reference images travel in ``spec.tune_files``, which the engine leaves out of the key."""
+        references = [key for key in spec.tune_files if is_reference_key(key)]
+        return super().cache_parts(spec, model_dir) + tune_file_parts(spec, references)
+
+    def __init__(self):
+        self._models = components.LoadedModels()
+
+    def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
+        needs_image(inputs, self.kind)
+        check_faces(spec)
+        option_float(spec, "face_swap_strength", 1.0, low=0.0, high=1.0)
+        option_float(spec, "face_swap_context", DEFAULT_CONTEXT, low=1.0, high=4.0)
+
+    def run(self, ctx: PassContext) -> Image.Image:
+        spec, runtime = ctx.spec, ctx.runtime
+        components.require(runtime.model_dir, components.FACE_SWAPPER, needed_by="the face_swap pass")
+        image = np.asarray(ctx.inputs.image.convert("RGB"))
+        size = (image.shape[1], image.shape[0])
+        work = []
+        for index, face in enumerate(spec.faces):
+            box = face_box(face, size)
+            tune_id = spec.options.get("face_swap_tune") or (face.loras[0].tune_id if face.loras else "")
+            if box is None:
+                ctx.warn(f"face {index} lies outside the image: skipped")
+            elif not tune_id:
+                ctx.warn(f"face {index} belongs to no tune: face swap skipped for it")
+            else:
+                references = face_tunes.reference_images(ctx, tune_id)
+                if references:
+                    work.append((index, box, tune_id, references))
+                else:
+                    ctx.warn(f"tune {tune_id} has no reference images: face swap skipped for face {index}")
+        if not work:
+            ctx.warn("no face to swap: the face_swap pass returned the image unchanged")
+            return Image.fromarray(image)
+        swapper = self._models.get(
+            (
+                str(runtime.model_dir),
+                runtime.device,
+                components.fingerprint(runtime.model_dir, components.FACE_SWAPPER),
+            ),
+            lambda: load_face_swapper(runtime.model_dir, device=runtime.device, threads=_torch_threads()),
+        )
+        strength = option_float(spec, "face_swap_strength", 1.0, low=0.0, high=1.0)
+        context = option_float(spec, "face_swap_context", DEFAULT_CONTEXT, low=1.0, high=4.0)
+        identities: dict[str, np.ndarray] = {}
+        swapped = []
+        for part, (index, box, tune_id, references) in enumerate(work):
+            ctx.monitor.check()
+            if tune_id not in identities:
+                pictures = [
+                    decode_image(path.read_bytes(), field=f"reference image {path.name} of tune {tune_id}")
+                    for path in references
+                ]
+                identities[tune_id] = swapper.identity(pictures)
+            crop = square_crop(box, size, context)
+            result = swapper.swap(
+                Image.fromarray(image).crop((crop.x0, crop.y0, crop.x1, crop.y1)), identities[tune_id]
+            )
+            alpha = ellipse_alpha(size, box, crop, sigma=face_sigma(box, spec.mask_blur))
+            if strength < 1.0:
+                alpha = np.rint(alpha.astype(np.float32) * strength).astype(np.uint8)
+            image = paste(image, np.asarray(result), alpha, crop)
+            swapped.append(f"{index}:{tune_id}")
+            part_done(ctx.monitor, part, len(work))
+        ctx.metadata.update(faces_swapped=";".join(swapped))
+        return Image.fromarray(image)

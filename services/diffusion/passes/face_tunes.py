@@ -1,0 +1,82 @@
+"""The tunes of one face: its LoRA/checkpoint adapters and its tune's reference images.
+
+A face's adapters are ``FaceTarget.loras`` (the LoRAs of the person whose slot holds it) or, when it has
+none, the pass's ``spec.loras``. Their files are in ``spec.tune_files`` by tune id and on local disk in
+``PassInputs.tune_paths``, exactly as for the pass's own adapters (the engine resolves ``spec.loras``
+the same way). Reference images of a tune travel in the same map under the keys
+``<tune_id>/reference-<k>`` (:func:`multipass_diffusion.tune_files.reference_key`), so the worker fetches them with the tune files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from multipass.errors import FailedPrecondition, InvalidInput, Violation
+from multipass_diffusion import models
+from multipass_diffusion.adapters import AdapterRequest
+from multipass_diffusion.passes.context import PassContext
+from multipass_diffusion.tune_files import reference_keys
+
+
+@dataclass
+class FaceTunes:
+    #: (tune id, path, sha256, layout) of a checkpoint tune, if one is among the LoRA refs.
+    checkpoint: tuple[str, Path, str, str] | None = None
+    adapters: list[AdapterRequest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve(ctx: PassContext, loras, field_name: str) -> FaceTunes:
+    """Resolve LoRA refs like the engine does for ``spec.loras``; errors name ``field_name``."""
+    spec, inputs = ctx.spec, ctx.inputs
+    found = FaceTunes()
+    for ref in loras:
+        if ref.kind and ref.kind != "lora":
+            found.warnings.append(
+                f"<{ref.kind}:{ref.tune_id}> ignored: the {spec.kind} pass does not use {ref.kind} adapters"
+            )
+            continue
+        tag = f"<lora:{ref.tune_id}:{ref.weight:g}>"
+        if ref.tune_id not in spec.tune_files:
+            raise InvalidInput.of([Violation(f"{field_name} {tag}", "has no file in spec.tune_files")])
+        path = inputs.tune_paths.get(ref.tune_id)
+        if path is None:
+            raise FailedPrecondition(f"{tag}: the tune file was not fetched to local disk")
+        path = Path(path)
+        sha256 = spec.tune_files[ref.tune_id].sha256.lower() or models.file_sha256(path)
+        info = models.inspect_tune(path, tag)
+        models.check_family(info, ctx.runtime, tag)
+        if info.kind == "checkpoint":
+            if found.checkpoint is not None:
+                raise InvalidInput.of(
+                    [Violation(f"{field_name} {tag}", "a face uses at most one checkpoint tune")]
+                )
+            found.checkpoint = (ref.tune_id, path, sha256, info.layout)
+        else:
+            found.adapters.append(AdapterRequest(ref.tune_id, path, sha256, float(ref.weight)))
+    return found
+
+
+def activate(ctx: PassContext, tunes: FaceTunes):
+    """Make ``tunes`` the active adapters; returns the (component set, adapter cache) to sample with."""
+    runtime = ctx.runtime
+    if tunes.checkpoint is None:
+        components, adapters = runtime.components_for(None, None, None, None)
+    else:
+        tune_id, path, sha256, layout = tunes.checkpoint
+        components, adapters = runtime.components_for(tune_id, path, sha256, layout)
+        runtime.adapters.deactivate()
+    adapters.activate(tunes.adapters)
+    return components, adapters
+
+
+def reference_images(ctx: PassContext, tune_id: str) -> list[Path]:
+    """Local files of ``tune_id``'s reference images, in index order (empty when the tune has none)."""
+    paths = []
+    for key in reference_keys(ctx.spec, tune_id):
+        path = ctx.inputs.tune_paths.get(key)
+        if path is None:
+            raise FailedPrecondition(f"reference image {key} of tune {tune_id} was not fetched to local disk")
+        paths.append(Path(path))
+    return paths

@@ -1,0 +1,128 @@
+"""The ``faces`` pass (inpaint_faces): crop-inpaint every face with its person's prompt and adapters.
+
+For each face in ``spec.faces`` (left to right), on the *current* image (so later faces see earlier
+results): the face box becomes a rectangular mask feathered by ``mask_blur``; the crop around it
+(``crop_padding``, ``crop_factor``, square) is resized so its short side is the working size, inpainted
+with the face's prompt, negative prompt and adapters at a denoising strength scaled by the face's size
+(:func:`~multipass_diffusion.imaging.face_regions.dynamic_strength`), resized back in pixel space and
+pasted with the feathered mask. Pixels outside every feathered face mask are returned byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion.imaging.crop_inpaint import crop_box, feather, paste, working_size
+from multipass_diffusion.imaging.face_regions import check_faces, dynamic_strength, face_box, rect_mask
+from multipass_diffusion.passes import face_tunes
+from multipass_diffusion.passes.context import PassContext, PassInputs
+from multipass_diffusion.passes.handler import FINISHING_VERSION, PassHandler
+from multipass_diffusion.passes.progress import PartMonitor
+from multipass_diffusion.passes.sampling import generate
+from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur, needs_image
+from multipass_diffusion.spec_options import option_float
+from multipass_diffusion.tune_files import tune_file_parts
+
+#: ADetailer's default inpaint strength for faces.
+DEFAULT_STRENGTH = 0.4
+#: Exponent of the dynamic denoise; 0 turns it off (options["faces_denoise_power"]).
+DEFAULT_DENOISE_POWER = 2.0
+DEFAULT_PADDING = 32
+#: The crop's sides are at least this fraction of the working size (small faces get context).
+MIN_CROP_FRACTION = 0.25
+
+
+class FacesPass(PassHandler):
+    kind = "faces"
+    code_version = FINISHING_VERSION
+
+    def cache_parts(self, spec: diffusion_pb2.PassSpec, model_dir) -> list[str]:
+        """The faces' own LoRA files are not in the engine's key (it hashes ``spec.loras`` only)."""
+        tune_ids = [ref.tune_id for face in spec.faces for ref in face.loras]
+        return super().cache_parts(spec, model_dir) + tune_file_parts(spec, tune_ids)
+
+    def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
+        check_common(spec)
+        needs_image(inputs, self.kind)
+        check_faces(spec)
+        if spec.crop_padding < 0:
+            raise InvalidInput.of([Violation("spec.crop_padding", f"got {spec.crop_padding}; expected >= 0")])
+        if spec.crop_factor and not 1.0 <= spec.crop_factor <= 10.0:
+            raise InvalidInput.of([Violation("spec.crop_factor", f"got {spec.crop_factor}; expected 1..10")])
+        if spec.denoising_strength:
+            check_strength(spec.denoising_strength)
+        option_float(spec, "faces_denoise_power", DEFAULT_DENOISE_POWER, low=0.0, high=16.0)
+
+    def run(self, ctx: PassContext) -> Image.Image:
+        spec = ctx.spec
+        image = np.asarray(ctx.inputs.image.convert("RGB"))
+        size = (image.shape[1], image.shape[0])
+        faces = [(index, face, face_box(face, size)) for index, face in enumerate(spec.faces)]
+        usable = [(index, face, box) for index, face, box in faces if box is not None]
+        for index, _, box in faces:
+            if box is None:
+                ctx.warn(f"face {index} lies outside the image: skipped")
+        if not usable:
+            ctx.warn("no face to repaint: the faces pass returned the image unchanged")
+            return Image.fromarray(image)
+        power = option_float(spec, "faces_denoise_power", DEFAULT_DENOISE_POWER, low=0.0, high=16.0)
+        base_strength = spec.denoising_strength or DEFAULT_STRENGTH
+        strengths, crops = [], []
+        for part, (index, face, box) in enumerate(usable):
+            ratio = box.width * box.height / (size[0] * size[1])
+            strength = dynamic_strength(base_strength, ratio, power)
+            result = self._face(
+                ctx, image, index, face, box, strength, PartMonitor(ctx.monitor, part, len(usable))
+            )
+            if result is None:
+                continue
+            image, crop = result
+            strengths.append(f"{strength:.3f}")
+            crops.append(str(crop))
+        ctx.metadata.update(
+            faces=str(len(crops)), face_strengths=";".join(strengths), crop_boxes=";".join(crops)
+        )
+        return Image.fromarray(image)
+
+    def _face(self, ctx: PassContext, image: np.ndarray, index: int, face, box, strength: float, monitor):
+        spec = ctx.spec
+        size = (image.shape[1], image.shape[0])
+        alpha = feather(rect_mask(size, box), mask_blur(spec))
+        crop = crop_box(
+            alpha,
+            padding=spec.crop_padding or DEFAULT_PADDING,
+            crop_factor=spec.crop_factor or 1.0,
+            aspect=1.0,
+            min_size=ctx.working_size * MIN_CROP_FRACTION,
+        )
+        if crop is None:
+            ctx.warn(f"face {index} has an empty mask: skipped")
+            return None
+        loras = face.loras if face.loras else spec.loras
+        tunes = face_tunes.resolve(ctx, loras, f"spec.faces[{index}].loras")
+        for warning in tunes.warnings:
+            ctx.warn(warning)
+        components, adapters = face_tunes.activate(ctx, tunes)
+        face_spec = diffusion_pb2.PassSpec()
+        face_spec.CopyFrom(spec)
+        face_spec.prompt = face.prompt or spec.prompt
+        face_spec.negative_prompt = face.negative_prompt or spec.negative_prompt
+        face_spec.seed = (spec.seed + index) % (1 << 32)
+        face_spec.controlnet = ""
+        face_ctx = dataclasses.replace(
+            ctx, spec=face_spec, components=components, adapters=adapters, monitor=monitor
+        )
+        work = working_size(crop.width, crop.height, ctx.working_size)
+        source = Image.fromarray(image)
+        crop_image = source.crop((crop.x0, crop.y0, crop.x1, crop.y1)).resize(work, Image.Resampling.LANCZOS)
+        crop_mask = Image.fromarray(alpha[crop.y0 : crop.y1, crop.x0 : crop.x1]).resize(
+            work, Image.Resampling.BILINEAR
+        )
+        result = generate(face_ctx, "inpaint", size=work, image=crop_image, mask=crop_mask, strength=strength)
+        patch = result.resize((crop.width, crop.height), Image.Resampling.LANCZOS)
+        return paste(image, np.asarray(patch), alpha, crop), crop

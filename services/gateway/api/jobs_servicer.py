@@ -1,0 +1,140 @@
+"""The public ``multipass.v1.Jobs`` servicer: authenticate, convert, delegate. Errors are raised."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+from multipass import names
+from multipass.bus import Bus
+from multipass.errors import InvalidInput, Violation
+from multipass.images import decode_image
+from multipass.store import ObjectStore
+from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+from multipass_gateway.api.auth import authenticate
+from multipass_gateway.api.views import public_job
+from multipass_gateway.app import watch_job
+from multipass_gateway.app.cancellation import Canceller
+from multipass_gateway.app.submission import Submitter, job_id_time
+from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.tenant_store import TenantStore
+from multipass_gateway.infra.tune_store import page_token, parse_page_token
+from multipass_gateway.settings import GatewaySettings
+
+SERVICE_NAME = "multipass.v1.Jobs"
+
+
+def checked_job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidInput.of([Violation("job_id", "is required")])
+    return names.check_token(job_id, "job_id")
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    def __init__(
+        self,
+        *,
+        tenants: TenantStore,
+        submitter: Submitter,
+        canceller: Canceller,
+        jobs: JobStore,
+        objects: ObjectStore,
+        bus: Bus,
+        settings: GatewaySettings,
+    ):
+        self.tenants = tenants
+        self.submitter = submitter
+        self.canceller = canceller
+        self.jobs = jobs
+        self.objects = objects
+        self.bus = bus
+        self.settings = settings
+
+    async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context) -> jobs_pb2.SubmitJobResponse:
+        tenant = await authenticate(self.tenants, context)
+        return await self.submitter.submit(tenant, request)
+
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context) -> jobs_pb2.Job:
+        tenant = await authenticate(self.tenants, context)
+        record = await self.jobs.get(tenant, checked_job_id(request.job_id))
+        return await public_job(record, self.objects, self.settings.presign_expiry_seconds)
+
+    async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context) -> AsyncIterator[jobs_pb2.JobEvent]:
+        tenant = await authenticate(self.tenants, context)
+        job_id = checked_job_id(request.job_id)
+        async for event in watch_job.watch(self.bus, self.jobs, tenant, job_id, request.after_sequence):
+            yield event
+
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
+        tenant = await authenticate(self.tenants, context)
+        return await self.canceller.cancel(tenant, checked_job_id(request.job_id))
+
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context) -> jobs_pb2.ListJobsResponse:
+        tenant = await authenticate(self.tenants, context)
+        problems = []
+        if not 0 <= request.page_size <= 100:
+            problems.append(Violation("page_size", f"got {request.page_size}; expected 1..100 (0 = 20)"))
+        for value in request.states:
+            if value not in jobs_pb2.JobState.values() or value == jobs_pb2.JOB_STATE_UNSPECIFIED:
+                problems.append(Violation("states", f"got {value}; not a job state"))
+        after = ""
+        try:
+            after = parse_page_token(request.page_token)
+        except InvalidInput as error:
+            problems += error.violations
+        if problems:
+            raise InvalidInput.of(problems)
+        size = request.page_size or 20
+        after_time = (
+            request.created_after.ToSeconds() + request.created_after.nanos / 1e9
+            if request.HasField("created_after")
+            else None
+        )
+        before_time = (
+            request.created_before.ToSeconds() + request.created_before.nanos / 1e9
+            if request.HasField("created_before")
+            else None
+        )
+        states = set(request.states)
+        candidates = []
+        for job_id in sorted(await self.jobs.job_ids(tenant), reverse=True):
+            if after and job_id >= after:
+                continue
+            created = job_id_time(job_id)
+            if created is None:
+                continue
+            if (after_time is not None and created < after_time) or (
+                before_time is not None and created >= before_time
+            ):
+                continue
+            candidates.append(job_id)
+        response = jobs_pb2.ListJobsResponse()
+        for position, job_id in enumerate(candidates):
+            record = await self.jobs.load(tenant, job_id)
+            if record is None or (states and record.job.state not in states):
+                continue
+            response.jobs.append(await public_job(record, self.objects, self.settings.presign_expiry_seconds))
+            if len(response.jobs) == size:
+                if position + 1 < len(candidates):
+                    response.next_page_token = page_token(job_id)
+                break
+        return response
+
+    async def UploadImage(self, request_iterator, context) -> jobs_pb2.UploadImageResponse:
+        tenant = await authenticate(self.tenants, context)
+        limit = self.settings.limits.max_image_bytes
+        data = bytearray()
+        async for part in request_iterator:
+            if part.WhichOneof("part") == "chunk":
+                data += part.chunk
+                if len(data) > limit:
+                    raise InvalidInput.of([Violation("chunk", f"the image is larger than {limit} bytes")])
+        if not data:
+            raise InvalidInput.of([Violation("chunk", "no image data received")])
+        image = await asyncio.to_thread(
+            decode_image, bytes(data), field="chunk", max_pixels=self.settings.limits.max_image_pixels
+        )
+        image_id = secrets.token_hex(12)
+        ref = await self.objects.put_image(names.BUCKET_JOBS, names.upload_key(tenant, image_id), image)
+        return jobs_pb2.UploadImageResponse(image_id=image_id, image=ref)

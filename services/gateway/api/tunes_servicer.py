@@ -1,0 +1,52 @@
+"""The public ``multipass.v1.Tunes`` servicer (tenant-scoped: another tenant's tune is NOT_FOUND)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+from multipass_gateway.api.auth import authenticate
+from multipass_gateway.infra.tenant_store import TenantStore
+from multipass_gateway.infra.tune_store import TuneStore
+
+SERVICE_NAME = "multipass.v1.Tunes"
+
+
+class TunesServicer(jobs_pb2_grpc.TunesServicer):
+    def __init__(self, *, tenants: TenantStore, tunes: TuneStore):
+        self.tenants = tenants
+        self.tunes = tunes
+
+    async def RegisterTune(self, request_iterator, context) -> jobs_pb2.Tune:
+        tenant = await authenticate(self.tenants, context)
+        iterator = request_iterator.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = None
+        if first is None or first.WhichOneof("part") != "metadata":
+            raise InvalidInput.of([Violation("metadata", "the first message must carry the tune's metadata")])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for part in iterator:
+                if part.WhichOneof("part") != "chunk":
+                    raise InvalidInput.of(
+                        [Violation("metadata", "metadata may only come in the first message")]
+                    )
+                yield part.chunk
+
+        return await self.tunes.register(tenant, first.metadata, chunks())
+
+    async def GetTune(self, request: jobs_pb2.GetTuneRequest, context) -> jobs_pb2.Tune:
+        tenant = await authenticate(self.tenants, context)
+        return await self.tunes.get(tenant, request.tune_id)
+
+    async def ListTunes(self, request: jobs_pb2.ListTunesRequest, context) -> jobs_pb2.ListTunesResponse:
+        tenant = await authenticate(self.tenants, context)
+        tunes, token = await self.tunes.list(tenant, request.page_size, request.page_token)
+        return jobs_pb2.ListTunesResponse(tunes=tunes, next_page_token=token)
+
+    async def DeleteTune(self, request: jobs_pb2.DeleteTuneRequest, context) -> jobs_pb2.DeleteTuneResponse:
+        tenant = await authenticate(self.tenants, context)
+        return jobs_pb2.DeleteTuneResponse(deleted=await self.tunes.delete(tenant, request.tune_id))

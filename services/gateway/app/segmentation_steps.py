@@ -1,0 +1,185 @@
+"""The segmentation steps the gateway runs itself, from its own work queue (``multipass.pass.gateway``).
+
+* ``segment``: one mask per person slot (Segmentation.Segment with the job's slots) under
+  ``jobs/<tenant>/<job>/image-<k>/mask-person-<i>.png``; the pass's output is the image it segmented.
+* ``mask``: the --mask_prompt mask of the input image (Segmentation.Segment with text).
+* ``faces`` / ``face_correct`` / ``face_swap``: find the faces (Segmentation.DetectFaces), then forward
+  the request with its faces to the diffusion worker
+  (:func:`~multipass_gateway.domain.face_targets.faces_request`). No face found: the pass completes at
+  once, unchanged, with a warning.
+
+Results travel as ordinary pass events, so the orchestrator treats these passes like any other.
+Requests for a cancelled job or an outdated attempt are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from multipass import names
+from multipass.bus import Ack, Bus, Delivery, Term, publish_pass_event
+from multipass.errors import MultipassError
+from multipass.logs import log_context
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
+from multipass_gateway.domain import job_state
+from multipass_gateway.domain.face_targets import faces_request
+from multipass_gateway.infra.clients import InternalClients
+from multipass_gateway.infra.job_store import JobStore
+
+log = logging.getLogger(__name__)
+
+ACK_WAIT_SECONDS = 60.0
+MAX_DELIVER = 6
+WORKER_NAME = "gateway"
+
+
+def error_detail(error: MultipassError) -> common_pb2.ErrorDetail:
+    detail = common_pb2.ErrorDetail(
+        code=common_pb2.ErrorCode.Value(f"ERROR_CODE_{error.code_name}"), message=str(error)
+    )
+    for violation in error.violations:
+        detail.field_violations.add(field=violation.field, description=violation.description)
+    return detail
+
+
+class SegmentationSteps:
+    def __init__(self, bus: Bus, jobs: JobStore, clients: InternalClients, *, concurrency: int = 4):
+        self.bus = bus
+        self.jobs = jobs
+        self.clients = clients
+        self.concurrency = concurrency
+
+    async def _fail(self, request: diffusion_pb2.PassRequest, error: MultipassError) -> None:
+        failed = events_pb2.PassFailed(error=error_detail(error), retriable=False)
+        await publish_pass_event(self.bus, request, names.EVENT_FAILED, failed=failed)
+
+    async def on_term(self, delivery: Delivery, reason: str) -> None:
+        """The consume loop gave up on a request (retries exhausted): report the pass failed."""
+        try:
+            request = delivery.parse(diffusion_pb2.PassRequest)
+        except MultipassError:
+            return
+        detail = common_pb2.ErrorDetail(code=common_pb2.ERROR_CODE_UNAVAILABLE, message=f"gave up: {reason}")
+        await publish_pass_event(
+            self.bus, request, names.EVENT_FAILED, failed=events_pb2.PassFailed(error=detail)
+        )
+
+    async def handle(self, delivery: Delivery):
+        request = delivery.parse(diffusion_pb2.PassRequest)
+        with log_context(job_id=request.job_id, **{"pass": request.pass_name, "image": request.image_index}):
+            record = await self.jobs.load(request.tenant, request.job_id)
+            if record is None:
+                return Term(f"job {request.job_id} does not exist")
+            index = job_state.find_pass(record, request.image_index, request.pass_name)
+            if index is None:
+                return Term(f"no pass {request.pass_name} in image {request.image_index}")
+            state = record.job.images[request.image_index].passes[index]
+            if (
+                job_state.is_terminal(record)
+                or state.attempt != request.attempt
+                or state.status not in job_state.ACTIVE_PASS
+            ):
+                log.info("dropping an outdated gateway pass request")
+                return Ack()
+            planned = record.plans[request.image_index].passes[index]
+            try:
+                if planned.kind in ("segment", "mask"):
+                    await self._segment(record, request, planned)
+                elif planned.needs_faces:
+                    await self._faces(record, request)
+                else:
+                    return Term(f"pass kind {planned.kind!r} does not run in the gateway")
+            except MultipassError as error:
+                if error.retriable and not delivery.is_last_delivery:
+                    raise
+                await self._fail(request, error)
+                return Term(str(error))
+        return Ack()
+
+    async def _segment(
+        self,
+        record: events_pb2.JobRecord,
+        request: diffusion_pb2.PassRequest,
+        planned: events_pb2.PlannedPass,
+    ) -> None:
+        image = request.spec.image
+        await publish_pass_event(
+            self.bus,
+            request,
+            names.EVENT_STARTED,
+            started=events_pb2.PassStarted(worker=WORKER_NAME, steps_total=1),
+        )
+        segment = segmentation_pb2.SegmentRequest(
+            image=image,
+            output_bucket=names.BUCKET_JOBS,
+            output_prefix=names.image_prefix(record.tenant, record.job.job_id, request.image_index),
+        )
+        if planned.kind == "segment":
+            segment.persons.slots.extend(record.slots)
+        else:
+            mask = record.job.parsed.mask
+            segment.text.prompt, segment.text.negative, segment.text.invert = (
+                mask.prompt,
+                mask.negative,
+                mask.invert,
+            )
+            which = mask.WhichOneof("dilate")
+            if which == "dilate_pixels":
+                segment.text.dilate_pixels = mask.dilate_pixels
+            elif which == "dilate_percent":
+                segment.text.dilate_percent = mask.dilate_percent
+        response = await self.clients.segment(segment)
+        completed = events_pb2.PassCompleted(
+            result=diffusion_pb2.PassResult(output=image, warnings=list(response.warnings)),
+            masks=list(response.masks),
+        )
+        await publish_pass_event(self.bus, request, names.EVENT_COMPLETED, completed=completed)
+
+    async def _faces(self, record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest) -> None:
+        image = request.spec.image
+        masks = record.job.images[request.image_index].masks
+        person_masks = [
+            segmentation_pb2.MaskResult(index=i, mask=masks[f"person-{i}"], label=f"person-{i}")
+            for i in range(len(record.job.persons))
+            if f"person-{i}" in masks
+        ]
+        same_size = all(m.mask.width == image.width and m.mask.height == image.height for m in person_masks)
+        detect = segmentation_pb2.DetectFacesRequest(
+            image=image, person_masks=person_masks if same_size else []
+        )
+        response = await self.clients.detect_faces(detect)
+        scale = None
+        if person_masks and not same_size:
+            first = person_masks[0].mask
+            scale = (image.width / max(1, first.width), image.height / max(1, first.height))
+        if not response.faces:
+            result = diffusion_pb2.PassResult(output=image, warnings=["no face found; image unchanged"])
+            await publish_pass_event(
+                self.bus, request, names.EVENT_COMPLETED, completed=events_pb2.PassCompleted(result=result)
+            )
+            return
+        forwarded = faces_request(record, request, list(response.faces), scale)
+        await self.bus.publish(
+            names.diffusion_pass_subject(request.spec.model),
+            forwarded,
+            msg_id=names.pass_msg_id(
+                request.job_id, request.image_index, request.pass_name, request.attempt, "faces"
+            ),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.bus.consume(
+            stream=names.STREAM_PASSES,
+            durable=names.GATEWAY_PASS_DURABLE,
+            filter_subject=names.GATEWAY_PASS_SUBJECT,
+            handler=self.handle,
+            ack_wait=ACK_WAIT_SECONDS,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=max(16, self.concurrency * 4),
+            stop=stop,
+            batch=self.concurrency,
+            concurrency=self.concurrency,
+            backoff=(1.0, 2.0, 5.0, 10.0, 30.0),
+            on_term=self.on_term,
+        )

@@ -1,0 +1,523 @@
+"""SubmitJob: validate everything up front, prepare the inputs, plan, persist, queue; return the id.
+
+Order of checks (each collects every problem it can before failing): request fields → idempotency key
+(a repeat returns the existing job at once) → the prompt (PromptParser; its field violations reach the
+user unchanged) → installed models and capabilities (Diffusion.Info) → tunes (exist, belong to the
+tenant, match the family of the model their pass runs on) → input images (fetched under the address
+policy, decoded safely, stored) → pending-work budget. Only then is the job written and its first passes
+published, so nothing that can be known at submit time fails mid-job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from PIL import Image
+
+from multipass import names
+from multipass.bus import KvBucket, KvConflict
+from multipass.errors import FailedPrecondition, InvalidInput, MultipassError, NotFound, Violation
+from multipass.images import decode_image
+from multipass.store import ObjectStore
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
+from multipass_gateway.app.job_end import JobEnd
+from multipass_gateway.domain import job_state, person_stages, planner, requirements
+from multipass_gateway.infra import metrics
+from multipass_gateway.infra.clients import DiffusionInfo, InternalClients
+from multipass_gateway.infra.fetch import FetchError, SafeHttp
+from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.pending_budget import PendingBudget
+from multipass_gateway.infra.tune_store import TuneStore, valid_upload_id
+from multipass_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 200
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+#: Native sizes by family, used to size an img2img scene from its input image.
+NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
+
+
+def new_job_id() -> str:
+    """24 hex digits: milliseconds since the epoch, then random (ids sort by creation time)."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def job_id_time(job_id: str) -> float | None:
+    """Creation time (seconds since the epoch) encoded in a job id."""
+    try:
+        return int(job_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
+
+
+def idempotency_kv_key(tenant: str, key: str) -> str:
+    return f"{tenant}.{hashlib.sha256(key.encode('utf-8')).hexdigest()[:48]}"
+
+
+def faceid_capabilities(
+    parsed: prompt_pb2.ParsedPrompt, base_model: str, person_model: str
+) -> list[tuple[str, str]]:
+    """(``faceid:<model>``, tag) for every ``<faceid:...>`` tag and model its passes run on.
+
+    The diffusion worker lists ``faceid:<model>`` when the IP-Adapter FaceID of the model's family and
+    the face embedder are installed; without them it could not condition the pass on the identity.
+    """
+    models = requirements.tune_models(parsed, base_model, person_model)
+    return [
+        (f"faceid:{model}", ref.tag or f"<faceid:{ref.tune_id}>")
+        for ref in requirements.tune_ids(parsed)
+        if ref.kind == "faceid"
+        for model in models[(ref.kind, ref.tune_id)]
+    ]
+
+
+def check_request(request: jobs_pb2.SubmitJobRequest) -> list[Violation]:
+    problems = []
+    if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY or (
+        request.idempotency_key and not _PRINTABLE.match(request.idempotency_key)
+    ):
+        problems.append(
+            Violation(
+                "idempotency_key",
+                f"expected 1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces",
+            )
+        )
+    for field in ("input_image_id", "mask_image_id"):
+        value = getattr(request, field)
+        if value and not valid_upload_id(value):
+            problems.append(Violation(field, f"got {value!r}; expected an image_id returned by UploadImage"))
+    return problems
+
+
+def scene_size(
+    parsed: prompt_pb2.ParsedPrompt, input_size: tuple[int, int] | None, family: str, max_side: int
+) -> tuple[int, int]:
+    """Width and height of the chain's images.
+
+    Keep-background: the input image's own size (fitted under ``max_side``). An img2img input without an
+    explicit w/h/ar: the input's aspect ratio at the area of the parsed size. Otherwise the parsed size.
+    """
+    params = parsed.params
+    if input_size is None:
+        return params.w, params.h
+    width, height = input_size
+    if parsed.keep_background:
+        return planner.fit_size(width, height, max_side)
+    if {"w", "h", "ar"} & set(parsed.explicit_params):
+        return params.w, params.h
+    area = params.w * params.h or NATIVE_SIDE.get(family, 512) ** 2
+    factor = (area / (width * height)) ** 0.5
+    return planner.fit_size(max(8, int(width * factor)), max(8, int(height * factor)), max_side)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    input_image: common_pb2.ImageRef | None
+    mask_image: common_pb2.ImageRef | None
+    width: int
+    height: int
+
+
+class Submitter:
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        clients: InternalClients,
+        info: DiffusionInfo,
+        tunes: TuneStore,
+        jobs: JobStore,
+        objects: ObjectStore,
+        http: SafeHttp,
+        idempotency: KvBucket,
+        budget: PendingBudget,
+        job_end: JobEnd,
+    ):
+        self.settings = settings
+        self.clients = clients
+        self.info = info
+        self.tunes = tunes
+        self.jobs = jobs
+        self.objects = objects
+        self.http = http
+        self.idempotency = idempotency
+        self.budget = budget
+        self.job_end = job_end
+
+    async def _existing(self, tenant: str, key: str) -> str | None:
+        found = await self.idempotency.get(idempotency_kv_key(tenant, key))
+        if found is None:
+            return None
+        job_id = found.value.decode()
+        return job_id if await self.jobs.load(tenant, job_id) is not None else None
+
+    async def submit(self, tenant: str, request: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobResponse:
+        started = datetime.now(UTC)
+        problems = check_request(request)
+        if request.callback_url:
+            problems += await self._check_callback(request.callback_url)
+        if problems:
+            raise InvalidInput.of(problems)
+        if request.idempotency_key:
+            existing = await self._existing(tenant, request.idempotency_key)
+            if existing is not None:
+                return jobs_pb2.SubmitJobResponse(job_id=existing, existing=True)
+        await self.budget.check(tenant, 1)
+
+        params = dict(request.params)
+        if request.input_image_id:
+            params.pop("input_image_url", None)
+        if request.mask_image_id:
+            params.pop("mask_image_url", None)
+        parsed = await self.clients.parse(
+            request.prompt,
+            params,
+            has_input_image=bool(request.input_image_id),
+            has_mask_image=bool(request.mask_image_id),
+        )
+        info = await self.info.get()
+        base_model, person_model = self._models(info)
+        has_input = bool(request.input_image_id or parsed.params.input_image_url)
+        self._check_capabilities(parsed, info, has_input, (base_model, person_model))
+        tune_files, references = await self._check_tunes(tenant, parsed, info, base_model, person_model)
+
+        job_id = new_job_id()
+        try:
+            prepared = await self._prepare_inputs(
+                tenant, job_id, request, parsed, requirements.model_family(info, base_model)
+            )
+            record = await self._plan(
+                tenant,
+                job_id,
+                request,
+                parsed,
+                prepared,
+                tune_files=tune_files,
+                references=references,
+                info=info,
+                models=(base_model, person_model),
+                started=started,
+            )
+            outcome = job_state.start(
+                record, datetime.now(UTC), max_batch=self.settings.limits.max_base_batch
+            )
+            job_state.commit(record, outcome, datetime.now(UTC))
+            cost = job_state.remaining_passes(record)
+            await self.budget.check(tenant, cost)
+            await self.budget.add(tenant, job_id, cost)
+            await self.jobs.create(record)
+        except BaseException:
+            await self._discard(tenant, job_id)
+            raise
+        if request.idempotency_key:
+            winner = await self._claim_idempotency(tenant, request.idempotency_key, job_id)
+            if winner != job_id:
+                await self.jobs.delete(tenant, job_id)
+                await self._discard(tenant, job_id)
+                return jobs_pb2.SubmitJobResponse(job_id=winner, existing=True)
+        try:
+            await self.jobs.flush(record)
+        except MultipassError as error:
+            # The job is stored with its outbox: the sweeper publishes it, so the id stands.
+            log.warning(
+                "first passes not published yet; the sweeper will",
+                extra={"job_id": job_id, "error": str(error)},
+            )
+        metrics.JOBS_SUBMITTED.inc()
+        log.info(
+            "job submitted",
+            extra={"job_id": job_id, "tenant": tenant, "images": len(record.job.images), "passes": cost},
+        )
+        if outcome.finished:
+            await self.job_end.finished(record)
+        return jobs_pb2.SubmitJobResponse(job_id=job_id, existing=False, warnings=list(record.job.warnings))
+
+    # checks ----------------------------------------------------------------------------------------
+
+    async def _check_callback(self, url: str) -> list[Violation]:
+        if not self.settings.callbacks.signing_key:
+            raise FailedPrecondition(
+                "callbacks are disabled on this gateway (MULTIPASS_CALLBACK_SIGNING_KEY is not set)",
+                violations=[Violation("callback_url", "callbacks are disabled on this gateway")],
+            )
+        try:
+            await self.http.check_url(url)
+        except FetchError as error:
+            return [Violation("callback_url", error.reason)]
+        return []
+
+    def _models(self, info: diffusion_pb2.InfoResponse) -> tuple[str, str]:
+        base = self.settings.base_model or (info.models[0] if info.models else "")
+        person = self.settings.person_model or base
+        missing = [name for name in dict.fromkeys((base, person)) if name not in info.models]
+        if missing:
+            installed = ", ".join(info.models) or "none"
+            raise FailedPrecondition(
+                f"model {', '.join(missing) or '(none)'} is not served by the diffusion workers (served: {installed})"
+            )
+        return base, person
+
+    def _check_capabilities(
+        self,
+        parsed: prompt_pb2.ParsedPrompt,
+        info: diffusion_pb2.InfoResponse,
+        has_input: bool,
+        models: tuple[str, str],
+    ) -> None:
+        installed = set(info.capabilities)
+        needs = requirements.required_capabilities(
+            parsed, has_input_image=has_input, complete=requirements.is_capability_complete(installed)
+        )
+        needs += faceid_capabilities(parsed, *models)
+        missing = [
+            Violation(field, f"needs {capability!r}, which the diffusion workers do not have installed")
+            for capability, field in dict.fromkeys(needs)
+            if capability not in installed
+        ]
+        if missing:
+            raise FailedPrecondition(
+                "the request needs components that are not installed: " + "; ".join(v.field for v in missing),
+                violations=missing,
+            )
+
+    async def _check_tunes(
+        self,
+        tenant: str,
+        parsed: prompt_pb2.ParsedPrompt,
+        info: diffusion_pb2.InfoResponse,
+        base_model: str,
+        person_model: str,
+    ) -> tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]]:
+        """Tune files and reference images by tune id; InvalidInput naming each bad tag.
+
+        A tune's family must be that of every model whose passes load it (base and person models may
+        differ), from ``Diffusion.Info.model_families``.
+        """
+        problems: list[Violation] = []
+        files: dict[str, common_pb2.ObjectRef] = {}
+        references: dict[str, list[common_pb2.ImageRef]] = {}
+        models = requirements.tune_models(parsed, base_model, person_model)
+        with_references = False
+        person_ids = {ref.tune_id for person in parsed.persons for ref in person.loras}
+        for ref in requirements.tune_ids(parsed):
+            field = ref.tag or f"<{ref.kind or 'lora'}:{ref.tune_id}>"
+            tune = await self.tunes.find(tenant, ref.tune_id)
+            if tune is None:
+                problems.append(Violation(field, f"tune {ref.tune_id!r} does not exist"))
+                continue
+            for model in models[(ref.kind, ref.tune_id)]:
+                family = requirements.model_family(info, model)
+                # An unknown family (an older worker serving both) is left to the worker's own check.
+                if family and tune.base_family != family:
+                    problems.append(
+                        Violation(
+                            field,
+                            f"tune {ref.tune_id} is a {tune.base_family} {tune.kind}; model {model} is {family}",
+                        )
+                    )
+            if ref.kind == "faceid" and not tune.reference_images:
+                problems.append(
+                    Violation(field, f"tune {ref.tune_id} has no reference images for <faceid:...>")
+                )
+            if ref.tune_id in person_ids and tune.reference_images:
+                with_references = True
+            files[ref.tune_id] = tune.file
+            references[ref.tune_id] = list(tune.reference_images)
+        if parsed.params.face_swap and not with_references:
+            problems.append(
+                Violation(
+                    "params.face_swap",
+                    "needs a person tune with reference images (none of the persons' tunes has any)",
+                )
+            )
+        if problems:
+            raise InvalidInput.of(problems)
+        return files, references
+
+    # inputs ----------------------------------------------------------------------------------------
+
+    async def _load_image(
+        self, tenant: str, image_id: str, url: str, field_id: str, field_url: str, mode: str
+    ) -> Image.Image | None:
+        limits = self.settings.limits
+        if image_id:
+            try:
+                data = await self.objects.get_bytes(
+                    names.BUCKET_JOBS,
+                    names.upload_key(tenant, image_id),
+                    max_bytes=limits.max_image_bytes,
+                    field=field_id,
+                )
+            except NotFound as error:
+                raise InvalidInput.of([Violation(field_id, f"no uploaded image {image_id!r}")]) from error
+            field = field_id
+        elif url:
+            try:
+                fetched = await self.http.fetch(
+                    url,
+                    max_bytes=limits.max_image_bytes,
+                    timeout=limits.fetch_timeout_seconds,
+                    max_redirects=limits.max_redirects,
+                )
+            except FetchError as error:
+                raise InvalidInput.of([Violation(field_url, error.reason)]) from error
+            data, field = fetched.data, field_url
+        else:
+            return None
+        return await asyncio.to_thread(
+            decode_image, data, field=field, max_pixels=limits.max_image_pixels, mode=mode
+        )
+
+    async def _prepare_inputs(
+        self,
+        tenant: str,
+        job_id: str,
+        request: jobs_pb2.SubmitJobRequest,
+        parsed: prompt_pb2.ParsedPrompt,
+        family: str,
+    ) -> Prepared:
+        params = parsed.params
+        results = await asyncio.gather(
+            self._load_image(
+                tenant,
+                request.input_image_id,
+                params.input_image_url,
+                "input_image_id",
+                "params.input_image_url",
+                "RGB",
+            ),
+            self._load_image(
+                tenant,
+                request.mask_image_id,
+                params.mask_image_url,
+                "mask_image_id",
+                "params.mask_image_url",
+                "L",
+            ),
+            return_exceptions=True,
+        )
+        problems: list[Violation] = []
+        for result in results:
+            if isinstance(result, InvalidInput):
+                problems += result.violations
+            elif isinstance(result, BaseException):
+                raise result
+        if problems:
+            raise InvalidInput.of(problems)
+        source, mask = results
+        width, height = scene_size(
+            parsed, source.size if source is not None else None, family, self.settings.max_side
+        )
+        input_ref = mask_ref = None
+        if source is not None:
+            if source.size != (width, height):
+                source = await asyncio.to_thread(source.resize, (width, height), Image.Resampling.LANCZOS)
+            input_ref = await self.objects.put_image(
+                names.BUCKET_JOBS, names.input_key(tenant, job_id, "input"), source
+            )
+        if mask is not None:
+            if mask.size != (width, height):
+                mask = await asyncio.to_thread(mask.resize, (width, height), Image.Resampling.NEAREST)
+            mask_ref = await self.objects.put_image(
+                names.BUCKET_JOBS, names.input_key(tenant, job_id, "mask"), mask
+            )
+        return Prepared(input_ref, mask_ref, width, height)
+
+    async def _layout(
+        self, tenant: str, job_id: str, count: int, prepared: Prepared, pose_installed: bool
+    ) -> segmentation_pb2.LayoutResponse:
+        request = segmentation_pb2.LayoutRequest(count=count)
+        if prepared.input_image is not None:
+            request.image.CopyFrom(prepared.input_image)
+        else:
+            request.width, request.height = prepared.width, prepared.height
+            if pose_installed:
+                request.output_bucket = names.BUCKET_JOBS
+                request.output_key = names.input_key(tenant, job_id, "pose")
+        return await self.clients.layout(request)
+
+    # the record --------------------------------------------------------------------------------------
+
+    async def _plan(
+        self,
+        tenant: str,
+        job_id: str,
+        request: jobs_pb2.SubmitJobRequest,
+        parsed: prompt_pb2.ParsedPrompt,
+        prepared: Prepared,
+        *,
+        tune_files: dict[str, common_pb2.ObjectRef],
+        references: dict[str, list[common_pb2.ImageRef]],
+        info: diffusion_pb2.InfoResponse,
+        models: tuple[str, str],
+        started: datetime,
+    ) -> events_pb2.JobRecord:
+        """Lay out the persons (Segmentation.Layout), then plan the job's record."""
+        base_model, person_model = models
+        capabilities = frozenset(info.capabilities)
+        seed = parsed.params.seed if parsed.params.HasField("seed") else secrets.randbelow(2**32)
+        slots: list[segmentation_pb2.Slot] = []
+        pose_image = None
+        warnings: list[str] = []
+        if parsed.persons:
+            layout = await self._layout(
+                tenant, job_id, len(parsed.persons), prepared, requirements.CAPABILITY_POSE in capabilities
+            )
+            slots = list(layout.slots)
+            if layout.HasField("pose_image") and layout.pose_image.key:
+                pose_image = layout.pose_image
+            warnings = [f"layout: {w}" for w in layout.warnings]
+        config = planner.PlannerConfig(
+            base_model=base_model,
+            person_model=person_model,
+            capabilities=capabilities,
+            hires_scale=self.settings.hires_scale,
+            upscale_factor=self.settings.upscale_factor,
+            parallel_working_size=person_stages.parallel_working_size(
+                info, person_model, enabled=self.settings.parallel_persons
+            ),
+        )
+        inputs = planner.JobInputs(
+            seed=seed,
+            width=prepared.width,
+            height=prepared.height,
+            input_image=prepared.input_image,
+            mask_image=prepared.mask_image,
+            pose_image=pose_image,
+            slots=slots,
+            tune_files=tune_files,
+            reference_images=references,
+        )
+        return planner.job_record(
+            tenant, job_id, request, parsed, inputs, config, created=started, warnings=warnings
+        )
+
+    async def _claim_idempotency(self, tenant: str, key: str, job_id: str) -> str:
+        """Our job id when we claimed the key first, else the id of the job that did."""
+        store_key = idempotency_kv_key(tenant, key)
+        try:
+            await self.idempotency.create(store_key, job_id.encode())
+            return job_id
+        except KvConflict:
+            found = await self.idempotency.get(store_key)
+            if found is None:
+                raise
+            return found.value.decode()
+
+    async def _discard(self, tenant: str, job_id: str) -> None:
+        """Best-effort removal of what a submit that did not go through left behind."""
+        try:
+            await self.budget.remove(tenant, job_id)
+            await self.objects.delete_prefix(names.BUCKET_JOBS, names.job_prefix(tenant, job_id))
+        except Exception as error:  # noqa: BLE001 - the original error matters more
+            log.warning(
+                "could not clean up after a failed submit", extra={"job_id": job_id, "error": repr(error)}
+            )

@@ -1,0 +1,83 @@
+"""Which prompt and adapters each detected face gets in a face pass's request (pure)."""
+
+from __future__ import annotations
+
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
+
+#: Face pass kinds that load each face's adapters (the others only need the faces' boxes and tunes).
+ADAPTER_FACE_KINDS = frozenset({"faces"})
+
+
+def face_targets(
+    record: events_pb2.JobRecord,
+    image_index: int,
+    faces: list[segmentation_pb2.Face],
+    spec: diffusion_pb2.PassSpec,
+    scale: tuple[float, float] | None,
+) -> list[diffusion_pb2.FaceTarget]:
+    """Each face with the prompt and adapters of its person (the base prompt for faces outside every slot).
+
+    ``scale`` (x, y) maps slot boxes to the current image when the segmentation service could not assign
+    faces itself (the image was resized since the masks were made): the face goes to the slot holding its
+    centre.
+    """
+    plan = record.plans[image_index]
+    persons = {p.person_index: p.spec for p in plan.passes if p.kind == "person"}
+    targets = []
+    for face in faces:
+        slot = face.slot_index
+        if scale is not None:
+            slot = -1
+            cx, cy = (face.box.x0 + face.box.x1) / 2, (face.box.y0 + face.box.y1) / 2
+            for candidate in record.slots:
+                box = candidate.box
+                if (
+                    box.x0 * scale[0] <= cx < box.x1 * scale[0]
+                    and box.y0 * scale[1] <= cy < box.y1 * scale[1]
+                ):
+                    slot = candidate.index
+                    break
+        source = persons.get(slot)
+        target = diffusion_pb2.FaceTarget(box=face.box)
+        if source is not None:
+            target.prompt, target.negative_prompt = source.prompt, source.negative_prompt
+            target.loras.extend(source.loras)
+        else:
+            target.prompt, target.negative_prompt = spec.prompt, spec.negative_prompt
+            target.loras.extend(spec.loras)
+        targets.append(target)
+    return targets
+
+
+def faces_request(
+    record: events_pb2.JobRecord,
+    request: diffusion_pb2.PassRequest,
+    faces: list[segmentation_pb2.Face],
+    scale: tuple[float, float] | None,
+) -> diffusion_pb2.PassRequest:
+    """The diffusion request of a face pass: ``request`` with ``spec.faces`` filled in.
+
+    Each face gets its person's prompt and LoRAs (:func:`face_targets`). A ``faces`` pass activates
+    them, so the tune file of each (with its sha256, as planned for the person passes) is added to
+    ``spec.tune_files`` for the worker to fetch; ``face_swap`` already carries its persons' reference
+    images (``<tune_id>/reference-<k>``) from the plan.
+    """
+    forwarded = diffusion_pb2.PassRequest()
+    forwarded.CopyFrom(request)
+    forwarded.spec.faces.extend(face_targets(record, request.image_index, faces, request.spec, scale))
+    if request.spec.kind in ADAPTER_FACE_KINDS:
+        for target in forwarded.spec.faces:
+            for ref in target.loras:
+                if ref.tune_id not in forwarded.spec.tune_files:
+                    file = _tune_file(record, ref.tune_id)
+                    if file is not None:
+                        forwarded.spec.tune_files[ref.tune_id].CopyFrom(file)
+    return forwarded
+
+
+def _tune_file(record: events_pb2.JobRecord, tune_id: str) -> common_pb2.ObjectRef | None:
+    for plan in record.plans:
+        for planned in plan.passes:
+            if tune_id in planned.spec.tune_files:
+                return planned.spec.tune_files[tune_id]
+    return None

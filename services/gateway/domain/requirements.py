@@ -1,0 +1,131 @@
+"""What a parsed prompt needs from the diffusion workers, checked at submit (pure).
+
+The installed components it names (:func:`required_capabilities`), the pass kinds its chain will hold
+(:func:`diffusion_kinds`), the models that load each of its tunes (:func:`tune_models`) and the model
+families Diffusion.Info reports (:func:`model_family`).
+"""
+
+from __future__ import annotations
+
+from multipass.v1 import diffusion_pb2, prompt_pb2
+
+#: Installed component needed per option: (capability, field it is named after in errors).
+CAPABILITY_UPSCALER = "upscaler"
+CAPABILITY_FACE_RESTORER = "face_restorer"
+CAPABILITY_FACE_SWAPPER = "face_swapper"
+CAPABILITY_PROMPT_EXPANDER = "prompt_expander"
+CAPABILITY_POSE = "controlnet:pose"
+#: ControlNet kinds whose conditioning image is estimated from a picture by a model with weights
+#: (the worker lists the installed ones as ``preprocessor:<kind>``); canny, mlsd, ... need none.
+WEIGHTED_PREPROCESSORS = frozenset({"depth", "hed", "lineart", "pose"})
+
+
+def is_capability_complete(capabilities: frozenset[str] | set[str]) -> bool:
+    """Whether the workers list everything they run (``pass:<kind>``), so absent means missing."""
+    return any(name.startswith("pass:") for name in capabilities)
+
+
+def can_estimate_pose(capabilities: frozenset[str] | set[str]) -> bool:
+    return "preprocessor:pose" in capabilities or not is_capability_complete(capabilities)
+
+
+def has_finish(params: prompt_pb2.Params) -> bool:
+    return params.film_grain or bool(params.color_grading)
+
+
+def required_capabilities(
+    parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool, complete: bool = False
+) -> list[tuple[str, str]]:
+    """(capability, field) for every installed component the request needs; checked at submit.
+
+    ``complete``: the workers list their pass kinds and preprocessors too (see :func:`diffusion_kinds`).
+    """
+    params = parsed.params
+    needs: list[tuple[str, str]] = []
+    if complete:
+        needs += [(f"pass:{kind}", field) for kind, field in diffusion_kinds(parsed)]
+    if params.controlnet and (has_input_image or params.controlnet_txt2img):
+        needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
+        if complete and has_input_image and params.controlnet in WEIGHTED_PREPROCESSORS:
+            needs.append((f"preprocessor:{params.controlnet}", "params.controlnet"))
+    if params.super_resolution or parsed.flags.only_upscale:
+        needs.append(
+            (CAPABILITY_UPSCALER, "params.super_resolution" if params.super_resolution else "--only_upscale")
+        )
+    if params.face_correct:
+        needs.append((CAPABILITY_FACE_RESTORER, "params.face_correct"))
+    if params.face_swap:
+        needs.append((CAPABILITY_FACE_SWAPPER, "params.face_swap"))
+    if params.prompt_expansion:
+        needs.append((CAPABILITY_PROMPT_EXPANDER, "params.prompt_expansion"))
+    return needs
+
+
+def diffusion_kinds(parsed: prompt_pb2.ParsedPrompt) -> list[tuple[str, str]]:
+    """(pass kind, field that asked for it) of every diffusion pass the chain will hold."""
+    params = parsed.params
+    if parsed.flags.only_upscale:
+        kinds = [("upscale", "--only_upscale")]
+    else:
+        kinds = [] if parsed.keep_background else [("base", "prompt")]
+        if parsed.persons:
+            kinds.append(("person", "prompt"))
+        optional = [
+            ("hires", "params.hires_fix", params.hires_fix),
+            ("faces", "params.inpaint_faces", params.inpaint_faces),
+            ("face_correct", "params.face_correct", params.face_correct),
+            ("face_swap", "params.face_swap", params.face_swap),
+            ("upscale", "params.super_resolution", params.super_resolution),
+        ]
+        kinds += [(kind, field) for kind, field, wanted in optional if wanted]
+    if has_finish(params):
+        kinds.append(("finish", "params.color_grading" if params.color_grading else "params.film_grain"))
+    return kinds
+
+
+def families(model_family: str) -> frozenset[str]:
+    """The families a Diffusion.Info answer names (``"sd15"``, or ``"sd15,sdxl"`` for a mixed worker)."""
+    return frozenset(part.strip() for part in model_family.split(",") if part.strip())
+
+
+def model_family(info: diffusion_pb2.InfoResponse, model: str) -> str:
+    """The family of ``model`` from Diffusion.Info: its ``model_families`` entry; "" when unknown.
+
+    A worker without the per-model map (an older one) is read from ``model_family`` when that names a
+    single family; a mixed answer leaves the family unknown (the worker checks it when the pass runs).
+    """
+    if model in info.model_families:
+        return info.model_families[model]
+    served = families(info.model_family)
+    return next(iter(served)) if len(served) == 1 else ""
+
+
+def tune_models(
+    parsed: prompt_pb2.ParsedPrompt, base_model: str, person_model: str
+) -> dict[tuple[str, str], list[str]]:
+    """The models whose passes load each tune of the prompt, by (kind, tune id).
+
+    Base tags (base and common) load on the base model (base and hires passes); person tags (person and
+    common) on the person model (person passes and the faces pass). Face swap loads no adapter, and the
+    faces pass gives the base tags to faces of no person only when both models are one.
+    """
+    base = {(ref.kind, ref.tune_id) for ref in parsed.base_loras}
+    person = {(ref.kind, ref.tune_id) for p in parsed.persons for ref in p.loras}
+    models: dict[tuple[str, str], list[str]] = {}
+    for ref in tune_ids(parsed):
+        key = (ref.kind, ref.tune_id)
+        used = ([base_model] if key in base else []) + ([person_model] if key in person else [])
+        models[key] = list(dict.fromkeys(used))
+    return models
+
+
+def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
+    """Every model tag of the prompt (base, common and persons), first occurrence of each tag."""
+    seen: set[tuple[str, str]] = set()
+    refs: list[prompt_pb2.LoraRef] = []
+    for ref in [*parsed.base_loras, *parsed.common_loras, *(r for p in parsed.persons for r in p.loras)]:
+        key = (ref.kind, ref.tune_id)
+        if key not in seen:
+            seen.add(key)
+            refs.append(ref)
+    return refs

@@ -1,0 +1,113 @@
+"""gRPC clients of the internal services (prompt parser, segmentation, diffusion info).
+
+Failures come back as our errors via :func:`multipass.grpc.errors.from_rpc_error`, so a parser's
+INVALID_ARGUMENT keeps its field violations all the way to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import grpc
+
+from multipass.errors import InvalidInput, MultipassError, Unavailable
+from multipass.grpc.errors import from_rpc_error
+from multipass.grpc.internal_auth import internal_metadata
+from multipass.v1 import (
+    diffusion_pb2,
+    diffusion_pb2_grpc,
+    prompt_pb2,
+    prompt_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+]
+
+
+class InternalClients:
+    def __init__(self, *, parser: str, segmentation: str, diffusion: str, internal_token: str = ""):
+        self._channels = [
+            grpc.aio.insecure_channel(target, options=_OPTIONS)
+            for target in (parser, segmentation, diffusion)
+        ]
+        self.parser = prompt_pb2_grpc.PromptParserStub(self._channels[0])
+        self.segmentation = segmentation_pb2_grpc.SegmentationStub(self._channels[1])
+        self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[2])
+        self._targets = {"prompt parser": parser, "segmentation": segmentation, "diffusion": diffusion}
+        self._metadata = internal_metadata(internal_token)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def _call(self, service: str, method, request, timeout: float):
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            rebuilt = from_rpc_error(error)
+            if isinstance(rebuilt, InvalidInput) and rebuilt.violations:
+                # The status details already repeat every violation; keep one copy of them.
+                raise InvalidInput.of(list(rebuilt.violations)) from error
+            if isinstance(rebuilt, Unavailable):
+                raise Unavailable(
+                    f"{service} at {self._targets[service]} unavailable: {error.details()}"
+                ) from error
+            raise rebuilt from error
+
+    async def parse(
+        self, text: str, params: Mapping[str, str], *, has_input_image: bool, has_mask_image: bool
+    ) -> prompt_pb2.ParsedPrompt:
+        request = prompt_pb2.ParseRequest(
+            text=text, params=dict(params), has_input_image=has_input_image, has_mask_image=has_mask_image
+        )
+        response = await self._call("prompt parser", self.parser.Parse, request, 10.0)
+        return response.parsed
+
+    async def layout(self, request: segmentation_pb2.LayoutRequest) -> segmentation_pb2.LayoutResponse:
+        return await self._call("segmentation", self.segmentation.Layout, request, 60.0)
+
+    async def segment(self, request: segmentation_pb2.SegmentRequest) -> segmentation_pb2.SegmentResponse:
+        return await self._call("segmentation", self.segmentation.Segment, request, 120.0)
+
+    async def detect_faces(
+        self, request: segmentation_pb2.DetectFacesRequest
+    ) -> segmentation_pb2.DetectFacesResponse:
+        return await self._call("segmentation", self.segmentation.DetectFaces, request, 60.0)
+
+    async def info(self) -> diffusion_pb2.InfoResponse:
+        return await self._call("diffusion", self.diffusion.Info, diffusion_pb2.InfoRequest(), 5.0)
+
+
+class DiffusionInfo:
+    """Diffusion.Info, cached for ``ttl`` seconds; a stale answer stands in while no worker answers."""
+
+    def __init__(self, clients: InternalClients, ttl: float):
+        self._clients = clients
+        self._ttl = ttl
+        self._cached: diffusion_pb2.InfoResponse | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> diffusion_pb2.InfoResponse:
+        async with self._lock:
+            if self._cached is not None and time.monotonic() - self._at < self._ttl:
+                return self._cached
+            try:
+                self._cached = await self._clients.info()
+                self._at = time.monotonic()
+            except MultipassError as error:
+                if self._cached is None:
+                    raise Unavailable(
+                        f"no diffusion worker answered Diffusion.Info ({error}); models and capabilities cannot be checked"
+                    ) from error
+                log.warning("Diffusion.Info failed; using the last answer", extra={"error": str(error)})
+            return self._cached

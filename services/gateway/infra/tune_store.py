@@ -1,0 +1,270 @@
+"""Tunes (a tenant's LoRAs and checkpoints): records in KV ``multipass-tunes``, files in bucket ``multipass-tunes``.
+
+Record key ``<tenant>.<tune_id>`` (value: the ``Tune`` message); file ``tunes/<tenant>/<tune_id>/<kind>.safetensors``.
+Tune ids are digits (the prompt language's ``<lora:ID:W>``) that sort by creation time. Only safetensors
+files are accepted: pickled ``.ckpt``/``.pt`` files execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from google.protobuf.message import DecodeError
+
+from multipass import names
+from multipass.bus import KvBucket
+from multipass.errors import Internal, InvalidInput, NotFound, Violation
+from multipass.images import decode_image
+from multipass.store import ObjectStore
+from multipass.v1 import common_pb2, jobs_pb2
+from multipass_gateway.infra.fetch import FetchError, SafeHttp
+from multipass_gateway.settings import Limits
+
+FAMILIES = ("sd15", "sdxl")
+KINDS = ("lora", "checkpoint")
+_TOKEN = re.compile(r"^[a-z0-9]{2,32}$")
+_CLASS = re.compile(r"^[a-z][a-z -]{0,31}$")
+_TUNE_ID = re.compile(r"^[0-9]{1,24}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{24}$")
+MAX_REFERENCE_IMAGES = 10
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def valid_tune_id(tune_id: str) -> bool:
+    return bool(_TUNE_ID.match(tune_id))
+
+
+def valid_upload_id(image_id: str) -> bool:
+    return bool(_UPLOAD_ID.match(image_id))
+
+
+def new_tune_id() -> str:
+    """16 digits: milliseconds since the epoch, then 3 random digits (sorts by creation time)."""
+    return f"{int(time.time() * 1000):013d}{secrets.randbelow(1000):03d}"
+
+
+def check_safetensors(data: bytes, field: str) -> None:
+    """InvalidInput unless ``data`` is a safetensors file (8-byte header length, then a JSON object)."""
+    problem = None
+    if len(data) < 10:
+        problem = f"is {len(data)} bytes; not a safetensors file"
+    else:
+        size = int.from_bytes(data[:8], "little")
+        if size < 2 or size > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+            problem = "is not a safetensors file (bad header length); pickled checkpoints are not accepted"
+        else:
+            try:
+                header = json.loads(data[8 : 8 + size])
+            except (UnicodeDecodeError, ValueError):
+                header = None
+            if not isinstance(header, dict):
+                problem = "is not a safetensors file (header is not a JSON object)"
+    if problem:
+        raise InvalidInput.of([Violation(field, problem)])
+
+
+def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
+    problems = []
+    if not _TOKEN.match(metadata.token):
+        problems.append(
+            Violation(
+                "metadata.token",
+                f"got {metadata.token!r}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'",
+            )
+        )
+    if not _CLASS.match(metadata.class_name):
+        problems.append(
+            Violation(
+                "metadata.class_name",
+                f"got {metadata.class_name!r}; expected a lower-case class word, e.g. 'woman'",
+            )
+        )
+    if metadata.base_family not in FAMILIES:
+        problems.append(
+            Violation(
+                "metadata.base_family", f"got {metadata.base_family!r}; expected one of {', '.join(FAMILIES)}"
+            )
+        )
+    if metadata.kind and metadata.kind not in KINDS:
+        problems.append(
+            Violation("metadata.kind", f"got {metadata.kind!r}; expected one of {', '.join(KINDS)}")
+        )
+    if len(metadata.name) > 100 or not metadata.name.isprintable():
+        problems.append(Violation("metadata.name", "expected at most 100 printable characters"))
+    if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
+        problems.append(Violation("metadata.sha256", f"got {metadata.sha256!r}; expected 64 hex digits"))
+    if metadata.url and streamed:
+        problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
+    if not metadata.url and not streamed:
+        problems.append(
+            Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
+        )
+    if len(metadata.reference_image_ids) > MAX_REFERENCE_IMAGES:
+        problems.append(Violation("metadata.reference_image_ids", f"at most {MAX_REFERENCE_IMAGES} images"))
+    for index, image_id in enumerate(metadata.reference_image_ids):
+        if not valid_upload_id(image_id):
+            problems.append(
+                Violation(f"metadata.reference_image_ids[{index}]", f"got {image_id!r}; not an upload id")
+            )
+    return problems
+
+
+def page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode()
+
+
+def parse_page_token(token: str, field: str = "page_token") -> str:
+    if not token:
+        return ""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.startswith("after:") or not text[6:]:
+        raise InvalidInput.of([Violation(field, "is not a token from a previous response")])
+    return text[6:]
+
+
+class TuneStore:
+    def __init__(self, store: KvBucket, objects: ObjectStore, http: SafeHttp, limits: Limits):
+        self._kv = store
+        self._objects = objects
+        self._http = http
+        self._limits = limits
+
+    async def register(
+        self, tenant: str, metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]
+    ) -> jobs_pb2.Tune:
+        """Validate, store the file and the record; the file comes from ``chunks`` or ``metadata.url``."""
+        data = bytearray()
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > self._limits.max_tune_bytes:
+                raise InvalidInput.of(
+                    [Violation("chunk", f"file is larger than {self._limits.max_tune_bytes} bytes")]
+                )
+        problems = check_metadata(metadata, streamed=bool(data))
+        if problems:
+            raise InvalidInput.of(problems)
+        references = []
+        for index, image_id in enumerate(metadata.reference_image_ids):
+            references.append(
+                await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]")
+            )
+        if metadata.url:
+            try:
+                fetched = await self._http.fetch(
+                    metadata.url,
+                    max_bytes=self._limits.max_tune_bytes,
+                    timeout=max(self._limits.fetch_timeout_seconds, 60.0),
+                    max_redirects=self._limits.max_redirects,
+                )
+            except FetchError as error:
+                raise InvalidInput.of([Violation("metadata.url", error.reason)]) from error
+            data = bytearray(fetched.data)
+        field = "metadata.url" if metadata.url else "chunk"
+        content = bytes(data)
+        digest = hashlib.sha256(content).hexdigest()
+        if metadata.sha256 and metadata.sha256.lower() != digest:
+            raise InvalidInput.of(
+                [
+                    Violation(
+                        "metadata.sha256", f"the file's SHA-256 is {digest}, not {metadata.sha256.lower()}"
+                    )
+                ]
+            )
+        check_safetensors(content, field)
+        kind = metadata.kind or "lora"
+        tune_id = new_tune_id()
+        file_ref = await self._objects.put_bytes(
+            names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}{kind}.safetensors", content
+        )
+        tune = jobs_pb2.Tune(
+            tune_id=tune_id,
+            name=metadata.name or f"{metadata.token} {metadata.class_name}",
+            token=metadata.token,
+            class_name=metadata.class_name,
+            base_family=metadata.base_family,
+            kind=kind,
+            file=file_ref,
+            reference_images=references,
+        )
+        tune.created_at.GetCurrentTime()
+        await self._kv.create(names.tune_key(tenant, tune_id), tune.SerializeToString())
+        return tune
+
+    async def _upload_ref(self, tenant: str, image_id: str, field: str) -> common_pb2.ImageRef:
+        key = names.upload_key(tenant, image_id)
+        try:
+            data = await self._objects.get_bytes(
+                names.BUCKET_JOBS, key, max_bytes=self._limits.max_image_bytes, field=field
+            )
+        except NotFound as error:
+            raise InvalidInput.of([Violation(field, f"no uploaded image {image_id!r}")]) from error
+        image = decode_image(data, field=field, max_pixels=self._limits.max_image_pixels)
+        return common_pb2.ImageRef(
+            bucket=names.BUCKET_JOBS,
+            key=key,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            width=image.width,
+            height=image.height,
+            content_type="image/png",
+        )
+
+    async def find(self, tenant: str, tune_id: str) -> jobs_pb2.Tune | None:
+        if not valid_tune_id(tune_id):
+            return None
+        found = await self._kv.get(names.tune_key(tenant, tune_id))
+        if found is None:
+            return None
+        tune = jobs_pb2.Tune()
+        try:
+            tune.ParseFromString(found.value)
+        except DecodeError as error:
+            raise Internal(f"tune record {tune_id} is damaged") from error
+        return tune
+
+    async def get(self, tenant: str, tune_id: str) -> jobs_pb2.Tune:
+        """The tenant's tune; NotFound for a missing tune and for another tenant's tune alike."""
+        tune = await self.find(tenant, tune_id)
+        if tune is None:
+            raise NotFound(f"tune {tune_id!r} does not exist")
+        return tune
+
+    async def list(self, tenant: str, page_size: int, token: str) -> tuple[list[jobs_pb2.Tune], str]:
+        if page_size < 0 or page_size > 100:
+            raise InvalidInput.of([Violation("page_size", f"got {page_size}; expected 1..100 (0 = 20)")])
+        size = page_size or 20
+        after = parse_page_token(token)
+        prefix = f"{tenant}."
+        ids = sorted(
+            (key[len(prefix) :] for key in await self._kv.keys(f"{tenant}.*")),
+            key=lambda i: (len(i), i),
+            reverse=True,
+        )
+        if after:
+            ids = [i for i in ids if (len(i), i) < (len(after), after)]
+        tunes = []
+        for tune_id in ids:
+            tune = await self.find(tenant, tune_id)
+            if tune is not None:
+                tunes.append(tune)
+            if len(tunes) == size:
+                break
+        more = bool(tunes) and tunes[-1].tune_id != ids[-1] if ids else False
+        return tunes, page_token(tunes[-1].tune_id) if more else ""
+
+    async def delete(self, tenant: str, tune_id: str) -> bool:
+        tune = await self.get(tenant, tune_id)
+        await self._kv.delete(names.tune_key(tenant, tune.tune_id))
+        await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))
+        return True

@@ -1,8 +1,0 @@
-"""``python -m multipass.bench`` (``make bench``)."""
-
-import sys
-
-from multipass.bench.runner import main
-
-if __name__ == "__main__":
-    sys.exit(main())

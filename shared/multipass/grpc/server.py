@@ -1,0 +1,89 @@
+"""A ``grpc.aio`` server with our interceptors, health checking, reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from multipass.grpc.errors import ErrorInterceptor
+from multipass.metrics import MetricsInterceptor
+
+log = logging.getLogger(__name__)
+
+#: Generous message limits for the few rpcs that stream uploads; images never travel inside messages.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Registration:
+    """One servicer to serve: the generated ``add_XServicer_to_server`` function and its full name."""
+
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+    service_name: str
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Mark NOT_SERVING, then stop accepting calls and let in-flight ones finish within ``grace``."""
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_grpc_server(
+    address: str,
+    registrations: Sequence[Registration],
+    *,
+    serving: bool = True,
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> RunningServer:
+    """Bind ``address`` (``host:0`` picks a port), register servicers, health and reflection, start.
+
+    With ``serving=False`` health answers NOT_SERVING until :meth:`RunningServer.set_serving` is called
+    (a worker that must load and warm up its model first).
+    """
+    interceptors = [MetricsInterceptor(), *extra_interceptors, ErrorInterceptor()]
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [r.service_name for r in registrations]
+    for registration in registrations:
+        registration.add_to_server(registration.servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    await server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
+    await running.set_serving(serving)
+    log.info("grpc server started", extra={"address": address, "port": port, "services": names})
+    return running

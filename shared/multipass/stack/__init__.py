@@ -1,5 +1,0 @@
-"""The local stack: a small process manager (``supervisor``) and the Multipass processes it runs.
-
-``multipass up`` starts nats-server, an S3 endpoint and the four services on loopback, supervises them
-(restart with backoff), and records ports, pids and credentials under ``.multipass/`` (``state``).
-"""

@@ -1,0 +1,55 @@
+"""Entry point of the ``multipass`` command: one subcommand per module, registered lazily.
+
+Each command module exposes ``register(subparsers)``, adding its parser with ``set_defaults(run=...)``
+where ``run(args) -> int`` is the exit status. The client's own commands (jobs, tunes, tenants) are listed
+here; the developer and operator commands (``parse``, ``segment``, ``up``/``down``/``status``/``demo``,
+``bench``, ``models``) are plugins of the ``multipass.cli`` entry-point group, present when the package
+that provides them is installed. Heavy imports happen inside ``run``, so ``multipass --help`` stays fast
+and a missing optional dependency only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+
+COMMAND_MODULES = (
+    "multipass_client.cli.jobs_cmd",
+    "multipass_client.cli.tunes_cmd",
+    "multipass_client.cli.admin_cmd",
+)
+#: The entry-point group of the commands other packages contribute.
+PLUGIN_GROUP = "multipass.cli"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multipass", description="Multi-pass personalised image generation."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda entry: entry.name):
+        try:
+            register = plugin.load()
+        except ModuleNotFoundError as error:
+            if error.name and plugin.module.startswith(error.name):
+                continue  # recorded by an install whose package is gone
+            raise
+        register(subparsers)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""``multipass tunes register | list | get | delete``: a tenant's LoRAs and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    tunes = subparsers.add_parser("tunes", help="register and manage tunes (LoRAs, checkpoints)")
+    actions = tunes.add_subparsers(dest="tunes_command", metavar="ACTION", required=True)
+
+    reg = actions.add_parser("register", help="register a LoRA or checkpoint file (or URL)")
+    reg.add_argument("file", help="a .safetensors file, or an http(s) URL the gateway fetches")
+    reg.add_argument("--token", required=True, help="trigger token, e.g. ohwx")
+    reg.add_argument("--class", dest="class_name", required=True, help="class word, e.g. woman")
+    reg.add_argument("--family", required=True, choices=("sd15", "sdxl"), help="base model family")
+    reg.add_argument("--kind", default="lora", choices=("lora", "checkpoint"), help="default lora")
+    reg.add_argument("--name", default="", help="display name (default: the file name)")
+    add_connection_args(reg)
+    reg.set_defaults(run=run_register)
+
+    listing = actions.add_parser("list", help="list your tunes")
+    add_connection_args(listing)
+    listing.set_defaults(run=run_list)
+
+    get = actions.add_parser("get", help="show a tune")
+    get.add_argument("tune_id")
+    get.add_argument("--json", action="store_true", help="the Tune as proto3 JSON")
+    add_connection_args(get)
+    get.set_defaults(run=run_get)
+
+    delete = actions.add_parser("delete", help="delete a tune")
+    delete.add_argument("tune_id")
+    add_connection_args(delete)
+    delete.set_defaults(run=run_delete)
+
+
+def format_tune(tune) -> str:
+    created = tune.created_at.ToJsonString()[:19] if tune.HasField("created_at") else "-"
+    return (
+        f"{tune.tune_id}  {tune.kind:<10} {tune.base_family:<5} {tune.token} {tune.class_name:<8} "
+        f"{tune.name}  ({tune.file.size} bytes, {created})"
+    )
+
+
+@reports_rpc_errors
+def run_register(args: argparse.Namespace) -> int:
+    is_url = args.file.lower().startswith(("http://", "https://"))
+    path = None if is_url else Path(args.file)
+    if path is not None and not path.is_file():
+        raise SystemExit(f"{args.file}: no such file")
+    with client_from_args(args) as client:
+        tune = client.tunes.register(
+            path,
+            url=args.file if is_url else "",
+            token=args.token,
+            class_name=args.class_name,
+            base_family=args.family,
+            kind=args.kind,
+            name=args.name,
+        )
+    print(tune.tune_id)
+    return 0
+
+
+@reports_rpc_errors
+def run_list(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
+        tunes = list(client.tunes.list())
+    if not tunes:
+        print("no tunes")
+    for tune in tunes:
+        print(format_tune(tune))
+    return 0
+
+
+@reports_rpc_errors
+def run_get(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with client_from_args(args) as client:
+        tune = client.tunes.get(args.tune_id)
+    if args.json:
+        print(json_format.MessageToJson(tune, preserving_proto_field_name=True, indent=2, sort_keys=True))
+    else:
+        print(format_tune(tune))
+        print(f"  file {tune.file.bucket}/{tune.file.key}  sha256 {tune.file.sha256}")
+    return 0
+
+
+@reports_rpc_errors
+def run_delete(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
+        response = client.tunes.delete(args.tune_id)
+    print(f"{args.tune_id}: {'deleted' if response.deleted else 'not deleted'}")
+    return 0 if response.deleted else 1

@@ -1,0 +1,289 @@
+"""Tiny random-weight models of the finishing components, in the model-directory layout.
+
+``build(root)`` writes, once, under ``root/"diffusion"`` (docs/FINISHING.md has the layout):
+
+- ``upscaler/``: an ESRGAN ``RRDBNet`` x4 (``config.json`` + ``model.safetensors``; 8 features, 1 block);
+- ``face_restorer/``: a ``FaceRestorerNet`` working at 64x64 (``config.json`` + ``model.safetensors``);
+- ``face_swapper/``: ``inswapper_128.onnx`` with inswapper's signature (``target`` 1x3x128x128 and
+  ``source`` 1x512 in, the swapped 1x3x128x128 crop out, plus a 512x512 ``emap`` initializer) and
+  ``arcface.onnx`` (1x3x112x112 in, 1x512 embedding out; pictures of different faces get clearly
+  different embeddings, for face swap and ``<faceid:...>``), both exported from small torch modules;
+- ``prompt_expander/``: a 2-layer GPT-2 with a byte-level tokenizer (every byte a token, no merges).
+
+The architectures of the first two are the worker's own network definitions
+(``multipass_diffusion.nets``); every model is loaded by the production loading code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
+from multipass_diffusion.nets.face_restorer import FaceRestorerNet, RestorerConfig
+from multipass_diffusion.nets.rrdbnet import RRDBConfig, RRDBNet
+
+#: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
+VERSION = "tiny-finishing-v3"
+MARKER = ".tiny-finishing-built"
+COMPONENTS = ("upscaler", "face_restorer", "face_swapper", "prompt_expander")
+
+UPSCALER_CONFIG = {
+    "architecture": "RRDBNet",
+    "num_in_ch": 3,
+    "num_out_ch": 3,
+    "num_feat": 8,
+    "num_block": 1,
+    "num_grow_ch": 4,
+    "scale": 4,
+}
+RESTORER_CONFIG = {"architecture": "FaceRestorerNet", "size": 64, "channels": [8, 16, 32], "middle_blocks": 1}
+SWAP_SIZE = 128
+EMBED_SIZE = 112
+
+
+def build(root: Path) -> None:
+    """Write the tiny finishing models under ``root/"diffusion"`` unless this version is already there."""
+    base = Path(root) / "diffusion"
+    marker = base / MARKER
+    if is_current(marker, VERSION):
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    with build_lock(base / ".finishing-build.lock"):
+        if is_current(marker, VERSION):
+            return
+        with bounded_torch_threads():
+            for name in COMPONENTS:
+                shutil.rmtree(base / name, ignore_errors=True)
+            _build_upscaler(base / "upscaler")
+            _build_face_restorer(base / "face_restorer")
+            _build_face_swapper(base / "face_swapper")
+            _build_prompt_expander(base / "prompt_expander")
+        marker.write_text(VERSION + "\n")
+
+
+def _save(directory: Path, config: dict, model) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {key: tensor.detach().contiguous() for key, tensor in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def _build_upscaler(directory: Path) -> None:
+    import torch
+
+    torch.manual_seed(400)
+    model = RRDBNet(RRDBConfig.from_dict(UPSCALER_CONFIG))
+    _near_identity(model, ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last"))
+    with torch.no_grad():
+        model.conv_body.weight.normal_(0.0, 0.05)
+    _save(directory, UPSCALER_CONFIG, model)
+
+
+def _near_identity(model, names: tuple[str, ...]) -> None:
+    """Make the named convolutions pass their first channels through (plus small noise), so the tiny
+    upscaler outputs the upsampled input with a texture added by its dense blocks, not a blank image."""
+    import torch
+
+    with torch.no_grad():
+        for name in names:
+            conv = getattr(model, name)
+            torch.nn.init.dirac_(conv.weight)
+            conv.weight.add_(torch.randn_like(conv.weight) * 0.02)
+            conv.bias.zero_()
+
+
+def _build_face_restorer(directory: Path) -> None:
+    import torch
+
+    torch.manual_seed(410)
+    _save(directory, RESTORER_CONFIG, FaceRestorerNet(RestorerConfig.from_dict(RESTORER_CONFIG)))
+
+
+def _swapper_module():
+    import torch
+    from torch import nn
+
+    class TinySwapper(nn.Module):
+        """inswapper's interface: the target crop is re-synthesised, modulated by the identity latent."""
+
+        def __init__(self):
+            super().__init__()
+            self.encode = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 3, 2, 1)
+            )
+            self.style = nn.Linear(512, 32)
+            self.decode = nn.Sequential(
+                nn.Upsample(scale_factor=4, mode="nearest"),
+                nn.Conv2d(16, 8, 3, 1, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(8, 3, 3, 1, 1),
+            )
+
+        def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+            features = self.encode(target)
+            scale, shift = self.style(source).chunk(2, dim=1)
+            features = features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            return torch.sigmoid(self.decode(features) + (target - 0.5) * 4)
+
+    return TinySwapper()
+
+
+def _embedder_module():
+    """ArcFace's interface; signed features pooled per 4x4 region, so different faces point elsewhere."""
+    import torch
+    from torch import nn
+
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.PReLU(8),
+        nn.Conv2d(8, 16, 3, 2, 1),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(256, 512, bias=False),
+    )
+    with torch.no_grad():
+        module[2].bias.zero_()  # a shared offset would make every embedding point the same way
+    return module
+
+
+def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamo=False,
+            opset_version=17,
+        )
+
+
+def _build_face_swapper(directory: Path) -> None:
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(420)
+    swapper_path = directory / "inswapper_128.onnx"
+    _export(
+        _swapper_module(),
+        (torch.rand(1, 3, SWAP_SIZE, SWAP_SIZE), torch.rand(1, 512)),
+        swapper_path,
+        ["target", "source"],
+        ["output"],
+    )
+    model = onnx.load(str(swapper_path))
+    emap, _ = np.linalg.qr(np.random.default_rng(421).standard_normal((512, 512)))
+    model.graph.initializer.append(numpy_helper.from_array(emap.astype(np.float32), name="emap"))
+    onnx.save(model, str(swapper_path))
+    torch.manual_seed(422)
+    _export(
+        _embedder_module(),
+        (torch.rand(1, 3, EMBED_SIZE, EMBED_SIZE),),
+        directory / "arcface.onnx",
+        ["input"],
+        ["embedding"],
+    )
+    (directory / "config.json").write_text(
+        json.dumps({"swapper": "inswapper_128.onnx", "embedder": "arcface.onnx"}, indent=2) + "\n"
+    )
+
+
+def _build_prompt_expander(directory: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+    from transformers.utils import logging as transformers_logging
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {symbol: byte for byte, symbol in byte_to_unicode().items()}
+    vocab["<|endoftext|>"] = 256
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=128).save_pretrained(directory)
+        torch.manual_seed(430)
+        config = GPT2Config(
+            vocab_size=257,
+            n_positions=128,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=256,
+            eos_token_id=256,
+            initializer_range=0.2,
+        )
+        GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def write_diffusion_upscaler(directory: Path, sd15_model: Path) -> Path:
+    """Write a tiny ``StableDiffusionUpscalePipeline`` (the other ``upscaler/`` layout) to ``directory``.
+
+    It reuses the text encoder and tokenizer of the tiny SD1.5 model at ``sd15_model``; its VAE has three
+    blocks (the real x4 factor) and its UNet takes the 4 latent + 3 low-resolution image channels and a
+    noise-level class embedding, like the real x4 upscaler. Used by tests of the diffusers upscale path.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd15_model = Path(sd15_model)
+    torch.manual_seed(440)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        num_class_embeds=1000,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        scaling_factor=0.08333,
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel.from_pretrained(sd15_model / "text_encoder", local_files_only=True),
+        tokenizer=CLIPTokenizer.from_pretrained(sd15_model / "tokenizer", local_files_only=True),
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
+    directory = Path(directory)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
