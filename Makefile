@@ -7,7 +7,7 @@ PROTO_STAMP := shared/multipass/v1/__init__.py
 PROTOS := $(wildcard protos/multipass/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install protos lint format test test-unit test-integration test-e2e test-k8s run up down status bench images clean
+.PHONY: install protos lint format test test-unit test-integration test-e2e test-k8s soak run up down status bench images clean
 
 install: $(STAMP) $(PROTO_STAMP)
 
@@ -34,12 +34,14 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test: install
+	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test-integration: install
+	scripts/ensure_chromium.sh
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 test-e2e: install
@@ -47,6 +49,10 @@ test-e2e: install
 
 test-k8s: install
 	$(PY) -m pytest -q tests/k8s $(PYTEST_ARGS)
+
+# 100 jobs under random worker kills, a gateway kill and a NATS restart (docs/RELIABILITY.md, "Soak")
+soak: install
+	$(PY) -m pytest -q -p no:cacheprovider -s -m soak tests/chaos/test_soak.py $(PYTEST_ARGS)
 
 run: install
 	$(VENV)/bin/multipass up --detach

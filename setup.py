@@ -19,6 +19,7 @@ PACKAGE_ROOTS = {
     "multipass_gateway": "services/gateway",
     "multipass_segmentation": "services/segmentation",
     "multipass_diffusion": "services/diffusion",
+    "multipass_http_api": "services/http_api",
 }
 
 #: Entry points by the package that provides them. Each plugin of the ``multipass.cli`` group is a
@@ -45,4 +46,22 @@ for name, path in present.items():
     for group, entries in ENTRY_POINTS.get(name, {}).items():
         entry_points.setdefault(group, []).extend(entries)
 
-setup(packages=packages, package_dir=present, entry_points=entry_points, include_package_data=True)
+#: Files other than Python modules that a package ships (the HTTP service's web page, the model manifest,
+#: the configs single-file checkpoints are converted with).
+PACKAGE_DATA = {
+    "multipass_http_api": ["static/*"],
+    "multipass.model_catalog": ["manifest.toml"],
+    "multipass_diffusion": [
+        "single_file_configs/*.txt",
+        "single_file_configs/*/*.json",
+        "single_file_configs/*/*/*.json",
+    ],
+}
+
+setup(
+    packages=packages,
+    package_dir=present,
+    package_data={name: files for name, files in PACKAGE_DATA.items() if name in packages},
+    entry_points=entry_points,
+    include_package_data=True,
+)

@@ -18,6 +18,7 @@ build() {
 
 build gateway gateway none "multipass-gateway:${version}"
 build prompt-parser prompt_parser none "multipass-prompt-parser:${version}"
+build http-api http_api none "multipass-http-api:${version}"
 build segmentation segmentation cpu "multipass-segmentation:${version}"
 build diffusion diffusion cpu "multipass-diffusion:${version}-cpu"
 build diffusion-cuda diffusion cuda "multipass-diffusion:${version}-cuda"

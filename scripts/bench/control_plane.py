@@ -78,7 +78,7 @@ class ControlPlane:
         profile_dir: Path | None = None,
         real_segmentation: bool = False,
     ):
-        from multipass_dev.local.process import free_port
+        from multipass_dev.local.process import reserve_ports
 
         self.root = Path(root)
         self.profile_dir = Path(profile_dir).absolute() if profile_dir is not None else None
@@ -91,10 +91,12 @@ class ControlPlane:
         #: Which segmentation service the gateways call: the stand-in, or the real one.
         self.segmentation = "segmentation"
         names = ("parser", "segmentation", "segmentation-real", "standin", "gateway-0", "gateway-1")
-        self.wiring = Wiring(free_port(), free_port(), free_port())
+        # Picked at once: ports picked one at a time can repeat.
+        ports = iter(reserve_ports(3 + 2 * len(names)))
+        self.wiring = Wiring(next(ports), next(ports), next(ports))
         for name in names:
-            self.wiring.ports[name] = free_port()
-            self.wiring.ports[name + "-metrics"] = free_port()
+            self.wiring.ports[name] = next(ports)
+            self.wiring.ports[name + "-metrics"] = next(ports)
         self.supervisor = None
         self.primary = None  # gateway-0's supervisor (restarted to change its segmentation service)
         self.extra = None  # the second gateway's supervisor

@@ -17,12 +17,13 @@ from multipass.bus import Bus
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for, serve_metrics
+from multipass.model_catalog.features import log_report
 from multipass.names import OBJECT_BUCKETS
 from multipass.store import ObjectStore
 from multipass.v1 import diffusion_pb2_grpc
 from multipass_diffusion.engine import Engine
 from multipass_diffusion.pass_cache import MemoryPassCache, StorePassCache
-from multipass_diffusion.servicer import DiffusionServicer
+from multipass_diffusion.servicer import DiffusionServicer, model_features
 from multipass_diffusion.settings import DiffusionSettings
 from multipass_diffusion.worker import DiffusionWorker
 
@@ -80,6 +81,7 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
     bus = None
     try:
         metrics_port = serve_metrics(settings.metrics_port, metrics_host_for(settings.grpc_addr))
+        log_report(model_features(engine), log)
         await loop.run_in_executor(executor, engine.load)
         await store.ensure_buckets(OBJECT_BUCKETS)
         bus = await Bus.connect(settings.nats.url, name=f"diffusion-{settings.worker_name}")

@@ -1,9 +1,11 @@
 """The model directory: which models exist, their family, loading their components, and checking tune files.
 
 Layout (docs/CONTRACTS.md): ``<MODEL_DIR>/diffusion/<name>/`` in diffusers format, optionally with
-``unet_inpaint/`` (a 9-channel inpainting UNet); ControlNets under ``diffusion/controlnet/<family>/<kind>/``
-or, for the SD1.5 family, ``diffusion/controlnet/<kind>/``; preprocessor weights under
-``diffusion/preprocessors/``. Loading never downloads: everything is read with ``local_files_only``.
+``unet_inpaint/`` (a 9-channel inpainting UNet), or ``<MODEL_DIR>/diffusion/<name>.safetensors``, one
+A1111/civitai checkpoint (:mod:`multipass_diffusion.single_file`); ControlNets under
+``diffusion/controlnet/<family>/<kind>/`` or, for the SD1.5 family, ``diffusion/controlnet/<kind>/``;
+preprocessor weights under ``diffusion/preprocessors/``. Loading never downloads: everything is read with
+``local_files_only``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from multipass import tune_formats
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
+from multipass_diffusion import single_file
 
 if TYPE_CHECKING:
     from multipass_diffusion.runtime import ModelRuntime
@@ -31,12 +35,25 @@ FAMILIES = {
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A served model: a diffusers directory, or (``path`` ending in .safetensors) one checkpoint file."""
+
     name: str
     path: Path
     family: str
 
     @property
+    def is_single_file(self) -> bool:
+        return self.path.suffix == single_file.SUFFIX
+
+    @property
+    def config_dir(self) -> Path:
+        """The diffusers-format configs of this model (a checkpoint tune of it is converted with them)."""
+        return single_file.config_dir(self.path, self.family) if self.is_single_file else self.path
+
+    @property
     def inpaint_unet_path(self) -> Path | None:
+        if self.is_single_file:
+            return None
         path = self.path / "unet_inpaint"
         return path if (path / "config.json").is_file() else None
 
@@ -45,14 +62,41 @@ def diffusion_root(model_dir: Path) -> Path:
     return Path(model_dir) / "diffusion"
 
 
+#: Folders of ``<model_dir>/diffusion/`` that hold components, never a base model (a diffusers x4
+#: upscaler under ``upscaler/`` has a model_index.json too).
+COMPONENT_FOLDERS = frozenset(
+    {
+        "controlnet",
+        "preprocessors",
+        "ip_adapter",
+        "upscaler",
+        "face_restorer",
+        "face_swapper",
+        "prompt_expander",
+    }
+)
+
+
 def discover(model_dir: Path) -> dict[str, ModelEntry]:
-    """Every diffusers model under ``<model_dir>/diffusion/`` by name."""
+    """Every model under ``<model_dir>/diffusion/`` by name (component folders left out): diffusers
+    directories, then single-file checkpoints ``<name>.safetensors`` (one named like a directory is left
+    out: the directory is the model)."""
     root = diffusion_root(model_dir)
     entries = {}
     if root.is_dir():
-        for child in sorted(root.iterdir()):
-            if (child / "model_index.json").is_file():
+        children = sorted(root.iterdir())
+        for child in children:
+            is_config = child.name.endswith(single_file.CONFIG_SUFFIX)  # a single file's configs, no weights
+            if (
+                child.name not in COMPONENT_FOLDERS
+                and not is_config
+                and (child / "model_index.json").is_file()
+            ):
                 entries[child.name] = ModelEntry(child.name, child, family_of(child))
+        for child in children:
+            name = child.name[: -len(single_file.SUFFIX)]
+            if child.is_file() and child.suffix == single_file.SUFFIX and name not in entries:
+                entries[name] = ModelEntry(name, child, single_file.family_of(child))
     return entries
 
 
@@ -62,7 +106,7 @@ def select(model_dir: Path, names: tuple[str, ...]) -> list[ModelEntry]:
     if not names:
         if not found:
             raise FailedPrecondition(
-                f"no diffusion model under {diffusion_root(model_dir)} (expected <name>/model_index.json)"
+                f"no diffusion model under {diffusion_root(model_dir)} (expected <name>/model_index.json or <name>.safetensors)"
             )
         return list(found.values())
     missing = [name for name in names if name not in found]
@@ -84,9 +128,15 @@ def family_of(path: Path) -> str:
 
 
 def fingerprint(path: Path) -> str:
-    """Identifies a model's weights cheaply: its config files' contents and its weight files' sizes."""
+    """Identifies a model's weights cheaply: its config files' contents and its weight files' sizes
+    (a single-file checkpoint: its name, size and modification time)."""
     digest = hashlib.sha256()
-    for file in sorted(Path(path).rglob("*")):
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+    for file in sorted(path.rglob("*")):
         if not file.is_file():
             continue
         relative = str(file.relative_to(path))
@@ -101,6 +151,11 @@ def fingerprint(path: Path) -> str:
 def load_pipeline(entry: ModelEntry, *, device: str, dtype):
     """The text-to-image pipeline of ``entry`` with all its components on ``device``."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if entry.is_single_file:
+        return single_file.load_pipeline(
+            entry.path, entry.family, device=device, dtype=dtype, label=entry.name
+        )
 
     pipeline_class = StableDiffusionXLPipeline if entry.family == "sdxl" else StableDiffusionPipeline
     kwargs = (
@@ -174,7 +229,11 @@ class TuneFile:
 
 
 def inspect_tune(path: Path, field: str) -> TuneFile:
-    """Classify a tune file (LoRA in kohya or diffusers layout, or a full checkpoint)."""
+    """Classify a tune file (LoRA in kohya or diffusers layout, or a full checkpoint).
+
+    A format the worker cannot apply (LyCORIS LoHa, LoKr, ..., :mod:`multipass.tune_formats`) is the
+    field's invalid input, naming the format; the gateway refuses the same files at registration.
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -185,6 +244,9 @@ def inspect_tune(path: Path, field: str) -> TuneFile:
         raise InvalidInput.of([Violation(field, f"is not a readable safetensors file: {error}")]) from error
     if not keys:
         raise InvalidInput.of([Violation(field, "is an empty safetensors file")])
+    known = tune_formats.classify(keys)
+    if known is not None and not known.supported:
+        raise InvalidInput.of([Violation(field, known.unsupported)])
     is_lora = any("lora" in key for key in keys)
     if is_lora:
         layout = "kohya" if any(key.startswith(("lora_unet_", "lora_te")) for key in keys) else "diffusers"

@@ -134,7 +134,11 @@ class ModelRuntime:
                 return cached
         try:
             components = checkpoint_components(
-                self.base, path, layout, label=f"{self.name}+{checkpoint_tune_id}", model_path=self.entry.path
+                self.base,
+                path,
+                layout,
+                label=f"{self.name}+{checkpoint_tune_id}",
+                model_path=self.entry.config_dir,
             )
         except (RuntimeError, KeyError, ValueError, OSError) as error:
             raise InvalidInput.of(

@@ -1,9 +1,14 @@
-"""The thin gRPC servicer: Diffusion.Info describes this worker (health is served by the shared server)."""
+"""The thin gRPC servicer: Diffusion.Info describes this worker (health is served by the shared server).
+
+``features`` is the check of the worker's model directory (``multipass.model_catalog.features``, the table
+``multipass models check`` prints and the worker logs at start), read again on every call.
+"""
 
 from __future__ import annotations
 
 import os
 
+from multipass.model_catalog import features
 from multipass.v1 import diffusion_pb2, diffusion_pb2_grpc
 from multipass_diffusion.engine import Engine
 
@@ -32,7 +37,13 @@ def info(engine: Engine) -> diffusion_pb2.InfoResponse:
         resident_memory=resident_memory(),
         capabilities=engine.capabilities(),
         working_size=engine.settings.working_size_for(first.family) if first else 0,
+        features=features.to_proto(model_features(engine)),
     )
+
+
+def model_features(engine: Engine) -> features.Report:
+    """The features of the worker's model directory that the diffusion worker uses."""
+    return features.check(engine.settings.model_dir, services=[features.DIFFUSION])
 
 
 class DiffusionServicer(diffusion_pb2_grpc.DiffusionServicer):

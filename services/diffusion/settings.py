@@ -17,6 +17,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 PASS_CACHES = ("store", "memory", "off")
 #: torch.compile modes ("" = torch's default).
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Ack wait of the pass consumers: a pass whose worker died is redelivered this long after its last heartbeat.
+#: Short, because heartbeats (``in_progress`` every third of it, from the bus) keep a long pass of a live worker.
+DEFAULT_ACK_WAIT_S = 15.0
 #: Short side of person-pass crops per model family, unless MULTIPASS_DIFFUSION_WORKING_SIZE overrides it.
 FAMILY_WORKING_SIZE = {"sd15": 512, "sdxl": 1024}
 
@@ -42,6 +45,12 @@ class DiffusionSettings:
     of one pass's LoRAs), so switching persons never recompiles; a pass whose LoRAs need more rank, or
     target modules outside the transformer blocks, is refused (docs/DIFFUSION.md, "Compiled UNet").
     Compiling costs a first pass per new image size; checkpoint tunes stay uncompiled.
+
+    ``ack_wait_s`` (``MULTIPASS_DIFFUSION_ACK_WAIT_S``, 5..3600, default 15): how long JetStream waits
+    for a pass's decision before it hands the pass to another worker. While a pass runs (or waits for the
+    device) the bus sends ``in_progress`` every ``ack_wait_s / 3``, so a live worker keeps its pass however
+    long it runs, and a dead worker's pass is redelivered at most ``ack_wait_s`` after it died
+    (docs/RELIABILITY.md, "Heartbeats and redelivery").
     """
 
     model_dir: Path
@@ -62,7 +71,8 @@ class DiffusionSettings:
     torch_threads: int = 0
     grpc_addr: str = "127.0.0.1:50053"
     metrics_port: int = 9103
-    ack_wait_s: float = 120.0
+    #: Seconds JetStream waits for a decision or a heartbeat before it redelivers a pass to another worker.
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
     max_deliver: int = 5
     max_ack_pending: int = 16
     progress_interval_s: float = 0.25
@@ -102,7 +112,7 @@ class DiffusionSettings:
             torch_threads=env.int("DIFFUSION_TORCH_THREADS", 0, min=0, max=512),
             grpc_addr=env.str("DIFFUSION_GRPC_ADDR", "127.0.0.1:50053"),
             metrics_port=env.int("DIFFUSION_METRICS_PORT", 9103, min=0, max=65535),
-            ack_wait_s=env.float("DIFFUSION_ACK_WAIT_S", 120.0, min=5.0, max=3600.0),
+            ack_wait_s=env.float("DIFFUSION_ACK_WAIT_S", DEFAULT_ACK_WAIT_S, min=5.0, max=3600.0),
             max_deliver=env.int("DIFFUSION_MAX_DELIVER", 5, min=1, max=100),
             max_ack_pending=env.int("DIFFUSION_MAX_ACK_PENDING", 16, min=1, max=10_000),
             progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),

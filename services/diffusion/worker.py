@@ -1,8 +1,9 @@
 """The JetStream side of the diffusion worker: pass requests in, images and pass events out.
 
-One durable pull consumer per served model on ``multipass.pass.diffusion.<model>`` (explicit ack, ack
-wait sized for long passes, ``in_progress`` heartbeats from the bus while a pass runs, bounded
-``max_deliver``). Each message ends in one decision: Ack after the output is stored and ``completed``
+One durable pull consumer per served model on ``multipass.pass.diffusion.<model>`` (explicit ack, a
+short ack wait, ``MULTIPASS_DIFFUSION_ACK_WAIT_S`` = 15 s, kept by the bus's ``in_progress`` heartbeats
+every third of it while a pass runs or waits for the device, so a long pass stays with its live worker and
+a dead worker's pass goes to another one within the ack wait; bounded ``max_deliver``). Each message ends in one decision: Ack after the output is stored and ``completed``
 is published; Nak with backoff when the object store or NATS is unavailable; Term plus a ``failed``
 event (code, message, pass name, field violations) for a request that cannot succeed. Model work runs
 on the engine's single device thread, never on the event loop. ``multipass.cancel.<job_id>`` (core NATS)
@@ -38,6 +39,7 @@ from multipass_diffusion import tune_files
 from multipass_diffusion.device_queue import DeviceQueue
 from multipass_diffusion.engine import Engine, PassOutput
 from multipass_diffusion.passes.context import PassInputs
+from multipass_diffusion.passes.registry import HANDLERS
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -298,7 +300,7 @@ class DiffusionWorker:
                         member,
                         names.EVENT_STARTED,
                         started=events_pb2.PassStarted(
-                            worker=self.settings.worker_name, steps_total=spec.steps
+                            worker=self.settings.worker_name, steps_total=_steps_to_run(spec, inputs)
                         ),
                     )
                 on_device = True
@@ -460,6 +462,12 @@ def batch_members(request: diffusion_pb2.PassRequest) -> list[diffusion_pb2.Pass
         one.spec.seed = member.seed
         members.append(one)
     return members
+
+
+def _steps_to_run(spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> int:
+    """What ``started`` reports as the pass's steps: those it will really run (0: its progress tells)."""
+    handler = HANDLERS.get(spec.kind)
+    return handler.steps_to_run(spec, inputs) if handler is not None else 0
 
 
 def _code(error: MultipassError) -> str:

@@ -95,7 +95,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
     metrics_server = None
     try:
         await bus.ensure_topology(replicas=settings.nats.replicas)
-        objects = ObjectStore.from_settings(settings.s3)
+        objects = ObjectStore.from_settings(settings.s3, public_endpoint=settings.s3_public_endpoint)
         await objects.ensure_buckets(names.OBJECT_BUCKETS)
         jobs_kv = await bus.kv(names.KV_JOBS)
         policy = AddressPolicy(
@@ -121,6 +121,8 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             await bus.kv(names.KV_TENANTS),
             settings.api_key_pepper,
             cache_seconds=settings.auth_cache_seconds,
+            notes=notes,
+            stream_recheck_seconds=settings.stream_auth_recheck_seconds,
         )
         tunes = TuneStore(await bus.kv(names.KV_TUNES), objects, http, settings.limits)
         job_end = JobEnd(
@@ -164,14 +166,16 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             interval=settings.sweep_interval_seconds,
         )
         queue_gauge = QueueGauge(bus, settings.queue_metrics_interval_seconds)
-        await AbandonedPasses(bus, orchestrator).start()
+        abandoned_passes = AbandonedPasses(bus, orchestrator)
         tasks = [
             asyncio.create_task(orchestrator.run(stop_event), name="orchestrator"),
             asyncio.create_task(scheduler.run(stop_event), name="pass-scheduler"),
             asyncio.create_task(budget.run(stop_event), name="budget-mirror"),
             asyncio.create_task(segmentation_steps.run(stop_event), name="segmentation-steps"),
+            asyncio.create_task(abandoned_passes.run(stop_event), name="abandoned-passes"),
             asyncio.create_task(sweeper.run(stop_event), name="sweeper"),
             asyncio.create_task(queue_gauge.run(stop_event), name="queue-gauge"),
+            asyncio.create_task(tenants.run(stop_event), name="stream-key-checks"),
         ]
         registrations = [
             Registration(

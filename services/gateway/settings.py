@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError, Violation
+from multipass.store import PublicEndpoint
 from multipass_gateway.domain.base_batching import DEFAULT_MAX_BATCH
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:50050"
@@ -92,9 +93,16 @@ class GatewaySettings:
     #: Seconds a replica trusts an API key it found live before reading it again; a revoked key keeps
     #: working on other replicas for at most this long (``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``; 0 = off).
     auth_cache_seconds: float = 2.0
+    #: Seconds between checks that the keys of open WatchJob streams are still live; a key revoked on
+    #: another replica whose note was lost ends its streams here within this long
+    #: (``MULTIPASS_GATEWAY_STREAM_AUTH_RECHECK_SECONDS``).
+    stream_auth_recheck_seconds: float = 2.0
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
     presign_expiry_seconds: int = 3600
+    #: Where clients outside the cluster reach the object store (``MULTIPASS_S3_PUBLIC_ENDPOINT``,
+    #: ``http(s)://host[:port]``): presigned URLs point there. None = the internal endpoint.
+    s3_public_endpoint: PublicEndpoint | None = None
     #: Seconds a Diffusion.Info answer is trusted before asking again.
     info_ttl_seconds: float = 30.0
     #: Upscale factor of super_resolution; hires_fix scale.
@@ -125,7 +133,7 @@ class GatewaySettings:
     def __repr__(self) -> str:  # secrets never reach a log line
         return (
             f"GatewaySettings(grpc_address={self.grpc_address!r}, metrics_port={self.metrics_port}, nats={self.nats!r}, "
-            f"s3={self.s3!r}, parser={self.parser_target!r}, segmentation={self.segmentation_target!r}, "
+            f"s3={self.s3!r}, s3_public_endpoint={self.s3_public_endpoint!r}, parser={self.parser_target!r}, segmentation={self.segmentation_target!r}, "
             f"diffusion={self.diffusion_target!r}, base_model={self.base_model!r}, person_model={self.person_model!r}, "
             f"limits={self.limits!r}, admin_token={'***' if self.admin_token else 'unset'}, "
             f"callback_key={'***' if self.callbacks.signing_key else 'unset'}, fetch_allow={self.fetch_allow!r})"
@@ -181,6 +189,7 @@ class GatewaySettings:
             ),
         )
         allow = _allow_list(reader.csv("FETCH_ALLOW_HOSTS"), reader.csv("FETCH_ALLOW_CIDRS"))
+        public_endpoint, public_problem = _public_endpoint(reader.str("S3_PUBLIC_ENDPOINT", ""))
         settings = cls(
             grpc_address=reader.address("GATEWAY_GRPC_ADDR", DEFAULT_GRPC_ADDR),
             metrics_port=reader.int("GATEWAY_METRICS_PORT", DEFAULT_METRICS_PORT, min=-1, max=65535),
@@ -196,11 +205,15 @@ class GatewaySettings:
             admin_token=reader.str("ADMIN_TOKEN", ""),
             api_key_pepper=reader.str("API_KEY_PEPPER", ""),
             auth_cache_seconds=reader.float("GATEWAY_AUTH_CACHE_SECONDS", 2.0, min=0.0, max=60.0),
+            stream_auth_recheck_seconds=reader.float(
+                "GATEWAY_STREAM_AUTH_RECHECK_SECONDS", 2.0, min=0.1, max=60.0
+            ),
             callbacks=callbacks,
             fetch_allow=allow,
             presign_expiry_seconds=reader.int(
                 "GATEWAY_PRESIGN_EXPIRY_SECONDS", 3600, min=60, max=7 * 24 * 3600
             ),
+            s3_public_endpoint=public_endpoint,
             info_ttl_seconds=reader.float("GATEWAY_INFO_TTL_SECONDS", 30.0, min=0.0),
             upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
             hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
@@ -217,18 +230,27 @@ class GatewaySettings:
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         reader.check()
-        bad_models = [
+        problems = [
             Violation(
                 f"MULTIPASS_GATEWAY_{name.upper()}", f"got {value!r}; expected letters, digits, '-' or '_'"
             )
             for name, value in (("base_model", settings.base_model), ("person_model", settings.person_model))
             if value and not _MODEL_NAME.fullmatch(value)
-        ]
-        if bad_models:
+        ] + public_problem
+        if problems:
             raise ConfigError(
-                "bad configuration: " + ", ".join(v.field for v in bad_models), violations=bad_models
+                "bad configuration: " + ", ".join(v.field for v in problems), violations=problems
             )
         return settings
+
+
+def _public_endpoint(raw: str) -> tuple[PublicEndpoint | None, list[Violation]]:
+    if not raw:
+        return None, []
+    try:
+        return PublicEndpoint.parse(raw), []
+    except ValueError as error:
+        return None, [Violation("MULTIPASS_S3_PUBLIC_ENDPOINT", str(error))]
 
 
 def _allow_list(hosts: tuple[str, ...], cidrs: tuple[str, ...]) -> FetchAllowList:

@@ -17,11 +17,12 @@ from prometheus_client import start_http_server
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
+from multipass.model_catalog.features import log_report
 from multipass.v1 import segmentation_pb2_grpc
 from multipass_segmentation.models import load_models, resolve_device
 from multipass_segmentation.person_masks import PersonMaskOptions
 from multipass_segmentation.segmenter import Segmenter, SegmenterOptions
-from multipass_segmentation.servicer import SERVICE_NAME, SegmentationServicer
+from multipass_segmentation.servicer import SERVICE_NAME, SegmentationServicer, model_features
 from multipass_segmentation.settings import SegmentationSettings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
     """Load models, connect the store, open /metrics and the gRPC port; returns the running service."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmentation-model")
     metrics_server = None
+    log_report(model_features(settings.model_dir), log)
     try:
         segmenter = await asyncio.get_running_loop().run_in_executor(executor, build_segmenter, settings)
         if store is None:
@@ -94,7 +96,9 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
         metrics_server, _thread = start_http_server(
             settings.metrics_port, addr=metrics_host_for(settings.grpc_addr)
         )
-        servicer = SegmentationServicer(segmenter, store, executor, max_pixels=settings.max_pixels)
+        servicer = SegmentationServicer(
+            segmenter, store, executor, max_pixels=settings.max_pixels, model_dir=settings.model_dir
+        )
         interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
         server = await start_grpc_server(
             settings.grpc_addr,

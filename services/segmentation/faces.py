@@ -1,24 +1,49 @@
-"""Face boxes (OpenCV Haar cascade) and their assignment to person slots.
+"""Face detectors (a landmark detector, else OpenCV's Haar cascade) and face-to-slot assignment.
 
-The frontal-face cascade shipped with ``opencv-python-headless`` (``cv2.data.haarcascades``) is the default
-detector; a model directory may provide another cascade under ``segmentation/faces/``. Detection runs on a
-grey, histogram-equalised copy scaled so its longer side is at most ``max_side`` pixels.
+The detector comes from ``<MODEL_DIR>/segmentation/faces/`` by one rule,
+:func:`multipass.face_detection.face_detector_choice` (re-exported here with :func:`detector_file`, the
+file of the landmark detector or None): an SCRFD/RetinaFace-class ONNX model (insightface's
+``det_10g.onnx``, ``scrfd_*.onnx``) gives boxes, scores and five landmarks; without one, the frontal-face
+cascade that ships with ``opencv-python-headless`` (``cv2.data.haarcascades``) gives boxes only. Haar
+detection runs on a grey, histogram-equalised copy scaled so its longer side is at most ``max_side``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from multipass.errors import FailedPrecondition
+from multipass.face_detection import (
+    FaceDetectorChoice,
+    ScrfdDetector,
+    detector_file,
+    face_detector_choice,
+    face_detector_choice_in,
+)
 from multipass_segmentation import mask_ops
 from multipass_segmentation.slots import Box
+
+__all__ = [
+    "DEFAULT_CASCADE",
+    "Face",
+    "FaceDetector",
+    "FaceDetectorChoice",
+    "HaarFaceDetector",
+    "LandmarkFaceDetector",
+    "assign_to_slots",
+    "detector_file",
+    "face_detector_choice",
+    "face_detector_choice_in",
+]
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -28,9 +53,53 @@ class Face:
     box: Box
     score: float
     slot_index: int = -1
+    #: Five (x, y) points in image pixels (eyes, nose, mouth corners as seen in the image, left first),
+    #: or empty when the detector gives none (Haar).
+    landmarks: tuple[tuple[float, float], ...] = ()
+
+
+class FaceDetector(Protocol):
+    #: The model file (ONNX detector or cascade).
+    source: Path
+    has_landmarks: bool
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+class LandmarkFaceDetector:
+    """An SCRFD-class ONNX detector: faces with five landmarks, left to right."""
+
+    has_landmarks = True
+
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int = 0):
+        self.detector = ScrfdDetector(path, device=device, threads=threads)
+        self.source = self.detector.path
+        if not self.detector.has_landmarks:
+            raise FailedPrecondition(
+                f"face detector {path} has no landmark outputs (6 or 10 outputs); use an SCRFD model with "
+                "keypoints such as det_10g.onnx"
+            )
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB ``uint8`` image, left to right; boxes clipped to the image, landmarks as found."""
+        height, width = image.shape[:2]
+        found = self.detector.detect(image)
+        faces = []
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks, strict=True):
+            clipped = Box(*(float(v) for v in box)).clipped(width, height)
+            if clipped.width <= 0 or clipped.height <= 0:
+                continue
+            landmarks = tuple((float(x), float(y)) for x, y in points)
+            faces.append(Face(clipped, float(score), landmarks=landmarks))
+        faces.sort(key=lambda f: f.box.centre[0])
+        return faces
 
 
 class HaarFaceDetector:
+    """OpenCV's Haar cascade: face boxes without landmarks (the fallback)."""
+
+    has_landmarks = False
+
     def __init__(
         self,
         cascade_path: Path,
@@ -40,7 +109,7 @@ class HaarFaceDetector:
         min_size_fraction: float = 0.03,
         max_side: int = 1024,
     ):
-        self.cascade_path = Path(cascade_path)
+        self.cascade_path = self.source = Path(cascade_path)
         if not self.cascade_path.is_file():
             raise FailedPrecondition(f"face detector cascade not found: {self.cascade_path}")
         try:
@@ -112,5 +181,5 @@ def assign_to_slots(
             if overlap > best_overlap:
                 best, best_overlap = index, overlap
         slot = best if best_overlap >= min_overlap and best_overlap > 0 else -1
-        assigned.append(Face(face.box, face.score, slot))
+        assigned.append(dataclasses.replace(face, slot_index=slot))
     return assigned

@@ -5,7 +5,9 @@ segmentation/sam/         sam_vit_b.pth | sam_vit_l.pth | sam_vit_h.pth (officia
                           or config.json {"variant": "vit_b"|"vit_l"|"vit_h"|"custom", "weights": FILE, ...}
 segmentation/grounding/   a transformers detector directory (config.json, weights, processor files):
                           GroundingDINO (model_type grounding-dino) or OWLv2 (model_type owlv2)
-segmentation/faces/       optional: config.json {"detector": "haar", "cascade": FILE}; default: OpenCV's cascade
+segmentation/faces/       optional: a landmark detector det_10g.onnx | scrfd*.onnx | det_*.onnx (SCRFD, ONNX),
+                          or config.json {"detector": "scrfd", "model": FILE} | {"detector": "haar",
+                          "cascade": FILE}; nothing there: OpenCV's frontal-face cascade (the Haar fallback)
 ```
 
 Official checkpoints and custom configurations (the tiny test model) take the same path: build the
@@ -27,7 +29,13 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from multipass.errors import FailedPrecondition
-from multipass_segmentation.faces import HaarFaceDetector
+from multipass_segmentation.faces import (
+    FaceDetector,
+    FaceDetectorChoice,
+    HaarFaceDetector,
+    LandmarkFaceDetector,
+    face_detector_choice_in,
+)
 from multipass_segmentation.grounding import GroundingDinoDetector, Owlv2Detector, TextDetector
 
 log = logging.getLogger(__name__)
@@ -46,11 +54,13 @@ SUPPORTED_DETECTORS = ("grounding-dino", "owlv2")
 class SegmentationModels:
     sam: Sam
     detector: TextDetector
-    faces: HaarFaceDetector
+    faces: FaceDetector
     device: torch.device
     sam_source: Path
     detector_source: Path
     faces_source: Path
+    #: Which face detector runs: the landmark detector or the Haar fallback (``describe()`` says which).
+    faces_choice: FaceDetectorChoice
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,17 +79,19 @@ def load_models(
     detector, detector_source = load_detector(
         root / "grounding", device, max_boxes_per_phrase=max_boxes_per_phrase
     )
-    faces, faces_source = load_face_detector(root / "faces", max_side=face_max_side)
+    faces, faces_choice = load_face_detector(root / "faces", max_side=face_max_side, device=device.type)
     log.info(
         "segmentation models loaded",
         extra={
             "sam": str(sam_source),
             "detector": str(detector_source),
-            "faces": str(faces_source),
+            "faces": faces_choice.describe(),
             "device": str(device),
         },
     )
-    return SegmentationModels(sam, detector, faces, device, sam_source, detector_source, faces_source)
+    return SegmentationModels(
+        sam, detector, faces, device, sam_source, detector_source, faces.source, faces_choice
+    )
 
 
 def find_sam_checkpoint(sam_dir: Path) -> tuple[Path, dict]:
@@ -199,23 +211,20 @@ def load_detector(
     return detector, config_path
 
 
-def load_face_detector(faces_dir: Path, *, max_side: int = 1024) -> tuple[HaarFaceDetector, Path]:
-    config_path = faces_dir / "config.json"
-    if not faces_dir.exists():
-        detector = HaarFaceDetector.packaged(max_side=max_side)
-        return detector, detector.cascade_path
-    if not config_path.is_file():
-        raise FailedPrecondition(f"face detector directory {faces_dir} has no config.json")
-    config = _read_json(config_path)
-    if config.get("detector") != "haar":
-        raise FailedPrecondition(
-            f"{config_path}: detector {config.get('detector')!r} is not supported; expected 'haar'"
-        )
-    cascade = config.get("cascade")
-    if not isinstance(cascade, str) or not cascade:
-        raise FailedPrecondition(f"{config_path} names no cascade file (key 'cascade')")
-    detector = HaarFaceDetector(faces_dir / cascade, max_side=max_side)
-    return detector, detector.cascade_path
+def load_face_detector(
+    faces_dir: Path, *, max_side: int = 1024, device: str = "cpu"
+) -> tuple[FaceDetector, FaceDetectorChoice]:
+    """The face detector of ``faces_dir`` (:func:`multipass.face_detection.face_detector_choice_in`).
+
+    A landmark detector runs on ``device`` ("cuda" when available there); the Haar fallback on the CPU.
+    FailedPrecondition names the file that is missing or does not load.
+    """
+    choice = face_detector_choice_in(faces_dir)
+    if choice.has_landmarks:
+        return LandmarkFaceDetector(choice.path, device=device), choice
+    if choice.path is None:
+        return HaarFaceDetector.packaged(max_side=max_side), choice
+    return HaarFaceDetector(choice.path, max_side=max_side), choice
 
 
 def _read_json(path: Path) -> dict:

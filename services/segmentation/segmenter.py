@@ -103,11 +103,13 @@ class Segmenter:
         self.sam = SamEngine(models.sam, cache_size=options.embedding_cache)
 
     def warm_up(self) -> None:
-        """Run SAM once on a small image (first calls are slow on most devices); the cache stays empty."""
+        """Run SAM and the face detector once on a small image (first calls are slow on most devices); the
+        cache stays empty."""
         image = np.full((64, 64, 3), 127, dtype=np.uint8)
         embedding = self.sam.embed(image)
         self.sam.predict(embedding, box=(8.0, 8.0, 56.0, 56.0))
         self.sam.clear()
+        self.models.faces.detect(image)
 
     # person masks ------------------------------------------------------------------------------
 

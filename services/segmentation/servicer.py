@@ -11,14 +11,17 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.model_catalog import features
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation import mask_ops
+from multipass_segmentation.faces import Face
 from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION
 from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
 from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
@@ -28,12 +31,27 @@ T = TypeVar("T")
 SERVICE_NAME = "multipass.v1.Segmentation"
 
 
+def model_features(model_dir: Path) -> features.Report:
+    """The features of the model directory the segmentation service uses (``multipass models check``)."""
+    return features.check(model_dir, services=[features.SEGMENTATION])
+
+
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
-    def __init__(self, segmenter: Segmenter, store, executor: Executor, *, max_pixels: int):
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        store,
+        executor: Executor,
+        *,
+        max_pixels: int,
+        model_dir: Path | None = None,
+    ):
         self.segmenter = segmenter
         self.store = store
         self.executor = executor
         self.max_pixels = max_pixels
+        #: The model directory ``Info`` reports the features of (None: no features).
+        self.model_dir = model_dir
 
     async def _run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -165,11 +183,15 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             masks[person.index] = mask
         faces = await self._run(self.segmenter.detect_faces, image, masks)
         SEGMENT_DURATION.labels(kind="faces").observe(time.perf_counter() - started)
-        return segmentation_pb2.DetectFacesResponse(
-            faces=[
-                segmentation_pb2.Face(box=_box_to_proto(f.box), score=f.score, slot_index=f.slot_index)
-                for f in faces
-            ]
+        return segmentation_pb2.DetectFacesResponse(faces=[_face_to_proto(f) for f in faces])
+
+    async def Info(  # noqa: N802
+        self, request: segmentation_pb2.SegmentationInfoRequest, context
+    ) -> segmentation_pb2.SegmentationInfoResponse:
+        report = model_features(self.model_dir) if self.model_dir is not None else None
+        return segmentation_pb2.SegmentationInfoResponse(
+            features=features.to_proto(report) if report is not None else [],
+            device=str(self.segmenter.models.device),
         )
 
     # object store --------------------------------------------------------------------------------
@@ -265,6 +287,15 @@ def _box_to_proto(box: Box | tuple[float, float, float, float] | None) -> common
         return common_pb2.Box()
     x0, y0, x1, y1 = box.as_tuple() if isinstance(box, Box) else box
     return common_pb2.Box(x0=x0, y0=y0, x1=x1, y1=y1)
+
+
+def _face_to_proto(face: Face) -> segmentation_pb2.Face:
+    return segmentation_pb2.Face(
+        box=_box_to_proto(face.box),
+        score=face.score,
+        slot_index=face.slot_index,
+        landmarks=[common_pb2.Point(x=x, y=y) for x, y in face.landmarks],
+    )
 
 
 def _slot_to_proto(slot: Slot) -> segmentation_pb2.Slot:

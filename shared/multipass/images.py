@@ -13,7 +13,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from multipass.errors import InvalidInput, Violation
+from multipass.errors import InvalidInput, Reason, Violation
 
 #: Default cap on width*height of any image we accept (about 24 megapixels).
 DEFAULT_MAX_PIXELS = 4096 * 6144
@@ -62,14 +62,25 @@ def decode_image(
                             field,
                             f"is {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
                         )
-                    ]
+                    ],
+                    reason=Reason.IMAGE_TOO_LARGE,
+                    metadata={"maxPixels": str(max_pixels)},
                 )
             image.load()
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InvalidInput.of([Violation(field, f"refused as a decompression bomb: {error}")]) from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidInput.of(
+            [Violation(field, f"refused as a decompression bomb: {error}")],
+            reason=Reason.IMAGE_TOO_LARGE,
+            metadata={"maxPixels": str(max_pixels)},
+        ) from error
+    except UnidentifiedImageError as error:
+        # Pillow's message names the stream object (with its memory address), not the problem.
+        raise InvalidInput.of(
+            [Violation(field, f"is a damaged or truncated {kind} image: {kind} decoder could not read it")]
+        ) from error
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise InvalidInput.of(
             [Violation(field, f"is a damaged or truncated {kind} image: {error}")]
         ) from error

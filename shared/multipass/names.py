@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 
-from multipass.errors import InvalidInput, Violation
+from multipass.errors import InvalidInput, Violation, echo
 
 # Streams.
 STREAM_PASSES = "MULTIPASS_PASSES"
 STREAM_EVENTS = "MULTIPASS_EVENTS"
 STREAM_JOB_EVENTS = "MULTIPASS_JOB_EVENTS"
+#: Keeps JetStream's max-deliveries advisories of the pass queue until a gateway has handled them.
+STREAM_ADVISORIES = "MULTIPASS_ADVISORIES"
 
 # Subject roots and the wildcard each stream captures.
 PASS_PREFIX = "multipass.pass"
@@ -30,8 +32,11 @@ DIFFUSION_PASSES = f"{PASS_PREFIX}.diffusion.>"
 CANCEL_ALL = f"{CANCEL_PREFIX}.*"
 #: Core NATS (no stream): gateway replicas tell each other their scheduler and budget writes.
 GATEWAY_NOTES = "multipass.gateway.notes"
-#: JetStream's advisory (core NATS) for a pass request whose last allowed delivery went unanswered.
+#: JetStream's advisory for a pass request whose last allowed delivery went unanswered (captured by
+#: ``STREAM_ADVISORIES``, so one sent while no gateway is connected waits for one).
 PASS_MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_PASSES}.*"
+#: The gateway replicas' shared durable consumer of ``STREAM_ADVISORIES``.
+ABANDONED_PASSES_DURABLE = "gateway-abandoned-passes"
 
 #: The gateway's own work queue (segmentation passes and face detection before a faces pass).
 GATEWAY_PASS_SUBJECT = f"{PASS_PREFIX}.gateway"
@@ -69,7 +74,7 @@ def check_token(value: str, field: str) -> str:
             [
                 Violation(
                     field,
-                    f"got {value!r}; expected 1..128 letters, digits, '_' or '-' (a NATS subject token)",
+                    f"got {echo(value)}; expected 1..128 letters, digits, '_' or '-' (a NATS subject token)",
                 )
             ]
         )

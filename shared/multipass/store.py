@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
@@ -85,22 +86,72 @@ def http_client(
     )
 
 
-class ObjectStore:
-    """Async access to S3 buckets through the ``minio`` client."""
+@dataclass(frozen=True)
+class PublicEndpoint:
+    """Where clients outside the cluster reach the object store: what presigned URLs point at."""
 
-    def __init__(self, client: Minio, *, endpoint: str):
+    #: ``host:port`` (or ``host``), as the ``minio`` client takes it.
+    host: str
+    secure: bool
+
+    @classmethod
+    def parse(cls, url: str) -> PublicEndpoint:
+        """``http://host[:port]`` or ``https://host[:port]``; ValueError saying what is expected."""
+        parsed = urlsplit(url.strip())
+        expected = "expected http(s)://host[:port] without path, query or credentials"
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"got {url!r}; {expected}")
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+            raise ValueError(f"got {url!r}; {expected}")
+        try:
+            port = parsed.port  # raises on a port outside 0..65535
+        except ValueError:
+            port = None
+        if ":" in parsed.netloc.rsplit("]", 1)[-1] and not (port and 1 <= port <= 65535):
+            raise ValueError(f"got {url!r}; the port must be 1..65535")
+        return cls(host=parsed.netloc, secure=parsed.scheme == "https")
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}"
+
+
+def presigning_client(settings: S3Settings, public: PublicEndpoint) -> Minio:
+    """A client that only signs URLs for ``public``: the signature covers the host, so it must be the host
+    clients will send. Its region is fixed, so signing never asks the endpoint (it may be unreachable
+    from inside the cluster)."""
+    return Minio(
+        endpoint=public.host,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key,
+        secure=public.secure,
+        region=settings.region,
+    )
+
+
+class ObjectStore:
+    """Async access to S3 buckets through the ``minio`` client.
+
+    Presigned URLs are signed by ``presigner``: the same client unless a public endpoint is configured
+    (``MULTIPASS_S3_PUBLIC_ENDPOINT``), in which case the URLs point at that endpoint.
+    """
+
+    def __init__(self, client: Minio, *, endpoint: str, presigner: Minio | None = None):
         self.client = client
         self.endpoint = endpoint
+        self.presigner = presigner or client
 
     @classmethod
     def from_settings(
         cls,
         settings: S3Settings,
         *,
+        public_endpoint: PublicEndpoint | None = None,
         connect_timeout: float = 2.0,
         read_timeout: float = 20.0,
         retries: int = 2,
     ) -> ObjectStore:
+        """A store for ``settings``; with ``public_endpoint`` its presigned URLs point there."""
         client = Minio(
             endpoint=settings.endpoint,
             access_key=settings.access_key,
@@ -114,7 +165,8 @@ class ObjectStore:
                 secure=settings.secure,
             ),
         )
-        return cls(client, endpoint=settings.endpoint)
+        presigner = presigning_client(settings, public_endpoint) if public_endpoint is not None else None
+        return cls(client, endpoint=settings.endpoint, presigner=presigner)
 
     # plumbing ------------------------------------------------------------------------------------
 
@@ -329,13 +381,14 @@ class ObjectStore:
     # sharing -------------------------------------------------------------------------------------
 
     async def presigned_get(self, bucket: str, key: str, expires_seconds: int) -> str:
-        """A URL that lets its holder GET the object for ``expires_seconds`` (1 s .. 7 days)."""
+        """A URL that lets its holder GET the object for ``expires_seconds`` (1 s .. 7 days), on the public
+        endpoint when one is configured."""
         if not 1 <= expires_seconds <= 7 * 24 * 3600:
             raise InvalidInput.of(
                 [Violation("expires_seconds", f"got {expires_seconds}; expected 1..604800")]
             )
         return await self._run(
-            lambda: self.client.presigned_get_object(
+            lambda: self.presigner.presigned_get_object(
                 bucket_name=bucket, object_name=key, expires=timedelta(seconds=expires_seconds)
             ),
             bucket,

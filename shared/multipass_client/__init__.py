@@ -21,6 +21,7 @@ _EXPORTS = {
     "connect": "multipass_client.channel",
     "open_channel": "multipass_client.channel",
     "describe_rpc_error": "multipass_client.errors",
+    "error_reason": "multipass_client.errors",
     "JobsClient": "multipass_client.jobs",
     "TERMINAL_STATES": "multipass_client.jobs",
     "TunesClient": "multipass_client.tunes",

@@ -5,7 +5,7 @@ Layout under ``<out>/<job_id>/``::
     job.json                      the Job, proto3 JSON with proto field names
     image-<k>/00-base.png         pass outputs in chain order: <index from base>-<pass name>.png
     image-<k>/mask-person-0.png   masks by name
-    image-<k>/final.png
+    image-<k>/final.png           the image's final (the output of its last pass, ``OutputImage.final``)
     image-<k>/contact-sheet.png   base → masks → person passes → later passes → final
 
 Pass outputs and masks are read from the object store (the job only carries their bucket and key); the
@@ -181,7 +181,7 @@ def download_job(
         for position, state in enumerate(generation_chain(image)):
             ref = state.output
             if not ref.key or (ref.bucket, ref.key) in seen:
-                continue  # no image, or a pass that hands on its input unchanged (segment)
+                continue  # no image of its own (segment: its masks follow), or its input handed on unchanged
             seen.add((ref.bucket, ref.key))
             path = fetch(ref, image_dir / f"{position:02d}-{safe_name(state.name)}.png")
             if path is not None:

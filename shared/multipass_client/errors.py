@@ -29,10 +29,31 @@ def violations_of(error: grpc.RpcError) -> list[tuple[str, str]]:
         return []
 
 
+def error_reason(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The status's ``google.rpc.ErrorInfo`` reason (e.g. ``UNKNOWN_TUNE``) and metadata; ("", {}) without one.
+
+    Reasons are stable (listed in protos/multipass/v1/common.proto): branch on them, not on messages.
+    """
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError):  # a status without rich details, or not from a call
+        return "", {}
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def describe_rpc_error(error: grpc.RpcError) -> str:
-    """``CODE: message`` followed by one indented line per field violation."""
+    """``CODE [REASON]: message`` followed by one indented line per field violation."""
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
-    lines = [f"{code.name if code else 'UNKNOWN'}: {details or ''}".rstrip(": ")]
+    reason, _ = error_reason(error)
+    name = code.name if code else "UNKNOWN"
+    if reason and reason != name:
+        name = f"{name} [{reason}]"
+    lines = [f"{name}: {details or ''}".rstrip(": ")]
     lines += [f"  {field}: {description}" for field, description in violations_of(error)]
     return "\n".join(lines)

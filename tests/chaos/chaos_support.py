@@ -182,6 +182,35 @@ class ServiceProcess:
             return ""
 
 
+def worker_process(
+    name: str, root: Path, nats_url: str, s3_endpoint: str, token: str, *, ack_wait: int | None = ACK_WAIT_S
+) -> ServiceProcess:
+    """A diffusion worker process on the tiny SD1.5 model; ``ack_wait=None`` keeps the worker's default."""
+    from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
+
+    address = f"{LOOPBACK}:{free_port()}"
+    env = service_env(
+        MULTIPASS_MODEL_DIR=str(MODELS_ROOT),
+        MULTIPASS_DIFFUSION_MODELS=SD15_MODEL,
+        MULTIPASS_DIFFUSION_DEVICE="cpu",
+        MULTIPASS_DIFFUSION_WORKING_SIZE=str(TINY_WORKING_SIZE),
+        MULTIPASS_DIFFUSION_TORCH_THREADS="1",
+        MULTIPASS_DIFFUSION_GRPC_ADDR=address,
+        MULTIPASS_DIFFUSION_METRICS_PORT="0",
+        MULTIPASS_DIFFUSION_TUNE_CACHE_DIR=str(root / f"tune-cache-{name}"),
+        MULTIPASS_DIFFUSION_PROGRESS_INTERVAL_S="0.2",
+        MULTIPASS_DIFFUSION_MAX_DELIVER=str(MAX_DELIVER),
+        MULTIPASS_DIFFUSION_PASS_CACHE="off",
+        MULTIPASS_DIFFUSION_WORKER_NAME=name,
+        MULTIPASS_NATS_URL=nats_url,
+        MULTIPASS_S3_ENDPOINT=s3_endpoint,
+        MULTIPASS_INTERNAL_TOKEN=token,
+    )
+    if ack_wait is not None:
+        env["MULTIPASS_DIFFUSION_ACK_WAIT_S"] = str(ack_wait)
+    return ServiceProcess(name, "multipass_diffusion", env, address, root / "logs")
+
+
 def bearer(key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
 
@@ -234,7 +263,7 @@ def check_event_stream(job: jobs_pb2.Job, events: list[jobs_pb2.JobEvent]) -> No
             (image.index, state.name)
             for image in job.images
             for state in image.passes
-            if state.status == jobs_pb2.PASS_STATUS_COMPLETED and state.name != "prepare"
+            if state.status == jobs_pb2.PASS_STATUS_COMPLETED
         }
         assert set(completed) == expected, (sorted(completed), sorted(expected))
 

@@ -20,9 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from chaos_support import (
-    ACK_WAIT_S,
     ADMIN_TOKEN,
-    MAX_DELIVER,
     MODELS_ROOT,
     TERMINAL,
     ServiceProcess,
@@ -30,6 +28,7 @@ from chaos_support import (
     bearer,
     new_token,
     service_env,
+    worker_process,
 )
 
 from multipass.bus import Bus
@@ -37,7 +36,7 @@ from multipass.connections import NatsSettings, S3Settings
 from multipass.store import ObjectStore
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from multipass_dev.local import NatsServerProcess, S3ServerProcess
-from multipass_dev.local.process import LOOPBACK, free_port
+from multipass_dev.local.process import LOOPBACK, reserve_ports
 
 # The fake worker and gateway wiring of the integration tier, reused by the load test.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -75,31 +74,6 @@ class Cluster:
             service.wait_serving(timeout)
 
 
-def _worker(name: str, root: Path, nats_url: str, s3_endpoint: str, token: str) -> ServiceProcess:
-    from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
-
-    address = f"{LOOPBACK}:{free_port()}"
-    env = service_env(
-        MULTIPASS_MODEL_DIR=str(MODELS_ROOT),
-        MULTIPASS_DIFFUSION_MODELS=SD15_MODEL,
-        MULTIPASS_DIFFUSION_DEVICE="cpu",
-        MULTIPASS_DIFFUSION_WORKING_SIZE=str(TINY_WORKING_SIZE),
-        MULTIPASS_DIFFUSION_TORCH_THREADS="1",
-        MULTIPASS_DIFFUSION_GRPC_ADDR=address,
-        MULTIPASS_DIFFUSION_METRICS_PORT="0",
-        MULTIPASS_DIFFUSION_TUNE_CACHE_DIR=str(root / f"tune-cache-{name}"),
-        MULTIPASS_DIFFUSION_PROGRESS_INTERVAL_S="0.2",
-        MULTIPASS_DIFFUSION_ACK_WAIT_S=str(ACK_WAIT_S),
-        MULTIPASS_DIFFUSION_MAX_DELIVER=str(MAX_DELIVER),
-        MULTIPASS_DIFFUSION_PASS_CACHE="off",
-        MULTIPASS_DIFFUSION_WORKER_NAME=name,
-        MULTIPASS_NATS_URL=nats_url,
-        MULTIPASS_S3_ENDPOINT=s3_endpoint,
-        MULTIPASS_INTERNAL_TOKEN=token,
-    )
-    return ServiceProcess(name, "multipass_diffusion", env, address, root / "logs")
-
-
 @pytest.fixture(scope="module")
 def cluster(s3_server: S3ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from multipass_dev.tiny_models import build_tiny_models
@@ -113,8 +87,9 @@ def cluster(s3_server: S3ServerProcess, tmp_path_factory: pytest.TempPathFactory
     nats = NatsServerProcess.start(root / "nats")
     proxy = TcpProxy(LOOPBACK, s3_server.port)
     token = new_token()
-    parser_address = f"{LOOPBACK}:{free_port()}"
-    segmentation_address = f"{LOOPBACK}:{free_port()}"
+    parser_port, segmentation_port = reserve_ports(2)
+    parser_address = f"{LOOPBACK}:{parser_port}"
+    segmentation_address = f"{LOOPBACK}:{segmentation_port}"
     cluster = Cluster(
         root=root,
         nats=nats,
@@ -147,7 +122,7 @@ def cluster(s3_server: S3ServerProcess, tmp_path_factory: pytest.TempPathFactory
             segmentation_address,
             root / "logs",
         ),
-        workers={name: _worker(name, root, nats.url, proxy.endpoint, token) for name in WORKER_NAMES},
+        workers={name: worker_process(name, root, nats.url, proxy.endpoint, token) for name in WORKER_NAMES},
     )
     try:
         for service in cluster.services():

@@ -1,6 +1,7 @@
 """A pass whose every delivery dies with its worker (a request that crashes whoever runs it) is not lost:
 JetStream's max-deliveries advisory reaches the gateway, which fails the attempt as UNAVAILABLE, runs it
-again while attempts remain and otherwise fails the job naming the pass.
+again while attempts remain and otherwise fails the job naming the pass. The advisory waits in the stream
+MULTIPASS_ADVISORIES, so one sent while no gateway is connected still ends its job.
 
 The dying worker is a consumer on the real diffusion durable that takes each delivery and never answers,
 exactly what a SIGKILLed worker leaves behind; the gateway, NATS and S3 are real (gateway_support)."""
@@ -135,6 +136,45 @@ async def test_an_abandoned_attempt_runs_again_on_a_healthy_worker(stack):
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error.message
     assert (await _base(stack, tenant, job_id)).attempt == 2
     assert [(r.pass_name, r.attempt) for r in stack.worker.seen] == [("base", 2)]
+
+
+async def test_an_advisory_sent_while_no_gateway_is_connected_still_ends_its_job(stack):
+    await stack.worker.close()
+    await stack.start_gateway(limits=Limits(fetch_timeout_seconds=5.0, pass_max_attempts=1))
+    tenant = await stack.tenant()
+    dying = DyingWorker(stack)
+    await dying.start()
+    job_id = await submit(stack, tenant.api_key)
+    deadline = time.monotonic() + 20
+    while not dying.taken:
+        assert time.monotonic() < deadline, "the pass never reached the dying worker"
+        await asyncio.sleep(0.05)
+    await stack.stop_gateway()  # no gateway from before the last delivery until after the advisory
+    gone_at = time.monotonic()
+    while len(dying.taken) < DELIVERIES or await _advisories(stack) == 0:
+        assert time.monotonic() < deadline, (dying.taken, await _advisories(stack))
+        await asyncio.sleep(0.05)
+    assert await _advisories(stack) == 1  # sent while no gateway was connected, and kept
+    absent = time.monotonic() - gone_at
+    await dying.stop()
+
+    await stack.start_gateway(limits=Limits(fetch_timeout_seconds=5.0, pass_max_attempts=1))
+    back_at = time.monotonic()
+    job = await wait_for_job(stack, job_id, tenant.api_key, timeout=20)
+    ended_after = time.monotonic() - back_at
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.error.code == common_pb2.ERROR_CODE_UNAVAILABLE and job.error.pass_name == "base"
+    assert f"gave up after {DELIVERIES} deliveries" in job.error.message
+    assert await _advisories(stack) == 0  # handled once, then removed
+    assert (await stack.bus.js.stream_info(names.STREAM_PASSES)).state.messages == 0
+    print(
+        "RELIABILITY advisory_while_no_gateway "
+        f'{{"gateway_absent_s": {absent:.1f}, "job_failed_after_gateway_back_s": {ended_after:.1f}}}'
+    )
+
+
+async def _advisories(stack: Stack) -> int:
+    return (await stack.bus.js.stream_info(names.STREAM_ADVISORIES)).state.messages
 
 
 async def _base(stack: Stack, tenant, job_id: str) -> jobs_pb2.PassState:

@@ -79,6 +79,11 @@ def test_a_job_with_every_option_runs_every_pass_in_order(stack, client, sd15_mo
         assert state.status in (COMPLETED, SKIPPED), (name, state.status, state.error.message)
     for name in ("base", "person-0", "person-1", "hires", "upscale", "finish"):
         assert states[name].status == COMPLETED and states[name].output.key, name
+    # The tiny landmark detector finds a face in every image, so each face pass ran on the worker (on
+    # landmark-aligned crops) and stored its own output rather than passing the image through.
+    for name in ("faces", "face_correct", "face_swap"):
+        assert states[name].status == COMPLETED, name
+        assert states[name].output.key.endswith(f"/{name}.png"), (name, states[name].output.key)
     # hires enlarges the 256 px scene (by MULTIPASS_GATEWAY_HIRES_SCALE), the upscaler multiplies by four,
     # finishing keeps the size.
     assert states["base"].output.width == 256 < states["hires"].output.width

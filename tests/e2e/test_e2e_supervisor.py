@@ -51,7 +51,8 @@ def test_a_killed_diffusion_worker_is_restarted_and_its_job_still_finishes(stack
     assert reported["supervisor_alive"] is True
     assert reported["processes"]["diffusion"]["restarts"] == after["restarts"]
     assert {name: p["health"] for name, p in reported["processes"].items()} == {
-        name: "SERVING" for name in ("nats", "s3", "prompt-parser", "segmentation", "diffusion", "gateway")
+        name: "SERVING"
+        for name in ("nats", "s3", "prompt-parser", "segmentation", "diffusion", "gateway", "http-api")
     }
     table = stack.cli("status")
     assert table.returncode == 0

@@ -87,4 +87,5 @@ def test_the_admin_api_needs_the_admin_token(stack):
     # A tenant's API key is not an admin credential either.
     result = stack.cli("tenants", "create", "intruder", "--admin-token", stack.api_key)
     assert result.returncode == 1
-    assert result.stderr.split(":")[0] in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    assert result.stderr.split(":")[0].split(" [")[0] in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    assert "[ADMIN_TOKEN_INVALID]" in result.stderr.split(":")[0]

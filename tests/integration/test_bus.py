@@ -609,6 +609,7 @@ async def test_bucket_specs_cover_every_contract_bucket():
         names.STREAM_PASSES,
         names.STREAM_EVENTS,
         names.STREAM_JOB_EVENTS,
+        names.STREAM_ADVISORIES,
     }
 
 

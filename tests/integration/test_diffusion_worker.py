@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_probes import check_streaming_probes
 from PIL import Image
 
 from multipass import names
@@ -170,10 +171,21 @@ async def test_health_and_info(service):
         "faceid",
         f"faceid:{SD15_MODEL}",
     } <= set(info.capabilities)
+    # The features of its model directory, as `multipass models check` reports them.
+    features = {f.name: f for f in info.features}
+    assert {"base", "inpaint", "controlnet:pose", "upscaler", "face_restorer", "face_swap", "faceid"} <= {
+        name for name, f in features.items() if f.available
+    }
+    assert "sam" not in features  # the segmentation service's
+    assert features["upscaler"].path.startswith("diffusion/upscaler/") and features["upscaler"].fix == ""
     kinds = {c.removeprefix("pass:") for c in info.capabilities if c.startswith("pass:")}
     finishing = {"hires", "faces", "face_correct", "face_swap", "upscale", "finish"}
     assert kinds == set(HANDLERS) >= {"base", "person", "composite", *finishing}
     assert info.resident_memory > 0
+
+
+async def test_health_watch_and_reflection_v1_stream_and_close_cleanly(service, caplog):
+    await check_streaming_probes(service.grpc_address, "multipass.v1.Diffusion", caplog)
 
 
 async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus, store, model_root):
@@ -187,6 +199,9 @@ async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus
     kinds = [kind for kind, _ in seen]
     assert kinds[0] == "started" and kinds[-1] == "completed"
     assert [e.progress.step for k, e in seen if k == "progress"] == [1, 2, 3]
+    # img2img at strength 0.75 runs 4 × 0.75 = 3 steps, and says so from its start.
+    assert seen[0][1].started.steps_total == 3
+    assert {e.progress.steps_total for k, e in seen if k == "progress"} == {3}
     result = seen[-1][1].completed.result
     assert (result.output.bucket, result.output.key) == (BUCKET_JOBS, request.output_key)
     assert (result.output.width, result.output.height) == (96, 64)
@@ -221,7 +236,12 @@ async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus
         tune_files={"77": tune_ref},
     )
     await submit(bus, "J1", "person-0", person)
-    done = (await events.until("completed", "person-0"))[-1][1].completed.result
+    person_events = await events.until("completed", "person-0")
+    done = person_events[-1][1].completed.result
+    # A person pass inpaints at strength 0.5 (its default): 4 steps × 0.5 = 2 steps run and reported.
+    assert [e.started.steps_total for k, e in person_events if k == "started"] == [2]
+    assert [e.progress.step for k, e in person_events if k == "progress"] == [1, 2]
+    assert done.metadata["steps_run"] == "2"
     assert done.metadata["adapters"].startswith("t77_") and "crop_box" in done.metadata
     consumer = await settled(bus)
     assert (consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered) == (0, 0, 0)

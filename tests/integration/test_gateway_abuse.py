@@ -29,7 +29,7 @@ from gateway_support import (  # noqa: F401 - fixtures
 )
 from PIL import Image
 
-from multipass.grpc.errors import field_violations
+from multipass.grpc.errors import field_violations, reason_of
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from multipass_gateway.infra.fetch import FetchError
 from multipass_gateway.main import serve as serve_gateway
@@ -182,18 +182,24 @@ async def upload(stack: Stack, key: str, data: bytes):
     return await call
 
 
-async def refused(call) -> dict[str, str]:
+async def refused(call, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> dict[str, str]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert caught.value.code() == code, caught.value.details()
     return dict(field_violations(caught.value))
+
+
+async def missing(call) -> dict[str, str]:
+    """The field violations of a NOT_FOUND answer (a reference to something the caller does not have)."""
+    return await refused(call, grpc.StatusCode.NOT_FOUND)
 
 
 async def test_hostile_images_are_refused_and_odd_ones_normalised_by_upload_and_by_url(stack):
     files = {f"/{name.replace(' ', '-')}.png": data for name, (data, _) in {**REFUSED, **NORMALISED}.items()}
+    files["/large.png"] = b"\x89PNG\r\n\x1a\n" + b"\x00" * (600 * 1024)
     server = Files(files)
     resolver = Resolver({"images.test": [["127.0.0.1"]]})
-    limits = Limits(fetch_timeout_seconds=5.0, max_image_pixels=MAX_PIXELS)
+    limits = Limits(fetch_timeout_seconds=5.0, max_image_pixels=MAX_PIXELS, max_image_bytes=512 * 1024)
     await start(stack, resolver, limits=limits, fetch_allow=FetchAllowList(hosts=frozenset({"images.test"})))
     tenant = await stack.tenant()
     try:
@@ -209,6 +215,23 @@ async def test_hostile_images_are_refused_and_odd_ones_normalised_by_upload_and_
             )
             assert reason in found["params.input_image_url"], (name, found)
         assert "no image data" in (await refused(upload(stack, tenant.api_key, b"")))["chunk"]
+        # Too many pixels or bytes, uploaded or fetched: one reason a client can branch on.
+        too_large = {
+            "pixels, uploaded": upload(stack, tenant.api_key, REFUSED["huge dimensions"][0]),
+            "bytes, uploaded": upload(stack, tenant.api_key, files["/large.png"]),
+        }
+        for path in ("/huge-dimensions.png", "/large.png"):
+            too_large[f"{path}, fetched"] = stack.jobs.SubmitJob(
+                jobs_pb2.SubmitJobRequest(
+                    prompt="a cat", params={**FAST, "input_image_url": server.url(path)}
+                ),
+                metadata=bearer(tenant.api_key),
+            )
+        for name, call in too_large.items():
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, caught.value.details())
+            assert reason_of(caught.value).reason == "IMAGE_TOO_LARGE", (name, caught.value.details())
 
         jobs = []
         for name, (data, size) in NORMALISED.items():
@@ -426,15 +449,15 @@ async def test_one_tenant_cannot_reach_anything_of_another(stack):
         assert await code(call) == grpc.StatusCode.NOT_FOUND, name
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=theirs)).jobs
     assert not (await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(), metadata=theirs)).tunes
-    # Using the owner's upload, tune or reference images reads as "does not exist" for the intruder.
-    found = await refused(
+    # Using the owner's upload, tune or reference images reads as "does not exist" (NOT_FOUND) for the intruder.
+    found = await missing(
         stack.jobs.SubmitJob(
             jobs_pb2.SubmitJobRequest(prompt="a cat", params=FAST, input_image_id=uploaded.image_id),
             metadata=theirs,
         )
     )
     assert found == {"input_image_id": f"no uploaded image {uploaded.image_id!r}"}
-    found = await refused(
+    found = await missing(
         stack.jobs.SubmitJob(
             jobs_pb2.SubmitJobRequest(prompt=f"a room BREAK BREAK ohwx woman <lora:{tune.tune_id}:1>"),
             metadata=theirs,
@@ -450,7 +473,7 @@ async def test_one_tenant_cannot_reach_anything_of_another(stack):
         )
         yield jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes())
 
-    found = await refused(stack.tunes.RegisterTune(with_references(), metadata=theirs))
+    found = await missing(stack.tunes.RegisterTune(with_references(), metadata=theirs))
     assert any(uploaded.image_id in text for text in found.values()), found
     # The same idempotency key is the intruder's own: a new job, not the owner's.
     again = await stack.jobs.SubmitJob(

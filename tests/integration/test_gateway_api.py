@@ -9,6 +9,7 @@ import io
 import ipaddress
 import json
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -25,10 +26,12 @@ from gateway_support import (  # noqa: F401 - fixtures
     wait_for_job,
 )
 from google.rpc import error_details_pb2
+from grpc_probes import check_streaming_probes
 from grpc_status import rpc_status
 from PIL import Image
 
-from multipass.grpc.errors import field_violations
+from multipass.grpc.errors import field_violations, reason_of
+from multipass.store import PublicEndpoint
 from multipass.v1 import admin_pb2, jobs_pb2
 from multipass_gateway.infra import callbacks
 from multipass_gateway.settings import FetchAllowList, Limits
@@ -82,6 +85,28 @@ async def test_auth_admin_and_key_revocation(stack):
     assert any(key == f"key.{hashlib.sha256(second.api_key.encode()).hexdigest()}" for key, _ in stored)
 
 
+async def test_health_watch_and_reflection_v1_stream_and_close_cleanly(stack, caplog):
+    await stack.start_gateway()
+    for service_name in ("multipass.v1.Jobs", "multipass.v1.Tunes", "multipass.v1.Admin"):
+        await check_streaming_probes(stack.gateway.address, service_name, caplog)
+
+
+async def test_image_urls_point_at_the_public_s3_endpoint_and_download(stack):
+    port = stack.s3_settings.endpoint.rpartition(":")[2]
+    await stack.start_gateway(s3_public_endpoint=PublicEndpoint.parse(f"http://localhost:{port}"))
+    tenant = await stack.tenant("acme")
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "2", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.images
+    url = job.images[0].url
+    assert url.startswith(f"http://localhost:{port}/"), url
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+    assert Image.open(io.BytesIO(body)).size == (256, 256)
+
+
 async def test_submit_validation_errors_carry_field_violations(stack):
     await stack.start_gateway()
     tenant = await stack.tenant()
@@ -99,15 +124,18 @@ async def test_submit_validation_errors_carry_field_violations(stack):
         jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "500", "cfg_scale": "99"})
     )
     assert set(found) == {"params.steps", "params.cfg_scale"}
-    # Tunes: missing, and another tenant's, are errors naming the tag.
+    # Tunes: missing, and another tenant's, are NOT_FOUND (as common.proto promises) naming the tag.
     other = await stack.tenant("other")
     foreign = await register_tune(stack, other.api_key)
     prompt = f"a room BREAK BREAK ohwx woman <lora:999:1> BREAK ohwx man <lora:{foreign.tune_id}:0.5>"
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt=prompt))
-    assert found == {
+    error = await rpc_error(stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt=prompt), metadata=metadata))
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert dict(field_violations(error)) == {
         "<lora:999:1>": "tune '999' does not exist",
         f"<lora:{foreign.tune_id}:0.5>": f"tune '{foreign.tune_id}' does not exist",
     }
+    assert reason_of(error).reason == "UNKNOWN_TUNE"
+    assert dict(reason_of(error).metadata) == {"tuneIds": f"999,{foreign.tune_id}"}
     # A tune of the wrong family.
     sdxl = await register_tune(stack, tenant.api_key, family="sdxl")
     found = await violations(
@@ -134,8 +162,15 @@ async def test_submit_validation_errors_carry_field_violations(stack):
         jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="../../etc", idempotency_key="a b")
     )
     assert set(found) == {"input_image_id", "idempotency_key"}
-    found = await violations(jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="ab" * 12))
-    assert found == {"input_image_id": f"no uploaded image {'ab' * 12!r}"}
+    # An image id that names no upload is NOT_FOUND too.
+    error = await rpc_error(
+        stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id="ab" * 12), metadata=metadata
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert dict(field_violations(error)) == {"input_image_id": f"no uploaded image {'ab' * 12!r}"}
+    assert reason_of(error).reason == "UNKNOWN_IMAGE"
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata)).jobs
 
 
@@ -294,7 +329,8 @@ async def test_upload_and_keep_background_job(stack):
     assert [p.name for p in image.passes] == ["prepare", "segment", "person-0"]
     assert (job.parsed.params.w, job.parsed.params.h) == (296, 200)
     assert image.passes[0].output.key.endswith("inputs/input.png")
-    assert image.passes[1].output.key == image.passes[0].output.key  # segmentation ran on the input image
+    assert not image.passes[1].output.key  # the segment pass's result is its mask, not an image
+    assert image.masks["person-0"].key.endswith("image-0/mask-person-0.png")
     assert image.final.key.endswith("image-0/person-0.png")
 
 

@@ -1,15 +1,24 @@
-"""Fuzzing every public rpc of the gateway (Jobs, Tunes, Admin): hypothesis strategies over the proto fields,
-then raw garbage on the wire. Every answer is OK or a client error (INVALID_ARGUMENT, NOT_FOUND,
-PERMISSION_DENIED, UNAUTHENTICATED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION), never INTERNAL, UNKNOWN or
-a dropped connection, and the gateway is healthy and does real work afterwards.
+"""Fuzzing every public rpc of the gateway (Jobs, Tunes, Admin). Every answer is OK or a client error
+(INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION),
+never INTERNAL, UNKNOWN or a dropped connection, and the gateway is healthy and does real work afterwards.
 
-Hypothesis runs in a worker thread with a blocking channel while the in-process gateway serves on the
-test's event loop. Examples are derandomised (the same inputs every run) and bounded in number.
+* Hypothesis strategies over the proto fields, then raw garbage on the wire: hypothesis runs in a worker
+  thread with a blocking channel while the in-process gateway serves on the test's event loop; examples
+  are derandomised (the same inputs every run) and bounded in number.
+* Protobuf-aware mutation (``proto_mutation``) of valid requests, 10,000+ calls through grpc.aio at once:
+  out-of-range well-known types, unknown enum numbers, huge strings and repeated fields, wrong wire
+  types, odd but well-formed combinations. Every error also carries an ErrorInfo, a message that fits
+  its trailer, and (INVALID_ARGUMENT) field violations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
+import os
+import random
+import time
 from collections import Counter
 
 import grpc
@@ -20,6 +29,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     bearer,
     capabilities_fixture,
     register_tune,
+    safetensors_bytes,
     segmentation_models_fixture,
     stack_fixture,
     wait_for_job,
@@ -28,7 +38,11 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
+from proto_mutation import Mutator, wire_mutation
 
+from multipass.errors import ERROR_DOMAIN, Reason
+from multipass.grpc.errors import MESSAGE_BYTES, field_violations, reason_of
 from multipass.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from multipass_gateway.infra.fetch import FetchError
 from multipass_gateway.main import serve as serve_gateway
@@ -330,3 +344,349 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     print(
         f"RELIABILITY fuzz calls={sum(recorder.codes.values())} codes={dict(Counter(c for _, c in recorder.codes.elements()))}"
     )
+
+
+# --- protobuf-aware mutation, many calls at once through grpc.aio -------------------------------------------------
+
+#: Calls of the mutation fuzz; its seed (MULTIPASS_FUZZ_SEED) reproduces a run.
+MUTATION_CALLS = 10_400
+MUTATION_CONCURRENCY = 24
+MUTATION_SEED = int(os.environ.get("MULTIPASS_FUZZ_SEED", "1515"))
+#: rpc -> (service, request type, kind)
+RPCS = {
+    "SubmitJob": ("multipass.v1.Jobs", jobs_pb2.SubmitJobRequest, "unary_unary"),
+    "GetJob": ("multipass.v1.Jobs", jobs_pb2.GetJobRequest, "unary_unary"),
+    "WatchJob": ("multipass.v1.Jobs", jobs_pb2.WatchJobRequest, "unary_stream"),
+    "CancelJob": ("multipass.v1.Jobs", jobs_pb2.CancelJobRequest, "unary_unary"),
+    "ListJobs": ("multipass.v1.Jobs", jobs_pb2.ListJobsRequest, "unary_unary"),
+    "UploadImage": ("multipass.v1.Jobs", jobs_pb2.UploadImageRequest, "stream_unary"),
+    "RegisterTune": ("multipass.v1.Tunes", jobs_pb2.RegisterTuneRequest, "stream_unary"),
+    "GetTune": ("multipass.v1.Tunes", jobs_pb2.GetTuneRequest, "unary_unary"),
+    "ListTunes": ("multipass.v1.Tunes", jobs_pb2.ListTunesRequest, "unary_unary"),
+    "DeleteTune": ("multipass.v1.Tunes", jobs_pb2.DeleteTuneRequest, "unary_unary"),
+    "CreateTenant": ("multipass.v1.Admin", admin_pb2.CreateTenantRequest, "unary_unary"),
+    "CreateKey": ("multipass.v1.Admin", admin_pb2.CreateKeyRequest, "unary_unary"),
+    "RevokeKey": ("multipass.v1.Admin", admin_pb2.RevokeKeyRequest, "unary_unary"),
+}
+
+
+def png_bytes(side: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 20, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def timestamp(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+@dataclasses.dataclass
+class Known:
+    """Real ids the mutations start from, so that they reach past the id checks into the rpcs' logic."""
+
+    job_id: str
+    tune_id: str
+    upload_id: str
+    tenant: str
+    api_key: str
+
+    def strings(self) -> tuple[str, ...]:
+        return (self.job_id, self.tune_id, self.upload_id, self.tenant, "a cat", "steps", "w", "ohwx", "sd15")
+
+
+def seeds(known: Known) -> dict[str, list]:
+    """Valid requests (a stream's: lists of messages) per rpc."""
+    now = int(time.time())
+    fast = {"steps": "1", "w": "256", "h": "256"}
+    return {
+        "SubmitJob": [
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params=fast),
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params=fast, idempotency_key="fuzz-17"),
+            jobs_pb2.SubmitJobRequest(
+                prompt="BREAK BREAK ohwx woman", params=fast, input_image_id=known.upload_id
+            ),
+            jobs_pb2.SubmitJobRequest(
+                prompt=f"a room BREAK BREAK ohwx woman <lora:{known.tune_id}:1>", params=fast
+            ),
+        ],
+        "GetJob": [jobs_pb2.GetJobRequest(job_id=known.job_id)],
+        "WatchJob": [jobs_pb2.WatchJobRequest(job_id=known.job_id, after_sequence=2)],
+        "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id)],
+        "ListJobs": [
+            jobs_pb2.ListJobsRequest(
+                page_size=5,
+                states=[jobs_pb2.JOB_STATE_SUCCEEDED],
+                created_after=timestamp(now - 3600),
+                created_before=timestamp(now + 3600),
+            )
+        ],
+        "UploadImage": [
+            [jobs_pb2.UploadImageRequest(filename="a.png"), jobs_pb2.UploadImageRequest(chunk=png_bytes())]
+        ],
+        "RegisterTune": [
+            [
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")
+                ),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ]
+        ],
+        "GetTune": [jobs_pb2.GetTuneRequest(tune_id=known.tune_id)],
+        "ListTunes": [jobs_pb2.ListTunesRequest(page_size=5)],
+        "DeleteTune": [jobs_pb2.DeleteTuneRequest(tune_id="1" * 16)],
+        "CreateTenant": [admin_pb2.CreateTenantRequest(name="fuzzed tenant")],
+        "CreateKey": [admin_pb2.CreateKeyRequest(tenant=known.tenant)],
+        "RevokeKey": [admin_pb2.RevokeKeyRequest(key_id="0123456789abcdef")],
+    }
+
+
+def odd_requests(known: Known) -> dict[str, list]:
+    """Valid-looking requests whose combination is odd: empty streams, reversed or extreme bounds, both
+    ways of giving one input, a repeated cancel, the ends of every range."""
+    now = int(time.time())
+    fast = {"steps": "1", "w": "256", "h": "256"}
+    return {
+        "SubmitJob": [
+            jobs_pb2.SubmitJobRequest(),
+            jobs_pb2.SubmitJobRequest(
+                prompt="a cat",
+                params={**fast, "input_image_url": "http://images.test/x.png"},
+                input_image_id=known.upload_id,
+                mask_image_id=known.upload_id,
+            ),
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params={**fast, "seed": "-1", "num_images": "8"}),
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params=fast, idempotency_key="fuzz-17"),
+        ],
+        "GetJob": [jobs_pb2.GetJobRequest(job_id=known.job_id.upper()), jobs_pb2.GetJobRequest()],
+        "WatchJob": [
+            jobs_pb2.WatchJobRequest(job_id=known.job_id, after_sequence=2**63 - 1),
+            jobs_pb2.WatchJobRequest(job_id=known.job_id, after_sequence=-(2**63)),
+            jobs_pb2.WatchJobRequest(job_id=known.job_id),
+        ],
+        "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id), jobs_pb2.CancelJobRequest()],
+        "ListJobs": [
+            jobs_pb2.ListJobsRequest(
+                created_after=timestamp(now + 3600), created_before=timestamp(now - 3600)
+            ),
+            jobs_pb2.ListJobsRequest(
+                created_after=timestamp(-62_135_596_800),
+                created_before=timestamp(253_402_300_799, 999_999_999),
+            ),
+            jobs_pb2.ListJobsRequest(page_size=100, states=list(range(1, 7)) * 2),
+            jobs_pb2.ListJobsRequest(page_size=1, page_token="YWZ0ZXI6"),
+        ],
+        "UploadImage": [
+            [],
+            [jobs_pb2.UploadImageRequest(filename="only a name")],
+            [jobs_pb2.UploadImageRequest(chunk=png_bytes()), jobs_pb2.UploadImageRequest(filename="late")],
+            [
+                jobs_pb2.UploadImageRequest(chunk=png_bytes()[:20]),
+                jobs_pb2.UploadImageRequest(chunk=png_bytes()[20:]),
+            ],
+        ],
+        "RegisterTune": [
+            [],
+            [jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes())],
+            [
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(
+                        token="ohwx", class_name="woman", base_family="sd15", url="http://tunes.test/x"
+                    )
+                ),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ],
+            [
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(
+                        token="ohwx",
+                        class_name="woman",
+                        base_family="sd15",
+                        reference_image_ids=[known.upload_id] * 11,
+                    )
+                ),
+            ],
+        ],
+        "GetTune": [jobs_pb2.GetTuneRequest(tune_id="0" * 24), jobs_pb2.GetTuneRequest(tune_id="0" * 25)],
+        "ListTunes": [jobs_pb2.ListTunesRequest(page_size=100, page_token="YWZ0ZXI6OQ==")],
+        "DeleteTune": [jobs_pb2.DeleteTuneRequest(), jobs_pb2.DeleteTuneRequest(tune_id="9" * 24)],
+        "CreateTenant": [
+            admin_pb2.CreateTenantRequest(name=" " * 5),
+            admin_pb2.CreateTenantRequest(name="é" * 100),
+        ],
+        "CreateKey": [admin_pb2.CreateKeyRequest(tenant="t" + "0" * 16), admin_pb2.CreateKeyRequest()],
+        "RevokeKey": [admin_pb2.RevokeKeyRequest(), admin_pb2.RevokeKeyRequest(key_id="F" * 16)],
+    }
+
+
+@dataclasses.dataclass
+class Plan:
+    """One call: the rpc, how its request was made, the request (messages or raw bytes) and the metadata."""
+
+    rpc: str
+    category: str
+    payload: object
+    metadata: list[tuple[str, str]]
+    raw: bool = False
+
+
+def planned_calls(known: Known, count: int, seed: int) -> list[Plan]:
+    rng = random.Random(seed)
+    mutator = Mutator(rng, known.strings())
+    valid, odd = seeds(known), odd_requests(known)
+    user, admin = bearer(known.api_key), [("x-multipass-admin-token", ADMIN_TOKEN)]
+    stray = [
+        [],
+        [("authorization", known.api_key)],  # the key without "Bearer "
+        [("authorization", "Basic dXNlcjpwYXNz")],
+        [("authorization", "Bearer")],
+        [("authorization", "Bearer mpk_0123456789abcdef_" + "x" * 43)],
+        [("authorization", f"bearer {known.api_key}")],
+        [("x-multipass-admin-token", "wrong")],
+    ]
+    plans = []
+    names = list(RPCS)
+    for index in range(count):
+        rpc = names[index % len(names)]
+        _, request_type, kind = RPCS[rpc]
+        own = admin if rpc in ("CreateTenant", "CreateKey", "RevokeKey") else user
+        metadata = own if rng.random() < 0.85 else rng.choice(stray)
+        roll = rng.random()
+        seed_request = rng.choice(valid[rpc])
+        streaming = kind == "stream_unary"
+        if roll < 0.2:  # the wire
+            messages = seed_request if streaming else [seed_request]
+            encoded = [m.SerializeToString() for m in messages] or [b""]
+            position = rng.randrange(len(encoded))
+            encoded[position] = wire_mutation(rng, request_type.DESCRIPTOR, encoded[position])
+            payload = encoded if streaming else encoded[0]
+            plans.append(Plan(rpc, "wire", payload, metadata, raw=True))
+        elif roll < 0.32:  # odd but well-formed
+            plans.append(Plan(rpc, "odd", rng.choice(odd[rpc]), metadata))
+        elif streaming:  # mutate some messages of the stream, add or drop some
+            messages = [mutator.mutate(m) if rng.random() < 0.7 else m for m in seed_request]
+            if rng.random() < 0.3:
+                messages.insert(rng.randrange(len(messages) + 1), mutator.fill(request_type()))
+            if rng.random() < 0.1 and sum(m.ByteSize() for m in messages) < 20_000:
+                messages = messages * rng.choice((2, 40))
+            plans.append(Plan(rpc, "fields", messages, metadata))
+        else:
+            plans.append(Plan(rpc, "fields", mutator.mutate(seed_request), metadata))
+    return plans
+
+
+@dataclasses.dataclass
+class Outcome:
+    codes: Counter = dataclasses.field(default_factory=Counter)
+    categories: Counter = dataclasses.field(default_factory=Counter)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def judge(outcome: Outcome, plan: Plan, error: grpc.aio.AioRpcError | None) -> None:
+    """Record the call's code; note anything a client could not act on."""
+    code = grpc.StatusCode.OK if error is None else error.code()
+    outcome.codes[(plan.rpc, code.name)] += 1
+    outcome.categories[plan.category] += 1
+    if error is None:
+        return
+    where = f"{plan.rpc} ({plan.category}) -> {code.name} {error.details()!r:.300}"
+    if code not in CLIENT_ERRORS:
+        outcome.problems.append(f"{where}: not a client error")
+        return
+    if len((error.details() or "").encode()) > MESSAGE_BYTES:
+        outcome.problems.append(f"{where}: message longer than {MESSAGE_BYTES} bytes")
+    info = reason_of(error)
+    if info is None or info.domain != ERROR_DOMAIN or info.reason not in Reason.__members__:
+        outcome.problems.append(f"{where}: no ErrorInfo of {ERROR_DOMAIN} with a known reason ({info})")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and not field_violations(error):
+        outcome.problems.append(f"{where}: INVALID_ARGUMENT without field violations")
+
+
+async def call_once(channel: grpc.aio.Channel, plan: Plan) -> grpc.aio.AioRpcError | None:
+    service, request_type, kind = RPCS[plan.rpc]
+    method = f"/{service}/{plan.rpc}"
+    serializer = None if plan.raw else request_type.SerializeToString
+    # Responses are not looked at: they stay bytes.
+    stub = getattr(channel, kind)(method, request_serializer=serializer, response_deserializer=None)
+    try:
+        if kind == "unary_unary":
+            await stub(plan.payload, metadata=plan.metadata, timeout=60)
+        elif kind == "unary_stream":
+            async for _ in stub(plan.payload, metadata=plan.metadata, timeout=60):
+                pass
+        else:  # write one message at a time, like a client that stops once the server answered
+            call = stub(metadata=plan.metadata, timeout=60)
+            try:
+                for message in plan.payload:
+                    await call.write(message)
+                await call.done_writing()
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                pass  # the server ended the call early; awaiting it gives its status
+            await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    return None
+
+
+@pytest.mark.slow
+async def test_protobuf_aware_mutations_of_every_public_rpc_get_actionable_client_errors(stack, caplog):
+    """10,000+ calls of mutated requests at once: every answer is OK or a client error with an ErrorInfo
+    (and field violations for INVALID_ARGUMENT) and a short message; the gateway stays healthy."""
+    limits = Limits(
+        fetch_timeout_seconds=0.5,
+        max_image_bytes=64 * 1024,
+        tenant_max_pending_passes=6,
+        global_max_pending_passes=40,
+        retry_after_seconds=1.0,
+    )
+    stack.gateway = await serve_gateway(stack.settings(limits=limits), resolver=no_dns)
+    stack.channel = grpc.aio.insecure_channel(stack.gateway.address)
+    tenant = await stack.tenant("mutations")
+    job = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "1", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    assert (await wait_for_job(stack, job.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    tune = await register_tune(stack, tenant.api_key)
+
+    async def parts():
+        yield jobs_pb2.UploadImageRequest(chunk=png_bytes(64))
+
+    upload = await stack.jobs.UploadImage(parts(), metadata=bearer(tenant.api_key))
+    known = Known(job.job_id, tune.tune_id, upload.image_id, tenant.tenant, tenant.api_key)
+    plans = planned_calls(known, MUTATION_CALLS, MUTATION_SEED)
+    outcome = Outcome()
+    queue = iter(plans)
+    started = time.monotonic()
+
+    async def worker() -> None:
+        for plan in queue:
+            judge(outcome, plan, await call_once(stack.channel, plan))
+
+    with caplog.at_level("ERROR", logger="multipass.grpc.errors"):
+        await asyncio.gather(*(worker() for _ in range(MUTATION_CONCURRENCY)))
+    elapsed = time.monotonic() - started
+
+    calls = sum(outcome.codes.values())
+    print(
+        f"RELIABILITY mutation fuzz seed={MUTATION_SEED} calls={calls} seconds={elapsed:.1f} "
+        f"categories={dict(outcome.categories)} codes={dict(Counter(c for _, c in outcome.codes.elements()))}"
+    )
+    assert calls == MUTATION_CALLS >= 10_000
+    assert not outcome.problems, f"{len(outcome.problems)} bad answers, e.g.:\n" + "\n".join(
+        outcome.problems[:20]
+    )
+    assert not [r for r in caplog.records if r.name == "multipass.grpc.errors"], "errors were logged"
+    assert {rpc for rpc, _ in outcome.codes} == set(RPCS)
+    assert min(outcome.categories[c] for c in ("fields", "wire", "odd")) > 500
+    for rpc in ("SubmitJob", "ListJobs", "RegisterTune", "UploadImage", "CreateKey"):
+        assert outcome.codes[(rpc, "INVALID_ARGUMENT")] > 0, rpc
+    assert outcome.codes[("ListJobs", "OK")] > 0 and outcome.codes[("WatchJob", "OK")] > 0
+    # Healthy afterwards, and still doing real work.
+    health = await health_pb2_grpc.HealthStub(stack.channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    other = await stack.tenant("after the storm")
+    after = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a dog", params={"steps": "1", "w": "256", "h": "256"}),
+        metadata=bearer(other.api_key),
+    )
+    assert (await wait_for_job(stack, after.job_id, other.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED

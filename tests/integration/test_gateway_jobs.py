@@ -19,7 +19,7 @@ from gateway_support import (  # noqa: F401 - fixtures
 from prometheus_client import REGISTRY
 
 from multipass import names
-from multipass.grpc.errors import field_violations
+from multipass.grpc.errors import field_violations, reason_of
 from multipass.v1 import common_pb2, events_pb2, jobs_pb2, prompt_pb2
 
 
@@ -55,6 +55,11 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     progress = [e.progress for e in events]
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert any(e.WhichOneof("event") == "step_progress" for e in events)
+    completed = {
+        (e.pass_completed.image_index, e.pass_completed.pass_name)
+        for e in events
+        if e.WhichOneof("event") == "pass_completed"
+    }
 
     job = await stack.jobs.GetJob(
         jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
@@ -62,6 +67,8 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.progress == 1.0
     assert job.parsed.params.seed == 41 and [image.seed for image in job.images] == [41, 42]
     assert job.last_sequence == events[-1].sequence
+    # Every pass GetJob lists, prepare included, was completed in the events.
+    assert completed == {(image.index, p.name) for image in job.images for p in image.passes}
     for image in job.images:
         assert [p.name for p in image.passes] == [
             "prepare",
@@ -74,8 +81,10 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
         ]
         assert all(p.status == jobs_pb2.PASS_STATUS_COMPLETED for p in image.passes)
         for state in image.passes[1:]:
-            assert state.output.key, state.name
-            assert await stack.store.exists(state.output.bucket, state.output.key)
+            # Every pass but segment (whose result is its masks, below) has an output image.
+            assert bool(state.output.key) == (state.name != "segment"), state.name
+            if state.output.key:
+                assert await stack.store.exists(state.output.bucket, state.output.key)
             assert state.finished_at.ToDatetime() >= state.started_at.ToDatetime()
         assert (
             image.passes[1].output.key
@@ -226,6 +235,9 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
         for p in image.passes
     )
     assert job.error.code == common_pb2.ERROR_CODE_CANCELLED
+    # Only the prepare passes were done: the progress reached, not 100 %.
+    weights = 3 * (1 + 2)  # prepare 1 + base 2 steps, per image
+    assert job.progress == pytest.approx(3 / weights)
     for _ in range(50):
         if broadcasts:
             break
@@ -244,6 +256,7 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
     assert after.state == jobs_pb2.JOB_STATE_CANCELLED and after.last_sequence == job.last_sequence
     events = await watch(stack, submitted.job_id, tenant.api_key)
     assert events[-1].finished.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert events[-1].progress == pytest.approx(job.progress)
     await subscription.unsubscribe()
 
 
@@ -286,8 +299,20 @@ async def test_missing_capability_is_refused_at_submit(stack, capabilities):
             "params.super_resolution",
             "needs 'pass:upscale', which the diffusion workers do not have installed",
         ),
-        ("params.super_resolution", "needs 'upscaler', which the diffusion workers do not have installed"),
+        (
+            "params.super_resolution",
+            "needs 'upscaler', which the diffusion workers do not have installed; "
+            "install it with `multipass models pull upscaler`",
+        ),
     ]
+    assert "install them with `multipass models pull upscaler`" in caught.value.details()
+    info = reason_of(caught.value)
+    assert info.reason == "COMPONENT_NOT_INSTALLED"
+    assert dict(info.metadata) == {
+        "capabilities": "pass:hires,pass:upscale,upscaler",
+        "features": "upscaler",
+        "fixCommand": "multipass models pull upscaler",
+    }
     # Nothing was queued.
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
 
@@ -304,7 +329,8 @@ async def test_prompt_expansion_without_an_expander_is_refused_at_submit(stack):
     assert field_violations(caught.value) == [
         (
             "params.prompt_expansion",
-            "needs 'prompt_expander', which the diffusion workers do not have installed",
+            "needs 'prompt_expander', which the diffusion workers do not have installed; "
+            "install it with `multipass models pull prompt-expander`",
         )
     ]
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs

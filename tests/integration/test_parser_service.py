@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_probes import check_streaming_probes
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -105,6 +106,10 @@ async def test_health_is_serving(channel):
     for service in ("", SERVICE_NAME):
         response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_watch_and_reflection_v1_stream_and_close_cleanly(parser, caplog):
+    await check_streaming_probes(parser.address, SERVICE_NAME, caplog)
 
 
 async def test_reflection_lists_the_service(channel):

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_probes import check_streaming_probes
 from PIL import Image
 from skimage import data
 
@@ -21,6 +22,8 @@ from multipass.grpc.errors import field_violations
 from multipass.images import sha256_hex
 from multipass.names import BUCKET_JOBS
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
+from multipass_dev.tiny_models.face_detector import INPUT_SIZE as TINY_INPUT_SIZE
+from multipass_dev.tiny_models.face_detector import TINY_FACE
 from multipass_segmentation.app import serve
 from multipass_segmentation.settings import SegmentationSettings
 
@@ -82,6 +85,10 @@ async def assert_serving(service) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_health_watch_and_reflection_v1_stream_and_close_cleanly(service, caplog):
+    await check_streaming_probes(service.address, "multipass.v1.Segmentation", caplog)
+
+
 def box_tuple(box: common_pb2.Box) -> tuple[float, float, float, float]:
     return (box.x0, box.y0, box.x1, box.y1)
 
@@ -128,7 +135,11 @@ async def test_layout_then_person_masks_then_faces(service, stub, store, astrona
     )
     assert len(faces.faces) == 1
     face = faces.faces[0]
-    assert box_tuple(face.box) == pytest.approx((177, 67, 270, 160), abs=6)
+    # The tiny landmark detector's one face (multipass_dev.tiny_models.face_detector.TINY_FACE).
+    scale = 512 / TINY_INPUT_SIZE
+    assert box_tuple(face.box) == pytest.approx(tuple(v * scale for v in TINY_FACE.box()), abs=8)
+    landmarks = np.array([(p.x, p.y) for p in face.landmarks])
+    assert np.abs(landmarks - TINY_FACE.points() * scale).max() < 8
     region = np.zeros((512, 512), dtype=bool)
     region[round(face.box.y0) : round(face.box.y1), round(face.box.x0) : round(face.box.x1)] = True
     overlaps = [(m & region).sum() / region.sum() for m in masks]
@@ -152,6 +163,29 @@ async def test_faces_are_assigned_to_the_slot_whose_mask_holds_them(stub, store,
     assert [f.slot_index for f in reply.faces] == [1]
     reply = await stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut))
     assert [f.slot_index for f in reply.faces] == [-1]
+
+
+async def test_the_haar_fallback_finds_her_real_face_without_landmarks(
+    tiny_model_dir, s3_settings, store, astronaut, tmp_path: Path
+):
+    from multipass_dev.tiny_models import segmentation as tiny
+
+    root = tmp_path / "models"
+    (root / "segmentation").mkdir(parents=True)
+    for name in ("sam", "grounding"):
+        (root / "segmentation" / name).symlink_to(tiny_model_dir / "segmentation" / name)
+    tiny.build_haar_faces(root / "segmentation" / "faces")
+    settings = SegmentationSettings(model_dir=root, s3=s3_settings, grpc_addr="127.0.0.1:0", metrics_port=0)
+    running = await serve(settings, store=store)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = segmentation_pb2_grpc.SegmentationStub(channel)
+            reply = await stub.DetectFaces(segmentation_pb2.DetectFacesRequest(image=astronaut))
+    finally:
+        await running.stop(grace=1.0)
+    [face] = reply.faces
+    assert box_tuple(face.box) == pytest.approx((177, 67, 270, 160), abs=6)
+    assert len(face.landmarks) == 0
 
 
 async def test_text_mask(stub, store, astronaut):
@@ -387,6 +421,30 @@ async def test_a_missing_model_fails_at_startup_naming_the_file(settings, store,
     with pytest.raises(FailedPrecondition) as caught:
         await serve(dataclasses.replace(settings, model_dir=empty), store=store)
     assert str(empty / "segmentation" / "sam") in str(caught.value)
+
+
+async def test_info_reports_the_features_of_the_model_directory(stub, settings):
+    from multipass.model_catalog import features
+
+    info = await stub.Info(segmentation_pb2.SegmentationInfoRequest())
+    assert [f.name for f in info.features] == ["sam", "text_masks", "faces"]
+    assert all(f.available for f in info.features) and info.device == "cpu"
+    expected = features.check(settings.model_dir, services=[features.SEGMENTATION])
+    assert list(info.features) == features.to_proto(expected)
+
+
+async def test_the_start_log_names_the_pull_that_installs_a_missing_model(settings, store, tmp_path, caplog):
+    empty = tmp_path / "models"
+    (empty / "segmentation").mkdir(parents=True)
+    with pytest.raises(FailedPrecondition):
+        await serve(dataclasses.replace(settings, model_dir=empty), store=store)
+    logged = {r.feature: r for r in caplog.records if hasattr(r, "feature")}
+    assert (logged["sam"].status, logged["sam"].fix) == ("missing", "multipass models pull sam")
+    assert (logged["text_masks"].status, logged["text_masks"].fix) == (
+        "missing",
+        "multipass models pull grounding",
+    )
+    assert (logged["faces"].status, logged["faces"].fix) == ("fallback", "multipass models pull faces")
 
 
 async def test_cli_against_the_running_service(service, s3_settings, tmp_path: Path, monkeypatch, capsys):

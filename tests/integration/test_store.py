@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 import urllib.request
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from PIL import Image
 from multipass.connections import S3Settings
 from multipass.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from multipass.names import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES
-from multipass.store import ObjectStore
+from multipass.store import ObjectStore, PublicEndpoint
 from multipass.v1 import common_pb2
 from multipass_dev.local import S3ServerProcess
 
@@ -89,6 +91,62 @@ async def test_presigned_url_is_fetchable_over_loopback(store):
     assert body == b"final image bytes"
     with pytest.raises(InvalidInput):
         await store.presigned_get(BUCKET_JOBS, KEY, expires_seconds=8 * 24 * 3600)
+
+
+def sigv4_presign_signature(url: str, *, host: str, secret_key: str) -> str:
+    """The SigV4 signature an S3 server computes for a presigned GET ``url`` that reached it as ``host``."""
+    parts = urlsplit(url)
+    pairs = sorted(
+        p.partition("=")[::2] for p in parts.query.split("&") if not p.startswith("X-Amz-Signature=")
+    )
+    fields = dict(pairs)
+    amz_date = fields["X-Amz-Date"]
+    _access_key, day, region, service, _terminator = unquote(fields["X-Amz-Credential"]).split("/")
+    canonical = "\n".join(
+        [
+            "GET",
+            parts.path,
+            "&".join(f"{k}={v}" for k, v in pairs),
+            f"host:{host}",
+            "",
+            "host",
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = f"AWS4{secret_key}".encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_presigned_urls_carry_the_public_endpoint_and_still_download(store, s3_settings):
+    port = s3_settings.endpoint.rpartition(":")[2]
+    public = PublicEndpoint.parse(f"http://localhost:{port}")
+    public_store = ObjectStore.from_settings(s3_settings, public_endpoint=public)
+    await public_store.put_bytes(BUCKET_JOBS, KEY, b"final image bytes", content_type="image/png")
+    url = await public_store.presigned_get(BUCKET_JOBS, KEY, expires_seconds=300)
+    assert url.startswith(f"http://localhost:{port}/{BUCKET_JOBS}/")
+    # Signed for the host clients send (the signature covers it), not the internal one.
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    secret = s3_settings.secret_key
+    assert signature == sigv4_presign_signature(url, host=f"localhost:{port}", secret_key=secret)
+    assert signature != sigv4_presign_signature(url, host=s3_settings.endpoint, secret_key=secret)
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+    assert body == b"final image bytes"
+    # Reads and writes still go to the internal endpoint.
+    assert await store.get_bytes(BUCKET_JOBS, KEY) == b"final image bytes"
+
+
+async def test_presigning_for_an_unreachable_public_endpoint_needs_no_network(s3_settings):
+    public = PublicEndpoint.parse("https://downloads.example.invalid:9443")
+    public_store = ObjectStore.from_settings(s3_settings, public_endpoint=public)
+    began = time.monotonic()
+    url = await public_store.presigned_get(BUCKET_JOBS, KEY, expires_seconds=60)
+    assert time.monotonic() - began < 1.0
+    assert url.startswith(f"https://downloads.example.invalid:9443/{BUCKET_JOBS}/{KEY}?")
+    assert f"%2F{s3_settings.region}%2Fs3%2F" in url
 
 
 async def test_list_exists_delete_and_delete_prefix(store):

@@ -20,6 +20,10 @@ SERVICES = {
     "segmentation": ("multipass_segmentation", 50052, 9102),
     "diffusion": ("multipass_diffusion", 50053, 9103),
 }
+#: HTTP services -> (python package, HTTP port, metrics port)
+HTTP_SERVICES = {"http-api": ("multipass_http_api", 8080, 9105)}
+#: Every Multipass service with its own Deployment, Service and ServiceMonitor.
+ALL_SERVICES = {**SERVICES, **HTTP_SERVICES}
 _HASH_SUFFIX = re.compile(r"-[a-z0-9]{10}$")
 
 

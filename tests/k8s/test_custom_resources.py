@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 from k8s_manifests import (
+    ALL_SERVICES,
     NAMESPACE,
-    SERVICES,
     env_of,
     main_container,
     name_of,
@@ -83,7 +83,7 @@ def test_scaling_bounds(prod):
 
 def test_one_service_monitor_per_service(prod):
     monitors = {m["metadata"]["name"]: m for m in of_kind(prod, "ServiceMonitor")}
-    assert set(monitors) == set(SERVICES)
+    assert set(monitors) == set(ALL_SERVICES)
     services = of_kind(prod, "Service")
     for name, monitor in monitors.items():
         spec = monitor["spec"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dockerfile
 import pytest
-from k8s_manifests import SERVICES, containers, main_container, one, workloads
+from k8s_manifests import ALL_SERVICES, SERVICES, containers, main_container, one, workloads
 from k8s_render import ROOT, rendered
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
@@ -24,6 +24,7 @@ ML_SERVICES = {"segmentation", "diffusion"}
 TARGETS = {
     "gateway": ("gateway", "none"),
     "prompt-parser": ("prompt-parser", "none"),
+    "http-api": ("http-api", "none"),
     "segmentation": ("segmentation", "cpu"),
     "diffusion": ("diffusion", "cpu"),
     "diffusion-cuda": ("diffusion", "cuda"),
@@ -83,7 +84,7 @@ def image_commands(target: str) -> list:
 def test_one_dockerfile_builds_every_image():
     assert sorted(ROOT.glob("services/*/Dockerfile*")) == []
     assert set(TARGETS) <= set(stages())
-    assert {service for service, _ in TARGETS.values()} == set(SERVICES)
+    assert {service for service, _ in TARGETS.values()} == set(ALL_SERVICES)
 
 
 def test_hadolint_finds_nothing():
@@ -100,7 +101,7 @@ def test_hadolint_finds_nothing():
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_image_runs_the_service_as_a_non_root_user(target):
     service, torch = TARGETS[target]
-    package, grpc_port, metrics_port = SERVICES[service]
+    package, grpc_port, metrics_port = ALL_SERVICES[service]
     made = image_commands(target)
     users = [c.value[0] for c in made if c.cmd == "USER"]
     assert users, "the image sets no USER"
@@ -204,7 +205,7 @@ def test_setup_maps_only_the_runtime_and_the_service_in_an_image(tmp_path):
         "multipass_client",
         "multipass_dev",
         "multipass_bench",
-        *(package for package, _, _ in SERVICES.values()),
+        *(package for package, _, _ in ALL_SERVICES.values()),
     }
     assert everything["entry_points"]["console_scripts"] == ["multipass = multipass_client.cli.main:main"]
 

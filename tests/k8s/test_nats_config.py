@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +26,7 @@ from k8s_render import rendered
 
 from multipass import names
 from multipass.bus import Bus
+from multipass_dev.local.process import reserve_ports
 
 NATS_SERVER = Path(sys.executable).with_name("nats-server")
 
@@ -97,19 +98,13 @@ def test_prod_config_clusters_jetstream(prod):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dev_nats(tmp_path_factory):
     """nats-server with the dev nats.conf on loopback; only addresses and paths are overridden."""
     directory = tmp_path_factory.mktemp("nats")
     resources = rendered("dev")
     config = write_config(resources, directory)
-    port, monitor = _free_port(), _free_port()
+    port, monitor = reserve_ports(2)
     env = {"PATH": os.environ["PATH"], **server_environment(resources, dev_passwords())}
     command = [str(NATS_SERVER), "-c", str(config), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)]
     command += ["-sd", str(directory / "js"), "-P", str(directory / "nats.pid")]
@@ -220,6 +215,40 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
             assert note.data == b"+ sched.ready.t.j.0.base.1"
         finally:
             await peer.close()
+        assert not _nats_errors(caplog), _nats_errors(caplog)
+
+        # a pass nobody finished: its max-deliveries advisory is kept in a stream; the gateway pulls it,
+        # withdraws the abandoned request and acks the advisory
+        await gateway.ensure_consumer(
+            stream=names.STREAM_PASSES,
+            durable="abandoned-probe",
+            filter_subject="multipass.pass.diffusion.probe",
+            ack_wait=1,
+            max_deliver=1,
+            max_ack_pending=1,
+        )
+        await gateway.publish("multipass.pass.diffusion.probe", b"pass-2", msg_id="probe:0:base:1")
+        probe = await gateway.js.pull_subscribe_bind(durable="abandoned-probe", stream=names.STREAM_PASSES)
+        (never_answered,) = await probe.fetch(1, timeout=2)
+        await gateway.ensure_consumer(
+            stream=names.STREAM_ADVISORIES,
+            durable=names.ABANDONED_PASSES_DURABLE,
+            filter_subject=names.PASS_MAX_DELIVERIES_ADVISORY,
+            ack_wait=30,
+            max_deliver=20,
+            max_ack_pending=8,
+        )
+        advisories = await gateway.js.pull_subscribe_bind(
+            durable=names.ABANDONED_PASSES_DURABLE, stream=names.STREAM_ADVISORIES
+        )
+        (advisory,) = await advisories.fetch(1, timeout=10)
+        content = json.loads(advisory.data)
+        assert content["consumer"] == "abandoned-probe"
+        assert content["stream_seq"] == never_answered.metadata.sequence.stream
+        assert await gateway.delete_message(names.STREAM_PASSES, content["stream_seq"])
+        await advisory.ack_sync(timeout=2)
+        await probe.unsubscribe()
+        await advisories.unsubscribe()
         assert not _nats_errors(caplog), _nats_errors(caplog)
 
         # the worker may not enqueue passes, read events, touch job records, manage streams or forge notes

@@ -43,10 +43,13 @@ METADATA_SERVICE = Endpoint("cloud metadata", None, ip="169.254.169.254")
 PROMETHEUS = Endpoint("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
 KEDA = Endpoint("keda-operator", "keda", {"app": "keda-operator"})
 OTHER_POD = Endpoint("a pod of another app", "default", {"app": "other"})
+INGRESS_CONTROLLER = Endpoint(
+    "ingress-nginx controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}
+)
 KUBE_DNS = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {"dns": 53})
 NAMESPACE_LABELS = {
     ns: {"kubernetes.io/metadata.name": ns}
-    for ns in (NAMESPACE, "monitoring", "keda", "default", "kube-system")
+    for ns in (NAMESPACE, "monitoring", "keda", "default", "kube-system", "ingress-nginx")
 }
 
 
@@ -132,6 +135,10 @@ def _resolve(resources: list[dict], host: str, port: int) -> tuple[str, int]:
     return workload["metadata"]["name"], container_ports(workload)[spec_port["targetPort"]]
 
 
+#: Addresses a workload configures for another one to call: variable -> the calling workload.
+CALLED_BY = {"MULTIPASS_HTTP_CALLBACK_RELAY_URL": "gateway"}
+
+
 def configured_connections(resources: list[dict]) -> set[tuple[str, str, int]]:
     """(source workload, destination workload, container port) for every address in the configuration."""
     connections = set()
@@ -140,14 +147,15 @@ def configured_connections(resources: list[dict]) -> set[tuple[str, str, int]]:
             for name, value in env_of(container, resources).items():
                 if value is None:
                     continue
+                source = CALLED_BY.get(name, workload["metadata"]["name"])
                 if name.endswith("_TARGET") or name == "MULTIPASS_S3_ENDPOINT":
                     host, port = value.rsplit(":", 1)
-                elif name in ("MULTIPASS_NATS_URL", "MC_HOST_local"):
+                elif name in ("MULTIPASS_NATS_URL", "MC_HOST_local", *CALLED_BY):
                     parsed = urlparse(value.replace("$(", "").replace(")", ""))
-                    host, port = parsed.hostname, parsed.port
+                    host, port = parsed.hostname, parsed.port or {"https": 443}.get(parsed.scheme, 80)
                 else:
                     continue
-                connections.add((workload["metadata"]["name"], *_resolve(resources, host, int(port))))
+                connections.add((source, *_resolve(resources, host, int(port))))
     return connections
 
 
@@ -180,6 +188,8 @@ def test_the_configured_connections_are_found(resources):
     assert ("gateway", "nats", 4222) in connections
     assert ("diffusion", "minio", 9000) in connections
     assert ("minio-setup", "minio", 9000) in connections
+    assert ("http-api", "gateway", 50050) in connections
+    assert ("gateway", "http-api", 8080) in connections  # the relay of Astria's prompt callbacks
 
 
 def test_every_configured_connection_is_allowed(resources):
@@ -218,7 +228,8 @@ def test_services_reach_nats_and_minio_only(resources):
         "prompt-parser": set(),
         "segmentation": {"minio"},
         "diffusion": {"nats", "minio"},
-        "gateway": {"prompt-parser", "segmentation", "diffusion", "nats", "minio"},
+        "gateway": {"prompt-parser", "segmentation", "diffusion", "nats", "minio", "http-api"},
+        "http-api": {"gateway", "minio"},
         "minio-setup": {"minio"},
         "minio": set(),
         "nats": {"nats"},
@@ -228,18 +239,49 @@ def test_services_reach_nats_and_minio_only(resources):
         for destination, pod in endpoints.items():
             reachable = any(allowed(policies, endpoints[source], pod, port) for port in pod.ports.values())
             assert reachable == (destination in permitted), f"{source} -> {destination}"
-        if source != "gateway":
+        if source not in CALLBACK_SENDERS:
             assert not allowed(policies, endpoints[source], INTERNET, 443), f"{source} -> internet"
 
 
-def test_gateway_fetches_public_urls_but_not_private_addresses(resources):
+def test_the_http_api_is_reached_from_the_ingress_controller_only(resources):
     policies = of_kind(resources, "NetworkPolicy")
-    gateway = pods(resources)["gateway"]
-    assert allowed(policies, gateway, INTERNET, 443)
-    assert allowed(policies, gateway, INTERNET, 80)
-    assert not allowed(policies, gateway, INTERNET, 22)
-    assert not allowed(policies, gateway, PRIVATE_HOST, 443)
-    assert not allowed(policies, gateway, METADATA_SERVICE, 80)
+    endpoints = pods(resources)
+    http_api = endpoints["http-api"]
+    assert allowed(policies, INGRESS_CONTROLLER, http_api, http_api.ports["http"])
+    assert not allowed(policies, INGRESS_CONTROLLER, http_api, http_api.ports["metrics"])
+    for name, pod in endpoints.items():
+        if name not in ("http-api", "gateway"):  # the gateway's gRPC port is public
+            assert not any(allowed(policies, INGRESS_CONTROLLER, pod, port) for port in pod.ports.values()), (
+                name
+            )
+
+
+def test_only_the_gateway_reaches_the_http_api_inside_the_namespace_on_its_http_port(resources):
+    """The gateway POSTs finished jobs to the HTTP service's relay of Astria's prompt callbacks."""
+    policies = of_kind(resources, "NetworkPolicy")
+    endpoints = pods(resources)
+    http_api = endpoints["http-api"]
+    assert allowed(policies, endpoints["gateway"], http_api, http_api.ports["http"])
+    assert not allowed(policies, endpoints["gateway"], http_api, http_api.ports["metrics"])
+    for name, pod in endpoints.items():
+        if name != "gateway":
+            assert not allowed(policies, pod, http_api, http_api.ports["http"]), f"{name} -> http-api"
+
+
+#: Workloads that send callbacks to users' URLs: the gateway's job callbacks, the HTTP service's
+#: prompt callbacks.
+CALLBACK_SENDERS = ("gateway", "http-api")
+
+
+@pytest.mark.parametrize("sender", CALLBACK_SENDERS)
+def test_callback_senders_reach_public_urls_but_not_private_addresses(resources, sender):
+    policies = of_kind(resources, "NetworkPolicy")
+    pod = pods(resources)[sender]
+    assert allowed(policies, pod, INTERNET, 443)
+    assert allowed(policies, pod, INTERNET, 80)
+    assert not allowed(policies, pod, INTERNET, 22)
+    assert not allowed(policies, pod, PRIVATE_HOST, 443)
+    assert not allowed(policies, pod, METADATA_SERVICE, 80)
 
 
 @pytest.mark.parametrize("service", list(SERVICES))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 from k8s_manifests import (
+    ALL_SERVICES,
     SERVICES,
     container_ports,
     containers,
@@ -26,6 +29,11 @@ from k8s_manifests import (
 from k8s_render import ROOT
 
 from multipass.model_sync import command as model_sync_command
+from multipass_gateway.domain.ssrf import AddressPolicy
+from multipass_gateway.infra.fetch import SafeHttp
+from multipass_gateway.settings import GatewaySettings
+from multipass_http_api.astria.callbacks import RELAY_PATH, relay_url
+from multipass_http_api.settings import HttpApiSettings
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 OWN_IMAGES = {f"multipass-{name}" for name in SERVICES}
@@ -219,7 +227,7 @@ def test_pod_disruption_budgets_match_exactly_one_workload(resources):
         assert matching[0]["kind"] != "Job"
         assert budget["spec"].get("maxUnavailable") == 1
         covered.add(matching[0]["metadata"]["name"])
-    assert covered == set(SERVICES) | {"nats", "minio"}
+    assert covered == set(ALL_SERVICES) | {"nats", "minio"}
 
 
 def test_gateway_is_scaled_by_its_hpa_in_prod_only(dev, prod):
@@ -390,3 +398,50 @@ def test_writable_paths_are_volumes(resources):
         for container in containers(workload):
             if _image_parts(container["image"])[0] in OWN_IMAGES:  # Python: caches and temp files
                 assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]], name_of(workload)
+
+
+def _secret_key_of(container: dict, variable: str) -> tuple[str, str]:
+    ref = next(item for item in container["env"] if item["name"] == variable)["valueFrom"]["secretKeyRef"]
+    return generated_base_name(ref["name"]), ref["key"]
+
+
+def _process_env(container: dict, resources: list[dict]) -> dict[str, str]:
+    """The container's environment as its process reads it, with stand-ins for Secret values."""
+    return {
+        name: "from-a-secret" if value is None else value
+        for name, value in env_of(container, resources).items()
+    }
+
+
+def test_the_http_api_checks_and_signs_callbacks_with_the_gateways_key(resources):
+    gateway = main_container(one(resources, "Deployment", "gateway"))
+    http_api = main_container(one(resources, "Deployment", "http-api"))
+    assert _secret_key_of(http_api, "MULTIPASS_CALLBACK_SIGNING_KEY") == _secret_key_of(
+        gateway, "MULTIPASS_CALLBACK_SIGNING_KEY"
+    )
+    assert HttpApiSettings.from_env(_process_env(http_api, resources)).astria_callbacks.signing_key
+
+
+async def test_the_gateway_may_call_the_http_apis_callback_relay_in_the_cluster(resources):
+    """The relay URL names the HTTP service's Service and port, and the gateway's own address policy
+    (what SubmitJob and every delivery check) admits it at an in-cluster address."""
+    deployment = one(resources, "Deployment", "http-api")
+    settings = HttpApiSettings.from_env(_process_env(main_container(deployment), resources))
+    relay = urlsplit(settings.astria_callbacks.relay_url)
+    assert relay.scheme == "http" and relay.path == RELAY_PATH
+    service = one(resources, "Service", relay.hostname)
+    assert service_selects(service, pod_labels(deployment))
+    service_port = next(p for p in service["spec"]["ports"] if p["port"] == (relay.port or 80))
+    assert container_ports(deployment)[service_port["targetPort"]] == settings.port
+
+    gateway = GatewaySettings.from_env(
+        _process_env(main_container(one(resources, "Deployment", "gateway")), resources)
+    )
+    policy = AddressPolicy(allow_hosts=gateway.fetch_allow.hosts, allow_networks=gateway.fetch_allow.networks)
+
+    async def cluster_dns(host: str, port: int) -> list:
+        return [ipaddress.ip_address("10.96.12.34")]
+
+    target = relay_url(settings.astria_callbacks.relay_url, "https://example.com/hook")
+    checked = await SafeHttp(policy, resolver=cluster_dns).check_url(target)
+    assert checked.host == relay.hostname

@@ -1,9 +1,15 @@
-"""The shared gRPC core: error mapping, undecodable requests, metrics, health and reflection."""
+"""The shared gRPC core: error mapping, undecodable requests, metrics, health (Watch too), reflection
+(v1 and v1alpha), and streaming handlers of either shape through the interceptors."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
+
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -11,8 +17,10 @@ from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from multipass import errors
+from multipass.grpc import reflection_v1
 from multipass.grpc.errors import field_violations, from_rpc_error
 from multipass.grpc.server import Registration, start_grpc_server
+from multipass.grpc.wrapping import wrap_handler
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
 
 SERVICE = "multipass.v1.PromptParser"
@@ -189,3 +197,194 @@ async def test_reflection_lists_services_and_describes_them(channel):
 
     described = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE))
     assert described.file_descriptor_response.file_descriptor_proto
+
+
+def stream_handlers(shape: str) -> grpc.GenericRpcHandler:
+    """``/test.Streams/Count`` (3 responses) and ``Echo`` (one per request), as ``shape`` handlers."""
+
+    async def generator(request, context):
+        for _ in range(3):
+            yield prompt_pb2.ParseResponse()
+
+    async def writer(request, context):
+        for _ in range(3):
+            await context.write(prompt_pb2.ParseResponse())
+
+    async def echo_generator(request_iterator, context):
+        async for _request in request_iterator:
+            yield prompt_pb2.ParseResponse()
+
+    async def echo_writer(request_iterator, context):
+        async for _request in request_iterator:
+            await context.write(prompt_pb2.ParseResponse())
+
+    codec = dict(
+        request_deserializer=prompt_pb2.ParseRequest.FromString,
+        response_serializer=prompt_pb2.ParseResponse.SerializeToString,
+    )
+    count, echo = (generator, echo_generator) if shape == "generator" else (writer, echo_writer)
+    return grpc.method_handlers_generic_handler(
+        "test.Streams",
+        {
+            "Count": grpc.unary_stream_rpc_method_handler(count, **codec),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo, **codec),
+        },
+    )
+
+
+def stream_handled(method: str, kind: str, code: str) -> float:
+    labels = {"grpc_service": "test.Streams", "grpc_method": method, "grpc_type": kind, "grpc_code": code}
+    return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("shape", ["generator", "writer"])
+async def test_streaming_handlers_of_both_shapes_stream_through_the_interceptors(server, channel, shape):
+    server.server.add_generic_rpc_handlers((stream_handlers(shape),))
+    codec = dict(
+        request_serializer=prompt_pb2.ParseRequest.SerializeToString,
+        response_deserializer=prompt_pb2.ParseResponse.FromString,
+    )
+    before = stream_handled("Count", "server_stream", "OK"), stream_handled("Echo", "bidi_stream", "OK")
+    count = channel.unary_stream("/test.Streams/Count", **codec)
+    assert len([r async for r in count(prompt_pb2.ParseRequest())]) == 3
+    echo = channel.stream_stream("/test.Streams/Echo", **codec)
+    assert len([r async for r in echo(iter([prompt_pb2.ParseRequest()] * 2))]) == 2
+    after = stream_handled("Count", "server_stream", "OK"), stream_handled("Echo", "bidi_stream", "OK")
+    assert after == (before[0] + 1, before[1] + 1)
+
+
+def watch_handled(code: str) -> float:
+    labels = {
+        "grpc_service": "grpc.health.v1.Health",
+        "grpc_method": "Watch",
+        "grpc_type": "server_stream",
+        "grpc_code": code,
+    }
+    return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+async def test_health_watch_streams_serving_then_the_change_and_ends_cleanly_on_cancel(
+    server, channel, caplog
+):
+    stub = health_pb2_grpc.HealthStub(channel)
+    cancelled_before, internal_before = watch_handled("CANCELLED"), watch_handled("INTERNAL")
+    with caplog.at_level("WARNING"):
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+        first = await asyncio.wait_for(call.read(), 5)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        await server.set_serving(False)
+        second = await asyncio.wait_for(call.read(), 5)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        call.cancel()
+        assert await call.code() == grpc.StatusCode.CANCELLED
+        # The server saw the stream end as cancelled by the client, not as an error of its own.
+        for _ in range(50):
+            if watch_handled("CANCELLED") == cancelled_before + 1:
+                break
+            await asyncio.sleep(0.02)
+    assert watch_handled("CANCELLED") == cancelled_before + 1
+    assert watch_handled("INTERNAL") == internal_before
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def v1_message(name: str):
+    reflection_v1.register_v1_descriptor()
+    pool = descriptor_pool.Default()
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.reflection.v1.{name}"))
+
+
+class ReflectionV1Stub:
+    """A ``grpc.reflection.v1`` client built from the v1 descriptor alone."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.ServerReflectionInfo = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=v1_message("ServerReflectionResponse").FromString,
+        )
+
+
+async def test_reflection_is_served_as_v1_and_v1alpha(channel):
+    async def ask(stub, request_type, **fields):
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request_type(**fields)]))]
+        assert len(responses) == 1
+        return responses[0]
+
+    for stub, request_type in (
+        (ReflectionV1Stub(channel), v1_message("ServerReflectionRequest")),
+        (reflection_pb2_grpc.ServerReflectionStub(channel), reflection_pb2.ServerReflectionRequest),
+    ):
+        listed = await ask(stub, request_type, list_services="")
+        names = {service.name for service in listed.list_services_response.service}
+        assert {
+            SERVICE,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= names
+        described = await ask(
+            stub, request_type, file_containing_symbol="grpc.reflection.v1.ServerReflection"
+        )
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in described.file_descriptor_response.file_descriptor_proto
+        ]
+        assert [f.package for f in files] == ["grpc.reflection.v1"]
+        assert files[0].service[0].method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+
+
+def cancel_reflection_streams(address: str, tries: int) -> None:
+    """Open reflection streams with a sync client and cancel each while the server is still answering."""
+    with grpc.insecure_channel(address) as chan:
+        stub = reflection_pb2_grpc.ServerReflectionStub(chan)
+        for requests in (2, 3, 10, 100) * (tries // 4):
+            answers = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")] * requests)
+            )
+            next(answers)
+            answers.cancel()
+
+
+@pytest.mark.parametrize("how", ["cancel while answering", "close the channel", "half-close"])
+async def test_closing_a_reflection_stream_logs_no_error(server, caplog, how):
+    with caplog.at_level("WARNING"):
+        if how == "cancel while answering":
+            await asyncio.to_thread(cancel_reflection_streams, server.address, 40)
+        else:
+            chan = grpc.aio.insecure_channel(server.address)
+            call = reflection_pb2_grpc.ServerReflectionStub(chan).ServerReflectionInfo()
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            assert (await call.read()).list_services_response.service
+            if how == "half-close":
+                await call.done_writing()
+                assert await call.read() is grpc.aio.EOF
+            await chan.close()
+        await asyncio.sleep(0.3)
+        gc.collect()
+        await asyncio.sleep(0.05)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class FakeContext:
+    def code(self):
+        return None
+
+
+async def test_a_response_stream_closed_by_grpc_counts_as_cancelled_and_is_not_an_error():
+    """grpc closes a handler's generator at its ``yield`` when the client went away mid-answer."""
+    errors_seen: list[BaseException] = []
+    finished: list[str] = []
+
+    async def on_error(error, context):
+        errors_seen.append(error)
+
+    async def responses(request, context):
+        for _ in range(3):
+            yield prompt_pb2.ParseResponse()
+
+    inner = grpc.unary_stream_rpc_method_handler(responses)
+    wrapped = wrap_handler(inner, on_error=on_error, on_finish=finished.append).unary_stream
+    stream = wrapped(prompt_pb2.ParseRequest(), FakeContext())
+    await stream.__anext__()
+    await stream.aclose()
+    assert errors_seen == [] and finished == ["CANCELLED"]

@@ -19,6 +19,7 @@ SERVICES = {
     "multipass_prompt_parser": ROOT / "services" / "prompt_parser",
     "multipass_segmentation": ROOT / "services" / "segmentation",
     "multipass_diffusion": ROOT / "services" / "diffusion",
+    "multipass_http_api": ROOT / "services" / "http_api",
 }
 TOOLING = ("multipass_client", "multipass_dev", "multipass_bench")
 NOT_RUNTIME = (*SERVICES, *TOOLING)

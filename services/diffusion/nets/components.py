@@ -1,8 +1,10 @@
 """Where the optional models live in the model directory, which are installed, and a cache of loaded ones.
 
 The optional models are the finishing passes' networks and the prompt expander, each under
-``<MODEL_DIR>/diffusion/<component>/`` (:data:`COMPONENTS`; docs/FINISHING.md). A component counts as
-installed when every file it needs is there (and, for the face swapper, when onnxruntime can be
+``<MODEL_DIR>/diffusion/<component>/`` (:data:`COMPONENTS`; docs/FINISHING.md). The upscaler and the face
+restorer are one weights file each (``*.pth`` or ``*.safetensors``, as published: the architecture is
+read from the file, :mod:`.image_models`), or for the upscaler a diffusers x4 upscaler. A component counts
+as installed when every file it needs is there (and, for the face swapper, when onnxruntime can be
 imported). A pass that needs a missing component raises ``FailedPrecondition`` naming the first missing
 file, so the gateway can refuse the job at submit time from the worker's ``Info.capabilities``.
 """
@@ -28,6 +30,11 @@ COMPONENTS = (UPSCALER, FACE_RESTORER, FACE_SWAPPER, PROMPT_EXPANDER)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: Suffixes of the single weights file of the upscaler and the face restorer (pickles are read restricted
+#: to tensors, never executing code).
+WEIGHT_SUFFIXES = (".pth", ".safetensors")
+#: The components that are one weights file of a spandrel-detected architecture.
+SINGLE_FILE_COMPONENTS = (UPSCALER, FACE_RESTORER)
 #: File names of the face swapper's two ONNX models unless its config.json names others.
 DEFAULT_SWAPPER_FILE = "inswapper_128.onnx"
 DEFAULT_EMBEDDER_FILE = "arcface.onnx"
@@ -43,6 +50,26 @@ def component_dir(model_dir: Path, component: str) -> Path:
 
 def is_diffusers_upscaler(directory: Path) -> bool:
     return (Path(directory) / "model_index.json").is_file()
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The ``*.pth``/``*.safetensors`` files directly in ``directory``, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+
+
+def weights_file(directory: Path) -> Path:
+    """The one weights file of an upscaler or face restorer directory; FailedPrecondition otherwise."""
+    files = weight_files(directory)
+    if not files:
+        raise FailedPrecondition(f"{directory} holds no weights file (*.pth or *.safetensors)")
+    if len(files) > 1:
+        raise FailedPrecondition(
+            f"{directory} holds {len(files)} weights files ({', '.join(p.name for p in files)}); keep exactly one"
+        )
+    return files[0]
 
 
 def swapper_files(directory: Path) -> tuple[Path, Path]:
@@ -63,10 +90,16 @@ def missing_files(model_dir: Path, component: str) -> list[Path]:
     directory = component_dir(model_dir, component)
     if component == UPSCALER and is_diffusers_upscaler(directory):
         return []
-    if component in (UPSCALER, FACE_RESTORER):
-        needed = [directory / CONFIG_FILE, directory / WEIGHTS_FILE]
-    elif component == FACE_SWAPPER:
+    if component in SINGLE_FILE_COMPONENTS:
+        found = weight_files(directory)
+        # Several files are ambiguous: the component is not installed until one is left.
+        return [] if len(found) == 1 else [directory / "*.pth|*.safetensors"]
+    if component == FACE_SWAPPER:
         needed = list(swapper_files(directory))
+        config = directory / CONFIG_FILE
+        detector = json.loads(config.read_text()).get("detector") if config.is_file() else None
+        if isinstance(detector, str) and detector:  # the embedder does not load without the detector it names
+            needed.append(directory / detector)
     else:
         needed = [directory / CONFIG_FILE]
         if not (directory / "tokenizer.json").is_file():
@@ -94,6 +127,13 @@ def installed_capabilities(model_dir: Path) -> list[str]:
 def require(model_dir: Path, component: str, *, needed_by: str) -> Path:
     """The component's directory; FailedPrecondition naming the first missing file or package otherwise."""
     directory = component_dir(model_dir, component)
+    if component in SINGLE_FILE_COMPONENTS and not (
+        component == UPSCALER and is_diffusers_upscaler(directory)
+    ):
+        try:
+            weights_file(directory)
+        except FailedPrecondition as error:
+            raise FailedPrecondition(f"{needed_by} needs the {component} model: {error}") from error
     missing = missing_files(model_dir, component)
     if missing:
         raise FailedPrecondition(
@@ -106,14 +146,6 @@ def require(model_dir: Path, component: str, *, needed_by: str) -> Path:
             f"{needed_by} needs the Python package(s) {', '.join(packages)}, which are not installed"
         )
     return directory
-
-
-def read_config(directory: Path) -> dict:
-    path = Path(directory) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise FailedPrecondition(f"{path} is not a readable JSON file: {error}") from error
 
 
 def fingerprint(model_dir: Path, component: str) -> str:

@@ -1,9 +1,10 @@
-"""The super-resolution models of ``upscaler/`` and their loader: an ESRGAN-class RRDBNet or diffusers' x4.
+"""The super-resolution models of ``upscaler/`` and their loader: any spandrel upscaler, or diffusers' x4.
 
-``<MODEL_DIR>/diffusion/upscaler/`` holds either ``config.json`` + ``model.safetensors`` of an
-:class:`~multipass_diffusion.nets.rrdbnet.RRDBNet`, or a ``StableDiffusionUpscalePipeline`` in diffusers
-format (``model_index.json``). Both run ``uint8 H x W x 3`` in, ``float32 (H*scale) x (W*scale) x 3``
-(0..255) out; torch and diffusers load with the first upscaler.
+``<MODEL_DIR>/diffusion/upscaler/`` holds either one published weights file (``*.pth`` or
+``*.safetensors`` of ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ... at x2 or x4: the architecture is read from
+the file, :mod:`~multipass_diffusion.nets.image_models`), or a ``StableDiffusionUpscalePipeline`` in
+diffusers format (``model_index.json``). Both run ``uint8 H x W x 3`` in, ``float32 (H*scale) x
+(W*scale) x 3`` (0..255) out; torch, spandrel and diffusers load with the first upscaler.
 """
 
 from __future__ import annotations
@@ -17,62 +18,48 @@ from PIL import Image
 from multipass.errors import FailedPrecondition
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.nets import components
+from multipass_diffusion.nets.image_models import UPSCALER_ROLE, load_image_model
 from multipass_diffusion.spec_options import option_int
 
 DEFAULT_DIFFUSION_STEPS = 20
 DEFAULT_NOISE_LEVEL = 20
 
 
-class EsrganUpscaler:
-    """An RRDBNet loaded from ``config.json`` + ``model.safetensors``."""
+class SpandrelUpscaler:
+    """A published super-resolution network, its architecture detected from its weights file."""
 
-    def __init__(self, directory: Path, *, device: str, dtype):
+    def __init__(self, path: Path, *, device: str, dtype):
         import torch
-        from safetensors.torch import load_file
 
-        from multipass_diffusion.nets.rrdbnet import RRDBConfig, RRDBNet
-
-        config_values = components.read_config(directory)
-        try:
-            config = RRDBConfig.from_dict(config_values)
-        except (TypeError, ValueError) as error:
-            raise FailedPrecondition(f"{directory / components.CONFIG_FILE}: {error}") from error
-        model = RRDBNet(config)
-        weights = directory / components.WEIGHTS_FILE
-        try:
-            model.load_state_dict(load_file(str(weights)), strict=True)
-        except (RuntimeError, OSError) as error:
-            raise FailedPrecondition(
-                f"{weights} does not fit the RRDBNet of its config.json: {error}"
-            ) from error
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.device, self.dtype = device, dtype
-        self.scale = config.scale
+        self.model = load_image_model(path, UPSCALER_ROLE, device=device, dtype=dtype)
+        self.path = Path(path)
+        self.architecture = self.model.architecture.name
+        self.scale = int(self.model.scale)
+        self.device, self.dtype = device, self.model.dtype
         #: One model call per tile: the pass reports each tile as a step.
         self.reports_steps = False
         self._torch = torch
 
     def run(self, array: np.ndarray, spec: diffusion_pb2.PassSpec, monitor) -> np.ndarray:
-        """uint8 H x W x 3 in, float32 (H*scale) x (W*scale) x 3 in 0..255 out."""
+        """uint8 H x W x 3 in, float32 (H*scale) x (W*scale) x 3 in 0..255 out.
+
+        The descriptor pads the input to the architecture's size requirements (window or pixel-unshuffle
+        multiples) and crops the padding off the output.
+        """
         torch = self._torch
         monitor.check()
-        height, width = array.shape[:2]
-        multiple = 4 // self.scale
-        pad_y, pad_x = (-height) % multiple, (-width) % multiple
-        if pad_x or pad_y:
-            array = np.pad(array, ((0, pad_y), (0, pad_x), (0, 0)), mode="reflect")
         tensor = torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)[None]
         tensor = tensor.to(device=self.device, dtype=self.dtype) / 255.0
         with torch.inference_mode():
-            output = self.model(tensor).clamp_(0.0, 1.0)
-        result = output[0].permute(1, 2, 0).float().cpu().numpy() * 255.0
-        return result[: height * self.scale, : width * self.scale]
+            output = self.model(tensor)
+        return output[0].permute(1, 2, 0).float().cpu().numpy() * 255.0
 
 
 class DiffusionUpscaler:
     """diffusers' ``StableDiffusionUpscalePipeline`` (text-guided x4), seeded and step-monitored."""
 
     scale = 4
+    architecture = "StableDiffusionUpscalePipeline"
     #: Denoising steps are reported through the part monitor's callback.
     reports_steps = True
 
@@ -118,7 +105,8 @@ class DiffusionUpscaler:
 
 
 def load_upscaler(model_dir: Path, *, device: str, dtype):
+    """The upscaler of ``model_dir``; FailedPrecondition naming the missing or unusable file."""
     directory = components.require(model_dir, components.UPSCALER, needed_by="the upscale pass")
     if components.is_diffusers_upscaler(directory):
         return DiffusionUpscaler(directory, device=device, dtype=dtype)
-    return EsrganUpscaler(directory, device=device, dtype=dtype)
+    return SpandrelUpscaler(components.weights_file(directory), device=device, dtype=dtype)

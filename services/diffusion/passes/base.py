@@ -12,6 +12,7 @@ from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import PassHandler
 from multipass_diffusion.passes.sampling import (
     batchable,
+    denoising_steps,
     generate_batch,
     resolve_size,
     scale_skeletons,
@@ -73,6 +74,14 @@ class BasePass(PassHandler):
         if inputs.image is not None and not (spec.controlnet and spec.controlnet_txt2img):
             return "img2img"
         return "txt2img"
+
+    def steps_to_run(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> int:
+        """``steps`` from noise (txt2img); ``steps × strength`` from an input image (img2img, inpaint)."""
+        task = self.task(spec, inputs)
+        if task == "txt2img":
+            return spec.steps
+        default = DEFAULT_INPAINT_STRENGTH if task == "inpaint" else DEFAULT_IMG2IMG_STRENGTH
+        return denoising_steps(spec.steps, spec.denoising_strength or default)
 
     def batch_support(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> bool:
         """Whether several seeds of this spec run as one pipeline call (else the engine runs them in turn)."""

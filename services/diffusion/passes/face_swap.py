@@ -3,8 +3,11 @@
 The identity of a face is the mean normalised embedding of the reference images of its tune (the first
 of ``FaceTarget.loras``, or ``options["face_swap_tune"]`` for every face); reference images are face
 crops, of which the central square is used. A face whose tune has no reference images is left as it is,
-with a warning. Swapped crops are blended back inside the feathered ellipse of the face box. The model
-and its files: :mod:`multipass_diffusion.nets.face_swapper`.
+with a warning. A face with landmarks is swapped as inswapper was trained: on the crop that puts them
+on the ArcFace template at the swapper's size (insightface's ``norm_crop``), warped back through the inverse
+transform and blended by the crop inset and feathered; a face without them on a square crop around its box,
+blended inside the feathered ellipse of the box. The model and its files:
+:mod:`multipass_diffusion.nets.face_swapper`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from PIL import Image
 from multipass.images import decode_image
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.imaging.crop_inpaint import paste
+from multipass_diffusion.imaging.face_align import align, arcface_points, paste_back, warp
 from multipass_diffusion.imaging.face_regions import (
+    aligned_alpha,
     check_faces,
     ellipse_alpha,
     face_box,
+    face_landmarks,
     face_sigma,
     square_crop,
 )
@@ -76,7 +82,7 @@ class FaceSwapPass(PassHandler):
             else:
                 references = face_tunes.reference_images(ctx, tune_id)
                 if references:
-                    work.append((index, box, tune_id, references))
+                    work.append((index, box, face_landmarks(face), tune_id, references))
                 else:
                     ctx.warn(f"tune {tune_id} has no reference images: face swap skipped for face {index}")
         if not work:
@@ -94,7 +100,8 @@ class FaceSwapPass(PassHandler):
         context = option_float(spec, "face_swap_context", DEFAULT_CONTEXT, low=1.0, high=4.0)
         identities: dict[str, np.ndarray] = {}
         swapped = []
-        for part, (index, box, tune_id, references) in enumerate(work):
+        aligned = 0
+        for part, (index, box, landmarks, tune_id, references) in enumerate(work):
             ctx.monitor.check()
             if tune_id not in identities:
                 pictures = [
@@ -102,15 +109,22 @@ class FaceSwapPass(PassHandler):
                     for path in references
                 ]
                 identities[tune_id] = swapper.identity(pictures)
-            crop = square_crop(box, size, context)
-            result = swapper.swap(
-                Image.fromarray(image).crop((crop.x0, crop.y0, crop.x1, crop.y1)), identities[tune_id]
-            )
-            alpha = ellipse_alpha(size, box, crop, sigma=face_sigma(box, spec.mask_blur))
-            if strength < 1.0:
-                alpha = np.rint(alpha.astype(np.float32) * strength).astype(np.uint8)
-            image = paste(image, np.asarray(result), alpha, crop)
+            if landmarks is not None:
+                alignment = align(landmarks, swapper.swap_size, arcface_points(swapper.swap_size))
+                result = swapper.swap(Image.fromarray(warp(image, alignment)), identities[tune_id])
+                alpha = aligned_alpha(alignment, box, spec.mask_blur, strength)
+                image = paste_back(image, np.asarray(result), alpha, alignment)
+                aligned += 1
+            else:
+                crop = square_crop(box, size, context)
+                result = swapper.swap(
+                    Image.fromarray(image).crop((crop.x0, crop.y0, crop.x1, crop.y1)), identities[tune_id]
+                )
+                alpha = ellipse_alpha(size, box, crop, sigma=face_sigma(box, spec.mask_blur))
+                if strength < 1.0:
+                    alpha = np.rint(alpha.astype(np.float32) * strength).astype(np.uint8)
+                image = paste(image, np.asarray(result), alpha, crop)
             swapped.append(f"{index}:{tune_id}")
             part_done(ctx.monitor, part, len(work))
-        ctx.metadata.update(faces_swapped=";".join(swapped))
+        ctx.metadata.update(faces_swapped=";".join(swapped), aligned_faces=str(aligned))
         return Image.fromarray(image)

@@ -1,11 +1,19 @@
 """The ``faces`` pass (inpaint_faces): crop-inpaint every face with its person's prompt and adapters.
 
 For each face in ``spec.faces`` (left to right), on the *current* image (so later faces see earlier
-results): the face box becomes a rectangular mask feathered by ``mask_blur``; the crop around it
-(``crop_padding``, ``crop_factor``, square) is resized so its short side is the working size, inpainted
-with the face's prompt, negative prompt and adapters at a denoising strength scaled by the face's size
-(:func:`~multipass_diffusion.imaging.face_regions.dynamic_strength`), resized back in pixel space and
-pasted with the feathered mask. Pixels outside every feathered face mask are returned byte for byte.
+results), inpainted with the face's prompt, negative prompt and adapters at a denoising strength scaled
+by the face's size (:func:`~multipass_diffusion.imaging.face_regions.dynamic_strength`):
+
+- a face with landmarks is cut upright: the crop that puts its landmarks on the ArcFace template, scaled
+  so the crop holds the face's square plus ``crop_padding`` on each side, times ``crop_factor``, at the
+  working size (:func:`~multipass_diffusion.imaging.face_regions.inpaint_alignment`); the mask is the
+  face's square in the crop, feathered by ``mask_blur`` (in crop pixels); the result goes back through the
+  inverse transform, blended by that mask;
+- a face without landmarks: its box becomes a rectangular mask feathered by ``mask_blur``; the crop
+  around it (``crop_padding``, ``crop_factor``, square) is resized so its short side is the working size,
+  and the result resized back in pixel space and pasted with the feathered mask.
+
+Pixels outside every feathered face mask are returned byte for byte.
 """
 
 from __future__ import annotations
@@ -18,7 +26,15 @@ from PIL import Image
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion.imaging.crop_inpaint import crop_box, feather, paste, working_size
-from multipass_diffusion.imaging.face_regions import check_faces, dynamic_strength, face_box, rect_mask
+from multipass_diffusion.imaging.face_align import paste_back, square_alpha, warp
+from multipass_diffusion.imaging.face_regions import (
+    check_faces,
+    dynamic_strength,
+    face_box,
+    face_landmarks,
+    inpaint_alignment,
+    rect_mask,
+)
 from multipass_diffusion.passes import face_tunes
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import FINISHING_VERSION, PassHandler
@@ -72,7 +88,7 @@ class FacesPass(PassHandler):
             return Image.fromarray(image)
         power = option_float(spec, "faces_denoise_power", DEFAULT_DENOISE_POWER, low=0.0, high=16.0)
         base_strength = spec.denoising_strength or DEFAULT_STRENGTH
-        strengths, crops = [], []
+        strengths, crops, aligned = [], [], 0
         for part, (index, face, box) in enumerate(usable):
             ratio = box.width * box.height / (size[0] * size[1])
             strength = dynamic_strength(base_strength, ratio, power)
@@ -84,12 +100,19 @@ class FacesPass(PassHandler):
             image, crop = result
             strengths.append(f"{strength:.3f}")
             crops.append(str(crop))
+            aligned += face_landmarks(face) is not None
         ctx.metadata.update(
-            faces=str(len(crops)), face_strengths=";".join(strengths), crop_boxes=";".join(crops)
+            faces=str(len(crops)),
+            aligned_faces=str(aligned),
+            face_strengths=";".join(strengths),
+            crop_boxes=";".join(crops),
         )
         return Image.fromarray(image)
 
     def _face(self, ctx: PassContext, image: np.ndarray, index: int, face, box, strength: float, monitor):
+        landmarks = face_landmarks(face)
+        if landmarks is not None:
+            return self._aligned_face(ctx, image, index, face, landmarks, strength, monitor)
         spec = ctx.spec
         size = (image.shape[1], image.shape[0])
         alpha = feather(rect_mask(size, box), mask_blur(spec))
@@ -103,6 +126,45 @@ class FacesPass(PassHandler):
         if crop is None:
             ctx.warn(f"face {index} has an empty mask: skipped")
             return None
+        work = working_size(crop.width, crop.height, ctx.working_size)
+        source = Image.fromarray(image)
+        crop_image = source.crop((crop.x0, crop.y0, crop.x1, crop.y1)).resize(work, Image.Resampling.LANCZOS)
+        crop_mask = Image.fromarray(alpha[crop.y0 : crop.y1, crop.x0 : crop.x1]).resize(
+            work, Image.Resampling.BILINEAR
+        )
+        result = self._inpaint(ctx, index, face, work, crop_image, crop_mask, strength, monitor)
+        patch = result.resize((crop.width, crop.height), Image.Resampling.LANCZOS)
+        return paste(image, np.asarray(patch), alpha, crop), crop
+
+    def _aligned_face(
+        self, ctx: PassContext, image: np.ndarray, index: int, face, landmarks, strength, monitor
+    ):
+        spec = ctx.spec
+        work_side = working_size(ctx.working_size, ctx.working_size, ctx.working_size)[0]
+        alignment, face_side = inpaint_alignment(
+            landmarks,
+            work_side,
+            padding=spec.crop_padding or DEFAULT_PADDING,
+            crop_factor=spec.crop_factor or 1.0,
+            min_side=ctx.working_size * MIN_CROP_FRACTION,
+        )
+        footprint = alignment.footprint(image.shape[1], image.shape[0])
+        if footprint is None:
+            ctx.warn(f"face {index} lies outside the image: skipped")
+            return None
+        alpha = square_alpha(work_side, face_side, mask_blur(spec) * alignment.scale)
+        alpha = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
+        crop_image = Image.fromarray(warp(image, alignment))
+        result = self._inpaint(
+            ctx, index, face, (work_side, work_side), crop_image, Image.fromarray(alpha), strength, monitor
+        )
+        if result.size != (work_side, work_side):
+            result = result.resize((work_side, work_side), Image.Resampling.LANCZOS)
+        return paste_back(image, np.asarray(result.convert("RGB")), alpha, alignment), footprint
+
+    def _inpaint(self, ctx: PassContext, index: int, face, work, crop_image, crop_mask, strength, monitor):
+        """The face's crop inpainted with its prompt and adapters at ``work`` size."""
+        spec = ctx.spec
         loras = face.loras if face.loras else spec.loras
         tunes = face_tunes.resolve(ctx, loras, f"spec.faces[{index}].loras")
         for warning in tunes.warnings:
@@ -117,12 +179,4 @@ class FacesPass(PassHandler):
         face_ctx = dataclasses.replace(
             ctx, spec=face_spec, components=components, adapters=adapters, monitor=monitor
         )
-        work = working_size(crop.width, crop.height, ctx.working_size)
-        source = Image.fromarray(image)
-        crop_image = source.crop((crop.x0, crop.y0, crop.x1, crop.y1)).resize(work, Image.Resampling.LANCZOS)
-        crop_mask = Image.fromarray(alpha[crop.y0 : crop.y1, crop.x0 : crop.x1]).resize(
-            work, Image.Resampling.BILINEAR
-        )
-        result = generate(face_ctx, "inpaint", size=work, image=crop_image, mask=crop_mask, strength=strength)
-        patch = result.resize((crop.width, crop.height), Image.Resampling.LANCZOS)
-        return paste(image, np.asarray(patch), alpha, crop), crop
+        return generate(face_ctx, "inpaint", size=work, image=crop_image, mask=crop_mask, strength=strength)

@@ -41,6 +41,12 @@ class PassHandler(ABC):
     def run(self, ctx: PassContext) -> Image.Image:
         """Run the pass; the output image."""
 
+    def steps_to_run(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> int:
+        """The denoising steps the pass will run, which its ``started`` event reports (the job's
+        ``steps_total``); 0 when only running it tells (tiles, faces, no denoising), and the first
+        progress event brings the count."""
+        return 0
+
     def batch_support(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> bool:
         """Whether several seeds of this spec run as one :meth:`run_batch` call."""
         return False

@@ -18,7 +18,7 @@ from multipass.v1 import diffusion_pb2
 from multipass_diffusion.imaging.crop_inpaint import Box, feather, mask_box, paste, working_size
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import PassHandler
-from multipass_diffusion.passes.sampling import generate, scale_skeletons, skeletons
+from multipass_diffusion.passes.sampling import denoising_steps, generate, scale_skeletons, skeletons
 from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
 
@@ -58,6 +58,10 @@ class PersonPass(PassHandler):
             raise InvalidInput.of(problems)
         if spec.denoising_strength:
             check_strength(spec.denoising_strength)
+
+    def steps_to_run(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> int:
+        """An inpaint of the person's crop at ``denoising_strength``: ``steps × strength`` steps."""
+        return denoising_steps(spec.steps, spec.denoising_strength or DEFAULT_STRENGTH)
 
     def run(self, ctx: PassContext) -> Image.Image:
         spec = ctx.spec

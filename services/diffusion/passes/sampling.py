@@ -172,6 +172,16 @@ def _run_pipeline(
     return [result.convert("RGB") for result in results]
 
 
+def denoising_steps(steps: int, strength: float) -> int:
+    """Steps an img2img/inpaint pass at ``strength`` really runs: ``steps × strength`` (at least one).
+
+    Such a pass starts from the input image noised to ``strength``, so only the last ``strength`` of the
+    ``steps``-step schedule is left to denoise (diffusers runs ``int(schedule × strength)`` of them).
+    """
+    strength = proto_float(strength)
+    return int(steps_for_strength(steps, strength) * strength)
+
+
 def steps_for_strength(steps: int, strength: float) -> int:
     """Scheduler steps so that an img2img/inpaint pass at ``strength`` denoises at least one step.
 

@@ -1,6 +1,7 @@
-"""The ``upscale`` pass (super_resolution): x4 with the worker's super-resolution model, optionally tiled.
+"""The ``upscale`` pass (super_resolution): the worker's super-resolution model, optionally tiled.
 
-The model (:mod:`multipass_diffusion.nets.upscalers`) is an ESRGAN-class RRDBNet or diffusers' x4
+The model (:mod:`multipass_diffusion.nets.upscalers`) is a published x2/x4 network whose architecture
+spandrel reads from its weights file (ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, ...) or diffusers' x4
 upscaler. ``spec.tiled`` (``--tiled_upscale``) runs it on overlapping tiles of at most
 ``options["upscale_tile"]`` pixels a side, blended with feathered weights
 (:mod:`~multipass_diffusion.imaging.tiling`); images larger than :data:`UNTILED_MAX_SIDE` are tiled
@@ -134,6 +135,7 @@ class UpscalePass(PassHandler):
             upscaled = upscaled.resize(size, Image.Resampling.LANCZOS)
         ctx.metadata.update(
             upscaler=type(upscaler).__name__,
+            upscaler_architecture=upscaler.architecture,
             model_scale=str(upscaler.scale),
             tiled="yes" if tiled else "no",
             output_size=f"{size[0]}x{size[1]}",

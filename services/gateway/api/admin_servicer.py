@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multipass.errors import PermissionDenied, Unauthenticated
+from multipass.errors import PermissionDenied, Reason, Unauthenticated
 from multipass.v1 import admin_pb2, admin_pb2_grpc
 from multipass_gateway.api import auth
 from multipass_gateway.infra.tenant_store import TenantStore
@@ -18,10 +18,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def _guard(self, context) -> None:
         if not self._token:
             raise PermissionDenied(
-                "the admin API is disabled on this gateway (MULTIPASS_ADMIN_TOKEN is not set)"
+                "the admin API is disabled on this gateway (MULTIPASS_ADMIN_TOKEN is not set)",
+                reason=Reason.ADMIN_API_DISABLED,
             )
         if not auth.admin_token_matches(context.invocation_metadata(), self._token):
-            raise Unauthenticated(f"missing or wrong admin token (send it as '{auth.ADMIN_TOKEN_HEADER}')")
+            raise Unauthenticated(
+                f"missing or wrong admin token (send it as '{auth.ADMIN_TOKEN_HEADER}')",
+                reason=Reason.ADMIN_TOKEN_INVALID,
+            )
 
     async def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import grpc
 
-from multipass_gateway.infra.tenant_store import TenantStore
+from multipass.errors import Reason, Unauthenticated
+from multipass_gateway.infra.tenant_store import AuthenticatedKey, TenantStore
 
 #: Metadata key of the operator credential (also accepted as ``authorization: Bearer <token>``).
 ADMIN_TOKEN_HEADER = "x-multipass-admin-token"
@@ -23,6 +24,18 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return None
+
+
+def api_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The API key of ``authorization: Bearer <key>``; None without the header; Unauthenticated, saying how
+    the header must look, when it is there in another form (e.g. the bare key)."""
+    token = bearer_token(metadata)
+    if token is None and header(metadata, "authorization") is not None:
+        raise Unauthenticated(
+            "the authorization header must be 'Bearer <api key>' (the word Bearer, a space, then the key)",
+            reason=Reason.API_KEY_MALFORMED,
+        )
+    return token
 
 
 def header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str | None:
@@ -50,4 +63,9 @@ def admin_token_matches(metadata: Iterable[tuple[str, str | bytes]] | None, expe
 
 async def authenticate(tenants: TenantStore, context: grpc.aio.ServicerContext) -> str:
     """The tenant of the call's API key; Unauthenticated without a live key."""
-    return await tenants.authenticate(bearer_token(context.invocation_metadata()))
+    return await tenants.authenticate(api_key(context.invocation_metadata()))
+
+
+async def authenticate_key(tenants: TenantStore, context: grpc.aio.ServicerContext) -> AuthenticatedKey:
+    """The tenant and key digest of the call's API key (streams hold the key to end on its revocation)."""
+    return await tenants.authenticate_key(api_key(context.invocation_metadata()))

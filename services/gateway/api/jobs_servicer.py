@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
 from multipass import names
 from multipass.bus import Bus
-from multipass.errors import InvalidInput, Violation
+from multipass.errors import InvalidInput, Reason, Violation
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
-from multipass_gateway.api.auth import authenticate
+from multipass_gateway.api.auth import authenticate, authenticate_key
+from multipass_gateway.api.client_streams import ClientStream, drained_on_refusal
 from multipass_gateway.api.views import public_job
 from multipass_gateway.app import watch_job
 from multipass_gateway.app.cancellation import Canceller
 from multipass_gateway.app.submission import Submitter, job_id_time
+from multipass_gateway.domain import request_checks
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.infra.tune_store import page_token, parse_page_token
@@ -61,10 +64,15 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         return await public_job(record, self.objects, self.settings.presign_expiry_seconds)
 
     async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context) -> AsyncIterator[jobs_pb2.JobEvent]:
-        tenant = await authenticate(self.tenants, context)
+        key = await authenticate_key(self.tenants, context)
         job_id = checked_job_id(request.job_id)
-        async for event in watch_job.watch(self.bus, self.jobs, tenant, job_id, request.after_sequence):
-            yield event
+        with self.tenants.hold_stream(key) as revoked:
+            events = watch_job.watch(
+                self.bus, self.jobs, key.tenant, job_id, request.after_sequence, revoked=revoked
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
         tenant = await authenticate(self.tenants, context)
@@ -72,12 +80,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
 
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context) -> jobs_pb2.ListJobsResponse:
         tenant = await authenticate(self.tenants, context)
-        problems = []
-        if not 0 <= request.page_size <= 100:
-            problems.append(Violation("page_size", f"got {request.page_size}; expected 1..100 (0 = 20)"))
-        for value in request.states:
-            if value not in jobs_pb2.JobState.values() or value == jobs_pb2.JOB_STATE_UNSPECIFIED:
-                problems.append(Violation("states", f"got {value}; not a job state"))
+        problems = request_checks.list_jobs(request)
         after = ""
         try:
             after = parse_page_token(request.page_token)
@@ -85,14 +88,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             problems += error.violations
         if problems:
             raise InvalidInput.of(problems)
-        size = request.page_size or 20
+        size = request.page_size or request_checks.DEFAULT_PAGE_SIZE
         after_time = (
-            request.created_after.ToSeconds() + request.created_after.nanos / 1e9
+            request_checks.timestamp_seconds(request.created_after)
             if request.HasField("created_after")
             else None
         )
         before_time = (
-            request.created_before.ToSeconds() + request.created_before.nanos / 1e9
+            request_checks.timestamp_seconds(request.created_before)
             if request.HasField("created_before")
             else None
         )
@@ -122,14 +125,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         return response
 
     async def UploadImage(self, request_iterator, context) -> jobs_pb2.UploadImageResponse:
-        tenant = await authenticate(self.tenants, context)
-        limit = self.settings.limits.max_image_bytes
-        data = bytearray()
-        async for part in request_iterator:
-            if part.WhichOneof("part") == "chunk":
-                data += part.chunk
-                if len(data) > limit:
-                    raise InvalidInput.of([Violation("chunk", f"the image is larger than {limit} bytes")])
+        async with drained_on_refusal(ClientStream(request_iterator)) as stream:
+            tenant = await authenticate(self.tenants, context)
+            limit = self.settings.limits.max_image_bytes
+            data = bytearray()
+            async for part in stream:
+                if part.WhichOneof("part") == "chunk":
+                    data += part.chunk
+                    if len(data) > limit:
+                        raise InvalidInput.of(
+                            [Violation("chunk", f"the image is larger than {limit} bytes")],
+                            reason=Reason.IMAGE_TOO_LARGE,
+                            metadata={"maxBytes": str(limit)},
+                        )
         if not data:
             raise InvalidInput.of([Violation("chunk", "no image data received")])
         image = await asyncio.to_thread(

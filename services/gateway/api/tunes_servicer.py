@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
 from multipass_gateway.api.auth import authenticate
+from multipass_gateway.api.client_streams import ClientStream, drained_on_refusal
 from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.infra.tune_store import TuneStore
 
@@ -19,24 +20,23 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
         self.tunes = tunes
 
     async def RegisterTune(self, request_iterator, context) -> jobs_pb2.Tune:
-        tenant = await authenticate(self.tenants, context)
-        iterator = request_iterator.__aiter__()
-        try:
-            first = await iterator.__anext__()
-        except StopAsyncIteration:
-            first = None
-        if first is None or first.WhichOneof("part") != "metadata":
-            raise InvalidInput.of([Violation("metadata", "the first message must carry the tune's metadata")])
+        async with drained_on_refusal(ClientStream(request_iterator)) as stream:
+            tenant = await authenticate(self.tenants, context)
+            first = await stream.next_or_none()
+            if first is None or first.WhichOneof("part") != "metadata":
+                raise InvalidInput.of(
+                    [Violation("metadata", "the first message must carry the tune's metadata")]
+                )
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for part in iterator:
-                if part.WhichOneof("part") != "chunk":
-                    raise InvalidInput.of(
-                        [Violation("metadata", "metadata may only come in the first message")]
-                    )
-                yield part.chunk
+            async def chunks() -> AsyncIterator[bytes]:
+                async for part in stream:
+                    if part.WhichOneof("part") != "chunk":
+                        raise InvalidInput.of(
+                            [Violation("metadata", "metadata may only come in the first message")]
+                        )
+                    yield part.chunk
 
-        return await self.tunes.register(tenant, first.metadata, chunks())
+            return await self.tunes.register(tenant, first.metadata, chunks())
 
     async def GetTune(self, request: jobs_pb2.GetTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)

@@ -24,7 +24,9 @@ from multipass_gateway.infra.pass_scheduler import PassScheduler
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT_SECONDS = 30.0
+#: An event whose replica died (or whose ack was lost) comes back this long after; handlers that run longer
+#: are kept by the bus's heartbeats.
+ACK_WAIT_SECONDS = 15.0
 MAX_DELIVER = 20
 
 

@@ -1,7 +1,8 @@
 """The segmentation steps the gateway runs itself, from its own work queue (``multipass.pass.gateway``).
 
 * ``segment``: one mask per person slot (Segmentation.Segment with the job's slots) under
-  ``jobs/<tenant>/<job>/image-<k>/mask-person-<i>.png``; the pass's output is the image it segmented.
+  ``jobs/<tenant>/<job>/image-<k>/mask-person-<i>.png``; the masks are the pass's result (it has no
+  output image: the next pass works on the image it segmented).
 * ``mask``: the --mask_prompt mask of the input image (Segmentation.Segment with text).
 * ``faces`` / ``face_correct`` / ``face_swap``: find the faces (Segmentation.DetectFaces), then forward
   the request with its faces to the diffusion worker
@@ -29,7 +30,8 @@ from multipass_gateway.infra.job_store import JobStore
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT_SECONDS = 60.0
+#: A request whose replica died comes back this long after; a long segmentation call is kept by heartbeats.
+ACK_WAIT_SECONDS = 15.0
 MAX_DELIVER = 6
 WORKER_NAME = "gateway"
 
@@ -131,7 +133,7 @@ class SegmentationSteps:
                 segment.text.dilate_percent = mask.dilate_percent
         response = await self.clients.segment(segment)
         completed = events_pb2.PassCompleted(
-            result=diffusion_pb2.PassResult(output=image, warnings=list(response.warnings)),
+            result=diffusion_pb2.PassResult(warnings=list(response.warnings)),
             masks=list(response.masks),
         )
         await publish_pass_event(self.bus, request, names.EVENT_COMPLETED, completed=completed)

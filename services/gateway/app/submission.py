@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,23 +24,36 @@ from PIL import Image
 
 from multipass import names
 from multipass.bus import KvBucket, KvConflict
-from multipass.errors import FailedPrecondition, InvalidInput, MultipassError, NotFound, Violation
+from multipass.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    MultipassError,
+    NotFound,
+    Reason,
+    Violation,
+    echo,
+    violations_summary,
+)
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.app.job_end import JobEnd
-from multipass_gateway.domain import job_state, person_stages, planner, requirements
+from multipass_gateway.domain import idempotency, job_state, person_stages, planner, requirements
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.clients import DiffusionInfo, InternalClients
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget
-from multipass_gateway.infra.tune_store import TuneStore, valid_upload_id
+from multipass_gateway.infra.tune_store import TuneStore, unknown_upload, valid_upload_id
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY = 200
+#: Bounds of SubmitJobRequest.params: entries, characters of a name, characters of a value.
+MAX_PARAMS = 64
+MAX_PARAM_NAME_CHARS = 64
+MAX_PARAM_VALUE_CHARS = 8192
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 #: Native sizes by family, used to size an img2img scene from its input image.
 NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
@@ -93,7 +107,28 @@ def check_request(request: jobs_pb2.SubmitJobRequest) -> list[Violation]:
     for field in ("input_image_id", "mask_image_id"):
         value = getattr(request, field)
         if value and not valid_upload_id(value):
-            problems.append(Violation(field, f"got {value!r}; expected an image_id returned by UploadImage"))
+            problems.append(
+                Violation(field, f"got {echo(value)}; expected an image_id returned by UploadImage")
+            )
+    return problems + check_params(request.params)
+
+
+def check_params(params: Mapping[str, str]) -> list[Violation]:
+    """Bounds of the params map (the prompt parser judges the names and values themselves)."""
+    if len(params) > MAX_PARAMS:
+        return [Violation("params", f"got {len(params)} entries; at most {MAX_PARAMS}")]
+    problems = []
+    for name, value in params.items():
+        if len(name) > MAX_PARAM_NAME_CHARS:
+            problems.append(
+                Violation(
+                    "params", f"parameter name {echo(name)} is longer than {MAX_PARAM_NAME_CHARS} characters"
+                )
+            )
+        elif len(value) > MAX_PARAM_VALUE_CHARS:
+            problems.append(
+                Violation(f"params.{name}", f"got {len(value)} characters; at most {MAX_PARAM_VALUE_CHARS}")
+            )
     return problems
 
 
@@ -152,12 +187,21 @@ class Submitter:
         self.budget = budget
         self.job_end = job_end
 
-    async def _existing(self, tenant: str, key: str) -> str | None:
-        found = await self.idempotency.get(idempotency_kv_key(tenant, key))
+    async def _replay(
+        self, tenant: str, request: jobs_pb2.SubmitJobRequest, fingerprint: str
+    ) -> jobs_pb2.SubmitJobResponse | None:
+        """The answer of the job the request's key is bound to, or None when the key is free."""
+        found = await self.idempotency.get(idempotency_kv_key(tenant, request.idempotency_key))
         if found is None:
             return None
-        job_id = found.value.decode()
-        return job_id if await self.jobs.load(tenant, job_id) is not None else None
+        binding = idempotency.Binding.decode(found.value)
+        record = await self.jobs.load(tenant, binding.job_id)
+        if record is None:
+            return None
+        response = idempotency.replay(binding, request.idempotency_key, fingerprint)
+        if not binding.fingerprint:  # bound before fingerprints: the job's own warnings
+            response.warnings[:] = list(record.job.warnings)
+        return response
 
     async def submit(self, tenant: str, request: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobResponse:
         started = datetime.now(UTC)
@@ -166,10 +210,11 @@ class Submitter:
             problems += await self._check_callback(request.callback_url)
         if problems:
             raise InvalidInput.of(problems)
+        fingerprint = idempotency.fingerprint(request)
         if request.idempotency_key:
-            existing = await self._existing(tenant, request.idempotency_key)
-            if existing is not None:
-                return jobs_pb2.SubmitJobResponse(job_id=existing, existing=True)
+            replayed = await self._replay(tenant, request, fingerprint)
+            if replayed is not None:
+                return replayed
         await self.budget.check(tenant, 1)
 
         params = dict(request.params)
@@ -218,11 +263,12 @@ class Submitter:
             await self._discard(tenant, job_id)
             raise
         if request.idempotency_key:
-            winner = await self._claim_idempotency(tenant, request.idempotency_key, job_id)
-            if winner != job_id:
+            binding = idempotency.Binding(job_id, fingerprint, tuple(record.job.warnings))
+            winner = await self._claim_idempotency(tenant, request.idempotency_key, binding)
+            if winner is not None:
                 await self.jobs.delete(tenant, job_id)
                 await self._discard(tenant, job_id)
-                return jobs_pb2.SubmitJobResponse(job_id=winner, existing=True)
+                return idempotency.replay(winner, request.idempotency_key, fingerprint)
         try:
             await self.jobs.flush(record)
         except MultipassError as error:
@@ -247,6 +293,7 @@ class Submitter:
             raise FailedPrecondition(
                 "callbacks are disabled on this gateway (MULTIPASS_CALLBACK_SIGNING_KEY is not set)",
                 violations=[Violation("callback_url", "callbacks are disabled on this gateway")],
+                reason=Reason.CALLBACKS_DISABLED,
             )
         try:
             await self.http.check_url(url)
@@ -261,7 +308,8 @@ class Submitter:
         if missing:
             installed = ", ".join(info.models) or "none"
             raise FailedPrecondition(
-                f"model {', '.join(missing) or '(none)'} is not served by the diffusion workers (served: {installed})"
+                f"model {', '.join(missing) or '(none)'} is not served by the diffusion workers (served: {installed})",
+                reason=Reason.MODEL_NOT_SERVED,
             )
         return base, person
 
@@ -277,15 +325,26 @@ class Submitter:
             parsed, has_input_image=has_input, complete=requirements.is_capability_complete(installed)
         )
         needs += faceid_capabilities(parsed, *models)
-        missing = [
-            Violation(field, f"needs {capability!r}, which the diffusion workers do not have installed")
-            for capability, field in dict.fromkeys(needs)
-            if capability not in installed
-        ]
+
+        def family_of(capability: str) -> str:
+            """The family a fix must fit: the model a FaceID capability names, else the base model's."""
+            kind, _, model = capability.partition(":")
+            return requirements.model_family(info, model if kind == "faceid" and model else models[0])
+
+        missing = requirements.missing_components(needs, installed, family_of)
         if missing:
+            fix = requirements.pull_command(missing)
+            features = ",".join(dict.fromkeys(m.feature for m in missing if m.feature))
+            metadata = {"capabilities": ",".join(m.capability for m in missing)}
+            metadata.update({"features": features} if features else {})
+            metadata.update({"fixCommand": fix} if fix else {})
             raise FailedPrecondition(
-                "the request needs components that are not installed: " + "; ".join(v.field for v in missing),
-                violations=missing,
+                "the request needs components that are not installed: "
+                + "; ".join(m.field for m in missing)
+                + (f" (install them with `{fix}`)" if fix else ""),
+                violations=[m.violation() for m in missing],
+                reason=Reason.COMPONENT_NOT_INSTALLED,
+                metadata=metadata,
             )
 
     async def _check_tunes(
@@ -296,12 +355,14 @@ class Submitter:
         base_model: str,
         person_model: str,
     ) -> tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]]:
-        """Tune files and reference images by tune id; InvalidInput naming each bad tag.
+        """Tune files and reference images by tune id; NotFound (UNKNOWN_TUNE) when a tag names no tune of
+        the tenant, else InvalidInput; either names every bad tag.
 
         A tune's family must be that of every model whose passes load it (base and person models may
         differ), from ``Diffusion.Info.model_families``.
         """
         problems: list[Violation] = []
+        unknown: list[str] = []
         files: dict[str, common_pb2.ObjectRef] = {}
         references: dict[str, list[common_pb2.ImageRef]] = {}
         models = requirements.tune_models(parsed, base_model, person_model)
@@ -311,7 +372,8 @@ class Submitter:
             field = ref.tag or f"<{ref.kind or 'lora'}:{ref.tune_id}>"
             tune = await self.tunes.find(tenant, ref.tune_id)
             if tune is None:
-                problems.append(Violation(field, f"tune {ref.tune_id!r} does not exist"))
+                problems.append(Violation(field, f"tune {echo(ref.tune_id)} does not exist"))
+                unknown.append(ref.tune_id)
                 continue
             for model in models[(ref.kind, ref.tune_id)]:
                 family = requirements.model_family(info, model)
@@ -338,6 +400,13 @@ class Submitter:
                     "needs a person tune with reference images (none of the persons' tunes has any)",
                 )
             )
+        if unknown:
+            raise NotFound(
+                violations_summary(problems),
+                violations=problems,
+                reason=Reason.UNKNOWN_TUNE,
+                metadata={"tuneIds": ",".join(unknown)},
+            )
         if problems:
             raise InvalidInput.of(problems)
         return files, references
@@ -357,7 +426,7 @@ class Submitter:
                     field=field_id,
                 )
             except NotFound as error:
-                raise InvalidInput.of([Violation(field_id, f"no uploaded image {image_id!r}")]) from error
+                raise unknown_upload(field_id, image_id) from error
             field = field_id
         elif url:
             try:
@@ -368,7 +437,11 @@ class Submitter:
                     max_redirects=limits.max_redirects,
                 )
             except FetchError as error:
-                raise InvalidInput.of([Violation(field_url, error.reason)]) from error
+                raise InvalidInput.of(
+                    [Violation(field_url, error.reason)],
+                    reason=Reason.IMAGE_TOO_LARGE if error.too_large else None,
+                    metadata={"maxBytes": str(limits.max_image_bytes)} if error.too_large else None,
+                ) from error
             data, field = fetched.data, field_url
         else:
             return None
@@ -405,13 +478,23 @@ class Submitter:
             return_exceptions=True,
         )
         problems: list[Violation] = []
+        failed: list[InvalidInput | NotFound] = []
         for result in results:
-            if isinstance(result, InvalidInput):
+            if isinstance(result, InvalidInput | NotFound) and result.violations:
                 problems += result.violations
+                failed.append(result)
             elif isinstance(result, BaseException):
                 raise result
-        if problems:
-            raise InvalidInput.of(problems)
+        if failed:
+            # Every problem of both images in one answer; an image id that names no upload makes it
+            # NOT_FOUND, else the first image's reason (e.g. IMAGE_TOO_LARGE) stands for both.
+            first = next((f for f in failed if isinstance(f, NotFound)), failed[0])
+            raise type(first)(
+                violations_summary(problems),
+                violations=problems,
+                reason=first.reason,
+                metadata=first.metadata,
+            )
         source, mask = results
         width, height = scene_size(
             parsed, source.size if source is not None else None, family, self.settings.max_side
@@ -500,17 +583,19 @@ class Submitter:
             tenant, job_id, request, parsed, inputs, config, created=started, warnings=warnings
         )
 
-    async def _claim_idempotency(self, tenant: str, key: str, job_id: str) -> str:
-        """Our job id when we claimed the key first, else the id of the job that did."""
+    async def _claim_idempotency(
+        self, tenant: str, key: str, binding: idempotency.Binding
+    ) -> idempotency.Binding | None:
+        """None when we bound the key first, else the binding of the submit that did."""
         store_key = idempotency_kv_key(tenant, key)
         try:
-            await self.idempotency.create(store_key, job_id.encode())
-            return job_id
+            await self.idempotency.create(store_key, binding.encode())
+            return None
         except KvConflict:
             found = await self.idempotency.get(store_key)
             if found is None:
                 raise
-            return found.value.decode()
+            return idempotency.Binding.decode(found.value)
 
     async def _discard(self, tenant: str, job_id: str) -> None:
         """Best-effort removal of what a submit that did not go through left behind."""

@@ -5,6 +5,9 @@ per-job sequence numbers are gap-free, but two replicas may publish neighbouring
 order, so events are held until their predecessors arrived. A gap that lasts means an outbox was not
 published yet (its replica died): the watcher publishes the record's outbox itself, and after a bound
 gives up on the missing event rather than stall the stream.
+
+A caller's ``revoked`` event (set when the API key that opened the stream is revoked, see
+:mod:`multipass_gateway.infra.key_streams`) ends the stream with UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from multipass import names
 from multipass.bus import Bus
-from multipass.errors import InvalidInput, Violation
+from multipass.errors import InvalidInput, Reason, Unauthenticated, Violation
 from multipass.v1 import jobs_pb2
 from multipass_gateway.domain import job_state
 from multipass_gateway.infra.job_store import JobStore
@@ -33,16 +36,37 @@ GAP_FLUSH_SECONDS = 1.0
 GAP_GIVE_UP_SECONDS = 10.0
 
 
+def _check_key(revoked: asyncio.Event | None) -> None:
+    if revoked is not None and revoked.is_set():
+        raise Unauthenticated("the API key of this stream was revoked", reason=Reason.API_KEY_INVALID)
+
+
+async def _signal(revoked: asyncio.Event, queue: asyncio.Queue) -> None:
+    await revoked.wait()
+    queue.put_nowait(None)
+
+
 async def watch(
-    bus: Bus, jobs: JobStore, tenant: str, job_id: str, after_sequence: int
+    bus: Bus,
+    jobs: JobStore,
+    tenant: str,
+    job_id: str,
+    after_sequence: int,
+    *,
+    revoked: asyncio.Event | None = None,
 ) -> AsyncIterator[jobs_pb2.JobEvent]:
-    """The job's events with sequence > ``after_sequence``, ending with its ``finished`` event."""
+    """The job's events with sequence > ``after_sequence``, ending with its ``finished`` event.
+
+    Unauthenticated as soon as ``revoked`` is set.
+    """
     if after_sequence < 0:
         raise InvalidInput.of([Violation("after_sequence", f"got {after_sequence}; expected >= 0")])
     record = await jobs.get(tenant, job_id)
     if job_state.is_terminal(record) and after_sequence >= record.job.last_sequence:
         return
-    queue: asyncio.Queue[jobs_pb2.JobEvent] = asyncio.Queue()
+    _check_key(revoked)
+    #: Events, and None when the key was revoked.
+    queue: asyncio.Queue[jobs_pb2.JobEvent | None] = asyncio.Queue()
     replay = bus.replay(names.STREAM_JOB_EVENTS, names.job_event_subject(job_id), deliver_new=True)
 
     async def pump() -> None:
@@ -56,12 +80,14 @@ async def watch(
             await queue.put(event)
 
     reader = asyncio.create_task(pump())
+    guard = asyncio.create_task(_signal(revoked, queue)) if revoked is not None else None
     expected = after_sequence + 1
     held: dict[int, jobs_pb2.JobEvent] = {}
     gap_since: float | None = None
     flushed_for_gap = False
     try:
         while True:
+            _check_key(revoked)
             if reader.done() and queue.empty():
                 reader.result()  # re-raise what ended the reader
                 return
@@ -92,9 +118,11 @@ async def watch(
                         )
                     return
             else:
+                _check_key(revoked)
                 if event.sequence >= expected:
                     held[event.sequence] = event
             while expected in held:
+                _check_key(revoked)
                 current = held.pop(expected)
                 expected += 1
                 gap_since, flushed_for_gap = None, False
@@ -102,7 +130,9 @@ async def watch(
                 if current.WhichOneof("event") == "finished":
                     return
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
+        for task in (reader, guard):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await replay.aclose()

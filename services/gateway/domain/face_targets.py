@@ -15,7 +15,8 @@ def face_targets(
     spec: diffusion_pb2.PassSpec,
     scale: tuple[float, float] | None,
 ) -> list[diffusion_pb2.FaceTarget]:
-    """Each face with the prompt and adapters of its person (the base prompt for faces outside every slot).
+    """Each face (box and landmarks) with the prompt and adapters of its person (the base prompt for faces
+    outside every slot).
 
     ``scale`` (x, y) maps slot boxes to the current image when the segmentation service could not assign
     faces itself (the image was resized since the masks were made): the face goes to the slot holding its
@@ -38,7 +39,7 @@ def face_targets(
                     slot = candidate.index
                     break
         source = persons.get(slot)
-        target = diffusion_pb2.FaceTarget(box=face.box)
+        target = diffusion_pb2.FaceTarget(box=face.box, landmarks=face.landmarks)
         if source is not None:
             target.prompt, target.negative_prompt = source.prompt, source.negative_prompt
             target.loras.extend(source.loras)

@@ -88,17 +88,27 @@ def find_pass(record: events_pb2.JobRecord, image_index: int, pass_name: str) ->
 # --- progress ---------------------------------------------------------------------------------------
 
 
+#: Pass states whose work is all done (a skipped pass has none left to do).
+DONE_PASS = frozenset({jobs_pb2.PASS_STATUS_COMPLETED, jobs_pb2.PASS_STATUS_SKIPPED})
+
+
 def pass_fraction(state: jobs_pb2.PassState) -> float:
-    if state.status in TERMINAL_PASS:
+    """How much of one pass's work was done: all of it once completed; the steps it reached while it ran
+    (also when it was then cancelled or failed); none for a pass that never ran."""
+    if state.status in DONE_PASS:
         return 1.0
-    if state.status == jobs_pb2.PASS_STATUS_RUNNING and state.steps_total > 0:
+    if state.steps_total > 0:
         return min(1.0, max(0.0, state.steps_done / state.steps_total))
     return 0.0
 
 
 def progress(record: events_pb2.JobRecord) -> float:
-    """Overall progress 0..1: every pass of every image weighted by its planned steps."""
-    if is_terminal(record):
+    """Overall progress 0..1: every pass of every image weighted by its planned steps.
+
+    1.0 exactly when the job SUCCEEDED; a job that ended otherwise (cancelled, failed, partial) keeps
+    the progress it reached, so a client can tell how far it got.
+    """
+    if record.job.state == jobs_pb2.JOB_STATE_SUCCEEDED:
         return 1.0
     total = done = 0.0
     for image, plan in zip(record.job.images, record.plans, strict=True):
@@ -229,7 +239,7 @@ def _finish_if_done(record: events_pb2.JobRecord, now: datetime, outcome: Outcom
         if failed:
             message += f"; image {failed[0].index} failed in pass {failed[0].error.pass_name}: {failed[0].error.message}"
     _stamp(job.finished_at, now)
-    job.progress = 1.0
+    job.progress = progress(record)
     outcome.finished = True
     outcome.changed = True
     event = jobs_pb2.JobEvent(finished=jobs_pb2.JobFinished(state=job.state, message=message))
@@ -261,8 +271,25 @@ def _fail_chain(
 # --- transitions ----------------------------------------------------------------------------------------
 
 
+def _done_at_submit(image_index: int, state: jobs_pb2.PassState) -> list[jobs_pb2.JobEvent]:
+    """The events of a pass done while the job was submitted (``prepare``): every pass GetJob lists as
+    completed is started and completed in the job's events too."""
+    completed = jobs_pb2.JobPassCompleted(image_index=image_index, pass_name=state.name)
+    if state.output.key:
+        completed.output.CopyFrom(state.output)
+    return [
+        jobs_pb2.JobEvent(
+            pass_started=jobs_pb2.JobPassStarted(
+                image_index=image_index, pass_name=state.name, attempt=state.attempt
+            )
+        ),
+        jobs_pb2.JobEvent(pass_completed=completed),
+    ]
+
+
 def start(record: events_pb2.JobRecord, now: datetime, *, max_batch: int = 1) -> Outcome:
-    """A new job: emit ``accepted``, complete the prepare passes (done at submit), queue each chain's first pass.
+    """A new job: emit ``accepted``, complete the prepare passes (done at submit, each with its started and
+    completed events), queue each chain's first pass.
 
     First base passes equal but for their seed go as one batched request of at most ``max_batch``
     images (:mod:`multipass_gateway.domain.base_batching`).
@@ -288,6 +315,7 @@ def start(record: events_pb2.JobRecord, now: datetime, *, max_batch: int = 1) ->
                 if not state.HasField("started_at"):
                     _stamp(state.started_at, now)
                 _stamp(state.finished_at, now)
+                outcome.events.extend(_done_at_submit(image_index, state))
                 last_done = index
             elif state.status in TERMINAL_PASS:
                 last_done = index
@@ -398,15 +426,16 @@ def apply_event(
         state.cache_hit = result.cache_hit
         if state.steps_total:
             state.steps_done = state.steps_total
-        output = (
-            result.output
-            if result.output.key
-            else current_image(
+        if planned.runs_in == "segmentation":
+            output = None  # its result is its masks (below), not an image: the chain goes on with its input
+        elif result.output.key:
+            output = result.output
+        else:  # a pass that hands its input on unchanged
+            output = current_image(
                 record,
                 event.image_index,
                 person_stages.input_position(record.plans[event.image_index], index),
             )
-        )
         if output is not None:
             state.output.CopyFrom(output)
         completed = jobs_pb2.JobPassCompleted(
@@ -507,7 +536,7 @@ def cancel(record: events_pb2.JobRecord, now: datetime) -> Outcome:
     job.state = jobs_pb2.JOB_STATE_CANCELLED
     job.error.CopyFrom(error)
     _stamp(job.finished_at, now)
-    job.progress = 1.0
+    job.progress = progress(record)
     outcome.changed = True
     outcome.finished = True
     outcome.events.append(

@@ -27,6 +27,8 @@ from multipass_gateway.domain.requirements import CAPABILITY_POSE, can_estimate_
 SEGMENTATION_KINDS = frozenset({"mask", "segment"})
 #: Kinds whose spec needs the faces found in the current image (``spec.faces``).
 FACE_KINDS = frozenset({"faces", "face_correct", "face_swap"})
+#: Kinds whose progress weight is the denoising steps they run (``PassState.steps_total`` from the start).
+STEP_KINDS = frozenset({"base", "person", "hires", "faces"})
 #: Fixed progress weights of passes without denoising steps.
 FIXED_WEIGHTS = {
     "prepare": 1,
@@ -132,7 +134,13 @@ def _reference_files(
 
 
 def _denoise_steps(steps: int, strength: float) -> int:
-    """Steps an img2img/inpaint pass really runs (diffusers runs ``int(steps * strength)``)."""
+    """Steps an img2img/inpaint pass really runs: ``steps × strength``, at least one.
+
+    Such a pass starts from its input image noised to ``strength``, so only the last ``strength`` of the
+    schedule is left to denoise (diffusers runs ``int(steps × strength)``). Counted as the worker counts
+    them (its ``started`` event): the strength as the decimal sent, not its float32 neighbour.
+    """
+    strength = round(float(strength), 6)
     return max(1, int(steps * strength)) if strength > 0 else steps
 
 
@@ -478,7 +486,7 @@ def job_record(
             state = image.passes.add(
                 name=planned.name, kind=planned.kind, status=jobs_pb2.PASS_STATUS_PENDING
             )
-            if planned.runs_in == "diffusion":
+            if planned.kind in STEP_KINDS:
                 state.steps_total = planned.weight
             if planned.kind == "prepare":
                 state.started_at.FromDatetime(created)

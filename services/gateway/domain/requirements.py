@@ -2,11 +2,18 @@
 
 The installed components it names (:func:`required_capabilities`), the pass kinds its chain will hold
 (:func:`diffusion_kinds`), the models that load each of its tunes (:func:`tune_models`) and the model
-families Diffusion.Info reports (:func:`model_family`).
+families Diffusion.Info reports (:func:`model_family`). A component the workers lack is refused naming
+the model-directory feature behind it and the ``multipass models pull`` command that installs it
+(:func:`missing_components`, from ``multipass.model_catalog``), so it never fails at pass time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from multipass.errors import Violation
+from multipass.model_catalog.features import feature_of_capability, fix_command
 from multipass.v1 import diffusion_pb2, prompt_pb2
 
 #: Installed component needed per option: (capability, field it is named after in errors).
@@ -129,3 +136,46 @@ def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
             seen.add(key)
             refs.append(ref)
     return refs
+
+
+@dataclass(frozen=True)
+class MissingComponent:
+    """A capability the request needs and the workers lack, the feature behind it and its fix."""
+
+    capability: str
+    field: str
+    #: The model-directory feature (``multipass models check``); None for what no model file provides.
+    feature: str | None
+    #: ``multipass models pull PROFILE``; "" when no profile provides it.
+    fix: str
+
+    def violation(self) -> Violation:
+        description = f"needs {self.capability!r}, which the diffusion workers do not have installed"
+        if self.fix:
+            description += f"; install it with `{self.fix}`"
+        elif self.feature:
+            description += f" (feature {self.feature}; no `multipass models pull` profile provides it)"
+        return Violation(self.field, description)
+
+
+def missing_components(
+    needs: Iterable[tuple[str, str]], installed: set[str] | frozenset[str], family_of: Callable[[str], str]
+) -> list[MissingComponent]:
+    """Each (capability, field) of ``needs`` not in ``installed``, once, with its feature and fix.
+
+    ``family_of(capability)``: the model family the fix must fit ("" when any does).
+    """
+    missing = []
+    for capability, field in dict.fromkeys(needs):
+        if capability in installed:
+            continue
+        feature = feature_of_capability(capability)
+        fix = fix_command(feature, family_of(capability)) if feature else ""
+        missing.append(MissingComponent(capability, field, feature, fix))
+    return missing
+
+
+def pull_command(missing: Iterable[MissingComponent]) -> str:
+    """One ``multipass models pull`` naming every profile the missing components need ("" when none)."""
+    profiles = dict.fromkeys(m.fix.removeprefix("multipass models pull ") for m in missing if m.fix)
+    return f"multipass models pull {' '.join(profiles)}" if profiles else ""

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from multipass.errors import echo
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,13 +77,13 @@ def parse_loose_ipv4(host: str) -> ipaddress.IPv4Address | None:
             values.append(int(part[2:] or "0", 16))
         elif len(part) > 1 and part.startswith("0"):
             if any(c not in "01234567" for c in part):
-                raise Refused(f"host {host!r} is a malformed octal IPv4 literal")
+                raise Refused(f"host {echo(host)} is a malformed octal IPv4 literal")
             values.append(int(part, 8))
         else:
             values.append(int(part))
     *leading, last = values
     if any(v > 255 for v in leading) or last >= 256 ** (4 - len(leading)):
-        raise Refused(f"host {host!r} is an out-of-range IPv4 literal")
+        raise Refused(f"host {echo(host)} is an out-of-range IPv4 literal")
     number = 0
     for value in leading:
         number = number * 256 + value
@@ -104,7 +106,9 @@ def parse_url(url: str, *, schemes: Sequence[str] = ("http", "https")) -> Target
         raise Refused(f"is not a valid URL ({error})") from error
     scheme = parts.scheme.lower()
     if scheme not in schemes:
-        raise Refused(f"has scheme {parts.scheme or '(none)'!r}; only {'/'.join(schemes)} allowed")
+        raise Refused(
+            f"has scheme {echo(parts.scheme) if parts.scheme else 'none'}; only {'/'.join(schemes)} allowed"
+        )
     if "@" in parts.netloc:
         raise Refused("carries credentials (user:password@); not allowed")
     raw_host = parts.hostname or ""
@@ -120,7 +124,7 @@ def parse_url(url: str, *, schemes: Sequence[str] = ("http", "https")) -> Target
         try:
             literal = ipaddress.IPv6Address(raw_host)
         except ValueError as error:
-            raise Refused(f"host {raw_host!r} is not a valid IPv6 address") from error
+            raise Refused(f"host {echo(raw_host)} is not a valid IPv6 address") from error
         host = str(literal)
     else:
         literal = parse_loose_ipv4(raw_host)
@@ -130,9 +134,9 @@ def parse_url(url: str, *, schemes: Sequence[str] = ("http", "https")) -> Target
             try:
                 host = raw_host.encode("idna").decode("ascii").lower().rstrip(".")
             except UnicodeError as error:
-                raise Refused(f"host {raw_host!r} is not a valid host name") from error
+                raise Refused(f"host {echo(raw_host)} is not a valid host name") from error
             if not host or any(not label or len(label) > 63 for label in host.split(".")):
-                raise Refused(f"host {raw_host!r} is not a valid host name")
+                raise Refused(f"host {echo(raw_host)} is not a valid host name")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

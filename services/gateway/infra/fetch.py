@@ -37,12 +37,14 @@ _CHUNK = 64 * 1024
 
 
 class FetchError(Exception):
-    """A request did not succeed; ``permanent`` when retrying cannot help (refused URL, 4xx, too large)."""
+    """A request did not succeed; ``permanent`` when retrying cannot help (refused URL, 4xx, too large);
+    ``too_large`` when the response had more bytes than allowed."""
 
-    def __init__(self, reason: str, *, permanent: bool):
+    def __init__(self, reason: str, *, permanent: bool, too_large: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.too_large = too_large
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,9 @@ def _request(
             length = response_headers.get("content-length", "")
             if length.isdigit() and int(length) > max_bytes:
                 raise FetchError(
-                    f"response is {int(length)} bytes; at most {max_bytes} allowed", permanent=True
+                    f"response is {int(length)} bytes; at most {max_bytes} allowed",
+                    permanent=True,
+                    too_large=True,
                 )
             chunks: list[bytes] = []
             size = 0
@@ -203,7 +207,9 @@ def _request(
                     break
                 size += len(chunk)
                 if size > max_bytes:
-                    raise FetchError(f"response is larger than {max_bytes} bytes", permanent=True)
+                    raise FetchError(
+                        f"response is larger than {max_bytes} bytes", permanent=True, too_large=True
+                    )
                 chunks.append(chunk)
             return _Response(response.status, response_headers, b"".join(chunks))
         finally:

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from multipass import names
 from multipass.bus import Bus, KeyExists, KvBucket, RevisionMismatch
-from multipass.errors import Internal, NotFound, Unavailable
+from multipass.errors import Internal, NotFound, Reason, Unavailable, echo
 from multipass.v1 import events_pb2
 from multipass_gateway.domain import job_state
 
@@ -133,7 +133,9 @@ class JobStore:
         """The tenant's job; NotFound for a missing job and for another tenant's job alike."""
         record = await self.load(tenant, job_id)
         if record is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise NotFound(
+                f"job {echo(job_id)} does not exist", reason=Reason.UNKNOWN_JOB, metadata={"jobId": job_id}
+            )
         return record
 
     async def delete(self, tenant: str, job_id: str) -> None:
@@ -169,7 +171,11 @@ class JobStore:
 
         def mutate(current: bytes | None) -> bytes | None:
             if current is None:
-                raise NotFound(f"job {job_id!r} does not exist")
+                raise NotFound(
+                    f"job {echo(job_id)} does not exist",
+                    reason=Reason.UNKNOWN_JOB,
+                    metadata={"jobId": job_id},
+                )
             record = parse_record(current, key)
             outcomes = []
             changed = False

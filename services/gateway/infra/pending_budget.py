@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from multipass import names
 from multipass.bus import KvBucket
-from multipass.errors import ResourceExhausted
+from multipass.errors import Reason, ResourceExhausted
 from multipass_gateway.infra.kv_mirror import KvMirror
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 from multipass_gateway.settings import Limits
@@ -137,9 +137,13 @@ class PendingBudget:
                 f"too much pending work for this tenant: {mine} passes of unfinished jobs + {cost} for this job "
                 f"> {self._limits.tenant_max_pending_passes}; retry after {retry:g} s or when jobs finish",
                 retry_after_seconds=retry,
+                reason=Reason.QUOTA_EXCEEDED,
+                metadata={"scope": "tenant", "limit": str(self._limits.tenant_max_pending_passes)},
             )
         if total + cost > self._limits.global_max_pending_passes:
             raise ResourceExhausted(
                 f"the service is at its pending-work limit ({total} passes of unfinished jobs); retry after {retry:g} s",
                 retry_after_seconds=retry,
+                reason=Reason.QUOTA_EXCEEDED,
+                metadata={"scope": "service", "limit": str(self._limits.global_max_pending_passes)},
             )

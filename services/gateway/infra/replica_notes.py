@@ -7,6 +7,11 @@ NATS subject ``multipass.gateway.notes``: one message per event-loop turn, one l
 ``<op> <kv key or pattern>[ <value>]`` with op ``+`` (written) or ``-`` (removed). Core NATS is at most
 once, so a lost note (a reconnect) leaves a mirror stale until its periodic resync from KV, which bounds
 how long a soft multi-replica bound can drift; with one replica nothing depends on notes at all.
+
+The same subject carries revoked API keys (``- key.<digest>``, a key of bucket ``multipass-tenants``): each
+replica drops the key from its authentication cache and ends its open streams
+(:mod:`multipass_gateway.infra.tenant_store`); a lost note is made up for by the cache TTL and the streams'
+recheck. Listeners ignore keys they do not mirror.
 """
 
 from __future__ import annotations

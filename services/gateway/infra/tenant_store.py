@@ -1,20 +1,28 @@
 """Tenants and their API keys in KV bucket ``multipass-tenants``; each replica's cache of authenticated keys.
 
 The bucket's keys, and how long a revoked key may still work on another replica: docs/CONTRACTS.md
-("Tenants and API keys").
+("Tenants and API keys"). A revocation is told to the other replicas as the note ``- key.<digest>``
+(:mod:`multipass_gateway.infra.replica_notes`): they forget the key at once and end its open streams
+(:mod:`multipass_gateway.infra.key_streams`); the cache TTL and the streams' recheck bound the delay
+when a note is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from multipass.bus import KvBucket
-from multipass.errors import InvalidInput, NotFound, Unauthenticated, Violation
+from multipass.errors import InvalidInput, NotFound, Reason, Unauthenticated, Violation, echo
 from multipass_gateway.domain import api_keys
+from multipass_gateway.infra.key_streams import KeyStreams
+from multipass_gateway.infra.replica_notes import ReplicaNotes
 
 _TENANT_ID = re.compile(r"^t[0-9a-f]{16}$")
 
@@ -24,6 +32,20 @@ class NewKey:
     tenant: str
     key_id: str
     api_key: str
+
+
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    """Who a call's API key belongs to, and the key's digest (what its revocation is known by)."""
+
+    tenant: str
+    digest: str
+
+
+#: Prefix of the lookup entries ``key.<digest>``, and of the replica note of a revocation.
+_LOOKUP_PREFIX = "key."
+#: Seconds between the checks of the keys of open streams, when nothing is configured.
+DEFAULT_STREAM_RECHECK_SECONDS = 2.0
 
 
 def valid_tenant_id(tenant: str) -> bool:
@@ -68,16 +90,29 @@ class AuthCache:
 
 class TenantStore:
     def __init__(
-        self, store: KvBucket, pepper: str = "", *, cache_seconds: float = 0.0, clock=time.monotonic
+        self,
+        store: KvBucket,
+        pepper: str = "",
+        *,
+        cache_seconds: float = 0.0,
+        clock=time.monotonic,
+        notes: ReplicaNotes | None = None,
+        stream_recheck_seconds: float = DEFAULT_STREAM_RECHECK_SECONDS,
     ):
         self._kv = store
         self._pepper = pepper
         self._cache = AuthCache(cache_seconds, clock=clock)
+        self._notes = notes
+        self.streams = KeyStreams(self._key_is_live, stream_recheck_seconds)
+        if notes is not None:
+            notes.listen(self._on_note)
 
     async def create_tenant(self, name: str) -> NewKey:
         name = name.strip()
         if not name or len(name) > 100 or not name.isprintable():
-            raise InvalidInput.of([Violation("name", f"got {name!r}; expected 1..100 printable characters")])
+            raise InvalidInput.of(
+                [Violation("name", f"got {echo(name)}; expected 1..100 printable characters")]
+            )
         tenant = "t" + secrets.token_hex(8)
         record = {"tenant": tenant, "name": name, "created_at": time.time()}
         await self._kv.create(f"tenant.{tenant}", json.dumps(record).encode())
@@ -85,7 +120,11 @@ class TenantStore:
 
     async def create_key(self, tenant: str) -> NewKey:
         if not valid_tenant_id(tenant) or await self._kv.get(f"tenant.{tenant}") is None:
-            raise NotFound(f"tenant {tenant!r} does not exist")
+            raise NotFound(
+                f"tenant {echo(tenant)} does not exist",
+                reason=Reason.UNKNOWN_TENANT,
+                metadata={"tenant": tenant},
+            )
         return await self._issue(tenant)
 
     async def _issue(self, tenant: str) -> NewKey:
@@ -96,39 +135,74 @@ class TenantStore:
             json.dumps({"tenant": tenant, "hash": digest, "revoked": False}).encode(),
         )
         await self._kv.create(
-            f"key.{digest}", json.dumps({"key_id": issued.key_id, "tenant": tenant}).encode()
+            f"{_LOOKUP_PREFIX}{digest}", json.dumps({"key_id": issued.key_id, "tenant": tenant}).encode()
         )
         return NewKey(tenant=tenant, key_id=issued.key_id, api_key=issued.api_key)
 
     async def authenticate(self, api_key: str | None) -> str:
         """The tenant owning ``api_key``; Unauthenticated for a missing, unknown or revoked key."""
+        return (await self.authenticate_key(api_key)).tenant
+
+    async def authenticate_key(self, api_key: str | None) -> AuthenticatedKey:
+        """The tenant owning ``api_key`` and the key's digest; Unauthenticated as :meth:`authenticate`."""
         if not api_key:
-            raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")
+            raise Unauthenticated(
+                "missing API key: send the header 'authorization: Bearer <api key>'",
+                reason=Reason.API_KEY_MISSING,
+            )
         if not api_keys.looks_like_key(api_key):
-            raise Unauthenticated("invalid API key")
+            raise Unauthenticated("invalid API key", reason=Reason.API_KEY_INVALID)
         digest = api_keys.hash_key(api_key, self._pepper)
         tenant = self._cache.get(digest)
         if tenant is not None:
-            return tenant
-        found = await self._kv.get(f"key.{digest}")
+            return AuthenticatedKey(tenant, digest)
+        found = await self._kv.get(f"{_LOOKUP_PREFIX}{digest}")
         if found is None:
-            raise Unauthenticated("invalid or revoked API key")
+            raise Unauthenticated("invalid or revoked API key", reason=Reason.API_KEY_INVALID)
         tenant = json.loads(found.value)["tenant"]
         self._cache.put(digest, tenant)
-        return tenant
+        return AuthenticatedKey(tenant, digest)
+
+    @contextlib.contextmanager
+    def hold_stream(self, key: AuthenticatedKey) -> Iterator[asyncio.Event]:
+        """Register an open stream of ``key``; the event is set when the key is revoked (any replica)."""
+        with self.streams.hold(key.digest) as revoked:
+            yield revoked
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recheck the keys of open streams until ``stop`` (catches revocations whose note was lost)."""
+        await self.streams.run(stop)
+
+    async def _key_is_live(self, digest: str) -> bool:
+        return await self._kv.get(f"{_LOOKUP_PREFIX}{digest}") is not None
+
+    def _forget(self, digest: str) -> None:
+        self._cache.forget(digest)
+        self.streams.revoked(digest)
+
+    def _on_note(self, op: str, key: str, _value: str) -> None:
+        """Another replica revoked a key: stop trusting it and end its streams here too."""
+        if op == "-" and key.startswith(_LOOKUP_PREFIX):
+            self._forget(key.removeprefix(_LOOKUP_PREFIX))
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke at once; False when it was already revoked. NotFound for an unknown key id."""
         if not api_keys.valid_key_id(key_id):
-            raise InvalidInput.of([Violation("key_id", f"got {key_id!r}; expected 16 hex digits")])
+            raise InvalidInput.of([Violation("key_id", f"got {echo(key_id)}; expected 16 hex digits")])
         found = await self._kv.get(f"keyid.{key_id}")
         if found is None:
-            raise NotFound(f"key {key_id} does not exist")
+            raise NotFound(
+                f"key {key_id} does not exist", reason=Reason.UNKNOWN_KEY, metadata={"keyId": key_id}
+            )
         record = json.loads(found.value)
         # Delete the lookup entry first: from here on the key authenticates nothing (on this replica at
-        # once; other replicas may trust their cached read for up to cache_seconds more).
-        await self._kv.delete(f"key.{record['hash']}")
-        self._cache.forget(record["hash"])
+        # once, on the others when the note arrives; should it be lost, they trust their cached read for
+        # up to cache_seconds more and end the key's streams at their next recheck).
+        digest = record["hash"]
+        await self._kv.delete(f"{_LOOKUP_PREFIX}{digest}")
+        self._forget(digest)
+        if self._notes is not None:
+            self._notes.removed(f"{_LOOKUP_PREFIX}{digest}")
         if record.get("revoked"):
             return False
         record["revoked"] = True

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
 
-from multipass import names
+from multipass import names, tune_formats
 from multipass.bus import KvBucket
-from multipass.errors import Internal, InvalidInput, NotFound, Violation
+from multipass.errors import Internal, InvalidInput, NotFound, Reason, Violation, echo
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
+from multipass_gateway.domain import request_checks
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
 
@@ -69,6 +70,19 @@ def check_safetensors(data: bytes, field: str) -> None:
                 problem = "is not a safetensors file (header is not a JSON object)"
     if problem:
         raise InvalidInput.of([Violation(field, problem)])
+    check_tune_format(header, field)
+
+
+def check_tune_format(header: dict, field: str) -> None:
+    """InvalidInput naming the format of a tune file the worker cannot load (LyCORIS LoHa, LoKr, ...)."""
+    shapes = {
+        name: entry.get("shape", [])
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    }
+    found = tune_formats.classify(shapes, shapes)
+    if found is not None and not found.supported:
+        raise InvalidInput.of([Violation(field, found.unsupported)])
 
 
 def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
@@ -77,30 +91,31 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
         problems.append(
             Violation(
                 "metadata.token",
-                f"got {metadata.token!r}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'",
+                f"got {echo(metadata.token)}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'",
             )
         )
     if not _CLASS.match(metadata.class_name):
         problems.append(
             Violation(
                 "metadata.class_name",
-                f"got {metadata.class_name!r}; expected a lower-case class word, e.g. 'woman'",
+                f"got {echo(metadata.class_name)}; expected a lower-case class word, e.g. 'woman'",
             )
         )
     if metadata.base_family not in FAMILIES:
         problems.append(
             Violation(
-                "metadata.base_family", f"got {metadata.base_family!r}; expected one of {', '.join(FAMILIES)}"
+                "metadata.base_family",
+                f"got {echo(metadata.base_family)}; expected one of {', '.join(FAMILIES)}",
             )
         )
     if metadata.kind and metadata.kind not in KINDS:
         problems.append(
-            Violation("metadata.kind", f"got {metadata.kind!r}; expected one of {', '.join(KINDS)}")
+            Violation("metadata.kind", f"got {echo(metadata.kind)}; expected one of {', '.join(KINDS)}")
         )
     if len(metadata.name) > 100 or not metadata.name.isprintable():
         problems.append(Violation("metadata.name", "expected at most 100 printable characters"))
     if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
-        problems.append(Violation("metadata.sha256", f"got {metadata.sha256!r}; expected 64 hex digits"))
+        problems.append(Violation("metadata.sha256", f"got {echo(metadata.sha256)}; expected 64 hex digits"))
     if metadata.url and streamed:
         problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
     if not metadata.url and not streamed:
@@ -108,13 +123,32 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
             Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
         )
     if len(metadata.reference_image_ids) > MAX_REFERENCE_IMAGES:
-        problems.append(Violation("metadata.reference_image_ids", f"at most {MAX_REFERENCE_IMAGES} images"))
-    for index, image_id in enumerate(metadata.reference_image_ids):
-        if not valid_upload_id(image_id):
-            problems.append(
-                Violation(f"metadata.reference_image_ids[{index}]", f"got {image_id!r}; not an upload id")
+        problems.append(
+            Violation(
+                "metadata.reference_image_ids",
+                f"got {len(metadata.reference_image_ids)} images; at most {MAX_REFERENCE_IMAGES}",
             )
+        )
+    else:
+        for index, image_id in enumerate(metadata.reference_image_ids):
+            if not valid_upload_id(image_id):
+                problems.append(
+                    Violation(
+                        f"metadata.reference_image_ids[{index}]",
+                        f"got {echo(image_id)}; expected an image_id returned by UploadImage",
+                    )
+                )
     return problems
+
+
+def unknown_upload(field: str, image_id: str) -> NotFound:
+    """NOT_FOUND for an image id that names no upload of the tenant, naming the field."""
+    return NotFound(
+        f"invalid {field}: no uploaded image {echo(image_id)}",
+        violations=[Violation(field, f"no uploaded image {echo(image_id)}")],
+        reason=Reason.UNKNOWN_IMAGE,
+        metadata={"imageId": image_id},
+    )
 
 
 def page_token(last_id: str) -> str:
@@ -208,7 +242,7 @@ class TuneStore:
                 names.BUCKET_JOBS, key, max_bytes=self._limits.max_image_bytes, field=field
             )
         except NotFound as error:
-            raise InvalidInput.of([Violation(field, f"no uploaded image {image_id!r}")]) from error
+            raise unknown_upload(field, image_id) from error
         image = decode_image(data, field=field, max_pixels=self._limits.max_image_pixels)
         return common_pb2.ImageRef(
             bucket=names.BUCKET_JOBS,
@@ -237,13 +271,18 @@ class TuneStore:
         """The tenant's tune; NotFound for a missing tune and for another tenant's tune alike."""
         tune = await self.find(tenant, tune_id)
         if tune is None:
-            raise NotFound(f"tune {tune_id!r} does not exist")
+            raise NotFound(
+                f"tune {echo(tune_id)} does not exist",
+                reason=Reason.UNKNOWN_TUNE,
+                metadata={"tuneId": tune_id},
+            )
         return tune
 
     async def list(self, tenant: str, page_size: int, token: str) -> tuple[list[jobs_pb2.Tune], str]:
-        if page_size < 0 or page_size > 100:
-            raise InvalidInput.of([Violation("page_size", f"got {page_size}; expected 1..100 (0 = 20)")])
-        size = page_size or 20
+        problems = request_checks.page_size(page_size)
+        if problems:
+            raise InvalidInput.of(problems)
+        size = page_size or request_checks.DEFAULT_PAGE_SIZE
         after = parse_page_token(token)
         prefix = f"{tenant}."
         ids = sorted(

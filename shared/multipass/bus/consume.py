@@ -5,7 +5,9 @@ handler returns; when it raises instead, the loop decides (docs/CONTRACTS.md, "O
 message"): a retriable :class:`~multipass.errors.MultipassError` is nak'ed with a delay growing with the
 delivery count, a non-retriable one terminated, anything else logged as a bug and nak'ed. A Nak on the
 last allowed delivery becomes a Term, and ``on_term`` hears of every Term the loop decides. While a
-handler runs, the loop sends ``in_progress`` every ``ack_wait / 3``.
+handler runs, the loop sends ``in_progress`` (a heartbeat) every ``ack_wait / 3``: a live consumer keeps
+its message however long the handler runs, and a dead one's message is redelivered at most ``ack_wait``
+after its last heartbeat.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from multipass.logs import log_context
 
 log = logging.getLogger(__package__)
 
+#: Heartbeats (``in_progress``) per ack wait while a handler runs: two may be lost before a redelivery.
+HEARTBEATS_PER_ACK_WAIT = 3
 #: Nak delays in seconds by delivery count (1st failure, 2nd, ...); the last repeats.
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -291,7 +295,7 @@ class Consuming(ConsumerAdmin):
             "msg_id": delivery.msg_id,
         }
         with log_context(**context):
-            keep_alive = asyncio.create_task(self._keep_alive(msg, ack_wait / 3))
+            keep_alive = asyncio.create_task(self._keep_alive(msg, ack_wait / HEARTBEATS_PER_ACK_WAIT))
             try:
                 decision, by_loop, failure = await self._decide(delivery, handler, backoff)
             except asyncio.CancelledError:

@@ -78,6 +78,14 @@ STREAMS: tuple[StreamSpec, ...] = (
         api.RetentionPolicy.LIMITS,
         max_age=7 * DAY,
     ),
+    # Max-deliveries advisories of the pass queue (a pass nobody finished): kept until a gateway acks one,
+    # so an advisory sent while no gateway is connected is handled when one is; a day at most.
+    StreamSpec(
+        names.STREAM_ADVISORIES,
+        (names.PASS_MAX_DELIVERIES_ADVISORY,),
+        api.RetentionPolicy.WORK_QUEUE,
+        max_age=DAY,
+    ),
 )
 
 BUCKETS: tuple[BucketSpec, ...] = (

@@ -1,13 +1,21 @@
 """Mapping the error hierarchy to gRPC status codes, in one place.
 
 Servicers just raise :class:`multipass.errors.MultipassError`; :class:`ErrorInterceptor` turns it into a
-status with ``google.rpc`` details (``BadRequest`` field violations, ``RetryInfo``), logs unexpected
-exceptions once with their traceback and answers ``INTERNAL`` without leaking internals.
+status with ``google.rpc`` details, logs unexpected exceptions once with their traceback and answers
+``INTERNAL`` without leaking internals. Every status carries one ``ErrorInfo`` (the error's stable
+reason, :data:`multipass.errors.ERROR_DOMAIN`, metadata), plus ``BadRequest`` field violations when there
+are any and ``RetryInfo`` for ``RESOURCE_EXHAUSTED``.
+
+The status message and details travel in trailers, which gRPC limits (8 KiB by default, 16 KiB at most):
+the message is capped at :data:`MESSAGE_BYTES`, each violation and metadata value too, and violations
+beyond :data:`DETAILS_BYTES` are summed up in one last violation. Object reprs with memory addresses
+(``<_io.BytesIO object at 0x...>``) are reduced to their type name.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from google.protobuf import duration_pb2
@@ -31,20 +39,67 @@ GRPC_CODES: dict[str, grpc.StatusCode] = {
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
+#: UTF-8 bytes of a status message (percent-encoded in the ``grpc-message`` trailer: at most 3x).
+MESSAGE_BYTES = 512
+#: UTF-8 bytes of one violation's field, of its description, of one ErrorInfo metadata value.
+FIELD_BYTES = 128
+DESCRIPTION_BYTES = 384
+METADATA_BYTES = 128
+#: Serialized bytes of all field violations together (base64-encoded in ``grpc-status-details-bin``).
+DETAILS_BYTES = 3072
+_OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*)[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def capped(text: str, limit_bytes: int) -> str:
+    """``text`` without object reprs, cut to at most ``limit_bytes`` UTF-8 bytes (ending in "…" if cut)."""
+    text = _OBJECT_REPR.sub(lambda match: f"<{match.group(1).rsplit('.', 1)[-1]}>", text)
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit_bytes:
+        return text
+    return encoded[: limit_bytes - 3].decode("utf-8", "ignore") + "…"
+
+
+def _field_violations(violations: tuple[errors.Violation, ...]) -> error_details_pb2.BadRequest:
+    """The violations that fit in :data:`DETAILS_BYTES`; the rest are counted in one last entry."""
+    bad_request = error_details_pb2.BadRequest()
+    used = 0
+    for shown, violation in enumerate(violations):
+        entry = error_details_pb2.BadRequest.FieldViolation(
+            field=capped(violation.field, FIELD_BYTES),
+            description=capped(violation.description, DESCRIPTION_BYTES),
+        )
+        used += entry.ByteSize() + 3
+        if used > DETAILS_BYTES - 64:
+            left = len(violations) - shown
+            bad_request.field_violations.add(
+                field="request", description=f"{left} more problems not shown; fix the ones above and retry"
+            )
+            break
+        bad_request.field_violations.append(entry)
+    return bad_request
+
+
+def error_info(error: errors.MultipassError) -> error_details_pb2.ErrorInfo:
+    """The ``google.rpc.ErrorInfo`` of one of our errors."""
+    return error_details_pb2.ErrorInfo(
+        reason=str(error.reason),
+        domain=errors.ERROR_DOMAIN,
+        metadata={
+            capped(key, FIELD_BYTES): capped(value, METADATA_BYTES)
+            for key, value in list(error.metadata.items())[:8]
+        },
+    )
 
 
 def to_status(error: errors.MultipassError) -> grpc.Status:
     """The gRPC status (with rich details) for one of our errors."""
     grpc_code = GRPC_CODES.get(error.code_name, grpc.StatusCode.INTERNAL)
-    status = status_pb2.Status(code=getattr(code_pb2, grpc_code.name), message=str(error))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, grpc_code.name), message=capped(str(error), MESSAGE_BYTES)
+    )
+    status.details.add().Pack(error_info(error))
     if error.violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
-        )
-        status.details.add().Pack(bad_request)
+        status.details.add().Pack(_field_violations(error.violations))
     if isinstance(error, errors.ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
@@ -52,28 +107,37 @@ def to_status(error: errors.MultipassError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+    try:
+        return rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    except ValueError:  # details that do not match the code and message
+        return None
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> errors.MultipassError:
-    """Rebuild our error (with field violations) from a status received from another service."""
+    """Rebuild our error (field violations, reason, metadata) from a status received from another service."""
     code = error.code()
     cls = errors.ERRORS_BY_CODE.get(
         code.name, errors.Unavailable if code == grpc.StatusCode.UNAVAILABLE else errors.Internal
     )
     violations: list[errors.Violation] = []
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                violations += [errors.Violation(v.field, v.description) for v in bad_request.field_violations]
+    reason: errors.Reason | None = None
+    metadata: dict[str, str] = {}
+    status = _status_of(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations += [errors.Violation(v.field, v.description) for v in bad_request.field_violations]
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == errors.ERROR_DOMAIN and info.reason in errors.Reason.__members__:
+                reason, metadata = errors.Reason(info.reason), dict(info.metadata)
     message = error.details() or code.name
-    if violations:
-        # to_status() appends the violations to the message; keep them only once.
-        suffix = " (" + "; ".join(f"{v.field}: {v.description}" for v in violations) + ")"
-        message = message.removesuffix(suffix)
     if cls is errors.ResourceExhausted:
-        return errors.ResourceExhausted(message)
-    return cls(message, violations=violations)
+        return errors.ResourceExhausted(message, reason=reason, metadata=metadata)
+    return cls(message, violations=violations, reason=reason, metadata=metadata)
 
 
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
@@ -90,6 +154,17 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     return found
 
 
+def reason_of(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The status's ``ErrorInfo`` (reason, domain, metadata), or None when it has none."""
+    status = _status_of(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     """Abort the call with the status for ``error`` (unexpected exceptions become INTERNAL)."""
     if isinstance(error, UndecodableRequest):
@@ -98,6 +173,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: BaseException, me
             violations=[
                 errors.Violation("request", f"{error.size} bytes that do not decode as {method}'s request")
             ],
+            reason=errors.Reason.UNDECODABLE_REQUEST,
         )
     if not isinstance(error, errors.MultipassError):
         log.exception("unhandled error in %s", method, exc_info=error)

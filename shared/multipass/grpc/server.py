@@ -1,4 +1,8 @@
-"""A ``grpc.aio`` server with our interceptors, health checking, reflection and graceful shutdown."""
+"""A ``grpc.aio`` server with our interceptors, health checking, reflection and graceful shutdown.
+
+Reflection is served as both ``grpc.reflection.v1`` (what current grpcurl, Postman and gRPC UI ask first)
+and ``grpc.reflection.v1alpha`` (older tools).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from multipass.grpc import reflection_v1
 from multipass.grpc.errors import ErrorInterceptor
 from multipass.metrics import MetricsInterceptor
 
@@ -78,7 +83,10 @@ async def start_grpc_server(
     names = [r.service_name for r in registrations]
     for registration in registrations:
         registration.add_to_server(registration.servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflected = [*names, health.SERVICE_NAME, reflection_v1.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection_servicer = reflection.aio.ReflectionServicer(reflected)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, server)
+    reflection_v1.add_reflection_v1_to_server(reflection_servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")

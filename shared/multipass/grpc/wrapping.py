@@ -2,11 +2,19 @@
 
 Request bodies that do not decode are handed to the handler as :class:`UndecodableRequest` so that they
 become ``INVALID_ARGUMENT`` rather than the ``INTERNAL`` grpc answers by default.
+
+A response-streaming handler comes in one of two shapes, and a wrapper keeps the shape it wraps because
+``grpc.aio`` tells them apart by their function type: an async generator that yields responses (our
+servicers, reflection) or a coroutine that writes them with ``context.write`` and returns ``None``
+(``grpc.health.v1`` ``Watch``). A client that goes away ends either one: the generator is closed
+(``GeneratorExit``) or the coroutine cancelled; both are counted as ``CANCELLED`` and never turned into an
+error status, since there is nobody left to receive one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import grpc
 from grpc.aio import AbortError
@@ -44,6 +52,22 @@ async def _checked_stream(request_iterator):
         yield _check(request)
 
 
+async def _responses(produced):
+    """The responses of a streaming handler's result, async or not."""
+    if hasattr(produced, "__aiter__"):
+        async for response in produced:
+            yield response
+    else:
+        for response in produced:
+            yield response
+
+
+async def _close(produced) -> None:
+    close = getattr(produced, "aclose", None)
+    if close is not None:
+        await close()
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None, on_finish=None):
     """A handler like ``handler`` that reports start/finish and routes exceptions to ``on_error``.
 
@@ -57,12 +81,16 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
             return request_or_iterator
         return _checked_stream(request_or_iterator) if streaming_request else _check(request_or_iterator)
 
+    def started() -> None:
+        if on_start is not None:
+            on_start()
+
     def finished(code: str) -> None:
         if on_finish is not None:
             on_finish(code)
 
     async def fail(error: BaseException, context) -> None:
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             finished("CANCELLED")
             raise error
         if isinstance(error, AbortError):
@@ -82,12 +110,10 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
         inner = handler.unary_unary or handler.stream_unary
         streaming_request = handler.stream_unary is not None
 
-        async def unary_response(request_or_iterator, context):
-            if on_start is not None:
-                on_start()
+        async def wrapped(request_or_iterator, context):
+            started()
             try:
-                request = prepare(request_or_iterator, streaming_request)
-                response = await inner(request, context)
+                response = await inner(prepare(request_or_iterator, streaming_request), context)
             except BaseException as error:  # noqa: BLE001 - every error ends in exactly one status
                 await fail(error, context)
                 raise
@@ -101,17 +127,32 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
         inner = handler.unary_stream or handler.stream_stream
         streaming_request = handler.stream_stream is not None
 
-        async def unary_response(request_or_iterator, context):
-            if on_start is not None:
-                on_start()
-            try:
-                request = prepare(request_or_iterator, streaming_request)
-                async for response in inner(request, context):
-                    yield response
-            except BaseException as error:  # noqa: BLE001
-                await fail(error, context)
-                raise
-            finished("OK")
+        if inspect.iscoroutinefunction(inner):
+
+            async def wrapped(request_or_iterator, context):
+                started()
+                try:
+                    await inner(prepare(request_or_iterator, streaming_request), context)
+                except BaseException as error:  # noqa: BLE001
+                    await fail(error, context)
+                    raise
+                finished("OK")
+
+        else:
+
+            async def wrapped(request_or_iterator, context):
+                started()
+                produced = None
+                try:
+                    produced = inner(prepare(request_or_iterator, streaming_request), context)
+                    async for response in _responses(produced):
+                        yield response
+                except BaseException as error:  # noqa: BLE001
+                    await fail(error, context)
+                    raise
+                finally:
+                    await _close(produced)
+                finished("OK")
 
         factory = (
             grpc.stream_stream_rpc_method_handler
@@ -120,7 +161,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *, on_error=None, on_start=None
         )
 
     return factory(
-        unary_response,
+        wrapped,
         request_deserializer=_lenient(handler.request_deserializer)
         if checking
         else handler.request_deserializer,

@@ -1,9 +1,10 @@
-"""The model-sync command: fill a local model directory from the models bucket.
+"""The ``multipass models`` commands, and the model-sync command that fills a model directory from the bucket.
 
-The Kubernetes init containers of the diffusion and segmentation pods run it from the service image as
-``python -m multipass.model_sync --bucket B --prefix P --dest D``; on a developer machine it is also
+The Kubernetes init containers of the diffusion and segmentation pods run the sync from the service image
+as ``python -m multipass.model_sync --bucket B --prefix P --dest D``; on a developer machine it is also
 ``multipass models sync``. Object-store settings come from the same ``MULTIPASS_S3_*`` variables the
-services read.
+services read. ``multipass models pull | list | check`` (the Hugging Face Hub, the manifest, the feature
+check) are in :mod:`.catalog_commands`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ DESCRIPTION = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """``multipass models sync``."""
+    """``multipass models sync | pull | list | check``."""
+    from multipass.model_sync.catalog_commands import add_catalog_commands
+
     models = subparsers.add_parser("models", help="manage the model directory (MULTIPASS_MODEL_DIR)")
     actions = models.add_subparsers(dest="models_action", metavar="ACTION", required=True)
+    add_catalog_commands(actions)
     sync = actions.add_parser(
         "sync", help="mirror a prefix of the models bucket into a local directory", description=DESCRIPTION
     )

@@ -42,7 +42,7 @@ def resolve_address(args: argparse.Namespace, paths: StackPaths | None = None) -
 
 def local_stack_state(args: argparse.Namespace, paths: StackPaths | None = None) -> dict | None:
     """The local stack's record when the command talks to its gateway (object-store access for downloads)."""
-    state = read_state(paths or StackPaths.default())
+    state = read_state(paths or StackPaths.current())
     if state is None or (args.addr and args.addr != state.get("gateway_address")):
         return None
     return state

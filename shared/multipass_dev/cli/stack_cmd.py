@@ -15,7 +15,7 @@ from multipass_client.cli.options import (
     parse_key_values,
     reports_rpc_errors,
 )
-from multipass_client.stack_record import STACK_DIR_ENV, StackPaths
+from multipass_client.stack_record import HOME_ENV, STACK_DIR_ENV, StackPaths, no_stack_hint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Start nats-server, an S3 endpoint (moto, unless MULTIPASS_S3_ENDPOINT is set) and the four services on "
             "loopback, supervised (crashed processes are restarted with backoff); create a dev tenant. Tiny random "
             f"models are built once under .multipass/models unless MULTIPASS_MODEL_DIR is set. State lives in "
-            f".multipass/ (or ${STACK_DIR_ENV})."
+            f".multipass/ (or ${HOME_ENV}/.multipass, or ${STACK_DIR_ENV})."
         ),
     )
     up.add_argument(
@@ -49,7 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     down.set_defaults(run=run_down)
 
     status = subparsers.add_parser(
-        "status", help="show the local stack's processes; exit 0 when all are healthy"
+        "status",
+        help="show the local stack's processes; exit 0 when all are healthy",
+        description=(
+            f"Find the local stack (${STACK_DIR_ENV}, ${HOME_ENV}/.multipass, the .multipass/ of this directory or "
+            "a parent, or of the checkout the package is installed from), probe every process now and show it."
+        ),
     )
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(run=run_status)
@@ -86,8 +91,9 @@ def run_up(args: argparse.Namespace) -> int:
     )
     from multipass_dev.stack.local_stack import StackConfig, StackError
 
-    paths = StackPaths.default()
-    owner = running_supervisor(paths)
+    recorded = StackPaths.locate()
+    owner = running_supervisor(recorded) if recorded is not None else None
+    paths = recorded if owner is not None else StackPaths.default()
     if owner is not None:
         _say(
             f"the local stack is already running (supervisor pid {owner}); `multipass status` shows it, `multipass down` stops it"
@@ -134,6 +140,7 @@ def _log_to_terminal_and_file(paths: StackPaths) -> None:
 def _print_summary(state: dict) -> None:
     _say("")
     _say(f"gateway      {state.get('gateway_address')}")
+    _say(f"web page     {state.get('http_url')}  (also the HTTP API; log in with the dev API key)")
     _say(f"dev API key  {state.get('api_key_file')}")
     _say(f"admin token  {state.get('admin_token_file')}")
     _say(
@@ -147,7 +154,7 @@ def _print_summary(state: dict) -> None:
 def run_down(args: argparse.Namespace) -> int:
     from multipass_dev.stack.control import stop_stack
 
-    paths = StackPaths.default()
+    paths = StackPaths.current()
     if not stop_stack(paths, timeout=args.timeout, on_progress=_say):
         _say(f"no local stack recorded under {paths.root}")
         return 0
@@ -158,13 +165,17 @@ def run_down(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from multipass_dev.stack.control import live_status
 
-    paths = StackPaths.default()
-    state = live_status(paths)
+    paths = StackPaths.locate()
+    state = live_status(paths) if paths is not None else None
     if state is None:
+        searched = [paths] if paths is not None else StackPaths.candidates()
+        hint = no_stack_hint(searched)
         if args.json:
-            print(json.dumps({"status": "absent", "root": str(paths.root)}))
+            print(
+                json.dumps({"status": "absent", "looked_in": [str(p.root) for p in searched], "hint": hint})
+            )
         else:
-            _say(f"no local stack recorded under {paths.root}; `multipass up` starts one")
+            _say(hint)
         return 1
     processes = state.get("processes") or {}
     healthy = (
@@ -192,6 +203,8 @@ def run_status(args: argparse.Namespace) -> int:
         )
     if state.get("gateway_address"):
         print(f"gateway {state['gateway_address']}; dev API key in {state.get('api_key_file')}")
+    if state.get("http_url"):
+        print(f"web page and HTTP API {state['http_url']}")
     return 0 if healthy else 1
 
 
@@ -224,5 +237,9 @@ def run_demo(args: argparse.Namespace) -> int:
             prompt_path=args.prompt_file,
             params=params,
             tiny_models=bool(state.get("tiny_models", args.model_dir is None)),
+        )
+    if state.get("http_url"):
+        console.print(
+            f"Watch it in the web page: {state['http_url']}/#/jobs/{job.job_id} (log in with the dev API key)"
         )
     return 0 if job.state == jobs_pb2.JOB_STATE_SUCCEEDED else 1

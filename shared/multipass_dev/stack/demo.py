@@ -181,8 +181,8 @@ def run_demo(
     if tiny_models:
         console.print(
             "These images come from tiny random-weight models, so they look like noise: the demo exercises every "
-            "pass, mask and event. For real images, point MULTIPASS_MODEL_DIR at a model directory "
-            "(docs/CONTRACTS.md, 'Model directory'), then `make down && make run`."
+            "pass, mask and event. For real images: `multipass models pull sd15 sam grounding faces` with "
+            "MULTIPASS_MODEL_DIR set (docs/MODELS.md), then `make down && make run`."
         )
     console.print("The stack is still running (`multipass status`); `make down` stops it.")
     return job

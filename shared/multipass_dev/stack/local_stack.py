@@ -1,9 +1,10 @@
 """The Multipass local stack: nats-server, an S3 endpoint and the four services, supervised, on loopback.
 
-:class:`LocalStack` chooses free ports, builds the tiny models once (unless ``MULTIPASS_MODEL_DIR`` is
-set), starts the processes in dependency order (infrastructure → prompt-parser, segmentation,
-diffusion → gateway), waits for each to be healthy, creates the dev tenant and records everything in
-``stack.json``. ``multipass up`` runs it in the foreground or as a detached daemon
+:class:`LocalStack` reserves every port of the stack at once (each held until its process starts),
+builds the tiny models once (unless ``MULTIPASS_MODEL_DIR`` is set), starts the processes in dependency
+order (infrastructure → prompt-parser, segmentation, diffusion → gateway), waits for each to be healthy,
+creates the dev tenant and records everything in ``stack.json``. A process that finds its port taken
+anyway (by another program, between release and bind) makes the whole start run again on new ports. ``multipass up`` runs it in the foreground or as a detached daemon
 (``python -m multipass_dev.stack.daemon``); tests run it in-process.
 """
 
@@ -16,14 +17,14 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 
 from multipass_client.stack_record import StackPaths, read_state
-from multipass_dev.local.process import LOOPBACK, find_binary, free_port
+from multipass_dev.local.process import LOOPBACK, PortReservation, find_binary, is_port_clash
 from multipass_dev.stack.health import HealthProbe
 from multipass_dev.stack.state import STATE_VERSION, supervisor_alive, write_json_atomic, write_secret
 from multipass_dev.stack.supervisor import ProcessSpec, ProcessStatus, RestartPolicy, StartError, Supervisor
@@ -47,6 +48,8 @@ PARSER = ServiceDef("prompt-parser", "multipass_prompt_parser", "PARSER")
 SEGMENTATION = ServiceDef("segmentation", "multipass_segmentation", "SEGMENTATION")
 DIFFUSION = ServiceDef("diffusion", "multipass_diffusion", "DIFFUSION")
 GATEWAY = ServiceDef("gateway", "multipass_gateway", "GATEWAY")
+#: The HTTP API and web page, a client of the gateway (its address is ``MULTIPASS_HTTP_ADDR``).
+HTTP_API = ServiceDef("http-api", "multipass_http_api", "HTTP")
 WORKERS = (PARSER, SEGMENTATION, DIFFUSION)
 
 
@@ -65,6 +68,18 @@ def diffusion_replicas(count: int) -> tuple[ServiceDef, ...]:
 
 class StackError(RuntimeError):
     """The stack cannot start (already running, a process failed, the dev tenant could not be made)."""
+
+
+#: Whole starts tried when a process finds its port taken between its reservation and its start.
+START_TRIES = 3
+
+
+def port_clash_line(error: StartError) -> str | None:
+    """The line of a start failure that says a port was taken, or None for any other failure."""
+    for line in [error.reason, *error.log_tail.splitlines()]:
+        if is_port_clash(line):
+            return line.strip()[:200]
+    return None
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,11 @@ class StackConfig:
 
 @dataclass
 class _Wiring:
-    """Ports and secrets of one run."""
+    """Ports and secrets of one run.
+
+    Every port is reserved at once (:class:`PortReservation`: distinct, held by bound sockets) and handed
+    to its processes just before they start (:meth:`release`).
+    """
 
     nats_port: int
     nats_monitor_port: int
@@ -139,20 +158,42 @@ class _Wiring:
     admin_token: str
     callback_key: str
     internal_token: str
+    reservation: PortReservation | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def choose(cls, config: StackConfig) -> _Wiring:
-        names = [s.name for s in (*config.workers, GATEWAY)]
+        names = [s.name for s in (*config.workers, GATEWAY, HTTP_API)]
+        reservation = PortReservation(2 + (config.s3_endpoint is None) + 2 * len(names))
+        ports = iter(reservation.ports)
         return cls(
-            nats_port=free_port(),
-            nats_monitor_port=free_port(),
-            s3_endpoint=config.s3_endpoint or f"{LOOPBACK}:{free_port()}",
-            grpc_ports={name: free_port() for name in names},
-            metrics_ports={name: free_port() for name in names},
+            nats_port=next(ports),
+            nats_monitor_port=next(ports),
+            s3_endpoint=config.s3_endpoint or f"{LOOPBACK}:{next(ports)}",
+            grpc_ports={name: next(ports) for name in names},
+            metrics_ports={name: next(ports) for name in names},
             admin_token="mpa_" + secrets.token_urlsafe(24),
             callback_key=secrets.token_urlsafe(32),
             internal_token=secrets.token_urlsafe(24),
+            reservation=reservation,
         )
+
+    def ports_of(self, name: str) -> tuple[int, ...]:
+        """The ports the process ``name`` listens on."""
+        if name == "nats":
+            return (self.nats_port, self.nats_monitor_port)
+        if name == "s3":
+            return (int(self.s3_endpoint.rsplit(":", 1)[1]),)
+        return (self.grpc_ports[name], self.metrics_ports[name])
+
+    def release(self, names: Iterable[str]) -> None:
+        """Hand the ports of the processes ``names`` over to them: call just before they start."""
+        if self.reservation is not None:
+            for name in names:
+                self.reservation.release(*self.ports_of(name))
+
+    def release_all(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release_all()
 
     @property
     def nats_url(self) -> str:
@@ -163,6 +204,11 @@ class _Wiring:
 
     def metrics_url(self, name: str) -> str:
         return f"http://{LOOPBACK}:{self.metrics_ports[name]}/metrics"
+
+    @property
+    def http_url(self) -> str:
+        """The web page and HTTP API (the http-api process listens on its entry of ``grpc_ports``)."""
+        return f"http://{LOOPBACK}:{self.grpc_ports[HTTP_API.name]}"
 
 
 class LocalStack:
@@ -272,6 +318,14 @@ class LocalStack:
             )
             if config.fetch_allow_hosts:
                 env["MULTIPASS_FETCH_ALLOW_HOSTS"] = ",".join(config.fetch_allow_hosts)
+        if service is HTTP_API:
+            env.update(
+                {
+                    "MULTIPASS_HTTP_ADDR": wiring.grpc_address(HTTP_API.name),
+                    "MULTIPASS_HTTP_PUBLIC_URL": wiring.http_url,
+                    "MULTIPASS_GATEWAY_TARGET": wiring.grpc_address(GATEWAY.name),
+                }
+            )
         return env
 
     def _service_defaults(self, service: ServiceDef) -> dict[str, str]:
@@ -290,19 +344,25 @@ class LocalStack:
         return defaults
 
     def _service_spec(self, service: ServiceDef, wiring: _Wiring) -> ProcessSpec:
+        if service is HTTP_API:
+            probe = HealthProbe("http", f"{wiring.http_url}/healthz")
+            info = {"url": wiring.http_url, "metrics_url": wiring.metrics_url(service.name)}
+        else:
+            probe = HealthProbe("grpc", wiring.grpc_address(service.name))
+            info = {
+                "grpc_address": wiring.grpc_address(service.name),
+                "metrics_url": wiring.metrics_url(service.name),
+            }
         return ProcessSpec(
             name=service.name,
             argv=(self.config.python, "-m", service.module),
             env=self.service_env(service, wiring),
             cwd=str(self.paths.root),
-            probe=HealthProbe("grpc", wiring.grpc_address(service.name)),
+            probe=probe,
             ready_timeout=self.config.ready_timeout,
             stop_grace=self.config.stop_grace,
             restart=self.config.restart,
-            info={
-                "grpc_address": wiring.grpc_address(service.name),
-                "metrics_url": wiring.metrics_url(service.name),
-            },
+            info=info,
         )
 
     # -- starting ---------------------------------------------------------------------------------
@@ -321,7 +381,10 @@ class LocalStack:
             raise
         self._status = "running"
         self._record(self.supervisor.snapshot())
-        self._progress(f"stack running; gateway at {self.wiring.grpc_address(GATEWAY.name)}")
+        self._progress(
+            f"stack running; gateway at {self.wiring.grpc_address(GATEWAY.name)}, "
+            f"web page and HTTP API at {self.wiring.http_url}"
+        )
 
     def _claim(self) -> None:
         state = read_state(self.paths)
@@ -336,18 +399,17 @@ class LocalStack:
                 f"a local stack is already running under {self.paths.root} (supervisor pid {owner}); `multipass down` stops it"
             )
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        self._clear_run_files()
+
+    def _clear_run_files(self) -> None:
+        """An empty data directory (JetStream) and no logs of an earlier run."""
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.paths.data, ignore_errors=True)
         self.paths.data.mkdir(parents=True)
-        for name in ("nats", "s3", *(s.name for s in (*self.config.workers, GATEWAY))):
+        for name in ("nats", "s3", *(s.name for s in (*self.config.workers, GATEWAY, HTTP_API))):
             (self.paths.logs / f"{name}.log").unlink(missing_ok=True)
 
     def _start(self) -> None:
-        wiring = self.wiring = _Wiring.choose(self.config)
-        write_secret(self.paths.admin_token_file, wiring.admin_token)
-        write_secret(self.paths.callback_key_file, wiring.callback_key)
-        self.paths.api_key_file.unlink(missing_ok=True)
-        self._record([])
         if self.config.model_dir is None:
             self._progress(f"building tiny random models under {self.paths.models} (once)")
             started = time.monotonic()
@@ -357,15 +419,54 @@ class LocalStack:
             self._progress(f"tiny models ready ({time.monotonic() - started:.1f} s)")
         elif not self.config.model_dir.is_dir():
             raise StackError(f"MULTIPASS_MODEL_DIR={self.config.model_dir} is not a directory")
-        infra = self._infra_specs(wiring)
-        self._progress("starting " + ", ".join(s.name for s in infra))
-        self.supervisor.start_group(infra)
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                self._start_processes()
+                return
+            except StartError as error:
+                clash = port_clash_line(error)
+                if clash is None or attempt == START_TRIES:
+                    raise
+                self._progress(
+                    f"{error.name} found its port taken ({clash}); starting again on new ports "
+                    f"(try {attempt + 1} of {START_TRIES})"
+                )
+                self._reset_for_another_start()
+
+    def _start_processes(self) -> None:
+        """One start of every process on freshly reserved ports."""
+        wiring = self.wiring = _Wiring.choose(self.config)
+        try:
+            write_secret(self.paths.admin_token_file, wiring.admin_token)
+            write_secret(self.paths.callback_key_file, wiring.callback_key)
+            self.paths.api_key_file.unlink(missing_ok=True)
+            self._record([])
+            infra = self._infra_specs(wiring)
+            self._progress("starting " + ", ".join(s.name for s in infra))
+            self._start_group(wiring, infra)
+            self._start_services(wiring)
+        finally:
+            wiring.release_all()
+
+    def _start_services(self, wiring: _Wiring) -> None:
         workers = self.config.workers
         self._progress("starting " + ", ".join(s.name for s in workers))
-        self.supervisor.start_group([self._service_spec(s, wiring) for s in workers])
+        self._start_group(wiring, [self._service_spec(s, wiring) for s in workers])
         self._progress("starting gateway")
-        self.supervisor.start_group([self._service_spec(GATEWAY, wiring)])
+        self._start_group(wiring, [self._service_spec(GATEWAY, wiring)])
+        self._progress("starting http-api")
+        self._start_group(wiring, [self._service_spec(HTTP_API, wiring)])
         self._create_dev_tenant(wiring)
+
+    def _start_group(self, wiring: _Wiring, specs: list[ProcessSpec]) -> None:
+        wiring.release(spec.name for spec in specs)
+        self.supervisor.start_group(specs)
+
+    def _reset_for_another_start(self) -> None:
+        """Stop what the failed start left running; fresh data directory, logs and supervisor."""
+        self.supervisor.stop()
+        self.supervisor = Supervisor(self.paths.logs, on_change=self._record)
+        self._clear_run_files()
 
     def _create_dev_tenant(self, wiring: _Wiring) -> None:
         from multipass_client import connect, describe_rpc_error
@@ -436,6 +537,7 @@ class LocalStack:
             state.update(
                 {
                     "gateway_address": wiring.grpc_address(GATEWAY.name),
+                    "http_url": wiring.http_url,
                     "nats_url": wiring.nats_url,
                     "s3": {
                         "endpoint": wiring.s3_endpoint,

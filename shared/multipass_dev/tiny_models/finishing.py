@@ -2,16 +2,20 @@
 
 ``build(root)`` writes, once, under ``root/"diffusion"`` (docs/FINISHING.md has the layout):
 
-- ``upscaler/``: an ESRGAN ``RRDBNet`` x4 (``config.json`` + ``model.safetensors``; 8 features, 1 block);
-- ``face_restorer/``: a ``FaceRestorerNet`` working at 64x64 (``config.json`` + ``model.safetensors``);
+- ``upscaler/RealESRGAN_x4plus-tiny.pth``: a Real-ESRGAN x4 RRDBNet (8 features, 1 block) in the file
+  layout Real-ESRGAN publishes (a pickle of ``{"params_ema": state}`` with BasicSR parameter names);
+- ``face_restorer/RestoreFormer-tiny.pth``: a RestoreFormer at width 32 (``{"state_dict": state}``);
 - ``face_swapper/``: ``inswapper_128.onnx`` with inswapper's signature (``target`` 1x3x128x128 and
   ``source`` 1x512 in, the swapped 1x3x128x128 crop out, plus a 512x512 ``emap`` initializer) and
   ``arcface.onnx`` (1x3x112x112 in, 1x512 embedding out; pictures of different faces get clearly
-  different embeddings, for face swap and ``<faceid:...>``), both exported from small torch modules;
+  different embeddings, for face swap and ``<faceid:...>``), both exported from small torch modules, and
+  ``det_10g.onnx``, the tiny landmark detector (:mod:`multipass_dev.tiny_models.face_detector`) that
+  aligns reference images before they are embedded;
 - ``prompt_expander/``: a 2-layer GPT-2 with a byte-level tokenizer (every byte a token, no merges).
 
-The architectures of the first two are the worker's own network definitions
-(``multipass_diffusion.nets``); every model is loaded by the production loading code.
+The first two are spandrel's architecture classes at small sizes
+(:mod:`multipass_dev.tiny_models.image_nets`), which spandrel detects from the files as it does the
+published ones; every model is loaded by the production loading code.
 """
 
 from __future__ import annotations
@@ -21,25 +25,17 @@ import shutil
 import warnings
 from pathlib import Path
 
+from multipass_dev.tiny_models import image_nets
 from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
-from multipass_diffusion.nets.face_restorer import FaceRestorerNet, RestorerConfig
-from multipass_diffusion.nets.rrdbnet import RRDBConfig, RRDBNet
+from multipass_dev.tiny_models.face_detector import write_face_detector
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-finishing-v3"
+VERSION = "tiny-finishing-v5"
 MARKER = ".tiny-finishing-built"
 COMPONENTS = ("upscaler", "face_restorer", "face_swapper", "prompt_expander")
 
-UPSCALER_CONFIG = {
-    "architecture": "RRDBNet",
-    "num_in_ch": 3,
-    "num_out_ch": 3,
-    "num_feat": 8,
-    "num_block": 1,
-    "num_grow_ch": 4,
-    "scale": 4,
-}
-RESTORER_CONFIG = {"architecture": "FaceRestorerNet", "size": 64, "channels": [8, 16, 32], "middle_blocks": 1}
+UPSCALER_FILE = "RealESRGAN_x4plus-tiny.pth"
+RESTORER_FILE = "RestoreFormer-tiny.pth"
 SWAP_SIZE = 128
 EMBED_SIZE = 112
 
@@ -64,44 +60,14 @@ def build(root: Path) -> None:
         marker.write_text(VERSION + "\n")
 
 
-def _save(directory: Path, config: dict, model) -> None:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {key: tensor.detach().contiguous() for key, tensor in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-
-
 def _build_upscaler(directory: Path) -> None:
-    import torch
-
-    torch.manual_seed(400)
-    model = RRDBNet(RRDBConfig.from_dict(UPSCALER_CONFIG))
-    _near_identity(model, ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last"))
-    with torch.no_grad():
-        model.conv_body.weight.normal_(0.0, 0.05)
-    _save(directory, UPSCALER_CONFIG, model)
-
-
-def _near_identity(model, names: tuple[str, ...]) -> None:
-    """Make the named convolutions pass their first channels through (plus small noise), so the tiny
-    upscaler outputs the upsampled input with a texture added by its dense blocks, not a blank image."""
-    import torch
-
-    with torch.no_grad():
-        for name in names:
-            conv = getattr(model, name)
-            torch.nn.init.dirac_(conv.weight)
-            conv.weight.add_(torch.randn_like(conv.weight) * 0.02)
-            conv.bias.zero_()
+    state = image_nets.esrgan_state(scale=4, features=8, blocks=1, seed=400, near_identity=True)
+    image_nets.save_weights(state, directory / UPSCALER_FILE, wrapper="params_ema")
 
 
 def _build_face_restorer(directory: Path) -> None:
-    import torch
-
-    torch.manual_seed(410)
-    _save(directory, RESTORER_CONFIG, FaceRestorerNet(RestorerConfig.from_dict(RESTORER_CONFIG)))
+    state = image_nets.restoreformer_state(seed=410)
+    image_nets.save_weights(state, directory / RESTORER_FILE, wrapper="state_dict")
 
 
 def _swapper_module():
@@ -195,6 +161,7 @@ def _build_face_swapper(directory: Path) -> None:
         ["input"],
         ["embedding"],
     )
+    write_face_detector(directory / "det_10g.onnx")
     (directory / "config.json").write_text(
         json.dumps({"swapper": "inswapper_128.onnx", "embedder": "arcface.onnx"}, indent=2) + "\n"
     )

@@ -8,7 +8,10 @@
   ``embed_dim=16``, BERT text encoder of 1 layer, ``d_model=32``, ``decoder_layers=2``, 20 queries) with
   its processor; the BERT tokenizer comes from a generated ``vocab.txt`` (common words, letters and
   ``##`` letter pieces, so any lower-case ASCII word tokenises);
-- ``faces/``: ``config.json`` naming OpenCV's frontal-face Haar cascade, copied from ``cv2.data``.
+- ``faces/``: ``det_10g.onnx``, a tiny detector with SCRFD's inputs and outputs that finds one face with
+  five landmarks in every image (:mod:`multipass_dev.tiny_models.face_detector`), so the landmark path
+  runs; ``build_haar_faces(directory)`` writes the Haar fallback's ``faces/`` (a ``config.json`` naming
+  OpenCV's frontal-face cascade, copied from ``cv2.data``) on request.
 
 ``build_owlv2(directory)`` writes a tiny OWLv2 detector (the alternative ``grounding/`` model) on request:
 ViT and text towers of width 32 and 1 layer, a CLIP tokenizer whose vocabulary is the 256 byte symbols
@@ -27,7 +30,7 @@ from pathlib import Path
 from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-segmentation-v1"
+VERSION = "tiny-segmentation-v2"
 MARKER = ".tiny-segmentation-built"
 COMPONENTS = ("sam", "grounding", "faces")
 
@@ -208,8 +211,20 @@ def _build_grounding(directory: Path, vocab_dir: Path) -> None:
 
 
 def _build_faces(directory: Path) -> None:
+    from multipass_dev.tiny_models.face_detector import write_face_detector
+
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_face_detector(staging / "det_10g.onnx")
+    staging.rename(directory)
+
+
+def build_haar_faces(directory: Path) -> None:
+    """Write a ``faces/`` directory that selects OpenCV's frontal-face Haar cascade (replaced)."""
     import cv2
 
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
     cascade = "haarcascade_frontalface_default.xml"
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

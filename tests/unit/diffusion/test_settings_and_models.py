@@ -47,6 +47,19 @@ def test_settings_defaults_and_overrides(model_root):
     )
 
 
+def test_a_dead_workers_pass_comes_back_within_seconds_and_heartbeats_keep_a_live_ones(model_root):
+    """The ack wait bounds how long a killed worker's pass waits; heartbeats come well within it."""
+    from multipass.bus.consume import HEARTBEATS_PER_ACK_WAIT
+
+    settings = DiffusionSettings.from_env({"MULTIPASS_MODEL_DIR": str(model_root)})
+    assert 5.0 <= settings.ack_wait_s <= 15.0
+    assert settings.ack_wait_s / HEARTBEATS_PER_ACK_WAIT <= 5.0
+    longer = {"MULTIPASS_MODEL_DIR": str(model_root), "MULTIPASS_DIFFUSION_ACK_WAIT_S": "90"}
+    assert DiffusionSettings.from_env(longer).ack_wait_s == 90.0
+    with pytest.raises(ConfigError, match="MULTIPASS_DIFFUSION_ACK_WAIT_S"):
+        DiffusionSettings.from_env({**longer, "MULTIPASS_DIFFUSION_ACK_WAIT_S": "1"})
+
+
 def test_bad_settings_name_every_variable(tmp_path):
     with pytest.raises(ConfigError) as raised:
         DiffusionSettings.from_env(

@@ -1,8 +1,7 @@
-"""The face_correct pass: restoration network, blend inside the feathered face ellipse, missing weights."""
+"""The face_correct pass: published restorer files (GFPGAN, RestoreFormer), blend inside the feathered
+face ellipse, missing or unusable weights."""
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ import torch
 from finishing_testkit import SD15_MODEL, face, pixels, scene, spec
 
 from multipass.errors import FailedPrecondition
+from multipass_dev.tiny_models import image_nets
 from multipass_diffusion.imaging.face_regions import ellipse_alpha, face_box, face_sigma, square_crop
-from multipass_diffusion.nets.face_restorer import FaceRestorerNet, RestorerConfig
+from multipass_diffusion.nets.face_restorers import FACE_SIZE, load_face_restorer
 from multipass_diffusion.passes.context import PassInputs
 
 SIZE = (160, 120)
@@ -27,20 +27,48 @@ def union_alpha(boxes, context: float = 1.5) -> np.ndarray:
     return alpha
 
 
-def test_the_network_maps_crops_to_crops_in_range():
-    torch.manual_seed(0)
-    net = FaceRestorerNet(RestorerConfig(size=32, channels=(4, 8, 16), middle_blocks=1)).eval()
-    with torch.no_grad():
-        output = net(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert output.shape == (2, 3, 32, 32)
-    assert output.abs().max() <= 1.0
+def restorer_dir(root, name: str, state: dict, wrapper: str | None = None):
+    image_nets.save_weights(state, root / "diffusion" / "face_restorer" / name, wrapper=wrapper)
+    return root
 
 
-def test_config_must_fit_the_levels():
-    with pytest.raises(ValueError, match="multiple"):
-        RestorerConfig.from_dict({"size": 34, "channels": [4, 8, 16]})
-    with pytest.raises(ValueError, match="architecture"):
-        RestorerConfig.from_dict({"architecture": "CodeFormer"})
+def test_a_restoreformer_file_restores_crops_of_any_size_at_the_face_size(tmp_path):
+    root = restorer_dir(tmp_path, "RestoreFormer.pth", image_nets.restoreformer_state(seed=3), "state_dict")
+    restorer = load_face_restorer(root, device="cpu", dtype=torch.float32)
+    assert (restorer.architecture, restorer.size) == ("RestoreFormer", FACE_SIZE)
+    crop = scene(72, 72, seed=4)
+    restored = restorer.restore(crop)
+    assert restored.size == crop.size
+    assert np.abs(pixels(restored) - pixels(crop)).mean() > 5
+
+
+def test_a_restoreformer_safetensors_file_is_detected_too(tmp_path):
+    root = restorer_dir(tmp_path, "RestoreFormer.safetensors", image_nets.restoreformer_state(seed=3))
+    assert load_face_restorer(root, device="cpu", dtype=torch.float32).architecture == "RestoreFormer"
+
+
+@pytest.mark.slow
+def test_a_gfpgan_file_loads_at_its_published_size_and_restores_deterministically(tmp_path):
+    """GFPGAN v1.4's layout (``{"params_ema": ...}``); its decoder's noise comes from the stored buffers."""
+    state = image_nets.gfpgan_state(seed=5)
+    assert "stylegan_decoder.noises.noise0" in state and "toRGB.0.weight" in state
+    root = restorer_dir(tmp_path, "GFPGANv1.4.pth", state, "params_ema")
+    restorer = load_face_restorer(root, device="cpu", dtype=torch.float32)
+    assert restorer.architecture == "GFPGAN"
+    crop = scene(96, 96, seed=6)
+    random_state = torch.random.get_rng_state()
+    restored = pixels(restorer.restore(crop))
+    # No random number was drawn: the same crop always restores to the same pixels.
+    assert torch.equal(torch.random.get_rng_state(), random_state)
+    assert restored.shape == (96, 96, 3)
+    assert np.abs(restored - pixels(crop)).mean() > 5
+
+
+def test_an_upscaler_file_is_not_a_face_restorer(tmp_path):
+    root = restorer_dir(tmp_path, "RealESRGAN_x4plus.pth", image_nets.esrgan_state(), "params_ema")
+    with pytest.raises(FailedPrecondition, match="is a ESRGAN model for SR, not a face restorer") as caught:
+        load_face_restorer(root, device="cpu", dtype=torch.float32)
+    assert "RealESRGAN_x4plus.pth" in str(caught.value)
 
 
 def test_faces_are_restored_inside_their_feathered_ellipses_only(engine):
@@ -80,22 +108,24 @@ def test_strength_blends_between_original_and_restored(engine):
     assert np.abs(half[centre] - expected).max() <= 2
 
 
-def test_missing_weights_fail_naming_the_file(engine, model_root, tmp_path, monkeypatch):
+def test_missing_weights_fail_naming_the_directory(engine, tmp_path, monkeypatch):
     restorer = tmp_path / "diffusion" / "face_restorer"
     restorer.mkdir(parents=True)
-    shutil.copy(model_root / "diffusion" / "face_restorer" / "config.json", restorer / "config.json")
+    (restorer / "config.json").write_text("{}")
     monkeypatch.setattr(engine.runtimes[SD15_MODEL], "model_dir", tmp_path)
     with pytest.raises(FailedPrecondition) as caught:
         engine.run(spec("face_correct", faces=[face(FACES[0])]), PassInputs(image=scene(*SIZE)))
-    assert str(restorer / "model.safetensors") in str(caught.value)
+    assert f"the face_correct pass needs the face_restorer model: {restorer} holds no weights file" in str(
+        caught.value
+    )
 
 
-def test_weights_of_another_shape_fail_naming_the_file(engine, model_root, tmp_path, monkeypatch):
-    restorer = tmp_path / "diffusion" / "face_restorer"
-    shutil.copytree(model_root / "diffusion" / "face_restorer", restorer)
-    (restorer / "config.json").write_text('{"size": 64, "channels": [8, 16, 64]}')
+def test_weights_that_do_not_fit_their_architecture_fail_naming_the_file(engine, tmp_path, monkeypatch):
+    state = image_nets.restoreformer_state()
+    state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"][:, :16].contiguous()
+    restorer_dir(tmp_path, "RestoreFormer.safetensors", state)
     monkeypatch.setattr(engine.runtimes[SD15_MODEL], "model_dir", tmp_path)
-    with pytest.raises(FailedPrecondition, match="model.safetensors does not fit"):
+    with pytest.raises(FailedPrecondition, match="RestoreFormer.safetensors cannot be read as face restorer"):
         engine.run(spec("face_correct", faces=[face(FACES[0])]), PassInputs(image=scene(*SIZE)))
 
 

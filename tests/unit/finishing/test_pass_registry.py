@@ -99,6 +99,17 @@ def test_capabilities_follow_the_files(model_root, tmp_path):
     assert str(tmp_path / "diffusion" / "face_swapper" / "arcface.onnx") in str(caught.value)
 
 
+def test_the_upscaler_and_the_restorer_are_one_weights_file_each(model_root, tmp_path):
+    for name in ("upscaler", "face_restorer"):
+        shutil.copytree(model_root / "diffusion" / name, tmp_path / "diffusion" / name)
+    assert installed_capabilities(tmp_path) == ["upscaler", "face_restorer"]
+    [weights] = (tmp_path / "diffusion" / "face_restorer").iterdir()
+    shutil.copy(weights, weights.with_name("second.safetensors"))
+    assert installed_capabilities(tmp_path) == ["upscaler"]
+    with pytest.raises(FailedPrecondition, match="holds 2 weights files"):
+        components.require(tmp_path, "face_restorer", needed_by="the face_correct pass")
+
+
 def test_a_diffusers_upscaler_directory_counts_as_installed(tmp_path):
     directory = tmp_path / "diffusion" / "upscaler"
     directory.mkdir(parents=True)
@@ -107,11 +118,14 @@ def test_a_diffusers_upscaler_directory_counts_as_installed(tmp_path):
 
 
 def test_cache_parts_change_with_the_component_weights(model_root, tmp_path):
+    from multipass_dev.tiny_models import image_nets
     from multipass_diffusion.passes.upscale import UpscalePass
 
-    shutil.copytree(model_root / "diffusion" / "upscaler", tmp_path / "diffusion" / "upscaler")
+    directory = tmp_path / "diffusion" / "upscaler"
+    shutil.copytree(model_root / "diffusion" / "upscaler", directory)
     handler = UpscalePass()
     before = handler.cache_parts(spec("upscale"), tmp_path)
-    (tmp_path / "diffusion" / "upscaler" / "config.json").write_text('{"num_feat": 16}')
+    [weights] = directory.iterdir()
+    image_nets.save_weights(image_nets.esrgan_state(features=16), weights, wrapper="params_ema")
     assert handler.cache_parts(spec("upscale"), tmp_path) != before
     assert before[0].startswith("multipass-finishing-")

@@ -119,7 +119,7 @@ def record_for(
             state = image.passes.add(
                 name=planned.name, kind=planned.kind, status=jobs_pb2.PASS_STATUS_PENDING
             )
-            if planned.runs_in == "diffusion":
+            if planned.kind in planner.STEP_KINDS:
                 state.steps_total = planned.weight
     for person in parsed.persons:
         job.persons.add(index=person.index, prompt=person.effective_prompt)

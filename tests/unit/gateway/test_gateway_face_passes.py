@@ -71,3 +71,14 @@ def test_face_swap_gets_identities_from_reference_images_and_loads_no_adapter():
     assert [[r.tune_id for r in f.loras] for f in spec.faces] == [["7"], ["8"], []]
     assert sorted(spec.tune_files) == ["7/reference-0", "7/reference-1"]
     assert spec.tune_files["7/reference-0"].sha256 == "0" * 64
+
+
+def test_each_face_keeps_its_landmarks_and_a_face_without_them_gets_none():
+    job = record()
+    found = faces()
+    eyes_nose_mouth = [(75, 60), (105, 60), (90, 75), (78, 88), (102, 88)]
+    found[0].landmarks.extend(common_pb2.Point(x=x, y=y) for x, y in eyes_nose_mouth)
+    for name in ("faces", "face_swap"):
+        spec = faces_request(job, request_of(job, name), found, None).spec
+        assert [(p.x, p.y) for p in spec.faces[0].landmarks] == eyes_nose_mouth, name
+        assert [len(f.landmarks) for f in spec.faces] == [5, 0, 0], name

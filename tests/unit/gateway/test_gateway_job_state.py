@@ -54,8 +54,16 @@ def test_start_queues_first_pass_and_emits_accepted():
             "segment": "PENDING",
             "person-0": "PENDING",
         }
-    (accepted,) = record.outbox_events
+    accepted, *prepared = record.outbox_events
     assert accepted.sequence == 1 and accepted.accepted.num_images == 2 and accepted.accepted.num_persons == 1
+    # The prepare passes (done at submit) are started and completed in the events as GetJob shows them.
+    assert [(e.WhichOneof("event"), getattr(e, e.WhichOneof("event")).image_index) for e in prepared] == [
+        ("pass_started", 0),
+        ("pass_completed", 0),
+        ("pass_started", 1),
+        ("pass_completed", 1),
+    ]
+    assert all(getattr(e, e.WhichOneof("event")).pass_name == "prepare" for e in prepared)
     assert [
         (r.request.image_index, r.request.pass_name, r.request.attempt) for r in record.outbox_requests
     ] == [
@@ -66,7 +74,7 @@ def test_start_queues_first_pass_and_emits_accepted():
     assert request.subject == "multipass.pass.diffusion.tiny-sd15"
     assert request.msg_id == f"{record.job.job_id}:0:base:1"
     assert request.request.output_key == f"jobs/{record.tenant}/{record.job.job_id}/image-0/base.png"
-    assert record.job.last_sequence == 1
+    assert record.job.last_sequence == 5
 
 
 def test_full_chain_reaches_succeeded_with_every_pass_recorded():
@@ -80,6 +88,14 @@ def test_full_chain_reaches_succeeded_with_every_pass_recorded():
         record, 0, "segment", output=record.job.images[0].passes[1].output, masks=person_masks(record, 2)
     )
     assert set(record.job.images[0].masks) == {"person-0", "person-1"}
+    # The segment pass's result is its masks: no output image of its own (not the base image again).
+    assert not record.job.images[0].passes[2].output.key
+    (segmented,) = [
+        e.pass_completed
+        for e in record.outbox_events
+        if e.WhichOneof("event") == "pass_completed" and e.pass_completed.pass_name == "segment"
+    ]
+    assert not segmented.output.key and set(segmented.masks) == {"person-0", "person-1"}
     assert (
         record.job.persons[1].masks[0].key.endswith("mask-person-1.png")
         and record.job.persons[1].fallback_mask
@@ -203,6 +219,31 @@ def test_cancel_stops_queued_and_running_and_is_a_noop_afterwards():
     assert not job_state.apply_event(record, event(record, 0, "base", "completed"), T0).changed
 
 
+def test_a_cancelled_or_failed_job_reports_the_progress_it_reached():
+    record = started(record_for(parsed_prompt(0, num_images=2)))
+    total = sum(p.weight for plan in record.plans for p in plan.passes)  # prepare 1 + base 30, twice
+    apply(record, event(record, 0, "base", "started", steps_total=30))
+    apply(record, event(record, 0, "base", "progress", step=15, steps_total=30))
+    reached = job_state.progress(record)
+    assert reached == pytest.approx((2 + 15) / total)
+    outcome = job_state.cancel(record, T0)
+    job_state.commit(record, outcome, T0)
+    assert record.job.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert record.job.progress == pytest.approx(reached) and reached < 1.0
+    assert record.outbox_events[-1].finished.state == jobs_pb2.JOB_STATE_CANCELLED
+    assert record.outbox_events[-1].progress == pytest.approx(reached)
+
+    failed = started(record_for(parsed_prompt(0, num_images=2)))
+    run = apply(failed, event(failed, 0, "base", "completed"))
+    assert not run.finished
+    apply(failed, event(failed, 1, "base", "started", steps_total=30))
+    apply(failed, event(failed, 1, "base", "progress", step=3, steps_total=30))
+    ended = apply(failed, event(failed, 1, "base", "failed", code=common_pb2.ERROR_CODE_INVALID_ARGUMENT))
+    assert ended.finished and failed.job.state == jobs_pb2.JOB_STATE_PARTIAL
+    assert failed.job.progress == pytest.approx((2 + 30 + 3) / total)
+    assert failed.outbox_events[-1].progress == pytest.approx(failed.job.progress)
+
+
 def test_cancel_of_a_finished_job_says_so():
     record = started(record_for(parsed_prompt(0)))
     apply(record, event(record, 0, "base", "completed"))
@@ -254,10 +295,12 @@ def test_progress_throttle(done, step, total, due):
 def test_outbox_is_cleared_by_published_ids():
     record = started(record_for(parsed_prompt(0, num_images=2)))
     ids = [r.msg_id for r in record.outbox_requests]
-    assert job_state.clear_outbox(record, 1, [ids[0]])
-    assert not record.outbox_events
+    assert job_state.clear_outbox(record, 3, [ids[0]])
+    assert [e.sequence for e in record.outbox_events] == [4, 5]
     assert [r.msg_id for r in record.outbox_requests] == ids[1:]
-    assert not job_state.clear_outbox(record, 1, [])
+    assert not job_state.clear_outbox(record, 3, [])
+    assert job_state.clear_outbox(record, 5, [])
+    assert not record.outbox_events
 
 
 def test_keep_background_segments_the_input_image():

@@ -147,7 +147,8 @@ def test_disjoint_persons_run_together_on_the_segmented_image_then_merge():
     assert statuses(record)["person-0"] == statuses(record)["person-1"] == "QUEUED"
     assert statuses(record)["composite-0"] == "PENDING"
     sent = requests(record)
-    base_output = record.job.images[0].passes[2].output  # the segmented image
+    base_output = record.job.images[0].passes[1].output  # the segmented image
+    assert not record.job.images[0].passes[2].output.key  # the segment pass's result is its masks
     assert sent["person-0"].spec.image == sent["person-1"].spec.image == base_output
     assert sent["person-1"].spec.mask.key.endswith("mask-person-1.png")
 
@@ -244,7 +245,7 @@ def test_a_retried_parallel_person_keeps_its_stage_input():
     apply(record, failed)
     retry = requests(record)["person-1"]
     assert retry.attempt == 2
-    assert retry.spec.image == record.job.images[0].passes[2].output  # not person-0's output
+    assert retry.spec.image == record.job.images[0].passes[1].output  # not person-0's output
     complete(record, "person-1")
     assert statuses(record)["composite-0"] == "QUEUED"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gateway_helpers import config, image_ref, parsed_prompt, slots
+from gateway_helpers import T0, config, image_ref, parsed_prompt, slots
 
+from multipass.v1 import jobs_pb2
 from multipass_gateway.domain import planner, requirements
 
 
@@ -61,6 +62,43 @@ def test_one_person_chain_and_person_spec():
     assert person.weight == int(30 * planner.PERSON_STRENGTH)
     # The base pass carries no person LoRA.
     assert not plan.passes[1].spec.loras
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength", "expected"),
+    [(30, 0.0, 15), (30, 0.4, 12), (10, 0.7, 7), (4, 0.75, 3), (2, 0.3, 1), (7, 0.9, 6), (50, 0.55, 27)],
+)
+def test_passes_from_an_image_plan_the_steps_the_worker_runs_and_reports(steps, strength, expected):
+    """``steps × strength``: the job's steps_total, the progress weight and the worker's ``started``
+    count agree, including strengths whose float32 falls just under the decimal (0.7, 0.9, 0.55)."""
+    from PIL import Image
+
+    from multipass_diffusion.passes.context import PassInputs
+    from multipass_diffusion.passes.registry import HANDLERS
+
+    explicit = ("denoising_strength",) if strength else ()
+    parsed = parsed_prompt(1, steps=steps, denoising_strength=strength or 0.8, explicit=explicit)
+    inputs = planner.JobInputs(
+        seed=1, width=512, height=512, slots=slots(1), input_image=image_ref("jobs/t/j/inputs/input.png")
+    )
+    record = planner.job_record("t", "j", jobs_pb2.SubmitJobRequest(), parsed, inputs, config(), created=T0)
+    plan, image = record.plans[0], record.job.images[0]
+    assert [p.name for p in plan.passes] == ["prepare", "base", "segment", "person-0"]
+    person, person_state = plan.passes[3], image.passes[3]
+    worker_person = HANDLERS["person"].steps_to_run(person.spec, PassInputs())
+    assert person.weight == person_state.steps_total == worker_person == expected
+    base, base_state = plan.passes[1], image.passes[1]
+    worker_base = HANDLERS["base"].steps_to_run(base.spec, PassInputs(image=Image.new("RGB", (8, 8))))
+    assert base.weight == base_state.steps_total == worker_base
+    assert worker_base == (expected if strength else int(steps * planner.BASE_IMG2IMG_STRENGTH))
+
+
+def test_only_denoising_passes_have_steps_from_the_start():
+    parsed = parsed_prompt(0, super_resolution=True, film_grain=True)
+    inputs = planner.JobInputs(seed=1, width=512, height=512)
+    record = planner.job_record("t", "j", jobs_pb2.SubmitJobRequest(), parsed, inputs, config(), created=T0)
+    steps = {state.name: state.steps_total for state in record.job.images[0].passes}
+    assert steps == {"prepare": 0, "base": 30, "upscale": 0, "finish": 0}
 
 
 def test_two_persons_run_sequentially_in_slot_order():

@@ -8,6 +8,7 @@ import pytest
 from gateway_helpers import parsed_prompt
 
 from multipass.errors import ConfigError, InvalidInput
+from multipass.store import PublicEndpoint
 from multipass.v1 import jobs_pb2
 from multipass_gateway.app.submission import (
     check_request,
@@ -174,3 +175,30 @@ def test_entry_point_fails_fast_naming_the_bad_variable():
     )
     assert result.returncode == 2
     assert "MULTIPASS_GATEWAY_GRPC_ADDR" in result.stdout
+
+
+def test_the_public_s3_endpoint_defaults_to_the_internal_one_and_is_parsed():
+    assert GatewaySettings.from_env({}).s3_public_endpoint is None
+    https = GatewaySettings.from_env({"MULTIPASS_S3_PUBLIC_ENDPOINT": "https://downloads.example.com"})
+    assert https.s3_public_endpoint == PublicEndpoint(host="downloads.example.com", secure=True)
+    http = GatewaySettings.from_env({"MULTIPASS_S3_PUBLIC_ENDPOINT": "http://localhost:9000"})
+    assert http.s3_public_endpoint == PublicEndpoint(host="localhost:9000", secure=False)
+    assert http.s3_public_endpoint.url == "http://localhost:9000"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "localhost:9000",
+        "ftp://files.example.com",
+        "http://x/bucket",
+        "http://user:pw@x",
+        "http://x:0",
+        "http://x:",
+    ],
+)
+def test_a_bad_public_s3_endpoint_is_named(value):
+    with pytest.raises(ConfigError) as caught:
+        GatewaySettings.from_env({"MULTIPASS_S3_PUBLIC_ENDPOINT": value})
+    assert [v.field for v in caught.value.violations] == ["MULTIPASS_S3_PUBLIC_ENDPOINT"]
+    assert repr(value) in caught.value.violations[0].description

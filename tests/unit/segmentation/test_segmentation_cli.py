@@ -25,7 +25,8 @@ def run_json(capsys, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_file, tmp_path, capsys):
+def test_prompt_mask_with_negative_dilate_and_invert(haar_model_dir, astronaut_file, tmp_path, capsys):
+    """With the Haar fallback, which finds her real face."""
     out = tmp_path / "masks" / "face.png"
     report = run_json(
         capsys,
@@ -37,7 +38,7 @@ def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_f
             "--dilate",
             "4",
             "--model-dir",
-            str(tiny_model_dir),
+            str(haar_model_dir),
             "--out",
             str(out),
             "--json",
@@ -55,7 +56,7 @@ def test_prompt_mask_with_negative_dilate_and_invert(tiny_model_dir, astronaut_f
         capsys,
         [
             "segment", str(astronaut_file), "--prompt", "face", "--dilate", "4", "--invert",
-            "--model-dir", str(tiny_model_dir), "--out", str(inverted), "--json",
+            "--model-dir", str(haar_model_dir), "--out", str(inverted), "--json",
         ],
     )  # fmt: skip
     assert np.array_equal(np.asarray(Image.open(inverted)), 255 - mask)
@@ -100,7 +101,8 @@ def test_slots_write_one_mask_per_person(tiny_model_dir, astronaut_file, tmp_pat
     assert not (masks[0] & masks[1]).any()
 
 
-def test_faces_write_one_box_mask_per_face(tiny_model_dir, astronaut_file, tmp_path, capsys):
+def test_faces_write_one_box_mask_per_face(haar_model_dir, astronaut_file, tmp_path, capsys):
+    """With the Haar fallback, which finds her real face."""
     out = tmp_path / "faces.png"
     report = run_json(
         capsys,
@@ -109,7 +111,7 @@ def test_faces_write_one_box_mask_per_face(tiny_model_dir, astronaut_file, tmp_p
             str(astronaut_file),
             "--faces",
             "--model-dir",
-            str(tiny_model_dir),
+            str(haar_model_dir),
             "--out",
             str(out),
             "--json",

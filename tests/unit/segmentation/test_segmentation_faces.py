@@ -1,4 +1,4 @@
-"""Face detection (OpenCV's Haar cascade) and face-to-slot assignment."""
+"""Face detection with OpenCV's Haar cascade (the fallback) and face-to-slot assignment."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def test_no_face_in_the_cameraman_profile_or_a_flat_image(detector):
     assert detector.detect(np.full((200, 200, 3), 90, dtype=np.uint8)) == []
 
 
-def test_astronaut_face_goes_to_the_slot_whose_mask_holds_it(detector, segmenter):
+def test_astronaut_face_goes_to_the_slot_whose_mask_holds_it(haar_models):
+    from multipass_segmentation.segmenter import Segmenter
+
+    segmenter = Segmenter(haar_models)
     image = data.astronaut()
     left = np.zeros((512, 512), dtype=bool)
     left[:, :256] = True  # covers columns 177..255 of the face: 79 of 93
@@ -67,3 +70,10 @@ def test_assignment_by_largest_overlap_with_threshold_and_missing_slots():
     assert assign_to_slots([face], [half_right, half_left])[0].slot_index == 0
     kept = assign_to_slots([face], [b])[0]
     assert kept.box == face.box and kept.score == face.score
+    marked = Face(Box(40, 40, 60, 60), 0.9, landmarks=((45, 48), (55, 48), (50, 52), (46, 56), (54, 56)))
+    assert assign_to_slots([marked], [a, b])[0].landmarks == marked.landmarks
+
+
+def test_haar_faces_have_no_landmarks(detector):
+    assert not detector.has_landmarks
+    assert all(face.landmarks == () for face in detector.detect(data.astronaut()))

@@ -11,6 +11,8 @@ import torch
 
 from multipass.errors import ConfigError, FailedPrecondition
 from multipass_dev.tiny_models import segmentation as tiny
+from multipass_dev.tiny_models.face_detector import write_face_detector
+from multipass_segmentation.faces import HaarFaceDetector, LandmarkFaceDetector
 from multipass_segmentation.grounding import GroundingDinoDetector
 from multipass_segmentation.models import (
     find_sam_checkpoint,
@@ -41,7 +43,7 @@ def test_tiny_models_layout_and_idempotent_build(tiny_model_dir: Path):
     assert (base / "sam" / sam_config["weights"]).is_file()
     grounding = json.loads((base / "grounding" / "config.json").read_text())
     assert grounding["model_type"] == "grounding-dino" and grounding["decoder_layers"] == 2
-    assert json.loads((base / "faces" / "config.json").read_text())["detector"] == "haar"
+    assert sorted(p.name for p in (base / "faces").iterdir()) == ["det_10g.onnx"]
     stamp = (base / "sam" / "sam_tiny.pth").stat().st_mtime_ns
     tiny.build(tiny_model_dir)
     assert (base / "sam" / "sam_tiny.pth").stat().st_mtime_ns == stamp
@@ -51,7 +53,9 @@ def test_loaded_models_are_the_tiny_architectures(tiny_models):
     assert tiny_models.sam.image_encoder.img_size == 256
     assert isinstance(tiny_models.detector, GroundingDinoDetector)
     assert tiny_models.detector.model.config.decoder_layers == 2
-    assert tiny_models.faces_source.name == "haarcascade_frontalface_default.xml"
+    assert tiny_models.faces_source.name == "det_10g.onnx"
+    assert tiny_models.faces.has_landmarks
+    assert tiny_models.faces_choice.describe() == f"landmark detector {tiny_models.faces_source}"
     assert tiny_models.sam_source.name == "sam_tiny.pth"
 
 
@@ -128,13 +132,16 @@ def test_missing_or_unsupported_detector(tmp_path: Path, tiny_model_dir: Path):
         load_detector(root / "segmentation" / "grounding", CPU)
 
 
-def test_face_detector_defaults_to_opencvs_cascade_and_checks_its_config(tmp_path: Path):
-    detector, source = load_face_detector(tmp_path / "faces")
-    assert source.name == "haarcascade_frontalface_default.xml" and source.is_file()
+def test_face_detector_falls_back_to_opencvs_cascade_and_checks_its_config(tmp_path: Path):
+    for faces_dir in (tmp_path / "faces", tmp_path / "empty"):  # absent, then empty
+        if faces_dir.name == "empty":
+            faces_dir.mkdir()
+        detector, choice = load_face_detector(faces_dir)
+        assert isinstance(detector, HaarFaceDetector) and not detector.has_landmarks
+        assert detector.source.name == "haarcascade_frontalface_default.xml" and detector.source.is_file()
+        assert choice.describe() == "Haar fallback OpenCV's frontal-face cascade (boxes only, no landmarks)"
     faces = tmp_path / "faces"
     faces.mkdir()
-    with pytest.raises(FailedPrecondition, match="has no config.json"):
-        load_face_detector(faces)
     (faces / "config.json").write_text(json.dumps({"detector": "haar", "cascade": "missing.xml"}))
     with pytest.raises(FailedPrecondition, match="missing.xml"):
         load_face_detector(faces)
@@ -143,6 +150,20 @@ def test_face_detector_defaults_to_opencvs_cascade_and_checks_its_config(tmp_pat
         load_face_detector(faces)
     (faces / "config.json").write_text(json.dumps({"detector": "yunet"}))
     with pytest.raises(FailedPrecondition, match="'yunet' is not supported"):
+        load_face_detector(faces)
+    (faces / "config.json").write_text(json.dumps({"detector": "scrfd", "model": "retinaface.onnx"}))
+    with pytest.raises(FailedPrecondition, match="retinaface.onnx"):
+        load_face_detector(faces)
+
+
+def test_a_landmark_detector_file_replaces_the_haar_fallback(tmp_path: Path):
+    faces = tmp_path / "faces"
+    write_face_detector(faces / "scrfd_2.5g_bnkps.onnx")
+    detector, choice = load_face_detector(faces)
+    assert isinstance(detector, LandmarkFaceDetector) and choice.has_landmarks
+    assert detector.source == faces / "scrfd_2.5g_bnkps.onnx"
+    (faces / "scrfd_2.5g_bnkps.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(FailedPrecondition, match="scrfd_2.5g_bnkps.onnx does not load"):
         load_face_detector(faces)
 
 

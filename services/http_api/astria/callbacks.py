@@ -1,0 +1,236 @@
+"""``prompt[callback]``: the finished prompt object POSTed to the caller's URL, relayed through the gateway.
+
+The gateway's own job callback does the hard part (durable: claimed on the job record, retried with
+exponential backoff, outcome recorded in the job). A prompt with a callback is submitted with the gateway
+``callback_url`` set to this service's relay endpoint, carrying the caller's URL as its ``url`` query
+parameter. When the job ends the gateway POSTs the job, signed, to the relay; the relay checks the
+signature, turns the job into the prompt object and POSTs ``{"prompt": {...}}`` to the caller's URL,
+signed the same way (``X-Multipass-Signature: t=<unix time>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>``).
+It answers the gateway 200 when the caller's server accepted it (2xx), 502 when another attempt may work
+(a 5xx, 408, 425 or 429, a timeout, a refused connection: the gateway retries), and 422 when it cannot (a
+4xx, or an address refused by the policy below: the gateway records the failure and stops).
+
+The caller's URL is checked when the prompt is created and again before every delivery: http(s) only,
+no credentials, and every address its host resolves to must be globally routable (no loopback, private,
+link-local, metadata or reserved address) unless the operator allow-listed the host or network. Plain
+http connects to the address that was checked (no DNS rebinding between check and connection); https
+connects by name and the certificate check binds the connection to that name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from multipass.errors import ConfigError, InvalidInput, Violation
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Multipass-Signature"
+#: Path of the relay endpoint the gateway POSTs finished jobs to.
+RELAY_PATH = "/astria/callbacks/prompt"
+MAX_URL_LENGTH = 2048
+_RETRY_STATUSES = frozenset({408, 425, 429})
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254"))
+FIELD = "prompt[callback]"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    #: URL at which the gateway reaches this service's relay endpoint (path included); empty = the
+    #: service's own listening address with :data:`RELAY_PATH`.
+    relay_url: str = ""
+    #: The gateway's ``MULTIPASS_CALLBACK_SIGNING_KEY``: checks the gateway's relay requests and signs
+    #: what is sent on. Empty disables ``prompt[callback]``.
+    signing_key: str = ""
+    #: Hosts and networks exempt from the refusal of internal addresses.
+    allow_hosts: frozenset[str] = frozenset()
+    allow_networks: tuple[IPNetwork, ...] = ()
+    #: Deadline of one POST to the caller (keep it under the gateway's MULTIPASS_CALLBACK_TIMEOUT_SECONDS).
+    timeout_seconds: float = 8.0
+
+    def __repr__(self) -> str:
+        return (
+            f"CallbackSettings(relay_url={self.relay_url!r}, signing_key={'***' if self.signing_key else ''!r}, "
+            f"allow_hosts={sorted(self.allow_hosts)!r}, allow_networks={self.allow_networks!r}, "
+            f"timeout_seconds={self.timeout_seconds!r})"
+        )
+
+
+def sign(body: bytes, key: str, timestamp: int) -> str:
+    """``t=<timestamp>,v1=<hex>`` with v1 = HMAC-SHA256(key, "<timestamp>.<body>") (the gateway's scheme)."""
+    digest = hmac.new(key.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(header: str, body: bytes, key: str, *, tolerance: float = 300.0) -> bool:
+    """True when ``header`` signs ``body`` under ``key`` and was made within ``tolerance`` seconds."""
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        fields.setdefault(name, []).append(value)
+    try:
+        timestamp = int(fields.get("t", [""])[0])
+    except ValueError:
+        return False
+    if not key or abs(time.time() - timestamp) > tolerance:
+        return False
+    expected = sign(body, key, timestamp).split("v1=", 1)[1]
+    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+
+
+def relay_url(base: str, target: str) -> str:
+    """The gateway ``callback_url`` of a prompt whose caller wants ``target`` called."""
+    return f"{base}?{urlencode({'url': target})}"
+
+
+def target_of(callback_url: str) -> str | None:
+    """The caller's URL inside a relay URL; None for any other callback URL (or none)."""
+    if not callback_url:
+        return None
+    parts = urlsplit(callback_url)
+    if not parts.path.endswith(RELAY_PATH):
+        return None
+    values = parse_qs(parts.query).get("url", [])
+    return values[0] if len(values) == 1 else None
+
+
+@dataclass(frozen=True)
+class CheckedTarget:
+    url: str
+    #: Where to connect: the URL itself (https) or the URL with the checked address as host (http).
+    connect_url: str
+    host_header: str
+
+
+def _refused(description: str) -> InvalidInput:
+    return InvalidInput.of([Violation(FIELD, description)])
+
+
+def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, settings: CallbackSettings) -> bool:
+    if any(address in network for network in settings.allow_networks):
+        return True
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast and address not in _METADATA
+
+
+async def check_target(url: str, settings: CallbackSettings) -> CheckedTarget:
+    """The URL checked against the address policy; InvalidInput on ``prompt[callback]`` saying why not."""
+    if len(url) > MAX_URL_LENGTH:
+        raise _refused(f"is {len(url)} characters; at most {MAX_URL_LENGTH}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise _refused(f"is not a URL ({error})") from error
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _refused(f"got {url[:100]!r}; expected an http(s) URL")
+    if parts.username or parts.password:
+        raise _refused("must not carry credentials")
+    if any(ord(char) <= 0x20 or char in "\\\x7f" for char in url):
+        raise _refused("contains spaces, control characters or backslashes")
+    host = parts.hostname.lower()
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise _refused(f"host {host!r} does not resolve") from error
+    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    if not addresses:
+        raise _refused(f"host {host!r} does not resolve")
+    if host not in settings.allow_hosts:
+        refused = [str(address) for address in addresses if not _allowed(address, settings)]
+        if refused:
+            raise _refused(f"host {host!r} resolves to an internal address ({refused[0]}); not allowed")
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.scheme == "https":
+        return CheckedTarget(url, url, netloc)
+    address = addresses[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    connect = urlunsplit(("http", f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    return CheckedTarget(url, connect, netloc)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How one relayed delivery went: what to answer the gateway, and why."""
+
+    #: 200 delivered; 502 retry later; 422 give up.
+    relay_status: int
+    outcome: str
+
+
+def _retriable(status: int) -> bool:
+    return status >= 500 or status in _RETRY_STATUSES
+
+
+async def deliver(
+    prompt: dict, target: str, settings: CallbackSettings, *, job_id: str, attempt: str = ""
+) -> Delivery:
+    """POST ``{"prompt": prompt}`` to ``target``, signed; never raises for the caller's server's faults."""
+    try:
+        checked = await check_target(target, settings)
+    except InvalidInput as error:
+        return Delivery(422, error.violations[0].description)
+    body = json.dumps({"prompt": prompt}, separators=(",", ":")).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        "Host": checked.host_header,
+        SIGNATURE_HEADER: sign(body, settings.signing_key, int(time.time())),
+        "X-Multipass-Job-Id": job_id,
+        "User-Agent": "multipass-http-api",
+    }
+    if attempt:
+        headers["X-Multipass-Attempt"] = attempt
+    try:
+        async with httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, timeout=settings.timeout_seconds
+        ) as client:
+            response = await client.post(checked.connect_url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        reason = f"{type(error).__name__}: {error}"[:300]
+        log.warning("prompt callback failed", extra={"job_id": job_id, "reason": reason})
+        return Delivery(502, reason)
+    if 200 <= response.status_code < 300:
+        log.info("prompt callback delivered", extra={"job_id": job_id, "status": response.status_code})
+        return Delivery(200, f"HTTP {response.status_code}")
+    status = 502 if _retriable(response.status_code) else 422
+    log.warning("prompt callback refused", extra={"job_id": job_id, "status": response.status_code})
+    return Delivery(status, f"HTTP {response.status_code}")
+
+
+def settings_from_env(env) -> CallbackSettings:
+    """``MULTIPASS_HTTP_CALLBACK_*`` and the shared ``MULTIPASS_CALLBACK_SIGNING_KEY`` (an ``EnvReader``)."""
+    relay = env.str("HTTP_CALLBACK_RELAY_URL", "")
+    if relay:
+        relay = env.url("HTTP_CALLBACK_RELAY_URL", "", schemes=("http", "https"))
+    hosts = {host.lower() for host in env.csv("HTTP_CALLBACK_ALLOW_HOSTS")}
+    networks: list[IPNetwork] = []
+    for entry in env.csv("HTTP_CALLBACK_ALLOW_CIDRS"):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as error:
+            raise ConfigError(
+                "bad configuration: MULTIPASS_HTTP_CALLBACK_ALLOW_CIDRS",
+                violations=[Violation("MULTIPASS_HTTP_CALLBACK_ALLOW_CIDRS", f"{entry!r} is not a network")],
+            ) from error
+    return CallbackSettings(
+        relay_url=relay,
+        signing_key=env.str("CALLBACK_SIGNING_KEY", ""),
+        allow_hosts=frozenset(hosts),
+        allow_networks=tuple(networks),
+        timeout_seconds=env.float("HTTP_CALLBACK_TIMEOUT_SECONDS", 8.0, min=0.5, max=120.0),
+    )

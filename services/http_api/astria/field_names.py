@@ -1,0 +1,69 @@
+"""The gateway's field names in errors, spelled as Astria's clients sent them (``params.steps`` →
+``prompt[steps]``), on top of the service's one mapping of gRPC statuses to HTTP answers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+
+from multipass_http_api.errors import HttpError, http_error_for_rpc
+
+T = TypeVar("T")
+
+#: Gateway field → prompt field, for fields that are not ``params.<name>``.
+_PROMPT_FIELDS = {
+    "prompt": "text",
+    "callback_url": "callback",
+    "input_image_id": "input_image",
+    "mask_image_id": "mask_image",
+}
+_TUNE_FIELDS = {
+    "metadata.name": "title",
+    "metadata.class_name": "name",
+    "metadata.token": "token",
+    "metadata.base_family": "branch",
+    "metadata.kind": "model_type",
+    "metadata.url": "weights_url",
+    "metadata.sha256": "sha256",
+    "chunk": "weights",
+}
+
+
+def prompt_field(field: str) -> str:
+    """``params.steps`` → ``prompt[steps]``; prompt text problems (tags, flags, BREAK) → ``prompt[text]``."""
+    if field.startswith("params."):
+        return f"prompt[{field.removeprefix('params.')}]"
+    if field in _PROMPT_FIELDS:
+        return f"prompt[{_PROMPT_FIELDS[field]}]"
+    if field.startswith(("<", "--", "prompt.", "segment", "break", "text")):
+        return "prompt[text]"
+    return field
+
+
+def tune_field(field: str) -> str:
+    if field in _TUNE_FIELDS:
+        return f"tune[{_TUNE_FIELDS[field]}]"
+    if field.startswith("metadata.reference_image_ids"):
+        return "tune[images][]"
+    return field
+
+
+def renamed(error: HttpError, rename) -> HttpError:
+    fields: dict[str, list[str]] = {}
+    for name, messages in error.field_errors.items():
+        fields.setdefault(rename(name), []).extend(messages)
+    return HttpError(error.status, error.message, fields, error.headers)
+
+
+async def call(awaitable: Awaitable[T], rename=prompt_field, *, fields: dict[str, str] | None = None) -> T:
+    """The gateway call's result; its error as the HTTP answer with Astria field names.
+
+    ``fields`` renames specific gateway fields for this call (an upload's ``chunk`` is the form's file).
+    """
+    try:
+        return await awaitable
+    except grpc.RpcError as error:
+        mapping = fields or {}
+        raise renamed(http_error_for_rpc(error), lambda name: mapping.get(name) or rename(name)) from error

@@ -1,0 +1,218 @@
+"""Astria's tune requests and objects over the gateway's registered tunes.
+
+We do not train: a tune is registered from trained weights (a ``.safetensors`` LoRA or checkpoint) sent as
+``tune[weights]`` (a file) or fetched by the gateway from ``tune[weights_url]``. Astria's fields map as:
+``title`` → the tune's name, ``name`` → its class word (``woman``, ``man``, ...), ``token`` → its trigger
+token (Astria's defaults: ``sks`` on sd15, ``ohwx`` on sdxl), ``branch`` → its family (``sd15`` → sd15,
+``sdxl1`` → sdxl), ``model_type`` → its kind (``lora``/``faceid``/``pti`` → lora, ``checkpoint``/null →
+checkpoint). ``images[]`` become the tune's reference face images (face swap, ``<faceid:ID>``).
+Asking for training (images but no weights) is refused with 422 saying how to register weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from multipass.errors import InvalidInput, Violation
+from multipass.v1 import jobs_pb2
+from multipass_http_api.astria.prompt_form import Upload
+from multipass_http_api.astria.prompt_object import astria_id, astria_time
+
+BRANCHES = {"sd15": "sd15", "sdxl1": "sdxl", "sdxl": "sdxl"}
+MODEL_TYPES = {"lora": "lora", "pti": "lora", "faceid": "lora", "checkpoint": "checkpoint", "": "checkpoint"}
+DEFAULT_TOKENS = {"sd15": "sks", "sdxl": "ohwx"}
+TRAINING_REFUSED = (
+    "training is not offered: this service registers tunes from trained weights. Send the weights as "
+    "tune[weights] (a .safetensors LoRA or checkpoint file) or tune[weights_url] (an http(s) URL of one); "
+    "tune[images][] are then kept as the tune's reference face images"
+)
+#: Fields accepted and ignored without a warning: training options that have no meaning here.
+_TRAINING_OPTIONS = frozenset(
+    {"steps", "face_crop", "training_face_correct", "preset", "auto_extend", "callback", "base_tune_id"}
+)
+_SCALARS = frozenset({"title", "name", "token", "branch", "model_type", "weights_url", "sha256"})
+
+
+def tune_field(name: str) -> str:
+    return f"tune[{name}]"
+
+
+@dataclass(frozen=True)
+class TuneForm:
+    title: str = ""
+    class_name: str = ""
+    token: str = ""
+    branch: str = ""
+    model_type: str = ""
+    weights_url: str = ""
+    sha256: str = ""
+    weights: Upload | None = None
+    images: tuple[Upload, ...] = ()
+    image_urls: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        return BRANCHES.get(self.branch or "sd15", "")
+
+    def metadata(self) -> jobs_pb2.TuneMetadata:
+        """The gateway's registration metadata (reference image ids are added once uploaded)."""
+        family = self.family
+        return jobs_pb2.TuneMetadata(
+            name=self.title,
+            token=self.token or DEFAULT_TOKENS.get(family, "sks"),
+            class_name=self.class_name,
+            base_family=family,
+            kind=MODEL_TYPES[self.model_type],
+            url=self.weights_url,
+            sha256=self.sha256,
+        )
+
+    def check(self) -> None:
+        """InvalidInput naming every field the gateway would not be asked about."""
+        problems: list[Violation] = []
+        if not self.class_name:
+            problems.append(
+                Violation(tune_field("name"), "is required: the class word, e.g. woman, man, dog")
+            )
+        if not self.title:
+            problems.append(Violation(tune_field("title"), "is required"))
+        if self.branch and self.branch not in BRANCHES:
+            problems.append(
+                Violation(tune_field("branch"), f"got {self.branch[:40]!r}; expected one of sd15, sdxl1")
+            )
+        if self.model_type not in MODEL_TYPES:
+            problems.append(
+                Violation(
+                    tune_field("model_type"),
+                    f"got {self.model_type[:40]!r}; expected lora, faceid, pti or checkpoint (null)",
+                )
+            )
+        if self.weights is not None and self.weights_url:
+            problems.append(
+                Violation(tune_field("weights_url"), "give tune[weights] or tune[weights_url], not both")
+            )
+        if self.weights is None and not self.weights_url:
+            problems.append(Violation(tune_field("weights"), TRAINING_REFUSED))
+        if problems:
+            raise InvalidInput.of(problems)
+
+
+def _text(name: str, value: object, problems: list[Violation]) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value).strip()
+    problems.append(Violation(tune_field(name), f"got a {type(value).__name__}; expected a string"))
+    return ""
+
+
+def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
+    """The form from (name, value) pairs, names without the ``tune[...]`` wrapper; lists as ``images[]``."""
+    problems: list[Violation] = []
+    warnings: list[str] = []
+    scalars: dict[str, str] = {}
+    weights: Upload | None = None
+    images: list[Upload] = []
+    image_urls: list[str] = []
+    for name, value in fields:
+        key = name.removesuffix("[]")
+        if key == "weights":
+            if isinstance(value, Upload):
+                weights = value if value.data else None
+            elif value not in (None, ""):
+                problems.append(
+                    Violation(tune_field("weights"), "expected a file upload (or tune[weights_url])")
+                )
+        elif key == "images":
+            values = value if isinstance(value, list) else [value]
+            for item in values:
+                if isinstance(item, Upload):
+                    images.append(item)
+                elif item not in (None, ""):
+                    problems.append(Violation("tune[images][]", "expected image file uploads"))
+        elif key == "image_urls":
+            values = value if isinstance(value, list) else [value]
+            image_urls += [text for item in values if (text := _text("image_urls", item, problems))]
+        elif key in _SCALARS:
+            if isinstance(value, Upload):
+                problems.append(Violation(tune_field(key), "got a file; expected a value"))
+            else:
+                scalars[key] = _text(key, value, problems)
+        elif key in _TRAINING_OPTIONS:
+            warnings.append(f"tune[{key}] ignored: tunes are registered from trained weights, not trained")
+        else:
+            warnings.append(f"unknown field tune[{name}] ignored")
+    if problems:
+        raise InvalidInput.of(problems)
+    if image_urls and (weights is not None or scalars.get("weights_url")):
+        warnings.append("tune[image_urls][] ignored: upload reference images as tune[images][] files")
+    return TuneForm(
+        title=scalars.get("title", ""),
+        class_name=scalars.get("name", ""),
+        token=scalars.get("token", ""),
+        branch=scalars.get("branch", ""),
+        model_type=scalars.get("model_type", "").lower(),
+        weights_url=scalars.get("weights_url", ""),
+        sha256=scalars.get("sha256", ""),
+        weights=weights,
+        images=tuple(images),
+        image_urls=tuple(image_urls),
+        warnings=tuple(dict.fromkeys(warnings)),
+    )
+
+
+def tune_from_json(body: object) -> TuneForm:
+    if not isinstance(body, Mapping) or not isinstance(body.get("tune"), Mapping):
+        raise InvalidInput.of([Violation("tune", 'expected a JSON object {"tune": {...}}')])
+    extra = [f"unknown field {key} ignored" for key in body if key != "tune"]
+    form = build_tune_form(body["tune"].items())
+    return TuneForm(**{**form.__dict__, "warnings": tuple(dict.fromkeys([*extra, *form.warnings]))})
+
+
+def tune_from_multipart(items: Iterable[tuple[str, object]]) -> TuneForm:
+    fields: list[tuple[str, object]] = []
+    extra: list[str] = []
+    for key, value in items:
+        if key.startswith("tune[") and "]" in key:
+            inner, _, rest = key[5:].partition("]")
+            fields.append((inner + ("[]" if rest == "[]" else ""), value))
+        else:
+            extra.append(f"unknown field {key} ignored")
+    form = build_tune_form(fields)
+    return TuneForm(**{**form.__dict__, "warnings": tuple(dict.fromkeys([*extra, *form.warnings]))})
+
+
+def tune_object(tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] = ()) -> dict[str, object]:
+    """The Astria tune object of a registered tune (registered weights count as trained when stored)."""
+    created = astria_time(tune.created_at)
+    branch = {"sd15": "sd15", "sdxl": "sdxl1"}.get(tune.base_family, tune.base_family)
+    obj: dict[str, object] = {
+        "id": astria_id(tune.tune_id),
+        "title": tune.name,
+        "name": tune.class_name,
+        "token": tune.token,
+        "base_tune_id": None,
+        "args": None,
+        "steps": None,
+        "face_crop": None,
+        "training_face_correct": None,
+        "ckpt_url": None,
+        "ckpt_urls": [],
+        "eta": None,
+        "trained_at": created,
+        "started_training_at": created,
+        "expires_at": None,
+        "created_at": created,
+        "updated_at": created,
+        "branch": branch,
+        "model_type": "lora" if tune.kind == "lora" else None,
+        "url": f"{base_url}/tunes/{tune.tune_id}.json",
+        "orig_images": [],
+        "is_api": True,
+        "callback": None,
+    }
+    if warnings:
+        obj["warnings"] = list(warnings)
+    return obj

@@ -1,0 +1,176 @@
+"""One mapping from failures to HTTP answers: the gateway's gRPC status (with ``google.rpc`` details),
+our own error hierarchy, request validation, and anything unexpected (500, logged, nothing leaked).
+
+Every error body is ``{"error": <message>}``, plus ``"errors": {field: [description, ...]}`` when fields
+are at fault, which is the shape Astria's clients read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from multipass import errors
+
+log = logging.getLogger(__name__)
+
+#: Longest message echoed from the gateway (its messages may quote the caller's input).
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass
+class HttpError(Exception):
+    """An HTTP answer decided by this service: status, JSON body and extra headers."""
+
+    status: int
+    message: str
+    field_errors: dict[str, list[str]] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict:
+        body: dict = {"error": self.message}
+        if self.field_errors:
+            body["errors"] = self.field_errors
+        return body
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _field_errors(pairs) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, description in pairs:
+        found.setdefault(name or "request", []).append(_cap(description))
+    return found
+
+
+def _status_for(code_name: str, has_fields: bool) -> int:
+    if code_name == "INVALID_ARGUMENT":
+        return 422
+    if code_name == "FAILED_PRECONDITION":
+        # A field the deployment refuses (a callback with no signing key, a model not installed) is the
+        # caller's to change: 422. A state that forbids the call: 409.
+        return 422 if has_fields else 409
+    return {
+        "UNAUTHENTICATED": 401,
+        "PERMISSION_DENIED": 403,
+        "NOT_FOUND": 404,
+        "ALREADY_EXISTS": 409,
+        "ABORTED": 409,
+        "RESOURCE_EXHAUSTED": 429,
+        "UNAVAILABLE": 503,
+        "CANCELLED": 503,
+        "DEADLINE_EXCEEDED": 504,
+        "OUT_OF_RANGE": 422,
+    }.get(code_name, 500)
+
+
+def http_error_for_rpc(error: grpc.RpcError) -> HttpError:
+    """The HTTP answer for a status the gateway returned."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    violations: list[tuple[str, str]] = []
+    retry_after: float | None = None
+    reason = ""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        status = None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations += [(v.field, v.description) for v in bad_request.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToMilliseconds() / 1000
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    http_status = _status_for(code.name, bool(violations))
+    if http_status >= 500 and http_status not in (503, 504):
+        log.error("gateway answered %s: %s", code.name, error.details())
+        return HttpError(500, "internal error")
+    if http_status in (503, 504):
+        # The channel's own failures name internal addresses: log them, answer in general terms.
+        log.warning("gateway call failed with %s: %s", code.name, error.details())
+        message = "the service is unavailable; retry later" if http_status == 503 else "the gateway timed out"
+    else:
+        message = _cap(error.details() or code.name.lower().replace("_", " "))
+    headers: dict[str, str] = {}
+    if http_status == 429 or (http_status == 503 and retry_after is not None):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after if retry_after is not None else 1)))
+    if reason:
+        headers["X-Multipass-Error-Reason"] = reason
+    return HttpError(http_status, message, _field_errors(violations), headers)
+
+
+def http_error_for(error: errors.MultipassError) -> HttpError:
+    """The HTTP answer for one of our own errors raised in this service."""
+    http_status = _status_for(error.code_name, bool(error.violations))
+    if http_status >= 500 and http_status not in (503, 504):
+        log.error("internal error: %s", error)
+        return HttpError(500, "internal error")
+    headers = {}
+    if isinstance(error, errors.ResourceExhausted):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_seconds)))
+    return HttpError(
+        http_status,
+        _cap(error.message),
+        _field_errors((v.field, v.description) for v in error.violations),
+        headers,
+    )
+
+
+def _validation_field(location: tuple) -> str:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure a route can meet, answered in the one JSON shape."""
+
+    @app.exception_handler(HttpError)
+    async def _http_error(_request: Request, error: HttpError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(grpc.RpcError)
+    async def _rpc_error(_request: Request, error: grpc.RpcError) -> JSONResponse:
+        return http_error_for_rpc(error).response()
+
+    @app.exception_handler(errors.MultipassError)
+    async def _multipass_error(_request: Request, error: errors.MultipassError) -> JSONResponse:
+        return http_error_for(error).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            (_validation_field(tuple(e.get("loc", ()))), e.get("msg", "invalid")) for e in error.errors()
+        ]
+        fields = _field_errors(problems)
+        summary = "; ".join(f"{name}: {', '.join(messages)}" for name, messages in fields.items())
+        return HttpError(422, _cap(f"invalid request: {summary}"), fields).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = error.detail if isinstance(error.detail, str) else "request refused"
+        return HttpError(error.status_code, message, headers=dict(error.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+        return HttpError(500, "internal error; it has been logged").response()

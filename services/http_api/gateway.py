@@ -1,0 +1,147 @@
+"""The gateway's public gRPC API as this service sees it: async stubs of Jobs and Tunes over one channel.
+
+Nothing here authenticates: every call forwards the caller's ``authorization`` header as gRPC metadata and
+the gateway decides. Calls raise ``grpc.aio.AioRpcError``; :mod:`multipass_http_api.errors` maps it to HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+
+#: Largest message the gateway may answer with (a page of jobs with their plans).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class GatewayClient:
+    """One channel to the gateway; every call carries the caller's credentials."""
+
+    def __init__(self, target: str, *, timeout_seconds: float = 30.0):
+        self.target = target
+        self.timeout_seconds = timeout_seconds
+        self.channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
+        self.tunes = jobs_pb2_grpc.TunesStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    @staticmethod
+    def metadata(authorization: str | None) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata carrying the caller's ``Authorization`` header unchanged (none when absent)."""
+        return (("authorization", authorization),) if authorization else ()
+
+    # Jobs --------------------------------------------------------------------------------------------
+
+    async def submit_job(self, authorization: str | None, request: jobs_pb2.SubmitJobRequest):
+        return await self.jobs.SubmitJob(
+            request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
+    async def get_job(self, authorization: str | None, job_id: str) -> jobs_pb2.Job:
+        return await self.jobs.GetJob(
+            jobs_pb2.GetJobRequest(job_id=job_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
+    async def list_jobs(self, authorization: str | None, request: jobs_pb2.ListJobsRequest):
+        return await self.jobs.ListJobs(
+            request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
+    async def cancel_job(self, authorization: str | None, job_id: str) -> jobs_pb2.CancelJobResponse:
+        return await self.jobs.CancelJob(
+            jobs_pb2.CancelJobRequest(job_id=job_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
+    def watch_job(self, authorization: str | None, job_id: str, after_sequence: int = 0):
+        """The job's event stream (a call object: iterate it, ``cancel()`` it to stop early)."""
+        return self.jobs.WatchJob(
+            jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence),
+            metadata=self.metadata(authorization),
+        )
+
+    async def upload_image(
+        self, authorization: str | None, filename: str, chunks: Iterable[bytes] | AsyncIterator[bytes]
+    ) -> jobs_pb2.UploadImageResponse:
+        """Upload an image (input or mask) in chunks of at most 1 MiB; returns its id."""
+
+        async def requests():
+            yield jobs_pb2.UploadImageRequest(filename=filename)
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    for part in _split(chunk):
+                        yield jobs_pb2.UploadImageRequest(chunk=part)
+            else:
+                for chunk in chunks:
+                    for part in _split(chunk):
+                        yield jobs_pb2.UploadImageRequest(chunk=part)
+
+        return await self.jobs.UploadImage(
+            requests(), metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
+    # Tunes -------------------------------------------------------------------------------------------
+
+    async def register_tune(
+        self,
+        authorization: str | None,
+        metadata: jobs_pb2.TuneMetadata,
+        chunks: Iterable[bytes] | AsyncIterator[bytes] = (),
+    ) -> jobs_pb2.Tune:
+        """Register a tune from its metadata and the file's bytes (or ``metadata.url``)."""
+
+        async def requests():
+            yield jobs_pb2.RegisterTuneRequest(metadata=metadata)
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    for part in _split(chunk):
+                        yield jobs_pb2.RegisterTuneRequest(chunk=part)
+            else:
+                for chunk in chunks:
+                    for part in _split(chunk):
+                        yield jobs_pb2.RegisterTuneRequest(chunk=part)
+
+        return await self.tunes.RegisterTune(
+            requests(), metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
+    async def get_tune(self, authorization: str | None, tune_id: str) -> jobs_pb2.Tune:
+        return await self.tunes.GetTune(
+            jobs_pb2.GetTuneRequest(tune_id=tune_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
+    async def list_tunes(self, authorization: str | None, request: jobs_pb2.ListTunesRequest):
+        return await self.tunes.ListTunes(
+            request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
+    async def delete_tune(self, authorization: str | None, tune_id: str) -> jobs_pb2.DeleteTuneResponse:
+        return await self.tunes.DeleteTune(
+            jobs_pb2.DeleteTuneRequest(tune_id=tune_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
+
+#: Largest chunk of one streamed upload message (the gateway accepts at most 1 MiB).
+CHUNK_BYTES = 1024 * 1024
+
+
+def _split(data: bytes) -> Iterable[bytes]:
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield data[start : start + CHUNK_BYTES]

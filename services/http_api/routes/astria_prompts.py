@@ -1,0 +1,303 @@
+"""Astria-compatible prompts: create, retrieve (also as ``.json``), list, cancel, duplicate, and the relay
+endpoint that turns the gateway's job callback into Astria's prompt callback.
+
+The path's tune id names the base model. The gateway serves one configured base model, so any tune id is
+accepted (Astria's gallery ids such as 690204 included) and echoed back; when it is one of the caller's
+own tunes, that tune is applied to the whole prompt as a ``<lora:ID:1>`` tag before the text, unless the
+text already tags it (Astria prompts a fine-tuned tune by posting to it). Other tunes are used through
+``<lora:ID:W>`` / ``<faceid:ID:W>`` tags in the text, as in Astria's multi-person prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from google.protobuf import json_format
+
+from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.v1 import jobs_pb2
+from multipass_http_api.astria import callbacks
+from multipass_http_api.astria.bodies import read_body
+from multipass_http_api.astria.field_names import call
+from multipass_http_api.astria.origin import Origin, origin_of
+from multipass_http_api.astria.prompt_form import PromptForm, form_of_job, from_json, from_multipart
+from multipass_http_api.astria.prompt_object import prompt_object
+from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Settings
+from multipass_http_api.errors import HttpError
+from multipass_http_api.job_views import file_path
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["astria"])
+
+_ID = re.compile(r"^[0-9]{1,24}$")
+_JOB_ID = re.compile(r"^[0-9a-f]{24}$")
+MAX_LIMIT = 120
+MAX_OFFSET = 10_000
+#: Page size of the gateway listing a list request walks through.
+_GATEWAY_PAGE = 100
+
+
+def _tune_id(value: str) -> str:
+    if not _ID.match(value):
+        raise NotFound(f"tune {value[:40]!r} not found")
+    return value
+
+
+def _prompt_id(value: str) -> str:
+    value = value.removesuffix(".json")
+    if not _JOB_ID.match(value):
+        raise NotFound(f"prompt {value[:40]!r} not found")
+    return value
+
+
+def _image_url(base_url: str):
+    """The final image's download link: the gateway's presigned URL (usable without an API key, as
+    Astria's image URLs are), else this service's file route."""
+
+    def link(job: jobs_pb2.Job, image: jobs_pb2.OutputImage) -> str:
+        return image.url or base_url + file_path(job.job_id, image.index, "final")
+
+    return link
+
+
+def _relay_base(settings, base_url: str) -> str:
+    return settings.astria_callbacks.relay_url or base_url + callbacks.RELAY_PATH
+
+
+def _object(job: jobs_pb2.Job, base_url: str, warnings=()) -> dict:
+    return prompt_object(
+        job,
+        base_url=base_url,
+        callback=callbacks.target_of(job.callback_url),
+        image_url=_image_url(base_url),
+        warnings=warnings,
+    )
+
+
+async def _form(request: Request) -> PromptForm:
+    kind, body = await read_body(request)
+    return from_multipart(body) if kind == "form" else from_json(body)
+
+
+async def _origin(gateway, authorization: str | None, tune_id: str, text: str) -> Origin:
+    """Whether the path's tune is the caller's own (applied as a tag) or names the base model."""
+    try:
+        await call(gateway.get_tune(authorization, tune_id))
+    except HttpError as error:
+        if error.status == 404:
+            return Origin(tune_id)
+        raise
+    tagged = re.search(rf"<(lora|faceid):{tune_id}(:|>)", text)
+    return Origin(tune_id, tune_applied=tagged is None)
+
+
+async def _upload(gateway, authorization: str | None, form: PromptForm, name: str) -> str:
+    upload = form.uploads.get(name)
+    if upload is None:
+        return ""
+    field = f"prompt[{name}]"
+    if not upload.content_type.startswith("image/") and upload.content_type != "application/octet-stream":
+        raise InvalidInput.of([Violation(field, f"got a {upload.content_type[:60]} file; expected an image")])
+    response = await call(
+        gateway.upload_image(authorization, upload.filename, [upload.data]), fields={"chunk": field}
+    )
+    return response.image_id
+
+
+async def _submit(
+    request: Request, form: PromptForm, tune_id: str, authorization, gateway, settings, base_url
+) -> dict:
+    if not form.text or not form.text.strip():
+        raise InvalidInput.of([Violation("prompt[text]", "is required")])
+    problems: list[Violation] = []
+    callback_url = ""
+    if form.callback:
+        if not settings.astria_callbacks.signing_key:
+            problems.append(Violation("prompt[callback]", "callbacks are disabled on this service"))
+        else:
+            try:
+                await callbacks.check_target(form.callback, settings.astria_callbacks)
+                callback_url = callbacks.relay_url(_relay_base(settings, base_url), form.callback)
+            except InvalidInput as error:
+                problems += error.violations
+    if problems:
+        raise InvalidInput.of(problems)
+    origin = await _origin(gateway, authorization, tune_id, form.text)
+    input_id = await _upload(gateway, authorization, form, "input_image")
+    mask_id = await _upload(gateway, authorization, form, "mask_image")
+    submitted = await call(
+        gateway.submit_job(
+            authorization,
+            jobs_pb2.SubmitJobRequest(
+                prompt=origin.submitted_text(form.text),
+                params=form.params,
+                input_image_id=input_id,
+                mask_image_id=mask_id,
+                callback_url=callback_url,
+                idempotency_key=origin.idempotency_key(),
+            ),
+        )
+    )
+    job = await call(gateway.get_job(authorization, submitted.job_id))
+    return _object(job, base_url, [*form.warnings, *submitted.warnings])
+
+
+@router.post("/tunes/{tune_id}/prompts", status_code=201)
+async def create_prompt(
+    tune_id: str,
+    request: Request,
+    authorization: Authorization,
+    gateway: Gateway,
+    settings: Settings,
+    base_url: BaseUrl,
+):
+    """Create a prompt: multipart ``prompt[text]=...`` fields (files in ``prompt[input_image]``,
+    ``prompt[mask_image]``) or JSON ``{"prompt": {...}}``. Answers the prompt object."""
+    tune_id = _tune_id(tune_id)
+    form = await _form(request)
+    return await _submit(request, form, tune_id, authorization, gateway, settings, base_url)
+
+
+async def _job(gateway, authorization, prompt_id: str, tune_id: str | None = None) -> jobs_pb2.Job:
+    job = await call(gateway.get_job(authorization, _prompt_id(prompt_id)))
+    if tune_id is not None:
+        origin = origin_of(job.idempotency_key)
+        if origin is None or origin.tune_id != _tune_id(tune_id):
+            raise NotFound(f"prompt {job.job_id} not found under tune {tune_id}")
+    return job
+
+
+@router.get("/tunes/{tune_id}/prompts/{prompt_id}")
+async def get_tune_prompt(
+    tune_id: str, prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl
+):
+    """A prompt (``/tunes/:tune_id/prompts/:id`` or ``...:id.json``): ``images`` filled once done."""
+    return _object(await _job(gateway, authorization, prompt_id, tune_id), base_url)
+
+
+@router.get("/prompts/{prompt_id}")
+async def get_prompt(prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+    """A prompt by its id alone (``/prompts/:id`` or ``/prompts/:id.json``)."""
+    return _object(await _job(gateway, authorization, prompt_id), base_url)
+
+
+async def _list(gateway, authorization, base_url: str, offset: int, limit: int, tune_id: str | None) -> list:
+    wanted: list[jobs_pb2.Job] = []
+    token = ""
+    while len(wanted) < offset + limit:
+        page = await call(
+            gateway.list_jobs(
+                authorization, jobs_pb2.ListJobsRequest(page_size=_GATEWAY_PAGE, page_token=token)
+            )
+        )
+        for job in page.jobs:
+            origin = origin_of(job.idempotency_key)
+            if tune_id is None or (origin is not None and origin.tune_id == tune_id):
+                wanted.append(job)
+        token = page.next_page_token
+        if not token:
+            break
+    return [_object(job, base_url) for job in wanted[offset : offset + limit]]
+
+
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description="Prompts to skip, newest first; at most 10,000.")
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Prompts to answer, 1..120.")]
+
+
+@router.get("/tunes/{tune_id}/prompts")
+async def list_tune_prompts(
+    tune_id: str,
+    authorization: Authorization,
+    gateway: Gateway,
+    base_url: BaseUrl,
+    offset: Offset = 0,
+    limit: Limit = 20,
+):
+    """The prompts created under this tune, newest first."""
+    return await _list(gateway, authorization, base_url, offset, limit, _tune_id(tune_id))
+
+
+@router.get("/prompts")
+async def list_prompts(
+    authorization: Authorization, gateway: Gateway, base_url: BaseUrl, offset: Offset = 0, limit: Limit = 20
+):
+    """Every prompt of the caller (jobs submitted through any API), newest first."""
+    return await _list(gateway, authorization, base_url, offset, limit, None)
+
+
+async def _cancel(gateway, authorization, base_url: str, prompt_id: str, tune_id: str | None) -> dict:
+    job = await _job(gateway, authorization, prompt_id, tune_id)
+    outcome = await call(gateway.cancel_job(authorization, job.job_id))
+    job = await call(gateway.get_job(authorization, job.job_id))
+    return _object(
+        job, base_url, [] if outcome.cancelled else [outcome.message or "the prompt had already ended"]
+    )
+
+
+@router.delete("/tunes/{tune_id}/prompts/{prompt_id}")
+async def delete_tune_prompt(
+    tune_id: str, prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl
+):
+    """Cancel the prompt's queued and running work; answers the prompt object (stored images stay)."""
+    return await _cancel(gateway, authorization, base_url, prompt_id, tune_id)
+
+
+@router.delete("/prompts/{prompt_id}")
+async def delete_prompt(prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+    """Cancel the prompt's queued and running work; answers the prompt object."""
+    return await _cancel(gateway, authorization, base_url, prompt_id, None)
+
+
+@router.post("/prompts/{prompt_id}/duplicate", status_code=201)
+async def duplicate_prompt(
+    prompt_id: str,
+    request: Request,
+    authorization: Authorization,
+    gateway: Gateway,
+    settings: Settings,
+    base_url: BaseUrl,
+):
+    """A new prompt from this one's text, parameters and callback, with the body's fields overriding."""
+    job = await _job(gateway, authorization, prompt_id)
+    origin = origin_of(job.idempotency_key)
+    if origin is None:
+        raise NotFound(f"prompt {job.job_id} was not created through the tunes API; submit it as a new job")
+    original = form_of_job(job, origin.astria_text(job.prompt), callbacks.target_of(job.callback_url))
+    overrides = await _form(request)
+    return await _submit(
+        request, overrides.merged_over(original), origin.tune_id, authorization, gateway, settings, base_url
+    )
+
+
+@router.post(callbacks.RELAY_PATH, include_in_schema=False)
+async def relay_prompt_callback(request: Request, settings: Settings, base_url: BaseUrl) -> Response:
+    """The gateway's signed job callback in, Astria's ``{"prompt": {...}}`` callback out."""
+    config = settings.astria_callbacks
+    body = await request.body()
+    if not config.signing_key or not callbacks.verify(
+        request.headers.get(callbacks.SIGNATURE_HEADER, ""), body, config.signing_key
+    ):
+        raise HttpError(401, "missing or bad X-Multipass-Signature")
+    job = jobs_pb2.Job()
+    try:
+        json_format.Parse(body, job, ignore_unknown_fields=True)
+    except (json_format.ParseError, UnicodeDecodeError) as error:
+        raise HttpError(422, "the body is not a job") from error
+    target = callbacks.target_of(job.callback_url)
+    if target is None:
+        raise HttpError(422, "the job has no prompt callback")
+    delivery = await callbacks.deliver(
+        _object(job, base_url),
+        target,
+        config,
+        job_id=job.job_id,
+        attempt=request.headers.get("X-Multipass-Attempt", ""),
+    )
+    return Response(
+        content=delivery.outcome, status_code=delivery.relay_status, media_type="text/plain; charset=utf-8"
+    )

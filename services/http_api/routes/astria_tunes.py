@@ -1,0 +1,101 @@
+"""Astria-compatible tunes: register from trained weights (we do not train), list, retrieve, delete.
+Field mapping and the refusal of training: :mod:`multipass_http_api.astria.tune_object`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.v1 import jobs_pb2
+from multipass_http_api.astria.bodies import read_body
+from multipass_http_api.astria.field_names import call, tune_field
+from multipass_http_api.astria.tune_object import tune_from_json, tune_from_multipart, tune_object
+from multipass_http_api.deps import Authorization, BaseUrl, Gateway
+
+router = APIRouter(tags=["astria"])
+
+_ID = re.compile(r"^[0-9]{1,24}$")
+_GATEWAY_PAGE = 100
+MAX_REFERENCE_IMAGES = 10
+
+
+def _tune_id(value: str) -> str:
+    value = value.removesuffix(".json")
+    if not _ID.match(value):
+        raise NotFound(f"tune {value[:40]!r} not found")
+    return value
+
+
+@router.post("/tunes", status_code=201)
+async def create_tune(request: Request, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+    """Register a tune: JSON ``{"tune": {...}}`` or multipart ``tune[...]`` with ``tune[weights]`` (a
+    .safetensors file) or ``tune[weights_url]``; ``tune[images][]`` become reference face images."""
+    kind, body = await read_body(request)
+    form = tune_from_multipart(body) if kind == "form" else tune_from_json(body)
+    form.check()
+    if len(form.images) > MAX_REFERENCE_IMAGES:
+        raise InvalidInput.of([Violation("tune[images][]", f"at most {MAX_REFERENCE_IMAGES} images")])
+    for image in form.images:
+        if not image.content_type.startswith("image/") and image.content_type != "application/octet-stream":
+            raise InvalidInput.of(
+                [
+                    Violation(
+                        "tune[images][]",
+                        f"{image.filename[:60]!r} is a {image.content_type[:60]}; expected an image",
+                    )
+                ]
+            )
+    metadata = form.metadata()
+    for image in form.images:
+        uploaded = await call(
+            gateway.upload_image(authorization, image.filename, [image.data]),
+            tune_field,
+            fields={"chunk": "tune[images][]"},
+        )
+        metadata.reference_image_ids.append(uploaded.image_id)
+    chunks = [form.weights.data] if form.weights is not None else []
+    tune = await call(gateway.register_tune(authorization, metadata, chunks), tune_field)
+    return tune_object(tune, base_url=base_url, warnings=form.warnings)
+
+
+@router.get("/tunes")
+async def list_tunes(
+    authorization: Authorization,
+    gateway: Gateway,
+    base_url: BaseUrl,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=120)] = 20,
+):
+    """The caller's tunes."""
+    tunes: list[jobs_pb2.Tune] = []
+    token = ""
+    while len(tunes) < offset + limit:
+        page = await call(
+            gateway.list_tunes(
+                authorization, jobs_pb2.ListTunesRequest(page_size=_GATEWAY_PAGE, page_token=token)
+            ),
+            tune_field,
+        )
+        tunes += page.tunes
+        token = page.next_page_token
+        if not token:
+            break
+    return [tune_object(tune, base_url=base_url) for tune in tunes[offset : offset + limit]]
+
+
+@router.get("/tunes/{tune_id}")
+async def get_tune(tune_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+    """A tune (``/tunes/:id`` or ``/tunes/:id.json``)."""
+    tune = await call(gateway.get_tune(authorization, _tune_id(tune_id)), tune_field)
+    return tune_object(tune, base_url=base_url)
+
+
+@router.delete("/tunes/{tune_id}")
+async def delete_tune(tune_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+    """Delete a tune and its file; answers the deleted tune."""
+    tune = await call(gateway.get_tune(authorization, _tune_id(tune_id)), tune_field)
+    await call(gateway.delete_tune(authorization, tune.tune_id), tune_field)
+    return tune_object(tune, base_url=base_url)

@@ -1,0 +1,74 @@
+"""What format a tune file is in, from its safetensors tensor names: one answer for the gateway and the worker.
+
+Tunes come from kohya-ss, diffusers/PEFT, LyCORIS and A1111/civitai checkpoints. The worker loads LoRAs
+with diffusers, which reads kohya LoRAs (LoCon too: the same ``lora_down``/``lora_up`` names on
+convolutions) and diffusers/PEFT LoRAs, and checkpoints in the original (LDM) or diffusers layout. Other
+LyCORIS algorithms have their own tensors, which diffusers cannot apply: such a file is refused when it is
+registered, naming its format and the tensors that tell it, instead of failing on its first pass.
+
+Pure: tensor names in, a :class:`TuneFormat` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+LORA = "lora"
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TuneFormat:
+    """A tune file's format: its ``kind`` (lora/checkpoint), a readable ``name``, and why it cannot load."""
+
+    kind: str
+    name: str
+    #: Empty when the worker loads this format; else the reason, for the field violation.
+    unsupported: str = ""
+
+    @property
+    def supported(self) -> bool:
+        return not self.unsupported
+
+
+#: (tensor-name marker, format name, why it is refused): LyCORIS algorithms diffusers does not apply.
+_UNSUPPORTED = (
+    (".hada_w1_a", "LyCORIS LoHa", "diffusers applies no Hadamard-product (LoHa) weights"),
+    (".lokr_w1", "LyCORIS LoKr", "diffusers applies no Kronecker-product (LoKr) weights"),
+    (".oft_blocks", "LyCORIS OFT", "diffusers applies no orthogonal fine-tuning (OFT) blocks"),
+    (".oft_diag", "LyCORIS OFT", "diffusers applies no orthogonal fine-tuning (OFT) blocks"),
+    (".on_input", "LyCORIS (IA)^3", "diffusers applies no (IA)^3 scaling vectors"),
+    (".b1.weight", "LyCORIS GLoRA", "diffusers applies no GLoRA weights"),
+    (".diff", "LyCORIS full (weight difference)", "diffusers applies no stored weight differences"),
+    (".dora_scale", "DoRA", "diffusers drops DoRA's magnitude vectors, which would change the tune's output"),
+)
+
+
+def classify(names: Iterable[str], shapes: dict[str, list[int]] | None = None) -> TuneFormat | None:
+    """The format of a safetensors file whose tensors are ``names`` (None when no known format fits).
+
+    ``shapes`` (optional, by name) tells a LoCon from a plain kohya LoRA: convolution ``lora_down``
+    weights have four dimensions.
+    """
+    names = [name for name in names if name != "__metadata__"]
+    for marker, format_name, reason in _UNSUPPORTED:
+        found = next((name for name in names if name.endswith(marker)), None)
+        if found is not None:
+            return TuneFormat(
+                LORA,
+                format_name,
+                f"{format_name} ({marker.lstrip('.')} keys, e.g. {found}) is not supported: {reason}",
+            )
+    if any(name.startswith(("model.diffusion_model.", "conditioner.embedders.")) for name in names):
+        return TuneFormat(CHECKPOINT, "single-file checkpoint (A1111/LDM layout)")
+    if any(name.startswith("unet.") for name in names) and not any("lora" in name for name in names):
+        return TuneFormat(CHECKPOINT, "checkpoint (diffusers layout)")
+    if any(name.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for name in names):
+        conv = shapes is not None and any(
+            name.endswith("lora_down.weight") and len(shapes.get(name, ())) == 4 for name in names
+        )
+        return TuneFormat(LORA, "LyCORIS LoCon (kohya layout)" if conv else "kohya LoRA")
+    if any(marker in name for name in names for marker in ("lora_A", "lora_B", ".lora.down", ".lora.up")):
+        return TuneFormat(LORA, "diffusers/PEFT LoRA")
+    return None

@@ -1,0 +1,313 @@
+"""Astria's REST API against the real gateway (gateway_support's stack, the HTTP service on loopback):
+the curl examples of Astria's docs (multipart and JSON), a client written the way Astria's docs and its
+sample app poll, the prompt callback relayed through the gateway's signed, retried callback, tunes, and
+every refusal as the 4xx Astria's clients expect."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from gateway_support import (  # noqa: F401 - fixtures
+    SIGNING_KEY,
+    capabilities_fixture,
+    safetensors_bytes,
+    segmentation_models_fixture,
+    stack_fixture,
+)
+from http_api_support import HttpApi, start_http_api
+
+from multipass_gateway.settings import FetchAllowList
+from multipass_http_api.astria.callbacks import CallbackSettings, verify
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+#: Small, so that an upload a few times larger stays within what the service reads before its 413.
+MAX_BODY = 16 * 1024
+
+
+@pytest.fixture(name="astria_api")
+async def astria_api_fixture(stack):
+    """Gateway and HTTP service allowed to call loopback (the relay and the test's receiver)."""
+    await stack.start_gateway(fetch_allow=FetchAllowList(networks=LOOPBACK))
+    tenant = await stack.tenant("acme")
+    handle = await start_http_api(
+        stack,
+        max_body_bytes=MAX_BODY,
+        astria_callbacks=CallbackSettings(
+            signing_key=SIGNING_KEY, allow_networks=LOOPBACK, timeout_seconds=5.0
+        ),
+    )
+    try:
+        yield HttpApi(handle=handle, stack=stack, key=tenant.api_key, tenant=tenant.tenant)
+    finally:
+        await handle.stop(1.0)
+
+
+class Receiver:
+    """A loopback HTTP server recording the POSTs it gets; answers ``statuses`` in turn, then 200."""
+
+    def __init__(self, statuses: tuple[int, ...] = ()):
+        self.requests: list[tuple[dict, bytes]] = []
+        self.statuses = list(statuses)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.requests.append((dict(self.headers), body))
+                self.send_response(owner.statuses.pop(0) if owner.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/prompt?user_id=42"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def astria_style_client(base_url: str, key: str, tune_id: int, callback: str) -> tuple[dict, dict]:
+    """A client written against Astria's docs (requests-style multipart POST, then polling the prompt
+    until ``images`` is non-empty or ``user_error`` is set); only the base URL differs from Astria's."""
+    headers = {"Authorization": f"Bearer {key}"}
+    data = {
+        "prompt[text]": "a portrait of ohwx woman, golden hour",
+        "prompt[negative_prompt]": "blurry",
+        "prompt[num_images]": "1",
+        "prompt[steps]": "2",
+        "prompt[w]": "256",
+        "prompt[h]": "256",
+        "prompt[super_resolution]": "false",
+        "prompt[callback]": callback,
+    }
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        created = client.post(f"/tunes/{tune_id}/prompts", data=data)
+        created.raise_for_status()
+        prompt = created.json()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            polled = client.get(f"/tunes/{tune_id}/prompts/{prompt['id']}")
+            polled.raise_for_status()
+            current = polled.json()
+            if current["images"] or current["user_error"]:
+                return prompt, current
+            time.sleep(0.2)
+    raise AssertionError("the prompt never settled")
+
+
+async def test_curl_examples_multipart_and_json(astria_api):
+    """``curl -X POST -H "Authorization: Bearer $KEY" /tunes/690204/prompts -F prompt[text]=... ...``."""
+    async with astria_api.client() as client:
+        response = await client.post(
+            "/tunes/690204/prompts",
+            files={
+                "prompt[text]": (None, "a room BREAK BREAK ohwx woman BREAK ohwx man"),
+                "prompt[num_images]": (None, "1"),
+                "prompt[steps]": (None, "2"),
+                "prompt[w]": (None, "256"),
+                "prompt[h]": (None, "256"),
+                "prompt[inpaint_faces]": (None, "0"),
+                "prompt[use_lpw]": (None, "true"),
+                "prompt[foo]": (None, "bar"),
+            },
+        )
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["tune_id"] == 690204 and created["images"] == [] and created["trained_at"] is None
+        assert created["text"] == "a room BREAK BREAK ohwx woman BREAK ohwx man"
+        assert created["steps"] == 2 and created["num_images"] == 1 and created["cfg_scale"] is None
+        assert created["use_lpw"] is True and created["inpaint_faces"] is False
+        assert "unknown field prompt[foo] ignored" in created["warnings"]
+        assert created["url"].endswith(f"/tunes/690204/prompts/{created['id']}.json")
+
+        as_json = await client.post(
+            "/tunes/690204/prompts",
+            json={
+                "prompt": {"text": "a lighthouse", "num_images": 2, "steps": 2, "seed": 7, "w": 256, "h": 256}
+            },
+        )
+        assert as_json.status_code == 201, as_json.text
+        second = as_json.json()
+        assert second["seed"] == 7 and second["num_images"] == 2
+
+        done = await poll(client, f"/prompts/{second['id']}.json")
+        assert len(done["images"]) == 2 and done["trained_at"] and done["user_error"] is None
+        image = await client.get(done["images"][0])
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+        first = await poll(client, f"/tunes/690204/prompts/{created['id']}")
+        assert len(first["images"]) == 1
+
+        listed = (await client.get("/tunes/690204/prompts", params={"limit": 1, "offset": 1})).json()
+        assert [item["id"] for item in listed] == [created["id"]]
+        assert {item["id"] for item in (await client.get("/prompts")).json()} >= {created["id"], second["id"]}
+        assert (await client.get(f"/tunes/1234/prompts/{created['id']}")).status_code == 404
+        assert (await client.get("/prompts", params={"limit": 121})).status_code == 422
+
+        duplicate = await client.post(
+            f"/prompts/{second['id']}/duplicate", json={"prompt": {"num_images": 1}}
+        )
+        assert duplicate.status_code == 201, duplicate.text
+        copy = duplicate.json()
+        assert copy["id"] != second["id"] and copy["text"] == "a lighthouse"
+        assert copy["seed"] == 7 and copy["num_images"] == 1 and copy["tune_id"] == 690204
+
+    other = await astria_api.stack.tenant("other")
+    async with astria_api.client(other.api_key) as stranger:
+        assert (await stranger.get(f"/prompts/{created['id']}")).status_code == 404
+        assert (await stranger.delete(f"/prompts/{created['id']}")).status_code == 404
+
+
+async def poll(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(path)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["images"] or body["user_error"]:
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)
+
+
+async def test_unmodified_client_and_signed_retried_callback(astria_api):
+    receiver = Receiver(statuses=(503,))
+    try:
+        created, done = await asyncio.to_thread(
+            astria_style_client, astria_api.url, astria_api.key, 690204, receiver.url
+        )
+        assert created["callback"] == receiver.url and created["images"] == []
+        assert len(done["images"]) == 1 and done["trained_at"]
+        deadline = time.monotonic() + 30
+        while len(receiver.requests) < 2:
+            assert time.monotonic() < deadline, receiver.requests
+            await asyncio.sleep(0.1)
+    finally:
+        receiver.close()
+    headers, body = receiver.requests[-1]
+    assert verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
+    prompt = json.loads(body)["prompt"]
+    assert prompt["id"] == created["id"] and prompt["images"] and prompt["callback"] == receiver.url
+    assert headers["X-Multipass-Attempt"] == "2"
+    async with astria_api.client() as client:
+        job = (await client.get(f"/v1/jobs/{created['id']}")).json()
+    assert job["callback_outcome"].startswith("delivered (HTTP 200, attempt 2)")
+
+
+async def test_callback_to_an_internal_address_is_refused(astria_api):
+    async with astria_api.client() as client:
+        response = await client.post(
+            "/tunes/1/prompts", data={"prompt[text]": "a cat", "prompt[callback]": "http://10.1.2.3/hook"}
+        )
+    assert response.status_code == 422
+    assert "internal address" in response.json()["errors"]["prompt[callback]"][0]
+
+
+async def test_tunes_register_prompt_with_own_tune_and_delete(astria_api):
+    async with astria_api.client() as client:
+        training = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-1")),
+                ("tune[name]", (None, "woman")),
+                ("tune[images][]", ("a.png", b"\x89PNG....", "image/png")),
+            ],
+        )
+        assert training.status_code == 422
+        assert "training is not offered" in training.json()["errors"]["tune[weights]"][0]
+
+        registered = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-2")),
+                ("tune[name]", (None, "woman")),
+                ("tune[token]", (None, "ohwx")),
+                ("tune[branch]", (None, "sd15")),
+                ("tune[model_type]", (None, "lora")),
+                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
+                ("tune[steps]", (None, "500")),
+            ],
+        )
+        assert registered.status_code == 201, registered.text
+        tune = registered.json()
+        assert tune["name"] == "woman" and tune["token"] == "ohwx" and tune["model_type"] == "lora"
+        assert tune["branch"] == "sd15" and tune["trained_at"] and tune["title"] == "order-2"
+        assert any("tune[steps] ignored" in warning for warning in tune["warnings"])
+        assert (await client.get(f"/tunes/{tune['id']}.json")).json()["id"] == tune["id"]
+        assert tune["id"] in [item["id"] for item in (await client.get("/tunes")).json()]
+
+        prompt = await client.post(
+            f"/tunes/{tune['id']}/prompts",
+            json={"prompt": {"text": "ohwx woman", "steps": 2, "w": 256, "h": 256}},
+        )
+        assert prompt.status_code == 201, prompt.text
+        assert prompt.json()["text"] == "ohwx woman"
+        job = (await client.get(f"/v1/jobs/{prompt.json()['id']}")).json()
+        assert job["prompt"] == f"<lora:{tune['id']}:1> ohwx woman"
+
+        deleted = await client.delete(f"/tunes/{tune['id']}")
+        assert deleted.status_code == 200
+        assert (await client.get(f"/tunes/{tune['id']}")).status_code == 404
+
+
+async def test_refusals_are_the_4xx_astria_clients_expect(astria_api):
+    async with astria_api.client() as client:
+        bad = await client.post("/tunes/1/prompts", data={"prompt[text]": "a cat", "prompt[steps]": "99"})
+        assert bad.status_code == 422 and "prompt[steps]" in bad.json()["errors"], bad.text
+        assert "error" in bad.json()
+        flag = await client.post(
+            "/tunes/1/prompts", data={"prompt[text]": "a cat", "prompt[hires_fix]": "maybe"}
+        )
+        assert flag.status_code == 422 and "prompt[hires_fix]" in flag.json()["errors"]
+        missing = await client.post("/tunes/1/prompts", json={"prompt": {"steps": 2}})
+        assert missing.status_code == 422 and "prompt[text]" in missing.json()["errors"]
+        not_image = await client.post(
+            "/tunes/1/prompts",
+            data={"prompt[text]": "a cat", "prompt[controlnet]": "canny"},
+            files={"prompt[input_image]": ("notes.txt", b"hello", "text/plain")},
+        )
+        assert not_image.status_code == 422 and "prompt[input_image]" in not_image.json()["errors"]
+        garbage_png = await client.post(
+            "/tunes/1/prompts",
+            data={"prompt[text]": "a cat"},
+            files={"prompt[input_image]": ("x.png", b"not really a png", "image/png")},
+        )
+        assert garbage_png.status_code == 422 and "prompt[input_image]" in garbage_png.json()["errors"]
+        broken = await client.post(
+            "/tunes/1/prompts",
+            content=b'--xyz\r\nContent-Disposition: form-data; name="prompt[text]"\r\n\r\nno end',
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+        )
+        assert broken.status_code == 422, broken.text
+        bad_json = await client.post(
+            "/tunes/1/prompts", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert bad_json.status_code == 422
+        huge = await client.post(
+            "/tunes/1/prompts",
+            data={"prompt[text]": "a cat"},
+            files={"prompt[input_image]": ("big.png", b"\x89PNG" + b"a" * (2 * MAX_BODY), "image/png")},
+        )
+        assert huge.status_code == 413 and "larger than" in huge.json()["error"]
+        assert (await client.get("/prompts/0123456789abcdef01234567")).status_code == 404
+        assert (await client.get("/prompts/nonsense")).status_code == 404
+        assert (await client.get("/tunes/abc/prompts")).status_code == 404
+        listed = (await client.get("/prompts")).json()
+        assert listed == []
+    async with astria_api.client("") as anonymous:
+        assert (await anonymous.get("/prompts")).status_code == 401
+    async with astria_api.client("sd_wrong") as wrong:
+        assert (await wrong.post("/tunes/1/prompts", data={"prompt[text]": "a cat"})).status_code == 401

@@ -1,0 +1,73 @@
+"""A request that needs a component the workers lack is refused at submit naming the feature and the
+``multipass models pull`` command that installs it (``domain/requirements.py``)."""
+
+from __future__ import annotations
+
+from multipass_gateway.domain import requirements
+
+
+def family_sd15(capability: str) -> str:
+    return "sd15"
+
+
+def test_each_missing_component_names_its_feature_and_the_pull_that_installs_it():
+    needs = [
+        ("pass:hires", "params.hires_fix"),
+        ("upscaler", "params.super_resolution"),
+        ("face_restorer", "params.face_correct"),
+        ("face_swapper", "params.face_swap"),
+        ("controlnet:depth", "params.controlnet"),
+        ("preprocessor:depth", "params.controlnet"),
+        ("prompt_expander", "params.prompt_expansion"),
+        ("upscaler", "params.super_resolution"),  # asked twice, reported once
+    ]
+    missing = requirements.missing_components(needs, {"pass:hires"}, family_sd15)
+    assert [(m.capability, m.feature, m.fix) for m in missing] == [
+        ("upscaler", "upscaler", "multipass models pull upscaler"),
+        ("face_restorer", "face_restorer", "multipass models pull face-restorer"),
+        ("face_swapper", "face_swap", "multipass models pull face-swap"),
+        ("controlnet:depth", "controlnet:depth", "multipass models pull controlnet-sd15"),
+        ("preprocessor:depth", "preprocessor:depth", "multipass models pull controlnet-sd15"),
+        ("prompt_expander", "prompt_expander", "multipass models pull prompt-expander"),
+    ]
+    violation = missing[0].violation()
+    assert (violation.field, violation.description) == (
+        "params.super_resolution",
+        "needs 'upscaler', which the diffusion workers do not have installed; "
+        "install it with `multipass models pull upscaler`",
+    )
+    # One command installs everything the request lacks.
+    assert requirements.pull_command(missing) == (
+        "multipass models pull upscaler face-restorer face-swap controlnet-sd15 prompt-expander"
+    )
+
+
+def test_the_fix_fits_the_family_of_the_model_that_needs_it():
+    families = {"faceid:xl": "sdxl", "faceid:base": "sd15", "controlnet:pose": "sdxl"}
+    missing = requirements.missing_components(
+        [
+            ("faceid:xl", "<faceid:a>"),
+            ("faceid:base", "<faceid:a>"),
+            ("controlnet:pose", "params.controlnet"),
+        ],
+        set(),
+        families.__getitem__,
+    )
+    assert [m.fix for m in missing] == [
+        "multipass models pull faceid-sdxl",
+        "multipass models pull faceid",
+        "",  # no SDXL ControlNet profile
+    ]
+    assert missing[2].violation().description == (
+        "needs 'controlnet:pose', which the diffusion workers do not have installed "
+        "(feature controlnet:pose; no `multipass models pull` profile provides it)"
+    )
+
+
+def test_what_no_model_file_provides_has_no_fix():
+    missing = requirements.missing_components([("pass:upscale", "--only_upscale")], set(), family_sd15)
+    assert [(m.feature, m.fix) for m in missing] == [(None, "")]
+    assert missing[0].violation().description == (
+        "needs 'pass:upscale', which the diffusion workers do not have installed"
+    )
+    assert requirements.pull_command(missing) == ""
