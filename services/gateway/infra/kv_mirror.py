@@ -9,6 +9,7 @@ undoes a write it raced with. The pass scheduler's queues and the pending-work b
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 NoteFilter = Callable[[str, str], bool]
 
 
-class KvMirror:
+class KvMirror(abc.ABC):
     """The mirror of the keys matching ``pattern`` (``<prefix>.>``) in ``store``.
 
     Subclasses keep the picture: :meth:`_put`, :meth:`_remove` and :meth:`_rebuild`. With
@@ -56,17 +57,17 @@ class KvMirror:
 
     # the picture (subclasses) -------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _put(self, key: str, value: bytes | None, *, own: bool) -> None:
         """``key`` was written, by this replica (``own``) or a peer; ``value`` None when not known."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _remove(self, pattern: str) -> None:
         """Forget what a KV purge of ``pattern`` removes (a key, or a pattern with ``*`` or ``>``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _rebuild(self, listed: Mapping[str, bytes | None]) -> None:
         """Replace the picture by a listing (key -> value, None where the listing read no value)."""
-        raise NotImplementedError
 
     def _knows(self, key: str) -> bool:
         """Whether the picture holds the value of ``key`` (a resync with ``read_values`` skips it)."""
