@@ -1,9 +1,10 @@
-"""What every tiny-model factory shares: a version marker, a build lock, bounded torch threads."""
+"""What every tiny-model factory shares: build once per version, under a file lock, with bounded torch threads."""
 
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +37,31 @@ def bounded_torch_threads(limit: int = 2) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def build_once(
+    base: Path,
+    *,
+    marker: str,
+    version: str,
+    lock: str,
+    replaces: Iterable[str],
+    write: Callable[[Path], None],
+) -> None:
+    """Run ``write(base)`` unless ``version`` is already built there: under the file lock ``lock``, with
+    bounded torch threads, after removing the folders in ``replaces``; the marker then records the version."""
+    marker_path = base / marker
+    if is_current(marker_path, version):
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    with build_lock(base / lock):
+        if is_current(marker_path, version):
+            return
+        with bounded_torch_threads():
+            for name in replaces:
+                shutil.rmtree(base / name, ignore_errors=True)
+            write(base)
+        marker_path.write_text(version + "\n")
 
 
 def byte_to_unicode() -> dict[int, str]:

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import warnings
 from pathlib import Path
 
-from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
+from multipass_dev.tiny_models.building import build_once, byte_to_unicode
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-diffusion-v5"
@@ -57,22 +56,21 @@ _SD15_SCHEDULER = {
 
 def build(root: Path) -> None:
     """Write the tiny diffusion models under ``root/"diffusion"`` unless this version is already there."""
-    base = Path(root) / "diffusion"
-    marker = base / MARKER
-    if is_current(marker, VERSION):
-        return
-    base.mkdir(parents=True, exist_ok=True)
-    with build_lock(base / ".build.lock"):
-        if is_current(marker, VERSION):
-            return
-        with bounded_torch_threads():
-            for name in (SD15_MODEL, SDXL_MODEL, "controlnet", "preprocessors", "ip_adapter"):
-                shutil.rmtree(base / name, ignore_errors=True)
-            tokenizer_files = _write_clip_vocab(base / ".clip-vocab")
-            _build_sd15(base, tokenizer_files)
-            _build_sdxl(base, tokenizer_files)
-            _build_preprocessors(base / "preprocessors")
-        marker.write_text(VERSION + "\n")
+    build_once(
+        Path(root) / "diffusion",
+        marker=MARKER,
+        version=VERSION,
+        lock=".build.lock",
+        replaces=(SD15_MODEL, SDXL_MODEL, "controlnet", "preprocessors", "ip_adapter"),
+        write=_write_all,
+    )
+
+
+def _write_all(base: Path) -> None:
+    tokenizer_files = _write_clip_vocab(base / ".clip-vocab")
+    _build_sd15(base, tokenizer_files)
+    _build_sdxl(base, tokenizer_files)
+    _build_preprocessors(base / "preprocessors")
 
 
 def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:

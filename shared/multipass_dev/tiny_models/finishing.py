@@ -21,12 +21,11 @@ published ones; every model is loaded by the production loading code.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 from multipass_dev.tiny_models import image_nets
-from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
+from multipass_dev.tiny_models.building import build_once, byte_to_unicode
 from multipass_dev.tiny_models.face_detector import write_face_detector
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
@@ -42,22 +41,21 @@ EMBED_SIZE = 112
 
 def build(root: Path) -> None:
     """Write the tiny finishing models under ``root/"diffusion"`` unless this version is already there."""
-    base = Path(root) / "diffusion"
-    marker = base / MARKER
-    if is_current(marker, VERSION):
-        return
-    base.mkdir(parents=True, exist_ok=True)
-    with build_lock(base / ".finishing-build.lock"):
-        if is_current(marker, VERSION):
-            return
-        with bounded_torch_threads():
-            for name in COMPONENTS:
-                shutil.rmtree(base / name, ignore_errors=True)
-            _build_upscaler(base / "upscaler")
-            _build_face_restorer(base / "face_restorer")
-            _build_face_swapper(base / "face_swapper")
-            _build_prompt_expander(base / "prompt_expander")
-        marker.write_text(VERSION + "\n")
+    build_once(
+        Path(root) / "diffusion",
+        marker=MARKER,
+        version=VERSION,
+        lock=".finishing-build.lock",
+        replaces=COMPONENTS,
+        write=_write_all,
+    )
+
+
+def _write_all(base: Path) -> None:
+    _build_upscaler(base / "upscaler")
+    _build_face_restorer(base / "face_restorer")
+    _build_face_swapper(base / "face_swapper")
+    _build_prompt_expander(base / "prompt_expander")
 
 
 def _build_upscaler(directory: Path) -> None:

@@ -27,7 +27,7 @@ import shutil
 import string
 from pathlib import Path
 
-from multipass_dev.tiny_models.building import bounded_torch_threads, build_lock, byte_to_unicode, is_current
+from multipass_dev.tiny_models.building import build_once, byte_to_unicode
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
 VERSION = "tiny-segmentation-v2"
@@ -65,23 +65,23 @@ _WORDS = (
 
 def build(root: Path) -> None:
     """Write the tiny segmentation models under ``root/"segmentation"`` unless this version is there."""
-    base = Path(root) / "segmentation"
-    marker = base / MARKER
-    if is_current(marker, VERSION):
-        return
-    base.mkdir(parents=True, exist_ok=True)
-    with build_lock(base / ".build.lock"):
-        if is_current(marker, VERSION):
-            return
-        import torch
+    build_once(
+        Path(root) / "segmentation",
+        marker=MARKER,
+        version=VERSION,
+        lock=".build.lock",
+        replaces=COMPONENTS,
+        write=_write_all,
+    )
 
-        with bounded_torch_threads(), torch.random.fork_rng(devices=[]):
-            for name in COMPONENTS:
-                shutil.rmtree(base / name, ignore_errors=True)
-            _build_sam(base / "sam")
-            _build_grounding(base / "grounding", base / ".vocab")
-            _build_faces(base / "faces")
-        marker.write_text(VERSION + "\n")
+
+def _write_all(base: Path) -> None:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        _build_sam(base / "sam")
+        _build_grounding(base / "grounding", base / ".vocab")
+        _build_faces(base / "faces")
 
 
 def _build_sam(directory: Path) -> None:
