@@ -17,7 +17,7 @@ from multipass_bench.timing import is_positive_finite
 
 #: (comparison, bound) per figure; None = no target (a rate to read, not to pass).
 TARGETS: dict[str, tuple[str, float] | None] = {
-    "orchestration_overhead_ratio": ("<=", 1.10),
+    "orchestration_overhead_ratio": ("<=", 1.05),
     "control_plane_passes_per_s": None,
     "crop_vs_full_speedup": (">=", 3.0),
     "lora_switch_fraction": None,
@@ -26,6 +26,43 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "parallel_persons_speedup": None,
     "batched_base_speedup": None,
 }
+
+
+#: The orchestration figures of the last runs on this bench directory, one JSON line per run.
+HISTORY_FILE = "orchestration-history.jsonl"
+#: Runs the spread is taken over (this one included).
+SPREAD_RUNS = 5
+#: Target of max/min of the orchestration figure over those runs.
+SPREAD_TARGET = 1.05
+
+
+def overhead_spread(history: Path, value: float | None) -> dict:
+    """``orchestration_overhead_spread``: max/min of the orchestration figure over the last
+    :data:`SPREAD_RUNS` runs that measured it (this one included), read from and appended to ``history``.
+
+    Null (with the number of runs so far) until two runs measured it: one run has no spread.
+    """
+    runs: list[float] = []
+    with contextlib.suppress(OSError):
+        for line in Path(history).read_text().splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                runs.append(float(json.loads(line)["orchestration_overhead_ratio"]))
+    if value is not None:
+        runs.append(float(value))
+        with contextlib.suppress(OSError):
+            Path(history).parent.mkdir(parents=True, exist_ok=True)
+            with open(history, "a") as handle:
+                handle.write(json.dumps({"orchestration_overhead_ratio": value}) + "\n")
+    last = runs[-SPREAD_RUNS:]
+    spread = round(max(last) / min(last), 4) if len(last) >= 2 and min(last) > 0 else None
+    return {
+        "orchestration_overhead_spread": spread,
+        "orchestration_overhead_history": {
+            "runs": [round(x, 4) for x in last],
+            "target": f"max/min <= {SPREAD_TARGET:g} over {SPREAD_RUNS} consecutive runs, each <= 1.05",
+            "met": None if spread is None or len(last) < SPREAD_RUNS else spread <= SPREAD_TARGET and max(last) <= 1.05,
+        },
+    }
 
 
 class MetricUnavailable(Exception):

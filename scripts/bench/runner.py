@@ -229,9 +229,13 @@ class Bench:
             "torch_threads": 1,
             "models": "tiny random-weight SD1.5-architecture models (multipass_dev.tiny_models)",
         }
-        return report.build_report(
+        built = report.build_report(
             self.figures, self.reasons, self.details, machine=machine, versions_=versions, settings=settings
         )
+        built.update(
+            report.overhead_spread(self.directory / report.HISTORY_FILE, built["orchestration_overhead_ratio"])
+        )
+        return built
 
     def _stack_figures(self) -> None:
         keys = ("orchestration_overhead_ratio",)

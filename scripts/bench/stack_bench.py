@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from multipass_bench import workload
+from multipass_bench import hops, workload
 from multipass_bench.report import MetricUnavailable, say
 from multipass_gateway.domain import job_state
 from multipass_gateway.infra.job_store import parse_record
@@ -318,11 +318,15 @@ def orchestration_overhead(
         stack_seconds, engine_seconds, identical, timelines = [], [], [], []
         metrics_url = state.get("processes", {}).get("diffusion", {}).get("metrics_url")
         worker_engine_seconds: list[float] = []
+        hop_jobs: list[dict] = []
+        tracer = hops.HopTracer(state["nats_url"]).__enter__()
         for index in range(repetitions + 1):  # the first pair warms up both sides
             seed = 4242 + index * 17  # a new seed per job: every pass misses the pass cache
             engine_before = scrape_engine_seconds(metrics_url)
+            tracer.clear()
             run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(seed)})
             engine_after = scrape_engine_seconds(metrics_url)
+            heard = list(tracer.messages)
             record = load_record(state["nats_url"], state["tenant"], run.job.job_id)
             requests = diffusion_requests(record)
             fetched = [(i, r, fetch_inputs(reader, r.spec, tune_dir)) for i, r in requests]
@@ -334,6 +338,7 @@ def orchestration_overhead(
                 raise MetricUnavailable("the in-process engine hit a pass cache")
             if index == 0:
                 continue
+            hop_jobs.append(hops.job_hops(heard, run.job.job_id))
             stack_seconds.append(run.seconds)
             engine_seconds.append(in_process)
             if engine_before is not None and engine_after is not None:
@@ -345,6 +350,7 @@ def orchestration_overhead(
                 r.pass_name: o.duration_seconds for (_, r, _), (_, o) in zip(fetched, outputs, strict=True)
             }
             timelines.append(timeline(record, run, per_pass))
+        tracer.__exit__(None, None, None)
         idle = device_idle_burst(stack, client, prompt, jobs=burst_jobs) if burst_jobs else None
     engine.runtime(workload.SD15).adapters.deactivate()
     ratios = [s / e for s, e in zip(stack_seconds, engine_seconds, strict=True)]
@@ -363,6 +369,7 @@ def orchestration_overhead(
         "ratios": [round(r, 4) for r in ratios],
         "in_process_outputs_equal_stack_outputs": identical,
         "timeline_of_median_job": timelines[middle],
+        "hops": hops.summarise(hop_jobs),
         "repetitions": len(ratios),
     }
     if len(worker_engine_seconds) == len(stack_seconds):

@@ -34,3 +34,16 @@ DEVICE_IDLE = Histogram(
 DEVICE_BUSY = Counter(
     "multipass_diffusion_device_busy_seconds_total", "Seconds the device thread spent running passes."
 )
+RECENT_OUTPUTS = Counter(
+    "multipass_diffusion_recent_outputs_total",
+    "Input images looked up among this worker's recent outputs: hit (no object-store read, no decode) "
+    "or miss (read from the store).",
+    ["outcome"],
+)
+PASS_PHASE = Histogram(
+    "multipass_diffusion_pass_phase_seconds",
+    "Seconds a pass spends outside the engine, by phase: fetch (inputs read and decoded), encode (the "
+    "output's PNG), upload (stored in the object store), announce (its completed event published).",
+    ["phase"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

@@ -37,6 +37,10 @@ class DiffusionSettings:
     pass outputs (and their pass-cache copies). The next pass of the chain waits for the upload, so speed
     wins: level 1 encodes a 1024x1024 photo 3-4x faster than 6 for ~10% more bytes; pixels are identical.
 
+    ``recent_outputs_mb`` (``MULTIPASS_DIFFUSION_RECENT_OUTPUTS_MB``, default 256, 0 = off): memory for the
+    decoded outputs this worker stored lately; the next pass of a chain that lands here reads its input
+    image from it instead of the object store (:mod:`multipass_diffusion.recent_outputs`).
+
     ``compile`` (``MULTIPASS_DIFFUSION_COMPILE``, default off): ``torch.compile`` the base model's UNet(s)
     at load, with ``compile_mode`` (``MULTIPASS_DIFFUSION_COMPILE_MODE``, "" = torch's default) and
     ``compile_backend`` (``MULTIPASS_DIFFUSION_COMPILE_BACKEND``, default "inductor", or any registered
@@ -78,6 +82,8 @@ class DiffusionSettings:
     progress_interval_s: float = 0.25
     prefetch_depth: int = 1
     png_compress_level: int = 1
+    #: Memory for decoded recent outputs, the next pass of a chain reads them here (0: off).
+    recent_outputs_mb: int = 256
     compile: bool = False
     compile_mode: str = ""
     compile_backend: str = "inductor"
@@ -118,6 +124,7 @@ class DiffusionSettings:
             progress_interval_s=env.float("DIFFUSION_PROGRESS_INTERVAL_S", 0.25, min=0.0, max=60.0),
             prefetch_depth=env.int("DIFFUSION_PREFETCH", 1, min=0, max=8),
             png_compress_level=env.int("DIFFUSION_PNG_COMPRESS_LEVEL", 1, min=0, max=9),
+            recent_outputs_mb=env.int("DIFFUSION_RECENT_OUTPUTS_MB", 256, min=0, max=1_000_000),
             compile=env.bool("DIFFUSION_COMPILE", False),
             compile_mode=env.choice("DIFFUSION_COMPILE_MODE", "", COMPILE_MODES),
             compile_backend=env.str("DIFFUSION_COMPILE_BACKEND", "inductor"),

@@ -35,11 +35,12 @@ from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.images import encode_png
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
-from multipass_diffusion import tune_files
+from multipass_diffusion import metrics, tune_files
 from multipass_diffusion.device_queue import DeviceQueue
 from multipass_diffusion.engine import Engine, PassOutput
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.passes.registry import HANDLERS
+from multipass_diffusion.recent_outputs import RecentOutputs
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class DiffusionWorker:
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         #: One for every served model: they share the one device thread.
         self.device = DeviceQueue(executor)
+        self.recent = RecentOutputs(settings.recent_outputs_mb * 1024 * 1024)
+        #: Pass-cache copies being written after their pass was decided (awaited when the worker stops).
+        self._cache_writes: set[asyncio.Task] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -101,6 +105,8 @@ class DiffusionWorker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
+        if self._cache_writes:
+            await asyncio.gather(*self._cache_writes, return_exceptions=True)
 
     # -- cancellation ----------------------------------------------------------------------------------
 
@@ -164,8 +170,15 @@ class DiffusionWorker:
                 self._running.pop(job_id, None)
 
     async def _complete(self, request: diffusion_pb2.PassRequest, output: PassOutput) -> None:
-        """Store the output at the request's key, publish ``completed``, fill the shared pass cache."""
+        """Store the output at the request's key, publish ``completed``, fill the shared pass cache.
+
+        The output is in the object store before the event that announces it (another process may read
+        it as soon as the event is out); only then is it remembered among the recent outputs, and the
+        pass-cache copy is written after the event, off the chain's path (a lost copy is a cache miss).
+        """
+        phase = time.perf_counter()
         data = await asyncio.to_thread(encode_png, output.image, self.settings.png_compress_level)
+        phase = _phase_done("encode", phase)
         ref = await self.store.put_png(
             request.output_bucket,
             request.output_key,
@@ -173,15 +186,18 @@ class DiffusionWorker:
             width=output.image.width,
             height=output.image.height,
         )
+        phase = _phase_done("upload", phase)
         await publish_pass_event(
             self.bus,
             request,
             names.EVENT_COMPLETED,
             completed=events_pb2.PassCompleted(result=_result(output, ref)),
         )
+        _phase_done("announce", phase)
+        self.recent.remember(ref.bucket, ref.key, ref.sha256, output.image)
         cache = self.engine.cache
         if not output.cache_hit and getattr(cache, "written_by_worker", False):
-            await cache.write_encoded(output.spec_hash, data)
+            self._write_cache_copy(cache, output.spec_hash, data)
         log.info(
             "pass completed",
             extra={
@@ -190,6 +206,17 @@ class DiffusionWorker:
                 "image": request.image_index,
             },
         )
+
+    def _write_cache_copy(self, cache, spec_hash: str, data: bytes) -> None:
+        async def write() -> None:
+            try:
+                await cache.write_encoded(spec_hash, data)
+            except Exception:  # noqa: BLE001 - a cache copy that failed is a later cache miss, nothing more
+                log.warning("pass-cache copy not written", exc_info=True)
+
+        task = asyncio.create_task(write(), name=f"pass-cache-{spec_hash[:12]}")
+        self._cache_writes.add(task)
+        task.add_done_callback(self._cache_writes.discard)
 
     async def _handle_batch(
         self, model: str, batched: diffusion_pb2.PassRequest, delivery: Delivery
@@ -320,9 +347,10 @@ class DiffusionWorker:
         adapters of ``spec.loras`` and of each face's ``loras``, and the tunes' reference images), under
         the same keys in ``PassInputs.tune_paths``.
         """
+        started = time.perf_counter()
         inputs = PassInputs()
         if spec.HasField("image"):
-            inputs.image = await self.store.get_image(spec.image, field="spec.image", mode="RGB")
+            inputs.image = await self._image(spec.image, field="spec.image", mode="RGB")
         if spec.HasField("mask"):
             inputs.mask = await self.store.get_image(spec.mask, field="spec.mask", mode="L")
         if spec.HasField("control_image"):
@@ -332,7 +360,7 @@ class DiffusionWorker:
         for number, layer in enumerate(spec.layers):
             inputs.layers.append(
                 (
-                    await self.store.get_image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
+                    await self._image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
                     await self.store.get_image(layer.mask, field=f"spec.layers[{number}].mask", mode="L"),
                 )
             )
@@ -346,7 +374,15 @@ class DiffusionWorker:
                 raise InvalidInput.of(
                     [Violation(f"spec.tune_files[{key}].{v.field}", v.description) for v in error.violations]
                 ) from error
+        _phase_done("fetch", started)
         return inputs
+
+    async def _image(self, ref: common_pb2.ImageRef, *, field: str, mode: str):
+        """An input image: this worker's own recent output when it is that very object, else the store's."""
+        found = self.recent.recall(ref.bucket, ref.key, ref.sha256, mode)
+        if found is not None:
+            return found
+        return await self.store.get_image(ref, field=field, mode=mode)
 
     async def _fail(
         self, request: diffusion_pb2.PassRequest, delivery: Delivery, error: MultipassError
@@ -399,6 +435,13 @@ class DiffusionWorker:
                     names.EVENT_FAILED,
                     failed=events_pb2.PassFailed(error=detail, retriable=False),
                 )
+
+
+def _phase_done(phase: str, since: float) -> float:
+    """Observe the seconds since ``since`` under ``phase``; the time now, for the next phase."""
+    now = time.perf_counter()
+    metrics.PASS_PHASE.labels(phase=phase).observe(now - since)
+    return now
 
 
 class _ProgressReporter:

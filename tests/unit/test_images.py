@@ -65,6 +65,34 @@ def test_png_levels_trade_bytes_for_speed_on_the_same_pixels():
     assert encode_png(photo, compress_level=1) == fast  # deterministic per level
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "1"])
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (300, 2), (2, 300), (257, 129)])
+def test_every_mode_and_shape_round_trips_through_pillow(mode, size):
+    rng = np.random.default_rng(sum(size))
+    source = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").convert(mode)
+    data = encode_png(source, compress_level=1)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    reread = Image.open(io.BytesIO(data))
+    reread.load()
+    assert reread.mode == source.mode and reread.size == source.size
+    assert reread.tobytes() == source.tobytes()
+
+
+def test_smooth_pixels_compress_and_noise_is_stored():
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    pillow = io.BytesIO()
+    photo.save(pillow, format="PNG", compress_level=1)
+    ours = encode_png(photo, compress_level=1)
+    assert len(ours) <= 1.05 * len(pillow.getvalue())  # the Up filter compresses photos as well as Pillow
+    assert len(ours) < 0.7 * photo.width * photo.height * 3
+    noise = Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB")
+    stored = encode_png(noise, compress_level=6)
+    assert stored == encode_png(noise, compress_level=0)  # incompressible: zlib's stored blocks
+    assert np.array_equal(np.asarray(decode_image(stored)), np.asarray(noise))
+
+
 def test_truncated_png_is_refused_naming_the_field():
     noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     data = png_bytes(Image.fromarray(noise, "RGB"))
