@@ -24,7 +24,7 @@ from multipass_diffusion import faceid, metrics, models, prompt_expansion
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.nets import components
 from multipass_diffusion.pass_cache import PassCache
-from multipass_diffusion.passes.context import PassContext, PassInputs, ProgressFn, StepMonitor
+from multipass_diffusion.passes.context import FoundInCache, PassContext, PassInputs, ProgressFn, StepMonitor
 from multipass_diffusion.passes.handler import PassHandler
 from multipass_diffusion.passes.registry import HANDLERS, handler_for
 from multipass_diffusion.passes.sampling import prompt_warnings
@@ -208,11 +208,22 @@ class Engine:
             return self._run_without_models(handler, spec, inputs, started)
         monitor = StepMonitor(progress, cancel)
         prepared = self._prepare(spec, inputs, monitor)
-        hit = self._cached(prepared, started)
-        if hit is not None:
-            return hit
-        ctx = self._context(prepared, inputs, monitor)
-        image = prepared.handler.run(ctx)
+        lookup = getattr(self.cache, "lookup", None)
+        if lookup is None:
+            hit = self._cached(prepared, started)
+            if hit is not None:
+                return hit
+        else:
+            # A store round trip: run beside it and stop at the next step if it finds the output.
+            monitor.lookup = lookup(prepared.key)
+        try:
+            ctx = self._context(prepared, inputs, monitor)
+            image = prepared.handler.run(ctx)
+        except FoundInCache as found:
+            return self._hit(prepared, found.image, started)
+        finally:
+            if monitor.lookup is not None:
+                monitor.lookup.cancel()
         return self._finish(prepared, ctx, image, monitor.steps_run, started)
 
     def _prepare(self, spec, inputs: PassInputs, monitor: StepMonitor) -> _Prepared:
@@ -260,6 +271,9 @@ class Engine:
         cached = self.cache.get(prepared.key)
         if cached is None:
             return None
+        return self._hit(prepared, cached, started)
+
+    def _hit(self, prepared: _Prepared, cached, started: float) -> PassOutput:
         return PassOutput(
             cached,
             prepared.key,

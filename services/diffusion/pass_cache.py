@@ -9,6 +9,7 @@ the worker's event loop). A cache that fails to read or write never fails the pa
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections import OrderedDict
@@ -101,6 +102,25 @@ class StorePassCache:
             log.warning("pass cache read failed", exc_info=True, extra={"cache_key": key})
             return None
         return decode_image(data, field="cache")
+
+    def lookup(self, key: str) -> concurrent.futures.Future:
+        """Start :meth:`get` on the store's loop and return at once: a future of the image or None.
+
+        The engine starts the pass beside it and takes the cached image if it comes first (a store read
+        is a round trip; a pass that is not in the cache, the usual case, then never waits for it).
+        """
+
+        async def read() -> Image.Image | None:
+            try:
+                data = await self.store.get_bytes(self.bucket, self.object_key(key), field="cache")
+            except NotFound:
+                return None
+            except Exception:  # noqa: BLE001 - a cache read failure must never fail the pass
+                log.warning("pass cache read failed", exc_info=True, extra={"cache_key": key})
+                return None
+            return await asyncio.to_thread(decode_image, data, field="cache")
+
+        return asyncio.run_coroutine_threadsafe(read(), self.loop)
 
     async def write_encoded(self, key: str, data: bytes) -> None:
         """Store an output's PNG bytes under its key (from the event loop); failures are only logged."""

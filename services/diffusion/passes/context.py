@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,10 +44,17 @@ class StepMonitor:
         self._progress = progress
         self._cancel = cancel
         self.steps_run = 0
+        #: A pass-cache lookup running beside the pass (a future of the cached image or None).
+        self.lookup: concurrent.futures.Future | None = None
 
     def check(self) -> None:
         if self._cancel is not None and self._cancel.is_set():
             raise Cancelled("pass cancelled")
+        lookup = self.lookup
+        if lookup is not None and lookup.done() and not lookup.cancelled() and lookup.exception() is None:
+            found = lookup.result()
+            if found is not None:
+                raise FoundInCache(found)
 
     def callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
         """``callback_on_step_end`` of the diffusers pipelines."""
@@ -56,6 +64,14 @@ class StepMonitor:
             self._progress(step + 1, total)
         self.check()
         return tensors
+
+
+class FoundInCache(Exception):  # noqa: N818 - a signal between two steps, not an error
+    """The pass-cache lookup started beside the pass found its output: stop and use that image."""
+
+    def __init__(self, image):
+        super().__init__("the pass's output was found in the pass cache")
+        self.image = image
 
 
 @dataclass

@@ -72,3 +72,38 @@ def test_memory_cache_is_a_bounded_lru():
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("c") is not None
     assert len(cache) == 2
+
+
+class LookupCache:
+    """A cache whose reads are round trips (as the store's): ``lookup`` answers through a future."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.keys: list[str] = []
+
+    def lookup(self, key: str):
+        import concurrent.futures
+
+        self.keys.append(key)
+        future = concurrent.futures.Future()
+        if self.answer is not None:
+            future.set_result(self.answer)
+        return future
+
+    def put(self, key: str, image) -> None:
+        pass
+
+
+def test_a_store_lookup_runs_beside_the_pass_and_a_hit_stops_it_at_the_next_check(engine, settings):
+    plain = engine.run(spec())
+    hit_engine = Engine(settings, cache=LookupCache(plain.image))
+    hit_engine.runtimes = engine.runtimes
+    steps = []
+    found = hit_engine.run(spec(), progress=lambda s, t: steps.append(s))
+    assert found.cache_hit and encode_png(found.image) == encode_png(plain.image)
+    assert found.steps_run == 0 and steps == []  # an answered lookup is seen at the pass's first check
+    never = Engine(settings, cache=LookupCache(None))  # a lookup that has not answered: the pass runs
+    never.runtimes = engine.runtimes
+    ran = never.run(spec())
+    assert not ran.cache_hit and encode_png(ran.image) == encode_png(plain.image)
+    assert never.cache.keys == [found.spec_hash]
