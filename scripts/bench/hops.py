@@ -75,7 +75,9 @@ class HopTracer:
         import nats
 
         self._stop = asyncio.Event()
-        connection = await nats.connect(self.nats_url, name="bench-hop-tracer", pending_size=256 * 1024 * 1024)
+        connection = await nats.connect(
+            self.nats_url, name="bench-hop-tracer", pending_size=256 * 1024 * 1024
+        )
 
         async def heard(msg) -> None:
             self.messages.append(Heard(time.perf_counter(), msg.subject, msg.data, msg.reply or ""))
@@ -158,7 +160,11 @@ def job_hops(messages: list[Heard], job_id: str) -> dict:
             previous_end = completed[name][0]
         passes.append(entry)
     counts = Counter(kind_of(message) for message in messages)
-    return {"passes": passes, "messages": dict(sorted(counts.items())), "messages_total": sum(counts.values())}
+    return {
+        "passes": passes,
+        "messages": dict(sorted(counts.items())),
+        "messages_total": sum(counts.values()),
+    }
 
 
 def summarise(per_job: list[dict]) -> dict:

@@ -60,7 +60,9 @@ def overhead_spread(history: Path, value: float | None) -> dict:
         "orchestration_overhead_history": {
             "runs": [round(x, 4) for x in last],
             "target": f"max/min <= {SPREAD_TARGET:g} over {SPREAD_RUNS} consecutive runs, each <= 1.05",
-            "met": None if spread is None or len(last) < SPREAD_RUNS else spread <= SPREAD_TARGET and max(last) <= 1.05,
+            "met": None
+            if spread is None or len(last) < SPREAD_RUNS
+            else spread <= SPREAD_TARGET and max(last) <= 1.05,
         },
     }
 

@@ -233,7 +233,9 @@ class Bench:
             self.figures, self.reasons, self.details, machine=machine, versions_=versions, settings=settings
         )
         built.update(
-            report.overhead_spread(self.directory / report.HISTORY_FILE, built["orchestration_overhead_ratio"])
+            report.overhead_spread(
+                self.directory / report.HISTORY_FILE, built["orchestration_overhead_ratio"]
+            )
         )
         return built
 
