@@ -11,7 +11,8 @@ image, LoRA switching, pass cache), ``memory_bench`` + ``memory_probe`` (shared 
 ``parallel_bench`` (two person passes in two processes), ``stack_bench`` (the full local stack),
 ``control_plane`` + ``standin_worker`` (gateway throughput with an instant worker), ``batch_bench``
 (a job's base passes as one batch vs one by one), ``gpu`` (real
-architectures on CUDA; ``scripts/bench_gpu.py``), ``runner`` (all of it, one JSON object),
+architectures on CUDA; ``scripts/bench_gpu.py``) with ``gpu_models`` (the SD1.5 / SDXL configs, random
+weights), ``gpu_passes`` (raw diffusers vs the engine per pass kind) and ``gpu_report`` (targets, JSON), ``runner`` (all of it, one JSON object),
 ``bench_cmd`` (``multipass bench``, a plugin of the ``multipass.cli`` entry points).
 
 The harness measures the whole product, so it depends on the services, the client library and the

@@ -77,11 +77,14 @@ def lora_switch(
     model: str = workload.SD15,
     side: int = workload.SD15_WORKING_SIZE,
     steps: int = STEPS,
+    sync=None,
 ) -> tuple:
     """Cost of making a person's LoRA active for a pass, as a fraction of a person pass: with the
     adapter cache (both LoRAs resident, ``set_adapters`` switches) and loading the LoRA from disk each
     time (the same AdapterCache with a 1-byte budget: every activation reads the file, loads it into
-    the UNet and text encoder, and evicts the other). Alternates two LoRAs, as consecutive persons do."""
+    the UNet and text encoder, and evicts the other). Alternates two LoRAs, as consecutive persons do.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs after each activation, inside its timing, so work the
+    activation queued on a device counts."""
     from multipass_diffusion.adapters import AdapterRequest
 
     if len(loras) < 2:
@@ -120,7 +123,7 @@ def lora_switch(
                         cache.activate([request])
                 target = disk_activation if mode == "disk" else cached_activation
                 for request in requests:
-                    seconds, _ = timed(lambda request=request: cache.activate([request]))
+                    seconds, _ = timed(lambda request=request: _synced(cache.activate([request]), sync))
                     target.append(seconds)
                 passes = disk_pass if mode == "disk" else cached_pass
                 for lora in loras[:2]:
@@ -148,6 +151,12 @@ def lora_switch(
         "repetitions": repetitions,
     }
     return cached / pass_seconds, details
+
+
+def _synced(result, sync):
+    if sync is not None:
+        sync()
+    return result
 
 
 # -- pass cache -----------------------------------------------------------------------------------------

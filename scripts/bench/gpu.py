@@ -1,262 +1,109 @@
 """GPU benchmark on the real SD1.5 and SDXL architectures with random weights (``scripts/bench_gpu.py``,
-``multipass bench --gpu``).
+``multipass bench --gpu``, and ``scripts/gpu_check.sh``).
 
-For each family the model is built from the published component configs (runwayml SD1.5, SDXL base 1.0:
-UNet, VAE, CLIP text encoder(s); the CLIP BPE vocabulary derived offline as for the tiny models), with
-random weights, saved in diffusers format and loaded by the production engine (no download). Then, on
-one device and interleaved after a warm-up:
+For each family the model is built from the published component configs (``multipass_bench.gpu_models``)
+with random weights, saved in diffusers format and loaded by the production engine (no download). Then,
+on one device and interleaved after a warm-up (``multipass_bench.timing``):
 
-* ``raw``: the engine's own text-to-image pipeline object called directly (same scheduler, prompt,
-  seed, size, steps), i.e. diffusers without the engine around it;
-* ``engine``: ``Engine.run`` on the equivalent base ``PassSpec``;
+* ``passes``: raw diffusers (a plain pipeline loaded from the same folder: SDPA attention, fp16 on
+  CUDA) vs ``Engine.run``, for the base, person (crop) and hires passes (``multipass_bench.gpu_passes``):
+  it/s of each and ``engine_vs_raw`` (the family's top-level ``raw_its``/``engine_its``/
+  ``engine_over_raw`` are the base pass's);
+* ``two_person_job``: a two-person job end to end in-process at ``JOB_SIDE`` x ``JOB_SIDE`` (base txt2img
+  + two person passes with a random LoRA each; cold = first LoRA loads, warm = again), with its peak
+  GPU memory;
+* ``lora_switch_ms`` / ``lora_switch_fraction``: the cost of making a person's LoRA active, in ms and as a
+  fraction of a person pass (``multipass_bench.engine_bench.lora_switch``);
+* ``batched_base``: a job's ``BATCH_IMAGES`` base passes as one ``Engine.run_batch`` call vs one call each
+  (``speedup`` = median of the paired sequential/batched ratios);
+* ``peak_memory``: ``torch.cuda.max_memory_allocated`` over the family's figures (on CPU: the process's
+  peak RSS);
+* ``compiled``: the same engine with ``MULTIPASS_DIFFUSION_COMPILE`` on (UNet compiled, LoRAs hot-swapped;
+  ``multipass_bench.compile_bench``), per pass kind, with ``vs_raw_eager`` = compiled it/s / raw eager
+  it/s. Measured after every family's eager figures, on CUDA only unless ``--compile on`` (else the JSON
+  says why it was skipped).
 
-it/s = steps / seconds of the whole call (CUDA synchronised). ``engine_over_raw`` = median of paired
-engine/raw time ratios (target <= 1.05). Then a two-person job through the engine (base + two person
-passes with a random LoRA each; cold = first LoRA loads, warm = again), the LoRA switch cost on the
-real architecture, and ``batched_base``: a job's ``BATCH_IMAGES`` base passes as one ``Engine.run_batch``
-call (batch size 4, one generator per seed) vs four ``Engine.run`` calls, interleaved (``speedup`` =
-median of the paired sequential/batched ratios). ``compiled``: the same engine with the UNet compiled
-and LoRAs hot-swapped (``multipass_bench.compile_bench``; CUDA only unless ``--compile on``, else the
-JSON says why it was skipped). ``--tiny`` uses tiny configs of the same architectures and runs on CPU.
+``targets`` holds the checks: engine it/s >= 0.97x raw (eager, every pass kind), compiled SD1.5 base it/s
+>= 1.4x raw eager, LoRA switch < 5% of a person pass, SDXL engine base it/s >= raw. A figure that was not
+measured is null and its reason says why (``--budget-s`` skips the stages that would start past it).
+``--tiny`` uses tiny configs of the same architectures and runs on CPU. Targets, the time box and peak
+memory are in ``multipass_bench.gpu_report``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
+import hashlib
 import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from multipass_bench import compile_bench, engine_bench, report, workload
+from multipass_bench import compile_bench, engine_bench, gpu_passes, report, workload
+from multipass_bench.gpu_models import (  # noqa: F401  (the configs are read as gpu.* too)
+    BUILD_VERSION,
+    CONFIGS,
+    NATIVE,
+    SD15,
+    SD15_TINY,
+    SDXL,
+    SDXL_TINY,
+    build_model,
+    model_name,
+)
+from multipass_bench.gpu_report import (  # noqa: F401  (TARGETS is read as gpu.TARGETS too)
+    COMPILED_PART_S,
+    FAMILIES,
+    TARGETS,
+    Budget,
+    peak_memory,
+    reset_peak,
+    targets,
+    write_progress,
+)
 from multipass_bench.timing import interleave
 
-FAMILIES = ("sd15", "sdxl")
 #: Base passes of one job run as one batch in the ``batched_base`` comparison.
 BATCH_IMAGES = 4
-NATIVE = {("sd15", False): 512, ("sdxl", False): 1024, ("sd15", True): 64, ("sdxl", True): 64}
-BUILD_VERSION = "bench-gpu-v1"
-
-_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-}
+#: Side of the two-person job; with --tiny on CPU a smaller one keeps the smoke run short.
+JOB_SIDE = 1024
+JOB_SIDE_TINY = 256
 
 
-def _clip_text(hidden: int, layers: int, heads: int, intermediate: int, act: str, projection: int) -> dict:
-    return {
-        "vocab_size": 49408,
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "max_position_embeddings": 77,
-        "hidden_act": act,
-        "projection_dim": projection,
-        "layer_norm_eps": 1e-05,
-        "bos_token_id": 0,
-        "pad_token_id": 1,
-        "eos_token_id": 2,
-    }
+@dataclass
+class _Measured:
+    """What the compiled stage needs of a family measured eagerly."""
 
-
-def _vae(channels, layers: int, groups: int, sample: int, scaling: float, upcast: bool) -> dict:
-    return {
-        "act_fn": "silu",
-        "block_out_channels": list(channels),
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": 4,
-        "layers_per_block": layers,
-        "norm_num_groups": groups,
-        "sample_size": sample,
-        "scaling_factor": scaling,
-        "force_upcast": upcast,
-    }
-
-
-#: runwayml/stable-diffusion-v1-5 (unet, vae, text_encoder = CLIP ViT-L/14 text tower).
-SD15 = {
-    "unet": {
-        "act_fn": "silu",
-        "attention_head_dim": 8,
-        "block_out_channels": [320, 640, 1280, 1280],
-        "center_input_sample": False,
-        "cross_attention_dim": 768,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": 32,
-        "out_channels": 4,
-        "sample_size": 64,
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    },
-    "vae": _vae((128, 256, 512, 512), 2, 32, 512, 0.18215, False),
-    "text_encoder": _clip_text(768, 12, 12, 3072, "quick_gelu", 768),
-}
-#: stabilityai/stable-diffusion-xl-base-1.0 (text_encoder_2 = OpenCLIP ViT-bigG/14 text tower).
-SDXL = {
-    "unet": {
-        "act_fn": "silu",
-        "addition_embed_type": "text_time",
-        "addition_embed_type_num_heads": 64,
-        "addition_time_embed_dim": 256,
-        "attention_head_dim": [5, 10, 20],
-        "block_out_channels": [320, 640, 1280],
-        "center_input_sample": False,
-        "cross_attention_dim": 2048,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": 32,
-        "out_channels": 4,
-        "projection_class_embeddings_input_dim": 2816,
-        "sample_size": 128,
-        "transformer_layers_per_block": [1, 2, 10],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "use_linear_projection": True,
-    },
-    "vae": _vae((128, 256, 512, 512), 2, 32, 1024, 0.13025, True),
-    "text_encoder": _clip_text(768, 12, 12, 3072, "quick_gelu", 768),
-    "text_encoder_2": _clip_text(1280, 32, 20, 5120, "gelu", 1280),
-}
-#: The same architectures, tiny (the shapes of multipass_dev.tiny_models).
-SD15_TINY = {
-    "unet": {
-        **SD15["unet"],
-        "block_out_channels": [32, 64],
-        "layers_per_block": 1,
-        "sample_size": 8,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "cross_attention_dim": 32,
-        "norm_num_groups": 8,
-    },
-    "vae": _vae((8, 16, 32, 32), 1, 8, 64, 0.18215, False),
-    "text_encoder": _clip_text(32, 2, 2, 64, "quick_gelu", 32),
-}
-SDXL_TINY = {
-    "unet": {
-        **SDXL["unet"],
-        "block_out_channels": [32, 64],
-        "layers_per_block": 1,
-        "sample_size": 8,
-        "attention_head_dim": [2, 4],
-        "addition_time_embed_dim": 8,
-        "addition_embed_type_num_heads": 8,
-        "transformer_layers_per_block": [1, 2],
-        "projection_class_embeddings_input_dim": 6 * 8 + 32,
-        "cross_attention_dim": 64,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 8,
-    },
-    "vae": _vae((8, 16, 32, 32), 1, 8, 64, 0.13025, True),
-    "text_encoder": _clip_text(32, 2, 2, 64, "quick_gelu", 32),
-    "text_encoder_2": _clip_text(32, 2, 2, 64, "gelu", 32),
-}
-CONFIGS = {("sd15", False): SD15, ("sdxl", False): SDXL, ("sd15", True): SD15_TINY, ("sdxl", True): SDXL_TINY}
-
-
-def model_name(family: str, tiny: bool) -> str:
-    return f"{family}-{'tinycfg' if tiny else 'random'}"
-
-
-def build_model(root: Path, family: str, *, tiny: bool, device: str, dtype) -> Path:
-    """Random weights for ``family``'s configs saved in diffusers format under ``root/diffusion/<name>``."""
-    import diffusers
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    configs = CONFIGS[(family, tiny)]
-    target = Path(root) / "diffusion" / model_name(family, tiny)
-    marker = target / ".bench-gpu-built"
-    stamp = BUILD_VERSION + json.dumps(configs, sort_keys=True)
-    if marker.is_file() and marker.read_text() == stamp:
-        return target
-    tokenizer_files = _vocab(Path(root) / ".clip-vocab")
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**configs["unet"])
-        vae = AutoencoderKL(**configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
-        text_encoder_2 = (
-            CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
-            if "text_encoder_2" in configs
-            else None
-        )
-    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-    if family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            **modules,
-            text_encoder_2=text_encoder_2,
-            tokenizer=_tokenizer(tokenizer_files, "<|endoftext|>"),
-            tokenizer_2=_tokenizer(tokenizer_files, "!"),
-            scheduler=EulerDiscreteScheduler(**_SCHEDULER, timestep_spacing="leading"),
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            **modules,
-            tokenizer=_tokenizer(tokenizer_files, "<|endoftext|>"),
-            scheduler=PNDMScheduler(**_SCHEDULER, skip_prk_steps=True, set_alpha_to_one=False),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.to(dtype=dtype)
-    pipe.save_pretrained(target, safe_serialization=True)
-    marker.write_text(stamp)
-    del pipe, modules, unet, vae, text_encoder, text_encoder_2
-    gc.collect()
-    return target
-
-
-def _vocab(directory: Path):
-    # The CLIP BPE vocabulary exactly as the tiny models derive it (offline, from open_clip's merges).
-    from multipass_dev.tiny_models.diffusion import _write_clip_vocab
-
-    return _write_clip_vocab(directory)
-
-
-def _tokenizer(files, pad_token: str):
-    from multipass_dev.tiny_models.diffusion import _tokenizer as tokenizer
-
-    return tokenizer(files, pad_token)
+    family: str
+    name: str
+    size: int
+    steps: int
+    settings: object
+    scenarios: dict
+    loras: list
+    raw_its: dict
 
 
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
+    gpu_passes.sync_for(device)()
 
-        torch.cuda.synchronize()
+
+def _settings(root: Path, name: str, *, device: str, dtype_name: str, size: int):
+    from multipass_diffusion.settings import DiffusionSettings
+
+    return DiffusionSettings.from_env(
+        {
+            "MULTIPASS_MODEL_DIR": str(root),
+            "MULTIPASS_DIFFUSION_DEVICE": device,
+            "MULTIPASS_DIFFUSION_DTYPE": dtype_name,
+            "MULTIPASS_DIFFUSION_MODELS": name,
+            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(size),
+            "MULTIPASS_DIFFUSION_PASS_CACHE": "off",
+        }
+    )
 
 
 def bench_family(
@@ -268,14 +115,15 @@ def bench_family(
     steps: int,
     repetitions: int,
     lora_rank: int,
-    compile_request: str = "auto",
-) -> dict:
+    job_side: int | None = None,
+    budget: Budget | None = None,
+) -> tuple[dict, _Measured]:
+    """The family's eager figures, and what its compiled stage needs."""
     import torch
 
     from multipass_diffusion.engine import Engine
-    from multipass_diffusion.schedulers import make_scheduler
-    from multipass_diffusion.settings import DiffusionSettings
 
+    budget = budget or Budget(None)
     dtype_name = "float16" if device.startswith("cuda") else "float32"
     dtype = getattr(torch, dtype_name)
     name = model_name(family, tiny)
@@ -283,58 +131,92 @@ def bench_family(
     started = time.perf_counter()
     path = build_model(root, family, tiny=tiny, device=device, dtype=dtype)
     built = time.perf_counter() - started
-    settings = DiffusionSettings.from_env(
-        {
-            "MULTIPASS_MODEL_DIR": str(root),
-            "MULTIPASS_DIFFUSION_DEVICE": device,
-            "MULTIPASS_DIFFUSION_DTYPE": dtype_name,
-            "MULTIPASS_DIFFUSION_MODELS": name,
-            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(size),
-            "MULTIPASS_DIFFUSION_PASS_CACHE": "off",
-        }
-    )
+    settings = _settings(root, name, device=device, dtype_name=dtype_name, size=size)
     engine = Engine(settings)
     started = time.perf_counter()
     engine.load()
     loaded = time.perf_counter() - started
-    runtime = engine.runtime(name)
-    pipe = runtime.base.pipe
-    spec = workload.spec(model=name, steps=steps, width=size, height=size, seed=11)
-
-    def raw() -> float:
-        pipe.scheduler = make_scheduler(spec.scheduler, runtime.base.scheduler_config, seed=spec.seed)
-        _sync(device)
-        begun = time.perf_counter()
-        with torch.inference_mode():
-            pipe(
-                prompt=spec.prompt,
-                negative_prompt=spec.negative_prompt,
-                num_inference_steps=steps,
-                guidance_scale=spec.cfg_scale,
-                width=size,
-                height=size,
-                generator=torch.Generator("cpu").manual_seed(spec.seed),
-                output_type="pil",
-            )
-        _sync(device)
-        return time.perf_counter() - begun
-
-    def through_engine() -> float:
-        _sync(device)
-        begun = time.perf_counter()
-        engine.run(spec)
-        _sync(device)
-        return time.perf_counter() - begun
-
-    paired = interleave(through_engine, raw, repetitions=repetitions)
-    raw_its = steps / statistics.median(paired.b)
-    engine_its = steps / statistics.median(paired.a)
+    raw = gpu_passes.RawDiffusers(path, family, device=device, dtype=dtype)
+    scenarios = gpu_passes.scenarios(name, family, size=size, steps=steps)
+    passes: dict[str, dict | str] = {}
+    for kind, scenario in scenarios.items():
+        reason = budget(f"the {kind} pass comparison") if kind != "base" else None
+        if reason:
+            passes[kind] = reason
+            continue
+        gpu_passes.prepare(engine, scenario)
+        passes[kind] = gpu_passes.compare(engine, raw, scenario, device=device, repetitions=repetitions)
+    raw_load = raw.load_seconds
+    attention = raw.attention
+    passes_peak = peak_memory(device, "the pass comparisons (the engine and the raw pipelines: two copies)")
+    raw.release()
+    del raw
+    _release(device)  # the raw pipelines' weights go; the figures below are the engine's alone
+    base = passes["base"]
+    result = {
+        "model": name,
+        "size": f"{size}x{size}",
+        "steps": steps,
+        "dtype": dtype_name,
+        "raw": f"diffusers {_version('diffusers')} pipelines from_pretrained, attention {', '.join(attention)}",
+        "raw_its": base["raw_its"],
+        "engine_its": base["engine_its"],
+        "engine_vs_raw": base["engine_vs_raw"],
+        "engine_vs_raw_target": f"{TARGETS['engine_vs_raw_eager'][0]} {TARGETS['engine_vs_raw_eager'][1]}",
+        "engine_vs_raw_met": base["engine_vs_raw"] >= TARGETS["engine_vs_raw_eager"][1],
+        "engine_over_raw": base["engine_over_raw"],
+        **{k: base[k] for k in ("engine_seconds_median", "raw_seconds_median", "ratios", "repetitions")},
+        "passes": passes,
+    }
     loras = _loras(path, root / "loras" / name, rank=lora_rank)
-    job = {}
+    side = job_side or (JOB_SIDE_TINY if tiny else JOB_SIDE)
+    reason = budget("the two-person job")
+    result["two_person_job"] = reason or two_person_job(
+        engine, loras, name=name, side=side, steps=steps, device=device
+    )
+    reason = budget("the LoRA switch")
+    if reason:
+        result["lora_switch_fraction"] = result["lora_switch_ms"] = None
+        result["lora_switch"] = reason
+    else:
+        fraction, switch = engine_bench.lora_switch(
+            engine,
+            loras,
+            repetitions=max(2, repetitions),
+            model=name,
+            side=size,
+            steps=steps,
+            sync=gpu_passes.sync_for(device),
+        )
+        result["lora_switch_fraction"] = round(fraction, 6)
+        result["lora_switch_ms"] = round(switch["activation_seconds_cached_median"] * 1000, 3)
+        result["lora_switch_ms_disk"] = round(switch["activation_seconds_disk_median"] * 1000, 3)
+        result["lora_switch"] = switch
+    reason = budget("the batched base comparison")
+    result["batched_base"] = reason or batched_base(
+        engine, scenarios["base"].spec, device=device, repetitions=repetitions
+    )
+    result["peak_memory"] = peak_memory(device, "the job, LoRA switch and batch (the engine alone)")
+    result["peak_memory_passes"] = passes_peak
+    if device.startswith("cuda"):
+        result["max_memory_allocated_bytes"] = result["peak_memory"]["bytes"]
+    result["build_seconds"] = round(built, 1)
+    result["load_seconds"] = round(loaded, 1)
+    result["raw_load_seconds"] = round(raw_load, 1)
+    raw_its = {k: v["raw_its"] for k, v in passes.items() if isinstance(v, dict)}
+    measured = _Measured(family, name, size, steps, settings, scenarios, loras, raw_its)
+    del engine
+    return result, measured
+
+
+def two_person_job(engine, loras, *, name: str, side: int, steps: int, device: str) -> dict:
+    """Base txt2img at side x side + two person passes (a LoRA each), cold then warm."""
+    job: dict = {"size": f"{side}x{side}", "persons": "two person passes, strength 0.5, a random LoRA each"}
+    reset_peak(device)
     for label, seed in (("cold", 21), ("warm", 22)):
         begun = time.perf_counter()
         outputs = engine_bench.two_person_job(
-            engine, loras, seed=seed, prompts=("ohwx woman", "ohwx man"), side=size, model=name, steps=steps
+            engine, loras, seed=seed, prompts=("ohwx woman", "ohwx man"), side=side, model=name, steps=steps
         )
         _sync(device)
         job[f"{label}_seconds"] = round(time.perf_counter() - begun, 4)
@@ -342,45 +224,8 @@ def bench_family(
             n: round(o.duration_seconds, 4)
             for n, o in zip(("base", "person-0", "person-1"), outputs, strict=True)
         }
-    switch_fraction, switch = engine_bench.lora_switch(
-        engine, loras, repetitions=max(2, repetitions), model=name, side=size, steps=steps
-    )
-    batched = batched_base(engine, spec, device=device, repetitions=repetitions)
-    compiled = compile_bench.skipped(device, compile_request)
-    if compiled is None:
-        compiled = compile_bench.compiled_variant(
-            engine,
-            spec,
-            loras,
-            name=name,
-            size=size,
-            steps=steps,
-            repetitions=repetitions,
-            lora_rank=lora_rank,
-            sync=lambda: _sync(device),
-        )
-    result = {
-        "model": name,
-        "size": f"{size}x{size}",
-        "steps": steps,
-        "dtype": dtype_name,
-        "raw_its": round(raw_its, 3),
-        "engine_its": round(engine_its, 3),
-        "engine_over_raw": round(paired.median_ratio, 4),
-        "engine_over_raw_target": "<= 1.05",
-        "engine_over_raw_met": paired.median_ratio <= 1.05,
-        **paired.summary("engine", "raw"),
-        "two_person_job": {**job, "persons": "two person passes, strength 0.5, a random LoRA each"},
-        "lora_switch_fraction": round(switch_fraction, 6),
-        "lora_switch": switch,
-        "batched_base": batched,
-        "compiled": compiled,
-        "build_seconds": round(built, 1),
-        "load_seconds": round(loaded, 1),
-    }
-    if device.startswith("cuda"):
-        result["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    return result
+    job["peak_memory"] = peak_memory(device, "the job (the engine alone)")
+    return job
 
 
 def batched_base(engine, spec, *, device: str, repetitions: int, images: int = BATCH_IMAGES) -> dict:
@@ -425,8 +270,52 @@ def batched_base(engine, spec, *, device: str, repetitions: int, images: int = B
     return figures
 
 
+def compiled_stage(
+    measured: _Measured,
+    *,
+    device: str,
+    repetitions: int,
+    lora_rank: int,
+    compile_request: str,
+    budget: Budget,
+    backend: str = "inductor",
+) -> dict | str:
+    """The compiled engine beside a freshly loaded uncompiled one, per pass kind; or why it was skipped."""
+    from multipass_diffusion.engine import Engine
+
+    reason = compile_bench.skipped(device, compile_request) or budget.before_deadline(
+        "the compiled variant", needs=2 * COMPILED_PART_S
+    )
+    if reason:
+        return reason
+    plain = Engine(measured.settings)
+    plain.load()
+    compiled = compile_bench.compiled_variant(
+        plain,
+        measured.scenarios["base"].spec,
+        measured.loras,
+        name=measured.name,
+        size=measured.size,
+        steps=measured.steps,
+        repetitions=repetitions,
+        lora_rank=lora_rank,
+        sync=gpu_passes.sync_for(device),
+        backend=backend,
+        scenarios={k: s for k, s in measured.scenarios.items() if k in measured.raw_its},
+        budget=budget.before_deadline,
+    )
+    raw_base = measured.raw_its.get("base")
+    compiled["vs_raw_eager"] = round(compiled["engine_its"] / raw_base, 4) if raw_base else None
+    for kind, figures in compiled.get("passes", {}).items():
+        if isinstance(figures, dict) and measured.raw_its.get(kind):
+            figures["vs_raw_eager"] = round(figures["engine_its"] / measured.raw_its[kind], 4)
+    compiled["peak_memory"] = peak_memory(device, "the plain and the compiled engine")
+    del plain
+    return compiled
+
+
 def _release(device: str) -> None:
-    """Free the family's engine (out of scope now) before the next family loads."""
+    """Free what went out of scope (an engine, the raw pipelines) before the next figures."""
     import torch
 
     gc.collect()
@@ -436,8 +325,6 @@ def _release(device: str) -> None:
 
 
 def _loras(model_path: Path, directory: Path, *, rank: int) -> list[workload.Lora]:
-    import hashlib
-
     from multipass_dev.tiny_models.diffusion import write_random_lora
 
     loras = []
@@ -447,6 +334,15 @@ def _loras(model_path: Path, directory: Path, *, rank: int) -> list[workload.Lor
             write_random_lora(model_path, path, seed=700 + index, rank=rank)
         loras.append(workload.Lora(f"80000{index}", path, hashlib.sha256(path.read_bytes()).hexdigest()))
     return loras
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,6 +365,36 @@ def main(argv: list[str] | None = None) -> int:
         help="measure the compiled-UNet variant with LoRA hot-swap (auto: on CUDA only)",
     )
     parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="dynamo backend of the compiled variant (inductor; 'eager' checks the code path in seconds)",
+    )
+    parser.add_argument(
+        "--compile-families", default=None, help="families whose compiled variant runs (default: --families)"
+    )
+    parser.add_argument(
+        "--job-side",
+        type=int,
+        default=None,
+        help=f"side of the two-person job ({JOB_SIDE}; tiny {JOB_SIDE_TINY})",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds after which the stages not yet started are skipped with a reason (default: none)",
+    )
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help=f"seconds the run should end by: a part of the compiled variant (a pass kind, the LoRA switch) "
+        f"starts only with {COMPILED_PART_S} s left (default: none)",
+    )
+    parser.add_argument(
+        "--json-out", type=Path, default=None, help="also write the result (and progress) here"
+    )
+    parser.add_argument(
         "--dir", type=Path, default=None, help="where models go (default .multipass/bench-gpu)"
     )
     parser.add_argument(
@@ -485,37 +411,82 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu" and not args.tiny:
         parser.error("the real architectures need a GPU; on CPU run with --tiny")
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    bad = [f for f in families if f not in FAMILIES]
+    compiling = (
+        families
+        if args.compile_families is None
+        else [f.strip() for f in args.compile_families.split(",") if f.strip()]
+    )
+    bad = [f for f in families + compiling if f not in FAMILIES]
     if bad:
         parser.error(f"unknown families: {', '.join(bad)}")
     root = (args.dir or workload.bench_dir().parent / "bench-gpu").absolute()
     if device == "cpu":
         workload.set_threads(1)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # random fp16 weights decode to NaN images
-    started = time.perf_counter()
+    budget = Budget(args.budget_s, args.deadline_s)
+    lora_rank = args.lora_rank or (4 if args.tiny else 32)
+    versions = report.versions()
+    versions.update({name: _version(name) for name in ("peft", "accelerate", "huggingface_hub", "protobuf")})
     result = {
         "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
         "tiny": args.tiny,
+        "settings": {
+            "steps": args.steps,
+            "repetitions": args.repetitions,
+            "lora_rank": lora_rank,
+            "compile": args.compile,
+            "compile_backend": args.compile_backend,
+            "compile_families": compiling,
+            "budget_s": args.budget_s,
+            "deadline_s": args.deadline_s,
+        },
         "families": {},
         "machine": report.machine_info(),
-        "versions": report.versions(),
+        "versions": versions,
     }
+    measured: dict[str, _Measured] = {}
     for family in families:
         report.say(
             f"gpu bench: {family} ({'tiny configs' if args.tiny else 'real architecture'}) on {device}"
         )
-        result["families"][family] = bench_family(
+        _release(device)
+        result["families"][family], measured[family] = bench_family(
             root,
             family,
             tiny=args.tiny,
             device=device,
             steps=args.steps,
             repetitions=args.repetitions,
-            lora_rank=args.lora_rank or (4 if args.tiny else 32),
-            compile_request=args.compile,
+            lora_rank=lora_rank,
+            job_side=args.job_side,
+            budget=budget,
         )
         _release(device)
-    result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        write_progress(args.json_out, result)
+    for family in families:
+        if family not in compiling:
+            result["families"][family]["compiled"] = (
+                f"skipped: not in --compile-families {','.join(compiling)}"
+            )
+            continue
+        report.say(f"gpu bench: {family} compiled on {device}")
+        result["families"][family]["compiled"] = compiled_stage(
+            measured[family],
+            device=device,
+            repetitions=args.repetitions,
+            lora_rank=lora_rank,
+            compile_request=args.compile,
+            budget=budget,
+            backend=args.compile_backend,
+        )
+        _release(device)
+        write_progress(args.json_out, result)
+    result["targets"] = targets(result["families"])
+    met = [entry["met"] for entry in result["targets"].values()]
+    result["targets_met"] = False if False in met else (True if all(met) else None)
+    result["elapsed_seconds"] = round(budget.elapsed(), 1)
+    result["complete"] = True
+    write_progress(args.json_out, result)
     print(report.dumps(result), flush=True)
     return 0
 
