@@ -32,7 +32,6 @@ class Heard:
     at: float
     subject: str
     data: bytes
-    reply: str
 
 
 @dataclass
@@ -72,21 +71,18 @@ class HopTracer:
             self._loop.close()
 
     async def _listen(self) -> None:
-        import nats
+        from multipass.bus import Bus, CoreMessage
 
         self._stop = asyncio.Event()
-        connection = await nats.connect(
-            self.nats_url, name="bench-hop-tracer", pending_size=256 * 1024 * 1024
-        )
+        bus = await Bus.connect(self.nats_url, name="bench-hop-tracer", pending_size=256 * 1024 * 1024)
 
-        async def heard(msg) -> None:
-            self.messages.append(Heard(time.perf_counter(), msg.subject, msg.data, msg.reply or ""))
+        async def heard(message: CoreMessage) -> None:
+            self.messages.append(Heard(time.perf_counter(), message.subject, message.data))
 
-        await connection.subscribe(">", cb=heard, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
-        await connection.flush()
+        await bus.subscribe_core(">", heard)
         self._ready.set()
         await self._stop.wait()
-        await connection.drain()
+        await bus.close()
 
 
 def kind_of(message: Heard) -> str:

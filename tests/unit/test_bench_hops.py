@@ -10,7 +10,7 @@ from multipass_bench import hops, report
 
 def request(job: str, name: str) -> hops.Heard:
     data = diffusion_pb2.PassRequest(job_id=job, pass_name=name).SerializeToString()
-    return hops.Heard(0.0, "multipass.pass.diffusion.sd15", data, "")
+    return hops.Heard(0.0, "multipass.pass.diffusion.sd15", data)
 
 
 def event(job: str, name: str, kind: str, engine: float = 0.0) -> hops.Heard:
@@ -19,7 +19,7 @@ def event(job: str, name: str, kind: str, engine: float = 0.0) -> hops.Heard:
         message.started.worker = "w"
     else:
         message.completed.result.duration_seconds = engine
-    return hops.Heard(0.0, f"multipass.events.{job}.{kind}", message.SerializeToString(), "")
+    return hops.Heard(0.0, f"multipass.events.{job}.{kind}", message.SerializeToString())
 
 
 def at(message: hops.Heard, seconds: float) -> hops.Heard:
@@ -33,7 +33,7 @@ def test_each_hop_of_the_critical_path_gets_its_milliseconds():
         at(request("other", "base"), 0.001),  # another job's traffic is not this job's path
         at(event("j1", "base", "started"), 0.010),
         at(event("j1", "base", "completed", engine=1.0), 1.030),
-        at(hops.Heard(0, "$KV.multipass-jobs.x", b"", ""), 1.031),
+        at(hops.Heard(0, "$KV.multipass-jobs.x", b""), 1.031),
         at(request("j1", "person-0"), 1.036),
         at(event("j1", "person-0", "started"), 1.044),
         at(event("j1", "person-0", "completed", engine=0.3), 1.364),

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from multipass_bench import gpu
+
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS_SCRIPT = ROOT / "scripts" / "gpu_wheels.sh"
 CHECK_SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -268,6 +270,20 @@ def test_tiny_check_passes_and_reports_every_figure(tmp_path):
         assert figures["batched_base"]["speedup"] > 0
         assert figures["peak_memory"]["bytes"] > 0
         assert isinstance(figures["compiled"], str) and figures["compiled"].startswith("skipped")
+        assert figures["model"] == gpu.model_name(family, True)
+        assert figures["engine_over_raw"] == pytest.approx(figures["ratios"][0], rel=1e-3)
+        job = figures["two_person_job"]
+        assert set(job["cold_passes"]) == {"base", "person-0", "person-1"} and job["warm_seconds"] > 0
+        assert figures["lora_switch"]["disk_fraction"] > 0
+        batched = figures["batched_base"]
+        assert batched["images"] == gpu.BATCH_IMAGES and len(batched["batched_seconds"]) == 1
+        assert batched["speedup"] == pytest.approx(batched["ratios"][0], rel=1e-3)
+        assert batched["images_per_s_batched"] > 0 and batched["images_per_s_sequential"] > 0
+        assert (tmp_path / "models" / "diffusion" / figures["model"] / "model_index.json").is_file()
+    assert (tmp_path / "models" / "diffusion" / "sdxl-tinycfg" / "text_encoder_2").is_dir()
+    assert result["tiny"] is True and result["device"] == "cpu"
+    for key in ("python", "torch", "diffusers", "transformers", "multipass"):
+        assert result["versions"][key]
     assert set(result["targets"]) == {
         "engine_vs_raw_eager",
         "compiled_vs_raw_eager_sd15",
