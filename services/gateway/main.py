@@ -49,6 +49,7 @@ class GatewayHandle:
     bus: Bus
     clients: InternalClients
     job_end: JobEnd
+    jobs: JobStore
     stop_event: asyncio.Event
     tasks: list[asyncio.Task]
     metrics_port: int
@@ -72,6 +73,7 @@ class GatewayHandle:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.job_end.close()
+        await self.jobs.close()
         await self.clients.close()
         await self.bus.close()
         if self._metrics_server is not None:
@@ -225,6 +227,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         bus=bus,
         clients=clients,
         job_end=job_end,
+        jobs=jobs,
         stop_event=stop_event,
         tasks=tasks,
         metrics_port=metrics_port,

@@ -5,16 +5,21 @@
 and writes it back on the revision it read; a conflicting writer makes it start over on the fresh record.
 ``flush`` then publishes the outbox (job events in sequence order, each with a Nats-Msg-Id, so publishing
 twice is harmless), hands the pass requests to ``dispatch`` (the pass scheduler's ready queues) and
-removes what went out, again by compare-and-set. A crash between the two leaves the outbox in the
-record; the next transition of the job, a watcher noticing the gap, or the sweeper publishes it.
+removes what went out. That removal rides on the job's next write when one comes within
+``clear_delay`` seconds (a pass's events usually follow its request within milliseconds), else it is a
+write of its own; a terminal record's outbox is removed at once. A crash in between leaves the outbox in
+the record; the next transition of the job, a watcher noticing the gap, or the sweeper publishes it again,
+which is harmless (events carry their Nats-Msg-Id, a pass request is queued once per attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 _REMEMBERED_REVISIONS = 1024
 #: Job records whose last value this replica remembers, to write without reading first.
 _REMEMBERED_RECORDS = 2048
+#: Seconds a published outbox waits in the stored record for the job's next write to remove it.
+CLEAR_DELAY_SECONDS = 0.5
 
 
 def now() -> datetime:
@@ -55,11 +62,32 @@ def parse_record(data: bytes, key: str) -> events_pb2.JobRecord:
 Dispatch = Callable[[str, events_pb2.OutboxRequest], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Published:
+    """What went out of a job's outbox and is still in its stored record: events up to a sequence, and
+    pass requests by msg id."""
+
+    last_event: int
+    requests: frozenset[str]
+    #: Loop time after which it is removed by a write of its own.
+    due: float
+
+    def clear(self, record: events_pb2.JobRecord) -> bool:
+        return job_state.clear_outbox(record, self.last_event, self.requests)
+
+
 class JobStore:
-    def __init__(self, bus: Bus, store: KvBucket, *, dispatch: Dispatch):
+    def __init__(
+        self, bus: Bus, store: KvBucket, *, dispatch: Dispatch, clear_delay: float = CLEAR_DELAY_SECONDS
+    ):
         self.bus = bus
         self.kv = store
         self.dispatch = dispatch
+        #: Seconds a published outbox may wait for the job's next write (0: removed by the flush itself).
+        self.clear_delay = clear_delay
+        #: key -> what this replica published from that record's outbox and has not removed yet.
+        self._published: dict[str, Published] = {}
+        self._clearing: asyncio.Task | None = None
         #: id(record) -> (record, KV revision) of records returned by transition and not flushed yet.
         self._revisions: dict[int, tuple[events_pb2.JobRecord, int]] = {}
         #: key -> (value, revision) this replica last wrote or read, most recent last (bounded).
@@ -177,6 +205,9 @@ class JobStore:
                     metadata={"jobId": job_id},
                 )
             record = parse_record(current, key)
+            published = result["published"] = self._published.get(key)
+            if published is not None:
+                published.clear(record)  # written with the transition, if it changes anything
             outcomes = []
             changed = False
             for fn in fns:
@@ -191,6 +222,10 @@ class JobStore:
 
         _value, revision = await self._compare_and_set(key, mutate)
         record = result["record"]
+        applied = result["published"]
+        written = any(outcome.changed for outcome in result["outcomes"])  # type: ignore[attr-defined]
+        if written and applied is not None and self._published.get(key) is applied:
+            del self._published[key]  # removed from the record by this write
         self._revisions[id(record)] = (record, revision)  # type: ignore[assignment]
         while len(self._revisions) > _REMEMBERED_REVISIONS:  # transitions never flushed (errors)
             del self._revisions[next(iter(self._revisions))]
@@ -223,6 +258,13 @@ class JobStore:
         await asyncio.gather(*(self.dispatch(record.tenant, entry) for entry in entries))
         published = [entry.msg_id for entry in entries]
         key = names.job_key(record.tenant, job_id)
+        earlier = self._published.pop(key, None)
+        if earlier is not None:  # what this replica published before, not removed yet: remove it too
+            last_event = max(last_event, earlier.last_event)
+            published = [*published, *earlier.requests]
+        if self.clear_delay > 0 and not job_state.is_terminal(record):
+            self._defer_clear(key, last_event, published)
+            return
         if revision:
             cleared = events_pb2.JobRecord()
             cleared.CopyFrom(record)
@@ -244,6 +286,51 @@ class JobStore:
             return fresh.SerializeToString()
 
         await self._compare_and_set(key, mutate)
+
+    # removing what was published ------------------------------------------------------------------
+
+    def _defer_clear(self, key: str, last_event: int, requests: Sequence[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._published[key] = Published(last_event, frozenset(requests), loop.time() + self.clear_delay)
+        if self._clearing is None or self._clearing.done():
+            self._clearing = asyncio.ensure_future(self._clear_when_due())
+
+    async def _clear_when_due(self) -> None:
+        """Remove, by writes of their own, the published outboxes no transition removed in time."""
+        loop = asyncio.get_running_loop()
+        while self._published:
+            now = loop.time()
+            due = [key for key, published in self._published.items() if published.due <= now]
+            if not due:
+                await asyncio.sleep(min(p.due for p in self._published.values()) - now)
+                continue
+            await asyncio.gather(*(self._clear(key) for key in due))
+
+    async def _clear(self, key: str) -> None:
+        published = self._published.get(key)
+        if published is None:
+            return
+
+        def mutate(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            fresh = parse_record(current, key)
+            return fresh.SerializeToString() if published.clear(fresh) else None
+
+        try:
+            await self._compare_and_set(key, mutate)
+        except Exception as error:  # noqa: BLE001 - the next transition or the sweeper publishes it again
+            log.warning("published outbox not removed", extra={"key": key, "error": str(error)})
+        if self._published.get(key) is published:
+            del self._published[key]
+
+    async def close(self) -> None:
+        """Remove every published outbox still waiting for a write (before the connection closes)."""
+        if self._clearing is not None:
+            self._clearing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clearing
+        await asyncio.gather(*(self._clear(key) for key in list(self._published)))
 
     async def flush_key(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
         """Publish whatever the stored record still holds in its outbox."""

@@ -1,10 +1,12 @@
 """The pass scheduler's I/O: ready queues and flight markers in KV, release rounds to the work queue.
 
-A transition's pass requests are not published: :meth:`PassScheduler.enqueue` writes each to its tenant's
-ready queue (KV ``multipass-jobs``, so a restart loses nothing), and release rounds publish what the fair
-policy (:mod:`multipass_gateway.domain.scheduling`) allows, reading the replica's
-:class:`~multipass_gateway.infra.queue_mirror.QueueMirror` rather than listing KV. A released pass stays in
-flight until its attempt ends. The protocol (ownership between replicas, crashes between publish and
+A transition's pass requests are not published as they are: :meth:`PassScheduler.enqueue` writes each to
+its tenant's ready queue (KV ``multipass-jobs``, so a restart loses nothing), and release rounds publish
+what the fair policy (:mod:`multipass_gateway.domain.scheduling`) allows, reading the replica's
+:class:`~multipass_gateway.infra.queue_mirror.QueueMirror` rather than listing KV. When nothing waits in
+any queue and the limits leave room, the fair policy would release the pass at once, so ``enqueue``
+releases it itself and no ready entry is written (until it is published, the job record's outbox holds
+the request). A released pass stays in flight until its attempt ends. The protocol (ownership between replicas, crashes between publish and
 marker, bounds with several replicas) is in docs/RELIABILITY.md ("Fair scheduling between tenants").
 """
 
@@ -93,6 +95,11 @@ class PassScheduler:
             return
         if key in self._recently_ended:
             return  # an outbox published again after its pass ended (a retry is a new attempt)
+        if key in self.mirror.flight or key in self.mirror.releasing:
+            return  # released already: an outbox published again
+        if self._free_now(key):
+            await self._release_now(key, entry)
+            return
         value = entry.SerializeToString()
         try:
             await self._kv.create(key.ready_key, value)
@@ -108,6 +115,28 @@ class PassScheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _free_now(self, key: PassKey) -> bool:
+        """Whether a release round would release ``key`` at once: nothing waits in any queue (no tenant is
+        overtaken), the limits leave room, and the mirror is current."""
+        mirror = self.mirror
+        if not mirror.loaded or mirror.due(self.resync_interval) or key in mirror.ready:
+            return False
+        if len(mirror.flight) >= self.global_limit or mirror.waiting():
+            return False
+        return sum(1 for k in mirror.flight if k.tenant == key.tenant) < self.tenant_limit
+
+    async def _release_now(self, key: PassKey, entry: events_pb2.OutboxRequest) -> None:
+        self.mirror.releasing.add(key)
+        self.mirror.put(key.flight_key)
+        try:
+            await self._publish(key, entry)
+        except BaseException:
+            self.mirror.flight.discard(key)  # not published: the slot stays free, the outbox keeps it
+            raise
+        finally:
+            self.mirror.releasing.discard(key)
+        metrics.PASSES_IN_FLIGHT.set(len(self.mirror.flight))
 
     async def done(self, key: PassKey) -> None:
         """The pass attempt ended: its slot is free (its ready entry and flight marker go)."""
@@ -261,6 +290,11 @@ class PassScheduler:
             log.error("damaged ready entry dropped", extra={"key": key.ready_key})
             await self._purge(key.ready_key)
             return False
+        await self._publish(key, entry)
+        return True
+
+    async def _publish(self, key: PassKey, entry: events_pb2.OutboxRequest) -> None:
+        """Publish the request, then write its flight marker (holding the stream sequence, for withdraw)."""
         ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
         await self._kv.put(key.flight_key, str(ack.seq).encode())
         self.mirror.notes.written(key.flight_key)
@@ -268,7 +302,6 @@ class PassScheduler:
             self._ended_while_releasing.discard(key)
             await self._purge(key.both)
         metrics.PASSES_RELEASED.inc()
-        return True
 
     async def _purge(self, key_pattern: str) -> None:
         """Remove markers from KV and from the mirror: a key, ``sched.*.<pass>`` or ``sched.*.<tenant>.<job>.>``."""

@@ -42,18 +42,20 @@ async def test_each_replica_releases_its_own_passes_and_either_frees_the_slot(bu
     await bus.ensure_topology()
     a = await replica(bus, tenant_limit=2, global_limit=2)
     b = await replica(bus, tenant_limit=2, global_limit=2)
-    await a.enqueue("t", request("j1"))
+    await a.enqueue("t", request("j1"))  # room, and nothing waits: released at once
     await a.enqueue("t", request("j2"))
-    await a.enqueue("t", request("j3"))
-    await eventually(lambda: len(b.mirror.ready) == 3)
-    assert await b.release_once() == 0  # announced by A: A releases them
-    assert await a.release_once() == 2
-    await eventually(lambda: len(b.mirror.flight) == 2)
+    await a.enqueue("t", request("j3"))  # at the global bound: queued
+    await eventually(lambda: len(b.mirror.flight) == 2 and len(b.mirror.ready) == 1)
     assert await b.release_once() == 0  # the global bound holds across replicas
+    assert await a.release_once() == 0
+    await b.enqueue("t", request("j4"))  # B's own pass queues behind A's: nothing overtakes
+    assert len(b.mirror.flight) == 2 and PassKey("t", "j4", 0, "base", 1) in b.mirror.ready
+    await b.withdraw("t", "j4", delete_released=False)
 
     # B saw the first pass end (it consumed the event): A's slot frees at once, through the note.
     await b.done(PassKey("t", "j1", 0, "base", 1))
     await eventually(lambda: len(a.mirror.flight) == 1)
+    assert await b.release_once() == 0  # j3 is A's to release
     assert await a.release_once() == 1
     queues = await a.queues()  # KV agrees with the mirrors
     assert sorted(k.job_id for k in queues.flight) == ["j2", "j3"] and not queues.ready
@@ -71,12 +73,13 @@ async def test_each_replica_releases_its_own_passes_and_either_frees_the_slot(bu
 
 async def test_entries_of_a_replica_that_died_are_released_by_another(bus):
     await bus.ensure_topology()
-    dead = await replica(bus, tenant_limit=4, global_limit=4)
+    dead = await replica(bus, tenant_limit=1, global_limit=4)
     alive = await replica(bus, tenant_limit=4, global_limit=4)
     alive.resync_interval = 0.05  # orphans after two resync intervals
-    await dead.enqueue("t", request("j1"))
+    await dead.enqueue("t", request("j0"))  # released at once
+    await dead.enqueue("t", request("j1"))  # at the dead replica's tenant bound: queued
     await eventually(lambda: len(alive.mirror.ready) == 1)
     await dead.mirror.notes.stop()
     await asyncio.sleep(0.15)
     assert await alive.release_once() == 1
-    assert [k.job_id for k in (await alive.queues()).flight] == ["j1"]
+    assert [k.job_id for k in (await alive.queues()).flight] == ["j0", "j1"]
