@@ -19,12 +19,13 @@ once (no delay) when the worker stops, so another worker takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
@@ -319,21 +320,28 @@ class DiffusionWorker:
                 raise _HandedBack
             loop = asyncio.get_running_loop()
             interval = self.settings.progress_interval_s
-            reporters = [_ProgressReporter(self, member, loop, interval) for member in members]
+            started = events_pb2.PassStarted(
+                worker=self.settings.worker_name, steps_total=_steps_to_run(spec, inputs)
+            )
+            # ``started`` goes out while the engine begins (its acknowledgement is no reason to keep the
+            # device waiting); progress events follow it, and ``completed`` waits for all of them.
+            announced = asyncio.ensure_future(
+                _publish_in_order(
+                    publish_pass_event(self.bus, member, names.EVENT_STARTED, started=started)
+                    for member in members
+                )
+            )
+            reporters = [_ProgressReporter(self, member, loop, interval, announced) for member in members]
             try:
-                for member in members:
-                    await publish_pass_event(
-                        self.bus,
-                        member,
-                        names.EVENT_STARTED,
-                        started=events_pb2.PassStarted(
-                            worker=self.settings.worker_name, steps_total=_steps_to_run(spec, inputs)
-                        ),
-                    )
                 on_device = True
-                return await self.device.run(engine_call(inputs, reporters))
+                result = await self.device.run(engine_call(inputs, reporters))
+                await announced
+                return result
             finally:
                 self.device.end_turn()
+                if not announced.done():
+                    with contextlib.suppress(Exception):
+                        await announced
                 for reporter in reporters:
                     await reporter.drain()
         finally:
@@ -349,31 +357,47 @@ class DiffusionWorker:
         """
         started = time.perf_counter()
         inputs = PassInputs()
-        if spec.HasField("image"):
-            inputs.image = await self._image(spec.image, field="spec.image", mode="RGB")
-        if spec.HasField("mask"):
-            inputs.mask = await self.store.get_image(spec.mask, field="spec.mask", mode="L")
-        if spec.HasField("control_image"):
-            inputs.control_image = await self.store.get_image(
-                spec.control_image, field="spec.control_image", mode="RGB"
-            )
-        for number, layer in enumerate(spec.layers):
-            inputs.layers.append(
-                (
-                    await self._image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
-                    await self.store.get_image(layer.mask, field=f"spec.layers[{number}].mask", mode="L"),
-                )
-            )
-        for key in tune_files.needed_keys(spec):
-            ref = spec.tune_files[key]
+
+        async def nothing() -> None:
+            return None
+
+        def optional(field: str, mode: str):
+            if not spec.HasField(field):
+                return nothing()
+            if field == "image":
+                return self._image(spec.image, field="spec.image", mode=mode)
+            return self.store.get_image(getattr(spec, field), field=f"spec.{field}", mode=mode)
+
+        async def tune_file(key: str) -> Path:
             try:
-                inputs.tune_paths[key] = await self.store.fetch_to_cache(
-                    ref, Path(self.settings.tune_cache_dir)
+                return await self.store.fetch_to_cache(
+                    spec.tune_files[key], Path(self.settings.tune_cache_dir)
                 )
             except InvalidInput as error:  # the reference lacks its sha256: name the entry
                 raise InvalidInput.of(
                     [Violation(f"spec.tune_files[{key}].{v.field}", v.description) for v in error.violations]
                 ) from error
+
+        # Every input is read at once (S3 round trips overlap; the first error is raised).
+        layers = [
+            (
+                self._image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
+                self.store.get_image(layer.mask, field=f"spec.layers[{number}].mask", mode="L"),
+            )
+            for number, layer in enumerate(spec.layers)
+        ]
+        keys = list(tune_files.needed_keys(spec))
+        image, mask, control, *rest = await _all_or_first_error(
+            optional("image", "RGB"),
+            optional("mask", "L"),
+            optional("control_image", "RGB"),
+            *(read for pair in layers for read in pair),
+            *(tune_file(key) for key in keys),
+        )
+        inputs.image, inputs.mask, inputs.control_image = image, mask, control
+        pairs, paths = rest[: 2 * len(layers)], rest[2 * len(layers) :]
+        inputs.layers.extend(zip(pairs[0::2], pairs[1::2], strict=True))
+        inputs.tune_paths.update(zip(keys, paths, strict=True))
         _phase_done("fetch", started)
         return inputs
 
@@ -447,11 +471,20 @@ def _phase_done(phase: str, since: float) -> float:
 class _ProgressReporter:
     """Called on the device thread after each step; publishes at most one event per ``interval``."""
 
-    def __init__(self, worker: DiffusionWorker, request, loop: asyncio.AbstractEventLoop, interval: float):
+    def __init__(
+        self,
+        worker: DiffusionWorker,
+        request,
+        loop: asyncio.AbstractEventLoop,
+        interval: float,
+        announced: asyncio.Future,
+    ):
         self.worker = worker
         self.request = request
         self.loop = loop
         self.interval = interval
+        #: The publish of the pass's ``started`` events, which every progress event follows.
+        self.announced = announced
         self._last = float("-inf")
         self._pending: list = []
 
@@ -461,14 +494,17 @@ class _ProgressReporter:
             return
         self._last = now
         progress = events_pb2.PassProgress(step=step, steps_total=total)
-        coroutine = publish_pass_event(
+        self._pending.append(asyncio.run_coroutine_threadsafe(self._publish(progress), self.loop))
+
+    async def _publish(self, progress: events_pb2.PassProgress) -> None:
+        await asyncio.shield(self.announced)
+        await publish_pass_event(
             self.worker.bus,
             self.request,
             names.EVENT_PROGRESS,
-            suffix=f"{names.EVENT_PROGRESS}:{step}",
+            suffix=f"{names.EVENT_PROGRESS}:{progress.step}",
             progress=progress,
         )
-        self._pending.append(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     async def drain(self) -> None:
         """Wait for the progress events sent so far (so ``completed`` comes after them)."""
@@ -486,6 +522,22 @@ class _HandedBack(Exception):
 class _Internal(MultipassError):
     code_name = "INTERNAL"
     retriable = True
+
+
+async def _publish_in_order(publishes: Iterable[Awaitable[None]]) -> None:
+    for publish in publishes:
+        await publish
+
+
+async def _all_or_first_error(*reads: Awaitable[T]) -> list[T]:
+    """Run the reads together; on the first error cancel the rest and raise it (order of ``reads`` kept)."""
+    tasks = [asyncio.ensure_future(read) for read in reads]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def batch_members(request: diffusion_pb2.PassRequest) -> list[diffusion_pb2.PassRequest]:

@@ -106,12 +106,6 @@ class SegmentationSteps:
         planned: events_pb2.PlannedPass,
     ) -> None:
         image = request.spec.image
-        await publish_pass_event(
-            self.bus,
-            request,
-            names.EVENT_STARTED,
-            started=events_pb2.PassStarted(worker=WORKER_NAME, steps_total=1),
-        )
         segment = segmentation_pb2.SegmentRequest(
             image=image,
             output_bucket=names.BUCKET_JOBS,
@@ -131,7 +125,22 @@ class SegmentationSteps:
                 segment.text.dilate_pixels = mask.dilate_pixels
             elif which == "dilate_percent":
                 segment.text.dilate_percent = mask.dilate_percent
-        response = await self.clients.segment(segment)
+        # ``started`` goes out while the segmentation service works; ``completed`` waits for it.
+        started = asyncio.ensure_future(
+            publish_pass_event(
+                self.bus,
+                request,
+                names.EVENT_STARTED,
+                started=events_pb2.PassStarted(worker=WORKER_NAME, steps_total=1),
+            )
+        )
+        try:
+            response = await self.clients.segment(segment)
+        except BaseException:
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            raise
+        await started  # one that could not be published fails the step (retried)
         completed = events_pb2.PassCompleted(
             result=diffusion_pb2.PassResult(warnings=list(response.warnings)),
             masks=list(response.masks),

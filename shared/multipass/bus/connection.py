@@ -3,7 +3,7 @@
 :class:`Bus` gathers the port's operations, each kept in its own module: core NATS (:mod:`.core`),
 publishing (:mod:`.publish`), durable consumers and the consume loop (:mod:`.consumers`, :mod:`.consume`),
 KV buckets (:mod:`.kv`), stored messages (:mod:`.streams`), replay (:mod:`.replay`) and the topology
-(:mod:`.topology`). Nothing outside this package touches the NATS client.
+(:mod:`.topology`); every request's reply comes back through :mod:`.replies`. Nothing outside this package touches the NATS client.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from multipass.bus.core import CoreMessaging
 from multipass.bus.kv import KeyValueBuckets
 from multipass.bus.publish import Publishing
 from multipass.bus.replay import Replaying
+from multipass.bus.replies import ReplyRouter
 from multipass.bus.streams import StoredMessages
 from multipass.bus.topology import TopologySetup
 from multipass.errors import Unavailable
@@ -94,6 +95,12 @@ class Bus(CoreMessaging, Publishing, Consuming, KeyValueBuckets, StoredMessages,
             raise Unavailable(
                 f"cannot connect to NATS at {url} within {connect_timeout:g}s: {err!r}"
             ) from err
+        try:
+            await ReplyRouter(nc).install()
+        except nats.errors.Error as err:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise Unavailable(f"cannot subscribe the reply inbox at {url}: {err!r}") from err
         bus = cls(nc, name, url)
         ref.append(bus)
         log.info("nats connected", extra={"nats_url": url, "client": name})

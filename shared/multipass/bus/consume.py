@@ -295,7 +295,7 @@ class Consuming(ConsumerAdmin):
             "msg_id": delivery.msg_id,
         }
         with log_context(**context):
-            keep_alive = asyncio.create_task(self._keep_alive(msg, ack_wait / HEARTBEATS_PER_ACK_WAIT))
+            keep_alive = _Heartbeat(msg, ack_wait / HEARTBEATS_PER_ACK_WAIT)
             try:
                 decision, by_loop, failure = await self._decide(delivery, handler, backoff)
             except asyncio.CancelledError:
@@ -303,7 +303,7 @@ class Consuming(ConsumerAdmin):
                 await self._settle(msg, Nak(0.0))
                 raise
             finally:
-                keep_alive.cancel()
+                keep_alive.stop()
             if isinstance(decision, Nak) and delivery.is_last_delivery:
                 reason = failure or f"gave up after {delivery.num_delivered} deliveries"
                 log.error("last delivery failed; term", extra={"reason": reason})
@@ -340,14 +340,6 @@ class Consuming(ConsumerAdmin):
         log.error("handler returned %r instead of Ack/Nak/Term; nak with backoff", decision)
         return Nak(retry_delay), True, f"INTERNAL: handler returned {decision!r}"
 
-    async def _keep_alive(self, msg: Msg, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as error:  # noqa: BLE001 - a missed beat is retried next interval
-                log.debug("in_progress failed", extra={"error": repr(error)})
-
     async def _settle(self, msg: Msg, decision: Decision, *, confirm: bool = True) -> None:
         """Send the decision and wait for the server to confirm it, so counters reflect it on return.
 
@@ -372,3 +364,31 @@ class Consuming(ConsumerAdmin):
                 type(decision).__name__,
                 extra={"error": repr(error)},
             )
+
+
+class _Heartbeat:
+    """Tells the server every ``interval`` seconds that ``msg`` is still being handled (``in_progress``),
+    until :meth:`stop`. A timer rather than a task: most handlers end long before the first beat."""
+
+    def __init__(self, msg: Msg, interval: float):
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(interval, self._beat)
+        self._sending: asyncio.Future | None = None
+
+    def _beat(self) -> None:
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send())
+        self._timer = self._loop.call_later(self._interval, self._beat)
+
+    async def _send(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except Exception as error:  # noqa: BLE001 - a missed beat is retried next interval
+            log.debug("in_progress failed", extra={"error": repr(error)})
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._sending is not None:
+            self._sending.cancel()
