@@ -234,8 +234,8 @@ class JobStore:
     async def flush(self, record: events_pb2.JobRecord) -> None:
         """Publish the record's outbox, then remove the published entries from the stored record.
 
-        Job events are published in sequence order and their acknowledgements awaited together; then
-        the pass requests are dispatched. When ``record`` came from :meth:`transition` its revision
+        Job events are published in sequence order and their acknowledgements awaited together with
+        the dispatch of the pass requests. When ``record`` came from :meth:`transition` its revision
         is known, so the outbox is cleared by one compare-and-set on that revision (a writer in between
         makes it read the record afresh, as before).
         """
@@ -245,17 +245,19 @@ class JobStore:
             return
         job_id = record.job.job_id
         events = sorted(record.outbox_events, key=lambda e: e.sequence)
+        entries = list(record.outbox_requests)
+        # Events (for clients) and pass requests (for the scheduler) depend on nothing of each other's:
+        # they go out together, the events in sequence order among themselves.
         await asyncio.gather(
             *(
                 self.bus.publish(
                     names.job_event_subject(job_id), event, msg_id=job_event_msg_id(job_id, event.sequence)
                 )
                 for event in events
-            )
+            ),
+            *(self.dispatch(record.tenant, entry) for entry in entries),
         )
         last_event = events[-1].sequence if events else 0
-        entries = list(record.outbox_requests)
-        await asyncio.gather(*(self.dispatch(record.tenant, entry) for entry in entries))
         published = [entry.msg_id for entry in entries]
         key = names.job_key(record.tenant, job_id)
         earlier = self._published.pop(key, None)
