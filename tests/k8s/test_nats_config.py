@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -210,9 +211,16 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         try:
             await peer.nc.subscribe(names.GATEWAY_NOTES, cb=notes.put)
             await peer.nc.flush(timeout=2)
-            await gateway.publish_core(names.GATEWAY_NOTES, b"+ sched.ready.t.j.0.base.1")
-            note = await asyncio.wait_for(notes.get(), 2)
-            assert note.data == b"+ sched.ready.t.j.0.base.1"
+            # Notes are core NATS, at most once, and the product tolerates a lost one: the first note
+            # published right after a new connection subscribed was seen to never arrive (about 1 run in
+            # 15, the flush notwithstanding), so the note goes again until one arrives.
+            note = None
+            for _ in range(10):
+                await gateway.publish_core(names.GATEWAY_NOTES, b"+ sched.ready.t.j.0.base.1")
+                with contextlib.suppress(TimeoutError):
+                    note = await asyncio.wait_for(notes.get(), 0.5)
+                    break
+            assert note is not None and note.data == b"+ sched.ready.t.j.0.base.1"
         finally:
             await peer.close()
         assert not _nats_errors(caplog), _nats_errors(caplog)
