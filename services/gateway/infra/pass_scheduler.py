@@ -294,8 +294,19 @@ class PassScheduler:
         return True
 
     async def _publish(self, key: PassKey, entry: events_pb2.OutboxRequest) -> None:
-        """Publish the request, then write its flight marker (holding the stream sequence, for withdraw)."""
+        """Publish the request, then write its flight marker (holding the stream sequence, for withdraw).
+
+        A publish JetStream reports as a duplicate went out before (another replica flushed the same
+        outbox, or a release whose marker write was lost): that first release's marker counts it, so
+        this one writes none and drops its ready entry. (Writing one could outlive the pass, when it
+        ended before this replica heard of it, and hold a slot until the next rebuild.)
+        """
         ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
+        if ack.duplicate:
+            if key in self.mirror.ready:
+                await self._purge(key.ready_key)
+            self._ended_while_releasing.discard(key)
+            return
         await self._kv.put(key.flight_key, str(ack.seq).encode())
         self.mirror.notes.written(key.flight_key)
         if key in self._ended_while_releasing:

@@ -11,12 +11,17 @@ from multipass_gateway.infra.pass_scheduler import PassScheduler
 
 
 class RecordingBus:
+    """Publishes like JetStream's dedupe: a msg id seen before is a duplicate of its first sequence."""
+
     def __init__(self):
         self.published: list[tuple[str, str]] = []
+        self.sequences: dict[str, int] = {}
 
     async def publish(self, subject, message, *, msg_id, **_):
         self.published.append((subject, msg_id))
-        return PublishAck(stream="MULTIPASS_PASSES", seq=len(self.published), duplicate=False)
+        duplicate = msg_id in self.sequences
+        self.sequences.setdefault(msg_id, len(self.sequences) + 1)
+        return PublishAck(stream="MULTIPASS_PASSES", seq=self.sequences[msg_id], duplicate=duplicate)
 
 
 class RecordingKv:
@@ -90,6 +95,23 @@ async def test_at_the_tenant_bound_passes_queue_and_later_ones_do_not_overtake_t
     assert key("b", "k1") in made.mirror.ready and len(bus.published) == 1
     assert await made.release_once() == 1  # the round releases "b" ("a" is still at its bound)
     assert [msg_id for _, msg_id in bus.published] == ["j1:base:1", "k1:base:1"]
+
+
+async def test_a_pass_published_before_writes_no_second_flight_marker():
+    """Another replica published the pass and it ended there before this one heard: no marker outlives it."""
+    made, bus, kv = scheduler(tenant_limit=2, global_limit=4)
+    await bus.publish("multipass.pass.diffusion.tiny", b"", msg_id="j1:base:1")  # the other replica's release
+    await made.enqueue("a", request("a", "j1"))  # this replica flushes the same outbox again
+    assert kv.writes == [] and kv.data == {}
+    # Queued rather than released at once (a pass waits): its ready entry goes once the publish is a duplicate.
+    queued, bus, kv = scheduler(tenant_limit=1, global_limit=4)
+    await queued.enqueue("a", request("a", "j0"))
+    await bus.publish("multipass.pass.diffusion.tiny", b"", msg_id="j2:base:1")
+    await queued.enqueue("a", request("a", "j2"))
+    assert key("a", "j2").ready_key in kv.data
+    await queued.done(key("a", "j0"))
+    assert await queued.release_once() == 1
+    assert key("a", "j2").ready_key not in kv.data and key("a", "j2").flight_key not in kv.data
 
 
 async def test_at_the_global_bound_or_on_a_stale_mirror_passes_queue():
