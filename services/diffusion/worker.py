@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
@@ -36,9 +36,10 @@ from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.images import encode_png
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
-from multipass_diffusion import metrics, tune_files
+from multipass_diffusion import metrics
 from multipass_diffusion.device_queue import DeviceQueue
 from multipass_diffusion.engine import Engine, PassOutput
+from multipass_diffusion.input_reads import read_inputs
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.passes.registry import HANDLERS
 from multipass_diffusion.recent_outputs import RecentOutputs
@@ -323,14 +324,14 @@ class DiffusionWorker:
             started = events_pb2.PassStarted(
                 worker=self.settings.worker_name, steps_total=_steps_to_run(spec, inputs)
             )
+
             # ``started`` goes out while the engine begins (its acknowledgement is no reason to keep the
             # device waiting); progress events follow it, and ``completed`` waits for all of them.
-            announced = asyncio.ensure_future(
-                _publish_in_order(
-                    publish_pass_event(self.bus, member, names.EVENT_STARTED, started=started)
-                    for member in members
-                )
-            )
+            async def announce() -> None:
+                for member in members:
+                    await publish_pass_event(self.bus, member, names.EVENT_STARTED, started=started)
+
+            announced = asyncio.ensure_future(announce())
             reporters = [_ProgressReporter(self, member, loop, interval, announced) for member in members]
             try:
                 on_device = True
@@ -349,55 +350,14 @@ class DiffusionWorker:
                 self.device.release()
 
     async def fetch_inputs(self, spec: diffusion_pb2.PassSpec) -> PassInputs:
-        """The pass's images, decoded, and its tune files on local disk (cached by sha256).
-
-        Tune files: every ``spec.tune_files`` entry the pass needs (:func:`tune_files.needed_keys`: the
-        adapters of ``spec.loras`` and of each face's ``loras``, and the tunes' reference images), under
-        the same keys in ``PassInputs.tune_paths``.
-        """
+        """The pass's inputs, read together (:func:`multipass_diffusion.input_reads.read_inputs`)."""
         started = time.perf_counter()
-        inputs = PassInputs()
-
-        async def nothing() -> None:
-            return None
-
-        def optional(field: str, mode: str):
-            if not spec.HasField(field):
-                return nothing()
-            if field == "image":
-                return self._image(spec.image, field="spec.image", mode=mode)
-            return self.store.get_image(getattr(spec, field), field=f"spec.{field}", mode=mode)
-
-        async def tune_file(key: str) -> Path:
-            try:
-                return await self.store.fetch_to_cache(
-                    spec.tune_files[key], Path(self.settings.tune_cache_dir)
-                )
-            except InvalidInput as error:  # the reference lacks its sha256: name the entry
-                raise InvalidInput.of(
-                    [Violation(f"spec.tune_files[{key}].{v.field}", v.description) for v in error.violations]
-                ) from error
-
-        # Every input is read at once (S3 round trips overlap; the first error is raised).
-        layers = [
-            (
-                self._image(layer.image, field=f"spec.layers[{number}].image", mode="RGB"),
-                self.store.get_image(layer.mask, field=f"spec.layers[{number}].mask", mode="L"),
-            )
-            for number, layer in enumerate(spec.layers)
-        ]
-        keys = list(tune_files.needed_keys(spec))
-        image, mask, control, *rest = await _all_or_first_error(
-            optional("image", "RGB"),
-            optional("mask", "L"),
-            optional("control_image", "RGB"),
-            *(read for pair in layers for read in pair),
-            *(tune_file(key) for key in keys),
+        inputs = await read_inputs(
+            spec,
+            store=self.store,
+            read_image=lambda ref, field, mode: self._image(ref, field=field, mode=mode),
+            tune_cache_dir=Path(self.settings.tune_cache_dir),
         )
-        inputs.image, inputs.mask, inputs.control_image = image, mask, control
-        pairs, paths = rest[: 2 * len(layers)], rest[2 * len(layers) :]
-        inputs.layers.extend(zip(pairs[0::2], pairs[1::2], strict=True))
-        inputs.tune_paths.update(zip(keys, paths, strict=True))
         _phase_done("fetch", started)
         return inputs
 
@@ -522,22 +482,6 @@ class _HandedBack(Exception):
 class _Internal(MultipassError):
     code_name = "INTERNAL"
     retriable = True
-
-
-async def _publish_in_order(publishes: Iterable[Awaitable[None]]) -> None:
-    for publish in publishes:
-        await publish
-
-
-async def _all_or_first_error(*reads: Awaitable[T]) -> list[T]:
-    """Run the reads together; on the first error cancel the rest and raise it (order of ``reads`` kept)."""
-    tasks = [asyncio.ensure_future(read) for read in reads]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def batch_members(request: diffusion_pb2.PassRequest) -> list[diffusion_pb2.PassRequest]:
