@@ -5,17 +5,20 @@ parser, segmentation, diffusion worker and gateway as processes), against the sa
   API and followed to its end, over the same diffusion passes run in-process on the engine. "The same
   passes" is literal: after each job the bench reads the job record from NATS KV, rebuilds every
   diffusion pass request exactly as the gateway dispatched it (``job_state.build_request``), fetches
-  its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded. Its
-  ``split`` detail separates orchestration (job wall minus the worker's own engine seconds, from its
-  /metrics) from the two engines running at different speeds on a shared machine.
+  its inputs from the object store and runs ``Engine.run`` on them, inputs already decoded; the segment
+  pass runs in-process too (``Segmenter.person_masks`` on the base output, with the job's slots). Its
+  ``split`` detail separates orchestration (job wall minus the compute seconds of the stack's own
+  processes: the worker's engine and the segmentation service's model phase, from their /metrics) from
+  the two sides computing at different speeds on a shared machine.
 * ``pass_cache_through_stack``: a cold job vs the same job with one person prompt changed.
 * ``device_idle`` (under ``orchestration_overhead``'s details): after the overhead repetitions, a burst of
   two-person jobs submitted at once; the diffusion worker's /metrics (device busy seconds, the histogram
   of device idle while a delivered pass was held) and the passes' timestamps say how much of the burst the
   device spent idle although work was queued.
 
-The stack's diffusion worker and the in-process engine both run with one torch thread on the same tiny
-models and working size (64, the local stack's for tiny models), so the ratio compares equal work.
+The stack's diffusion worker and segmentation service and the in-process engine and segmenter all run
+with one torch thread on the same tiny models and working size (64, the local stack's for tiny models), so
+the ratio compares equal work.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ from multipass_gateway.domain import job_state
 from multipass_gateway.infra.job_store import parse_record
 
 JOB_PARAMS = {"steps": "20", "w": "256", "h": "256"}
+#: Jobs traced message by message after the measured ones (details.hops; no figure counts them).
+HOP_JOBS = 3
 #: The local stack's person working size for the tiny models (multipass_dev.tiny_models.TINY_WORKING_SIZE).
 STACK_WORKING_SIZE = 64
 STACK_SERVICE_ENV = {
     "MULTIPASS_DIFFUSION_MODELS": workload.SD15,
     "MULTIPASS_DIFFUSION_WORKING_SIZE": str(STACK_WORKING_SIZE),
     "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
+    "MULTIPASS_SEGMENTATION_TORCH_THREADS": "1",
 }
 #: Variables of the caller's shell that would point the stack elsewhere.
 UNSET = (
@@ -317,16 +323,18 @@ def orchestration_overhead(
         reader = stack.reader()
         stack_seconds, engine_seconds, identical, timelines = [], [], [], []
         metrics_url = state.get("processes", {}).get("diffusion", {}).get("metrics_url")
+        segmentation_url = state.get("processes", {}).get("segmentation", {}).get("metrics_url")
+        segmenter = in_process_segmenter(stack.model_root)
         worker_engine_seconds: list[float] = []
-        hop_jobs: list[dict] = []
-        tracer = hops.HopTracer(state["nats_url"]).__enter__()
+        segment_model_seconds: list[float] = []
+        segment_in_process: list[float] = []
         for index in range(repetitions + 1):  # the first pair warms up both sides
             seed = 4242 + index * 17  # a new seed per job: every pass misses the pass cache
             engine_before = scrape_engine_seconds(metrics_url)
-            tracer.clear()
+            segment_before = scrape_segment_model_seconds(segmentation_url)
             run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(seed)})
             engine_after = scrape_engine_seconds(metrics_url)
-            heard = list(tracer.messages)
+            segment_after = scrape_segment_model_seconds(segmentation_url)
             record = load_record(state["nats_url"], state["tenant"], run.job.job_id)
             requests = diffusion_requests(record)
             fetched = [(i, r, fetch_inputs(reader, r.spec, tune_dir)) for i, r in requests]
@@ -336,13 +344,17 @@ def orchestration_overhead(
                 in_process = time.perf_counter() - started
             if any(output.cache_hit for _, output in outputs):
                 raise MetricUnavailable("the in-process engine hit a pass cache")
+            segmenting = segment_in_process_seconds(segmenter, record, outputs)
+            in_process += segmenting
             if index == 0:
                 continue
-            hop_jobs.append(hops.job_hops(heard, run.job.job_id))
             stack_seconds.append(run.seconds)
             engine_seconds.append(in_process)
+            segment_in_process.append(segmenting)
             if engine_before is not None and engine_after is not None:
                 worker_engine_seconds.append(engine_after - engine_before)
+            if segment_before is not None and segment_after is not None:
+                segment_model_seconds.append(segment_after - segment_before)
             identical.append(
                 all(_pixels_equal(reader, record.job.images[0].passes[i].output, o.image) for i, o in outputs)
             )
@@ -350,7 +362,7 @@ def orchestration_overhead(
                 r.pass_name: o.duration_seconds for (_, r, _), (_, o) in zip(fetched, outputs, strict=True)
             }
             timelines.append(timeline(record, run, per_pass))
-        tracer.__exit__(None, None, None)
+        hop_jobs = traced_hops(state["nats_url"], client, prompt, jobs=HOP_JOBS)
         idle = device_idle_burst(stack, client, prompt, jobs=burst_jobs) if burst_jobs else None
     engine.runtime(workload.SD15).adapters.deactivate()
     ratios = [s / e for s, e in zip(stack_seconds, engine_seconds, strict=True)]
@@ -358,7 +370,8 @@ def orchestration_overhead(
     details = {
         "job": "two persons with a LoRA each, 256x256, 20 steps, seed varied per job (no cache hits), "
         f"person working size {STACK_WORKING_SIZE}, diffusion torch threads 1",
-        "passes_in_process": [r.pass_name for _, r in requests],
+        "passes_in_process": [r.pass_name for _, r in requests] + ["segment (Segmenter.person_masks)"],
+        "segment_in_process_seconds": [round(x, 4) for x in segment_in_process],
         "stack_seconds": [round(x, 4) for x in stack_seconds],
         "in_process_seconds": [round(x, 4) for x in engine_seconds],
         "stack_seconds_median": round(statistics.median(stack_seconds), 4),
@@ -374,10 +387,16 @@ def orchestration_overhead(
     }
     if idle is not None:
         details["device_idle"] = idle
-    if len(worker_engine_seconds) != len(stack_seconds):
-        details["figure"] = "median of the paired ratios (the worker's /metrics were not readable)"
+    if len(worker_engine_seconds) != len(stack_seconds) or len(segment_model_seconds) != len(stack_seconds):
+        details["figure"] = "median of the paired ratios (the services' /metrics were not readable)"
         return statistics.median(ratios), details
-    details["split"] = split_overhead(stack_seconds, worker_engine_seconds, engine_seconds)
+    details["split"] = split_overhead(
+        stack_seconds,
+        [e + s for e, s in zip(worker_engine_seconds, segment_model_seconds, strict=True)],
+        engine_seconds,
+    )
+    details["split"]["worker_engine_seconds"] = [round(x, 4) for x in worker_engine_seconds]
+    details["split"]["segmentation_model_seconds"] = [round(x, 4) for x in segment_model_seconds]
     # The figure at equal engine speed: (in-process seconds + what the stack added) / in-process seconds,
     # per job. A shared machine changes the engine's speed between a stack job and its in-process replay
     # by tens of percent (engine_in_stack_over_in_process); that is not orchestration, and the raw paired
@@ -392,15 +411,51 @@ def orchestration_overhead(
     details["raw_ratio_median"] = round(statistics.median(ratios), 4)
     details["figure"] = (
         "median over jobs of (in-process seconds + orchestration seconds) / in-process seconds, where "
-        "orchestration = the job's wall time through the stack minus the worker's own engine seconds; "
-        "the raw stack/in-process ratios are under 'ratios'"
+        "orchestration = the job's wall time through the stack minus the compute seconds of its processes "
+        "(the worker's engine, the segmentation service's model phase); the raw stack/in-process ratios "
+        "are under 'ratios'"
     )
     return statistics.median(equal_speed), details
 
 
-def scrape_engine_seconds(url: str | None) -> float | None:
-    """The diffusion worker's engine seconds so far: the sum of its pass-duration histogram (every pass's
-    ``Engine.run`` wall time, observed before its ``completed`` event is published); None without /metrics."""
+def in_process_segmenter(model_root: Path):
+    """The segmentation service's ``Segmenter`` on ``model_root``'s models, built by the service's own
+    code (``build_segmenter``) with one torch thread, as the stack runs it."""
+    from multipass_segmentation.app import build_segmenter
+    from multipass_segmentation.settings import SegmentationSettings
+
+    return build_segmenter(SegmentationSettings(model_dir=Path(model_root), torch_threads=1))
+
+
+def segment_in_process_seconds(segmenter, record, outputs) -> float:
+    """Seconds of the job's segment pass in-process: person masks of the base output for the job's slots
+    (what the segmentation service's model phase runs on the stack's identical base image)."""
+    import numpy as np
+
+    from multipass_segmentation.servicer import slot_from_proto
+
+    base = next(
+        (output.image for index, output in outputs if record.plans[0].passes[index].kind == "base"), None
+    )
+    if base is None or not record.slots:
+        return 0.0
+    slots = [slot_from_proto(slot) for slot in record.slots]
+    image = np.asarray(base.convert("RGB"))
+    started = time.perf_counter()
+    segmenter.person_masks(image, slots)
+    return time.perf_counter() - started
+
+
+def scrape_segment_model_seconds(url: str | None) -> float | None:
+    """The segmentation service's model seconds so far on person masks (its phase histogram's model sum)."""
+    return _scrape_sum(
+        url,
+        "multipass_segment_phase_seconds_sum",
+        lambda labels: labels.get("phase") == "model" and labels.get("kind") == "persons",
+    )
+
+
+def _scrape_sum(url: str | None, name: str, wanted) -> float | None:
     if not url:
         return None
     import urllib.request
@@ -416,27 +471,50 @@ def scrape_engine_seconds(url: str | None) -> float | None:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "multipass_pass_duration_seconds_sum"
+        if sample.name == name and wanted(sample.labels)
     )
 
 
+def traced_hops(nats_url: str, client, prompt: str, *, jobs: int) -> list[dict]:
+    """Where the milliseconds of ``jobs`` more jobs went, from every NATS message heard on the way.
+
+    These jobs run after the measured ones and count in no figure: the tracer hears every message the
+    stack sends (one more subscriber for nats-server to serve, a thread of this process parsing them), CPU
+    that a 2-core machine takes from the stack's own processes while it is on.
+    """
+    found = []
+    with hops.HopTracer(nats_url) as tracer:
+        for index in range(jobs):
+            tracer.clear()
+            run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(90_001 + index * 17)})
+            found.append(hops.job_hops(list(tracer.messages), run.job.job_id))
+    return found
+
+
+def scrape_engine_seconds(url: str | None) -> float | None:
+    """The diffusion worker's engine seconds so far: the sum of its pass-duration histogram (every pass's
+    ``Engine.run`` wall time, observed before its ``completed`` event is published); None without /metrics."""
+    return _scrape_sum(url, "multipass_pass_duration_seconds_sum", lambda labels: True)
+
+
 def split_overhead(
-    stack_seconds: list[float], worker_engine_seconds: list[float], in_process_seconds: list[float]
+    stack_seconds: list[float], stack_compute_seconds: list[float], in_process_seconds: list[float]
 ) -> dict:
     """Split each job's stack-over-in-process difference in two, so a noisy denominator is not read as
     orchestration cost.
 
-    ``orchestration_seconds`` = the job's wall time through the stack minus the seconds the worker's own
-    engine spent on its passes: dispatch, events, fetches, encoding and uploads, the segmentation pass.
-    ``engine_in_stack_over_in_process`` = the worker's engine seconds over the in-process engine's for the
-    same passes: 1 when both ran at the same speed; away from 1 when the machine's speed changed between
-    the two runs (the 2-core machine is shared) or the worker's process slowed its own device thread.
+    ``orchestration_seconds`` = the job's wall time through the stack minus the compute seconds of the
+    stack's own processes (the worker's engine on its passes, the segmentation service's model phase):
+    dispatch, events, fetches, encoding and uploads, the segmentation service's reads and writes.
+    ``engine_in_stack_over_in_process`` = those compute seconds over the in-process side's for the same
+    passes: 1 when both ran at the same speed; away from 1 when the machine's speed changed between
+    the two runs (the 2-core machine is shared) or a service's process slowed its own model thread.
     """
-    jobs = list(zip(stack_seconds, worker_engine_seconds, in_process_seconds, strict=True))
-    orchestration = [wall - worker for wall, worker, _ in jobs]
-    engine_ratio = [worker / in_process for _, worker, in_process in jobs]
+    jobs = list(zip(stack_seconds, stack_compute_seconds, in_process_seconds, strict=True))
+    orchestration = [wall - compute for wall, compute, _ in jobs]
+    engine_ratio = [compute / in_process for _, compute, in_process in jobs]
     return {
-        "worker_engine_seconds": [round(x, 4) for x in worker_engine_seconds],
+        "stack_compute_seconds": [round(x, 4) for x in stack_compute_seconds],
         "orchestration_seconds": [round(x, 4) for x in orchestration],
         "orchestration_seconds_median": round(statistics.median(orchestration), 4),
         "engine_in_stack_over_in_process": [round(x, 4) for x in engine_ratio],

@@ -2,7 +2,9 @@
 
 Every read of a pass (image, mask, control image, each layer's image and mask, each tune file the pass
 needs) starts at once, so their S3 round trips overlap; the first failure cancels the others and is
-raised. Images come through ``read_image``, which lets the worker answer from its own recent outputs.
+raised. Input and layer images come through ``read_image``, which lets the worker answer from its own
+recent outputs; masks and the control image through ``read_stored``, which lets it answer from the copies
+the request carries (``PassRequest.copies``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ ImageReader = Callable[[common_pb2.ImageRef, str, str], Awaitable[Image.Image]]
 
 
 async def read_inputs(
-    spec: diffusion_pb2.PassSpec, *, store: ObjectStore, read_image: ImageReader, tune_cache_dir: Path
+    spec: diffusion_pb2.PassSpec,
+    *,
+    store: ObjectStore,
+    read_image: ImageReader,
+    tune_cache_dir: Path,
+    read_stored: ImageReader | None = None,
 ) -> PassInputs:
     """The pass's images, decoded, and its tune files on local disk (cached by sha256).
 
@@ -34,24 +41,27 @@ async def read_inputs(
     adapters of ``spec.loras`` and of each face's ``loras``, and the tunes' reference images), under
     the same keys in ``PassInputs.tune_paths``.
     """
+    if read_stored is None:
+
+        def read_stored(ref: common_pb2.ImageRef, field: str, mode: str) -> Awaitable[Image.Image]:
+            return store.get_image(ref, field=field, mode=mode)
+
     inputs = PassInputs()
     layers = [[None, None] for _ in spec.layers]
     reads: list[tuple[Callable[[Any], None], Awaitable[Any]]] = []
     if spec.HasField("image"):
         reads.append((partial(setattr, inputs, "image"), read_image(spec.image, "spec.image", "RGB")))
     if spec.HasField("mask"):
-        reads.append(
-            (partial(setattr, inputs, "mask"), store.get_image(spec.mask, field="spec.mask", mode="L"))
-        )
+        reads.append((partial(setattr, inputs, "mask"), read_stored(spec.mask, "spec.mask", "L")))
     if spec.HasField("control_image"):
-        control = store.get_image(spec.control_image, field="spec.control_image", mode="RGB")
+        control = read_stored(spec.control_image, "spec.control_image", "RGB")
         reads.append((partial(setattr, inputs, "control_image"), control))
     for number, layer in enumerate(spec.layers):
         field = f"spec.layers[{number}]"
         reads.append(
             (partial(layers[number].__setitem__, 0), read_image(layer.image, f"{field}.image", "RGB"))
         )
-        mask = store.get_image(layer.mask, field=f"{field}.mask", mode="L")
+        mask = read_stored(layer.mask, f"{field}.mask", "L")
         reads.append((partial(layers[number].__setitem__, 1), mask))
     for key in tune_files.needed_keys(spec):
         reads.append(

@@ -34,6 +34,12 @@ DEVICE_IDLE = Histogram(
 DEVICE_BUSY = Counter(
     "multipass_diffusion_device_busy_seconds_total", "Seconds the device thread spent running passes."
 )
+INPUT_COPIES = Counter(
+    "multipass_diffusion_input_copies_total",
+    "Masks and control images of requests that carried copies: hit (read from the request's copy, no "
+    "object-store read) or miss (no matching copy; read from the store).",
+    ["outcome"],
+)
 RECENT_OUTPUTS = Counter(
     "multipass_diffusion_recent_outputs_total",
     "Input images looked up among this worker's recent outputs: hit (no object-store read, no decode) "

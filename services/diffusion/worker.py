@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +43,7 @@ from multipass_diffusion.input_reads import read_inputs
 from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.passes.registry import HANDLERS
 from multipass_diffusion.recent_outputs import RecentOutputs
+from multipass_diffusion.request_copies import RequestCopies
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class DiffusionWorker:
         self.device.hold()
         on_device = False
         try:
-            inputs = await self.fetch_inputs(spec)
+            inputs = await self.fetch_inputs(spec, copies=members[0].copies)
             if not await self.device.wait_turn(self._stop, cancel):
                 if cancel.is_set():
                     raise Cancelled("job cancelled before the pass started")
@@ -349,13 +350,18 @@ class DiffusionWorker:
             if not on_device:
                 self.device.release()
 
-    async def fetch_inputs(self, spec: diffusion_pb2.PassSpec) -> PassInputs:
-        """The pass's inputs, read together (:func:`multipass_diffusion.input_reads.read_inputs`)."""
+    async def fetch_inputs(
+        self, spec: diffusion_pb2.PassSpec, copies: Iterable[common_pb2.ObjectCopy] = ()
+    ) -> PassInputs:
+        """The pass's inputs, read together (:func:`multipass_diffusion.input_reads.read_inputs`); masks
+        and control images from the request's ``copies`` where one matches."""
         started = time.perf_counter()
+        held = RequestCopies(copies)
         inputs = await read_inputs(
             spec,
             store=self.store,
             read_image=lambda ref, field, mode: self._image(ref, field=field, mode=mode),
+            read_stored=lambda ref, field, mode: held.read(ref, field=field, mode=mode, store=self.store),
             tune_cache_dir=Path(self.settings.tune_cache_dir),
         )
         _phase_done("fetch", started)

@@ -32,6 +32,7 @@ from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import DiffusionInfo, InternalClients
 from multipass_gateway.infra.fetch import Resolver, SafeHttp, system_resolve
 from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.object_copies import ObjectCopies
 from multipass_gateway.infra.pass_scheduler import PassScheduler
 from multipass_gateway.infra.pending_budget import PendingBudget
 from multipass_gateway.infra.queue_gauge import QueueGauge
@@ -86,11 +87,13 @@ class GatewayHandle:
 async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolve) -> GatewayHandle:
     """Connect, start the consumers and the sweeper, open the gRPC port."""
     bus = await Bus.connect(settings.nats.url, name="gateway")
+    copies = ObjectCopies(settings.object_copies_bytes)
     clients = InternalClients(
         parser=settings.parser_target,
         segmentation=settings.segmentation_target,
         diffusion=settings.diffusion_target,
         internal_token=settings.internal_token,
+        copies=copies,
     )
     stop_event = asyncio.Event()
     tasks: list[asyncio.Task] = []
@@ -114,6 +117,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             interval=settings.scheduler_interval_seconds,
             resync_interval=settings.scheduler_resync_seconds,
             notes=notes,
+            copies=copies,
         )
         jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
         budget = PendingBudget(

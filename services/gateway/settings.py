@@ -128,6 +128,9 @@ class GatewaySettings:
     #: and events of one job that arrive together are applied in one write, so more handlers mean more
     #: overlap and more coalescing, not more CPU per event.
     event_concurrency: int = 32
+    #: Bytes of copies of small segmentation outputs (masks, pose images) a replica keeps for the pass
+    #: requests that read them (``PassRequest.copies``); 0 asks for none and attaches none.
+    object_copies_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
 
     def __repr__(self) -> str:  # secrets never reach a log line
@@ -227,6 +230,7 @@ class GatewaySettings:
             scheduler_resync_seconds=reader.float("GATEWAY_SCHEDULER_RESYNC_SECONDS", 5.0, min=0.1),
             budget_refresh_seconds=reader.float("GATEWAY_BUDGET_REFRESH_SECONDS", 5.0, min=0.1),
             event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 32, min=1, max=256),
+            object_copies_bytes=reader.int("GATEWAY_OBJECT_COPIES_MB", 32, min=0, max=4096) * 1024 * 1024,
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
         reader.check()

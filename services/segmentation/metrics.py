@@ -13,6 +13,15 @@ SEGMENT_DURATION = Histogram(
     ["kind"],
     buckets=LONG_BUCKETS,
 )
+#: phase: load (input images read and decoded) | model (the segmenter's own work on the model thread) |
+#: store (masks or the pose image encoded and written). The model phase is compute; the others are I/O.
+SEGMENT_PHASE = Histogram(
+    "multipass_segment_phase_seconds",
+    "Seconds of a segmentation request by phase: load (inputs read and decoded), model (the segmenter's "
+    "work on the model thread), store (outputs encoded and written to the object store).",
+    ["kind", "phase"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 #: kind: persons | text; outcome: segmented | fallback (slot silhouette stood in) | empty (nothing found).
 MASKS = Counter("multipass_masks_total", "Masks written, by outcome.", ["kind", "outcome"])
 EMPTY = Counter(

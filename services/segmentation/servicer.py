@@ -8,8 +8,9 @@ interceptor maps them to gRPC status codes with field violations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
@@ -18,17 +19,20 @@ import numpy as np
 from PIL import Image
 
 from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.images import encode_png
 from multipass.model_catalog import features
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation import mask_ops
 from multipass_segmentation.faces import Face
-from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION
+from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION, SEGMENT_PHASE
 from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
 from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
 
 T = TypeVar("T")
 
 SERVICE_NAME = "multipass.v1.Segmentation"
+#: The largest object a response copies back (SegmentRequest / LayoutRequest ``copies_up_to_bytes``).
+MAX_COPY_BYTES = 1024 * 1024
 
 
 def model_features(model_dir: Path) -> features.Report:
@@ -71,6 +75,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             )
         _check_ref(request.image, "image", problems)
         _check_prefix(request.output_prefix, problems)
+        _check_copies(request.copies_up_to_bytes, problems)
         spec = None
         if kind == "text":
             spec = _text_spec(request.text, problems)
@@ -78,16 +83,23 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             raise InvalidInput.of(problems)
         if spec is not None:
             self.segmenter.check_text(spec, field="text")
-        image = await self._load_image(request.image, "image")
-        if kind == "persons":
-            slots = [_slot_from_proto(s) for s in request.persons.slots]
-            result = await self._run(self.segmenter.person_masks, image, slots, field="persons.slots")
-        else:
-            result = await self._run(self.segmenter.text_mask, image, spec, field="text")
+        with phase(kind, "load"):
+            image = await self._load_image(request.image, "image")
+        with phase(kind, "model"):
+            if kind == "persons":
+                slots = [slot_from_proto(s) for s in request.persons.slots]
+                result = await self._run(self.segmenter.person_masks, image, slots, field="persons.slots")
+            else:
+                result = await self._run(self.segmenter.text_mask, image, spec, field="text")
         bucket = request.output_bucket or request.image.bucket
-        refs = await asyncio.gather(
-            *(self._store_mask(bucket, f"{request.output_prefix}mask-{m.label}.png", m) for m in result.masks)
-        )
+        with phase(kind, "store"):
+            stored = await asyncio.gather(
+                *(
+                    self._store_mask(bucket, f"{request.output_prefix}mask-{m.label}.png", m)
+                    for m in result.masks
+                )
+            )
+        refs = [ref for ref, _data in stored]
         for output in result.masks:
             outcome = "fallback" if output.fallback else "empty" if output.empty else "segmented"
             MASKS.labels(kind=kind, outcome=outcome).inc()
@@ -97,6 +109,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         return segmentation_pb2.SegmentResponse(
             masks=[_mask_result(m, ref) for m, ref in zip(result.masks, refs, strict=True)],
             warnings=result.warnings,
+            copies=copies_of(stored, request.copies_up_to_bytes),
         )
 
     async def Layout(
@@ -107,6 +120,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         has_image = request.HasField("image")
         if has_image:
             _check_ref(request.image, "image", problems)
+        _check_copies(request.copies_up_to_bytes, problems)
         if request.output_key:
             _check_key(request.output_key, "output_key", problems)
             if not (request.output_bucket or (has_image and request.image.bucket)):
@@ -121,7 +135,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         image = None
         width, height = request.width, request.height
         if has_image:
-            image = await self._load_image(request.image, "image")
+            with phase("layout", "load"):
+                image = await self._load_image(request.image, "image")
             img_height, img_width = image.shape[:2]
             if (width and width != img_width) or (height and height != img_height):
                 raise InvalidInput.of(
@@ -133,17 +148,20 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
                     ]
                 )
             width, height = img_width, img_height
-        result = await self._run(self.segmenter.layout, width, height, request.count, image)
+        with phase("layout", "model"):
+            result = await self._run(self.segmenter.layout, width, height, request.count, image)
         response = segmentation_pb2.LayoutResponse(
             slots=[_slot_to_proto(s) for s in result.slots], source=result.source, warnings=result.warnings
         )
         if request.output_key:
             if any(s.keypoints for s in result.slots):
-                pose = await self._run(self.segmenter.render_pose, width, height, result.slots)
+                with phase("layout", "model"):
+                    pose = await self._run(self.segmenter.render_pose, width, height, result.slots)
                 bucket = request.output_bucket or request.image.bucket
-                response.pose_image.CopyFrom(
-                    await self.store.put_image(bucket, request.output_key, Image.fromarray(pose, "RGB"))
-                )
+                with phase("layout", "store"):
+                    stored = await self._store_png(bucket, request.output_key, Image.fromarray(pose, "RGB"))
+                response.pose_image.CopyFrom(stored[0])
+                response.copies.extend(copies_of([stored], request.copies_up_to_bytes))
             else:
                 response.warnings.append(
                     "no pose image: detected slots carry no keypoints (no pose is estimated)"
@@ -171,17 +189,19 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             seen.add(person.index)
         if problems:
             raise InvalidInput.of(problems)
-        image = await self._load_image(request.image, "image")
-        masks: list[np.ndarray | None] = [None] * (max(seen) + 1 if seen else 0)
-        loaded = await asyncio.gather(
-            *(
-                self._load_mask(p.mask, f"person_masks[{i}].mask", image.shape[:2])
-                for i, p in enumerate(request.person_masks)
+        with phase("faces", "load"):
+            image = await self._load_image(request.image, "image")
+            loaded = await asyncio.gather(
+                *(
+                    self._load_mask(p.mask, f"person_masks[{i}].mask", image.shape[:2])
+                    for i, p in enumerate(request.person_masks)
+                )
             )
-        )
+        masks: list[np.ndarray | None] = [None] * (max(seen) + 1 if seen else 0)
         for person, mask in zip(request.person_masks, loaded, strict=True):
             masks[person.index] = mask
-        faces = await self._run(self.segmenter.detect_faces, image, masks)
+        with phase("faces", "model"):
+            faces = await self._run(self.segmenter.detect_faces, image, masks)
         SEGMENT_DURATION.labels(kind="faces").observe(time.perf_counter() - started)
         return segmentation_pb2.DetectFacesResponse(faces=[_face_to_proto(f) for f in faces])
 
@@ -218,18 +238,52 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             )
         return mask_ops.as_mask(np.asarray(image))
 
-    async def _store_mask(self, bucket: str, key: str, output: MaskOutput) -> common_pb2.ImageRef:
+    async def _store_mask(
+        self, bucket: str, key: str, output: MaskOutput
+    ) -> tuple[common_pb2.ImageRef, bytes]:
+        return await self._store_png(bucket, key, Image.fromarray(mask_ops.to_uint8(output.mask), "L"))
+
+    async def _store_png(
+        self, bucket: str, key: str, image: Image.Image
+    ) -> tuple[common_pb2.ImageRef, bytes]:
+        """Encode and store ``image``; its reference and the bytes stored."""
+        data = await asyncio.to_thread(encode_png, image)
         try:
-            return await self.store.put_image(
-                bucket, key, Image.fromarray(mask_ops.to_uint8(output.mask), "L")
-            )
+            ref = await self.store.put_png(bucket, key, data, width=image.width, height=image.height)
+            return ref, data
         except NotFound as error:
             raise NotFound(
                 str(error), violations=[Violation("output_bucket", f"bucket {bucket} does not exist")]
             ) from error
 
 
+@contextlib.contextmanager
+def phase(kind: str, name: str) -> Iterator[None]:
+    """Observe the seconds of the block under ``multipass_segment_phase_seconds{kind, phase}``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        SEGMENT_PHASE.labels(kind=kind, phase=name).observe(time.perf_counter() - started)
+
+
 # conversion --------------------------------------------------------------------------------------
+
+
+def _check_copies(limit: int, problems: list[Violation]) -> None:
+    if not 0 <= limit <= MAX_COPY_BYTES:
+        problems.append(
+            Violation("copies_up_to_bytes", f"got {limit}; expected 0..{MAX_COPY_BYTES} (0 = no copies)")
+        )
+
+
+def copies_of(stored: list[tuple[common_pb2.ImageRef, bytes]], limit: int) -> list[common_pb2.ObjectCopy]:
+    """Copies of the stored objects of at most ``limit`` bytes (none when ``limit`` is 0)."""
+    return [
+        common_pb2.ObjectCopy(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, data=data)
+        for ref, data in stored
+        if 0 < len(data) <= limit
+    ]
 
 
 def _check_ref(ref: common_pb2.ImageRef, field: str, problems: list[Violation]) -> None:
@@ -276,7 +330,7 @@ def _text_spec(text: segmentation_pb2.TextMaskRequest, problems: list[Violation]
     )
 
 
-def _slot_from_proto(slot: segmentation_pb2.Slot) -> Slot:
+def slot_from_proto(slot: segmentation_pb2.Slot) -> Slot:
     box = Box(slot.box.x0, slot.box.y0, slot.box.x1, slot.box.y1)
     keypoints = tuple(Keypoint(k.index, k.x, k.y, k.confidence) for k in slot.keypoints)
     return Slot(slot.index, box, keypoints)

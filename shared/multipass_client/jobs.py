@@ -164,6 +164,8 @@ class JobsClient:
         for event in self.watch(job_id, after_sequence):
             if on_event is not None:
                 on_event(event)
+            if event.HasField("finished") and event.finished.HasField("job"):
+                return event.finished.job  # the stream sends the ended job with its last event
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still running after {timeout} s")
         return self.get(job_id)

@@ -443,3 +443,51 @@ async def test_stopping_hands_a_held_pass_back_at_once(service, bus, store):
     await stopping
     assert ("started", "held") not in [(k, e.pass_name) for k, e in seen]
     assert (await settled(bus)).num_ack_pending == 0
+
+
+async def test_a_mask_copy_riding_on_the_request_stands_in_for_the_store_read_only_when_it_is_that_object(
+    service, bus, store
+):
+    from multipass_diffusion import metrics
+
+    def copies_seen(outcome: str) -> float:
+        return metrics.INPUT_COPIES.labels(outcome=outcome)._value.get()
+
+    events = await watch(bus, "J9")
+    await submit(bus, "J9", "base", base_spec())
+    base = (await events.until("completed", "base"))[-1][1].completed.result.output
+    mask_key = "jobs/t1/J9/image-0/mask-person-0.png"
+    mask_ref = await store.put_image(BUCKET_JOBS, mask_key, box_mask((64, 64), (10, 10, 50, 60)))
+    stored = await store.get_bytes(BUCKET_JOBS, mask_key)
+    good = common_pb2.ObjectCopy(bucket=BUCKET_JOBS, key=mask_key, sha256=mask_ref.sha256, data=stored)
+    damaged = common_pb2.ObjectCopy(
+        bucket=BUCKET_JOBS, key=mask_key, sha256=mask_ref.sha256, data=stored[:-1]
+    )
+
+    async def person_with(
+        pass_name: str, copies: list[common_pb2.ObjectCopy], seed: int
+    ) -> diffusion_pb2.PassResult:
+        request = diffusion_pb2.PassRequest(
+            job_id="J9",
+            tenant="t1",
+            pass_name=pass_name,
+            spec=base_spec(kind="person", image=base, mask=mask_ref, width=0, height=0, seed=seed),
+            output_bucket=BUCKET_JOBS,
+            output_key=f"jobs/t1/J9/image-0/{pass_name}.png",
+            copies=copies,
+        )
+        await bus.publish(
+            names.diffusion_pass_subject(SD15_MODEL), request, msg_id=names.pass_msg_id("J9", 0, pass_name, 0)
+        )
+        return (await events.until("completed", pass_name))[-1][1].completed.result
+
+    hits, misses = copies_seen("hit"), copies_seen("miss")
+    # Each pass its own seed: no pass-cache hit, every pass runs on the mask it read.
+    results = [await person_with("person-store", [], 11), await person_with("person-damaged", [damaged], 12)]
+    assert (copies_seen("hit"), copies_seen("miss")) == (hits, misses + 1)  # the damaged copy: the store
+    await store.delete(BUCKET_JOBS, mask_key)  # only the copy can give the mask now
+    results.append(await person_with("person-copy", [good], 13))
+    assert copies_seen("hit") == hits + 1
+    assert all(not r.cache_hit and r.output.sha256 for r in results)
+    consumer = await settled(bus)
+    assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)

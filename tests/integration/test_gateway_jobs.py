@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from multipass import names
 from multipass.grpc.errors import field_violations, reason_of
+from multipass.images import sha256_hex
 from multipass.v1 import common_pb2, events_pb2, jobs_pb2, prompt_pb2
 
 
@@ -67,6 +68,13 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.progress == 1.0
     assert job.parsed.params.seed == 41 and [image.seed for image in job.images] == [41, 42]
     assert job.last_sequence == events[-1].sequence
+    # The stream's last event carries the ended job, as GetJob returns it (presigned URLs aside).
+    ended = events[-1].finished.job
+    assert (
+        ended.job_id == job.job_id and ended.state == job.state and ended.last_sequence == job.last_sequence
+    )
+    assert [i.final.key for i in ended.images] == [i.final.key for i in job.images]
+    assert all(i.url.startswith("http") and i.final.key in i.url for i in ended.images)
     # Every pass GetJob lists, prepare included, was completed in the events.
     assert completed == {(image.index, p.name) for image in job.images for p in image.passes}
     for image in job.images:
@@ -105,6 +113,13 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     # Passes were published with Nats-Msg-Id job:image:pass:attempt and the base pass was pose-conditioned.
     base = next(r for r in stack.worker.seen if r.pass_name == "base")
     assert base.spec.controlnet == "pose" and base.spec.control_image.key.endswith("inputs/pose.png")
+    # The pose image and each person's mask rode on their requests as copies of the stored objects.
+    for request in [base, *(r for r in stack.worker.seen if r.pass_name.startswith("person-"))]:
+        wanted = request.spec.control_image if request.pass_name == "base" else request.spec.mask
+        copies = {(c.bucket, c.key): c for c in request.copies}
+        copy = copies[(wanted.bucket, wanted.key)]
+        assert copy.sha256 == wanted.sha256 == sha256_hex(copy.data)
+        assert copy.data == await stack.store.get_bytes(wanted.bucket, wanted.key)
 
     # Resume the stream from a sequence: only later events, ending with the same finish.
     tail = await watch(stack, submitted.job_id, tenant.api_key, after=events[-3].sequence)

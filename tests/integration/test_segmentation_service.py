@@ -390,6 +390,8 @@ async def test_metrics_are_exported(service, stub, astronaut):
         body = reply.read().decode()
     assert 'multipass_segment_duration_seconds_count{kind="text"}' in body
     assert 'multipass_segment_duration_seconds_count{kind="layout"}' in body
+    for phase in ("load", "model", "store"):
+        assert f'multipass_segment_phase_seconds_count{{kind="text",phase="{phase}"}}' in body
     assert 'multipass_masks_total{kind="text",outcome="empty"}' in body
     assert "multipass_segment_empty_total" in body
     empty_line = next(line for line in body.splitlines() if line.startswith("multipass_segment_empty_total "))
@@ -493,3 +495,60 @@ async def _run_cli(main, argv: list[str]) -> int:
     import asyncio
 
     return await asyncio.to_thread(main, argv)
+
+
+async def test_copies_of_the_outputs_come_back_only_when_asked_and_equal_the_stored_objects(
+    service, stub, store, astronaut
+):
+    layout = await stub.Layout(
+        segmentation_pb2.LayoutRequest(
+            width=512,
+            height=512,
+            count=2,
+            output_bucket=BUCKET_JOBS,
+            output_key=PREFIX + "pose.png",
+            copies_up_to_bytes=256 * 1024,
+        )
+    )
+    persons = segmentation_pb2.PersonMasksRequest(slots=layout.slots)
+    asked = await stub.Segment(
+        segmentation_pb2.SegmentRequest(
+            image=astronaut, persons=persons, output_prefix=PREFIX, copies_up_to_bytes=256 * 1024
+        )
+    )
+    refs = [layout.pose_image, *(m.mask for m in asked.masks)]
+    copies = [*layout.copies, *asked.copies]
+    assert [(c.bucket, c.key) for c in copies] == [(r.bucket, r.key) for r in refs]
+    for copy, ref in zip(copies, refs, strict=True):
+        stored = await store.get_bytes(ref.bucket, ref.key)
+        assert copy.data == stored and copy.sha256 == ref.sha256 == sha256_hex(stored)
+
+    not_asked = await stub.Segment(
+        segmentation_pb2.SegmentRequest(image=astronaut, persons=persons, output_prefix=PREFIX)
+    )
+    assert not not_asked.copies and len(not_asked.masks) == 2
+    smallest = min(len(c.data) for c in asked.copies)
+    too_small = await stub.Segment(
+        segmentation_pb2.SegmentRequest(
+            image=astronaut, persons=persons, output_prefix=PREFIX, copies_up_to_bytes=smallest - 1
+        )
+    )
+    assert all(len(c.data) <= smallest - 1 for c in too_small.copies)
+    assert len(too_small.copies) < len(asked.copies)
+
+    for bad in (-1, 1024 * 1024 + 1):
+        await expect_error(
+            stub.Segment(
+                segmentation_pb2.SegmentRequest(
+                    image=astronaut, persons=persons, output_prefix=PREFIX, copies_up_to_bytes=bad
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "copies_up_to_bytes",
+        )
+        await expect_error(
+            stub.Layout(segmentation_pb2.LayoutRequest(width=64, height=64, count=1, copies_up_to_bytes=bad)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "copies_up_to_bytes",
+        )
+    await assert_serving(service)

@@ -254,7 +254,7 @@ def test_split_puts_a_slow_in_process_run_in_the_engine_ratio_not_in_orchestrati
     assert split["orchestration_seconds"] == pytest.approx([0.1, 0.1])
     assert split["orchestration_seconds_median"] == pytest.approx(0.1)
     assert split["engine_in_stack_over_in_process"] == pytest.approx([1.0, 1.5 / 1.8], abs=1e-4)
-    assert split["worker_engine_seconds"] == [1.5, 1.5]
+    assert split["stack_compute_seconds"] == [1.5, 1.5]
 
 
 def test_split_needs_one_worker_engine_time_per_job():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
 
 from multipass import names
 from multipass.bus import Bus
-from multipass.errors import InvalidInput, Reason, Violation
+from multipass.errors import InvalidInput, MultipassError, Reason, Violation
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
@@ -19,11 +20,13 @@ from multipass_gateway.api.views import public_job
 from multipass_gateway.app import watch_job
 from multipass_gateway.app.cancellation import Canceller
 from multipass_gateway.app.submission import Submitter, job_id_time
-from multipass_gateway.domain import request_checks
+from multipass_gateway.domain import job_state, request_checks
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.infra.tune_store import page_token, parse_page_token
 from multipass_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "multipass.v1.Jobs"
 
@@ -72,7 +75,25 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             )
             async with contextlib.aclosing(events):
                 async for event in events:
+                    if event.WhichOneof("event") == "finished":
+                        event = await self._with_job(key.tenant, job_id, event)
                     yield event
+
+    async def _with_job(self, tenant: str, job_id: str, event: jobs_pb2.JobEvent) -> jobs_pb2.JobEvent:
+        """The ``finished`` event with the ended job's public view (``JobFinished.job``); the event as it
+        is when the record cannot be read (the watcher calls GetJob then)."""
+        try:
+            record = await self.jobs.load(tenant, job_id)
+            if record is None or not job_state.is_terminal(record):
+                return event
+            view = await public_job(record, self.objects, self.settings.presign_expiry_seconds)
+        except MultipassError as error:
+            log.warning("finished event sent without its job", extra={"job_id": job_id, "error": str(error)})
+            return event
+        sent = jobs_pb2.JobEvent()
+        sent.CopyFrom(event)
+        sent.finished.job.CopyFrom(view)
+        return sent
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
         tenant = await authenticate(self.tenants, context)

@@ -368,9 +368,14 @@ class Submitter:
         models = requirements.tune_models(parsed, base_model, person_model)
         with_references = False
         person_ids = {ref.tune_id for person in parsed.persons for ref in person.loras}
-        for ref in requirements.tune_ids(parsed):
+        tags = requirements.tune_ids(parsed)
+        wanted = list(dict.fromkeys(ref.tune_id for ref in tags))  # read together, each once
+        found = dict(
+            zip(wanted, await asyncio.gather(*(self.tunes.find(tenant, t) for t in wanted)), strict=True)
+        )
+        for ref in tags:
             field = ref.tag or f"<{ref.kind or 'lora'}:{ref.tune_id}>"
-            tune = await self.tunes.find(tenant, ref.tune_id)
+            tune = found[ref.tune_id]
             if tune is None:
                 problems.append(Violation(field, f"tune {echo(ref.tune_id)} does not exist"))
                 unknown.append(ref.tune_id)

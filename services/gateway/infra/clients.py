@@ -24,6 +24,7 @@ from multipass.v1 import (
     segmentation_pb2,
     segmentation_pb2_grpc,
 )
+from multipass_gateway.infra.object_copies import ObjectCopies
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,18 @@ _OPTIONS = [
 
 
 class InternalClients:
-    def __init__(self, *, parser: str, segmentation: str, diffusion: str, internal_token: str = ""):
+    """``copies``: where the copies of small outputs the segmentation service sends back are kept (for the
+    pass requests that read them); None asks for none."""
+
+    def __init__(
+        self,
+        *,
+        parser: str,
+        segmentation: str,
+        diffusion: str,
+        internal_token: str = "",
+        copies: ObjectCopies | None = None,
+    ):
         self._channels = [
             grpc.aio.insecure_channel(target, options=_OPTIONS)
             for target in (parser, segmentation, diffusion)
@@ -44,6 +56,7 @@ class InternalClients:
         self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[2])
         self._targets = {"prompt parser": parser, "segmentation": segmentation, "diffusion": diffusion}
         self._metadata = internal_metadata(internal_token)
+        self.copies = copies
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -73,10 +86,26 @@ class InternalClients:
         return response.parsed
 
     async def layout(self, request: segmentation_pb2.LayoutRequest) -> segmentation_pb2.LayoutResponse:
-        return await self._call("segmentation", self.segmentation.Layout, request, 60.0)
+        return self._keep_copies(
+            await self._call("segmentation", self.segmentation.Layout, self._ask_copies(request), 60.0)
+        )
 
     async def segment(self, request: segmentation_pb2.SegmentRequest) -> segmentation_pb2.SegmentResponse:
-        return await self._call("segmentation", self.segmentation.Segment, request, 120.0)
+        return self._keep_copies(
+            await self._call("segmentation", self.segmentation.Segment, self._ask_copies(request), 120.0)
+        )
+
+    def _ask_copies(self, request):
+        if self.copies is not None and self.copies.enabled and not request.copies_up_to_bytes:
+            request.copies_up_to_bytes = self.copies.copy_limit
+        return request
+
+    def _keep_copies(self, response):
+        """Keep the response's copies and take them off it (callers see references only)."""
+        if self.copies is not None and response.copies:
+            self.copies.remember(response.copies)
+        response.ClearField("copies")
+        return response
 
     async def detect_faces(
         self, request: segmentation_pb2.DetectFacesRequest

@@ -38,6 +38,7 @@ from multipass_gateway.domain.scheduling import (
     valid_job,
 )
 from multipass_gateway.infra import metrics
+from multipass_gateway.infra.object_copies import ObjectCopies
 from multipass_gateway.infra.queue_mirror import QueueMirror
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 
@@ -67,6 +68,7 @@ class PassScheduler:
         interval: float = 1.0,
         resync_interval: float = 5.0,
         notes: ReplicaNotes | None = None,
+        copies: ObjectCopies | None = None,
     ):
         if tenant_limit < 1 or global_limit < 1:
             raise ValueError("in-flight limits must be >= 1")
@@ -76,6 +78,8 @@ class PassScheduler:
         self.global_limit = global_limit
         self.interval = interval
         self.resync_interval = resync_interval
+        #: Copies of small inputs attached to the requests published (``PassRequest.copies``).
+        self.copies = copies
         self.mirror = QueueMirror(store, notes, accept=self._peer_note)
         self._ended_while_releasing: set[PassKey] = set()
         self._recently_ended: dict[PassKey, float] = {}
@@ -301,7 +305,8 @@ class PassScheduler:
         this one writes none and drops its ready entry. (Writing one could outlive the pass, when it
         ended before this replica heard of it, and hold a slot until the next rebuild.)
         """
-        ack = await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
+        request = self.copies.attach(entry.request) if self.copies is not None else entry.request
+        ack = await self.bus.publish(entry.subject, request, msg_id=entry.msg_id)
         if ack.duplicate:
             if key in self.mirror.ready:
                 await self._purge(key.ready_key)
