@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from multipass.bus.consumers import ConsumerAdmin
 from multipass.bus.errors import nats_errors
 from multipass.bus.publish import MSG_ID_HEADER
+from multipass.bus.pull import Puller
 from multipass.errors import (
     InvalidInput,
     MultipassError,
@@ -178,6 +179,7 @@ class Consuming(ConsumerAdmin):
         with nats_errors(f"bind consumer {durable}"):
             sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         self._remember(sub)
+        puller = Puller(sub)
         in_flight: set[asyncio.Task] = set()
         stopped = asyncio.ensure_future(stop.wait())
         log.info("consuming", extra={"stream": stream, "durable": durable, "filter_subject": filter_subject})
@@ -196,7 +198,7 @@ class Consuming(ConsumerAdmin):
                     if not gate.done() or gate.cancelled():
                         continue  # a handler ended or we are stopping: look again
                 try:
-                    msgs = await self._fetch_unless_closing(sub, min(batch, free), fetch_timeout)
+                    msgs = await self._fetch_unless_closing(puller, min(batch, free), fetch_timeout)
                     if msgs is None:
                         break
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -244,9 +246,9 @@ class Consuming(ConsumerAdmin):
             await self._release(sub)
             log.info("stopped consuming", extra={"stream": stream, "durable": durable})
 
-    async def _fetch_unless_closing(self, sub, batch: int, timeout: float) -> list[Msg] | None:
+    async def _fetch_unless_closing(self, puller: Puller, batch: int, timeout: float) -> list[Msg] | None:
         """One fetch; None as soon as :meth:`close` begins (the pending pull is abandoned)."""
-        fetch = asyncio.ensure_future(sub.fetch(batch=batch, timeout=timeout))
+        fetch = asyncio.ensure_future(puller.fetch(batch, timeout))
         closing = asyncio.ensure_future(self._closing_event.wait())
         try:
             await asyncio.wait({fetch, closing}, return_when=asyncio.FIRST_COMPLETED)

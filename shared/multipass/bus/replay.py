@@ -17,6 +17,7 @@ import nats.js.errors
 from nats.js import api
 
 from multipass.bus.base import BusBase
+from multipass.bus.pull import Puller
 from multipass.errors import NotFound
 
 log = logging.getLogger(__package__)
@@ -48,6 +49,7 @@ class Replay:
         self._fetch_timeout = fetch_timeout
         self._inactive_threshold = inactive_threshold
         self._sub = None
+        self._puller: Puller | None = None
         self._consumer: str | None = None
         self._buffer: list[ReplayItem] = []
         self._caught_up = False
@@ -92,6 +94,7 @@ class Replay:
         info = await self._bus.js.add_consumer(self.stream, config)
         self._consumer = info.name
         self._sub = await self._bus.js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+        self._puller = Puller(self._sub)
         self._bus._remember(self)
         if not self.deliver_new and not info.num_pending:
             self._caught_up = True
@@ -103,7 +106,7 @@ class Replay:
                 if self._caught_up and not self.deliver_new:
                     return
             try:
-                msgs = await self._sub.fetch(batch=self._batch, timeout=self._fetch_timeout)
+                msgs = await self._puller.fetch(self._batch, self._fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 if not self.deliver_new:
                     info = await self._sub.consumer_info()
