@@ -36,6 +36,12 @@ from pathlib import Path
 
 from multipass_bench import hops, workload
 from multipass_bench.report import MetricUnavailable, say
+from multipass_bench.service_metrics import (
+    histogram_bound,
+    scrape_device_metrics,
+    scrape_engine_seconds,
+    scrape_segment_model_seconds,
+)
 from multipass_gateway.domain import job_state
 from multipass_gateway.infra.job_store import parse_record
 
@@ -446,35 +452,6 @@ def segment_in_process_seconds(segmenter, record, outputs) -> float:
     return time.perf_counter() - started
 
 
-def scrape_segment_model_seconds(url: str | None) -> float | None:
-    """The segmentation service's model seconds so far on person masks (its phase histogram's model sum)."""
-    return _scrape_sum(
-        url,
-        "multipass_segment_phase_seconds_sum",
-        lambda labels: labels.get("phase") == "model" and labels.get("kind") == "persons",
-    )
-
-
-def _scrape_sum(url: str | None, name: str, wanted) -> float | None:
-    if not url:
-        return None
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL of our stack
-            text = response.read().decode()
-    except OSError:
-        return None
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and wanted(sample.labels)
-    )
-
-
 def traced_hops(nats_url: str, client, prompt: str, *, jobs: int) -> list[dict]:
     """Where the milliseconds of ``jobs`` more jobs went, from every NATS message heard on the way.
 
@@ -489,12 +466,6 @@ def traced_hops(nats_url: str, client, prompt: str, *, jobs: int) -> list[dict]:
             run = run_job(client, prompt, {**JOB_PARAMS, "seed": str(90_001 + index * 17)})
             found.append(hops.job_hops(list(tracer.messages), run.job.job_id))
     return found
-
-
-def scrape_engine_seconds(url: str | None) -> float | None:
-    """The diffusion worker's engine seconds so far: the sum of its pass-duration histogram (every pass's
-    ``Engine.run`` wall time, observed before its ``completed`` event is published); None without /metrics."""
-    return _scrape_sum(url, "multipass_pass_duration_seconds_sum", lambda labels: True)
 
 
 def split_overhead(
@@ -520,46 +491,6 @@ def split_overhead(
         "engine_in_stack_over_in_process": [round(x, 4) for x in engine_ratio],
         "engine_in_stack_over_in_process_median": round(statistics.median(engine_ratio), 4),
     }
-
-
-def scrape_device_metrics(url: str) -> dict[str, float]:
-    """The diffusion worker's device counters: busy seconds, the idle histogram's sum and count, and its
-    cumulative bucket counts as ``le:<bound>`` keys."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL of our stack
-        text = response.read().decode()
-    wanted = {
-        "multipass_diffusion_device_busy_seconds_total": "busy",
-        "multipass_diffusion_device_idle_seconds_sum": "idle_sum",
-        "multipass_diffusion_device_idle_seconds_count": "idle_count",
-    }
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted:
-                found[wanted[sample.name]] = found.get(wanted[sample.name], 0.0) + sample.value
-            elif sample.name == "multipass_diffusion_device_idle_seconds_bucket":
-                key = f"le:{sample.labels['le']}"
-                found[key] = found.get(key, 0.0) + sample.value
-    missing = sorted(set(wanted.values()) - set(found))
-    if missing:
-        raise MetricUnavailable(f"the diffusion worker's /metrics lacks {', '.join(missing)}")
-    return found
-
-
-def histogram_bound(before: dict[str, float], after: dict[str, float], quantile: float) -> float | None:
-    """The smallest bucket bound holding ``quantile`` of the idle waits observed between two scrapes."""
-    count = after["idle_count"] - before["idle_count"]
-    if count <= 0:
-        return None
-    bounds = sorted((float(key[3:]), key) for key in after if key.startswith("le:"))
-    for bound, key in bounds:
-        if after[key] - before.get(key, 0.0) >= quantile * count:
-            return bound
-    return None
 
 
 def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
