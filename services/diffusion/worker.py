@@ -32,6 +32,7 @@ from typing import TypeVar
 
 from multipass import names
 from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay, publish_pass_event
+from multipass.copies import MAX_COPY_BYTES
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.images import encode_png
 from multipass.logs import log_context
@@ -176,7 +177,8 @@ class DiffusionWorker:
         """Store the output at the request's key, publish ``completed``, fill the shared pass cache.
 
         The output is in the object store before the event that announces it (another process may read
-        it as soon as the event is out); only then is it remembered among the recent outputs, and the
+        it as soon as the event is out); the event carries a copy of it when the request asked for one
+        (``copy_output``: the next pass runs in the gateway's segmentation step) and it is small. Only then is it remembered among the recent outputs, and the
         pass-cache copy is written after the event, off the chain's path (a lost copy is a cache miss).
         """
         phase = time.perf_counter()
@@ -190,12 +192,12 @@ class DiffusionWorker:
             height=output.image.height,
         )
         phase = _phase_done("upload", phase)
-        await publish_pass_event(
-            self.bus,
-            request,
-            names.EVENT_COMPLETED,
-            completed=events_pb2.PassCompleted(result=_result(output, ref)),
-        )
+        completed = events_pb2.PassCompleted(result=_result(output, ref))
+        if request.copy_output and len(data) <= MAX_COPY_BYTES:
+            completed.output_copy.CopyFrom(
+                common_pb2.ObjectCopy(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, data=data)
+            )
+        await publish_pass_event(self.bus, request, names.EVENT_COMPLETED, completed=completed)
         _phase_done("announce", phase)
         self.recent.remember(ref.bucket, ref.key, ref.sha256, output.image)
         cache = self.engine.cache

@@ -161,6 +161,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             scheduler,
             max_attempts=settings.limits.pass_max_attempts,
             concurrency=settings.event_concurrency,
+            copies=copies,
         )
         segmentation_steps = SegmentationSteps(bus, jobs, clients)
         sweeper = Sweeper(

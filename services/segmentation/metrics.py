@@ -28,3 +28,10 @@ EMPTY = Counter(
     "multipass_segment_empty_total",
     "Masks where nothing was segmented (a prompt that matched nothing, a slot that fell back).",
 )
+#: outcome: hit (the request's copy of the image was used) | miss (copies came, none was the image).
+IMAGE_COPIES = Counter(
+    "multipass_segment_image_copies_total",
+    "Images to segment that came as a copy on the request (hit) or were read from the store although "
+    "copies came (miss).",
+    ["outcome"],
+)

@@ -18,13 +18,14 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from multipass.copies import CopyIndex
 from multipass.errors import InvalidInput, NotFound, Violation
-from multipass.images import encode_png
+from multipass.images import decode_image, encode_png
 from multipass.model_catalog import features
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation import mask_ops
 from multipass_segmentation.faces import Face
-from multipass_segmentation.metrics import EMPTY, MASKS, SEGMENT_DURATION, SEGMENT_PHASE
+from multipass_segmentation.metrics import EMPTY, IMAGE_COPIES, MASKS, SEGMENT_DURATION, SEGMENT_PHASE
 from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
 from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
 
@@ -84,7 +85,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         if spec is not None:
             self.segmenter.check_text(spec, field="text")
         with phase(kind, "load"):
-            image = await self._load_image(request.image, "image")
+            image = await self._load_image(request.image, "image", copies=CopyIndex(request.copies))
         with phase(kind, "model"):
             if kind == "persons":
                 slots = [slot_from_proto(s) for s in request.persons.slots]
@@ -216,7 +217,18 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
 
     # object store --------------------------------------------------------------------------------
 
-    async def _load_image(self, ref: common_pb2.ImageRef, field: str) -> np.ndarray:
+    async def _load_image(
+        self, ref: common_pb2.ImageRef, field: str, copies: CopyIndex | None = None
+    ) -> np.ndarray:
+        """The image ``ref`` names, from a copy the request carried when one is that object."""
+        if copies:
+            data = copies.matching(ref)
+            IMAGE_COPIES.labels(outcome="miss" if data is None else "hit").inc()
+            if data is not None:
+                image = await asyncio.to_thread(
+                    decode_image, data, field=field, max_pixels=self.max_pixels, mode="RGB"
+                )
+                return np.asarray(image)
         try:
             image = await self.store.get_image(ref, field=field, max_pixels=self.max_pixels, mode="RGB")
         except NotFound as error:

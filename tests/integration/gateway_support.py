@@ -133,9 +133,13 @@ class FakeWorker:
         image.paste((len(self.seen) * 37 % 255, 200, 30), (0, 0, 16, 16))
         output = await self.store.put_image(request.output_bucket, request.output_key, image)
         result = diffusion_pb2.PassResult(output=output, duration_seconds=0.01, spec_hash="f" * 64)
-        await publish_pass_event(
-            self.bus, request, "completed", completed=events_pb2.PassCompleted(result=result)
-        )
+        completed = events_pb2.PassCompleted(result=result)
+        if request.copy_output:  # as the worker does: a copy of the stored output rides on the event
+            data = await self.store.get_bytes(output.bucket, output.key)
+            completed.output_copy.CopyFrom(
+                common_pb2.ObjectCopy(bucket=output.bucket, key=output.key, sha256=output.sha256, data=data)
+            )
+        await publish_pass_event(self.bus, request, "completed", completed=completed)
         return Ack()
 
     def start(self) -> None:

@@ -491,3 +491,25 @@ async def test_a_mask_copy_riding_on_the_request_stands_in_for_the_store_read_on
     assert all(not r.cache_hit and r.output.sha256 for r in results)
     consumer = await settled(bus)
     assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+
+
+async def test_a_small_output_comes_back_as_a_copy_on_completed_only_when_the_request_asks(
+    service, bus, store
+):
+    events = await watch(bus, "J10")
+    plain = await submit(bus, "J10", "base", base_spec(seed=21))
+    asked = diffusion_pb2.PassRequest()
+    asked.CopyFrom(plain)
+    asked.pass_name, asked.output_key, asked.copy_output = "base-copied", "jobs/t1/J10/image-0/b2.png", True
+    asked.spec.seed = 22
+    await bus.publish(
+        names.diffusion_pass_subject(SD15_MODEL), asked, msg_id=names.pass_msg_id("J10", 0, "base-copied", 0)
+    )
+    without = (await events.until("completed", "base"))[-1][1].completed
+    with_copy = (await events.until("completed", "base-copied"))[-1][1].completed
+    assert not without.HasField("output_copy")
+    copy, output = with_copy.output_copy, with_copy.result.output
+    # The copy is the stored object itself (stored before the event went out).
+    assert (copy.bucket, copy.key, copy.sha256) == (output.bucket, output.key, output.sha256)
+    assert copy.data == await store.get_bytes(output.bucket, output.key)
+    assert sha256_hex(copy.data) == output.sha256

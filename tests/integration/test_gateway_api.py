@@ -31,6 +31,7 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from multipass.grpc.errors import field_violations, reason_of
+from multipass.names import BUCKET_JOBS
 from multipass.store import PublicEndpoint
 from multipass.v1 import admin_pb2, jobs_pb2
 from multipass_gateway.infra import callbacks
@@ -136,6 +137,8 @@ async def test_submit_validation_errors_carry_field_violations(stack):
     }
     assert reason_of(error).reason == "UNKNOWN_TUNE"
     assert dict(reason_of(error).metadata) == {"tuneIds": f"999,{foreign.tune_id}"}
+    # The persons were laid out while the tunes were checked: the refused job left no object behind.
+    assert await stack.store.list_keys(BUCKET_JOBS, f"jobs/{tenant.tenant}/") == []
     # A tune of the wrong family.
     sdxl = await register_tune(stack, tenant.api_key, family="sdxl")
     found = await violations(

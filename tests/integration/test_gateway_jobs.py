@@ -41,6 +41,11 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
         + ":0.8>\nBREAK ohwx man in blue\nnum_images=2\nsteps=6\nw=256\nh=256\nseed=41\nsuper_resolution=true\ninpaint_faces=true"
     )
     submitted_before = REGISTRY.get_sample_value("multipass_jobs_submitted_total") or 0.0
+
+    def image_copies(outcome: str) -> float:
+        return REGISTRY.get_sample_value("multipass_segment_image_copies_total", {"outcome": outcome}) or 0.0
+
+    hits_before, misses_before = image_copies("hit"), image_copies("miss")
     finished_before = (
         REGISTRY.get_sample_value("multipass_jobs_finished_total", {"state": "succeeded"}) or 0.0
     )
@@ -120,6 +125,10 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
         copy = copies[(wanted.bucket, wanted.key)]
         assert copy.sha256 == wanted.sha256 == sha256_hex(copy.data)
         assert copy.data == await stack.store.get_bytes(wanted.bucket, wanted.key)
+    # The base output is segmented next: only its request asked for a copy of the output, which the
+    # segmentation service then used instead of reading the image back from the store.
+    assert [r.pass_name for r in stack.worker.seen if r.copy_output] == ["base"]
+    assert image_copies("hit") == hits_before + 2 and image_copies("miss") == misses_before  # 2 images
 
     # Resume the stream from a sequence: only later events, ending with the same finish.
     tail = await watch(stack, submitted.job_id, tenant.api_key, after=events[-3].sequence)

@@ -552,3 +552,43 @@ async def test_copies_of_the_outputs_come_back_only_when_asked_and_equal_the_sto
             "copies_up_to_bytes",
         )
     await assert_serving(service)
+
+
+async def test_a_copy_of_the_image_on_the_request_stands_in_for_the_store_only_when_it_is_that_object(
+    service, stub, store, astronaut
+):
+    from multipass_segmentation.metrics import IMAGE_COPIES
+
+    def seen(outcome: str) -> float:
+        return IMAGE_COPIES.labels(outcome=outcome)._value.get()
+
+    layout = await stub.Layout(segmentation_pb2.LayoutRequest(width=512, height=512, count=1))
+    persons = segmentation_pb2.PersonMasksRequest(slots=layout.slots)
+    stored = await store.get_bytes(astronaut.bucket, astronaut.key)
+    good = common_pb2.ObjectCopy(
+        bucket=astronaut.bucket, key=astronaut.key, sha256=astronaut.sha256, data=stored
+    )
+    damaged = common_pb2.ObjectCopy()
+    damaged.CopyFrom(good)
+    damaged.data = stored[:-1]
+
+    def segment(copies):
+        return stub.Segment(
+            segmentation_pb2.SegmentRequest(
+                image=astronaut, persons=persons, output_prefix=PREFIX, copies=copies
+            )
+        )
+
+    from_store = await segment([])
+    hits, misses = seen("hit"), seen("miss")
+    assert [m.mask.sha256 for m in (await segment([damaged])).masks] == [
+        m.mask.sha256 for m in from_store.masks
+    ]
+    assert (seen("hit"), seen("miss")) == (hits, misses + 1)  # the damaged copy: read from the store
+    await store.delete(astronaut.bucket, astronaut.key)  # only the copy can give the image now
+    from_copy = await segment([good])
+    assert seen("hit") == hits + 1
+    assert [m.mask.sha256 for m in from_copy.masks] == [m.mask.sha256 for m in from_store.masks]
+    # Without a copy that is the object, the missing image is NOT_FOUND, as before.
+    await expect_error(segment([damaged]), grpc.StatusCode.NOT_FOUND, "image")
+    await assert_serving(service)

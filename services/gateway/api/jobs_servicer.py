@@ -83,7 +83,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         """The ``finished`` event with the ended job's public view (``JobFinished.job``); the event as it
         is when the record cannot be read (the watcher calls GetJob then)."""
         try:
-            record = await self.jobs.load(tenant, job_id)
+            record = self.jobs.recent(tenant, job_id)  # an ended job's view no longer changes
+            if record is None or not job_state.is_terminal(record):
+                record = await self.jobs.load(tenant, job_id)
             if record is None or not job_state.is_terminal(record):
                 return event
             view = await public_job(record, self.objects, self.settings.presign_expiry_seconds)

@@ -20,6 +20,7 @@ from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.domain import job_state
 from multipass_gateway.domain.scheduling import PassKey
 from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.object_copies import ObjectCopies
 from multipass_gateway.infra.pass_scheduler import PassScheduler
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ class Orchestrator:
         *,
         max_attempts: int,
         concurrency: int,
+        copies: ObjectCopies | None = None,
     ):
         self.bus = bus
+        #: Where copies of small outputs that completed events carry are kept, for the passes reading them.
+        self.copies = copies
         self.jobs = jobs
         self.job_end = job_end
         self.scheduler = scheduler
@@ -125,6 +129,7 @@ class Orchestrator:
                         "pass event changed nothing",
                         extra={"note": outcome.note, "event": event.WhichOneof("event")},
                     )
+            self._keep_output_copies(events)
             await self.jobs.flush(record)
             if any(outcome.finished for outcome in outcomes):
                 await self.job_end.finished(record)
@@ -132,6 +137,15 @@ class Orchestrator:
                 if ends_attempt(event):
                     await self.scheduler.done(PassKey.of_request(event.tenant, event))
         return outcomes
+
+    def _keep_output_copies(self, events: list[events_pb2.PassEvent]) -> None:
+        if self.copies is None:
+            return
+        self.copies.remember(
+            event.completed.output_copy
+            for event in events
+            if event.WhichOneof("event") == "completed" and event.completed.HasField("output_copy")
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.bus.consume(

@@ -45,6 +45,16 @@ def error_detail(error: MultipassError) -> common_pb2.ErrorDetail:
     return detail
 
 
+def _runs_now(record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest, index: int) -> bool:
+    """Whether the record shows the request's attempt as the pass's current, active one."""
+    state = record.job.images[request.image_index].passes[index]
+    return (
+        not job_state.is_terminal(record)
+        and state.attempt == request.attempt
+        and state.status in job_state.ACTIVE_PASS
+    )
+
+
 class SegmentationSteps:
     def __init__(self, bus: Bus, jobs: JobStore, clients: InternalClients, *, concurrency: int = 4):
         self.bus = bus
@@ -70,23 +80,20 @@ class SegmentationSteps:
     async def handle(self, delivery: Delivery):
         request = delivery.parse(diffusion_pb2.PassRequest)
         with log_context(job_id=request.job_id, **{"pass": request.pass_name, "image": request.image_index}):
-            record = await self.jobs.load(request.tenant, request.job_id)
+            record = self._held_record_for_segment(request)
+            if record is None:
+                record = await self.jobs.load(request.tenant, request.job_id)
             if record is None:
                 return Term(f"job {request.job_id} does not exist")
             index = job_state.find_pass(record, request.image_index, request.pass_name)
             if index is None:
                 return Term(f"no pass {request.pass_name} in image {request.image_index}")
-            state = record.job.images[request.image_index].passes[index]
-            if (
-                job_state.is_terminal(record)
-                or state.attempt != request.attempt
-                or state.status not in job_state.ACTIVE_PASS
-            ):
+            if not _runs_now(record, request, index):
                 log.info("dropping an outdated gateway pass request")
                 return Ack()
             planned = record.plans[request.image_index].passes[index]
             try:
-                if planned.kind in ("segment", "mask"):
+                if planned.kind in job_state.SEGMENT_KINDS:
                     await self._segment(record, request, planned)
                 elif planned.needs_faces:
                     await self._faces(record, request)
@@ -99,6 +106,22 @@ class SegmentationSteps:
                 return Term(str(error))
         return Ack()
 
+    def _held_record_for_segment(self, request: diffusion_pb2.PassRequest) -> events_pb2.JobRecord | None:
+        """The record this replica holds, when it shows the request as a segmentation step to run now.
+
+        A segmentation step reads only what the submit fixed (slots, the mask prompt), so a record another
+        replica wrote since cannot make it wrong: at worst it runs for a job cancelled meanwhile, whose
+        result the orchestrator ignores. Anything that does not fit is read from the store.
+        """
+        record = self.jobs.recent(request.tenant, request.job_id)
+        if record is None:
+            return None
+        index = job_state.find_pass(record, request.image_index, request.pass_name)
+        if index is None or not _runs_now(record, request, index):
+            return None
+        planned = record.plans[request.image_index].passes[index]
+        return record if planned.kind in job_state.SEGMENT_KINDS else None
+
     async def _segment(
         self,
         record: events_pb2.JobRecord,
@@ -110,6 +133,7 @@ class SegmentationSteps:
             image=image,
             output_bucket=names.BUCKET_JOBS,
             output_prefix=names.image_prefix(record.tenant, record.job.job_id, request.image_index),
+            copies=[copy for copy in request.copies if copy.key == image.key],
         )
         if planned.kind == "segment":
             segment.persons.slots.extend(record.slots)

@@ -11,14 +11,16 @@ published, so nothing that can be known at submit time fails mid-job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from PIL import Image
 
@@ -49,6 +51,9 @@ from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+A = TypeVar("A")
+B = TypeVar("B")
+
 MAX_IDEMPOTENCY_KEY = 200
 #: Bounds of SubmitJobRequest.params: entries, characters of a name, characters of a value.
 MAX_PARAMS = 64
@@ -57,6 +62,19 @@ MAX_PARAM_VALUE_CHARS = 8192
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 #: Native sizes by family, used to size an img2img scene from its input image.
 NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run both to their end; then raise the first one's error, else the second one's, else return both."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    _raise_first(one, two)
+    return one, two  # type: ignore[return-value]
+
+
+def _raise_first(*results: object) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def new_job_id() -> str:
@@ -232,19 +250,22 @@ class Submitter:
         base_model, person_model = self._models(info)
         has_input = bool(request.input_image_id or parsed.params.input_image_url)
         self._check_capabilities(parsed, info, has_input, (base_model, person_model))
-        tune_files, references = await self._check_tunes(tenant, parsed, info, base_model, person_model)
 
         job_id = new_job_id()
         try:
-            prepared = await self._prepare_inputs(
-                tenant, job_id, request, parsed, requirements.model_family(info, base_model)
+            # The tunes are checked while the inputs are prepared and the persons laid out (a refused
+            # tune discards what the other stored).
+            (tune_files, references), (prepared, layout) = await _both(
+                self._check_tunes(tenant, parsed, info, base_model, person_model),
+                self._prepare_and_lay_out(tenant, job_id, request, parsed, info, base_model),
             )
-            record = await self._plan(
+            record = self._plan(
                 tenant,
                 job_id,
                 request,
                 parsed,
                 prepared,
+                layout,
                 tune_files=tune_files,
                 references=references,
                 info=info,
@@ -257,8 +278,7 @@ class Submitter:
             job_state.commit(record, outcome, datetime.now(UTC))
             cost = job_state.remaining_passes(record)
             await self.budget.check(tenant, cost)
-            await self.budget.add(tenant, job_id, cost)
-            await self.jobs.create(record)
+            await self._store(record, cost)
         except BaseException:
             await self._discard(tenant, job_id)
             raise
@@ -534,13 +554,44 @@ class Submitter:
 
     # the record --------------------------------------------------------------------------------------
 
-    async def _plan(
+    async def _store(self, record: events_pb2.JobRecord, cost: int) -> None:
+        """Write the job's pending-work marker and its record together; on a failure of either, neither
+        stays (the marker and the objects go with the caller's discard, the record here)."""
+        tenant, job_id = record.tenant, record.job.job_id
+        marked, created = await asyncio.gather(
+            self.budget.add(tenant, job_id, cost), self.jobs.create(record), return_exceptions=True
+        )
+        if isinstance(marked, BaseException) and not isinstance(created, BaseException):
+            with contextlib.suppress(Exception):
+                await self.jobs.delete(tenant, job_id)
+        _raise_first(marked, created)
+
+    async def _prepare_and_lay_out(
+        self,
+        tenant: str,
+        job_id: str,
+        request: jobs_pb2.SubmitJobRequest,
+        parsed: prompt_pb2.ParsedPrompt,
+        info: diffusion_pb2.InfoResponse,
+        base_model: str,
+    ) -> tuple[Prepared, segmentation_pb2.LayoutResponse | None]:
+        """Store the inputs, then lay out the persons on them (Segmentation.Layout; None without persons)."""
+        prepared = await self._prepare_inputs(
+            tenant, job_id, request, parsed, requirements.model_family(info, base_model)
+        )
+        if not parsed.persons:
+            return prepared, None
+        with_pose = requirements.CAPABILITY_POSE in frozenset(info.capabilities)
+        return prepared, await self._layout(tenant, job_id, len(parsed.persons), prepared, with_pose)
+
+    def _plan(
         self,
         tenant: str,
         job_id: str,
         request: jobs_pb2.SubmitJobRequest,
         parsed: prompt_pb2.ParsedPrompt,
         prepared: Prepared,
+        layout: segmentation_pb2.LayoutResponse | None,
         *,
         tune_files: dict[str, common_pb2.ObjectRef],
         references: dict[str, list[common_pb2.ImageRef]],
@@ -548,17 +599,14 @@ class Submitter:
         models: tuple[str, str],
         started: datetime,
     ) -> events_pb2.JobRecord:
-        """Lay out the persons (Segmentation.Layout), then plan the job's record."""
+        """The job's record, planned from its prompt, inputs and person layout."""
         base_model, person_model = models
         capabilities = frozenset(info.capabilities)
         seed = parsed.params.seed if parsed.params.HasField("seed") else secrets.randbelow(2**32)
         slots: list[segmentation_pb2.Slot] = []
         pose_image = None
         warnings: list[str] = []
-        if parsed.persons:
-            layout = await self._layout(
-                tenant, job_id, len(parsed.persons), prepared, requirements.CAPABILITY_POSE in capabilities
-            )
+        if layout is not None:
             slots = list(layout.slots)
             if layout.HasField("pose_image") and layout.pose_image.key:
                 pose_image = layout.pose_image

@@ -79,6 +79,8 @@ async def watch(
                 continue
             await queue.put(event)
 
+    # Events this replica publishes come at once too; the stream's copies of them are then duplicates.
+    jobs.published_here.add(job_id, queue)
     reader = asyncio.create_task(pump())
     guard = asyncio.create_task(_signal(revoked, queue)) if revoked is not None else None
     expected = after_sequence + 1
@@ -130,6 +132,7 @@ async def watch(
                 if current.WhichOneof("event") == "finished":
                     return
     finally:
+        jobs.published_here.discard(job_id, queue)
         for task in (reader, guard):
             if task is not None:
                 task.cancel()

@@ -28,6 +28,8 @@ TERMINAL_PASS = frozenset(
     }
 )
 ACTIVE_PASS = frozenset({jobs_pb2.PASS_STATUS_QUEUED, jobs_pb2.PASS_STATUS_RUNNING})
+#: Pass kinds the gateway runs with Segmentation.Segment on the image before them.
+SEGMENT_KINDS = frozenset({"segment", "mask"})
 TERMINAL_IMAGE = frozenset(
     {jobs_pb2.PASS_STATUS_COMPLETED, jobs_pb2.PASS_STATUS_FAILED, jobs_pb2.PASS_STATUS_CANCELLED}
 )
@@ -163,10 +165,8 @@ def build_request(
             spec.mask.CopyFrom(mask)
     elif planned.kind == person_stages.COMPOSITE_KIND:
         spec.layers.extend(person_stages.composite_layers(record, image_index, pass_index))
-    if planned.runs_in == "diffusion" and not planned.needs_faces:
-        subject = names.diffusion_pass_subject(spec.model)
-    else:
-        subject = names.GATEWAY_PASS_SUBJECT
+    in_diffusion = planned.runs_in == "diffusion" and not planned.needs_faces
+    subject = names.diffusion_pass_subject(spec.model) if in_diffusion else names.GATEWAY_PASS_SUBJECT
     request = diffusion_pb2.PassRequest(
         job_id=job.job_id,
         tenant=record.tenant,
@@ -176,12 +176,22 @@ def build_request(
         spec=spec,
         output_bucket=names.BUCKET_JOBS,
         output_key=names.pass_output_key(record.tenant, job.job_id, image_index, state.name),
+        copy_output=in_diffusion and _segmented_next(record.plans[image_index], pass_index),
     )
     return events_pb2.OutboxRequest(
         subject=subject,
         msg_id=names.pass_msg_id(job.job_id, image_index, state.name, state.attempt),
         request=request,
     )
+
+
+def _segmented_next(plan: events_pb2.ImagePlan, pass_index: int) -> bool:
+    """Whether the pass after ``pass_index`` segments its output in the gateway (``segment``, ``mask``)."""
+    following = pass_index + 1
+    if following >= len(plan.passes):
+        return False
+    after = plan.passes[following]
+    return after.kind in SEGMENT_KINDS and person_stages.input_position(plan, following) == following
 
 
 def _queue(state: jobs_pb2.PassState, attempt: int) -> None:

@@ -29,6 +29,7 @@ from multipass.bus import Bus, KeyExists, KvBucket, RevisionMismatch
 from multipass.errors import Internal, NotFound, Reason, Unavailable, echo
 from multipass.v1 import events_pb2
 from multipass_gateway.domain import job_state
+from multipass_gateway.infra.local_job_events import LocalJobEvents
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class JobStore:
         self._revisions: dict[int, tuple[events_pb2.JobRecord, int]] = {}
         #: key -> (value, revision) this replica last wrote or read, most recent last (bounded).
         self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        #: This replica's watchers of jobs, handed the events it publishes once they are stored.
+        self.published_here = LocalJobEvents()
 
     # the compare-and-set loop ------------------------------------------------------------------------
 
@@ -145,6 +148,17 @@ class JobStore:
         revision = await self.kv.create(key, value)
         self._remember(key, value, revision)
         return revision
+
+    def recent(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
+        """The record as this replica last wrote or read it, without a round trip; None when it has not
+        (or no longer) held it. Another replica may have written since: callers use it only for what a
+        stale record cannot make wrong, or check it and :meth:`load` when it does not fit."""
+        try:
+            key = names.job_key(tenant, names.check_token(job_id, "job_id"))
+        except Exception:
+            return None
+        held = self._recent.get(key)
+        return parse_record(held[0], key) if held is not None else None
 
     async def load(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
         try:
@@ -257,6 +271,7 @@ class JobStore:
             ),
             *(self.dispatch(record.tenant, entry) for entry in entries),
         )
+        self.published_here.published(job_id, events)
         last_event = events[-1].sequence if events else 0
         published = [entry.msg_id for entry in entries]
         key = names.job_key(record.tenant, job_id)

@@ -1,10 +1,13 @@
 """Copies of small stored objects this replica was handed (masks, pose images), for the passes that read them.
 
 The segmentation service stores every mask and pose image it makes, then answers with their references
-and, when asked (``copies_up_to_bytes``), with a copy of each small one. The gateway keeps those copies
-for a while, bounded in bytes, and the pass scheduler attaches the ones a pass request's spec names to the
-request it publishes (``PassRequest.copies``), so the diffusion worker reads them from the message instead
-of the object store: one S3 round trip fewer per mask on the job's critical path.
+and, when asked (``copies_up_to_bytes``), with a copy of each small one; a diffusion worker asked with
+``PassRequest.copy_output`` (its output is segmented next) answers with a copy of a small output in its
+``completed`` event. The gateway keeps those copies for a while, bounded in bytes, and the pass scheduler
+attaches the ones a pass request's spec names to the request it publishes (``PassRequest.copies``): the
+masks and pose image for the diffusion worker, the image to segment for the gateway's own segmentation
+step (which hands it on in ``SegmentRequest.copies``). One S3 round trip fewer per copy on the job's
+critical path.
 
 Nothing depends on a copy: the object is stored before any message names it, a replica that never saw the
 copy (another replica's segmentation call, a restart) publishes the request without it, and the worker
@@ -13,13 +16,14 @@ uses a copy only when its hash matches the reference (``multipass.v1.ObjectCopy`
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from multipass.copies import MAX_COPY_BYTES
 from multipass.v1 import common_pb2, diffusion_pb2
 
-#: The largest object copied back by the segmentation service (bytes).
-MAX_COPY_BYTES = 256 * 1024
+__all__ = ["MAX_COPY_BYTES", "MAX_COPY_BYTES_PER_REQUEST", "ObjectCopies"]
 #: The most copy bytes one pass request carries (NATS messages stay well under the 1 MiB default limit).
 MAX_COPY_BYTES_PER_REQUEST = 512 * 1024
 
@@ -63,12 +67,16 @@ class ObjectCopies:
             _, dropped = self._copies.popitem(last=False)
             self._bytes -= len(dropped.data)
 
-    def for_spec(self, spec: diffusion_pb2.PassSpec) -> list[common_pb2.ObjectCopy]:
-        """The copies held of the spec's inputs (same bucket, key and sha256), within the per-request budget."""
+    def for_spec(self, spec: diffusion_pb2.PassSpec, *, image: bool = False) -> list[common_pb2.ObjectCopy]:
+        """The copies held of the spec's inputs (same bucket, key and sha256), within the per-request budget;
+        ``image``: its input image too (first), for a pass whose reader does not hold it."""
         if not self._copies:
             return []
         found, total = [], 0
-        for ref in _input_refs(spec):
+        refs = _input_refs(spec)
+        if image and spec.HasField("image"):
+            refs = itertools.chain((spec.image,), refs)
+        for ref in refs:
             copy = self._copies.get((ref.bucket, ref.key))
             if copy is None or copy.sha256 != ref.sha256 or any(c is copy for c in found):
                 continue
@@ -79,10 +87,12 @@ class ObjectCopies:
             total += len(copy.data)
         return found
 
-    def attach(self, request: diffusion_pb2.PassRequest) -> diffusion_pb2.PassRequest | bytes:
+    def attach(
+        self, request: diffusion_pb2.PassRequest, *, image: bool = False
+    ) -> diffusion_pb2.PassRequest | bytes:
         """``request`` as it goes out: unchanged without copies, else its bytes with the copies appended
         (a repeated field's entries may follow the rest of the message on the wire)."""
-        copies = self.for_spec(request.spec)
+        copies = self.for_spec(request.spec, image=image)
         if not copies:
             return request
         return request.SerializeToString() + diffusion_pb2.PassRequest(copies=copies).SerializeToString()
@@ -90,7 +100,7 @@ class ObjectCopies:
 
 def _input_refs(spec: diffusion_pb2.PassSpec) -> Iterable[common_pb2.ImageRef]:
     """The images a pass reads that may come from the segmentation service: its mask, its control image,
-    its layers' masks (its input image is a diffusion output, which the worker may hold itself)."""
+    its layers' masks (its input image is a diffusion output, which a diffusion worker may hold itself)."""
     if spec.HasField("mask"):
         yield spec.mask
     if spec.HasField("control_image"):

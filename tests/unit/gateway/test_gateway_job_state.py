@@ -72,6 +72,8 @@ def test_start_queues_first_pass_and_emits_accepted():
     ]
     request = record.outbox_requests[0]
     assert request.subject == "multipass.pass.diffusion.tiny-sd15"
+    # The segment pass after the base reads its output in the gateway: the worker is asked for a copy.
+    assert request.request.copy_output
     assert request.msg_id == f"{record.job.job_id}:0:base:1"
     assert request.request.output_key == f"jobs/{record.tenant}/{record.job.job_id}/image-0/base.png"
     assert record.job.last_sequence == 5
@@ -100,8 +102,10 @@ def test_full_chain_reaches_succeeded_with_every_pass_recorded():
         record.job.persons[1].masks[0].key.endswith("mask-person-1.png")
         and record.job.persons[1].fallback_mask
     )
+    assert not segment_request.request.copy_output  # the gateway's own pass
     person_request = record.outbox_requests[-1].request
     assert person_request.pass_name == "person-0"
+    assert not person_request.copy_output  # a diffusion pass reads it next
     assert person_request.spec.mask.key.endswith("mask-person-0.png")
     assert person_request.spec.image.key.endswith("image-0/base.png")
     run_pass(record, 0, "person-0")

@@ -136,3 +136,36 @@ async def test_with_no_delay_every_flush_clears_its_outbox_itself():
     record, _ = await jobs.transition(TENANT, JOB, step("base"))
     await jobs.flush(record)
     assert not stored(kv).outbox_events and not stored(kv).outbox_requests
+
+
+class FailingBus(RecordingBus):
+    async def publish(self, subject, message, *, msg_id, **_):
+        raise ConnectionError("nats is down")
+
+
+async def test_this_replicas_watchers_get_the_published_events_at_once_and_only_once_they_are_stored():
+    jobs, _kv, bus, _dispatched = await store_with_job(clear_delay=30.0)
+    watcher, other_job = asyncio.Queue(), asyncio.Queue()
+    jobs.published_here.add(JOB, watcher)
+    jobs.published_here.add("another-job", other_job)
+    record, _ = await jobs.transition(TENANT, JOB, step("base"))
+    await jobs.flush(record)
+    assert bus.published == [f"{JOB}:job:1"]
+    assert [watcher.get_nowait().sequence] == [1] and watcher.empty() and other_job.empty()
+
+    jobs.bus = FailingBus()  # not stored: nothing reaches the watcher (the stream would not have it)
+    record, _ = await jobs.transition(TENANT, JOB, step("segment"))
+    try:
+        await jobs.flush(record)
+    except ConnectionError:
+        pass
+    assert watcher.empty()
+
+    jobs.published_here.discard(JOB, watcher)
+    jobs.published_here.discard("another-job", other_job)
+    assert len(jobs.published_here) == 0  # nothing kept for jobs nobody watches
+    jobs.bus = bus
+    record, _ = await jobs.transition(TENANT, JOB, step("person-0"))
+    await jobs.flush(record)
+    assert watcher.empty()
+    await jobs.close()

@@ -40,6 +40,19 @@ def test_a_request_carries_the_copies_of_the_mask_and_control_image_its_spec_nam
     assert copies.attach(request_reading()) == request_reading()  # nothing to attach: the request itself
 
 
+def test_the_input_image_rides_only_on_requests_whose_reader_asks_for_it():
+    copies = ObjectCopies(1024 * 1024)
+    base, mask = copy_of("base.png", b"pixels" * 50), copy_of("m.png", b"mask")
+    copies.remember([base, mask])
+    request = request_reading(image=ref_of(base), mask=ref_of(mask))
+    # A diffusion worker may hold its own output: only the mask rides along.
+    assert [c.key for c in diffusion_pb2.PassRequest.FromString(copies.attach(request)).copies] == ["m.png"]
+    # The gateway's segmentation step hands the image on to the segmentation service: image first.
+    sent = diffusion_pb2.PassRequest.FromString(copies.attach(request, image=True))
+    assert [c.key for c in sent.copies] == ["base.png", "m.png"]
+    assert sent.copies[0] == base
+
+
 def test_a_copy_of_another_version_of_the_object_is_not_attached():
     copies = ObjectCopies(1024 * 1024)
     old = copy_of("m.png", b"old mask")
