@@ -163,7 +163,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             concurrency=settings.event_concurrency,
             copies=copies,
         )
-        segmentation_steps = SegmentationSteps(bus, jobs, clients)
+        segmentation_steps = SegmentationSteps(bus, jobs, clients, on_completed=orchestrator.apply_published)
         sweeper = Sweeper(
             jobs=jobs,
             jobs_kv=jobs_kv,

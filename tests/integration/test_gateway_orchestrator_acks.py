@@ -77,3 +77,37 @@ async def test_lost_orchestrator_acks_only_cause_harmless_redeliveries(stack, mo
     assert again.state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert again.last_sequence == job.last_sequence and again.updated_at == job.updated_at
     assert [image.passes for image in again.images] == [image.passes for image in job.images]
+
+
+async def test_the_segment_steps_completion_is_applied_where_it_was_published_and_only_once(
+    stack, monkeypatch
+):
+    applied: list[tuple[str, str]] = []
+    apply_batch = orchestrator.Orchestrator._apply_batch
+
+    async def recording(self, events):
+        applied.extend((e.pass_name, e.WhichOneof("event")) for e in events)
+        return await apply_batch(self, events)
+
+    monkeypatch.setattr(orchestrator.Orchestrator, "_apply_batch", recording)
+    await stack.start_gateway()
+    tenant = await stack.tenant("acme")
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a room BREAK photo BREAK ohwx woman BREAK ohwx man",
+            params={"steps": "2", "w": "256", "h": "256"},
+        ),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    for _ in range(50):  # the stream's delivery of the event is acknowledged, not applied again
+        state = await stack.bus.consumer_info(names.STREAM_EVENTS, names.ORCHESTRATOR_DURABLE)
+        if state.num_ack_pending == 0 and state.num_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert state.num_ack_pending == 0 and state.num_pending == 0, state
+    assert applied.count(("segment", "completed")) == 1, applied
+    assert applied.count(("base", "completed")) == 1  # a worker's event: applied from the stream, once
+    (segment,) = [p for p in job.images[0].passes if p.name == "segment"]
+    assert segment.status == jobs_pb2.PASS_STATUS_COMPLETED and segment.started_at.seconds > 0

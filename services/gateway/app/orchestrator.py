@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from multipass import names
 from multipass.bus import Ack, Bus, Delivery, Term
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 #: are kept by the bus's heartbeats.
 ACK_WAIT_SECONDS = 15.0
 MAX_DELIVER = 20
+#: Events applied by :meth:`Orchestrator.apply_published` remembered until their delivery (a bound for
+#: deliveries that go to another replica).
+APPLIED_HERE_REMEMBERED = 4096
 
 
 def ends_attempt(event: events_pb2.PassEvent) -> bool:
@@ -59,8 +63,32 @@ class Orchestrator:
         self.concurrency = concurrency
         #: (tenant, job_id) -> events waiting for that job's current applier, with their futures.
         self._pending: dict[tuple[str, str], list[tuple[events_pb2.PassEvent, asyncio.Future]]] = {}
+        #: Msg ids of events this replica published and applies itself -> whether that application
+        #: succeeded (a future while it runs), until the stream's delivery of the event comes here.
+        self._applied_here: OrderedDict[str, asyncio.Future] = OrderedDict()
+
+    async def apply_published(self, event: events_pb2.PassEvent, msg_id: str) -> None:
+        """Apply an event this replica has just published (stored in the stream) without waiting for the
+        stream to deliver it; that delivery, when it comes here, waits for this application and is then
+        acknowledged without a second one. An event that cannot be applied now is left to the delivery."""
+        applied: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._applied_here[msg_id] = applied
+        while len(self._applied_here) > APPLIED_HERE_REMEMBERED:
+            self._applied_here.popitem(last=False)
+        try:
+            await self.apply(event)
+            applied.set_result(True)
+        except Exception as error:  # noqa: BLE001 - the stream's delivery applies it
+            log.debug("published event left to its delivery", extra={"error": str(error)})
+        finally:
+            if not applied.done():
+                applied.set_result(False)
+                self._applied_here.pop(msg_id, None)
 
     async def handle(self, delivery: Delivery):
+        applied_here = self._applied_here.pop(delivery.msg_id, None) if delivery.msg_id else None
+        if applied_here is not None and await asyncio.shield(applied_here):
+            return Ack()  # applied by this replica when it published it
         event = delivery.parse(events_pb2.PassEvent)
         if not event.job_id or not event.tenant or not event.pass_name:
             return Term(f"pass event on {delivery.subject} lacks job_id, tenant or pass_name")

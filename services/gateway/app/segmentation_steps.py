@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from multipass import names
 from multipass.bus import Ack, Bus, Delivery, Term, publish_pass_event
@@ -55,12 +56,36 @@ def _runs_now(record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest, 
     )
 
 
+#: Hands a pass event this replica published to its orchestrator (with its Nats-Msg-Id).
+PublishedHook = Callable[[events_pb2.PassEvent, str], Awaitable[None]]
+
+
 class SegmentationSteps:
-    def __init__(self, bus: Bus, jobs: JobStore, clients: InternalClients, *, concurrency: int = 4):
+    def __init__(
+        self,
+        bus: Bus,
+        jobs: JobStore,
+        clients: InternalClients,
+        *,
+        concurrency: int = 4,
+        on_completed: PublishedHook | None = None,
+    ):
         self.bus = bus
         self.jobs = jobs
         self.clients = clients
         self.concurrency = concurrency
+        #: Applies a step's ``completed`` event here once it is stored, instead of after the stream's
+        #: delivery (the orchestrator then acknowledges that delivery without applying it again).
+        self.on_completed = on_completed
+
+    async def _completed(
+        self, request: diffusion_pb2.PassRequest, completed: events_pb2.PassCompleted
+    ) -> None:
+        event, msg_id = await publish_pass_event(
+            self.bus, request, names.EVENT_COMPLETED, completed=completed
+        )
+        if self.on_completed is not None:
+            await self.on_completed(event, msg_id)
 
     async def _fail(self, request: diffusion_pb2.PassRequest, error: MultipassError) -> None:
         failed = events_pb2.PassFailed(error=error_detail(error), retriable=False)
@@ -169,7 +194,7 @@ class SegmentationSteps:
             result=diffusion_pb2.PassResult(warnings=list(response.warnings)),
             masks=list(response.masks),
         )
-        await publish_pass_event(self.bus, request, names.EVENT_COMPLETED, completed=completed)
+        await self._completed(request, completed)
 
     async def _faces(self, record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest) -> None:
         image = request.spec.image
@@ -190,9 +215,7 @@ class SegmentationSteps:
             scale = (image.width / max(1, first.width), image.height / max(1, first.height))
         if not response.faces:
             result = diffusion_pb2.PassResult(output=image, warnings=["no face found; image unchanged"])
-            await publish_pass_event(
-                self.bus, request, names.EVENT_COMPLETED, completed=events_pb2.PassCompleted(result=result)
-            )
+            await self._completed(request, events_pb2.PassCompleted(result=result))
             return
         forwarded = faces_request(record, request, list(response.faces), scale)
         await self.bus.publish(

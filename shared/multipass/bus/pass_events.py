@@ -41,11 +41,12 @@ async def publish_pass_event(
     *,
     suffix: str | None = None,
     **payload: Message,
-) -> None:
-    """Publish ``event`` (a name of :data:`multipass.names.PASS_EVENTS`) of ``request``'s attempt."""
+) -> tuple[events_pb2.PassEvent, str]:
+    """Publish ``event`` (a name of :data:`multipass.names.PASS_EVENTS`) of ``request``'s attempt; the event
+    as published and its ``Nats-Msg-Id``."""
     msg_id = names.pass_msg_id(
         request.job_id, request.image_index, request.pass_name, request.attempt, suffix or event
     )
-    await bus.publish(
-        names.event_subject(request.job_id, event), pass_event(request, **payload), msg_id=msg_id
-    )
+    message = pass_event(request, **payload)
+    await bus.publish(names.event_subject(request.job_id, event), message, msg_id=msg_id)
+    return message, msg_id
