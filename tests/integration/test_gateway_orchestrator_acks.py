@@ -22,6 +22,22 @@ ACK_WAIT = 1.0
 ORCHESTRATOR_ACKS = f"$JS.ACK.{names.STREAM_EVENTS}.{names.ORCHESTRATOR_DURABLE}."
 
 
+async def two_person_job(stack, *, steps: int):
+    """Start the gateway, run a two-person job to success; the tenant and the ended job."""
+    await stack.start_gateway()
+    tenant = await stack.tenant("acme")
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a room BREAK photo BREAK ohwx woman BREAK ohwx man",
+            params={"steps": str(steps), "w": "256", "h": "256"},
+        ),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    return tenant, job
+
+
 async def test_lost_orchestrator_acks_only_cause_harmless_redeliveries(stack, monkeypatch):
     monkeypatch.setattr(orchestrator, "ACK_WAIT_SECONDS", ACK_WAIT)
     lost: list[str] = []
@@ -38,17 +54,7 @@ async def test_lost_orchestrator_acks_only_cause_harmless_redeliveries(stack, mo
         return await publish(self, subject, payload, reply=reply, headers=headers)
 
     monkeypatch.setattr(nats.aio.client.Client, "publish", lossy_publish)
-    await stack.start_gateway()
-    tenant = await stack.tenant("acme")
-    submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(
-            prompt="a room BREAK photo BREAK ohwx woman BREAK ohwx man",
-            params={"steps": "3", "w": "256", "h": "256"},
-        ),
-        metadata=bearer(tenant.api_key),
-    )
-    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
-    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    tenant, job = await two_person_job(stack, steps=3)
     assert lost, "no orchestrator ack was dropped: the orchestrator confirms its acks"
 
     # The events whose acks were lost come back after ack_wait (delivery count 2+), are applied again
@@ -90,17 +96,7 @@ async def test_the_segment_steps_completion_is_applied_where_it_was_published_an
         return await apply_batch(self, events)
 
     monkeypatch.setattr(orchestrator.Orchestrator, "_apply_batch", recording)
-    await stack.start_gateway()
-    tenant = await stack.tenant("acme")
-    submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(
-            prompt="a room BREAK photo BREAK ohwx woman BREAK ohwx man",
-            params={"steps": "2", "w": "256", "h": "256"},
-        ),
-        metadata=bearer(tenant.api_key),
-    )
-    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
-    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    _tenant, job = await two_person_job(stack, steps=2)
     for _ in range(50):  # the stream's delivery of the event is acknowledged, not applied again
         state = await stack.bus.consumer_info(names.STREAM_EVENTS, names.ORCHESTRATOR_DURABLE)
         if state.num_ack_pending == 0 and state.num_pending == 0:
