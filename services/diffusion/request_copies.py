@@ -6,12 +6,10 @@ object store, where the object always is.
 
 from __future__ import annotations
 
-import asyncio
-
 from PIL import Image
 
 from multipass.copies import CopyIndex
-from multipass.images import decode_image
+from multipass.image_work import decode_image_async
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2
 from multipass_diffusion import metrics
@@ -28,4 +26,4 @@ class RequestCopies(CopyIndex):
                 metrics.INPUT_COPIES.labels(outcome="miss").inc()
             return await store.get_image(ref, field=field, mode=mode)
         metrics.INPUT_COPIES.labels(outcome="hit").inc()
-        return await asyncio.to_thread(decode_image, data, field=field, mode=mode)
+        return await decode_image_async(data, field=field, mode=mode)

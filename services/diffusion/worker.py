@@ -34,7 +34,7 @@ from multipass import names
 from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay, publish_pass_event
 from multipass.copies import MAX_COPY_BYTES
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
-from multipass.images import encode_png
+from multipass.image_work import encode_png_async
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
 from multipass_diffusion import metrics
@@ -182,7 +182,7 @@ class DiffusionWorker:
         pass-cache copy is written after the event, off the chain's path (a lost copy is a cache miss).
         """
         phase = time.perf_counter()
-        data = await asyncio.to_thread(encode_png, output.image, self.settings.png_compress_level)
+        data = await encode_png_async(output.image, self.settings.png_compress_level)
         phase = _phase_done("encode", phase)
         ref = await self.store.put_png(
             request.output_bucket,

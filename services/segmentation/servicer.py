@@ -20,7 +20,7 @@ from PIL import Image
 
 from multipass.copies import CopyIndex
 from multipass.errors import InvalidInput, NotFound, Violation
-from multipass.images import decode_image, encode_png
+from multipass.image_work import decode_image_async, encode_png_async
 from multipass.model_catalog import features
 from multipass.v1 import common_pb2, segmentation_pb2, segmentation_pb2_grpc
 from multipass_segmentation import mask_ops
@@ -30,6 +30,9 @@ from multipass_segmentation.segmenter import MaskOutput, Segmenter, TextMaskSpec
 from multipass_segmentation.slots import MAX_PERSONS, Box, Keypoint, Slot
 
 T = TypeVar("T")
+#: zlib level of the masks and pose images written: 3-4x faster than level 6 for ~40% more bytes on
+#: masks of a few KB (pixels identical).
+OUTPUT_PNG_LEVEL = 1
 
 SERVICE_NAME = "multipass.v1.Segmentation"
 #: The largest object a response copies back (SegmentRequest / LayoutRequest ``copies_up_to_bytes``).
@@ -225,9 +228,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
             data = copies.matching(ref)
             IMAGE_COPIES.labels(outcome="miss" if data is None else "hit").inc()
             if data is not None:
-                image = await asyncio.to_thread(
-                    decode_image, data, field=field, max_pixels=self.max_pixels, mode="RGB"
-                )
+                image = await decode_image_async(data, field=field, max_pixels=self.max_pixels, mode="RGB")
                 return np.asarray(image)
         try:
             image = await self.store.get_image(ref, field=field, max_pixels=self.max_pixels, mode="RGB")
@@ -259,7 +260,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         self, bucket: str, key: str, image: Image.Image
     ) -> tuple[common_pb2.ImageRef, bytes]:
         """Encode and store ``image``; its reference and the bytes stored."""
-        data = await asyncio.to_thread(encode_png, image)
+        data = await encode_png_async(image, OUTPUT_PNG_LEVEL)
         try:
             ref = await self.store.put_png(bucket, key, data, width=image.width, height=image.height)
             return ref, data

@@ -30,7 +30,8 @@ from PIL import Image
 
 from multipass.connections import S3Settings
 from multipass.errors import FailedPrecondition, Internal, InvalidInput, NotFound, Unavailable, Violation
-from multipass.images import DEFAULT_MAX_PIXELS, decode_image, encode_png, sha256_hex
+from multipass.image_work import decode_image_async, encode_png_async
+from multipass.images import DEFAULT_MAX_PIXELS, sha256_hex
 from multipass.v1 import common_pb2
 
 PNG = "image/png"
@@ -251,7 +252,7 @@ class ObjectStore:
 
     async def put_image(self, bucket: str, key: str, image: Image.Image) -> common_pb2.ImageRef:
         """Store ``image`` as PNG; the reference carries sha256, size, width, height and content type."""
-        data = await asyncio.to_thread(encode_png, image)
+        data = await encode_png_async(image)
         return await self.put_png(bucket, key, data, width=image.width, height=image.height)
 
     async def put_png(
@@ -316,7 +317,7 @@ class ObjectStore:
     ) -> Image.Image:
         """Fetch and safely decode the image at ``ref`` (see :func:`multipass.images.decode_image`)."""
         data = await self.get_bytes(ref.bucket, ref.key, max_bytes=max_bytes, field=field)
-        return await asyncio.to_thread(decode_image, data, field=field, max_pixels=max_pixels, mode=mode)
+        return await decode_image_async(data, field=field, max_pixels=max_pixels, mode=mode)
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo:
         """Size, etag, content type and time of an object; NotFound if it does not exist."""
