@@ -163,7 +163,9 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             concurrency=settings.event_concurrency,
             copies=copies,
         )
-        segmentation_steps = SegmentationSteps(bus, jobs, clients, on_completed=orchestrator.apply_published)
+        segmentation_steps = SegmentationSteps(
+            bus, jobs, clients, on_completed=orchestrator.apply_published, copies=copies
+        )
         sweeper = Sweeper(
             jobs=jobs,
             jobs_kv=jobs_kv,

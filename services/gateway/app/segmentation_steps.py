@@ -28,6 +28,7 @@ from multipass_gateway.domain import job_state
 from multipass_gateway.domain.face_targets import faces_request
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.object_copies import ObjectCopies
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class SegmentationSteps:
         *,
         concurrency: int = 4,
         on_completed: PublishedHook | None = None,
+        copies: ObjectCopies | None = None,
     ):
         self.bus = bus
         self.jobs = jobs
@@ -77,6 +79,8 @@ class SegmentationSteps:
         #: Applies a step's ``completed`` event here once it is stored, instead of after the stream's
         #: delivery (the orchestrator then acknowledges that delivery without applying it again).
         self.on_completed = on_completed
+        #: The copies this replica holds (the image to segment may be among them).
+        self.copies = copies
 
     async def _completed(
         self, request: diffusion_pb2.PassRequest, completed: events_pb2.PassCompleted
@@ -147,6 +151,15 @@ class SegmentationSteps:
         planned = record.plans[request.image_index].passes[index]
         return record if planned.kind in job_state.SEGMENT_KINDS else None
 
+    def _image_copies(self, request: diffusion_pb2.PassRequest) -> list[common_pb2.ObjectCopy]:
+        """A copy of the image to segment: one the request carries, else one this replica holds (the
+        output copy of the pass before, kept when its ``completed`` event was applied here)."""
+        image = request.spec.image
+        carried = [copy for copy in request.copies if (copy.bucket, copy.key) == (image.bucket, image.key)]
+        if carried or self.copies is None:
+            return carried
+        return self.copies.for_spec(diffusion_pb2.PassSpec(image=image), image=True)
+
     async def _segment(
         self,
         record: events_pb2.JobRecord,
@@ -158,7 +171,7 @@ class SegmentationSteps:
             image=image,
             output_bucket=names.BUCKET_JOBS,
             output_prefix=names.image_prefix(record.tenant, record.job.job_id, request.image_index),
-            copies=[copy for copy in request.copies if copy.key == image.key],
+            copies=self._image_copies(request),
         )
         if planned.kind == "segment":
             segment.persons.slots.extend(record.slots)

@@ -3,10 +3,11 @@
 The segmentation service stores every mask and pose image it makes, then answers with their references
 and, when asked (``copies_up_to_bytes``), with a copy of each small one; a diffusion worker asked with
 ``PassRequest.copy_output`` (its output is segmented next) answers with a copy of a small output in its
-``completed`` event. The gateway keeps those copies for a while, bounded in bytes, and the pass scheduler
-attaches the ones a pass request's spec names to the request it publishes (``PassRequest.copies``): the
-masks and pose image for the diffusion worker, the image to segment for the gateway's own segmentation
-step (which hands it on in ``SegmentRequest.copies``). One S3 round trip fewer per copy on the job's
+``completed`` event. The gateway keeps those copies for a while, bounded in bytes: the pass scheduler
+attaches the masks and pose image a pass request's spec names to the request it publishes for the
+diffusion worker (``PassRequest.copies``), and the gateway's own segmentation step hands the image it
+segments to the segmentation service (``SegmentRequest.copies``) when this replica holds a copy of it (the
+copy does not travel through the work queue again). One S3 round trip fewer per copy on the job's
 critical path.
 
 Nothing depends on a copy: the object is stored before any message names it, a replica that never saw the
@@ -87,12 +88,10 @@ class ObjectCopies:
             total += len(copy.data)
         return found
 
-    def attach(
-        self, request: diffusion_pb2.PassRequest, *, image: bool = False
-    ) -> diffusion_pb2.PassRequest | bytes:
+    def attach(self, request: diffusion_pb2.PassRequest) -> diffusion_pb2.PassRequest | bytes:
         """``request`` as it goes out: unchanged without copies, else its bytes with the copies appended
         (a repeated field's entries may follow the rest of the message on the wire)."""
-        copies = self.for_spec(request.spec, image=image)
+        copies = self.for_spec(request.spec)
         if not copies:
             return request
         return request.SerializeToString() + diffusion_pb2.PassRequest(copies=copies).SerializeToString()

@@ -305,9 +305,7 @@ class PassScheduler:
         this one writes none and drops its ready entry. (Writing one could outlive the pass, when it
         ended before this replica heard of it, and hold a slot until the next rebuild.)
         """
-        request = entry.request
-        if self.copies is not None:
-            request = self.copies.attach(request, image=entry.subject == names.GATEWAY_PASS_SUBJECT)
+        request = self.copies.attach(entry.request) if self.copies is not None else entry.request
         ack = await self.bus.publish(entry.subject, request, msg_id=entry.msg_id)
         if ack.duplicate:
             if key in self.mirror.ready:
