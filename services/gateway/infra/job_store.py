@@ -93,7 +93,7 @@ class JobStore:
         self._revisions: dict[int, tuple[events_pb2.JobRecord, int]] = {}
         #: key -> (value, revision) this replica last wrote or read, most recent last (bounded).
         self._recent: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
-        #: This replica's watchers of jobs, handed the events it publishes once they are stored.
+        #: This replica's watchers of jobs, handed the events of the outboxes it flushes.
         self.published_here = LocalJobEvents()
 
     # the compare-and-set loop ------------------------------------------------------------------------
@@ -260,6 +260,9 @@ class JobStore:
         job_id = record.job.job_id
         events = sorted(record.outbox_events, key=lambda e: e.sequence)
         entries = list(record.outbox_requests)
+        # The events are stored already (in the record's outbox, whose write came first): this replica's
+        # watchers get them now, the stream's copies follow.
+        self.published_here.published(job_id, events)
         # Events (for clients) and pass requests (for the scheduler) depend on nothing of each other's:
         # they go out together, the events in sequence order among themselves.
         await asyncio.gather(
@@ -271,7 +274,6 @@ class JobStore:
             ),
             *(self.dispatch(record.tenant, entry) for entry in entries),
         )
-        self.published_here.published(job_id, events)
         last_event = events[-1].sequence if events else 0
         published = [entry.msg_id for entry in entries]
         key = names.job_key(record.tenant, job_id)

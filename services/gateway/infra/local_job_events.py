@@ -1,10 +1,12 @@
-"""Job events this replica published, handed at once to this replica's watchers of the job.
+"""Job events this replica flushes, handed at once to this replica's watchers of the job.
 
 ``WatchJob`` reads a job's events back from stream ``MULTIPASS_JOB_EVENTS``; when the replica serving the
-stream is the one that published them (one replica, or the one that ran the job's last transition), the
-round trip through the stream is a wait it need not make. The job store hands every event it published,
-after JetStream acknowledged it (durable, as the stream's copy), to the queues registered here for that
-job; the stream delivers the same events too, and the watcher keeps the first of each sequence number.
+stream is the one that flushes them (one replica, or the one that ran the job's last transition), the
+round trip through the stream is a wait it need not make. An event is durable once the record holding it
+in its outbox is written (a flush that fails is repeated from the record by the next transition, a
+watcher or the sweeper, with the same sequence number), so the job store hands the events of every outbox
+it flushes to the queues registered here for that job as the flush begins; the stream delivers the same
+events too, and the watcher keeps the first of each sequence number.
 """
 
 from __future__ import annotations

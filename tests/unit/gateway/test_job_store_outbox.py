@@ -145,8 +145,8 @@ class FailingBus(RecordingBus):
         raise ConnectionError("nats is down")
 
 
-async def test_this_replicas_watchers_get_the_published_events_at_once_and_only_once_they_are_stored():
-    jobs, _kv, bus, _dispatched = await store_with_job(clear_delay=30.0)
+async def test_this_replicas_watchers_get_the_events_of_a_flushed_outbox_at_once():
+    jobs, kv, bus, _dispatched = await store_with_job(clear_delay=30.0)
     watcher, other_job = asyncio.Queue(), asyncio.Queue()
     jobs.published_here.add(JOB, watcher)
     jobs.published_here.add("another-job", other_job)
@@ -155,11 +155,12 @@ async def test_this_replicas_watchers_get_the_published_events_at_once_and_only_
     assert bus.published == [f"{JOB}:job:1"]
     assert [watcher.get_nowait().sequence] == [1] and watcher.empty() and other_job.empty()
 
-    jobs.bus = FailingBus()  # not stored: nothing reaches the watcher (the stream would not have it)
+    jobs.bus = FailingBus()  # the stream is unreachable: the event is in the stored record's outbox
     record, _ = await jobs.transition(TENANT, JOB, step("segment"))
     with pytest.raises(ConnectionError):
         await jobs.flush(record)
-    assert watcher.empty()
+    assert [watcher.get_nowait().sequence] == [2]
+    assert [e.sequence for e in stored(kv).outbox_events] == [2]  # published later, same sequence
 
     jobs.published_here.discard(JOB, watcher)
     jobs.published_here.discard("another-job", other_job)
