@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 PROTO_STAMP := shared/multipass/v1/__init__.py
 PROTOS := $(wildcard protos/multipass/v1/*.proto)
 PYTEST_ARGS ?=
+# e.g. make bench BENCH_ARGS="--only orchestration_overhead_ratio"
+BENCH_ARGS ?=
 
 .PHONY: install protos lint format test test-unit test-integration test-e2e test-k8s soak run up down status bench images clean
 
@@ -68,7 +70,7 @@ status: install
 	$(VENV)/bin/multipass status
 
 bench: install
-	$(PY) -m multipass_bench
+	$(PY) -m multipass_bench $(BENCH_ARGS)
 
 # the five service images from docker/Dockerfile (needs docker; REGISTRY=... to prefix the tags)
 images:
