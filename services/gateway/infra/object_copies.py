@@ -90,7 +90,13 @@ class ObjectCopies:
 
     def attach(self, request: diffusion_pb2.PassRequest) -> diffusion_pb2.PassRequest | bytes:
         """``request`` as it goes out: unchanged without copies, else its bytes with the copies appended
-        (a repeated field's entries may follow the rest of the message on the wire)."""
+        (a repeated field's entries may follow the rest of the message on the wire). With copies off, a
+        request asking for a copy of its output asks for none (this replica would not keep it)."""
+        if not self.enabled and request.copy_output:
+            unasked = diffusion_pb2.PassRequest()
+            unasked.CopyFrom(request)
+            unasked.copy_output = False
+            return unasked
         copies = self.for_spec(request.spec)
         if not copies:
             return request

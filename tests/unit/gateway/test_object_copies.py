@@ -94,6 +94,13 @@ def test_disabled_copies_ask_for_none_and_attach_none():
     assert not copies.enabled and copies.copy_limit == 0
     copies.remember([copy_of("m.png", b"mask")])
     assert len(copies) == 0
+    # A pass whose output is segmented next asks the worker for no copy either (none would be kept),
+    # and the outbox entry's own request is left as it is.
+    asking = request_reading()
+    asking.copy_output = True
+    sent = copies.attach(asking)
+    assert not sent.copy_output and asking.copy_output
+    assert ObjectCopies(1024).attach(asking) is asking
 
 
 class _Segmentation:
