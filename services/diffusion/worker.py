@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from multipass import names
 from multipass.bus import Ack, Bus, Decision, Delivery, Nak, Term, backoff_delay, publish_pass_event
-from multipass.copies import MAX_COPY_BYTES
+from multipass.copies import MAX_COPY_BYTES, object_copy
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.image_work import encode_png_async
 from multipass.logs import log_context
@@ -194,9 +194,7 @@ class DiffusionWorker:
         phase = _phase_done("upload", phase)
         completed = events_pb2.PassCompleted(result=_result(output, ref))
         if request.copy_output and len(data) <= MAX_COPY_BYTES:
-            completed.output_copy.CopyFrom(
-                common_pb2.ObjectCopy(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, data=data)
-            )
+            completed.output_copy.CopyFrom(object_copy(ref, data))
         await publish_pass_event(self.bus, request, names.EVENT_COMPLETED, completed=completed)
         _phase_done("announce", phase)
         self.recent.remember(ref.bucket, ref.key, ref.sha256, output.image)

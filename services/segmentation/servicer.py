@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from multipass.copies import CopyIndex
+from multipass.copies import CopyIndex, object_copy
 from multipass.errors import InvalidInput, NotFound, Violation
 from multipass.image_work import decode_image_async, encode_png_async
 from multipass.model_catalog import features
@@ -292,11 +292,7 @@ def _check_copies(limit: int, problems: list[Violation]) -> None:
 
 def copies_of(stored: list[tuple[common_pb2.ImageRef, bytes]], limit: int) -> list[common_pb2.ObjectCopy]:
     """Copies of the stored objects of at most ``limit`` bytes (none when ``limit`` is 0)."""
-    return [
-        common_pb2.ObjectCopy(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, data=data)
-        for ref, data in stored
-        if 0 < len(data) <= limit
-    ]
+    return [object_copy(ref, data) for ref, data in stored if 0 < len(data) <= limit]
 
 
 def _check_ref(ref: common_pb2.ImageRef, field: str, problems: list[Violation]) -> None:

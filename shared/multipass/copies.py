@@ -17,6 +17,11 @@ from multipass.v1 import common_pb2
 MAX_COPY_BYTES = 256 * 1024
 
 
+def object_copy(ref: common_pb2.ImageRef, data: bytes) -> common_pb2.ObjectCopy:
+    """The copy of the object ``ref`` names, ``data`` being the bytes stored there."""
+    return common_pb2.ObjectCopy(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, data=data)
+
+
 class CopyIndex:
     """The copies a message carried, by (bucket, key)."""
 

@@ -19,6 +19,7 @@ from PIL import Image
 from multipass import names
 from multipass.bus import Ack, Bus, Delivery, Term, publish_pass_event
 from multipass.connections import NatsSettings
+from multipass.copies import object_copy
 from multipass.grpc.server import Registration, start_grpc_server
 from multipass.store import ObjectStore
 from multipass.v1 import (
@@ -136,9 +137,7 @@ class FakeWorker:
         completed = events_pb2.PassCompleted(result=result)
         if request.copy_output:  # as the worker does: a copy of the stored output rides on the event
             data = await self.store.get_bytes(output.bucket, output.key)
-            completed.output_copy.CopyFrom(
-                common_pb2.ObjectCopy(bucket=output.bucket, key=output.key, sha256=output.sha256, data=data)
-            )
+            completed.output_copy.CopyFrom(object_copy(output, data))
         await publish_pass_event(self.bus, request, "completed", completed=completed)
         return Ack()
 

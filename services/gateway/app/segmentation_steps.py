@@ -158,7 +158,8 @@ class SegmentationSteps:
         carried = [copy for copy in request.copies if (copy.bucket, copy.key) == (image.bucket, image.key)]
         if carried or self.copies is None:
             return carried
-        return self.copies.for_spec(diffusion_pb2.PassSpec(image=image), image=True)
+        held = self.copies.held(image)
+        return [held] if held is not None else []
 
     async def _segment(
         self,

@@ -50,6 +50,14 @@ def job_event_msg_id(job_id: str, sequence: int) -> str:
     return f"{job_id}:job:{sequence}"
 
 
+def _valid_key(tenant: str, job_id: str) -> str | None:
+    """The record's KV key; None for an id no job can have (it then simply does not exist)."""
+    try:
+        return names.job_key(tenant, names.check_token(job_id, "job_id"))
+    except Exception:
+        return None
+
+
 def parse_record(data: bytes, key: str) -> events_pb2.JobRecord:
     record = events_pb2.JobRecord()
     try:
@@ -153,17 +161,15 @@ class JobStore:
         """The record as this replica last wrote or read it, without a round trip; None when it has not
         (or no longer) held it. Another replica may have written since: callers use it only for what a
         stale record cannot make wrong, or check it and :meth:`load` when it does not fit."""
-        try:
-            key = names.job_key(tenant, names.check_token(job_id, "job_id"))
-        except Exception:
+        key = _valid_key(tenant, job_id)
+        if key is None:
             return None
         held = self._recent.get(key)
         return parse_record(held[0], key) if held is not None else None
 
     async def load(self, tenant: str, job_id: str) -> events_pb2.JobRecord | None:
-        try:
-            key = names.job_key(tenant, names.check_token(job_id, "job_id"))
-        except Exception:
+        key = _valid_key(tenant, job_id)
+        if key is None:
             return None
         found = await self.kv.get(key)
         if found is None:

@@ -17,7 +17,6 @@ uses a copy only when its hash matches the reference (``multipass.v1.ObjectCopy`
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -68,18 +67,19 @@ class ObjectCopies:
             _, dropped = self._copies.popitem(last=False)
             self._bytes -= len(dropped.data)
 
-    def for_spec(self, spec: diffusion_pb2.PassSpec, *, image: bool = False) -> list[common_pb2.ObjectCopy]:
-        """The copies held of the spec's inputs (same bucket, key and sha256), within the per-request budget;
-        ``image``: its input image too (first), for a pass whose reader does not hold it."""
+    def held(self, ref: common_pb2.ImageRef) -> common_pb2.ObjectCopy | None:
+        """The copy of the object ``ref`` names (same bucket, key and sha256), if this replica holds it."""
+        copy = self._copies.get((ref.bucket, ref.key))
+        return copy if copy is not None and copy.sha256 == ref.sha256 else None
+
+    def for_spec(self, spec: diffusion_pb2.PassSpec) -> list[common_pb2.ObjectCopy]:
+        """The copies held of the spec's inputs (same bucket, key and sha256), within the per-request budget."""
         if not self._copies:
             return []
         found, total = [], 0
-        refs = _input_refs(spec)
-        if image and spec.HasField("image"):
-            refs = itertools.chain((spec.image,), refs)
-        for ref in refs:
-            copy = self._copies.get((ref.bucket, ref.key))
-            if copy is None or copy.sha256 != ref.sha256 or any(c is copy for c in found):
+        for ref in _input_refs(spec):
+            copy = self.held(ref)
+            if copy is None or any(c is copy for c in found):
                 continue
             if total + len(copy.data) > MAX_COPY_BYTES_PER_REQUEST:
                 break

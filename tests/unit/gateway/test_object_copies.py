@@ -47,9 +47,9 @@ def test_the_input_image_is_found_only_for_a_reader_that_asks_for_it():
     request = request_reading(image=ref_of(base), mask=ref_of(mask))
     # A diffusion worker may hold its own output: only the mask rides along.
     assert [c.key for c in diffusion_pb2.PassRequest.FromString(copies.attach(request)).copies] == ["m.png"]
-    # The gateway's segmentation step hands the image on to the segmentation service: image first.
-    found = copies.for_spec(request.spec, image=True)
-    assert [c.key for c in found] == ["base.png", "m.png"] and found[0] == base
+    # The gateway's segmentation step looks the image up itself, to hand it to the segmentation service.
+    assert copies.held(request.spec.image) == base
+    assert copies.held(ref_of(copy_of("base.png", b"another version"))) is None
 
 
 def test_a_copy_of_another_version_of_the_object_is_not_attached():
