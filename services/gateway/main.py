@@ -29,7 +29,8 @@ from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
 from multipass_gateway.app.sweeper import Sweeper
 from multipass_gateway.domain.ssrf import AddressPolicy
-from multipass_gateway.infra.clients import DiffusionInfo, InternalClients
+from multipass_gateway.infra.clients import InternalClients
+from multipass_gateway.infra.diffusion_info import DiffusionInfo
 from multipass_gateway.infra.fetch import Resolver, SafeHttp, system_resolve
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.object_copies import ObjectCopies
@@ -140,7 +141,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             settings=settings,
             public_view=lambda record: public_job(record, objects, settings.presign_expiry_seconds),
         )
-        info = DiffusionInfo(clients, settings.info_ttl_seconds)
+        info = DiffusionInfo(clients.info, settings.info_ttl_seconds, store=jobs_kv)
         submitter = Submitter(
             settings=settings,
             clients=clients,
@@ -185,6 +186,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             asyncio.create_task(sweeper.run(stop_event), name="sweeper"),
             asyncio.create_task(queue_gauge.run(stop_event), name="queue-gauge"),
             asyncio.create_task(tenants.run(stop_event), name="stream-key-checks"),
+            asyncio.create_task(info.run(stop_event), name="diffusion-info"),
         ]
         registrations = [
             Registration(

@@ -158,6 +158,11 @@ def job_key(tenant: str, job_id: str) -> str:
     return f"{tenant}.{job_id}"
 
 
+#: KV key in ``multipass-jobs`` of the last ``Diffusion.Info`` answer a gateway got (an ``InfoResponse``):
+#: what SubmitJob checks against while no diffusion worker runs.
+DIFFUSION_INFO_KEY = "info.diffusion"
+
+
 def active_key(tenant: str, job_id: str) -> str:
     """KV marker of an unfinished job (value: its planned pass count), for the pending-work budgets."""
     return f"active.{tenant}.{job_id}"

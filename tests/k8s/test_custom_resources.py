@@ -76,6 +76,8 @@ def test_scaling_bounds(prod):
     base = yaml.safe_load_all((K8S / "base" / "diffusion.yaml").read_text())
     (base_scaled,) = [doc for doc in base if doc["kind"] == "ScaledObject"]
     assert base_scaled["spec"]["minReplicaCount"] == 0, "the base scales GPU workers to zero"
+    # A worker must answer Diffusion.Info once before the gateways can accept jobs with none running.
+    assert base_scaled["spec"]["initialCooldownPeriod"] >= 900
 
 
 # --- ServiceMonitors ------------------------------------------------------------------------------

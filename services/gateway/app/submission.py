@@ -42,7 +42,8 @@ from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.domain import idempotency, job_state, person_stages, planner, requirements
 from multipass_gateway.infra import metrics
-from multipass_gateway.infra.clients import DiffusionInfo, InternalClients
+from multipass_gateway.infra.clients import InternalClients
+from multipass_gateway.infra.diffusion_info import DiffusionInfo
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget

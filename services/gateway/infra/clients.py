@@ -6,14 +6,11 @@ INVALID_ARGUMENT keeps its field violations all the way to the user.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Mapping
 
 import grpc
 
-from multipass.errors import InvalidInput, MultipassError, Unavailable
+from multipass.errors import InvalidInput, Unavailable
 from multipass.grpc.errors import from_rpc_error
 from multipass.grpc.internal_auth import internal_metadata
 from multipass.v1 import (
@@ -25,8 +22,6 @@ from multipass.v1 import (
     segmentation_pb2_grpc,
 )
 from multipass_gateway.infra.object_copies import ObjectCopies
-
-log = logging.getLogger(__name__)
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -114,29 +109,3 @@ class InternalClients:
 
     async def info(self) -> diffusion_pb2.InfoResponse:
         return await self._call("diffusion", self.diffusion.Info, diffusion_pb2.InfoRequest(), 5.0)
-
-
-class DiffusionInfo:
-    """Diffusion.Info, cached for ``ttl`` seconds; a stale answer stands in while no worker answers."""
-
-    def __init__(self, clients: InternalClients, ttl: float):
-        self._clients = clients
-        self._ttl = ttl
-        self._cached: diffusion_pb2.InfoResponse | None = None
-        self._at = 0.0
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> diffusion_pb2.InfoResponse:
-        async with self._lock:
-            if self._cached is not None and time.monotonic() - self._at < self._ttl:
-                return self._cached
-            try:
-                self._cached = await self._clients.info()
-                self._at = time.monotonic()
-            except MultipassError as error:
-                if self._cached is None:
-                    raise Unavailable(
-                        f"no diffusion worker answered Diffusion.Info ({error}); models and capabilities cannot be checked"
-                    ) from error
-                log.warning("Diffusion.Info failed; using the last answer", extra={"error": str(error)})
-            return self._cached

@@ -53,7 +53,9 @@ class KvMirror(abc.ABC):
         #: Monotonic time of the last complete resync; None before the first one (or to force the next).
         self.synced_at: float | None = None
         self._changes: list[tuple[str, str, bytes | None, bool]] | None = None  # while a resync lists
-        self._loading: asyncio.Future | None = None
+        #: The resync under way: callers that come while it lists share it (two listing at once would
+        #: each take the other's replay of changes).
+        self._resyncing: asyncio.Future | None = None
 
     # the picture (subclasses) -------------------------------------------------------------------
 
@@ -108,8 +110,14 @@ class KvMirror(abc.ABC):
         return self.synced_at is None or time.monotonic() - self.synced_at >= interval
 
     async def resync(self) -> None:
-        """Rebuild the picture from KV, then replay the changes made while listing."""
-        self._changes = []
+        """Rebuild the picture from KV, then replay the changes made while listing; a call while a resync
+        is under way waits for that one."""
+        if self._resyncing is None or self._resyncing.done():
+            self._changes = []  # from the call on: what the listing may miss
+            self._resyncing = asyncio.ensure_future(self._resync())
+        await asyncio.shield(self._resyncing)
+
+    async def _resync(self) -> None:
         try:
             listed = await self._list()
         finally:
@@ -139,11 +147,8 @@ class KvMirror(abc.ABC):
 
     async def ensure_loaded(self) -> None:
         """Resync once if the picture was never loaded (concurrent callers share that one resync)."""
-        if self.loaded:
-            return
-        if self._loading is None or self._loading.done():
-            self._loading = asyncio.ensure_future(self.resync())
-        await asyncio.shield(self._loading)
+        if not self.loaded:
+            await self.resync()
 
     async def run(self, stop: asyncio.Event, interval: float, what: str) -> None:
         """Resync every ``interval`` seconds until ``stop``; ``what`` names the picture in the logs."""

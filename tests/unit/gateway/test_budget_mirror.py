@@ -112,3 +112,20 @@ async def test_the_periodic_refresh_picks_up_markers_nobody_announced(store):
     stop.set()
     await runner
     assert budget.pending("a") == (5, 5)
+
+
+async def test_a_first_check_during_the_periodic_refresh_shares_its_listing(store):
+    """A replica's first submit while its refresh loop lists (both at start): one listing, both go on (two
+    at once used to take each other's replay of changes and fail the submit with a TypeError)."""
+    store.data["active.a.old"] = b"2"
+    budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
+    store.hold = asyncio.Event()
+    refreshing = asyncio.create_task(budget.refresh())
+    await asyncio.sleep(0)
+    checking = asyncio.create_task(budget.check("a", 2))
+    await asyncio.sleep(0)
+    await budget.add("a", "j1", 1)  # written while the listing is held
+    store.hold.set()
+    await asyncio.gather(refreshing, checking)
+    assert store.listings == 1
+    assert budget.pending("a") == (3, 3)
