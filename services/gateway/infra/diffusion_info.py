@@ -10,8 +10,8 @@ checks it: answered from memory, kept fresh in the background, and kept in KV fo
   call; when no worker answers, the last answer any replica stored in KV stands in (``info.diffusion`` in
   ``multipass-jobs``): diffusion workers that scale to zero still get their jobs queued (their queue's lag is
   what starts them). Only with nothing stored either is it UNAVAILABLE.
-- :meth:`run` refreshes every half ``ttl`` in the background, so submits seldom ask themselves, and each answer
-  that differs from the stored one is stored.
+- :meth:`run` refreshes every half ``ttl`` in the background, so submits seldom ask themselves; an answer is
+  stored when it differs from the stored one, and again every ten minutes.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ WAIT_SECONDS = 1.0
 RETRY_SECONDS = 5.0
 #: Shortest pause between background refreshes (a ttl of 0 means "ask at every submit").
 MIN_REFRESH_INTERVAL = 1.0
+#: An unchanged answer is written again after this long (the stored one may have been removed).
+RESTORE_SECONDS = 600.0
 
 Ask = Callable[[], Awaitable[diffusion_pb2.InfoResponse]]
 
@@ -64,6 +66,7 @@ class DiffusionInfo:
         self._refreshing: asyncio.Future | None = None
         #: The bytes KV holds, as far as this replica knows (an equal answer is not written again).
         self._stored: bytes | None = None
+        self._stored_at = -math.inf
         self._last_error: MultipassError | None = None
 
     async def get(self) -> diffusion_pb2.InfoResponse:
@@ -139,14 +142,14 @@ class DiffusionInfo:
         if self._store is None:
             return
         value = answer.SerializeToString(deterministic=True)
-        if value == self._stored:
+        if value == self._stored and time.monotonic() - self._stored_at < RESTORE_SECONDS:
             return
         try:
             await self._store.put(names.DIFFUSION_INFO_KEY, value)
         except MultipassError as error:
             log.warning("Diffusion.Info not stored", extra={"error": str(error)})
             return
-        self._stored = value
+        self._stored, self._stored_at = value, time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh every half ``ttl`` (at least every :data:`MIN_REFRESH_INTERVAL` s) until ``stop``."""

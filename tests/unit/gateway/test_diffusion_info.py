@@ -175,3 +175,19 @@ async def test_the_background_refresh_keeps_the_answer_fresh_and_stored():
     assert workers.calls == calls  # the submit found a fresh answer
     stop.set()
     await asyncio.wait_for(task, 2.0)
+
+
+async def test_an_unchanged_answer_is_stored_again_after_a_while(monkeypatch):
+    """Someone removed the stored answer: the next refresh after RESTORE_SECONDS puts it back."""
+    from multipass_gateway.infra import diffusion_info
+
+    monkeypatch.setattr(diffusion_info, "RESTORE_SECONDS", 0.05)
+    kv = MemoryKv()
+    info = DiffusionInfo(Workers(answer("tiny-sd15")).ask, ttl=0.0, store=kv)
+    await info.get()
+    del kv.data[names.DIFFUSION_INFO_KEY]
+    await info.get()
+    assert names.DIFFUSION_INFO_KEY not in kv.data  # unchanged, written a moment ago
+    await asyncio.sleep(0.06)
+    await info.get()
+    assert names.DIFFUSION_INFO_KEY in kv.data and kv.puts == 2
