@@ -6,6 +6,7 @@ checks it: answered from memory, kept fresh in the background, and kept in KV fo
   that does not answer by then (busy, stalled, restarting) leaves the old answer in use, and no one waits or
   asks again for ``retry_seconds``. So workers that stop answering never hold submits up for the RPC's deadline
   each, one after the other.
+- An answer that lists no model (a worker answers while it still loads its models) counts as none.
 - With no answer yet (a replica that just started), the first caller asks and the others wait for that same
   call; when no worker answers, the last answer any replica stored in KV stands in (``info.diffusion`` in
   ``multipass-jobs``): diffusion workers that scale to zero still get their jobs queued (their queue's lag is
@@ -101,6 +102,9 @@ class DiffusionInfo:
         """Ask a worker now; whether one answered (errors are logged, the old answer stays)."""
         try:
             answer = await self._ask()
+            if not answer.models:
+                # A worker answers Info while it still loads its models: not an answer to check against.
+                raise Unavailable("the diffusion worker that answered serves no model yet (still loading)")
         except MultipassError as error:
             self._last_error = error
             self._quiet_until = time.monotonic() + self.retry_seconds

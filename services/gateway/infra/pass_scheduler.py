@@ -94,7 +94,7 @@ class PassScheduler:
         key = PassKey.of_request(tenant, entry.request)
         if not key.valid:
             # Names the planner never makes; publishing directly keeps such a pass from being stuck.
-            log.warning("pass request with unschedulable names published directly", extra={"key": key})
+            log.warning("pass request with unschedulable names published directly", extra={"key": key.suffix})
             await self.bus.publish(entry.subject, entry.request, msg_id=entry.msg_id)
             return
         if key in self._recently_ended:
@@ -126,7 +126,7 @@ class PassScheduler:
         mirror = self.mirror
         if not mirror.loaded or mirror.due(self.resync_interval) or key in mirror.ready:
             return False
-        if len(mirror.flight) >= self.global_limit or mirror.waiting():
+        if len(mirror.flight) >= self.global_limit or mirror.any_waiting():
             return False
         return sum(1 for k in mirror.flight if k.tenant == key.tenant) < self.tenant_limit
 

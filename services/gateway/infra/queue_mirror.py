@@ -110,3 +110,8 @@ class QueueMirror(KvMirror):
 
     def waiting(self) -> int:
         return sum(1 for key in self.ready if key not in self.flight)
+
+    def any_waiting(self) -> bool:
+        """Whether a ready entry waits for its release (stops at the first: a backlog is mostly waiting)."""
+        flight = self.flight
+        return any(key not in flight for key in self.ready)

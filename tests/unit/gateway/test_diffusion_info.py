@@ -191,3 +191,24 @@ async def test_an_unchanged_answer_is_stored_again_after_a_while(monkeypatch):
     await asyncio.sleep(0.06)
     await info.get()
     assert names.DIFFUSION_INFO_KEY in kv.data and kv.puts == 2
+
+
+async def test_an_answer_listing_no_model_is_not_taken():
+    """A worker answers Info while it still loads its models: that empty answer is neither used, kept nor
+    stored; the next call asks again and gets the real one."""
+    kv = MemoryKv()
+    workers = Workers(answer())
+    info = DiffusionInfo(workers.ask, ttl=60.0, store=kv)
+    with pytest.raises(Unavailable, match="serves no model yet"):
+        await info.get()
+    assert not kv.data
+    workers.reply = answer("tiny-sd15")
+    assert list((await info.get()).models) == ["tiny-sd15"]
+
+
+async def test_an_answer_listing_no_model_leaves_the_last_one_in_use():
+    workers = Workers(answer("tiny-sd15"))
+    info = DiffusionInfo(workers.ask, ttl=0.0, retry_seconds=30.0)
+    await info.get()
+    workers.reply = answer()  # restarted, loading
+    assert list((await info.get()).models) == ["tiny-sd15"]
