@@ -137,6 +137,25 @@ def versions() -> dict:
     return found
 
 
+#: The control plane's rate per gateway core (passes per gateway CPU second, one replica) and its target.
+PER_CORE_KEY = "control_plane_passes_per_gateway_core"
+PER_CORE_TARGET = 1000.0
+
+
+def per_gateway_core(details: Mapping[str, dict]) -> dict:
+    """``control_plane_passes_per_gateway_core`` (from the control-plane figure's details; null when it was not
+    measured) and its target, for the report's top level and its ``targets``."""
+    value = (details.get("control_plane_passes_per_s") or {}).get("passes_per_gateway_cpu_second_1_replica")
+    value = round(float(value), 1) if is_positive_finite(value) else None
+    return {
+        PER_CORE_KEY: value,
+        "target": {
+            "target": f">= {PER_CORE_TARGET:g}",
+            "met": None if value is None else value >= PER_CORE_TARGET,
+        },
+    }
+
+
 def target_met(key: str, value: float | None) -> bool | None:
     target = TARGETS.get(key)
     if target is None or value is None:
@@ -171,6 +190,9 @@ def build_report(
     report["versions"] = versions_
     report["settings"] = settings
     report["details"] = {k: details.get(k, {}) for k in METRIC_KEYS}
+    per_core = per_gateway_core(details)
+    report[PER_CORE_KEY] = per_core[PER_CORE_KEY]
+    report["targets"][PER_CORE_KEY] = per_core["target"]
     return report
 
 

@@ -325,5 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             met = {True: "met", False: "NOT met", None: ""}[target["met"]]
             shown = result[key] if result[key] is not None else f"null ({result['reasons'][key]})"
             print(f"{key:34s} {shown} {target['target'] or ''} {met}".rstrip())
+        per_core = result["targets"][report.PER_CORE_KEY]
+        met = {True: "met", False: "NOT met", None: ""}[per_core["met"]]
+        print(f"{report.PER_CORE_KEY:34s} {result[report.PER_CORE_KEY]} {per_core['target']} {met}".rstrip())
     print(report.dumps(result), flush=True)
     return 1 if problems else 0

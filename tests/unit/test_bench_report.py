@@ -164,3 +164,20 @@ def test_a_late_figure_runs_with_the_quick_repetitions(tmp_path):
     quick = Bench(plan=Plan.quick(), directory=tmp_path, only=set(), profile_dir=None)
     quick.started -= 10_000
     assert quick.plan_for("crop_vs_full_speedup") == Plan.quick() and quick.shortened == []
+
+
+def test_the_control_planes_rate_per_gateway_core_is_reported_against_its_target():
+    built = report.build_report(
+        {key: 1.5 for key in METRIC_KEYS},
+        {},
+        {"control_plane_passes_per_s": {"passes_per_gateway_cpu_second_1_replica": 340.04}},
+        machine=report.machine_info(),
+        versions_=report.versions(),
+        settings={},
+    )
+    assert built[report.PER_CORE_KEY] == 340.0
+    assert built["targets"][report.PER_CORE_KEY] == {"target": ">= 1000", "met": False}
+    unmeasured = a_report()
+    assert unmeasured[report.PER_CORE_KEY] is None
+    assert unmeasured["targets"][report.PER_CORE_KEY]["met"] is None
+    assert report.check_report(built) == []
