@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multipass_bench.report import MetricUnavailable, say
+from multipass_bench.report import MetricUnavailable, head_and_tail, say
 from multipass_bench.stack_bench import clean_env
 
 MODEL = "sd15-tiny"
@@ -244,7 +244,8 @@ class ControlPlane:
             self.stop()
             describe = getattr(error, "describe", None)
             raise MetricUnavailable(
-                f"the control-plane composition did not start: {(describe() if describe else str(error))[-1500:]}"
+                "the control-plane composition did not start: "
+                + head_and_tail(describe() if describe else str(error))
             ) from error
         self._create_tenant()
 

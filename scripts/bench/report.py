@@ -156,6 +156,16 @@ def per_gateway_core(details: Mapping[str, dict]) -> dict:
     }
 
 
+def head_and_tail(text: str, limit: int = 1500) -> str:
+    """``text`` cut to about ``limit`` characters for a reason: its first line (which process failed, and
+    why) and its last lines (the end of that process's log)."""
+    if len(text) <= limit:
+        return text
+    first, _, rest = text.partition("\n")
+    first = first[: limit // 3]
+    return f"{first}\n...\n{rest[-(limit - len(first)) :]}"
+
+
 def target_met(key: str, value: float | None) -> bool | None:
     target = TARGETS.get(key)
     if target is None or value is None:

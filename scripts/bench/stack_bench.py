@@ -35,7 +35,7 @@ from datetime import UTC
 from pathlib import Path
 
 from multipass_bench import hops, workload
-from multipass_bench.report import MetricUnavailable, say
+from multipass_bench.report import MetricUnavailable, head_and_tail, say
 from multipass_bench.service_metrics import (
     histogram_bound,
     scrape_device_metrics,
@@ -119,7 +119,7 @@ class BenchStack:
         try:
             self.stack.start()
         except Exception as error:
-            raise MetricUnavailable(f"the local stack did not start: {str(error)[-1500:]}") from error
+            raise MetricUnavailable(f"the local stack did not start: {head_and_tail(str(error))}") from error
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -181,3 +181,12 @@ def test_the_control_planes_rate_per_gateway_core_is_reported_against_its_target
     assert unmeasured[report.PER_CORE_KEY] is None
     assert unmeasured["targets"][report.PER_CORE_KEY]["met"] is None
     assert report.check_report(built) == []
+
+
+def test_a_long_reason_keeps_its_first_line_and_its_end():
+    text = "standin did not become ready within 240 s\n" + "\n".join(f"log line {i}" for i in range(500))
+    cut = report.head_and_tail(text)
+    assert len(cut) <= 1510
+    assert cut.startswith("standin did not become ready within 240 s\n...")
+    assert cut.endswith("log line 499")
+    assert report.head_and_tail("short") == "short"
