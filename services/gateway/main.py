@@ -27,6 +27,7 @@ from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.orchestrator import Orchestrator
 from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
+from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.app.sweeper import Sweeper
 from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import InternalClients
@@ -52,6 +53,7 @@ class GatewayHandle:
     clients: InternalClients
     job_end: JobEnd
     jobs: JobStore
+    submit_cleanup: SubmitCleanup
     stop_event: asyncio.Event
     tasks: list[asyncio.Task]
     metrics_port: int
@@ -74,6 +76,7 @@ class GatewayHandle:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.submit_cleanup.close()
         await self.job_end.close()
         await self.jobs.close()
         await self.clients.close()
@@ -142,8 +145,10 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             public_view=lambda record: public_job(record, objects, settings.presign_expiry_seconds),
         )
         info = DiffusionInfo(clients.info, settings.info_ttl_seconds, store=jobs_kv)
+        submit_cleanup = SubmitCleanup(jobs=jobs, budget=budget, objects=objects)
         submitter = Submitter(
             settings=settings,
+            cleanup=submit_cleanup,
             clients=clients,
             info=info,
             tunes=tunes,
@@ -237,6 +242,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         clients=clients,
         job_end=job_end,
         jobs=jobs,
+        submit_cleanup=submit_cleanup,
         stop_event=stop_event,
         tasks=tasks,
         metrics_port=metrics_port,

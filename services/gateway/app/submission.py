@@ -11,7 +11,6 @@ published, so nothing that can be known at submit time fails mid-job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -40,6 +39,7 @@ from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.app.job_end import JobEnd
+from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.domain import idempotency, job_state, person_stages, planner, requirements
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.clients import InternalClients
@@ -194,8 +194,11 @@ class Submitter:
         idempotency: KvBucket,
         budget: PendingBudget,
         job_end: JobEnd,
+        cleanup: SubmitCleanup,
     ):
         self.settings = settings
+        #: Removes what a submit that did not go through wrote (retried while NATS or S3 is down).
+        self.cleanup = cleanup
         self.clients = clients
         self.info = info
         self.tunes = tunes
@@ -253,6 +256,7 @@ class Submitter:
         self._check_capabilities(parsed, info, has_input, (base_model, person_model))
 
         job_id = new_job_id()
+        record_written = False  # whether the record's write was attempted (it may exist even if it failed)
         try:
             # The tunes are checked while the inputs are prepared and the persons laid out (a refused
             # tune discards what the other stored).
@@ -279,16 +283,16 @@ class Submitter:
             job_state.commit(record, outcome, datetime.now(UTC))
             cost = job_state.remaining_passes(record)
             await self.budget.check(tenant, cost)
+            record_written = True
             await self._store(record, cost)
         except BaseException:
-            await self._discard(tenant, job_id)
+            await self.cleanup.discard(tenant, job_id, record=record_written)
             raise
         if request.idempotency_key:
             binding = idempotency.Binding(job_id, fingerprint, tuple(record.job.warnings))
             winner = await self._claim_idempotency(tenant, request.idempotency_key, binding)
             if winner is not None:
-                await self.jobs.delete(tenant, job_id)
-                await self._discard(tenant, job_id)
+                await self.cleanup.discard(tenant, job_id, record=True)
                 return idempotency.replay(winner, request.idempotency_key, fingerprint)
         try:
             await self.jobs.flush(record)
@@ -556,15 +560,13 @@ class Submitter:
     # the record --------------------------------------------------------------------------------------
 
     async def _store(self, record: events_pb2.JobRecord, cost: int) -> None:
-        """Write the job's pending-work marker and its record together; on a failure of either, neither
-        stays (the marker and the objects go with the caller's discard, the record here)."""
-        tenant, job_id = record.tenant, record.job.job_id
+        """Write the job's pending-work marker and its record together; on a failure of either, the caller's
+        cleanup removes both (a write that timed out may still have been stored)."""
         marked, created = await asyncio.gather(
-            self.budget.add(tenant, job_id, cost), self.jobs.create(record), return_exceptions=True
+            self.budget.add(record.tenant, record.job.job_id, cost),
+            self.jobs.create(record),
+            return_exceptions=True,
         )
-        if isinstance(marked, BaseException) and not isinstance(created, BaseException):
-            with contextlib.suppress(Exception):
-                await self.jobs.delete(tenant, job_id)
         _raise_first(marked, created)
 
     async def _prepare_and_lay_out(
@@ -650,13 +652,3 @@ class Submitter:
             if found is None:
                 raise
             return idempotency.Binding.decode(found.value)
-
-    async def _discard(self, tenant: str, job_id: str) -> None:
-        """Best-effort removal of what a submit that did not go through left behind."""
-        try:
-            await self.budget.remove(tenant, job_id)
-            await self.objects.delete_prefix(names.BUCKET_JOBS, names.job_prefix(tenant, job_id))
-        except Exception as error:  # noqa: BLE001 - the original error matters more
-            log.warning(
-                "could not clean up after a failed submit", extra={"job_id": job_id, "error": repr(error)}
-            )
