@@ -72,6 +72,8 @@ SCHEDULE = {
     "parallel_persons_speedup": 490,
 }
 SLACK_SECONDS = 45
+#: How the summary lines show whether a figure met its target.
+MET_WORDS = {True: "met", False: "NOT met", None: ""}
 
 
 class Bench:
@@ -322,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         for key in METRIC_KEYS:
             target = result["targets"][key]
-            met = {True: "met", False: "NOT met", None: ""}[target["met"]]
+            met = MET_WORDS[target["met"]]
             shown = result[key] if result[key] is not None else f"null ({result['reasons'][key]})"
             print(f"{key:34s} {shown} {target['target'] or ''} {met}".rstrip())
         per_core = result["targets"][report.PER_CORE_KEY]
-        met = {True: "met", False: "NOT met", None: ""}[per_core["met"]]
+        met = MET_WORDS[per_core["met"]]
         print(f"{report.PER_CORE_KEY:34s} {result[report.PER_CORE_KEY]} {per_core['target']} {met}".rstrip())
     print(report.dumps(result), flush=True)
     return 1 if problems else 0
