@@ -306,3 +306,31 @@ def test_engine_seconds_are_unknown_without_a_metrics_endpoint():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     assert stack_bench.scrape_engine_seconds(f"http://127.0.0.1:{port}/metrics") is None
+
+
+class _Composition:
+    """A composition whose start fails as often as told."""
+
+    def __init__(self, outcomes: list[bool]):
+        self.outcomes = outcomes
+        self.started = False
+
+    def start(self) -> None:
+        if not self.outcomes.pop(0):
+            raise control_plane.MetricUnavailable("the control-plane composition did not start: standin")
+        self.started = True
+
+
+def test_a_composition_that_failed_to_start_is_started_again_and_the_failure_reported():
+    outcomes = [False, True]
+    plane, failures = control_plane._started(lambda: _Composition(outcomes))
+    assert plane.started
+    assert failures == ["the control-plane composition did not start: standin"]
+    assert outcomes == []
+
+
+def test_starting_gives_up_after_its_attempts_with_the_last_reason():
+    outcomes = [False, False, True]
+    with pytest.raises(control_plane.MetricUnavailable, match="did not start"):
+        control_plane._started(lambda: _Composition(outcomes), attempts=2)
+    assert outcomes == [True]  # no third start
