@@ -29,6 +29,7 @@ from multipass.bus import Bus, KeyExists, KvBucket, RevisionMismatch
 from multipass.errors import Internal, NotFound, Reason, Unavailable, echo
 from multipass.v1 import events_pb2
 from multipass_gateway.domain import job_state
+from multipass_gateway.infra import metrics
 from multipass_gateway.infra.local_job_events import LocalJobEvents
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class JobStore:
             new = mutate(current)
             if new is None:
                 if guessed:
+                    metrics.JOB_RECORD_WRITES.labels(outcome="confirm").inc()
                     continue  # confirm on the stored value
                 return current, revision
             try:
@@ -145,7 +147,9 @@ class JobStore:
                 else:
                     revision = await self.kv.update(key, new, revision=revision)
             except (KeyExists, RevisionMismatch):
+                metrics.JOB_RECORD_WRITES.labels(outcome="conflict").inc()
                 continue  # written meanwhile
+            metrics.JOB_RECORD_WRITES.labels(outcome="written").inc()
             self._remember(key, new, revision)
             return new, revision
         raise Unavailable(f"{key}: {attempts} conflicting updates in a row")

@@ -32,3 +32,10 @@ PASSES_IN_FLIGHT = Gauge(
 PASSES_RELEASED = Counter(
     "multipass_gateway_passes_released_total", "Pass requests released to the work queue by the scheduler."
 )
+JOB_RECORD_WRITES = Counter(
+    "multipass_gateway_job_record_writes_total",
+    "Job record compare-and-set attempts by outcome: written; conflict (another writer came first, so the "
+    "record is read and the change made again); confirm (the remembered record needed no change, so the "
+    "stored one is read to confirm it).",
+    ["outcome"],
+)

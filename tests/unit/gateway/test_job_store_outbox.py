@@ -170,3 +170,24 @@ async def test_this_replicas_watchers_get_the_events_of_a_flushed_outbox_at_once
     await jobs.flush(record)
     assert watcher.empty()
     await jobs.close()
+
+
+def record_writes() -> dict[str, float]:
+    from multipass_gateway.infra import metrics
+
+    return {
+        outcome: metrics.JOB_RECORD_WRITES.labels(outcome=outcome)._value.get()
+        for outcome in ("written", "conflict", "confirm")
+    }
+
+
+async def test_record_writes_are_counted_by_outcome_a_replica_that_wrote_last_reads_nothing():
+    jobs, kv, _bus, _dispatched = await store_with_job(clear_delay=0.0)
+    other = JobStore(RecordingBus(), kv, dispatch=jobs.dispatch, clear_delay=0.0)  # type: ignore[arg-type]
+    before = record_writes()
+    await jobs.transition(TENANT, JOB, step("base"))  # this replica created the record: no read
+    await other.transition(TENANT, JOB, step("segment"))  # never saw it: reads, then writes
+    await jobs.transition(TENANT, JOB, step("person"))  # its remembered record is stale: refused, read
+    await jobs.transition(TENANT, JOB, lambda record, _now: job_state.Outcome())  # unchanged: confirmed
+    after = record_writes()
+    assert {k: after[k] - before[k] for k in after} == {"written": 3, "conflict": 1, "confirm": 1}
