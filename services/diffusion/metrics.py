@@ -53,3 +53,11 @@ PASS_PHASE = Histogram(
     ["phase"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+RUN_AHEAD = Counter(
+    "multipass_diffusion_run_ahead_total",
+    "Passes started before their request arrived (PassRequest.next_pass), by outcome: used (the request "
+    "came and took the result), unused (it did not come here in time: the gateway sent it elsewhere, or it "
+    "differed), yielded (stopped for another pass wanting the device, a job cancel or the worker stopping), "
+    "failed.",
+    ["outcome"],
+)

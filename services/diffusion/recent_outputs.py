@@ -6,7 +6,8 @@ next one skips the object-store read and the PNG decode. An entry is used only f
 was stored as: same bucket, same key and the same sha256 the request's reference carries (a reference
 without a sha256 always reads the store). Outputs are stored (and their ``completed`` event published)
 before they are remembered, so nothing depends on this memory: a miss, an eviction or a restart only
-costs the read.
+costs the read. (A pass run ahead, ``run_ahead.py``, has its input remembered while it is being stored:
+only that run knows the reference before the ``completed`` event names it.)
 
 Bounded by bytes (``MULTIPASS_DIFFUSION_RECENT_OUTPUTS_MB``, 0 turns it off), least recently used first
 out. Entries hand out copies, so a pass that changes its input in place cannot change the next one's.

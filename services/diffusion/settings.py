@@ -84,6 +84,8 @@ class DiffusionSettings:
     png_compress_level: int = 1
     #: Memory for decoded recent outputs, the next pass of a chain reads them here (0: off).
     recent_outputs_mb: int = 256
+    #: Start the pass a request names as its ``next_pass`` while this one's output is stored (run_ahead.py).
+    run_ahead: bool = True
     compile: bool = False
     compile_mode: str = ""
     compile_backend: str = "inductor"
@@ -125,6 +127,7 @@ class DiffusionSettings:
             prefetch_depth=env.int("DIFFUSION_PREFETCH", 1, min=0, max=8),
             png_compress_level=env.int("DIFFUSION_PNG_COMPRESS_LEVEL", 1, min=0, max=9),
             recent_outputs_mb=env.int("DIFFUSION_RECENT_OUTPUTS_MB", 256, min=0, max=1_000_000),
+            run_ahead=env.bool("DIFFUSION_RUN_AHEAD", True),
             compile=env.bool("DIFFUSION_COMPILE", False),
             compile_mode=env.choice("DIFFUSION_COMPILE_MODE", "", COMPILE_MODES),
             compile_backend=env.str("DIFFUSION_COMPILE_BACKEND", "inductor"),

@@ -14,6 +14,9 @@ device in arrival order (:class:`~multipass_diffusion.device_queue.DeviceQueue`)
 waits for the next pass's downloads; a held pass gets ``in_progress`` heartbeats from the bus like the
 running one, is decided ``Term`` + ``failed`` when its job is cancelled while it waits, and is nak'ed at
 once (no delay) when the worker stops, so another worker takes it.
+
+Running ahead: a request naming its ``next_pass`` may have that pass started here as soon as its output is
+encoded, and the next request answered with that run (:mod:`multipass_diffusion.run_ahead`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from multipass.copies import MAX_COPY_BYTES, object_copy
 from multipass.errors import Cancelled, InvalidInput, MultipassError, Violation
 from multipass.image_work import encode_png_async
 from multipass.logs import log_context
+from multipass.store import png_ref
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2
 from multipass_diffusion import metrics
 from multipass_diffusion.device_queue import DeviceQueue
@@ -45,6 +49,7 @@ from multipass_diffusion.passes.context import PassInputs
 from multipass_diffusion.passes.registry import HANDLERS
 from multipass_diffusion.recent_outputs import RecentOutputs
 from multipass_diffusion.request_copies import RequestCopies
+from multipass_diffusion.run_ahead import AheadRun, RunAhead
 from multipass_diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,8 @@ class DiffusionWorker:
         #: One for every served model: they share the one device thread.
         self.device = DeviceQueue(executor)
         self.recent = RecentOutputs(settings.recent_outputs_mb * 1024 * 1024)
+        #: The next pass of a chain, started before its request arrives (run_ahead.py).
+        self.ahead = RunAhead()
         #: Pass-cache copies being written after their pass was decided (awaited when the worker stops).
         self._cache_writes: set[asyncio.Task] = set()
 
@@ -107,6 +114,7 @@ class DiffusionWorker:
         self._stop.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ahead.close()
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
         if self._cache_writes:
@@ -140,7 +148,9 @@ class DiffusionWorker:
                 return await self._fail(request, delivery, error)
 
             async def work(cancel: threading.Event) -> None:
-                output = await self._run(request, delivery, cancel)
+                output = await self._taken_over(request, cancel)
+                if output is None:
+                    output = await self._run(request, delivery, cancel)
                 await self._complete(request, output)
 
             return await self._decide(request.job_id, work, functools.partial(self._fail, request, delivery))
@@ -184,6 +194,7 @@ class DiffusionWorker:
         phase = time.perf_counter()
         data = await encode_png_async(output.image, self.settings.png_compress_level)
         phase = _phase_done("encode", phase)
+        self._run_ahead(request, output, data)
         ref = await self.store.put_png(
             request.output_bucket,
             request.output_key,
@@ -209,6 +220,83 @@ class DiffusionWorker:
                 "image": request.image_index,
             },
         )
+
+    # -- running ahead (run_ahead.py) ---------------------------------------------------------------
+
+    def _run_ahead(self, request: diffusion_pb2.PassRequest, output: PassOutput, data: bytes) -> None:
+        """Start ``request.next_pass`` on this pass's output (encoded as ``data``, not stored yet) when
+        nothing else waits for the device."""
+        following = request.next_pass
+        if (
+            not self.settings.run_ahead
+            or not request.HasField("next_pass")
+            or request.batch
+            or self.device.held > 0
+            or self._stop.is_set()
+            or request.job_id in self._cancelled
+            or following.spec.model not in self.engine.runtimes
+        ):
+            return
+        ref = png_ref(
+            request.output_bucket,
+            request.output_key,
+            data,
+            width=output.image.width,
+            height=output.image.height,
+        )
+        expected = diffusion_pb2.PassRequest()
+        expected.CopyFrom(following)
+        expected.ClearField("copies")
+        expected.spec.image.CopyFrom(ref)
+        # The input is read from memory under the reference it is about to be stored with: until its
+        # ``completed`` event is out, only this run knows that reference.
+        self.recent.remember(ref.bucket, ref.key, ref.sha256, output.image)
+        copies = [*request.copies, *following.copies]
+        run = AheadRun(expected)
+        run.task = asyncio.ensure_future(self._run_ahead_pass(run, copies))
+        self.ahead.begin(run)
+        log.debug("running ahead", extra={"next": following.pass_name})
+
+    async def _run_ahead_pass(self, run: AheadRun, copies: list[common_pb2.ObjectCopy]) -> PassOutput:
+        spec = run.expected.spec
+        job_id = run.expected.job_id
+        self._running.setdefault(job_id, set()).add(run.cancel)
+        self.device.hold()
+        on_device = False
+        try:
+            inputs = await self.fetch_inputs(spec, copies=copies)
+            run.steps_total = _steps_to_run(spec, inputs)
+            if not await self.device.wait_turn(self._stop, run.cancel):
+                raise Cancelled("run ahead stopped before it had the device")
+            on_device = True
+            try:
+                return await self.device.run(
+                    functools.partial(self.engine.run, spec, inputs, cancel=run.cancel)
+                )
+            finally:
+                self.device.end_turn()
+        finally:
+            if not on_device:
+                self.device.release()
+            running = self._running.get(job_id, set())
+            running.discard(run.cancel)
+            if not running:
+                self._running.pop(job_id, None)
+
+    async def _taken_over(
+        self, request: diffusion_pb2.PassRequest, cancel: threading.Event
+    ) -> PassOutput | None:
+        """The output of the run ahead of exactly this request, if there is one and it succeeds (its
+        ``started`` published at once); None: run the request as usual."""
+        run = self.ahead.take(request)
+        if run is None:
+            return None
+        started = events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=run.steps_total)
+        await publish_pass_event(self.bus, request, names.EVENT_STARTED, started=started)
+        output = await run.result()
+        if cancel.is_set():
+            raise Cancelled("job cancelled while the pass ran")
+        return output
 
     def _write_cache_copy(self, cache, spec_hash: str, data: bytes) -> None:
         async def write() -> None:
@@ -312,6 +400,7 @@ class DiffusionWorker:
         engine_call: Callable[[PassInputs, list[_ProgressReporter]], Callable[[], T]],
     ) -> T:
         """Hold a place, fetch the inputs, wait for the device, publish ``started`` per member, run there."""
+        self.ahead.make_way()
         self.device.hold()
         on_device = False
         try:

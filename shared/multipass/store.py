@@ -130,6 +130,19 @@ def presigning_client(settings: S3Settings, public: PublicEndpoint) -> Minio:
     )
 
 
+def png_ref(bucket: str, key: str, data: bytes, *, width: int, height: int) -> common_pb2.ImageRef:
+    """The reference :meth:`ObjectStore.put_png` returns for ``data`` stored at ``bucket/key``."""
+    return common_pb2.ImageRef(
+        bucket=bucket,
+        key=key,
+        sha256=sha256_hex(data),
+        size=len(data),
+        width=width,
+        height=height,
+        content_type=PNG,
+    )
+
+
 class ObjectStore:
     """Async access to S3 buckets through the ``minio`` client.
 
@@ -258,17 +271,10 @@ class ObjectStore:
     async def put_png(
         self, bucket: str, key: str, data: bytes, *, width: int, height: int
     ) -> common_pb2.ImageRef:
-        """Store already-encoded PNG bytes (encode once, store under several keys)."""
-        ref = await self.put_bytes(bucket, key, data, content_type=PNG)
-        return common_pb2.ImageRef(
-            bucket=bucket,
-            key=key,
-            sha256=ref.sha256,
-            size=ref.size,
-            width=width,
-            height=height,
-            content_type=PNG,
-        )
+        """Store already-encoded PNG bytes (encode once, store under several keys); returns
+        :func:`png_ref` of them."""
+        await self.put_bytes(bucket, key, data, content_type=PNG)
+        return png_ref(bucket, key, data, width=width, height=height)
 
     # reading -------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusion_support import serving, tiny_worker_settings
 from gateway_support import (  # noqa: F401 - fixtures
     bearer,
     capabilities_fixture,
@@ -21,9 +22,7 @@ from multipass import names
 from multipass.names import BUCKET_JOBS
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2
 from multipass_dev.tiny_models import build_tiny_models
-from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE
-from multipass_diffusion.app import serve
-from multipass_diffusion.settings import DiffusionSettings
+from multipass_dev.tiny_models.diffusion import SD15_MODEL
 
 pytestmark = pytest.mark.timeout(180)
 MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
@@ -36,26 +35,15 @@ def served_models() -> dict[str, str]:
 
 @pytest.fixture
 async def diffusion(nats_server, s3_settings, tmp_path):
-    settings = DiffusionSettings.from_env(
-        {
-            "MULTIPASS_MODEL_DIR": str(build_tiny_models(MODELS_ROOT)),
-            "MULTIPASS_DIFFUSION_MODELS": SD15_MODEL,
-            "MULTIPASS_DIFFUSION_DEVICE": "cpu",
-            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(TINY_WORKING_SIZE),
-            "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
-            "MULTIPASS_DIFFUSION_GRPC_ADDR": "127.0.0.1:0",
-            "MULTIPASS_DIFFUSION_METRICS_PORT": "0",
-            "MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(tmp_path / "tunes"),
-            "MULTIPASS_DIFFUSION_PROGRESS_INTERVAL_S": "0",
-            "MULTIPASS_NATS_URL": nats_server.url,
-            "MULTIPASS_S3_ENDPOINT": s3_settings.endpoint,
-        }
+    settings = tiny_worker_settings(
+        build_tiny_models(MODELS_ROOT),
+        nats_server.url,
+        s3_settings.endpoint,
+        tmp_path / "tunes",
+        PROGRESS_INTERVAL_S="0",
     )
-    running = await serve(settings)
-    try:
+    async with serving(settings) as running:
         yield running
-    finally:
-        await running.stop(grace=1.0)
 
 
 class Seen:

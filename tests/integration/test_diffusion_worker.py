@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from diffusion_support import serving, tiny_worker_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_probes import check_streaming_probes
 from PIL import Image
@@ -16,14 +17,10 @@ from multipass import names
 from multipass.images import sha256_hex
 from multipass.names import BUCKET_JOBS, BUCKET_TUNES
 from multipass.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc, events_pb2, prompt_pb2
-from multipass_dev.tiny_models import build_tiny_models
 from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
-from multipass_diffusion.app import serve
 from multipass_diffusion.passes.registry import HANDLERS
-from multipass_diffusion.settings import DiffusionSettings
 
 pytestmark = pytest.mark.timeout(120)
-MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
 
 
 def scene(width: int, height: int) -> Image.Image:
@@ -39,34 +36,18 @@ def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Ima
     return mask
 
 
-@pytest.fixture(scope="module")
-def model_root() -> Path:
-    return build_tiny_models(MODELS_ROOT)
-
-
 @pytest.fixture
 async def service(model_root, nats_server, s3_settings, tmp_path):
-    settings = DiffusionSettings.from_env(
-        {
-            "MULTIPASS_MODEL_DIR": str(model_root),
-            "MULTIPASS_DIFFUSION_MODELS": SD15_MODEL,
-            "MULTIPASS_DIFFUSION_DEVICE": "cpu",
-            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(TINY_WORKING_SIZE),
-            "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
-            "MULTIPASS_DIFFUSION_GRPC_ADDR": "127.0.0.1:0",
-            "MULTIPASS_DIFFUSION_METRICS_PORT": "0",
-            "MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(tmp_path / "tunes"),
-            "MULTIPASS_DIFFUSION_PROGRESS_INTERVAL_S": "0",
-            "MULTIPASS_DIFFUSION_ACK_WAIT_S": "10",
-            "MULTIPASS_NATS_URL": nats_server.url,
-            "MULTIPASS_S3_ENDPOINT": s3_settings.endpoint,
-        }
+    settings = tiny_worker_settings(
+        model_root,
+        nats_server.url,
+        s3_settings.endpoint,
+        tmp_path / "tunes",
+        PROGRESS_INTERVAL_S="0",
+        ACK_WAIT_S="10",
     )
-    running = await serve(settings)
-    try:
+    async with serving(settings) as running:
         yield running
-    finally:
-        await running.stop(grace=1.0)
 
 
 class Events:
@@ -108,19 +89,26 @@ async def watch(bus, job_id: str) -> Events:
     return events
 
 
-async def submit(
-    bus, job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, model: str = SD15_MODEL
+def pass_request(
+    job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, attempt: int = 0
 ) -> diffusion_pb2.PassRequest:
-    request = diffusion_pb2.PassRequest(
+    """A request of tenant t1's image 0, its output at the job's usual key."""
+    return diffusion_pb2.PassRequest(
         job_id=job_id,
         tenant="t1",
         image_index=0,
         pass_name=pass_name,
-        attempt=0,
+        attempt=attempt,
         spec=spec,
         output_bucket=BUCKET_JOBS,
         output_key=f"jobs/t1/{job_id}/image-0/{pass_name}.png",
     )
+
+
+async def submit(
+    bus, job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, model: str = SD15_MODEL
+) -> diffusion_pb2.PassRequest:
+    request = pass_request(job_id, pass_name, spec)
     await bus.publish(
         names.diffusion_pass_subject(model), request, msg_id=names.pass_msg_id(job_id, 0, pass_name, 0)
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from diffusion_support import serving, tiny_worker_settings
 from PIL import Image
 
 from multipass import names
@@ -28,10 +29,7 @@ from multipass.v1 import (
     jobs_pb2,
     segmentation_pb2,
 )
-from multipass_dev.tiny_models import build_tiny_models
-from multipass_dev.tiny_models.diffusion import SD15_MODEL, TINY_WORKING_SIZE, write_random_lora
-from multipass_diffusion.app import serve
-from multipass_diffusion.settings import DiffusionSettings
+from multipass_dev.tiny_models.diffusion import SD15_MODEL, write_random_lora
 from multipass_gateway.domain import job_state, planner, requirements
 from multipass_gateway.domain.face_targets import faces_request
 from multipass_gateway.settings import GatewaySettings
@@ -41,7 +39,6 @@ from multipass_segmentation.pose_render import render_pose
 from multipass_segmentation.slots import default_layout
 
 pytestmark = pytest.mark.timeout(300)
-MODELS_ROOT = Path(__file__).resolve().parents[2] / ".multipass" / "test-models"
 JOB_ID = "0123456789abcdef01234567"
 TENANT = "t0123456789abcdef"
 BASE_TUNE, PERSON_TUNE = "101", "102"
@@ -68,34 +65,18 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def model_root() -> Path:
-    return build_tiny_models(MODELS_ROOT)
-
-
 @pytest.fixture
 async def worker(model_root, nats_server, s3_settings, tmp_path):
-    settings = DiffusionSettings.from_env(
-        {
-            "MULTIPASS_MODEL_DIR": str(model_root),
-            "MULTIPASS_DIFFUSION_MODELS": SD15_MODEL,
-            "MULTIPASS_DIFFUSION_DEVICE": "cpu",
-            "MULTIPASS_DIFFUSION_WORKING_SIZE": str(TINY_WORKING_SIZE),
-            "MULTIPASS_DIFFUSION_TORCH_THREADS": "1",
-            "MULTIPASS_DIFFUSION_GRPC_ADDR": "127.0.0.1:0",
-            "MULTIPASS_DIFFUSION_METRICS_PORT": "0",
-            "MULTIPASS_DIFFUSION_TUNE_CACHE_DIR": str(tmp_path / "tunes"),
-            "MULTIPASS_DIFFUSION_PASS_CACHE": "off",
-            "MULTIPASS_DIFFUSION_ACK_WAIT_S": "60",
-            "MULTIPASS_NATS_URL": nats_server.url,
-            "MULTIPASS_S3_ENDPOINT": s3_settings.endpoint,
-        }
+    settings = tiny_worker_settings(
+        model_root,
+        nats_server.url,
+        s3_settings.endpoint,
+        tmp_path / "tunes",
+        PASS_CACHE="off",
+        ACK_WAIT_S="60",
     )
-    running = await serve(settings)
-    try:
+    async with serving(settings) as running:
         yield running
-    finally:
-        await running.stop(grace=1.0)
 
 
 class Outcomes:

@@ -53,7 +53,11 @@ def group(entries: Sequence[events_pb2.OutboxRequest], max_batch: int) -> list[l
 
 
 def attach_members(lead: diffusion_pb2.PassRequest, members: Sequence[diffusion_pb2.PassRequest]) -> None:
-    """Add each member request to ``lead`` as a :class:`BatchMember` (what differs: image, attempt, seed, key)."""
+    """Add each member request to ``lead`` as a :class:`BatchMember` (what differs: image, attempt, seed, key).
+
+    A batched request names no ``next_pass`` (the passes after it differ per member)."""
+    if members:
+        lead.ClearField("next_pass")
     for member in members:
         lead.batch.add(
             image_index=member.image_index,

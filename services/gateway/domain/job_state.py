@@ -140,9 +140,10 @@ def current_image(record: events_pb2.JobRecord, image_index: int, before: int) -
 
 
 def build_request(
-    record: events_pb2.JobRecord, image_index: int, pass_index: int
+    record: events_pb2.JobRecord, image_index: int, pass_index: int, *, with_next: bool = True
 ) -> events_pb2.OutboxRequest:
-    """The pass request of pass ``pass_index`` of image ``image_index``, with the chain's images filled in."""
+    """The pass request of pass ``pass_index`` of image ``image_index``, with the chain's images filled in,
+    and (``with_next``) the request of the pass that will follow it on its output (``next_pass``)."""
     job = record.job
     image = job.images[image_index]
     state = image.passes[pass_index]
@@ -178,11 +179,35 @@ def build_request(
         output_key=names.pass_output_key(record.tenant, job.job_id, image_index, state.name),
         copy_output=in_diffusion and _segmented_next(record.plans[image_index], pass_index),
     )
+    following = _next_on_output(record, image_index, pass_index) if with_next and in_diffusion else None
+    if following is not None:
+        after = build_request(record, image_index, following, with_next=False).request
+        after.attempt = 1  # what queueing it after this pass gives it
+        after.spec.ClearField("image")  # this pass's output, known once it is stored
+        request.next_pass.CopyFrom(after)
     return events_pb2.OutboxRequest(
         subject=subject,
         msg_id=names.pass_msg_id(job.job_id, image_index, state.name, state.attempt),
         request=request,
     )
+
+
+def _next_on_output(record: events_pb2.JobRecord, image_index: int, pass_index: int) -> int | None:
+    """The pass that will be queued when pass ``pass_index`` completes and works on its output on the same
+    kind of worker: the next pass of a sequential chain, still pending, run by a diffusion worker of the
+    same model without a step in the gateway before it (faces). None for anything else."""
+    plan = record.plans[image_index]
+    following = pass_index + 1
+    if following >= len(plan.passes) or person_stages.is_graph(plan):
+        return None
+    current, after = plan.passes[pass_index], plan.passes[following]
+    if after.runs_in != "diffusion" or after.needs_faces or after.spec.model != current.spec.model:
+        return None
+    if person_stages.input_position(plan, following) != following:
+        return None
+    if record.job.images[image_index].passes[following].status != jobs_pb2.PASS_STATUS_PENDING:
+        return None
+    return following
 
 
 def _segmented_next(plan: events_pb2.ImagePlan, pass_index: int) -> bool:

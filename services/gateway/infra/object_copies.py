@@ -72,12 +72,12 @@ class ObjectCopies:
         copy = self._copies.get((ref.bucket, ref.key))
         return copy if copy is not None and copy.sha256 == ref.sha256 else None
 
-    def for_spec(self, spec: diffusion_pb2.PassSpec) -> list[common_pb2.ObjectCopy]:
-        """The copies held of the spec's inputs (same bucket, key and sha256), within the per-request budget."""
+    def for_spec(self, *specs: diffusion_pb2.PassSpec) -> list[common_pb2.ObjectCopy]:
+        """The copies held of the specs' inputs (same bucket, key and sha256), within the per-request budget."""
         if not self._copies:
             return []
         found, total = [], 0
-        for ref in _input_refs(spec):
+        for ref in (ref for spec in specs for ref in _input_refs(spec)):
             copy = self.held(ref)
             if copy is None or any(c is copy for c in found):
                 continue
@@ -97,7 +97,8 @@ class ObjectCopies:
             unasked.CopyFrom(request)
             unasked.copy_output = False
             return unasked
-        copies = self.for_spec(request.spec)
+        # The pass named to follow it may run ahead on the same worker: its inputs ride along too.
+        copies = self.for_spec(request.spec, request.next_pass.spec)
         if not copies:
             return request
         return request.SerializeToString() + diffusion_pb2.PassRequest(copies=copies).SerializeToString()

@@ -336,3 +336,41 @@ def test_base_inpaint_gets_the_prompt_mask():
     assert base.spec.mask.key == "jobs/t/j/image-0/mask-mask.png"
     assert base.spec.image.key == source.key
     assert record.job.images[0].masks["prompt"].key.endswith("mask-mask.png")
+
+
+def test_a_person_pass_names_the_next_one_as_it_will_be_requested_on_its_output():
+    record = started(record_for(parsed_prompt(2)))
+    assert not record.outbox_requests[-1].request.HasField("next_pass")  # the base: a segment pass follows
+    run_pass(record, 0, "base")
+    assert not record.outbox_requests[-1].request.HasField("next_pass")  # the gateway's own segment pass
+    run_pass(
+        record, 0, "segment", output=record.job.images[0].passes[1].output, masks=person_masks(record, 2)
+    )
+    first = record.outbox_requests[-1].request
+    named = first.next_pass
+    assert (named.pass_name, named.attempt, named.image_index) == ("person-1", 1, 0)
+    assert not named.spec.HasField("image") and not named.HasField("next_pass")
+    assert named.spec.mask.key.endswith("mask-person-1.png")
+    run_pass(record, 0, "person-0", output=image_ref(first.output_key))
+    second = record.outbox_requests[-1].request
+    # What the worker runs ahead (the named spec on person-0's output) is exactly what then comes.
+    ahead = type(named.spec)()
+    ahead.CopyFrom(named.spec)
+    ahead.image.CopyFrom(record.job.images[0].passes[3].output)
+    assert second.pass_name == "person-1" and second.spec == ahead
+    assert (second.output_key, second.attempt) == (named.output_key, named.attempt)
+    assert not second.HasField("next_pass")  # the last pass
+
+
+def test_a_retried_pass_names_its_next_pass_again_and_a_started_one_is_not_named():
+    record = started(record_for(parsed_prompt(2)))
+    run_pass(record, 0, "base")
+    run_pass(
+        record, 0, "segment", output=record.job.images[0].passes[1].output, masks=person_masks(record, 2)
+    )
+    apply(record, event(record, 0, "person-0", "failed", code=common_pb2.ERROR_CODE_UNAVAILABLE))
+    retry = record.outbox_requests[-1].request
+    assert (retry.pass_name, retry.attempt, retry.next_pass.pass_name) == ("person-0", 2, "person-1")
+    record.job.images[0].passes[4].status = jobs_pb2.PASS_STATUS_QUEUED
+    index = job_state.find_pass(record, 0, "person-0")
+    assert not job_state.build_request(record, 0, index).request.HasField("next_pass")

@@ -289,3 +289,8 @@ def test_the_setting_defaults_on_and_reaches_the_person_plans():
     assert [p.parallel_working_size for p in persons] == [512, 512]
     others = [p for p in record.plans[0].passes if p.kind != "person"]
     assert all(p.parallel_working_size == 0 for p in others)
+
+
+def test_persons_of_a_parallel_stage_name_no_next_pass():
+    record, _ = segmented()
+    assert not any(request.HasField("next_pass") for request in requests(record).values())

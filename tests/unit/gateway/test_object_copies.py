@@ -149,3 +149,14 @@ def test_an_outbox_entry_in_the_record_never_holds_copies():
     entry.request.spec.mask.CopyFrom(ref_of(mask))
     copies.attach(entry.request)
     assert not entry.request.copies
+
+
+def test_a_request_carries_the_copies_of_the_pass_named_to_follow_it():
+    copies = ObjectCopies(1 << 20)
+    own, following = copy_of("mask-person-0.png", b"m0"), copy_of("mask-person-1.png", b"m1")
+    copies.remember([own, following])
+    request = diffusion_pb2.PassRequest(spec=diffusion_pb2.PassSpec(mask=ref_of(own)))
+    request.next_pass.spec.mask.CopyFrom(ref_of(following))
+    sent = diffusion_pb2.PassRequest()
+    sent.ParseFromString(copies.attach(request))
+    assert [c.key for c in sent.copies] == [own.key, following.key]
