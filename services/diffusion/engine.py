@@ -188,18 +188,29 @@ class Engine:
         *,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        counted: bool = True,
     ) -> PassOutput:
-        """Run one pass. Raises InvalidInput, FailedPrecondition, Unavailable (tune fetch) or Cancelled."""
+        """Run one pass. Raises InvalidInput, FailedPrecondition, Unavailable (tune fetch) or Cancelled.
+
+        ``counted=False`` leaves the pass metrics alone (a pass run ahead of its request: :meth:`count` it
+        when a request takes it)."""
         started = time.perf_counter()
         kind = spec.kind or "unknown"
         try:
             output = self._run(spec, inputs or PassInputs(), progress, cancel, started)
         except BaseException as error:
-            _count_failure(kind, error)
+            if counted:
+                _count_failure(kind, error)
             raise
-        _count_success(kind, output)
+        if counted:
+            self.count(spec, output)
         self.record_memory()
         return output
+
+    @staticmethod
+    def count(spec: diffusion_pb2.PassSpec, output: PassOutput) -> None:
+        """Count a pass that succeeded in the pass metrics (duration, outcome, cache hit, steps)."""
+        _count_success(spec.kind or "unknown", output)
 
     def _run(self, spec, inputs: PassInputs, progress, cancel, started: float) -> PassOutput:
         handler = handler_for(spec.kind)

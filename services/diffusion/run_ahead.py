@@ -7,7 +7,8 @@ fetches it: tens of milliseconds in which the device waits. When a request names
 other pass waits for this worker's device, the worker starts that pass as soon as the output is encoded,
 on the output it holds in memory, under the reference the output will be stored with (same bucket, key and
 sha256). When the request arrives here with exactly that spec, it is answered with this run's result:
-``started`` at once, ``completed`` when the run ends, the output stored at the request's key as always.
+``started`` at once, the steps still to run as its progress, ``completed`` when the run ends, the output
+stored at the request's key as always; the pass metrics count the run then, not before.
 
 Nothing depends on it. A request that differs in anything, or that goes to another worker, runs as
 usual; a run ahead that fails is forgotten. It gives the device up at its next step as soon as any other
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from multipass.errors import Cancelled
@@ -42,6 +44,14 @@ class AheadRun:
     task: asyncio.Task = field(init=False)
     #: What ``started`` reports once the run has its inputs (0 before: its progress tells).
     steps_total: int = 0
+    #: Where the run's step progress goes once a request took it (nowhere before).
+    reporter: Callable[[int, int], None] | None = None
+
+    def progress(self, step: int, total: int) -> None:
+        """The engine's progress callback (device thread): handed to the request's reporter, if any."""
+        reporter = self.reporter
+        if reporter is not None:
+            reporter(step, total)
 
     def answers(self, request: diffusion_pb2.PassRequest) -> bool:
         expected = self.expected

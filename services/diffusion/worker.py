@@ -271,7 +271,9 @@ class DiffusionWorker:
             on_device = True
             try:
                 return await self.device.run(
-                    functools.partial(self.engine.run, spec, inputs, cancel=run.cancel)
+                    functools.partial(
+                        self.engine.run, spec, inputs, progress=run.progress, cancel=run.cancel, counted=False
+                    )
                 )
             finally:
                 self.device.end_turn()
@@ -292,10 +294,24 @@ class DiffusionWorker:
         if run is None:
             return None
         started = events_pb2.PassStarted(worker=self.settings.worker_name, steps_total=run.steps_total)
-        await publish_pass_event(self.bus, request, names.EVENT_STARTED, started=started)
-        output = await run.result()
+        announced = asyncio.ensure_future(
+            publish_pass_event(self.bus, request, names.EVENT_STARTED, started=started)
+        )
+        # The steps still to come are reported as the request's progress.
+        reporter = _ProgressReporter(
+            self, request, asyncio.get_running_loop(), self.settings.progress_interval_s, announced
+        )
+        run.reporter = reporter
+        try:
+            output = await run.result()
+        finally:
+            run.reporter = None
+            await announced
+            await reporter.drain()
         if cancel.is_set():
             raise Cancelled("job cancelled while the pass ran")
+        if output is not None:
+            self.engine.count(run.expected.spec, output)
         return output
 
     def _write_cache_copy(self, cache, spec_hash: str, data: bytes) -> None:

@@ -36,6 +36,10 @@ def outcomes() -> dict[str, float]:
     }
 
 
+def person_passes() -> float:
+    return metrics.PASSES.labels(pass_kind="person", outcome="succeeded")._value.get()
+
+
 def counted_since(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in outcomes().items() if v != before[k]}
 
@@ -105,9 +109,10 @@ async def test_the_next_person_pass_run_ahead_answers_its_request_with_the_same_
     first, second = await person_specs(store, service, model_root, "RA1")
     # The reference: the same two passes, nothing run ahead.
     _, alone = await first_then_second(bus, "RA0", first, second, hint=None)
-    before = outcomes()
+    before, passes = outcomes(), person_passes()
     seen, ahead = await first_then_second(bus, "RA1", first, second, hint=second)
     assert counted_since(before) == {"used": 1}
+    assert person_passes() == passes + 2  # each pass counted once, the one run ahead when it was taken
     assert ahead.output.sha256 == alone.output.sha256  # the very image a run of the request gives
     assert ahead.output.key == "jobs/t1/RA1/image-0/person-1.png"
     assert await store.exists(BUCKET_JOBS, ahead.output.key)
@@ -122,9 +127,10 @@ async def test_a_next_request_that_differs_runs_as_usual(service, bus, store, mo
     changed.CopyFrom(second)
     changed.seed += 1
     _, alone = await first_then_second(bus, "RA3", first, changed, hint=None)
-    before = outcomes()
+    before, passes = outcomes(), person_passes()
     _, result = await first_then_second(bus, "RA2", first, changed, hint=second)  # run ahead: old seed
     assert result.output.sha256 == alone.output.sha256
+    assert person_passes() == passes + 2  # the unused run is not a pass
     assert set(counted_since(before)) <= {"unused", "yielded"} and counted_since(before)
 
 
@@ -148,3 +154,17 @@ async def test_a_cancel_stops_the_run_ahead_and_fails_its_request(service, bus, 
         while not counted_since(before):
             await asyncio.sleep(0.05)
     assert counted_since(before) == {"yielded": 1}
+
+
+async def test_the_steps_left_when_the_request_takes_the_run_are_its_progress(
+    service, bus, store, model_root
+):
+    first, second = await person_specs(store, service, model_root, "RA5", steps=150)
+    first.steps = 4
+    seen, result = await first_then_second(bus, "RA5", first, second, hint=second)
+    events = [(kind, event) for kind, event in seen if event.pass_name == "person-1"]
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "started" and kinds[-1] == "completed" and "progress" in kinds
+    steps = [event.progress.step for kind, event in events if kind == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 75  # strength 0.5 of 150 steps
+    assert result.metadata["steps_run"] == "75"
