@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class AheadRun:
     """One pass run before its request: the request it expects and the run's task."""
 
-    #: The request as the gateway will send it (input image filled in), without copies or a next_pass.
+    #: The request as the gateway will send it (``next_pass`` with the input image filled in).
     expected: diffusion_pb2.PassRequest
     cancel: threading.Event = field(default_factory=threading.Event)
     #: The run (set as it starts).

@@ -246,14 +246,13 @@ class DiffusionWorker:
         )
         expected = diffusion_pb2.PassRequest()
         expected.CopyFrom(following)
-        expected.ClearField("copies")
         expected.spec.image.CopyFrom(ref)
         # The input is read from memory under the reference it is about to be stored with: until its
         # ``completed`` event is out, only this run knows that reference.
         self.recent.remember(ref.bucket, ref.key, ref.sha256, output.image)
-        copies = [*request.copies, *following.copies]
         run = AheadRun(expected)
-        run.task = asyncio.ensure_future(self._run_ahead_pass(run, copies))
+        # The gateway attaches the copies of the next pass's inputs to this request.
+        run.task = asyncio.ensure_future(self._run_ahead_pass(run, list(request.copies)))
         self.ahead.begin(run)
         log.debug("running ahead", extra={"next": following.pass_name})
 

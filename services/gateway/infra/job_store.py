@@ -41,6 +41,10 @@ _REMEMBERED_REVISIONS = 1024
 _REMEMBERED_RECORDS = 2048
 #: Seconds a published outbox waits in the stored record for the job's next write to remove it.
 CLEAR_DELAY_SECONDS = 0.5
+#: The record-write counter's children, bound once (every compare-and-set counts one).
+_WRITTEN, _CONFLICT, _CONFIRM = (
+    metrics.JOB_RECORD_WRITES.labels(outcome=outcome) for outcome in ("written", "conflict", "confirm")
+)
 
 
 def now() -> datetime:
@@ -138,7 +142,7 @@ class JobStore:
             new = mutate(current)
             if new is None:
                 if guessed:
-                    metrics.JOB_RECORD_WRITES.labels(outcome="confirm").inc()
+                    _CONFIRM.inc()
                     continue  # confirm on the stored value
                 return current, revision
             try:
@@ -147,9 +151,9 @@ class JobStore:
                 else:
                     revision = await self.kv.update(key, new, revision=revision)
             except (KeyExists, RevisionMismatch):
-                metrics.JOB_RECORD_WRITES.labels(outcome="conflict").inc()
+                _CONFLICT.inc()
                 continue  # written meanwhile
-            metrics.JOB_RECORD_WRITES.labels(outcome="written").inc()
+            _WRITTEN.inc()
             self._remember(key, new, revision)
             return new, revision
         raise Unavailable(f"{key}: {attempts} conflicting updates in a row")
