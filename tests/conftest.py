@@ -10,6 +10,7 @@ A missing server binary fails the test with a message naming the package to inst
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,17 @@ from multipass.connections import S3Settings
 from multipass.names import BUCKET_JOBS, BUCKET_MODELS, BUCKET_TUNES
 from multipass.store import ObjectStore
 from multipass_dev.local import BinaryNotFound, NatsServerProcess, S3ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (``configure_logging``) points the root logger at the test's captured
+    stdout; restored afterwards, so no later thread logs into a stream pytest has closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _missing_binary(error: BinaryNotFound) -> None:

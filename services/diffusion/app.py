@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from multipass.bus import Bus
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
-from multipass.metrics import metrics_host_for, serve_metrics
+from multipass.metrics import metrics_host_for
+from multipass.metrics_endpoint import MetricsEndpoint
 from multipass.model_catalog.features import log_report
 from multipass.names import OBJECT_BUCKETS
 from multipass.store import ObjectStore
@@ -41,6 +42,7 @@ class DiffusionService:
     store: ObjectStore
     worker: DiffusionWorker
     executor: ThreadPoolExecutor
+    metrics: MetricsEndpoint
 
     @property
     def grpc_address(self) -> str:
@@ -52,6 +54,7 @@ class DiffusionService:
         await self.bus.close()
         await self.grpc.stop(grace)
         self.executor.shutdown(wait=True)
+        self.metrics.close()
         log.info("diffusion worker stopped")
 
 
@@ -78,9 +81,9 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
         if settings.internal_token
         else [],
     )
-    bus = None
+    bus = metrics = None
     try:
-        metrics_port = serve_metrics(settings.metrics_port, metrics_host_for(settings.grpc_addr))
+        metrics = MetricsEndpoint.start(settings.metrics_port, metrics_host_for(settings.grpc_addr))
         log_report(model_features(engine), log)
         await loop.run_in_executor(executor, engine.load)
         await store.ensure_buckets(OBJECT_BUCKETS)
@@ -93,6 +96,8 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
             await bus.close()
         await grpc.stop(0)
         executor.shutdown(wait=False)
+        if metrics is not None:
+            metrics.close()
         raise
     await grpc.set_serving(True)
     log.info(
@@ -100,8 +105,8 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
         extra={
             "models": list(engine.runtimes),
             "grpc": grpc.address,
-            "metrics_port": metrics_port,
+            "metrics_port": metrics.port,
             "device": engine.device,
         },
     )
-    return DiffusionService(settings, engine, grpc, metrics_port, bus, store, worker, executor)
+    return DiffusionService(settings, engine, grpc, metrics.port, bus, store, worker, executor, metrics)

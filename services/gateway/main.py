@@ -11,12 +11,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from prometheus_client import start_http_server
-
 from multipass import names
 from multipass.bus import Bus
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
+from multipass.metrics_endpoint import MetricsEndpoint
 from multipass.store import ObjectStore
 from multipass.v1 import admin_pb2_grpc, jobs_pb2_grpc
 from multipass_gateway.api import admin_servicer, jobs_servicer, tunes_servicer
@@ -57,7 +56,7 @@ class GatewayHandle:
     stop_event: asyncio.Event
     tasks: list[asyncio.Task]
     metrics_port: int
-    _metrics_server: object | None = None
+    _metrics: MetricsEndpoint | None = None
     components: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -81,10 +80,9 @@ class GatewayHandle:
         await self.jobs.close()
         await self.clients.close()
         await self.bus.close()
-        if self._metrics_server is not None:
+        if self._metrics is not None:
             with contextlib.suppress(Exception):
-                self._metrics_server.shutdown()
-                self._metrics_server.server_close()
+                self._metrics.close()
         log.info("gateway stopped")
 
 
@@ -101,7 +99,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
     )
     stop_event = asyncio.Event()
     tasks: list[asyncio.Task] = []
-    metrics_server = None
+    metrics = None
     try:
         await bus.ensure_topology(replicas=settings.nats.replicas)
         objects = ObjectStore.from_settings(settings.s3, public_endpoint=settings.s3_public_endpoint)
@@ -220,19 +218,16 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         ]
         metrics_port = -1
         if settings.metrics_port >= 0:
-            metrics_server, _thread = start_http_server(
-                settings.metrics_port, addr=metrics_host_for(settings.grpc_address)
-            )
-            metrics_port = metrics_server.server_port
+            metrics = MetricsEndpoint.start(settings.metrics_port, metrics_host_for(settings.grpc_address))
+            metrics_port = metrics.port
         server = await start_grpc_server(settings.grpc_address, registrations)
     except BaseException:
         stop_event.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        if metrics is not None:
+            metrics.close()
         await clients.close()
         await bus.close()
         raise
@@ -246,7 +241,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         stop_event=stop_event,
         tasks=tasks,
         metrics_port=metrics_port,
-        _metrics_server=metrics_server,
+        _metrics=metrics,
         components={
             "jobs": jobs,
             "tenants": tenants,

@@ -9,8 +9,8 @@ import socket
 from dataclasses import dataclass
 
 import uvicorn
-from prometheus_client import REGISTRY, start_http_server
 
+from multipass.metrics_endpoint import MetricsEndpoint
 from multipass.store import ObjectStore
 from multipass_http_api.app import create_app
 from multipass_http_api.gateway import GatewayClient
@@ -38,7 +38,7 @@ class HttpApiHandle:
     host: str
     port: int
     metrics_port: int
-    _metrics_server: object
+    _metrics: MetricsEndpoint
 
     @property
     def url(self) -> str:
@@ -55,8 +55,7 @@ class HttpApiHandle:
             self.server.force_exit = True
             await self.task
         await self.gateway.close()
-        self._metrics_server.shutdown()
-        self._metrics_server.server_close()
+        self._metrics.close()
         log.info("http api stopped")
 
 
@@ -69,15 +68,12 @@ def _listen(settings: HttpApiSettings) -> socket.socket:
 
 async def serve(settings: HttpApiSettings) -> HttpApiHandle:
     """Start the HTTP service on ``settings.http_addr`` (port 0 picks one) and /metrics."""
-    metrics_server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.metrics_host, registry=REGISTRY
-    )
+    metrics = MetricsEndpoint.start(settings.metrics_port, settings.metrics_host)
     gateway = GatewayClient(settings.gateway_target, timeout_seconds=settings.gateway_timeout_seconds)
     try:
         sock = _listen(settings)
     except BaseException:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        metrics.close()
         await gateway.close()
         raise
     objects = ObjectStore.from_settings(settings.s3)
@@ -105,8 +101,8 @@ async def serve(settings: HttpApiSettings) -> HttpApiHandle:
         app=app,
         host=settings.host,
         port=port,
-        metrics_port=metrics_server.server_port,
-        _metrics_server=metrics_server,
+        metrics_port=metrics.port,
+        _metrics=metrics,
     )
     log.info("http api serving", extra={"url": handle.url, "metrics_port": handle.metrics_port})
     return handle

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, start_http_server
-
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
+from multipass.metrics_endpoint import MetricsEndpoint
 from multipass.v1 import prompt_pb2_grpc
 from multipass_prompt_parser.servicer import PromptParserServicer
 from multipass_prompt_parser.settings import ParserSettings
@@ -24,7 +23,7 @@ class ParserHandle:
 
     grpc: RunningServer
     metrics_port: int
-    _metrics_server: object
+    _metrics: MetricsEndpoint
 
     @property
     def address(self) -> str:
@@ -37,8 +36,7 @@ class ParserHandle:
     async def stop(self, grace: float = 5.0) -> None:
         """Answer NOT_SERVING, finish in-flight calls within ``grace`` seconds, close /metrics."""
         await self.grpc.stop(grace)
-        self._metrics_server.shutdown()
-        self._metrics_server.server_close()
+        self._metrics.close()
         log.info("prompt parser stopped")
 
     async def wait(self) -> None:
@@ -47,9 +45,7 @@ class ParserHandle:
 
 async def serve(settings: ParserSettings) -> ParserHandle:
     """Start the prompt parser on ``settings.grpc_addr`` (port 0 picks one) and /metrics."""
-    metrics_server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.metrics_host, registry=REGISTRY
-    )
+    metrics = MetricsEndpoint.start(settings.metrics_port, settings.metrics_host)
     interceptors = [InternalTokenInterceptor(settings.internal_token)] if settings.internal_token else []
     try:
         running = await start_grpc_server(
@@ -64,9 +60,8 @@ async def serve(settings: ParserSettings) -> ParserHandle:
             extra_interceptors=interceptors,
         )
     except BaseException:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+        metrics.close()
         raise
-    metrics_port = metrics_server.server_port
+    metrics_port = metrics.port
     log.info("prompt parser serving", extra={"port": running.port, "metrics_port": metrics_port})
-    return ParserHandle(grpc=running, metrics_port=metrics_port, _metrics_server=metrics_server)
+    return ParserHandle(grpc=running, metrics_port=metrics_port, _metrics=metrics)

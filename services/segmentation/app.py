@@ -12,11 +12,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from prometheus_client import start_http_server
-
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
+from multipass.metrics_endpoint import MetricsEndpoint
 from multipass.model_catalog.features import log_report
 from multipass.v1 import segmentation_pb2_grpc
 from multipass_segmentation.models import load_models, resolve_device
@@ -36,7 +35,7 @@ class SegmentationService:
     segmenter: Segmenter
     executor: ThreadPoolExecutor
     metrics_port: int
-    _metrics_server: object | None = None
+    _metrics: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -50,10 +49,9 @@ class SegmentationService:
         """NOT_SERVING, finish in-flight calls within ``grace``, then release the model thread and /metrics."""
         await self.server.stop(grace)
         self.executor.shutdown(wait=True)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-            self._metrics_server = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
 
 def segmenter_options(settings: SegmentationSettings) -> SegmenterOptions:
@@ -84,7 +82,7 @@ def build_segmenter(settings: SegmentationSettings) -> Segmenter:
 async def serve(settings: SegmentationSettings, store=None) -> SegmentationService:
     """Load models, connect the store, open /metrics and the gRPC port; returns the running service."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmentation-model")
-    metrics_server = None
+    metrics = None
     log_report(model_features(settings.model_dir), log)
     try:
         segmenter = await asyncio.get_running_loop().run_in_executor(executor, build_segmenter, settings)
@@ -93,9 +91,7 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
 
             store = ObjectStore.from_settings(settings.s3)
         # /metrics listens where gRPC does: loopback locally, every interface in a pod (0.0.0.0).
-        metrics_server, _thread = start_http_server(
-            settings.metrics_port, addr=metrics_host_for(settings.grpc_addr)
-        )
+        metrics = MetricsEndpoint.start(settings.metrics_port, metrics_host_for(settings.grpc_addr))
         servicer = SegmentationServicer(
             segmenter, store, executor, max_pixels=settings.max_pixels, model_dir=settings.model_dir
         )
@@ -107,11 +103,10 @@ async def serve(settings: SegmentationSettings, store=None) -> SegmentationServi
         )
     except BaseException:
         executor.shutdown(wait=False)
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        if metrics is not None:
+            metrics.close()
         raise
-    service = SegmentationService(server, segmenter, executor, metrics_server.server_port, metrics_server)
+    service = SegmentationService(server, segmenter, executor, metrics.port, metrics)
     log.info(
         "segmentation service ready",
         extra={"address": settings.grpc_addr, "port": server.port, "metrics_port": service.metrics_port},

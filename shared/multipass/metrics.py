@@ -1,4 +1,4 @@
-"""Prometheus metrics: the standard gRPC server metrics, the /metrics endpoint, shared buckets.
+"""Prometheus metrics: the standard gRPC server metrics, shared buckets, the /metrics host of a service.
 
 gRPC metric names follow go-grpc-prometheus (``grpc_server_started_total``, ``grpc_server_handled_total``,
 ``grpc_server_handling_seconds``) so existing Grafana dashboards work unchanged.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 
 from multipass.grpc.wrapping import wrap_handler
 
@@ -74,9 +74,3 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 def metrics_host_for(grpc_addr: str) -> str:
     """The /metrics host matching a gRPC ``host:port`` address (0.0.0.0 in pods, loopback locally)."""
     return grpc_addr.rpartition(":")[0].strip("[]") or "127.0.0.1"
-
-
-def serve_metrics(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
-    """Start the /metrics HTTP endpoint; port 0 picks a free port. Returns the bound port."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server.server_port

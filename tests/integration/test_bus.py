@@ -426,6 +426,37 @@ async def test_cancelling_the_loop_hands_the_message_over_at_once(bus):
     assert time.monotonic() - begun < 5  # nak'ed, not left to time out after 30 s
 
 
+async def test_stop_while_waiting_in_a_long_fetch_ends_the_loop_and_loses_nothing(bus):
+    """A stop does not wait out the pending pull (every service stop used to take up to a whole fetch
+    timeout), and the abandoned pull request swallows nothing: messages published after the stop reach
+    the next consumer at once, not after ``ack_wait``."""
+    stop, seen = asyncio.Event(), []
+
+    async def handler(delivery):
+        seen.append(delivery.data)
+        return Ack()
+
+    task = consumer(bus, handler, stop, fetch_timeout=20.0, ack_wait=30.0)
+    await asyncio.sleep(0.3)  # the loop is waiting in its fetch, the server holds its pull request
+    stop.set()
+    await asyncio.wait_for(task, 3)  # well before the 20 s pull would have expired
+    assert not bus._live and seen == []
+
+    await publish_passes(bus, 3)
+    again = asyncio.Event()
+
+    async def rest(delivery):
+        seen.append(delivery.data)
+        if len(seen) == 3:
+            again.set()
+        return Ack()
+
+    begun = time.monotonic()
+    await asyncio.wait_for(consumer(bus, rest, again, ack_wait=30.0), 20)
+    assert sorted(seen) == [b"pass-0", b"pass-1", b"pass-2"]  # each once
+    assert time.monotonic() - begun < 10  # none delivered to the abandoned pull and left to ack_wait
+
+
 async def test_close_with_a_live_consumer_does_not_stall(nats_server):
     bus = await Bus.connect(nats_server.url, name="closing")
     await bus.ensure_topology()

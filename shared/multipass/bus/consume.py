@@ -198,7 +198,7 @@ class Consuming(ConsumerAdmin):
                     if not gate.done() or gate.cancelled():
                         continue  # a handler ended or we are stopping: look again
                 try:
-                    msgs = await self._fetch_unless_closing(puller, min(batch, free), fetch_timeout)
+                    msgs = await self._fetch_unless_stopping(puller, min(batch, free), fetch_timeout, stopped)
                     if msgs is None:
                         break
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -246,20 +246,38 @@ class Consuming(ConsumerAdmin):
             await self._release(sub)
             log.info("stopped consuming", extra={"stream": stream, "durable": durable})
 
-    async def _fetch_unless_closing(self, puller: Puller, batch: int, timeout: float) -> list[Msg] | None:
-        """One fetch; None as soon as :meth:`close` begins (the pending pull is abandoned)."""
+    async def _fetch_unless_stopping(
+        self, puller: Puller, batch: int, timeout: float, stopped: asyncio.Future
+    ) -> list[Msg] | None:
+        """One fetch; None as soon as the loop is told to stop or :meth:`close` begins.
+
+        The pending pull is abandoned rather than waited out (up to ``timeout``, a second by default, on
+        every stop of every service). A message the server sends for it before the unsubscribe reaches
+        it lands in the inbox and is nakked by :meth:`_release`; one that arrived while the fetch was
+        being cancelled is nakked here: either way another consumer gets it at once.
+        """
         fetch = asyncio.ensure_future(puller.fetch(batch, timeout))
         closing = asyncio.ensure_future(self._closing_event.wait())
         try:
-            await asyncio.wait({fetch, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({fetch, closing, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await fetch
+        if fetch.done():
+            return fetch.result()
+        fetch.cancel()
+        try:
+            late = await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this loop itself is being cancelled
             return None
-        return fetch.result()
+        except Exception:  # noqa: BLE001 - the pull is abandoned either way
+            return None
+        for msg in late:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        return None
 
     async def _release(self, sub: JetStreamContext.PullSubscription) -> None:
         """Unsubscribe, then nak any message a late pull delivered into our inbox so nobody waits ack_wait."""
