@@ -7,10 +7,12 @@
 #   scripts/gpu_check.sh --tiny       # tiny configs of the same architectures on CPU (the same steps, ~1 min)
 #   scripts/gpu_check.sh --dry-run    # check the environment and print the commands; install and run nothing
 #
-# Here, before the device call: scripts/gpu_wheels.sh (the wheels the GPU machine lacks, into .whl/)
-# and `make protos` (the generated stubs, ignored by git). The device tool's call, from the repo root:
+# Here, before copying the repo to the GPU machine (which has no network): scripts/gpu_wheels.sh (the
+# wheels it lacks, into .whl/) and `make protos` (the generated stubs, ignored by git). Copy the working
+# tree with those two ignored folders (.whl and shared/multipass/v1), then, from the repo root there, with
+# a 9-minute limit:
 #
-#   run(command="scripts/gpu_check.sh", carry=[".whl", "shared/multipass/v1"], timeout_s=540)
+#   scripts/gpu_check.sh
 #
 # It needs no venv: the repo's packages are imported through PYTHONPATH (a folder of links named as
 # setup.py's PACKAGE_ROOTS maps them), the wheels of .whl/ are installed into GPU_CHECK_SITE (default

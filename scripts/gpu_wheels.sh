@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Downloads into .whl/ the wheels that the lent GPU machine lacks for scripts/gpu_check.sh
+# Downloads into .whl/ the wheels that the offline GPU machine lacks for scripts/gpu_check.sh
 # (docs/BENCHMARKS.md, "GPU check"): cp312 manylinux x86_64 or pure-Python wheels, no dependencies
 # resolved by pip (--no-deps), so every missing dependency is named below. Versions come from
 # constraints.txt, so the GPU machine runs what the venv here runs.

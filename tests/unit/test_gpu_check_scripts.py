@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEELS_SCRIPT = ROOT / "scripts" / "gpu_wheels.sh"
 CHECK_SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
-#: The Python packages of the lent GPU machines' image ('cuda'), as listed for them when last read
-#: (2026-11-17), less peft: the GPU check's brief counts it missing, and another version may be
+#: The Python packages of the offline GPU machines' image ('cuda'), as listed for them when last read
+#: (2026-11-17), less peft: the machine's documented image lacks it, and another version may be
 #: there, so it travels. A package here at another version than ours travels too where our code needs
 #: that version (protobuf: the stubs need the runtime >= the protoc that generated them).
 _PREINSTALLED = """
@@ -216,7 +216,7 @@ def test_wheels_cover_what_the_gpu_check_imports_and_their_requirements():
 
 
 def test_wheels_are_not_more_than_needed():
-    """Each wheel is imported by the GPU check, is a requirement of another wheel, or is named by the brief."""
+    """Each wheel is imported by the GPU check, is a requirement of another wheel, or is one the machine lacks (peft, nats-py, minio)."""
     wheels = set(wheel_specs())
     needed = {distribution_of(root) for root in third_party_imports()} | {"peft", "nats-py", "minio"}
     for dist in wheels:
