@@ -194,14 +194,15 @@ class DiffusionWorker:
         phase = time.perf_counter()
         data = await encode_png_async(output.image, self.settings.png_compress_level)
         phase = _phase_done("encode", phase)
-        self._run_ahead(request, output, data)
-        ref = await self.store.put_png(
+        ref = png_ref(
             request.output_bucket,
             request.output_key,
             data,
             width=output.image.width,
             height=output.image.height,
         )
+        self._run_ahead(request, output, ref)
+        await self.store.put_png_at(ref, data)
         phase = _phase_done("upload", phase)
         completed = events_pb2.PassCompleted(result=_result(output, ref))
         if request.copy_output and len(data) <= MAX_COPY_BYTES:
@@ -223,8 +224,10 @@ class DiffusionWorker:
 
     # -- running ahead (run_ahead.py) ---------------------------------------------------------------
 
-    def _run_ahead(self, request: diffusion_pb2.PassRequest, output: PassOutput, data: bytes) -> None:
-        """Start ``request.next_pass`` on this pass's output (encoded as ``data``, not stored yet) when
+    def _run_ahead(
+        self, request: diffusion_pb2.PassRequest, output: PassOutput, ref: common_pb2.ImageRef
+    ) -> None:
+        """Start ``request.next_pass`` on this pass's output (encoded, with ``ref``, not stored yet) when
         nothing else waits for the device."""
         following = request.next_pass
         if (
@@ -237,13 +240,6 @@ class DiffusionWorker:
             or following.spec.model not in self.engine.runtimes
         ):
             return
-        ref = png_ref(
-            request.output_bucket,
-            request.output_key,
-            data,
-            width=output.image.width,
-            height=output.image.height,
-        )
         expected = diffusion_pb2.PassRequest()
         expected.CopyFrom(following)
         expected.spec.image.CopyFrom(ref)

@@ -250,6 +250,10 @@ class ObjectStore:
     ) -> common_pb2.ObjectRef:
         """Store ``data`` at ``bucket/key`` (overwriting); the reference carries its sha256 and size."""
         data = bytes(data)
+        await self._put(bucket, key, data, content_type)
+        return common_pb2.ObjectRef(bucket=bucket, key=key, sha256=sha256_hex(data), size=len(data))
+
+    async def _put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         await self._run(
             lambda: self.client.put_object(
                 bucket_name=bucket,
@@ -261,7 +265,6 @@ class ObjectStore:
             bucket,
             key,
         )
-        return common_pb2.ObjectRef(bucket=bucket, key=key, sha256=sha256_hex(data), size=len(data))
 
     async def put_image(self, bucket: str, key: str, image: Image.Image) -> common_pb2.ImageRef:
         """Store ``image`` as PNG; the reference carries sha256, size, width, height and content type."""
@@ -273,8 +276,13 @@ class ObjectStore:
     ) -> common_pb2.ImageRef:
         """Store already-encoded PNG bytes (encode once, store under several keys); returns
         :func:`png_ref` of them."""
-        await self.put_bytes(bucket, key, data, content_type=PNG)
-        return png_ref(bucket, key, data, width=width, height=height)
+        ref = png_ref(bucket, key, data, width=width, height=height)
+        await self.put_png_at(ref, data)
+        return ref
+
+    async def put_png_at(self, ref: common_pb2.ImageRef, data: bytes) -> None:
+        """Store PNG bytes under the reference :func:`png_ref` made of them (their sha256 taken once)."""
+        await self._put(ref.bucket, ref.key, bytes(data), PNG)
 
     # reading -------------------------------------------------------------------------------------
 
