@@ -27,8 +27,11 @@ from multipass_prompt_parser.problems import Problems
 from multipass_prompt_parser.tags import TAG_START
 
 FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9_]*)")
-_PIXELS = re.compile(r"[+-]?\d{1,9}")
-_PERCENT = re.compile(r"([+-]?(?:\d{1,9}(?:\.\d*)?|\.\d+))\s*%")
+#: A known flag glued to the word before it ("BREAK--mask_invert", "room--mask_prompt"): not a flag by the
+#: rule above, and surely not meant as text either.
+GLUED_FLAG = re.compile(r"(?<=\w)--(" + "|".join(FLAG_NAMES) + r")(?![\w-])")
+_PIXELS = re.compile(r"[+-]?[0-9]{1,9}")
+_PERCENT = re.compile(r"([+-]?(?:[0-9]{1,9}(?:\.[0-9]*)?|\.[0-9]+))\s*%")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,13 @@ def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, F
         position = end
         _read_flag(match[1], text[match.end() : end].strip(), values, seen, problems, limits)
     pieces.append(text[position:])
+    for glued in GLUED_FLAG.finditer(text):
+        word_start = max(text.rfind(" ", 0, glued.start()), text.rfind("\n", 0, glued.start())) + 1
+        written = text[word_start : glued.end()]
+        problems.add(
+            f"flag --{glued[1]}",
+            f"--{glued[1]} is glued to the word before it in {quote(written)}; put a space before the flag",
+        )
     return "".join(pieces), FlagValues(**values)
 
 

@@ -138,8 +138,11 @@ TAG_KINDS = ("lora", "faceid")
 # ----------------------------------------------------------------------------------------------
 # Value readers: each returns the value or raises ValueError with "allowed: ..." wording.
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_INT = re.compile(r"[+-]?[0-9]+")
+#: A host name (letters, digits, '-', '.', '_', internationalised ones too) or an IPv6 address as urlsplit
+#: gives it (without brackets).
+_URL_HOST = re.compile(r"[\w.-]+|[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._~-]+)?")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def read_int(text: str) -> int:
@@ -178,15 +181,23 @@ def read_choice(text: str, choices: Iterable[str], aliases: dict[str, str] | Non
 
 
 def read_url(text: str) -> str:
-    if len(text) > URL_MAX_CHARS or any(ch.isspace() for ch in text):
+    """An http(s) URL with a host name or address, a port in range if any, and no user:password."""
+    if len(text) > URL_MAX_CHARS or any(ch.isspace() or not ch.isprintable() for ch in text):
         raise ValueError("not a URL")
     try:
         parts = urlsplit(text)
         host = parts.hostname
+        port = parts.port  # ValueError for a port that is not a number in 0..65535
     except ValueError as error:
         raise ValueError("not a URL") from error
+    if port == 0:
+        raise ValueError("port 0")
     if parts.scheme.lower() not in ("http", "https") or not host:
         raise ValueError("not an http(s) URL")
+    if parts.username is not None or parts.password is not None or "\\" in parts.netloc:
+        raise ValueError("credentials in a URL")
+    if not _URL_HOST.fullmatch(host):
+        raise ValueError("not a host name or address")
     return text
 
 
@@ -202,7 +213,7 @@ def allowed(param: Param, limits: Limits) -> str:
     if param.kind is Kind.BOOL:
         return "true, false, 1 or 0"
     if param.kind is Kind.URL:
-        return "an http:// or https:// URL"
+        return "an http:// or https:// URL with a host name or address, no user:password and a port in 1..65535 if any"
     if param.kind is Kind.CHOICE:
         return "one of " + ", ".join(param.choices)
     return f"text of at most {limits.max_prompt_chars} characters"
@@ -276,6 +287,35 @@ def shorten(value: str, limit: int = QUOTE_CHARS) -> str:
 def quote(value: str) -> str:
     """``value`` quoted for an error message, shortened to QUOTE_CHARS characters."""
     return repr(shorten(value))
+
+
+#: Names other tools use for a parameter of this language (a hint in the error about such a name).
+OTHER_NAMES = {
+    "width": "w",
+    "height": "h",
+    "aspect_ratio": "ar",
+    "sampler": "scheduler",
+    "sampler_name": "scheduler",
+    "guidance": "cfg_scale",
+    "guidance_scale": "cfg_scale",
+    "cfg": "cfg_scale",
+    "num_inference_steps": "steps",
+    "strength": "denoising_strength",
+    "batch_size": "num_images",
+    "n": "num_images",
+    "negative": "negative_prompt",
+    "upscale": "super_resolution",
+    "restore_faces": "face_correct",
+}
+
+
+def unknown_name_hint(name: str) -> str:
+    """What to write instead of ``name``, which is not a parameter (the end of the error about it)."""
+    flag = name.lstrip("-")
+    if flag in FLAG_NAMES:
+        return f"{flag} is an inline flag, not a parameter; write --{flag} in the prompt text"
+    hint = OTHER_NAMES.get(name.lower()) or closest(name, PARAMS)
+    return f"did you mean {hint!r}?" if hint else "it is not a parameter of the language"
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:

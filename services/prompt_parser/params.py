@@ -18,12 +18,12 @@ from multipass_prompt_parser.language import (
     SIZE_STEP,
     Limits,
     allowed,
-    closest,
     other_side,
     quote,
     read_param,
     shorten,
     size_for_ar,
+    unknown_name_hint,
 )
 from multipass_prompt_parser.model import Params
 from multipass_prompt_parser.problems import Problems
@@ -43,18 +43,13 @@ def _check_request_names(request: Mapping[str, str], problems: Problems) -> dict
     given: dict[str, str] = {}
     for name, value in sorted(request.items()):
         if name not in PARAMS:
+            hint = unknown_name_hint(name)
             if name.lstrip("-") in FLAG_NAMES:
-                flag = name.lstrip("-")
+                problems.add(f"params.{shorten(name)}", hint)
+            else:
                 problems.add(
-                    f"params.{shorten(name)}",
-                    f"{flag} is an inline flag, not a parameter; write --{flag} in the prompt text",
+                    f"params.{shorten(name)}", f"unknown parameter {quote(name)} in the request; {hint}"
                 )
-                continue
-            hint = closest(name, PARAMS)
-            suggestion = f"did you mean {hint!r}?" if hint else "it is not a parameter of the language"
-            problems.add(
-                f"params.{shorten(name)}", f"unknown parameter {quote(name)} in the request; {suggestion}"
-            )
             continue
         if value.strip():
             given[name] = value.strip()

@@ -132,7 +132,7 @@ def parse_prompt(
         multi_pass=context.multi_pass,
         params=values.params,
         explicit_params=tuple(sorted(values.explicit)),
-        warnings=(*values.warnings, *warnings),
+        warnings=(*document.warnings, *values.warnings, *warnings),
     )
 
 

@@ -23,6 +23,8 @@ from multipass_prompt_parser.problems import Problems
 
 #: The start of anything shaped like a tag: "<word:".
 TAG_START = re.compile(r"<([A-Za-z][A-Za-z0-9_]*):")
+#: A tag written with spaces inside its start ("< lora:", "<lora :"), which would reach the encoder as text.
+_SPACED_TAG_START = re.compile(r"<\s+(lora|faceid)\s*:|<(lora|faceid)\s+:", re.IGNORECASE)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _EXCERPT_END = re.compile(r"[\s<]")
 USAGE = f"write <lora:ID:WEIGHT> or <faceid:ID:WEIGHT> with WEIGHT a number in {TAG_WEIGHT_MIN:g}..{TAG_WEIGHT_MAX:g}"
@@ -68,7 +70,17 @@ def extract_tags(segment: str, problems: Problems, where: str) -> tuple[str, lis
         pieces.append(" ")
         position = search_from = close + 1
     pieces.append(segment[position:])
-    return "".join(pieces), tags
+    rest = "".join(pieces)
+    for spaced in _SPACED_TAG_START.finditer(rest):
+        excerpt = _unclosed_excerpt(rest, spaced.start(), spaced.end())
+        if excerpt.endswith(":") or not excerpt.strip("<: "):
+            excerpt = rest[spaced.start() : rest.find(">", spaced.end()) + 1 or len(rest)]
+        problems.add(
+            f"tag {shorten(excerpt)}",
+            f"tag {quote(excerpt)} in {where} has a space inside its start; {USAGE} (no spaces around '<' "
+            "and before ':')",
+        )
+    return rest, tags
 
 
 def _read_tag(kind_written: str, written: str, problems: Problems, where: str) -> ModelTag | None:

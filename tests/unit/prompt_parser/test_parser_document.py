@@ -89,3 +89,64 @@ def test_empty_request_value_leaves_block_value():
 def test_block_only_document_has_no_text():
     found = problems_of("steps=30\nseed=1")
     assert "no text" in found["text"]
+
+
+def test_a_parameter_line_above_the_text_is_text_with_a_warning():
+    parsed = parse_prompt("a cat\nsteps=20\nseed=5\n\nsitting on a sofa")
+    assert parsed.base_prompt == "a cat steps=20 seed=5 sitting on a sofa"
+    assert parsed.params.steps == 30 and parsed.params.seed is None
+    assert [w for w in parsed.warnings if "sent as prompt text" in w] == [
+        "line 2 ('steps=20') is sent as prompt text, not read as a parameter: the parameter block is the run "
+        "of name=value lines at the end of the prompt",
+        "line 3 ('seed=5') is sent as prompt text, not read as a parameter: the parameter block is the run "
+        "of name=value lines at the end of the prompt",
+    ]
+
+
+def test_text_with_equals_signs_gives_no_warning():
+    parsed = parse_prompt("E=mc2 on a blackboard\nin chalk\nsteps=12")
+    assert not [w for w in parsed.warnings if "sent as prompt text" in w]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a cat\nsteps=20\n--tiled_upscale",
+        "a cat\n--tiled_upscale\nsteps=20",
+        "a cat\nsteps=20\n--tiled_upscale\n\n",
+    ],
+)
+def test_a_line_of_flags_beside_the_block_neither_ends_it_nor_joins_it(text):
+    parsed = parse_prompt(text + "\nsuper_resolution=true")
+    assert (parsed.base_prompt, parsed.params.steps, parsed.tiled_upscale) == ("a cat", 20, True)
+    assert parsed.params.super_resolution is True
+
+
+def test_flag_lines_without_a_block_stay_where_they_are():
+    parsed = parse_prompt("a cat\n--mask_prompt sofa\nsitting", has_input_image=True)
+    assert (parsed.base_prompt, parsed.mask.prompt) == ("a cat sitting", "sofa")
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        (
+            "hires_denoising_strength",
+            "hires_denoising_strength is an inline flag, not a parameter; write "
+            "--hires_denoising_strength in the prompt text",
+        ),
+        (
+            "mask_prompt",
+            "mask_prompt is an inline flag, not a parameter; write --mask_prompt in the prompt text",
+        ),
+        ("width", "did you mean 'w'?"),
+        ("sampler", "did you mean 'scheduler'?"),
+        ("guidance_scale", "did you mean 'cfg_scale'?"),
+        ("num_inference_steps", "did you mean 'steps'?"),
+    ],
+)
+def test_unknown_names_get_the_name_to_write_in_the_block_and_in_the_request(name, hint):
+    in_block = problems_of(f"a cat\n{name}=1")[f"params.{name}"]
+    assert in_block == f"unknown parameter {name!r} on line 2 of the parameter block; {hint}"
+    in_request = problems_of("a cat", {name: "1"})[f"params.{name}"]
+    assert in_request.endswith(hint)

@@ -153,3 +153,30 @@ def test_flag_given_twice():
 def test_flag_repeated_after_a_bad_value_is_still_reported_twice():
     found = problems_of("a house --hires_denoising_strength 7 --hires_denoising_strength 0.2")
     assert "given twice" in found["flag --hires_denoising_strength"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "written"),
+    [
+        ("scene BREAK--mask_invert BREAK ohwx woman <lora:1>", "flag --mask_invert", "BREAK--mask_invert"),
+        ("a room--mask_prompt person", "flag --mask_prompt", "room--mask_prompt"),
+        ("--mask_prompt person--mask_invert", "flag --mask_invert", "person--mask_invert"),
+        ("a cat\nsmall--tiled_upscale", "flag --tiled_upscale", "small--tiled_upscale"),
+    ],
+)
+def test_a_known_flag_glued_to_a_word_is_an_error_naming_it(text, field, written):
+    found = problems_of(text, IMAGE)
+    assert found[field] == (
+        f"{field[5:]} is glued to the word before it in {written!r}; put a space before the flag"
+    )
+
+
+@pytest.mark.parametrize("text", ["semi--gloss paint", "a--mask_promptx b", "x--y"])
+def test_double_hyphens_inside_words_that_are_no_flags_stay_text(text):
+    assert parse_prompt(text).base_prompt == text
+
+
+@pytest.mark.parametrize("value", ["٥", "５", "-２0", "１%"])
+def test_dilate_takes_ascii_digits_only(value):
+    found = problems_of(f"a cat --mask_prompt sofa --mask_dilate {value}", IMAGE)
+    assert found["flag --mask_dilate"].startswith(f"got {value!r}; allowed:")

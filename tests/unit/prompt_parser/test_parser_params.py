@@ -216,6 +216,15 @@ def test_http_urls(url):
         "javascript:alert(1)",
         "https://exa mple.com/a",
         "http://[::1",
+        "https://example.com:99999/a.png",
+        "https://example.com:abc/a.png",
+        "https://example.com:0/a.png",
+        "https://user:secret@example.com/a.png",
+        "https://user@example.com/a.png",
+        "https://%00/a.png",
+        "https://example.com\\@evil.example/a.png",
+        "https://example.com/a\x00.png",
+        "https://example.com/a\x7f.png",
     ],
 )
 @pytest.mark.parametrize("name", ["input_image_url", "mask_image_url"])
@@ -223,7 +232,23 @@ def test_non_http_urls_are_refused(url, name):
     found = problems_of(
         "a lighthouse", {name: url, "input_image_url": IMAGE} if name == "mask_image_url" else {name: url}
     )
-    assert found[f"params.{name}"] == f"got {url!r} in the request; allowed: an http:// or https:// URL"
+    assert found[f"params.{name}"] == (
+        f"got {url!r} in the request; allowed: an http:// or https:// URL with a host name or address, "
+        "no user:password and a port in 1..65535 if any"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com:8443/a.png?x=1&y=%20",
+        "http://[2001:db8::1]/a.png",
+        "https://bücher.example/a.png",
+        "https://cdn.example.com/path/with_underscore-and.dots.png",
+    ],
+)
+def test_ordinary_urls_are_taken_as_given(url):
+    assert parse_prompt("a lighthouse", {"input_image_url": url}).params.input_image_url == url
 
 
 def test_long_values_are_quoted_shortened():
@@ -251,3 +276,11 @@ def test_flag_name_given_as_request_param():
 def test_explicit_params_are_listed_sorted():
     parsed = parse_prompt("a lighthouse\nsteps=20\nseed=\nar=portrait", {"cfg_scale": "5"})
     assert parsed.explicit_params == ("ar", "cfg_scale", "steps")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("num_images", "٣"), ("steps", "２０"), ("cfg_scale", "٥.5"), ("seed", "１")]
+)
+def test_numbers_take_ascii_digits_only(name, value):
+    found = problems_of("a lighthouse", {name: value})
+    assert found[f"params.{name}"].startswith(f"got {value!r} in the request; allowed:")

@@ -127,3 +127,16 @@ def test_tag_text_never_reaches_the_prompt():
         *(p.effective_prompt for p in parsed.persons),
     ]
     assert not any("<" in text or "lora" in text or "faceid" in text for text in texts)
+
+
+@pytest.mark.parametrize("written", ["<lora :123:1>", "< lora:123:1>", "<LoRA  : 123 : 1>", "< faceid:9>"])
+def test_a_tag_with_spaces_in_its_start_is_an_error_not_text(written):
+    found = problems_of(f"a park BREAK BREAK ohwx woman {written} smiling")
+    assert found[f"tag {written}"] == (
+        f"tag {written!r} in person 0 (segment 2) has a space inside its start; write <lora:ID:WEIGHT> or "
+        "<faceid:ID:WEIGHT> with WEIGHT a number in -5..5 (no spaces around '<' and before ':')"
+    )
+
+
+def test_angle_brackets_in_text_are_no_tags():
+    assert parse_prompt("a < b and lora: c, <3").base_prompt == "a < b and lora: c, <3"
