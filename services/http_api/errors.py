@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,6 +21,7 @@ from grpc_status import rpc_status
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from multipass import errors
+from multipass_http_api.deps import authorization_header
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,18 @@ class HttpError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
+
+    def renamed(self, rename: Callable[[str], str]) -> HttpError:
+        """The same answer with its fields spelled as the client sent them, in ``errors`` and in the
+        message (whose ``invalid <field>: ...`` parts name the gateway's fields)."""
+        fields: dict[str, list[str]] = {}
+        message = self.message
+        for name, messages in self.field_errors.items():
+            spelled = rename(name)
+            fields.setdefault(spelled, []).extend(messages)
+            if spelled != name:
+                message = message.replace(f"invalid {name}: ", f"invalid {spelled}: ")
+        return HttpError(self.status, message, fields, self.headers)
 
 
 def _cap(text: str) -> str:
@@ -136,16 +150,57 @@ def http_error_for(error: errors.MultipassError) -> HttpError:
     )
 
 
-def _validation_field(location: tuple) -> str:
+#: The branches pydantic names when a value fits none of a union's types ("params.steps.int").
+_TYPE_BRANCHES = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes"})
+
+
+def _validation_field(location: tuple, kind: str = "") -> str:
+    """The field a validation error is about, as the client wrote it: not the place it was found in
+    ("body", "query"), not the type branch pydantic tried, not the byte offset of a JSON syntax error."""
+    if kind == "json_invalid":
+        return "body"
     parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    while len(parts) > 1 and parts[-1] in _TYPE_BRANCHES:
+        parts.pop()
     return ".".join(parts) or "request"
+
+
+def _needs_api_key(request: Request) -> bool:
+    """Whether the request's route reads the caller's ``Authorization`` header (every tenant route)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        current = pending.pop()
+        if current.call is authorization_header:
+            return True
+        pending.extend(current.dependencies)
+    return False
+
+
+def _anonymous(request: Request) -> bool:
+    """A request without a key to a route that needs one: its answer is 401 whatever else is wrong with
+    it (who is asking comes before what is asked, so an anonymous caller learns nothing of the checks)."""
+    return not request.headers.get("authorization", "").strip() and _needs_api_key(request)
+
+
+#: Answers about what a request asks (bad fields, bad values), which an anonymous request gets as a 401.
+_REQUEST_FAULTS = frozenset({400, 404, 409, 422})
+
+#: What a tenant route answers a request without a key, whatever else is wrong with it (the gateway's words).
+MISSING_KEY = HttpError(
+    401,
+    "missing API key: send the header 'authorization: Bearer <api key>'",
+    headers={"X-Multipass-Error-Reason": errors.Reason.API_KEY_MISSING.value},
+)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every failure a route can meet, answered in the one JSON shape."""
 
     @app.exception_handler(HttpError)
-    async def _http_error(_request: Request, error: HttpError) -> JSONResponse:
+    async def _http_error(request: Request, error: HttpError) -> JSONResponse:
+        if error.status in _REQUEST_FAULTS and _anonymous(request):
+            return MISSING_KEY.response()
         return error.response()
 
     @app.exception_handler(grpc.RpcError)
@@ -153,13 +208,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return http_error_for_rpc(error).response()
 
     @app.exception_handler(errors.MultipassError)
-    async def _multipass_error(_request: Request, error: errors.MultipassError) -> JSONResponse:
-        return http_error_for(error).response()
+    async def _multipass_error(request: Request, error: errors.MultipassError) -> JSONResponse:
+        answer = http_error_for(error)
+        if answer.status in _REQUEST_FAULTS and _anonymous(request):
+            return MISSING_KEY.response()
+        return answer.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        if _anonymous(request):
+            return MISSING_KEY.response()
         problems = [
-            (_validation_field(tuple(e.get("loc", ()))), e.get("msg", "invalid")) for e in error.errors()
+            (_validation_field(tuple(e.get("loc", ())), e.get("type", "")), e.get("msg", "invalid"))
+            for e in error.errors()
         ]
         fields = _field_errors(problems)
         summary = "; ".join(f"{name}: {', '.join(messages)}" for name, messages in fields.items())

@@ -6,10 +6,15 @@ import json
 from typing import Any
 
 
-def sse_event(event_id: int | str, kind: str, data: Any) -> bytes:
-    """One event: ``id``, ``event`` and one ``data`` line of compact JSON (JSON has no raw newlines)."""
+def sse_event(event_id: int | None, kind: str, data: Any) -> bytes:
+    """One event: ``id``, ``event`` and one ``data`` line of compact JSON (JSON has no raw newlines).
+
+    An event without an id (``None``: a stream's error) leaves the client's last event id as it was, so a
+    reconnection resumes after the last job event it got.
+    """
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {payload}\n\n".encode()
 
 
 def sse_comment(text: str) -> bytes:

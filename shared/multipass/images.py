@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -37,6 +38,9 @@ def sniff_format(data: bytes) -> str | None:
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     return None
+
+
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 
 def decode_image(
@@ -72,10 +76,15 @@ def decode_image(
     except InvalidInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow refuses such an image before it tells its size; its message has the pixel count. Its own
+        # bound (warned of above, refused at twice) may be lower than ``max_pixels``.
+        allowed = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        counted = _BOMB_PIXELS.search(str(error))
+        size = f"is {counted[1]} pixels" if counted else f"has more than {allowed} pixels"
         raise InvalidInput.of(
-            [Violation(field, f"refused as a decompression bomb: {error}")],
+            [Violation(field, f"{size}, refused as a decompression bomb; at most {allowed} allowed")],
             reason=Reason.IMAGE_TOO_LARGE,
-            metadata={"maxPixels": str(max_pixels)},
+            metadata={"maxPixels": str(allowed)},
         ) from error
     except UnidentifiedImageError as error:
         # Pillow's message names the stream object (with its memory address), not the problem.

@@ -153,6 +153,12 @@ async def test_curl_examples_multipart_and_json(astria_api):
 
         listed = (await client.get("/tunes/690204/prompts", params={"limit": 1, "offset": 1})).json()
         assert [item["id"] for item in listed] == [created["id"]]
+        # The keyset cursor: the page after the newest prompt, by its id.
+        newest = (await client.get("/tunes/690204/prompts", params={"limit": 1})).json()
+        after = await client.get("/tunes/690204/prompts", params={"limit": 1, "before_id": newest[0]["id"]})
+        assert [item["id"] for item in after.json()] == [created["id"]], after.text
+        oldest = await client.get("/prompts", params={"before_id": created["id"]})
+        assert created["id"] not in {item["id"] for item in oldest.json()}
         assert {item["id"] for item in (await client.get("/prompts")).json()} >= {created["id"], second["id"]}
         assert (await client.get(f"/tunes/1234/prompts/{created['id']}")).status_code == 404
         assert (await client.get("/prompts", params={"limit": 121})).status_code == 422
@@ -307,7 +313,17 @@ async def test_refusals_are_the_4xx_astria_clients_expect(astria_api):
         assert (await client.get("/tunes/abc/prompts")).status_code == 404
         listed = (await client.get("/prompts")).json()
         assert listed == []
+        for path in ("/prompts", "/tunes/1/prompts", "/tunes"):
+            deep = await client.get(path, params={"offset": 10_001})
+            assert deep.status_code == 400 and deep.json()["errors"] == {
+                "offset": ["got 10001; allowed: 0..10000"]
+            }, (path, deep.text)
+        not_an_id = await client.get("/prompts", params={"before_id": "yesterday"})
+        assert not_an_id.status_code == 400 and "before_id" in not_an_id.json()["errors"]
     async with astria_api.client("") as anonymous:
         assert (await anonymous.get("/prompts")).status_code == 401
+        assert (await anonymous.get("/prompts", params={"offset": 99999})).status_code == 401
+        assert (await anonymous.get("/tunes", params={"limit": 500})).status_code == 401
+        assert (await anonymous.post("/tunes/1/prompts", json={"prompt": {}})).status_code == 401
     async with astria_api.client("sd_wrong") as wrong:
         assert (await wrong.post("/tunes/1/prompts", data={"prompt[text]": "a cat"})).status_code == 401

@@ -138,6 +138,15 @@ async def test_refusals_are_precise_and_never_500(http_api):
     async with http_api.client(key="") as anonymous:
         response = await anonymous.get("/v1/jobs")
         assert response.status_code == 401 and response.json()["error"]
+        # Who is asking comes before what is asked: no key is a 401 even for a request that is also bad.
+        for bad_anonymous in (
+            anonymous.get("/v1/jobs", params={"page_size": 0}),
+            anonymous.get("/v1/jobs/x/files/99/base.png"),
+            anonymous.post("/v1/jobs", json={"prompt": "x", "bogus": 1}),
+        ):
+            refused = await bad_anonymous
+            assert refused.status_code == 401, refused.text
+            assert refused.headers["X-Multipass-Error-Reason"] == "API_KEY_MISSING"
     async with http_api.client(key="mpk_0123456789abcdef_" + "x" * 43) as wrong:
         assert (await wrong.post("/v1/jobs", json={"prompt": "a cat"})).status_code == 401
     other = await http_api.stack.tenant("other")
@@ -147,8 +156,8 @@ async def test_refusals_are_precise_and_never_500(http_api):
         )
         assert bad.status_code == 422
         body = bad.json()
-        assert any("num_images" in name for name in body["errors"]), body
-        assert "99" in json.dumps(body["errors"])
+        assert "num_images" in body["errors"] and "99" in json.dumps(body["errors"]), body
+        assert "invalid num_images:" in body["error"] and "params.num_images" not in body["error"]
 
         unknown = await client.post("/v1/jobs", json={"prompt": "a cat", "colour": "red"})
         assert unknown.status_code == 422 and "colour" in unknown.json()["errors"]
@@ -157,7 +166,10 @@ async def test_refusals_are_precise_and_never_500(http_api):
         broken = await client.post(
             "/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
         )
-        assert broken.status_code == 422
+        assert broken.status_code == 422 and list(broken.json()["errors"]) == ["body"], broken.text
+        for wrong_type in (None, [1]):
+            typed = await client.post("/v1/jobs", json={"prompt": "a cat", "params": {"steps": wrong_type}})
+            assert typed.status_code == 422 and list(typed.json()["errors"]) == ["params.steps"], typed.text
         bad_state = await client.get("/v1/jobs", params={"state": "DONE"})
         assert bad_state.status_code == 422 and "state" in bad_state.json()["errors"]
         bad_size = await client.get("/v1/jobs", params={"page_size": 1000})

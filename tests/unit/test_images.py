@@ -191,3 +191,20 @@ def test_palette_with_transparency_and_gif_are_accepted():
 )
 def test_sniff_format_recognises_magic_bytes(prefix, kind):
     assert sniff_format(prefix + b"\x00" * 16) == kind
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])
+def test_an_image_pillow_refuses_names_its_size_and_our_limit(side):
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(png_header_only(side, side), field="input_image", max_pixels=4096 * 4096)
+    assert violation(caught) == (
+        "input_image",
+        f"is {side * side} pixels, refused as a decompression bomb; at most 16777216 allowed",
+    )
+    assert caught.value.metadata["maxPixels"] == "16777216"
+
+
+def test_a_limit_above_pillows_own_is_reported_as_pillows():
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(png_header_only(60000, 60000), max_pixels=60000 * 60000)
+    assert violation(caught)[1].endswith(f"at most {Image.MAX_IMAGE_PIXELS} allowed")

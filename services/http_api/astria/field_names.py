@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import grpc
 
-from multipass_http_api.errors import HttpError, http_error_for_rpc
+from multipass_http_api.errors import http_error_for_rpc
 
 T = TypeVar("T")
 
@@ -50,13 +50,6 @@ def tune_field(field: str) -> str:
     return field
 
 
-def renamed(error: HttpError, rename) -> HttpError:
-    fields: dict[str, list[str]] = {}
-    for name, messages in error.field_errors.items():
-        fields.setdefault(rename(name), []).extend(messages)
-    return HttpError(error.status, error.message, fields, error.headers)
-
-
 async def call(awaitable: Awaitable[T], rename=prompt_field, *, fields: dict[str, str] | None = None) -> T:
     """The gateway call's result; its error as the HTTP answer with Astria field names.
 
@@ -66,4 +59,4 @@ async def call(awaitable: Awaitable[T], rename=prompt_field, *, fields: dict[str
         return await awaitable
     except grpc.RpcError as error:
         mapping = fields or {}
-        raise renamed(http_error_for_rpc(error), lambda name: mapping.get(name) or rename(name)) from error
+        raise http_error_for_rpc(error).renamed(lambda name: mapping.get(name) or rename(name)) from error

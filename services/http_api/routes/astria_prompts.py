@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
 
 from multipass.errors import InvalidInput, NotFound, Violation
@@ -23,6 +23,7 @@ from multipass_http_api.astria import callbacks
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call
 from multipass_http_api.astria.origin import Origin, origin_of
+from multipass_http_api.astria.paging import MAX_LIMIT, check_offset
 from multipass_http_api.astria.prompt_form import PromptForm, form_of_job, from_json, from_multipart
 from multipass_http_api.astria.prompt_object import prompt_object
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Settings
@@ -34,8 +35,8 @@ router = APIRouter(tags=["astria"])
 
 _ID = re.compile(r"^[0-9]{1,24}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{24}$")
-MAX_LIMIT = 120
-MAX_OFFSET = 10_000
+#: A prompt's id: its job's id.
+_PROMPT_ID = re.compile(r"[0-9a-f]{24}")
 #: Page size of the gateway listing a list request walks through.
 _GATEWAY_PAGE = 100
 
@@ -184,29 +185,67 @@ async def get_prompt(prompt_id: str, authorization: Authorization, gateway: Gate
     return _object(await _job(gateway, authorization, prompt_id), base_url)
 
 
-async def _list(gateway, authorization, base_url: str, offset: int, limit: int, tune_id: str | None) -> list:
+def _check_before_id(before_id: str | None) -> None:
+    if before_id is not None and not _PROMPT_ID.fullmatch(before_id):
+        raise HttpError(
+            400,
+            "before_id is not a prompt id",
+            {"before_id": [f"got {before_id[:40]!r}; allowed: the id of a prompt (24 hexadecimal digits)"]},
+        )
+
+
+async def _list(
+    gateway,
+    authorization,
+    base_url: str,
+    page: tuple[int, int, str | None],
+    tune_id: str | None,
+) -> list:
+    """The prompts of a page: ``offset`` skipped, at most ``limit``, only those older than ``before_id``
+    (a prompt's id, from an earlier page) when it is given."""
+    offset, limit, before_id = page
+    check_offset(offset)
+    _check_before_id(before_id)
     wanted: list[jobs_pb2.Job] = []
     token = ""
     while len(wanted) < offset + limit:
-        page = await call(
+        listed = await call(
             gateway.list_jobs(
                 authorization, jobs_pb2.ListJobsRequest(page_size=_GATEWAY_PAGE, page_token=token)
             )
         )
-        for job in page.jobs:
+        for job in listed.jobs:
+            if before_id is not None and job.job_id >= before_id:
+                continue  # ids sort by creation time: this one is not older than the cursor
             origin = origin_of(job.idempotency_key)
             if tune_id is None or (origin is not None and origin.tune_id == tune_id):
                 wanted.append(job)
-        token = page.next_page_token
+        token = listed.next_page_token
         if not token:
             break
     return [_object(job, base_url) for job in wanted[offset : offset + limit]]
 
 
 Offset = Annotated[
-    int, Query(ge=0, le=MAX_OFFSET, description="Prompts to skip, newest first; at most 10,000.")
+    int, Query(ge=0, description="Prompts to skip, newest first; at most 10,000 (else 400: use before_id).")
+]
+BeforeId = Annotated[
+    str | None,
+    Query(
+        description="Keyset cursor: only prompts older than this prompt id (the last id of the page before)."
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Prompts to answer, 1..120.")]
+
+
+def prompt_page(
+    offset: Offset = 0, limit: Limit = 20, before_id: BeforeId = None
+) -> tuple[int, int, str | None]:
+    """A list's page as its query gives it: offset, limit, keyset cursor."""
+    return offset, limit, before_id
+
+
+Page = Annotated[tuple[int, int, str | None], Depends(prompt_page)]
 
 
 @router.get("/tunes/{tune_id}/prompts")
@@ -215,19 +254,16 @@ async def list_tune_prompts(
     authorization: Authorization,
     gateway: Gateway,
     base_url: BaseUrl,
-    offset: Offset = 0,
-    limit: Limit = 20,
+    page: Page,
 ):
     """The prompts created under this tune, newest first."""
-    return await _list(gateway, authorization, base_url, offset, limit, _tune_id(tune_id))
+    return await _list(gateway, authorization, base_url, page, _tune_id(tune_id))
 
 
 @router.get("/prompts")
-async def list_prompts(
-    authorization: Authorization, gateway: Gateway, base_url: BaseUrl, offset: Offset = 0, limit: Limit = 20
-):
+async def list_prompts(authorization: Authorization, gateway: Gateway, base_url: BaseUrl, page: Page):
     """Every prompt of the caller (jobs submitted through any API), newest first."""
-    return await _list(gateway, authorization, base_url, offset, limit, None)
+    return await _list(gateway, authorization, base_url, page, None)
 
 
 async def _cancel(gateway, authorization, base_url: str, prompt_id: str, tune_id: str | None) -> dict:

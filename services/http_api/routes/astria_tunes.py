@@ -12,6 +12,7 @@ from multipass.errors import InvalidInput, NotFound, Violation
 from multipass.v1 import jobs_pb2
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call, tune_field
+from multipass_http_api.astria.paging import MAX_LIMIT, check_offset
 from multipass_http_api.astria.tune_object import tune_from_json, tune_from_multipart, tune_object
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway
 
@@ -66,10 +67,11 @@ async def list_tunes(
     authorization: Authorization,
     gateway: Gateway,
     base_url: BaseUrl,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=120)] = 20,
+    offset: Annotated[int, Query(ge=0, description="Tunes to skip; at most 10,000 (else 400).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
 ):
     """The caller's tunes."""
+    check_offset(offset)
     tunes: list[jobs_pb2.Tune] = []
     token = ""
     while len(tunes) < offset + limit:

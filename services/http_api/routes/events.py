@@ -115,13 +115,13 @@ async def _event_stream(
                 return
             if isinstance(item, grpc.RpcError):
                 error = http_error_for_rpc(item)
-                yield sse_event("error", "error", {"status": error.status, **error.body()})
+                yield sse_event(None, "error", {"status": error.status, **error.body()})
                 return
             if isinstance(item, BaseException):
                 if isinstance(item, asyncio.CancelledError):
                     return
                 log.error("event stream failed", exc_info=item)
-                yield sse_event("error", "error", {"status": 500, "error": "internal error"})
+                yield sse_event(None, "error", {"status": 500, "error": "internal error"})
                 return
             kind, data = event_data(item, base_url)
             yield sse_event(item.sequence, kind, data)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import grpc
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from multipass.v1 import jobs_pb2
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway
-from multipass_http_api.errors import HttpError
+from multipass_http_api.errors import HttpError, http_error_for_rpc
 from multipass_http_api.job_views import job_view, message_dict
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -39,7 +41,7 @@ class SubmitJobBody(BaseModel):
 
     def to_request(self) -> jobs_pb2.SubmitJobRequest:
         params = {name: _param_text(value) for name, value in self.params.items()}
-        for name in ("num_images", "seed", "input_image_url", "mask_image_url"):
+        for name in _BODY_PARAMS:
             value = getattr(self, name)
             if value is not None:
                 params[name] = _param_text(value)
@@ -51,6 +53,21 @@ class SubmitJobBody(BaseModel):
             callback_url=self.callback_url,
             idempotency_key=self.idempotency_key,
         )
+
+
+#: Parameters a body may give as fields of its own (they travel to the gateway as ``params``).
+_BODY_PARAMS = ("num_images", "seed", "input_image_url", "mask_image_url")
+
+
+def _body_field(body: SubmitJobBody) -> Callable[[str], str]:
+    """The gateway's ``params.<name>`` as the body's own field, for the parameters the body gave as fields."""
+    given = {name for name in _BODY_PARAMS if getattr(body, name) is not None}
+
+    def rename(field: str) -> str:
+        name = field.removeprefix("params.")
+        return name if name != field and name in given else field
+
+    return rename
 
 
 def _param_text(value: ParamValue) -> str:
@@ -69,7 +86,10 @@ class SubmittedJob(BaseModel):
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SubmittedJob)
 async def submit_job(body: SubmitJobBody, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
     """Submit a job; answers its id at once (201), or the existing job's for a repeated idempotency key."""
-    response = await gateway.submit_job(authorization, body.to_request())
+    try:
+        response = await gateway.submit_job(authorization, body.to_request())
+    except grpc.RpcError as error:
+        raise http_error_for_rpc(error).renamed(_body_field(body)) from error
     return {
         "job_id": response.job_id,
         "existing": response.existing,
