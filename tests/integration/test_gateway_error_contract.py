@@ -217,6 +217,15 @@ async def test_echoed_values_are_capped_said_once_and_never_object_reprs(stack):
     # Each thing once.
     error = await rpc_error(stack.jobs.GetJob(jobs_pb2.GetJobRequest(), metadata=mine))
     assert error.details() == "invalid job_id: is required"
+    for empty in (
+        stack.tunes.GetTune(jobs_pb2.GetTuneRequest(), metadata=mine),
+        stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(), metadata=mine),
+    ):
+        error = await rpc_error(empty)
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid tune_id: is required",
+        )
     # An image Pillow cannot identify: the problem, not the stream object and its address.
     error = await rpc_error(
         stack.jobs.UploadImage(

@@ -14,6 +14,13 @@ from multipass_gateway.infra.tune_store import TuneStore
 SERVICE_NAME = "multipass.v1.Tunes"
 
 
+def checked_tune_id(tune_id: str) -> str:
+    """The request's tune id; an empty one is INVALID_ARGUMENT, like an empty job id."""
+    if not tune_id:
+        raise InvalidInput.of([Violation("tune_id", "is required")])
+    return tune_id
+
+
 class TunesServicer(jobs_pb2_grpc.TunesServicer):
     def __init__(self, *, tenants: TenantStore, tunes: TuneStore):
         self.tenants = tenants
@@ -40,7 +47,7 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
 
     async def GetTune(self, request: jobs_pb2.GetTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)
-        return await self.tunes.get(tenant, request.tune_id)
+        return await self.tunes.get(tenant, checked_tune_id(request.tune_id))
 
     async def ListTunes(self, request: jobs_pb2.ListTunesRequest, context) -> jobs_pb2.ListTunesResponse:
         tenant = await authenticate(self.tenants, context)
@@ -49,4 +56,5 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
 
     async def DeleteTune(self, request: jobs_pb2.DeleteTuneRequest, context) -> jobs_pb2.DeleteTuneResponse:
         tenant = await authenticate(self.tenants, context)
-        return jobs_pb2.DeleteTuneResponse(deleted=await self.tunes.delete(tenant, request.tune_id))
+        deleted = await self.tunes.delete(tenant, checked_tune_id(request.tune_id))
+        return jobs_pb2.DeleteTuneResponse(deleted=deleted)

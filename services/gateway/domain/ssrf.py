@@ -115,7 +115,10 @@ def parse_url(url: str, *, schemes: Sequence[str] = ("http", "https")) -> Target
     if not raw_host:
         raise Refused("has no host")
     if "%" in raw_host:
-        raise Refused("names an IPv6 zone; not allowed")
+        zone = ":" in raw_host  # an IPv6 literal with a zone ("fe80::1%eth0"), else a percent-encoded name
+        raise Refused(
+            "names an IPv6 zone; not allowed" if zone else "has a percent-encoded host name; write it plainly"
+        )
     port = port if port is not None else DEFAULT_PORTS[scheme]
     if port == 0:
         raise Refused("has port 0")

@@ -96,6 +96,7 @@ def test_public_addresses_pass():
         ("http://exa mple.com/", "whitespace"),
         ("http://example.com\\@evil.com/", "backslashes"),
         ("http://[fe80::1%25eth0]/", "zone"),
+        ("http://%31%32%37.0.0.1/", "percent-encoded host name"),
         ("http://0x100.0.0.1/", "out-of-range"),
         ("http://09.1.1.1/", "malformed octal"),
         ("", "empty"),
