@@ -124,7 +124,7 @@ def run_pull(args: argparse.Namespace, environ: Mapping[str, str] | None = None)
         report = pull(
             manifest, profiles, model_dir, hub, force=args.force, stream=sys.stderr, progress=progress
         )
-    except (MultipassError, UsageError) as error:
+    except (MultipassError, UsageError, OSError) as error:  # OSError: the directory, the disk
         return _fail("pull", error)
     print(
         json.dumps(

@@ -64,6 +64,7 @@ CHUNK = 1 << 20
 STREAM_ATTEMPTS = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_HEX16 = re.compile(r"^[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,7 @@ def expected_digest(item: ModelFile, etag: str) -> tuple[str, str] | None:
     return None
 
 
-def _matches(expected: tuple[str, str] | None, digests: tuple[str, str]) -> bool:
-    if expected is None:
-        return True
+def _matches(expected: tuple[str, str], digests: tuple[str, str]) -> bool:
     kind, value = expected
     return (digests[0] if kind == "sha256" else digests[1]) == value
 
@@ -274,6 +273,8 @@ def _stream(item: ModelFile, remote: _Remote, hub: HubSettings, part: Path, bar_
     from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
 
     headers = _download_headers(remote, hub)
+    if part.is_symlink() or (part.exists() and not part.is_file()):
+        part.unlink()  # not a part file this command wrote: never written through
     start = part.stat().st_size if part.exists() else 0
     if remote.size is not None and start > remote.size:
         part.unlink()
@@ -291,10 +292,16 @@ def _stream(item: ModelFile, remote: _Remote, hub: HubSettings, part: Path, bar_
                     if have and response.status_code != 206:
                         bar.update(-have)  # the server ignored the range: the whole file comes again
                         have = 0
-                    with part.open("r+b" if part.exists() else "wb") as out:
+                    with _open_part(part) as out:
                         out.seek(have)
                         out.truncate()
                         for chunk in response.iter_bytes(chunk_size=CHUNK):
+                            if remote.size is not None and have + len(chunk) > remote.size:
+                                part.unlink()
+                                raise ChecksumMismatch(
+                                    f"{item.source}: the server sent more than the {remote.size} bytes the "
+                                    "Hub announced; refused (check HF_ENDPOINT)"
+                                )
                             out.write(chunk)
                             have += len(chunk)
                             fetched += len(chunk)
@@ -317,8 +324,17 @@ def _stream(item: ModelFile, remote: _Remote, hub: HubSettings, part: Path, bar_
     return start, fetched
 
 
+def _open_part(part: Path):
+    """The part file for writing, created if absent, never through a symbolic link (O_NOFOLLOW)."""
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "r+b")
+
+
 def _part_path(target: Path, etag: str) -> Path:
-    return target.with_name(f".{target.name}.{etag[:16]}{PART_SUFFIX}")
+    """``.<name>.<16 hex digits of the ETag>.part`` beside the target (the ETag's own when it is a digest,
+    else of its hash: an ETag is the Hub's text, never a piece of a path)."""
+    tag = etag[:16] if _HEX16.match(etag) else hashlib.sha256(etag.encode()).hexdigest()[:16]
+    return target.with_name(f".{target.name}.{tag}{PART_SUFFIX}")
 
 
 def _stale_parts(target: Path, keep: Path) -> list[Path]:
@@ -342,7 +358,14 @@ def _pull_file(
             f"{item.source} is {remote.size} bytes on the Hub; the manifest names a file of {item.bytes} bytes"
         )
     expected = expected_digest(item, remote.etag)
+    if expected is None:
+        raise ChecksumMismatch(
+            f"{item.source} cannot be checked: the Hub's ETag {remote.etag[:80]!r} is neither a SHA-256 nor a "
+            "git blob hash and the manifest names no sha256; refused (check HF_ENDPOINT)"
+        )
     entry = record.get(item.target)
+    if target.exists() and not target.is_file():
+        raise FailedPrecondition(f"{target} exists and is not a file; move it away")
     if target.is_file():
         size = target.stat().st_size
         if (
@@ -355,7 +378,7 @@ def _pull_file(
             return
         if remote.size is None or size == remote.size:
             digests = file_digests(target)
-            if expected is not None and _matches(expected, digests):
+            if _matches(expected, digests):
                 record[item.target] = _entry(item, remote, size, digests[0])
                 report.present.append(item.target)
                 return
@@ -374,7 +397,7 @@ def _pull_file(
     digests = file_digests(part)
     if not _matches(expected, digests):
         part.unlink()
-        kind, value = expected  # type: ignore[misc]
+        kind, value = expected
         actual = digests[0] if kind == "sha256" else digests[1]
         raise ChecksumMismatch(
             f"{item.source} refused: its {kind} is {actual}, expected {value} "

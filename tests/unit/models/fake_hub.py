@@ -10,7 +10,8 @@ It answers the way the Hub does for what ``huggingface_hub`` asks about a file:
 * ``GET {cdn}/cdn/{sha256}``: the bytes, with ``Range`` requests answered ``206`` (resume).
 
 Counters: ``bytes_sent`` (body bytes of every GET, both servers). ``throttle`` slows the body down (so a
-test can kill a pull mid-file); ``corrupt`` serves other bytes than the announced ones for a file.
+test can kill a pull mid-file); ``corrupt`` serves other bytes than the announced ones for a file;
+``etags`` answers another ETag for a small file; ``announced`` announces another size for a large one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class FakeHub:
     throttle: float = 0.0
     #: (repo, path) → bytes served instead of the file (its announced size and digests stay the same).
     corrupt: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    #: (repo, path) → the ETag answered for a small file instead of its git blob hash.
+    etags: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (repo, path) → the size announced for a large file instead of its own (its bytes are all sent).
+    announced: dict[tuple[str, str], int] = field(default_factory=dict)
     bytes_sent: int = 0
     requests: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -149,14 +154,15 @@ class FakeHub:
                             "Location": f"{hub.cdn}/cdn/{sha}",
                             "X-Repo-Commit": repo.commit,
                             "X-Linked-Etag": f'"{sha}"',
-                            "X-Linked-Size": str(len(data)),
+                            "X-Linked-Size": str(
+                                hub.announced.get((match["repo"], match["path"]), len(data))
+                            ),
                             "ETag": f'W/"{git_blob_sha1(data)}"',
                         },
                     )
                 served = hub.corrupt.get((match["repo"], match["path"]), data)
-                self._bytes(
-                    served, 0, body, {"X-Repo-Commit": repo.commit, "ETag": f'"{git_blob_sha1(data)}"'}
-                )
+                etag = hub.etags.get((match["repo"], match["path"]), git_blob_sha1(data))
+                self._bytes(served, 0, body, {"X-Repo-Commit": repo.commit, "ETag": f'"{etag}"'})
 
             def _cdn(self, body: bool) -> None:
                 match = _CDN.match(self.path)

@@ -280,3 +280,78 @@ def test_pull_without_the_models_extra_says_how_to_install_it(tmp_path, monkeypa
     assert catalog_commands.run_pull(args, environ={}) == 2
     assert "pip install 'multipass[models]'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_file_the_hub_names_no_digest_for_is_refused_before_its_bytes_come(tmp_path, hub):
+    hub.add(REPO, {"config.json": SMALL_CONFIG})
+    hub.etags[(REPO, "config.json")] = "not-a-hash"
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"ups": file_entries({"config.json": b""})}))
+    with pytest.raises(ChecksumMismatch, match="cannot be checked") as caught:
+        pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
+    assert "'not-a-hash'" in str(caught.value)
+    assert not list((tmp_path / "models").rglob("config.json")) and hub.bytes_sent == 0
+
+
+def test_an_etag_is_never_part_of_a_path(tmp_path, hub):
+    hub.add(REPO, {"config.json": SMALL_CONFIG})
+    hub.etags[(REPO, "config.json")] = "../../../../escaped/x"
+    entry = {**file_entries({"config.json": b""})[0], "sha256": hashlib.sha256(SMALL_CONFIG).hexdigest()}
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"ups": [entry]}))
+    report = pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
+    assert report.downloaded == [entry["target"]]
+    assert (tmp_path / "models" / entry["target"]).read_bytes() == SMALL_CONFIG
+    assert not (tmp_path / "escaped").exists() and not list(tmp_path.rglob("*.part"))
+
+
+def test_bytes_past_the_announced_size_stop_the_download(tmp_path, hub):
+    data = blobs(4, 1, 3 * MB)[0]
+    hub.add(REPO, {"x.safetensors": data})
+    hub.announced[(REPO, "x.safetensors")] = 1000
+    manifest = load_manifest(
+        write_manifest(tmp_path / "m.toml", {"ups": file_entries({"x.safetensors": data})})
+    )
+    with pytest.raises(ChecksumMismatch, match="more than the 1000 bytes"):
+        pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
+    assert not list((tmp_path / "models").rglob("*.part"))
+    assert not (tmp_path / "models" / "diffusion/upscaler/x.safetensors").exists()
+
+
+def test_a_part_file_that_is_a_link_is_never_written_through(tmp_path, hub):
+    data = blobs(5, 1, 200_000)[0]
+    hub.add(REPO, {"x.safetensors": data})
+    manifest = load_manifest(
+        write_manifest(tmp_path / "m.toml", {"ups": file_entries({"x.safetensors": data})})
+    )
+    target = tmp_path / "models" / "diffusion/upscaler/x.safetensors"
+    target.parent.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    sha = hashlib.sha256(data).hexdigest()
+    (target.parent / f".{target.name}.{sha[:16]}.part").symlink_to(victim)
+    pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
+    assert victim.read_bytes() == b"keep me" and target.read_bytes() == data
+
+
+def test_a_directory_at_a_target_is_named_before_any_download(tmp_path, hub):
+    hub.add(REPO, {"config.json": SMALL_CONFIG})
+    entries = file_entries({"config.json": b""})
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"ups": entries}))
+    (tmp_path / "models" / entries[0]["target"]).mkdir(parents=True)
+    with pytest.raises(FailedPrecondition, match="is not a file"):
+        pull(
+            manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False, force=True
+        )
+    assert hub.bytes_sent == 0
+
+
+def test_a_model_dir_that_is_a_file_is_one_line_of_error(tmp_path, hub, capsys):
+    hub.add(REPO, {"config.json": SMALL_CONFIG})
+    manifest = write_manifest(tmp_path / "m.toml", {"ups": file_entries({"config.json": b""})})
+    not_a_dir = tmp_path / "afile"
+    not_a_dir.write_text("x")
+    args = argparse.Namespace(
+        dir=not_a_dir / "sub", manifest=manifest, profiles=["ups"], force=False, progress="never"
+    )
+    code = catalog_commands.run_pull(args, {"HF_ENDPOINT": hub.endpoint})
+    err = capsys.readouterr().err
+    assert code == 1 and "multipass models pull:" in err and "Traceback" not in err
