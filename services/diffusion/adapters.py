@@ -27,7 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file as load_safetensors
+
 from multipass.errors import InvalidInput, Violation
+from multipass_diffusion import comfy_lora
+from multipass_diffusion.comfy_lora import is_comfy
 from multipass_diffusion.pipelines import ComponentSet
 
 log = logging.getLogger(__name__)
@@ -216,11 +221,24 @@ def read_lora(pipe, request: AdapterRequest) -> tuple[dict, dict | None, dict | 
     diffusers to its own key format; a file diffusers cannot read is the request's invalid input."""
     try:
         source = dict(request.state) if request.state is not None else str(request.path)
+        if request.state is None and is_comfy(safetensors_names(request.path)):
+            source = load_safetensors(str(request.path))
+        if isinstance(source, dict) and is_comfy(source):
+            source = comfy_lora.to_kohya(source)  # diffusers reads kohya's names, not ComfyUI's
         return pipe.lora_state_dict(source, unet_config=pipe.unet.config, return_lora_metadata=True)
     except (ValueError, KeyError, OSError) as error:
         raise InvalidInput.of(
             [Violation(request.tag, f"is not a LoRA diffusers can read: {error}")]
         ) from error
+
+
+def safetensors_names(path: Path) -> list[str]:
+    """The tensor names of a safetensors file (its header only); none for a file that is not one."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception:  # noqa: BLE001 - not a safetensors file: diffusers says what it is not
+        return []
 
 
 def load_lora_parts(
@@ -248,6 +266,14 @@ def load_lora_parts(
     """
     if not all("lora" in key for key in state_dict):
         raise ValueError("Invalid LoRA checkpoint: every parameter name must contain 'lora'")
+    parts = ("unet.", *(f"{p}." for p in ("text_encoder", "text_encoder_2") if getattr(pipe, p, None)))
+    unused = sorted(key for key in state_dict if not key.startswith(parts))
+    if unused:
+        # diffusers would drop them without a word: the tune would run as another one.
+        raise ValueError(
+            f"{len(unused)} of its tensors fit no part of the model ({', '.join(p.rstrip('.') for p in parts)}), "
+            f"e.g. {unused[0]}"
+        )
     loader = type(pipe)
     if unet:
         loader.load_lora_into_unet(

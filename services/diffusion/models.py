@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from multipass import tune_formats
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
-from multipass_diffusion import single_file
+from multipass_diffusion import comfy_lora, single_file
 
 if TYPE_CHECKING:
     from multipass_diffusion.runtime import ModelRuntime
@@ -223,7 +223,7 @@ class TuneFile:
     """What a tune file holds, read from its safetensors header."""
 
     kind: str  # "lora" | "checkpoint"
-    layout: str  # "kohya" | "diffusers" | "ldm"
+    layout: str  # "kohya" | "diffusers" | "comfyui" | "ldm"
     cross_attention_dim: int | None
     has_second_text_encoder: bool
 
@@ -250,12 +250,16 @@ def inspect_tune(path: Path, field: str) -> TuneFile:
     is_lora = any("lora" in key for key in keys)
     if is_lora:
         layout = "kohya" if any(key.startswith(("lora_unet_", "lora_te")) for key in keys) else "diffusers"
+        if comfy_lora.is_comfy(keys):
+            layout = "comfyui"
         dims = [
             shape[1]
             for key, shape in shapes.items()
             if ("lora_down" in key or "lora_A" in key or "lora.down" in key) and len(shape) == 2
         ]
-        has_te2 = any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in keys)
+        has_te2 = any(
+            key.startswith(("lora_te2_", "text_encoder_2.", "text_encoders.clip_g.")) for key in keys
+        )
         return TuneFile("lora", layout, dims[0] if dims else None, has_te2)
     if any(key.startswith("model.diffusion_model.") for key in keys):
         dims = [

@@ -1,8 +1,9 @@
 """What format a tune file is in, from its safetensors tensor names: one answer for the gateway and the worker.
 
-Tunes come from kohya-ss, diffusers/PEFT, LyCORIS and A1111/civitai checkpoints. The worker loads LoRAs
-with diffusers, which reads kohya LoRAs (LoCon too: the same ``lora_down``/``lora_up`` names on
-convolutions) and diffusers/PEFT LoRAs, and checkpoints in the original (LDM) or diffusers layout. Other
+Tunes come from kohya-ss, diffusers/PEFT, ComfyUI, LyCORIS and A1111/civitai checkpoints. The worker loads
+LoRAs with diffusers, which reads kohya LoRAs (LoCon too: the same ``lora_down``/``lora_up`` names on
+convolutions) and diffusers/PEFT LoRAs, ComfyUI's own LoRA files once renamed to kohya's names (the worker
+does it), and checkpoints in the original (LDM) or diffusers layout. Other
 LyCORIS algorithms have their own tensors, which diffusers cannot apply: such a file is refused when it is
 registered, naming its format and the tensors that tell it, instead of failing on its first pass.
 
@@ -45,6 +46,10 @@ _UNSUPPORTED = (
 )
 
 
+#: Tensor names of diffusers' LoRA formats: PEFT's, and the older attention-processor ones.
+_DIFFUSERS_LORA_MARKERS = ("lora_A", "lora_B", ".lora.down", ".lora.up", "lora_linear_layer", "_lora.down")
+
+
 def classify(names: Iterable[str], shapes: dict[str, list[int]] | None = None) -> TuneFormat | None:
     """The format of a safetensors file whose tensors are ``names`` (None when no known format fits).
 
@@ -64,11 +69,14 @@ def classify(names: Iterable[str], shapes: dict[str, list[int]] | None = None) -
         return TuneFormat(CHECKPOINT, "single-file checkpoint (A1111/LDM layout)")
     if any(name.startswith("unet.") for name in names) and not any("lora" in name for name in names):
         return TuneFormat(CHECKPOINT, "checkpoint (diffusers layout)")
+    comfy = bool(names) and all(name.startswith(("diffusion_model.", "text_encoders.")) for name in names)
+    if comfy and any("lora" in name for name in names):
+        return TuneFormat(LORA, "ComfyUI LoRA")
     if any(name.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for name in names):
         conv = shapes is not None and any(
             name.endswith("lora_down.weight") and len(shapes.get(name, ())) == 4 for name in names
         )
         return TuneFormat(LORA, "LyCORIS LoCon (kohya layout)" if conv else "kohya LoRA")
-    if any(marker in name for name in names for marker in ("lora_A", "lora_B", ".lora.down", ".lora.up")):
+    if any(marker in name for name in names for marker in _DIFFUSERS_LORA_MARKERS):
         return TuneFormat(LORA, "diffusers/PEFT LoRA")
     return None

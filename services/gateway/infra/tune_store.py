@@ -22,6 +22,7 @@ from multipass import names, tune_formats
 from multipass.bus import KvBucket
 from multipass.errors import Internal, InvalidInput, NotFound, Reason, Violation, echo
 from multipass.images import decode_image
+from multipass.safetensors_header import header_problem
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
 from multipass_gateway.domain import request_checks
@@ -68,6 +69,9 @@ def check_safetensors(data: bytes, field: str) -> None:
                 header = None
             if not isinstance(header, dict):
                 problem = "is not a safetensors file (header is not a JSON object)"
+    if not problem:
+        described = header_problem(header, len(data) - 8 - size)
+        problem = f"is a damaged safetensors file: {described}" if described else None
     if problem:
         raise InvalidInput.of([Violation(field, problem)])
     check_tune_format(header, field)
@@ -83,6 +87,18 @@ def check_tune_format(header: dict, field: str) -> None:
     found = tune_formats.classify(shapes, shapes)
     if found is not None and not found.supported:
         raise InvalidInput.of([Violation(field, found.unsupported)])
+    if found is None and not any("lora" in name for name in shapes):
+        example = next(iter(shapes), "")
+        raise InvalidInput.of(
+            [
+                Violation(
+                    field,
+                    f"is in no tune format the workers load (tensors such as {example[:120]!r}): expected a LoRA "
+                    "(kohya lora_unet_*/lora_te*_*, diffusers/PEFT *.lora_A/*.lora_B, ComfyUI diffusion_model.*) "
+                    "or a checkpoint (model.diffusion_model.* or unet.*)",
+                )
+            ]
+        )
 
 
 def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:

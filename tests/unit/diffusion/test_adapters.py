@@ -504,3 +504,68 @@ def test_adapter_metadata_alpha_changes_outputs_as_the_pass_weight_does(sd15, mo
     ):
         assert torch.allclose(a, b, atol=1e-5), label
         assert not torch.allclose(a, one, atol=1e-4) and not torch.allclose(one, base), label
+
+
+# -- ComfyUI-format files: the original (LDM) module paths under diffusion_model. / text_encoders. ---------
+
+
+def comfy_and_kohya_loras(tmp_path: Path, *, peft_names: bool) -> tuple[Path, Path]:
+    """The same random LoRA (a cross-attention key projection of the UNet's second down block and the first
+    attention output projection of the text encoder, rank 2, alpha 4) as a ComfyUI file and as a kohya file of LDM names."""
+    generator = torch.Generator().manual_seed(77)
+    weights = {
+        ("input_blocks.3.1.transformer_blocks.0.attn2.to_k", "unet"): (torch.randn(2, 32, generator=generator), torch.randn(64, 2, generator=generator)),
+        ("text_model.encoder.layers.0.self_attn.out_proj", "te"): (torch.randn(2, 32, generator=generator), torch.randn(32, 2, generator=generator)),
+    }  # fmt: skip
+    down, up = ("lora_A", "lora_B") if peft_names else ("lora_down", "lora_up")
+    comfy, kohya = {}, {}
+    for (path, part), (a, b) in weights.items():
+        comfy_module = (
+            f"diffusion_model.{path}" if part == "unet" else f"text_encoders.clip_l.transformer.{path}"
+        )
+        kohya_module = ("lora_unet_" if part == "unet" else "lora_te_") + path.replace(".", "_")
+        comfy |= {f"{comfy_module}.{down}.weight": a, f"{comfy_module}.{up}.weight": b}
+        comfy[f"{comfy_module}.alpha"] = torch.tensor(4.0)
+        kohya |= {f"{kohya_module}.lora_down.weight": a, f"{kohya_module}.lora_up.weight": b}
+        kohya[f"{kohya_module}.alpha"] = torch.tensor(4.0)
+    save_file(comfy, str(tmp_path / "comfy.safetensors"))
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    return tmp_path / "comfy.safetensors", tmp_path / "kohya.safetensors"
+
+
+@pytest.mark.parametrize("peft_names", [False, True])
+def test_a_comfyui_lora_acts_as_the_same_lora_in_kohya_names(sd15, tmp_path, peft_names):
+    comfy, kohya = comfy_and_kohya_loras(tmp_path, peft_names=peft_names)
+    components = sd15.base
+    before = (unet_output(components.pipe.unet), text_output(components.pipe.text_encoder))
+    sd15.adapters.activate([request(kohya, "k")])
+    as_kohya = (unet_output(components.pipe.unet), text_output(components.pipe.text_encoder))
+    sd15.adapters.activate([request(comfy, "c")])
+    as_comfy = (unet_output(components.pipe.unet), text_output(components.pipe.text_encoder))
+    for label, base, k, c in zip(("unet", "text_encoder"), before, as_kohya, as_comfy, strict=True):
+        assert not torch.allclose(k, base), label
+        assert torch.equal(c, k), label
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"diffusion_model.input_blocks.3.1.transformer_blocks.0.attn2.to_v.lora_down.weight": (2, 32)},
+        {"text_encoder_typo.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (2, 32)},
+    ],
+)
+def test_tensors_no_part_of_the_model_takes_are_refused_not_dropped(sd15, tmp_path, extra):
+    generator = torch.Generator().manual_seed(5)
+    module = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    tensors = {
+        f"{module}.lora_A.weight": torch.randn(2, 32, generator=generator),
+        f"{module}.lora_B.weight": torch.randn(64, 2, generator=generator),
+    }
+    tensors |= {name: torch.randn(*shape, generator=generator) for name, shape in extra.items()}
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(InvalidInput) as caught:
+        sd15.adapters.activate([request(path, "m")])
+    (violation,) = caught.value.violations
+    assert "fit no part of the model (unet, text_encoder)" in violation.description
+    assert next(iter(extra)) in violation.description

@@ -158,3 +158,45 @@ def test_a_loaded_locon_still_deactivates_to_the_unmodified_model(engine, tune_f
     engine.run(_lora_spec("603", tune_files["locon"]), PassInputs(tune_paths={"603": tune_files["locon"]}))
     runtime.adapters.deactivate()
     assert torch.equal(output(), before)
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.lora_down.weight"], "ComfyUI LoRA"),
+        (["text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"],
+         "ComfyUI LoRA"),
+        (["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_linear_layer.down.weight"],
+         "diffusers/PEFT LoRA"),
+        (["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"],
+         "diffusers/PEFT LoRA"),
+        (["model.diffusion_model.input_blocks.0.0.weight"], "single-file checkpoint (A1111/LDM layout)"),
+    ],
+)  # fmt: skip
+def test_loadable_formats_are_named(names, expected):
+    found = tune_formats.classify(names)
+    assert found is not None and found.supported and found.name == expected
+
+
+def test_a_comfyui_lora_with_a_second_text_encoder_is_an_sdxl_tune(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "comfy-xl.safetensors"
+    save_file(
+        {
+            "text_encoders.clip_g.transformer.text_model.encoder.layers.0.self_attn.q_proj.lora_down.weight": torch.zeros(
+                2, 8
+            ),
+            "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.lora_down.weight": torch.zeros(
+                2, 2048
+            ),
+        },
+        str(path),
+    )
+    found = models.inspect_tune(path, "tune")
+    assert (found.kind, found.layout, found.cross_attention_dim, found.has_second_text_encoder) == (
+        "lora",
+        "comfyui",
+        2048,
+        True,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 from gateway_helpers import parsed_prompt
@@ -139,7 +140,7 @@ def test_tune_metadata_checks():
 
 
 def test_only_safetensors_files_are_accepted():
-    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    header = b'{"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
     check_safetensors(len(header).to_bytes(8, "little") + header + b"\x00" * 4, "chunk")
     for data in (
         b"",
@@ -202,3 +203,64 @@ def test_a_bad_public_s3_endpoint_is_named(value):
         GatewaySettings.from_env({"MULTIPASS_S3_PUBLIC_ENDPOINT": value})
     assert [v.field for v in caught.value.violations] == ["MULTIPASS_S3_PUBLIC_ENDPOINT"]
     assert repr(value) in caught.value.violations[0].description
+
+
+def safetensors_bytes(header: dict, data: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data
+
+
+LORA = "lora_unet_x.lora_down.weight"
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "problem"),
+    [
+        ({}, b"", "holds no tensors"),
+        ({"__metadata__": {"format": "pt"}}, b"", "holds no tensors"),
+        ({"__metadata__": {"rank": 4}, LORA: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4,
+         "__metadata__ is not a map of strings to strings"),
+        ({LORA: "F32"}, b"\0" * 4, "is not described by a JSON object"),
+        ({LORA: {"dtype": "Q99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "has dtype 'Q99'"),
+        ({LORA: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4000]}}, b"\0" * 4, "outside the 4 data bytes"),
+        ({LORA: {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "needs 8 bytes"),
+        ({LORA: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+          "lora_unet_y.lora_up.weight": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, b"\0" * 8,
+         "overlaps the tensor before it"),
+        ({LORA: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, "cover 4 of the 12 data bytes"),
+    ],
+)  # fmt: skip
+def test_a_safetensors_header_that_lies_about_its_data_is_refused(header, data, problem):
+    with pytest.raises(InvalidInput) as caught:
+        check_safetensors(safetensors_bytes(header, data), "chunk")
+    (violation,) = caught.value.violations
+    assert violation.field == "chunk" and violation.description.startswith("is a damaged safetensors file: ")
+    assert problem in violation.description
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lora_unet_x.lora_down.weight",
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight",
+        "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.lora_down.weight",
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "unet.conv_in.weight",
+    ],
+)
+def test_every_format_the_workers_load_is_taken(name):
+    check_safetensors(
+        safetensors_bytes({name: {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "chunk"
+    )
+
+
+def test_tensors_of_no_known_format_are_refused_naming_one():
+    data = safetensors_bytes(
+        {"foo.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4
+    )
+    with pytest.raises(InvalidInput) as caught:
+        check_safetensors(data, "chunk")
+    assert (
+        "is in no tune format the workers load (tensors such as 'foo.weight')"
+        in caught.value.violations[0].description
+    )
