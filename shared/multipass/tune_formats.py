@@ -80,3 +80,36 @@ def classify(names: Iterable[str], shapes: dict[str, list[int]] | None = None) -
     if any(marker in name for name in names for marker in _DIFFUSERS_LORA_MARKERS):
         return TuneFormat(LORA, "diffusers/PEFT LoRA")
     return None
+
+
+#: Cross-attention widths of the published models of each family (a tiny test model has its own).
+CROSS_ATTENTION_WIDTHS = {"sd15": 768, "sdxl": 2048}
+_SECOND_TEXT_ENCODER = ("lora_te2_", "text_encoder_2.", "text_encoders.clip_g.", "conditioner.embedders.1.")
+_CROSS_ATTENTION_KEY = ("attn2.to_k", "attn2_to_k")
+#: Ends of the tensors whose second dimension is a projection's input width (a LoRA's down weights, a
+#: checkpoint's own weight).
+_INPUT_SIDE = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "down.weight", "to_k.weight")
+
+
+def family_mismatch(shapes: dict[str, list[int]], family: str) -> str | None:
+    """Why a tune whose tensors have ``shapes`` cannot be of ``family`` ("sd15"/"sdxl"); None when it can.
+
+    A second text encoder's tensors make an SDXL tune; a cross-attention key projection whose input width
+    is a published family's (768 for SD1.5, 2048 for SDXL) tells that family. Other widths (a test's tiny
+    models) tell nothing here; the worker checks them against its model.
+    """
+    second = next((name for name in shapes if name.startswith(_SECOND_TEXT_ENCODER)), None)
+    if second is not None and family != "sdxl":
+        return f"it has a second text encoder's tensors (e.g. {second[:120]}), which only SDXL has"
+    widths = {
+        shape[1]
+        for name, shape in shapes.items()
+        if len(shape) == 2 and name.endswith(_INPUT_SIDE) and any(key in name for key in _CROSS_ATTENTION_KEY)
+    }
+    told = {fam for fam, width in CROSS_ATTENTION_WIDTHS.items() if width in widths}
+    if told and family not in told:
+        width = CROSS_ATTENTION_WIDTHS[next(iter(told))]
+        return (
+            f"its cross-attention projections take {width}-wide inputs, as {'/'.join(sorted(told))} models do"
+        )
+    return None

@@ -53,7 +53,7 @@ def new_tune_id() -> str:
     return f"{int(time.time() * 1000):013d}{secrets.randbelow(1000):03d}"
 
 
-def check_safetensors(data: bytes, field: str) -> None:
+def check_safetensors(data: bytes, field: str, family: str = "") -> None:
     """InvalidInput unless ``data`` is a safetensors file (8-byte header length, then a JSON object)."""
     problem = None
     if len(data) < 10:
@@ -74,10 +74,10 @@ def check_safetensors(data: bytes, field: str) -> None:
         problem = f"is a damaged safetensors file: {described}" if described else None
     if problem:
         raise InvalidInput.of([Violation(field, problem)])
-    check_tune_format(header, field)
+    check_tune_format(header, field, family)
 
 
-def check_tune_format(header: dict, field: str) -> None:
+def check_tune_format(header: dict, field: str, family: str = "") -> None:
     """InvalidInput naming the format of a tune file the worker cannot load (LyCORIS LoHa, LoKr, ...)."""
     shapes = {
         name: entry.get("shape", [])
@@ -87,6 +87,11 @@ def check_tune_format(header: dict, field: str) -> None:
     found = tune_formats.classify(shapes, shapes)
     if found is not None and not found.supported:
         raise InvalidInput.of([Violation(field, found.unsupported)])
+    mismatch = tune_formats.family_mismatch(shapes, family) if family else None
+    if mismatch:
+        raise InvalidInput.of(
+            [Violation("metadata.base_family", f"got {family}; the file is not: {mismatch}")]
+        )
     if found is None and not any("lora" in name for name in shapes):
         example = next(iter(shapes), "")
         raise InvalidInput.of(
@@ -231,7 +236,7 @@ class TuneStore:
                     )
                 ]
             )
-        check_safetensors(content, field)
+        check_safetensors(content, field, metadata.base_family)
         kind = metadata.kind or "lora"
         tune_id = new_tune_id()
         file_ref = await self._objects.put_bytes(

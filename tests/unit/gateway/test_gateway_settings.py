@@ -264,3 +264,35 @@ def test_tensors_of_no_known_format_are_refused_naming_one():
         "is in no tune format the workers load (tensors such as 'foo.weight')"
         in caught.value.violations[0].description
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "family", "problem"),
+    [
+        ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", [4, 1280], "sd15",
+         "second text encoder"),
+        ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight", [4, 2048], "sd15",
+         "2048-wide inputs, as sdxl models do"),
+        ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", [4, 768], "sdxl",
+         "768-wide inputs, as sd15 models do"),
+    ],
+)  # fmt: skip
+def test_a_tune_whose_tensors_tell_another_family_is_refused_at_registration(name, shape, family, problem):
+    size = 2 * shape[0] * shape[1]
+    data = safetensors_bytes(
+        {name: {"dtype": "F16", "shape": shape, "data_offsets": [0, size]}}, b"\0" * size
+    )
+    with pytest.raises(InvalidInput) as caught:
+        check_safetensors(data, "chunk", family)
+    (violation,) = caught.value.violations
+    assert violation.field == "metadata.base_family" and problem in violation.description
+    check_safetensors(data, "chunk", "sdxl" if family == "sd15" else "sd15")  # the family it is
+
+
+def test_tiny_widths_tell_no_family():
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+    data = safetensors_bytes(
+        {name: {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}, b"\0" * 256
+    )
+    check_safetensors(data, "chunk", "sd15")
+    check_safetensors(data, "chunk", "sdxl")
