@@ -380,3 +380,30 @@ def test_demo_placeholders_map_to_new_tune_ids():
     assert (
         replaced.replace("<lora:17:1>", "<lora:849330:1>").replace("<lora:18:1>", "<lora:861629:1>") == prompt
     )
+
+
+def test_cli_names_a_directory_given_as_a_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "tunes",
+                "register",
+                str(tmp_path),
+                "--token",
+                "ohwx",
+                "--class",
+                "woman",
+                "--family",
+                "sd15",
+                "--api-key",
+                "k",
+            ]
+        )
+    assert str(exited.value) == f"{tmp_path}: is a directory, not a tune file"
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_cli_watch_takes_only_a_sequence_from_zero_up(value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["watch", "job-1", "--from-seq", value, "--api-key", "k"])
+    assert exited.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err

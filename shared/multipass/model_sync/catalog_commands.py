@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from multipass.errors import MultipassError
+from multipass.errors import InvalidInput, MultipassError
 
 #: What ``multipass models pull`` fetches without arguments: a base model, what the segmentation service
 #: needs to start (SAM and the text-grounded detector), and the landmark face detector.
@@ -92,9 +93,20 @@ def model_dir_for(args: argparse.Namespace, environ: Mapping[str, str], *, stack
     raise UsageError("no model directory: pass --dir DIR or set MULTIPASS_MODEL_DIR")
 
 
+def _hub_logs_once() -> None:
+    """huggingface_hub's records through our handler only: the library puts a plain handler of its own on
+    its root logger, which printed each of its retry warnings a second time beside our JSON line."""
+    import huggingface_hub.utils.logging  # noqa: F401 - configures the library's logger (and its handler)
+
+    library = logging.getLogger("huggingface_hub")
+    for handler in list(library.handlers):
+        if type(handler) is logging.StreamHandler:
+            library.removeHandler(handler)
+
+
 def _fail(command: str, error: Exception) -> int:
     print(f"multipass models {command}: {error}", file=sys.stderr)
-    return 2 if isinstance(error, UsageError) else 1
+    return 2 if isinstance(error, UsageError | InvalidInput) else 1  # what the command line asked is wrong
 
 
 def run_pull(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -113,6 +125,8 @@ def run_pull(args: argparse.Namespace, environ: Mapping[str, str] | None = None)
                 f"pulling needs {', '.join(absent)}; install the models extra: pip install 'multipass[models]'"
             )
         from multipass.model_sync.hub_pull import HubSettings, pull
+
+        _hub_logs_once()
 
         hub = HubSettings.from_env(env)
         print(
@@ -188,6 +202,11 @@ def run_check(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     env = os.environ if environ is None else environ
     try:
         model_dir = model_dir_for(args, env, stack_fallback=True)
+        if not model_dir.is_dir():
+            raise UsageError(
+                f"{model_dir} {'is not a directory' if model_dir.exists() else 'does not exist'}: "
+                "pull models into it first (multipass models pull --dir DIR)"
+            )
         manifest = load_manifest(args.manifest)
         report = check(model_dir, manifest=manifest)
     except (MultipassError, UsageError) as error:

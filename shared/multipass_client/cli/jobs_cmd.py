@@ -15,6 +15,17 @@ from multipass_client.cli.options import (
 )
 
 
+def _sequence(text: str) -> int:
+    """A job event sequence for --from-seq: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a whole number >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {value}; expected a whole number >= 0")
+    return value
+
+
 def _is_url(value: str) -> bool:
     return value.lower().startswith(("http://", "https://"))
 
@@ -51,7 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     watch.add_argument("job_id")
     watch.add_argument(
-        "--from-seq", type=int, default=0, metavar="N", help="replay events after sequence N (default 0: all)"
+        "--from-seq",
+        type=_sequence,
+        default=0,
+        metavar="N",
+        help="replay events after sequence N (default 0: all)",
     )
     add_connection_args(watch)
     watch.set_defaults(run=run_watch)
@@ -98,7 +113,8 @@ def _image_argument(client, value: str | None, url_param: str, params: dict[str,
         return ""
     path = Path(value)
     if not path.is_file():
-        raise SystemExit(f"{value}: no such file (give a local image or an http(s) URL)")
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise SystemExit(f"{value}: {what} (give a local image or an http(s) URL)")
     return client.jobs.upload_image(path).image_id
 
 

@@ -46,12 +46,16 @@ def format_tune(tune) -> str:
     )
 
 
+def _not_a_file(path: Path) -> str:
+    return "is a directory, not a tune file" if path.is_dir() else "no such file"
+
+
 @reports_rpc_errors
 def run_register(args: argparse.Namespace) -> int:
     is_url = args.file.lower().startswith(("http://", "https://"))
     path = None if is_url else Path(args.file)
     if path is not None and not path.is_file():
-        raise SystemExit(f"{args.file}: no such file")
+        raise SystemExit(f"{args.file}: {_not_a_file(path)}")
     with client_from_args(args) as client:
         tune = client.tunes.register(
             path,

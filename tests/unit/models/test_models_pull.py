@@ -265,7 +265,7 @@ def test_the_cli_pulls_with_hf_endpoint_and_lists_what_is_present(tmp_path, hub,
     assert (rows["ups"]["files_present"], rows["ups"]["files"]) == (2, 2)
     assert rows["ups"]["bytes_present"] == sum(len(d) for d in small.values())
     assert (rows["other"]["files_present"], rows["other"]["command"]) == (0, "multipass models pull other")
-    assert run("pull", "nope", "--manifest", str(manifest_path)) == 1
+    assert run("pull", "nope", "--manifest", str(manifest_path)) == 2
     assert "expected one of ups, other" in capsys.readouterr().err
     assert catalog_commands.run_pull(
         argparse.Namespace(dir=None, manifest=manifest_path, profiles=["ups"], force=False, progress="never"),
@@ -355,3 +355,20 @@ def test_a_model_dir_that_is_a_file_is_one_line_of_error(tmp_path, hub, capsys):
     code = catalog_commands.run_pull(args, {"HF_ENDPOINT": hub.endpoint})
     err = capsys.readouterr().err
     assert code == 1 and "multipass models pull:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("made", ["missing", "a file"])
+def test_models_check_names_a_model_dir_that_is_not_one(tmp_path, capsys, made):
+    target = tmp_path / "models"
+    if made == "a file":
+        target.write_text("x")
+    args = argparse.Namespace(dir=target, manifest=None, json=False)
+    assert catalog_commands.run_check(args, environ={}) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and ("does not exist" if made == "missing" else "is not a directory") in err
+
+
+def test_an_unknown_profile_is_a_usage_error(tmp_path, capsys):
+    args = argparse.Namespace(dir=tmp_path, manifest=None, profiles=["nope"], force=False, progress="never")
+    assert catalog_commands.run_pull(args, environ={}) == 2
+    assert "'nope'" in capsys.readouterr().err
