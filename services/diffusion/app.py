@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from multipass import names
 from multipass.bus import Bus
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
@@ -88,7 +89,8 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
         await loop.run_in_executor(executor, engine.load)
         await store.ensure_buckets(OBJECT_BUCKETS)
         bus = await Bus.connect(settings.nats.url, name=f"diffusion-{settings.worker_name}")
-        await bus.ensure_topology(replicas=settings.nats.replicas)
+        # The gateway owns the streams; this worker's NATS user may only look them up (docs/KUBERNETES.md).
+        await bus.await_streams((names.STREAM_PASSES, names.STREAM_EVENTS), replicas=settings.nats.replicas)
         worker = DiffusionWorker(settings, engine, bus, store, executor)
         await worker.start()
     except BaseException:

@@ -27,6 +27,7 @@ from k8s_render import rendered
 
 from multipass import names
 from multipass.bus import Bus
+from multipass.errors import Unavailable
 from multipass_dev.local.process import reserve_ports
 
 NATS_SERVER = Path(sys.executable).with_name("nats-server")
@@ -102,7 +103,16 @@ def test_prod_config_clusters_jetstream(prod):
 @pytest.fixture(scope="module")
 def dev_nats(tmp_path_factory):
     """nats-server with the dev nats.conf on loopback; only addresses and paths are overridden."""
-    directory = tmp_path_factory.mktemp("nats")
+    yield from _dev_nats_server(tmp_path_factory.mktemp("nats"))
+
+
+@pytest.fixture
+def fresh_dev_nats(tmp_path):
+    """The same, empty: no stream exists yet."""
+    yield from _dev_nats_server(tmp_path)
+
+
+def _dev_nats_server(directory: Path):
     resources = rendered("dev")
     config = write_config(resources, directory)
     port, monitor = reserve_ports(2)
@@ -149,6 +159,30 @@ def _nats_errors(caplog) -> list[str]:
     return [str(getattr(r, "error", "")).lower() for r in caplog.records if r.name == "multipass.bus"]
 
 
+async def test_a_worker_started_before_the_gateway_waits_for_the_streams_it_may_not_create(fresh_dev_nats):
+    """The diffusion worker's own start-up call, with its pod's credentials: its user may not create
+    streams, so it waits until the gateway has (it used to fail its start on the refused create)."""
+    server_url, passwords = fresh_dev_nats
+    resources = rendered("dev")
+    gateway = await Bus.connect(_service_url(resources, "gateway", server_url, passwords), name="gateway")
+    diffusion = await Bus.connect(
+        _service_url(resources, "diffusion", server_url, passwords), name="diffusion"
+    )
+    wanted = (names.STREAM_PASSES, names.STREAM_EVENTS)
+    try:
+        with pytest.raises(Unavailable, match="is the gateway running"):
+            await diffusion.await_streams(wanted, timeout=0.5, poll=0.1)
+        waiting = asyncio.create_task(diffusion.await_streams(wanted, timeout=60, poll=0.1))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await gateway.ensure_topology()
+        await asyncio.wait_for(waiting, 20)
+        await asyncio.wait_for(diffusion.await_streams(wanted, timeout=1), 5)  # present: returns at once
+    finally:
+        await diffusion.close()
+        await gateway.close()
+
+
 async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, caplog):
     """The services' own bus code, with the credentials and URLs of their pods."""
     caplog.set_level(logging.WARNING, logger="multipass.bus")
@@ -164,6 +198,7 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
     try:
         # the gateway creates the streams and KV buckets, records a job, enqueues a pass
         await gateway.ensure_topology()
+        await diffusion.await_streams((names.STREAM_PASSES, names.STREAM_EVENTS), timeout=5)
         await gateway.kv_update(names.KV_JOBS, "j1", lambda current: b"record")
         await gateway.publish(
             names.diffusion_pass_subject(model), b"pass-1", msg_id=names.pass_msg_id("j1", 0, "base", 1)

@@ -7,6 +7,8 @@ configuration (an older release) is updated in place. Several processes may run 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ from nats.js import JetStreamContext, api
 from multipass import names
 from multipass.bus.base import BusBase
 from multipass.bus.errors import nats_errors
-from multipass.errors import FailedPrecondition
+from multipass.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger(__package__)
 
@@ -138,3 +140,37 @@ class TopologySetup(BusBase):
         """Create or update the streams and KV buckets above (idempotent)."""
         with nats_errors("create streams"):
             await ensure_topology(self.js, replicas)
+
+    async def await_streams(
+        self, streams: tuple[str, ...], *, replicas: int = 1, timeout: float = 120.0, poll: float = 1.0
+    ) -> None:
+        """Return once every stream of ``streams`` exists, for a service that only uses them.
+
+        The gateway owns the topology (its NATS user may create streams; a worker's may only look them
+        up). A worker started first creates them itself where its user may (a local stack, tests); where it
+        may not, the server refuses the request without an answer, and the worker waits for the gateway
+        to create them, asking again every ``poll`` seconds. Unavailable after ``timeout``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        tried_to_create = False
+        while True:
+            missing = [stream for stream in streams if not await self._stream_exists(stream)]
+            if not missing:
+                return
+            if not tried_to_create:
+                tried_to_create = True
+                with contextlib.suppress(Unavailable):
+                    await self.ensure_topology(replicas=replicas)
+                    continue
+                log.info("waiting for the gateway to create the streams", extra={"streams": missing})
+            if asyncio.get_running_loop().time() >= deadline:
+                raise Unavailable(f"streams {', '.join(missing)} do not exist (is the gateway running?)")
+            await asyncio.sleep(poll)
+
+    async def _stream_exists(self, stream: str) -> bool:
+        with nats_errors(f"look up stream {stream}"):
+            try:
+                await self.js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
