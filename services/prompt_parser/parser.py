@@ -90,8 +90,8 @@ def parse_prompt(
             prompt=segment.text,
             negative_prompt=negative,
             loras=segment.tags + common.tags,
-            effective_prompt=join(common.text, segment.text),
-            effective_negative_prompt=join(negative_common, negative),
+            effective_prompt=join(segment.text, common.text),
+            effective_negative_prompt=join(negative, negative_common),
         )
         for segment, negative in zip(person_segments, person_negatives, strict=False)
     )

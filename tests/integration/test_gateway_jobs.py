@@ -107,7 +107,7 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
         assert image.url.startswith("http") and image.final.key in image.url
         assert set(image.masks) == {"person-0", "person-1"}
         assert image.masks["person-1"].key.endswith(f"image-{image.index}/mask-person-1.png")
-    assert [p.prompt for p in job.persons] == ["elegant, ohwx woman in red", "elegant, ohwx man in blue"]
+    assert [p.prompt for p in job.persons] == ["ohwx woman in red, elegant", "ohwx man in blue, elegant"]
     assert all(p.slot_box.x1 > p.slot_box.x0 for p in job.persons)
     assert set(job.persons[0].masks) == {0, 1}
     # The worker saw each person's own LoRA and tune file only in that person's pass.

@@ -202,10 +202,13 @@ def run_check(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     env = os.environ if environ is None else environ
     try:
         model_dir = model_dir_for(args, env, stack_fallback=True)
-        if not model_dir.is_dir():
-            raise UsageError(
-                f"{model_dir} {'is not a directory' if model_dir.exists() else 'does not exist'}: "
-                "pull models into it first (multipass models pull --dir DIR)"
+        if model_dir.exists() and not model_dir.is_dir():
+            raise UsageError(f"{model_dir} is not a directory")
+        if not model_dir.exists():
+            print(
+                f"multipass models check: {model_dir} does not exist yet: nothing is installed "
+                "(the FIX column says what to pull)",
+                file=sys.stderr,
             )
         manifest = load_manifest(args.manifest)
         report = check(model_dir, manifest=manifest)

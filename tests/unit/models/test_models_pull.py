@@ -357,15 +357,16 @@ def test_a_model_dir_that_is_a_file_is_one_line_of_error(tmp_path, hub, capsys):
     assert code == 1 and "multipass models pull:" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("made", ["missing", "a file"])
-def test_models_check_names_a_model_dir_that_is_not_one(tmp_path, capsys, made):
-    target = tmp_path / "models"
-    if made == "a file":
-        target.write_text("x")
-    args = argparse.Namespace(dir=target, manifest=None, json=False)
+def test_models_check_names_a_model_dir_that_is_missing_or_not_one(tmp_path, capsys):
+    missing = tmp_path / "models"
+    args = argparse.Namespace(dir=missing, manifest=None, json=True)
+    assert catalog_commands.run_check(args, environ={}) == 0  # the table says what to pull
+    captured = capsys.readouterr()
+    assert f"{missing} does not exist yet: nothing is installed" in captured.err
+    assert not any(f["available"] for f in json.loads(captured.out)["features"] if not f["fallback"])
+    missing.write_text("x")
     assert catalog_commands.run_check(args, environ={}) == 2
-    err = capsys.readouterr().err
-    assert str(target) in err and ("does not exist" if made == "missing" else "is not a directory") in err
+    assert f"{missing} is not a directory" in capsys.readouterr().err
 
 
 def test_an_unknown_profile_is_a_usage_error(tmp_path, capsys):

@@ -36,9 +36,11 @@ def test_break_on_its_own_line_and_inline_give_the_same_segments():
 
 
 def test_effective_prompts_join_base_common_and_person():
+    # The common prompt is appended to the base prompt and to every person prompt (the person's own words,
+    # its identity token first, stay at the front of what the text encoder reads).
     parsed = parse_prompt("a ballroom, BREAK , evening light, BREAK ohwx woman, red dress")
     assert parsed.base_effective_prompt == "a ballroom, evening light"
-    assert parsed.persons[0].effective_prompt == "evening light, ohwx woman, red dress"
+    assert parsed.persons[0].effective_prompt == "ohwx woman, red dress, evening light"
 
 
 def test_empty_common_segment_joins_without_a_stray_comma():
@@ -111,7 +113,7 @@ def test_break_never_reaches_any_text():
         *(p.effective_prompt for p in parsed.persons),
         *(p.effective_negative_prompt for p in parsed.persons),
     ]
-    assert texts == ["a, b", "x, y", "b, c", "b, d", "y, z", "y, w"]
+    assert texts == ["a, b", "x, y", "c, b", "d, b", "z, y", "w, y"]
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_negative_split_by_break():
     assert (parsed.negative_base, parsed.negative_common) == ("people", "lowres")
     assert parsed.base_effective_negative_prompt == "people, lowres"
     assert [(p.negative_prompt, p.effective_negative_prompt) for p in parsed.persons] == [
-        ("beard", "lowres, beard"),
+        ("beard", "beard, lowres"),
         ("", "lowres"),
     ]
 
