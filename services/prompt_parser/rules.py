@@ -165,9 +165,35 @@ def _check_mask_flags(context: Context, problems: Problems, warnings: list[str])
             )
 
 
+#: Parameters that shape a generated image: with --only_upscale nothing is generated, so they do nothing.
+GENERATION_ONLY = (
+    "hires_fix", "inpaint_faces", "face_correct", "face_swap", "controlnet", "prompt_expansion",
+    "denoising_strength", "cfg_scale", "steps", "scheduler", "seed", "negative_prompt",
+)  # fmt: skip
+
+
+def _warn_only_upscale(context: Context, warnings: list[str]) -> None:
+    """With --only_upscale the chain is the upscale (and the finish): say which options do nothing."""
+    params, explicit = context.values.params, context.values.explicit
+    ignored = [name for name in GENERATION_ONLY if name in explicit and getattr(params, name, None)]
+    if ignored:
+        warnings.append(
+            f"--only_upscale: {', '.join(ignored)} ha{'ve' if len(ignored) > 1 else 's'} no effect; the input "
+            "image is only upscaled (film_grain and color_grading still apply)"
+        )
+    if params.num_images > 1:
+        warnings.append(
+            f"--only_upscale: num_images={params.num_images} upscales the same input {params.num_images} times, "
+            "to the same result"
+        )
+
+
 def _warn_implied(context: Context, warnings: list[str]) -> None:
     params = context.values.params
     explicit = context.values.explicit
+    if context.flags.only_upscale:
+        _warn_only_upscale(context, warnings)
+        return
     for name in ("hires_fix", "inpaint_faces"):
         if getattr(params, name) and not params.super_resolution:
             warnings.append(

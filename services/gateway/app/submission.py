@@ -156,7 +156,8 @@ def scene_size(
 ) -> tuple[int, int]:
     """Width and height of the chain's images.
 
-    Keep-background: the input image's own size (fitted under ``max_side``). An img2img input without an
+    Keep-background: the input image's own size (fitted under ``max_side``). ``--only_upscale`` without an
+    explicit w/h/ar: the same (the upscale multiplies the input's own pixels). An img2img input without an
     explicit w/h/ar: the input's aspect ratio at the area of the parsed size. Otherwise the parsed size.
     """
     params = parsed.params
@@ -167,6 +168,8 @@ def scene_size(
         return planner.fit_size(width, height, max_side)
     if {"w", "h", "ar"} & set(parsed.explicit_params):
         return params.w, params.h
+    if parsed.flags.only_upscale:
+        return planner.fit_size(width, height, max_side)
     area = params.w * params.h or NATIVE_SIDE.get(family, 512) ** 2
     factor = (area / (width * height)) ** 0.5
     return planner.fit_size(max(8, int(width * factor)), max(8, int(height * factor)), max_side)

@@ -51,6 +51,8 @@ def required_capabilities(
     needs: list[tuple[str, str]] = []
     if complete:
         needs += [(f"pass:{kind}", field) for kind, field in diffusion_kinds(parsed)]
+    if parsed.flags.only_upscale:  # nothing is generated: only the upscaler is used
+        return [*needs, (CAPABILITY_UPSCALER, "--only_upscale")]
     if params.controlnet and (has_input_image or params.controlnet_txt2img):
         needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
         if complete and has_input_image and params.controlnet in WEIGHTED_PREPROCESSORS:

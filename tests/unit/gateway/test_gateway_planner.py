@@ -242,6 +242,16 @@ def test_required_capabilities_name_their_fields():
     assert requirements.required_capabilities(parsed_prompt(0), has_input_image=False) == []
 
 
+def test_only_upscale_needs_only_the_upscaler():
+    # Options it ignores (controlnet, face_correct, ...) are not required to be installed.
+    parsed = parsed_prompt(0, only_upscale=True, controlnet="depth", face_correct=True, prompt_expansion=True)
+    assert requirements.required_capabilities(parsed, has_input_image=True) == [("upscaler", "--only_upscale")]
+    assert requirements.required_capabilities(parsed, has_input_image=True, complete=True) == [
+        ("pass:upscale", "--only_upscale"),
+        ("upscaler", "--only_upscale"),
+    ]
+
+
 def test_tune_ids_lists_each_tag_once_in_order():
     parsed = parsed_prompt(2, base_loras=["9"], person_loras={0: ["1", "9"], 1: ["1"]})
     assert [ref.tune_id for ref in requirements.tune_ids(parsed)] == ["9", "1"]

@@ -114,6 +114,16 @@ def test_scene_size():
     assert scene_size(explicit, (1600, 900), "sd15", 2048) == (640, 640)
 
 
+@pytest.mark.parametrize(("size", "expected"), [((2048, 2048), (2048, 2048)), ((1000, 600), (1000, 600)),
+                                                ((4000, 3000), (2048, 1536)), ((333, 250), (328, 248))])  # fmt: skip
+def test_only_upscale_keeps_the_inputs_own_pixels(size, expected):
+    # It used to be brought to the native area first (2048x2048 -> 512x512 -> x4), losing resolution.
+    upscale = parsed_prompt(0, base="", common="", only_upscale=True)
+    assert scene_size(upscale, size, "sd15", 2048) == expected
+    explicit = parsed_prompt(0, base="", common="", only_upscale=True, w=640, h=640, explicit=("w", "h"))
+    assert scene_size(explicit, size, "sd15", 2048) == (640, 640)
+
+
 def test_tune_metadata_checks():
     good = jobs_pb2.TuneMetadata(token="ohwx", class_name="woman", base_family="sd15")
     assert check_metadata(good, streamed=True) == []

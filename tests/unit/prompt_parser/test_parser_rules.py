@@ -172,6 +172,19 @@ def test_only_upscale():
     assert upscale_only.only_upscale and not upscale_only.keep_background
 
 
+def test_only_upscale_names_the_options_it_ignores():
+    parsed = parse_prompt(
+        "--only_upscale",
+        {**IMAGE, "face_correct": "true", "hires_fix": "true", "steps": "20", "num_images": "3"},
+    )
+    assert parsed.warnings == (
+        "--only_upscale: hires_fix, face_correct, steps have no effect; the input image is only upscaled "
+        "(film_grain and color_grading still apply)",
+        "--only_upscale: num_images=3 upscales the same input 3 times, to the same result",
+    )
+    assert parse_prompt("--only_upscale", {**IMAGE, "film_grain": "true"}).warnings == ()
+
+
 @pytest.mark.parametrize("name", ["hires_fix", "inpaint_faces"])
 def test_settings_astria_ties_to_super_resolution_are_accepted_alone_with_a_warning(name):
     alone = parse_prompt("a park", {name: "true"})
