@@ -395,7 +395,11 @@ class Submitter:
         references: dict[str, list[common_pb2.ImageRef]] = {}
         models = requirements.tune_models(parsed, base_model, person_model)
         with_references = False
+        # face_swap takes each face's identity from its person's tune; a prompt without persons (one subject,
+        # the base tags) from the base tags' tune.
         person_ids = {ref.tune_id for person in parsed.persons for ref in person.loras}
+        if not parsed.persons:
+            person_ids = {ref.tune_id for ref in parsed.base_loras}
         tags = requirements.tune_ids(parsed)
         wanted = list(dict.fromkeys(ref.tune_id for ref in tags))  # read together, each once
         found = dict(
@@ -430,7 +434,9 @@ class Submitter:
             problems.append(
                 Violation(
                     "params.face_swap",
-                    "needs a person tune with reference images (none of the persons' tunes has any)",
+                    "needs a person tune with reference images (none of the persons' tunes has any)"
+                    if parsed.persons
+                    else "needs a tune with reference images in the prompt (none of its tunes has any)",
                 )
             )
         if unknown:

@@ -364,9 +364,19 @@ def _face_swap(chain: _Chain) -> None:
     if not chain.params.face_swap:
         return
     # No adapters: each face's identity is the tune of its person (FaceTarget.loras, filled at dispatch),
-    # read from that tune's reference images; a face of no person is left as it is.
+    # read from that tune's reference images; a face of no person is left as it is. A prompt without
+    # persons names its subject in the base tags.
     spec = chain.spec("face_swap", chain.config.person_model, "", "", [])
     tunes = [ref.tune_id for person in chain.parsed.persons for ref in person.loras]
+    if not chain.parsed.persons:
+        # One subject, named by the base tags: every face takes the identity of the first of their tunes
+        # with reference images.
+        with_references = [
+            ref.tune_id for ref in chain.parsed.base_loras if chain.inputs.reference_images.get(ref.tune_id)
+        ]
+        tunes = with_references[:1]
+        if tunes:
+            spec.options["face_swap_tune"] = tunes[0]
     for key, ref in _reference_files(tunes, chain.inputs.reference_images).items():
         spec.tune_files[key].CopyFrom(ref)
     chain.add(_planned("face_swap", "face_swap", spec, FIXED_WEIGHTS["face_swap"]))

@@ -279,6 +279,17 @@ def test_face_swap_carries_the_persons_tunes_and_reference_images():
     assert swap.tune_files["7/reference-1"].sha256 == "0" * 64
 
 
+def test_face_swap_of_a_prompt_without_persons_takes_the_base_tags_tune():
+    # The single-subject prompt Astria's POST /tunes/:id/prompts makes: <lora:ID:1> ohwx woman ..., face_swap.
+    parsed = parsed_prompt(0, face_swap=True, base_loras=["5", "6"])
+    references = {"6": [image_ref("uploads/t/c.png")]}
+    (plan,) = plan_of(parsed, reference_images=references)
+    swap = plan.passes[-1].spec
+    assert plan.passes[-1].name == "face_swap" and not swap.loras
+    assert swap.options["face_swap_tune"] == "6"  # the first base tune with reference images
+    assert sorted(swap.tune_files) == ["6/reference-0"]
+
+
 def test_faceid_tags_carry_their_tunes_reference_images_to_their_passes():
     parsed = parsed_prompt(2, hires_fix=True, face_swap=True, person_loras={0: ["7"]})
     parsed.persons[0].loras.add(tune_id="9", weight=0.6, kind="faceid", tag="<faceid:9:0.6>")
