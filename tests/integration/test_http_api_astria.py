@@ -177,6 +177,38 @@ async def test_curl_examples_multipart_and_json(astria_api):
         assert (await stranger.delete(f"/prompts/{created['id']}")).status_code == 404
 
 
+async def test_a_duplicate_carries_the_uploaded_input_image(astria_api):
+    """A duplicate of an img2img prompt whose input was uploaded runs on the same input (it ran as txt2img)."""
+    import io
+
+    from PIL import Image
+
+    from multipass.v1 import jobs_pb2
+
+    picture = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes/690204/prompts",
+            data={"prompt[text]": "a painting", "prompt[steps]": "2", "prompt[num_images]": "1"},
+            files={"prompt[input_image]": ("in.png", picture.getvalue(), "image/png")},
+        )
+        assert created.status_code == 201, created.text
+        duplicate = await client.post(f"/prompts/{created.json()['id']}/duplicate", json={"prompt": {}})
+        assert duplicate.status_code == 201, duplicate.text
+
+    async def input_of(prompt_id: str) -> bytes:
+        job = await astria_api.stack.jobs.GetJob(
+            jobs_pb2.GetJobRequest(job_id=prompt_id),
+            metadata=(("authorization", f"Bearer {astria_api.key}"),),
+        )
+        (prepare,) = [p for p in job.images[0].passes if p.kind == "prepare"]
+        assert prepare.output.key, "the job has no input image"
+        return await astria_api.stack.store.get_bytes(prepare.output.bucket, prepare.output.key)
+
+    assert await input_of(duplicate.json()["id"]) == await input_of(created.json()["id"])
+
+
 async def poll(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:

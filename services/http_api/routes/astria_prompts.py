@@ -10,6 +10,7 @@ text already tags it (Astria prompts a fine-tuned tune by posting to it). Other 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Annotated
@@ -18,15 +19,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
 
 from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2
 from multipass_http_api.astria import callbacks
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call
 from multipass_http_api.astria.origin import Origin, origin_of
 from multipass_http_api.astria.paging import MAX_LIMIT, check_offset
-from multipass_http_api.astria.prompt_form import PromptForm, form_of_job, from_json, from_multipart
+from multipass_http_api.astria.prompt_form import PromptForm, Upload, form_of_job, from_json, from_multipart
 from multipass_http_api.astria.prompt_object import prompt_object
-from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Settings
+from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Objects, Settings
 from multipass_http_api.errors import HttpError
 from multipass_http_api.job_views import file_path
 
@@ -37,6 +39,8 @@ _ID = re.compile(r"^[0-9]{1,24}$")
 _JOB_ID = re.compile(r"^[0-9a-f]{24}$")
 #: A prompt's id: its job's id.
 _PROMPT_ID = re.compile(r"[0-9a-f]{24}")
+#: The largest stored input image a duplicate reads back to send again (the gateway's own upload bound).
+MAX_CARRIED_IMAGE_BYTES = 20 * 1024 * 1024
 #: Page size of the gateway listing a list request walks through.
 _GATEWAY_PAGE = 100
 
@@ -297,17 +301,34 @@ async def duplicate_prompt(
     gateway: Gateway,
     settings: Settings,
     base_url: BaseUrl,
+    objects: Objects,
 ):
-    """A new prompt from this one's text, parameters and callback, with the body's fields overriding."""
+    """A new prompt from this one's text, parameters, input image and callback, with the body's fields
+    overriding."""
     job = await _job(gateway, authorization, prompt_id)
     origin = origin_of(job.idempotency_key)
     if origin is None:
         raise NotFound(f"prompt {job.job_id} was not created through the tunes API; submit it as a new job")
     original = form_of_job(job, origin.astria_text(job.prompt), callbacks.target_of(job.callback_url))
-    overrides = await _form(request)
-    return await _submit(
-        request, overrides.merged_over(original), origin.tune_id, authorization, gateway, settings, base_url
+    form = (await _form(request)).merged_over(original)
+    if "input_image" not in form.uploads and "input_image_url" not in form.params:
+        carried = await _input_image_of(job, objects)
+        if carried is not None:
+            form = dataclasses.replace(form, uploads={**form.uploads, "input_image": carried})
+    return await _submit(request, form, origin.tune_id, authorization, gateway, settings, base_url)
+
+
+async def _input_image_of(job: jobs_pb2.Job, objects: ObjectStore | None) -> Upload | None:
+    """The input image a job was given as an upload (its ``prepare`` pass holds the stored copy), to send
+    again with a duplicate; None without one, or without an object store to read it from."""
+    stored = next(
+        (p.output for image in job.images[:1] for p in image.passes if p.kind == "prepare" and p.output.key),
+        None,
     )
+    if stored is None or objects is None:
+        return None
+    data = await objects.get_bytes(stored.bucket, stored.key, max_bytes=MAX_CARRIED_IMAGE_BYTES)
+    return Upload(filename=stored.key.rsplit("/", 1)[-1], content_type="image/png", data=data)
 
 
 @router.post(callbacks.RELAY_PATH, include_in_schema=False)
