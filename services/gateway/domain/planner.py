@@ -459,6 +459,25 @@ def plan_job(
 # --- the new job's record ---------------------------------------------------------------------------------
 
 
+#: The parser's promise about controlnet=pose without an input image, which holds only when the base pass
+#: is planned with the pose ControlNet (it is installed and the layout gave a pose image).
+_POSE_LAYOUT_WARNING = (
+    "controlnet=pose without an input image: the base pass is conditioned on the default layout"
+)
+
+
+def _as_planned(warnings: Sequence[str], plans: Sequence[events_pb2.ImagePlan]) -> list[str]:
+    """The parser's warnings, with the one about the pose layout made true to the plan."""
+    conditioned = any(p.kind == "base" and p.spec.controlnet == "pose" for plan in plans for p in plan.passes)
+    return [
+        "controlnet=pose without an input image: no pose ControlNet is installed (or the layout has no pose), "
+        "so the base pass is not conditioned on the layout"
+        if warning.startswith(_POSE_LAYOUT_WARNING) and not conditioned
+        else warning
+        for warning in warnings
+    ]
+
+
 def job_record(
     tenant: str,
     job_id: str,
@@ -485,7 +504,7 @@ def job_record(
         parsed=parsed,
         callback_url=request.callback_url,
         idempotency_key=request.idempotency_key,
-        warnings=[*parsed.warnings, *warnings],
+        warnings=[*_as_planned(parsed.warnings, plans), *warnings],
     )
     job.created_at.FromDatetime(created)
     for plan in plans:

@@ -139,6 +139,21 @@ def test_without_pose_controlnet_no_conditioning_is_planned():
     assert not plan.passes[3].spec.controlnet
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_pose_layout_warning_says_what_was_planned(installed):
+    promise = "controlnet=pose without an input image: the base pass is conditioned on the default layout of 2 standing figures"
+    parsed = parsed_prompt(2, controlnet="pose")
+    parsed.warnings.append(promise)
+    inputs = planner.JobInputs(seed=1, width=512, height=512, slots=slots(2), pose_image=image_ref("p.png"))
+    cfg = config() if installed else config(capabilities=frozenset())
+    record = planner.job_record("t", "j", jobs_pb2.SubmitJobRequest(), parsed, inputs, cfg, created=T0)
+    if installed:
+        assert promise in record.job.warnings
+    else:
+        assert promise not in record.job.warnings
+        assert any("no pose ControlNet is installed" in w for w in record.job.warnings)
+
+
 def test_keep_background_skips_base_and_segments_the_input():
     parsed = parsed_prompt(2, base="", common="", keep_background=True)
     source = image_ref("jobs/t/j/inputs/input.png", 640, 480)
@@ -245,7 +260,9 @@ def test_required_capabilities_name_their_fields():
 def test_only_upscale_needs_only_the_upscaler():
     # Options it ignores (controlnet, face_correct, ...) are not required to be installed.
     parsed = parsed_prompt(0, only_upscale=True, controlnet="depth", face_correct=True, prompt_expansion=True)
-    assert requirements.required_capabilities(parsed, has_input_image=True) == [("upscaler", "--only_upscale")]
+    assert requirements.required_capabilities(parsed, has_input_image=True) == [
+        ("upscaler", "--only_upscale")
+    ]
     assert requirements.required_capabilities(parsed, has_input_image=True, complete=True) == [
         ("pass:upscale", "--only_upscale"),
         ("upscaler", "--only_upscale"),
