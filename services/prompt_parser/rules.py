@@ -204,6 +204,14 @@ def _warn_implied(context: Context, warnings: list[str]) -> None:
         warnings.append("--hires_denoising_strength has no effect without hires_fix=true")
     if context.flags.tiled_upscale and not (params.super_resolution or context.flags.only_upscale):
         warnings.append("--tiled_upscale has no effect without super_resolution=true or --only_upscale")
+    if (
+        params.controlnet
+        and "controlnet_conditioning_scale" in explicit
+        and params.controlnet_conditioning_scale == 0
+    ):
+        warnings.append(
+            f"controlnet_conditioning_scale=0: controlnet={params.controlnet} has no effect; no ControlNet runs"
+        )
     if not params.controlnet:
         if "controlnet_conditioning_scale" in explicit:
             warnings.append("controlnet_conditioning_scale is ignored without controlnet")

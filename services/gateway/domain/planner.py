@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
-from multipass_gateway.domain.requirements import CAPABILITY_POSE, can_estimate_pose, has_finish
+from multipass_gateway.domain.requirements import (
+    CAPABILITY_POSE,
+    can_estimate_pose,
+    controlnet_off,
+    has_finish,
+)
 
 #: Gateway-side kinds; every other kind runs on a diffusion worker.
 SEGMENTATION_KINDS = frozenset({"mask", "segment"})
@@ -255,7 +260,7 @@ def _base(chain: _Chain) -> None:
         strength = explicit_strength(parsed) or (BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH)
         spec.denoising_strength = explicit_strength(parsed)
         steps = _denoise_steps(params.steps, strength)
-        if params.controlnet:
+        if params.controlnet and not controlnet_off(params):
             spec.controlnet = params.controlnet
             spec.controlnet_txt2img = params.controlnet_txt2img
             if params.HasField("controlnet_conditioning_scale"):
@@ -264,7 +269,12 @@ def _base(chain: _Chain) -> None:
                 spec.controlnet_conditioning_scale = 1.0
             if params.controlnet_txt2img:
                 steps = params.steps
-    elif parsed.persons and chain.pose_installed and inputs.pose_image is not None:
+    elif (
+        parsed.persons
+        and chain.pose_installed
+        and inputs.pose_image is not None
+        and not controlnet_off(params)
+    ):
         # Draw the persons where their slots are: the default layout's skeleton conditions the scene.
         spec.controlnet = "pose"
         spec.controlnet_txt2img = True

@@ -40,6 +40,12 @@ def has_finish(params: prompt_pb2.Params) -> bool:
     return params.film_grain or bool(params.color_grading)
 
 
+def controlnet_off(params: prompt_pb2.Params) -> bool:
+    """An explicit ``controlnet_conditioning_scale=0``: the ControlNet would add nothing, so none runs (a
+    pass spec's 0 means "the default scale")."""
+    return params.HasField("controlnet_conditioning_scale") and params.controlnet_conditioning_scale == 0
+
+
 def required_capabilities(
     parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool, complete: bool = False
 ) -> list[tuple[str, str]]:
@@ -53,7 +59,10 @@ def required_capabilities(
         needs += [(f"pass:{kind}", field) for kind, field in diffusion_kinds(parsed)]
     if parsed.flags.only_upscale:  # nothing is generated: only the upscaler is used
         return [*needs, (CAPABILITY_UPSCALER, "--only_upscale")]
-    if params.controlnet and (has_input_image or params.controlnet_txt2img):
+    controlnet_off = (
+        params.HasField("controlnet_conditioning_scale") and params.controlnet_conditioning_scale == 0
+    )
+    if params.controlnet and (has_input_image or params.controlnet_txt2img) and not controlnet_off:
         needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
         if complete and has_input_image and params.controlnet in WEIGHTED_PREPROCESSORS:
             needs.append((f"preprocessor:{params.controlnet}", "params.controlnet"))

@@ -461,3 +461,19 @@ def test_a_new_job_record_holds_a_state_per_planned_pass_and_the_persons_slots()
     assert [p.slot_box for p in job.persons] == [s.box for s in record.slots]
     assert [ref.tune_id for ref in job.persons[1].loras] == ["7"]
     assert record.input_image.key == "in.png" and not record.HasField("mask_image")
+
+
+def test_an_explicit_zero_conditioning_scale_runs_no_controlnet():
+    # A spec's 0 means "the default scale" (1.0) to the worker: the ControlNet is left out instead.
+    parsed = parsed_prompt(0, controlnet="depth", controlnet_conditioning_scale=0.0)
+    (plan,) = plan_of(parsed, input_image=image_ref("jobs/t/j/inputs/input.png"))
+    assert not plan.passes[1].spec.controlnet
+    assert requirements.required_capabilities(parsed, has_input_image=True) == []
+    (layout_plan,) = plan_of(
+        parsed_prompt(2, controlnet_conditioning_scale=0.0), pose_image=image_ref("p.png")
+    )
+    assert not layout_plan.passes[1].spec.controlnet
+    kept = parsed_prompt(0, controlnet="depth", controlnet_conditioning_scale=0.3)
+    (plan,) = plan_of(kept, input_image=image_ref("jobs/t/j/inputs/input.png"))
+    assert plan.passes[1].spec.controlnet == "depth"
+    assert plan.passes[1].spec.controlnet_conditioning_scale == pytest.approx(0.3)

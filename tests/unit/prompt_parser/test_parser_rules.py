@@ -237,3 +237,11 @@ def test_prompt_length_limit():
     found = problems_of("x" * 101, limits=limits)
     assert found == {"text": "the prompt document has 101 characters; at most 100 are allowed"}
     assert "4001 characters; at most 4000" in problems_of("y" * 4001)["text"]
+
+
+def test_a_zero_conditioning_scale_says_the_controlnet_does_nothing():
+    parsed = parse_prompt("a park", {**IMAGE, "controlnet": "canny", "controlnet_conditioning_scale": "0"})
+    assert (
+        "controlnet_conditioning_scale=0: controlnet=canny has no effect; no ControlNet runs"
+        in parsed.warnings
+    )
