@@ -269,6 +269,12 @@ def _base(chain: _Chain) -> None:
                 spec.controlnet_conditioning_scale = 1.0
             if params.controlnet_txt2img:
                 steps = params.steps
+            if params.controlnet == "pose":
+                # Every person the layout of the input found, with its keypoints (the worker's own
+                # estimation sees the whole photo as one person).
+                for slot in inputs.slots:
+                    if slot.keypoints:
+                        spec.skeletons.add().keypoints.extend(slot.keypoints)
     elif (
         parsed.persons
         and chain.pose_installed

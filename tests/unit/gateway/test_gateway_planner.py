@@ -477,3 +477,13 @@ def test_an_explicit_zero_conditioning_scale_runs_no_controlnet():
     (plan,) = plan_of(kept, input_image=image_ref("jobs/t/j/inputs/input.png"))
     assert plan.passes[1].spec.controlnet == "depth"
     assert plan.passes[1].spec.controlnet_conditioning_scale == pytest.approx(0.3)
+
+
+def test_pose_on_an_input_photo_draws_every_person_the_layout_found():
+    parsed = parsed_prompt(2, controlnet="pose")
+    (plan,) = plan_of(parsed, input_image=image_ref("jobs/t/j/inputs/input.png"))
+    base = plan.passes[1].spec
+    assert base.controlnet == "pose" and len(base.skeletons) == 2
+    assert [s.keypoints[0].x for s in base.skeletons] == [pytest.approx(128.0), pytest.approx(384.0)]
+    (single,) = plan_of(parsed_prompt(0, controlnet="pose"), input_image=image_ref("in.png"), slots=[])
+    assert single.passes[1].spec.controlnet == "pose" and not single.passes[1].spec.skeletons  # estimated
