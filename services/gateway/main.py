@@ -22,6 +22,7 @@ from multipass_gateway.api import admin_servicer, jobs_servicer, tunes_servicer
 from multipass_gateway.api.views import public_job
 from multipass_gateway.app.abandoned_passes import AbandonedPasses
 from multipass_gateway.app.cancellation import Canceller
+from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.orchestrator import Orchestrator
 from multipass_gateway.app.segmentation_steps import SegmentationSteps
@@ -53,6 +54,7 @@ class GatewayHandle:
     job_end: JobEnd
     jobs: JobStore
     submit_cleanup: SubmitCleanup
+    deleter: JobDeleter
     stop_event: asyncio.Event
     tasks: list[asyncio.Task]
     metrics_port: int
@@ -76,6 +78,7 @@ class GatewayHandle:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.submit_cleanup.close()
+        await self.deleter.close()
         await self.job_end.close()
         await self.jobs.close()
         await self.clients.close()
@@ -158,6 +161,15 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             job_end=job_end,
         )
         canceller = Canceller(bus=bus, jobs=jobs, scheduler=scheduler, job_end=job_end)
+        deleter = JobDeleter(
+            bus=bus,
+            jobs=jobs,
+            canceller=canceller,
+            scheduler=scheduler,
+            budget=budget,
+            objects=objects,
+            idempotency=await bus.kv(names.KV_IDEMPOTENCY),
+        )
         orchestrator = Orchestrator(
             bus,
             jobs,
@@ -198,6 +210,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
                     tenants=tenants,
                     submitter=submitter,
                     canceller=canceller,
+                    deleter=deleter,
                     jobs=jobs,
                     objects=objects,
                     bus=bus,
@@ -238,6 +251,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         job_end=job_end,
         jobs=jobs,
         submit_cleanup=submit_cleanup,
+        deleter=deleter,
         stop_event=stop_event,
         tasks=tasks,
         metrics_port=metrics_port,

@@ -59,6 +59,13 @@ class GatewayClient:
             request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
         )
 
+    async def delete_job(self, authorization: str | None, job_id: str) -> jobs_pb2.DeleteJobResponse:
+        return await self.jobs.DeleteJob(
+            jobs_pb2.DeleteJobRequest(job_id=job_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
     async def cancel_job(self, authorization: str | None, job_id: str) -> jobs_pb2.CancelJobResponse:
         return await self.jobs.CancelJob(
             jobs_pb2.CancelJobRequest(job_id=job_id),

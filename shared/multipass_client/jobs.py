@@ -87,6 +87,10 @@ class JobsClient:
     def cancel(self, job_id: str) -> jobs_pb2.CancelJobResponse:
         return self._stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), timeout=self._timeout)
 
+    def delete(self, job_id: str) -> jobs_pb2.DeleteJobResponse:
+        """Delete the job (cancelled first if it still runs) with every image it stored."""
+        return self._stub.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job_id), timeout=self._timeout)
+
     def list_page(
         self, *, states: Iterable[int] = (), page_size: int = 20, page_token: str = ""
     ) -> jobs_pb2.ListJobsResponse:

@@ -440,6 +440,7 @@ async def test_one_tenant_cannot_reach_anything_of_another(stack):
         "GetJob": stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.job_id), metadata=theirs),
         "WatchJob": drain(stack.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.job_id), metadata=theirs)),
         "CancelJob": stack.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id), metadata=theirs),
+        "DeleteJob": stack.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.job_id), metadata=theirs),
         "GetTune": stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=theirs),
         "DeleteTune": stack.tunes.DeleteTune(
             jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=theirs

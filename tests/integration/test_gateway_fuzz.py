@@ -166,6 +166,10 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
         )
         request = jobs_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
         recorder.call("WatchJob", jobs.WatchJob, request, metadata=auth(key))
+        # Last: it may delete the known job (later calls then find it gone: NOT_FOUND).
+        recorder.call(
+            "DeleteJob", jobs.DeleteJob, jobs_pb2.DeleteJobRequest(job_id=job_id), metadata=auth(key)
+        )
 
     @FUZZ
     @given(
@@ -265,6 +269,7 @@ METHODS = {
     "/multipass.v1.Jobs/GetJob": "unary_unary",
     "/multipass.v1.Jobs/WatchJob": "unary_stream",
     "/multipass.v1.Jobs/CancelJob": "unary_unary",
+    "/multipass.v1.Jobs/DeleteJob": "unary_unary",
     "/multipass.v1.Jobs/ListJobs": "unary_unary",
     "/multipass.v1.Jobs/UploadImage": "stream_unary",
     "/multipass.v1.Tunes/RegisterTune": "stream_unary",
@@ -329,13 +334,18 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 26, sorted(by_rpc)  # 13 rpcs through stubs, the same 13 raw
+    assert len(by_rpc) == 28, sorted(by_rpc)  # 14 rpcs through stubs, the same 14 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
     health = await health_pb2_grpc.HealthStub(stack.channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    assert (await wait_for_job(stack, job.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    # (The fuzz may have deleted the known job: DeleteJob is among the calls; a new one shows the work goes on.)
+    mine = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "1", "w": "256", "h": "256"}),
+        metadata=bearer(tenant.api_key),
+    )
+    assert (await wait_for_job(stack, mine.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
     after = await stack.jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(prompt="a dog", params={"steps": "1", "w": "256", "h": "256"}),
         metadata=bearer(other.api_key),
@@ -358,6 +368,7 @@ RPCS = {
     "GetJob": ("multipass.v1.Jobs", jobs_pb2.GetJobRequest, "unary_unary"),
     "WatchJob": ("multipass.v1.Jobs", jobs_pb2.WatchJobRequest, "unary_stream"),
     "CancelJob": ("multipass.v1.Jobs", jobs_pb2.CancelJobRequest, "unary_unary"),
+    "DeleteJob": ("multipass.v1.Jobs", jobs_pb2.DeleteJobRequest, "unary_unary"),
     "ListJobs": ("multipass.v1.Jobs", jobs_pb2.ListJobsRequest, "unary_unary"),
     "UploadImage": ("multipass.v1.Jobs", jobs_pb2.UploadImageRequest, "stream_unary"),
     "RegisterTune": ("multipass.v1.Tunes", jobs_pb2.RegisterTuneRequest, "stream_unary"),
@@ -412,6 +423,7 @@ def seeds(known: Known) -> dict[str, list]:
         "GetJob": [jobs_pb2.GetJobRequest(job_id=known.job_id)],
         "WatchJob": [jobs_pb2.WatchJobRequest(job_id=known.job_id, after_sequence=2)],
         "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id)],
+        "DeleteJob": [jobs_pb2.DeleteJobRequest(job_id="0" * 24)],
         "ListJobs": [
             jobs_pb2.ListJobsRequest(
                 page_size=5,
@@ -464,6 +476,7 @@ def odd_requests(known: Known) -> dict[str, list]:
             jobs_pb2.WatchJobRequest(job_id=known.job_id),
         ],
         "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id), jobs_pb2.CancelJobRequest()],
+        "DeleteJob": [jobs_pb2.DeleteJobRequest(), jobs_pb2.DeleteJobRequest(job_id="x" * 300)],
         "ListJobs": [
             jobs_pb2.ListJobsRequest(
                 created_after=timestamp(now + 3600), created_before=timestamp(now - 3600)

@@ -284,6 +284,53 @@ async def test_cancel_stops_queued_work_and_broadcasts(stack):
     await subscription.unsubscribe()
 
 
+async def test_delete_removes_a_job_and_everything_it_stored(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    mine = bearer(tenant.api_key)
+    params = {"steps": "2", "w": "256", "h": "256"}
+    done = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params=params, idempotency_key="once"), metadata=mine
+    )
+    job = await wait_for_job(stack, done.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    prefix = names.job_prefix(tenant.tenant, job.job_id)
+    stored = await stack.store.list_keys(names.BUCKET_JOBS, prefix)
+    assert stored
+
+    deleted = await stack.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.job_id), metadata=mine)
+    assert deleted.state == jobs_pb2.JOB_STATE_SUCCEEDED and deleted.objects_deleted == len(stored)
+    assert await stack.store.list_keys(names.BUCKET_JOBS, prefix) == []
+    for call in (
+        stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.job_id), metadata=mine),
+        stack.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.job_id), metadata=mine),
+        watch(stack, job.job_id, tenant.api_key),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=mine)
+    assert job.job_id not in [j.job_id for j in listed.jobs]
+    # Its idempotency key is free again: the same submit makes a new job.
+    again = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params=params, idempotency_key="once"), metadata=mine
+    )
+    assert not again.existing and again.job_id != job.job_id
+
+    # A running job is cancelled, then deleted.
+    stack.worker.gate.clear()
+    running = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a dog", params=params), metadata=mine
+    )
+    stopped = await stack.jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=running.job_id), metadata=mine)
+    assert stopped.state == jobs_pb2.JOB_STATE_CANCELLED
+    stack.worker.gate.set()
+    await asyncio.sleep(0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=running.job_id), metadata=mine)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_gateway_restart_loses_nothing(stack):
     await stack.start_gateway()
     tenant = await stack.tenant()

@@ -175,6 +175,17 @@ async def test_curl_examples_multipart_and_json(astria_api):
     async with astria_api.client(other.api_key) as stranger:
         assert (await stranger.get(f"/prompts/{created['id']}")).status_code == 404
         assert (await stranger.delete(f"/prompts/{created['id']}")).status_code == 404
+    async with astria_api.client() as client:
+        # Deleting a prompt deletes it (and its images): 404 afterwards, gone from the lists.
+        image_url = done["images"][0]
+        removed = await client.delete(f"/tunes/690204/prompts/{second['id']}")
+        assert removed.status_code == 200, removed.text
+        assert removed.json()["id"] == second["id"] and removed.json()["images"] == []
+        assert any(w.startswith("deleted: ") for w in removed.json()["warnings"])
+        assert (await client.get(f"/prompts/{second['id']}")).status_code == 404
+        assert (await client.get(image_url)).status_code == 404
+        assert second["id"] not in {item["id"] for item in (await client.get("/prompts")).json()}
+        assert (await client.delete(f"/prompts/{second['id']}")).status_code == 404
 
 
 async def test_a_duplicate_carries_the_uploaded_input_image(astria_api):

@@ -98,6 +98,16 @@ async def test_submit_watch_get_list_files_and_zip(http_api):
         cancelled = (await client.delete(f"/v1/jobs/{job_id}")).json()
         assert cancelled["cancelled"] is False
 
+        purged = await client.delete(f"/v1/jobs/{job_id}", params={"purge": "true"})
+        assert purged.status_code == 200 and purged.json()["deleted"] is True, purged.text
+        assert purged.json()["objects_deleted"] >= 3 and purged.json()["state"] == "JOB_STATE_SUCCEEDED"
+        for gone in (
+            f"/v1/jobs/{job_id}",
+            f"/v1/jobs/{job_id}/files/0/final.png",
+            f"/v1/jobs/{job_id}/archive.zip",
+        ):
+            assert (await client.get(gone)).status_code == 404, gone
+
 
 async def test_event_stream_resumes_after_last_event_id_and_from_seq(http_api):
     async with http_api.client() as client:

@@ -116,6 +116,13 @@ class RecordingApi(jobs_pb2_grpc.JobsServicer, jobs_pb2_grpc.TunesServicer, admi
         self._seen(context)
         return jobs_pb2.CancelJobResponse(state=jobs_pb2.JOB_STATE_CANCELLED, cancelled=True)
 
+    def DeleteJob(self, request, context):
+        self._seen(context)
+        self.deleted = getattr(self, "deleted", []) + [request.job_id]
+        return jobs_pb2.DeleteJobResponse(
+            state=jobs_pb2.JOB_STATE_SUCCEEDED, objects_deleted=4, message="deleted with 4 stored object(s)"
+        )
+
     def RegisterTune(self, request_iterator, context):
         self._seen(context)
         parts = list(request_iterator)
@@ -407,3 +414,11 @@ def test_cli_watch_takes_only_a_sequence_from_zero_up(value, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["watch", "job-1", "--from-seq", value, "--api-key", "k"])
     assert exited.value.code == 2 and "expected a whole number >= 0" in capsys.readouterr().err
+
+
+def test_cli_delete_deletes_the_job_and_says_what_it_was(api, capsys):
+    assert main(["delete", "job-1", "--addr", api.address, "--api-key", "mpk_x"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "job-1: deleted (it was SUCCEEDED); deleted with 4 stored object(s)"
+    )
+    assert api.deleted == ["job-1"]

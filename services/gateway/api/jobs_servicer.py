@@ -19,6 +19,7 @@ from multipass_gateway.api.client_streams import ClientStream, drained_on_refusa
 from multipass_gateway.api.views import public_job
 from multipass_gateway.app import watch_job
 from multipass_gateway.app.cancellation import Canceller
+from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.submission import Submitter, job_id_time
 from multipass_gateway.domain import job_state, request_checks
 from multipass_gateway.infra.job_store import JobStore
@@ -44,6 +45,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         tenants: TenantStore,
         submitter: Submitter,
         canceller: Canceller,
+        deleter: JobDeleter,
         jobs: JobStore,
         objects: ObjectStore,
         bus: Bus,
@@ -52,6 +54,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self.tenants = tenants
         self.submitter = submitter
         self.canceller = canceller
+        self.deleter = deleter
         self.jobs = jobs
         self.objects = objects
         self.bus = bus
@@ -100,6 +103,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
         tenant = await authenticate(self.tenants, context)
         return await self.canceller.cancel(tenant, checked_job_id(request.job_id))
+
+    async def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context) -> jobs_pb2.DeleteJobResponse:
+        tenant = await authenticate(self.tenants, context)
+        return await self.deleter.delete(tenant, checked_job_id(request.job_id))
 
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context) -> jobs_pb2.ListJobsResponse:
         tenant = await authenticate(self.tenants, context)

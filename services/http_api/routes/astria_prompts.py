@@ -270,27 +270,28 @@ async def list_prompts(authorization: Authorization, gateway: Gateway, base_url:
     return await _list(gateway, authorization, base_url, page, None)
 
 
-async def _cancel(gateway, authorization, base_url: str, prompt_id: str, tune_id: str | None) -> dict:
+async def _delete(gateway, authorization, base_url: str, prompt_id: str, tune_id: str | None) -> dict:
+    """Delete the prompt (its work is cancelled if it still runs, its images deleted); answers the prompt
+    object as it was, with a warning saying it is gone."""
     job = await _job(gateway, authorization, prompt_id, tune_id)
-    outcome = await call(gateway.cancel_job(authorization, job.job_id))
-    job = await call(gateway.get_job(authorization, job.job_id))
-    return _object(
-        job, base_url, [] if outcome.cancelled else [outcome.message or "the prompt had already ended"]
-    )
+    outcome = await call(gateway.delete_job(authorization, job.job_id))
+    job.state = outcome.state
+    job.ClearField("images")  # deleted with the prompt: no link to them
+    return _object(job, base_url, [f"deleted: {outcome.message}"])
 
 
 @router.delete("/tunes/{tune_id}/prompts/{prompt_id}")
 async def delete_tune_prompt(
     tune_id: str, prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl
 ):
-    """Cancel the prompt's queued and running work; answers the prompt object (stored images stay)."""
-    return await _cancel(gateway, authorization, base_url, prompt_id, tune_id)
+    """Delete the prompt: its queued and running work stops, its images are deleted, and it is 404 after."""
+    return await _delete(gateway, authorization, base_url, prompt_id, tune_id)
 
 
 @router.delete("/prompts/{prompt_id}")
 async def delete_prompt(prompt_id: str, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
-    """Cancel the prompt's queued and running work; answers the prompt object."""
-    return await _cancel(gateway, authorization, base_url, prompt_id, None)
+    """Delete the prompt: its queued and running work stops, its images are deleted, and it is 404 after."""
+    return await _delete(gateway, authorization, base_url, prompt_id, None)
 
 
 @router.post("/prompts/{prompt_id}/duplicate", status_code=201)

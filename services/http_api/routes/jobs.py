@@ -144,7 +144,18 @@ async def get_job(
 
 
 @router.delete("/{job_id}")
-async def cancel_job(job_id: str, authorization: Authorization, gateway: Gateway) -> dict[str, Any]:
-    """Cancel the job (queued or running); ``cancelled`` is false when it had already ended."""
+async def cancel_job(
+    job_id: str,
+    authorization: Authorization,
+    gateway: Gateway,
+    purge: Annotated[
+        bool, Query(description="Delete the job too: its record, events and every stored image (404 after).")
+    ] = False,
+) -> dict[str, Any]:
+    """Cancel the job (queued or running); ``cancelled`` is false when it had already ended. With
+    ``purge=true`` the job is deleted as well (cancelled first when it still runs)."""
+    if purge:
+        deleted = await gateway.delete_job(authorization, job_id)
+        return {"job_id": job_id, "deleted": True, **message_dict(deleted)}
     response = await gateway.cancel_job(authorization, job_id)
     return {"job_id": job_id, "cancelled": response.cancelled, **message_dict(response)}

@@ -36,6 +36,11 @@ class StoredMessages(BusBase):
             headers=dict(raw.headers or {}),
         )
 
+    async def purge_subject(self, stream: str, subject: str) -> None:
+        """Remove every message of ``stream`` on ``subject`` (a deleted job's events, say)."""
+        with nats_errors(f"purge {subject} from {stream}"):
+            await self.js.purge_stream(stream, subject=subject)
+
     async def delete_message(self, stream: str, sequence: int) -> bool:
         """Delete the message at ``sequence`` of ``stream``; False when there was none to delete."""
         with nats_errors(f"delete message {sequence} of {stream}"):

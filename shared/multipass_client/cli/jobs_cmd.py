@@ -1,4 +1,4 @@
-"""``multipass submit | watch | get | cancel | list``: the Jobs API from the command line."""
+"""``multipass submit | watch | get | cancel | delete | list``: the Jobs API from the command line."""
 
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cancel.add_argument("job_id")
     add_connection_args(cancel)
     cancel.set_defaults(run=run_cancel)
+
+    delete = subparsers.add_parser("delete", help="delete a job with every image it stored (cancelled first)")
+    delete.add_argument("job_id")
+    add_connection_args(delete)
+    delete.set_defaults(run=run_delete)
 
     listing = subparsers.add_parser("list", help="list your jobs, newest first")
     listing.add_argument(
@@ -271,4 +276,14 @@ def run_list(args: argparse.Namespace) -> int:
         created = job.created_at.ToJsonString()[:19] if job.HasField("created_at") else "-"
         prompt = " ".join(job.prompt.split())[:60]
         print(f"{job.job_id}  {state_name(job.state):<10} {job.progress * 100:4.0f}%  {created}  {prompt}")
+    return 0
+
+
+@reports_rpc_errors
+def run_delete(args: argparse.Namespace) -> int:
+    from multipass_client.jobs import state_name
+
+    with client_from_args(args) as client:
+        response = client.jobs.delete(args.job_id)
+    print(f"{args.job_id}: deleted (it was {state_name(response.state)}); {response.message}")
     return 0
