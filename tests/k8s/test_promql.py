@@ -32,7 +32,7 @@ def series_catalogue() -> dict[str, dict]:
             series[f"{name}_count"] = entry
         else:
             series[name] = entry
-    for name, spec in CATALOGUE["prometheus_series"].items():
+    for name, spec in {**CATALOGUE["prometheus_series"], **CATALOGUE.get("cluster_series", {})}.items():
         series[name] = {"labels": set(spec["labels"]), "values": {}, "family": name}
     return series
 
@@ -176,7 +176,11 @@ def test_every_catalogued_family_is_used():
             metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"]).groups()
             assert label in SERIES[metric]["labels"] | SCRAPE_LABELS
             used.add(SERIES[metric]["family"])
-    catalogued = set(CATALOGUE["families"]) | set(CATALOGUE["prometheus_series"])
+    catalogued = (
+        set(CATALOGUE["families"])
+        | set(CATALOGUE["prometheus_series"])
+        | set(CATALOGUE.get("cluster_series", {}))
+    )
     assert used == catalogued, f"unused: {catalogued - used}"
 
 
