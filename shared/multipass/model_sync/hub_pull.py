@@ -248,9 +248,12 @@ def _remote(item: ModelFile, hub: HubSettings) -> _Remote:
         raise Unavailable(
             f"{url} did not answer like a Hugging Face Hub (no ETag or X-Repo-Commit): check HF_ENDPOINT"
         )
-    return _Remote(
-        url=url, location=meta.location or url, etag=meta.etag, size=meta.size, commit=meta.commit_hash
-    )
+    location = meta.location or url
+    if urlparse(location).scheme.lower() not in ("http", "https"):
+        raise Unavailable(
+            f"{url} sends the file to {location[:120]!r}, which is not an http(s) address: check HF_ENDPOINT"
+        )
+    return _Remote(url=url, location=location, etag=meta.etag, size=meta.size, commit=meta.commit_hash)
 
 
 def _download_headers(remote: _Remote, hub: HubSettings) -> dict[str, str]:

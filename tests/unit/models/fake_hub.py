@@ -53,6 +53,8 @@ class FakeHub:
     etags: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (repo, path) → the size announced for a large file instead of its own (its bytes are all sent).
     announced: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (repo, path) → where a large file's redirect points instead of the CDN.
+    locations: dict[tuple[str, str], str] = field(default_factory=dict)
     bytes_sent: int = 0
     requests: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -151,7 +153,9 @@ class FakeHub:
                     return self._plain(
                         302,
                         headers={
-                            "Location": f"{hub.cdn}/cdn/{sha}",
+                            "Location": hub.locations.get(
+                                (match["repo"], match["path"]), f"{hub.cdn}/cdn/{sha}"
+                            ),
                             "X-Repo-Commit": repo.commit,
                             "X-Linked-Etag": f'"{sha}"',
                             "X-Linked-Size": str(

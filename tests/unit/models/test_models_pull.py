@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub
 
-from multipass.errors import FailedPrecondition, NotFound
+from multipass.errors import FailedPrecondition, NotFound, Unavailable
 from multipass.model_catalog.manifest import load_manifest
 from multipass.model_sync import catalog_commands
 from multipass.model_sync.hub_pull import (
@@ -373,3 +373,17 @@ def test_an_unknown_profile_is_a_usage_error(tmp_path, capsys):
     args = argparse.Namespace(dir=tmp_path, manifest=None, profiles=["nope"], force=False, progress="never")
     assert catalog_commands.run_pull(args, environ={}) == 2
     assert "'nope'" in capsys.readouterr().err
+
+
+def test_a_redirect_to_a_non_http_address_fails_at_once(tmp_path, hub):
+    data = blobs(6, 1, 200_000)[0]
+    hub.add(REPO, {"x.safetensors": data})
+    hub.locations[(REPO, "x.safetensors")] = "file:///etc/passwd"
+    manifest = load_manifest(
+        write_manifest(tmp_path / "m.toml", {"ups": file_entries({"x.safetensors": data})})
+    )
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="not an http\\(s\\) address"):
+        pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
+    assert time.monotonic() - started < 5  # not retried as an interrupted download
+    assert not list((tmp_path / "models").rglob("*.part"))
