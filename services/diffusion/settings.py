@@ -10,6 +10,7 @@ from pathlib import Path
 
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
+from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass_diffusion.device_tuning import DEFAULT_VAE_TILE_ABOVE_PIXELS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -92,6 +93,8 @@ class DiffusionSettings:
     compile_lora_rank: int = 64
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "INFO"
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
     #: When set, Diffusion.Info needs ``x-multipass-internal: <token>`` (health and reflection stay open).
     internal_token: str = field(default="", repr=False)
     nats: NatsSettings = field(default_factory=NatsSettings)
@@ -134,6 +137,7 @@ class DiffusionSettings:
             compile_lora_rank=env.int("DIFFUSION_COMPILE_LORA_RANK", 64, min=1, max=1024),
             worker_name=env.str("DIFFUSION_WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}"),
             log_level=env.str("LOG_LEVEL", "INFO"),
+            event_loop=env.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
             internal_token=env.str("INTERNAL_TOKEN", ""),
             nats=NatsSettings.from_env(env),
             s3=S3Settings.from_env(env),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError, Violation
+from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.store import PublicEndpoint
 from multipass_gateway.domain.base_batching import DEFAULT_MAX_BATCH
 
@@ -132,6 +133,8 @@ class GatewaySettings:
     #: requests that read them (``PassRequest.copies``); 0 asks for none and attaches none.
     object_copies_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     def __repr__(self) -> str:  # secrets never reach a log line
         return (
@@ -232,6 +235,7 @@ class GatewaySettings:
             event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 32, min=1, max=256),
             object_copies_bytes=reader.int("GATEWAY_OBJECT_COPIES_MB", 32, min=0, max=4096) * 1024 * 1024,
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            event_loop=reader.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
         )
         reader.check()
         problems = [

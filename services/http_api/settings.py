@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from multipass.config import EnvReader
 from multipass.connections import S3Settings
 from multipass.errors import ConfigError, Violation
+from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.metrics import metrics_host_for
 from multipass_http_api.astria.callbacks import CallbackSettings
 from multipass_http_api.astria.callbacks import settings_from_env as callback_settings_from_env
@@ -40,6 +41,8 @@ class HttpApiSettings:
     #: ``prompt[callback]`` of the Astria endpoints: relay URL, signing key, address policy.
     astria_callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     log_level: str = "INFO"
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     @property
     def metrics_host(self) -> str:
@@ -82,6 +85,7 @@ class HttpApiSettings:
             log_level=env.choice(
                 "LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            event_loop=env.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
         )
         env.check()
         host, sep, port = http_addr.rpartition(":")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from multipass.config import EnvReader
 from multipass.errors import ConfigError, Violation
+from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.metrics import metrics_host_for
 from multipass_prompt_parser.language import MIN_SIZE, SIZE_STEP, Limits
 
@@ -24,6 +25,8 @@ class ParserSettings:
     native_size: int = 512
     max_prompt_chars: int = 4000
     log_level: str = "INFO"
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
     #: When set, Parse needs the x-multipass-internal metadata with this value.
     internal_token: str = field(default="", repr=False)
 
@@ -55,6 +58,7 @@ class ParserSettings:
             log_level=env.choice(
                 "LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            event_loop=env.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
             internal_token=env.str("INTERNAL_TOKEN", ""),
         )
         env.check()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from multipass.config import EnvReader
 from multipass.connections import S3Settings
+from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.images import DEFAULT_MAX_PIXELS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +54,8 @@ class SegmentationSettings:
     torch_threads: int = 0
     internal_token: str = ""
     log_level: str = "INFO"
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SegmentationSettings:
@@ -78,6 +81,7 @@ class SegmentationSettings:
             torch_threads=env.int("SEGMENTATION_TORCH_THREADS", 0, min=0, max=512),
             internal_token=env.str("INTERNAL_TOKEN", ""),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            event_loop=env.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
         )
         env.check()
         return cls(**values)

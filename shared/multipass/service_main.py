@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from multipass import event_loop
 from multipass.errors import ConfigError, MultipassError
 from multipass.logs import configure_logging
 
@@ -27,6 +28,8 @@ class ServiceHandle(Protocol):
 
 class HasLogLevel(Protocol):
     log_level: str
+    #: ``MULTIPASS_EVENT_LOOP`` (:mod:`multipass.event_loop`).
+    event_loop: str
 
 
 SettingsT = TypeVar("SettingsT", bound=HasLogLevel)
@@ -64,7 +67,9 @@ def run_service(
         return EXIT_CONFIG
     configure_logging(name, settings.log_level)
     try:
-        asyncio.run(serve_until_signalled(serve, settings, grace))
+        loop = event_loop.resolve(settings.event_loop)
+        log.debug("event loop: %s", loop, extra={"event_loop": loop})
+        event_loop.run(serve_until_signalled(serve, settings, grace), settings.event_loop)
     except ConfigError as error:
         log.error("%s", error)
         print(f"{name}: {error}", file=sys.stderr)
