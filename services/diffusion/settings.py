@@ -93,12 +93,12 @@ class DiffusionSettings:
     compile_lora_rank: int = 64
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "INFO"
-    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
-    event_loop: str = DEFAULT_EVENT_LOOP
     #: When set, Diffusion.Info needs ``x-multipass-internal: <token>`` (health and reflection stay open).
     internal_token: str = field(default="", repr=False)
     nats: NatsSettings = field(default_factory=NatsSettings)
     s3: S3Settings = field(default_factory=S3Settings)
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DiffusionSettings:

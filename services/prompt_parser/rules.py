@@ -202,6 +202,13 @@ def _warn_implied(context: Context, warnings: list[str]) -> None:
             )
     if context.flags.hires_denoising_strength is not None and not params.hires_fix:
         warnings.append("--hires_denoising_strength has no effect without hires_fix=true")
+    elif context.flags.hires_denoising_strength == 0:
+        warnings.append("--hires_denoising_strength 0: the hires pass only upscales (no denoising step)")
+    if "denoising_strength" in explicit and params.denoising_strength == 0:
+        warnings.append(
+            "denoising_strength=0: nothing is denoised: an input image is kept as it is and person passes "
+            "repaint nothing (leave it out for each pass's default)"
+        )
     if context.flags.tiled_upscale and not (params.super_resolution or context.flags.only_upscale):
         warnings.append("--tiled_upscale has no effect without super_resolution=true or --only_upscale")
     if (

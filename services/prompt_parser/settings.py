@@ -25,10 +25,10 @@ class ParserSettings:
     native_size: int = 512
     max_prompt_chars: int = 4000
     log_level: str = "INFO"
-    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
-    event_loop: str = DEFAULT_EVENT_LOOP
     #: When set, Parse needs the x-multipass-internal metadata with this value.
     internal_token: str = field(default="", repr=False)
+    #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     @property
     def metrics_host(self) -> str:

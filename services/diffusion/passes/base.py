@@ -17,6 +17,7 @@ from multipass_diffusion.passes.sampling import (
     resolve_size,
     scale_skeletons,
     skeletons,
+    strength_of,
 )
 from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
@@ -81,7 +82,7 @@ class BasePass(PassHandler):
         if task == "txt2img":
             return spec.steps
         default = DEFAULT_INPAINT_STRENGTH if task == "inpaint" else DEFAULT_IMG2IMG_STRENGTH
-        return denoising_steps(spec.steps, spec.denoising_strength or default)
+        return denoising_steps(spec.steps, strength_of(spec, default))
 
     def batch_support(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> bool:
         """Whether several seeds of this spec run as one pipeline call (else the engine runs them in turn)."""
@@ -99,23 +100,20 @@ class BasePass(PassHandler):
             if image is not None and image.size != size
             else image
         )
+        strength = strength_of(spec, DEFAULT_IMG2IMG_STRENGTH)
         if spec.controlnet:
             control = self._control_image(ctx, image, size)
             if resized is None or spec.controlnet_txt2img:
                 return generate_batch(ctx, "txt2img", seeds, size=size, control_image=control)
-            strength = spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH
+            if strength <= 0:
+                return [resized.copy() for _ in seeds]  # denoising_strength=0: the input as it is
             return generate_batch(
                 ctx, "img2img", seeds, size=size, image=resized, control_image=control, strength=strength
             )
         if resized is not None:
-            return generate_batch(
-                ctx,
-                "img2img",
-                seeds,
-                size=size,
-                image=resized,
-                strength=spec.denoising_strength or DEFAULT_IMG2IMG_STRENGTH,
-            )
+            if strength <= 0:
+                return [resized.copy() for _ in seeds]  # denoising_strength=0: the input as it is
+            return generate_batch(ctx, "img2img", seeds, size=size, image=resized, strength=strength)
         return generate_batch(ctx, "txt2img", seeds, size=size)
 
     def _control_image(
@@ -147,10 +145,12 @@ class BasePass(PassHandler):
         if not alpha.any():
             ctx.warn("the mask is empty: the base pass returned the input image unchanged")
             return [image.copy() for _ in seeds]
+        strength = strength_of(spec, DEFAULT_INPAINT_STRENGTH)
+        if strength <= 0:
+            return [image.copy() for _ in seeds]  # denoising_strength=0: nothing is repainted
         work_image = image.resize(size, Image.Resampling.LANCZOS)
         work_mask = Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR)
         control = self._control_image(ctx, image, size) if spec.controlnet else None
-        strength = spec.denoising_strength or DEFAULT_INPAINT_STRENGTH
         results = generate_batch(
             ctx,
             "inpaint",

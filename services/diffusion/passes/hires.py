@@ -25,7 +25,7 @@ from multipass_diffusion.imaging.tiling import Blender, default_margin, tile_gri
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import FINISHING_VERSION, PassHandler
 from multipass_diffusion.passes.progress import PartMonitor
-from multipass_diffusion.passes.sampling import generate
+from multipass_diffusion.passes.sampling import generate, strength_of
 from multipass_diffusion.passes.validation import (
     MAX_SIDE,
     check_common,
@@ -90,7 +90,10 @@ class HiresPass(PassHandler):
         else:
             target = hires_size(image.size, spec.scale or DEFAULT_SCALE)
         upscaled = image.resize(target, Image.Resampling.LANCZOS)
-        strength = spec.denoising_strength or DEFAULT_STRENGTH
+        strength = strength_of(spec, DEFAULT_STRENGTH)
+        if strength <= 0:  # --hires_denoising_strength 0: the upscale alone
+            ctx.metadata.update(hires_size=f"{target[0]}x{target[1]}", strength="0", tiled="no")
+            return upscaled
         tile = option_int(spec, "hires_tile", 0, low=0, high=MAX_SIDE) or comfortable_side(ctx.working_size)
         tiled = spec.tiled or max(target) > tile
         ctx.metadata.update(

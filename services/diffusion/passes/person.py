@@ -18,7 +18,13 @@ from multipass.v1 import diffusion_pb2
 from multipass_diffusion.imaging.crop_inpaint import Box, feather, mask_box, paste, working_size
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import PassHandler
-from multipass_diffusion.passes.sampling import denoising_steps, generate, scale_skeletons, skeletons
+from multipass_diffusion.passes.sampling import (
+    denoising_steps,
+    generate,
+    scale_skeletons,
+    skeletons,
+    strength_of,
+)
 from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur
 from multipass_diffusion.preprocessors import CONTROLNET_KINDS
 
@@ -61,11 +67,15 @@ class PersonPass(PassHandler):
 
     def steps_to_run(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> int:
         """An inpaint of the person's crop at ``denoising_strength``: ``steps × strength`` steps."""
-        return denoising_steps(spec.steps, spec.denoising_strength or DEFAULT_STRENGTH)
+        return denoising_steps(spec.steps, strength_of(spec, DEFAULT_STRENGTH))
 
     def run(self, ctx: PassContext) -> Image.Image:
         spec = ctx.spec
         image = ctx.inputs.image.convert("RGB")
+        strength = strength_of(spec, DEFAULT_STRENGTH)
+        if strength <= 0:
+            ctx.metadata["strength"] = "0"
+            return image  # denoising_strength=0: nothing is repainted
         alpha = feather(np.asarray(ctx.inputs.mask.convert("L")), mask_blur(spec))
         tight = mask_box(alpha)
         if tight is None:
@@ -90,7 +100,6 @@ class PersonPass(PassHandler):
             size, Image.Resampling.BILINEAR
         )
         control = self._control_image(ctx, crop, box, size) if spec.controlnet else None
-        strength = spec.denoising_strength or DEFAULT_STRENGTH
         result = generate(
             ctx, "inpaint", size=size, image=crop, mask=crop_mask, control_image=control, strength=strength
         )

@@ -172,13 +172,21 @@ def _run_pipeline(
     return [result.convert("RGB") for result in results]
 
 
+def strength_of(spec, default: float) -> float:
+    """The spec's denoising strength when it has one (0 included: no denoising), else ``default``."""
+    return spec.denoising_strength if spec.HasField("denoising_strength") else default
+
+
 def denoising_steps(steps: int, strength: float) -> int:
-    """Steps an img2img/inpaint pass at ``strength`` really runs: ``steps × strength`` (at least one).
+    """Steps an img2img/inpaint pass at ``strength`` really runs: ``steps × strength`` (at least one;
+    none at strength 0, where the pass returns its image unchanged).
 
     Such a pass starts from the input image noised to ``strength``, so only the last ``strength`` of the
     ``steps``-step schedule is left to denoise (diffusers runs ``int(schedule × strength)`` of them).
     """
     strength = proto_float(strength)
+    if strength <= 0:
+        return 0
     return int(steps_for_strength(steps, strength) * strength)
 
 

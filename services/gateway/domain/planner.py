@@ -48,15 +48,25 @@ FIXED_WEIGHTS = {
 #: ``PassSpec.options`` key asking the worker to expand the prompt before encoding (base and hires).
 PROMPT_EXPANSION_OPTION = "prompt_expansion"
 
-#: The worker's defaults when a spec leaves denoising_strength at 0 (diffusion.proto).
+#: The worker's defaults when a spec leaves denoising_strength unset (diffusion.proto).
 BASE_IMG2IMG_STRENGTH = 0.8
 BASE_INPAINT_STRENGTH = 1.0
 PERSON_STRENGTH = 0.5
 
 
-def explicit_strength(parsed: prompt_pb2.ParsedPrompt) -> float:
-    """The user's denoising_strength when they set one, else 0 (each pass kind keeps its own default)."""
-    return parsed.params.denoising_strength if "denoising_strength" in parsed.explicit_params else 0.0
+def explicit_strength(parsed: prompt_pb2.ParsedPrompt) -> float | None:
+    """The user's denoising_strength when they set one (0 included: no denoising), else None (each pass
+    kind keeps its own default)."""
+    return parsed.params.denoising_strength if "denoising_strength" in parsed.explicit_params else None
+
+
+def _or_default(strength: float | None, default: float) -> float:
+    return default if strength is None else strength
+
+
+def _set_strength(spec: diffusion_pb2.PassSpec, strength: float | None) -> None:
+    if strength is not None:
+        spec.denoising_strength = strength
 
 
 @dataclass(frozen=True)
@@ -139,14 +149,15 @@ def _reference_files(
 
 
 def _denoise_steps(steps: int, strength: float) -> int:
-    """Steps an img2img/inpaint pass really runs: ``steps × strength``, at least one.
+    """Steps an img2img/inpaint pass really runs: ``steps × strength``, at least one (none at strength 0,
+    where the pass returns its image unchanged).
 
     Such a pass starts from its input image noised to ``strength``, so only the last ``strength`` of the
     schedule is left to denoise (diffusers runs ``int(steps × strength)``). Counted as the worker counts
     them (its ``started`` event): the strength as the decimal sent, not its float32 neighbour.
     """
     strength = round(float(strength), 6)
-    return max(1, int(steps * strength)) if strength > 0 else steps
+    return max(1, int(steps * strength)) if strength > 0 else 0
 
 
 def _planned(
@@ -257,8 +268,10 @@ def _base(chain: _Chain) -> None:
     if chain.has_input:
         spec.image.CopyFrom(inputs.input_image)
         inpaint = inputs.mask_image is not None or bool(parsed.mask.prompt)
-        strength = explicit_strength(parsed) or (BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH)
-        spec.denoising_strength = explicit_strength(parsed)
+        strength = _or_default(
+            explicit_strength(parsed), BASE_INPAINT_STRENGTH if inpaint else BASE_IMG2IMG_STRENGTH
+        )
+        _set_strength(spec, explicit_strength(parsed))
         steps = _denoise_steps(params.steps, strength)
         if params.controlnet and not controlnet_off(params):
             spec.controlnet = params.controlnet
@@ -302,7 +315,7 @@ def _persons(chain: _Chain) -> None:
         return
     spec = diffusion_pb2.PassSpec(kind="segment", width=chain.width, height=chain.height)
     chain.add(_planned("segment", "segment", spec, FIXED_WEIGHTS["segment"]))
-    person_strength = explicit_strength(parsed) or PERSON_STRENGTH
+    person_strength = _or_default(explicit_strength(parsed), PERSON_STRENGTH)
     for person in parsed.persons:
         spec = chain.spec(
             "person",
@@ -311,7 +324,7 @@ def _persons(chain: _Chain) -> None:
             person.effective_negative_prompt,
             person.loras,
         )
-        spec.denoising_strength = explicit_strength(parsed)
+        _set_strength(spec, explicit_strength(parsed))
         spec.crop_padding = config.crop_padding
         spec.crop_factor = config.crop_factor
         spec.mask_blur = config.mask_blur

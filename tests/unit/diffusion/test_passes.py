@@ -241,3 +241,23 @@ def test_bad_specs_are_invalid_input_naming_the_field(engine, fields, inputs, fi
     with pytest.raises(InvalidInput) as raised:
         engine.run(spec(**fields), inputs)
     assert field in str(raised.value)
+
+
+def test_zero_strength_passes_return_their_image_unchanged(engine):
+    """denoising_strength=0 set on the spec is the user's "denoise nothing" (unset means each pass's
+    default): img2img gives the input at the output size, inpaint and person passes the image itself."""
+    source = scene(96, 64, seed=3)
+    img2img = engine.run(spec(width=0, height=0, steps=10, denoising_strength=0.0), PassInputs(image=source))
+    assert img2img.image.tobytes() == source.tobytes() and img2img.steps_run == 0
+    resized = engine.run(spec(width=48, height=32, denoising_strength=0.0), PassInputs(image=source))
+    assert resized.image.tobytes() == source.resize((48, 32), Image.Resampling.LANCZOS).tobytes()
+    mask = box_mask(source.size, (20, 10, 70, 60))
+    inpaint = engine.run(spec(width=0, height=0, denoising_strength=0.0), PassInputs(image=source, mask=mask))
+    assert inpaint.image.tobytes() == source.tobytes()
+    person = engine.run(
+        spec(kind="person", width=0, height=0, denoising_strength=0.0), PassInputs(image=source, mask=mask)
+    )
+    assert person.image.tobytes() == source.tobytes() and person.steps_run == 0
+    # Unset is the default strength, which repaints.
+    default = engine.run(spec(kind="person", width=0, height=0), PassInputs(image=source, mask=mask))
+    assert default.image.tobytes() != source.tobytes()

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 from finishing_testkit import pixels, scene, spec
+from PIL import Image
 
 from multipass.errors import Cancelled, InvalidInput
 from multipass_diffusion.passes.context import PassInputs
@@ -120,3 +121,10 @@ def test_a_cancelled_tiled_pass_stops_after_the_current_step(engine, kind, field
     with pytest.raises(Cancelled):
         engine.run(spec(kind, **fields), PassInputs(image=scene(64, 48)), progress=progress, cancel=cancel)
     assert len(reports) == 1 and reports[0][1] > 1
+
+
+def test_zero_strength_only_upscales(engine):
+    image = scene(64, 48)
+    output = engine.run(spec("hires", denoising_strength=0.0), PassInputs(image=image))
+    assert output.image.tobytes() == image.resize((128, 96), Image.Resampling.LANCZOS).tobytes()
+    assert output.metadata["strength"] == "0" and output.steps_run == 0

@@ -487,3 +487,27 @@ def test_pose_on_an_input_photo_draws_every_person_the_layout_found():
     assert [s.keypoints[0].x for s in base.skeletons] == [pytest.approx(128.0), pytest.approx(384.0)]
     (single,) = plan_of(parsed_prompt(0, controlnet="pose"), input_image=image_ref("in.png"), slots=[])
     assert single.passes[1].spec.controlnet == "pose" and not single.passes[1].spec.skeletons  # estimated
+
+
+def test_an_explicit_zero_strength_reaches_the_worker_and_plans_no_steps():
+    """denoising_strength=0 is the user's value, not "default": the specs carry it (proto3 presence) and
+    the passes from an image plan no denoising step; without it the specs leave it unset."""
+    parsed = parsed_prompt(1, denoising_strength=0.0, explicit=("denoising_strength",))
+    (plan,) = plan_of(parsed, input_image=image_ref("jobs/t/j/inputs/input.png"))
+    by_name = {p.name: p for p in plan.passes}
+    for name in ("base", "person-0"):
+        assert by_name[name].spec.HasField("denoising_strength"), name
+        assert by_name[name].spec.denoising_strength == 0.0
+        assert by_name[name].weight == 1, name  # the least progress weight: no step to count
+    (plan,) = plan_of(parsed_prompt(1), input_image=image_ref("jobs/t/j/inputs/input.png"))
+    for spec in (p.spec for p in plan.passes if p.name in ("base", "person-0")):
+        assert not spec.HasField("denoising_strength")
+
+
+def test_a_zero_hires_strength_plans_an_upscale_without_steps():
+    parsed = parsed_prompt(0, hires_fix=True)
+    parsed.hires_denoising_strength = 0.0
+    (plan,) = plan_of(parsed)
+    hires = next(p for p in plan.passes if p.name == "hires")
+    assert hires.spec.HasField("denoising_strength") and hires.spec.denoising_strength == 0.0
+    assert hires.weight == 1  # the least progress weight: no step to count

@@ -180,3 +180,13 @@ def test_double_hyphens_inside_words_that_are_no_flags_stay_text(text):
 def test_dilate_takes_ascii_digits_only(value):
     found = problems_of(f"a cat --mask_prompt sofa --mask_dilate {value}", IMAGE)
     assert found["flag --mask_dilate"].startswith(f"got {value!r}; allowed:")
+
+
+def test_zero_strengths_are_kept_and_said_what_they_do():
+    parsed = parse_prompt("a house --hires_denoising_strength 0\nhires_fix=true")
+    assert parsed.hires_denoising_strength == 0.0
+    assert any("only upscales" in w for w in parsed.warnings)
+    parsed = parse_prompt("a house BREAK BREAK ohwx man\ndenoising_strength=0", IMAGE)
+    assert parsed.params.denoising_strength == 0.0 and "denoising_strength" in parsed.explicit_params
+    assert any(w.startswith("denoising_strength=0: nothing is denoised") for w in parsed.warnings)
+    assert not any("denoising" in w for w in parse_prompt("a house\ndenoising_strength=0.3", IMAGE).warnings)
