@@ -137,6 +137,13 @@ class GatewayClient:
             request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
         )
 
+    async def update_tune(
+        self, authorization: str | None, request: jobs_pb2.UpdateTuneRequest
+    ) -> jobs_pb2.Tune:
+        return await self.tunes.UpdateTune(
+            request, metadata=self.metadata(authorization), timeout=self.timeout_seconds
+        )
+
     async def delete_tune(self, authorization: str | None, tune_id: str) -> jobs_pb2.DeleteTuneResponse:
         return await self.tunes.DeleteTune(
             jobs_pb2.DeleteTuneRequest(tune_id=tune_id),

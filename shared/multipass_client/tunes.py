@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -31,11 +31,13 @@ class TunesClient:
         name: str = "",
         url: str = "",
         reference_image_ids: tuple[str, ...] = (),
+        characteristics: Mapping[str, str] | None = None,
     ) -> jobs_pb2.Tune:
         """Register a LoRA or checkpoint from a local file (streamed in chunks, SHA-256 sent along) or a URL.
 
         ``reference_image_ids`` are ids of images uploaded with ``jobs.upload_image``: the person's reference
-        faces, used by face swap and ``<faceid:...>``.
+        faces, used by face swap and ``<faceid:...>``. ``characteristics`` are the texts prompts using the
+        tune write as ``{{name}}`` (``{"eye_color": "green eyes"}``).
         """
         if (file is None) == (not url):
             raise ValueError("give exactly one of a file and a URL")
@@ -51,6 +53,7 @@ class TunesClient:
             url=url,
             sha256=hashlib.sha256(data).hexdigest() if data is not None else "",
             reference_image_ids=list(reference_image_ids),
+            characteristics=dict(characteristics or {}),
         )
 
         def parts() -> Iterator[jobs_pb2.RegisterTuneRequest]:
@@ -77,3 +80,22 @@ class TunesClient:
 
     def delete(self, tune_id: str) -> jobs_pb2.DeleteTuneResponse:
         return self._stub.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune_id), timeout=self._timeout)
+
+    def update(
+        self,
+        tune_id: str,
+        *,
+        name: str | None = None,
+        class_name: str | None = None,
+        characteristics: Mapping[str, str] | None = None,
+    ) -> jobs_pb2.Tune:
+        """Change the given fields (``characteristics`` replaces them all; ``{}`` clears them)."""
+        request = jobs_pb2.UpdateTuneRequest(tune_id=tune_id)
+        for field, value in (("name", name), ("class_name", class_name)):
+            if value is not None:
+                setattr(request, field, value)
+                request.update_mask.paths.append(field)
+        if characteristics is not None:
+            request.characteristics.update(characteristics)
+            request.update_mask.paths.append("characteristics")
+        return self._stub.UpdateTune(request, timeout=self._timeout)

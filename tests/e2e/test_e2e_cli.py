@@ -17,21 +17,24 @@ def test_tunes_register_list_get_delete(stack, sd15_model, tmp_path):
     from multipass_dev.tiny_models.diffusion import write_random_lora
 
     lora = write_random_lora(sd15_model, tmp_path / "anna.safetensors", seed=31)
+    register = ("tunes", "register", str(lora), "--token", "ohwx", "--class", "woman", "--family", "sd15")
     registered = stack.cli(
-        "tunes",
-        "register",
-        str(lora),
-        "--token",
-        "ohwx",
-        "--class",
-        "woman",
-        "--family",
-        "sd15",
+        *register,
         "--name",
         "anna",
+        "--characteristic",
+        "eye_color=green eyes",
+        "--characteristic",
+        "outfit=red silk dress, pearls",
     )
     assert registered.returncode == 0, registered.stderr
     tune_id = registered.stdout.strip()
+    shown = stack.cli("tunes", "get", tune_id)
+    assert (
+        "{{eye_color}} = green eyes" in shown.stdout and "{{outfit}} = red silk dress, pearls" in shown.stdout
+    )
+    malformed = stack.cli(*register, "--characteristic", "no-equals-sign")
+    assert malformed.returncode == 2 and "NAME=TEXT" in malformed.stderr
 
     listed = stack.cli("tunes", "list")
     assert listed.returncode == 0
@@ -48,6 +51,16 @@ def test_tunes_register_list_get_delete(stack, sd15_model, tmp_path):
         "lora",
     )
     assert tune["file"]["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest()
+    assert tune["characteristics"] == {"eye_color": "green eyes", "outfit": "red silk dress, pearls"}
+    updated = stack.cli("tunes", "update", tune_id, "--name", "Anna", "--characteristic", "hair=red hair")
+    assert updated.returncode == 0 and "Anna" in updated.stdout, updated.stderr
+    tune = json.loads(stack.cli("tunes", "get", tune_id, "--json").stdout)
+    assert tune["name"] == "Anna" and tune["characteristics"] == {"hair": "red hair"}
+    cleared = stack.cli("tunes", "update", tune_id, "--no-characteristics")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "characteristics" not in json.loads(stack.cli("tunes", "get", tune_id, "--json").stdout)
+    refused = stack.cli("tunes", "update", tune_id)
+    assert refused.returncode == 1 and "update_mask" in refused.stderr
 
     not_a_lora = tmp_path / "notes.safetensors"
     not_a_lora.write_bytes(b"this is not a safetensors file")

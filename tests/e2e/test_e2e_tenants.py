@@ -36,6 +36,7 @@ def test_a_second_tenant_cannot_see_watch_cancel_or_use_the_first_tenants_work(
             "CancelJob": lambda: other.jobs.cancel(job_id),
             "GetTune": lambda: other.tunes.get(tune),
             "DeleteTune": lambda: other.tunes.delete(tune),
+            "UpdateTune": lambda: other.tunes.update(tune, name="mine now"),
         }
         for name, call in calls.items():
             with pytest.raises(grpc.RpcError) as caught:

@@ -528,3 +528,90 @@ async def test_input_image_url_is_fetched_stored_and_inpainted_in_the_prompt_mas
     assert "prompt" in image.masks
     base = next(r for r in stack.worker.seen if r.pass_name == "base")
     assert base.spec.image.key == stored.key and base.spec.mask.key == image.masks["prompt"].key
+
+
+async def test_tune_characteristics_fill_the_placeholders_of_prompts(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    metadata = bearer(tenant.api_key)
+
+    async def register(characteristics):
+        async def parts():
+            yield jobs_pb2.RegisterTuneRequest(
+                metadata=jobs_pb2.TuneMetadata(
+                    token="ohwx", class_name="woman", base_family="sd15", characteristics=characteristics
+                )
+            )
+            yield jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes())
+
+        return await stack.tunes.RegisterTune(parts(), metadata=metadata)
+
+    tune = await register({"eye_color": "green eyes", "outfit": "red silk dress"})
+    assert dict(tune.characteristics) == {"eye_color": "green eyes", "outfit": "red silk dress"}
+    got = await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    assert dict(got.characteristics) == dict(tune.characteristics)
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt=f"a gala BREAK photo BREAK ohwx woman, {{{{outfit}}}}, {{{{ eye_color }}}} <lora:{tune.tune_id}:1>",
+            params={"steps": "2", "w": "256", "h": "256"},
+        ),
+        metadata=metadata,
+    )
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=metadata)
+    (person,) = job.parsed.persons
+    assert "ohwx woman, red silk dress, green eyes" in person.effective_prompt and "{{" not in person.prompt
+    unknown = await rpc_error(
+        stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt=f"ohwx woman, {{{{hair}}}} <lora:{tune.tune_id}:1>"),
+            metadata=metadata,
+        )
+    )
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = dict(field_violations(unknown))
+    assert "{{hair}}" in found["prompt"] and "eye_color, outfit" in found["prompt"]
+    bad = await rpc_error(register({"eye color": "blue", "hair": "x" * 300}))
+    assert set(dict(field_violations(bad))) == {"metadata.characteristics", "metadata.characteristics[hair]"}
+
+
+async def test_update_tune_changes_name_class_and_characteristics_only(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    other = await stack.tenant("other")
+    metadata = bearer(tenant.api_key)
+    tune = await register_tune(stack, tenant.api_key)
+
+    def update(**fields) -> jobs_pb2.UpdateTuneRequest:
+        paths = fields.pop("paths", ())
+        request = jobs_pb2.UpdateTuneRequest(tune_id=tune.tune_id, **fields)
+        request.update_mask.paths.extend(paths)
+        return request
+
+    renamed = await stack.tunes.UpdateTune(
+        update(name="Anna", characteristics={"eye_color": "green eyes"}), metadata=metadata
+    )
+    assert renamed.name == "Anna" and dict(renamed.characteristics) == {"eye_color": "green eyes"}
+    assert (renamed.token, renamed.class_name, renamed.file) == (tune.token, tune.class_name, tune.file)
+    assert (
+        await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    ) == renamed
+    # A mask naming characteristics with an empty map clears them; the name stays.
+    cleared = await stack.tunes.UpdateTune(update(paths=["characteristics"]), metadata=metadata)
+    assert not cleared.characteristics and cleared.name == "Anna"
+    # Refusals name the field; nothing changes.
+    for request, field in (
+        (update(paths=["token"]), "update_mask"),
+        (update(), "update_mask"),
+        (update(class_name="Dog!"), "class_name"),
+        (update(characteristics={"bad name": "x"}), "characteristics"),
+        (update(name="x" * 101), "name"),
+    ):
+        error = await rpc_error(stack.tunes.UpdateTune(request, metadata=metadata))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert field in dict(field_violations(error)), (request, field_violations(error))
+    # Another tenant's tune does not exist for the caller.
+    hidden = await rpc_error(stack.tunes.UpdateTune(update(name="Mine"), metadata=bearer(other.api_key)))
+    assert hidden.code() == grpc.StatusCode.NOT_FOUND
+    anonymous = await rpc_error(stack.tunes.UpdateTune(update(name="Mine")))
+    assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
+    final = await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    assert final == cleared

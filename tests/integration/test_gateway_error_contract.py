@@ -149,6 +149,33 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
             ),
             "metadata.reference_image_ids",
         ),
+        ("RegisterTuneRequest", "metadata.characteristics"): (
+            tunes.RegisterTune(
+                stream_of(
+                    jobs_pb2.RegisterTuneRequest(
+                        metadata=jobs_pb2.TuneMetadata(
+                            **tune_metadata, characteristics={f"k{i}": "v" for i in range(33)}
+                        )
+                    ),
+                    jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+                ),
+                metadata=mine,
+            ),
+            "metadata.characteristics",
+        ),
+        ("UpdateTuneRequest", "characteristics"): (
+            tunes.UpdateTune(
+                jobs_pb2.UpdateTuneRequest(tune_id="1", characteristics={f"k{i}": "v" for i in range(33)}),
+                metadata=mine,
+            ),
+            "characteristics",
+        ),
+        ("UpdateTuneRequest", "update_mask.paths"): (
+            tunes.UpdateTune(
+                jobs_pb2.UpdateTuneRequest(tune_id="1", update_mask={"paths": ["file"]}), metadata=mine
+            ),
+            "update_mask",
+        ),
     }
     covered = {
         (name, path)

@@ -190,10 +190,26 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
         tunes_request = jobs_pb2.ListTunesRequest(page_size=size, page_token=token)
         recorder.call("ListTunes", tunes.ListTunes, tunes_request, metadata=auth(key))
 
+    named_texts = st.dictionaries(st.text(max_size=70), st.text(max_size=250), max_size=4)
+
     @FUZZ
-    @given(tune_id=ids(known["tunes"]), key=keys)
-    def by_tune(tune_id, key):
+    @given(
+        tune_id=ids(known["tunes"]),
+        key=keys,
+        name=st.text(max_size=120),
+        class_name=st.text(max_size=40),
+        characteristics=named_texts,
+        paths=st.lists(
+            st.sampled_from(["name", "class_name", "characteristics", "token", "file", ""]), max_size=3
+        ),
+    )
+    def by_tune(tune_id, key, name, class_name, characteristics, paths):
         recorder.call("GetTune", tunes.GetTune, jobs_pb2.GetTuneRequest(tune_id=tune_id), metadata=auth(key))
+        update = jobs_pb2.UpdateTuneRequest(
+            tune_id=tune_id, name=name, class_name=class_name, characteristics=characteristics
+        )
+        update.update_mask.paths.extend(paths)
+        recorder.call("UpdateTune", tunes.UpdateTune, update, metadata=auth(key))
         recorder.call(
             "DeleteTune", tunes.DeleteTune, jobs_pb2.DeleteTuneRequest(tune_id=tune_id), metadata=auth(key)
         )
@@ -223,6 +239,7 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
         url=st.one_of(st.just(""), st.sampled_from(ODD_VALUES), st.text(max_size=60)),
         sha256=st.one_of(st.just(""), st.from_regex(r"[0-9a-f]{64}", fullmatch=True), st.text(max_size=70)),
         reference_image_ids=st.lists(ids(known["uploads"]), max_size=3),
+        characteristics=named_texts,
     )
     tune_parts = st.lists(
         st.one_of(
@@ -276,6 +293,7 @@ METHODS = {
     "/multipass.v1.Tunes/GetTune": "unary_unary",
     "/multipass.v1.Tunes/ListTunes": "unary_unary",
     "/multipass.v1.Tunes/DeleteTune": "unary_unary",
+    "/multipass.v1.Tunes/UpdateTune": "unary_unary",
     "/multipass.v1.Admin/CreateTenant": "unary_unary",
     "/multipass.v1.Admin/CreateKey": "unary_unary",
     "/multipass.v1.Admin/RevokeKey": "unary_unary",
@@ -334,7 +352,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 28, sorted(by_rpc)  # 14 rpcs through stubs, the same 14 raw
+    assert len(by_rpc) == 30, sorted(by_rpc)  # 15 rpcs through stubs, the same 15 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.

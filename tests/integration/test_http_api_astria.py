@@ -370,3 +370,104 @@ async def test_refusals_are_the_4xx_astria_clients_expect(astria_api):
         assert (await anonymous.post("/tunes/1/prompts", json={"prompt": {}})).status_code == 401
     async with astria_api.client("sd_wrong") as wrong:
         assert (await wrong.post("/tunes/1/prompts", data={"prompt[text]": "a cat"})).status_code == 401
+
+
+async def test_tune_characteristics_template_the_prompts_of_the_tune(astria_api):
+    """``tune[characteristics]`` (JSON object or form fields) fill ``{{name}}`` in the tune's prompts."""
+    async with astria_api.client() as client:
+        form = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-3")),
+                ("tune[name]", (None, "woman")),
+                ("tune[characteristics][eye_color]", (None, "green eyes")),
+                ("tune[characteristics][hair]", (None, "red curly hair")),
+                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
+            ],
+        )
+        assert form.status_code == 201, form.text
+        tune = form.json()
+        assert tune["characteristics"] == {"eye_color": "green eyes", "hair": "red curly hair"}
+        assert not any("characteristics" in w for w in tune.get("warnings", []))
+        assert (await client.get(f"/tunes/{tune['id']}")).json()["characteristics"] == tune["characteristics"]
+        prompt = await client.post(
+            f"/tunes/{tune['id']}/prompts",
+            json={"prompt": {"text": "portrait of ohwx woman, {{hair}}, {{eye_color}}", "w": 256, "h": 256}},
+        )
+        assert prompt.status_code == 201, prompt.text
+        assert prompt.json()["text"] == "portrait of ohwx woman, {{hair}}, {{eye_color}}"  # as written
+        job = (await client.get(f"/v1/jobs/{prompt.json()['id']}")).json()
+        assert "ohwx woman, red curly hair, green eyes" in job["parsed"]["base_effective_prompt"]
+        unknown = await client.post(
+            f"/tunes/{tune['id']}/prompts", json={"prompt": {"text": "ohwx woman, {{freckles}}"}}
+        )
+        assert unknown.status_code == 422 and "{{freckles}}" in unknown.json()["errors"]["prompt[text]"][0]
+
+        as_json = await client.post(
+            "/tunes",
+            json={
+                "tune": {
+                    "title": "order-4",
+                    "name": "man",
+                    "weights_url": "",
+                    "characteristics": {"beard": "short beard", "bad name": "x"},
+                }
+            },
+        )
+        assert as_json.status_code == 422
+        errors = as_json.json()["errors"]
+        assert "tune[weights]" in errors  # no weights: refused before the gateway is asked
+        bad_name = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-5")),
+                ("tune[name]", (None, "man")),
+                ("tune[characteristics][bad name]", (None, "x")),
+                ("tune[characteristics][beard]", (None, "y" * 300)),
+                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
+            ],
+        )
+        assert bad_name.status_code == 422, bad_name.text
+        assert set(bad_name.json()["errors"]) == {"tune[characteristics]", "tune[characteristics][beard]"}
+        not_object = await client.post(
+            "/tunes", json={"tune": {"title": "t", "name": "man", "characteristics": ["beard"]}}
+        )
+        assert not_object.status_code == 422 and "tune[characteristics]" in not_object.json()["errors"]
+
+
+async def test_patch_tune_changes_title_name_and_characteristics(astria_api):
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-6")),
+                ("tune[name]", (None, "woman")),
+                ("tune[characteristics][eye_color]", (None, "green eyes")),
+                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
+            ],
+        )
+        tune = created.json()
+        patched = await client.patch(
+            f"/tunes/{tune['id']}",
+            json={"tune": {"title": "Anna", "characteristics": {"hair": "red hair"}, "token": "zzz"}},
+        )
+        assert patched.status_code == 200, patched.text
+        body = patched.json()
+        assert body["title"] == "Anna" and body["name"] == "woman" and body["token"] == tune["token"]
+        assert body["characteristics"] == {"hair": "red hair"}  # replaced as a whole
+        assert any("tune[token] ignored" in w for w in body["warnings"])
+        assert (await client.get(f"/tunes/{tune['id']}")).json()["title"] == "Anna"
+        form = await client.patch(f"/tunes/{tune['id']}", data={"tune[name]": "man"})
+        assert form.status_code == 200 and form.json()["name"] == "man", form.text
+        bad = await client.patch(
+            f"/tunes/{tune['id']}", json={"tune": {"name": "Dog!", "characteristics": {"hair": "x" * 300}}}
+        )
+        assert bad.status_code == 422
+        assert set(bad.json()["errors"]) == {"tune[name]", "tune[characteristics][hair]"}, bad.text
+        nothing = await client.patch(f"/tunes/{tune['id']}", json={"tune": {"branch": "sdxl1"}})
+        assert nothing.status_code == 422 and "tune" in nothing.json()["errors"], nothing.text
+        missing = await client.patch("/tunes/999999", json={"tune": {"title": "x"}})
+        assert missing.status_code == 404
+    async with astria_api.client(key="") as anonymous:
+        refused = await anonymous.patch(f"/tunes/{tune['id']}", json={"tune": {"name": "Dog!"}})
+        assert refused.status_code == 401, refused.text

@@ -187,8 +187,11 @@ def test_tune_registration_sends_metadata_with_the_sha256_first(api, tmp_path):
     lora = tmp_path / "anna.safetensors"
     lora.write_bytes(b"\x01" * (MiB + 5))
     with connect(api.address, api_key="k") as client:
-        tune = client.tunes.register(lora, token="ohwx", class_name="woman", base_family="sd15")
+        tune = client.tunes.register(
+            lora, token="ohwx", class_name="woman", base_family="sd15", characteristics={"eye_color": "green"}
+        )
     metadata = api.registrations[0][0].metadata
+    assert dict(metadata.characteristics) == {"eye_color": "green"}
     assert (metadata.token, metadata.class_name, metadata.base_family, metadata.kind) == (
         "ohwx",
         "woman",

@@ -58,3 +58,7 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
         tenant = await authenticate(self.tenants, context)
         deleted = await self.tunes.delete(tenant, checked_tune_id(request.tune_id))
         return jobs_pb2.DeleteTuneResponse(deleted=deleted)
+
+    async def UpdateTune(self, request: jobs_pb2.UpdateTuneRequest, context) -> jobs_pb2.Tune:
+        tenant = await authenticate(self.tenants, context)
+        return await self.tunes.update(tenant, request)

@@ -40,7 +40,14 @@ from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
-from multipass_gateway.domain import idempotency, job_state, person_stages, planner, requirements
+from multipass_gateway.domain import (
+    characteristics,
+    idempotency,
+    job_state,
+    person_stages,
+    planner,
+    requirements,
+)
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.diffusion_info import DiffusionInfo
@@ -384,7 +391,8 @@ class Submitter:
         person_model: str,
     ) -> tuple[dict[str, common_pb2.ObjectRef], dict[str, list[common_pb2.ImageRef]]]:
         """Tune files and reference images by tune id; NotFound (UNKNOWN_TUNE) when a tag names no tune of
-        the tenant, else InvalidInput; either names every bad tag.
+        the tenant, else InvalidInput; either names every bad tag. The prompt's ``{{name}}`` placeholders
+        are filled from the tunes' characteristics here (:mod:`multipass_gateway.domain.characteristics`).
 
         A tune's family must be that of every model whose passes load it (base and person models may
         differ), from ``Diffusion.Info.model_families``.
@@ -438,6 +446,11 @@ class Submitter:
                     if parsed.persons
                     else "needs a tune with reference images in the prompt (none of its tunes has any)",
                 )
+            )
+        if not unknown:
+            # {{name}} placeholders take the tunes' characteristics (parsed is changed only when all fill).
+            problems += characteristics.apply(
+                parsed, {tune_id: dict(tune.characteristics) for tune_id, tune in found.items() if tune}
             )
         if unknown:
             raise NotFound(

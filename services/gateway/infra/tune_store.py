@@ -25,7 +25,7 @@ from multipass.images import decode_image
 from multipass.safetensors_header import header_problem
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
-from multipass_gateway.domain import request_checks
+from multipass_gateway.domain import characteristics, request_checks
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
 
@@ -143,6 +143,7 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
         problems.append(
             Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
         )
+    problems += characteristics.check(metadata.characteristics)
     if len(metadata.reference_image_ids) > MAX_REFERENCE_IMAGES:
         problems.append(
             Violation(
@@ -159,6 +160,47 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
                         f"got {echo(image_id)}; expected an image_id returned by UploadImage",
                     )
                 )
+    return problems
+
+
+UPDATABLE = ("name", "class_name", "characteristics")
+
+
+def update_paths(request: jobs_pb2.UpdateTuneRequest) -> tuple[str, ...]:
+    """The fields an update changes: its mask's paths, or (no mask) the fields it sets."""
+    if request.update_mask.paths:
+        return tuple(dict.fromkeys(request.update_mask.paths))
+    return tuple(name for name in UPDATABLE if getattr(request, name))
+
+
+def check_update(request: jobs_pb2.UpdateTuneRequest, paths: tuple[str, ...]) -> list[Violation]:
+    problems = []
+    if not request.tune_id:
+        problems.append(Violation("tune_id", "is required"))
+    unknown = [path for path in paths if path not in UPDATABLE]
+    if unknown:
+        problems.append(
+            Violation(
+                "update_mask",
+                f"got {', '.join(echo(p) for p in unknown)}; expected some of {', '.join(UPDATABLE)} "
+                "(a tune's file, token and family cannot change: register a new tune)",
+            )
+        )
+    elif not paths:
+        problems.append(
+            Violation("update_mask", f"nothing to change: set some of {', '.join(UPDATABLE)} or name them")
+        )
+    if "name" in paths and (not request.name or len(request.name) > 100 or not request.name.isprintable()):
+        problems.append(Violation("name", "expected 1..100 printable characters"))
+    if "class_name" in paths and not _CLASS.match(request.class_name):
+        problems.append(
+            Violation(
+                "class_name",
+                f"got {echo(request.class_name)}; expected a lower-case class word, e.g. 'woman'",
+            )
+        )
+    if "characteristics" in paths:
+        problems += characteristics.check(request.characteristics, "characteristics")
     return problems
 
 
@@ -251,6 +293,7 @@ class TuneStore:
             kind=kind,
             file=file_ref,
             reference_images=references,
+            characteristics=dict(metadata.characteristics),
         )
         tune.created_at.GetCurrentTime()
         await self._kv.create(names.tune_key(tenant, tune_id), tune.SerializeToString())
@@ -322,6 +365,36 @@ class TuneStore:
                 break
         more = bool(tunes) and tunes[-1].tune_id != ids[-1] if ids else False
         return tunes, page_token(tunes[-1].tune_id) if more else ""
+
+    async def update(self, tenant: str, request: jobs_pb2.UpdateTuneRequest) -> jobs_pb2.Tune:
+        """Change the fields ``request.update_mask`` names (or those it sets); NotFound as :meth:`get`."""
+        paths = update_paths(request)
+        problems = check_update(request, paths)
+        if problems:
+            raise InvalidInput.of(problems)
+        tune = await self.get(tenant, request.tune_id)
+        key = names.tune_key(tenant, tune.tune_id)
+        changed: dict[str, jobs_pb2.Tune] = {}
+
+        def mutate(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None  # deleted meanwhile
+            record = jobs_pb2.Tune()
+            record.ParseFromString(current)
+            if "name" in paths:
+                record.name = request.name
+            if "class_name" in paths:
+                record.class_name = request.class_name
+            if "characteristics" in paths:
+                record.characteristics.clear()
+                record.characteristics.update(request.characteristics)
+            changed["tune"] = record
+            return record.SerializeToString()
+
+        value, _revision = await self._kv.compare_and_set(key, mutate)
+        if value is None:
+            return await self.get(tenant, request.tune_id)  # NotFound: deleted meanwhile
+        return changed["tune"]
 
     async def delete(self, tenant: str, tune_id: str) -> bool:
         tune = await self.get(tenant, tune_id)

@@ -50,6 +50,8 @@ class TuneForm:
     weights: Upload | None = None
     images: tuple[Upload, ...] = ()
     image_urls: tuple[str, ...] = ()
+    #: ``tune[characteristics]``: names a prompt writes as ``{{name}}``, with their texts.
+    characteristics: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -67,6 +69,7 @@ class TuneForm:
             kind=MODEL_TYPES[self.model_type],
             url=self.weights_url,
             sha256=self.sha256,
+            characteristics=dict(self.characteristics),
         )
 
     def check(self) -> None:
@@ -116,9 +119,12 @@ def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
     weights: Upload | None = None
     images: list[Upload] = []
     image_urls: list[str] = []
+    characteristics: dict[str, str] = {}
     for name, value in fields:
         key = name.removesuffix("[]")
-        if key == "weights":
+        if key == "characteristics" or key.startswith("characteristics["):
+            _characteristics(key, value, characteristics, problems)
+        elif key == "weights":
             if isinstance(value, Upload):
                 weights = value if value.data else None
             elif value not in (None, ""):
@@ -159,8 +165,27 @@ def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
         weights=weights,
         images=tuple(images),
         image_urls=tuple(image_urls),
+        characteristics=tuple(characteristics.items()),
         warnings=tuple(dict.fromkeys(warnings)),
     )
+
+
+def _characteristics(key: str, value: object, into: dict[str, str], problems: list[Violation]) -> None:
+    """``tune[characteristics]`` as a JSON object, or ``tune[characteristics][NAME]`` form fields (the
+    gateway checks the names and values themselves)."""
+    if key != "characteristics":  # characteristics[NAME]
+        name = key[len("characteristics[") :].removesuffix("]")
+        into[name] = _text(f"characteristics][{name}", value, problems)
+    elif isinstance(value, Mapping):
+        for name, text in value.items():
+            into[str(name)] = _text(f"characteristics][{name}", text, problems)
+    elif value not in (None, ""):
+        problems.append(
+            Violation(
+                tune_field("characteristics"),
+                'expected an object of names and texts, e.g. {"eye_color": "blue eyes"}',
+            )
+        )
 
 
 def tune_from_json(body: object) -> TuneForm:
@@ -172,16 +197,61 @@ def tune_from_json(body: object) -> TuneForm:
 
 
 def tune_from_multipart(items: Iterable[tuple[str, object]]) -> TuneForm:
+    fields, extra = _form_fields(items)
+    form = build_tune_form(fields)
+    return TuneForm(**{**form.__dict__, "warnings": tuple(dict.fromkeys([*extra, *form.warnings]))})
+
+
+def _form_fields(items: Iterable[tuple[str, object]]) -> tuple[list[tuple[str, object]], list[str]]:
+    """``tune[...]`` form fields as (name, value) pairs without the wrapper, and warnings for the others."""
     fields: list[tuple[str, object]] = []
     extra: list[str] = []
     for key, value in items:
         if key.startswith("tune[") and "]" in key:
             inner, _, rest = key[5:].partition("]")
+            if inner == "characteristics" and rest.startswith("[") and rest.endswith("]") and rest != "[]":
+                fields.append((inner + rest, value))  # tune[characteristics][NAME]
+                continue
             fields.append((inner + ("[]" if rest == "[]" else ""), value))
         else:
             extra.append(f"unknown field {key} ignored")
+    return fields, extra
+
+
+#: What ``PATCH /tunes/:id`` changes: Astria field -> UpdateTuneRequest field.
+UPDATABLE = {"title": "name", "name": "class_name", "characteristics": "characteristics"}
+
+
+def tune_update(kind: str, body: object) -> tuple[jobs_pb2.UpdateTuneRequest, tuple[str, ...]]:
+    """The gateway's update of a ``PATCH /tunes/:id`` body (JSON ``{"tune": {...}}`` or ``tune[...]`` form
+    fields), and warnings for the fields that cannot change."""
+    if kind == "form":
+        fields, extra = _form_fields(body)  # type: ignore[arg-type]
+    else:
+        if not isinstance(body, Mapping) or not isinstance(body.get("tune"), Mapping):
+            raise InvalidInput.of([Violation("tune", 'expected a JSON object {"tune": {...}}')])
+        fields = list(body["tune"].items())
+        extra = [f"unknown field {key} ignored" for key in body if key != "tune"]
     form = build_tune_form(fields)
-    return TuneForm(**{**form.__dict__, "warnings": tuple(dict.fromkeys([*extra, *form.warnings]))})
+    given = dict.fromkeys(name.removesuffix("[]").split("[")[0] for name, _value in fields)
+    request = jobs_pb2.UpdateTuneRequest()
+    values = {"title": form.title, "name": form.class_name}
+    warnings = list(extra)
+    for name in given:
+        if name == "characteristics":
+            request.characteristics.update(dict(form.characteristics))
+        elif name in values:
+            setattr(request, UPDATABLE[name], values[name])
+        elif name not in _TRAINING_OPTIONS:  # those are warned about by build_tune_form
+            warnings.append(
+                f"tune[{name}] ignored: only tune[title], tune[name] and tune[characteristics] can change "
+                "(register a new tune for other changes)"
+            )
+            continue
+        else:
+            continue
+        request.update_mask.paths.append(UPDATABLE[name])
+    return request, tuple(dict.fromkeys([*warnings, *form.warnings]))
 
 
 def tune_object(tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] = ()) -> dict[str, object]:
@@ -212,6 +282,7 @@ def tune_object(tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] =
         "orig_images": [],
         "is_api": True,
         "callback": None,
+        "characteristics": dict(tune.characteristics),
     }
     if warnings:
         obj["warnings"] = list(warnings)

@@ -13,7 +13,12 @@ from multipass.v1 import jobs_pb2
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call, tune_field
 from multipass_http_api.astria.paging import MAX_LIMIT, check_offset
-from multipass_http_api.astria.tune_object import tune_from_json, tune_from_multipart, tune_object
+from multipass_http_api.astria.tune_object import (
+    tune_from_json,
+    tune_from_multipart,
+    tune_object,
+    tune_update,
+)
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway
 
 router = APIRouter(tags=["astria"])
@@ -93,6 +98,24 @@ async def get_tune(tune_id: str, authorization: Authorization, gateway: Gateway,
     """A tune (``/tunes/:id`` or ``/tunes/:id.json``)."""
     tune = await call(gateway.get_tune(authorization, _tune_id(tune_id)), tune_field)
     return tune_object(tune, base_url=base_url)
+
+
+@router.patch("/tunes/{tune_id}")
+async def update_tune(
+    tune_id: str, request: Request, authorization: Authorization, gateway: Gateway, base_url: BaseUrl
+):
+    """Change a tune's ``title``, ``name`` (class word) or ``characteristics`` (replaced as a whole);
+    other fields are ignored with a warning."""
+    tune_id = _tune_id(tune_id)
+    kind, body = await read_body(request)
+    update, warnings = tune_update(kind, body)
+    update.tune_id = tune_id
+    tune = await call(
+        gateway.update_tune(authorization, update),
+        tune_field,
+        fields={"name": "tune[title]", "class_name": "tune[name]", "update_mask": "tune"},
+    )
+    return tune_object(tune, base_url=base_url, warnings=warnings)
 
 
 @router.delete("/tunes/{tune_id}")

@@ -19,6 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--family", required=True, choices=("sd15", "sdxl"), help="base model family")
     reg.add_argument("--kind", default="lora", choices=("lora", "checkpoint"), help="default lora")
     reg.add_argument("--name", default="", help="display name (default: the file name)")
+    reg.add_argument(
+        "--characteristic",
+        dest="characteristics",
+        action="append",
+        default=[],
+        type=_characteristic,
+        metavar="NAME=TEXT",
+        help="a text prompts write as {{NAME}}, e.g. eye_color='green eyes' (repeatable)",
+    )
     add_connection_args(reg)
     reg.set_defaults(run=run_register)
 
@@ -32,6 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_connection_args(get)
     get.set_defaults(run=run_get)
 
+    update = actions.add_parser("update", help="change a tune's name, class word or characteristics")
+    update.add_argument("tune_id")
+    update.add_argument("--name", help="new display name")
+    update.add_argument("--class", dest="class_name", help="new class word, e.g. woman")
+    update.add_argument(
+        "--characteristic",
+        dest="characteristics",
+        action="append",
+        type=_characteristic,
+        metavar="NAME=TEXT",
+        help="replaces all characteristics with the ones given (repeatable)",
+    )
+    update.add_argument("--no-characteristics", action="store_true", help="remove every characteristic")
+    add_connection_args(update)
+    update.set_defaults(run=run_update)
+
     delete = actions.add_parser("delete", help="delete a tune")
     delete.add_argument("tune_id")
     add_connection_args(delete)
@@ -44,6 +69,13 @@ def format_tune(tune) -> str:
         f"{tune.tune_id}  {tune.kind:<10} {tune.base_family:<5} {tune.token} {tune.class_name:<8} "
         f"{tune.name}  ({tune.file.size} bytes, {created})"
     )
+
+
+def _characteristic(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME=TEXT, e.g. eye_color='green eyes'")
+    return name.strip(), text
 
 
 def _not_a_file(path: Path) -> str:
@@ -65,6 +97,7 @@ def run_register(args: argparse.Namespace) -> int:
             base_family=args.family,
             kind=args.kind,
             name=args.name,
+            characteristics=dict(args.characteristics),
         )
     print(tune.tune_id)
     return 0
@@ -92,6 +125,24 @@ def run_get(args: argparse.Namespace) -> int:
     else:
         print(format_tune(tune))
         print(f"  file {tune.file.bucket}/{tune.file.key}  sha256 {tune.file.sha256}")
+        for name, text in sorted(tune.characteristics.items()):
+            print(f"  {{{{{name}}}}} = {text}")
+    return 0
+
+
+@reports_rpc_errors
+def run_update(args: argparse.Namespace) -> int:
+    if args.characteristics and args.no_characteristics:
+        raise SystemExit("give --characteristic or --no-characteristics, not both")
+    characteristics = {} if args.no_characteristics else args.characteristics
+    with client_from_args(args) as client:
+        tune = client.tunes.update(
+            args.tune_id,
+            name=args.name,
+            class_name=args.class_name,
+            characteristics=dict(characteristics) if characteristics is not None else None,
+        )
+    print(format_tune(tune))
     return 0
 
 
