@@ -49,6 +49,16 @@ async def astria_api_fixture(stack):
         await handle.stop(1.0)
 
 
+def registration(title: str, name: str, *fields: tuple[str, str]) -> list[tuple]:
+    """Multipart fields of a tune registration with a LoRA file: title, class name and ``fields``."""
+    return [
+        ("tune[title]", (None, title)),
+        ("tune[name]", (None, name)),
+        *((key, (None, value)) for key, value in fields),
+        ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
+    ]
+
+
 class Receiver:
     """A loopback HTTP server recording the POSTs it gets; answers ``statuses`` in turn, then 200."""
 
@@ -377,13 +387,12 @@ async def test_tune_characteristics_template_the_prompts_of_the_tune(astria_api)
     async with astria_api.client() as client:
         form = await client.post(
             "/tunes",
-            files=[
-                ("tune[title]", (None, "order-3")),
-                ("tune[name]", (None, "woman")),
-                ("tune[characteristics][eye_color]", (None, "green eyes")),
-                ("tune[characteristics][hair]", (None, "red curly hair")),
-                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
-            ],
+            files=registration(
+                "order-3",
+                "woman",
+                ("tune[characteristics][eye_color]", "green eyes"),
+                ("tune[characteristics][hair]", "red curly hair"),
+            ),
         )
         assert form.status_code == 201, form.text
         tune = form.json()
@@ -419,13 +428,12 @@ async def test_tune_characteristics_template_the_prompts_of_the_tune(astria_api)
         assert "tune[weights]" in errors  # no weights: refused before the gateway is asked
         bad_name = await client.post(
             "/tunes",
-            files=[
-                ("tune[title]", (None, "order-5")),
-                ("tune[name]", (None, "man")),
-                ("tune[characteristics][bad name]", (None, "x")),
-                ("tune[characteristics][beard]", (None, "y" * 300)),
-                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
-            ],
+            files=registration(
+                "order-5",
+                "man",
+                ("tune[characteristics][bad name]", "x"),
+                ("tune[characteristics][beard]", "y" * 300),
+            ),
         )
         assert bad_name.status_code == 422, bad_name.text
         assert set(bad_name.json()["errors"]) == {"tune[characteristics]", "tune[characteristics][beard]"}
@@ -439,12 +447,7 @@ async def test_patch_tune_changes_title_name_and_characteristics(astria_api):
     async with astria_api.client() as client:
         created = await client.post(
             "/tunes",
-            files=[
-                ("tune[title]", (None, "order-6")),
-                ("tune[name]", (None, "woman")),
-                ("tune[characteristics][eye_color]", (None, "green eyes")),
-                ("tune[weights]", ("lora.safetensors", safetensors_bytes(), "application/octet-stream")),
-            ],
+            files=registration("order-6", "woman", ("tune[characteristics][eye_color]", "green eyes")),
         )
         tune = created.json()
         patched = await client.patch(
@@ -471,3 +474,78 @@ async def test_patch_tune_changes_title_name_and_characteristics(astria_api):
     async with astria_api.client(key="") as anonymous:
         refused = await anonymous.patch(f"/tunes/{tune['id']}", json={"tune": {"name": "Dog!"}})
         assert refused.status_code == 401, refused.text
+
+
+async def test_prompts_attributes_are_created_on_the_registered_tune(astria_api):
+    """Astria clients send the tune's first prompts with it (``prompts_attributes``, queued until the end of
+    training there); here the weights are registered at once, so they are submitted at once."""
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes",
+            files=registration(
+                "order-7",
+                "woman",
+                ("tune[characteristics][hair]", "red hair"),
+                ("tune[prompts_attributes][][text]", "portrait of ohwx woman, {{hair}}"),
+                ("tune[prompts_attributes][][w]", "256"),
+                ("tune[prompts_attributes][][h]", "256"),
+                ("tune[prompts_attributes][][text]", "ohwx woman at the beach"),
+                ("tune[prompts_attributes][][steps]", "99"),
+            ),
+        )
+        assert created.status_code == 201, created.text
+        tune = created.json()
+        (prompt,) = tune["prompts"]  # the second one asks 99 steps: refused, named in a warning
+        assert prompt["tune_id"] == tune["id"] and prompt["text"] == "portrait of ohwx woman, {{hair}}"
+        assert any(
+            w.startswith("tune[prompts_attributes][1] not created") and "steps" in w for w in tune["warnings"]
+        )
+        job = (await client.get(f"/v1/jobs/{prompt['id']}")).json()
+        assert "ohwx woman, red hair" in job["parsed"]["base_effective_prompt"]
+        listed = (await client.get(f"/tunes/{tune['id']}/prompts")).json()
+        assert [p["id"] for p in listed] == [prompt["id"]]
+
+        as_json = await client.post(
+            "/tunes",
+            json={
+                "tune": {
+                    "title": "order-8",
+                    "name": "man",
+                    "weights_url": "https://example.invalid/lora.safetensors",
+                    "prompts_attributes": "not a list",
+                }
+            },
+        )
+        assert as_json.status_code == 422 and "tune[prompts_attributes]" in as_json.json()["errors"]
+
+
+async def test_tune_callback_is_posted_once_the_tune_is_registered(astria_api):
+    """Astria's sample app waits for ``{"tune": {...}}`` at its tune callback before it lets users prompt;
+    the weights are ready at registration, so the callback follows the answer, signed."""
+    receiver = Receiver()
+    try:
+        async with astria_api.client() as client:
+            created = await client.post(
+                "/tunes",
+                files=registration("order-9", "woman", ("tune[callback]", receiver.url)),
+            )
+            assert created.status_code == 201, created.text
+            assert created.json()["callback"] == receiver.url
+            refused = await client.post(
+                "/tunes",
+                files=registration("order-10", "woman", ("tune[callback]", "http://10.1.2.3/hook")),
+            )
+            assert refused.status_code == 422, refused.text
+            assert "internal address" in refused.json()["errors"]["tune[callback]"][0]
+        deadline = time.monotonic() + 10
+        while not receiver.requests:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        receiver.close()
+    (headers, body), *more = receiver.requests
+    assert not more
+    assert verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
+    assert headers["X-Multipass-Tune-Id"] == str(created.json()["id"])
+    tune = json.loads(body)["tune"]
+    assert tune["id"] == created.json()["id"] and tune["trained_at"] and tune["callback"] == receiver.url

@@ -178,21 +178,33 @@ def _retriable(status: int) -> bool:
 
 
 async def deliver(
-    prompt: dict, target: str, settings: CallbackSettings, *, job_id: str, attempt: str = ""
+    entity: dict,
+    target: str,
+    settings: CallbackSettings,
+    *,
+    job_id: str = "",
+    tune_id: str = "",
+    attempt: str = "",
 ) -> Delivery:
-    """POST ``{"prompt": prompt}`` to ``target``, signed; never raises for the caller's server's faults."""
+    """POST ``{"prompt": entity}`` (or ``{"tune": entity}`` with ``tune_id``) to ``target``, signed; never
+    raises for the caller's server's faults."""
+    kind = "tune" if tune_id else "prompt"
     try:
         checked = await check_target(target, settings)
     except InvalidInput as error:
         return Delivery(422, error.violations[0].description)
-    body = json.dumps({"prompt": prompt}, separators=(",", ":")).encode("utf-8")
+    body = json.dumps({kind: entity}, separators=(",", ":")).encode("utf-8")
     headers = {
         "Content-Type": "application/json",
         "Host": checked.host_header,
         SIGNATURE_HEADER: sign(body, settings.signing_key, int(time.time())),
-        "X-Multipass-Job-Id": job_id,
         "User-Agent": "multipass-http-api",
     }
+    if tune_id:
+        headers["X-Multipass-Tune-Id"] = tune_id
+    else:
+        headers["X-Multipass-Job-Id"] = job_id
+    about = {"tune_id": tune_id} if tune_id else {"job_id": job_id}
     if attempt:
         headers["X-Multipass-Attempt"] = attempt
     try:
@@ -202,13 +214,13 @@ async def deliver(
             response = await client.post(checked.connect_url, content=body, headers=headers)
     except httpx.HTTPError as error:
         reason = f"{type(error).__name__}: {error}"[:300]
-        log.warning("prompt callback failed", extra={"job_id": job_id, "reason": reason})
+        log.warning("callback failed", extra={"kind": kind, **about, "reason": reason})
         return Delivery(502, reason)
     if 200 <= response.status_code < 300:
-        log.info("prompt callback delivered", extra={"job_id": job_id, "status": response.status_code})
+        log.info("callback delivered", extra={"kind": kind, **about, "status": response.status_code})
         return Delivery(200, f"HTTP {response.status_code}")
     status = 502 if _retriable(response.status_code) else 422
-    log.warning("prompt callback refused", extra={"job_id": job_id, "status": response.status_code})
+    log.warning("callback refused", extra={"kind": kind, **about, "status": response.status_code})
     return Delivery(status, f"HTTP {response.status_code}")
 
 

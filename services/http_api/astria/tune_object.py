@@ -11,6 +11,7 @@ Asking for training (images but no weights) is refused with 422 saying how to re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,9 +30,9 @@ TRAINING_REFUSED = (
 )
 #: Fields accepted and ignored without a warning: training options that have no meaning here.
 _TRAINING_OPTIONS = frozenset(
-    {"steps", "face_crop", "training_face_correct", "preset", "auto_extend", "callback", "base_tune_id"}
+    {"steps", "face_crop", "training_face_correct", "preset", "auto_extend", "base_tune_id"}
 )
-_SCALARS = frozenset({"title", "name", "token", "branch", "model_type", "weights_url", "sha256"})
+_SCALARS = frozenset({"title", "name", "token", "branch", "model_type", "weights_url", "sha256", "callback"})
 
 
 def tune_field(name: str) -> str:
@@ -52,6 +53,11 @@ class TuneForm:
     image_urls: tuple[str, ...] = ()
     #: ``tune[characteristics]``: names a prompt writes as ``{{name}}``, with their texts.
     characteristics: tuple[tuple[str, str], ...] = ()
+    #: ``tune[prompts_attributes][]``: prompts to create on the tune once it is registered, each as its
+    #: ``prompt[...]`` (name, value) fields.
+    prompts: tuple[tuple[tuple[str, object], ...], ...] = ()
+    #: ``tune[callback]``: where the tune object is POSTed once it is ready (here: once registered).
+    callback: str = ""
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -75,6 +81,13 @@ class TuneForm:
     def check(self) -> None:
         """InvalidInput naming every field the gateway would not be asked about."""
         problems: list[Violation] = []
+        if len(self.prompts) > MAX_PROMPTS:
+            problems.append(
+                Violation(
+                    tune_field("prompts_attributes"),
+                    f"got {len(self.prompts)} prompts; at most {MAX_PROMPTS}",
+                )
+            )
         if not self.class_name:
             problems.append(
                 Violation(tune_field("name"), "is required: the class word, e.g. woman, man, dog")
@@ -120,9 +133,12 @@ def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
     images: list[Upload] = []
     image_urls: list[str] = []
     characteristics: dict[str, str] = {}
+    prompts = _Prompts()
     for name, value in fields:
         key = name.removesuffix("[]")
-        if key == "characteristics" or key.startswith("characteristics["):
+        if key == "prompts_attributes" or key.startswith("prompts_attributes]"):
+            prompts.add(key, value, problems)
+        elif key == "characteristics" or key.startswith("characteristics["):
             _characteristics(key, value, characteristics, problems)
         elif key == "weights":
             if isinstance(value, Upload):
@@ -166,8 +182,62 @@ def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
         images=tuple(images),
         image_urls=tuple(image_urls),
         characteristics=tuple(characteristics.items()),
+        prompts=prompts.entries(),
+        callback=scalars.get("callback", ""),
         warnings=tuple(dict.fromkeys(warnings)),
     )
+
+
+_PROMPT_FIELD = re.compile(r"^\[([0-9]{0,4})\]\[([A-Za-z_]{1,40})\]$")
+#: Most prompts one tune registration creates (``tune[prompts_attributes]``).
+MAX_PROMPTS = 16
+
+
+class _Prompts:
+    """``tune[prompts_attributes]``: a JSON list of prompt objects, or form fields
+    ``tune[prompts_attributes][N][text]`` (indexed) / ``tune[prompts_attributes][][text]`` (a field that
+    repeats starts the next prompt, as Rails reads them)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, object]] = {}
+        self._open = 0
+
+    def add(self, key: str, value: object, problems: list[Violation]) -> None:
+        if key == "prompts_attributes":
+            if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+                problems.append(
+                    Violation(
+                        tune_field("prompts_attributes"),
+                        'expected a list of prompt objects, e.g. [{"text": "ohwx woman, portrait"}]',
+                    )
+                )
+                return
+            for item in value:
+                self._entries[str(len(self._entries))] = {str(k): v for k, v in item.items()}
+            return
+        # prompts_attributes][N][field] or prompts_attributes][][field]
+        parts = _PROMPT_FIELD.match(key[len("prompts_attributes]") :])
+        if parts is None:
+            problems.append(
+                Violation(
+                    tune_field("prompts_attributes"),
+                    f"cannot read tune[{key[:60]}]; expected tune[prompts_attributes][N][field]",
+                )
+            )
+            return
+        index, name = parts.groups()
+        if not index:
+            current = self._entries.get(f"+{self._open}")
+            if current is not None and name in current:
+                self._open += 1
+            index = f"+{self._open}"
+        self._entries.setdefault(index, {})[name] = value
+
+    def entries(self) -> tuple[tuple[tuple[str, object], ...], ...]:
+        def order(index: str) -> tuple[int, int]:
+            return (1, int(index[1:])) if index.startswith("+") else (0, int(index) if index.isdigit() else 0)
+
+        return tuple(tuple(self._entries[i].items()) for i in sorted(self._entries, key=order))
 
 
 def _characteristics(key: str, value: object, into: dict[str, str], problems: list[Violation]) -> None:
@@ -212,6 +282,9 @@ def _form_fields(items: Iterable[tuple[str, object]]) -> tuple[list[tuple[str, o
             if inner == "characteristics" and rest.startswith("[") and rest.endswith("]") and rest != "[]":
                 fields.append((inner + rest, value))  # tune[characteristics][NAME]
                 continue
+            if inner == "prompts_attributes" and rest.startswith("[") and rest.count("[") == 2:
+                fields.append((f"{inner}]{rest}", value))  # tune[prompts_attributes][N][field]
+                continue
             fields.append((inner + ("[]" if rest == "[]" else ""), value))
         else:
             extra.append(f"unknown field {key} ignored")
@@ -254,7 +327,9 @@ def tune_update(kind: str, body: object) -> tuple[jobs_pb2.UpdateTuneRequest, tu
     return request, tuple(dict.fromkeys([*warnings, *form.warnings]))
 
 
-def tune_object(tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] = ()) -> dict[str, object]:
+def tune_object(
+    tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] = (), callback: str | None = None
+) -> dict[str, object]:
     """The Astria tune object of a registered tune (registered weights count as trained when stored)."""
     created = astria_time(tune.created_at)
     branch = {"sd15": "sd15", "sdxl": "sdxl1"}.get(tune.base_family, tune.base_family)
@@ -281,7 +356,7 @@ def tune_object(tune: jobs_pb2.Tune, *, base_url: str, warnings: Iterable[str] =
         "url": f"{base_url}/tunes/{tune.tune_id}.json",
         "orig_images": [],
         "is_api": True,
-        "callback": None,
+        "callback": callback or None,
         "characteristics": dict(tune.characteristics),
     }
     if warnings:

@@ -112,9 +112,11 @@ async def _upload(gateway, authorization: str | None, form: PromptForm, name: st
     return response.image_id
 
 
-async def _submit(
+async def submit_prompt(
     request: Request, form: PromptForm, tune_id: str, authorization, gateway, settings, base_url
 ) -> dict:
+    """Submit ``form`` as a prompt of the tune (``POST /tunes/:id/prompts``, and each of a new tune's
+    ``tune[prompts_attributes]``); the prompt object."""
     if not form.text or not form.text.strip():
         raise InvalidInput.of([Violation("prompt[text]", "is required")])
     problems: list[Violation] = []
@@ -163,7 +165,7 @@ async def create_prompt(
     ``prompt[mask_image]``) or JSON ``{"prompt": {...}}``. Answers the prompt object."""
     tune_id = _tune_id(tune_id)
     form = await _form(request)
-    return await _submit(request, form, tune_id, authorization, gateway, settings, base_url)
+    return await submit_prompt(request, form, tune_id, authorization, gateway, settings, base_url)
 
 
 async def _job(gateway, authorization, prompt_id: str, tune_id: str | None = None) -> jobs_pb2.Job:
@@ -316,7 +318,7 @@ async def duplicate_prompt(
         carried = await _input_image_of(job, objects)
         if carried is not None:
             form = dataclasses.replace(form, uploads={**form.uploads, "input_image": carried})
-    return await _submit(request, form, origin.tune_id, authorization, gateway, settings, base_url)
+    return await submit_prompt(request, form, origin.tune_id, authorization, gateway, settings, base_url)
 
 
 async def _input_image_of(job: jobs_pb2.Job, objects: ObjectStore | None) -> Upload | None:

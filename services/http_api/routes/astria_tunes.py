@@ -6,20 +6,24 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 
-from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.errors import InvalidInput, MultipassError, NotFound, Violation
 from multipass.v1 import jobs_pb2
+from multipass_http_api.astria import callbacks
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call, tune_field
 from multipass_http_api.astria.paging import MAX_LIMIT, check_offset
+from multipass_http_api.astria.prompt_form import build_form
 from multipass_http_api.astria.tune_object import (
     tune_from_json,
     tune_from_multipart,
     tune_object,
     tune_update,
 )
-from multipass_http_api.deps import Authorization, BaseUrl, Gateway
+from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Settings
+from multipass_http_api.errors import HttpError
+from multipass_http_api.routes.astria_prompts import submit_prompt
 
 router = APIRouter(tags=["astria"])
 
@@ -36,12 +40,22 @@ def _tune_id(value: str) -> str:
 
 
 @router.post("/tunes", status_code=201)
-async def create_tune(request: Request, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
+async def create_tune(
+    request: Request,
+    background: BackgroundTasks,
+    authorization: Authorization,
+    gateway: Gateway,
+    settings: Settings,
+    base_url: BaseUrl,
+):
     """Register a tune: JSON ``{"tune": {...}}`` or multipart ``tune[...]`` with ``tune[weights]`` (a
-    .safetensors file) or ``tune[weights_url]``; ``tune[images][]`` become reference face images."""
+    .safetensors file) or ``tune[weights_url]``; ``tune[images][]`` become reference face images and
+    ``tune[prompts_attributes]`` prompts created on the tune (answered under ``prompts``)."""
     kind, body = await read_body(request)
     form = tune_from_multipart(body) if kind == "form" else tune_from_json(body)
     form.check()
+    if form.callback:
+        await _check_callback(form.callback, settings)
     if len(form.images) > MAX_REFERENCE_IMAGES:
         raise InvalidInput.of([Violation("tune[images][]", f"at most {MAX_REFERENCE_IMAGES} images")])
     for image in form.images:
@@ -64,7 +78,54 @@ async def create_tune(request: Request, authorization: Authorization, gateway: G
         metadata.reference_image_ids.append(uploaded.image_id)
     chunks = [form.weights.data] if form.weights is not None else []
     tune = await call(gateway.register_tune(authorization, metadata, chunks), tune_field)
-    return tune_object(tune, base_url=base_url, warnings=form.warnings)
+    prompts, warnings = await _create_prompts(
+        request, form, tune.tune_id, authorization, gateway, settings, base_url
+    )
+    answer = tune_object(
+        tune, base_url=base_url, warnings=[*form.warnings, *warnings], callback=form.callback
+    )
+    if form.prompts:
+        answer["prompts"] = prompts
+    if form.callback:
+        # Astria POSTs the tune when its training ends; these weights are ready now: after this answer.
+        background.add_task(
+            callbacks.deliver,
+            tune_object(tune, base_url=base_url, callback=form.callback),
+            form.callback,
+            settings.astria_callbacks,
+            tune_id=tune.tune_id,
+        )
+    return answer
+
+
+async def _check_callback(url: str, settings) -> None:
+    if not settings.astria_callbacks.signing_key:
+        raise InvalidInput.of([Violation("tune[callback]", "callbacks are disabled on this service")])
+    try:
+        await callbacks.check_target(url, settings.astria_callbacks)
+    except InvalidInput as error:
+        raise InvalidInput.of(
+            [Violation("tune[callback]", v.description) for v in error.violations]
+        ) from error
+
+
+async def _create_prompts(request, form, tune_id: str, authorization, gateway, settings, base_url):
+    """``tune[prompts_attributes]``: each submitted on the registered tune, as Astria queues them for its
+    end of training (the weights are here already). A prompt refused is named in a warning; the tune and
+    the other prompts stand."""
+    prompts: list[dict] = []
+    warnings: list[str] = []
+    for index, fields in enumerate(form.prompts):
+        where = f"tune[prompts_attributes][{index}]"
+        try:
+            prompt = build_form(fields)
+            prompts.append(
+                await submit_prompt(request, prompt, tune_id, authorization, gateway, settings, base_url)
+            )
+        except (MultipassError, HttpError) as error:
+            reason = error.message if isinstance(error, HttpError) else str(error)
+            warnings.append(f"{where} not created: {reason}")
+    return prompts, warnings
 
 
 @router.get("/tunes")
