@@ -36,10 +36,14 @@ class TunesClient:
         """Register a LoRA or checkpoint from a local file (streamed in chunks, SHA-256 sent along) or a URL.
 
         ``reference_image_ids`` are ids of images uploaded with ``jobs.upload_image``: the person's reference
-        faces, used by face swap and ``<faceid:...>``. ``characteristics`` are the texts prompts using the
+        faces, used by face swap and ``<faceid:...>``; with ``kind="faceid"`` they are the whole tune (no
+        file: Astria's faceid tunes). ``characteristics`` are the texts prompts using the
         tune write as ``{{name}}`` (``{"eye_color": "green eyes"}``).
         """
-        if (file is None) == (not url):
+        if kind == "faceid":
+            if file is not None or url or not reference_image_ids:
+                raise ValueError("a faceid tune has no file or URL, and needs reference_image_ids")
+        elif (file is None) == (not url):
             raise ValueError("give exactly one of a file and a URL")
         data = file.read_bytes() if isinstance(file, Path) else file
         if isinstance(file, Path) and not name:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from gateway_support import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
+    MODEL,
     SIGNING_KEY,
     bearer,
     capabilities_fixture,
@@ -615,3 +616,64 @@ async def test_update_tune_changes_name_class_and_characteristics_only(stack):
     assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
     final = await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=metadata)
     assert final == cleared
+
+
+@pytest.mark.parametrize(
+    "capabilities", [["pass:base", "pass:person", f"faceid:{MODEL}", "face_swapper"]], ids=["faceid"]
+)
+async def test_a_faceid_tune_is_reference_images_only(stack):
+    """Astria's ``model_type=faceid`` tunes have no weights: the reference faces are the identity."""
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    metadata = bearer(tenant.api_key)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "tan").save(buffer, "PNG")
+
+    async def upload_parts():
+        yield jobs_pb2.UploadImageRequest(filename="face.png")
+        yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+    uploaded = await stack.jobs.UploadImage(upload_parts(), metadata=metadata)
+
+    async def parts(*messages):
+        for message in messages:
+            yield message
+
+    faceid = jobs_pb2.TuneMetadata(
+        token="ohwx", class_name="woman", kind="faceid", reference_image_ids=[uploaded.image_id]
+    )
+    tune = await stack.tunes.RegisterTune(
+        parts(jobs_pb2.RegisterTuneRequest(metadata=faceid)), metadata=metadata
+    )
+    assert tune.kind == "faceid" and not tune.file.key and len(tune.reference_images) == 1
+    # Used as <faceid:...>: accepted; as <lora:...>: refused with the tag to write.
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt=f"a gala BREAK BREAK ohwx woman <faceid:{tune.tune_id}:1>", params={"w": "256", "h": "256"}
+        ),
+        metadata=metadata,
+    )
+    assert submitted.job_id
+    error = await rpc_error(
+        stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt=f"ohwx woman <lora:{tune.tune_id}:1>"), metadata=metadata
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"write <faceid:{tune.tune_id}:1>" in dict(field_violations(error))[f"<lora:{tune.tune_id}:1>"]
+    # A faceid tune with a file, or without reference images, is refused naming the field.
+    with_file = faceid.__class__(token="ohwx", class_name="woman", kind="faceid")
+    bad = await rpc_error(
+        stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(metadata=with_file),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ),
+            metadata=metadata,
+        )
+    )
+    assert set(dict(field_violations(bad))) == {"chunk", "metadata.reference_image_ids"}
+    # Deleting it removes the record.
+    assert (
+        await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    ).deleted

@@ -6,6 +6,7 @@ every refusal as the 4xx Astria's clients expect."""
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import threading
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from gateway_support import (  # noqa: F401 - fixtures
+    MODEL,
     SIGNING_KEY,
     capabilities_fixture,
     safetensors_bytes,
@@ -22,6 +24,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     stack_fixture,
 )
 from http_api_support import HttpApi, start_http_api
+from PIL import Image
 
 from multipass_gateway.settings import FetchAllowList
 from multipass_http_api.astria.callbacks import CallbackSettings, verify
@@ -549,3 +552,38 @@ async def test_tune_callback_is_posted_once_the_tune_is_registered(astria_api):
     assert headers["X-Multipass-Tune-Id"] == str(created.json()["id"])
     tune = json.loads(body)["tune"]
     assert tune["id"] == created.json()["id"] and tune["trained_at"] and tune["callback"] == receiver.url
+
+
+@pytest.mark.parametrize("capabilities", [["pass:base", "pass:person", f"faceid:{MODEL}"]], ids=["faceid"])
+async def test_a_faceid_tune_is_created_from_face_images_alone(astria_api):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "tan").save(buffer, "PNG")
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes",
+            files=[
+                ("tune[title]", (None, "order-11")),
+                ("tune[name]", (None, "woman")),
+                ("tune[model_type]", (None, "faceid")),
+                ("tune[images][]", ("face.png", buffer.getvalue(), "image/png")),
+            ],
+        )
+        assert created.status_code == 201, created.text
+        tune = created.json()
+        assert tune["model_type"] == "faceid" and tune["trained_at"]
+        no_images = await client.post(
+            "/tunes", data={"tune[title]": "order-12", "tune[name]": "man", "tune[model_type]": "faceid"}
+        )
+        assert no_images.status_code == 422 and "tune[images][]" in no_images.json()["errors"]
+        # A prompt under the tune applies it as <faceid:ID:1> (a <lora:...> tag of it is refused, saying why).
+        prompt = await client.post(
+            f"/tunes/{tune['id']}/prompts", json={"prompt": {"text": "ohwx woman", "w": 256, "h": 256}}
+        )
+        assert prompt.status_code == 201, prompt.text
+        assert prompt.json()["text"] == "ohwx woman" and prompt.json()["tune_id"] == tune["id"]
+        job = (await client.get(f"/v1/jobs/{prompt.json()['id']}")).json()
+        assert job["prompt"] == f"<faceid:{tune['id']}:1> ohwx woman"
+        as_lora = await client.post(
+            "/tunes/1/prompts", json={"prompt": {"text": f"ohwx woman <lora:{tune['id']}:1>"}}
+        )
+        assert as_lora.status_code == 422 and f"<faceid:{tune['id']}:1>" in json.dumps(as_lora.json())

@@ -425,3 +425,20 @@ def test_cli_delete_deletes_the_job_and_says_what_it_was(api, capsys):
         "job-1: deleted (it was SUCCEEDED); deleted with 4 stored object(s)"
     )
     assert api.deleted == ["job-1"]
+
+
+def test_a_faceid_tune_is_registered_from_reference_images_alone(api):
+    with connect(api.address, api_key="k") as client:
+        client.tunes.register(
+            None,
+            token="ohwx",
+            class_name="woman",
+            base_family="",
+            kind="faceid",
+            reference_image_ids=("a" * 24,),
+        )
+        with pytest.raises(ValueError, match="needs reference_image_ids"):
+            client.tunes.register(None, token="ohwx", class_name="woman", base_family="", kind="faceid")
+    (parts,) = api.registrations
+    assert len(parts) == 1 and parts[0].metadata.kind == "faceid"
+    assert list(parts[0].metadata.reference_image_ids) == ["a" * 24]

@@ -420,7 +420,16 @@ class Submitter:
                 problems.append(Violation(field, f"tune {echo(ref.tune_id)} does not exist"))
                 unknown.append(ref.tune_id)
                 continue
-            for model in models[(ref.kind, ref.tune_id)]:
+            if not tune.file.key and ref.kind != "faceid":  # a faceid tune: reference images only
+                problems.append(
+                    Violation(
+                        field,
+                        f"tune {ref.tune_id} is a faceid tune (reference images, no weights); "
+                        f"write <faceid:{ref.tune_id}:1>",
+                    )
+                )
+                continue
+            for model in models[(ref.kind, ref.tune_id)] if tune.file.key else ():
                 family = requirements.model_family(info, model)
                 # An unknown family (an older worker serving both) is left to the worker's own check.
                 if family and tune.base_family != family:
@@ -436,7 +445,8 @@ class Submitter:
                 )
             if ref.tune_id in person_ids and tune.reference_images:
                 with_references = True
-            files[ref.tune_id] = tune.file
+            if tune.file.key:
+                files[ref.tune_id] = tune.file
             references[ref.tune_id] = list(tune.reference_images)
         if parsed.params.face_swap and not with_references:
             problems.append(

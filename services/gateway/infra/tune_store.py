@@ -30,7 +30,10 @@ from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
 
 FAMILIES = ("sd15", "sdxl")
-KINDS = ("lora", "checkpoint")
+KINDS = ("lora", "checkpoint", "faceid")
+#: A tune of reference face images only (Astria's ``model_type=faceid``): no file, used as ``<faceid:ID:W>``
+#: and by face swap; its family is that of whichever model runs the pass.
+FACEID = "faceid"
 _TOKEN = re.compile(r"^[a-z0-9]{2,32}$")
 _CLASS = re.compile(r"^[a-z][a-z -]{0,31}$")
 _TUNE_ID = re.compile(r"^[0-9]{1,24}$")
@@ -122,7 +125,8 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
                 f"got {echo(metadata.class_name)}; expected a lower-case class word, e.g. 'woman'",
             )
         )
-    if metadata.base_family not in FAMILIES:
+    faceid = metadata.kind == FACEID
+    if metadata.base_family not in FAMILIES and not (faceid and not metadata.base_family):
         problems.append(
             Violation(
                 "metadata.base_family",
@@ -137,9 +141,22 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
         problems.append(Violation("metadata.name", "expected at most 100 printable characters"))
     if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
         problems.append(Violation("metadata.sha256", f"got {echo(metadata.sha256)}; expected 64 hex digits"))
-    if metadata.url and streamed:
+    if faceid:
+        if metadata.url or streamed:
+            problems.append(
+                Violation(
+                    "metadata.url" if metadata.url else "chunk",
+                    "a faceid tune has no file: its reference images (metadata.reference_image_ids) are the "
+                    "identity; register LoRA weights as kind lora",
+                )
+            )
+        if not metadata.reference_image_ids:
+            problems.append(
+                Violation("metadata.reference_image_ids", "a faceid tune needs at least one reference image")
+            )
+    elif metadata.url and streamed:
         problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
-    if not metadata.url and not streamed:
+    elif not metadata.url and not streamed:
         problems.append(
             Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
         )
@@ -256,6 +273,8 @@ class TuneStore:
             references.append(
                 await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]")
             )
+        if metadata.kind == FACEID:
+            return await self._store_record(tenant, metadata, references, file_ref=None)
         if metadata.url:
             try:
                 fetched = await self._http.fetch(
@@ -284,17 +303,30 @@ class TuneStore:
         file_ref = await self._objects.put_bytes(
             names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}{kind}.safetensors", content
         )
+        return await self._store_record(tenant, metadata, references, file_ref=file_ref, tune_id=tune_id)
+
+    async def _store_record(
+        self,
+        tenant: str,
+        metadata: jobs_pb2.TuneMetadata,
+        references: list[common_pb2.ImageRef],
+        *,
+        file_ref: common_pb2.ObjectRef | None,
+        tune_id: str = "",
+    ) -> jobs_pb2.Tune:
+        tune_id = tune_id or new_tune_id()
         tune = jobs_pb2.Tune(
             tune_id=tune_id,
             name=metadata.name or f"{metadata.token} {metadata.class_name}",
             token=metadata.token,
             class_name=metadata.class_name,
             base_family=metadata.base_family,
-            kind=kind,
-            file=file_ref,
+            kind=metadata.kind or "lora",
             reference_images=references,
             characteristics=dict(metadata.characteristics),
         )
+        if file_ref is not None:
+            tune.file.CopyFrom(file_ref)
         tune.created_at.GetCurrentTime()
         await self._kv.create(names.tune_key(tenant, tune_id), tune.SerializeToString())
         return tune

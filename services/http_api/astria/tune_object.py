@@ -26,7 +26,8 @@ DEFAULT_TOKENS = {"sd15": "sks", "sdxl": "ohwx"}
 TRAINING_REFUSED = (
     "training is not offered: this service registers tunes from trained weights. Send the weights as "
     "tune[weights] (a .safetensors LoRA or checkpoint file) or tune[weights_url] (an http(s) URL of one); "
-    "tune[images][] are then kept as the tune's reference face images"
+    "tune[images][] are then kept as the tune's reference face images. A tune[model_type]=faceid tune needs "
+    "no weights: its tune[images][] are the identity"
 )
 #: Fields accepted and ignored without a warning: training options that have no meaning here.
 _TRAINING_OPTIONS = frozenset(
@@ -61,6 +62,11 @@ class TuneForm:
     warnings: tuple[str, ...] = field(default=())
 
     @property
+    def faceid(self) -> bool:
+        """A ``model_type=faceid`` tune without weights: its face images are the identity (no training)."""
+        return self.model_type == "faceid" and self.weights is None and not self.weights_url
+
+    @property
     def family(self) -> str:
         return BRANCHES.get(self.branch or "sd15", "")
 
@@ -72,7 +78,7 @@ class TuneForm:
             token=self.token or DEFAULT_TOKENS.get(family, "sks"),
             class_name=self.class_name,
             base_family=family,
-            kind=MODEL_TYPES[self.model_type],
+            kind="faceid" if self.faceid else MODEL_TYPES[self.model_type],
             url=self.weights_url,
             sha256=self.sha256,
             characteristics=dict(self.characteristics),
@@ -109,7 +115,14 @@ class TuneForm:
             problems.append(
                 Violation(tune_field("weights_url"), "give tune[weights] or tune[weights_url], not both")
             )
-        if self.weights is None and not self.weights_url:
+        if self.faceid:
+            if not self.images:
+                problems.append(
+                    Violation(
+                        "tune[images][]", "a faceid tune needs at least one face image (tune[images][])"
+                    )
+                )
+        elif self.weights is None and not self.weights_url:
             problems.append(Violation(tune_field("weights"), TRAINING_REFUSED))
         if problems:
             raise InvalidInput.of(problems)
@@ -352,7 +365,7 @@ def tune_object(
         "created_at": created,
         "updated_at": created,
         "branch": branch,
-        "model_type": "lora" if tune.kind == "lora" else None,
+        "model_type": {"lora": "lora", "faceid": "faceid"}.get(tune.kind),
         "url": f"{base_url}/tunes/{tune.tune_id}.json",
         "orig_images": [],
         "is_api": True,

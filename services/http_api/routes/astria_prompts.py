@@ -90,13 +90,15 @@ async def _form(request: Request) -> PromptForm:
 async def _origin(gateway, authorization: str | None, tune_id: str, text: str) -> Origin:
     """Whether the path's tune is the caller's own (applied as a tag) or names the base model."""
     try:
-        await call(gateway.get_tune(authorization, tune_id))
+        tune = await call(gateway.get_tune(authorization, tune_id))
     except HttpError as error:
         if error.status == 404:
             return Origin(tune_id)
         raise
     tagged = re.search(rf"<(lora|faceid):{tune_id}(:|>)", text)
-    return Origin(tune_id, tune_applied=tagged is None)
+    return Origin(
+        tune_id, tune_applied=tagged is None, tag_kind="faceid" if tune.kind == "faceid" else "lora"
+    )
 
 
 async def _upload(gateway, authorization: str | None, form: PromptForm, name: str) -> str:
