@@ -124,7 +124,10 @@ def run_get(args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(tune, preserving_proto_field_name=True, indent=2, sort_keys=True))
     else:
         print(format_tune(tune))
-        print(f"  file {tune.file.bucket}/{tune.file.key}  sha256 {tune.file.sha256}")
+        if tune.file.key:
+            print(f"  file {tune.file.bucket}/{tune.file.key}  sha256 {tune.file.sha256}")
+        if tune.reference_images:
+            print(f"  {len(tune.reference_images)} reference face image(s)")
         for name, text in sorted(tune.characteristics.items()):
             print(f"  {{{{{name}}}}} = {text}")
     return 0
