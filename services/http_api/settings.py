@@ -40,6 +40,10 @@ class HttpApiSettings:
     s3: S3Settings = field(default_factory=S3Settings)
     #: ``prompt[callback]`` of the Astria endpoints: relay URL, signing key, address policy.
     astria_callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    #: Astria's account-level idempotency (``MULTIPASS_HTTP_ASTRIA_IDEMPOTENCY``): a tune whose title an
+    #: existing tune of the tenant has, and a prompt whose key fields (:mod:`.astria.idempotency`) an earlier
+    #: prompt of the tune had, are answered with the existing one instead of being made again.
+    astria_idempotency: bool = False
     log_level: str = "INFO"
     #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
     event_loop: str = DEFAULT_EVENT_LOOP
@@ -82,6 +86,7 @@ class HttpApiSettings:
             ),
             s3=S3Settings.from_env(env),
             astria_callbacks=callback_settings_from_env(env),
+            astria_idempotency=env.bool("HTTP_ASTRIA_IDEMPOTENCY", False),
             log_level=env.choice(
                 "LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),

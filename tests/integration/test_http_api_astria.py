@@ -34,8 +34,14 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 MAX_BODY = 16 * 1024
 
 
+@pytest.fixture(name="astria_overrides")
+def astria_overrides_fixture() -> dict:
+    """Settings of the HTTP service a test changes (parametrize it)."""
+    return {}
+
+
 @pytest.fixture(name="astria_api")
-async def astria_api_fixture(stack):
+async def astria_api_fixture(stack, astria_overrides):
     """Gateway and HTTP service allowed to call loopback (the relay and the test's receiver)."""
     await stack.start_gateway(fetch_allow=FetchAllowList(networks=LOOPBACK))
     tenant = await stack.tenant("acme")
@@ -45,6 +51,7 @@ async def astria_api_fixture(stack):
         astria_callbacks=CallbackSettings(
             signing_key=SIGNING_KEY, allow_networks=LOOPBACK, timeout_seconds=5.0
         ),
+        **astria_overrides,
     )
     try:
         yield HttpApi(handle=handle, stack=stack, key=tenant.api_key, tenant=tenant.tenant)
@@ -587,3 +594,40 @@ async def test_a_faceid_tune_is_created_from_face_images_alone(astria_api):
             "/tunes/1/prompts", json={"prompt": {"text": f"ohwx woman <lora:{tune['id']}:1>"}}
         )
         assert as_lora.status_code == 422 and f"<faceid:{tune['id']}:1>" in json.dumps(as_lora.json())
+
+
+@pytest.mark.parametrize("astria_overrides", [{"astria_idempotency": True}], ids=["idempotent"])
+async def test_account_idempotency_answers_repeats_with_the_first_tune_and_prompt(astria_api):
+    async with astria_api.client() as client:
+        first = await client.post("/tunes", files=registration("order-13", "woman"))
+        again = await client.post("/tunes", files=registration("order-13", "woman"))
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert any("exists: answered with it" in w for w in again.json()["warnings"])
+        other = await client.post("/tunes", files=registration("order-14", "woman"))
+        assert other.json()["id"] != first.json()["id"]
+        tune = first.json()["id"]
+
+        body = {"prompt": {"text": "ohwx woman, portrait", "steps": 2, "w": 256, "h": 256, "seed": 7}}
+        one = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
+        two = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
+        assert one["id"] == two["id"]
+        # A field outside Astria's key (film grain) does not make it another prompt; a keyed one (seed) does.
+        grain = {"prompt": {**body["prompt"], "film_grain": True}}
+        assert (await client.post(f"/tunes/{tune}/prompts", json=grain)).json()["id"] == one["id"]
+        seeded = {"prompt": {**body["prompt"], "seed": 8}}
+        assert (await client.post(f"/tunes/{tune}/prompts", json=seeded)).json()["id"] != one["id"]
+        # Another tune, the same fields: another prompt.
+        elsewhere = (await client.post(f"/tunes/{other.json()['id']}/prompts", json=body)).json()
+        assert elsewhere["id"] != one["id"]
+
+
+async def test_without_account_idempotency_repeats_are_new_prompts(astria_api):
+    async with astria_api.client() as client:
+        tune = (await client.post("/tunes", files=registration("order-15", "woman"))).json()["id"]
+        again = await client.post("/tunes", files=registration("order-15", "woman"))
+        assert again.json()["id"] != tune
+        body = {"prompt": {"text": "ohwx woman", "steps": 2, "w": 256, "h": 256, "seed": 7}}
+        one = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
+        two = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
+        assert one["id"] != two["id"]

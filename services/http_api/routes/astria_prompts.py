@@ -15,13 +15,15 @@ import logging
 import re
 from typing import Annotated
 
+import grpc
 from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
 
 from multipass.errors import InvalidInput, NotFound, Violation
+from multipass.grpc.errors import reason_of
 from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2
-from multipass_http_api.astria import callbacks
+from multipass_http_api.astria import callbacks, idempotency
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call
 from multipass_http_api.astria.origin import Origin, origin_of
@@ -135,23 +137,42 @@ async def submit_prompt(
     if problems:
         raise InvalidInput.of(problems)
     origin = await _origin(gateway, authorization, tune_id, form.text)
+    nonce = ""
+    if settings.astria_idempotency:
+        nonce = idempotency.prompt_nonce(tune_id, form.text, form.callback, form.params)
     input_id = await _upload(gateway, authorization, form, "input_image")
     mask_id = await _upload(gateway, authorization, form, "mask_image")
-    submitted = await call(
-        gateway.submit_job(
-            authorization,
-            jobs_pb2.SubmitJobRequest(
-                prompt=origin.submitted_text(form.text),
-                params=form.params,
-                input_image_id=input_id,
-                mask_image_id=mask_id,
-                callback_url=callback_url,
-                idempotency_key=origin.idempotency_key(),
-            ),
-        )
+    request = jobs_pb2.SubmitJobRequest(
+        prompt=origin.submitted_text(form.text),
+        params=form.params,
+        input_image_id=input_id,
+        mask_image_id=mask_id,
+        callback_url=callback_url,
+        idempotency_key=origin.idempotency_key(nonce),
     )
+    try:
+        submitted = await gateway.submit_job(authorization, request)
+    except grpc.RpcError as error:
+        first = _first_job_of_key(error) if nonce else None
+        if first is None:
+            await call(_raise(error))
+        # The same key fields with other fields changed: Astria answers with the first prompt too.
+        submitted = jobs_pb2.SubmitJobResponse(job_id=first, existing=True)
     job = await call(gateway.get_job(authorization, submitted.job_id))
     return _object(job, base_url, [*form.warnings, *submitted.warnings])
+
+
+def _first_job_of_key(error: grpc.RpcError) -> str | None:
+    """The job an idempotency key was first used for, when ``error`` is the gateway refusing a repeat whose
+    other fields differ."""
+    info = reason_of(error)
+    if info is None or info.reason != "IDEMPOTENCY_KEY_REUSED":
+        return None
+    return info.metadata.get("jobId") or None
+
+
+async def _raise(error: BaseException):
+    raise error
 
 
 @router.post("/tunes/{tune_id}/prompts", status_code=201)

@@ -68,6 +68,14 @@ async def create_tune(
                     )
                 ]
             )
+    if settings.astria_idempotency:
+        existing = await _tune_titled(gateway, authorization, form.title)
+        if existing is not None:  # Astria's idempotency: tunes are keyed by title
+            return tune_object(
+                existing,
+                base_url=base_url,
+                warnings=[f"a tune titled {form.title[:100]!r} exists: answered with it, nothing registered"],
+            )
     metadata = form.metadata()
     for image in form.images:
         uploaded = await call(
@@ -96,6 +104,24 @@ async def create_tune(
             tune_id=tune.tune_id,
         )
     return answer
+
+
+async def _tune_titled(gateway, authorization: str | None, title: str) -> jobs_pb2.Tune | None:
+    """The caller's newest tune titled ``title`` (Astria's ``title`` is our ``Tune.name``), or None."""
+    token = ""
+    while True:
+        page = await call(
+            gateway.list_tunes(
+                authorization, jobs_pb2.ListTunesRequest(page_size=_GATEWAY_PAGE, page_token=token)
+            ),
+            tune_field,
+        )
+        found = next((tune for tune in page.tunes if tune.name == title), None)
+        if found is not None:
+            return found
+        token = page.next_page_token
+        if not token:
+            return None
 
 
 async def _check_callback(url: str, settings) -> None:
