@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from multipass.errors import Violation
 from multipass.model_catalog.features import feature_of_capability, fix_command
+from multipass.model_catalog.layout import CONTROLNET_KINDS as SERVED_CONTROLNETS
 from multipass.v1 import diffusion_pb2, prompt_pb2
 
 #: Installed component needed per option: (capability, field it is named after in errors).
@@ -161,6 +162,14 @@ class MissingComponent:
     fix: str
 
     def violation(self) -> Violation:
+        head, _, kind = self.capability.partition(":")
+        if head == "controlnet" and self.feature is None:
+            # reference-only and composition are parsed (Astria names them) but no worker implements them.
+            return Violation(
+                self.field,
+                f"controlnet={kind} is not implemented by the diffusion workers of this version; the "
+                f"ControlNets they serve (once installed) are {', '.join(SERVED_CONTROLNETS)}",
+            )
         description = f"needs {self.capability!r}, which the diffusion workers do not have installed"
         if self.fix:
             description += f"; install it with `{self.fix}`"

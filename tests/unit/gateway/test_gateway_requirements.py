@@ -71,3 +71,14 @@ def test_what_no_model_file_provides_has_no_fix():
         "needs 'pass:upscale', which the diffusion workers do not have installed"
     )
     assert requirements.pull_command(missing) == ""
+
+
+def test_a_controlnet_no_worker_implements_is_said_to_be_unimplemented_not_uninstalled():
+    (missing,) = requirements.missing_components(
+        [("controlnet:reference", "params.controlnet")], set(), family_sd15
+    )
+    violation = missing.violation()
+    assert violation.field == "params.controlnet"
+    assert violation.description.startswith("controlnet=reference is not implemented by the diffusion workers")
+    assert "pose, canny, depth, lineart, mlsd, hed, tile, qr" in violation.description
+    assert "install" not in violation.description.replace("installed", "")
