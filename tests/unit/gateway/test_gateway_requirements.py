@@ -79,6 +79,8 @@ def test_a_controlnet_no_worker_implements_is_said_to_be_unimplemented_not_unins
     )
     violation = missing.violation()
     assert violation.field == "params.controlnet"
-    assert violation.description.startswith("controlnet=reference is not implemented by the diffusion workers")
+    assert violation.description.startswith(
+        "controlnet=reference is not implemented by the diffusion workers"
+    )
     assert "pose, canny, depth, lineart, mlsd, hed, tile, qr" in violation.description
     assert "install" not in violation.description.replace("installed", "")
