@@ -313,11 +313,14 @@ async def test_every_planned_pass_runs_on_the_worker_in_chain_order(worker, bus,
     assert "face 2 belongs to no tune: face swap skipped for it" in warnings["face_swap"]
     assert meta["upscale"]["output_size"] == "1536x1536"
     assert (meta["finish"]["color_grading"], meta["finish"]["film_grain"]) == ("Film Portra", "0.35")
-    # The faces pass repaints each face with its person's LoRAs but not (yet) with FaceID.
-    faceid_ignored = f"<faceid:{PERSON_TUNE}> ignored: the faces pass does not use faceid adapters"
-    assert faceid_ignored in warnings["faces"]
+    # The faces pass repaints each face with its person's LoRAs and FaceID identity (face 0's tune's
+    # reference images travel with the request).
+    assert meta["faces"]["faceid"] == f"0:{PERSON_TUNE}:0.7"
+    assert sorted(k for k in requests["faces"].spec.tune_files if "/reference-" in k) == [
+        f"{PERSON_TUNE}/reference-0",
+        f"{PERSON_TUNE}/reference-1",
+    ]
     for name, found in warnings.items():
-        found = [w for w in found if not (name == "faces" and w == faceid_ignored)]
         assert not [w for w in found if "ignored" in w or "not fetched" in w or "unchanged" in w], name
 
 

@@ -5,6 +5,8 @@ none, the pass's ``spec.loras``. Their files are in ``spec.tune_files`` by tune 
 ``PassInputs.tune_paths``, exactly as for the pass's own adapters (the engine resolves ``spec.loras``
 the same way). Reference images of a tune travel in the same map under the keys
 ``<tune_id>/reference-<k>`` (:func:`multipass_diffusion.tune_files.reference_key`), so the worker fetches them with the tune files.
+A face's ``<faceid:ID:W>`` ref conditions its inpaint on that tune's reference identity (IP-Adapter FaceID,
+attached for that face and detached for faces without one), as it does the person's pass.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
-from multipass_diffusion import models
+from multipass.v1 import diffusion_pb2
+from multipass_diffusion import faceid, models
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.tune_files import reference_keys
@@ -25,13 +28,17 @@ class FaceTunes:
     checkpoint: tuple[str, Path, str, str] | None = None
     adapters: list[AdapterRequest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The face's ``<faceid:...>`` identity, if it has one.
+    identity: faceid.FaceIdRequest | None = None
 
 
 def resolve(ctx: PassContext, loras, field_name: str) -> FaceTunes:
     """Resolve LoRA refs like the engine does for ``spec.loras``; errors name ``field_name``."""
     spec, inputs = ctx.spec, ctx.inputs
-    found = FaceTunes()
+    found = FaceTunes(identity=_identity(ctx, loras))
     for ref in loras:
+        if ref.kind == faceid.KIND:
+            continue  # found.identity
         if ref.kind and ref.kind != "lora":
             found.warnings.append(
                 f"<{ref.kind}:{ref.tune_id}> ignored: the {spec.kind} pass does not use {ref.kind} adapters"
@@ -59,7 +66,8 @@ def resolve(ctx: PassContext, loras, field_name: str) -> FaceTunes:
 
 
 def activate(ctx: PassContext, tunes: FaceTunes):
-    """Make ``tunes`` the active adapters; returns the (component set, adapter cache) to sample with."""
+    """Make ``tunes`` the active adapters (FaceID attached for a face with an identity, detached for one
+    without); returns the (component set, adapter cache) to sample with."""
     runtime = ctx.runtime
     if tunes.checkpoint is None:
         components, adapters = runtime.components_for(None, None, None, None)
@@ -67,8 +75,21 @@ def activate(ctx: PassContext, tunes: FaceTunes):
         tune_id, path, sha256, layout = tunes.checkpoint
         components, adapters = runtime.components_for(tune_id, path, sha256, layout)
         runtime.adapters.deactivate()
-    adapters.activate(tunes.adapters)
+    faceid_lora = runtime.faceid.activate(components, tunes.identity)
+    adapters.activate(tunes.adapters + ([faceid_lora] if faceid_lora is not None else []))
     return components, adapters
+
+
+def _identity(ctx: PassContext, loras) -> faceid.FaceIdRequest | None:
+    """The identity of the face's ``<faceid:...>`` ref (None without one), resolved as for a pass's."""
+    refs = faceid.faceid_refs(loras)
+    if not refs:
+        return None
+    probe = diffusion_pb2.PassSpec()
+    probe.CopyFrom(ctx.spec)
+    del probe.loras[:]
+    probe.loras.extend(refs)
+    return faceid.resolve(probe, ctx.inputs, ctx.runtime)
 
 
 def reference_images(ctx: PassContext, tune_id: str) -> list[Path]:

@@ -19,12 +19,14 @@ Pixels outside every feathered face mask are returned byte for byte.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
+from multipass_diffusion import faceid
 from multipass_diffusion.imaging.crop_inpaint import crop_box, feather, paste, working_size
 from multipass_diffusion.imaging.face_align import paste_back, square_alpha, warp
 from multipass_diffusion.imaging.face_regions import (
@@ -42,8 +44,10 @@ from multipass_diffusion.passes.progress import PartMonitor
 from multipass_diffusion.passes.sampling import generate
 from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur, needs_image
 from multipass_diffusion.spec_options import option_float
-from multipass_diffusion.tune_files import tune_file_parts
+from multipass_diffusion.tune_files import reference_keys, tune_file_parts
 
+#: The families whose FaceID weights a face's identity may use (the pass's model is one of them).
+FAMILIES = ("sd15", "sdxl")
 #: ADetailer's default inpaint strength for faces.
 DEFAULT_STRENGTH = 0.4
 #: Exponent of the dynamic denoise; 0 turns it off (options["faces_denoise_power"]).
@@ -58,9 +62,16 @@ class FacesPass(PassHandler):
     code_version = FINISHING_VERSION
 
     def cache_parts(self, spec: diffusion_pb2.PassSpec, model_dir) -> list[str]:
-        """The faces' own LoRA files are not in the engine's key (it hashes ``spec.loras`` only)."""
-        tune_ids = [ref.tune_id for face in spec.faces for ref in face.loras]
-        return super().cache_parts(spec, model_dir) + tune_file_parts(spec, tune_ids)
+        """The faces' own LoRA files and FaceID identities are not in the engine's key (it hashes
+        ``spec.loras`` only): their files, reference images and the FaceID weights are added."""
+        refs = [ref for face in spec.faces for ref in face.loras]
+        keys = [ref.tune_id for ref in refs]
+        parts = super().cache_parts(spec, model_dir)
+        identities = [ref.tune_id for ref in refs if ref.kind == faceid.KIND]
+        if identities:
+            keys += [key for tune_id in identities for key in reference_keys(spec, tune_id)]
+            parts += [f"faceid:{family}:{faceid.fingerprint(Path(model_dir), family)}" for family in FAMILIES]
+        return parts + tune_file_parts(spec, keys)
 
     def validate(self, spec: diffusion_pb2.PassSpec, inputs: PassInputs) -> None:
         check_common(spec)
@@ -170,6 +181,10 @@ class FacesPass(PassHandler):
         for warning in tunes.warnings:
             ctx.warn(warning)
         components, adapters = face_tunes.activate(ctx, tunes)
+        if tunes.identity is not None:  # e.g. "0:<tune id>:0.7;2:<tune id>:1"
+            told = ctx.metadata.get("faceid", "")
+            here = f"{index}:{tunes.identity.tune_id}:{tunes.identity.weight:g}"
+            ctx.metadata["faceid"] = f"{told};{here}" if told else here
         face_spec = diffusion_pb2.PassSpec()
         face_spec.CopyFrom(spec)
         face_spec.prompt = face.prompt or spec.prompt
@@ -177,6 +192,11 @@ class FacesPass(PassHandler):
         face_spec.seed = (spec.seed + index) % (1 << 32)
         face_spec.controlnet = ""
         face_ctx = dataclasses.replace(
-            ctx, spec=face_spec, components=components, adapters=adapters, monitor=monitor
+            ctx,
+            spec=face_spec,
+            components=components,
+            adapters=adapters,
+            monitor=monitor,
+            faceid=tunes.identity,
         )
         return generate(face_ctx, "inpaint", size=work, image=crop_image, mask=crop_mask, strength=strength)

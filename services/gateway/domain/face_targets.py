@@ -60,8 +60,9 @@ def faces_request(
 
     Each face gets its person's prompt and LoRAs (:func:`face_targets`). A ``faces`` pass activates
     them, so the tune file of each (with its sha256, as planned for the person passes) is added to
-    ``spec.tune_files`` for the worker to fetch; ``face_swap`` already carries its persons' reference
-    images (``<tune_id>/reference-<k>``) from the plan.
+    ``spec.tune_files`` for the worker to fetch, and for a ``<faceid:...>`` ref its tune's reference
+    images (``<tune_id>/reference-<k>``) as the person pass had them; ``face_swap`` already carries its
+    persons' reference images from the plan.
     """
     forwarded = diffusion_pb2.PassRequest()
     forwarded.CopyFrom(request)
@@ -69,11 +70,26 @@ def faces_request(
     if request.spec.kind in ADAPTER_FACE_KINDS:
         for target in forwarded.spec.faces:
             for ref in target.loras:
-                if ref.tune_id not in forwarded.spec.tune_files:
+                if ref.kind == "faceid":
+                    for key, image in _reference_files(record, ref.tune_id).items():
+                        forwarded.spec.tune_files[key].CopyFrom(image)
+                elif ref.tune_id not in forwarded.spec.tune_files:
                     file = _tune_file(record, ref.tune_id)
                     if file is not None:
                         forwarded.spec.tune_files[ref.tune_id].CopyFrom(file)
     return forwarded
+
+
+def _reference_files(record: events_pb2.JobRecord, tune_id: str) -> dict[str, common_pb2.ObjectRef]:
+    """The ``<tune_id>/reference-<k>`` entries the plan's passes carry for the tune."""
+    prefix = f"{tune_id}/reference-"
+    return {
+        key: ref
+        for plan in record.plans
+        for planned in plan.passes
+        for key, ref in planned.spec.tune_files.items()
+        if key.startswith(prefix)
+    }
 
 
 def _tune_file(record: events_pb2.JobRecord, tune_id: str) -> common_pb2.ObjectRef | None:

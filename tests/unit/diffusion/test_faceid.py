@@ -334,3 +334,39 @@ def test_passes_that_do_not_use_faceid_warn_and_run_the_plain_model(engine, tmp_
     output = engine.run(identity_spec, PassInputs(image=image, tune_paths=paths))
     assert "<faceid:40> ignored: the finish pass does not use faceid adapters" in output.warnings
     assert engine.runtime(SD15_MODEL).faceid.attached is None
+
+
+def test_the_faces_pass_conditions_each_face_on_its_own_identity(engine, tmp_path):
+    """A face whose person has <faceid:...> is repainted on that identity; the next face without one runs
+    the plain model (FaceID detached for it), and the identity is in the pass-cache key."""
+    from multipass.v1 import diffusion_pb2
+
+    size, left, right = (320, 96), (16, 24, 56, 72), (264, 24, 304, 72)  # crops far apart
+
+    def target(box, loras=()):
+        return diffusion_pb2.FaceTarget(
+            box=common_pb2.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]), prompt="a face", loras=list(loras)
+        )
+
+    image = scene(*size)
+    plain = engine.run(
+        spec(kind="faces", width=0, height=0, faces=[target(left), target(right)]), PassInputs(image=image)
+    )
+    identity_spec, paths = faceid_spec(tmp_path, kind="faces", width=0, height=0)
+    ref = identity_spec.loras[-1]
+    del identity_spec.loras[:]
+    identity_spec.faces.extend([target(left, [ref]), target(right)])
+    conditioned = engine.run(identity_spec, PassInputs(image=image, tune_paths=paths))
+    assert conditioned.metadata["faceid"] == "0:40:1"
+    assert not [w for w in conditioned.warnings if "faceid" in w]
+    a, b = pixels(conditioned.image), pixels(plain.image)
+    in_left = (slice(left[1], left[3]), slice(left[0], left[2]))
+    in_right = (slice(right[1], right[3]), slice(right[0], right[2]))
+    assert np.abs(a[in_left] - b[in_left]).mean() > 1.0
+    assert np.array_equal(a[in_right], b[in_right])
+    assert conditioned.spec_hash != plain.spec_hash
+    other_spec, other_paths = faceid_spec(tmp_path, kind="faces", width=0, height=0, seeds=(7, 8))
+    del other_spec.loras[:]
+    other_spec.faces.extend([target(left, [ref]), target(right)])
+    other = engine.run(other_spec, PassInputs(image=image, tune_paths=other_paths))
+    assert other.spec_hash != conditioned.spec_hash  # another reference face: another key
