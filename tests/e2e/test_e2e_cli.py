@@ -62,6 +62,29 @@ def test_tunes_register_list_get_delete(stack, sd15_model, tmp_path):
     refused = stack.cli("tunes", "update", tune_id)
     assert refused.returncode == 1 and "update_mask" in refused.stderr
 
+    # A faceid tune: face photos, no weights.
+    from PIL import Image
+
+    face = tmp_path / "face.png"
+    Image.new("RGB", (96, 96), "tan").save(face)
+    faceid = stack.cli(
+        "tunes",
+        "register",
+        "--kind",
+        "faceid",
+        "--token",
+        "ohwx",
+        "--class",
+        "woman",
+        "--reference",
+        str(face),
+    )
+    assert faceid.returncode == 0, faceid.stderr
+    shown = stack.cli("tunes", "get", faceid.stdout.strip())
+    assert "1 reference face image(s)" in shown.stdout and "file " not in shown.stdout
+    no_face = stack.cli("tunes", "register", "--kind", "faceid", "--token", "ohwx", "--class", "woman")
+    assert no_face.returncode == 1 and "--reference" in no_face.stderr
+
     not_a_lora = tmp_path / "notes.safetensors"
     not_a_lora.write_bytes(b"this is not a safetensors file")
     refused = stack.cli(

@@ -13,11 +13,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = tunes.add_subparsers(dest="tunes_command", metavar="ACTION", required=True)
 
     reg = actions.add_parser("register", help="register a LoRA or checkpoint file (or URL)")
-    reg.add_argument("file", help="a .safetensors file, or an http(s) URL the gateway fetches")
+    reg.add_argument(
+        "file",
+        nargs="?",
+        default="",
+        help="a .safetensors file, or an http(s) URL the gateway fetches (none for --kind faceid)",
+    )
     reg.add_argument("--token", required=True, help="trigger token, e.g. ohwx")
     reg.add_argument("--class", dest="class_name", required=True, help="class word, e.g. woman")
-    reg.add_argument("--family", required=True, choices=("sd15", "sdxl"), help="base model family")
-    reg.add_argument("--kind", default="lora", choices=("lora", "checkpoint"), help="default lora")
+    reg.add_argument(
+        "--family", choices=("sd15", "sdxl"), help="base model family (required unless --kind faceid)"
+    )
+    reg.add_argument(
+        "--kind",
+        default="lora",
+        choices=("lora", "checkpoint", "faceid"),
+        help="default lora; faceid: no file, the --reference faces are the identity",
+    )
+    reg.add_argument(
+        "--reference",
+        dest="references",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="IMAGE",
+        help="a photo of the person's face (repeatable): for face swap and <faceid:...>",
+    )
     reg.add_argument("--name", default="", help="display name (default: the file name)")
     reg.add_argument(
         "--characteristic",
@@ -84,17 +105,29 @@ def _not_a_file(path: Path) -> str:
 
 @reports_rpc_errors
 def run_register(args: argparse.Namespace) -> int:
+    faceid = args.kind == "faceid"
+    if faceid and (args.file or not args.references):
+        raise SystemExit("--kind faceid takes no file, and at least one --reference face image")
+    if not faceid and not args.file:
+        raise SystemExit("a .safetensors file or an http(s) URL is required (or --kind faceid)")
+    if not faceid and not args.family:
+        raise SystemExit("--family is required (sd15 or sdxl)")
+    for reference in args.references:
+        if not reference.is_file():
+            raise SystemExit(f"{reference}: {_not_a_file(reference)}")
     is_url = args.file.lower().startswith(("http://", "https://"))
-    path = None if is_url else Path(args.file)
+    path = None if is_url or faceid else Path(args.file)
     if path is not None and not path.is_file():
         raise SystemExit(f"{args.file}: {_not_a_file(path)}")
     with client_from_args(args) as client:
+        uploaded = tuple(client.jobs.upload_image(reference).image_id for reference in args.references)
         tune = client.tunes.register(
             path,
             url=args.file if is_url else "",
+            reference_image_ids=uploaded,
             token=args.token,
             class_name=args.class_name,
-            base_family=args.family,
+            base_family=args.family or "",
             kind=args.kind,
             name=args.name,
             characteristics=dict(args.characteristics),
