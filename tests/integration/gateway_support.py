@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -322,3 +324,36 @@ async def stack_fixture(
         await info.stop(0.5)
         await segmentation.stop(0.5)
         await parser.stop(0.5)
+
+
+class ImageServer:
+    """Serves one image on loopback (a job's input image, a tune's reference face)."""
+
+    def __init__(self, data: bytes):
+        owner = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                owner.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/photo.png"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

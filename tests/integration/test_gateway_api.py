@@ -18,6 +18,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
     MODEL,
     SIGNING_KEY,
+    ImageServer,
     bearer,
     capabilities_fixture,
     register_tune,
@@ -467,39 +468,6 @@ async def test_callback_url_inside_the_network_is_refused_without_allow_list(sta
     assert "loopback" in dict(field_violations(error))["callback_url"]
 
 
-class ImageServer:
-    """Serves one PNG on loopback (the input image of a job)."""
-
-    def __init__(self, data: bytes):
-        owner = self
-        self.hits = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                owner.hits += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/photo.png"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 async def test_input_image_url_is_fetched_stored_and_inpainted_in_the_prompt_mask(stack):
     allow = FetchAllowList(networks=(ipaddress.ip_network("127.0.0.1/32"),))
     await stack.start_gateway(fetch_allow=allow)
@@ -677,3 +645,64 @@ async def test_a_faceid_tune_is_reference_images_only(stack):
     assert (
         await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=metadata)
     ).deleted
+
+
+async def test_reference_images_from_urls_are_fetched_safely_and_stored_with_the_tune(stack):
+    allow = FetchAllowList(networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    await stack.start_gateway(fetch_allow=allow)
+    tenant = await stack.tenant()
+    metadata = bearer(tenant.api_key)
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 96), "tan").save(buffer, format="JPEG")
+    server = ImageServer(buffer.getvalue())
+
+    async def parts(*messages):
+        for message in messages:
+            yield message
+
+    try:
+        faceid = jobs_pb2.TuneMetadata(
+            token="ohwx", class_name="woman", kind="faceid", reference_image_urls=[server.url, server.url]
+        )
+        tune = await stack.tunes.RegisterTune(
+            parts(jobs_pb2.RegisterTuneRequest(metadata=faceid)), metadata=metadata
+        )
+        lora = jobs_pb2.TuneMetadata(
+            token="ohwx", class_name="woman", base_family="sd15", reference_image_urls=[server.url]
+        )
+        with_file = await stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(metadata=lora),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ),
+            metadata=metadata,
+        )
+    finally:
+        server.close()
+    assert server.hits == 3
+    keys = [ref.key for ref in tune.reference_images]
+    prefix = f"tunes/{tenant.tenant}/{tune.tune_id}/"
+    assert keys == [prefix + "reference-0", prefix + "reference-1"]
+    assert [(r.width, r.height) for r in tune.reference_images] == [(80, 96), (80, 96)]
+    assert all(await asyncio.gather(*(stack.store.exists(r.bucket, r.key) for r in tune.reference_images)))
+    assert with_file.reference_images[0].key.startswith(f"tunes/{tenant.tenant}/{with_file.tune_id}/")
+    # A URL inside the network without an allow-list entry, or one that is no image, is refused naming it.
+    refused = await rpc_error(
+        stack.tunes.RegisterTune(
+            parts(
+                jobs_pb2.RegisterTuneRequest(
+                    metadata=jobs_pb2.TuneMetadata(
+                        token="ohwx",
+                        class_name="woman",
+                        kind="faceid",
+                        reference_image_urls=["http://10.0.0.1/a.png"],
+                    )
+                )
+            ),
+            metadata=metadata,
+        )
+    )
+    assert "metadata.reference_image_urls[0]" in dict(field_violations(refused))
+    # Deleting the tune deletes the images fetched for it.
+    await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    assert not await stack.store.exists(tune.reference_images[0].bucket, tune.reference_images[0].key)

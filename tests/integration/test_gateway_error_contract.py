@@ -163,6 +163,20 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
             ),
             "metadata.characteristics",
         ),
+        ("RegisterTuneRequest", "metadata.reference_image_urls"): (
+            tunes.RegisterTune(
+                stream_of(
+                    jobs_pb2.RegisterTuneRequest(
+                        metadata=jobs_pb2.TuneMetadata(
+                            **tune_metadata, reference_image_urls=["https://example.com/f.png"] * 11
+                        )
+                    ),
+                    jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+                ),
+                metadata=mine,
+            ),
+            "metadata.reference_image_urls",
+        ),
         ("UpdateTuneRequest", "characteristics"): (
             tunes.UpdateTune(
                 jobs_pb2.UpdateTuneRequest(tune_id="1", characteristics={f"k{i}": "v" for i in range(33)}),

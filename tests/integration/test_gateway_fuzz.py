@@ -240,6 +240,7 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
         sha256=st.one_of(st.just(""), st.from_regex(r"[0-9a-f]{64}", fullmatch=True), st.text(max_size=70)),
         reference_image_ids=st.lists(ids(known["uploads"]), max_size=3),
         characteristics=named_texts,
+        reference_image_urls=st.lists(st.sampled_from(ODD_VALUES), max_size=2),
     )
     tune_parts = st.lists(
         st.one_of(

@@ -18,6 +18,8 @@ import pytest
 from gateway_support import (  # noqa: F401 - fixtures
     MODEL,
     SIGNING_KEY,
+    ImageServer,
+    bearer,
     capabilities_fixture,
     safetensors_bytes,
     segmentation_models_fixture,
@@ -26,6 +28,7 @@ from gateway_support import (  # noqa: F401 - fixtures
 from http_api_support import HttpApi, start_http_api
 from PIL import Image
 
+from multipass.v1 import jobs_pb2
 from multipass_gateway.settings import FetchAllowList
 from multipass_http_api.astria.callbacks import CallbackSettings, verify
 
@@ -631,3 +634,44 @@ async def test_without_account_idempotency_repeats_are_new_prompts(astria_api):
         one = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
         two = (await client.post(f"/tunes/{tune}/prompts", json=body)).json()
         assert one["id"] != two["id"]
+
+
+async def test_tune_image_urls_become_reference_faces(astria_api):
+    """Astria clients send face photos as ``tune[image_urls][]``: fetched (safely) and kept with the tune."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "tan").save(buffer, "PNG")
+    server = ImageServer(buffer.getvalue())
+    try:
+        async with astria_api.client() as client:
+            created = await client.post(
+                "/tunes",
+                json={
+                    "tune": {
+                        "title": "order-16",
+                        "name": "woman",
+                        "model_type": "faceid",
+                        "image_urls": [server.url, server.url],
+                    }
+                },
+            )
+            assert created.status_code == 201, created.text
+            assert created.json()["model_type"] == "faceid"
+            internal = await client.post(
+                "/tunes",
+                json={
+                    "tune": {
+                        "title": "order-17",
+                        "name": "woman",
+                        "model_type": "faceid",
+                        "image_urls": ["http://10.9.8.7/face.png"],
+                    }
+                },
+            )
+            assert internal.status_code == 422 and "tune[image_urls][]" in internal.json()["errors"]
+    finally:
+        server.close()
+    assert server.hits == 2
+    tune = await astria_api.stack.tunes.GetTune(
+        jobs_pb2.GetTuneRequest(tune_id=str(created.json()["id"])), metadata=bearer(astria_api.key)
+    )
+    assert len(tune.reference_images) == 2

@@ -7,6 +7,7 @@ files are accepted: pickled ``.ckpt``/``.pt`` files execute code when loaded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -150,9 +151,12 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
                     "identity; register LoRA weights as kind lora",
                 )
             )
-        if not metadata.reference_image_ids:
+        if not metadata.reference_image_ids and not metadata.reference_image_urls:
             problems.append(
-                Violation("metadata.reference_image_ids", "a faceid tune needs at least one reference image")
+                Violation(
+                    "metadata.reference_image_ids",
+                    "a faceid tune needs at least one reference image (reference_image_ids or _urls)",
+                )
             )
     elif metadata.url and streamed:
         problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
@@ -161,11 +165,15 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
             Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
         )
     problems += characteristics.check(metadata.characteristics)
-    if len(metadata.reference_image_ids) > MAX_REFERENCE_IMAGES:
+    count = len(metadata.reference_image_ids) + len(metadata.reference_image_urls)
+    if count > MAX_REFERENCE_IMAGES:
         problems.append(
             Violation(
-                "metadata.reference_image_ids",
-                f"got {len(metadata.reference_image_ids)} images; at most {MAX_REFERENCE_IMAGES}",
+                "metadata.reference_image_urls"
+                if metadata.reference_image_urls
+                else "metadata.reference_image_ids",
+                f"got {count} images{' (ids and urls together)' if metadata.reference_image_urls else ''}; "
+                f"at most {MAX_REFERENCE_IMAGES}",
             )
         )
     else:
@@ -273,8 +281,14 @@ class TuneStore:
             references.append(
                 await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]")
             )
+        fetched_references = [
+            await self._fetch_reference(url, f"metadata.reference_image_urls[{index}]")
+            for index, url in enumerate(metadata.reference_image_urls)
+        ]
+        tune_id = new_tune_id()
         if metadata.kind == FACEID:
-            return await self._store_record(tenant, metadata, references, file_ref=None)
+            references += await self._store_references(tenant, tune_id, fetched_references, len(references))
+            return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
         if metadata.url:
             try:
                 fetched = await self._http.fetch(
@@ -299,7 +313,7 @@ class TuneStore:
             )
         check_safetensors(content, field, metadata.base_family)
         kind = metadata.kind or "lora"
-        tune_id = new_tune_id()
+        references += await self._store_references(tenant, tune_id, fetched_references, len(references))
         file_ref = await self._objects.put_bytes(
             names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}{kind}.safetensors", content
         )
@@ -330,6 +344,43 @@ class TuneStore:
         tune.created_at.GetCurrentTime()
         await self._kv.create(names.tune_key(tenant, tune_id), tune.SerializeToString())
         return tune
+
+    async def _fetch_reference(self, url: str, field: str) -> tuple[bytes, tuple[int, int]]:
+        """A reference face image from ``url`` (the user's address, fetched safely), checked to decode."""
+        try:
+            fetched = await self._http.fetch(
+                url,
+                max_bytes=self._limits.max_image_bytes,
+                timeout=self._limits.fetch_timeout_seconds,
+                max_redirects=self._limits.max_redirects,
+            )
+        except FetchError as error:
+            raise InvalidInput.of([Violation(field, error.reason)]) from error
+        image = await asyncio.to_thread(
+            decode_image, fetched.data, field=field, max_pixels=self._limits.max_image_pixels
+        )
+        return fetched.data, image.size
+
+    async def _store_references(
+        self, tenant: str, tune_id: str, images: list[tuple[bytes, tuple[int, int]]], first: int
+    ) -> list[common_pb2.ImageRef]:
+        """Fetched reference images stored with the tune (deleted with it), numbered from ``first``."""
+        stored = []
+        for number, (data, (width, height)) in enumerate(images, start=first):
+            ref = await self._objects.put_bytes(
+                names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}reference-{number}", data
+            )
+            stored.append(
+                common_pb2.ImageRef(
+                    bucket=ref.bucket,
+                    key=ref.key,
+                    sha256=ref.sha256,
+                    size=ref.size,
+                    width=width,
+                    height=height,
+                )
+            )
+        return stored
 
     async def _upload_ref(self, tenant: str, image_id: str, field: str) -> common_pb2.ImageRef:
         key = names.upload_key(tenant, image_id)

@@ -47,6 +47,8 @@ def tune_field(field: str) -> str:
         return f"tune[{_TUNE_FIELDS[field]}]"
     if field.startswith("metadata.reference_image_ids"):
         return "tune[images][]"
+    if field.startswith("metadata.reference_image_urls"):
+        return "tune[image_urls][]"
     for prefix in ("metadata.characteristics", "characteristics"):  # RegisterTune's, UpdateTune's
         if field.startswith(prefix):  # ...[NAME]
             return "tune[characteristics]" + field[len(prefix) :]

@@ -82,6 +82,7 @@ class TuneForm:
             url=self.weights_url,
             sha256=self.sha256,
             characteristics=dict(self.characteristics),
+            reference_image_urls=list(self.image_urls),
         )
 
     def check(self) -> None:
@@ -116,10 +117,11 @@ class TuneForm:
                 Violation(tune_field("weights_url"), "give tune[weights] or tune[weights_url], not both")
             )
         if self.faceid:
-            if not self.images:
+            if not self.images and not self.image_urls:
                 problems.append(
                     Violation(
-                        "tune[images][]", "a faceid tune needs at least one face image (tune[images][])"
+                        "tune[images][]",
+                        "a faceid tune needs at least one face image (tune[images][] or tune[image_urls][])",
                     )
                 )
         elif self.weights is None and not self.weights_url:
@@ -181,8 +183,6 @@ def build_tune_form(fields: Iterable[tuple[str, object]]) -> TuneForm:
             warnings.append(f"unknown field tune[{name}] ignored")
     if problems:
         raise InvalidInput.of(problems)
-    if image_urls and (weights is not None or scalars.get("weights_url")):
-        warnings.append("tune[image_urls][] ignored: upload reference images as tune[images][] files")
     return TuneForm(
         title=scalars.get("title", ""),
         class_name=scalars.get("name", ""),

@@ -56,8 +56,15 @@ async def create_tune(
     form.check()
     if form.callback:
         await _check_callback(form.callback, settings)
-    if len(form.images) > MAX_REFERENCE_IMAGES:
-        raise InvalidInput.of([Violation("tune[images][]", f"at most {MAX_REFERENCE_IMAGES} images")])
+    if len(form.images) + len(form.image_urls) > MAX_REFERENCE_IMAGES:
+        raise InvalidInput.of(
+            [
+                Violation(
+                    "tune[images][]",
+                    f"at most {MAX_REFERENCE_IMAGES} images (tune[images][] and tune[image_urls][] together)",
+                )
+            ]
+        )
     for image in form.images:
         if not image.content_type.startswith("image/") and image.content_type != "application/octet-stream":
             raise InvalidInput.of(
