@@ -99,6 +99,18 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
     mine = bearer(tenant.api_key)
     jobs, tunes = stack.jobs, stack.tunes
     tune_metadata = {"token": "ohwx", "class_name": "woman", "base_family": "sd15"}
+
+    def register(**fields):
+        """RegisterTune of a LoRA with ``fields`` added to its metadata."""
+        metadata = jobs_pb2.TuneMetadata(**tune_metadata, **fields)
+        return tunes.RegisterTune(
+            stream_of(
+                jobs_pb2.RegisterTuneRequest(metadata=metadata),
+                jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
+            ),
+            metadata=mine,
+        )
+
     # One out-of-range value per ranged field: (request type, field path) -> (call, violated field).
     cases = {
         ("ListJobsRequest", "page_size"): (
@@ -138,43 +150,15 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
             "params",
         ),
         ("RegisterTuneRequest", "metadata.reference_image_ids"): (
-            tunes.RegisterTune(
-                stream_of(
-                    jobs_pb2.RegisterTuneRequest(
-                        metadata=jobs_pb2.TuneMetadata(**tune_metadata, reference_image_ids=["0" * 24] * 11)
-                    ),
-                    jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
-                ),
-                metadata=mine,
-            ),
+            register(reference_image_ids=["0" * 24] * 11),
             "metadata.reference_image_ids",
         ),
         ("RegisterTuneRequest", "metadata.characteristics"): (
-            tunes.RegisterTune(
-                stream_of(
-                    jobs_pb2.RegisterTuneRequest(
-                        metadata=jobs_pb2.TuneMetadata(
-                            **tune_metadata, characteristics={f"k{i}": "v" for i in range(33)}
-                        )
-                    ),
-                    jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
-                ),
-                metadata=mine,
-            ),
+            register(characteristics={f"k{i}": "v" for i in range(33)}),
             "metadata.characteristics",
         ),
         ("RegisterTuneRequest", "metadata.reference_image_urls"): (
-            tunes.RegisterTune(
-                stream_of(
-                    jobs_pb2.RegisterTuneRequest(
-                        metadata=jobs_pb2.TuneMetadata(
-                            **tune_metadata, reference_image_urls=["https://example.com/f.png"] * 11
-                        )
-                    ),
-                    jobs_pb2.RegisterTuneRequest(chunk=safetensors_bytes()),
-                ),
-                metadata=mine,
-            ),
+            register(reference_image_urls=["https://example.com/f.png"] * 11),
             "metadata.reference_image_urls",
         ),
         ("UpdateTuneRequest", "characteristics"): (
