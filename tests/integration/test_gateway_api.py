@@ -614,6 +614,12 @@ async def test_a_faceid_tune_is_reference_images_only(stack):
         parts(jobs_pb2.RegisterTuneRequest(metadata=faceid)), metadata=metadata
     )
     assert tune.kind == "faceid" and not tune.file.key and len(tune.reference_images) == 1
+    # The uploaded face is copied under the tune (deleted with it below), not left pointing at the upload.
+    face = tune.reference_images[0]
+    assert face.key == f"tunes/{tenant.tenant}/{tune.tune_id}/reference-0" and (face.width, face.height) == (
+        64,
+        64,
+    )
     # Used as <faceid:...>: accepted; as <lora:...>: refused with the tag to write.
     submitted = await stack.jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(
@@ -641,10 +647,11 @@ async def test_a_faceid_tune_is_reference_images_only(stack):
         )
     )
     assert set(dict(field_violations(bad))) == {"chunk", "metadata.reference_image_ids"}
-    # Deleting it removes the record.
+    # Deleting it removes the record and the copy of the face.
     assert (
         await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=metadata)
     ).deleted
+    assert not await stack.store.exists(face.bucket, face.key)
 
 
 async def test_reference_images_from_urls_are_fetched_safely_and_stored_with_the_tune(stack):

@@ -276,18 +276,19 @@ class TuneStore:
         problems = check_metadata(metadata, streamed=bool(data))
         if problems:
             raise InvalidInput.of(problems)
-        references = []
-        for index, image_id in enumerate(metadata.reference_image_ids):
-            references.append(
-                await self._upload_ref(tenant, image_id, f"metadata.reference_image_ids[{index}]")
-            )
-        fetched_references = [
+        # Uploaded and fetched faces are read and checked first, and stored with the tune (deleted with it)
+        # only once everything else is valid.
+        faces = [
+            await self._uploaded_reference(tenant, image_id, f"metadata.reference_image_ids[{index}]")
+            for index, image_id in enumerate(metadata.reference_image_ids)
+        ]
+        faces += [
             await self._fetch_reference(url, f"metadata.reference_image_urls[{index}]")
             for index, url in enumerate(metadata.reference_image_urls)
         ]
         tune_id = new_tune_id()
         if metadata.kind == FACEID:
-            references += await self._store_references(tenant, tune_id, fetched_references, len(references))
+            references = await self._store_references(tenant, tune_id, faces)
             return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
         if metadata.url:
             try:
@@ -313,7 +314,7 @@ class TuneStore:
             )
         check_safetensors(content, field, metadata.base_family)
         kind = metadata.kind or "lora"
-        references += await self._store_references(tenant, tune_id, fetched_references, len(references))
+        references = await self._store_references(tenant, tune_id, faces)
         file_ref = await self._objects.put_bytes(
             names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}{kind}.safetensors", content
         )
@@ -362,11 +363,11 @@ class TuneStore:
         return fetched.data, image.size
 
     async def _store_references(
-        self, tenant: str, tune_id: str, images: list[tuple[bytes, tuple[int, int]]], first: int
+        self, tenant: str, tune_id: str, images: list[tuple[bytes, tuple[int, int]]]
     ) -> list[common_pb2.ImageRef]:
-        """Fetched reference images stored with the tune (deleted with it), numbered from ``first``."""
+        """Reference face images stored with the tune (``reference-<k>``, deleted with it)."""
         stored = []
-        for number, (data, (width, height)) in enumerate(images, start=first):
+        for number, (data, (width, height)) in enumerate(images):
             ref = await self._objects.put_bytes(
                 names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}reference-{number}", data
             )
@@ -382,24 +383,23 @@ class TuneStore:
             )
         return stored
 
-    async def _upload_ref(self, tenant: str, image_id: str, field: str) -> common_pb2.ImageRef:
-        key = names.upload_key(tenant, image_id)
+    async def _uploaded_reference(
+        self, tenant: str, image_id: str, field: str
+    ) -> tuple[bytes, tuple[int, int]]:
+        """An uploaded reference face image (``UploadImage``), checked to decode."""
         try:
             data = await self._objects.get_bytes(
-                names.BUCKET_JOBS, key, max_bytes=self._limits.max_image_bytes, field=field
+                names.BUCKET_JOBS,
+                names.upload_key(tenant, image_id),
+                max_bytes=self._limits.max_image_bytes,
+                field=field,
             )
         except NotFound as error:
             raise unknown_upload(field, image_id) from error
-        image = decode_image(data, field=field, max_pixels=self._limits.max_image_pixels)
-        return common_pb2.ImageRef(
-            bucket=names.BUCKET_JOBS,
-            key=key,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            width=image.width,
-            height=image.height,
-            content_type="image/png",
+        image = await asyncio.to_thread(
+            decode_image, data, field=field, max_pixels=self._limits.max_image_pixels
         )
+        return data, image.size
 
     async def find(self, tenant: str, tune_id: str) -> jobs_pb2.Tune | None:
         if not valid_tune_id(tune_id):
