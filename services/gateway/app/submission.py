@@ -48,13 +48,14 @@ from multipass_gateway.domain import (
     planner,
     requirements,
 )
+from multipass_gateway.domain.tune_checks import valid_upload_id
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.diffusion_info import DiffusionInfo
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget
-from multipass_gateway.infra.tune_store import TuneStore, unknown_upload, valid_upload_id
+from multipass_gateway.infra.tune_store import TuneStore, unknown_upload
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

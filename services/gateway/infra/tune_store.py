@@ -26,30 +26,22 @@ from multipass.images import decode_image
 from multipass.safetensors_header import header_problem
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
-from multipass_gateway.domain import characteristics, request_checks
+from multipass_gateway.domain import request_checks
+from multipass_gateway.domain.tune_checks import (
+    FACEID,
+    check_metadata,
+    check_update,
+    update_paths,
+)
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import Limits
 
-FAMILIES = ("sd15", "sdxl")
-KINDS = ("lora", "checkpoint", "faceid")
-#: A tune of reference face images only (Astria's ``model_type=faceid``): no file, used as ``<faceid:ID:W>``
-#: and by face swap; its family is that of whichever model runs the pass.
-FACEID = "faceid"
-_TOKEN = re.compile(r"^[a-z0-9]{2,32}$")
-_CLASS = re.compile(r"^[a-z][a-z -]{0,31}$")
 _TUNE_ID = re.compile(r"^[0-9]{1,24}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{24}$")
-MAX_REFERENCE_IMAGES = 10
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 def valid_tune_id(tune_id: str) -> bool:
     return bool(_TUNE_ID.match(tune_id))
-
-
-def valid_upload_id(image_id: str) -> bool:
-    return bool(_UPLOAD_ID.match(image_id))
 
 
 def new_tune_id() -> str:
@@ -108,125 +100,6 @@ def check_tune_format(header: dict, field: str, family: str = "") -> None:
                 )
             ]
         )
-
-
-def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
-    problems = []
-    if not _TOKEN.match(metadata.token):
-        problems.append(
-            Violation(
-                "metadata.token",
-                f"got {echo(metadata.token)}; expected 2..32 lower-case letters or digits, e.g. 'ohwx'",
-            )
-        )
-    if not _CLASS.match(metadata.class_name):
-        problems.append(
-            Violation(
-                "metadata.class_name",
-                f"got {echo(metadata.class_name)}; expected a lower-case class word, e.g. 'woman'",
-            )
-        )
-    faceid = metadata.kind == FACEID
-    if metadata.base_family not in FAMILIES and not (faceid and not metadata.base_family):
-        problems.append(
-            Violation(
-                "metadata.base_family",
-                f"got {echo(metadata.base_family)}; expected one of {', '.join(FAMILIES)}",
-            )
-        )
-    if metadata.kind and metadata.kind not in KINDS:
-        problems.append(
-            Violation("metadata.kind", f"got {echo(metadata.kind)}; expected one of {', '.join(KINDS)}")
-        )
-    if len(metadata.name) > 100 or not metadata.name.isprintable():
-        problems.append(Violation("metadata.name", "expected at most 100 printable characters"))
-    if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
-        problems.append(Violation("metadata.sha256", f"got {echo(metadata.sha256)}; expected 64 hex digits"))
-    if faceid:
-        if metadata.url or streamed:
-            problems.append(
-                Violation(
-                    "metadata.url" if metadata.url else "chunk",
-                    "a faceid tune has no file: its reference images (metadata.reference_image_ids) are the "
-                    "identity; register LoRA weights as kind lora",
-                )
-            )
-        if not metadata.reference_image_ids and not metadata.reference_image_urls:
-            problems.append(
-                Violation(
-                    "metadata.reference_image_ids",
-                    "a faceid tune needs at least one reference image (reference_image_ids or _urls)",
-                )
-            )
-    elif metadata.url and streamed:
-        problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
-    elif not metadata.url and not streamed:
-        problems.append(
-            Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
-        )
-    problems += characteristics.check(metadata.characteristics)
-    count = len(metadata.reference_image_ids) + len(metadata.reference_image_urls)
-    if count > MAX_REFERENCE_IMAGES:
-        problems.append(
-            Violation(
-                "metadata.reference_image_urls"
-                if metadata.reference_image_urls
-                else "metadata.reference_image_ids",
-                f"got {count} images{' (ids and urls together)' if metadata.reference_image_urls else ''}; "
-                f"at most {MAX_REFERENCE_IMAGES}",
-            )
-        )
-    else:
-        for index, image_id in enumerate(metadata.reference_image_ids):
-            if not valid_upload_id(image_id):
-                problems.append(
-                    Violation(
-                        f"metadata.reference_image_ids[{index}]",
-                        f"got {echo(image_id)}; expected an image_id returned by UploadImage",
-                    )
-                )
-    return problems
-
-
-UPDATABLE = ("name", "class_name", "characteristics")
-
-
-def update_paths(request: jobs_pb2.UpdateTuneRequest) -> tuple[str, ...]:
-    """The fields an update changes: its mask's paths, or (no mask) the fields it sets."""
-    if request.update_mask.paths:
-        return tuple(dict.fromkeys(request.update_mask.paths))
-    return tuple(name for name in UPDATABLE if getattr(request, name))
-
-
-def check_update(request: jobs_pb2.UpdateTuneRequest, paths: tuple[str, ...]) -> list[Violation]:
-    problems = []
-    if not request.tune_id:
-        problems.append(Violation("tune_id", "is required"))
-    unknown = [path for path in paths if path not in UPDATABLE]
-    if unknown:
-        problems.append(
-            Violation(
-                "update_mask",
-                f"got {', '.join(echo(p) for p in unknown)}; expected some of {', '.join(UPDATABLE)} "
-                "(a tune's file, token and family cannot change: register a new tune)",
-            )
-        )
-    elif not paths:
-        problems.append(
-            Violation("update_mask", f"nothing to change: set some of {', '.join(UPDATABLE)} or name them")
-        )
-    if "name" in paths and (not request.name or len(request.name) > 100 or not request.name.isprintable()):
-        problems.append(Violation("name", "expected 1..100 printable characters"))
-    if "class_name" in paths and not _CLASS.match(request.class_name):
-        problems.append(
-            Violation(
-                "class_name",
-                f"got {echo(request.class_name)}; expected a lower-case class word, e.g. 'woman'",
-            )
-        )
-    if "characteristics" in paths:
-        problems += characteristics.check(request.characteristics, "characteristics")
-    return problems
 
 
 def unknown_upload(field: str, image_id: str) -> NotFound:

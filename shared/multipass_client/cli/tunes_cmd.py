@@ -40,14 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a photo of the person's face (repeatable): for face swap and <faceid:...>",
     )
     reg.add_argument("--name", default="", help="display name (default: the file name)")
-    reg.add_argument(
-        "--characteristic",
-        dest="characteristics",
-        action="append",
-        default=[],
-        type=_characteristic,
-        metavar="NAME=TEXT",
-        help="a text prompts write as {{NAME}}, e.g. eye_color='green eyes' (repeatable)",
+    _characteristic_option(
+        reg, [], "a text prompts write as {{NAME}}, e.g. eye_color='green eyes' (repeatable)"
     )
     add_connection_args(reg)
     reg.set_defaults(run=run_register)
@@ -66,14 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("tune_id")
     update.add_argument("--name", help="new display name")
     update.add_argument("--class", dest="class_name", help="new class word, e.g. woman")
-    update.add_argument(
-        "--characteristic",
-        dest="characteristics",
-        action="append",
-        type=_characteristic,
-        metavar="NAME=TEXT",
-        help="replaces all characteristics with the ones given (repeatable)",
-    )
+    _characteristic_option(update, None, "replaces all characteristics with the ones given (repeatable)")
     update.add_argument("--no-characteristics", action="store_true", help="remove every characteristic")
     add_connection_args(update)
     update.set_defaults(run=run_update)
@@ -89,6 +76,19 @@ def format_tune(tune) -> str:
     return (
         f"{tune.tune_id}  {tune.kind:<10} {tune.base_family:<5} {tune.token} {tune.class_name:<8} "
         f"{tune.name}  ({tune.file.size} bytes, {created})"
+    )
+
+
+def _characteristic_option(parser: argparse.ArgumentParser, default: list | None, help_text: str) -> None:
+    """``--characteristic NAME=TEXT`` (repeatable) into ``args.characteristics``."""
+    parser.add_argument(
+        "--characteristic",
+        dest="characteristics",
+        action="append",
+        default=default,
+        type=_characteristic,
+        metavar="NAME=TEXT",
+        help=help_text,
     )
 
 

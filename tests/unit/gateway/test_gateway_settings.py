@@ -18,8 +18,8 @@ from multipass_gateway.app.submission import (
     new_job_id,
     scene_size,
 )
+from multipass_gateway.domain.tune_checks import check_metadata
 from multipass_gateway.infra.tune_store import (
-    check_metadata,
     check_safetensors,
     new_tune_id,
     page_token,

@@ -10,7 +10,7 @@ from multipass.errors import FailedPrecondition, Reason
 from multipass.v1 import jobs_pb2
 from multipass_gateway.app.submission import MAX_PARAMS, check_params, check_request
 from multipass_gateway.domain import idempotency, request_checks
-from multipass_gateway.infra.tune_store import check_metadata
+from multipass_gateway.domain.tune_checks import check_metadata
 
 
 def fields(problems) -> dict[str, str]:
