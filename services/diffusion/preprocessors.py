@@ -5,15 +5,14 @@ Built in (no weights): ``canny`` (OpenCV Canny), ``pose`` from keypoints (an Ope
 ``tile`` and ``qr`` (the image itself, resized). From the model directory (a clear FailedPrecondition
 naming the missing file otherwise): ``pose`` estimated from a photo (a transformers ViTPose model under
 ``preprocessors/pose/``), ``depth`` (a transformers depth-estimation model under ``preprocessors/depth/``),
-``hed`` and ``lineart`` (TorchScript networks ``preprocessors/<kind>/model.pt``: RGB in 0..1, one channel
-out in 0..1 where 1 is an edge or a line).
+``hed`` and ``lineart`` (the published ControlNet 1.1 annotators ``preprocessors/hed/ControlNetHED.pth``
+and ``preprocessors/lineart/sk_model.pth``, :mod:`multipass_diffusion.annotators`).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +21,12 @@ import numpy as np
 from PIL import Image
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
+from multipass.model_catalog.layout import PREPROCESSOR_FILES
 
 CONTROLNET_KINDS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr")
-#: Kinds whose conditioning image needs weights from the model directory (pose only without keypoints).
-WEIGHTED_KINDS = {
-    "depth": "depth/config.json",
-    "hed": "hed/model.pt",
-    "lineart": "lineart/model.pt",
-    "pose": "pose/config.json",
-}
+#: Kinds whose conditioning image needs weights from the model directory (pose only without keypoints),
+#: and the files that may hold them, the first the usual one (the model catalog's layout).
+WEIGHTED_KINDS = PREPROCESSOR_FILES
 
 # OpenPose body-18 limbs (1-based keypoint pairs) and the colours ControlNet's pose models were trained on.
 _LIMBS = (
@@ -149,7 +145,10 @@ class Preprocessors:
 
     def installed(self) -> list[str]:
         """Kinds whose weights are present (capabilities)."""
-        return [kind for kind, file in WEIGHTED_KINDS.items() if (self.root / file).is_file()]
+        return [kind for kind in WEIGHTED_KINDS if self._installed_file(kind) is not None]
+
+    def _installed_file(self, kind: str) -> Path | None:
+        return next((self.root / name for name in WEIGHTED_KINDS[kind] if (self.root / name).is_file()), None)
 
     def condition(
         self,
@@ -185,10 +184,12 @@ class Preprocessors:
         return self._edge_network(kind, image)
 
     def _require(self, kind: str) -> Path:
-        path = self.root / WEIGHTED_KINDS[kind]
-        if not path.is_file():
+        path = self._installed_file(kind)
+        if path is None:
             what = "pose estimation from a photo" if kind == "pose" else f"the {kind} preprocessor"
-            raise FailedPrecondition(f"{what} needs {path}, which is not installed")
+            raise FailedPrecondition(
+                f"{what} needs {self.root / WEIGHTED_KINDS[kind][0]}, which is not installed"
+            )
         return path
 
     def _model(self, kind: str, load):
@@ -200,13 +201,9 @@ class Preprocessors:
     def _edge_network(self, kind: str, image: Image.Image) -> Image.Image:
         import torch
 
-        def load(path: Path):
-            with warnings.catch_warnings():
-                # TorchScript is deprecated but still the portable format for these small networks.
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(str(path), map_location=self.device).eval()
+        from multipass_diffusion.annotators import load_network
 
-        network = self._model(kind, load)
+        network = self._model(kind, lambda path: load_network(kind, path, self.device))
         pixels = (
             torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
             .permute(2, 0, 1)[None]
@@ -215,8 +212,6 @@ class Preprocessors:
         with torch.no_grad():
             edges = network(pixels)[0, 0].clamp(0, 1).float().cpu().numpy()
         channel = np.rint(edges * 255).astype(np.uint8)
-        if channel.shape != (image.height, image.width):
-            channel = np.asarray(Image.fromarray(channel).resize(image.size, Image.Resampling.BILINEAR))
         return Image.fromarray(np.stack([channel] * 3, axis=-1))
 
     def _depth(self, image: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ the two cannot drift apart. :mod:`.features` turns the findings into the report.
 | ``base`` | ``diffusion/<model>/model_index.json`` (a diffusers SD1.5 or SDXL pipeline) |
 | ``inpaint`` | ``diffusion/<model>/unet_inpaint/config.json`` (9-channel inpainting UNet) |
 | ``controlnet:<kind>`` | ``diffusion/controlnet/<family>/<kind>/config.json`` (SD1.5 also ``controlnet/<kind>/``), for a family with a base model |
-| ``preprocessor:<kind>`` | ``diffusion/preprocessors/<kind>/config.json`` (depth, pose) or ``<kind>/model.pt`` (hed, lineart) |
+| ``preprocessor:<kind>`` | ``diffusion/preprocessors/<kind>/config.json`` (depth, pose), ``hed/ControlNetHED.pth``, ``lineart/sk_model.pth`` (or the same as ``.safetensors``) |
 | ``sam`` | ``segmentation/sam/``: ``config.json`` naming the weights, else ``sam_vit_{h,l,b}*.pth`` |
 | ``text_masks`` | ``segmentation/grounding/config.json`` of a GroundingDINO or OWLv2 model |
 | ``faces`` | ``segmentation/faces/``: a landmark detector (``det_10g.onnx``, ...), else the Haar fallback |
@@ -36,16 +36,17 @@ SEGMENTATION = "segmentation"
 SERVICES = (DIFFUSION, SEGMENTATION)
 
 CONTROLNET_KINDS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr")
-#: ControlNet kinds always reported (a profile provides them); the others only when installed.
-REPORTED_CONTROLNETS = ("pose", "canny", "depth")
-#: Preprocessors whose conditioning image needs weights, and the file that holds them.
+#: ControlNet kinds always reported (a profile provides each); the others only when installed.
+REPORTED_CONTROLNETS = CONTROLNET_KINDS
+#: Preprocessors whose conditioning image needs weights, and the files that may hold them (first: the
+#: one ``models pull`` writes; hed and lineart are ControlNet 1.1's published annotator files).
 PREPROCESSOR_FILES = {
-    "depth": "depth/config.json",
-    "pose": "pose/config.json",
-    "hed": "hed/model.pt",
-    "lineart": "lineart/model.pt",
+    "depth": ("depth/config.json",),
+    "pose": ("pose/config.json",),
+    "hed": ("hed/ControlNetHED.pth", "hed/ControlNetHED.safetensors"),
+    "lineart": ("lineart/sk_model.pth", "lineart/sk_model.safetensors"),
 }
-REPORTED_PREPROCESSORS = ("depth", "pose")
+REPORTED_PREPROCESSORS = ("depth", "pose", "hed", "lineart")
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "sd15",
     "StableDiffusionImg2ImgPipeline": "sd15",
@@ -205,11 +206,12 @@ def _controlnet_rule(kind: str) -> Callable[[Path, dict[str, str]], Found]:
 
 def _preprocessor_rule(kind: str) -> Callable[[Path, dict[str, str]], Found]:
     def find(model_dir: Path, models: dict[str, str]) -> Found:
-        path = model_dir / "diffusion" / "preprocessors" / PREPROCESSOR_FILES[kind]
+        root = model_dir / "diffusion" / "preprocessors"
         what = f"{kind} conditioning from a photo"
-        if path.is_file():
-            return Found(True, (_rel(model_dir, path.parent),), what)
-        return Found(False, detail=f"{what} needs {_rel(model_dir, path)}")
+        for name in PREPROCESSOR_FILES[kind]:
+            if (root / name).is_file():
+                return Found(True, (_rel(model_dir, (root / name).parent),), what)
+        return Found(False, detail=f"{what} needs {_rel(model_dir, root / PREPROCESSOR_FILES[kind][0])}")
 
     return find
 

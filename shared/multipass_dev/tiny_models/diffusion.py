@@ -8,8 +8,8 @@
 - ``sdxl-tiny/``: an SDXL-family pipeline (two text encoders, text-time conditioning), no inpainting UNet;
 - ``controlnet/<kind>/``: one SD1.5 ControlNet per kind; ``controlnet/sdxl/<kind>/``: SDXL ControlNets
   for ``pose`` and ``canny``;
-- ``preprocessors/hed/model.pt``: a TorchScript edge network (the other weight-needing preprocessors
-  are left out on purpose, so a missing one can be observed);
+- ``preprocessors/hed/ControlNetHED.pth``: ControlNet 1.1's HED network with random weights (the other
+  weight-needing preprocessors are left out on purpose, so a missing one can be observed);
 - ``ip_adapter/<family>/faceid/ip-adapter-faceid.safetensors``: a random IP-Adapter FaceID per family
   (512-d identity in, 4 tokens out; non-zero ``to_k_ip``/``to_v_ip`` on every cross-attention), the SD1.5
   one with the FaceID LoRA on every attention too, like the released ``ip-adapter-faceid_sd15.bin``.
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import warnings
 from pathlib import Path
 
 from multipass_dev.tiny_models.building import build_once, byte_to_unicode
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-diffusion-v5"
+VERSION = "tiny-diffusion-v6"
 MARKER = ".tiny-diffusion-built"
 SD15_MODEL = "sd15-tiny"
 SDXL_MODEL = "sdxl-tiny"
@@ -248,33 +247,16 @@ def _randomise_zero_convs(controlnet) -> None:
                 parameter.normal_(0.0, 0.05)
 
 
-class _TinyEdgeNet:
-    """Factory of a small scripted edge network with the HED interface: RGB 0..1 in, edge map 0..1 out."""
-
-    @staticmethod
-    def build():
-        import torch
-        from torch import nn
-
-        class EdgeNet(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.body = nn.Sequential(
-                    nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1)
-                )
-
-            def forward(self, image: torch.Tensor) -> torch.Tensor:
-                return torch.sigmoid(self.body(image))
-
-        torch.manual_seed(300)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.script(EdgeNet().eval())
-
-
 def _build_preprocessors(base: Path) -> None:
+    """ControlNet 1.1's HED at its published (and only) size, random weights in the published file format."""
+    import torch
+
+    from multipass_diffusion.annotators import HedNetwork
+
+    torch.manual_seed(300)
+    state = {key: value.half() for key, value in HedNetwork().state_dict().items()}  # half: 29 MB, not 59
     (base / "hed").mkdir(parents=True, exist_ok=True)
-    _TinyEdgeNet.build().save(str(base / "hed" / "model.pt"))
+    torch.save(state, base / "hed" / "ControlNetHED.pth")
 
 
 def faceid_path(diffusion_root: Path, family: str) -> Path:

@@ -1,4 +1,4 @@
-"""ControlNet conditioning images: built-in ones, TorchScript networks, and missing weights."""
+"""ControlNet conditioning images: built-in ones, ControlNet 1.1's annotator networks, and missing weights."""
 
 from __future__ import annotations
 
@@ -44,14 +44,14 @@ def test_pose_from_a_photo_needs_the_pose_model(preprocessors, model_root):
         preprocessors.condition("pose", scene(), (64, 64))
 
 
-@pytest.mark.parametrize(("kind", "file"), [("depth", "depth/config.json"), ("lineart", "lineart/model.pt")])
+@pytest.mark.parametrize(("kind", "file"), [("depth", "depth/config.json"), ("lineart", "lineart/sk_model.pth")])
 def test_missing_weights_name_the_file(preprocessors, kind, file):
     with pytest.raises(FailedPrecondition) as raised:
         preprocessors.condition(kind, scene(), (64, 64))
     assert str(raised.value).endswith(f"preprocessors/{file}, which is not installed")
 
 
-def test_hed_runs_the_torchscript_network(preprocessors):
+def test_hed_runs_the_published_network_format(preprocessors):
     out = np.asarray(preprocessors.condition("hed", scene(), (64, 48)))
     assert out.shape == (48, 64, 3)
     assert np.array_equal(out[..., 0], out[..., 1])

@@ -93,16 +93,20 @@ def test_an_empty_directory_names_the_pull_for_each_missing_feature(tmp_path, ma
     faces = report["faces"]
     assert (faces.available, faces.fallback, faces.status) == (True, True, "fallback")
     assert faces.fix == "multipass models pull faces" and "Haar" in faces.detail
-    # Kinds without a profile are reported only when something of them is installed.
-    assert "controlnet:tile" not in report and "preprocessor:hed" not in report
+    # Every ControlNet kind and every weighted preprocessor has a profile, so each is reported.
+    assert report["controlnet:tile"].fix == "multipass models pull controlnet-sd15-extra"
+    assert report["controlnet:qr"].fix == "multipass models pull controlnet-sd15-extra"
+    assert report["preprocessor:hed"].fix == "multipass models pull controlnet-sd15-extra"
+    assert report["preprocessor:lineart"].fix == "multipass models pull controlnet-sd15-extra"
 
 
 def test_fixes_fit_the_family_of_the_models_installed(tmp_path, manifest):
     write_profiles(tmp_path, [manifest.profiles["sdxl"]])
     report = features.check(tmp_path, manifest=manifest).by_name()
     assert report["faceid"].fix == "multipass models pull faceid-sdxl"
-    # No SDXL ControlNet profile: the feature is named without a command.
-    assert report["controlnet:pose"].fix == ""
+    assert report["controlnet:pose"].fix == "multipass models pull controlnet-sdxl"
+    # No SDXL profile for this kind: the feature is named without a command.
+    assert report["controlnet:tile"].fix == ""
     # An SD1.5 ControlNet without an SD1.5 base model is not usable; the fix is the base model.
     write_profiles(tmp_path, [manifest.profiles["controlnet-sd15"]])
     pose = features.check(tmp_path, manifest=manifest).by_name()["controlnet:pose"]
@@ -147,7 +151,9 @@ def test_capabilities_map_to_features_and_fixes():
     assert features.feature_of_capability("inpaint_unet:x") == "inpaint"
     assert features.feature_of_capability("pass:hires") is None
     assert features.fix_command("faceid", "sdxl") == "multipass models pull faceid-sdxl"
-    assert features.fix_command("controlnet:pose", "sdxl") == ""
+    assert features.fix_command("controlnet:pose", "sdxl") == "multipass models pull controlnet-sdxl"
+    assert features.fix_command("controlnet:lineart", "sdxl") == ""
+    assert features.fix_command("controlnet:lineart", "sd15") == "multipass models pull controlnet-sd15-extra"
     assert features.fix_command("upscaler") == "multipass models pull upscaler"
     assert tuple(rule.name for rule in layout.RULES) == features.FEATURE_NAMES
 
