@@ -29,6 +29,7 @@ from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.app.sweeper import Sweeper
+from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.diffusion_info import DiffusionInfo
@@ -190,6 +191,9 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             job_end=job_end,
             interval=settings.sweep_interval_seconds,
         )
+        uploads = Uploads(
+            objects, ttl_seconds=settings.upload_ttl_seconds, sweep_seconds=settings.upload_sweep_seconds
+        )
         queue_gauge = QueueGauge(bus, settings.queue_metrics_interval_seconds)
         abandoned_passes = AbandonedPasses(bus, orchestrator)
         tasks = [
@@ -199,6 +203,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             asyncio.create_task(segmentation_steps.run(stop_event), name="segmentation-steps"),
             asyncio.create_task(abandoned_passes.run(stop_event), name="abandoned-passes"),
             asyncio.create_task(sweeper.run(stop_event), name="sweeper"),
+            asyncio.create_task(uploads.run(stop_event), name="upload-expiry"),
             asyncio.create_task(queue_gauge.run(stop_event), name="queue-gauge"),
             asyncio.create_task(tenants.run(stop_event), name="stream-key-checks"),
             asyncio.create_task(info.run(stop_event), name="diffusion-info"),
@@ -213,6 +218,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
                     deleter=deleter,
                     jobs=jobs,
                     objects=objects,
+                    uploads=uploads,
                     bus=bus,
                     settings=settings,
                 ),

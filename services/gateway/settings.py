@@ -132,6 +132,10 @@ class GatewaySettings:
     #: Bytes of copies of small segmentation outputs (masks, pose images) a replica keeps for the pass
     #: requests that read them (``PassRequest.copies``); 0 asks for none and attaches none.
     object_copies_bytes: int = 32 * 1024 * 1024
+    #: Seconds an uploaded image is kept (``UploadImageResponse.expires_at``); 0 keeps uploads until
+    #: DeleteUpload. Expired uploads are deleted within a sweep of ``upload_sweep_seconds``.
+    upload_ttl_seconds: float = 24 * 3600.0
+    upload_sweep_seconds: float = 600.0
     log_level: str = "INFO"
     #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
     event_loop: str = DEFAULT_EVENT_LOOP
@@ -234,6 +238,10 @@ class GatewaySettings:
             budget_refresh_seconds=reader.float("GATEWAY_BUDGET_REFRESH_SECONDS", 5.0, min=0.1),
             event_concurrency=reader.int("GATEWAY_EVENT_CONCURRENCY", 32, min=1, max=256),
             object_copies_bytes=reader.int("GATEWAY_OBJECT_COPIES_MB", 32, min=0, max=4096) * 1024 * 1024,
+            upload_ttl_seconds=reader.float(
+                "GATEWAY_UPLOAD_TTL_SECONDS", 24 * 3600.0, min=0.0, max=366 * 24 * 3600.0
+            ),
+            upload_sweep_seconds=reader.float("GATEWAY_UPLOAD_SWEEP_SECONDS", 600.0, min=1.0),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             event_loop=reader.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
         )

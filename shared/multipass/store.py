@@ -365,6 +365,18 @@ class ObjectStore:
             bucket,
         )
 
+    async def list_modified(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]:
+        """``(key, last modified)`` of every object under ``prefix`` (recursively), sorted by key."""
+
+        def listing() -> list[tuple[str, datetime]]:
+            return sorted(
+                (obj.object_name, obj.last_modified)
+                for obj in self.client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True)
+                if obj.object_name is not None and obj.last_modified is not None
+            )
+
+        return await self._run(listing, bucket)
+
     # deleting ------------------------------------------------------------------------------------
 
     async def delete(self, bucket: str, key: str) -> None:

@@ -81,6 +81,24 @@ class JobsClient:
 
         return self._stub.UploadImage(parts(), timeout=self._timeout)
 
+    def delete_upload(self, image_id: str) -> None:
+        """Delete an uploaded image now (jobs and tunes that used it keep their own copies)."""
+        self._stub.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=image_id), timeout=self._timeout)
+
+    def discard_uploads(self, image_ids: Iterable[str]) -> None:
+        """Delete the uploads a command made for one request, once that request has its copies; one
+        already gone is fine."""
+        import grpc
+
+        for image_id in image_ids:
+            if not image_id:
+                continue
+            try:
+                self.delete_upload(image_id)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+
     def get(self, job_id: str) -> jobs_pb2.Job:
         return self._stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=self._timeout)
 

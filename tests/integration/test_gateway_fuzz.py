@@ -229,6 +229,12 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
     def upload(parts, key):
         recorder.call("UploadImage", jobs.UploadImage, iter(parts), metadata=auth(key))
 
+    @FUZZ
+    @given(image_id=ids(known["uploads"]), key=keys)
+    def delete_upload(image_id, key):
+        request = jobs_pb2.DeleteUploadRequest(image_id=image_id)
+        recorder.call("DeleteUpload", jobs.DeleteUpload, request, metadata=auth(key))
+
     metadata = st.builds(
         jobs_pb2.TuneMetadata,
         name=st.text(max_size=40),
@@ -275,7 +281,7 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
             )
 
     try:
-        for run in (submit, by_job, listing, by_tune, upload, register, administration):
+        for run in (submit, by_job, listing, by_tune, upload, delete_upload, register, administration):
             run()
     finally:
         channel.close()
@@ -290,6 +296,7 @@ METHODS = {
     "/multipass.v1.Jobs/DeleteJob": "unary_unary",
     "/multipass.v1.Jobs/ListJobs": "unary_unary",
     "/multipass.v1.Jobs/UploadImage": "stream_unary",
+    "/multipass.v1.Jobs/DeleteUpload": "unary_unary",
     "/multipass.v1.Tunes/RegisterTune": "stream_unary",
     "/multipass.v1.Tunes/GetTune": "unary_unary",
     "/multipass.v1.Tunes/ListTunes": "unary_unary",
@@ -353,7 +360,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 30, sorted(by_rpc)  # 15 rpcs through stubs, the same 15 raw
+    assert len(by_rpc) == 32, sorted(by_rpc)  # 16 rpcs through stubs, the same 16 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
@@ -390,6 +397,7 @@ RPCS = {
     "DeleteJob": ("multipass.v1.Jobs", jobs_pb2.DeleteJobRequest, "unary_unary"),
     "ListJobs": ("multipass.v1.Jobs", jobs_pb2.ListJobsRequest, "unary_unary"),
     "UploadImage": ("multipass.v1.Jobs", jobs_pb2.UploadImageRequest, "stream_unary"),
+    "DeleteUpload": ("multipass.v1.Jobs", jobs_pb2.DeleteUploadRequest, "unary_unary"),
     "RegisterTune": ("multipass.v1.Tunes", jobs_pb2.RegisterTuneRequest, "stream_unary"),
     "GetTune": ("multipass.v1.Tunes", jobs_pb2.GetTuneRequest, "unary_unary"),
     "ListTunes": ("multipass.v1.Tunes", jobs_pb2.ListTunesRequest, "unary_unary"),
@@ -454,6 +462,7 @@ def seeds(known: Known) -> dict[str, list]:
         "UploadImage": [
             [jobs_pb2.UploadImageRequest(filename="a.png"), jobs_pb2.UploadImageRequest(chunk=png_bytes())]
         ],
+        "DeleteUpload": [jobs_pb2.DeleteUploadRequest(image_id="0" * 24)],
         "RegisterTune": [
             [
                 jobs_pb2.RegisterTuneRequest(
@@ -496,6 +505,11 @@ def odd_requests(known: Known) -> dict[str, list]:
         ],
         "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id), jobs_pb2.CancelJobRequest()],
         "DeleteJob": [jobs_pb2.DeleteJobRequest(), jobs_pb2.DeleteJobRequest(job_id="x" * 300)],
+        "DeleteUpload": [
+            jobs_pb2.DeleteUploadRequest(),
+            jobs_pb2.DeleteUploadRequest(image_id="../" * 10),
+            jobs_pb2.DeleteUploadRequest(image_id=known.upload_id.upper()),
+        ],
         "ListJobs": [
             jobs_pb2.ListJobsRequest(
                 created_after=timestamp(now + 3600), created_before=timestamp(now - 3600)

@@ -42,6 +42,7 @@ class RecordingApi(jobs_pb2_grpc.JobsServicer, jobs_pb2_grpc.TunesServicer, admi
         self.uploads: list[list[jobs_pb2.UploadImageRequest]] = []
         self.registrations: list[list[jobs_pb2.RegisterTuneRequest]] = []
         self.submits: list[jobs_pb2.SubmitJobRequest] = []
+        self.deleted_uploads: list[str] = []
         self.list_requests: list[jobs_pb2.ListJobsRequest] = []
         self.watch_requests: list[jobs_pb2.WatchJobRequest] = []
         self.job = jobs_pb2.Job(job_id="job-1", state=jobs_pb2.JOB_STATE_SUCCEEDED, progress=1.0)
@@ -84,6 +85,13 @@ class RecordingApi(jobs_pb2_grpc.JobsServicer, jobs_pb2_grpc.TunesServicer, admi
         parts = list(request_iterator)
         self.uploads.append(parts)
         return jobs_pb2.UploadImageResponse(image_id="upload-1")
+
+    def DeleteUpload(self, request, context):
+        self._seen(context)
+        self.deleted_uploads.append(request.image_id)
+        if request.image_id != "upload-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no uploaded image {request.image_id!r}")
+        return jobs_pb2.DeleteUploadResponse()
 
     def GetJob(self, request, context):
         self._seen(context)
@@ -260,6 +268,11 @@ def test_cli_input_image_is_uploaded_when_local_and_passed_as_url_otherwise(api,
     assert request.input_image_id == "upload-1"
     assert request.params["mask_image_url"] == "https://example.com/m.png"
     assert "input_image_url" not in request.params
+    # The job has its copy: the upload (a photo, maybe of a person) is deleted at once, also when the
+    # submit is refused.
+    assert api.deleted_uploads == ["upload-1"]
+    assert main(["submit", "x", "--input-image", str(image), "--param", "steps=0", *common]) == 1
+    assert api.deleted_uploads == ["upload-1", "upload-1"]
 
 
 def test_cli_get_json_uses_proto_field_names_and_not_found_exits_non_zero(api, capsys):

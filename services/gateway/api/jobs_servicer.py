@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from multipass import names
 from multipass.bus import Bus
@@ -21,6 +22,7 @@ from multipass_gateway.app import watch_job
 from multipass_gateway.app.cancellation import Canceller
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.submission import Submitter, job_id_time
+from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.domain import job_state, request_checks
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
@@ -48,10 +50,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         deleter: JobDeleter,
         jobs: JobStore,
         objects: ObjectStore,
+        uploads: Uploads,
         bus: Bus,
         settings: GatewaySettings,
     ):
         self.tenants = tenants
+        self.uploads = uploads
         self.submitter = submitter
         self.canceller = canceller
         self.deleter = deleter
@@ -174,5 +178,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             decode_image, bytes(data), field="chunk", max_pixels=self.settings.limits.max_image_pixels
         )
         image_id = secrets.token_hex(12)
+        uploaded = datetime.now(UTC)
         ref = await self.objects.put_image(names.BUCKET_JOBS, names.upload_key(tenant, image_id), image)
-        return jobs_pb2.UploadImageResponse(image_id=image_id, image=ref)
+        response = jobs_pb2.UploadImageResponse(image_id=image_id, image=ref)
+        expires = self.uploads.expires_at(uploaded)
+        if expires is not None:
+            response.expires_at.FromDatetime(expires)
+        return response
+
+    async def DeleteUpload(
+        self, request: jobs_pb2.DeleteUploadRequest, context
+    ) -> jobs_pb2.DeleteUploadResponse:
+        tenant = await authenticate(self.tenants, context)
+        await self.uploads.delete(tenant, request.image_id)
+        return jobs_pb2.DeleteUploadResponse()

@@ -39,3 +39,8 @@ JOB_RECORD_WRITES = Counter(
     "stored one is read to confirm it).",
     ["outcome"],
 )
+UPLOADS_DELETED = Counter(
+    "multipass_gateway_uploads_deleted_total",
+    "Uploaded images removed, by cause: deleted (DeleteUpload) or expired (older than the upload TTL).",
+    ["cause"],
+)

@@ -139,14 +139,17 @@ def run_submit(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         input_id = _image_argument(client, args.input_image, "input_image_url", params)
         mask_id = _image_argument(client, args.mask_image, "mask_image_url", params)
-        response = client.jobs.submit(
-            prompt,
-            params,
-            input_image_id=input_id,
-            mask_image_id=mask_id,
-            callback_url=args.callback or "",
-            idempotency_key=args.idempotency_key or "",
-        )
+        try:
+            response = client.jobs.submit(
+                prompt,
+                params,
+                input_image_id=input_id,
+                mask_image_id=mask_id,
+                callback_url=args.callback or "",
+                idempotency_key=args.idempotency_key or "",
+            )
+        finally:  # the job keeps its own copies of its inputs
+            client.jobs.discard_uploads((input_id, mask_id))
         for warning in response.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if response.existing:

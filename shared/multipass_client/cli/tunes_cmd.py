@@ -121,17 +121,20 @@ def run_register(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.file}: {_not_a_file(path)}")
     with client_from_args(args) as client:
         uploaded = tuple(client.jobs.upload_image(reference).image_id for reference in args.references)
-        tune = client.tunes.register(
-            path,
-            url=args.file if is_url else "",
-            reference_image_ids=uploaded,
-            token=args.token,
-            class_name=args.class_name,
-            base_family=args.family or "",
-            kind=args.kind,
-            name=args.name,
-            characteristics=dict(args.characteristics),
-        )
+        try:
+            tune = client.tunes.register(
+                path,
+                url=args.file if is_url else "",
+                reference_image_ids=uploaded,
+                token=args.token,
+                class_name=args.class_name,
+                base_family=args.family or "",
+                kind=args.kind,
+                name=args.name,
+                characteristics=dict(args.characteristics),
+            )
+        finally:  # the tune keeps its own copies of its reference faces
+            client.jobs.discard_uploads(uploaded)
     print(tune.tune_id)
     return 0
 

@@ -44,7 +44,9 @@ def test_pose_from_a_photo_needs_the_pose_model(preprocessors, model_root):
         preprocessors.condition("pose", scene(), (64, 64))
 
 
-@pytest.mark.parametrize(("kind", "file"), [("depth", "depth/config.json"), ("lineart", "lineart/sk_model.pth")])
+@pytest.mark.parametrize(
+    ("kind", "file"), [("depth", "depth/config.json"), ("lineart", "lineart/sk_model.pth")]
+)
 def test_missing_weights_name_the_file(preprocessors, kind, file):
     with pytest.raises(FailedPrecondition) as raised:
         preprocessors.condition(kind, scene(), (64, 64))

@@ -43,12 +43,18 @@ def test_each_missing_component_names_its_feature_and_the_pull_that_installs_it(
 
 
 def test_the_fix_fits_the_family_of_the_model_that_needs_it():
-    families = {"faceid:xl": "sdxl", "faceid:base": "sd15", "controlnet:pose": "sdxl"}
+    families = {
+        "faceid:xl": "sdxl",
+        "faceid:base": "sd15",
+        "controlnet:pose": "sdxl",
+        "controlnet:tile": "sdxl",
+    }
     missing = requirements.missing_components(
         [
             ("faceid:xl", "<faceid:a>"),
             ("faceid:base", "<faceid:a>"),
             ("controlnet:pose", "params.controlnet"),
+            ("controlnet:tile", "params.controlnet"),
         ],
         set(),
         families.__getitem__,
@@ -56,11 +62,12 @@ def test_the_fix_fits_the_family_of_the_model_that_needs_it():
     assert [m.fix for m in missing] == [
         "multipass models pull faceid-sdxl",
         "multipass models pull faceid",
-        "",  # no SDXL ControlNet profile
+        "multipass models pull controlnet-sdxl",
+        "",  # no SDXL tile ControlNet profile
     ]
-    assert missing[2].violation().description == (
-        "needs 'controlnet:pose', which the diffusion workers do not have installed "
-        "(feature controlnet:pose; no `multipass models pull` profile provides it)"
+    assert missing[3].violation().description == (
+        "needs 'controlnet:tile', which the diffusion workers do not have installed "
+        "(feature controlnet:tile; no `multipass models pull` profile provides it)"
     )
 
 

@@ -1,0 +1,81 @@
+"""Uploaded images: when each expires, deleting one on request, and deleting the expired ones.
+
+An upload (``uploads/<tenant>/<image_id>.png``) is an input waiting for a job or a tune, usually a photo of
+a person. It is kept for the operator's ``upload_ttl_seconds`` (0: until deleted) and removed earlier by
+``DeleteUpload``. Jobs and tunes copy what they use (a job its inputs, a tune its reference faces), so
+neither depends on the upload afterwards. Every replica sweeps: deleting is idempotent, and one listing
+of ``uploads/`` every ``upload_sweep_seconds`` costs little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from multipass import names
+from multipass.errors import InvalidInput, MultipassError, NotFound, Violation, echo
+from multipass.store import ObjectStore
+from multipass_gateway.domain.tune_checks import valid_upload_id
+from multipass_gateway.infra import metrics
+from multipass_gateway.infra.tune_store import unknown_upload
+
+log = logging.getLogger(__name__)
+
+UPLOADS_PREFIX = "uploads/"
+
+
+class Uploads:
+    def __init__(self, objects: ObjectStore, *, ttl_seconds: float, sweep_seconds: float):
+        self.objects = objects
+        self.ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None
+        self.sweep_seconds = sweep_seconds
+
+    def expires_at(self, uploaded: datetime) -> datetime | None:
+        return uploaded + self.ttl if self.ttl is not None else None
+
+    async def delete(self, tenant: str, image_id: str) -> None:
+        """Delete the tenant's upload now; NOT_FOUND (``image_id``) when the tenant has none by that id."""
+        if not image_id:
+            raise InvalidInput.of([Violation("image_id", "is required")])
+        if not valid_upload_id(image_id):
+            raise InvalidInput.of(
+                [Violation("image_id", f"got {echo(image_id)}; expected an image_id returned by UploadImage")]
+            )
+        key = names.upload_key(tenant, image_id)
+        try:
+            await self.objects.stat(names.BUCKET_JOBS, key)
+        except NotFound as error:
+            raise unknown_upload("image_id", image_id) from error
+        await self.objects.delete(names.BUCKET_JOBS, key)
+        metrics.UPLOADS_DELETED.labels(cause="deleted").inc()
+        log.info("upload deleted", extra={"tenant": tenant, "image_id": image_id})
+
+    async def expire_once(self, now: datetime | None = None) -> int:
+        """Delete every upload (of any tenant) older than the TTL; returns how many."""
+        if self.ttl is None:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - self.ttl
+        expired = [
+            key
+            for key, modified in await self.objects.list_modified(names.BUCKET_JOBS, UPLOADS_PREFIX)
+            if modified <= cutoff
+        ]
+        for key in expired:
+            await self.objects.delete(names.BUCKET_JOBS, key)
+        if expired:
+            metrics.UPLOADS_DELETED.labels(cause="expired").inc(len(expired))
+            log.info("expired uploads deleted", extra={"count": len(expired)})
+        return len(expired)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.expire_once()
+            except MultipassError as error:
+                log.warning("upload expiry failed", extra={"error": str(error)})
+            except Exception:
+                log.exception("upload expiry failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.sweep_seconds)
