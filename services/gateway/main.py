@@ -192,7 +192,10 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             interval=settings.sweep_interval_seconds,
         )
         uploads = Uploads(
-            objects, ttl_seconds=settings.upload_ttl_seconds, sweep_seconds=settings.upload_sweep_seconds
+            objects,
+            ttl_seconds=settings.upload_ttl_seconds,
+            sweep_seconds=settings.upload_sweep_seconds,
+            tenant_max_uploads=settings.limits.tenant_max_uploads,
         )
         queue_gauge = QueueGauge(bus, settings.queue_metrics_interval_seconds)
         abandoned_passes = AbandonedPasses(bus, orchestrator)

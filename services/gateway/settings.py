@@ -50,6 +50,8 @@ class Limits:
     max_passes_in_flight: int = 64
     #: Images of one job whose first base passes go to the worker as one batch (1 = never batch).
     max_base_batch: int = DEFAULT_MAX_BATCH
+    #: Uploads one tenant may hold at once (they expire, or DeleteUpload removes them).
+    tenant_max_uploads: int = 500
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,9 @@ class GatewaySettings:
                 "GATEWAY_MAX_PASSES_IN_FLIGHT", defaults.max_passes_in_flight, min=1
             ),
             max_base_batch=reader.int("GATEWAY_MAX_BASE_BATCH", defaults.max_base_batch, min=1, max=16),
+            tenant_max_uploads=reader.int(
+                "GATEWAY_TENANT_MAX_UPLOADS", defaults.tenant_max_uploads, min=1, max=100_000
+            ),
         )
         callback_defaults = CallbackSettings()
         callbacks = CallbackSettings(

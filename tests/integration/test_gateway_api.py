@@ -794,3 +794,40 @@ async def test_uploads_expire_and_are_deleted_by_their_owner_only(stack):
     # A TTL of 0 keeps uploads: no expires_at, nothing swept.
     assert Uploads(stack.store, ttl_seconds=0, sweep_seconds=1).expires_at(datetime.now(UTC)) is None
     assert await Uploads(stack.store, ttl_seconds=0, sweep_seconds=1).expire_once(now=later) == 0
+
+
+async def test_a_tenant_holds_a_bounded_number_of_uploads(stack):
+    await stack.start_gateway(limits=Limits(fetch_timeout_seconds=5.0, tenant_max_uploads=3))
+    owner, other = await stack.tenant("owner"), await stack.tenant("other")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buffer, format="PNG")
+
+    async def upload(key: str) -> jobs_pb2.UploadImageResponse:
+        async def parts():
+            yield jobs_pb2.UploadImageRequest(filename="x.png")
+            yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+        return await stack.jobs.UploadImage(parts(), metadata=bearer(key))
+
+    held = [await upload(owner.api_key) for _ in range(3)]
+    error = await rpc_error(upload(owner.api_key))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(error).reason == "QUOTA_EXCEEDED" and dict(reason_of(error).metadata) == {
+        "scope": "uploads",
+        "limit": "3",
+    }
+    assert "DeleteUpload" in error.details()
+    retry = next(
+        detail
+        for detail in rpc_status.from_call(error).details
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    )
+    info = error_details_pb2.RetryInfo()
+    retry.Unpack(info)
+    assert 3500 <= info.retry_delay.seconds <= 86400  # the oldest upload's expiry, a day after it came
+    # Other tenants are not affected; deleting one makes room.
+    await upload(other.api_key)
+    await stack.jobs.DeleteUpload(
+        jobs_pb2.DeleteUploadRequest(image_id=held[0].image_id), metadata=bearer(owner.api_key)
+    )
+    assert (await upload(owner.api_key)).image_id

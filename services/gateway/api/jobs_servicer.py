@@ -161,6 +161,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def UploadImage(self, request_iterator, context) -> jobs_pb2.UploadImageResponse:
         async with drained_on_refusal(ClientStream(request_iterator)) as stream:
             tenant = await authenticate(self.tenants, context)
+            await self.uploads.check_room(tenant)
             limit = self.settings.limits.max_image_bytes
             data = bytearray()
             async for part in stream:

@@ -15,7 +15,15 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from multipass import names
-from multipass.errors import InvalidInput, MultipassError, NotFound, Violation, echo
+from multipass.errors import (
+    InvalidInput,
+    MultipassError,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    Violation,
+    echo,
+)
 from multipass.store import ObjectStore
 from multipass_gateway.domain.tune_checks import valid_upload_id
 from multipass_gateway.infra import metrics
@@ -27,13 +35,36 @@ UPLOADS_PREFIX = "uploads/"
 
 
 class Uploads:
-    def __init__(self, objects: ObjectStore, *, ttl_seconds: float, sweep_seconds: float):
+    def __init__(
+        self, objects: ObjectStore, *, ttl_seconds: float, sweep_seconds: float, tenant_max_uploads: int = 500
+    ):
         self.objects = objects
         self.ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None
         self.sweep_seconds = sweep_seconds
+        self.tenant_max_uploads = tenant_max_uploads
 
     def expires_at(self, uploaded: datetime) -> datetime | None:
         return uploaded + self.ttl if self.ttl is not None else None
+
+    async def check_room(self, tenant: str) -> None:
+        """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, ``scope=uploads``) when the tenant holds its most uploads;
+        the retry hint is when the oldest one expires. Concurrent uploads may pass the check together, so
+        the bound holds to within the uploads in flight at that moment."""
+        held = await self.objects.list_modified(names.BUCKET_JOBS, f"{UPLOADS_PREFIX}{tenant}/")
+        if len(held) < self.tenant_max_uploads:
+            return
+        now = datetime.now(UTC)
+        oldest = min(modified for _, modified in held)
+        expiry = self.expires_at(oldest)
+        retry = max(1.0, (expiry - now).total_seconds()) if expiry is not None else 60.0
+        when = f"the oldest expires in {retry:.0f} s" if expiry is not None else "uploads do not expire here"
+        raise ResourceExhausted(
+            f"this tenant holds {len(held)} uploads, the most it may ({self.tenant_max_uploads}): delete some "
+            f"with DeleteUpload ({when})",
+            retry_after_seconds=retry,
+            reason=Reason.QUOTA_EXCEEDED,
+            metadata={"scope": "uploads", "limit": str(self.tenant_max_uploads)},
+        )
 
     async def delete(self, tenant: str, image_id: str) -> None:
         """Delete the tenant's upload now; NOT_FOUND (``image_id``) when the tenant has none by that id."""
