@@ -25,6 +25,7 @@ from multipass_gateway.app.cancellation import Canceller
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.orchestrator import Orchestrator
+from multipass_gateway.app.retention import JobRetention
 from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
@@ -197,6 +198,13 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             sweep_seconds=settings.upload_sweep_seconds,
             tenant_max_uploads=settings.limits.tenant_max_uploads,
         )
+        retention = JobRetention(
+            jobs=jobs,
+            jobs_kv=jobs_kv,
+            deleter=deleter,
+            retention_seconds=settings.job_retention_seconds,
+            interval=settings.retention_sweep_seconds,
+        )
         queue_gauge = QueueGauge(bus, settings.queue_metrics_interval_seconds)
         abandoned_passes = AbandonedPasses(bus, orchestrator)
         tasks = [
@@ -207,6 +215,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             asyncio.create_task(abandoned_passes.run(stop_event), name="abandoned-passes"),
             asyncio.create_task(sweeper.run(stop_event), name="sweeper"),
             asyncio.create_task(uploads.run(stop_event), name="upload-expiry"),
+            asyncio.create_task(retention.run(stop_event), name="job-retention"),
             asyncio.create_task(queue_gauge.run(stop_event), name="queue-gauge"),
             asyncio.create_task(tenants.run(stop_event), name="stream-key-checks"),
             asyncio.create_task(info.run(stop_event), name="diffusion-info"),

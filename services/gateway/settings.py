@@ -138,6 +138,10 @@ class GatewaySettings:
     #: DeleteUpload. Expired uploads are deleted within a sweep of ``upload_sweep_seconds``.
     upload_ttl_seconds: float = 24 * 3600.0
     upload_sweep_seconds: float = 600.0
+    #: Seconds a finished job (record, events, images) is kept after it ended; 0 keeps jobs until DeleteJob.
+    job_retention_seconds: float = 0.0
+    #: Seconds between the sweeps that delete jobs past their retention (when one is set).
+    retention_sweep_seconds: float = 600.0
     log_level: str = "INFO"
     #: ``MULTIPASS_EVENT_LOOP``: auto (uvloop where installed), uvloop or asyncio.
     event_loop: str = DEFAULT_EVENT_LOOP
@@ -247,6 +251,10 @@ class GatewaySettings:
                 "GATEWAY_UPLOAD_TTL_SECONDS", 24 * 3600.0, min=0.0, max=366 * 24 * 3600.0
             ),
             upload_sweep_seconds=reader.float("GATEWAY_UPLOAD_SWEEP_SECONDS", 600.0, min=1.0),
+            job_retention_seconds=reader.float(
+                "GATEWAY_JOB_RETENTION_SECONDS", 0.0, min=0.0, max=10 * 366 * 24 * 3600.0
+            ),
+            retention_sweep_seconds=reader.float("GATEWAY_RETENTION_SWEEP_SECONDS", 600.0, min=1.0),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             event_loop=reader.choice("EVENT_LOOP", DEFAULT_EVENT_LOOP, EVENT_LOOPS),
         )

@@ -831,3 +831,25 @@ async def test_a_tenant_holds_a_bounded_number_of_uploads(stack):
         jobs_pb2.DeleteUploadRequest(image_id=held[0].image_id), metadata=bearer(owner.api_key)
     )
     assert (await upload(owner.api_key)).image_id
+
+
+async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_ones_kept(stack):
+    await stack.start_gateway(job_retention_seconds=2.0, retention_sweep_seconds=0.3)
+    tenant = await stack.tenant()
+    mine = bearer(tenant.api_key)
+    fast = {"steps": "1", "w": "256", "h": "256"}
+    done = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a cat", params=fast), metadata=mine)
+    assert (await wait_for_job(stack, done.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+    prefix = f"jobs/{tenant.tenant}/{done.job_id}/"
+    assert await stack.store.list_keys(BUCKET_JOBS, prefix)
+    stack.worker.gate.clear()  # the next job cannot finish
+    held = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a dog", params=fast), metadata=mine)
+    await asyncio.sleep(3.5)
+    error = await rpc_error(stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=done.job_id), metadata=mine))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert not await stack.store.list_keys(BUCKET_JOBS, prefix)
+    # Older than the retention, but not finished: kept, and it runs to its end once the worker answers.
+    running = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=held.job_id), metadata=mine)
+    assert running.state in (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
+    stack.worker.gate.set()
+    assert (await wait_for_job(stack, held.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED

@@ -44,3 +44,7 @@ UPLOADS_DELETED = Counter(
     "Uploaded images removed, by cause: deleted (DeleteUpload) or expired (older than the upload TTL).",
     ["cause"],
 )
+JOBS_EXPIRED = Counter(
+    "multipass_gateway_jobs_expired_total",
+    "Finished jobs deleted (record, events and images) because they ended longer ago than the job retention.",
+)
