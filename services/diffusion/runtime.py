@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from multipass.errors import InvalidInput, Violation
-from multipass_diffusion import faceid, lora_hotswap, metrics, models
+from multipass_diffusion import faceid, lora_hotswap, metrics, models, reference_attention
 from multipass_diffusion.adapters import AdapterCache
 from multipass_diffusion.device_tuning import compile_unets, tune_unets
 from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
@@ -115,6 +115,7 @@ class ModelRuntime:
 
     def capabilities(self) -> list[str]:
         found = [f"controlnet:{kind}" for kind in models.installed_controlnets(self.model_dir, self.family)]
+        found.append(reference_attention.CAPABILITY)  # needs no weights
         if self.base.inpaint_unet is not None:
             found.append(f"inpaint_unet:{self.name}")
         if faceid.installed(self.model_dir, self.family):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
 from PIL import Image
 
-from multipass_diffusion import faceid
+from multipass_diffusion import faceid, reference_attention
 from multipass_diffusion.device_tuning import vae_tiling_for
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.preprocessors import Point
@@ -125,6 +126,10 @@ def _run_pipeline(
 
     spec = ctx.spec
     width, height = size
+    # Reference-only control needs no ControlNet model: it works through the UNet's own self-attention.
+    reference = control_image if spec.controlnet == reference_attention.KIND else None
+    if reference is not None:
+        control_image = None
     controlnet = ctx.runtime.controlnet(spec.controlnet) if control_image is not None else None
     pipe = ctx.components.pipeline(task, controlnet)
     pipe.scheduler = make_scheduler(spec.scheduler, ctx.components.scheduler_config, seed=seeds[0])
@@ -164,9 +169,19 @@ def _run_pipeline(
     if vae_tiling_for(pipe.vae, size, ctx.runtime.vae_tile_above_pixels):
         ctx.metadata["vae_tiled"] = "yes"
     ctx.monitor.check()
-    with torch.inference_mode():
-        results = pipe(**kwargs).images
-    ctx.metadata["task"] = task + ("+controlnet" if controlnet is not None else "")
+    with contextlib.ExitStack() as attachments:
+        if reference is not None:
+            scale = spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
+            attachments.enter_context(
+                reference_attention.attached(pipe, reference, size, scale=scale, seed=seeds[0])
+            )
+        with torch.inference_mode():
+            results = pipe(**kwargs).images
+    ctx.metadata["task"] = (
+        task
+        + ("+controlnet" if controlnet is not None else "")
+        + ("+reference" if reference is not None else "")
+    )
     if len(results) != len(seeds):
         raise RuntimeError(f"the pipeline returned {len(results)} images for {len(seeds)} seeds")
     return [result.convert("RGB") for result in results]

@@ -82,12 +82,15 @@ def test_what_no_model_file_provides_has_no_fix():
 
 def test_a_controlnet_no_worker_implements_is_said_to_be_unimplemented_not_uninstalled():
     (missing,) = requirements.missing_components(
-        [("controlnet:reference", "params.controlnet")], set(), family_sd15
+        [("controlnet:composition", "params.controlnet")], set(), family_sd15
     )
     violation = missing.violation()
     assert violation.field == "params.controlnet"
     assert violation.description.startswith(
-        "controlnet=reference is not implemented by the diffusion workers"
+        "controlnet=composition is not implemented by the diffusion workers"
     )
-    assert "pose, canny, depth, lineart, mlsd, hed, tile, qr" in violation.description
+    assert (
+        "pose, canny, depth, lineart, mlsd, hed, tile, qr (once installed) and reference"
+        in violation.description
+    )
     assert "install" not in violation.description.replace("installed", "")
