@@ -10,17 +10,16 @@ old. Two replicas deleting the same job is harmless: the second finds it gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from datetime import UTC, datetime, timedelta
 
 from multipass.bus import KvBucket
-from multipass.errors import MultipassError, NotFound
+from multipass.errors import NotFound
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.submission import job_id_time
 from multipass_gateway.domain import job_state
-from multipass_gateway.infra import metrics
+from multipass_gateway.infra import metrics, periodic
 from multipass_gateway.infra.job_store import JobStore
 
 log = logging.getLogger(__name__)
@@ -72,14 +71,5 @@ class JobRetention:
         return deleted
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.retention is None:
-            return
-        while not stop.is_set():
-            try:
-                await self.expire_once()
-            except MultipassError as error:
-                log.warning("job retention sweep failed", extra={"error": str(error)})
-            except Exception:
-                log.exception("job retention sweep failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+        if self.retention is not None:
+            await periodic.every(self.interval, stop, self.expire_once, what="job retention sweep")

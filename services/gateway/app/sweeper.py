@@ -8,14 +8,13 @@ whose claim expired.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
 from multipass.bus import KvBucket
-from multipass.errors import MultipassError
 from multipass_gateway.app.job_end import CALLBACK_MARKERS, JobEnd
 from multipass_gateway.domain import job_state
+from multipass_gateway.infra import periodic
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pass_scheduler import PassScheduler
 from multipass_gateway.infra.pending_budget import PendingBudget
@@ -71,12 +70,4 @@ class Sweeper:
                 self.job_end.schedule_callback(tenant, job_id)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep_once()
-            except MultipassError as error:
-                log.warning("sweep failed", extra={"error": str(error)})
-            except Exception:
-                log.exception("sweep failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+        await periodic.every(self.interval, stop, self.sweep_once, what="sweep")

@@ -10,14 +10,12 @@ of ``uploads/`` every ``upload_sweep_seconds`` costs little.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
 from multipass import names
 from multipass.errors import (
     InvalidInput,
-    MultipassError,
     NotFound,
     Reason,
     ResourceExhausted,
@@ -26,7 +24,7 @@ from multipass.errors import (
 )
 from multipass.store import ObjectStore
 from multipass_gateway.domain.tune_checks import valid_upload_id
-from multipass_gateway.infra import metrics
+from multipass_gateway.infra import metrics, periodic
 from multipass_gateway.infra.tune_store import unknown_upload
 
 log = logging.getLogger(__name__)
@@ -101,12 +99,4 @@ class Uploads:
         return len(expired)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.expire_once()
-            except MultipassError as error:
-                log.warning("upload expiry failed", extra={"error": str(error)})
-            except Exception:
-                log.exception("upload expiry failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.sweep_seconds)
+        await periodic.every(self.sweep_seconds, stop, self.expire_once, what="upload expiry")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 
 from multipass.bus import KvBucket
-from multipass.errors import MultipassError
+from multipass_gateway.infra import periodic
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 
 log = logging.getLogger(__name__)
@@ -152,12 +151,4 @@ class KvMirror(abc.ABC):
 
     async def run(self, stop: asyncio.Event, interval: float, what: str) -> None:
         """Resync every ``interval`` seconds until ``stop``; ``what`` names the picture in the logs."""
-        while not stop.is_set():
-            try:
-                await self.resync()
-            except MultipassError as error:
-                log.warning("%s not refreshed", what, extra={"error": str(error)})
-            except Exception:
-                log.exception("%s not refreshed", what)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        await periodic.every(interval, stop, self.resync, what=f"refresh of the {what}")
