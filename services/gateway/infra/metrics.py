@@ -48,3 +48,5 @@ JOBS_EXPIRED = Counter(
     "multipass_gateway_jobs_expired_total",
     "Finished jobs deleted (record, events and images) because they ended longer ago than the job retention.",
 )
+for _cause in ("deleted", "expired"):  # both series exist (at 0) before the first removal
+    UPLOADS_DELETED.labels(cause=_cause)
