@@ -6,11 +6,14 @@ the gateway decides. Calls raise ``grpc.aio.AioRpcError``; :mod:`multipass_http_
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 #: Largest message the gateway may answer with (a page of jobs with their plans).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -99,6 +102,22 @@ class GatewayClient:
         return await self.jobs.UploadImage(
             requests(), metadata=self.metadata(authorization), timeout=self.timeout_seconds
         )
+
+    async def discard_uploads(self, authorization: str | None, image_ids: Iterable[str]) -> None:
+        """Delete uploads made for one request once the gateway holds its own copies (a job its inputs, a
+        tune its reference faces). Best effort: one left behind expires with the gateway's upload TTL."""
+        for image_id in image_ids:
+            if not image_id:
+                continue
+            try:
+                await self.jobs.DeleteUpload(
+                    jobs_pb2.DeleteUploadRequest(image_id=image_id),
+                    metadata=self.metadata(authorization),
+                    timeout=self.timeout_seconds,
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    log.warning("upload not deleted", extra={"image_id": image_id, "code": error.code().name})
 
     # Tunes -------------------------------------------------------------------------------------------
 

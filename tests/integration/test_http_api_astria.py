@@ -28,6 +28,7 @@ from gateway_support import (  # noqa: F401 - fixtures
 from http_api_support import HttpApi, start_http_api
 from PIL import Image
 
+from multipass.names import BUCKET_JOBS, BUCKET_TUNES
 from multipass.v1 import jobs_pb2
 from multipass_gateway.settings import FetchAllowList
 from multipass_http_api.astria.callbacks import CallbackSettings, verify
@@ -228,6 +229,8 @@ async def test_a_duplicate_carries_the_uploaded_input_image(astria_api):
             files={"prompt[input_image]": ("in.png", picture.getvalue(), "image/png")},
         )
         assert created.status_code == 201, created.text
+        # The job holds its copy: the upload made for it (a photo) is deleted at once.
+        assert not await astria_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
         duplicate = await client.post(f"/prompts/{created.json()['id']}/duplicate", json={"prompt": {}})
         assert duplicate.status_code == 201, duplicate.text
 
@@ -581,6 +584,10 @@ async def test_a_faceid_tune_is_created_from_face_images_alone(astria_api):
         assert created.status_code == 201, created.text
         tune = created.json()
         assert tune["model_type"] == "faceid" and tune["trained_at"]
+        # The tune holds its copies of the faces; the uploads made for them are gone.
+        store = astria_api.stack.store
+        assert not await store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
+        assert await store.list_keys(BUCKET_TUNES, f"tunes/{astria_api.tenant}/{tune['id']}/reference-")
         no_images = await client.post(
             "/tunes", data={"tune[title]": "order-12", "tune[name]": "man", "tune[model_type]": "faceid"}
         )

@@ -140,24 +140,28 @@ async def submit_prompt(
     nonce = ""
     if settings.astria_idempotency:
         nonce = idempotency.prompt_nonce(tune_id, form.text, form.callback, form.params)
-    input_id = await _upload(gateway, authorization, form, "input_image")
-    mask_id = await _upload(gateway, authorization, form, "mask_image")
-    request = jobs_pb2.SubmitJobRequest(
-        prompt=origin.submitted_text(form.text),
-        params=form.params,
-        input_image_id=input_id,
-        mask_image_id=mask_id,
-        callback_url=callback_url,
-        idempotency_key=origin.idempotency_key(nonce),
-    )
-    try:
-        submitted = await gateway.submit_job(authorization, request)
-    except grpc.RpcError as error:
-        first = _first_job_of_key(error) if nonce else None
-        if first is None:
-            await call(_raise(error))
-        # The same key fields with other fields changed: Astria answers with the first prompt too.
-        submitted = jobs_pb2.SubmitJobResponse(job_id=first, existing=True)
+    uploaded: list[str] = []
+    try:  # the job keeps its own copies of its inputs: the uploads go once it is submitted (or refused)
+        uploaded.append(await _upload(gateway, authorization, form, "input_image"))
+        uploaded.append(await _upload(gateway, authorization, form, "mask_image"))
+        request = jobs_pb2.SubmitJobRequest(
+            prompt=origin.submitted_text(form.text),
+            params=form.params,
+            input_image_id=uploaded[0],
+            mask_image_id=uploaded[1],
+            callback_url=callback_url,
+            idempotency_key=origin.idempotency_key(nonce),
+        )
+        try:
+            submitted = await gateway.submit_job(authorization, request)
+        except grpc.RpcError as error:
+            first = _first_job_of_key(error) if nonce else None
+            if first is None:
+                await call(_raise(error))
+            # The same key fields with other fields changed: Astria answers with the first prompt too.
+            submitted = jobs_pb2.SubmitJobResponse(job_id=first, existing=True)
+    finally:
+        await gateway.discard_uploads(authorization, uploaded)
     job = await call(gateway.get_job(authorization, submitted.job_id))
     return _object(job, base_url, [*form.warnings, *submitted.warnings])
 

@@ -84,15 +84,18 @@ async def create_tune(
                 warnings=[f"a tune titled {form.title[:100]!r} exists: answered with it, nothing registered"],
             )
     metadata = form.metadata()
-    for image in form.images:
-        uploaded = await call(
-            gateway.upload_image(authorization, image.filename, [image.data]),
-            tune_field,
-            fields={"chunk": "tune[images][]"},
-        )
-        metadata.reference_image_ids.append(uploaded.image_id)
-    chunks = [form.weights.data] if form.weights is not None else []
-    tune = await call(gateway.register_tune(authorization, metadata, chunks), tune_field)
+    try:  # the tune keeps its own copies of its reference faces: the uploads go once it is registered
+        for image in form.images:
+            uploaded = await call(
+                gateway.upload_image(authorization, image.filename, [image.data]),
+                tune_field,
+                fields={"chunk": "tune[images][]"},
+            )
+            metadata.reference_image_ids.append(uploaded.image_id)
+        chunks = [form.weights.data] if form.weights is not None else []
+        tune = await call(gateway.register_tune(authorization, metadata, chunks), tune_field)
+    finally:
+        await gateway.discard_uploads(authorization, metadata.reference_image_ids)
     prompts, warnings = await _create_prompts(
         request, form, tune.tune_id, authorization, gateway, settings, base_url
     )
