@@ -9,9 +9,7 @@ import io
 import ipaddress
 import json
 import threading
-import time
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -38,7 +36,6 @@ from multipass.grpc.errors import field_violations, reason_of
 from multipass.names import BUCKET_JOBS
 from multipass.store import PublicEndpoint
 from multipass.v1 import admin_pb2, jobs_pb2
-from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.infra import callbacks
 from multipass_gateway.settings import FetchAllowList, Limits
 
@@ -716,140 +713,3 @@ async def test_reference_images_from_urls_are_fetched_safely_and_stored_with_the
     # Deleting the tune deletes the images fetched for it.
     await stack.tunes.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune.tune_id), metadata=metadata)
     assert not await stack.store.exists(tune.reference_images[0].bucket, tune.reference_images[0].key)
-
-
-async def test_uploads_expire_and_are_deleted_by_their_owner_only(stack):
-    await stack.start_gateway(upload_ttl_seconds=3600.0, upload_sweep_seconds=3600.0)
-    owner, other = await stack.tenant("owner"), await stack.tenant("other")
-    mine, theirs = bearer(owner.api_key), bearer(other.api_key)
-    buffer = io.BytesIO()
-    Image.new("RGB", (96, 64), (200, 120, 90)).save(buffer, format="PNG")
-
-    async def upload() -> jobs_pb2.UploadImageResponse:
-        async def parts():
-            yield jobs_pb2.UploadImageRequest(filename="face.png")
-            yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
-
-        return await stack.jobs.UploadImage(parts(), metadata=mine)
-
-    before = time.time()
-    first, second, third = await upload(), await upload(), await upload()
-    assert before + 3600 - 5 <= first.expires_at.seconds <= time.time() + 3600 + 1
-    key = f"uploads/{owner.tenant}/{first.image_id}.png"
-
-    # Another tenant cannot delete it, nor learn that it exists: the same NOT_FOUND as for no upload.
-    for image_id in (first.image_id, "0" * 24):
-        error = await rpc_error(
-            stack.jobs.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=image_id), metadata=theirs)
-        )
-        assert error.code() == grpc.StatusCode.NOT_FOUND and reason_of(error).reason == "UNKNOWN_IMAGE"
-        assert dict(field_violations(error)) == {"image_id": f"no uploaded image '{image_id}'"}
-    assert await stack.store.exists(BUCKET_JOBS, key)
-    # Malformed ids are invalid arguments naming the field; no credentials is UNAUTHENTICATED.
-    for image_id, expected in (
-        ("", "is required"),
-        ("../../tunes/x", "expected an image_id returned by UploadImage"),
-    ):
-        error = await rpc_error(
-            stack.jobs.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=image_id), metadata=mine)
-        )
-        assert (
-            error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            and expected in dict(field_violations(error))["image_id"]
-        )
-    error = await rpc_error(stack.jobs.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=first.image_id)))
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-
-    # A job that used the upload keeps its own copy of it.
-    submitted = await stack.jobs.SubmitJob(
-        jobs_pb2.SubmitJobRequest(
-            prompt="BREAK BREAK ohwx woman", params={"steps": "2"}, input_image_id=first.image_id
-        ),
-        metadata=mine,
-    )
-    await stack.jobs.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=first.image_id), metadata=mine)
-    assert not await stack.store.exists(BUCKET_JOBS, key)
-    assert (await wait_for_job(stack, submitted.job_id, owner.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
-    error = await rpc_error(
-        stack.jobs.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=first.image_id), metadata=mine)
-    )
-    assert error.code() == grpc.StatusCode.NOT_FOUND
-    error = await rpc_error(
-        stack.jobs.SubmitJob(
-            jobs_pb2.SubmitJobRequest(prompt="a cat", input_image_id=first.image_id, params={"steps": "1"}),
-            metadata=mine,
-        )
-    )
-    assert error.code() == grpc.StatusCode.NOT_FOUND and "input_image_id" in dict(field_violations(error))
-
-    # Expiry: nothing is due within the TTL; past it every tenant's uploads go, and only uploads.
-    uploads = Uploads(stack.store, ttl_seconds=3600.0, sweep_seconds=3600.0)
-    assert await uploads.expire_once() == 0
-    job_keys = await stack.store.list_keys(BUCKET_JOBS, f"jobs/{owner.tenant}/")
-    later = datetime.now(UTC) + timedelta(seconds=3601)
-    assert await uploads.expire_once(now=later) >= 2
-    for response in (second, third):
-        assert not await stack.store.exists(BUCKET_JOBS, f"uploads/{owner.tenant}/{response.image_id}.png")
-    assert await stack.store.list_keys(BUCKET_JOBS, f"jobs/{owner.tenant}/") == job_keys
-    # A TTL of 0 keeps uploads: no expires_at, nothing swept.
-    assert Uploads(stack.store, ttl_seconds=0, sweep_seconds=1).expires_at(datetime.now(UTC)) is None
-    assert await Uploads(stack.store, ttl_seconds=0, sweep_seconds=1).expire_once(now=later) == 0
-
-
-async def test_a_tenant_holds_a_bounded_number_of_uploads(stack):
-    await stack.start_gateway(limits=Limits(fetch_timeout_seconds=5.0, tenant_max_uploads=3))
-    owner, other = await stack.tenant("owner"), await stack.tenant("other")
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (10, 20, 30)).save(buffer, format="PNG")
-
-    async def upload(key: str) -> jobs_pb2.UploadImageResponse:
-        async def parts():
-            yield jobs_pb2.UploadImageRequest(filename="x.png")
-            yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
-
-        return await stack.jobs.UploadImage(parts(), metadata=bearer(key))
-
-    held = [await upload(owner.api_key) for _ in range(3)]
-    error = await rpc_error(upload(owner.api_key))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert reason_of(error).reason == "QUOTA_EXCEEDED" and dict(reason_of(error).metadata) == {
-        "scope": "uploads",
-        "limit": "3",
-    }
-    assert "DeleteUpload" in error.details()
-    retry = next(
-        detail
-        for detail in rpc_status.from_call(error).details
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-    )
-    info = error_details_pb2.RetryInfo()
-    retry.Unpack(info)
-    assert 3500 <= info.retry_delay.seconds <= 86400  # the oldest upload's expiry, a day after it came
-    # Other tenants are not affected; deleting one makes room.
-    await upload(other.api_key)
-    await stack.jobs.DeleteUpload(
-        jobs_pb2.DeleteUploadRequest(image_id=held[0].image_id), metadata=bearer(owner.api_key)
-    )
-    assert (await upload(owner.api_key)).image_id
-
-
-async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_ones_kept(stack):
-    await stack.start_gateway(job_retention_seconds=2.0, retention_sweep_seconds=0.3)
-    tenant = await stack.tenant()
-    mine = bearer(tenant.api_key)
-    fast = {"steps": "1", "w": "256", "h": "256"}
-    done = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a cat", params=fast), metadata=mine)
-    assert (await wait_for_job(stack, done.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
-    prefix = f"jobs/{tenant.tenant}/{done.job_id}/"
-    assert await stack.store.list_keys(BUCKET_JOBS, prefix)
-    stack.worker.gate.clear()  # the next job cannot finish
-    held = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a dog", params=fast), metadata=mine)
-    await asyncio.sleep(3.5)
-    error = await rpc_error(stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=done.job_id), metadata=mine))
-    assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert not await stack.store.list_keys(BUCKET_JOBS, prefix)
-    # Older than the retention, but not finished: kept, and it runs to its end once the worker answers.
-    running = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=held.job_id), metadata=mine)
-    assert running.state in (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
-    stack.worker.gate.set()
-    assert (await wait_for_job(stack, held.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
