@@ -103,6 +103,13 @@ class GatewayClient:
             requests(), metadata=self.metadata(authorization), timeout=self.timeout_seconds
         )
 
+    async def delete_upload(self, authorization: str | None, image_id: str) -> jobs_pb2.DeleteUploadResponse:
+        return await self.jobs.DeleteUpload(
+            jobs_pb2.DeleteUploadRequest(image_id=image_id),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+
     async def discard_uploads(self, authorization: str | None, image_ids: Iterable[str]) -> None:
         """Delete uploads made for one request once the gateway holds its own copies (a job its inputs, a
         tune its reference faces). Best effort: one left behind expires with the gateway's upload TTL."""
@@ -110,11 +117,7 @@ class GatewayClient:
             if not image_id:
                 continue
             try:
-                await self.jobs.DeleteUpload(
-                    jobs_pb2.DeleteUploadRequest(image_id=image_id),
-                    metadata=self.metadata(authorization),
-                    timeout=self.timeout_seconds,
-                )
+                await self.delete_upload(authorization, image_id)
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     log.warning("upload not deleted", extra={"image_id": image_id, "code": error.code().name})

@@ -4,6 +4,7 @@ precise 4xx (never a 500)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import zipfile
@@ -247,3 +248,49 @@ async def test_an_unreachable_gateway_is_503_without_internal_addresses(http_api
         response = await client.get("/v1/jobs")
     assert response.status_code == 503
     assert response.json() == {"error": "the service is unavailable; retry later"}
+
+
+async def test_uploads_over_http_feed_jobs_and_are_deleted_by_their_owner(http_api):
+    picture = io.BytesIO()
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(picture, "JPEG")
+    async with http_api.client() as client:
+        raw = await client.post(
+            "/v1/uploads",
+            content=picture.getvalue(),
+            headers={"Content-Type": "image/jpeg", "X-Filename": "a.jpg"},
+        )
+        assert raw.status_code == 201, raw.text
+        uploaded = raw.json()
+        assert len(uploaded["image_id"]) == 24 and (uploaded["width"], uploaded["height"]) == (320, 240)
+        assert uploaded["expires_at"].endswith("Z")
+        form = await client.post("/v1/uploads", files={"file": ("m.png", picture.getvalue(), "image/jpeg")})
+        assert form.status_code == 201, form.text
+        job_id = await submit(
+            client, prompt="BREAK BREAK ohwx woman", params=SMALL, input_image_id=uploaded["image_id"]
+        )
+        # Refusals name this request's field, never the gRPC one.
+        not_image = await client.post("/v1/uploads", content=b"<html>", headers={"Content-Type": "image/png"})
+        assert not_image.status_code == 422 and "body" in not_image.json()["errors"]
+        wrong_type = await client.post(
+            "/v1/uploads", content=b"{}", headers={"Content-Type": "application/json"}
+        )
+        assert wrong_type.status_code == 422 and "body" in wrong_type.json()["errors"]
+        no_file = await client.post(
+            "/v1/uploads", files={"image": ("m.png", picture.getvalue(), "image/jpeg")}
+        )
+        assert no_file.status_code == 422 and "file" in no_file.json()["errors"]
+        # Another tenant cannot delete it; its owner can, once; the job has its own copy.
+        other = await http_api.stack.tenant("other")
+        async with http_api.client(key=other.api_key) as stranger:
+            assert (await stranger.delete(f"/v1/uploads/{uploaded['image_id']}")).status_code == 404
+        assert (await client.delete(f"/v1/uploads/{uploaded['image_id']}")).status_code == 204
+        assert (await client.delete(f"/v1/uploads/{uploaded['image_id']}")).status_code == 404
+        assert (await client.delete("/v1/uploads/not-an-id")).status_code == 422
+        async with http_api.client(key="") as anonymous:
+            assert (await anonymous.post("/v1/uploads", content=picture.getvalue())).status_code == 401
+        for _ in range(300):
+            job = (await client.get(f"/v1/jobs/{job_id}")).json()
+            if job["state"] not in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING"):
+                break
+            await asyncio.sleep(0.1)
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
