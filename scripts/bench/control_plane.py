@@ -154,6 +154,7 @@ class ControlPlane:
     def start(self) -> None:
         try:
             from multipass_dev.local.process import find_binary
+            from multipass_dev.local.s3_server import HEALTH_PATH
             from multipass_dev.stack.health import HealthProbe
             from multipass_dev.stack.supervisor import ProcessSpec, Supervisor
         except ImportError as error:
@@ -195,7 +196,7 @@ class ControlPlane:
                     str(w.s3_port),
                 ),
                 env=clean_env(),
-                probe=HealthProbe("http", f"http://127.0.0.1:{w.s3_port}/moto-api/data.json"),
+                probe=HealthProbe("http", f"http://127.0.0.1:{w.s3_port}{HEALTH_PATH}"),
                 ready_timeout=60,
             ),
         ]

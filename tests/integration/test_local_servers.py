@@ -136,6 +136,24 @@ def test_s3_server_endpoint_is_host_port(s3):
     assert s3.answering()
 
 
+async def test_the_stacks_s3_health_probe_stays_healthy_once_objects_are_stored(s3, store):
+    """`multipass status` probes the S3 endpoint; moto's data dump (the old probe) answered 500 once an
+    object had gone up in parts, so after `make run` a healthy stack showed its object store NOT_SERVING."""
+    from multipass.names import BUCKET_TUNES
+    from multipass_dev.local.s3_server import HEALTH_PATH
+    from multipass_dev.stack.health import HealthProbe
+
+    probe = HealthProbe("http", f"http://{s3.endpoint}{HEALTH_PATH}")
+    assert probe.check(timeout=2.0)
+    for index in range(20):
+        await store.put_bytes(BUCKET_JOBS, f"jobs/t/j{index}/image-0/base.png", b"x" * 1000)
+        await store.put_bytes(BUCKET_TUNES, f"tunes/t/{index}/lora.safetensors", b"y" * 100)
+    await store.delete_prefix(BUCKET_JOBS, "jobs/t/j1")
+    # Objects over the client's part size go up in parts (an upscaled final image, a checkpoint tune).
+    await store.put_bytes(BUCKET_JOBS, "jobs/t/big/image-0/upscale.png", b"z" * (12 * 1024 * 1024))
+    assert probe.check(timeout=2.0)
+
+
 def test_missing_binary_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))

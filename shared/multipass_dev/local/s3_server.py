@@ -20,6 +20,9 @@ from multipass_dev.local.server_process import PORT_TRIES, LocalServer
 
 PACKAGE = "moto[server]"
 STARTUP_TIMEOUT = 30.0
+#: Path answered while the server runs, whatever it stores (moto's dashboard page). Not ``data.json``: that
+#: serialises every stored object, grows with them, and answers 500 once an object went up in parts.
+HEALTH_PATH = "/moto-api/"
 
 
 class S3ServerProcess(LocalServer):
@@ -55,7 +58,7 @@ class S3ServerProcess(LocalServer):
         return f"http://{self.endpoint}"
 
     def answering(self) -> bool:
-        return http_status(f"{self.url}/moto-api/data.json", timeout=1.0) is not None
+        return http_status(f"{self.url}{HEALTH_PATH}", timeout=1.0) is not None
 
     def reset(self) -> None:
         """Forget every bucket and object (``POST /moto-api/reset``)."""

@@ -25,6 +25,7 @@ import grpc
 
 from multipass_client.stack_record import StackPaths, read_state
 from multipass_dev.local.process import LOOPBACK, PortReservation, find_binary, is_port_clash
+from multipass_dev.local.s3_server import HEALTH_PATH
 from multipass_dev.stack.health import HealthProbe
 from multipass_dev.stack.state import STATE_VERSION, supervisor_alive, write_json_atomic, write_secret
 from multipass_dev.stack.supervisor import ProcessSpec, ProcessStatus, RestartPolicy, StartError, Supervisor
@@ -271,7 +272,7 @@ class LocalStack:
                     name="s3",
                     argv=(str(find_binary("moto_server", "moto[server]")), "-H", LOOPBACK, "-p", port),
                     env=env,
-                    probe=HealthProbe("http", f"http://{wiring.s3_endpoint}/moto-api/data.json"),
+                    probe=HealthProbe("http", f"http://{wiring.s3_endpoint}{HEALTH_PATH}"),
                     ready_timeout=60,
                     stop_grace=config.stop_grace,
                     restart=config.restart,
