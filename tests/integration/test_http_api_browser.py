@@ -17,6 +17,8 @@ from gateway_support import (  # noqa: F401 - fixtures
 )
 from http_api_support import http_api_fixture, http_api_overrides_fixture  # noqa: F401 - fixtures
 
+from multipass.names import BUCKET_JOBS
+
 pytestmark = pytest.mark.slow
 
 TWO_PERSONS = "a ballroom BREAK photo, 85mm BREAK ohwx woman, red dress BREAK ohwx man, black suit"
@@ -28,6 +30,19 @@ FINAL_VISIBLE = """(() => {
 VISIBLE_OVERLAYS = """[...document.querySelectorAll('#overlay-0 img.mask-overlay')]
   .filter((img) => img.complete && img.naturalWidth > 0 && !img.hidden && img.getBoundingClientRect().width > 0)
   .map((img) => img.dataset.mask)"""
+
+
+#: Fill the form with a small prompt and a generated PNG in the file field, then submit it.
+SUBMIT_WITH_INPUT_IMAGE = """(async () => {
+  const canvas = document.createElement('canvas'); canvas.width = 256; canvas.height = 256;
+  const paint = canvas.getContext('2d'); paint.fillStyle = '#c03020'; paint.fillRect(0, 0, 256, 256);
+  const blob = await new Promise((done) => canvas.toBlob(done, 'image/png'));
+  const files = new DataTransfer(); files.items.add(new File([blob], 'wall.png', { type: 'image/png' }));
+  document.getElementById('input-image').files = files.files;
+  const set = (id, v) => { document.getElementById(id).value = v; };
+  set('prompt', 'a painting of a red wall'); set('steps', '2'); set('w', '256'); set('h', '256');
+  document.getElementById('submit-form').requestSubmit();
+})()"""
 
 
 def drive(browser: Browser, url: str, api_key: str, screenshots: Path) -> dict:
@@ -77,7 +92,27 @@ def drive(browser: Browser, url: str, api_key: str, screenshots: Path) -> dict:
     # The toggle hides that person's overlay.
     browser.evaluate("document.getElementById('toggle-0-person-0').click()")
     hidden = browser.evaluate("document.querySelector('#overlay-0 img[data-mask=\"person-0\"]').hidden")
+    # A second job from an input image chosen in the file field (uploaded, then used by the job).
+    browser.evaluate("location.hash = '#/'")
+    browser.wait_for("!document.getElementById('home-view').hidden", 20, "the home view")
+    browser.evaluate(SUBMIT_WITH_INPUT_IMAGE)
+    input_job = browser.wait_for(
+        f"location.hash.startsWith('#/jobs/') && location.hash.slice(7) !== '{job_id}' && location.hash.slice(7)",
+        20,
+        "the job page of the input-image job",
+    )
+    input_state = browser.wait_for(
+        "document.getElementById('job-state').textContent === 'succeeded' && 'succeeded'",
+        90,
+        "the input-image job to succeed",
+    )
+    input_passes = browser.evaluate(
+        "[...document.querySelectorAll('#passes-table tbody tr')].map((tr) => tr.cells[1].textContent)"
+    )
     return {
+        "input_job": input_job,
+        "input_state": input_state,
+        "input_passes": input_passes,
         "job_id": job_id,
         "stored": stored,
         "overlays": overlays,
@@ -106,6 +141,14 @@ async def test_web_page_watches_a_two_person_job_live(http_api, tmp_path):
     assert {"base", "person-0", "person-1"} <= set(seen["passes"])
     assert {"base", "segment", "person-0", "person-1"} <= {name for name, _ in seen["timings"]}
     assert seen["alts"] is True and seen["hidden_after_toggle"] is True
+    # The input image went up through /v1/uploads, the job ran on it, and the upload was deleted after.
+    assert seen["input_state"] == "succeeded" and seen["input_passes"][0] == "prepare", seen["input_passes"]
+    assert any(url.endswith("/v1/uploads") for url in browser.requests)
+    for _ in range(50):
+        if not await http_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{http_api.tenant}/"):
+            break
+        await asyncio.sleep(0.1)
+    assert not await http_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{http_api.tenant}/")
     # Every request stayed on this origin (or blob: URLs); the key never appears in a URL.
     foreign = [
         url for url in browser.requests if not url.startswith((http_api.url, "blob:", "data:", "about:"))

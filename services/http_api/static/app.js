@@ -114,7 +114,16 @@ $("submit-form").addEventListener("submit", async (event) => {
   const body = { prompt: $("prompt").value, params };
   if ($("num_images").value !== "") body.num_images = Number($("num_images").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  const file = $("input-image").files[0];
+  if (file) {
+    // Uploaded first; the job keeps its own copy, so the upload is deleted once the job is submitted.
+    const uploaded = await api("/v1/uploads", { method: "POST", headers: { "Content-Type": file.type || "application/octet-stream", "X-Filename": file.name.replace(/[^\x20-\x7e]/g, "_") }, body: file });
+    const upload = await uploaded.json().catch(() => null);
+    if (uploaded.status !== 201) { $("submit-error").textContent = "Input image: " + errorText(upload); $("submit-error").focus(); return; }
+    body.input_image_id = upload.image_id;
+  }
   const response = await api("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  if (body.input_image_id) api("/v1/uploads/" + body.input_image_id, { method: "DELETE" }).catch(() => {});
   const answer = await response.json().catch(() => null);
   if (response.status !== 201) { $("submit-error").textContent = errorText(answer); $("submit-error").focus(); return; }
   say("Job " + answer.job_id + " submitted.");
