@@ -22,7 +22,7 @@ reference's colours, textures and subject at hand, without a ControlNet model, f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -101,16 +101,23 @@ def reference_latents(pipe, image: Image.Image, size: tuple[int, int]) -> torch.
 
 
 @contextlib.contextmanager
-def attached(pipe, image: Image.Image, size: tuple[int, int], *, scale: float, seed: int) -> Iterator[None]:
-    """Reference-only attention on ``pipe`` for the calls made inside the block."""
+def attached(
+    pipe, image: Image.Image, size: tuple[int, int], *, scale: float, seeds: Sequence[int]
+) -> Iterator[None]:
+    """Reference-only attention on ``pipe`` for the calls made inside the block, one image per seed (each
+    image's reference noise comes from its own seed, so a batch repeats what each seed gives alone)."""
     import torch
 
     unet = pipe.unet
     latents = reference_latents(pipe, image, size)
-    noise = torch.randn(
-        latents.shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32
-    )
-    noise = noise.to(device=latents.device, dtype=latents.dtype)
+    noise = torch.cat(
+        [
+            torch.randn(
+                latents.shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32
+            )
+            for seed in seeds
+        ]
+    ).to(device=latents.device, dtype=latents.dtype)
     bank = _Bank(scale=max(0.0, float(scale)))
     original = dict(unet.attn_processors)
     unet.set_attn_processor(
@@ -133,8 +140,11 @@ def attached(pipe, image: Image.Image, size: tuple[int, int], *, scale: float, s
         steps = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         steps = steps.expand(batch) if steps.numel() == 1 else steps
         scheduler = pipe.scheduler
+        # The real call's batch is the images, or [unconditional images, conditional images] with CFG.
         noised = scheduler.add_noise(
-            latents.expand(batch, -1, -1, -1), noise.expand(batch, -1, -1, -1), steps.to(latents.device)
+            latents.expand(batch, -1, -1, -1),
+            noise.repeat(batch // noise.shape[0], 1, 1, 1),
+            steps.to(latents.device),
         )
         reference = scheduler.scale_model_input(noised, timestep).to(sample.dtype)
         if sample.shape[1] > reference.shape[1]:  # an inpainting UNet: the real call's mask channels

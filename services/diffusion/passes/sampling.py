@@ -173,7 +173,7 @@ def _run_pipeline(
         if reference is not None:
             scale = spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
             attachments.enter_context(
-                reference_attention.attached(pipe, reference, size, scale=scale, seed=seeds[0])
+                reference_attention.attached(pipe, reference, size, scale=scale, seeds=seeds)
             )
         with torch.inference_mode():
             results = pipe(**kwargs).images

@@ -50,6 +50,7 @@ def unbatched(engine, base, inputs):
         (SD15_MODEL, {"denoising_strength": 0.6}, "image", "img2img"),
         (SD15_MODEL, {"controlnet": "canny", "controlnet_txt2img": True}, "image", "txt2img+controlnet"),
         (SD15_MODEL, {"controlnet": "tile", "denoising_strength": 0.5}, "image", "img2img+controlnet"),
+        (SD15_MODEL, {"controlnet": "reference", "controlnet_txt2img": True}, "image", "txt2img+reference"),
         (SD15_MODEL, {"scheduler": "euler_a"}, None, "txt2img"),
         (SD15_MODEL, {"use_lpw": True}, None, "txt2img"),
     ],
