@@ -5,7 +5,9 @@ optional components) on ``MULTIPASS_BENCH_STANDIN_GRPC_ADDR`` and consumes that 
 from JetStream exactly where a diffusion worker would (durable ``diffusion-<model>``). Each request is
 answered at once, as a worker answers a pass-cache hit: a ``started`` event, then ``completed`` with a
 tiny image stored once at start-up, then ack. Settings: ``MULTIPASS_NATS_URL``, ``MULTIPASS_S3_*``,
-``MULTIPASS_BENCH_STANDIN_MODEL`` (default ``sd15-tiny``), ``MULTIPASS_BENCH_STANDIN_SIZE`` (default 256).
+``MULTIPASS_BENCH_STANDIN_MODEL`` (default ``sd15-tiny``), ``MULTIPASS_BENCH_STANDIN_SIZE`` (default 256),
+``MULTIPASS_BENCH_STANDIN_PROGRESS_EVENTS`` (default 0: progress events between ``started`` and
+``completed``, as a real worker reports its steps, to measure what they cost the gateway).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ class StandInInfo(diffusion_pb2_grpc.DiffusionServicer):
 
 
 class StandIn:
-    def __init__(self, bus: Bus, output: object):
+    def __init__(self, bus: Bus, output: object, progress_events: int = 0):
         self.bus = bus
         self.output = output
+        self.progress_events = progress_events
         self.handled = 0
 
     async def handle(self, delivery: Delivery):
@@ -54,6 +57,16 @@ class StandIn:
             names.EVENT_STARTED,
             started=events_pb2.PassStarted(worker="bench-standin", steps_total=request.spec.steps),
         )
+        total = max(request.spec.steps, self.progress_events)
+        for report in range(1, self.progress_events + 1):
+            step = -(-report * total // self.progress_events)  # spread over the pass's steps
+            await publish_pass_event(
+                self.bus,
+                request,
+                names.EVENT_PROGRESS,
+                suffix=f"{names.EVENT_PROGRESS}:{step}",
+                progress=events_pb2.PassProgress(step=step, steps_total=total),
+            )
         result = diffusion_pb2.PassResult(output=self.output, duration_seconds=0.0, spec_hash="0" * 64)
         await publish_pass_event(
             self.bus, request, names.EVENT_COMPLETED, completed=events_pb2.PassCompleted(result=result)
@@ -71,13 +84,14 @@ async def serve(environ=None) -> None:
     address = reader.address("BENCH_STANDIN_GRPC_ADDR", "127.0.0.1:0")
     model = reader.str("BENCH_STANDIN_MODEL", "sd15-tiny")
     size = reader.int("BENCH_STANDIN_SIZE", 256, min=8, max=4096)
+    progress_events = reader.int("BENCH_STANDIN_PROGRESS_EVENTS", 0, min=0, max=200)
     reader.check()
     bus = await Bus.connect(nats.url, name="bench-standin")
     await bus.ensure_topology()
     store = ObjectStore.from_settings(s3)
     await store.ensure_buckets(OBJECT_BUCKETS)
     output = await store.put_image("multipass-jobs", IMAGE_KEY, Image.new("RGB", (size, size), (40, 90, 160)))
-    standin = StandIn(bus, output)
+    standin = StandIn(bus, output, progress_events)
     server = await start_grpc_server(
         address,
         [Registration(diffusion_pb2_grpc.add_DiffusionServicer_to_server, StandInInfo(model), SERVICE_NAME)],

@@ -25,6 +25,7 @@ from multipass_gateway.app.cancellation import Canceller
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.orchestrator import Orchestrator
+from multipass_gateway.app.progress_gate import ProgressGate
 from multipass_gateway.app.retention import JobRetention
 from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
@@ -180,6 +181,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             max_attempts=settings.limits.pass_max_attempts,
             concurrency=settings.event_concurrency,
             copies=copies,
+            progress_gate=ProgressGate(settings.progress_interval_seconds),
         )
         segmentation_steps = SegmentationSteps(
             bus, jobs, clients, on_completed=orchestrator.apply_published, copies=copies

@@ -138,6 +138,9 @@ class GatewaySettings:
     #: DeleteUpload. Expired uploads are deleted within a sweep of ``upload_sweep_seconds``.
     upload_ttl_seconds: float = 24 * 3600.0
     upload_sweep_seconds: float = 600.0
+    #: Seconds between two recorded step reports of one pass (``multipass_gateway.app.progress_gate``);
+    #: 0 records every report the step throttle lets through.
+    progress_interval_seconds: float = 0.5
     #: Seconds a finished job (record, events, images) is kept after it ended; 0 keeps jobs until DeleteJob.
     job_retention_seconds: float = 0.0
     #: Seconds between the sweeps that delete jobs past their retention (when one is set).
@@ -251,6 +254,9 @@ class GatewaySettings:
                 "GATEWAY_UPLOAD_TTL_SECONDS", 24 * 3600.0, min=0.0, max=366 * 24 * 3600.0
             ),
             upload_sweep_seconds=reader.float("GATEWAY_UPLOAD_SWEEP_SECONDS", 600.0, min=1.0),
+            progress_interval_seconds=reader.float(
+                "GATEWAY_PROGRESS_INTERVAL_SECONDS", 0.5, min=0.0, max=60.0
+            ),
             job_retention_seconds=reader.float(
                 "GATEWAY_JOB_RETENTION_SECONDS", 0.0, min=0.0, max=10 * 366 * 24 * 3600.0
             ),

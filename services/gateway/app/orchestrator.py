@@ -18,6 +18,7 @@ from multipass.errors import NotFound
 from multipass.logs import log_context
 from multipass.v1 import events_pb2
 from multipass_gateway.app.job_end import JobEnd
+from multipass_gateway.app.progress_gate import ProgressGate
 from multipass_gateway.domain import job_state
 from multipass_gateway.domain.scheduling import PassKey
 from multipass_gateway.infra.job_store import JobStore
@@ -52,8 +53,11 @@ class Orchestrator:
         max_attempts: int,
         concurrency: int,
         copies: ObjectCopies | None = None,
+        progress_gate: ProgressGate | None = None,
     ):
         self.bus = bus
+        #: Step reports that come too soon after the last one recorded are acknowledged unapplied.
+        self.progress_gate = progress_gate or ProgressGate(0)
         #: Where copies of small outputs that completed events carry are kept, for the passes reading them.
         self.copies = copies
         self.jobs = jobs
@@ -92,6 +96,8 @@ class Orchestrator:
         event = delivery.parse(events_pb2.PassEvent)
         if not event.job_id or not event.tenant or not event.pass_name:
             return Term(f"pass event on {delivery.subject} lacks job_id, tenant or pass_name")
+        if not self.progress_gate.admit(event):
+            return Ack()  # a step report soon after the last one recorded: the next one will do
         try:
             await self.apply(event)
         except NotFound:
