@@ -233,6 +233,13 @@ class Stack:
         )
 
 
+async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
+    """The gRPC error an awaited call fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await awaitable
+    return caught.value
+
+
 def bearer(key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
 

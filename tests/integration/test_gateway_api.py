@@ -22,6 +22,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     bearer,
     capabilities_fixture,
     register_tune,
+    rpc_error,
     safetensors_bytes,
     segmentation_models_fixture,
     stack_fixture,
@@ -38,12 +39,6 @@ from multipass.store import PublicEndpoint
 from multipass.v1 import admin_pb2, jobs_pb2
 from multipass_gateway.infra import callbacks
 from multipass_gateway.settings import FetchAllowList, Limits
-
-
-async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    return caught.value
 
 
 async def test_auth_admin_and_key_revocation(stack):

@@ -16,6 +16,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     bearer,
     capabilities_fixture,
     register_tune,
+    rpc_error,
     safetensors_bytes,
     segmentation_models_fixture,
     stack_fixture,
@@ -48,12 +49,6 @@ NUMERIC = {
     FieldDescriptor.TYPE_ENUM,
 }
 WELL_KNOWN = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
-
-
-async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    return caught.value
 
 
 def reason(error: grpc.aio.AioRpcError) -> str:

@@ -9,10 +9,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import pytest
 from gateway_support import (  # noqa: F401 - fixtures
     bearer,
     capabilities_fixture,
+    rpc_error,
     segmentation_models_fixture,
     stack_fixture,
     wait_for_job,
@@ -26,12 +26,6 @@ from multipass.names import BUCKET_JOBS
 from multipass.v1 import jobs_pb2
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.settings import Limits
-
-
-async def rpc_error(awaitable) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    return caught.value
 
 
 async def test_uploads_expire_and_are_deleted_by_their_owner_only(stack):
@@ -150,7 +144,7 @@ async def test_a_tenant_holds_a_bounded_number_of_uploads(stack):
 
 
 async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_ones_kept(stack):
-    await stack.start_gateway(job_retention_seconds=2.0, retention_sweep_seconds=0.3)
+    await stack.start_gateway(job_retention_seconds=1.0, retention_sweep_seconds=0.2)
     tenant = await stack.tenant()
     mine = bearer(tenant.api_key)
     fast = {"steps": "1", "w": "256", "h": "256"}
@@ -160,7 +154,7 @@ async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_on
     assert await stack.store.list_keys(BUCKET_JOBS, prefix)
     stack.worker.gate.clear()  # the next job cannot finish
     held = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt="a dog", params=fast), metadata=mine)
-    await asyncio.sleep(3.5)
+    await asyncio.sleep(2.2)
     error = await rpc_error(stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=done.job_id), metadata=mine))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert not await stack.store.list_keys(BUCKET_JOBS, prefix)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from multipass_http_api.app import create_app
-from multipass_http_api.gateway import GatewayClient
 from multipass_http_api.settings import HttpApiSettings
+
+
+class NoGateway:
+    """Preflights are answered by the CORS layer alone: no call reaches the gateway."""
 
 
 def test_a_browser_on_an_allowed_origin_may_upload_and_submit():
     settings = HttpApiSettings.from_env({"MULTIPASS_HTTP_CORS_ORIGINS": "https://app.example.com"})
-    app = create_app(settings, GatewayClient("127.0.0.1:1"))
+    app = create_app(settings, NoGateway())
     with TestClient(app) as client:
         for path, method, headers in (
             ("/v1/uploads", "POST", "authorization,content-type,x-filename"),
