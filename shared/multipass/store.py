@@ -387,7 +387,10 @@ class ObjectStore:
         """Remove every object under ``prefix`` (which must not be empty); returns how many."""
         if not prefix:
             raise InvalidInput.of([Violation("prefix", "must not be empty (that would empty the bucket)")])
-        keys = await self.list_keys(bucket, prefix)
+        return await self.delete_keys(bucket, await self.list_keys(bucket, prefix))
+
+    async def delete_keys(self, bucket: str, keys: list[str]) -> int:
+        """Remove these objects in one batched request (missing ones are not an error); returns how many."""
         if not keys:
             return 0
 
@@ -398,11 +401,9 @@ class ObjectStore:
                 )
             )
             if failures:
-                raise Internal(
-                    f"could not delete {len(failures)} objects under {bucket}/{prefix}: {failures[0]}"
-                )
+                raise Internal(f"could not delete {len(failures)} objects in {bucket}: {failures[0]}")
 
-        await self._run(remove, bucket, prefix)
+        await self._run(remove, bucket, keys[0])
         return len(keys)
 
     # sharing -------------------------------------------------------------------------------------

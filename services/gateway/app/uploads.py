@@ -91,8 +91,7 @@ class Uploads:
             for key, modified in await self.objects.list_modified(names.BUCKET_JOBS, UPLOADS_PREFIX)
             if modified <= cutoff
         ]
-        for key in expired:
-            await self.objects.delete(names.BUCKET_JOBS, key)
+        await self.objects.delete_keys(names.BUCKET_JOBS, expired)
         if expired:
             metrics.UPLOADS_DELETED.labels(cause="expired").inc(len(expired))
             log.info("expired uploads deleted", extra={"count": len(expired)})
