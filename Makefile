@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 PROTO_STAMP := shared/multipass/v1/__init__.py
 PROTOS := $(wildcard protos/multipass/v1/*.proto)
 PYTEST_ARGS ?=
+# `make test` runs the suite on this many pytest-xdist workers (modules stay whole; 0 = one process)
+TEST_WORKERS ?= 2
 # e.g. make bench BENCH_ARGS="--only orchestration_overhead_ratio"
 BENCH_ARGS ?=
 
@@ -37,7 +39,7 @@ format: install
 
 test: install
 	scripts/ensure_chromium.sh
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

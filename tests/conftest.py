@@ -35,6 +35,22 @@ def _root_logging_restored() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under ``pytest -n N --dist loadfile`` (``make test``) each module's tests run on one worker, so its
+    module fixtures start once, and every end-to-end module shares the one worker that starts the stack."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return ModuleScheduling(config, log)
+
+
 def _missing_binary(error: BinaryNotFound) -> None:
     where = "CI (CI=true)" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "this machine"
     pytest.fail(f"integration server binary missing on {where}: {error}", pytrace=False)
