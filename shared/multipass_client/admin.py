@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from multipass.v1 import admin_pb2, admin_pb2_grpc
@@ -20,3 +22,21 @@ class AdminClient:
 
     def revoke_key(self, key_id: str) -> admin_pb2.RevokeKeyResponse:
         return self._stub.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=key_id), timeout=self._timeout)
+
+    def create_key(self, tenant: str) -> admin_pb2.CreateKeyResponse:
+        return self._stub.CreateKey(admin_pb2.CreateKeyRequest(tenant=tenant), timeout=self._timeout)
+
+    def list_tenants(self, page_size: int = 0) -> Iterator[admin_pb2.TenantSummary]:
+        """Every tenant, oldest first (the pages fetched as they are used)."""
+        token = ""
+        while True:
+            page = self._stub.ListTenants(
+                admin_pb2.ListTenantsRequest(page_size=page_size, page_token=token), timeout=self._timeout
+            )
+            yield from page.tenants
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_keys(self, tenant: str) -> list[admin_pb2.ApiKeySummary]:
+        return list(self._stub.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), timeout=self._timeout).keys)

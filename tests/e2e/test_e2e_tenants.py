@@ -62,7 +62,7 @@ def test_a_second_tenant_cannot_see_watch_cancel_or_use_the_first_tenants_work(
     assert client.tunes.get(tune).tune_id == tune
 
 
-def test_missing_unknown_and_revoked_keys_are_refused(stack):
+def test_missing_unknown_and_revoked_keys_are_refused_and_operators_rotate_keys_from_the_cli(stack):
     with connect(stack.address) as anonymous, pytest.raises(grpc.RpcError) as caught:
         list(anonymous.jobs.list(limit=1))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -74,11 +74,27 @@ def test_missing_unknown_and_revoked_keys_are_refused(stack):
         created = admin.admin.create_tenant("e2e-revoked")
     with stack.client(created.api_key) as tenant:
         assert list(tenant.jobs.list(limit=1)) == []
+        # The operator finds the key's id by listing (the key itself was shown once), rotates, revokes.
+        listed = stack.cli("tenants", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert any(
+            line.split()[0] == created.tenant and line.endswith("e2e-revoked")
+            for line in listed.stdout.splitlines()
+        )
+        rotated = stack.cli("tenants", "add-key", created.tenant)
+        assert rotated.returncode == 0, rotated.stderr
+        new_key = rotated.stdout.strip()
+        keys = stack.cli("tenants", "keys", created.tenant)
+        assert [line.split()[0] for line in keys.stdout.splitlines()][0] == created.key_id
+        assert len(keys.stdout.splitlines()) == 2 and created.api_key not in keys.stdout
         revoked = stack.cli("tenants", "revoke", created.key_id)
         assert revoked.returncode == 0, revoked.stderr
         with pytest.raises(grpc.RpcError) as caught:
             list(tenant.jobs.list(limit=1))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in stack.cli("tenants", "keys", created.tenant).stdout.splitlines()[0]
+    with stack.client(new_key) as rotated_client:
+        assert list(rotated_client.jobs.list(limit=1)) == []
 
 
 def test_the_admin_api_needs_the_admin_token(stack):

@@ -83,6 +83,72 @@ async def test_auth_admin_and_key_revocation(stack):
     assert any(key == f"key.{hashlib.sha256(second.api_key.encode()).hexdigest()}" for key, _ in stored)
 
 
+async def test_operators_list_tenants_in_pages_and_each_tenants_keys_never_the_keys(stack):
+    await stack.start_gateway()
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    acme, globex, initech = [await stack.tenant(name) for name in ("acme", "globex", "initech")]
+    second = await stack.admin.CreateKey(admin_pb2.CreateKeyRequest(tenant=acme.tenant), metadata=admin)
+    await stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=acme.key_id), metadata=admin)
+
+    # Pages of two, oldest first, each tenant once, with its live keys counted.
+    seen, token = [], ""
+    while True:
+        page = await stack.admin.ListTenants(
+            admin_pb2.ListTenantsRequest(page_size=2, page_token=token), metadata=admin
+        )
+        assert len(page.tenants) <= 2
+        seen += page.tenants
+        token = page.next_page_token
+        if not token:
+            break
+    assert [t.tenant for t in seen] == [acme.tenant, globex.tenant, initech.tenant]
+    assert [t.name for t in seen] == ["acme", "globex", "initech"]
+    assert [t.live_keys for t in seen] == [1, 1, 1]
+    assert (
+        seen[0].created_at.seconds > 0
+        and seen[0].created_at.ToNanoseconds() <= seen[1].created_at.ToNanoseconds()
+    )
+
+    keys = (await stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant=acme.tenant), metadata=admin)).keys
+    assert [(k.key_id, k.tenant, k.revoked) for k in keys] == [
+        (acme.key_id, acme.tenant, True),
+        (second.key_id, acme.tenant, False),
+    ]
+    assert keys[0].created_at.seconds > 0 and keys[0].revoked_at.seconds >= keys[0].created_at.seconds
+    assert not keys[1].HasField("revoked_at")
+    listed = (
+        await stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant=acme.tenant), metadata=admin)
+    ).SerializeToString()
+    for api_key in (acme.api_key, second.api_key):
+        assert api_key.split("_", 2)[2].encode() not in listed
+
+    # A tenant's key cannot list anything; unknown tenants and bad paging are named.
+    denied = await rpc_error(
+        stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=bearer(globex.api_key))
+    )
+    assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+    for tenant in ("t" + "0" * 16, "../etc", ""):
+        unknown = await rpc_error(
+            stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), metadata=admin)
+        )
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    bad_size = await rpc_error(
+        stack.admin.ListTenants(admin_pb2.ListTenantsRequest(page_size=-1), metadata=admin)
+    )
+    assert bad_size.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(bad_size)] == ["page_size"]
+    for token in (
+        "garbage",
+        "YWZ0ZXI6eA==",
+        "YWZ0ZXI6MS4wL3g=",
+    ):  # not base64 of ours; "after:x"; "after:1.0/x"
+        bad_token = await rpc_error(
+            stack.admin.ListTenants(admin_pb2.ListTenantsRequest(page_token=token), metadata=admin)
+        )
+        assert bad_token.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [field for field, _ in field_violations(bad_token)] == ["page_token"]
+
+
 async def test_health_watch_and_reflection_v1_stream_and_close_cleanly(stack, caplog):
     await stack.start_gateway()
     for service_name in ("multipass.v1.Jobs", "multipass.v1.Tunes", "multipass.v1.Admin"):

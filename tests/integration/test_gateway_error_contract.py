@@ -137,6 +137,13 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
             tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=-1), metadata=mine),
             "page_size",
         ),
+        ("ListTenantsRequest", "page_size"): (
+            stack.admin.ListTenants(
+                admin_pb2.ListTenantsRequest(page_size=1001),
+                metadata=[("x-multipass-admin-token", ADMIN_TOKEN)],
+            ),
+            "page_size",
+        ),
         ("SubmitJobRequest", "params"): (
             jobs.SubmitJob(
                 jobs_pb2.SubmitJobRequest(prompt="a cat", params={f"p{i}": "1" for i in range(65)}),

@@ -275,6 +275,13 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
             "CreateTenant", admin.CreateTenant, admin_pb2.CreateTenantRequest(name=name), metadata=meta
         )
         recorder.call("CreateKey", admin.CreateKey, admin_pb2.CreateKeyRequest(tenant=tenant), metadata=meta)
+        recorder.call("ListKeys", admin.ListKeys, admin_pb2.ListKeysRequest(tenant=tenant), metadata=meta)
+        recorder.call(
+            "ListTenants",
+            admin.ListTenants,
+            admin_pb2.ListTenantsRequest(page_size=len(name) - 10, page_token=name),
+            metadata=meta,
+        )
         if token != ADMIN_TOKEN:  # never revoke the keys the other examples use
             recorder.call(
                 "RevokeKey", admin.RevokeKey, admin_pb2.RevokeKeyRequest(key_id=key_id), metadata=meta
@@ -305,6 +312,8 @@ METHODS = {
     "/multipass.v1.Admin/CreateTenant": "unary_unary",
     "/multipass.v1.Admin/CreateKey": "unary_unary",
     "/multipass.v1.Admin/RevokeKey": "unary_unary",
+    "/multipass.v1.Admin/ListTenants": "unary_unary",
+    "/multipass.v1.Admin/ListKeys": "unary_unary",
 }
 
 
@@ -360,7 +369,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 32, sorted(by_rpc)  # 16 rpcs through stubs, the same 16 raw
+    assert len(by_rpc) == 36, sorted(by_rpc)  # 18 rpcs through stubs, the same 18 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
@@ -405,6 +414,8 @@ RPCS = {
     "CreateTenant": ("multipass.v1.Admin", admin_pb2.CreateTenantRequest, "unary_unary"),
     "CreateKey": ("multipass.v1.Admin", admin_pb2.CreateKeyRequest, "unary_unary"),
     "RevokeKey": ("multipass.v1.Admin", admin_pb2.RevokeKeyRequest, "unary_unary"),
+    "ListTenants": ("multipass.v1.Admin", admin_pb2.ListTenantsRequest, "unary_unary"),
+    "ListKeys": ("multipass.v1.Admin", admin_pb2.ListKeysRequest, "unary_unary"),
 }
 
 
@@ -477,6 +488,8 @@ def seeds(known: Known) -> dict[str, list]:
         "CreateTenant": [admin_pb2.CreateTenantRequest(name="fuzzed tenant")],
         "CreateKey": [admin_pb2.CreateKeyRequest(tenant=known.tenant)],
         "RevokeKey": [admin_pb2.RevokeKeyRequest(key_id="0123456789abcdef")],
+        "ListTenants": [admin_pb2.ListTenantsRequest(page_size=2)],
+        "ListKeys": [admin_pb2.ListKeysRequest(tenant=known.tenant)],
     }
 
 
@@ -561,6 +574,13 @@ def odd_requests(known: Known) -> dict[str, list]:
         ],
         "CreateKey": [admin_pb2.CreateKeyRequest(tenant="t" + "0" * 16), admin_pb2.CreateKeyRequest()],
         "RevokeKey": [admin_pb2.RevokeKeyRequest(), admin_pb2.RevokeKeyRequest(key_id="F" * 16)],
+        "ListTenants": [
+            admin_pb2.ListTenantsRequest(
+                page_size=1000, page_token="YWZ0ZXI6MWU5OTkvdDAwMDAwMDAwMDAwMDAwMDA="
+            ),
+            admin_pb2.ListTenantsRequest(page_size=1001),
+        ],
+        "ListKeys": [admin_pb2.ListKeysRequest(), admin_pb2.ListKeysRequest(tenant="T" + "0" * 16)],
     }
 
 
@@ -594,7 +614,7 @@ def planned_calls(known: Known, count: int, seed: int) -> list[Plan]:
     for index in range(count):
         rpc = names[index % len(names)]
         _, request_type, kind = RPCS[rpc]
-        own = admin if rpc in ("CreateTenant", "CreateKey", "RevokeKey") else user
+        own = admin if RPCS[rpc][0] == "multipass.v1.Admin" else user
         metadata = own if rng.random() < 0.85 else rng.choice(stray)
         roll = rng.random()
         seed_request = rng.choice(valid[rpc])

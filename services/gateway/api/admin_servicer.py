@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from multipass.errors import PermissionDenied, Reason, Unauthenticated
 from multipass.v1 import admin_pb2, admin_pb2_grpc
 from multipass_gateway.api import auth
-from multipass_gateway.infra.tenant_store import TenantStore
+from multipass_gateway.infra.tenant_store import KeySummary, TenantStore, TenantSummary
 
 SERVICE_NAME = "multipass.v1.Admin"
 
@@ -44,3 +46,41 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def RevokeKey(self, request: admin_pb2.RevokeKeyRequest, context) -> admin_pb2.RevokeKeyResponse:
         self._guard(context)
         return admin_pb2.RevokeKeyResponse(revoked=await self.tenants.revoke(request.key_id))
+
+    async def ListTenants(
+        self, request: admin_pb2.ListTenantsRequest, context
+    ) -> admin_pb2.ListTenantsResponse:
+        self._guard(context)
+        tenants, token = await self.tenants.list_tenants(request.page_size, request.page_token)
+        return admin_pb2.ListTenantsResponse(
+            tenants=[_tenant_message(t) for t in tenants], next_page_token=token
+        )
+
+    async def ListKeys(self, request: admin_pb2.ListKeysRequest, context) -> admin_pb2.ListKeysResponse:
+        self._guard(context)
+        keys = await self.tenants.list_keys(request.tenant)
+        return admin_pb2.ListKeysResponse(keys=[_key_message(k) for k in keys])
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _tenant_message(tenant: TenantSummary) -> admin_pb2.TenantSummary:
+    return admin_pb2.TenantSummary(
+        tenant=tenant.tenant,
+        name=tenant.name,
+        created_at=_timestamp(tenant.created_at),
+        live_keys=tenant.live_keys,
+    )
+
+
+def _key_message(key: KeySummary) -> admin_pb2.ApiKeySummary:
+    message = admin_pb2.ApiKeySummary(key_id=key.key_id, tenant=key.tenant, revoked=key.revoked)
+    if key.created_at is not None:
+        message.created_at.CopyFrom(_timestamp(key.created_at))
+    if key.revoked_at is not None:
+        message.revoked_at.CopyFrom(_timestamp(key.revoked_at))
+    return message

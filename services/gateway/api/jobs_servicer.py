@@ -24,9 +24,9 @@ from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.submission import Submitter, job_id_time
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.domain import job_state, request_checks
+from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
-from multipass_gateway.infra.tune_store import page_token, parse_page_token
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from multipass.bus import KvBucket
 from multipass.errors import InvalidInput, NotFound, Reason, Unauthenticated, Violation, echo
-from multipass_gateway.domain import api_keys
+from multipass_gateway.domain import api_keys, request_checks
+from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.infra.key_streams import KeyStreams
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 
@@ -32,6 +33,24 @@ class NewKey:
     tenant: str
     key_id: str
     api_key: str
+
+
+@dataclass(frozen=True)
+class TenantSummary:
+    tenant: str
+    name: str
+    created_at: float
+    live_keys: int
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    key_id: str
+    tenant: str
+    #: None for keys recorded before issue and revocation times were.
+    created_at: float | None
+    revoked: bool
+    revoked_at: float | None
 
 
 @dataclass(frozen=True)
@@ -119,20 +138,71 @@ class TenantStore:
         return await self._issue(tenant)
 
     async def create_key(self, tenant: str) -> NewKey:
+        await self._existing(tenant)
+        return await self._issue(tenant)
+
+    async def _existing(self, tenant: str) -> None:
         if not valid_tenant_id(tenant) or await self._kv.get(f"tenant.{tenant}") is None:
             raise NotFound(
                 f"tenant {echo(tenant)} does not exist",
                 reason=Reason.UNKNOWN_TENANT,
                 metadata={"tenant": tenant},
             )
-        return await self._issue(tenant)
+
+    async def list_tenants(self, page_size: int, token: str) -> tuple[list[TenantSummary], str]:
+        """A page of tenants, oldest first, and the token of the next page ("" after the last)."""
+        problems = request_checks.page_size(page_size)
+        if problems:
+            raise InvalidInput.of(problems)
+        size = page_size or request_checks.DEFAULT_PAGE_SIZE
+        after = _parse_tenant_token(token)
+        records = [json.loads(value) for _key, value in await self._kv.entries("tenant.*")]
+        ordered = sorted((_tenant_order(r), r) for r in records)
+        page = [record for order, record in ordered if after is None or order > after][: size + 1]
+        more = len(page) > size
+        page = page[:size]
+        live: dict[str, int] = {}
+        if page:
+            for key in await self._keys():
+                if not key.revoked:
+                    live[key.tenant] = live.get(key.tenant, 0) + 1
+        summaries = [
+            TenantSummary(
+                r["tenant"], r.get("name", ""), float(r.get("created_at", 0.0)), live.get(r["tenant"], 0)
+            )
+            for r in page
+        ]
+        return summaries, _tenant_token(_tenant_order(page[-1])) if more else ""
+
+    async def list_keys(self, tenant: str) -> list[KeySummary]:
+        """The tenant's keys, oldest first (NotFound for an unknown tenant)."""
+        await self._existing(tenant)
+        keys = [key for key in await self._keys() if key.tenant == tenant]
+        return sorted(keys, key=lambda k: (k.created_at is not None, k.created_at or 0.0, k.key_id))
+
+    async def _keys(self) -> list[KeySummary]:
+        found = []
+        for name, value in await self._kv.entries("keyid.*"):
+            record = json.loads(value)
+            found.append(
+                KeySummary(
+                    key_id=name.removeprefix("keyid."),
+                    tenant=record["tenant"],
+                    created_at=record.get("created_at"),
+                    revoked=bool(record.get("revoked")),
+                    revoked_at=record.get("revoked_at"),
+                )
+            )
+        return found
 
     async def _issue(self, tenant: str) -> NewKey:
         issued = api_keys.issue_key()
         digest = api_keys.hash_key(issued.api_key, self._pepper)
         await self._kv.create(
             f"keyid.{issued.key_id}",
-            json.dumps({"tenant": tenant, "hash": digest, "revoked": False}).encode(),
+            json.dumps(
+                {"tenant": tenant, "hash": digest, "revoked": False, "created_at": time.time()}
+            ).encode(),
         )
         await self._kv.create(
             f"{_LOOKUP_PREFIX}{digest}", json.dumps({"key_id": issued.key_id, "tenant": tenant}).encode()
@@ -205,6 +275,29 @@ class TenantStore:
             self._notes.removed(f"{_LOOKUP_PREFIX}{digest}")
         if record.get("revoked"):
             return False
-        record["revoked"] = True
+        record["revoked"], record["revoked_at"] = True, time.time()
         await self._kv.put(f"keyid.{key_id}", json.dumps(record).encode())
         return True
+
+
+def _tenant_order(record: dict) -> tuple[float, str]:
+    return (float(record.get("created_at", 0.0)), record["tenant"])
+
+
+def _tenant_token(order: tuple[float, str]) -> str:
+    return page_token(f"{order[0]!r}/{order[1]}")
+
+
+def _parse_tenant_token(token: str) -> tuple[float, str] | None:
+    """The (created_at, tenant) a page token continues after; None for the first page."""
+    text = parse_page_token(token)
+    if not text:
+        return None
+    created, _, tenant = text.partition("/")
+    try:
+        order = (float(created), tenant)
+    except ValueError:
+        order = None
+    if order is None or not valid_tenant_id(tenant):
+        raise InvalidInput.of([Violation("page_token", "is not a token from a previous response")])
+    return order

@@ -8,8 +8,6 @@ files are accepted: pickled ``.ckpt``/``.pt`` files execute code when loaded.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -27,6 +25,7 @@ from multipass.safetensors_header import header_problem
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
 from multipass_gateway.domain import request_checks
+from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.domain.tune_checks import (
     FACEID,
     check_metadata,
@@ -110,22 +109,6 @@ def unknown_upload(field: str, image_id: str) -> NotFound:
         reason=Reason.UNKNOWN_IMAGE,
         metadata={"imageId": image_id},
     )
-
-
-def page_token(last_id: str) -> str:
-    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode()
-
-
-def parse_page_token(token: str, field: str = "page_token") -> str:
-    if not token:
-        return ""
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    if not text.startswith("after:") or not text[6:]:
-        raise InvalidInput.of([Violation(field, "is not a token from a previous response")])
-    return text[6:]
 
 
 class TuneStore:

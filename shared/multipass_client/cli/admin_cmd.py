@@ -1,21 +1,40 @@
-"""``multipass tenants create | revoke``: operator commands, authenticated with the admin token."""
+"""``multipass tenants create | list | keys | add-key | revoke``: operator commands, with the admin token."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    tenants = subparsers.add_parser("tenants", help="create tenants and revoke API keys (admin)")
+    tenants = subparsers.add_parser(
+        "tenants", help="create and list tenants, issue and revoke API keys (admin)"
+    )
     actions = tenants.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
 
     create = actions.add_parser("create", help="create a tenant; prints its API key (shown once)")
     create.add_argument("name")
     add_connection_args(create, admin=True)
     create.set_defaults(run=run_create)
+
+    listing = actions.add_parser("list", help="every tenant, oldest first, with its number of live keys")
+    add_connection_args(listing, admin=True)
+    listing.set_defaults(run=run_list)
+
+    keys = actions.add_parser("keys", help="a tenant's API keys: ids, issue and revocation times")
+    keys.add_argument("tenant")
+    add_connection_args(keys, admin=True)
+    keys.set_defaults(run=run_keys)
+
+    add_key = actions.add_parser("add-key", help="issue another API key for a tenant (shown once)")
+    add_key.add_argument("tenant")
+    add_connection_args(add_key, admin=True)
+    add_key.set_defaults(run=run_add_key)
 
     revoke = actions.add_parser("revoke", help="revoke an API key at once")
     revoke.add_argument("key_id")
@@ -26,12 +45,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 @reports_rpc_errors
 def run_create(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
-        created = client.admin.create_tenant(args.name)
-    print(
-        f"tenant {created.tenant}, key id {created.key_id}; the API key below is shown once", file=sys.stderr
-    )
-    print(created.api_key)
+        return _show_issued(client.admin.create_tenant(args.name))
+
+
+def _show_issued(issued) -> int:
+    """Print a new key (stdout, alone, for scripts) and what it belongs to (stderr)."""
+    print(f"tenant {issued.tenant}, key id {issued.key_id}; the API key below is shown once", file=sys.stderr)
+    print(issued.api_key)
     return 0
+
+
+@reports_rpc_errors
+def run_list(args: argparse.Namespace) -> int:
+    with client_from_args(args, admin=True) as client:
+        tenants = list(client.admin.list_tenants())
+    if not tenants:
+        print("no tenants")
+    for tenant in tenants:
+        print(f"{tenant.tenant}  {_when(tenant.created_at)}  {tenant.live_keys} live key(s)  {tenant.name}")
+    return 0
+
+
+@reports_rpc_errors
+def run_keys(args: argparse.Namespace) -> int:
+    with client_from_args(args, admin=True) as client:
+        keys = client.admin.list_keys(args.tenant)
+    if not keys:
+        print("no keys")
+    for key in keys:
+        state = f"revoked {_when(key.revoked_at)}" if key.revoked else "live"
+        print(f"{key.key_id}  issued {_when(key.created_at)}  {state}")
+    return 0
+
+
+@reports_rpc_errors
+def run_add_key(args: argparse.Namespace) -> int:
+    with client_from_args(args, admin=True) as client:
+        return _show_issued(client.admin.create_key(args.tenant))
+
+
+def _when(stamp: Timestamp) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "(time not recorded)"
+    return datetime.fromtimestamp(stamp.seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @reports_rpc_errors
