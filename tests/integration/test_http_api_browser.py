@@ -101,8 +101,10 @@ def drive(browser: Browser, url: str, api_key: str, screenshots: Path) -> dict:
         20,
         "the job page of the input-image job",
     )
-    input_state = browser.wait_for(
-        "document.getElementById('job-state').textContent === 'succeeded' && 'succeeded'",
+    input_state = browser.wait_for(  # on this job's page: no state of the job shown before it lingers
+        f"document.getElementById('job-title').textContent === 'Job {input_job}'"
+        " && document.querySelectorAll('#passes-table tbody tr').length > 0"
+        " && document.getElementById('job-state').textContent === 'succeeded' && 'succeeded'",
         90,
         "the input-image job to succeed",
     )

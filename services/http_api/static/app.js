@@ -328,6 +328,10 @@ async function openJob(jobId) {
   show("job-view");
   $("job-title").textContent = "Job " + jobId;
   $("job-title").focus();
+  // Nothing of the job shown before stays on the page while this one loads.
+  $("job-state").textContent = "…";
+  $("job-progress").value = 0;
+  $("job-warnings").replaceChildren();
   $("job-images").replaceChildren();
   $("passes-table").querySelector("tbody").replaceChildren();
   $("job-error").textContent = "";
