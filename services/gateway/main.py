@@ -31,6 +31,7 @@ from multipass_gateway.app.segmentation_steps import SegmentationSteps
 from multipass_gateway.app.submission import Submitter
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.app.sweeper import Sweeper
+from multipass_gateway.app.tenant_removal import TenantRemoval
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import InternalClients
@@ -245,7 +246,18 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             ),
             Registration(
                 admin_pb2_grpc.add_AdminServicer_to_server,
-                admin_servicer.AdminServicer(tenants=tenants, admin_token=settings.admin_token),
+                admin_servicer.AdminServicer(
+                    tenants=tenants,
+                    admin_token=settings.admin_token,
+                    removal=TenantRemoval(
+                        tenants=tenants,
+                        jobs=jobs,
+                        deleter=deleter,
+                        tunes=tunes,
+                        objects=objects,
+                        auth_cache_seconds=settings.auth_cache_seconds,
+                    ),
+                ),
                 admin_servicer.SERVICE_NAME,
             ),
         ]

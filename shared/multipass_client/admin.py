@@ -40,3 +40,9 @@ class AdminClient:
 
     def list_keys(self, tenant: str) -> list[admin_pb2.ApiKeySummary]:
         return list(self._stub.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), timeout=self._timeout).keys)
+
+    def delete_tenant(self, tenant: str, *, timeout: float | None = None) -> admin_pb2.DeleteTenantResponse:
+        """Remove the tenant and everything it owns (see the rpc); takes a few seconds at least."""
+        return self._stub.DeleteTenant(
+            admin_pb2.DeleteTenantRequest(tenant=tenant), timeout=timeout or max(self._timeout, 120.0)
+        )

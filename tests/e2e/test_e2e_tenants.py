@@ -95,6 +95,17 @@ def test_missing_unknown_and_revoked_keys_are_refused_and_operators_rotate_keys_
         assert "revoked" in stack.cli("tenants", "keys", created.tenant).stdout.splitlines()[0]
     with stack.client(new_key) as rotated_client:
         assert list(rotated_client.jobs.list(limit=1)) == []
+        # Offboarding: nothing happens without --yes; with it the tenant and its keys are gone.
+        unconfirmed = stack.cli("tenants", "delete", created.tenant)
+        assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+        assert list(rotated_client.jobs.list(limit=1)) == []
+        deleted = stack.cli("tenants", "delete", created.tenant, "--yes")
+        assert deleted.returncode == 0, deleted.stderr
+        assert "1 key(s) revoked" in deleted.stdout  # the first was revoked above
+        with pytest.raises(grpc.RpcError) as caught:
+            list(rotated_client.jobs.list(limit=1))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert created.tenant not in stack.cli("tenants", "list").stdout
 
 
 def test_the_admin_api_needs_the_admin_token(stack):

@@ -282,9 +282,15 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
             admin_pb2.ListTenantsRequest(page_size=len(name) - 10, page_token=name),
             metadata=meta,
         )
-        if token != ADMIN_TOKEN:  # never revoke the keys the other examples use
+        if token != ADMIN_TOKEN:  # never revoke the keys, nor remove the tenant, the other examples use
             recorder.call(
                 "RevokeKey", admin.RevokeKey, admin_pb2.RevokeKeyRequest(key_id=key_id), metadata=meta
+            )
+            recorder.call(
+                "DeleteTenant",
+                admin.DeleteTenant,
+                admin_pb2.DeleteTenantRequest(tenant=tenant),
+                metadata=meta,
             )
 
     try:
@@ -314,6 +320,7 @@ METHODS = {
     "/multipass.v1.Admin/RevokeKey": "unary_unary",
     "/multipass.v1.Admin/ListTenants": "unary_unary",
     "/multipass.v1.Admin/ListKeys": "unary_unary",
+    "/multipass.v1.Admin/DeleteTenant": "unary_unary",
 }
 
 
@@ -330,8 +337,8 @@ def fuzz_wire(address: str, api_key: str, recorder: Recorder) -> None:
     def each(data, extra, admin):
         meta = [("x-multipass-admin-token", ADMIN_TOKEN)] if admin else bearer(api_key)
         for method, kind in METHODS.items():
-            if "Revoke" in method and admin:
-                continue  # random bytes may decode into one of our real key ids
+            if ("Revoke" in method or "DeleteTenant" in method) and admin:
+                continue  # random bytes may decode into one of our real key or tenant ids
             stub = getattr(channel, kind)(method, request_serializer=None, response_deserializer=None)
             payload = iter([data, *extra]) if kind.startswith("stream") else data
             recorder.call(method.rsplit("/", 1)[1] + " (raw)", stub, payload, metadata=meta)
@@ -369,7 +376,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 36, sorted(by_rpc)  # 18 rpcs through stubs, the same 18 raw
+    assert len(by_rpc) == 38, sorted(by_rpc)  # 19 rpcs through stubs, the same 19 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
@@ -416,6 +423,7 @@ RPCS = {
     "RevokeKey": ("multipass.v1.Admin", admin_pb2.RevokeKeyRequest, "unary_unary"),
     "ListTenants": ("multipass.v1.Admin", admin_pb2.ListTenantsRequest, "unary_unary"),
     "ListKeys": ("multipass.v1.Admin", admin_pb2.ListKeysRequest, "unary_unary"),
+    "DeleteTenant": ("multipass.v1.Admin", admin_pb2.DeleteTenantRequest, "unary_unary"),
 }
 
 
@@ -490,6 +498,7 @@ def seeds(known: Known) -> dict[str, list]:
         "RevokeKey": [admin_pb2.RevokeKeyRequest(key_id="0123456789abcdef")],
         "ListTenants": [admin_pb2.ListTenantsRequest(page_size=2)],
         "ListKeys": [admin_pb2.ListKeysRequest(tenant=known.tenant)],
+        "DeleteTenant": [admin_pb2.DeleteTenantRequest(tenant=known.tenant)],
     }
 
 
@@ -581,6 +590,10 @@ def odd_requests(known: Known) -> dict[str, list]:
             admin_pb2.ListTenantsRequest(page_size=1001),
         ],
         "ListKeys": [admin_pb2.ListKeysRequest(), admin_pb2.ListKeysRequest(tenant="T" + "0" * 16)],
+        "DeleteTenant": [
+            admin_pb2.DeleteTenantRequest(),
+            admin_pb2.DeleteTenantRequest(tenant="t" + "0" * 16),
+        ],
     }
 
 
@@ -614,7 +627,9 @@ def planned_calls(known: Known, count: int, seed: int) -> list[Plan]:
     for index in range(count):
         rpc = names[index % len(names)]
         _, request_type, kind = RPCS[rpc]
-        own = admin if RPCS[rpc][0] == "multipass.v1.Admin" else user
+        # DeleteTenant is sent with the tenant's own key: with the admin token a mutation could remove the
+        # tenant every other call uses (its admin path is tested in test_gateway_storage.py).
+        own = admin if RPCS[rpc][0] == "multipass.v1.Admin" and rpc != "DeleteTenant" else user
         metadata = own if rng.random() < 0.85 else rng.choice(stray)
         roll = rng.random()
         seed_request = rng.choice(valid[rpc])

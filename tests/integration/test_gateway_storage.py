@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from gateway_support import (  # noqa: F401 - fixtures
+    ADMIN_TOKEN,
     bearer,
     capabilities_fixture,
+    register_tune,
     rpc_error,
     segmentation_models_fixture,
     stack_fixture,
@@ -22,8 +24,8 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from multipass.grpc.errors import field_violations, reason_of
-from multipass.names import BUCKET_JOBS
-from multipass.v1 import jobs_pb2
+from multipass.names import BUCKET_JOBS, BUCKET_TUNES, KV_TENANTS
+from multipass.v1 import admin_pb2, jobs_pb2
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.settings import Limits
 
@@ -163,3 +165,69 @@ async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_on
     assert running.state in (jobs_pb2.JOB_STATE_QUEUED, jobs_pb2.JOB_STATE_RUNNING)
     stack.worker.gate.set()
     assert (await wait_for_job(stack, held.job_id, tenant.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+
+async def test_an_operator_removes_a_tenant_with_everything_it_owns_and_nothing_of_another(stack):
+    await stack.start_gateway(auth_cache_seconds=0.3)
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    gone, kept = await stack.tenant("leaving"), await stack.tenant("staying")
+    second_key = await stack.admin.CreateKey(admin_pb2.CreateKeyRequest(tenant=gone.tenant), metadata=admin)
+    params = {"steps": "2", "w": "256", "h": "256"}
+    jobs = {}
+    for tenant in (gone, kept):
+        submitted = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a cat", params=params), metadata=bearer(tenant.api_key)
+        )
+        jobs[tenant.tenant] = (await wait_for_job(stack, submitted.job_id, tenant.api_key)).job_id
+    tune = await register_tune(stack, gone.api_key)
+    kept_tune = await register_tune(stack, kept.api_key)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buffer, format="PNG")
+
+    async def parts():
+        yield jobs_pb2.UploadImageRequest(filename="face.png")
+        yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+    await stack.jobs.UploadImage(parts(), metadata=bearer(gone.api_key))
+    assert await stack.store.list_keys(BUCKET_JOBS, f"jobs/{gone.tenant}/")
+    assert await stack.store.list_keys(BUCKET_TUNES, f"tunes/{gone.tenant}/{tune.tune_id}/")
+
+    removed = await stack.admin.DeleteTenant(
+        admin_pb2.DeleteTenantRequest(tenant=gone.tenant), metadata=admin
+    )
+    assert (removed.keys_revoked, removed.jobs_deleted, removed.tunes_deleted) == (2, 1, 1)
+    assert removed.objects_deleted >= 3  # the job's images, the tune's file, the upload
+    for prefix in (f"jobs/{gone.tenant}/", f"uploads/{gone.tenant}/"):
+        assert not await stack.store.list_keys(BUCKET_JOBS, prefix)
+    assert not await stack.store.list_keys(BUCKET_TUNES, f"tunes/{gone.tenant}/")
+    # Its keys authenticate nothing; the operator no longer sees it; nothing of it is left in the tenants KV.
+    for key in (gone.api_key, second_key.api_key):
+        denied = await rpc_error(stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(key)))
+        assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+    listed = await stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=admin)
+    assert [t.tenant for t in listed.tenants] == [kept.tenant]
+    stored = await (await stack.bus.kv(KV_TENANTS)).entries(">")
+    assert not any(gone.tenant in key or gone.tenant.encode() in value for key, value in stored)
+    again = await rpc_error(
+        stack.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant=gone.tenant), metadata=admin)
+    )
+    assert again.code() == grpc.StatusCode.NOT_FOUND and reason_of(again).reason == "UNKNOWN_TENANT"
+    for odd in ("", "../jobs", "t" + "f" * 16, kept.tenant + ".*", ">"):
+        unknown = await rpc_error(
+            stack.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant=odd), metadata=admin)
+        )
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND, odd
+    # A tenant's own key is no admin credential; the other tenant keeps its job, images and tune.
+    refused = await rpc_error(
+        stack.admin.DeleteTenant(
+            admin_pb2.DeleteTenantRequest(tenant=kept.tenant), metadata=bearer(kept.api_key)
+        )
+    )
+    assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+    mine = bearer(kept.api_key)
+    job = await stack.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=jobs[kept.tenant]), metadata=mine)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert await stack.store.list_keys(BUCKET_JOBS, f"jobs/{kept.tenant}/")
+    assert (
+        await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=kept_tune.tune_id), metadata=mine)
+    ).tune_id

@@ -7,14 +7,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from multipass.errors import PermissionDenied, Reason, Unauthenticated
 from multipass.v1 import admin_pb2, admin_pb2_grpc
 from multipass_gateway.api import auth
+from multipass_gateway.app.tenant_removal import TenantRemoval
 from multipass_gateway.infra.tenant_store import KeySummary, TenantStore, TenantSummary
 
 SERVICE_NAME = "multipass.v1.Admin"
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, *, tenants: TenantStore, admin_token: str):
+    def __init__(self, *, tenants: TenantStore, admin_token: str, removal: TenantRemoval):
         self.tenants = tenants
+        self.removal = removal
         self._token = admin_token
 
     def _guard(self, context) -> None:
@@ -60,6 +62,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._guard(context)
         keys = await self.tenants.list_keys(request.tenant)
         return admin_pb2.ListKeysResponse(keys=[_key_message(k) for k in keys])
+
+    async def DeleteTenant(
+        self, request: admin_pb2.DeleteTenantRequest, context
+    ) -> admin_pb2.DeleteTenantResponse:
+        self._guard(context)
+        removed = await self.removal.remove(request.tenant)
+        return admin_pb2.DeleteTenantResponse(
+            keys_revoked=removed.keys_revoked,
+            jobs_deleted=removed.jobs_deleted,
+            tunes_deleted=removed.tunes_deleted,
+            objects_deleted=removed.objects_deleted,
+        )
 
 
 def _timestamp(seconds: float) -> Timestamp:

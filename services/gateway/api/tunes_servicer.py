@@ -56,8 +56,8 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
 
     async def DeleteTune(self, request: jobs_pb2.DeleteTuneRequest, context) -> jobs_pb2.DeleteTuneResponse:
         tenant = await authenticate(self.tenants, context)
-        deleted = await self.tunes.delete(tenant, checked_tune_id(request.tune_id))
-        return jobs_pb2.DeleteTuneResponse(deleted=deleted)
+        await self.tunes.delete(tenant, checked_tune_id(request.tune_id))
+        return jobs_pb2.DeleteTuneResponse(deleted=True)
 
     async def UpdateTune(self, request: jobs_pb2.UpdateTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)

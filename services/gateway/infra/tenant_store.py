@@ -138,10 +138,11 @@ class TenantStore:
         return await self._issue(tenant)
 
     async def create_key(self, tenant: str) -> NewKey:
-        await self._existing(tenant)
+        await self.require(tenant)
         return await self._issue(tenant)
 
-    async def _existing(self, tenant: str) -> None:
+    async def require(self, tenant: str) -> None:
+        """NotFound (``tenant``, ``UNKNOWN_TENANT``) unless the tenant exists."""
         if not valid_tenant_id(tenant) or await self._kv.get(f"tenant.{tenant}") is None:
             raise NotFound(
                 f"tenant {echo(tenant)} does not exist",
@@ -176,9 +177,24 @@ class TenantStore:
 
     async def list_keys(self, tenant: str) -> list[KeySummary]:
         """The tenant's keys, oldest first (NotFound for an unknown tenant)."""
-        await self._existing(tenant)
+        await self.require(tenant)
         keys = [key for key in await self._keys() if key.tenant == tenant]
         return sorted(keys, key=lambda k: (k.created_at is not None, k.created_at or 0.0, k.key_id))
+
+    async def revoke_all(self, tenant: str) -> int:
+        """Revoke every live key of ``tenant`` (as :meth:`revoke` does each); how many were live."""
+        revoked = 0
+        for key in await self._keys():
+            if key.tenant == tenant and await self.revoke(key.key_id):
+                revoked += 1
+        return revoked
+
+    async def delete_record(self, tenant: str) -> None:
+        """Forget ``tenant``: its record and its keys' records (revoke them first: :meth:`revoke_all`)."""
+        for key in await self._keys():
+            if key.tenant == tenant:
+                await self._kv.delete(f"keyid.{key.key_id}")
+        await self._kv.delete(f"tenant.{tenant}")
 
     async def _keys(self) -> list[KeySummary]:
         found = []

@@ -287,12 +287,7 @@ class TuneStore:
             raise InvalidInput.of(problems)
         size = page_size or request_checks.DEFAULT_PAGE_SIZE
         after = parse_page_token(token)
-        prefix = f"{tenant}."
-        ids = sorted(
-            (key[len(prefix) :] for key in await self._kv.keys(f"{tenant}.*")),
-            key=lambda i: (len(i), i),
-            reverse=True,
-        )
+        ids = sorted(await self.ids(tenant), key=lambda i: (len(i), i), reverse=True)
         if after:
             ids = [i for i in ids if (len(i), i) < (len(after), after)]
         tunes = []
@@ -335,8 +330,13 @@ class TuneStore:
             return await self.get(tenant, request.tune_id)  # NotFound: deleted meanwhile
         return changed["tune"]
 
-    async def delete(self, tenant: str, tune_id: str) -> bool:
+    async def ids(self, tenant: str) -> list[str]:
+        """Every tune id of ``tenant``."""
+        prefix = f"{tenant}."
+        return [key[len(prefix) :] for key in await self._kv.keys(f"{tenant}.*")]
+
+    async def delete(self, tenant: str, tune_id: str) -> int:
+        """Delete the tenant's tune and its files; how many files went (NotFound for no such tune)."""
         tune = await self.get(tenant, tune_id)
         await self._kv.delete(names.tune_key(tenant, tune.tune_id))
-        await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))
-        return True
+        return await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))

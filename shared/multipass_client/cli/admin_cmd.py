@@ -1,4 +1,4 @@
-"""``multipass tenants create | list | keys | add-key | revoke``: operator commands, with the admin token."""
+"""``multipass tenants create | list | keys | add-key | revoke | delete``: operator commands (admin token)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("key_id")
     add_connection_args(revoke, admin=True)
     revoke.set_defaults(run=run_revoke)
+
+    delete = actions.add_parser(
+        "delete", help="remove a tenant with its keys, jobs, images, tunes and uploads (cannot be undone)"
+    )
+    delete.add_argument("tenant")
+    delete.add_argument("--yes", action="store_true", help="confirm: without it nothing is removed")
+    add_connection_args(delete, admin=True)
+    delete.set_defaults(run=run_delete)
 
 
 @reports_rpc_errors
@@ -96,3 +104,20 @@ def run_revoke(args: argparse.Namespace) -> int:
         response = client.admin.revoke_key(args.key_id)
     print(f"{args.key_id}: {'revoked' if response.revoked else 'not revoked (unknown or already revoked)'}")
     return 0 if response.revoked else 1
+
+
+@reports_rpc_errors
+def run_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(
+            f"this removes tenant {args.tenant} and everything it owns for good; add --yes to go on",
+            file=sys.stderr,
+        )
+        return 2
+    with client_from_args(args, admin=True) as client:
+        removed = client.admin.delete_tenant(args.tenant)
+    print(
+        f"{args.tenant}: removed ({removed.keys_revoked} key(s) revoked, {removed.jobs_deleted} job(s), "
+        f"{removed.tunes_deleted} tune(s), {removed.objects_deleted} stored object(s))"
+    )
+    return 0

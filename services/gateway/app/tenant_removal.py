@@ -1,0 +1,91 @@
+"""Removing a tenant (``Admin.DeleteTenant``): its keys, jobs, tunes and uploads go, then the tenant itself.
+
+The keys are revoked first, so nothing new starts with them: at once on this replica, on the others when
+the revocation note arrives or, at worst, when their authentication cache expires
+(``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``). Every job is then deleted through ``DeleteJob``'s path (a
+running one is cancelled first), every tune with its files, every upload. Once the cache time since the
+revocation has passed, the jobs and tunes are listed again, so one that another replica accepted just
+before it forgot the keys goes too. The tenant's record goes last: a removal that fails half-way leaves
+the tenant in place (without keys), and is repeated by calling again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from multipass import names
+from multipass.errors import NotFound
+from multipass.store import ObjectStore
+from multipass_gateway.app.deletion import JobDeleter
+from multipass_gateway.infra.job_store import JobStore
+from multipass_gateway.infra.tenant_store import TenantStore
+from multipass_gateway.infra.tune_store import TuneStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Removed:
+    keys_revoked: int = 0
+    jobs_deleted: int = 0
+    tunes_deleted: int = 0
+    objects_deleted: int = 0
+
+
+class TenantRemoval:
+    def __init__(
+        self,
+        *,
+        tenants: TenantStore,
+        jobs: JobStore,
+        deleter: JobDeleter,
+        tunes: TuneStore,
+        objects: ObjectStore,
+        auth_cache_seconds: float,
+        clock=time.monotonic,
+    ):
+        self.tenants = tenants
+        self.jobs = jobs
+        self.deleter = deleter
+        self.tunes = tunes
+        self.objects = objects
+        self.auth_cache_seconds = auth_cache_seconds
+        self._clock = clock
+
+    async def remove(self, tenant: str) -> Removed:
+        """Remove ``tenant`` and everything it owns; NotFound when there is no such tenant."""
+        await self.tenants.require(tenant)
+        removed = Removed(keys_revoked=await self.tenants.revoke_all(tenant))
+        revoked_at = self._clock()
+        await self._delete_owned(tenant, removed)
+        wait = self.auth_cache_seconds - (self._clock() - revoked_at)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._delete_owned(tenant, removed)  # what another replica accepted before it forgot the keys
+        for bucket, prefix in (
+            (names.BUCKET_JOBS, f"uploads/{tenant}/"),
+            (names.BUCKET_JOBS, f"jobs/{tenant}/"),
+            (names.BUCKET_TUNES, f"tunes/{tenant}/"),
+        ):
+            removed.objects_deleted += await self.objects.delete_prefix(bucket, prefix)
+        await self.tenants.delete_record(tenant)
+        log.info("tenant removed", extra={"tenant": tenant, **removed.__dict__})
+        return removed
+
+    async def _delete_owned(self, tenant: str, removed: Removed) -> None:
+        for job_id in await self.jobs.job_ids(tenant):
+            try:
+                response = await self.deleter.delete(tenant, job_id)
+            except NotFound:
+                continue  # deleted meanwhile (by its owner, retention, another removal)
+            removed.jobs_deleted += 1
+            removed.objects_deleted += response.objects_deleted
+        for tune_id in await self.tunes.ids(tenant):
+            try:
+                removed.objects_deleted += await self.tunes.delete(tenant, tune_id)
+            except NotFound:
+                continue
+            removed.tunes_deleted += 1
