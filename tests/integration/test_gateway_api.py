@@ -8,6 +8,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import logging
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +42,8 @@ from multipass_gateway.infra import callbacks
 from multipass_gateway.settings import FetchAllowList, Limits
 
 
-async def test_auth_admin_and_key_revocation(stack):
+async def test_auth_admin_and_key_revocation(stack, caplog):
+    caplog.set_level(logging.INFO, logger="multipass_gateway.audit")
     await stack.start_gateway()
     request = jobs_pb2.ListJobsRequest()
     assert (await rpc_error(stack.jobs.ListJobs(request))).code() == grpc.StatusCode.UNAUTHENTICATED
@@ -81,6 +83,20 @@ async def test_auth_admin_and_key_revocation(stack):
     for key, value in stored:
         assert secret.encode() not in value and secret not in key
     assert any(key == f"key.{hashlib.sha256(second.api_key.encode()).hexdigest()}" for key, _ in stored)
+    # Every change and every refused admin call is in the audit log, with ids and the caller, never a key.
+    audited = [r for r in caplog.records if r.name == "multipass_gateway.audit"]
+    assert [(r.action, getattr(r, "outcome", "")) for r in audited if r.levelno == logging.WARNING] == [
+        ("tenant.create", "refused")
+    ]
+    done = {(r.action, getattr(r, "key_id", "")) for r in audited if r.levelno == logging.INFO}
+    assert {
+        ("tenant.create", tenant.key_id),
+        ("key.create", second.key_id),
+        ("key.revoke", tenant.key_id),
+    } <= done
+    assert all(r.peer for r in audited)
+    for record in audited:
+        assert secret not in record.getMessage() and secret not in str(record.__dict__)
 
 
 async def test_operators_list_tenants_in_pages_and_each_tenants_keys_never_the_keys(stack):
