@@ -256,6 +256,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
                         tunes=tunes,
                         objects=objects,
                         auth_cache_seconds=settings.auth_cache_seconds,
+                        usage=job_end.usage,
                     ),
                 ),
                 admin_servicer.SERVICE_NAME,

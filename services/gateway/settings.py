@@ -114,6 +114,8 @@ class GatewaySettings:
     #: Person passes whose crops avoid each other's masks run at the same time, then one composite pass
     #: merges them (``MULTIPASS_GATEWAY_PARALLEL_PERSONS``; docs/PARALLEL_PERSONS.md).
     parallel_persons: bool = True
+    #: Per-tenant usage counters on /metrics (``MULTIPASS_GATEWAY_TENANT_METRICS``; app/tenant_usage.py).
+    tenant_metrics: bool = True
     #: Largest width/height a chain may reach before hires/upscale.
     max_side: int = 2048
     #: Seconds between sweeps for unpublished outboxes, unfinished callbacks and stale markers.
@@ -240,6 +242,7 @@ class GatewaySettings:
             upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
             hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
             parallel_persons=reader.bool("GATEWAY_PARALLEL_PERSONS", True),
+            tenant_metrics=reader.bool("GATEWAY_TENANT_METRICS", True),
             max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),
             sweep_interval_seconds=reader.float("GATEWAY_SWEEP_INTERVAL_SECONDS", 30.0, min=0.1),
             queue_metrics_interval_seconds=reader.float(

@@ -22,6 +22,7 @@ from gateway_support import (  # noqa: F401 - fixtures
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from multipass.grpc.errors import field_violations, reason_of
 from multipass.names import BUCKET_JOBS, BUCKET_TUNES, KV_TENANTS
@@ -204,6 +205,9 @@ async def test_an_operator_removes_a_tenant_with_everything_it_owns_and_nothing_
     for key in (gone.api_key, second_key.api_key):
         denied = await rpc_error(stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(key)))
         assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
+    usage = "multipass_tenant_jobs_submitted_total"
+    assert REGISTRY.get_sample_value(usage, {"tenant": gone.tenant}) is None  # its usage series went too
+    assert REGISTRY.get_sample_value(usage, {"tenant": kept.tenant}) == 1
     listed = await stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=admin)
     assert [t.tenant for t in listed.tenants] == [kept.tenant]
     stored = await (await stack.bus.kv(KV_TENANTS)).entries(">")

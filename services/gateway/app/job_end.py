@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from multipass.bus import KvBucket
 from multipass.v1 import events_pb2, jobs_pb2
+from multipass_gateway.app.tenant_usage import TenantUsage
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.callbacks import CallbackSender, JobLoader
 from multipass_gateway.infra.fetch import SafeHttp
@@ -46,6 +47,8 @@ class JobEnd:
         """``public_view`` turns a record into the Job a callback carries (what GetJob returns)."""
         self.jobs = jobs
         self._kv = jobs_kv
+        #: Per-tenant usage counters (jobs, device seconds), counted where a job ends.
+        self.usage = TenantUsage(settings.tenant_metrics)
         self.budget = budget
         self.scheduler = scheduler
         self._tasks: set[asyncio.Task] = set()
@@ -63,6 +66,7 @@ class JobEnd:
         state = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
         if count:
             metrics.JOBS_FINISHED.labels(state=state).inc()
+            self.usage.finished(record)
             if job.HasField("finished_at"):
                 duration = (job.finished_at.ToDatetime() - job.created_at.ToDatetime()).total_seconds()
                 metrics.JOB_DURATION.observe(max(0.0, duration))

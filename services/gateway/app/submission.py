@@ -314,6 +314,7 @@ class Submitter:
                 extra={"job_id": job_id, "error": str(error)},
             )
         metrics.JOBS_SUBMITTED.inc()
+        self.job_end.usage.submitted(tenant)
         log.info(
             "job submitted",
             extra={"job_id": job_id, "tenant": tenant, "images": len(record.job.images), "passes": cost},

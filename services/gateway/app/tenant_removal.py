@@ -20,6 +20,7 @@ from multipass import names
 from multipass.errors import NotFound
 from multipass.store import ObjectStore
 from multipass_gateway.app.deletion import JobDeleter
+from multipass_gateway.app.tenant_usage import TenantUsage
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.infra.tune_store import TuneStore
@@ -45,6 +46,7 @@ class TenantRemoval:
         tunes: TuneStore,
         objects: ObjectStore,
         auth_cache_seconds: float,
+        usage: TenantUsage,
         clock=time.monotonic,
     ):
         self.tenants = tenants
@@ -53,6 +55,7 @@ class TenantRemoval:
         self.tunes = tunes
         self.objects = objects
         self.auth_cache_seconds = auth_cache_seconds
+        self.usage = usage
         self._clock = clock
 
     async def remove(self, tenant: str) -> Removed:
@@ -72,6 +75,7 @@ class TenantRemoval:
         ):
             removed.objects_deleted += await self.objects.delete_prefix(bucket, prefix)
         await self.tenants.delete_record(tenant)
+        self.usage.forget(tenant)
         log.info("tenant removed", extra={"tenant": tenant, **removed.__dict__})
         return removed
 

@@ -13,6 +13,19 @@ JOBS_FINISHED = Counter(
 JOB_DURATION = Histogram(
     "multipass_job_duration_seconds", "Seconds from submit to the terminal state.", buckets=LONG_BUCKETS
 )
+TENANT_JOBS_SUBMITTED = Counter(
+    "multipass_tenant_jobs_submitted_total", "Jobs accepted by SubmitJob, by tenant.", ["tenant"]
+)
+TENANT_JOBS_FINISHED = Counter(
+    "multipass_tenant_jobs_finished_total",
+    "Jobs that reached a terminal state, by tenant and state.",
+    ["tenant", "state"],
+)
+TENANT_DEVICE_SECONDS = Counter(
+    "multipass_tenant_device_seconds_total",
+    "Seconds the passes of a tenant's finished jobs ran on diffusion workers (started to finished), by tenant.",
+    ["tenant"],
+)
 QUEUE_PENDING = Gauge(
     "multipass_queue_pending_passes",
     "Pass requests not finished yet (pending + in flight) per work-queue consumer, from JetStream consumer info.",
