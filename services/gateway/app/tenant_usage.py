@@ -16,7 +16,7 @@ from multipass.v1 import events_pb2, jobs_pb2
 from multipass_gateway.infra import metrics
 
 #: Every job state's label value (for removing a tenant's series).
-_STATES = tuple(name.removeprefix("JOB_STATE_").lower() for name in jobs_pb2.JobState.keys())
+_STATES = tuple(v.name.removeprefix("JOB_STATE_").lower() for v in jobs_pb2.JobState.DESCRIPTOR.values)
 
 
 def device_seconds(record: events_pb2.JobRecord) -> float:
