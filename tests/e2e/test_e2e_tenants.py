@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from e2e_support import FAST, follow, register_lora
@@ -84,6 +86,12 @@ def test_missing_unknown_and_revoked_keys_are_refused_and_operators_rotate_keys_
         rotated = stack.cli("tenants", "add-key", created.tenant)
         assert rotated.returncode == 0, rotated.stderr
         new_key = rotated.stdout.strip()
+        rotated_id = new_key.split("_")[1]  # mpk_<key id>_<secret>
+        as_json = json.loads(stack.cli("tenants", "keys", created.tenant, "--json").stdout)
+        assert [(k["key_id"], k.get("revoked", False)) for k in as_json] == [
+            (created.key_id, False),
+            (rotated_id, False),
+        ]
         keys = stack.cli("tenants", "keys", created.tenant)
         assert [line.split()[0] for line in keys.stdout.splitlines()][0] == created.key_id
         assert len(keys.stdout.splitlines()) == 2 and created.api_key not in keys.stdout

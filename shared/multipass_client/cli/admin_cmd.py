@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import TYPE_CHECKING
 
 from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,11 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.set_defaults(run=run_create)
 
     listing = actions.add_parser("list", help="every tenant, oldest first, with its number of live keys")
+    listing.add_argument("--json", action="store_true", help="one JSON array of TenantSummary objects")
     add_connection_args(listing, admin=True)
     listing.set_defaults(run=run_list)
 
     keys = actions.add_parser("keys", help="a tenant's API keys: ids, issue and revocation times")
     keys.add_argument("tenant")
+    keys.add_argument("--json", action="store_true", help="one JSON array of ApiKeySummary objects")
     add_connection_args(keys, admin=True)
     keys.set_defaults(run=run_keys)
 
@@ -67,6 +71,8 @@ def _show_issued(issued) -> int:
 def run_list(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
         tenants = list(client.admin.list_tenants())
+    if args.json:
+        return _print_json(tenants)
     if not tenants:
         print("no tenants")
     for tenant in tenants:
@@ -78,6 +84,8 @@ def run_list(args: argparse.Namespace) -> int:
 def run_keys(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
         keys = client.admin.list_keys(args.tenant)
+    if args.json:
+        return _print_json(keys)
     if not keys:
         print("no keys")
     for key in keys:
@@ -90,6 +98,19 @@ def run_keys(args: argparse.Namespace) -> int:
 def run_add_key(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
         return _show_issued(client.admin.create_key(args.tenant))
+
+
+def _print_json(messages) -> int:
+    import json
+
+    from google.protobuf import json_format
+
+    print(
+        json.dumps(
+            [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages], indent=2
+        )
+    )
+    return 0
 
 
 def _when(stamp: Timestamp) -> str:
