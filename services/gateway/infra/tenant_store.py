@@ -1,4 +1,5 @@
-"""Tenants and their API keys in KV bucket ``multipass-tenants``; each replica's cache of authenticated keys.
+"""Tenants and their API keys in KV bucket ``multipass-tenants``: issue, authenticate (through this replica's
+:class:`~multipass_gateway.infra.auth_cache.AuthCache`), revoke, list, and forget a removed tenant.
 
 The bucket's keys, and how long a revoked key may still work on another replica: docs/CONTRACTS.md
 ("Tenants and API keys"). A revocation is told to the other replicas as the note ``- key.<digest>``
@@ -22,6 +23,7 @@ from multipass.bus import KvBucket
 from multipass.errors import InvalidInput, NotFound, Reason, Unauthenticated, Violation, echo
 from multipass_gateway.domain import api_keys, request_checks
 from multipass_gateway.domain.page_tokens import page_token, parse_page_token
+from multipass_gateway.infra.auth_cache import AuthCache
 from multipass_gateway.infra.key_streams import KeyStreams
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 
@@ -69,42 +71,6 @@ DEFAULT_STREAM_RECHECK_SECONDS = 2.0
 
 def valid_tenant_id(tenant: str) -> bool:
     return bool(_TENANT_ID.match(tenant))
-
-
-#: Most remembered keys per replica; beyond it the entries nearest to expiry go first.
-AUTH_CACHE_MAX_KEYS = 10_000
-
-
-class AuthCache:
-    """Tenants of recently authenticated key hashes, each trusted for ``ttl`` seconds after its read."""
-
-    def __init__(self, ttl: float, *, clock=time.monotonic, max_keys: int = AUTH_CACHE_MAX_KEYS):
-        self.ttl = ttl
-        self._clock = clock
-        self._max_keys = max_keys
-        #: key hash -> (tenant, monotonic time until which it is trusted); insertion order = expiry order.
-        self._tenants: dict[str, tuple[str, float]] = {}
-
-    def get(self, digest: str) -> str | None:
-        found = self._tenants.get(digest)
-        if found is None:
-            return None
-        tenant, until = found
-        if self._clock() >= until:
-            del self._tenants[digest]
-            return None
-        return tenant
-
-    def put(self, digest: str, tenant: str) -> None:
-        if self.ttl <= 0:
-            return
-        self._tenants.pop(digest, None)
-        while len(self._tenants) >= self._max_keys:
-            del self._tenants[next(iter(self._tenants))]
-        self._tenants[digest] = (tenant, self._clock() + self.ttl)
-
-    def forget(self, digest: str) -> None:
-        self._tenants.pop(digest, None)
 
 
 class TenantStore:

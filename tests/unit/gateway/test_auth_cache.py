@@ -8,7 +8,8 @@ import pytest
 
 from multipass.bus import KeyExists, KvEntry
 from multipass.errors import Unauthenticated
-from multipass_gateway.infra.tenant_store import AuthCache, TenantStore
+from multipass_gateway.infra.auth_cache import AuthCache
+from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.settings import GatewaySettings
 
 
