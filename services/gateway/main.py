@@ -153,6 +153,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         submit_cleanup = SubmitCleanup(jobs=jobs, budget=budget, objects=objects)
         submitter = Submitter(
             settings=settings,
+            limits=tenants.limits,
             cleanup=submit_cleanup,
             clients=clients,
             info=info,
@@ -200,6 +201,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             ttl_seconds=settings.upload_ttl_seconds,
             sweep_seconds=settings.upload_sweep_seconds,
             tenant_max_uploads=settings.limits.tenant_max_uploads,
+            limits=tenants.limits,
         )
         retention = JobRetention(
             jobs=jobs,

@@ -46,3 +46,12 @@ class AdminClient:
         return self._stub.DeleteTenant(
             admin_pb2.DeleteTenantRequest(tenant=tenant), timeout=timeout or max(self._timeout, 120.0)
         )
+
+    def set_tenant_limits(
+        self, tenant: str, *, max_pending_passes: int = 0, max_uploads: int = 0
+    ) -> admin_pb2.TenantSummary:
+        """Replace the tenant's own quotas (0 = the gateway's setting)."""
+        limits = admin_pb2.TenantLimits(max_pending_passes=max_pending_passes, max_uploads=max_uploads)
+        return self._stub.SetTenantLimits(
+            admin_pb2.SetTenantLimitsRequest(tenant=tenant, limits=limits), timeout=self._timeout
+        )

@@ -103,6 +103,12 @@ def test_missing_unknown_and_revoked_keys_are_refused_and_operators_rotate_keys_
         assert "revoked" in stack.cli("tenants", "keys", created.tenant).stdout.splitlines()[0]
     with stack.client(new_key) as rotated_client:
         assert list(rotated_client.jobs.list(limit=1)) == []
+        # Its own quota: the flag given is set, the other keeps its value.
+        assert stack.cli("tenants", "limits", created.tenant, "--max-uploads", "3").returncode == 0
+        limited = stack.cli("tenants", "limits", created.tenant, "--max-pending-passes", "40")
+        assert limited.returncode == 0, limited.stderr
+        assert "max pending passes 40, max uploads 3" in limited.stdout
+        assert "(max pending passes 40, max uploads 3)" in stack.cli("tenants", "list").stdout
         # Offboarding: nothing happens without --yes; with it the tenant and its keys are gone.
         unconfirmed = stack.cli("tenants", "delete", created.tenant)
         assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr

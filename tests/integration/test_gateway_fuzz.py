@@ -292,6 +292,12 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
                 admin_pb2.DeleteTenantRequest(tenant=tenant),
                 metadata=meta,
             )
+            recorder.call(
+                "SetTenantLimits",
+                admin.SetTenantLimits,
+                admin_pb2.SetTenantLimitsRequest(tenant=tenant, limits=admin_pb2.TenantLimits(max_uploads=1)),
+                metadata=meta,
+            )
 
     try:
         for run in (submit, by_job, listing, by_tune, upload, delete_upload, register, administration):
@@ -321,6 +327,7 @@ METHODS = {
     "/multipass.v1.Admin/ListTenants": "unary_unary",
     "/multipass.v1.Admin/ListKeys": "unary_unary",
     "/multipass.v1.Admin/DeleteTenant": "unary_unary",
+    "/multipass.v1.Admin/SetTenantLimits": "unary_unary",
 }
 
 
@@ -337,7 +344,7 @@ def fuzz_wire(address: str, api_key: str, recorder: Recorder) -> None:
     def each(data, extra, admin):
         meta = [("x-multipass-admin-token", ADMIN_TOKEN)] if admin else bearer(api_key)
         for method, kind in METHODS.items():
-            if ("Revoke" in method or "DeleteTenant" in method) and admin:
+            if method.rsplit("/", 1)[1] in ("RevokeKey", *TENANT_CHANGES) and admin:
                 continue  # random bytes may decode into one of our real key or tenant ids
             stub = getattr(channel, kind)(method, request_serializer=None, response_deserializer=None)
             payload = iter([data, *extra]) if kind.startswith("stream") else data
@@ -376,7 +383,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 38, sorted(by_rpc)  # 19 rpcs through stubs, the same 19 raw
+    assert len(by_rpc) == 40, sorted(by_rpc)  # 20 rpcs through stubs, the same 20 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
@@ -424,7 +431,12 @@ RPCS = {
     "ListTenants": ("multipass.v1.Admin", admin_pb2.ListTenantsRequest, "unary_unary"),
     "ListKeys": ("multipass.v1.Admin", admin_pb2.ListKeysRequest, "unary_unary"),
     "DeleteTenant": ("multipass.v1.Admin", admin_pb2.DeleteTenantRequest, "unary_unary"),
+    "SetTenantLimits": ("multipass.v1.Admin", admin_pb2.SetTenantLimitsRequest, "unary_unary"),
 }
+
+
+#: Admin rpcs that change the tenant the other calls use: never sent with the admin token here.
+TENANT_CHANGES = ("DeleteTenant", "SetTenantLimits")
 
 
 def png_bytes(side: int = 16) -> bytes:
@@ -499,6 +511,11 @@ def seeds(known: Known) -> dict[str, list]:
         "ListTenants": [admin_pb2.ListTenantsRequest(page_size=2)],
         "ListKeys": [admin_pb2.ListKeysRequest(tenant=known.tenant)],
         "DeleteTenant": [admin_pb2.DeleteTenantRequest(tenant=known.tenant)],
+        "SetTenantLimits": [
+            admin_pb2.SetTenantLimitsRequest(
+                tenant=known.tenant, limits=admin_pb2.TenantLimits(max_uploads=3)
+            )
+        ],
     }
 
 
@@ -594,6 +611,12 @@ def odd_requests(known: Known) -> dict[str, list]:
             admin_pb2.DeleteTenantRequest(),
             admin_pb2.DeleteTenantRequest(tenant="t" + "0" * 16),
         ],
+        "SetTenantLimits": [
+            admin_pb2.SetTenantLimitsRequest(),
+            admin_pb2.SetTenantLimitsRequest(
+                tenant="t" + "0" * 16, limits=admin_pb2.TenantLimits(max_pending_passes=2**31 - 1)
+            ),
+        ],
     }
 
 
@@ -627,9 +650,9 @@ def planned_calls(known: Known, count: int, seed: int) -> list[Plan]:
     for index in range(count):
         rpc = names[index % len(names)]
         _, request_type, kind = RPCS[rpc]
-        # DeleteTenant is sent with the tenant's own key: with the admin token a mutation could remove the
-        # tenant every other call uses (its admin path is tested in test_gateway_storage.py).
-        own = admin if RPCS[rpc][0] == "multipass.v1.Admin" and rpc != "DeleteTenant" else user
+        # DeleteTenant and SetTenantLimits go with the tenant's own key: with the admin token a mutation could
+        # remove or throttle the tenant every other call uses (their admin paths: test_gateway_storage.py).
+        own = admin if RPCS[rpc][0] == "multipass.v1.Admin" and rpc not in TENANT_CHANGES else user
         metadata = own if rng.random() < 0.85 else rng.choice(stray)
         roll = rng.random()
         seed_request = rng.choice(valid[rpc])

@@ -235,3 +235,65 @@ async def test_an_operator_removes_a_tenant_with_everything_it_owns_and_nothing_
     assert (
         await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=kept_tune.tune_id), metadata=mine)
     ).tune_id
+
+
+async def test_a_tenants_own_limits_replace_the_gateways_for_it_alone(stack):
+    await stack.start_gateway(auth_cache_seconds=0.2)
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    small, other = await stack.tenant("small"), await stack.tenant("other")
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, format="PNG")
+
+    async def upload(key: str) -> jobs_pb2.UploadImageResponse:
+        async def parts():
+            yield jobs_pb2.UploadImageRequest(filename="face.png")
+            yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+        return await stack.jobs.UploadImage(parts(), metadata=bearer(key))
+
+    def set_limits(tenant: str, **limits):
+        return stack.admin.SetTenantLimits(
+            admin_pb2.SetTenantLimitsRequest(tenant=tenant, limits=admin_pb2.TenantLimits(**limits)),
+            metadata=admin,
+        )
+
+    summary = await set_limits(small.tenant, max_uploads=1, max_pending_passes=1)
+    assert (summary.tenant, summary.limits.max_uploads, summary.limits.max_pending_passes) == (
+        small.tenant,
+        1,
+        1,
+    )
+    listed = await stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=admin)
+    assert {t.tenant: t.limits.max_uploads for t in listed.tenants} == {small.tenant: 1, other.tenant: 0}
+
+    await upload(small.api_key)
+    full = await rpc_error(upload(small.api_key))
+    assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(full).metadata["scope"] == "uploads" and reason_of(full).metadata["limit"] == "1"
+    two_images = jobs_pb2.SubmitJobRequest(
+        prompt="a cat", params={"steps": "2", "w": "256", "h": "256", "num_images": "2"}
+    )
+    busy = await rpc_error(stack.jobs.SubmitJob(two_images, metadata=bearer(small.api_key)))
+    assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(busy).metadata["scope"] == "tenant" and reason_of(busy).metadata["limit"] == "1"
+    # The other tenant keeps the gateway's settings.
+    for _ in range(2):
+        await upload(other.api_key)
+    submitted = await stack.jobs.SubmitJob(two_images, metadata=bearer(other.api_key))
+    assert (await wait_for_job(stack, submitted.job_id, other.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    # Back to the gateway's settings (0), at once on this replica.
+    await set_limits(small.tenant)
+    await upload(small.api_key)
+    submitted = await stack.jobs.SubmitJob(two_images, metadata=bearer(small.api_key))
+    assert submitted.job_id
+
+    # Out of range and unknown tenants are named.
+    bad = await rpc_error(set_limits(small.tenant, max_pending_passes=-1, max_uploads=100_001))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(field for field, _ in field_violations(bad)) == [
+        "limits.max_pending_passes",
+        "limits.max_uploads",
+    ]
+    unknown = await rpc_error(set_limits("t" + "0" * 16, max_uploads=5))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND

@@ -15,6 +15,7 @@ from multipass.errors import PermissionDenied, Reason, Unauthenticated
 from multipass.v1 import admin_pb2, admin_pb2_grpc
 from multipass_gateway.api import auth
 from multipass_gateway.app.tenant_removal import TenantRemoval
+from multipass_gateway.infra.tenant_limits import TenantLimits
 from multipass_gateway.infra.tenant_store import KeySummary, TenantStore, TenantSummary
 
 SERVICE_NAME = "multipass.v1.Admin"
@@ -97,6 +98,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             objects_deleted=removed.objects_deleted,
         )
 
+    async def SetTenantLimits(
+        self, request: admin_pb2.SetTenantLimitsRequest, context
+    ) -> admin_pb2.TenantSummary:
+        self._guard(context, "tenant.limits")
+        limits = TenantLimits(
+            max_pending_passes=request.limits.max_pending_passes, max_uploads=request.limits.max_uploads
+        )
+        summary = await self.tenants.set_limits(request.tenant, limits)
+        _audit(context, "tenant.limits", tenant=request.tenant, **limits.__dict__)
+        return _tenant_message(summary)
+
 
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
@@ -110,6 +122,9 @@ def _tenant_message(tenant: TenantSummary) -> admin_pb2.TenantSummary:
         name=tenant.name,
         created_at=_timestamp(tenant.created_at),
         live_keys=tenant.live_keys,
+        limits=admin_pb2.TenantLimits(
+            max_pending_passes=tenant.limits.max_pending_passes, max_uploads=tenant.limits.max_uploads
+        ),
     )
 
 

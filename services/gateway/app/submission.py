@@ -55,6 +55,7 @@ from multipass_gateway.infra.diffusion_info import DiffusionInfo
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget
+from multipass_gateway.infra.tenant_limits import TenantLimitsCache
 from multipass_gateway.infra.tune_store import TuneStore, unknown_upload
 from multipass_gateway.settings import GatewaySettings
 
@@ -206,6 +207,7 @@ class Submitter:
         budget: PendingBudget,
         job_end: JobEnd,
         cleanup: SubmitCleanup,
+        limits: TenantLimitsCache | None = None,
     ):
         self.settings = settings
         #: Removes what a submit that did not go through wrote (retried while NATS or S3 is down).
@@ -219,6 +221,8 @@ class Submitter:
         self.idempotency = idempotency
         self.budget = budget
         self.job_end = job_end
+        #: Tenants' own quotas (a tenant's ``max_pending_passes`` replaces the gateway's setting).
+        self.limits = limits
 
     async def _replay(
         self, tenant: str, request: jobs_pb2.SubmitJobRequest, fingerprint: str
@@ -248,7 +252,8 @@ class Submitter:
             replayed = await self._replay(tenant, request, fingerprint)
             if replayed is not None:
                 return replayed
-        await self.budget.check(tenant, 1)
+        own_limit = (await self.limits.get(tenant)).max_pending_passes if self.limits is not None else 0
+        await self.budget.check(tenant, 1, own_limit)
 
         params = dict(request.params)
         if request.input_image_id:
@@ -293,7 +298,7 @@ class Submitter:
             )
             job_state.commit(record, outcome, datetime.now(UTC))
             cost = job_state.remaining_passes(record)
-            await self.budget.check(tenant, cost)
+            await self.budget.check(tenant, cost, own_limit)
             record_written = True
             await self._store(record, cost)
         except BaseException:

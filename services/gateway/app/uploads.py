@@ -25,6 +25,7 @@ from multipass.errors import (
 from multipass.store import ObjectStore
 from multipass_gateway.domain.tune_checks import valid_upload_id
 from multipass_gateway.infra import metrics, periodic
+from multipass_gateway.infra.tenant_limits import TenantLimitsCache
 from multipass_gateway.infra.tune_store import unknown_upload
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,17 @@ UPLOADS_PREFIX = "uploads/"
 
 class Uploads:
     def __init__(
-        self, objects: ObjectStore, *, ttl_seconds: float, sweep_seconds: float, tenant_max_uploads: int = 500
+        self,
+        objects: ObjectStore,
+        *,
+        ttl_seconds: float,
+        sweep_seconds: float,
+        tenant_max_uploads: int = 500,
+        limits: TenantLimitsCache | None = None,
     ):
+        """``limits``: tenants' own quotas (a tenant's ``max_uploads`` replaces ``tenant_max_uploads``)."""
         self.objects = objects
+        self.limits = limits
         self.ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None
         self.sweep_seconds = sweep_seconds
         self.tenant_max_uploads = tenant_max_uploads
@@ -48,8 +57,10 @@ class Uploads:
         """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, ``scope=uploads``) when the tenant holds its most uploads;
         the retry hint is when the oldest one expires. Concurrent uploads may pass the check together, so
         the bound holds to within the uploads in flight at that moment."""
+        own = (await self.limits.get(tenant)).max_uploads if self.limits is not None else 0
+        most = own or self.tenant_max_uploads
         held = await self.objects.list_modified(names.BUCKET_JOBS, f"{UPLOADS_PREFIX}{tenant}/")
-        if len(held) < self.tenant_max_uploads:
+        if len(held) < most:
             return
         now = datetime.now(UTC)
         oldest = min(modified for _, modified in held)
@@ -57,11 +68,11 @@ class Uploads:
         retry = max(1.0, (expiry - now).total_seconds()) if expiry is not None else 60.0
         when = f"the oldest expires in {retry:.0f} s" if expiry is not None else "uploads do not expire here"
         raise ResourceExhausted(
-            f"this tenant holds {len(held)} uploads, the most it may ({self.tenant_max_uploads}): delete some "
+            f"this tenant holds {len(held)} uploads, the most it may ({most}): delete some "
             f"with DeleteUpload ({when})",
             retry_after_seconds=retry,
             reason=Reason.QUOTA_EXCEEDED,
-            metadata={"scope": "uploads", "limit": str(self.tenant_max_uploads)},
+            metadata={"scope": "uploads", "limit": str(most)},
         )
 
     async def delete(self, tenant: str, image_id: str) -> None:

@@ -128,17 +128,20 @@ class PendingBudget:
 
     # the check -------------------------------------------------------------------------------------
 
-    async def check(self, tenant: str, cost: int) -> None:
+    async def check(self, tenant: str, cost: int, tenant_limit: int = 0) -> None:
+        """RESOURCE_EXHAUSTED unless ``cost`` more passes fit the tenant's limit (``tenant_limit``, its own;
+        0: the gateway's setting) and the service's."""
         await self.mirror.ensure_loaded()
         mine, total = self.pending(tenant)
         retry = self._limits.retry_after_seconds
-        if mine + cost > self._limits.tenant_max_pending_passes:
+        limit = tenant_limit or self._limits.tenant_max_pending_passes
+        if mine + cost > limit:
             raise ResourceExhausted(
                 f"too much pending work for this tenant: {mine} passes of unfinished jobs + {cost} for this job "
-                f"> {self._limits.tenant_max_pending_passes}; retry after {retry:g} s or when jobs finish",
+                f"> {limit}; retry after {retry:g} s or when jobs finish",
                 retry_after_seconds=retry,
                 reason=Reason.QUOTA_EXCEEDED,
-                metadata={"scope": "tenant", "limit": str(self._limits.tenant_max_pending_passes)},
+                metadata={"scope": "tenant", "limit": str(limit)},
             )
         if total + cost > self._limits.global_max_pending_passes:
             raise ResourceExhausted(

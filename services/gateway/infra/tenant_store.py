@@ -23,9 +23,11 @@ from multipass.bus import KvBucket
 from multipass.errors import InvalidInput, NotFound, Reason, Unauthenticated, Violation, echo
 from multipass_gateway.domain import api_keys, request_checks
 from multipass_gateway.domain.page_tokens import page_token, parse_page_token
+from multipass_gateway.infra import tenant_limits
 from multipass_gateway.infra.auth_cache import AuthCache
 from multipass_gateway.infra.key_streams import KeyStreams
 from multipass_gateway.infra.replica_notes import ReplicaNotes
+from multipass_gateway.infra.tenant_limits import TenantLimits, TenantLimitsCache
 
 _TENANT_ID = re.compile(r"^t[0-9a-f]{16}$")
 
@@ -43,6 +45,7 @@ class TenantSummary:
     name: str
     created_at: float
     live_keys: int
+    limits: TenantLimits
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class TenantStore:
         self._kv = store
         self._pepper = pepper
         self._cache = AuthCache(cache_seconds, clock=clock)
+        #: Each tenant's own quotas, read again after the same time as keys.
+        self.limits = TenantLimitsCache(store, cache_seconds, clock=clock)
         self._notes = notes
         self.streams = KeyStreams(self._key_is_live, stream_recheck_seconds)
         if notes is not None:
@@ -133,13 +138,29 @@ class TenantStore:
             for key in await self._keys():
                 if not key.revoked:
                     live[key.tenant] = live.get(key.tenant, 0) + 1
-        summaries = [
-            TenantSummary(
-                r["tenant"], r.get("name", ""), float(r.get("created_at", 0.0)), live.get(r["tenant"], 0)
-            )
-            for r in page
-        ]
+        summaries = [_summary(r, live.get(r["tenant"], 0)) for r in page]
         return summaries, _tenant_token(_tenant_order(page[-1])) if more else ""
+
+    async def set_limits(self, tenant: str, limits: TenantLimits) -> TenantSummary:
+        """Replace the tenant's own quotas (InvalidInput naming ``limits.<field>`` out of range)."""
+        problems = tenant_limits.check(limits)
+        if problems:
+            raise InvalidInput.of(problems)
+        await self.require(tenant)
+
+        def change(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            record = json.loads(current)
+            record["limits"] = tenant_limits.to_record(limits)
+            return json.dumps(record).encode()
+
+        value, _revision = await self._kv.compare_and_set(f"tenant.{tenant}", change)
+        if value is None:
+            await self.require(tenant)  # removed meanwhile: NotFound
+        self.limits.forget(tenant)
+        live = sum(1 for key in await self._keys() if key.tenant == tenant and not key.revoked)
+        return _summary(json.loads(value), live)
 
     async def list_keys(self, tenant: str) -> list[KeySummary]:
         """The tenant's keys, oldest first (NotFound for an unknown tenant)."""
@@ -260,6 +281,16 @@ class TenantStore:
         record["revoked"], record["revoked_at"] = True, time.time()
         await self._kv.put(f"keyid.{key_id}", json.dumps(record).encode())
         return True
+
+
+def _summary(record: dict, live_keys: int) -> TenantSummary:
+    return TenantSummary(
+        record["tenant"],
+        record.get("name", ""),
+        float(record.get("created_at", 0.0)),
+        live_keys,
+        tenant_limits.from_record(record),
+    )
 
 
 def _tenant_order(record: dict) -> tuple[float, str]:

@@ -1,4 +1,4 @@
-"""``multipass tenants create | list | keys | add-key | revoke | delete``: operator commands (admin token)."""
+"""``multipass tenants create | list | keys | add-key | limits | revoke | delete``: operator commands."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_connection_args(add_key, admin=True)
     add_key.set_defaults(run=run_add_key)
 
+    limits = actions.add_parser("limits", help="set a tenant's own quotas (0 = the gateway's setting)")
+    limits.add_argument("tenant")
+    limits.add_argument("--max-pending-passes", type=int, help="planned passes of unfinished jobs")
+    limits.add_argument("--max-uploads", type=int, help="uploads held at once")
+    add_connection_args(limits, admin=True)
+    limits.set_defaults(run=run_limits)
+
     revoke = actions.add_parser("revoke", help="revoke an API key at once")
     revoke.add_argument("key_id")
     add_connection_args(revoke, admin=True)
@@ -76,8 +83,41 @@ def run_list(args: argparse.Namespace) -> int:
     if not tenants:
         print("no tenants")
     for tenant in tenants:
-        print(f"{tenant.tenant}  {_when(tenant.created_at)}  {tenant.live_keys} live key(s)  {tenant.name}")
+        print(
+            f"{tenant.tenant}  {_when(tenant.created_at)}  {tenant.live_keys} live key(s)"
+            f"{_limits_text(tenant.limits)}  {tenant.name}"
+        )
     return 0
+
+
+@reports_rpc_errors
+def run_limits(args: argparse.Namespace) -> int:
+    """Set the limits given; the others keep their current values."""
+    with client_from_args(args, admin=True) as client:
+        current = next((t.limits for t in client.admin.list_tenants() if t.tenant == args.tenant), None)
+        pending = args.max_pending_passes
+        uploads = args.max_uploads
+        summary = client.admin.set_tenant_limits(
+            args.tenant,
+            max_pending_passes=pending
+            if pending is not None
+            else (current.max_pending_passes if current else 0),
+            max_uploads=uploads if uploads is not None else (current.max_uploads if current else 0),
+        )
+    print(f"{summary.tenant}:{_limits_text(summary.limits) or '  the gateway settings'}")
+    return 0
+
+
+def _limits_text(limits) -> str:
+    own = [
+        f"{name} {value}"
+        for name, value in (
+            ("max pending passes", limits.max_pending_passes),
+            ("max uploads", limits.max_uploads),
+        )
+        if value
+    ]
+    return f"  ({', '.join(own)})" if own else ""
 
 
 @reports_rpc_errors
