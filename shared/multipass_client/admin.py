@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 
 from multipass.v1 import admin_pb2, admin_pb2_grpc
+from multipass_client.paging import pages
 
 #: Metadata key carrying the operator credential (the gateway's ``MULTIPASS_ADMIN_TOKEN``).
 ADMIN_TOKEN_HEADER = "x-multipass-admin-token"
@@ -28,15 +29,12 @@ class AdminClient:
 
     def list_tenants(self, page_size: int = 0) -> Iterator[admin_pb2.TenantSummary]:
         """Every tenant, oldest first (the pages fetched as they are used)."""
-        token = ""
-        while True:
-            page = self._stub.ListTenants(
+        for page in pages(
+            lambda token: self._stub.ListTenants(
                 admin_pb2.ListTenantsRequest(page_size=page_size, page_token=token), timeout=self._timeout
             )
+        ):
             yield from page.tenants
-            token = page.next_page_token
-            if not token:
-                return
 
     def list_keys(self, tenant: str) -> list[admin_pb2.ApiKeySummary]:
         return list(self._stub.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), timeout=self._timeout).keys)

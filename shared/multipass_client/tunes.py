@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
+from multipass_client.paging import pages
 
 CHUNK_BYTES = 1024 * 1024
 TUNE_KINDS = ("lora", "checkpoint")
@@ -72,15 +73,12 @@ class TunesClient:
         return self._stub.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune_id), timeout=self._timeout)
 
     def list(self, *, page_size: int = 50) -> Iterator[jobs_pb2.Tune]:
-        token = ""
-        while True:
-            page = self._stub.ListTunes(
+        for page in pages(
+            lambda token: self._stub.ListTunes(
                 jobs_pb2.ListTunesRequest(page_size=page_size, page_token=token), timeout=self._timeout
             )
+        ):
             yield from page.tunes
-            token = page.next_page_token
-            if not token:
-                return
 
     def delete(self, tune_id: str) -> jobs_pb2.DeleteTuneResponse:
         return self._stub.DeleteTune(jobs_pb2.DeleteTuneRequest(tune_id=tune_id), timeout=self._timeout)
