@@ -20,7 +20,7 @@ from PIL import Image
 
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion import faceid, metrics, models, prompt_expansion
+from multipass_diffusion import composition, faceid, metrics, models, prompt_expansion
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.nets import components
 from multipass_diffusion.pass_cache import PassCache
@@ -261,6 +261,8 @@ class Engine:
         if runtime.compile_options is not None:
             # Compiled kernels and folded LoRA scales round differently: never mix with uncompiled outputs.
             extra.append("unet:compiled-hotswap")
+        if spec.controlnet == composition.KIND:
+            extra.append(composition.fingerprint(runtime.model_dir, runtime.family))
         if identity is not None:
             extra += [identity.cache_part(), faceid.fingerprint(runtime.model_dir, runtime.family)]
             reported_metadata["faceid"] = f"{identity.tune_id}:{identity.weight:g}"

@@ -33,7 +33,7 @@ import numpy as np
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2, prompt_pb2
-from multipass_diffusion import models
+from multipass_diffusion import ip_layers, models
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.nets import components as model_components
 from multipass_diffusion.nets.face_embedding import EMBEDDING_SIZE, Reference, embedder_file, load_embedder
@@ -171,7 +171,7 @@ def pipeline_kwargs(request: FaceIdRequest, pipe, guidance_scale: float) -> dict
     unet = pipe.unet
     identity = torch.from_numpy(np.array(request.embedding, dtype=np.float32)).reshape(1, 1, EMBEDDING_SIZE)
     identity = identity.to(device=unet.device, dtype=unet.dtype)
-    if guidance_scale > 1 and unet.config.time_cond_proj_dim is None:
+    if ip_layers.uses_guidance(unet, guidance_scale):
         identity = torch.cat([torch.zeros_like(identity), identity])
     return {"ip_adapter_image_embeds": [identity]}
 
@@ -186,62 +186,12 @@ class _Weights:
     lora: dict | None
 
 
-class _Layers:
-    """The FaceID layers of one component set's UNets, and the UNets' own processors to put back."""
+class _FaceIdLayers(ip_layers.IpLayers):
+    """The FaceID layers of one component set's UNets (the weights they were made from kept beside)."""
 
     def __init__(self, components: ComponentSet, weights: _Weights):
+        super().__init__(components, weights.state, source=weights.path)
         self.weights = weights
-        pipes = [components.pipe]
-        if components.inpaint_unet is not None:
-            pipes.append(components.pipeline("inpaint"))
-        self._unets = []
-        for pipe in pipes:
-            unet = pipe.unet
-            own = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
-            extractor = getattr(pipe, "feature_extractor", None)
-            try:
-                pipe.load_ip_adapter(
-                    _copy(weights.state),
-                    subfolder="",
-                    weight_name="",
-                    image_encoder_folder=None,
-                    low_cpu_mem_usage=False,
-                )
-            except (RuntimeError, ValueError, KeyError) as error:
-                _restore(unet, own)
-                self.detach()
-                raise FailedPrecondition(
-                    f"{weights.path} does not fit model {components.label}: {error}"
-                ) from error
-            if extractor is None and getattr(pipe, "feature_extractor", None) is not None:
-                # FaceID has no CLIP image input: leave the pipeline as it was.
-                pipe.register_modules(feature_extractor=None)
-            faceid = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
-            self._unets.append((unet, own, faceid))
-
-    def attach(self, scale: float) -> None:
-        from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
-
-        for unet, _, faceid in self._unets:
-            _restore(unet, faceid)
-            for processor in faceid[0].values():
-                if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
-                    processor.scale = [scale] * len(processor.scale)
-
-    def detach(self) -> None:
-        for unet, own, _ in self._unets:
-            _restore(unet, own)
-
-
-def _restore(unet, state) -> None:
-    processors, projection, hid_type = state
-    unet.set_attn_processor(dict(processors))  # set_attn_processor empties the dict it is given
-    unet.encoder_hid_proj = projection
-    unet.config.encoder_hid_dim_type = hid_type
-
-
-def _copy(state: dict) -> dict:
-    return {part: dict(tensors) for part, tensors in state.items()}
 
 
 class FaceIdAdapter:
@@ -274,7 +224,7 @@ class FaceIdAdapter:
                 return None
             weights = self._load(components, request.tag)
             if components.faceid is None or components.faceid.weights is not weights:
-                components.faceid = _Layers(components, weights)
+                components.faceid = _FaceIdLayers(components, weights)
             components.faceid.attach(request.weight)
             self._attached = components
         if weights.lora is None:
@@ -313,29 +263,8 @@ class FaceIdAdapter:
 
 
 def read_weights(path: Path) -> dict:
-    """``{"image_proj": {...}, "ip_adapter": {...}}`` from a safetensors (prefixed keys) or pickled file."""
-    import pickle
-
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        if path.suffix == ".safetensors":
-            state: dict = {"image_proj": {}, "ip_adapter": {}}
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                    part, _, name = key.partition(".")
-                    if part in state:
-                        state[part][name] = handle.get_tensor(key)
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
-        raise FailedPrecondition(f"{path} is not a readable IP-Adapter FaceID file: {error}") from error
-    if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
-        raise FailedPrecondition(
-            f"{path} is not an IP-Adapter file (expected image_proj and ip_adapter weights)"
-        )
-    return state
+    """``{"image_proj": {...}, "ip_adapter": {...}}`` of an IP-Adapter FaceID file."""
+    return ip_layers.read_weights(path, "IP-Adapter FaceID")
 
 
 def _check(path: Path, state: dict, cross_attention_dim: int) -> None:
@@ -352,11 +281,7 @@ def _check(path: Path, state: dict, cross_attention_dim: int) -> None:
         raise FailedPrecondition(
             f"{path} takes {projection['proj.0.weight'].shape[1]}-d identities, the embedder gives {EMBEDDING_SIZE}"
         )
-    width = int(projection["norm.weight"].shape[0])
-    if width != cross_attention_dim:
-        raise FailedPrecondition(
-            f"{path}: cross-attention width {width} does not fit the UNet ({cross_attention_dim})"
-        )
+    ip_layers.check_width(path, int(projection["norm.weight"].shape[0]), cross_attention_dim)
 
 
 def _lora_part(ip_adapter: dict, processors: list[str]) -> dict | None:

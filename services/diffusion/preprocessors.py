@@ -2,7 +2,7 @@
 
 Built in (no weights): ``canny`` (OpenCV Canny), ``pose`` from keypoints (an OpenPose-coloured skeleton),
 ``mlsd`` (straight segments by OpenCV's probabilistic Hough transform on Canny edges, drawn white on black),
-``tile``, ``qr`` and ``reference`` (the image itself, resized). From the model directory (a clear FailedPrecondition
+``tile``, ``qr``, ``reference`` and ``composition`` (the image itself, resized). From the model directory (a clear FailedPrecondition
 naming the missing file otherwise): ``pose`` estimated from a photo (a transformers ViTPose model under
 ``preprocessors/pose/``), ``depth`` (a transformers depth-estimation model under ``preprocessors/depth/``),
 ``hed`` and ``lineart`` (the published ControlNet 1.1 annotators ``preprocessors/hed/ControlNetHED.pth``
@@ -23,9 +23,21 @@ from PIL import Image
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.model_catalog.layout import PREPROCESSOR_FILES
 
-#: ControlNet kinds served: those with a model (``diffusion/controlnet/...``), and ``reference``, which
-#: needs none (:mod:`multipass_diffusion.reference_attention`).
-CONTROLNET_KINDS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr", "reference")
+#: ControlNet kinds served: those with a model (``diffusion/controlnet/...``), ``reference``, which
+#: needs none (:mod:`multipass_diffusion.reference_attention`), and ``composition``, an image-prompt
+#: adapter (:mod:`multipass_diffusion.composition`).
+CONTROLNET_KINDS = (
+    "pose",
+    "canny",
+    "depth",
+    "lineart",
+    "mlsd",
+    "hed",
+    "tile",
+    "qr",
+    "reference",
+    "composition",
+)
 #: Kinds whose conditioning image needs weights from the model directory (pose only without keypoints),
 #: and the files that may hold them, the first the usual one (the model catalog's layout).
 WEIGHTED_KINDS = PREPROCESSOR_FILES
@@ -177,7 +189,7 @@ class Preprocessors:
             return canny(image)
         if kind == "mlsd":
             return straight_lines(image)
-        if kind in ("tile", "qr", "reference"):
+        if kind in ("tile", "qr", "reference", "composition"):
             return image
         if kind == "pose":
             return draw_pose([self._estimate_pose(image)], width, height)

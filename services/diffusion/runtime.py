@@ -1,4 +1,5 @@
-"""One served model in memory: its component set, adapter cache, checkpoint tunes, ControlNets and FaceID."""
+"""One served model in memory: its component set, adapter cache, checkpoint tunes, ControlNets, FaceID and
+the composition adapter."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from multipass.errors import InvalidInput, Violation
-from multipass_diffusion import faceid, lora_hotswap, metrics, models, reference_attention
+from multipass_diffusion import composition, faceid, lora_hotswap, metrics, models, reference_attention
 from multipass_diffusion.adapters import AdapterCache
 from multipass_diffusion.device_tuning import compile_unets, tune_unets
 from multipass_diffusion.pipelines import ComponentSet, checkpoint_components
@@ -70,6 +71,10 @@ class ModelRuntime:
         self._controlnets: dict[str, object] = {}
         #: IP-Adapter FaceID of this model's family: read on the first faceid pass, never before.
         self.faceid = faceid.FaceIdAdapter(self.model_dir, entry.family, label=entry.name)
+        #: The IP Composition Adapter (controlnet=composition): read on the first composition pass.
+        self.composition = composition.CompositionAdapter(
+            self.model_dir, entry.family, label=entry.name, device=device, dtype=dtype
+        )
         self._lock = threading.Lock()
 
     @property
@@ -116,6 +121,8 @@ class ModelRuntime:
     def capabilities(self) -> list[str]:
         found = [f"controlnet:{kind}" for kind in models.installed_controlnets(self.model_dir, self.family)]
         found.append(reference_attention.CAPABILITY)  # needs no weights
+        if composition.installed(self.model_dir, self.family):
+            found.append(composition.CAPABILITY)
         if self.base.inpaint_unet is not None:
             found.append(f"inpaint_unet:{self.name}")
         if faceid.installed(self.model_dir, self.family):

@@ -88,6 +88,7 @@ BOOL_PARAMS = (
 )
 #: The ControlNet kind whose conditioning scale defaults to 1 (others leave it to the model).
 POSE_CONTROLNET = "pose"
+COMPOSITION_CONTROLNET = "composition"
 
 PARAMS: dict[str, Param] = {
     p.name: p

@@ -6,6 +6,8 @@ Decisions where Astria is silent or differs:
 - ``controlnet`` needs an image to condition on. Without an input image it is an error, except
   ``controlnet=pose`` in a prompt with persons: the base pass is then conditioned on the default person
   layout (evenly spaced standing figures drawn as a pose skeleton), and a warning says so.
+- ``controlnet=composition`` (an image-prompt adapter, not a ControlNet) cannot share the base pass with
+  a ``<faceid:...>`` tag of the base or common segment: both use the same attention layers.
 - ``hires_fix`` and ``inpaint_faces`` are accepted without ``super_resolution`` (Astria applies them
   only together with it); the pass runs alone and a warning says what differs.
 - ``--mask_negative``, ``--mask_invert`` and ``--mask_dilate`` change the mask made by
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from multipass_prompt_parser.flags import FlagValues
-from multipass_prompt_parser.language import POSE_CONTROLNET, quote
+from multipass_prompt_parser.language import COMPOSITION_CONTROLNET, POSE_CONTROLNET, quote
 from multipass_prompt_parser.model import Person
 from multipass_prompt_parser.params import ParamValues
 from multipass_prompt_parser.problems import Problems
@@ -130,10 +132,26 @@ def _check_input_image_needs(context: Context, problems: Problems, warnings: lis
                 f"controlnet={params.controlnet} needs an input image to condition on; {NEEDS_INPUT}, "
                 "or remove controlnet",
             )
+    _check_composition(context, problems)
     if context.flags.only_upscale and not context.input_image:
         problems.add("flag --only_upscale", f"--only_upscale needs an input image to upscale; {NEEDS_INPUT}")
     if context.mask_image and not context.input_image:
         problems.add("params.mask_image_url", f"a mask image needs an input image to apply to; {NEEDS_INPUT}")
+
+
+def _check_composition(context: Context, problems: Problems) -> None:
+    """controlnet=composition and a ``<faceid:...>`` tag of the base pass: both are image prompts on the
+    same attention layers of that pass, so only one can condition it (a person's faceid tag is fine)."""
+    params = context.values.params
+    if params.controlnet != COMPOSITION_CONTROLNET or context.keep_background:
+        return
+    faceid = next((tag for tag in context.base_tags + context.common_tags if tag.kind == "faceid"), None)
+    if faceid is not None:
+        problems.add(
+            "params.controlnet",
+            f"controlnet=composition and {faceid.tag} both condition the base pass through its image-prompt "
+            "attention; use one of them there (a <faceid:...> tag in a person's segment is fine)",
+        )
 
 
 def _check_mask_flags(context: Context, problems: Problems, warnings: list[str]) -> None:

@@ -180,19 +180,21 @@ def test_the_cli_prints_the_code_and_field_violations(stack):
     assert any("input_image_url" in line for line in details) or any("steps" in line for line in details)
 
 
-def test_reference_only_control_runs_without_a_controlnet_model_and_composition_is_refused(client, tmp_path):
+def test_reference_only_control_and_the_composition_adapter_run_from_an_uploaded_picture(client, tmp_path):
     photo = tmp_path / "look.png"
     Image.new("RGB", (256, 256), (180, 60, 40)).save(photo)
     upload = client.jobs.upload_image(photo)
-    params = {**FAST, "controlnet": "reference", "controlnet_txt2img": "true"}
-    submitted = client.jobs.submit("a portrait of a woman", params, input_image_id=upload.image_id)
-    job, _ = follow(client, submitted.job_id)
-    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
+    for kind in ("reference", "composition"):
+        params = {**FAST, "controlnet": kind, "controlnet_txt2img": "true"}
+        submitted = client.jobs.submit("a portrait of a woman", params, input_image_id=upload.image_id)
+        job, _ = follow(client, submitted.job_id)
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, (kind, job.error)
+    # Composition and a faceid tag of the base pass are both image prompts on its attention: refused.
     with pytest.raises(grpc.RpcError) as refused:
         client.jobs.submit(
-            "a portrait", {**FAST, "controlnet": "composition"}, input_image_id=upload.image_id
+            "a portrait <faceid:1:1>", {**FAST, "controlnet": "composition"}, input_image_id=upload.image_id
         )
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # like any component not served
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = dict(violations_of(refused.value))
-    assert "controlnet=composition is not implemented" in violations["params.controlnet"]
+    assert "controlnet=composition and <faceid:1:1>" in violations["params.controlnet"]
     client.jobs.delete_upload(upload.image_id)

@@ -7,6 +7,8 @@ from PIL import Image
 
 from multipass.errors import InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
+from multipass_diffusion.composition import KIND as COMPOSITION
+from multipass_diffusion.faceid import KIND as FACEID
 from multipass_diffusion.imaging.crop_inpaint import Box, feather, paste
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import PassHandler
@@ -48,6 +50,14 @@ class BasePass(PassHandler):
                     Violation(
                         "spec.controlnet",
                         f"got {spec.controlnet!r}; expected one of {', '.join(CONTROLNET_KINDS)}",
+                    )
+                )
+            if spec.controlnet == COMPOSITION and any(ref.kind == FACEID for ref in spec.loras):
+                problems.append(
+                    Violation(
+                        "spec.controlnet",
+                        "controlnet=composition cannot condition a pass that has a <faceid:...> tag: both are "
+                        "image prompts on the same attention layers",
                     )
                 )
             has_pose = spec.controlnet == "pose" and (spec.keypoints or spec.skeletons)

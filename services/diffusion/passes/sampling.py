@@ -1,4 +1,5 @@
-"""Running one diffusers pipeline for a pass: scheduler, prompts, seed, ControlNet, FaceID, step callback."""
+"""Running one diffusers pipeline for a pass: scheduler, prompts, seed, ControlNet, FaceID, composition,
+step callback."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from multipass_diffusion import faceid, reference_attention
+from multipass_diffusion import composition, faceid, reference_attention
 from multipass_diffusion.device_tuning import vae_tiling_for
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.preprocessors import Point
@@ -128,7 +129,9 @@ def _run_pipeline(
     width, height = size
     # Reference-only control needs no ControlNet model: it works through the UNet's own self-attention.
     reference = control_image if spec.controlnet == reference_attention.KIND else None
-    if reference is not None:
+    # The composition adapter takes the picture itself as an image prompt, through IP-Adapter layers.
+    layout = control_image if spec.controlnet == composition.KIND else None
+    if reference is not None or layout is not None:
         control_image = None
     controlnet = ctx.runtime.controlnet(spec.controlnet) if control_image is not None else None
     pipe = ctx.components.pipeline(task, controlnet)
@@ -170,10 +173,18 @@ def _run_pipeline(
         ctx.metadata["vae_tiled"] = "yes"
     ctx.monitor.check()
     with contextlib.ExitStack() as attachments:
+        scale = spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
         if reference is not None:
-            scale = spec.controlnet_conditioning_scale or DEFAULT_CONDITIONING_SCALE
             attachments.enter_context(
                 reference_attention.attached(pipe, reference, size, scale=scale, seeds=seeds)
+            )
+        if layout is not None:
+            kwargs.update(
+                attachments.enter_context(
+                    ctx.runtime.composition.attached(
+                        ctx.components, pipe, layout, scale=scale, guidance_scale=kwargs["guidance_scale"]
+                    )
+                )
             )
         with torch.inference_mode():
             results = pipe(**kwargs).images
@@ -181,6 +192,7 @@ def _run_pipeline(
         task
         + ("+controlnet" if controlnet is not None else "")
         + ("+reference" if reference is not None else "")
+        + ("+composition" if layout is not None else "")
     )
     if len(results) != len(seeds):
         raise RuntimeError(f"the pipeline returned {len(results)} images for {len(seeds)} seeds")

@@ -164,12 +164,12 @@ class MissingComponent:
     def violation(self) -> Violation:
         head, _, kind = self.capability.partition(":")
         if head == "controlnet" and self.feature is None:
-            # No model file provides it: composition (parsed, as Astria names it, but implemented by no
-            # worker), or reference-only asked of workers older than it.
+            # No model file provides it: reference-only asked of workers older than it.
             return Violation(
                 self.field,
                 f"controlnet={kind} is not implemented by the diffusion workers of this version; the "
-                f"ControlNets they serve are {', '.join(SERVED_CONTROLNETS)} (once installed) and reference",
+                f"ControlNets they serve are {', '.join(SERVED_CONTROLNETS)}, composition (once installed) "
+                "and reference",
             )
         description = f"needs {self.capability!r}, which the diffusion workers do not have installed"
         if self.fix:

@@ -16,6 +16,7 @@ the two cannot drift apart. :mod:`.features` turns the findings into the report.
 | ``text_masks`` | ``segmentation/grounding/config.json`` of a GroundingDINO or OWLv2 model |
 | ``faces`` | ``segmentation/faces/``: a landmark detector (``det_10g.onnx``, ...), else the Haar fallback |
 | ``faceid`` | ``diffusion/ip_adapter/<family>/faceid/ip-adapter-faceid.{safetensors,bin}`` + the face embedder |
+| ``controlnet:composition`` | ``diffusion/ip_adapter/<family>/composition/ip_plus_composition_<family>.safetensors`` + ``diffusion/ip_adapter/image_encoder/`` (``config.json``, ``model.safetensors``) |
 | ``face_swap`` | ``diffusion/face_swapper/`` ``inswapper_128.onnx`` + ``arcface.onnx`` (or as its config.json names them) |
 | ``upscaler`` | ``diffusion/upscaler/``: one ``*.pth``/``*.safetensors`` file, or a diffusers x4 upscaler |
 | ``face_restorer`` | ``diffusion/face_restorer/``: one ``*.pth``/``*.safetensors`` file |
@@ -71,6 +72,9 @@ COMPONENT_FOLDERS = frozenset(
 SAM_VARIANTS = ("vit_h", "vit_l", "vit_b")
 TEXT_DETECTORS = ("grounding-dino", "owlv2")
 FACEID_WEIGHTS = ("ip-adapter-faceid.safetensors", "ip-adapter-faceid.bin")
+#: ``controlnet=composition``: the IP Composition Adapter and the CLIP image encoder it reads.
+COMPOSITION = "controlnet:composition"
+IMAGE_ENCODER_FILES = ("ip_adapter/image_encoder/config.json", "ip_adapter/image_encoder/model.safetensors")
 SWAPPER_FILE = "inswapper_128.onnx"
 EMBEDDER_FILE = "arcface.onnx"
 SINGLE_WEIGHT_SUFFIXES = (".pth", ".safetensors")
@@ -80,6 +84,7 @@ FEATURE_NAMES = (
     "base",
     "inpaint",
     *(f"controlnet:{kind}" for kind in CONTROLNET_KINDS),
+    COMPOSITION,
     *(f"preprocessor:{kind}" for kind in PREPROCESSOR_FILES),
     "sam",
     "text_masks",
@@ -353,6 +358,39 @@ def _find_faceid(model_dir: Path, models: dict[str, str]) -> Found:
     return Found(False, detail=f"needs {' and '.join(lacking)}", family=_fix_family(set(served)))
 
 
+def composition_weights(model_dir: Path, family: str) -> Path:
+    name = f"ip_plus_composition_{family}.safetensors"
+    return Path(model_dir) / "diffusion" / "ip_adapter" / family / "composition" / name
+
+
+def _find_composition(model_dir: Path, models: dict[str, str]) -> Found:
+    served = sorted({family for family in models.values() if family})
+    encoder = [model_dir / "diffusion" / name for name in IMAGE_ENCODER_FILES]
+    with_weights = {f: composition_weights(model_dir, f) for f in served or ["sd15"]}
+    with_weights = {f: path for f, path in with_weights.items() if path.is_file()}
+    missing_encoder = [_rel(model_dir, path) for path in encoder if not path.is_file()]
+    if with_weights and served and not missing_encoder:
+        missing = [family for family in served if family not in with_weights]
+        detail = f"IP Composition Adapter for {', '.join(with_weights)}" + (
+            f"; not for {', '.join(missing)}" if missing else ""
+        )
+        paths = (
+            *(_rel(model_dir, path) for path in with_weights.values()),
+            _rel(model_dir, encoder[0].parent),
+        )
+        family = next(iter(with_weights)) if len(with_weights) == 1 else ""
+        return Found(True, paths, detail, family=family)
+    lacking = (
+        []
+        if with_weights
+        else ["diffusion/ip_adapter/<family>/composition/ip_plus_composition_<family>.safetensors"]
+    )
+    lacking += missing_encoder
+    if not lacking:  # weights of a family no base model is of
+        return Found(False, detail="no base model of the adapter's family is installed", fixed_by="base")
+    return Found(False, detail=f"needs {' and '.join(lacking)}", family=_fix_family(set(served)))
+
+
 def _find_face_swap(model_dir: Path, models: dict[str, str]) -> Found:
     files = face_swapper_files(model_dir)
     missing = [_rel(model_dir, path) for path in files if not path.is_file()]
@@ -420,6 +458,7 @@ RULES: tuple[Rule, ...] = (
         Rule(f"controlnet:{kind}", DIFFUSION, _controlnet_rule(kind), always=kind in REPORTED_CONTROLNETS)
         for kind in CONTROLNET_KINDS
     ),
+    Rule(COMPOSITION, DIFFUSION, _find_composition),
     *(
         Rule(
             f"preprocessor:{kind}", DIFFUSION, _preprocessor_rule(kind), always=kind in REPORTED_PREPROCESSORS

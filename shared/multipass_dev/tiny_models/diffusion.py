@@ -12,7 +12,10 @@
   weight-needing preprocessors are left out on purpose, so a missing one can be observed);
 - ``ip_adapter/<family>/faceid/ip-adapter-faceid.safetensors``: a random IP-Adapter FaceID per family
   (512-d identity in, 4 tokens out; non-zero ``to_k_ip``/``to_v_ip`` on every cross-attention), the SD1.5
-  one with the FaceID LoRA on every attention too, like the released ``ip-adapter-faceid_sd15.bin``.
+  one with the FaceID LoRA on every attention too, like the released ``ip-adapter-faceid_sd15.bin``;
+- ``ip_adapter/<family>/composition/ip_plus_composition_<family>.safetensors``: a random IP Composition
+  Adapter per family, and ``ip_adapter/image_encoder/``: the tiny CLIP vision model it reads
+  (:mod:`multipass_dev.tiny_models.ip_adapters`).
 
 Every model is loaded by the production loading code. The CLIP vocabulary is derived offline from the
 BPE merges that ``open_clip`` ships, so tokenisation matches the real models token for token.
@@ -25,9 +28,17 @@ import json
 from pathlib import Path
 
 from multipass_dev.tiny_models.building import build_once, byte_to_unicode
+from multipass_dev.tiny_models.ip_adapters import (
+    composition_path,
+    encoder_path,
+    faceid_path,
+    write_composition_adapter,
+    write_faceid_adapter,
+    write_image_encoder,
+)
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-diffusion-v6"
+VERSION = "tiny-diffusion-v7"
 MARKER = ".tiny-diffusion-built"
 SD15_MODEL = "sd15-tiny"
 SDXL_MODEL = "sdxl-tiny"
@@ -35,10 +46,6 @@ SD15_CONTROLNETS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", 
 SDXL_CONTROLNETS = ("pose", "canny")
 #: Working size (short side) that suits these models in tests and the local stack.
 TINY_WORKING_SIZE = 64
-#: The IP-Adapter FaceID weights of a family (``multipass_diffusion.faceid`` reads this layout).
-FACEID_FILE = "ip-adapter-faceid.safetensors"
-FACEID_TOKENS = 4
-FACEID_EMBEDDING_SIZE = 512
 
 _SD15_SCHEDULER = {
     "beta_start": 0.00085,
@@ -70,6 +77,7 @@ def _write_all(base: Path) -> None:
     _build_sd15(base, tokenizer_files)
     _build_sdxl(base, tokenizer_files)
     _build_preprocessors(base / "preprocessors")
+    write_image_encoder(encoder_path(base), seed=540)
 
 
 def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:
@@ -177,6 +185,7 @@ def _build_sd15(base: Path, tokenizer_files: tuple[Path, Path]) -> None:
     pipe.save_pretrained(target, safe_serialization=True)
     unet_inpaint.save_pretrained(target / "unet_inpaint", safe_serialization=True)
     write_faceid_adapter(unet, faceid_path(base, "sd15"), seed=500, lora_rank=4)
+    write_composition_adapter(unet, composition_path(base, "sd15"), seed=520)
     for index, kind in enumerate(SD15_CONTROLNETS):
         torch.manual_seed(100 + index)
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
@@ -225,6 +234,7 @@ def _build_sdxl(base: Path, tokenizer_files: tuple[Path, Path]) -> None:
     )
     pipe.save_pretrained(base / SDXL_MODEL, safe_serialization=True)
     write_faceid_adapter(unet, faceid_path(base, "sdxl"), seed=510)
+    write_composition_adapter(unet, composition_path(base, "sdxl"), seed=530)
     for index, kind in enumerate(SDXL_CONTROLNETS):
         torch.manual_seed(200 + index)
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
@@ -257,61 +267,6 @@ def _build_preprocessors(base: Path) -> None:
     state = {key: value.half() for key, value in HedNetwork().state_dict().items()}  # half: 29 MB, not 59
     (base / "hed").mkdir(parents=True, exist_ok=True)
     torch.save(state, base / "hed" / "ControlNetHED.pth")
-
-
-def faceid_path(diffusion_root: Path, family: str) -> Path:
-    return Path(diffusion_root) / "ip_adapter" / family / "faceid" / FACEID_FILE
-
-
-def write_faceid_adapter(unet, out_path: Path, *, seed: int, lora_rank: int = 0, scale: float = 0.3) -> Path:
-    """Write a random IP-Adapter FaceID for ``unet`` in the layout diffusers' ``load_ip_adapter`` reads.
-
-    ``image_proj.*``: the FaceID projection (``proj.0``: 512 -> 512, GELU, ``proj.2``: 512 -> 4 tokens of
-    the UNet's cross-attention width, ``norm``: LayerNorm). ``ip_adapter.<k>.to_k_ip/to_v_ip.weight`` for
-    the ``k``-th attention processor of the UNet (cross-attentions only: 1, 3, 5, ...). ``lora_rank`` > 0
-    adds FaceID's LoRA (``<k>.to_{q,k,v,out}_lora.{down,up}.weight`` on every attention processor). All
-    weights are non-zero, so the adapter visibly changes the UNet's output.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    generator = torch.Generator().manual_seed(seed)
-
-    def random(*shape: int, std: float = scale) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * std
-
-    width = int(unet.config.cross_attention_dim)
-    size = FACEID_EMBEDDING_SIZE
-    tensors = {
-        "image_proj.proj.0.weight": random(size, size, std=size**-0.5),
-        "image_proj.proj.0.bias": random(size, std=0.1),
-        "image_proj.proj.2.weight": random(width * FACEID_TOKENS, size, std=size**-0.5),
-        "image_proj.proj.2.bias": random(width * FACEID_TOKENS, std=0.1),
-        "image_proj.norm.weight": 1.0 + random(width, std=0.1),
-        "image_proj.norm.bias": random(width, std=0.1),
-    }
-    modules = dict(unet.named_modules())
-    cross = 0
-    for index, name in enumerate(unet.attn_processors):
-        attention = modules[name.removesuffix(".processor")]
-        if name.endswith("attn2.processor"):
-            # diffusers numbers the cross-attention processors 1, 3, 5, ... (self-attention between them).
-            key = 2 * cross + 1
-            cross += 1
-            hidden = attention.to_k.out_features
-            tensors[f"ip_adapter.{key}.to_k_ip.weight"] = random(hidden, width)
-            tensors[f"ip_adapter.{key}.to_v_ip.weight"] = random(hidden, width)
-        if lora_rank:
-            layers = {"to_q": attention.to_q, "to_k": attention.to_k, "to_v": attention.to_v}
-            layers["to_out"] = attention.to_out[0]
-            for part, layer in layers.items():
-                prefix = f"ip_adapter.{index}.{part}_lora"
-                tensors[f"{prefix}.down.weight"] = random(lora_rank, layer.in_features)
-                tensors[f"{prefix}.up.weight"] = random(layer.out_features, lora_rank)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: tensor.contiguous() for key, tensor in tensors.items()}, str(out_path))
-    return out_path
 
 
 def write_random_lora(

@@ -13,7 +13,8 @@ from PIL import Image
 from multipass.errors import FailedPrecondition, InvalidInput
 from multipass.v1 import common_pb2, prompt_pb2
 from multipass_dev.tiny_models import finishing as tiny_finishing
-from multipass_dev.tiny_models.diffusion import FACEID_FILE, faceid_path, write_random_lora
+from multipass_dev.tiny_models.diffusion import write_random_lora
+from multipass_dev.tiny_models.ip_adapters import FACEID_FILE, faceid_path
 from multipass_diffusion import faceid
 from multipass_diffusion.imaging.crop_inpaint import feather
 from multipass_diffusion.models import file_sha256
@@ -289,7 +290,7 @@ def test_missing_weights_or_embedder_fail_naming_the_file(engine, tmp_path, monk
 
 
 def test_an_adapter_of_another_width_is_refused(tmp_path, engine):
-    from multipass_dev.tiny_models.diffusion import write_faceid_adapter
+    from multipass_dev.tiny_models.ip_adapters import write_faceid_adapter
     from multipass_diffusion.faceid import FaceIdAdapter
 
     runtime = engine.runtime(SD15_MODEL)

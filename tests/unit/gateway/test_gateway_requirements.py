@@ -81,16 +81,25 @@ def test_what_no_model_file_provides_has_no_fix():
 
 
 def test_a_controlnet_no_worker_implements_is_said_to_be_unimplemented_not_uninstalled():
+    # reference needs no file: a worker that lacks it is older than it.
     (missing,) = requirements.missing_components(
-        [("controlnet:composition", "params.controlnet")], set(), family_sd15
+        [("controlnet:reference", "params.controlnet")], set(), family_sd15
     )
     violation = missing.violation()
     assert violation.field == "params.controlnet"
     assert violation.description.startswith(
-        "controlnet=composition is not implemented by the diffusion workers"
+        "controlnet=reference is not implemented by the diffusion workers"
     )
     assert (
-        "pose, canny, depth, lineart, mlsd, hed, tile, qr (once installed) and reference"
+        "pose, canny, depth, lineart, mlsd, hed, tile, qr, composition (once installed) and reference"
         in violation.description
     )
     assert "install" not in violation.description.replace("installed", "")
+
+
+def test_composition_names_its_feature_and_the_pull_that_installs_it():
+    (missing,) = requirements.missing_components(
+        [("controlnet:composition", "params.controlnet")], set(), family_sd15
+    )
+    assert (missing.feature, missing.fix) == ("controlnet:composition", "multipass models pull composition")
+    assert "multipass models pull composition" in missing.violation().description

@@ -155,6 +155,8 @@ def test_capabilities_map_to_features_and_fixes():
     assert features.fix_command("controlnet:lineart", "sdxl") == ""
     assert features.fix_command("controlnet:lineart", "sd15") == "multipass models pull controlnet-sd15-extra"
     assert features.fix_command("upscaler") == "multipass models pull upscaler"
+    assert features.fix_command("controlnet:composition", "sdxl") == "multipass models pull composition-sdxl"
+    assert features.feature_of_capability("controlnet:composition") == "controlnet:composition"
     assert tuple(rule.name for rule in layout.RULES) == features.FEATURE_NAMES
 
 

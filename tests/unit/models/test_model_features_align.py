@@ -81,7 +81,7 @@ def directories(tmp_path_factory) -> list[Path]:
 
 
 def test_the_diffusion_worker_finds_what_the_check_reports(directories):
-    from multipass_diffusion import faceid, models
+    from multipass_diffusion import composition, faceid, models
     from multipass_diffusion.nets import components
     from multipass_diffusion.nets.face_embedding import reference_detector_file
     from multipass_diffusion.preprocessors import Preprocessors
@@ -109,6 +109,11 @@ def test_the_diffusion_worker_finds_what_the_check_reports(directories):
         assert ("faceid" in available) == any(faceid.installed(model_dir, family) for family in served), (
             model_dir
         )
+        assert (layout.COMPOSITION in available) == any(
+            composition.installed(model_dir, family) for family in served
+        ), model_dir
+        for family in ("sd15", "sdxl"):
+            assert composition.weights_path(model_dir, family) == layout.composition_weights(model_dir, family)
         assert reference_detector_file(model_dir) == layout.reference_detector(model_dir), model_dir
         if "face_swap" in available:  # the embedder it needs loads (a named detector is there)
             detector = reference_detector_file(model_dir)

@@ -136,6 +136,19 @@ def test_pose_controlnet_with_persons_uses_the_default_layout():
     assert any("default layout of 2 standing figures" in w for w in parsed.warnings)
 
 
+def test_composition_and_a_base_faceid_tag_are_refused_but_a_persons_faceid_is_not():
+    params = {"controlnet": "composition"}
+    found = problems_of("a park <faceid:7:1>", params, has_input_image=True)
+    assert "controlnet=composition and <faceid:7:1>" in found["params.controlnet"]
+    common = problems_of(
+        "a park BREAK photo <faceid:7:0.5> BREAK ohwx man <lora:1:1>", params, has_input_image=True
+    )
+    assert "<faceid:7:0.5>" in common["params.controlnet"]
+    parsed = parse_prompt("a park BREAK BREAK ohwx man <faceid:7:1>", params, has_input_image=True)
+    assert parsed.params.controlnet == "composition"
+    assert parse_prompt("a park", params, has_input_image=True).params.controlnet == "composition"
+
+
 def test_mask_modifiers_need_mask_prompt():
     found = problems_of("a park --mask_negative hat --mask_invert --mask_dilate 3%", IMAGE)
     assert set(found) == {"flag --mask_negative", "flag --mask_invert", "flag --mask_dilate"}
