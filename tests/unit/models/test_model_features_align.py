@@ -113,7 +113,9 @@ def test_the_diffusion_worker_finds_what_the_check_reports(directories):
             composition.installed(model_dir, family) for family in served
         ), model_dir
         for family in ("sd15", "sdxl"):
-            assert composition.weights_path(model_dir, family) == layout.composition_weights(model_dir, family)
+            assert composition.weights_path(model_dir, family) == layout.composition_weights(
+                model_dir, family
+            )
         assert reference_detector_file(model_dir) == layout.reference_detector(model_dir), model_dir
         if "face_swap" in available:  # the embedder it needs loads (a named detector is there)
             detector = reference_detector_file(model_dir)
