@@ -265,6 +265,35 @@ time.sleep(60)
             parent.kill()
 
 
+def test_children_are_the_command_itself_with_native_crash_tracebacks_on(supervisor, tmp_path):
+    """The orphan guard execs the command (same pid, parent the supervisor); no Python runs between fork
+    and exec in the supervisor; a Python child has faulthandler on, so a native crash leaves a traceback."""
+    report = tmp_path / "child.txt"
+    code = f"""
+        import faulthandler, os, time
+        from pathlib import Path
+        Path({str(report)!r}).write_text(f"{{os.getpid()}} {{os.getppid()}} {{faulthandler.is_enabled()}}")
+        time.sleep(60)
+    """
+    supervisor.start_group([spec("first", "import time; time.sleep(60)")])  # the monitor thread runs now
+    supervisor.start_group([spec("child", code)])
+    pid, parent, faulthandler_on = wait_for(lambda: report.exists() and report.read_text()).split()
+    assert int(pid) == supervisor.status("child").pid and int(parent) == os.getpid()
+    assert faulthandler_on == "True"
+    crashing = spec(
+        "crashing",
+        "import ctypes; ctypes.string_at(0)",
+        probe=HealthProbe("tcp", f"127.0.0.1:{closed_port()}"),
+    )
+    with pytest.raises(StartError) as caught:
+        supervisor.start_group([crashing])
+    # Started once more after the first crash, then given up: both crashes are in its log.
+    assert "SIGSEGV" in caught.value.reason
+    log_text = supervisor.status("crashing") and (tmp_path / "logs" / "crashing.log").read_text()
+    assert log_text.count("Fatal Python error: Segmentation fault") == 2
+    assert "exited with signal SIGSEGV while starting; starting it once more" in log_text
+
+
 def test_state_file_round_trip_is_atomic_and_private(tmp_path):
     paths = StackPaths(tmp_path / ".multipass")
     write_json_atomic(paths.state_file, {"status": "running", "gateway_address": "127.0.0.1:1234"})

@@ -2,22 +2,23 @@
 
 * ``start_group`` spawns a group of processes and waits until every one answers its health probe; a
   process that exits or stays unhealthy past its ``ready_timeout`` raises :class:`StartError` carrying
-  the tail of its log, so the caller can say exactly what failed.
+  the tail of its log, so the caller can say exactly what failed. One killed by a signal while starting
+  (a native crash; its traceback stays in its log) is started once more before that.
 * Once a group is up, a monitor thread supervises it: a process that exits is restarted after a delay
   that doubles with every quick failure (``RestartPolicy``); a run longer than ``stable_after`` resets the
   delay. Each restart is logged, written into the process's own log file, and counted.
 * ``stop`` stops groups in reverse order: SIGTERM to each process group, SIGKILL after the grace period.
 
 Every child runs in its own session (so a terminal's Ctrl-C reaches only the supervisor, which then stops
-the children in order) and, on Linux, receives SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``; the
-kernel ties it to the forking thread, so children are spawned by the caller's thread or the monitor
-thread, both of which outlive them).
+the children in order) and, on Linux, receives SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``, set
+by :mod:`.orphan_guard` in a fresh interpreter that then execs the command, never by code run between
+fork and exec in this threaded process; the kernel ties it to the forking thread, so children are
+spawned by the caller's thread or the monitor thread, both of which outlive them).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -131,24 +132,13 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def _death_signal_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when the supervisor dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
+#: The script every child is started through (PR_SET_PDEATHSIG without a preexec_fn).
+ORPHAN_GUARD = Path(__file__).with_name("orphan_guard.py")
 
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the supervisor died before the hook ran
-            os.kill(os.getpid(), signal.SIGTERM)
 
-    return hook
+def guarded(argv: Sequence[str]) -> list[str]:
+    """``argv`` run through :data:`ORPHAN_GUARD`: the command, SIGTERMed when this process dies."""
+    return [sys.executable, "-I", "-S", str(ORPHAN_GUARD), str(os.getpid()), *argv]
 
 
 @dataclass(eq=False)
@@ -166,6 +156,8 @@ class _Managed:
     checked_at: float = 0.0
     #: Set once the process first came up; from then on the monitor thread owns it.
     supervised: bool = False
+    #: A start that died by a signal is tried once more.
+    start_retried: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -210,7 +202,6 @@ class Supervisor:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._preexec = _death_signal_hook()
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -245,6 +236,15 @@ class Supervisor:
             for managed in list(pending):
                 spec = managed.spec
                 returncode = managed.popen.poll() if managed.popen else None
+                if returncode is not None and returncode < 0 and not managed.start_retried:
+                    # Killed by a signal before it was up (a native crash at import time): once more,
+                    # with the first attempt's log, faulthandler's traceback included, kept above.
+                    managed.start_retried = True
+                    why = f"exited with {describe_exit(returncode)} while starting"
+                    log.warning("%s %s; starting it once more", spec.name, why)
+                    self._append_log(managed, f"{why}; starting it once more")
+                    self._spawn(managed)
+                    continue
                 if returncode is not None:
                     managed.state = FAILED
                     managed.last_exit = describe_exit(returncode)
@@ -268,14 +268,14 @@ class Supervisor:
         spec = managed.spec
         with managed.log_path.open("ab", buffering=0) as log_file:
             managed.popen = subprocess.Popen(
-                list(spec.argv),
-                env=dict(spec.env),
+                guarded(spec.argv),
+                # A Python child that crashes in native code leaves its traceback in its log.
+                env={"PYTHONFAULTHANDLER": "1", **spec.env},
                 cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=self._preexec,  # noqa: PLW1509 - only prctl; see _death_signal_hook
                 close_fds=True,
             )
         managed.state, managed.healthy = STARTING, False
