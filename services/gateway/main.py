@@ -118,6 +118,13 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         http = SafeHttp(policy, resolver=resolver)
         notes = ReplicaNotes(bus)
         await notes.start()
+        tenants = TenantStore(
+            await bus.kv(names.KV_TENANTS),
+            settings.api_key_pepper,
+            cache_seconds=settings.auth_cache_seconds,
+            notes=notes,
+            stream_recheck_seconds=settings.stream_auth_recheck_seconds,
+        )
         scheduler = PassScheduler(
             bus,
             jobs_kv,
@@ -127,17 +134,11 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             resync_interval=settings.scheduler_resync_seconds,
             notes=notes,
             copies=copies,
+            own_limits=tenants.limits,
         )
         jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
         budget = PendingBudget(
             jobs_kv, settings.limits, refresh_interval=settings.budget_refresh_seconds, notes=notes
-        )
-        tenants = TenantStore(
-            await bus.kv(names.KV_TENANTS),
-            settings.api_key_pepper,
-            cache_seconds=settings.auth_cache_seconds,
-            notes=notes,
-            stream_recheck_seconds=settings.stream_auth_recheck_seconds,
         )
         tunes = TuneStore(await bus.kv(names.KV_TUNES), objects, http, settings.limits)
         job_end = JobEnd(

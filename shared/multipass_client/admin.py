@@ -46,10 +46,14 @@ class AdminClient:
         )
 
     def set_tenant_limits(
-        self, tenant: str, *, max_pending_passes: int = 0, max_uploads: int = 0
+        self, tenant: str, *, max_pending_passes: int = 0, max_uploads: int = 0, max_passes_in_flight: int = 0
     ) -> admin_pb2.TenantSummary:
-        """Replace the tenant's own quotas (0 = the gateway's setting)."""
-        limits = admin_pb2.TenantLimits(max_pending_passes=max_pending_passes, max_uploads=max_uploads)
+        """Replace the tenant's own quotas as a whole (0 = the gateway's setting)."""
+        limits = admin_pb2.TenantLimits(
+            max_pending_passes=max_pending_passes,
+            max_uploads=max_uploads,
+            max_passes_in_flight=max_passes_in_flight,
+        )
         return self._stub.SetTenantLimits(
             admin_pb2.SetTenantLimitsRequest(tenant=tenant, limits=limits), timeout=self._timeout
         )

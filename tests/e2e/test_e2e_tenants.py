@@ -109,6 +109,8 @@ def test_missing_unknown_and_revoked_keys_are_refused_and_operators_rotate_keys_
         assert limited.returncode == 0, limited.stderr
         assert "max pending passes 40, max uploads 3" in limited.stdout
         assert "(max pending passes 40, max uploads 3)" in stack.cli("tenants", "list").stdout
+        shared = stack.cli("tenants", "limits", created.tenant, "--max-passes-in-flight", "2")
+        assert "max pending passes 40, max uploads 3, max passes in flight 2" in shared.stdout, shared.stderr
         # Offboarding: nothing happens without --yes; with it the tenant and its keys are gone.
         unconfirmed = stack.cli("tenants", "delete", created.tenant)
         assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr

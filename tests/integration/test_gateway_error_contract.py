@@ -137,24 +137,22 @@ async def test_every_ranged_field_of_every_public_request_is_checked_into_invali
             tunes.ListTunes(jobs_pb2.ListTunesRequest(page_size=-1), metadata=mine),
             "page_size",
         ),
-        ("SetTenantLimitsRequest", "limits.max_pending_passes"): (
-            stack.admin.SetTenantLimits(
-                admin_pb2.SetTenantLimitsRequest(
-                    tenant=tenant.tenant, limits=admin_pb2.TenantLimits(max_pending_passes=1_000_001)
+        **{
+            ("SetTenantLimitsRequest", f"limits.{name}"): (
+                stack.admin.SetTenantLimits(
+                    admin_pb2.SetTenantLimitsRequest(
+                        tenant=tenant.tenant, limits=admin_pb2.TenantLimits(**{name: value})
+                    ),
+                    metadata=[("x-multipass-admin-token", ADMIN_TOKEN)],
                 ),
-                metadata=[("x-multipass-admin-token", ADMIN_TOKEN)],
-            ),
-            "limits.max_pending_passes",
-        ),
-        ("SetTenantLimitsRequest", "limits.max_uploads"): (
-            stack.admin.SetTenantLimits(
-                admin_pb2.SetTenantLimitsRequest(
-                    tenant=tenant.tenant, limits=admin_pb2.TenantLimits(max_uploads=-1)
-                ),
-                metadata=[("x-multipass-admin-token", ADMIN_TOKEN)],
-            ),
-            "limits.max_uploads",
-        ),
+                f"limits.{name}",
+            )
+            for name, value in (
+                ("max_pending_passes", 1_000_001),
+                ("max_uploads", -1),
+                ("max_passes_in_flight", 100_001),
+            )
+        },
         ("ListTenantsRequest", "page_size"): (
             stack.admin.ListTenants(
                 admin_pb2.ListTenantsRequest(page_size=1001),

@@ -282,6 +282,15 @@ async def test_a_tenants_own_limits_replace_the_gateways_for_it_alone(stack):
     submitted = await stack.jobs.SubmitJob(two_images, metadata=bearer(other.api_key))
     assert (await wait_for_job(stack, submitted.job_id, other.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
 
+    # One pass in flight at a time: a two-image job still runs to the end, its passes taking turns.
+    summary = await set_limits(small.tenant, max_passes_in_flight=1)
+    assert summary.limits.max_passes_in_flight == 1 and summary.limits.max_uploads == 0
+    listed = await stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=admin)
+    assert {t.tenant: t.limits.max_passes_in_flight for t in listed.tenants}[small.tenant] == 1
+    await upload(small.api_key)
+    submitted = await stack.jobs.SubmitJob(two_images, metadata=bearer(small.api_key))
+    assert (await wait_for_job(stack, submitted.job_id, small.api_key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+
     # Back to the gateway's settings (0), at once on this replica.
     await set_limits(small.tenant)
     await upload(small.api_key)
@@ -289,9 +298,12 @@ async def test_a_tenants_own_limits_replace_the_gateways_for_it_alone(stack):
     assert submitted.job_id
 
     # Out of range and unknown tenants are named.
-    bad = await rpc_error(set_limits(small.tenant, max_pending_passes=-1, max_uploads=100_001))
+    bad = await rpc_error(
+        set_limits(small.tenant, max_pending_passes=-1, max_uploads=100_001, max_passes_in_flight=-2)
+    )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(field for field, _ in field_violations(bad)) == [
+        "limits.max_passes_in_flight",
         "limits.max_pending_passes",
         "limits.max_uploads",
     ]

@@ -103,7 +103,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.TenantSummary:
         self._guard(context, "tenant.limits")
         limits = TenantLimits(
-            max_pending_passes=request.limits.max_pending_passes, max_uploads=request.limits.max_uploads
+            max_pending_passes=request.limits.max_pending_passes,
+            max_uploads=request.limits.max_uploads,
+            max_passes_in_flight=request.limits.max_passes_in_flight,
         )
         summary = await self.tenants.set_limits(request.tenant, limits)
         _audit(context, "tenant.limits", tenant=request.tenant, **limits.__dict__)
@@ -123,7 +125,9 @@ def _tenant_message(tenant: TenantSummary) -> admin_pb2.TenantSummary:
         created_at=_timestamp(tenant.created_at),
         live_keys=tenant.live_keys,
         limits=admin_pb2.TenantLimits(
-            max_pending_passes=tenant.limits.max_pending_passes, max_uploads=tenant.limits.max_uploads
+            max_pending_passes=tenant.limits.max_pending_passes,
+            max_uploads=tenant.limits.max_uploads,
+            max_passes_in_flight=tenant.limits.max_passes_in_flight,
         ),
     )
 

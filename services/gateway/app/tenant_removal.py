@@ -75,6 +75,7 @@ class TenantRemoval:
         ):
             removed.objects_deleted += await self.objects.delete_prefix(bucket, prefix)
         await self.tenants.delete_record(tenant)
+        self.tenants.limits.forget(tenant)
         self.usage.forget(tenant)
         log.info("tenant removed", extra={"tenant": tenant, **removed.__dict__})
         return removed

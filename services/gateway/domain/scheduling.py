@@ -107,14 +107,17 @@ def plan_release(
     tenant_limit: int,
     global_limit: int,
     after: str | None = None,
+    own_limits: Mapping[str, int] | None = None,
 ) -> list[PassKey]:
     """Which ready passes to release now, in release order.
 
     Tenants take turns, one pass per turn, starting with the first tenant (in name order, cyclically)
     after ``after`` (the tenant served last, so no tenant is favoured by its name). A tenant's passes
-    leave its queue in queue order. A tenant with ``tenant_limit`` passes in flight waits; nothing is
-    released once ``global_limit`` passes are in flight.
+    leave its queue in queue order. A tenant with ``tenant_limit`` passes in flight (its own limit from
+    ``own_limits`` where that has one above 0) waits; nothing is released once ``global_limit`` passes
+    are in flight.
     """
+    own_limits = own_limits or {}
     tenants = sorted(t for t, queue in ready.items() if queue)
     if not tenants:
         return []
@@ -131,7 +134,7 @@ def plan_release(
             if total >= global_limit:
                 break
             queue = ready[tenant]
-            if position[tenant] >= len(queue) or flying[tenant] >= tenant_limit:
+            if position[tenant] >= len(queue) or flying[tenant] >= (own_limits.get(tenant) or tenant_limit):
                 continue
             released.append(queue[position[tenant]])
             position[tenant] += 1

@@ -41,6 +41,7 @@ from multipass_gateway.infra import metrics
 from multipass_gateway.infra.object_copies import ObjectCopies
 from multipass_gateway.infra.queue_mirror import QueueMirror
 from multipass_gateway.infra.replica_notes import ReplicaNotes
+from multipass_gateway.infra.tenant_limits import TenantLimitsCache
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,15 @@ class PassScheduler:
         resync_interval: float = 5.0,
         notes: ReplicaNotes | None = None,
         copies: ObjectCopies | None = None,
+        own_limits: TenantLimitsCache | None = None,
     ):
         if tenant_limit < 1 or global_limit < 1:
             raise ValueError("in-flight limits must be >= 1")
         self.bus = bus
         self._kv = store
         self.tenant_limit = tenant_limit
+        #: Tenants' own ``max_passes_in_flight`` (``Admin.SetTenantLimits``), in place of ``tenant_limit``.
+        self.own_limits = own_limits
         self.global_limit = global_limit
         self.interval = interval
         self.resync_interval = resync_interval
@@ -128,7 +132,25 @@ class PassScheduler:
             return False
         if len(mirror.flight) >= self.global_limit or mirror.any_waiting():
             return False
-        return sum(1 for k in mirror.flight if k.tenant == key.tenant) < self.tenant_limit
+        return sum(1 for k in mirror.flight if k.tenant == key.tenant) < self._limit_known(key.tenant)
+
+    def _limit_known(self, tenant: str) -> int:
+        """The tenant's in-flight limit as last read (no I/O: the submit that queued the pass read it)."""
+        own = self.own_limits.peek(tenant) if self.own_limits is not None else None
+        return (own.max_passes_in_flight if own is not None else 0) or self.tenant_limit
+
+    async def _limits_of(self, tenants) -> dict[str, int]:
+        """Each waiting tenant's own in-flight limit, read at most once per the cache's time."""
+        if self.own_limits is None:
+            return {}
+        found = {}
+        for tenant in tenants:
+            try:
+                found[tenant] = (await self.own_limits.get(tenant)).max_passes_in_flight
+            except (MultipassError, ValueError):  # unreachable or unreadable: the last read, else the setting
+                log.warning("tenant limits unreadable; using the last known", extra={"tenant": tenant})
+                found[tenant] = self._limit_known(tenant)
+        return found
 
     async def _release_now(self, key: PassKey, entry: events_pb2.OutboxRequest) -> None:
         self.mirror.releasing.add(key)
@@ -254,6 +276,7 @@ class PassScheduler:
                 tenant_limit=self.tenant_limit,
                 global_limit=self.global_limit,
                 after=self._last_tenant,
+                own_limits=await self._limits_of(t for t, queue in ready.items() if queue),
             )
             for key in plan:
                 self.mirror.releasing.add(key)

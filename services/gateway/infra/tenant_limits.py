@@ -1,5 +1,6 @@
 """A tenant's own quotas (``Admin.SetTenantLimits``), kept in its record, and each replica's short-lived
-read of them for the checks at submit and upload. 0 in a field means the gateway's setting applies."""
+read of them for the checks at submit and upload and for the pass scheduler. 0 in a field means the
+gateway's setting applies."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ class TenantLimits:
     max_pending_passes: int = 0
     #: Uploads held at once (else MULTIPASS_GATEWAY_TENANT_MAX_UPLOADS).
     max_uploads: int = 0
+    #: Passes released and unfinished at once (else MULTIPASS_GATEWAY_TENANT_MAX_PASSES_IN_FLIGHT).
+    max_passes_in_flight: int = 0
 
 
 #: The largest value of each limit.
-MAXIMA = {"max_pending_passes": 1_000_000, "max_uploads": 100_000}
+MAXIMA = {"max_pending_passes": 1_000_000, "max_uploads": 100_000, "max_passes_in_flight": 100_000}
 
 
 def check(limits: TenantLimits, field: str = "limits") -> list[Violation]:
@@ -45,7 +48,8 @@ def to_record(limits: TenantLimits) -> dict:
 
 class TenantLimitsCache:
     """Tenants' limits as read from ``multipass-tenants``, each trusted for ``ttl`` seconds (0: read every
-    time); a replica that sets limits forgets its own read at once, the others within ``ttl``."""
+    time); a replica that sets limits uses them at once, the others within ``ttl``. The pass scheduler
+    peeks at the last read without I/O where it cannot wait."""
 
     def __init__(self, kv: KvBucket, ttl: float, *, clock=time.monotonic):
         self._kv = kv
@@ -59,9 +63,18 @@ class TenantLimitsCache:
             return found[0]
         entry = await self._kv.get(f"tenant.{tenant}")
         limits = from_record(json.loads(entry.value)) if entry is not None else TenantLimits()
-        if self.ttl > 0:
-            self._read[tenant] = (limits, self._clock() + self.ttl)
+        self._read[tenant] = (limits, self._clock() + self.ttl)  # ttl 0: kept for peek, never trusted
         return limits
+
+    def peek(self, tenant: str) -> TenantLimits | None:
+        """The limits last read for ``tenant``, however old (None: never read, or forgotten); no I/O, for
+        sync callers."""
+        found = self._read.get(tenant)
+        return found[0] if found is not None else None
+
+    def remember(self, tenant: str, limits: TenantLimits) -> None:
+        """The limits this replica just wrote: trusted from now on, like a fresh read."""
+        self._read[tenant] = (limits, self._clock() + self.ttl)
 
     def forget(self, tenant: str) -> None:
         self._read.pop(tenant, None)

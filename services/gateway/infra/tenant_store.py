@@ -158,7 +158,7 @@ class TenantStore:
         value, _revision = await self._kv.compare_and_set(f"tenant.{tenant}", change)
         if value is None:
             await self.require(tenant)  # removed meanwhile: NotFound
-        self.limits.forget(tenant)
+        self.limits.remember(tenant, tenant_limits.from_record(json.loads(value)))
         live = sum(1 for key in await self._keys() if key.tenant == tenant and not key.revoked)
         return _summary(json.loads(value), live)
 

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("tenant")
     limits.add_argument("--max-pending-passes", type=int, help="planned passes of unfinished jobs")
     limits.add_argument("--max-uploads", type=int, help="uploads held at once")
+    limits.add_argument(
+        "--max-passes-in-flight", type=int, help="passes released to the workers at once (the rest wait)"
+    )
     add_connection_args(limits, admin=True)
     limits.set_defaults(run=run_limits)
 
@@ -95,28 +98,28 @@ def run_limits(args: argparse.Namespace) -> int:
     """Set the limits given; the others keep their current values."""
     with client_from_args(args, admin=True) as client:
         current = next((t.limits for t in client.admin.list_tenants() if t.tenant == args.tenant), None)
-        pending = args.max_pending_passes
-        uploads = args.max_uploads
+        given = {name: getattr(args, name) for name in _LIMITS}
         summary = client.admin.set_tenant_limits(
             args.tenant,
-            max_pending_passes=pending
-            if pending is not None
-            else (current.max_pending_passes if current else 0),
-            max_uploads=uploads if uploads is not None else (current.max_uploads if current else 0),
+            **{
+                name: value if value is not None else (getattr(current, name) if current else 0)
+                for name, value in given.items()
+            },
         )
     print(f"{summary.tenant}:{_limits_text(summary.limits) or '  the gateway settings'}")
     return 0
 
 
+#: The tenant limits, by field, as the listing names them.
+_LIMITS = {
+    "max_pending_passes": "max pending passes",
+    "max_uploads": "max uploads",
+    "max_passes_in_flight": "max passes in flight",
+}
+
+
 def _limits_text(limits) -> str:
-    own = [
-        f"{name} {value}"
-        for name, value in (
-            ("max pending passes", limits.max_pending_passes),
-            ("max uploads", limits.max_uploads),
-        )
-        if value
-    ]
+    own = [f"{label} {getattr(limits, name)}" for name, label in _LIMITS.items() if getattr(limits, name)]
     return f"  ({', '.join(own)})" if own else ""
 
 

@@ -39,6 +39,19 @@ def test_a_tenant_with_many_jobs_cannot_starve_a_tenant_with_one():
     assert tenants_of(released) == ["ta", "tb", "ta", "ta", "ta"]
 
 
+def test_a_tenants_own_limit_replaces_the_setting_for_it_alone():
+    ready = {"ta": queue("ta", 10), "tb": queue("tb", 10), "tc": queue("tc", 10)}
+    # ta may have 1 in flight, tb 6; tc (0 or absent: the setting) 3; the global bound still holds.
+    released = plan_release(
+        ready, {}, tenant_limit=3, global_limit=100, own_limits={"ta": 1, "tb": 6, "tc": 0}
+    )
+    assert Counter(tenants_of(released)) == {"ta": 1, "tb": 6, "tc": 3}
+    assert Counter(
+        tenants_of(plan_release(ready, {"ta": 1}, tenant_limit=3, global_limit=100, own_limits={"ta": 1}))
+    ) == {"tb": 3, "tc": 3}
+    assert len(plan_release(ready, {}, tenant_limit=3, global_limit=4, own_limits={"tb": 50})) == 4
+
+
 def test_the_global_bound_caps_every_round_and_counts_what_is_in_flight():
     ready = {"ta": queue("ta", 10), "tb": queue("tb", 10)}
     assert len(plan_release(ready, {}, tenant_limit=10, global_limit=5)) == 5

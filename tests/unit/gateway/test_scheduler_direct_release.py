@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 
 from multipass.bus import KeyExists, PublishAck
 from multipass.v1 import diffusion_pb2, events_pb2
 from multipass_gateway.domain.scheduling import PassKey
 from multipass_gateway.infra.pass_scheduler import PassScheduler
+from multipass_gateway.infra.tenant_limits import TenantLimitsCache
 
 
 class RecordingBus:
@@ -136,3 +140,41 @@ async def test_a_failed_publish_leaves_the_slot_free_and_raises_so_the_outbox_ke
     with pytest.raises(ConnectionError):
         await made.enqueue("a", request("a", "j1"))
     assert made.mirror.flight == set() and made.mirror.releasing == set() and kv.data == {}
+
+
+class TenantsKv:
+    """``tenant.<id>`` records with their own limits, as ``Admin.SetTenantLimits`` writes them."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.records = {
+            f"tenant.{tenant}": json.dumps({"limits": {"max_passes_in_flight": n}}).encode()
+            for tenant, n in limits.items()
+        }
+        self.reads = 0
+
+    async def get(self, key: str):
+        self.reads += 1
+        value = self.records.get(key)
+        return SimpleNamespace(value=value) if value is not None else None
+
+
+async def test_a_tenants_own_in_flight_limit_holds_in_direct_releases_and_in_rounds():
+    tenants = TenantsKv({"a": 1, "c": 3})
+    own = TenantLimitsCache(tenants, ttl=60)
+    made, bus, kv = scheduler(tenant_limit=2, global_limit=10, own_limits=own)
+    await own.get("a")  # the submit read it (the pending-work check)
+    await made.enqueue("a", request("a", "j1"))
+    await made.enqueue("a", request("a", "j2"))  # "a" may have 1 in flight, not the setting's 2
+    assert [msg_id for _, msg_id in bus.published] == ["j1:base:1"]
+    assert key("a", "j2") in made.mirror.ready
+    # "c" may have 3 in flight, more than the setting: a round reads its limit and releases 3 of 4.
+    for job in ("k1", "k2", "k3", "k4"):
+        await made.enqueue("c", request("c", job))
+    await made.release_once()
+    released = [msg_id for _, msg_id in bus.published]
+    assert sum(1 for m in released if m.startswith("k")) == 3 and "j2:base:1" not in released
+    # A tenant without a record of its own keeps the setting.
+    assert made._limit_known("b") == 2 and made._limit_known("c") == 3
+    reads = tenants.reads
+    await made.release_once()
+    assert tenants.reads == reads  # within the cache time no read
