@@ -135,6 +135,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             notes=notes,
             copies=copies,
             own_limits=tenants.limits,
+            tenant_metrics=settings.tenant_metrics,
         )
         jobs = JobStore(bus, jobs_kv, dispatch=scheduler.enqueue)
         budget = PendingBudget(

@@ -42,6 +42,17 @@ PASSES_IN_FLIGHT = Gauge(
     "multipass_gateway_passes_in_flight",
     "Pass requests released to the work queue whose pass has not ended yet.",
 )
+TENANT_PASSES_READY = Gauge(
+    "multipass_tenant_passes_ready",
+    "Pass requests of the tenant waiting in the gateway's ready queues (MULTIPASS_GATEWAY_TENANT_METRICS).",
+    ["tenant"],
+)
+TENANT_PASSES_IN_FLIGHT = Gauge(
+    "multipass_tenant_passes_in_flight",
+    "Pass requests of the tenant released to the work queue and unfinished, against its in-flight limit "
+    "(MULTIPASS_GATEWAY_TENANT_METRICS).",
+    ["tenant"],
+)
 PASSES_RELEASED = Counter(
     "multipass_gateway_passes_released_total", "Pass requests released to the work queue by the scheduler."
 )

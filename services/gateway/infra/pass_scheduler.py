@@ -71,6 +71,7 @@ class PassScheduler:
         notes: ReplicaNotes | None = None,
         copies: ObjectCopies | None = None,
         own_limits: TenantLimitsCache | None = None,
+        tenant_metrics: bool = False,
     ):
         if tenant_limit < 1 or global_limit < 1:
             raise ValueError("in-flight limits must be >= 1")
@@ -79,6 +80,9 @@ class PassScheduler:
         self.tenant_limit = tenant_limit
         #: Tenants' own ``max_passes_in_flight`` (``Admin.SetTenantLimits``), in place of ``tenant_limit``.
         self.own_limits = own_limits
+        #: Export each tenant's ready and in-flight passes (``multipass_tenant_passes_*``).
+        self.tenant_metrics = tenant_metrics
+        self._exported_tenants: set[str] = set()
         self.global_limit = global_limit
         self.interval = interval
         self.resync_interval = resync_interval
@@ -162,7 +166,7 @@ class PassScheduler:
             raise
         finally:
             self.mirror.releasing.discard(key)
-        metrics.PASSES_IN_FLIGHT.set(len(self.mirror.flight))
+        self._export_gauges()
 
     async def done(self, key: PassKey) -> None:
         """The pass attempt ended: its slot is free (its ready entry and flight marker go)."""
@@ -296,11 +300,29 @@ class PassScheduler:
                 self.mirror.flight.discard(key)  # not published: the slot stays free
                 if isinstance(result, BaseException):
                     failure = failure or result
-            metrics.PASSES_READY.set(self.mirror.waiting())
-            metrics.PASSES_IN_FLIGHT.set(len(self.mirror.flight))
+            self._export_gauges()
             if failure is not None:
                 raise failure
             return released
+
+    def _export_gauges(self) -> None:
+        """The ready and in-flight gauges, in all and (with tenant metrics) per tenant; a tenant with
+        nothing waiting or in flight loses its series."""
+        mirror = self.mirror
+        metrics.PASSES_READY.set(mirror.waiting())
+        metrics.PASSES_IN_FLIGHT.set(len(mirror.flight))
+        if not self.tenant_metrics:
+            return
+        ready, flying = mirror.waiting_by_tenant(), Counter(key.tenant for key in mirror.flight)
+        present = set(ready) | set(flying)
+        for tenant in present:
+            metrics.TENANT_PASSES_READY.labels(tenant=tenant).set(ready[tenant])
+            metrics.TENANT_PASSES_IN_FLIGHT.labels(tenant=tenant).set(flying[tenant])
+        for tenant in self._exported_tenants - present:
+            for gauge in (metrics.TENANT_PASSES_READY, metrics.TENANT_PASSES_IN_FLIGHT):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tenant)
+        self._exported_tenants = present
 
     async def _release(self, key: PassKey) -> bool:
         value = self.mirror.ready.get(key)

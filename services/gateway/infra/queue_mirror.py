@@ -10,6 +10,7 @@ releases them, unless they are still waiting after ``orphan_after`` seconds (it 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from multipass.bus import KvBucket
@@ -110,6 +111,9 @@ class QueueMirror(KvMirror):
 
     def waiting(self) -> int:
         return sum(1 for key in self.ready if key not in self.flight)
+
+    def waiting_by_tenant(self) -> Counter:
+        return Counter(key.tenant for key in self.ready if key not in self.flight)
 
     def any_waiting(self) -> bool:
         """Whether a ready entry waits for its release (stops at the first: a backlog is mostly waiting)."""

@@ -178,3 +178,28 @@ async def test_a_tenants_own_in_flight_limit_holds_in_direct_releases_and_in_rou
     reads = tenants.reads
     await made.release_once()
     assert tenants.reads == reads  # within the cache time no read
+
+
+def gauge(name: str, tenant: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"tenant": tenant})
+
+
+async def test_each_tenants_waiting_and_in_flight_passes_are_exported_then_dropped():
+    made, _bus, _kv = scheduler(tenant_limit=1, global_limit=10, tenant_metrics=True)
+    await made.enqueue("ga", request("ga", "j1"))
+    await made.enqueue("ga", request("ga", "j2"))  # waits: "ga" has its one slot taken
+    await made.release_once()
+    assert gauge("multipass_tenant_passes_in_flight", "ga") == 1
+    assert gauge("multipass_tenant_passes_ready", "ga") == 1
+    await made.done(key("ga", "j1"))
+    await made.release_once()  # j2 takes the slot
+    assert gauge("multipass_tenant_passes_ready", "ga") == 0
+    await made.done(key("ga", "j2"))
+    await made.release_once()
+    assert gauge("multipass_tenant_passes_in_flight", "ga") is None  # nothing left: the series goes
+    quiet, _, _ = scheduler(tenant_limit=1, global_limit=10)  # MULTIPASS_GATEWAY_TENANT_METRICS=false
+    await quiet.enqueue("gb", request("gb", "k1"))
+    await quiet.release_once()
+    assert gauge("multipass_tenant_passes_in_flight", "gb") is None
