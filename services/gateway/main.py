@@ -22,6 +22,7 @@ from multipass_gateway.api import admin_servicer, jobs_servicer, tunes_servicer
 from multipass_gateway.api.views import public_job
 from multipass_gateway.app.abandoned_passes import AbandonedPasses
 from multipass_gateway.app.cancellation import Canceller
+from multipass_gateway.app.default_layouts import DefaultLayouts
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.orchestrator import Orchestrator
@@ -153,9 +154,11 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         )
         info = DiffusionInfo(clients.info, settings.info_ttl_seconds, store=jobs_kv)
         submit_cleanup = SubmitCleanup(jobs=jobs, budget=budget, objects=objects)
+        layouts = DefaultLayouts()
         submitter = Submitter(
             settings=settings,
             limits=tenants.limits,
+            layouts=layouts,
             cleanup=submit_cleanup,
             clients=clients,
             info=info,
@@ -261,6 +264,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
                         objects=objects,
                         auth_cache_seconds=settings.auth_cache_seconds,
                         usage=job_end.usage,
+                        layouts=layouts,
                     ),
                 ),
                 admin_servicer.SERVICE_NAME,

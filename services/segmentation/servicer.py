@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -127,6 +128,13 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         _check_copies(request.copies_up_to_bytes, problems)
         if request.output_key:
             _check_key(request.output_key, "output_key", problems)
+            if request.content_addressed and not request.output_key.endswith("/"):
+                problems.append(
+                    Violation(
+                        "output_key",
+                        f"got {request.output_key!r}; with content_addressed a prefix ending in '/'",
+                    )
+                )
             if not (request.output_bucket or (has_image and request.image.bucket)):
                 problems.append(
                     Violation(
@@ -162,8 +170,11 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
                 with phase("layout", "model"):
                     pose = await self._run(self.segmenter.render_pose, width, height, result.slots)
                 bucket = request.output_bucket or request.image.bucket
+                key = request.output_key
                 with phase("layout", "store"):
-                    stored = await self._store_png(bucket, request.output_key, Image.fromarray(pose, "RGB"))
+                    stored = await self._store_png(
+                        bucket, key, Image.fromarray(pose, "RGB"), content_addressed=request.content_addressed
+                    )
                 response.pose_image.CopyFrom(stored[0])
                 response.copies.extend(copies_of([stored], request.copies_up_to_bytes))
             else:
@@ -257,10 +268,13 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServicer):
         return await self._store_png(bucket, key, Image.fromarray(mask_ops.to_uint8(output.mask), "L"))
 
     async def _store_png(
-        self, bucket: str, key: str, image: Image.Image
+        self, bucket: str, key: str, image: Image.Image, *, content_addressed: bool = False
     ) -> tuple[common_pb2.ImageRef, bytes]:
-        """Encode and store ``image``; its reference and the bytes stored."""
+        """Encode and store ``image``; its reference and the bytes stored. ``content_addressed``: ``key``
+        is a prefix, completed with the PNG's sha256."""
         data = await encode_png_async(image, OUTPUT_PNG_LEVEL)
+        if content_addressed:
+            key = f"{key}{hashlib.sha256(data).hexdigest()}.png"
         try:
             ref = await self.store.put_png(bucket, key, data, width=image.width, height=image.height)
             return ref, data

@@ -188,6 +188,11 @@ def pass_output_key(tenant: str, job_id: str, image_index: int, pass_name: str) 
     return f"{image_prefix(tenant, job_id, image_index)}{pass_name}.png"
 
 
+def layout_prefix(tenant: str) -> str:
+    """Where a tenant's default-layout pose images live (content-addressed, shared by its jobs)."""
+    return f"jobs/{tenant}/layouts/"
+
+
 def input_key(tenant: str, job_id: str, name: str) -> str:
     return f"jobs/{tenant}/{job_id}/inputs/{name}.png"
 

@@ -31,6 +31,37 @@ async def watch(stack: Stack, job_id: str, key: str, after: int = 0) -> list[job
     return [event async for event in call]
 
 
+def layout_calls() -> float:
+    return REGISTRY.get_sample_value("multipass_segment_duration_seconds_count", {"kind": "layout"}) or 0.0
+
+
+async def test_jobs_of_one_size_share_their_default_layout_until_the_tenant_goes(stack):
+    """The pose image of a default layout is laid out and stored once per size and person count, reused by
+    the tenant's later jobs (no Layout call), kept when one job is deleted, separate per tenant."""
+    await stack.start_gateway()
+    first_tenant, other_tenant = await stack.tenant(), await stack.tenant()
+    prompt = "a park BREAK BREAK ohwx woman BREAK ohwx man\nsteps=2\nw=256\nh=256"
+
+    async def base_control_image(key: str, text: str = prompt) -> common_pb2.ImageRef:
+        submitted = await stack.jobs.SubmitJob(jobs_pb2.SubmitJobRequest(prompt=text), metadata=bearer(key))
+        assert (await wait_for_job(stack, submitted.job_id, key)).state == jobs_pb2.JOB_STATE_SUCCEEDED
+        base = next(r for r in stack.worker.seen if r.job_id == submitted.job_id and r.pass_name == "base")
+        return submitted.job_id, base.spec.control_image
+
+    calls = layout_calls()
+    first_job, first = await base_control_image(first_tenant.api_key)
+    second_job, second = await base_control_image(first_tenant.api_key)
+    assert second == first and layout_calls() == calls + 1  # one Layout call for both jobs
+    await stack.jobs.DeleteJob(
+        jobs_pb2.DeleteJobRequest(job_id=first_job), metadata=bearer(first_tenant.api_key)
+    )
+    assert await stack.store.exists(first.bucket, first.key)  # the other job still uses it
+    _, wider = await base_control_image(first_tenant.api_key, prompt.replace("w=256", "w=320"))
+    assert wider.key != first.key and layout_calls() == calls + 2
+    _, theirs = await base_control_image(other_tenant.api_key)
+    assert theirs.key.startswith(f"jobs/{other_tenant.tenant}/layouts/") and theirs.sha256 == first.sha256
+
+
 async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     await stack.start_gateway()
     tenant = await stack.tenant()
@@ -117,7 +148,9 @@ async def test_two_person_job_succeeds_with_every_pass_recorded(stack):
     assert not any(r.spec.loras for r in stack.worker.seen if r.pass_name in ("base", "person-1"))
     # Passes were published with Nats-Msg-Id job:image:pass:attempt and the base pass was pose-conditioned.
     base = next(r for r in stack.worker.seen if r.pass_name == "base")
-    assert base.spec.controlnet == "pose" and base.spec.control_image.key.endswith("inputs/pose.png")
+    assert base.spec.controlnet == "pose"
+    pose = base.spec.control_image  # the tenant's default layout, content-addressed
+    assert pose.key == f"jobs/{tenant.tenant}/layouts/{pose.sha256}.png"
     # The pose image and each person's mask rode on their requests as copies of the stored objects.
     for request in [base, *(r for r in stack.worker.seen if r.pass_name.startswith("person-"))]:
         wanted = request.spec.control_image if request.pass_name == "base" else request.spec.mask

@@ -93,6 +93,23 @@ def box_tuple(box: common_pb2.Box) -> tuple[float, float, float, float]:
     return (box.x0, box.y0, box.x1, box.y1)
 
 
+async def test_a_content_addressed_pose_image_is_named_by_its_sha256(service, stub, store):
+    def asked(key: str) -> segmentation_pb2.LayoutRequest:
+        return segmentation_pb2.LayoutRequest(
+            width=256, height=256, count=3, output_bucket=BUCKET_JOBS, output_key=key, content_addressed=True
+        )
+
+    first = await stub.Layout(asked(PREFIX + "layouts/"))
+    assert first.pose_image.key == f"{PREFIX}layouts/{first.pose_image.sha256}.png"
+    assert sha256_hex(await store.get_bytes(BUCKET_JOBS, first.pose_image.key)) == first.pose_image.sha256
+    again = await stub.Layout(asked(PREFIX + "layouts/"))
+    assert again.pose_image == first.pose_image  # the same content, the same name
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Layout(asked(PREFIX + "pose.png"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(caught.value)] == ["output_key"]
+
+
 async def test_layout_then_person_masks_then_faces(service, stub, store, astronaut):
     layout = await stub.Layout(
         segmentation_pb2.LayoutRequest(

@@ -38,6 +38,7 @@ from multipass.errors import (
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
+from multipass_gateway.app.default_layouts import DefaultLayouts
 from multipass_gateway.app.job_end import JobEnd
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.domain import (
@@ -208,6 +209,7 @@ class Submitter:
         job_end: JobEnd,
         cleanup: SubmitCleanup,
         limits: TenantLimitsCache | None = None,
+        layouts: DefaultLayouts | None = None,
     ):
         self.settings = settings
         #: Removes what a submit that did not go through wrote (retried while NATS or S3 is down).
@@ -223,6 +225,8 @@ class Submitter:
         self.job_end = job_end
         #: Tenants' own quotas (a tenant's ``max_pending_passes`` replaces the gateway's setting).
         self.limits = limits
+        #: Default layouts answered before, shared by a tenant's jobs of one size and person count.
+        self.layouts = layouts if layouts is not None else DefaultLayouts()
 
     async def _replay(
         self, tenant: str, request: jobs_pb2.SubmitJobRequest, fingerprint: str
@@ -584,17 +588,25 @@ class Submitter:
         return Prepared(input_ref, mask_ref, width, height)
 
     async def _layout(
-        self, tenant: str, job_id: str, count: int, prepared: Prepared, pose_installed: bool
+        self, tenant: str, count: int, prepared: Prepared, pose_installed: bool
     ) -> segmentation_pb2.LayoutResponse:
         request = segmentation_pb2.LayoutRequest(count=count)
         if prepared.input_image is not None:
             request.image.CopyFrom(prepared.input_image)
-        else:
-            request.width, request.height = prepared.width, prepared.height
-            if pose_installed:
-                request.output_bucket = names.BUCKET_JOBS
-                request.output_key = names.input_key(tenant, job_id, "pose")
-        return await self.clients.layout(request)
+            return await self.clients.layout(request)
+        # The default layout: the same for every job of this size and count, pose image included.
+        shared = (tenant, prepared.width, prepared.height, count, pose_installed)
+        known = self.layouts.get(shared)
+        if known is not None:
+            return known
+        request.width, request.height = prepared.width, prepared.height
+        if pose_installed:
+            request.output_bucket = names.BUCKET_JOBS
+            request.output_key = names.layout_prefix(tenant)
+            request.content_addressed = True
+        response = await self.clients.layout(request)
+        self.layouts.put(shared, response)
+        return response
 
     # the record --------------------------------------------------------------------------------------
 
@@ -624,7 +636,7 @@ class Submitter:
         if not parsed.persons:
             return prepared, None
         with_pose = requirements.CAPABILITY_POSE in frozenset(info.capabilities)
-        return prepared, await self._layout(tenant, job_id, len(parsed.persons), prepared, with_pose)
+        return prepared, await self._layout(tenant, len(parsed.persons), prepared, with_pose)
 
     def _plan(
         self,

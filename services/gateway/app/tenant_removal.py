@@ -21,6 +21,7 @@ from typing import TypeVar
 from multipass import names
 from multipass.errors import NotFound
 from multipass.store import ObjectStore
+from multipass_gateway.app.default_layouts import DefaultLayouts
 from multipass_gateway.app.deletion import JobDeleter
 from multipass_gateway.app.tenant_usage import TenantUsage
 from multipass_gateway.infra.job_store import JobStore
@@ -50,6 +51,7 @@ class TenantRemoval:
         objects: ObjectStore,
         auth_cache_seconds: float,
         usage: TenantUsage,
+        layouts: DefaultLayouts | None = None,
         clock=time.monotonic,
     ):
         self.tenants = tenants
@@ -59,6 +61,7 @@ class TenantRemoval:
         self.objects = objects
         self.auth_cache_seconds = auth_cache_seconds
         self.usage = usage
+        self.layouts = layouts
         self._clock = clock
 
     async def remove(self, tenant: str) -> Removed:
@@ -80,6 +83,8 @@ class TenantRemoval:
         await self.tenants.delete_record(tenant)
         self.tenants.limits.forget(tenant)
         self.usage.forget(tenant)
+        if self.layouts is not None:
+            self.layouts.forget(tenant)
         log.info("tenant removed", extra={"tenant": tenant, **removed.__dict__})
         return removed
 
