@@ -84,6 +84,11 @@ def test_every_pass_kind_in_fp16(engine, model):
     mask.paste(255, (40, 20, 90, 80))
     engine.run(spec(model, width=0, height=0, denoising_strength=0.6), PassInputs(image=image))
     engine.run(spec(model, controlnet="canny", controlnet_txt2img=True), PassInputs(image=image))
+    # The composition adapter: CLIP image encoder and IP-Adapter layers in fp16 on the device.
+    composed = engine.run(
+        spec(model, controlnet="composition", controlnet_txt2img=True), PassInputs(image=image)
+    )
+    assert composed.metadata["task"] == "txt2img+composition" and np.asarray(composed.image).std() > 0
     engine.run(spec(model, width=0, height=0), PassInputs(image=image, mask=mask))
     person = engine.run(
         spec(model, kind="person", width=0, height=0, use_lpw=True, prompt="(ohwx man:1.2)"),
