@@ -17,13 +17,9 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from PIL import Image
-
-from multipass import names
 from multipass.bus import KvBucket, KvConflict
 from multipass.errors import (
     FailedPrecondition,
@@ -35,11 +31,11 @@ from multipass.errors import (
     echo,
     violations_summary,
 )
-from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.app.default_layouts import DefaultLayouts
 from multipass_gateway.app.job_end import JobEnd
+from multipass_gateway.app.job_inputs import JobInputs, Prepared
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.domain import (
     characteristics,
@@ -57,7 +53,7 @@ from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget
 from multipass_gateway.infra.tenant_limits import TenantLimitsCache
-from multipass_gateway.infra.tune_store import TuneStore, unknown_upload
+from multipass_gateway.infra.tune_store import TuneStore
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -71,8 +67,6 @@ MAX_PARAMS = 64
 MAX_PARAM_NAME_CHARS = 64
 MAX_PARAM_VALUE_CHARS = 8192
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
-#: Native sizes by family, used to size an img2img scene from its input image.
-NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
@@ -161,38 +155,6 @@ def check_params(params: Mapping[str, str]) -> list[Violation]:
     return problems
 
 
-def scene_size(
-    parsed: prompt_pb2.ParsedPrompt, input_size: tuple[int, int] | None, family: str, max_side: int
-) -> tuple[int, int]:
-    """Width and height of the chain's images.
-
-    Keep-background: the input image's own size (fitted under ``max_side``). ``--only_upscale`` without an
-    explicit w/h/ar: the same (the upscale multiplies the input's own pixels). An img2img input without an
-    explicit w/h/ar: the input's aspect ratio at the area of the parsed size. Otherwise the parsed size.
-    """
-    params = parsed.params
-    if input_size is None:
-        return params.w, params.h
-    width, height = input_size
-    if parsed.keep_background:
-        return planner.fit_size(width, height, max_side)
-    if {"w", "h", "ar"} & set(parsed.explicit_params):
-        return params.w, params.h
-    if parsed.flags.only_upscale:
-        return planner.fit_size(width, height, max_side)
-    area = params.w * params.h or NATIVE_SIDE.get(family, 512) ** 2
-    factor = (area / (width * height)) ** 0.5
-    return planner.fit_size(max(8, int(width * factor)), max(8, int(height * factor)), max_side)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    input_image: common_pb2.ImageRef | None
-    mask_image: common_pb2.ImageRef | None
-    width: int
-    height: int
-
-
 class Submitter:
     def __init__(
         self,
@@ -225,8 +187,10 @@ class Submitter:
         self.job_end = job_end
         #: Tenants' own quotas (a tenant's ``max_pending_passes`` replaces the gateway's setting).
         self.limits = limits
-        #: Default layouts answered before, shared by a tenant's jobs of one size and person count.
-        self.layouts = layouts if layouts is not None else DefaultLayouts()
+        #: Reads, sizes and stores the job's images and lays out its persons.
+        self.inputs = JobInputs(
+            settings=settings, objects=objects, http=http, clients=clients, layouts=layouts
+        )
 
     async def _replay(
         self, tenant: str, request: jobs_pb2.SubmitJobRequest, fingerprint: str
@@ -282,7 +246,7 @@ class Submitter:
             # tune discards what the other stored).
             (tune_files, references), (prepared, layout) = await _both(
                 self._check_tunes(tenant, parsed, info, base_model, person_model),
-                self._prepare_and_lay_out(tenant, job_id, request, parsed, info, base_model),
+                self.inputs.prepare_and_lay_out(tenant, job_id, request, parsed, info, base_model),
             )
             record = self._plan(
                 tenant,
@@ -484,130 +448,6 @@ class Submitter:
             raise InvalidInput.of(problems)
         return files, references
 
-    # inputs ----------------------------------------------------------------------------------------
-
-    async def _load_image(
-        self, tenant: str, image_id: str, url: str, field_id: str, field_url: str, mode: str
-    ) -> Image.Image | None:
-        limits = self.settings.limits
-        if image_id:
-            try:
-                data = await self.objects.get_bytes(
-                    names.BUCKET_JOBS,
-                    names.upload_key(tenant, image_id),
-                    max_bytes=limits.max_image_bytes,
-                    field=field_id,
-                )
-            except NotFound as error:
-                raise unknown_upload(field_id, image_id) from error
-            field = field_id
-        elif url:
-            try:
-                fetched = await self.http.fetch(
-                    url,
-                    max_bytes=limits.max_image_bytes,
-                    timeout=limits.fetch_timeout_seconds,
-                    max_redirects=limits.max_redirects,
-                )
-            except FetchError as error:
-                raise InvalidInput.of(
-                    [Violation(field_url, error.reason)],
-                    reason=Reason.IMAGE_TOO_LARGE if error.too_large else None,
-                    metadata={"maxBytes": str(limits.max_image_bytes)} if error.too_large else None,
-                ) from error
-            data, field = fetched.data, field_url
-        else:
-            return None
-        return await asyncio.to_thread(
-            decode_image, data, field=field, max_pixels=limits.max_image_pixels, mode=mode
-        )
-
-    async def _prepare_inputs(
-        self,
-        tenant: str,
-        job_id: str,
-        request: jobs_pb2.SubmitJobRequest,
-        parsed: prompt_pb2.ParsedPrompt,
-        family: str,
-    ) -> Prepared:
-        params = parsed.params
-        results = await asyncio.gather(
-            self._load_image(
-                tenant,
-                request.input_image_id,
-                params.input_image_url,
-                "input_image_id",
-                "params.input_image_url",
-                "RGB",
-            ),
-            self._load_image(
-                tenant,
-                request.mask_image_id,
-                params.mask_image_url,
-                "mask_image_id",
-                "params.mask_image_url",
-                "L",
-            ),
-            return_exceptions=True,
-        )
-        problems: list[Violation] = []
-        failed: list[InvalidInput | NotFound] = []
-        for result in results:
-            if isinstance(result, InvalidInput | NotFound) and result.violations:
-                problems += result.violations
-                failed.append(result)
-            elif isinstance(result, BaseException):
-                raise result
-        if failed:
-            # Every problem of both images in one answer; an image id that names no upload makes it
-            # NOT_FOUND, else the first image's reason (e.g. IMAGE_TOO_LARGE) stands for both.
-            first = next((f for f in failed if isinstance(f, NotFound)), failed[0])
-            raise type(first)(
-                violations_summary(problems),
-                violations=problems,
-                reason=first.reason,
-                metadata=first.metadata,
-            )
-        source, mask = results
-        width, height = scene_size(
-            parsed, source.size if source is not None else None, family, self.settings.max_side
-        )
-        input_ref = mask_ref = None
-        if source is not None:
-            if source.size != (width, height):
-                source = await asyncio.to_thread(source.resize, (width, height), Image.Resampling.LANCZOS)
-            input_ref = await self.objects.put_image(
-                names.BUCKET_JOBS, names.input_key(tenant, job_id, "input"), source
-            )
-        if mask is not None:
-            if mask.size != (width, height):
-                mask = await asyncio.to_thread(mask.resize, (width, height), Image.Resampling.NEAREST)
-            mask_ref = await self.objects.put_image(
-                names.BUCKET_JOBS, names.input_key(tenant, job_id, "mask"), mask
-            )
-        return Prepared(input_ref, mask_ref, width, height)
-
-    async def _layout(
-        self, tenant: str, count: int, prepared: Prepared, pose_installed: bool
-    ) -> segmentation_pb2.LayoutResponse:
-        request = segmentation_pb2.LayoutRequest(count=count)
-        if prepared.input_image is not None:
-            request.image.CopyFrom(prepared.input_image)
-            return await self.clients.layout(request)
-        # The default layout: the same for every job of this size and count, pose image included.
-        shared = (tenant, prepared.width, prepared.height, count, pose_installed)
-        known = self.layouts.get(shared)
-        if known is not None:
-            return known
-        request.width, request.height = prepared.width, prepared.height
-        if pose_installed:
-            request.output_bucket = names.BUCKET_JOBS
-            request.output_key = names.layout_prefix(tenant)
-            request.content_addressed = True
-        response = await self.clients.layout(request)
-        self.layouts.put(shared, response)
-        return response
-
     # the record --------------------------------------------------------------------------------------
 
     async def _store(self, record: events_pb2.JobRecord, cost: int) -> None:
@@ -619,24 +459,6 @@ class Submitter:
             return_exceptions=True,
         )
         _raise_first(marked, created)
-
-    async def _prepare_and_lay_out(
-        self,
-        tenant: str,
-        job_id: str,
-        request: jobs_pb2.SubmitJobRequest,
-        parsed: prompt_pb2.ParsedPrompt,
-        info: diffusion_pb2.InfoResponse,
-        base_model: str,
-    ) -> tuple[Prepared, segmentation_pb2.LayoutResponse | None]:
-        """Store the inputs, then lay out the persons on them (Segmentation.Layout; None without persons)."""
-        prepared = await self._prepare_inputs(
-            tenant, job_id, request, parsed, requirements.model_family(info, base_model)
-        )
-        if not parsed.persons:
-            return prepared, None
-        with_pose = requirements.CAPABILITY_POSE in frozenset(info.capabilities)
-        return prepared, await self._layout(tenant, len(parsed.persons), prepared, with_pose)
 
     def _plan(
         self,

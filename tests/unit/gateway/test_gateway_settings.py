@@ -11,12 +11,12 @@ from gateway_helpers import parsed_prompt
 from multipass.errors import ConfigError, InvalidInput
 from multipass.store import PublicEndpoint
 from multipass.v1 import jobs_pb2
+from multipass_gateway.app.job_inputs import scene_size
 from multipass_gateway.app.submission import (
     check_request,
     idempotency_kv_key,
     job_id_time,
     new_job_id,
-    scene_size,
 )
 from multipass_gateway.domain.tune_checks import check_metadata
 from multipass_gateway.infra.tune_store import (
