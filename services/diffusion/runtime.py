@@ -122,7 +122,7 @@ class ModelRuntime:
         found = [f"controlnet:{kind}" for kind in models.installed_controlnets(self.model_dir, self.family)]
         found.append(reference_attention.CAPABILITY)  # needs no weights
         if composition.installed(self.model_dir, self.family):
-            found.append(composition.CAPABILITY)
+            found += [composition.CAPABILITY, f"{composition.CAPABILITY}:{self.name}"]
         if self.base.inpaint_unet is not None:
             found.append(f"inpaint_unet:{self.name}")
         if faceid.installed(self.model_dir, self.family):

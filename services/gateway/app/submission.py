@@ -334,6 +334,7 @@ class Submitter:
         needs = requirements.required_capabilities(
             parsed, has_input_image=has_input, complete=requirements.is_capability_complete(installed)
         )
+        needs = requirements.per_model(needs, installed, models[0])  # the base pass's model
         needs += faceid_capabilities(parsed, *models)
 
         def family_of(capability: str) -> str:

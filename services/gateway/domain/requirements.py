@@ -179,6 +179,25 @@ class MissingComponent:
         return Violation(self.field, description)
 
 
+#: ControlNet kinds whose workers also list them per model (``controlnet:<kind>:<model>``): their files
+#: are per family, so a worker serving two families may have them for one only.
+PER_MODEL_CONTROLNETS = frozenset({"composition"})
+
+
+def per_model(
+    needs: list[tuple[str, str]], installed: set[str] | frozenset[str], base_model: str
+) -> list[tuple[str, str]]:
+    """``needs`` with ``controlnet:<kind>`` of a per-model kind asked of the base model's own entry, where
+    the workers list the kind at all (so one that lacks it entirely is still named as such)."""
+    found = []
+    for capability, field in needs:
+        head, _, kind = capability.partition(":")
+        if head == "controlnet" and kind in PER_MODEL_CONTROLNETS and capability in installed:
+            capability = f"{capability}:{base_model}"
+        found.append((capability, field))
+    return found
+
+
 def missing_components(
     needs: Iterable[tuple[str, str]], installed: set[str] | frozenset[str], family_of: Callable[[str], str]
 ) -> list[MissingComponent]:

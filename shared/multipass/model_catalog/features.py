@@ -102,6 +102,11 @@ def feature_of_capability(capability: str) -> str | None:
     head, _, rest = capability.partition(":")
     if head in ("controlnet", "preprocessor") and f"{head}:{rest}" in FEATURE_NAMES:
         return f"{head}:{rest}"
+    kind = rest.partition(":")[0]
+    if (
+        head == "controlnet" and f"{head}:{kind}" in FEATURE_NAMES
+    ):  # per model: controlnet:composition:<model>
+        return f"{head}:{kind}"
     return _CAPABILITY_FEATURES.get(head)
 
 

@@ -41,7 +41,9 @@ def test_the_layout_image_steers_txt2img_and_the_model_is_left_as_it_was(engine,
     # After the call the UNet has its own processors and no image projection: the plain pass is unchanged.
     assert processors(unet) == own and unet.encoder_hid_proj is None
     assert encode_png(engine.run(spec(model)).image) == encode_png(plain.image)
-    assert composition.CAPABILITY in engine.runtime(model).capabilities()
+    assert {composition.CAPABILITY, f"{composition.CAPABILITY}:{model}"} <= set(
+        engine.runtime(model).capabilities()
+    )
 
 
 def test_the_scale_blends_toward_the_plain_model(engine):

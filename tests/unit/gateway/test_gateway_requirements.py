@@ -103,3 +103,30 @@ def test_composition_names_its_feature_and_the_pull_that_installs_it():
     )
     assert (missing.feature, missing.fix) == ("controlnet:composition", "multipass models pull composition")
     assert "multipass models pull composition" in missing.violation().description
+
+
+def test_composition_is_asked_of_the_base_models_own_entry_where_workers_list_it():
+    needs = [("controlnet:composition", "params.controlnet"), ("controlnet:canny", "params.controlnet")]
+    # Installed for the SD1.5 model only: an SDXL base model is refused at submit, with the SDXL pull.
+    installed = {"controlnet:composition", "controlnet:composition:sd15-a", "controlnet:canny"}
+    asked = requirements.per_model(needs, installed, "sdxl-b")
+    assert asked == [
+        ("controlnet:composition:sdxl-b", "params.controlnet"),
+        ("controlnet:canny", "params.controlnet"),
+    ]
+    (missing,) = requirements.missing_components(asked, installed, lambda capability: "sdxl")
+    assert (missing.feature, missing.fix) == (
+        "controlnet:composition",
+        "multipass models pull composition-sdxl",
+    )
+    assert (
+        requirements.missing_components(
+            requirements.per_model(needs, installed, "sd15-a"), installed, family_sd15
+        )
+        == []
+    )
+    # Workers without it at all: the generic capability is named, as for any component.
+    (absent,) = requirements.missing_components(
+        requirements.per_model(needs[:1], set(), "sd15-a"), set(), family_sd15
+    )
+    assert absent.capability == "controlnet:composition"

@@ -157,6 +157,8 @@ def test_capabilities_map_to_features_and_fixes():
     assert features.fix_command("upscaler") == "multipass models pull upscaler"
     assert features.fix_command("controlnet:composition", "sdxl") == "multipass models pull composition-sdxl"
     assert features.feature_of_capability("controlnet:composition") == "controlnet:composition"
+    assert features.feature_of_capability("controlnet:composition:sdxl-b") == "controlnet:composition"
+    assert features.feature_of_capability("controlnet:nonsense:m") is None
     assert tuple(rule.name for rule in layout.RULES) == features.FEATURE_NAMES
 
 
