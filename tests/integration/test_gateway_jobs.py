@@ -4,10 +4,12 @@ segmentation services run in-process; job state lives in NATS KV; images in S3."
 from __future__ import annotations
 
 import asyncio
+import io
 
 import grpc
 import pytest
 from gateway_support import (  # noqa: F401 - fixtures
+    MODEL,
     Stack,
     bearer,
     capabilities_fixture,
@@ -16,6 +18,7 @@ from gateway_support import (  # noqa: F401 - fixtures
     stack_fixture,
     wait_for_job,
 )
+from PIL import Image
 from prometheus_client import REGISTRY
 
 from multipass import names
@@ -419,6 +422,36 @@ async def test_missing_capability_is_refused_at_submit(stack, capabilities):
     }
     # Nothing was queued.
     assert not (await stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(tenant.api_key))).jobs
+
+
+@pytest.mark.parametrize(
+    "capabilities",
+    [["pass:base", "controlnet:composition", "controlnet:composition:an-sdxl-model"]],
+)
+async def test_composition_for_a_model_whose_family_lacks_the_adapter_is_refused_at_submit(stack):
+    await stack.start_gateway()
+    tenant = await stack.tenant()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 30)).save(buffer, format="PNG")
+
+    async def parts():
+        yield jobs_pb2.UploadImageRequest(filename="layout.png")
+        yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+    upload = await stack.jobs.UploadImage(parts(), metadata=bearer(tenant.api_key))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(
+                prompt="a cat",
+                params={"controlnet": "composition", "controlnet_txt2img": "true"},
+                input_image_id=upload.image_id,
+            ),
+            metadata=bearer(tenant.api_key),
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    ((field, description),) = field_violations(caught.value)
+    assert field == "params.controlnet" and "multipass models pull composition`" in description
+    assert dict(reason_of(caught.value).metadata)["capabilities"] == f"controlnet:composition:{MODEL}"
 
 
 async def test_prompt_expansion_without_an_expander_is_refused_at_submit(stack):
