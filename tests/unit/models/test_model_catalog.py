@@ -114,6 +114,21 @@ def test_fixes_fit_the_family_of_the_models_installed(tmp_path, manifest):
     assert "no sd15 base model" in pose.detail
 
 
+def test_composition_needs_the_adapter_of_a_served_family_and_the_image_encoder(tmp_path, manifest):
+    write_profiles(tmp_path, [manifest.profiles["sdxl"], manifest.profiles["composition"]])
+    found = features.check(tmp_path, manifest=manifest).by_name()["controlnet:composition"]
+    # The SD1.5 adapter does not serve an SDXL model: the SDXL pull is the fix.
+    assert not found.available and found.fix == "multipass models pull composition-sdxl"
+    write_profiles(tmp_path, [manifest.profiles["composition-sdxl"]])
+    found = features.check(tmp_path, manifest=manifest).by_name()["controlnet:composition"]
+    assert (
+        found.available and "for sdxl" in found.detail and "diffusion/ip_adapter/image_encoder" in found.path
+    )
+    (tmp_path / "diffusion" / "ip_adapter" / "image_encoder" / "model.safetensors").unlink()
+    found = features.check(tmp_path, manifest=manifest).by_name()["controlnet:composition"]
+    assert not found.available and "diffusion/ip_adapter/image_encoder/model.safetensors" in found.detail
+
+
 def test_ambiguous_and_alternative_layouts(tmp_path, manifest):
     upscaler = tmp_path / "diffusion" / "upscaler"
     upscaler.mkdir(parents=True)
