@@ -35,6 +35,7 @@ from pathlib import Path
 from PIL import Image
 
 from multipass.errors import FailedPrecondition
+from multipass.model_catalog import layout
 from multipass_diffusion import ip_layers, models
 from multipass_diffusion.nets.components import LoadedModels
 
@@ -42,23 +43,15 @@ log = logging.getLogger(__name__)
 
 KIND = "composition"
 CAPABILITY = f"controlnet:{KIND}"
-_ENCODER_FILES = ("config.json", "model.safetensors")
-
-
-def weights_name(family: str) -> str:
-    return f"ip_plus_composition_{family}.safetensors"
-
-
-def adapter_dir(model_dir: Path, family: str) -> Path:
-    return models.diffusion_root(model_dir) / "ip_adapter" / family / "composition"
 
 
 def weights_path(model_dir: Path, family: str) -> Path:
-    return adapter_dir(model_dir, family) / weights_name(family)
+    """The adapter file of ``family`` (the model catalog's layout)."""
+    return layout.composition_weights(model_dir, family)
 
 
 def encoder_dir(model_dir: Path) -> Path:
-    return models.diffusion_root(model_dir) / "ip_adapter" / "image_encoder"
+    return _encoder_files(model_dir)[0].parent
 
 
 def missing_files(model_dir: Path, family: str) -> list[Path]:
@@ -77,7 +70,7 @@ def fingerprint(model_dir: Path, family: str) -> str:
 
 
 def _encoder_files(model_dir: Path) -> list[Path]:
-    return [encoder_dir(model_dir) / name for name in _ENCODER_FILES]
+    return [models.diffusion_root(model_dir) / name for name in layout.IMAGE_ENCODER_FILES]
 
 
 def _files_digest(paths: list[Path]) -> str:

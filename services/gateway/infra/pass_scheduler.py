@@ -309,11 +309,12 @@ class PassScheduler:
         """The ready and in-flight gauges, in all and (with tenant metrics) per tenant; a tenant with
         nothing waiting or in flight loses its series."""
         mirror = self.mirror
-        metrics.PASSES_READY.set(mirror.waiting())
         metrics.PASSES_IN_FLIGHT.set(len(mirror.flight))
         if not self.tenant_metrics:
+            metrics.PASSES_READY.set(mirror.waiting())
             return
         ready, flying = mirror.waiting_by_tenant(), Counter(key.tenant for key in mirror.flight)
+        metrics.PASSES_READY.set(sum(ready.values()))  # one pass over the ready entries, not two
         present = set(ready) | set(flying)
         for tenant in present:
             metrics.TENANT_PASSES_READY.labels(tenant=tenant).set(ready[tenant])

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from multipass.model_catalog import layout
+
 FACEID_FILE = "ip-adapter-faceid.safetensors"
 FACEID_TOKENS = 4
 FACEID_EMBEDDING_SIZE = 512
@@ -30,17 +32,11 @@ def faceid_path(diffusion_root: Path, family: str) -> Path:
 
 
 def composition_path(diffusion_root: Path, family: str) -> Path:
-    return (
-        Path(diffusion_root)
-        / "ip_adapter"
-        / family
-        / "composition"
-        / f"ip_plus_composition_{family}.safetensors"
-    )
+    return layout.composition_weights(Path(diffusion_root).parent, family)
 
 
 def encoder_path(diffusion_root: Path) -> Path:
-    return Path(diffusion_root) / "ip_adapter" / "image_encoder"
+    return Path(diffusion_root) / Path(layout.IMAGE_ENCODER_FILES[0]).parent
 
 
 def _random(seed: int, scale: float):
