@@ -150,10 +150,15 @@ class ObjectStore:
     (``MULTIPASS_S3_PUBLIC_ENDPOINT``), in which case the URLs point at that endpoint.
     """
 
-    def __init__(self, client: Minio, *, endpoint: str, presigner: Minio | None = None):
+    def __init__(
+        self, client: Minio, *, endpoint: str, presigner: Minio | None = None, offline_signing: bool = False
+    ):
         self.client = client
         self.endpoint = endpoint
         self.presigner = presigner or client
+        #: The presigner's region and keys are fixed, so a URL is signed without asking the endpoint: in the
+        #: event loop (about 70 us) rather than on a worker thread (a hop that costs more than the signing).
+        self.offline_signing = offline_signing
 
     @classmethod
     def from_settings(
@@ -180,7 +185,8 @@ class ObjectStore:
             ),
         )
         presigner = presigning_client(settings, public_endpoint) if public_endpoint is not None else None
-        return cls(client, endpoint=settings.endpoint, presigner=presigner)
+        # Both clients have the settings' region and static keys (see presigning_client).
+        return cls(client, endpoint=settings.endpoint, presigner=presigner, offline_signing=True)
 
     # plumbing ------------------------------------------------------------------------------------
 
@@ -415,13 +421,14 @@ class ObjectStore:
             raise InvalidInput.of(
                 [Violation("expires_seconds", f"got {expires_seconds}; expected 1..604800")]
             )
-        return await self._run(
-            lambda: self.presigner.presigned_get_object(
+        def sign() -> str:
+            return self.presigner.presigned_get_object(
                 bucket_name=bucket, object_name=key, expires=timedelta(seconds=expires_seconds)
-            ),
-            bucket,
-            key,
-        )
+            )
+
+        if self.offline_signing:
+            return sign()
+        return await self._run(sign, bucket, key)
 
     # node-local cache ----------------------------------------------------------------------------
 

@@ -218,3 +218,17 @@ async def test_unreachable_endpoint_is_unavailable_quickly(tmp_path):
         assert time.monotonic() - started < 5
     finally:
         server.stop()
+
+
+async def test_urls_are_signed_in_the_event_loop_without_a_thread_or_the_network(s3_settings, monkeypatch):
+    # A GetJob signs one URL per image: a thread hop per URL cost more than the signing itself.
+    store = ObjectStore.from_settings(s3_settings)
+
+    def no_thread(*_args, **_kwargs):
+        raise AssertionError("signing went to a worker thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    url = await store.presigned_get(BUCKET_JOBS, KEY, expires_seconds=120)
+    assert "X-Amz-Expires=120" in url and f"/{BUCKET_JOBS}/{KEY}?" in url
+    with pytest.raises(InvalidInput):
+        await store.presigned_get(BUCKET_JOBS, KEY, expires_seconds=0)
