@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Longest message echoed from the gateway (its messages may quote the caller's input).
 MAX_MESSAGE_CHARS = 2000
+#: Gateway field names that point inside a field (the prompt parser's ``flag --mask_dilate`` and
+#: ``tag <lora:1:9>`` are parts of the prompt text): renamed to that field, their messages keep the part.
+PART_OF_A_FIELD = ("flag ", "tag ")
 
 
 @dataclass
@@ -54,6 +57,9 @@ class HttpError(Exception):
         message = self.message
         for name, messages in self.field_errors.items():
             spelled = rename(name)
+            if spelled != name and name.startswith(PART_OF_A_FIELD):
+                # A part of the field (a flag or tag of the text): each message says which part.
+                messages = [text if name in text else f"{name}: {text}" for text in messages]
             fields.setdefault(spelled, []).extend(messages)
             if spelled != name:
                 message = message.replace(f"invalid {name}: ", f"invalid {spelled}: ")

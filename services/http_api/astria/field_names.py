@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import grpc
 
-from multipass_http_api.errors import http_error_for_rpc
+from multipass_http_api.errors import PART_OF_A_FIELD, http_error_for_rpc
 
 T = TypeVar("T")
 
@@ -32,12 +32,13 @@ _TUNE_FIELDS = {
 
 
 def prompt_field(field: str) -> str:
-    """``params.steps`` → ``prompt[steps]``; prompt text problems (tags, flags, BREAK) → ``prompt[text]``."""
+    """``params.steps`` → ``prompt[steps]``; prompt text problems (``tag <lora:1:9>``, ``flag --mask_dilate``,
+    BREAK) → ``prompt[text]``."""
     if field.startswith("params."):
         return f"prompt[{field.removeprefix('params.')}]"
     if field in _PROMPT_FIELDS:
         return f"prompt[{_PROMPT_FIELDS[field]}]"
-    if field.startswith(("<", "--", "prompt.", "segment", "break", "text")):
+    if field.startswith(("<", "--", "prompt.", "segment", "break", "text", *PART_OF_A_FIELD)):
         return "prompt[text]"
     return field
 

@@ -57,7 +57,7 @@ BOOLEAN_PARAMS = frozenset(
 #: File fields and the gateway field an upload of them becomes.
 FILE_FIELDS = ("input_image", "mask_image")
 _TRUE = frozenset({"true", "1", "t", "yes", "on"})
-_FALSE = frozenset({"false", "0", "f", "no", "off", ""})
+_FALSE = frozenset({"false", "0", "f", "no", "off"})
 MAX_TEXT_CHARS = 20_000
 MAX_VALUE_CHARS = 2_048
 
@@ -115,12 +115,15 @@ def _scalar(name: str, value: object, problems: list[Violation]) -> str | None:
 
 
 def _boolean(name: str, value: str, problems: list[Violation]) -> str | None:
+    """``"true"``/``"false"``; None for an empty value (unset: the text's block or the default decides)."""
     lowered = value.strip().lower()
+    if not lowered:
+        return None
     if lowered in _TRUE:
         return "true"
     if lowered in _FALSE:
         return "false"
-    problems.append(Violation(form_field(name), f"got {value[:40]!r}; expected true, false, 1 or 0"))
+    problems.append(Violation(form_field(name), f"got {value[:40]!r}; expected true or false (also 1/0, yes/no, on/off, t/f), or empty for unset"))
     return None
 
 

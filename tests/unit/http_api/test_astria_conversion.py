@@ -49,6 +49,36 @@ def test_json_values_become_the_gateways_strings_and_bad_ones_name_the_field():
         from_json(["not", "an", "object"])
 
 
+def test_an_empty_boolean_is_unset_so_the_texts_block_decides():
+    form = from_multipart([("prompt[text]", "a cat\nhires_fix=true"), ("prompt[hires_fix]", ""), ("prompt[use_lpw]", " ")])
+    assert form.params == {}
+    form = from_json({"prompt": {"text": "a cat", "film_grain": ""}})
+    assert form.params == {}
+    with pytest.raises(InvalidInput) as caught:
+        from_multipart([("prompt[text]", "a"), ("prompt[hires_fix]", "maybe")])
+    (violation,) = caught.value.violations
+    assert violation.field == "prompt[hires_fix]" and "'maybe'" in violation.description
+    assert "empty for unset" in violation.description
+
+
+def test_flag_and_tag_errors_are_the_texts_and_keep_which_part():
+    from multipass_http_api.astria.field_names import prompt_field
+    from multipass_http_api.errors import HttpError
+
+    assert prompt_field("flag --mask_dilate") == "prompt[text]"
+    assert prompt_field("tag <lora:1:9>") == "prompt[text]"
+    error = HttpError(
+        400,
+        "invalid flag --mask_dilate: got 'abc'",
+        {"flag --mask_dilate": ["got 'abc'; allowed: -2048..2048"], "params.steps": ["got '51'; allowed: 1..50"]},
+    ).renamed(prompt_field)
+    assert error.field_errors == {
+        "prompt[text]": ["flag --mask_dilate: got 'abc'; allowed: -2048..2048"],
+        "prompt[steps]": ["got '51'; allowed: 1..50"],
+    }
+    assert error.message == "invalid prompt[text]: got 'abc'"
+
+
 def test_origin_round_trips_in_the_idempotency_key_and_restores_the_text():
     origin = Origin("123", tune_applied=True)
     key = origin.idempotency_key()
