@@ -30,6 +30,7 @@ def info(engine: Engine) -> diffusion_pb2.InfoResponse:
         models=list(engine.runtimes),
         model_family=",".join(families),
         model_families={name: runtime.family for name, runtime in engine.runtimes.items()},
+        model_native_sizes={name: runtime.base.native_size for name, runtime in engine.runtimes.items()},
         device=engine.device,
         dtype=str(engine.dtype).removeprefix("torch."),
         loaded_adapters=adapters,

@@ -20,6 +20,8 @@ class ParseInput:
     params: dict[str, str]
     has_input_image: bool = False
     has_mask_image: bool = False
+    #: The base model's native size; 0 for the parser's configured one.
+    native_size: int = 0
 
 
 def from_request(request: prompt_pb2.ParseRequest) -> ParseInput:
@@ -28,6 +30,7 @@ def from_request(request: prompt_pb2.ParseRequest) -> ParseInput:
         params=dict(request.params),
         has_input_image=request.has_input_image,
         has_mask_image=request.has_mask_image,
+        native_size=request.native_size,
     )
 
 
@@ -37,9 +40,14 @@ def to_request(
     *,
     has_input_image: bool = False,
     has_mask_image: bool = False,
+    native_size: int = 0,
 ) -> prompt_pb2.ParseRequest:
     return prompt_pb2.ParseRequest(
-        text=text, params=dict(params or {}), has_input_image=has_input_image, has_mask_image=has_mask_image
+        text=text,
+        params=dict(params or {}),
+        has_input_image=has_input_image,
+        has_mask_image=has_mask_image,
+        native_size=native_size,
     )
 
 

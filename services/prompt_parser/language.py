@@ -10,9 +10,11 @@ import difflib
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from urllib.parse import urlsplit
+
+from multipass.errors import InvalidInput, Violation
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,22 @@ class Limits:
 
 MIN_SIZE = 256
 SIZE_STEP = 8
+
+
+def with_native_size(limits: Limits, native_size: int) -> Limits:
+    """``limits`` for a model whose native size is ``native_size`` pixels (0: unchanged), brought into
+    256..the size cap and onto a multiple of 8 (a tiny test model's 64 becomes 256; SDXL's 1024 under a
+    768 cap becomes 768). InvalidInput naming ``native_size`` when it is negative."""
+    if native_size < 0:
+        raise InvalidInput.of(
+            [Violation("native_size", f"got {native_size}; allowed: 0 or a number of pixels")]
+        )
+    if native_size == 0:
+        return limits
+    fitted = min(limits.max_size, max(MIN_SIZE, native_size // SIZE_STEP * SIZE_STEP))
+    return limits if fitted == limits.native_size else replace(limits, native_size=fitted)
+
+
 SEED_MAX = 2**32 - 1
 #: Weights a model tag may carry.
 TAG_WEIGHT_MIN, TAG_WEIGHT_MAX = -5.0, 5.0

@@ -7,7 +7,7 @@ import grpc
 
 from multipass.v1 import prompt_pb2, prompt_pb2_grpc
 from multipass_prompt_parser.convert import from_request, to_response
-from multipass_prompt_parser.language import Limits
+from multipass_prompt_parser.language import Limits, with_native_size
 from multipass_prompt_parser.parser import parse_prompt
 
 
@@ -22,7 +22,7 @@ class PromptParserServicer(prompt_pb2_grpc.PromptParserServicer):
         parsed = parse_prompt(
             asked.text,
             asked.params,
-            limits=self._limits,
+            limits=with_native_size(self._limits, asked.native_size),
             has_input_image=asked.has_input_image,
             has_mask_image=asked.has_mask_image,
         )

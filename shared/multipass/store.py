@@ -421,6 +421,7 @@ class ObjectStore:
             raise InvalidInput.of(
                 [Violation("expires_seconds", f"got {expires_seconds}; expected 1..604800")]
             )
+
         def sign() -> str:
             return self.presigner.presigned_get_object(
                 bucket_name=bucket, object_name=key, expires=timedelta(seconds=expires_seconds)

@@ -58,15 +58,23 @@ def safetensors_bytes() -> bytes:
 class FakeDiffusionInfo(diffusion_pb2_grpc.DiffusionServicer):
     """Diffusion.Info of workers serving ``models`` (model name → family)."""
 
-    def __init__(self, capabilities: list[str], models: dict[str, str] | None = None):
+    def __init__(
+        self,
+        capabilities: list[str],
+        models: dict[str, str] | None = None,
+        native_sizes: dict[str, int] | None = None,
+    ):
         self.capabilities = capabilities
         self.models = models or {MODEL: "sd15"}
+        #: Native sizes by model; none reported leaves the parser's own (256 in these tests).
+        self.native_sizes = native_sizes or {}
 
     async def Info(self, request, context):
         return diffusion_pb2.InfoResponse(
             models=list(self.models),
             model_family=",".join(sorted(set(self.models.values()))),
             model_families=self.models,
+            model_native_sizes=self.native_sizes,
             device="cpu",
             dtype="float32",
             capabilities=self.capabilities,
@@ -278,6 +286,14 @@ def capabilities_fixture() -> list[str]:
     return ["controlnet:pose", "pass:base", "pass:faces", "pass:person", "pass:upscale", "upscaler"]
 
 
+def served_native_sizes(request: pytest.FixtureRequest) -> dict[str, int]:
+    """Native sizes the fake Diffusion.Info reports: the test's ``served_native_sizes`` argument, else none."""
+    try:
+        return request.getfixturevalue("served_native_sizes")
+    except pytest.FixtureLookupError:
+        return {}
+
+
 def served_models(request: pytest.FixtureRequest) -> dict[str, str]:
     """Models the fake Diffusion.Info says the workers serve, with their families: the test's
     ``served_models`` argument when it has one (e.g. parametrized), else the tiny SD1.5 model."""
@@ -306,7 +322,7 @@ async def stack_fixture(
         [
             Registration(
                 diffusion_pb2_grpc.add_DiffusionServicer_to_server,
-                FakeDiffusionInfo(capabilities, served_models(request)),
+                FakeDiffusionInfo(capabilities, served_models(request), served_native_sizes(request)),
                 "multipass.v1.Diffusion",
             )
         ],

@@ -151,6 +151,8 @@ async def test_health_and_info(service):
         info = await diffusion_pb2_grpc.DiffusionStub(channel).Info(diffusion_pb2.InfoRequest())
     assert list(info.models) == [SD15_MODEL]
     assert dict(info.model_families) == {SD15_MODEL: "sd15"}
+    # The tiny UNet's sample_size (8) times its VAE's scale factor (8); SD1.5's own files say 64 x 8 = 512.
+    assert dict(info.model_native_sizes) == {SD15_MODEL: 64}
     assert (info.model_family, info.device, info.dtype, info.working_size) == (
         "sd15",
         "cpu",

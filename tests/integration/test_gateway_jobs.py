@@ -526,6 +526,30 @@ async def test_tunes_must_fit_the_model_their_passes_run_on(stack, served_models
     ]
 
 
+@pytest.mark.parametrize("served_models", [{"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}])
+@pytest.mark.parametrize("served_native_sizes", [{"tiny-sd15": 512, "tiny-sdxl": 1024}])
+async def test_a_job_without_a_size_takes_its_base_models_native_size(
+    stack, served_models, served_native_sizes
+):
+    await stack.start_gateway(base_model="tiny-sdxl", person_model="tiny-sd15")
+    tenant = await stack.tenant()
+
+    async def size_of(params: dict[str, str]) -> tuple[int, int]:
+        submitted = await stack.jobs.SubmitJob(
+            jobs_pb2.SubmitJobRequest(prompt="a lighthouse at dusk", params={"steps": "2", **params}),
+            metadata=bearer(tenant.api_key),
+        )
+        job = await stack.jobs.GetJob(
+            jobs_pb2.GetJobRequest(job_id=submitted.job_id), metadata=bearer(tenant.api_key)
+        )
+        return job.parsed.params.w, job.parsed.params.h
+
+    # SDXL's 1024, not the parser's configured 256 of these tests; ar takes its short side from it.
+    assert await size_of({}) == (1024, 1024)
+    assert await size_of({"ar": "landscape"}) == (1536, 1024)
+    assert await size_of({"w": "512", "h": "384"}) == (512, 384)
+
+
 async def test_outbox_left_by_a_crashed_replica_is_published_by_the_sweeper(stack):
     """A replica that wrote a job but died before publishing its first passes loses nothing."""
     from datetime import UTC, datetime, timedelta

@@ -76,6 +76,18 @@ async def test_invalid_input_is_invalid_argument_with_field_violations(channel):
     assert "got '99'" in found["params.steps"] and "1..50" in found["params.steps"]
 
 
+async def test_the_base_models_native_size_sizes_the_job_and_a_negative_one_is_named(channel):
+    stub = prompt_pb2_grpc.PromptParserStub(channel)
+    sdxl = await stub.Parse(prompt_pb2.ParseRequest(text="a park\nar=portrait", native_size=1024))
+    assert (sdxl.parsed.params.w, sdxl.parsed.params.h) == (1024, 1536)
+    configured = await stub.Parse(prompt_pb2.ParseRequest(text="a park"))
+    assert (configured.parsed.params.w, configured.parsed.params.h) == (512, 512)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Parse(prompt_pb2.ParseRequest(text="a park", native_size=-512))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(caught.value)] == ["native_size"]
+
+
 async def test_settings_limits_apply(channel):
     stub = prompt_pb2_grpc.PromptParserStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

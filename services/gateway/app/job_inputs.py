@@ -25,6 +25,11 @@ from multipass_gateway.settings import GatewaySettings
 NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 
 
+def native_side(info: diffusion_pb2.InfoResponse, model: str) -> int:
+    """The native size the workers report for ``model``; 0 when they do not (the parser's own setting)."""
+    return info.model_native_sizes.get(model, 0)
+
+
 def scene_size(
     parsed: prompt_pb2.ParsedPrompt, input_size: tuple[int, int] | None, family: str, max_side: int
 ) -> tuple[int, int]:

@@ -35,7 +35,7 @@ from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.app.default_layouts import DefaultLayouts
 from multipass_gateway.app.job_end import JobEnd
-from multipass_gateway.app.job_inputs import JobInputs, Prepared
+from multipass_gateway.app.job_inputs import JobInputs, Prepared, native_side
 from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.domain import (
     characteristics,
@@ -228,13 +228,14 @@ class Submitter:
             params.pop("input_image_url", None)
         if request.mask_image_id:
             params.pop("mask_image_url", None)
+        info = await self.info.get()
         parsed = await self.clients.parse(
             request.prompt,
             params,
             has_input_image=bool(request.input_image_id),
             has_mask_image=bool(request.mask_image_id),
+            native_size=native_side(info, self._base_model(info)),
         )
-        info = await self.info.get()
         base_model, person_model = self._models(info)
         has_input = bool(request.input_image_id or parsed.params.input_image_url)
         self._check_capabilities(parsed, info, has_input, (base_model, person_model))
@@ -311,8 +312,11 @@ class Submitter:
             return [Violation("callback_url", error.reason)]
         return []
 
+    def _base_model(self, info: diffusion_pb2.InfoResponse) -> str:
+        return self.settings.base_model or (info.models[0] if info.models else "")
+
     def _models(self, info: diffusion_pb2.InfoResponse) -> tuple[str, str]:
-        base = self.settings.base_model or (info.models[0] if info.models else "")
+        base = self._base_model(info)
         person = self.settings.person_model or base
         missing = [name for name in dict.fromkeys((base, person)) if name not in info.models]
         if missing:

@@ -72,10 +72,20 @@ class InternalClients:
             raise rebuilt from error
 
     async def parse(
-        self, text: str, params: Mapping[str, str], *, has_input_image: bool, has_mask_image: bool
+        self,
+        text: str,
+        params: Mapping[str, str],
+        *,
+        has_input_image: bool,
+        has_mask_image: bool,
+        native_size: int = 0,
     ) -> prompt_pb2.ParsedPrompt:
         request = prompt_pb2.ParseRequest(
-            text=text, params=dict(params), has_input_image=has_input_image, has_mask_image=has_mask_image
+            text=text,
+            params=dict(params),
+            has_input_image=has_input_image,
+            has_mask_image=has_mask_image,
+            native_size=native_size,
         )
         response = await self._call("prompt parser", self.parser.Parse, request, 10.0)
         return response.parsed

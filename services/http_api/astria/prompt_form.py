@@ -123,7 +123,12 @@ def _boolean(name: str, value: str, problems: list[Violation]) -> str | None:
         return "true"
     if lowered in _FALSE:
         return "false"
-    problems.append(Violation(form_field(name), f"got {value[:40]!r}; expected true or false (also 1/0, yes/no, on/off, t/f), or empty for unset"))
+    problems.append(
+        Violation(
+            form_field(name),
+            f"got {value[:40]!r}; expected true or false (also 1/0, yes/no, on/off, t/f), or empty for unset",
+        )
+    )
     return None
 
 

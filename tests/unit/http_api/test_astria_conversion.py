@@ -50,7 +50,9 @@ def test_json_values_become_the_gateways_strings_and_bad_ones_name_the_field():
 
 
 def test_an_empty_boolean_is_unset_so_the_texts_block_decides():
-    form = from_multipart([("prompt[text]", "a cat\nhires_fix=true"), ("prompt[hires_fix]", ""), ("prompt[use_lpw]", " ")])
+    form = from_multipart(
+        [("prompt[text]", "a cat\nhires_fix=true"), ("prompt[hires_fix]", ""), ("prompt[use_lpw]", " ")]
+    )
     assert form.params == {}
     form = from_json({"prompt": {"text": "a cat", "film_grain": ""}})
     assert form.params == {}
@@ -70,7 +72,10 @@ def test_flag_and_tag_errors_are_the_texts_and_keep_which_part():
     error = HttpError(
         400,
         "invalid flag --mask_dilate: got 'abc'",
-        {"flag --mask_dilate": ["got 'abc'; allowed: -2048..2048"], "params.steps": ["got '51'; allowed: 1..50"]},
+        {
+            "flag --mask_dilate": ["got 'abc'; allowed: -2048..2048"],
+            "params.steps": ["got '51'; allowed: 1..50"],
+        },
     ).renamed(prompt_field)
     assert error.field_errors == {
         "prompt[text]": ["flag --mask_dilate: got 'abc'; allowed: -2048..2048"],

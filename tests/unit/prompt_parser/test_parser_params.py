@@ -3,7 +3,14 @@
 import pytest
 
 from multipass.errors import InvalidInput
-from multipass_prompt_parser.language import BOOL_PARAMS, CONTROLNETS, SCHEDULERS, Limits, size_for_ar
+from multipass_prompt_parser.language import (
+    BOOL_PARAMS,
+    CONTROLNETS,
+    SCHEDULERS,
+    Limits,
+    size_for_ar,
+    with_native_size,
+)
 from multipass_prompt_parser.parser import parse_prompt
 
 IMAGE = "https://example.com/in.png"
@@ -162,6 +169,26 @@ def test_ar_sizes_follow_native_size_and_cap():
     assert size_for_ar("1:1", Limits(native_size=768)) == (768, 768)
     parsed = parse_prompt("a lighthouse\nar=16:9", limits=Limits(native_size=1024))
     assert (parsed.params.w, parsed.params.h) == (1824, 1024)
+
+
+def test_the_models_native_size_sizes_a_prompt_without_w_and_h():
+    sdxl = with_native_size(Limits(native_size=512), 1024)
+    assert (
+        parse_prompt("a lighthouse", limits=sdxl).params.w,
+        parse_prompt("a lighthouse", limits=sdxl).params.h,
+    ) == (1024, 1024)
+    landscape = parse_prompt("a lighthouse\nar=landscape", limits=sdxl).params
+    assert (landscape.w, landscape.h) == (1536, 1024)
+    given = parse_prompt("a lighthouse\nw=640\nh=384", limits=sdxl).params
+    assert (given.w, given.h) == (640, 384)  # explicit sizes are kept
+    # Brought into 256..cap on a multiple of 8: a tiny test model (64), SDXL under a 768 cap, 0 = the setting.
+    assert with_native_size(Limits(), 64).native_size == 256
+    assert with_native_size(Limits(max_size=768), 1024).native_size == 768
+    assert with_native_size(Limits(native_size=512), 1023).native_size == 1016
+    assert with_native_size(Limits(native_size=768), 0) == Limits(native_size=768)
+    with pytest.raises(InvalidInput) as caught:
+        with_native_size(Limits(), -8)
+    assert caught.value.violations[0].field == "native_size"
 
 
 @pytest.mark.parametrize("ar", ["1:1", "portrait", "16:9", "landscape", "anamorphic"])
