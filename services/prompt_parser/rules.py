@@ -106,16 +106,36 @@ def _check_generation(context: Context, problems: Problems, warnings: list[str])
         warnings.append(
             "BREAK without person segments: one pass of the base and common prompts, no person passes"
         )
-    if context.keep_background and context.base_tags:
-        tags = " ".join(tag.tag for tag in context.base_tags)
-        warnings.append(
-            f"keep-background mode skips the base pass, so the base segment's tags {tags} are unused"
-        )
+    _warn_keep_background(context, warnings)
     for person in context.persons:
         if not person.loras:
             warnings.append(f"person {person.index} has no <lora:...> tag: its pass uses the base model")
         if not person.prompt:
             warnings.append(f"person {person.index} has only tags, no text: its pass uses the common prompt")
+
+
+def _warn_keep_background(context: Context, warnings: list[str]) -> None:
+    """Keep-background mode skips the base pass: say which of the base pass's inputs are unused."""
+    if not context.keep_background:
+        return
+    skipped = "keep-background mode skips the base pass, so"
+    if context.base_tags:
+        tags = " ".join(tag.tag for tag in context.base_tags)
+        warnings.append(f"{skipped} the base segment's tags {tags} are unused")
+    params = context.values.params
+    # controlnet=pose is what the person passes do anyway where the pose ControlNet is installed.
+    if params.controlnet and params.controlnet != POSE_CONTROLNET:
+        settings = [f"controlnet={params.controlnet}"] + [
+            name
+            for name in ("controlnet_txt2img", "controlnet_conditioning_scale")
+            if name in context.values.explicit
+        ]
+        warnings.append(
+            f"{skipped} {', '.join(settings)} {'is' if len(settings) == 1 else 'are'} unused (the persons are "
+            "repainted on the input image itself)"
+        )
+    if context.mask_image:
+        warnings.append(f"{skipped} the mask image is unused: each person's mask comes from segmentation")
 
 
 def _check_input_image_needs(context: Context, problems: Problems, warnings: list[str]) -> None:

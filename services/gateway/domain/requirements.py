@@ -60,10 +60,9 @@ def required_capabilities(
         needs += [(f"pass:{kind}", field) for kind, field in diffusion_kinds(parsed)]
     if parsed.flags.only_upscale:  # nothing is generated: only the upscaler is used
         return [*needs, (CAPABILITY_UPSCALER, "--only_upscale")]
-    controlnet_off = (
-        params.HasField("controlnet_conditioning_scale") and params.controlnet_conditioning_scale == 0
-    )
-    if params.controlnet and (has_input_image or params.controlnet_txt2img) and not controlnet_off:
+    # Keep-background mode has no base pass, the only pass that takes the controlnet option.
+    conditions_base = params.controlnet and not parsed.keep_background and not controlnet_off(params)
+    if conditions_base and (has_input_image or params.controlnet_txt2img):
         needs.append((f"controlnet:{params.controlnet}", "params.controlnet"))
         if complete and has_input_image and params.controlnet in WEIGHTED_PREPROCESSORS:
             needs.append((f"preprocessor:{params.controlnet}", "params.controlnet"))

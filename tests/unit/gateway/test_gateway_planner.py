@@ -257,6 +257,17 @@ def test_required_capabilities_name_their_fields():
     assert requirements.required_capabilities(parsed_prompt(0), has_input_image=False) == []
 
 
+def test_keep_background_needs_no_controlnet_since_it_has_no_base_pass():
+    parsed = parsed_prompt(
+        1, base="", common="", keep_background=True, controlnet="canny", super_resolution=True
+    )
+    assert requirements.required_capabilities(parsed, has_input_image=True) == [
+        ("upscaler", "params.super_resolution")
+    ]
+    (plan,) = plan_of(parsed, input_image=image_ref("in.png"))
+    assert "base" not in names(plan)
+
+
 def test_only_upscale_needs_only_the_upscaler():
     # Options it ignores (controlnet, face_correct, ...) are not required to be installed.
     parsed = parsed_prompt(0, only_upscale=True, controlnet="depth", face_correct=True, prompt_expansion=True)

@@ -121,6 +121,30 @@ def test_keep_background_warns_about_unused_base_tags_and_mask():
     assert any("--mask_prompt mask is unused" in w for w in parsed.warnings)
 
 
+def test_keep_background_warns_that_the_base_passs_controlnet_and_mask_image_are_unused():
+    parsed = parse_prompt(
+        "BREAK BREAK ohwx woman <lora:1:1>",
+        {
+            "input_image_url": "https://example.com/in.png",
+            "mask_image_url": "https://example.com/mask.png",
+            "controlnet": "canny",
+            "controlnet_conditioning_scale": "0.5",
+        },
+    )
+    assert parsed.keep_background
+    assert (
+        "keep-background mode skips the base pass, so controlnet=canny, controlnet_conditioning_scale are "
+        "unused (the persons are repainted on the input image itself)"
+    ) in parsed.warnings
+    assert any("the mask image is unused" in w for w in parsed.warnings)
+    # With a scene to generate, the base pass takes them: no such warning.
+    generated = parse_prompt(
+        "a park BREAK BREAK ohwx woman <lora:1:1>",
+        {"input_image_url": "https://example.com/in.png", "controlnet": "canny"},
+    )
+    assert not any("keep-background" in w for w in generated.warnings)
+
+
 def test_controlnet_needs_an_input_image():
     found = problems_of("a park", {"controlnet": "canny"})
     assert "controlnet=canny needs an input image" in found["params.controlnet"]
