@@ -156,6 +156,10 @@ async def test_curl_examples_multipart_and_json(astria_api):
         assert created["steps"] == 2 and created["num_images"] == 1 and created["cfg_scale"] is None
         assert created["use_lpw"] is True and created["inpaint_faces"] is False
         assert "unknown field prompt[foo] ignored" in created["warnings"]
+        # A base (gallery) tune id with no tune tagged: the base model alone, which a typo'd id also gives.
+        assert (
+            "tune 690204 is not one of your tunes and the text tags none: the prompt runs on the base model alone"
+        ) in created["warnings"]
         assert created["url"].endswith(f"/tunes/690204/prompts/{created['id']}.json")
 
         as_json = await client.post(

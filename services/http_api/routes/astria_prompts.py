@@ -89,18 +89,23 @@ async def _form(request: Request) -> PromptForm:
     return from_multipart(body) if kind == "form" else from_json(body)
 
 
-async def _origin(gateway, authorization: str | None, tune_id: str, text: str) -> Origin:
-    """Whether the path's tune is the caller's own (applied as a tag) or names the base model."""
+async def _origin(gateway, authorization: str | None, tune_id: str, text: str) -> tuple[Origin, list[str]]:
+    """Whether the path's tune is the caller's own (applied as a tag) or names the base model (as Astria's
+    gallery base tunes do, the persons tagged in the text); a warning when that leaves no tune at all."""
     try:
         tune = await call(gateway.get_tune(authorization, tune_id))
     except HttpError as error:
         if error.status == 404:
-            return Origin(tune_id)
+            untagged = re.search(r"<(lora|faceid):", text) is None
+            return Origin(tune_id), [
+                f"tune {tune_id} is not one of your tunes and the text tags none: the prompt runs on the "
+                "base model alone"
+            ] if untagged else []
         raise
     tagged = re.search(rf"<(lora|faceid):{tune_id}(:|>)", text)
     return Origin(
         tune_id, tune_applied=tagged is None, tag_kind="faceid" if tune.kind == "faceid" else "lora"
-    )
+    ), []
 
 
 async def _upload(gateway, authorization: str | None, form: PromptForm, name: str) -> str:
@@ -136,7 +141,7 @@ async def submit_prompt(
                 problems += error.violations
     if problems:
         raise InvalidInput.of(problems)
-    origin = await _origin(gateway, authorization, tune_id, form.text)
+    origin, origin_warnings = await _origin(gateway, authorization, tune_id, form.text)
     nonce = ""
     if settings.astria_idempotency:
         nonce = idempotency.prompt_nonce(tune_id, form.text, form.callback, form.params)
@@ -163,7 +168,7 @@ async def submit_prompt(
     finally:
         await gateway.discard_uploads(authorization, uploaded)
     job = await call(gateway.get_job(authorization, submitted.job_id))
-    return _object(job, base_url, [*form.warnings, *submitted.warnings])
+    return _object(job, base_url, [*form.warnings, *origin_warnings, *submitted.warnings])
 
 
 def _first_job_of_key(error: grpc.RpcError) -> str | None:
