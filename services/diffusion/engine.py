@@ -20,7 +20,7 @@ from PIL import Image
 
 from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion import composition, faceid, metrics, models, prompt_expansion
+from multipass_diffusion import composition, faceid, metrics, models, named_loras, prompt_expansion
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.nets import components
 from multipass_diffusion.pass_cache import PassCache
@@ -450,14 +450,7 @@ class Engine:
                 )
                 continue
             tag = f"<lora:{ref.tune_id}:{ref.weight:g}>"
-            if ref.tune_id not in spec.tune_files:
-                raise InvalidInput.of([Violation(tag, "has no file in spec.tune_files")])
-            path = inputs.tune_paths.get(ref.tune_id)
-            if path is None:
-                raise FailedPrecondition(f"{tag}: the tune file was not fetched to local disk")
-            resolved = ResolvedTune(
-                Path(path), spec.tune_files[ref.tune_id].sha256.lower() or models.file_sha256(Path(path))
-            )
+            resolved = ResolvedTune(*named_loras.local_file(spec, inputs, runtime.model_dir, ref, tag))
             shas[ref.tune_id] = resolved.sha256
             info = models.inspect_tune(resolved.path, tag)
             models.check_family(info, runtime, tag)
@@ -501,6 +494,7 @@ class Engine:
         for runtime in self.runtimes.values():
             found.update(runtime.capabilities())
         found.update(f"preprocessor:{kind}" for kind in self.preprocessors.installed())
+        found.update(named_loras.capabilities(model_dir, self.runtimes))
         return sorted(found)
 
 

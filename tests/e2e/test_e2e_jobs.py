@@ -198,3 +198,20 @@ def test_reference_only_control_and_the_composition_adapter_run_from_an_uploaded
     violations = dict(violations_of(refused.value))
     assert "controlnet=composition and <faceid:1:1>" in violations["params.controlnet"]
     client.jobs.delete_upload(upload.image_id)
+
+
+def test_a_named_lora_of_the_model_directory_runs_and_a_missing_name_is_refused(client):
+    # The tiny model directory has diffusion/loras/detail-tweaker.safetensors (kohya layout, SD1.5).
+    submitted = client.jobs.submit(
+        "a garden <lora:detail-tweaker:0.8> BREAK BREAK ohwx woman <lora:detail-tweaker>", FAST
+    )
+    job, _ = follow(client, submitted.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error
+    with pytest.raises(grpc.RpcError) as refused:
+        client.jobs.submit("a garden <lora:detail-tweeker:1>", FAST)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    ((field, description),) = violations_of(refused.value)
+    assert (
+        field == "<lora:detail-tweeker:1>"
+        and "named LoRAs installed: detail-tweaker, sdxl-film-look" in description
+    )

@@ -526,6 +526,58 @@ async def test_tunes_must_fit_the_model_their_passes_run_on(stack, served_models
     ]
 
 
+@pytest.mark.parametrize("served_models", [{MODEL: "sd15", "tiny-sdxl": "sdxl"}])
+@pytest.mark.parametrize(
+    "capabilities",
+    [
+        ["pass:base", "pass:person", "faceid", f"faceid:{MODEL}"]
+        + ["lora:film", f"lora:film:{MODEL}", "lora:grain", "lora:grain:tiny-sdxl"]
+    ],
+)
+async def test_named_loras_are_the_workers_files_checked_at_submit(stack, served_models, capabilities):
+    """``<lora:NAME:W>``: a LoRA file of the workers' model directory, for every tenant."""
+    await stack.start_gateway(base_model=MODEL, person_model=MODEL)
+    tenant = await stack.tenant()
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a room <lora:film:0.4> BREAK BREAK ohwx woman <lora:film:0.7>", params={"steps": "2"}
+        ),
+        metadata=bearer(tenant.api_key),
+    )
+    job = await wait_for_job(stack, submitted.job_id, tenant.api_key)
+    assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    by_pass = {
+        request.pass_name: request.spec for request in stack.worker.seen if request.job_id == submitted.job_id
+    }
+    assert [(r.tune_id, round(r.weight, 2)) for r in by_pass["base"].loras] == [("film", 0.4)]
+    assert [(r.tune_id, round(r.weight, 2)) for r in by_pass["person-0"].loras] == [("film", 0.7)]
+    assert not by_pass["person-0"].tune_files  # the worker reads its own file
+
+    async def refused(prompt: str) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.jobs.SubmitJob(
+                jobs_pb2.SubmitJobRequest(prompt=prompt, params={"steps": "2"}),
+                metadata=bearer(tenant.api_key),
+            )
+        return caught.value
+
+    missing = await refused("a room BREAK BREAK ohwx woman <lora:flim:1>")
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert field_violations(missing) == [
+        (
+            "<lora:flim:1>",
+            "no tune or named LoRA 'flim': tune ids are digits, and the diffusion workers have no "
+            "diffusion/loras/flim.safetensors (named LoRAs installed: film, grain)",
+        )
+    ]
+    wrong_family = await refused("a room <lora:grain:1> BREAK BREAK ohwx woman <faceid:film:1>")
+    assert wrong_family.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(wrong_family) == [
+        ("<lora:grain:1>", f"named LoRA grain does not fit model {MODEL} (sd15)"),
+        ("<faceid:film:1>", "<faceid:...> takes the id (digits) of a faceid tune; got 'film'"),
+    ]
+
+
 @pytest.mark.parametrize("served_models", [{"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}])
 @pytest.mark.parametrize("served_native_sizes", [{"tiny-sd15": 512, "tiny-sdxl": 1024}])
 async def test_a_job_without_a_size_takes_its_base_models_native_size(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
-from multipass_diffusion import faceid, models
+from multipass_diffusion import faceid, models, named_loras
 from multipass_diffusion.adapters import AdapterRequest
 from multipass_diffusion.passes.context import PassContext
 from multipass_diffusion.tune_files import reference_keys
@@ -45,13 +45,7 @@ def resolve(ctx: PassContext, loras, field_name: str) -> FaceTunes:
             )
             continue
         tag = f"<lora:{ref.tune_id}:{ref.weight:g}>"
-        if ref.tune_id not in spec.tune_files:
-            raise InvalidInput.of([Violation(f"{field_name} {tag}", "has no file in spec.tune_files")])
-        path = inputs.tune_paths.get(ref.tune_id)
-        if path is None:
-            raise FailedPrecondition(f"{tag}: the tune file was not fetched to local disk")
-        path = Path(path)
-        sha256 = spec.tune_files[ref.tune_id].sha256.lower() or models.file_sha256(path)
+        path, sha256 = named_loras.local_file(spec, inputs, ctx.runtime.model_dir, ref, f"{field_name} {tag}")
         info = models.inspect_tune(path, tag)
         models.check_family(info, ctx.runtime, tag)
         if info.kind == "checkpoint":

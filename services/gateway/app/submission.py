@@ -53,7 +53,7 @@ from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.pending_budget import PendingBudget
 from multipass_gateway.infra.tenant_limits import TenantLimitsCache
-from multipass_gateway.infra.tune_store import TuneStore
+from multipass_gateway.infra.tune_store import TuneStore, valid_tune_id
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -389,6 +389,15 @@ class Submitter:
         if not parsed.persons:
             person_ids = {ref.tune_id for ref in parsed.base_loras}
         tags = requirements.tune_ids(parsed)
+        # A name (not digits) is a named LoRA of the workers' model directory, for every tenant.
+        named = [ref for ref in tags if not valid_tune_id(ref.tune_id)]
+        problems += requirements.named_lora_problems(named, models, info)
+        unknown += [
+            ref.tune_id
+            for ref in named
+            if ref.kind != "faceid" and not requirements.named_lora_installed(ref.tune_id, info)
+        ]
+        tags = [ref for ref in tags if valid_tune_id(ref.tune_id)]
         wanted = list(dict.fromkeys(ref.tune_id for ref in tags))  # read together, each once
         found = dict(
             zip(wanted, await asyncio.gather(*(self.tunes.find(tenant, t) for t in wanted)), strict=True)

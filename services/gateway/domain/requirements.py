@@ -137,6 +137,54 @@ def tune_models(
     return models
 
 
+def named_loras(info: diffusion_pb2.InfoResponse) -> list[str]:
+    """Names of the named LoRAs the workers have (capability ``lora:<NAME>``)."""
+    return sorted(
+        name
+        for name in (c.removeprefix("lora:") for c in info.capabilities if c.startswith("lora:"))
+        if ":" not in name
+    )
+
+
+def named_lora_installed(name: str, info: diffusion_pb2.InfoResponse) -> bool:
+    return f"lora:{name}" in info.capabilities
+
+
+def named_lora_problems(
+    refs: Iterable[prompt_pb2.LoraRef],
+    models: dict[tuple[str, str], list[str]],
+    info: diffusion_pb2.InfoResponse,
+) -> list[Violation]:
+    """What is wrong with tags that name a LoRA rather than a tune (``<lora:detail-tweaker:0.5>``): a name
+    the workers have no file of, a ``<faceid:...>`` (it takes a faceid tune's id), or a file that does not
+    fit the model of a pass that loads it (``lora:<NAME>:<model>`` is absent)."""
+    problems: list[Violation] = []
+    for ref in refs:
+        field = ref.tag or f"<{ref.kind or 'lora'}:{ref.tune_id}>"
+        if ref.kind == "faceid":
+            problems.append(
+                Violation(field, f"<faceid:...> takes the id (digits) of a faceid tune; got {ref.tune_id!r}")
+            )
+            continue
+        if not named_lora_installed(ref.tune_id, info):
+            installed = ", ".join(named_loras(info)) or "none"
+            problems.append(
+                Violation(
+                    field,
+                    f"no tune or named LoRA {ref.tune_id!r}: tune ids are digits, and the diffusion workers "
+                    f"have no diffusion/loras/{ref.tune_id}.safetensors (named LoRAs installed: {installed})",
+                )
+            )
+            continue
+        for model in models.get((ref.kind, ref.tune_id), []):
+            if f"lora:{ref.tune_id}:{model}" not in info.capabilities:
+                family = model_family(info, model) or "another family"
+                problems.append(
+                    Violation(field, f"named LoRA {ref.tune_id} does not fit model {model} ({family})")
+                )
+    return problems
+
+
 def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:
     """Every model tag of the prompt (base, common and persons), first occurrence of each tag."""
     seen: set[tuple[str, str]] = set()

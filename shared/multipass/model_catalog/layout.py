@@ -67,8 +67,11 @@ COMPONENT_FOLDERS = frozenset(
         "face_restorer",
         "face_swapper",
         "prompt_expander",
+        "loras",
     }
 )
+#: Named LoRAs (``<lora:NAME:W>``, A1111's ``models/Lora``): ``<NAME>.safetensors`` files, for every tenant.
+NAMED_LORAS_DIR = "diffusion/loras"
 SAM_VARIANTS = ("vit_h", "vit_l", "vit_b")
 TEXT_DETECTORS = ("grounding-dino", "owlv2")
 FACEID_WEIGHTS = ("ip-adapter-faceid.safetensors", "ip-adapter-faceid.bin")

@@ -15,7 +15,9 @@
   one with the FaceID LoRA on every attention too, like the released ``ip-adapter-faceid_sd15.bin``;
 - ``ip_adapter/<family>/composition/ip_plus_composition_<family>.safetensors``: a random IP Composition
   Adapter per family, and ``ip_adapter/image_encoder/``: the tiny CLIP vision model it reads
-  (:mod:`multipass_dev.tiny_models.ip_adapters`).
+  (:mod:`multipass_dev.tiny_models.ip_adapters`);
+- ``loras/``: named LoRAs, ``<lora:detail-tweaker:W>`` (SD1.5, kohya layout as A1111 users have them) and
+  ``<lora:sdxl-film-look:W>`` (SDXL).
 
 Every model is loaded by the production loading code. The CLIP vocabulary is derived offline from the
 BPE merges that ``open_clip`` ships, so tokenisation matches the real models token for token.
@@ -38,10 +40,12 @@ from multipass_dev.tiny_models.ip_adapters import (
 )
 
 #: Bump when the layout or the architectures change; a directory with another marker is rebuilt.
-VERSION = "tiny-diffusion-v7"
+VERSION = "tiny-diffusion-v8"
 MARKER = ".tiny-diffusion-built"
 SD15_MODEL = "sd15-tiny"
 SDXL_MODEL = "sdxl-tiny"
+#: Named LoRAs of the tiny model directory, by name: (model they are made for, file written).
+NAMED_LORAS = {"detail-tweaker": SD15_MODEL, "sdxl-film-look": SDXL_MODEL}
 SD15_CONTROLNETS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr")
 SDXL_CONTROLNETS = ("pose", "canny")
 #: Working size (short side) that suits these models in tests and the local stack.
@@ -67,7 +71,7 @@ def build(root: Path) -> None:
         marker=MARKER,
         version=VERSION,
         lock=".build.lock",
-        replaces=(SD15_MODEL, SDXL_MODEL, "controlnet", "preprocessors", "ip_adapter"),
+        replaces=(SD15_MODEL, SDXL_MODEL, "controlnet", "preprocessors", "ip_adapter", "loras"),
         write=_write_all,
     )
 
@@ -78,6 +82,10 @@ def _write_all(base: Path) -> None:
     _build_sdxl(base, tokenizer_files)
     _build_preprocessors(base / "preprocessors")
     write_image_encoder(encoder_path(base), seed=540)
+    for number, (name, model) in enumerate(NAMED_LORAS.items()):
+        path = base / "loras" / f"{name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_random_lora(base / model, path, seed=700 + number, kohya=model == SD15_MODEL)
 
 
 def _write_clip_vocab(directory: Path) -> tuple[Path, Path]:
