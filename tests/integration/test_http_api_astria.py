@@ -480,6 +480,8 @@ async def test_patch_tune_changes_title_name_and_characteristics(astria_api):
         assert body["characteristics"] == {"hair": "red hair"}  # replaced as a whole
         assert any("tune[token] ignored" in w for w in body["warnings"])
         assert (await client.get(f"/tunes/{tune['id']}")).json()["title"] == "Anna"
+        assert tune["updated_at"] == tune["created_at"] and body["created_at"] == tune["created_at"]
+        assert body["updated_at"] > tune["updated_at"]  # ISO 8601 UTC times compare as text
         form = await client.patch(f"/tunes/{tune['id']}", data={"tune[name]": "man"})
         assert form.status_code == 200 and form.json()["name"] == "man", form.text
         bad = await client.patch(

@@ -199,6 +199,7 @@ class TuneStore:
         if file_ref is not None:
             tune.file.CopyFrom(file_ref)
         tune.created_at.GetCurrentTime()
+        tune.updated_at.CopyFrom(tune.created_at)
         await self._kv.create(names.tune_key(tenant, tune_id), tune.SerializeToString())
         return tune
 
@@ -322,6 +323,7 @@ class TuneStore:
             if "characteristics" in paths:
                 record.characteristics.clear()
                 record.characteristics.update(request.characteristics)
+            record.updated_at.GetCurrentTime()
             changed["tune"] = record
             return record.SerializeToString()
 

@@ -345,6 +345,7 @@ def tune_object(
 ) -> dict[str, object]:
     """The Astria tune object of a registered tune (registered weights count as trained when stored)."""
     created = astria_time(tune.created_at)
+    updated = astria_time(tune.updated_at) if tune.HasField("updated_at") else created
     branch = {"sd15": "sd15", "sdxl": "sdxl1"}.get(tune.base_family, tune.base_family)
     obj: dict[str, object] = {
         "id": astria_id(tune.tune_id),
@@ -363,7 +364,7 @@ def tune_object(
         "started_training_at": created,
         "expires_at": None,
         "created_at": created,
-        "updated_at": created,
+        "updated_at": updated,
         "branch": branch,
         "model_type": {"lora": "lora", "faceid": "faceid"}.get(tune.kind),
         "url": f"{base_url}/tunes/{tune.tune_id}.json",
