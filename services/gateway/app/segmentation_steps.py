@@ -23,7 +23,7 @@ from multipass import names
 from multipass.bus import Ack, Bus, Delivery, Term, publish_pass_event
 from multipass.errors import MultipassError
 from multipass.logs import log_context
-from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
+from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.domain import job_state
 from multipass_gateway.domain.face_targets import faces_request
 from multipass_gateway.infra.clients import InternalClients
@@ -59,6 +59,18 @@ def _runs_now(record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest, 
 
 #: Hands a pass event this replica published to its orchestrator (with its Nats-Msg-Id).
 PublishedHook = Callable[[events_pb2.PassEvent, str], Awaitable[None]]
+
+
+def text_mask_request(mask: prompt_pb2.MaskSpec) -> segmentation_pb2.TextMaskRequest:
+    """The prompt mask's flags as the segmentation service takes them: ``--mask_prompt``, ``--mask_negative``,
+    ``--mask_invert`` and ``--mask_dilate`` in pixels or in percent of the shorter side."""
+    request = segmentation_pb2.TextMaskRequest(prompt=mask.prompt, negative=mask.negative, invert=mask.invert)
+    which = mask.WhichOneof("dilate")
+    if which == "dilate_pixels":
+        request.dilate_pixels = mask.dilate_pixels
+    elif which == "dilate_percent":
+        request.dilate_percent = mask.dilate_percent
+    return request
 
 
 class SegmentationSteps:
@@ -177,17 +189,7 @@ class SegmentationSteps:
         if planned.kind == "segment":
             segment.persons.slots.extend(record.slots)
         else:
-            mask = record.job.parsed.mask
-            segment.text.prompt, segment.text.negative, segment.text.invert = (
-                mask.prompt,
-                mask.negative,
-                mask.invert,
-            )
-            which = mask.WhichOneof("dilate")
-            if which == "dilate_pixels":
-                segment.text.dilate_pixels = mask.dilate_pixels
-            elif which == "dilate_percent":
-                segment.text.dilate_percent = mask.dilate_percent
+            segment.text.CopyFrom(text_mask_request(record.job.parsed.mask))
         # ``started`` goes out while the segmentation service works; ``completed`` waits for it.
         started = asyncio.ensure_future(
             publish_pass_event(
