@@ -229,6 +229,14 @@ def test_finishing_passes_in_order_with_sizes():
     assert by_name["finish"].spec.width == 3072
 
 
+@pytest.mark.parametrize("use_lpw", [True, False])
+def test_weighted_prompts_reach_every_pass_that_encodes_a_prompt(use_lpw):
+    (plan,) = plan_of(parsed_prompt(2, use_lpw=use_lpw, hires_fix=True, inpaint_faces=True))
+    encoding = [p for p in plan.passes if p.kind in ("base", "person", "hires", "faces")]
+    assert sorted({p.kind for p in encoding}) == ["base", "faces", "hires", "person"]
+    assert all(p.spec.use_lpw is use_lpw for p in encoding), [(p.name, p.spec.use_lpw) for p in encoding]
+
+
 def test_only_requested_finishing_passes_are_planned():
     (plan,) = plan_of(parsed_prompt(0, super_resolution=True))
     assert names(plan) == ["prepare", "base", "upscale"]
