@@ -250,6 +250,37 @@ async def test_a_duplicate_carries_the_uploaded_input_image(astria_api):
     assert await input_of(duplicate.json()["id"]) == await input_of(created.json()["id"])
 
 
+async def test_an_uploaded_mask_image_makes_the_base_pass_an_inpaint_inside_it(astria_api):
+    from PIL import Image, ImageDraw
+
+    picture, mask = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
+    drawn = Image.new("L", (256, 256), 0)
+    ImageDraw.Draw(drawn).rectangle((64, 64, 191, 191), fill=255)
+    drawn.save(mask, "PNG")
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes/690204/prompts",
+            data={"prompt[text]": "a window", "prompt[steps]": "2", "prompt[num_images]": "1"},
+            files={
+                "prompt[input_image]": ("in.png", picture.getvalue(), "image/png"),
+                "prompt[mask_image]": ("mask.png", mask.getvalue(), "image/png"),
+            },
+        )
+        assert created.status_code == 201, created.text
+        done = await poll(client, f"/prompts/{created.json()['id']}")
+        assert done["images"] and done["user_error"] is None
+    job_id = str(created.json()["id"])
+    base = next(r for r in astria_api.stack.worker.seen if r.job_id == job_id and r.pass_name == "base")
+    prefix = f"jobs/{astria_api.tenant}/{job_id}/inputs/"
+    assert base.spec.image.key.startswith(prefix) and base.spec.mask.key.startswith(prefix)
+    stored = await astria_api.stack.store.get_bytes(base.spec.mask.bucket, base.spec.mask.key)
+    white = Image.open(io.BytesIO(stored)).convert("L").point(lambda v: 255 if v > 127 else 0).getbbox()
+    assert white == (64, 64, 192, 192)  # the caller's rectangle, at the job's size (256x256)
+    # The job keeps its own copies: the uploads made for it are gone.
+    assert not await astria_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
+
+
 async def poll(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
