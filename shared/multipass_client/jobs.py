@@ -110,19 +110,37 @@ class JobsClient:
         return self._stub.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job_id), timeout=self._timeout)
 
     def list_page(
-        self, *, states: Iterable[int] = (), page_size: int = 20, page_token: str = ""
+        self,
+        *,
+        states: Iterable[int] = (),
+        page_size: int = 20,
+        page_token: str = "",
+        idempotency_key_prefix: str = "",
     ) -> jobs_pb2.ListJobsResponse:
-        request = jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token, states=list(states))
+        request = jobs_pb2.ListJobsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            states=list(states),
+            idempotency_key_prefix=idempotency_key_prefix,
+        )
         return self._stub.ListJobs(request, timeout=self._timeout)
 
     def list(
-        self, *, states: Iterable[int] = (), limit: int | None = None, page_size: int = 50
+        self,
+        *,
+        states: Iterable[int] = (),
+        limit: int | None = None,
+        page_size: int = 50,
+        idempotency_key_prefix: str = "",
     ) -> Iterator[jobs_pb2.Job]:
-        """The caller's jobs, newest first, following page tokens until ``limit`` jobs or the end."""
+        """The caller's jobs, newest first, following page tokens until ``limit`` jobs or the end; only
+        those whose idempotency key starts with ``idempotency_key_prefix`` when it is given."""
         states, token, seen = list(states), "", 0
         while True:
             size = page_size if limit is None else max(1, min(page_size, limit - seen, 100))
-            page = self.list_page(states=states, page_size=size, page_token=token)
+            page = self.list_page(
+                states=states, page_size=size, page_token=token, idempotency_key_prefix=idempotency_key_prefix
+            )
             for job in page.jobs:
                 if limit is not None and seen >= limit:
                     return

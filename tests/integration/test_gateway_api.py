@@ -289,14 +289,31 @@ async def test_idempotency_key_returns_the_same_job(stack):
         metadata=bearer(tenant.api_key),
     )
     assert [j.job_id for j in rest.jobs] == [first.job_id] and not rest.next_page_token
+    # A client's own namespace of keys: only its jobs, newest first.
+    by_prefix = await stack.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(idempotency_key_prefix="order-18"), metadata=bearer(tenant.api_key)
+    )
+    assert [j.job_id for j in by_prefix.jobs] == [newer.job_id]
+    by_prefix = await stack.jobs.ListJobs(
+        jobs_pb2.ListJobsRequest(idempotency_key_prefix="order-", page_size=1),
+        metadata=bearer(tenant.api_key),
+    )
+    assert [j.job_id for j in by_prefix.jobs] == [newer.job_id] and by_prefix.next_page_token
+    assert not (
+        await stack.jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(idempotency_key_prefix="invoice-"), metadata=bearer(tenant.api_key)
+        )
+    ).jobs
     bad = await rpc_error(
         stack.jobs.ListJobs(
-            jobs_pb2.ListJobsRequest(page_size=500, page_token="x"), metadata=bearer(tenant.api_key)
+            jobs_pb2.ListJobsRequest(page_size=500, page_token="x", idempotency_key_prefix="k" * 129),
+            metadata=bearer(tenant.api_key),
         )
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and set(dict(field_violations(bad))) == {
         "page_size",
         "page_token",
+        "idempotency_key_prefix",
     }
 
 

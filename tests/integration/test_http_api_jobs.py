@@ -88,6 +88,11 @@ async def test_submit_watch_get_list_files_and_zip(http_api):
 
         listed = (await client.get("/v1/jobs", params={"state": "JOB_STATE_SUCCEEDED"})).json()
         assert job_id in [j["job_id"] for j in listed["jobs"]]
+        keyed = await submit(client, prompt="a lighthouse", params=SMALL, idempotency_key="shop-42-order-1")
+        by_key = (await client.get("/v1/jobs", params={"idempotency_key_prefix": "shop-42-"})).json()
+        assert [j["job_id"] for j in by_key["jobs"]] == [keyed]
+        too_long = await client.get("/v1/jobs", params={"idempotency_key_prefix": "k" * 129})
+        assert too_long.status_code == 422 and "idempotency_key_prefix" in too_long.text
 
         archive = await client.get(f"/v1/jobs/{job_id}/archive.zip")
         assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"

@@ -151,6 +151,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             record = await self.jobs.load(tenant, job_id)
             if record is None or (states and record.job.state not in states):
                 continue
+            if not record.job.idempotency_key.startswith(request.idempotency_key_prefix):
+                continue
             response.jobs.append(await public_job(record, self.objects, self.settings.presign_expiry_seconds))
             if len(response.jobs) == size:
                 if position + 1 < len(candidates):

@@ -79,6 +79,10 @@ def page_size(value: int, field: str = "page_size") -> list[Violation]:
     return [Violation(field, f"got {echo(value)}; expected 1..{MAX_PAGE_SIZE} (0 = {DEFAULT_PAGE_SIZE})")]
 
 
+#: Longest ``ListJobsRequest.idempotency_key_prefix``.
+MAX_KEY_PREFIX_CHARS = 128
+
+
 def list_jobs(request: jobs_pb2.ListJobsRequest) -> list[Violation]:
     """Every problem of a ListJobsRequest's page size, states and time bounds (the page token aside)."""
     problems = page_size(request.page_size)
@@ -86,4 +90,11 @@ def list_jobs(request: jobs_pb2.ListJobsRequest) -> list[Violation]:
     for field in ("created_after", "created_before"):
         if request.HasField(field):
             problems += timestamp(field, getattr(request, field))
+    if len(request.idempotency_key_prefix) > MAX_KEY_PREFIX_CHARS:
+        problems.append(
+            Violation(
+                "idempotency_key_prefix",
+                f"has {len(request.idempotency_key_prefix)} characters; at most {MAX_KEY_PREFIX_CHARS} are allowed",
+            )
+        )
     return problems

@@ -33,10 +33,14 @@ class Origin:
     #: The tag kind it was applied with: ``lora``, or ``faceid`` for a faceid tune (face images only).
     tag_kind: str = "lora"
 
+    def key_prefix(self) -> str:
+        """What the keys of every job created under this origin's tune start with."""
+        return f"astria-{self.tune_id}-"
+
     def idempotency_key(self, nonce: str = "") -> str:
         """The job's key; ``nonce`` (16 hex digits) makes repeats one job, a random one keeps them apart."""
         letter = _LETTERS[self.tag_kind if self.tune_applied else ""]
-        return f"astria-{self.tune_id}-{letter}-{nonce or secrets.token_hex(8)}"
+        return f"{self.key_prefix()}{letter}-{nonce or secrets.token_hex(8)}"
 
     def submitted_text(self, text: str) -> str:
         return f"{tune_tag(self.tune_id, self.tag_kind)} {text}" if self.tune_applied else text

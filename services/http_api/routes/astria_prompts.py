@@ -247,11 +247,10 @@ async def _list(
     wanted: list[jobs_pb2.Job] = []
     token = ""
     while len(wanted) < offset + limit:
-        listed = await call(
-            gateway.list_jobs(
-                authorization, jobs_pb2.ListJobsRequest(page_size=_GATEWAY_PAGE, page_token=token)
-            )
-        )
+        asked = jobs_pb2.ListJobsRequest(page_size=_GATEWAY_PAGE, page_token=token)
+        if tune_id is not None:  # the gateway skips the other tunes' prompts (and every other job)
+            asked.idempotency_key_prefix = Origin(tune_id).key_prefix()
+        listed = await call(gateway.list_jobs(authorization, asked))
         for job in listed.jobs:
             if before_id is not None and job.job_id >= before_id:
                 continue  # ids sort by creation time: this one is not older than the cursor

@@ -114,6 +114,9 @@ async def list_jobs(
     state: Annotated[
         list[str] | None, Query(description="Only jobs in these states (JOB_STATE_...).")
     ] = None,
+    idempotency_key_prefix: Annotated[
+        str, Query(max_length=128, description="Only jobs whose idempotency key starts with this.")
+    ] = "",
 ) -> dict[str, Any]:
     """The caller's jobs, newest first, a page at a time."""
     states = []
@@ -126,7 +129,13 @@ async def list_jobs(
             )
         states.append(jobs_pb2.JobState.Value(name))
     response = await gateway.list_jobs(
-        authorization, jobs_pb2.ListJobsRequest(page_size=page_size, page_token=page_token, states=states)
+        authorization,
+        jobs_pb2.ListJobsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            states=states,
+            idempotency_key_prefix=idempotency_key_prefix,
+        ),
     )
     return {
         "jobs": [job_view(job, base_url) for job in response.jobs],
