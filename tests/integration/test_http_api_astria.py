@@ -424,13 +424,17 @@ async def test_refusals_are_the_4xx_astria_clients_expect(astria_api):
             }, (path, deep.text)
         not_an_id = await client.get("/prompts", params={"before_id": "yesterday"})
         assert not_an_id.status_code == 400 and "before_id" in not_an_id.json()["errors"]
+        pack = await client.post("/p/260/tunes", json={"tune": {"title": "t", "name": "man"}})
+        assert pack.status_code == 404 and "packs are not offered here" in pack.json()["error"]
     async with astria_api.client("") as anonymous:
+        assert (await anonymous.post("/p/260/tunes", json={})).status_code == 401
         assert (await anonymous.get("/prompts")).status_code == 401
         assert (await anonymous.get("/prompts", params={"offset": 99999})).status_code == 401
         assert (await anonymous.get("/tunes", params={"limit": 500})).status_code == 401
         assert (await anonymous.post("/tunes/1/prompts", json={"prompt": {}})).status_code == 401
     async with astria_api.client("sd_wrong") as wrong:
         assert (await wrong.post("/tunes/1/prompts", data={"prompt[text]": "a cat"})).status_code == 401
+        assert (await wrong.post("/p/260/tunes", json={})).status_code == 401
 
 
 async def test_tune_characteristics_template_the_prompts_of_the_tune(astria_api):

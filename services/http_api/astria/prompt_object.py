@@ -119,6 +119,13 @@ def prompt_object(
         "started_training_at": astria_time(_started(job)),
         "created_at": astria_time(job.created_at),
         "updated_at": astria_time(job.updated_at),
+        # Seen in Astria's answers: the aspect ratio and size the prompt was made at; no packs, orders or
+        # image references here.
+        "aspect_ratio": job.parsed.params.ar or None,
+        "resolution": f"{job.parsed.params.w}x{job.parsed.params.h}" if job.parsed.params.w else None,
+        "pack_id": None,
+        "order_id": None,
+        "image_references": [],
         "status": jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
         "progress": round(float(job.progress), 4),
         "warnings": list(dict.fromkeys([*warnings, *job.warnings])),

@@ -102,8 +102,16 @@ class TuneForm:
         if not self.title:
             problems.append(Violation(tune_field("title"), "is required"))
         if self.branch and self.branch not in BRANCHES:
+            why = {
+                "fast": "Astria's mock training branch; here a tune is its trained weights, registered as sd15 "
+                "or sdxl1",
+                "flux1": "Flux models are not served here",
+            }.get(self.branch)
             problems.append(
-                Violation(tune_field("branch"), f"got {self.branch[:40]!r}; expected one of sd15, sdxl1")
+                Violation(
+                    tune_field("branch"),
+                    f"got {self.branch[:40]!r}; expected one of sd15, sdxl1" + (f" ({why})" if why else ""),
+                )
             )
         if self.model_type not in MODEL_TYPES:
             problems.append(

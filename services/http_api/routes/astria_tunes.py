@@ -39,6 +39,17 @@ def _tune_id(value: str) -> str:
     return value
 
 
+@router.post("/p/{pack_id}/tunes")
+async def create_tune_from_a_pack(pack_id: str, authorization: Authorization, gateway: Gateway):
+    """Astria's packs (a curated set of prompts trained into a new tune) are not offered: 404 saying so,
+    once the key is known good (a wrong key is 401 as on every route)."""
+    await call(gateway.list_tunes(authorization, jobs_pb2.ListTunesRequest(page_size=1)))
+    raise NotFound(
+        f"pack {pack_id[:40]!r} not found: packs are not offered here; register the tune with POST /tunes "
+        "(tune[prompts_attributes] for its prompts, tune[callback] and each prompt's callback for callbacks)"
+    )
+
+
 @router.post("/tunes", status_code=201)
 async def create_tune(
     request: Request,

@@ -124,6 +124,13 @@ def test_prompt_object_of_a_finished_job():
     assert obj["super_resolution"] is True and obj["num_images"] == 1
     assert obj["trained_at"] == "2023-11-14T22:13:30.000Z" and obj["created_at"] == "2023-11-14T22:13:20.000Z"
     assert obj["url"] == "http://api/tunes/123/prompts/0123456789abcdef01234567.json"
+    # Fields of Astria's answers that clients read: what we have, and null or empty for what we lack.
+    assert (obj["aspect_ratio"], obj["resolution"]) == (None, None)  # the test job has no size
+    assert (obj["pack_id"], obj["order_id"], obj["image_references"]) == (None, None, [])
+    sized = finished_job()
+    sized.parsed.params.ar, sized.parsed.params.w, sized.parsed.params.h = "portrait", 512, 768
+    obj = prompt_object(sized, base_url="http://api", callback=None, image_url=lambda j, i: i.url)
+    assert (obj["aspect_ratio"], obj["resolution"]) == ("portrait", "512x768")
 
 
 def test_prompt_object_of_running_and_failed_jobs_has_no_images():
@@ -214,6 +221,14 @@ def test_tune_requests_map_to_registration_and_training_is_refused():
     with pytest.raises(InvalidInput) as caught:
         training.check()
     assert "training is not offered" in caught.value.violations[0].description
+    for branch, why in (("fast", "mock training branch"), ("flux1", "Flux models are not served")):
+        other = tune_from_json(
+            {"tune": {"title": "t", "name": "man", "branch": branch, "weights_url": "https://x/w"}}
+        )
+        with pytest.raises(InvalidInput) as caught:
+            other.check()
+        (violation,) = caught.value.violations
+        assert violation.field == "tune[branch]" and why in violation.description
     tune = jobs_pb2.Tune(
         tune_id="1700000000000123", name="t", class_name="man", base_family="sdxl", kind="checkpoint"
     )
