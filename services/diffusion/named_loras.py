@@ -14,20 +14,17 @@ worker has or that does not fit the model of the pass that loads it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
-from multipass.model_catalog.layout import NAMED_LORAS_DIR
+from multipass.model_catalog.layout import NAMED_LORA_NAME, NAMED_LORAS_DIR, named_lora_files
 from multipass.v1 import diffusion_pb2, prompt_pb2
 from multipass_diffusion import models
 from multipass_diffusion.passes.context import PassInputs
 
 log = logging.getLogger(__name__)
 
-#: What a name may be: what the prompt parser accepts in a tag, not only digits (those are tune ids).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 SUFFIX = ".safetensors"
 #: Facts about a file, by (path, size, mtime): a LoRA is read once however many passes and Info calls use it.
 _shas: dict[tuple[str, int, int], str] = {}
@@ -35,7 +32,7 @@ _tunes: dict[tuple[str, int, int], models.TuneFile] = {}
 
 
 def is_name(tune_id: str) -> bool:
-    return bool(_NAME.match(tune_id)) and not tune_id.isdigit()
+    return bool(NAMED_LORA_NAME.match(tune_id))
 
 
 def path_of(model_dir: Path, name: str) -> Path | None:
@@ -48,15 +45,7 @@ def path_of(model_dir: Path, name: str) -> Path | None:
 
 def installed(model_dir: Path) -> dict[str, Path]:
     """Every named LoRA of the model directory, by name."""
-    root = Path(model_dir) / NAMED_LORAS_DIR
-    if not root.is_dir():
-        return {}
-    found = {}
-    for path in sorted(root.glob(f"*{SUFFIX}")):
-        name = path.name[: -len(SUFFIX)]
-        if is_name(name) and path.is_file():
-            found[name] = path
-    return found
+    return named_lora_files(model_dir)
 
 
 def _stat_key(path: Path) -> tuple[str, int, int]:

@@ -26,6 +26,7 @@ the two cannot drift apart. :mod:`.features` turns the findings into the report.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ COMPONENT_FOLDERS = frozenset(
 )
 #: Named LoRAs (``<lora:NAME:W>``, A1111's ``models/Lora``): ``<NAME>.safetensors`` files, for every tenant.
 NAMED_LORAS_DIR = "diffusion/loras"
+#: What a named LoRA's NAME may be: what the prompt parser takes in a tag, and not all digits (a tune id).
+NAMED_LORA_NAME = re.compile(r"^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 SAM_VARIANTS = ("vit_h", "vit_l", "vit_b")
 TEXT_DETECTORS = ("grounding-dino", "owlv2")
 FACEID_WEIGHTS = ("ip-adapter-faceid.safetensors", "ip-adapter-faceid.bin")
@@ -97,6 +100,7 @@ FEATURE_NAMES = (
     "upscaler",
     "face_restorer",
     "prompt_expander",
+    "named_loras",
 )
 
 
@@ -449,6 +453,29 @@ def _find_prompt_expander(model_dir: Path, models: dict[str, str]) -> Found:
     return Found(True, (_rel(model_dir, directory),), "transformers causal language model")
 
 
+def named_lora_files(model_dir: Path) -> dict[str, Path]:
+    """Every named LoRA of the model directory, by NAME (files whose stem cannot be a tag's NAME are not)."""
+    root = Path(model_dir) / NAMED_LORAS_DIR
+    if not root.is_dir():
+        return {}
+    return {
+        path.stem: path
+        for path in sorted(root.glob("*.safetensors"))
+        if NAMED_LORA_NAME.match(path.stem) and path.is_file()
+    }
+
+
+def _find_named_loras(model_dir: Path, models: dict[str, str]) -> Found:
+    files = named_lora_files(model_dir)
+    if not files:
+        return Found(False, detail=f"no {NAMED_LORAS_DIR}/<NAME>.safetensors (optional: <lora:NAME:W> tags)")
+    return Found(
+        True,
+        tuple(_rel(model_dir, path) for path in files.values()),
+        f"{len(files)} for every tenant: " + ", ".join(f"<lora:{name}:W>" for name in files),
+    )
+
+
 def _fix_family(served: set[str]) -> str:
     """The family a fix should fit: the one base models are of when there is one, else SD1.5."""
     return next(iter(served)) if len(served) == 1 else "sd15"
@@ -476,4 +503,5 @@ RULES: tuple[Rule, ...] = (
     Rule("upscaler", DIFFUSION, _single_file_rule("upscaler", diffusers_ok=True)),
     Rule("face_restorer", DIFFUSION, _single_file_rule("face_restorer", diffusers_ok=False)),
     Rule("prompt_expander", DIFFUSION, _find_prompt_expander),
+    Rule("named_loras", DIFFUSION, _find_named_loras, always=False),
 )
