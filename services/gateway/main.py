@@ -248,7 +248,12 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             ),
             Registration(
                 jobs_pb2_grpc.add_TunesServicer_to_server,
-                tunes_servicer.TunesServicer(tenants=tenants, tunes=tunes),
+                tunes_servicer.TunesServicer(
+                    tenants=tenants,
+                    tunes=tunes,
+                    objects=objects,
+                    presign_expiry_seconds=settings.presign_expiry_seconds,
+                ),
                 tunes_servicer.SERVICE_NAME,
             ),
             Registration(

@@ -716,6 +716,13 @@ async def test_a_faceid_tune_is_reference_images_only(stack):
         64,
         64,
     )
+    # Answers carry a signed link per reference image (never stored with the tune).
+    (link,) = tune.reference_image_urls
+    assert f"/{face.bucket}/{face.key}?" in link and "X-Amz-Signature=" in link
+    fetched = await stack.tunes.GetTune(jobs_pb2.GetTuneRequest(tune_id=tune.tune_id), metadata=metadata)
+    assert len(fetched.reference_image_urls) == 1
+    listed = await stack.tunes.ListTunes(jobs_pb2.ListTunesRequest(), metadata=metadata)
+    assert [len(t.reference_image_urls) for t in listed.tunes if t.tune_id == tune.tune_id] == [1]
     # Used as <faceid:...>: accepted; as <lora:...>: refused with the tag to write.
     submitted = await stack.jobs.SubmitJob(
         jobs_pb2.SubmitJobRequest(

@@ -629,6 +629,12 @@ async def test_a_faceid_tune_is_created_from_face_images_alone(astria_api):
         store = astria_api.stack.store
         assert not await store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
         assert await store.list_keys(BUCKET_TUNES, f"tunes/{astria_api.tenant}/{tune['id']}/reference-")
+        # orig_images: the faces it was made from, as links that need no API key (Astria's are public URLs).
+        (link,) = tune["orig_images"]
+        async with httpx.AsyncClient() as anyone:
+            face = await anyone.get(link)
+        assert face.status_code == 200 and Image.open(io.BytesIO(face.content)).size == (64, 64)
+        assert len((await client.get(f"/tunes/{tune['id']}")).json()["orig_images"]) == 1
         no_images = await client.post(
             "/tunes", data={"tune[title]": "order-12", "tune[name]": "man", "tune[model_type]": "faceid"}
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from multipass.errors import InvalidInput, Violation
+from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
 from multipass_gateway.api.auth import authenticate
 from multipass_gateway.api.client_streams import ClientStream, drained_on_refusal
+from multipass_gateway.api.views import public_tune
 from multipass_gateway.infra.tenant_store import TenantStore
 from multipass_gateway.infra.tune_store import TuneStore
 
@@ -22,9 +25,16 @@ def checked_tune_id(tune_id: str) -> str:
 
 
 class TunesServicer(jobs_pb2_grpc.TunesServicer):
-    def __init__(self, *, tenants: TenantStore, tunes: TuneStore):
+    def __init__(
+        self, *, tenants: TenantStore, tunes: TuneStore, objects: ObjectStore, presign_expiry_seconds: int
+    ):
         self.tenants = tenants
         self.tunes = tunes
+        self.objects = objects
+        self.presign_expiry_seconds = presign_expiry_seconds
+
+    async def _view(self, tune: jobs_pb2.Tune) -> jobs_pb2.Tune:
+        return await public_tune(tune, self.objects, self.presign_expiry_seconds)
 
     async def RegisterTune(self, request_iterator, context) -> jobs_pb2.Tune:
         async with drained_on_refusal(ClientStream(request_iterator)) as stream:
@@ -43,16 +53,17 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
                         )
                     yield part.chunk
 
-            return await self.tunes.register(tenant, first.metadata, chunks())
+            return await self._view(await self.tunes.register(tenant, first.metadata, chunks()))
 
     async def GetTune(self, request: jobs_pb2.GetTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)
-        return await self.tunes.get(tenant, checked_tune_id(request.tune_id))
+        return await self._view(await self.tunes.get(tenant, checked_tune_id(request.tune_id)))
 
     async def ListTunes(self, request: jobs_pb2.ListTunesRequest, context) -> jobs_pb2.ListTunesResponse:
         tenant = await authenticate(self.tenants, context)
         tunes, token = await self.tunes.list(tenant, request.page_size, request.page_token)
-        return jobs_pb2.ListTunesResponse(tunes=tunes, next_page_token=token)
+        views = await asyncio.gather(*(self._view(tune) for tune in tunes))
+        return jobs_pb2.ListTunesResponse(tunes=views, next_page_token=token)
 
     async def DeleteTune(self, request: jobs_pb2.DeleteTuneRequest, context) -> jobs_pb2.DeleteTuneResponse:
         tenant = await authenticate(self.tenants, context)
@@ -61,4 +72,4 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
 
     async def UpdateTune(self, request: jobs_pb2.UpdateTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)
-        return await self.tunes.update(tenant, request)
+        return await self._view(await self.tunes.update(tenant, request))

@@ -1,4 +1,5 @@
-"""The public view of a job record (GetJob, ListJobs, callbacks): the Job with presigned image URLs."""
+"""Public views: a job record (GetJob, ListJobs, callbacks) as the Job with presigned image URLs, and a
+tune with presigned URLs of its reference images."""
 
 from __future__ import annotations
 
@@ -21,3 +22,14 @@ async def public_job(
         for image, link in zip(finals, links, strict=True):
             image.url = link
     return job
+
+
+async def public_tune(tune: jobs_pb2.Tune, objects: ObjectStore, expiry_seconds: int) -> jobs_pb2.Tune:
+    view = jobs_pb2.Tune()
+    view.CopyFrom(tune)
+    view.ClearField("reference_image_urls")  # never stored; signed afresh for each answer
+    links = await asyncio.gather(
+        *(objects.presigned_get(image.bucket, image.key, expiry_seconds) for image in tune.reference_images)
+    )
+    view.reference_image_urls.extend(links)
+    return view

@@ -376,7 +376,7 @@ def tune_object(
         "branch": branch,
         "model_type": {"lora": "lora", "faceid": "faceid"}.get(tune.kind),
         "url": f"{base_url}/tunes/{tune.tune_id}.json",
-        "orig_images": [],
+        "orig_images": list(tune.reference_image_urls),
         "is_api": True,
         "callback": callback or None,
         "characteristics": dict(tune.characteristics),
