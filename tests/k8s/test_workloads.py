@@ -351,6 +351,27 @@ def test_minio_credentials_come_from_a_secret(resources):
         assert generated_base_name(env[variable]["valueFrom"]["secretKeyRef"]["name"]) == "minio-root"
 
 
+def test_minio_setup_expires_the_pass_cache_so_deleted_work_does_not_linger(resources):
+    """The workers' pass cache (``multipass-jobs/cache/<hash>.png``, shared by jobs and tenants) outlives the
+    jobs whose passes filled it; MinIO expires it by a lifecycle rule that the setup Job imports."""
+    import json
+
+    from multipass_diffusion.pass_cache import CACHE_BUCKET, CACHE_PREFIX
+
+    setup = one(resources, "Job", "minio-setup")
+    script = main_container(setup)["command"][-1]
+    assert f"mc ilm rule import local/{CACHE_BUCKET} < /etc/minio-setup/jobs-lifecycle.json" in script
+    assert script.index("mc mb ") < script.index("mc ilm rule import")  # the bucket exists first
+    (config,) = [
+        c
+        for c in of_kind(resources, "ConfigMap")
+        if generated_base_name(c["metadata"]["name"]) == "minio-setup"
+    ]
+    (rule,) = json.loads(config["data"]["jobs-lifecycle.json"])["Rules"]
+    assert rule["Status"] == "Enabled" and rule["Filter"] == {"Prefix": CACHE_PREFIX}
+    assert 1 <= rule["Expiration"]["Days"] <= 30
+
+
 def test_services_reach_their_dependencies_by_service_name(resources):
     services = {s["metadata"]["name"] for s in of_kind(resources, "Service")}
     gateway = env_of(main_container(one(resources, "Deployment", "gateway")), resources)
