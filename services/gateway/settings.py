@@ -65,6 +65,22 @@ class CallbackSettings:
 
 
 @dataclass(frozen=True)
+class PassTuning:
+    """How person and face passes cut, repaint and paste (the planner's defaults; operators tune seams here)."""
+
+    #: Context around a person's mask box, in pixels, before the crop is widened to the working aspect.
+    crop_padding: int = 32
+    #: The crop around the mask box, as a multiple of the box (ComfyUI Impact's crop_factor).
+    crop_factor: float = 1.3
+    #: Feather of the paste mask (Gaussian sigma, pixels; 0 = a hard edge); pixels outside it are kept exactly.
+    mask_blur: float = 4.0
+    #: Denoising strength of the faces pass (inpaint_faces).
+    faces_denoising_strength: float = 0.4
+    #: Pose ControlNet strength that keeps a person's pose during the person pass.
+    person_pose_scale: float = 0.8
+
+
+@dataclass(frozen=True)
 class FetchAllowList:
     """Hosts and networks exempt from the private/loopback/link-local refusal (operator's choice)."""
 
@@ -111,6 +127,8 @@ class GatewaySettings:
     #: Upscale factor of super_resolution; hires_fix scale.
     upscale_factor: float = 4.0
     hires_scale: float = 1.5
+    #: Crop, feather and strengths of the person and face passes (``MULTIPASS_GATEWAY_CROP_PADDING``, ...).
+    pass_tuning: PassTuning = PassTuning()
     #: Person passes whose crops avoid each other's masks run at the same time, then one composite pass
     #: merges them (``MULTIPASS_GATEWAY_PARALLEL_PERSONS``; docs/PARALLEL_PERSONS.md).
     parallel_persons: bool = True
@@ -201,6 +219,7 @@ class GatewaySettings:
                 "GATEWAY_TENANT_MAX_UPLOADS", defaults.tenant_max_uploads, min=1, max=100_000
             ),
         )
+        tuning = PassTuning()
         callback_defaults = CallbackSettings()
         callbacks = CallbackSettings(
             signing_key=reader.str("CALLBACK_SIGNING_KEY", ""),
@@ -241,6 +260,17 @@ class GatewaySettings:
             info_ttl_seconds=reader.float("GATEWAY_INFO_TTL_SECONDS", 30.0, min=0.0),
             upscale_factor=reader.float("GATEWAY_UPSCALE_FACTOR", 4.0, min=1.0, max=8.0),
             hires_scale=reader.float("GATEWAY_HIRES_SCALE", 1.5, min=1.0, max=4.0),
+            pass_tuning=PassTuning(
+                crop_padding=reader.int("GATEWAY_CROP_PADDING", tuning.crop_padding, min=1, max=1024),
+                crop_factor=reader.float("GATEWAY_CROP_FACTOR", tuning.crop_factor, min=1.0, max=4.0),
+                mask_blur=reader.float("GATEWAY_MASK_BLUR", tuning.mask_blur, min=0.0, max=64.0),
+                faces_denoising_strength=reader.float(
+                    "GATEWAY_FACES_DENOISING_STRENGTH", tuning.faces_denoising_strength, min=0.0, max=1.0
+                ),
+                person_pose_scale=reader.float(
+                    "GATEWAY_PERSON_POSE_SCALE", tuning.person_pose_scale, min=0.0, max=2.0
+                ),
+            ),
             parallel_persons=reader.bool("GATEWAY_PARALLEL_PERSONS", True),
             tenant_metrics=reader.bool("GATEWAY_TENANT_METRICS", True),
             max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),

@@ -405,6 +405,11 @@ class Submitter:
             capabilities=capabilities,
             hires_scale=self.settings.hires_scale,
             upscale_factor=self.settings.upscale_factor,
+            crop_padding=self.settings.pass_tuning.crop_padding,
+            crop_factor=self.settings.pass_tuning.crop_factor,
+            mask_blur=self.settings.pass_tuning.mask_blur,
+            faces_denoising_strength=self.settings.pass_tuning.faces_denoising_strength,
+            person_pose_scale=self.settings.pass_tuning.person_pose_scale,
             parallel_working_size=person_stages.parallel_working_size(
                 info, person_model, enabled=self.settings.parallel_persons
             ),

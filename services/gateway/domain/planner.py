@@ -69,6 +69,11 @@ def _set_strength(spec: diffusion_pb2.PassSpec, strength: float | None) -> None:
         spec.denoising_strength = strength
 
 
+def wire_mask_blur(sigma: float) -> float:
+    """A feather as ``PassSpec.mask_blur`` carries it: there 0 means the worker's default, so no feather is -1."""
+    return sigma if sigma > 0 else -1.0
+
+
 @dataclass(frozen=True)
 class PlannerConfig:
     base_model: str
@@ -327,7 +332,7 @@ def _persons(chain: _Chain) -> None:
         _set_strength(spec, explicit_strength(parsed))
         spec.crop_padding = config.crop_padding
         spec.crop_factor = config.crop_factor
-        spec.mask_blur = config.mask_blur
+        spec.mask_blur = wire_mask_blur(config.mask_blur)
         slot = next((s for s in chain.inputs.slots if s.index == person.index), None)
         if chain.pose_installed and slot is not None and slot.keypoints:
             # Keep the pose of the slot: its skeleton, moved into the person's crop by the worker.
@@ -378,7 +383,7 @@ def _faces(chain: _Chain) -> None:
     )
     spec.denoising_strength = config.faces_denoising_strength
     spec.crop_padding = config.crop_padding
-    spec.mask_blur = config.mask_blur
+    spec.mask_blur = wire_mask_blur(config.mask_blur)
     steps = _denoise_steps(chain.params.steps, config.faces_denoising_strength)
     chain.add(_planned("faces", "faces", spec, steps))
 

@@ -237,6 +237,20 @@ def test_weighted_prompts_reach_every_pass_that_encodes_a_prompt(use_lpw):
     assert all(p.spec.use_lpw is use_lpw for p in encoding), [(p.name, p.spec.use_lpw) for p in encoding]
 
 
+def test_the_operators_crop_feather_and_strengths_reach_the_person_and_face_passes():
+    tuned = config(
+        crop_padding=48, crop_factor=1.6, mask_blur=0, faces_denoising_strength=0.25, person_pose_scale=0.5
+    )
+    (plan,) = plan_of(parsed_prompt(1, inpaint_faces=True), cfg=tuned)
+    by_name = {p.name: p.spec for p in plan.passes}
+    person, faces = by_name["person-0"], by_name["faces"]
+    assert (person.crop_padding, round(person.crop_factor, 3)) == (48, 1.6)
+    assert person.mask_blur == -1 and faces.mask_blur == -1  # no feather: 0 would mean the worker's default
+    assert round(person.controlnet_conditioning_scale, 3) == 0.5
+    assert round(faces.denoising_strength, 3) == 0.25 and faces.crop_padding == 48
+    assert planner.wire_mask_blur(4.0) == 4.0
+
+
 def test_only_requested_finishing_passes_are_planned():
     (plan,) = plan_of(parsed_prompt(0, super_resolution=True))
     assert names(plan) == ["prepare", "base", "upscale"]

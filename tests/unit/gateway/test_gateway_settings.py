@@ -25,7 +25,7 @@ from multipass_gateway.infra.tune_store import (
     page_token,
     parse_page_token,
 )
-from multipass_gateway.settings import GatewaySettings
+from multipass_gateway.settings import GatewaySettings, PassTuning
 
 
 def test_defaults():
@@ -81,6 +81,30 @@ def test_bad_variables_are_named_together():
         GatewaySettings.from_env({"MULTIPASS_FETCH_ALLOW_CIDRS": "not-a-network"})
     with pytest.raises(ConfigError, match="MULTIPASS_GATEWAY_BASE_MODEL"):
         GatewaySettings.from_env({"MULTIPASS_GATEWAY_BASE_MODEL": "a.b"})
+
+
+def test_person_and_face_pass_tuning_is_read_once_and_bounded():
+    assert GatewaySettings.from_env({}).pass_tuning == PassTuning()
+    tuned = GatewaySettings.from_env(
+        {
+            "MULTIPASS_GATEWAY_CROP_PADDING": "64",
+            "MULTIPASS_GATEWAY_CROP_FACTOR": "2",
+            "MULTIPASS_GATEWAY_MASK_BLUR": "0",
+            "MULTIPASS_GATEWAY_FACES_DENOISING_STRENGTH": "0.3",
+            "MULTIPASS_GATEWAY_PERSON_POSE_SCALE": "1.2",
+        }
+    ).pass_tuning
+    assert tuned == PassTuning(
+        crop_padding=64, crop_factor=2.0, mask_blur=0.0, faces_denoising_strength=0.3, person_pose_scale=1.2
+    )
+    with pytest.raises(ConfigError) as caught:
+        GatewaySettings.from_env(
+            {"MULTIPASS_GATEWAY_CROP_PADDING": "0", "MULTIPASS_GATEWAY_FACES_DENOISING_STRENGTH": "1.5"}
+        )
+    assert {v.field for v in caught.value.violations} == {
+        "MULTIPASS_GATEWAY_CROP_PADDING",
+        "MULTIPASS_GATEWAY_FACES_DENOISING_STRENGTH",
+    }
 
 
 def test_job_ids_sort_by_time_and_encode_it():
