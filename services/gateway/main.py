@@ -34,6 +34,7 @@ from multipass_gateway.app.submit_cleanup import SubmitCleanup
 from multipass_gateway.app.sweeper import Sweeper
 from multipass_gateway.app.tenant_removal import TenantRemoval
 from multipass_gateway.app.uploads import Uploads
+from multipass_gateway.domain.face_targets import FaceFilter
 from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.diffusion_info import DiffusionInfo
@@ -191,7 +192,15 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             progress_gate=ProgressGate(settings.progress_interval_seconds),
         )
         segmentation_steps = SegmentationSteps(
-            bus, jobs, clients, on_completed=orchestrator.apply_published, copies=copies
+            bus,
+            jobs,
+            clients,
+            on_completed=orchestrator.apply_published,
+            copies=copies,
+            face_filter=FaceFilter(
+                min_area_ratio=settings.pass_tuning.faces_min_area_ratio,
+                max_count=settings.pass_tuning.faces_max_count,
+            ),
         )
         sweeper = Sweeper(
             jobs=jobs,

@@ -78,6 +78,10 @@ class PassTuning:
     faces_denoising_strength: float = 0.4
     #: Pose ControlNet strength that keeps a person's pose during the person pass.
     person_pose_scale: float = 0.8
+    #: Faces covering less of the image than this (0..1) are left as they are by the face passes; 0 = all.
+    faces_min_area_ratio: float = 0.0
+    #: At most this many faces per face pass, the largest; 0 = all.
+    faces_max_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,10 @@ class GatewaySettings:
                 person_pose_scale=reader.float(
                     "GATEWAY_PERSON_POSE_SCALE", tuning.person_pose_scale, min=0.0, max=2.0
                 ),
+                faces_min_area_ratio=reader.float(
+                    "GATEWAY_FACES_MIN_AREA_RATIO", tuning.faces_min_area_ratio, min=0.0, max=1.0
+                ),
+                faces_max_count=reader.int("GATEWAY_FACES_MAX_COUNT", tuning.faces_max_count, min=0, max=64),
             ),
             parallel_persons=reader.bool("GATEWAY_PARALLEL_PERSONS", True),
             tenant_metrics=reader.bool("GATEWAY_TENANT_METRICS", True),

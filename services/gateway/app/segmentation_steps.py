@@ -25,7 +25,7 @@ from multipass.errors import MultipassError
 from multipass.logs import log_context
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, prompt_pb2, segmentation_pb2
 from multipass_gateway.domain import job_state
-from multipass_gateway.domain.face_targets import faces_request
+from multipass_gateway.domain.face_targets import FaceFilter, faces_request
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.object_copies import ObjectCopies
@@ -83,6 +83,7 @@ class SegmentationSteps:
         concurrency: int = 4,
         on_completed: PublishedHook | None = None,
         copies: ObjectCopies | None = None,
+        face_filter: FaceFilter | None = None,
     ):
         self.bus = bus
         self.jobs = jobs
@@ -93,6 +94,8 @@ class SegmentationSteps:
         self.on_completed = on_completed
         #: The copies this replica holds (the image to segment may be among them).
         self.copies = copies
+        #: Which detected faces the face passes repaint.
+        self.face_filter = face_filter or FaceFilter()
 
     async def _completed(
         self, request: diffusion_pb2.PassRequest, completed: events_pb2.PassCompleted
@@ -212,6 +215,14 @@ class SegmentationSteps:
         )
         await self._completed(request, completed)
 
+    async def _warn(self, request: diffusion_pb2.PassRequest, warnings: list[str]) -> None:
+        def add(record: events_pb2.JobRecord) -> bool:
+            new = [w for w in warnings if w not in record.job.warnings]
+            record.job.warnings.extend(new)
+            return bool(new)
+
+        await self.jobs.update(request.tenant, request.job_id, add)
+
     async def _faces(self, record: events_pb2.JobRecord, request: diffusion_pb2.PassRequest) -> None:
         image = request.spec.image
         masks = record.job.images[request.image_index].masks
@@ -229,11 +240,15 @@ class SegmentationSteps:
         if person_masks and not same_size:
             first = person_masks[0].mask
             scale = (image.width / max(1, first.width), image.height / max(1, first.height))
-        if not response.faces:
-            result = diffusion_pb2.PassResult(output=image, warnings=["no face found; image unchanged"])
+        faces, left_out = self.face_filter.select(list(response.faces), image.width, image.height)
+        if not faces:
+            warnings = left_out or ["no face found; image unchanged"]
+            result = diffusion_pb2.PassResult(output=image, warnings=warnings)
             await self._completed(request, events_pb2.PassCompleted(result=result))
             return
-        forwarded = faces_request(record, request, list(response.faces), scale)
+        if left_out:  # the worker's completion carries its own warnings: these go to the job now
+            await self._warn(request, [f"{request.pass_name}: {warning}" for warning in left_out])
+        forwarded = faces_request(record, request, faces, scale)
         await self.bus.publish(
             names.diffusion_pass_subject(request.spec.model),
             forwarded,

@@ -1,11 +1,46 @@
-"""Which prompt and adapters each detected face gets in a face pass's request (pure)."""
+"""Which detected faces a face pass repaints, and the prompt and adapters each gets in its request (pure)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
 
 #: Face pass kinds that load each face's adapters (the others only need the faces' boxes and tunes).
 ADAPTER_FACE_KINDS = frozenset({"faces"})
+
+
+@dataclass(frozen=True)
+class FaceFilter:
+    """Which detected faces the face passes take (ADetailer's min ratio and k largest)."""
+
+    #: Faces whose box covers less of the image than this (0..1) are left as they are; 0 takes every face.
+    min_area_ratio: float = 0.0
+    #: At most this many faces, the largest first; 0 takes every face.
+    max_count: int = 0
+
+    def select(
+        self, faces: list[segmentation_pb2.Face], width: int, height: int
+    ) -> tuple[list[segmentation_pb2.Face], list[str]]:
+        """The faces to repaint, in detection order, and a warning for each rule that left faces out."""
+
+        def area(face: segmentation_pb2.Face) -> float:
+            return max(0.0, face.box.x1 - face.box.x0) * max(0.0, face.box.y1 - face.box.y0)
+
+        image_area = max(1, width * height)
+        kept = [face for face in faces if area(face) / image_area >= self.min_area_ratio]
+        warnings = []
+        if len(kept) < len(faces):
+            warnings.append(
+                f"{len(faces) - len(kept)} face(s) smaller than {self.min_area_ratio:g} of the image left as they are"
+            )
+        if self.max_count and len(kept) > self.max_count:
+            largest = set(sorted(range(len(kept)), key=lambda i: -area(kept[i]))[: self.max_count])
+            warnings.append(
+                f"{len(kept) - self.max_count} face(s) beyond the {self.max_count} largest left as they are"
+            )
+            kept = [face for i, face in enumerate(kept) if i in largest]
+        return kept, warnings
 
 
 def face_targets(

@@ -6,7 +6,7 @@ from gateway_helpers import config, image_ref, parsed_prompt, record_for, slots
 
 from multipass.v1 import common_pb2, segmentation_pb2
 from multipass_gateway.domain import job_state, planner
-from multipass_gateway.domain.face_targets import faces_request
+from multipass_gateway.domain.face_targets import FaceFilter, faces_request
 
 
 def tune_file(tune_id: str) -> common_pb2.ObjectRef:
@@ -82,3 +82,52 @@ def test_each_face_keeps_its_landmarks_and_a_face_without_them_gets_none():
         spec = faces_request(job, request_of(job, name), found, None).spec
         assert [(p.x, p.y) for p in spec.faces[0].landmarks] == eyes_nose_mouth, name
         assert [len(f.landmarks) for f in spec.faces] == [5, 0, 0], name
+
+
+def face(x0: float, y0: float, side: float) -> segmentation_pb2.Face:
+    return segmentation_pb2.Face(box=common_pb2.Box(x0=x0, y0=y0, x1=x0 + side, y1=y0 + side))
+
+
+def test_the_face_filter_leaves_small_and_surplus_faces_as_they_are():
+    # A 1000x1000 image: faces of 200, 40 and 100 pixels (4%, 0.16% and 1% of it), in detection order.
+    faces = [face(0, 0, 200), face(500, 500, 40), face(300, 0, 100)]
+    assert FaceFilter().select(faces, 1000, 1000) == (faces, [])
+    kept, warnings = FaceFilter(min_area_ratio=0.005).select(faces, 1000, 1000)
+    assert kept == [faces[0], faces[2]]
+    assert warnings == ["1 face(s) smaller than 0.005 of the image left as they are"]
+    kept, warnings = FaceFilter(max_count=2).select(faces, 1000, 1000)
+    assert kept == [faces[0], faces[2]]  # the two largest, still in detection order
+    assert warnings == ["1 face(s) beyond the 2 largest left as they are"]
+    kept, warnings = FaceFilter(min_area_ratio=0.05).select(faces, 1000, 1000)
+    assert kept == [] and len(warnings) == 1
+
+
+async def test_the_faces_step_forwards_the_kept_faces_and_tells_the_job_of_the_others():
+    from multipass_gateway.app.segmentation_steps import SegmentationSteps
+
+    published, updates = [], []
+
+    class Bus:
+        async def publish(self, subject, message, *, msg_id=None):
+            published.append((subject, message))
+
+    class Clients:
+        async def detect_faces(self, request):
+            return segmentation_pb2.DetectFacesResponse(faces=faces())
+
+    class Jobs:
+        async def update(self, tenant, job_id, fn):
+            updates.append(fn)
+
+    job = record()
+    request = request_of(job, "faces")
+    request.spec.image.CopyFrom(image_ref("jobs/t/j/image-0/person-1.png"))
+    request.spec.image.width = request.spec.image.height = 512
+    steps = SegmentationSteps(Bus(), Jobs(), Clients(), face_filter=FaceFilter(max_count=2))
+    await steps._faces(job, request)
+    ((_subject, forwarded),) = published
+    assert [f.box.x0 for f in forwarded.spec.faces] == [60, 300]  # the two largest; the small one is left
+    (add_warning,) = updates
+    assert add_warning(job) and list(job.job.warnings)[-1] == (
+        "faces: 1 face(s) beyond the 2 largest left as they are"
+    )

@@ -92,10 +92,18 @@ def test_person_and_face_pass_tuning_is_read_once_and_bounded():
             "MULTIPASS_GATEWAY_MASK_BLUR": "0",
             "MULTIPASS_GATEWAY_FACES_DENOISING_STRENGTH": "0.3",
             "MULTIPASS_GATEWAY_PERSON_POSE_SCALE": "1.2",
+            "MULTIPASS_GATEWAY_FACES_MIN_AREA_RATIO": "0.002",
+            "MULTIPASS_GATEWAY_FACES_MAX_COUNT": "4",
         }
     ).pass_tuning
     assert tuned == PassTuning(
-        crop_padding=64, crop_factor=2.0, mask_blur=0.0, faces_denoising_strength=0.3, person_pose_scale=1.2
+        crop_padding=64,
+        crop_factor=2.0,
+        mask_blur=0.0,
+        faces_denoising_strength=0.3,
+        person_pose_scale=1.2,
+        faces_min_area_ratio=0.002,
+        faces_max_count=4,
     )
     with pytest.raises(ConfigError) as caught:
         GatewaySettings.from_env(
