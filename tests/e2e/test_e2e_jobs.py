@@ -215,3 +215,22 @@ def test_a_named_lora_of_the_model_directory_runs_and_a_missing_name_is_refused(
         field == "<lora:detail-tweeker:1>"
         and "named LoRAs installed: detail-tweaker, sdxl-film-look" in description
     )
+
+
+def test_a_job_that_only_changes_a_person_prompt_reuses_the_base_pass(client):
+    """The pass cache: same scene, seed and size, another person prompt: the base pass comes from the cache,
+    the person pass runs."""
+    scene = f"a quiet library {uuid.uuid4().hex[:8]} BREAK soft light BREAK "
+    params = {**FAST, "seed": "4242"}
+    first, _ = follow(client, client.jobs.submit(scene + "ohwx woman, green coat", params).job_id)
+    second, _ = follow(client, client.jobs.submit(scene + "ohwx woman, yellow raincoat", params).job_id)
+    assert first.state == second.state == jobs_pb2.JOB_STATE_SUCCEEDED, (first.error, second.error)
+
+    def passes(job):
+        return {p.name: p for p in job.images[0].passes}
+
+    assert not passes(first)["base"].cache_hit  # the scene is new (its words are unique to this test)
+    assert passes(second)["base"].cache_hit
+    assert passes(second)["base"].output.sha256 == passes(first)["base"].output.sha256
+    assert not passes(second)["person-0"].cache_hit
+    assert passes(second)["person-0"].output.sha256 != passes(first)["person-0"].output.sha256
