@@ -171,8 +171,12 @@ class Preprocessors:
         size: tuple[int, int],
         *,
         skeletons: Sequence[Sequence[Point]] = (),
+        person_boxes: Sequence[tuple[float, float, float, float]] = (),
     ) -> Image.Image:
-        """The conditioning image for ``kind`` at ``size`` (width, height)."""
+        """The conditioning image for ``kind`` at ``size`` (width, height).
+
+        ``person_boxes`` (x0, y0, x1, y1 in ``image``'s pixels): pose is estimated once per box, one
+        skeleton each; without them the whole image is one person."""
         if kind not in CONTROLNET_KINDS:
             raise InvalidInput.of(
                 [Violation("spec.controlnet", f"got {kind!r}; expected one of {', '.join(CONTROLNET_KINDS)}")]
@@ -184,6 +188,8 @@ class Preprocessors:
             raise InvalidInput.of(
                 [Violation("spec.image", f"controlnet={kind} needs an input image (or keypoints for pose)")]
             )
+        sx, sy = width / image.width, height / image.height
+        boxes = [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in person_boxes]
         image = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
         if kind == "canny":
             return canny(image)
@@ -192,7 +198,7 @@ class Preprocessors:
         if kind in ("tile", "qr", "reference", "composition"):
             return image
         if kind == "pose":
-            return draw_pose([self._estimate_pose(image)], width, height)
+            return draw_pose(self._estimate_poses(image, boxes), width, height)
         if kind == "depth":
             return self._depth(image)
         return self._edge_network(kind, image)
@@ -249,8 +255,10 @@ class Preprocessors:
         channel = np.rint(depth.cpu().numpy() * 255).astype(np.uint8)
         return Image.fromarray(np.stack([channel] * 3, axis=-1))
 
-    def _estimate_pose(self, image: Image.Image) -> list[Point]:
-        """One person's keypoints (the whole image as the person box), in OpenPose-18 order."""
+    def _estimate_poses(
+        self, image: Image.Image, boxes: Sequence[tuple[float, float, float, float]] = ()
+    ) -> list[list[Point]]:
+        """One skeleton per person box (x0, y0, x1, y1; none: the whole image), in OpenPose-18 order."""
         import torch
 
         def load(path: Path):
@@ -261,18 +269,29 @@ class Preprocessors:
             ).to(self.device).eval()
 
         processor, model = self._model("pose", load)
-        boxes = [[[0.0, 0.0, float(image.width), float(image.height)]]]
-        inputs = processor(image, boxes=boxes, return_tensors="pt").to(self.device)
+        usable = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes if x1 - x0 >= 1 and y1 - y0 >= 1]
+        # The processor takes boxes as (x, y, width, height), COCO's way.
+        coco = [
+            [list(map(float, box)) for box in usable] or [[0.0, 0.0, float(image.width), float(image.height)]]
+        ]
+        inputs = processor(image, boxes=coco, return_tensors="pt").to(self.device)
         with torch.no_grad():
             outputs = model(**inputs)
-        person = processor.post_process_pose_estimation(outputs, boxes=boxes)[0][0]
-        points = [
-            Point(_COCO17_TO_OPENPOSE[int(i)], float(xy[0]), float(xy[1]), float(score))
-            for i, (xy, score) in enumerate(zip(person["keypoints"], person["scores"], strict=True))
-            if int(i) in _COCO17_TO_OPENPOSE
+        return [
+            _openpose_points(person)
+            for person in processor.post_process_pose_estimation(outputs, boxes=coco)[0]
         ]
-        shoulders = [p for p in points if p.index in (2, 5)]
-        if len(shoulders) == 2:
-            a, b = shoulders
-            points.append(Point(1, (a.x + b.x) / 2, (a.y + b.y) / 2, min(a.confidence, b.confidence)))
-        return points
+
+
+def _openpose_points(person: dict) -> list[Point]:
+    """A COCO-17 estimate as OpenPose-18 points (the neck is the shoulders' midpoint)."""
+    points = [
+        Point(_COCO17_TO_OPENPOSE[int(i)], float(xy[0]), float(xy[1]), float(score))
+        for i, (xy, score) in enumerate(zip(person["keypoints"], person["scores"], strict=True))
+        if int(i) in _COCO17_TO_OPENPOSE
+    ]
+    shoulders = [p for p in points if p.index in (2, 5)]
+    if len(shoulders) == 2:
+        a, b = shoulders
+        points.append(Point(1, (a.x + b.x) / 2, (a.y + b.y) / 2, min(a.confidence, b.confidence)))
+    return points

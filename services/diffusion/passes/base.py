@@ -138,7 +138,11 @@ class BasePass(PassHandler):
             sx, sy = size[0] / source[0], size[1] / source[1]
             people = scale_skeletons(people, offset=(0, 0), scale=(sx, sy))
         return ctx.runtime.preprocessors.condition(
-            spec.controlnet, image, size, skeletons=people if spec.controlnet == "pose" else ()
+            spec.controlnet,
+            image,
+            size,
+            skeletons=people if spec.controlnet == "pose" else (),
+            person_boxes=[(b.x0, b.y0, b.x1, b.y1) for b in spec.person_boxes],
         )
 
     def _inpaint(

@@ -288,11 +288,14 @@ def _base(chain: _Chain) -> None:
             if params.controlnet_txt2img:
                 steps = params.steps
             if params.controlnet == "pose":
-                # Every person the layout of the input found, with its keypoints (the worker's own
-                # estimation sees the whole photo as one person).
+                # Every person the layout of the input found: its keypoints when the layout has them,
+                # else its box, in which the worker estimates one skeleton (without boxes it would see
+                # the whole photo as one person).
                 for slot in inputs.slots:
                     if slot.keypoints:
                         spec.skeletons.add().keypoints.extend(slot.keypoints)
+                    else:
+                        spec.person_boxes.add().CopyFrom(slot.box)
     elif (
         parsed.persons
         and chain.pose_installed

@@ -80,3 +80,43 @@ def test_installed_lists_weighted_preprocessors(preprocessors):
 def test_unknown_kind(preprocessors):
     with pytest.raises(InvalidInput, match="spec.controlnet"):
         preprocessors.condition("scribble", scene(), (64, 64))
+
+
+@pytest.fixture(scope="module")
+def with_pose_model(tmp_path_factory):
+    """A tiny random ViTPose (the architecture of preprocessors/pose/, as transformers saves it)."""
+    from transformers import (
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    root = tmp_path_factory.mktemp("preprocessors")
+    backbone = VitPoseBackboneConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[64, 48],
+        patch_size=[8, 8],
+        out_indices=[1],
+    )
+    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).save_pretrained(
+        root / "pose"
+    )
+    VitPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(root / "pose")
+    return Preprocessors(root)
+
+
+def test_pose_from_a_photo_of_several_people_is_one_skeleton_per_box(with_pose_model):
+    photo = scene(256, 128)
+    left, right = (8.0, 8.0, 100.0, 120.0), (150.0, 4.0, 250.0, 124.0)
+    skeletons = with_pose_model._estimate_poses(photo, [left, right])
+    assert len(skeletons) == 2 and all(len(points) >= 17 for points in skeletons)
+    # The whole photo is one person without boxes; boxes with no area are left out.
+    assert len(with_pose_model._estimate_poses(photo)) == 1
+    assert len(with_pose_model._estimate_poses(photo, [left, (5.0, 5.0, 5.0, 60.0)])) == 1
+    # Boxes are in the photo's pixels and follow it when the conditioning image is another size.
+    drawn = np.asarray(with_pose_model.condition("pose", photo, (128, 64), person_boxes=[left, right]))
+    assert drawn.shape == (64, 128, 3) and drawn.sum() > 0

@@ -175,6 +175,20 @@ def test_img2img_base_uses_the_input_and_user_controlnet():
     assert base.weight == int(30 * 0.6)
 
 
+def test_pose_from_a_photo_of_several_people_gives_the_worker_each_persons_box():
+    parsed = parsed_prompt(2, controlnet="pose", explicit=("controlnet",))
+    detected = slots(2)
+    for slot in detected:
+        del slot.keypoints[:]  # the layout found the people's boxes, not their keypoints
+    (plan,) = plan_of(parsed, input_image=image_ref("jobs/t/j/inputs/input.png"), slots=detected)
+    base = plan.passes[1].spec
+    assert base.controlnet == "pose" and not base.skeletons
+    assert [(b.x0, b.x1) for b in base.person_boxes] == [(0, 256), (256, 512)]
+    # Slots with keypoints are drawn as they are; no box is sent for them.
+    (plan,) = plan_of(parsed, input_image=image_ref("jobs/t/j/inputs/input.png"))
+    assert len(plan.passes[1].spec.skeletons) == 2 and not plan.passes[1].spec.person_boxes
+
+
 def test_mask_prompt_adds_a_mask_pass_before_an_inpainting_base():
     parsed = parsed_prompt(1, mask_prompt="foreground")
     (plan,) = plan_of(parsed, input_image=image_ref("in.png"))
