@@ -43,11 +43,6 @@ def path_of(model_dir: Path, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def installed(model_dir: Path) -> dict[str, Path]:
-    """Every named LoRA of the model directory, by name."""
-    return named_lora_files(model_dir)
-
-
 def _stat_key(path: Path) -> tuple[str, int, int]:
     stat = path.stat()
     return str(path), stat.st_size, stat.st_mtime_ns
@@ -70,7 +65,7 @@ def inspect(path: Path, field: str) -> models.TuneFile:
 def capabilities(model_dir: Path, runtimes: Mapping[str, object]) -> list[str]:
     """``lora:<NAME>`` for each readable named LoRA, ``lora:<NAME>:<model>`` for each model it fits."""
     found: list[str] = []
-    for name, path in installed(model_dir).items():
+    for name, path in named_lora_files(model_dir).items():
         tag = f"<lora:{name}>"
         try:
             info = inspect(path, tag)

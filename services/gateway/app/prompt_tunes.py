@@ -29,8 +29,6 @@ async def check_prompt_tunes(
     A tune's family must be that of every model whose passes load it (base and person models may
     differ), from ``Diffusion.Info.model_families``.
     """
-    problems: list[Violation] = []
-    unknown: list[str] = []
     files: dict[str, common_pb2.ObjectRef] = {}
     references: dict[str, list[common_pb2.ImageRef]] = {}
     models = requirements.tune_models(parsed, base_model, person_model)
@@ -43,12 +41,7 @@ async def check_prompt_tunes(
     tags = requirements.tune_ids(parsed)
     # A name (not digits) is a named LoRA of the workers' model directory, for every tenant.
     named = [ref for ref in tags if not valid_tune_id(ref.tune_id)]
-    problems += requirements.named_lora_problems(named, models, info)
-    unknown += [
-        ref.tune_id
-        for ref in named
-        if ref.kind != "faceid" and not requirements.named_lora_installed(ref.tune_id, info)
-    ]
+    problems, unknown = requirements.named_lora_problems(named, models, info)
     tags = [ref for ref in tags if valid_tune_id(ref.tune_id)]
     wanted = list(dict.fromkeys(ref.tune_id for ref in tags))  # read together, each once
     found = dict(zip(wanted, await asyncio.gather(*(tunes.find(tenant, t) for t in wanted)), strict=True))

@@ -154,11 +154,13 @@ def named_lora_problems(
     refs: Iterable[prompt_pb2.LoraRef],
     models: dict[tuple[str, str], list[str]],
     info: diffusion_pb2.InfoResponse,
-) -> list[Violation]:
+) -> tuple[list[Violation], list[str]]:
     """What is wrong with tags that name a LoRA rather than a tune (``<lora:detail-tweaker:0.5>``): a name
     the workers have no file of, a ``<faceid:...>`` (it takes a faceid tune's id), or a file that does not
-    fit the model of a pass that loads it (``lora:<NAME>:<model>`` is absent)."""
+    fit the model of a pass that loads it (``lora:<NAME>:<model>`` is absent). Also returns the names no
+    worker has (the caller's NOT_FOUND)."""
     problems: list[Violation] = []
+    missing: list[str] = []
     for ref in refs:
         field = ref.tag or f"<{ref.kind or 'lora'}:{ref.tune_id}>"
         if ref.kind == "faceid":
@@ -167,6 +169,7 @@ def named_lora_problems(
             )
             continue
         if not named_lora_installed(ref.tune_id, info):
+            missing.append(ref.tune_id)
             installed = ", ".join(named_loras(info)) or "none"
             problems.append(
                 Violation(
@@ -182,7 +185,7 @@ def named_lora_problems(
                 problems.append(
                     Violation(field, f"named LoRA {ref.tune_id} does not fit model {model} ({family})")
                 )
-    return problems
+    return problems, missing
 
 
 def tune_ids(parsed: prompt_pb2.ParsedPrompt) -> list[prompt_pb2.LoraRef]:

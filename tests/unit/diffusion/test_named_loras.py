@@ -9,6 +9,7 @@ from diffusion_testkit import SD15_MODEL, SDXL_MODEL, box_mask, scene, spec
 
 from multipass.errors import InvalidInput
 from multipass.images import encode_png
+from multipass.model_catalog.layout import named_lora_files
 from multipass.v1 import prompt_pb2
 from multipass_diffusion import named_loras
 from multipass_diffusion.models import file_sha256
@@ -72,7 +73,7 @@ def test_installed_names_skip_what_cannot_be_a_tag(model_root, tmp_path):
     for name in ("film", "12345", ".hidden", "with space"):
         shutil.copy(source, folder / f"{name}.safetensors")
     (folder / "notes.txt").write_text("not a LoRA")
-    assert list(named_loras.installed(tmp_path)) == ["film"]
+    assert list(named_lora_files(tmp_path)) == ["film"]
     assert named_loras.path_of(tmp_path, "film") == folder / "film.safetensors"
     assert named_loras.path_of(tmp_path, "../loras/film") is None
     assert named_loras.sha256(folder / "film.safetensors") == file_sha256(source)
