@@ -16,6 +16,7 @@ from multipass.bus import Bus
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
 from multipass.metrics_endpoint import MetricsEndpoint
+from multipass.ssrf import AddressPolicy
 from multipass.store import ObjectStore
 from multipass.v1 import admin_pb2_grpc, jobs_pb2_grpc
 from multipass_gateway.api import admin_servicer, jobs_servicer, tunes_servicer
@@ -35,7 +36,6 @@ from multipass_gateway.app.sweeper import Sweeper
 from multipass_gateway.app.tenant_removal import TenantRemoval
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.domain.face_targets import FaceFilter
-from multipass_gateway.domain.ssrf import AddressPolicy
 from multipass_gateway.infra.clients import InternalClients
 from multipass_gateway.infra.diffusion_info import DiffusionInfo
 from multipass_gateway.infra.fetch import Resolver, SafeHttp, system_resolve
@@ -117,7 +117,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
         policy = AddressPolicy(
             allow_hosts=settings.fetch_allow.hosts, allow_networks=settings.fetch_allow.networks
         )
-        http = SafeHttp(policy, resolver=resolver)
+        http = SafeHttp(policy, resolver=resolver, trusted_callbacks=settings.callbacks.trusted_prefixes)
         notes = ReplicaNotes(bus)
         await notes.start()
         tenants = TenantStore(

@@ -11,6 +11,7 @@ from multipass.config import EnvReader
 from multipass.connections import NatsSettings, S3Settings
 from multipass.errors import ConfigError, Violation
 from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from multipass.ssrf import Refused, UrlPrefix
 from multipass.store import PublicEndpoint
 from multipass_gateway.domain.base_batching import DEFAULT_MAX_BATCH
 
@@ -59,6 +60,9 @@ class CallbackSettings:
     #: HMAC-SHA256 key of X-Multipass-Signature; empty disables callbacks (SubmitJob refuses callback_url).
     signing_key: str = ""
     max_attempts: int = 5
+    #: Callback URLs under these prefixes skip the address policy (the HTTP API's relay of Astria's
+    #: ``prompt[callback]``, which checks the caller's URL itself); ``MULTIPASS_CALLBACK_TRUSTED_PREFIXES``.
+    trusted_prefixes: tuple[UrlPrefix, ...] = ()
     #: First retry delay; doubles per attempt.
     backoff_seconds: float = 1.0
     timeout_seconds: float = 10.0
@@ -234,6 +238,9 @@ class GatewaySettings:
             timeout_seconds=reader.float(
                 "CALLBACK_TIMEOUT_SECONDS", callback_defaults.timeout_seconds, min=0.1
             ),
+            trusted_prefixes=_url_prefixes(
+                "MULTIPASS_CALLBACK_TRUSTED_PREFIXES", reader.csv("CALLBACK_TRUSTED_PREFIXES")
+            ),
         )
         allow = _allow_list(reader.csv("FETCH_ALLOW_HOSTS"), reader.csv("FETCH_ALLOW_CIDRS"))
         public_endpoint, public_problem = _public_endpoint(reader.str("S3_PUBLIC_ENDPOINT", ""))
@@ -327,6 +334,18 @@ def _public_endpoint(raw: str) -> tuple[PublicEndpoint | None, list[Violation]]:
         return PublicEndpoint.parse(raw), []
     except ValueError as error:
         return None, [Violation("MULTIPASS_S3_PUBLIC_ENDPOINT", str(error))]
+
+
+def _url_prefixes(name: str, entries: tuple[str, ...]) -> tuple[UrlPrefix, ...]:
+    prefixes, problems = [], []
+    for entry in entries:
+        try:
+            prefixes.append(UrlPrefix.parse(entry))
+        except Refused as error:
+            problems.append(Violation(name, f"got {entry[:200]!r}; {error}"))
+    if problems:
+        raise ConfigError(f"bad configuration: {name}", violations=problems)
+    return tuple(prefixes)
 
 
 def _allow_list(hosts: tuple[str, ...], cidrs: tuple[str, ...]) -> FetchAllowList:

@@ -7,6 +7,7 @@ are at fault, which is the shape Astria's clients read.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -62,8 +63,17 @@ class HttpError(Exception):
                 messages = [text if name in text else f"{name}: {text}" for text in messages]
             fields.setdefault(spelled, []).extend(messages)
             if spelled != name:
-                message = message.replace(f"invalid {name}: ", f"invalid {spelled}: ")
+                # "invalid flag --x: got ..." -> "invalid prompt[text]: flag --x: got ...": the part stays named
+                part = f"{name}: " if name.startswith(PART_OF_A_FIELD) else ""
+                message = message.replace(f"invalid {name}: ", f"invalid {spelled}: {part}")
         return HttpError(self.status, message, fields, self.headers)
+
+    def as_body_fault(self) -> HttpError:
+        """A 404 naming fields of a submitted body (a tune tagged in the text, an upload id that names no
+        upload) is the body's fault, not the route's: 422. Other answers stay as they are."""
+        if self.status == 404 and self.field_errors:
+            return HttpError(422, self.message, self.field_errors, self.headers)
+        return self
 
 
 def _cap(text: str) -> str:
@@ -166,9 +176,63 @@ def _validation_field(location: tuple, kind: str = "") -> str:
     if kind == "json_invalid":
         return "body"
     parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
-    while len(parts) > 1 and parts[-1] in _TYPE_BRANCHES:
+    while len(parts) > 1 and (parts[-1] in _TYPE_BRANCHES or parts[-1].startswith("function-")):
         parts.pop()
     return ".".join(parts) or "request"
+
+
+#: What a type error of pydantic says was expected, in words.
+_EXPECTED_TYPES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "dict_type": "an object",
+    "list_type": "a list",
+}
+_BOUNDS = (("ge", "at least"), ("gt", "above"), ("le", "at most"), ("lt", "below"))
+
+
+def _shown(value: object) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validation_problems(found: list[dict]) -> list[tuple[str, str]]:
+    """pydantic's errors as (field, description), each description saying what was sent and what is
+    allowed: one line per field for a value of none of a union's types ("got null; expected a string,
+    an integer, a number or a boolean"), the bound for a value out of range ("got 200; allowed: at most 120")."""
+    by_field: dict[str, list[dict]] = {}
+    for error in found:
+        field = _validation_field(tuple(error.get("loc", ())), error.get("type", ""))
+        by_field.setdefault(field, []).append(error)
+    problems: list[tuple[str, str]] = []
+    for field, errors_of_field in by_field.items():
+        expected = [_EXPECTED_TYPES.get(error.get("type", "")) for error in errors_of_field]
+        if all(expected) and "input" in errors_of_field[0]:
+            kinds = list(dict.fromkeys(expected))
+            wanted = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+            problems.append((field, f"got {_shown(errors_of_field[0]['input'])}; expected {wanted}"))
+            continue
+        for error in errors_of_field:
+            message, context = (
+                error.get("msg", "invalid").removeprefix("Value error, "),
+                error.get("ctx") or {},
+            )
+            bounds = [f"{words} {context[key]}" for key, words in _BOUNDS if key in context]
+            if bounds and "input" in error:
+                message = f"got {_shown(error['input'])}; allowed: {', '.join(bounds)}"
+            elif "input" in error and error.get("type") not in ("missing", "json_invalid", "extra_forbidden"):
+                message = f"got {_shown(error['input'])}; {message[:1].lower()}{message[1:]}"
+            problems.append((field, message))
+    return problems
 
 
 def _needs_api_key(request: Request) -> bool:
@@ -188,6 +252,11 @@ def _anonymous(request: Request) -> bool:
     it (who is asking comes before what is asked, so an anonymous caller learns nothing of the checks)."""
     return not request.headers.get("authorization", "").strip() and _needs_api_key(request)
 
+
+#: What FastAPI says of a body its JSON decoder raised on (other than a syntax error).
+_UNPARSED_BODY = "There was an error parsing the body"
+_UNREADABLE_JSON = "is not JSON this service can read (nested too deeply?)"
+_UNENCODABLE = "contains text that is not valid Unicode (a lone UTF-16 surrogate)"
 
 #: Answers about what a request asks (bad fields, bad values), which an anonymous request gets as a 401.
 _REQUEST_FAULTS = frozenset({400, 404, 409, 422})
@@ -224,20 +293,28 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         if _anonymous(request):
             return MISSING_KEY.response()
-        problems = [
-            (_validation_field(tuple(e.get("loc", ())), e.get("type", "")), e.get("msg", "invalid"))
-            for e in error.errors()
-        ]
-        fields = _field_errors(problems)
+        fields = _field_errors(validation_problems(list(error.errors())))
         summary = "; ".join(f"{name}: {', '.join(messages)}" for name, messages in fields.items())
         return HttpError(422, _cap(f"invalid request: {summary}"), fields).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _starlette_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _starlette_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code in _REQUEST_FAULTS and _anonymous(request):
+            return MISSING_KEY.response()
+        if error.status_code == 400 and error.detail == _UNPARSED_BODY:
+            # A body the JSON decoder gave up on (nested too deeply): the request's fault, named.
+            return HttpError(
+                422, "invalid request: body: is not JSON this service can read", {"body": [_UNREADABLE_JSON]}
+            ).response()
         message = error.detail if isinstance(error.detail, str) else "request refused"
         return HttpError(error.status_code, message, headers=dict(error.headers or {})).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, UnicodeEncodeError):
+            # Text no protobuf string can carry, in a place the request's checks did not look at.
+            if _anonymous(request):
+                return MISSING_KEY.response()
+            return HttpError(422, f"invalid request: {_UNENCODABLE}", {"request": [_UNENCODABLE]}).response()
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
         return HttpError(500, "internal error; it has been logged").response()

@@ -10,9 +10,10 @@ from multipass.v1 import jobs_pb2
 
 
 def message_dict(message) -> dict[str, Any]:
-    """A protobuf message as JSON-ready data with the proto's own field names; enums by name."""
+    """A protobuf message as JSON-ready data with the proto's own field names; enums by name; every field
+    present, zero values included (a client reads `image_index: 0`, not a missing key)."""
     return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=False
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
 
 

@@ -7,6 +7,7 @@ its name is listed in :attr:`ParamValues.failed` so that they do not report cons
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -91,6 +92,12 @@ def resolve_params(
     )
 
 
+def ratio_of(width: int, height: int) -> str:
+    """``640x384`` -> ``5:3``: the size's aspect ratio in lowest terms."""
+    divisor = math.gcd(width, height) or 1
+    return f"{width // divisor}:{height // divisor}"
+
+
 def _resolve_size(
     resolved: dict[str, object],
     given: dict[str, object],
@@ -106,6 +113,7 @@ def _resolve_size(
     if width is not None and height is not None:
         if "ar" in given:
             warnings.append(f"ar={ar} is ignored because w and h are both given ({width}x{height})")
+        resolved["ar"] = ratio_of(int(width), int(height))  # what the image is, not the default 1:1
         return
     missing, known, known_value = ("h", "w", width) if height is None else ("w", "h", height)
     derived = other_side(known_value, ar, given_is_width=known == "w")

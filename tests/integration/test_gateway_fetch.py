@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from multipass_gateway.domain.ssrf import AddressPolicy
+from multipass.ssrf import AddressPolicy, Refused, UrlPrefix
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -44,6 +44,14 @@ class Server:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                owner.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -141,3 +149,29 @@ async def test_decimal_literal_never_resolves_and_is_refused():
     with pytest.raises(FetchError, match="loopback"):
         await http(resolver, allow=False).fetch("http://2130706433/x", max_bytes=10, timeout=1)
     assert resolver.calls == []
+
+
+async def test_a_trusted_callback_prefix_is_posted_to_on_loopback_and_nothing_else_is(server):
+    """The HTTP API's relay endpoint (configured as a trusted prefix) may be on loopback; the exemption is
+    for that exact scheme, host, port and path, for callbacks only, never for fetching."""
+    resolver = Resolver({"relay.test": ["127.0.0.1"], "images.test": ["127.0.0.1"]})
+    relay = UrlPrefix.parse(server.url("/astria/callbacks/prompt", host="relay.test"))
+    safe = SafeHttp(AddressPolicy(), resolver=resolver, trusted_callbacks=(relay,))
+    hook = server.url("/astria/callbacks/prompt?url=https%3A%2F%2Fexample.com", host="relay.test")
+    await safe.check_url(hook)
+    assert await safe.post(hook, b"{}", {"Content-Type": "application/json"}, timeout=5) == 200
+    assert server.requests[-1][0].startswith("/astria/callbacks/prompt?url=")
+    for other in (
+        server.url("/astria/callbacks/promptx", host="relay.test"),  # another path
+        server.url("/other", host="relay.test"),
+        server.url("/astria/callbacks/prompt", host="images.test"),  # another host
+        f"http://relay.test:{server.port + 1}/astria/callbacks/prompt",  # another port
+        f"https://relay.test:{server.port}/astria/callbacks/prompt",  # another scheme
+    ):
+        with pytest.raises(FetchError, match="loopback"):
+            await safe.check_url(other)
+    with pytest.raises(FetchError, match="loopback"):  # fetching never uses the exemption
+        await safe.fetch(hook, max_bytes=1000, timeout=5)
+    for bad in ("http://relay.test:1/", "ftp://relay.test/x", "http://relay.test/x?y=1"):
+        with pytest.raises(Refused):
+            UrlPrefix.parse(bad)

@@ -323,7 +323,7 @@ async def test_callback_to_an_internal_address_is_refused(astria_api):
             "/tunes/1/prompts", data={"prompt[text]": "a cat", "prompt[callback]": "http://10.1.2.3/hook"}
         )
     assert response.status_code == 422
-    assert "internal address" in response.json()["errors"]["prompt[callback]"][0]
+    assert "a private address; refused" in response.json()["errors"]["prompt[callback]"][0]
 
 
 async def test_tunes_register_prompt_with_own_tune_and_delete(astria_api):
@@ -593,7 +593,7 @@ async def test_tune_callback_is_posted_once_the_tune_is_registered(astria_api):
                 files=registration("order-10", "woman", ("tune[callback]", "http://10.1.2.3/hook")),
             )
             assert refused.status_code == 422, refused.text
-            assert "internal address" in refused.json()["errors"]["tune[callback]"][0]
+            assert "a private address" in refused.json()["errors"]["tune[callback]"][0]
         deadline = time.monotonic() + 10
         while not receiver.requests:
             assert time.monotonic() < deadline
@@ -729,3 +729,44 @@ async def test_tune_image_urls_become_reference_faces(astria_api):
         jobs_pb2.GetTuneRequest(tune_id=str(created.json()["id"])), metadata=bearer(astria_api.key)
     )
     assert len(tune.reference_images) == 2
+
+
+async def test_bodies_no_protobuf_string_can_carry_are_422_naming_the_field_and_401_without_a_key(astria_api):
+    """A lone UTF-16 surrogate (valid JSON, not valid Unicode) and JSON nested too deeply for the decoder:
+    each a 422 naming where, on both API families; without a key, a 401 like any other bad request."""
+    json_headers = {"Content-Type": "application/json"}
+    surrogate = [
+        ("POST", "/tunes/1/prompts", b'{"prompt": {"text": "a \\ud800 cat"}}', "prompt[text]"),
+        ("POST", "/tunes", b'{"tune": {"title": "x\\udfff", "name": "man"}}', "tune[title]"),
+        ("PATCH", "/tunes/1", b'{"tune": {"title": "\\ud800"}}', "tune[title]"),
+        ("POST", "/v1/jobs", b'{"prompt": "a \\ud800 cat"}', "prompt"),
+        ("POST", "/v1/jobs", b'{"prompt": "a cat", "params": {"steps": "\\ud800"}}', "params.steps"),
+    ]
+    deep = b"[" * 5_000
+    async with astria_api.client() as client:
+        for method, path, body, field in surrogate:
+            answer = await client.request(method, path, content=body, headers=json_headers)
+            assert answer.status_code == 422, (path, answer.text)
+            assert field in answer.json()["errors"], (path, answer.text)
+            assert "surrogate" in answer.text
+        for path in ("/tunes/1/prompts", "/tunes", "/v1/jobs"):
+            answer = await client.post(path, content=deep, headers=json_headers)
+            assert answer.status_code == 422 and list(answer.json()["errors"]) == ["body"], (
+                path,
+                answer.text,
+            )
+        form = await client.post(
+            "/tunes/1/prompts",
+            content=b"prompt%5Btext%5D=a+%ED%A0%80+cat",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code != 500, form.text
+        # the service is still fine
+        fine = await client.post("/tunes/1/prompts", data={"prompt[text]": "a cat", "prompt[steps]": "2"})
+        assert fine.status_code == 201, fine.text
+    async with astria_api.client("") as anonymous:
+        for method, path, body, _field in surrogate:
+            answer = await anonymous.request(method, path, content=body, headers=json_headers)
+            assert answer.status_code == 401, (path, answer.text)
+        for path in ("/tunes/1/prompts", "/tunes", "/v1/jobs"):
+            assert (await anonymous.post(path, content=deep, headers=json_headers)).status_code == 401, path

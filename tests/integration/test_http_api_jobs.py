@@ -299,3 +299,45 @@ async def test_uploads_over_http_feed_jobs_and_are_deleted_by_their_owner(http_a
                 break
             await asyncio.sleep(0.1)
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
+
+
+async def test_what_a_json_client_reads_is_complete_and_what_it_sends_is_named(http_api):
+    """Zero values are present (image 0 has ``index: 0``), short state names and ``page_size=0`` work,
+    the ``Idempotency-Key`` header is the body's key, an unknown tune in the text is the body's fault (422),
+    and wrong values are answered with what was sent and what is allowed."""
+    async with http_api.client() as client:
+        job_id = await submit(client, prompt="a cat", params=SMALL)
+        events = await read_events(client, job_id)
+        completed = [e["data"] for e in events if e.get("event") == "pass_completed"]
+        assert completed and all(data["pass_completed"]["image_index"] == 0 for data in completed), completed
+        job = (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert job["images"][0]["index"] == 0, job["images"][0]
+
+        listed = await client.get("/v1/jobs", params={"state": ["succeeded"], "page_size": 0})
+        assert listed.status_code == 200, listed.text
+        assert job_id in [j["job_id"] for j in listed.json()["jobs"]]
+        assert (await client.get("/v1/jobs", params={"state": "JOB_STATE_SUCCEEDED"})).status_code == 200
+        unknown_state = await client.get("/v1/jobs", params={"state": "done"})
+        assert unknown_state.status_code == 422 and "succeeded" in unknown_state.json()["errors"]["state"][0]
+
+        headers = {"Idempotency-Key": "order-77"}
+        first = await client.post("/v1/jobs", json={"prompt": "a cat", "params": SMALL}, headers=headers)
+        again = await client.post("/v1/jobs", json={"prompt": "a cat", "params": SMALL}, headers=headers)
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.json()["job_id"] == first.json()["job_id"] and again.json()["existing"]
+        both = await client.post(
+            "/v1/jobs", json={"prompt": "a cat", "idempotency_key": "other"}, headers=headers
+        )
+        assert both.status_code == 422 and "Idempotency-Key" in both.json()["errors"], both.text
+
+        tagged = await client.post("/v1/jobs", json={"prompt": "a room <lora:999999:1>", "params": SMALL})
+        assert tagged.status_code == 422, tagged.text
+        empty = await client.post("/v1/jobs", json={"prompt": "", "params": SMALL})
+        assert empty.status_code == 422 and list(empty.json()["errors"]) == ["prompt"], empty.text
+
+        typed = await client.post("/v1/jobs", json={"prompt": "a cat", "params": {"steps": None}})
+        assert typed.json()["errors"] == {
+            "params.steps": ["got null; expected a string, an integer, a number or a boolean"]
+        }
+        big = await client.get("/v1/jobs", params={"page_size": 1000})
+        assert big.json()["errors"] == {"page_size": ["got \"1000\"; allowed: at most 100"]}, big.text

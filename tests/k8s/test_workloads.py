@@ -29,8 +29,8 @@ from k8s_manifests import (
 from k8s_render import ROOT
 
 from multipass.model_sync import command as model_sync_command
-from multipass_gateway.domain.ssrf import AddressPolicy
-from multipass_gateway.infra.fetch import SafeHttp
+from multipass.ssrf import AddressPolicy
+from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.settings import GatewaySettings
 from multipass_http_api.astria.callbacks import RELAY_PATH, relay_url
 from multipass_http_api.settings import HttpApiSettings
@@ -463,6 +463,11 @@ async def test_the_gateway_may_call_the_http_apis_callback_relay_in_the_cluster(
     async def cluster_dns(host: str, port: int) -> list:
         return [ipaddress.ip_address("10.96.12.34")]
 
+    safe = SafeHttp(policy, resolver=cluster_dns, trusted_callbacks=gateway.callbacks.trusted_prefixes)
     target = relay_url(settings.astria_callbacks.relay_url, "https://example.com/hook")
-    checked = await SafeHttp(policy, resolver=cluster_dns).check_url(target)
+    checked = await safe.check_url(target)
     assert checked.host == relay.hostname
+    # Only the relay endpoint: the HTTP service's other routes stay out of reach of user URLs.
+    with pytest.raises(FetchError):
+        await safe.check_url(f"http://{relay.netloc}/v1/jobs")
+    assert relay.hostname not in gateway.fetch_allow.hosts

@@ -455,3 +455,10 @@ def test_a_faceid_tune_is_registered_from_reference_images_alone(api):
     (parts,) = api.registrations
     assert len(parts) == 1 and parts[0].metadata.kind == "faceid"
     assert list(parts[0].metadata.reference_image_ids) == ["a" * 24]
+
+
+def test_submit_with_a_prompt_file_that_cannot_be_read_says_so_and_exits_2(tmp_path, capsys):
+    missing = tmp_path / "missing.prompt"
+    assert main(["submit", "-f", str(missing)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot read" in error and str(missing) in error and "Traceback" not in error

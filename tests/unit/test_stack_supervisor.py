@@ -343,6 +343,14 @@ def test_every_service_is_wired_to_loopback_ports_and_the_gateway_to_its_peers(t
     assert gateway["MULTIPASS_ADMIN_TOKEN"] == wiring.admin_token
     assert gateway["MULTIPASS_CALLBACK_SIGNING_KEY"] == wiring.callback_key
     assert gateway["MULTIPASS_FETCH_ALLOW_HOSTS"] == "127.0.0.2"
+    # Astria's callbacks work on the local stack: the HTTP API signs with the same key, and only its relay
+    # endpoint (on loopback) is exempt from the gateway's address policy.
+    from multipass_dev.stack.local_stack import HTTP_API
+    from multipass_http_api.astria.callbacks import RELAY_PATH
+
+    http_api = stack.service_env(HTTP_API, wiring)
+    assert http_api["MULTIPASS_CALLBACK_SIGNING_KEY"] == wiring.callback_key
+    assert gateway["MULTIPASS_CALLBACK_TRUSTED_PREFIXES"] == wiring.http_url + RELAY_PATH
     diffusion = stack.service_env(DIFFUSION, wiring)
     assert diffusion["MULTIPASS_DIFFUSION_MODELS"] == "my-model"
     assert diffusion["MULTIPASS_DIFFUSION_TUNE_CACHE_DIR"] == str(tmp_path / ".multipass" / "tune-cache")

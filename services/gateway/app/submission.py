@@ -153,6 +153,20 @@ def check_params(params: Mapping[str, str]) -> list[Violation]:
     return problems
 
 
+def in_request_terms(error: InvalidInput, request: jobs_pb2.SubmitJobRequest) -> InvalidInput:
+    """The parser's violations named by the submit request's own fields: its ``text`` is the request's
+    ``prompt``, and an image the request gave by upload id is that id's field, not the URL parameter."""
+    renamed = {"text": "prompt"}
+    if request.input_image_id:
+        renamed["params.input_image_url"] = "input_image_id"
+    if request.mask_image_id:
+        renamed["params.mask_image_url"] = "mask_image_id"
+    violations = [Violation(renamed.get(v.field, v.field), v.description) for v in error.violations]
+    if violations == list(error.violations):
+        return error
+    return InvalidInput.of(violations, reason=error.reason, metadata=error.metadata)
+
+
 class Submitter:
     def __init__(
         self,
@@ -227,13 +241,16 @@ class Submitter:
         if request.mask_image_id:
             params.pop("mask_image_url", None)
         info = await self.info.get()
-        parsed = await self.clients.parse(
-            request.prompt,
-            params,
-            has_input_image=bool(request.input_image_id),
-            has_mask_image=bool(request.mask_image_id),
-            native_size=native_side(info, self._base_model(info)),
-        )
+        try:
+            parsed = await self.clients.parse(
+                request.prompt,
+                params,
+                has_input_image=bool(request.input_image_id),
+                has_mask_image=bool(request.mask_image_id),
+                native_size=native_side(info, self._base_model(info)),
+            )
+        except InvalidInput as error:
+            raise in_request_terms(error, request) from error
         base_model, person_model = self._models(info)
         has_input = bool(request.input_image_id or parsed.params.input_image_url)
         self._check_capabilities(parsed, info, has_input, (base_model, person_model))

@@ -1,4 +1,4 @@
-"""HTTP(S) requests to user-supplied URLs under the address policy of :mod:`multipass_gateway.domain.ssrf`.
+"""HTTP(S) requests to user-supplied URLs under the address policy of :mod:`multipass.ssrf`.
 
 Each request resolves the host once, checks every address, and connects to a checked address with the
 original host name in ``Host`` and in TLS SNI/certificate verification, so a second DNS answer cannot
@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from multipass_gateway.domain.ssrf import (
+from multipass.ssrf import (
     AddressPolicy,
     IPAddress,
     Refused,
     Target,
+    UrlPrefix,
     parse_url,
     redirect_target,
 )
@@ -80,24 +81,40 @@ class SafeHttp:
     """Fetches and posts to user URLs; every connection goes to an address the policy allowed."""
 
     def __init__(
-        self, policy: AddressPolicy, *, resolver: Resolver = system_resolve, user_agent: str = USER_AGENT
+        self,
+        policy: AddressPolicy,
+        *,
+        resolver: Resolver = system_resolve,
+        user_agent: str = USER_AGENT,
+        trusted_callbacks: tuple[UrlPrefix, ...] = (),
     ):
         self.policy = policy
         self._resolve = resolver
         self._user_agent = user_agent
+        #: Callback URLs under these prefixes are posted to whatever their host resolves to (the HTTP
+        #: API's relay, which checks the caller's URL itself); never used for fetching.
+        self._trusted_callbacks = trusted_callbacks
 
     async def check_url(self, url: str) -> Target:
         """Syntax and address checks without sending anything (SubmitJob checks callback URLs this way)."""
         target = _parse(url)
-        await self._address(target)
+        await self._address(target, trusted=self._trusted(target))
         return target
 
-    async def _address(self, target: Target) -> IPAddress:
+    def _trusted(self, target: Target) -> bool:
+        return any(prefix.matches(target) for prefix in self._trusted_callbacks)
+
+    async def _address(self, target: Target, *, trusted: bool = False) -> IPAddress:
         try:
             if target.literal_ip is not None:
-                self.policy.check_address(target.literal_ip)
+                if not trusted:
+                    self.policy.check_address(target.literal_ip)
                 return target.literal_ip
             addresses = await self._resolve(target.host, target.port)
+            if trusted:
+                if not addresses:
+                    raise Refused(f"host {target.host} does not resolve to any address")
+                return addresses[0]
             return self.policy.check_resolved(target, addresses)[0]
         except Refused as error:
             raise FetchError(str(error), permanent=True) from error
@@ -128,7 +145,7 @@ class SafeHttp:
         """POST ``body``; returns the status (redirects are not followed: a 3xx is the answer)."""
         deadline = time.monotonic() + timeout
         target = _parse(url)
-        address = await self._address(target)
+        address = await self._address(target, trusted=self._trusted(target))
         response = await asyncio.to_thread(
             _request, address, target, "POST", body, self._headers(dict(headers)), deadline, 64 * 1024
         )

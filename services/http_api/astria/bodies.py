@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from multipass.errors import InvalidInput, Violation
 from multipass_http_api.astria.prompt_form import Upload
+from multipass_http_api.text_checks import refuse_unencodable
 
 #: Largest non-file field of a multipart body (a prompt text is far below it).
 MAX_FIELD_BYTES = 256 * 1024
@@ -30,9 +31,13 @@ async def read_json(request: Request) -> object:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as error:
         raise _bad_body(f"is not valid JSON ({str(error)[:120]})") from error
+    except RecursionError as error:
+        raise _bad_body("is JSON nested too deeply") from error
+    refuse_unencodable(data)
+    return data
 
 
 async def read_form(request: Request) -> list[tuple[str, object]]:
@@ -60,6 +65,8 @@ async def read_form(request: Request) -> list[tuple[str, object]]:
                 items.append((key, value))
     finally:
         await form.close()
+    for key, value in items:
+        refuse_unencodable({key: value} if isinstance(value, str) else key)
     return items
 
 

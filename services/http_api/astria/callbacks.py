@@ -12,7 +12,8 @@ It answers the gateway 200 when the caller's server accepted it (2xx), 502 when 
 
 The caller's URL is checked when the prompt is created and again before every delivery: http(s) only,
 no credentials, and every address its host resolves to must be globally routable (no loopback, private,
-link-local, metadata or reserved address) unless the operator allow-listed the host or network. Plain
+link-local, metadata or reserved address, however it is spelled: IPv4-mapped, 6to4, NAT64, ...) unless the
+operator allow-listed the host or network: the gateway's policy, :mod:`multipass.ssrf`. Plain
 http connects to the address that was checked (no DNS rebinding between check and connection); https
 connects by name and the certificate check binds the connection to that name.
 """
@@ -33,15 +34,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 
 from multipass.errors import ConfigError, InvalidInput, Violation
+from multipass.ssrf import AddressPolicy, Refused, parse_url
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Multipass-Signature"
 #: Path of the relay endpoint the gateway POSTs finished jobs to.
 RELAY_PATH = "/astria/callbacks/prompt"
-MAX_URL_LENGTH = 2048
 _RETRY_STATUSES = frozenset({408, 425, 429})
-_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254"))
 FIELD = "prompt[callback]"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -119,49 +119,38 @@ def _refused(description: str) -> InvalidInput:
     return InvalidInput.of([Violation(FIELD, description)])
 
 
-def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, settings: CallbackSettings) -> bool:
-    if any(address in network for network in settings.allow_networks):
-        return True
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast and address not in _METADATA
+def _policy(settings: CallbackSettings) -> AddressPolicy:
+    """The address policy the gateway applies to user URLs, with this service's allow-lists."""
+    return AddressPolicy(allow_hosts=settings.allow_hosts, allow_networks=settings.allow_networks)
 
 
 async def check_target(url: str, settings: CallbackSettings) -> CheckedTarget:
     """The URL checked against the address policy; InvalidInput on ``prompt[callback]`` saying why not."""
-    if len(url) > MAX_URL_LENGTH:
-        raise _refused(f"is {len(url)} characters; at most {MAX_URL_LENGTH}")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as error:
-        raise _refused(f"is not a URL ({error})") from error
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _refused(f"got {url[:100]!r}; expected an http(s) URL")
-    if parts.username or parts.password:
-        raise _refused("must not carry credentials")
-    if any(ord(char) <= 0x20 or char in "\\\x7f" for char in url):
-        raise _refused("contains spaces, control characters or backslashes")
-    host = parts.hostname.lower()
-    port = port or (443 if parts.scheme == "https" else 80)
+        target = parse_url(url)
+    except Refused as error:
+        raise _refused(str(error)) from error
+    if target.literal_ip is not None:
+        addresses = [target.literal_ip]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                target.host, target.port, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError) as error:
+            raise _refused(f"host {target.host!r} does not resolve") from error
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as error:
-        raise _refused(f"host {host!r} does not resolve") from error
-    addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
-    if not addresses:
-        raise _refused(f"host {host!r} does not resolve")
-    if host not in settings.allow_hosts:
-        refused = [str(address) for address in addresses if not _allowed(address, settings)]
-        if refused:
-            raise _refused(f"host {host!r} resolves to an internal address ({refused[0]}); not allowed")
-    netloc = parts.netloc.rpartition("@")[2]
-    if parts.scheme == "https":
-        return CheckedTarget(url, url, netloc)
-    address = addresses[0]
+        checked = _policy(settings).check_resolved(target, addresses)
+    except Refused as error:
+        raise _refused(str(error)) from error
+    parts = urlsplit(url)
+    if target.scheme == "https":
+        return CheckedTarget(url, url, parts.netloc)
+    address = checked[0]
     literal = f"[{address}]" if address.version == 6 else str(address)
-    connect = urlunsplit(("http", f"{literal}:{port}", parts.path or "/", parts.query, ""))
-    return CheckedTarget(url, connect, netloc)
+    connect = urlunsplit(("http", f"{literal}:{target.port}", parts.path or "/", parts.query, ""))
+    return CheckedTarget(url, connect, parts.netloc)
 
 
 @dataclass(frozen=True)

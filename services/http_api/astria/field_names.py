@@ -56,13 +56,21 @@ def tune_field(field: str) -> str:
     return field
 
 
-async def call(awaitable: Awaitable[T], rename=prompt_field, *, fields: dict[str, str] | None = None) -> T:
+async def call(
+    awaitable: Awaitable[T],
+    rename=prompt_field,
+    *,
+    fields: dict[str, str] | None = None,
+    submitted_body: bool = False,
+) -> T:
     """The gateway call's result; its error as the HTTP answer with Astria field names.
 
     ``fields`` renames specific gateway fields for this call (an upload's ``chunk`` is the form's file).
+    ``submitted_body``: the call submits the request's body, so a missing thing it names is a 422.
     """
     try:
         return await awaitable
     except grpc.RpcError as error:
         mapping = fields or {}
-        raise http_error_for_rpc(error).renamed(lambda name: mapping.get(name) or rename(name)) from error
+        answer = http_error_for_rpc(error).renamed(lambda name: mapping.get(name) or rename(name))
+        raise (answer.as_body_fault() if submitted_body else answer) from error

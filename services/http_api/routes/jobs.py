@@ -6,17 +6,20 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Header, Query, status
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from multipass.v1 import jobs_pb2
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway
 from multipass_http_api.errors import HttpError, http_error_for_rpc
 from multipass_http_api.job_views import job_view, message_dict
+from multipass_http_api.text_checks import check_text
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ParamValue = str | int | float | bool
+#: Text a protobuf string can carry (a lone surrogate is a 422 naming the field, not a failed conversion).
+Text = Annotated[str, AfterValidator(check_text)]
+ParamValue = Text | int | float | bool
 
 
 class SubmitJobBody(BaseModel):
@@ -24,20 +27,20 @@ class SubmitJobBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(
+    prompt: Text = Field(
         description="The prompt document: text with BREAK, tags, flags, optional name=value block."
     )
-    params: dict[str, ParamValue] = Field(
+    params: dict[Text, ParamValue] = Field(
         default_factory=dict, description="Parameters by their Astria names (steps, w, h, cfg_scale, ...)."
     )
     num_images: int | None = Field(default=None, description="Output images, 1..8.")
     seed: int | None = Field(default=None, description="Seed of the first image; image k uses seed + k.")
-    input_image_url: str | None = Field(default=None, description="An http(s) URL of the input image.")
-    mask_image_url: str | None = Field(default=None, description="An http(s) URL of the mask image.")
-    input_image_id: str = Field(default="", description="An image uploaded with Jobs.UploadImage.")
-    mask_image_id: str = Field(default="", description="A mask uploaded with Jobs.UploadImage.")
-    callback_url: str = Field(default="", description="POSTed the job, signed, when it ends.")
-    idempotency_key: str = Field(default="", description="Same key and tenant: the same job.")
+    input_image_url: Text | None = Field(default=None, description="An http(s) URL of the input image.")
+    mask_image_url: Text | None = Field(default=None, description="An http(s) URL of the mask image.")
+    input_image_id: Text = Field(default="", description="An image uploaded with Jobs.UploadImage.")
+    mask_image_id: Text = Field(default="", description="A mask uploaded with Jobs.UploadImage.")
+    callback_url: Text = Field(default="", description="POSTed the job, signed, when it ends.")
+    idempotency_key: Text = Field(default="", description="Same key and tenant: the same job.")
 
     def to_request(self) -> jobs_pb2.SubmitJobRequest:
         params = {name: _param_text(value) for name, value in self.params.items()}
@@ -83,13 +86,44 @@ class SubmittedJob(BaseModel):
     links: dict[str, str]
 
 
+def _with_header_key(body: SubmitJobBody, header: str | None) -> SubmitJobBody:
+    """The body with the ``Idempotency-Key`` header as its key; a header and a body key that differ is a 422."""
+    if header is None:
+        return body
+    if body.idempotency_key and body.idempotency_key != header:
+        raise HttpError(
+            422,
+            "invalid Idempotency-Key: differs from the body's idempotency_key",
+            {
+                "Idempotency-Key": [
+                    f"got {header[:100]!r}; the body's idempotency_key is another key: send one"
+                ]
+            },
+        )
+    return body.model_copy(update={"idempotency_key": header})
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SubmittedJob)
-async def submit_job(body: SubmitJobBody, authorization: Authorization, gateway: Gateway, base_url: BaseUrl):
-    """Submit a job; answers its id at once (201), or the existing job's for a repeated idempotency key."""
+async def submit_job(
+    body: SubmitJobBody,
+    authorization: Authorization,
+    gateway: Gateway,
+    base_url: BaseUrl,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="The same as the body's idempotency_key (either, or both equal).",
+        ),
+    ] = None,
+):
+    """Submit a job; answers its id at once (201), or the existing job's for a repeated idempotency key
+    (the body's ``idempotency_key`` or the ``Idempotency-Key`` header)."""
+    body = _with_header_key(body, idempotency_key)
     try:
         response = await gateway.submit_job(authorization, body.to_request())
     except grpc.RpcError as error:
-        raise http_error_for_rpc(error).renamed(_body_field(body)) from error
+        raise http_error_for_rpc(error).renamed(_body_field(body)).as_body_fault() from error
     return {
         "job_id": response.job_id,
         "existing": response.existing,
@@ -102,6 +136,20 @@ async def submit_job(body: SubmitJobBody, authorization: Authorization, gateway:
 
 
 JOB_STATES = tuple(name for name, _ in jobs_pb2.JobState.items() if name != "JOB_STATE_UNSPECIFIED")
+#: Short state names (``succeeded``, as the CLI and the Astria objects write them) -> the enum's names.
+_SHORT_STATES = {name.removeprefix("JOB_STATE_").lower(): name for name in JOB_STATES}
+
+
+def job_state_of(name: str) -> int:
+    """A state filter as the enum's name (``JOB_STATE_SUCCEEDED``) or short (``succeeded``, any case)."""
+    full = name if name in JOB_STATES else _SHORT_STATES.get(name.strip().lower())
+    if full is None:
+        raise HttpError(
+            422,
+            f"invalid state: {name[:100]!r}",
+            {"state": [f"got {name[:100]!r}; expected one of {', '.join(_SHORT_STATES)} (or JOB_STATE_...)"]},
+        )
+    return jobs_pb2.JobState.Value(full)
 
 
 @router.get("")
@@ -109,25 +157,20 @@ async def list_jobs(
     authorization: Authorization,
     gateway: Gateway,
     base_url: BaseUrl,
-    page_size: Annotated[int, Query(ge=1, le=100, description="Jobs per page, 1..100.")] = 20,
+    page_size: Annotated[int, Query(ge=0, le=100, description="Jobs per page, 1..100 (0: 20).")] = 20,
     page_token: Annotated[str, Query(max_length=1000, description="From the previous page.")] = "",
     state: Annotated[
-        list[str] | None, Query(description="Only jobs in these states (JOB_STATE_...).")
+        list[str] | None,
+        Query(
+            description="Only jobs in these states: queued, running, succeeded, failed, partial, cancelled."
+        ),
     ] = None,
     idempotency_key_prefix: Annotated[
         str, Query(max_length=128, description="Only jobs whose idempotency key starts with this.")
     ] = "",
 ) -> dict[str, Any]:
     """The caller's jobs, newest first, a page at a time."""
-    states = []
-    for name in state or ():
-        if name not in JOB_STATES:
-            raise HttpError(
-                422,
-                f"invalid state: {name[:100]!r}",
-                {"state": [f"got {name[:100]!r}; expected one of {', '.join(JOB_STATES)}"]},
-            )
-        states.append(jobs_pb2.JobState.Value(name))
+    states = [job_state_of(name) for name in state or ()]
     response = await gateway.list_jobs(
         authorization,
         jobs_pb2.ListJobsRequest(

@@ -101,12 +101,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(run=run_list)
 
 
-def _read_prompt(args: argparse.Namespace) -> str:
+def _read_prompt(args: argparse.Namespace) -> str | None:
+    """The prompt text (an argument, a file or stdin); None, said on stderr, when the file cannot be read."""
     if args.file is None:
         return args.text
     if str(args.file) == "-":
         return sys.stdin.read()
-    return args.file.read_text(encoding="utf-8")
+    try:
+        return args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"multipass submit: cannot read {args.file}: {error}", file=sys.stderr)
+        return None
 
 
 def _image_argument(client, value: str | None, url_param: str, params: dict[str, str]) -> str:
@@ -136,6 +141,8 @@ def run_submit(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 2
     prompt = _read_prompt(args)
+    if prompt is None:
+        return 2
     with client_from_args(args) as client:
         input_id = _image_argument(client, args.input_image, "input_image_url", params)
         mask_id = _image_argument(client, args.mask_image, "mask_image_url", params)

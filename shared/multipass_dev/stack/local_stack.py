@@ -51,6 +51,8 @@ DIFFUSION = ServiceDef("diffusion", "multipass_diffusion", "DIFFUSION")
 GATEWAY = ServiceDef("gateway", "multipass_gateway", "GATEWAY")
 #: The HTTP API and web page, a client of the gateway (its address is ``MULTIPASS_HTTP_ADDR``).
 HTTP_API = ServiceDef("http-api", "multipass_http_api", "HTTP")
+#: Where the HTTP API takes the gateway's callbacks for Astria's prompt[callback] (its ``RELAY_PATH``).
+ASTRIA_CALLBACK_RELAY_PATH = "/astria/callbacks/prompt"
 WORKERS = (PARSER, SEGMENTATION, DIFFUSION)
 
 
@@ -315,6 +317,9 @@ class LocalStack:
                     "MULTIPASS_DIFFUSION_TARGET": wiring.grpc_address(DIFFUSION.name),
                     "MULTIPASS_ADMIN_TOKEN": wiring.admin_token,
                     "MULTIPASS_CALLBACK_SIGNING_KEY": wiring.callback_key,
+                    # The HTTP API's relay of Astria's prompt[callback] is on loopback; the relay checks
+                    # the caller's URL itself, so only that endpoint is exempt from the address policy.
+                    "MULTIPASS_CALLBACK_TRUSTED_PREFIXES": wiring.http_url + ASTRIA_CALLBACK_RELAY_PATH,
                 }
             )
             if config.fetch_allow_hosts:
@@ -325,6 +330,8 @@ class LocalStack:
                     "MULTIPASS_HTTP_ADDR": wiring.grpc_address(HTTP_API.name),
                     "MULTIPASS_HTTP_PUBLIC_URL": wiring.http_url,
                     "MULTIPASS_GATEWAY_TARGET": wiring.grpc_address(GATEWAY.name),
+                    # Astria's prompt[callback] and tune[callback], signed as the gateway signs its own.
+                    "MULTIPASS_CALLBACK_SIGNING_KEY": wiring.callback_key,
                 }
             )
         return env

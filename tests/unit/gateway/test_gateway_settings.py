@@ -81,6 +81,23 @@ def test_bad_variables_are_named_together():
         GatewaySettings.from_env({"MULTIPASS_FETCH_ALLOW_CIDRS": "not-a-network"})
     with pytest.raises(ConfigError, match="MULTIPASS_GATEWAY_BASE_MODEL"):
         GatewaySettings.from_env({"MULTIPASS_GATEWAY_BASE_MODEL": "a.b"})
+    for too_broad in ("http://http-api:8080", "http://http-api:8080/", "http://u:p@h/x", "file:///x"):
+        with pytest.raises(ConfigError, match="MULTIPASS_CALLBACK_TRUSTED_PREFIXES"):
+            GatewaySettings.from_env({"MULTIPASS_CALLBACK_TRUSTED_PREFIXES": too_broad})
+
+
+def test_trusted_callback_prefixes_are_parsed_urls():
+    relay = "http://http-api:8080/astria/callbacks/prompt"
+    (prefix,) = GatewaySettings.from_env(
+        {"MULTIPASS_CALLBACK_TRUSTED_PREFIXES": relay}
+    ).callbacks.trusted_prefixes
+    assert (prefix.scheme, prefix.host, prefix.port, prefix.path) == (
+        "http",
+        "http-api",
+        8080,
+        "/astria/callbacks/prompt",
+    )
+    assert GatewaySettings.from_env({}).callbacks.trusted_prefixes == ()
 
 
 def test_person_and_face_pass_tuning_is_read_once_and_bounded():
@@ -338,3 +355,21 @@ def test_tiny_widths_tell_no_family():
     )
     check_safetensors(data, "chunk", "sd15")
     check_safetensors(data, "chunk", "sdxl")
+
+
+def test_parser_violations_are_named_by_the_submit_requests_own_fields():
+    from multipass.errors import Violation
+    from multipass_gateway.app.submission import in_request_terms
+
+    parsed_error = InvalidInput.of(
+        [
+            Violation("text", "the prompt has no text"),
+            Violation("params.mask_image_url", "a mask image needs an input image"),
+            Violation("params.steps", "got 99"),
+        ]
+    )
+    by_id = in_request_terms(parsed_error, jobs_pb2.SubmitJobRequest(mask_image_id="img-1"))
+    assert [v.field for v in by_id.violations] == ["prompt", "mask_image_id", "params.steps"]
+    by_url = in_request_terms(parsed_error, jobs_pb2.SubmitJobRequest())
+    assert [v.field for v in by_url.violations] == ["prompt", "params.mask_image_url", "params.steps"]
+    assert "invalid request" in str(by_id) or "prompt" in str(by_id)

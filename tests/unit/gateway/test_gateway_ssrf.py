@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multipass_gateway.domain.ssrf import (
+from multipass.ssrf import (
     AddressPolicy,
     Refused,
     classify,

@@ -81,7 +81,7 @@ def test_flag_and_tag_errors_are_the_texts_and_keep_which_part():
         "prompt[text]": ["flag --mask_dilate: got 'abc'; allowed: -2048..2048"],
         "prompt[steps]": ["got '51'; allowed: 1..50"],
     }
-    assert error.message == "invalid prompt[text]: got 'abc'"
+    assert error.message == "invalid prompt[text]: flag --mask_dilate: got 'abc'"
 
 
 def test_origin_round_trips_in_the_idempotency_key_and_restores_the_text():
@@ -170,6 +170,14 @@ def test_relay_url_carries_the_callers_url_and_nothing_else_is_taken_for_one():
         "ftp://example.com/x",
         "http://user:pw@example.com/",
         "http://localhost:8080/",
+        # internal addresses inside IPv6 forms, refused as the gateway's policy refuses them
+        "http://[2002:7f00:1::]/",  # 6to4 wrapping 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 wrapping the metadata address
+        "http://[::127.0.0.1]/",  # IPv4-compatible
+        "http://[::ffff:0:a9fe:a9fe]/",  # IPv4-translated metadata address
+        "http://[fec0::1]/",  # site-local
+        "http://2130706433/",  # 127.0.0.1 as one number
+        "http://0177.0.0.1/",  # octal
     ],
 )
 async def test_callback_urls_to_internal_addresses_are_refused(url):

@@ -203,6 +203,13 @@ def test_w_and_h_given_win_over_ar_with_a_warning():
     parsed = parse_prompt("a lighthouse\nw=640\nh=384\nar=portrait")
     assert (parsed.params.w, parsed.params.h) == (640, 384)
     assert any("ar=portrait is ignored" in w for w in parsed.warnings)
+    assert parsed.params.ar == "5:3"  # the ratio of the size made, not the ignored one nor the default
+
+
+def test_w_and_h_give_the_aspect_ratio_the_image_has():
+    assert params_of(w=512, h=640).ar == "4:5"
+    assert params_of(w=512, h=512).ar == "1:1"
+    assert params_of(w=1024, ar="16:9").ar == "16:9"  # one side: the ar given stays
 
 
 def test_one_side_given_derives_the_other_from_ar():

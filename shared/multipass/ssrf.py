@@ -1,4 +1,7 @@
-"""Which URLs and addresses the gateway may connect to on a user's behalf (pure: no I/O).
+"""Which URLs and addresses a service may connect to on a user's behalf (pure: no I/O).
+
+The gateway's fetcher (input images, tune files, job callbacks) and the HTTP API's callback relay judge
+user URLs by this one policy.
 
 Only globally routable addresses pass (no loopback, private, link-local, metadata, multicast or reserved
 address, however it is spelled), unless the operator allow-listed the host or network
@@ -144,6 +147,33 @@ def parse_url(url: str, *, schemes: Sequence[str] = ("http", "https")) -> Target
     if parts.query:
         path += "?" + parts.query
     return Target(url=url, scheme=scheme, host=host, port=port, path=path, literal_ip=literal)
+
+
+@dataclass(frozen=True)
+class UrlPrefix:
+    """A URL prefix an operator trusts (the HTTP API's callback relay): same scheme, host and port, and a
+    path under its path. Compared on parsed URLs, so credentials, other ports or look-alike hosts never match."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> UrlPrefix:
+        """Refused unless ``text`` is an http(s) URL with a path of its own and no query."""
+        target = parse_url(text)
+        if "?" in target.path or target.path in ("", "/"):
+            raise Refused(
+                "must be an http(s) URL with a path of its own (e.g. /astria/callbacks/prompt), no query"
+            )
+        return cls(target.scheme, target.host, target.port, target.path)
+
+    def matches(self, target: Target) -> bool:
+        path = target.path.split("?", 1)[0]
+        return (target.scheme, target.host, target.port) == (self.scheme, self.host, self.port) and (
+            path == self.path or path.startswith(self.path.rstrip("/") + "/")
+        )
 
 
 def redirect_target(current: Target, location: str, *, schemes: Sequence[str] = ("http", "https")) -> Target:
