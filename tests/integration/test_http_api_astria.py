@@ -216,38 +216,75 @@ async def test_curl_examples_multipart_and_json(astria_api):
         assert (await client.delete(f"/prompts/{second['id']}")).status_code == 404
 
 
-async def test_a_duplicate_carries_the_uploaded_input_image(astria_api):
-    """A duplicate of an img2img prompt whose input was uploaded runs on the same input (it ran as txt2img)."""
+async def test_a_duplicate_carries_the_uploaded_input_and_mask_images(astria_api):
+    """A duplicate of an inpainting prompt whose input and mask were uploaded runs on the same input and
+    mask (it used to run as txt2img, then without the mask), and makes the same image with the same seed."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from multipass.v1 import jobs_pb2
+
+    picture, mask = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
+    drawn = Image.new("L", (256, 256), 0)
+    ImageDraw.Draw(drawn).rectangle((64, 64, 191, 191), fill=255)
+    drawn.save(mask, "PNG")
+    async with astria_api.client() as client:
+        created = await client.post(
+            "/tunes/690204/prompts",
+            data={
+                "prompt[text]": "a painting",
+                "prompt[steps]": "2",
+                "prompt[num_images]": "1",
+                "prompt[seed]": "77",
+            },
+            files={
+                "prompt[input_image]": ("in.png", picture.getvalue(), "image/png"),
+                "prompt[mask_image]": ("mask.png", mask.getvalue(), "image/png"),
+            },
+        )
+        assert created.status_code == 201, created.text
+        # The job holds its copies: the uploads made for it are deleted at once.
+        assert not await astria_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
+        duplicate = await client.post(f"/prompts/{created.json()['id']}/duplicate", json={"prompt": {}})
+        assert duplicate.status_code == 201, duplicate.text
+        unmasked = await client.post(
+            f"/prompts/{created.json()['id']}/duplicate",
+            data={"prompt[text]": "a painting"},
+            files={"prompt[mask_image]": ("mask.png", _white_mask(), "image/png")},
+        )
+        assert unmasked.status_code == 201, unmasked.text
+
+    async def job_of(prompt_id: str) -> jobs_pb2.Job:
+        return await astria_api.stack.jobs.GetJob(
+            jobs_pb2.GetJobRequest(job_id=prompt_id),
+            metadata=(("authorization", f"Bearer {astria_api.key}"),),
+        )
+
+    async def inputs_of(prompt_id: str) -> tuple[bytes, bytes]:
+        job = await job_of(prompt_id)
+        (prepare,) = [p for p in job.images[0].passes if p.kind == "prepare"]
+        assert prepare.output.key and job.mask_image.key, "the job has no input or mask image"
+        store = astria_api.stack.store
+        return (
+            await store.get_bytes(prepare.output.bucket, prepare.output.key),
+            await store.get_bytes(job.mask_image.bucket, job.mask_image.key),
+        )
+
+    assert await inputs_of(duplicate.json()["id"]) == await inputs_of(created.json()["id"])
+    # A mask the duplicate's body gives replaces the carried one.
+    assert (await inputs_of(unmasked.json()["id"]))[1] != (await inputs_of(created.json()["id"]))[1]
+
+
+def _white_mask() -> bytes:
     import io
 
     from PIL import Image
 
-    from multipass.v1 import jobs_pb2
-
-    picture = io.BytesIO()
-    Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
-    async with astria_api.client() as client:
-        created = await client.post(
-            "/tunes/690204/prompts",
-            data={"prompt[text]": "a painting", "prompt[steps]": "2", "prompt[num_images]": "1"},
-            files={"prompt[input_image]": ("in.png", picture.getvalue(), "image/png")},
-        )
-        assert created.status_code == 201, created.text
-        # The job holds its copy: the upload made for it (a photo) is deleted at once.
-        assert not await astria_api.stack.store.list_keys(BUCKET_JOBS, f"uploads/{astria_api.tenant}/")
-        duplicate = await client.post(f"/prompts/{created.json()['id']}/duplicate", json={"prompt": {}})
-        assert duplicate.status_code == 201, duplicate.text
-
-    async def input_of(prompt_id: str) -> bytes:
-        job = await astria_api.stack.jobs.GetJob(
-            jobs_pb2.GetJobRequest(job_id=prompt_id),
-            metadata=(("authorization", f"Bearer {astria_api.key}"),),
-        )
-        (prepare,) = [p for p in job.images[0].passes if p.kind == "prepare"]
-        assert prepare.output.key, "the job has no input image"
-        return await astria_api.stack.store.get_bytes(prepare.output.bucket, prepare.output.key)
-
-    assert await input_of(duplicate.json()["id"]) == await input_of(created.json()["id"])
+    data = io.BytesIO()
+    Image.new("L", (256, 256), 255).save(data, "PNG")
+    return data.getvalue()
 
 
 async def test_an_uploaded_mask_image_makes_the_base_pass_an_inpaint_inside_it(astria_api):

@@ -14,6 +14,8 @@ async def public_job(
 ) -> jobs_pb2.Job:
     job = jobs_pb2.Job()
     job.CopyFrom(record.job)
+    if record.HasField("mask_image"):
+        job.mask_image.CopyFrom(record.mask_image)
     if urls:
         finals = [image for image in job.images if image.final.key]
         links = await asyncio.gather(

@@ -228,8 +228,8 @@ def _param_text(value: object) -> str:
 
 def form_of_job(job, text: str, callback: str | None) -> PromptForm:
     """The form that would create ``job`` again (``POST /prompts/{id}/duplicate``): its text, the
-    parameters its request set explicitly, its callback. The route adds the job's uploaded input image
-    (read back from the store); an uploaded mask image is not carried over: send it again."""
+    parameters its request set explicitly, its callback. The route adds the job's input and mask images
+    (read back from the store)."""
     params = job.parsed.params
     explicit = set(job.parsed.explicit_params)
     values = {name: _param_text(getattr(params, name)) for name in PARAMS if name in explicit}

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from multipass.errors import InvalidInput, NotFound, Violation
 from multipass.grpc.errors import reason_of
 from multipass.store import ObjectStore
-from multipass.v1 import jobs_pb2
+from multipass.v1 import common_pb2, jobs_pb2
 from multipass_http_api.astria import callbacks, idempotency
 from multipass_http_api.astria.bodies import read_body
 from multipass_http_api.astria.field_names import call
@@ -337,32 +337,41 @@ async def duplicate_prompt(
     base_url: BaseUrl,
     objects: Objects,
 ):
-    """A new prompt from this one's text, parameters, input image and callback, with the body's fields
-    overriding."""
+    """A new prompt from this one's text, parameters, input and mask images and callback, with the body's
+    fields overriding."""
     job = await _job(gateway, authorization, prompt_id)
     origin = origin_of(job.idempotency_key)
     if origin is None:
         raise NotFound(f"prompt {job.job_id} was not created through the tunes API; submit it as a new job")
     original = form_of_job(job, origin.astria_text(job.prompt), callbacks.target_of(job.callback_url))
     form = (await _form(request)).merged_over(original)
-    if "input_image" not in form.uploads and "input_image_url" not in form.params:
-        carried = await _input_image_of(job, objects)
-        if carried is not None:
-            form = dataclasses.replace(form, uploads={**form.uploads, "input_image": carried})
+    carried_images = {
+        "input_image": _input_image_ref(job),
+        "mask_image": job.mask_image if job.mask_image.key else None,
+    }
+    for name, ref in carried_images.items():
+        if name not in form.uploads and f"{name}_url" not in form.params:
+            carried = await _stored_image(ref, objects)
+            if carried is not None:
+                form = dataclasses.replace(form, uploads={**form.uploads, name: carried})
     return await submit_prompt(request, form, origin.tune_id, authorization, gateway, settings, base_url)
 
 
-async def _input_image_of(job: jobs_pb2.Job, objects: ObjectStore | None) -> Upload | None:
-    """The input image a job was given as an upload (its ``prepare`` pass holds the stored copy), to send
-    again with a duplicate; None without one, or without an object store to read it from."""
-    stored = next(
+def _input_image_ref(job: jobs_pb2.Job) -> common_pb2.ImageRef | None:
+    """The input image a job was given (its ``prepare`` pass holds the stored copy); None without one."""
+    return next(
         (p.output for image in job.images[:1] for p in image.passes if p.kind == "prepare" and p.output.key),
         None,
     )
-    if stored is None or objects is None:
+
+
+async def _stored_image(ref: common_pb2.ImageRef | None, objects: ObjectStore | None) -> Upload | None:
+    """A job's stored input or mask image, to send again with a duplicate; None without one, or without
+    an object store to read it from."""
+    if ref is None or objects is None:
         return None
-    data = await objects.get_bytes(stored.bucket, stored.key, max_bytes=MAX_CARRIED_IMAGE_BYTES)
-    return Upload(filename=stored.key.rsplit("/", 1)[-1], content_type="image/png", data=data)
+    data = await objects.get_bytes(ref.bucket, ref.key, max_bytes=MAX_CARRIED_IMAGE_BYTES)
+    return Upload(filename=ref.key.rsplit("/", 1)[-1], content_type="image/png", data=data)
 
 
 @router.post(callbacks.RELAY_PATH, include_in_schema=False)
