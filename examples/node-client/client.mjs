@@ -3,8 +3,12 @@
 // with Jobs.SubmitJob, then follows Jobs.WatchJob and prints every event as one JSON line.
 //
 //   npm install
-//   node client.mjs --addr 127.0.0.1:50050 --api-key "$(cat ../../.multipass/dev-api-key)" \
+//   node client.mjs --addr GATEWAY --api-key "$(cat ../../.multipass/dev-api-key)" \
 //       --prompt "a lighthouse at dusk" --param steps=4 --param w=256 --param h=256
+//
+// GATEWAY is the gateway's host:port: the local stack picks a free port at each start and prints it
+// (`multipass status`, or "gateway" in ../../.multipass/stack.json); a deployment's is its own
+// (127.0.0.1:50050, the default, is the gateway's port in Kubernetes and with `python -m multipass_gateway`).
 //
 // The API key may also come from MULTIPASS_API_KEY. Exit status: 0 when the job succeeded, 1 when it
 // ended otherwise, 2 when a call failed (the gRPC code and message are printed on stderr).

@@ -93,6 +93,15 @@ ASPECT_RATIOS: dict[str, float] = {
 #: Other spellings accepted for ``ar``, mapped to the names above.
 ASPECT_RATIO_ALIASES = {"2:3": "portrait", "3:2": "landscape", "2.39:1": "anamorphic"}
 CONTROLNETS = ("pose", "canny", "depth", "lineart", "mlsd", "hed", "tile", "qr", "reference", "composition")
+#: Other spellings of a controlnet value: ``none`` turns off one set elsewhere (a request over the parameter
+#: block); Astria's pose variants are drawn as the body pose (no hand or face keypoints: a warning says so).
+CONTROLNET_ALIASES = {
+    "none": "",
+    "off": "",
+    "pose_with_hand": "pose",
+    "pose_with_face": "pose",
+    "pose_face_and_hand": "pose",
+}
 COLOR_GRADINGS = ("Film Velvia", "Film Portra", "Ektar")
 BOOL_PARAMS = (
     "super_resolution",
@@ -249,7 +258,7 @@ def read_param(param: Param, text: str, limits: Limits) -> object:
     if param.kind is Kind.URL:
         return read_url(text)
     if param.kind is Kind.CHOICE:
-        aliases = ASPECT_RATIO_ALIASES if param.name == "ar" else None
+        aliases = {"ar": ASPECT_RATIO_ALIASES, "controlnet": CONTROLNET_ALIASES}.get(param.name)
         return read_choice(text, param.choices, aliases)
     if param.kind is Kind.FLOAT:
         number = read_float(text)

@@ -77,6 +77,9 @@ def resolve_params(
             failed.add(name)
 
     warnings: list[str] = []
+    controlnet = merged.get("controlnet", "").strip().lower()
+    if values.get("controlnet") == POSE_CONTROLNET and controlnet.startswith("pose_"):
+        warnings.append(f"controlnet={controlnet}: the body pose is drawn; hand and face keypoints are not")
     resolved = {name: values.get(name, param.default) for name, param in PARAMS.items()}
     if not failed & {"w", "h", "ar"}:
         _resolve_size(resolved, values, problems, limits, warnings)

@@ -318,3 +318,14 @@ def test_explicit_params_are_listed_sorted():
 def test_numbers_take_ascii_digits_only(name, value):
     found = problems_of("a lighthouse", {name: value})
     assert found[f"params.{name}"].startswith(f"got {value!r} in the request; allowed:")
+
+
+def test_controlnet_none_in_the_request_turns_off_the_blocks_and_astrias_pose_variants_are_pose():
+    parsed = parse_prompt("a dancer\ncontrolnet=canny", {"controlnet": "none", "input_image_url": "https://x.test/a.png"})
+    assert parsed.params.controlnet == ""
+    for variant in ("pose_with_hand", "pose_with_face", "pose_face_and_hand"):
+        posed = parse_prompt(f"a dancer\ncontrolnet={variant}\ninput_image_url=https://x.test/a.png")
+        assert posed.params.controlnet == "pose"
+        assert any("hand and face keypoints are not" in w for w in posed.warnings), posed.warnings
+    with pytest.raises(InvalidInput, match="params.controlnet"):
+        parse_prompt("a dancer\ncontrolnet=scribble\ninput_image_url=https://x.test/a.png")
