@@ -126,6 +126,7 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             cache_seconds=settings.auth_cache_seconds,
             notes=notes,
             stream_recheck_seconds=settings.stream_auth_recheck_seconds,
+            tenant_max_streams=settings.tenant_max_streams,
         )
         scheduler = PassScheduler(
             bus,

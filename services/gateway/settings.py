@@ -124,6 +124,9 @@ class GatewaySettings:
     #: another replica whose note was lost ends its streams here within this long
     #: (``MULTIPASS_GATEWAY_STREAM_AUTH_RECHECK_SECONDS``).
     stream_auth_recheck_seconds: float = 2.0
+    #: WatchJob streams one tenant may hold open on one replica (each is a JetStream consumer); one more
+    #: is RESOURCE_EXHAUSTED (``MULTIPASS_GATEWAY_TENANT_MAX_STREAMS``).
+    tenant_max_streams: int = 100
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
     presign_expiry_seconds: int = 3600
@@ -262,6 +265,7 @@ class GatewaySettings:
             stream_auth_recheck_seconds=reader.float(
                 "GATEWAY_STREAM_AUTH_RECHECK_SECONDS", 2.0, min=0.1, max=60.0
             ),
+            tenant_max_streams=reader.int("GATEWAY_TENANT_MAX_STREAMS", 100, min=1, max=100_000),
             callbacks=callbacks,
             fetch_allow=allow,
             presign_expiry_seconds=reader.int(

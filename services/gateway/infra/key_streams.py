@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+
+from multipass.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +31,34 @@ KeyCheck = Callable[[str], Awaitable[bool]]
 
 
 class KeyStreams:
-    def __init__(self, is_live: KeyCheck, recheck_seconds: float):
+    def __init__(self, is_live: KeyCheck, recheck_seconds: float, *, max_per_tenant: int = 0):
         self._is_live = is_live
         self.recheck_seconds = recheck_seconds
+        #: Streams one tenant may hold open here (0: no bound).
+        self.max_per_tenant = max_per_tenant
         #: key digest -> the revocation events of the streams it opened.
         self._open: dict[str, set[asyncio.Event]] = {}
+        self._per_tenant: Counter[str] = Counter()
 
     @contextlib.contextmanager
-    def hold(self, digest: str) -> Iterator[asyncio.Event]:
-        """Register a stream of the key ``digest`` while the block runs; the event is set on revocation."""
+    def hold(self, digest: str, tenant: str = "") -> Iterator[asyncio.Event]:
+        """Register a stream of the key ``digest`` (of ``tenant``) while the block runs; the event is set
+        on revocation. ResourceExhausted, before anything is held, when the tenant holds its bound."""
+        if self.max_per_tenant and self._per_tenant[tenant] >= self.max_per_tenant:
+            raise ResourceExhausted(
+                f"{self._per_tenant[tenant]} streams of this tenant are open on this gateway, the most it may "
+                f"hold (MULTIPASS_GATEWAY_TENANT_MAX_STREAMS); close one, or retry",
+                retry_after_seconds=5.0,
+            )
         revoked = asyncio.Event()
         self._open.setdefault(digest, set()).add(revoked)
+        self._per_tenant[tenant] += 1
         try:
             yield revoked
         finally:
+            self._per_tenant[tenant] -= 1
+            if self._per_tenant[tenant] <= 0:
+                del self._per_tenant[tenant]
             streams = self._open.get(digest)
             if streams is not None:
                 streams.discard(revoked)

@@ -86,6 +86,7 @@ class TenantStore:
         clock=time.monotonic,
         notes: ReplicaNotes | None = None,
         stream_recheck_seconds: float = DEFAULT_STREAM_RECHECK_SECONDS,
+        tenant_max_streams: int = 0,
     ):
         self._kv = store
         self._pepper = pepper
@@ -93,7 +94,9 @@ class TenantStore:
         #: Each tenant's own quotas, read again after the same time as keys.
         self.limits = TenantLimitsCache(store, cache_seconds, clock=clock)
         self._notes = notes
-        self.streams = KeyStreams(self._key_is_live, stream_recheck_seconds)
+        self.streams = KeyStreams(
+            self._key_is_live, stream_recheck_seconds, max_per_tenant=tenant_max_streams
+        )
         if notes is not None:
             notes.listen(self._on_note)
 
@@ -238,8 +241,9 @@ class TenantStore:
 
     @contextlib.contextmanager
     def hold_stream(self, key: AuthenticatedKey) -> Iterator[asyncio.Event]:
-        """Register an open stream of ``key``; the event is set when the key is revoked (any replica)."""
-        with self.streams.hold(key.digest) as revoked:
+        """Register an open stream of ``key``; the event is set when the key is revoked (any replica).
+        ResourceExhausted when its tenant holds the most streams a tenant may hold open here."""
+        with self.streams.hold(key.digest, key.tenant) as revoked:
             yield revoked
 
     async def run(self, stop: asyncio.Event) -> None:

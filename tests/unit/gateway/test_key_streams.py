@@ -140,3 +140,29 @@ def test_the_stream_recheck_setting_defaults_to_two_seconds():
     assert GatewaySettings.from_env({}).stream_auth_recheck_seconds == 2.0
     env = {"MULTIPASS_GATEWAY_STREAM_AUTH_RECHECK_SECONDS": "0.5"}
     assert GatewaySettings.from_env(env).stream_auth_recheck_seconds == 0.5
+
+
+def test_a_tenant_holds_at_most_its_bound_of_streams_and_a_closed_one_frees_its_place():
+    from multipass.errors import ResourceExhausted
+
+    async def live(_digest: str) -> bool:
+        return True
+
+    streams = KeyStreams(live, 1.0, max_per_tenant=2)
+    with streams.hold("k1", "acme"), streams.hold("k2", "acme"):
+        with (
+            pytest.raises(ResourceExhausted, match="MULTIPASS_GATEWAY_TENANT_MAX_STREAMS"),
+            streams.hold("k1", "acme"),
+        ):
+            pass
+        assert streams.open_count() == 2  # the refused one holds nothing
+        with streams.hold("k3", "other"):  # another tenant has its own bound
+            assert streams.open_count() == 3
+    with streams.hold("k1", "acme"), streams.hold("k1", "acme"):
+        assert streams.open_count("k1") == 2
+    assert streams.open_count() == 0
+    unbounded = KeyStreams(live, 1.0)
+    with contextlib.ExitStack() as held:
+        for _ in range(50):
+            held.enter_context(unbounded.hold("k", "acme"))
+        assert unbounded.open_count() == 50
