@@ -122,7 +122,8 @@ def check_request(request: jobs_pb2.SubmitJobRequest) -> list[Violation]:
         problems.append(
             Violation(
                 "idempotency_key",
-                f"expected 1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces",
+                f"got {echo(request.idempotency_key)} ({len(request.idempotency_key)} characters); expected "
+                f"1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces",
             )
         )
     for field in ("input_image_id", "mask_image_id"):

@@ -373,3 +373,9 @@ def test_parser_violations_are_named_by_the_submit_requests_own_fields():
     by_url = in_request_terms(parsed_error, jobs_pb2.SubmitJobRequest())
     assert [v.field for v in by_url.violations] == ["prompt", "params.mask_image_url", "params.steps"]
     assert "invalid request" in str(by_id) or "prompt" in str(by_id)
+
+
+def test_a_bad_idempotency_key_is_echoed_with_what_is_allowed():
+    (problem,) = check_request(jobs_pb2.SubmitJobRequest(idempotency_key="has space"))
+    assert problem.field == "idempotency_key"
+    assert "'has space'" in problem.description and "printable ASCII" in problem.description
