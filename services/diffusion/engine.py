@@ -503,14 +503,17 @@ class _BatchMonitor:
 
     def __init__(self, members: list[StepMonitor]):
         self.members = members
-        self.steps_run = 0
+
+    @property
+    def steps_run(self) -> int:
+        """The batch's steps (each member counts every one of them; not its model evaluations)."""
+        return max((member.steps_run for member in self.members), default=0)
 
     def check(self) -> None:
         for member in self.members:
             member.check()
 
     def callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
-        self.steps_run += 1
         for member in self.members:
             member.callback(pipe, step, timestep, tensors)
         return tensors

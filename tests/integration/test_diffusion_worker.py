@@ -249,6 +249,17 @@ async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus
     assert (consumer.num_pending, consumer.num_ack_pending, consumer.num_redelivered) == (0, 0, 0)
 
 
+async def test_a_second_order_scheduler_reports_the_steps_asked_for(service, bus, store):
+    """DPM++ SDE evaluates the UNet twice a step (7 timesteps for 4 steps): events still count 4 steps."""
+    events = await watch(bus, "J5")
+    await submit(bus, "J5", "base", base_spec(scheduler="dpm++sde", steps=4))
+    seen = await events.until("completed", "base")
+    assert seen[0][1].started.steps_total == 4
+    progress = [(e.progress.step, e.progress.steps_total) for k, e in seen if k == "progress"]
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen[-1][1].completed.result.metadata["steps_run"] == "4"
+
+
 def object_ref(image: common_pb2.ImageRef) -> common_pb2.ObjectRef:
     return common_pb2.ObjectRef(bucket=image.bucket, key=image.key, sha256=image.sha256, size=image.size)
 

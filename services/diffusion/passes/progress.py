@@ -1,21 +1,15 @@
 """Step reporting for passes made of several parts (tiles, faces): one progress bar over all parts.
 
 A part runs a diffusers pipeline (or a model call) with :class:`PartMonitor` in place of the pass's
-:class:`~multipass_diffusion.passes.context.StepMonitor`; its steps are mapped onto the pass's monitor
-as ``index * steps + step`` of ``count * steps``, so progress rises monotonically across the parts and a
-cancelled pass stops between two steps of any part.
+:class:`~multipass_diffusion.passes.context.StepMonitor`; its steps (not its model evaluations:
+:func:`~multipass_diffusion.passes.context.steps_done`) are mapped onto the pass's monitor as
+``index * steps + step`` of ``count * steps``, so progress rises monotonically across the parts and a
+cancelled pass stops between two evaluations of any part.
 """
 
 from __future__ import annotations
 
-from multipass_diffusion.passes.context import StepMonitor
-
-
-class StepCount:
-    """Stands in for the pipeline in :meth:`StepMonitor.callback`, which reads ``_num_timesteps``."""
-
-    def __init__(self, total: int):
-        self._num_timesteps = total
+from multipass_diffusion.passes.context import StepMonitor, steps_done
 
 
 class PartMonitor:
@@ -32,11 +26,14 @@ class PartMonitor:
         self.monitor.check()
 
     def callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
-        total = int(getattr(pipe, "_num_timesteps", 0) or 0) or step + 1
-        self.monitor.callback(StepCount(total * self.count), self.index * total + step, timestep, {})
+        done, total = steps_done(pipe, step)
+        if step == 0:
+            self.monitor.begin(self.index * total)
+        self.monitor.advance(self.index * total + done, self.count * total)
         return tensors
 
 
 def part_done(monitor: StepMonitor, index: int, count: int) -> None:
     """Report a model call that has no inner steps (one tile of an upscaler, one face) as one step."""
-    monitor.callback(StepCount(count), index, None, {})
+    monitor.begin(index)
+    monitor.advance(index + 1, count)
