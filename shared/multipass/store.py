@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -258,6 +258,27 @@ class ObjectStore:
         data = bytes(data)
         await self._put(bucket, key, data, content_type)
         return common_pb2.ObjectRef(bucket=bucket, key=key, sha256=sha256_hex(data), size=len(data))
+
+    async def put_file(
+        self,
+        bucket: str,
+        key: str,
+        fileobj: BinaryIO,
+        size: int,
+        sha256: str,
+        content_type: str = "application/octet-stream",
+    ) -> common_pb2.ObjectRef:
+        """Store the ``size`` bytes ``fileobj`` reads from its position at ``bucket/key`` (overwriting),
+        reading them part by part rather than whole; ``sha256`` is the caller's hex digest of those bytes,
+        carried by the reference like :meth:`put_bytes`'."""
+        await self._run(
+            lambda: self.client.put_object(
+                bucket_name=bucket, object_name=key, data=fileobj, length=size, content_type=content_type
+            ),
+            bucket,
+            key,
+        )
+        return common_pb2.ObjectRef(bucket=bucket, key=key, sha256=sha256, size=size)
 
     async def _put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         await self._run(

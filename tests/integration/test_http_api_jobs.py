@@ -340,4 +340,4 @@ async def test_what_a_json_client_reads_is_complete_and_what_it_sends_is_named(h
             "params.steps": ["got null; expected a string, an integer, a number or a boolean"]
         }
         big = await client.get("/v1/jobs", params={"page_size": 1000})
-        assert big.json()["errors"] == {"page_size": ["got \"1000\"; allowed: at most 100"]}, big.text
+        assert big.json()["errors"] == {"page_size": ['got "1000"; allowed: at most 100']}, big.text

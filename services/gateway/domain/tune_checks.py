@@ -1,6 +1,7 @@
 """What a tune registration or update may say (pure): token, class word, family, kind, sizes, reference
-images and characteristics, each refusal naming its field. The store (``infra/tune_store.py``) asks these
-before it reads or writes anything.
+images and characteristics, each refusal naming its field. The store (``infra/tune_store.py``) asks
+:func:`check_fields` before it reads a chunk of the file or writes anything, and :func:`check_source` as soon
+as the chunks tell (a chunk for a tune that takes none is refused before the next is read).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def valid_upload_id(image_id: str) -> bool:
 
 
 def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
+    """Every violation of a registration: :func:`check_fields`, then :func:`check_source`."""
+    return check_fields(metadata) + check_source(metadata, streamed=streamed)
+
+
+def check_fields(metadata: jobs_pb2.TuneMetadata) -> list[Violation]:
+    """What the metadata alone says wrong: asked before any chunk of the file is read."""
     problems = []
     if not _TOKEN.match(metadata.token):
         problems.append(
@@ -60,14 +67,8 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
     if metadata.sha256 and not _SHA256.match(metadata.sha256.lower()):
         problems.append(Violation("metadata.sha256", f"got {echo(metadata.sha256)}; expected 64 hex digits"))
     if faceid:
-        if metadata.url or streamed:
-            problems.append(
-                Violation(
-                    "metadata.url" if metadata.url else "chunk",
-                    "a faceid tune has no file: its reference images (metadata.reference_image_ids) are the "
-                    "identity; register LoRA weights as kind lora",
-                )
-            )
+        if metadata.url:
+            problems.append(_faceid_file("metadata.url"))
         if not metadata.reference_image_ids and not metadata.reference_image_urls:
             problems.append(
                 Violation(
@@ -75,12 +76,6 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
                     "a faceid tune needs at least one reference image (reference_image_ids or _urls)",
                 )
             )
-    elif metadata.url and streamed:
-        problems.append(Violation("metadata.url", "give either a URL or file chunks, not both"))
-    elif not metadata.url and not streamed:
-        problems.append(
-            Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
-        )
     problems += characteristics.check(metadata.characteristics)
     count = len(metadata.reference_image_ids) + len(metadata.reference_image_urls)
     if count > MAX_REFERENCE_IMAGES:
@@ -103,6 +98,30 @@ def check_metadata(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[V
                     )
                 )
     return problems
+
+
+def check_source(metadata: jobs_pb2.TuneMetadata, *, streamed: bool) -> list[Violation]:
+    """Where the file comes from, once it is known whether chunks came (``streamed``): a faceid tune has no
+    file, any other tune has exactly one of ``metadata.url`` and chunks. The store asks it at the first
+    chunk of a tune that takes none (a faceid tune, a tune with a URL), else at the stream's end. A faceid
+    tune's URL is :func:`check_fields`' concern."""
+    if metadata.kind == FACEID:
+        return [_faceid_file("chunk")] if streamed and not metadata.url else []
+    if metadata.url and streamed:
+        return [Violation("metadata.url", "give either a URL or file chunks, not both")]
+    if not metadata.url and not streamed:
+        return [
+            Violation("chunk", "no file: send the file in chunks after the metadata, or set metadata.url")
+        ]
+    return []
+
+
+def _faceid_file(field: str) -> Violation:
+    return Violation(
+        field,
+        "a faceid tune has no file: its reference images (metadata.reference_image_ids) are the "
+        "identity; register LoRA weights as kind lora",
+    )
 
 
 UPDATABLE = ("name", "class_name", "characteristics")

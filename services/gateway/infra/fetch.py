@@ -119,14 +119,34 @@ class SafeHttp:
         except Refused as error:
             raise FetchError(str(error), permanent=True) from error
 
-    async def fetch(self, url: str, *, max_bytes: int, timeout: float, max_redirects: int = 3) -> Fetched:
-        """GET ``url`` (following checked redirects); the body, at most ``max_bytes``, within ``timeout`` s."""
+    async def fetch(
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        timeout: float,
+        max_redirects: int = 3,
+        sink: Callable[[bytes], None] | None = None,
+    ) -> Fetched:
+        """GET ``url`` (following checked redirects); the body, at most ``max_bytes``, within ``timeout`` s.
+
+        With ``sink``, the body of the final answer goes to it chunk by chunk (called on a worker thread;
+        a large file never sits in memory) and ``Fetched.data`` is empty.
+        """
         deadline = time.monotonic() + timeout
         target = _parse(url)
         for _hop in range(max_redirects + 1):
             address = await self._address(target)
             response = await asyncio.to_thread(
-                _request, address, target, "GET", None, self._headers({"Accept": "*/*"}), deadline, max_bytes
+                _request,
+                address,
+                target,
+                "GET",
+                None,
+                self._headers({"Accept": "*/*"}),
+                deadline,
+                max_bytes,
+                sink,
             )
             if response.status in _REDIRECTS:
                 try:
@@ -170,8 +190,10 @@ def _request(
     headers: dict[str, str],
     deadline: float,
     max_bytes: int,
+    sink: Callable[[bytes], None] | None = None,
 ) -> _Response:
-    """One request to ``address`` (blocking; runs in a worker thread)."""
+    """One request to ``address`` (blocking; runs in a worker thread); a 200 answer's body goes to
+    ``sink`` when one is given."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise FetchError("timed out", permanent=False)
@@ -227,7 +249,10 @@ def _request(
                     raise FetchError(
                         f"response is larger than {max_bytes} bytes", permanent=True, too_large=True
                     )
-                chunks.append(chunk)
+                if sink is not None and response.status == 200:
+                    sink(chunk)
+                else:
+                    chunks.append(chunk)
             return _Response(response.status, response_headers, b"".join(chunks))
         finally:
             response.release_conn()

@@ -8,8 +8,6 @@ files are accepted: pickled ``.ckpt``/``.pt`` files execute code when loaded.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import re
 import secrets
 import time
@@ -17,26 +15,28 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
 
-from multipass import names, tune_formats
+from multipass import names
 from multipass.bus import KvBucket
 from multipass.errors import Internal, InvalidInput, NotFound, Reason, Violation, echo
 from multipass.images import decode_image
-from multipass.safetensors_header import header_problem
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
 from multipass_gateway.domain import request_checks
 from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.domain.tune_checks import (
     FACEID,
-    check_metadata,
+    check_fields,
+    check_source,
     check_update,
     update_paths,
 )
+from multipass_gateway.domain.tune_files import check_safetensors_head
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
+from multipass_gateway.infra.tune_spool import TuneSpool
+from multipass_gateway.infra.tune_upload_slots import TuneUploadSlots
 from multipass_gateway.settings import Limits
 
 _TUNE_ID = re.compile(r"^[0-9]{1,24}$")
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 def valid_tune_id(tune_id: str) -> bool:
@@ -46,59 +46,6 @@ def valid_tune_id(tune_id: str) -> bool:
 def new_tune_id() -> str:
     """16 digits: milliseconds since the epoch, then 3 random digits (sorts by creation time)."""
     return f"{int(time.time() * 1000):013d}{secrets.randbelow(1000):03d}"
-
-
-def check_safetensors(data: bytes, field: str, family: str = "") -> None:
-    """InvalidInput unless ``data`` is a safetensors file (8-byte header length, then a JSON object)."""
-    problem = None
-    if len(data) < 10:
-        problem = f"is {len(data)} bytes; not a safetensors file"
-    else:
-        size = int.from_bytes(data[:8], "little")
-        if size < 2 or size > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
-            problem = "is not a safetensors file (bad header length); pickled checkpoints are not accepted"
-        else:
-            try:
-                header = json.loads(data[8 : 8 + size])
-            except (UnicodeDecodeError, ValueError):
-                header = None
-            if not isinstance(header, dict):
-                problem = "is not a safetensors file (header is not a JSON object)"
-    if not problem:
-        described = header_problem(header, len(data) - 8 - size)
-        problem = f"is a damaged safetensors file: {described}" if described else None
-    if problem:
-        raise InvalidInput.of([Violation(field, problem)])
-    check_tune_format(header, field, family)
-
-
-def check_tune_format(header: dict, field: str, family: str = "") -> None:
-    """InvalidInput naming the format of a tune file the worker cannot load (LyCORIS LoHa, LoKr, ...)."""
-    shapes = {
-        name: entry.get("shape", [])
-        for name, entry in header.items()
-        if name != "__metadata__" and isinstance(entry, dict)
-    }
-    found = tune_formats.classify(shapes, shapes)
-    if found is not None and not found.supported:
-        raise InvalidInput.of([Violation(field, found.unsupported)])
-    mismatch = tune_formats.family_mismatch(shapes, family) if family else None
-    if mismatch:
-        raise InvalidInput.of(
-            [Violation("metadata.base_family", f"got {family}; the file is not: {mismatch}")]
-        )
-    if found is None and not any("lora" in name for name in shapes):
-        example = next(iter(shapes), "")
-        raise InvalidInput.of(
-            [
-                Violation(
-                    field,
-                    f"is in no tune format the workers load (tensors such as {example[:120]!r}): expected a LoRA "
-                    "(kohya lora_unet_*/lora_te*_*, diffusers/PEFT *.lora_A/*.lora_B, ComfyUI diffusion_model.*) "
-                    "or a checkpoint (model.diffusion_model.* or unet.*)",
-                )
-            ]
-        )
 
 
 def unknown_upload(field: str, image_id: str) -> NotFound:
@@ -117,23 +64,81 @@ class TuneStore:
         self._objects = objects
         self._http = http
         self._limits = limits
+        #: Tune files being received now (``limits.max_tune_uploads`` at most).
+        self.uploads = TuneUploadSlots(
+            limits.max_tune_uploads, retry_after_seconds=limits.retry_after_seconds
+        )
 
     async def register(
         self, tenant: str, metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]
     ) -> jobs_pb2.Tune:
-        """Validate, store the file and the record; the file comes from ``chunks`` or ``metadata.url``."""
-        data = bytearray()
-        async for chunk in chunks:
-            data += chunk
-            if len(data) > self._limits.max_tune_bytes:
-                raise InvalidInput.of(
-                    [Violation("chunk", f"file is larger than {self._limits.max_tune_bytes} bytes")]
-                )
-        problems = check_metadata(metadata, streamed=bool(data))
+        """Validate, store the file and the record; the file comes from ``chunks`` or ``metadata.url``.
+
+        The metadata is checked before the file is read: bad metadata is refused after at most one more
+        message (which tells whether a file follows, so the refusal names every problem at once), and a
+        chunk the tune takes none of is refused before the next is read. A file holds one of
+        :attr:`uploads` while it is received, checked and stored; streamed files go to a
+        :class:`TuneSpool` (the gateway never holds one whole in memory).
+        """
+        problems = check_fields(metadata)
         if problems:
+            following = await anext(chunks, None)
+            if following is None or following:  # an empty chunk says nothing of what follows
+                problems += check_source(metadata, streamed=following is not None)
             raise InvalidInput.of(problems)
-        # Uploaded and fetched faces are read and checked first, and stored with the tune (deleted with it)
-        # only once everything else is valid.
+        if metadata.kind == FACEID:
+            await _refuse_chunks(metadata, chunks)
+            faces = await self._reference_faces(tenant, metadata)
+            tune_id = new_tune_id()
+            references = await self._store_references(tenant, tune_id, faces)
+            return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
+        with self.uploads.hold():
+            if metadata.url:
+                await _refuse_chunks(metadata, chunks)
+                return await self._register_fetched(tenant, metadata)
+            with TuneSpool(self._limits.max_tune_bytes) as spool:
+                async for chunk in chunks:
+                    await spool.write(chunk)
+                problems = check_source(metadata, streamed=spool.size > 0)
+                if problems:
+                    raise InvalidInput.of(problems)
+                return await self._register_spooled(tenant, metadata, spool)
+
+    async def _register_spooled(
+        self, tenant: str, metadata: jobs_pb2.TuneMetadata, spool: TuneSpool, field: str = "chunk"
+    ) -> jobs_pb2.Tune:
+        faces = await self._reference_faces(tenant, metadata)
+        _check_sha256(metadata, spool.sha256)
+        head = await asyncio.to_thread(spool.head)
+        await asyncio.to_thread(check_safetensors_head, head, spool.size, field, metadata.base_family)
+        tune_id = new_tune_id()
+        references = await self._store_references(tenant, tune_id, faces)
+        file_ref = await self._objects.put_file(
+            names.BUCKET_TUNES, _file_key(tenant, tune_id, metadata), spool.reader(), spool.size, spool.sha256
+        )
+        return await self._store_record(tenant, metadata, references, file_ref=file_ref, tune_id=tune_id)
+
+    async def _register_fetched(self, tenant: str, metadata: jobs_pb2.TuneMetadata) -> jobs_pb2.Tune:
+        """A tune whose file is at ``metadata.url``: fetched into a spool as it is read (never whole in
+        memory), then checked and stored like a streamed one."""
+        with TuneSpool(self._limits.max_tune_bytes) as spool:
+            try:
+                await self._http.fetch(
+                    metadata.url,
+                    max_bytes=self._limits.max_tune_bytes,
+                    timeout=max(self._limits.fetch_timeout_seconds, 60.0),
+                    max_redirects=self._limits.max_redirects,
+                    sink=spool.append,
+                )
+            except FetchError as error:
+                raise InvalidInput.of([Violation("metadata.url", error.reason)]) from error
+            return await self._register_spooled(tenant, metadata, spool, "metadata.url")
+
+    async def _reference_faces(
+        self, tenant: str, metadata: jobs_pb2.TuneMetadata
+    ) -> list[tuple[bytes, tuple[int, int]]]:
+        """Uploaded and fetched faces, read and checked; stored with the tune (deleted with it) only once
+        everything else is valid."""
         faces = [
             await self._uploaded_reference(tenant, image_id, f"metadata.reference_image_ids[{index}]")
             for index, image_id in enumerate(metadata.reference_image_ids)
@@ -142,39 +147,7 @@ class TuneStore:
             await self._fetch_reference(url, f"metadata.reference_image_urls[{index}]")
             for index, url in enumerate(metadata.reference_image_urls)
         ]
-        tune_id = new_tune_id()
-        if metadata.kind == FACEID:
-            references = await self._store_references(tenant, tune_id, faces)
-            return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
-        if metadata.url:
-            try:
-                fetched = await self._http.fetch(
-                    metadata.url,
-                    max_bytes=self._limits.max_tune_bytes,
-                    timeout=max(self._limits.fetch_timeout_seconds, 60.0),
-                    max_redirects=self._limits.max_redirects,
-                )
-            except FetchError as error:
-                raise InvalidInput.of([Violation("metadata.url", error.reason)]) from error
-            data = bytearray(fetched.data)
-        field = "metadata.url" if metadata.url else "chunk"
-        content = bytes(data)
-        digest = hashlib.sha256(content).hexdigest()
-        if metadata.sha256 and metadata.sha256.lower() != digest:
-            raise InvalidInput.of(
-                [
-                    Violation(
-                        "metadata.sha256", f"the file's SHA-256 is {digest}, not {metadata.sha256.lower()}"
-                    )
-                ]
-            )
-        check_safetensors(content, field, metadata.base_family)
-        kind = metadata.kind or "lora"
-        references = await self._store_references(tenant, tune_id, faces)
-        file_ref = await self._objects.put_bytes(
-            names.BUCKET_TUNES, f"{names.tune_prefix(tenant, tune_id)}{kind}.safetensors", content
-        )
-        return await self._store_record(tenant, metadata, references, file_ref=file_ref, tune_id=tune_id)
+        return faces
 
     async def _store_record(
         self,
@@ -342,3 +315,21 @@ class TuneStore:
         tune = await self.get(tenant, tune_id)
         await self._kv.delete(names.tune_key(tenant, tune.tune_id))
         return await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))
+
+
+async def _refuse_chunks(metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]) -> None:
+    """Read a stream that should end after the metadata; its first non-empty chunk is refused at once."""
+    async for chunk in chunks:
+        if chunk:
+            raise InvalidInput.of(check_source(metadata, streamed=True))
+
+
+def _check_sha256(metadata: jobs_pb2.TuneMetadata, digest: str) -> None:
+    if metadata.sha256 and metadata.sha256.lower() != digest:
+        raise InvalidInput.of(
+            [Violation("metadata.sha256", f"the file's SHA-256 is {digest}, not {metadata.sha256.lower()}")]
+        )
+
+
+def _file_key(tenant: str, tune_id: str, metadata: jobs_pb2.TuneMetadata) -> str:
+    return f"{names.tune_prefix(tenant, tune_id)}{metadata.kind or 'lora'}.safetensors"

@@ -18,7 +18,7 @@ from multipass_dev.tiny_models.diffusion import write_random_lora
 from multipass_dev.tiny_models.lycoris_files import write_lycoris
 from multipass_diffusion import models
 from multipass_diffusion.passes.context import PassInputs
-from multipass_gateway.infra.tune_store import check_safetensors
+from multipass_gateway.domain.tune_files import check_safetensors
 
 #: algorithm -> (format name, the tensor-name marker a refusal names; "" when the format loads)
 LYCORIS = {

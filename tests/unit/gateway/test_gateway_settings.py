@@ -19,8 +19,8 @@ from multipass_gateway.app.submission import (
     new_job_id,
 )
 from multipass_gateway.domain.tune_checks import check_metadata
+from multipass_gateway.domain.tune_files import check_safetensors
 from multipass_gateway.infra.tune_store import (
-    check_safetensors,
     new_tune_id,
     page_token,
     parse_page_token,

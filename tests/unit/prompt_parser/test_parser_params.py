@@ -321,7 +321,9 @@ def test_numbers_take_ascii_digits_only(name, value):
 
 
 def test_controlnet_none_in_the_request_turns_off_the_blocks_and_astrias_pose_variants_are_pose():
-    parsed = parse_prompt("a dancer\ncontrolnet=canny", {"controlnet": "none", "input_image_url": "https://x.test/a.png"})
+    parsed = parse_prompt(
+        "a dancer\ncontrolnet=canny", {"controlnet": "none", "input_image_url": "https://x.test/a.png"}
+    )
     assert parsed.params.controlnet == ""
     for variant in ("pose_with_hand", "pose_with_face", "pose_face_and_hand"):
         posed = parse_prompt(f"a dancer\ncontrolnet={variant}\ninput_image_url=https://x.test/a.png")
