@@ -569,6 +569,8 @@ def spec_hash(
     digest = hashlib.sha256()
     for part in (ENGINE_VERSION, runtime.fingerprint, dtype, str(working_size), *extra):
         digest.update(part.encode() + b"\0")
+    if inputs.cache_scope:
+        digest.update(f"scope:{inputs.cache_scope}".encode() + b"\0")
     for tune_id in sorted(tune_shas):
         digest.update(f"tune:{tune_id}={tune_shas[tune_id]}".encode() + b"\0")
     digest.update(normalised.SerializeToString(deterministic=True))

@@ -259,7 +259,7 @@ class DiffusionWorker:
         self.device.hold()
         on_device = False
         try:
-            inputs = await self.fetch_inputs(spec, copies=copies)
+            inputs = await self.fetch_inputs(spec, copies=copies, tenant=run.expected.tenant)
             run.steps_total = _steps_to_run(spec, inputs)
             if not await self.device.wait_turn(self._stop, run.cancel):
                 raise Cancelled("run ahead stopped before it had the device")
@@ -415,7 +415,7 @@ class DiffusionWorker:
         self.device.hold()
         on_device = False
         try:
-            inputs = await self.fetch_inputs(spec, copies=members[0].copies)
+            inputs = await self.fetch_inputs(spec, copies=members[0].copies, tenant=members[0].tenant)
             if not await self.device.wait_turn(self._stop, cancel):
                 if cancel.is_set():
                     raise Cancelled("job cancelled before the pass started")
@@ -451,10 +451,15 @@ class DiffusionWorker:
                 self.device.release()
 
     async def fetch_inputs(
-        self, spec: diffusion_pb2.PassSpec, copies: Iterable[common_pb2.ObjectCopy] = ()
+        self,
+        spec: diffusion_pb2.PassSpec,
+        copies: Iterable[common_pb2.ObjectCopy] = (),
+        *,
+        tenant: str = "",
     ) -> PassInputs:
         """The pass's inputs, read together (:func:`multipass_diffusion.input_reads.read_inputs`); masks
-        and control images from the request's ``copies`` where one matches."""
+        and control images from the request's ``copies`` where one matches. ``tenant`` scopes the pass
+        cache: one tenant's outputs are never another's cache hits."""
         started = time.perf_counter()
         held = RequestCopies(copies)
         inputs = await read_inputs(
@@ -464,6 +469,7 @@ class DiffusionWorker:
             read_stored=lambda ref, field, mode: held.read(ref, field=field, mode=mode, store=self.store),
             tune_cache_dir=Path(self.settings.tune_cache_dir),
         )
+        inputs.cache_scope = tenant
         _phase_done("fetch", started)
         return inputs
 

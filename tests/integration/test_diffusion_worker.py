@@ -102,25 +102,31 @@ async def watch(bus, job_id: str) -> Events:
 
 
 def pass_request(
-    job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, attempt: int = 0
+    job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, attempt: int = 0, tenant: str = "t1"
 ) -> diffusion_pb2.PassRequest:
-    """A request of tenant t1's image 0, its output at the job's usual key."""
+    """A request of the tenant's (t1's) image 0, its output at the job's usual key."""
     return diffusion_pb2.PassRequest(
         job_id=job_id,
-        tenant="t1",
+        tenant=tenant,
         image_index=0,
         pass_name=pass_name,
         attempt=attempt,
         spec=spec,
         output_bucket=BUCKET_JOBS,
-        output_key=f"jobs/t1/{job_id}/image-0/{pass_name}.png",
+        output_key=f"jobs/{tenant}/{job_id}/image-0/{pass_name}.png",
     )
 
 
 async def submit(
-    bus, job_id: str, pass_name: str, spec: diffusion_pb2.PassSpec, *, model: str = SD15_MODEL
+    bus,
+    job_id: str,
+    pass_name: str,
+    spec: diffusion_pb2.PassSpec,
+    *,
+    model: str = SD15_MODEL,
+    tenant: str = "t1",
 ) -> diffusion_pb2.PassRequest:
-    request = pass_request(job_id, pass_name, spec)
+    request = pass_request(job_id, pass_name, spec, tenant=tenant)
     await bus.publish(
         names.diffusion_pass_subject(model), request, msg_id=names.pass_msg_id(job_id, 0, pass_name, 0)
     )
@@ -218,6 +224,16 @@ async def test_passes_complete_with_progress_outputs_and_cache_hits(service, bus
     assert again.cache_hit and again.spec_hash == result.spec_hash
     assert await store.get_bytes(BUCKET_JOBS, again.output.key) == stored
     assert await store.exists(BUCKET_JOBS, f"cache/{result.spec_hash}.png")
+    # Another tenant's same pass is no hit: the cache is the tenant's own.
+    await submit(
+        bus,
+        "J1",
+        "base-other",
+        base_spec(image=image_ref, width=0, height=0, denoising_strength=0.75),
+        tenant="t2",
+    )
+    other = (await events.until("completed", "base-other"))[-1][1].completed.result
+    assert not other.cache_hit and other.spec_hash != result.spec_hash
 
     lora = write_random_lora(
         model_root / "diffusion" / SD15_MODEL,

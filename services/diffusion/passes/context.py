@@ -36,6 +36,9 @@ class PassInputs:
     tune_paths: dict[str, Path] = field(default_factory=dict)
     #: Composite pass: (image RGB, mask "L") of each ``spec.layers`` entry, in order.
     layers: list[tuple[Image.Image, Image.Image]] = field(default_factory=list)
+    #: Who may share the pass's cached output (the worker sets the request's tenant): part of the
+    #: pass-cache key, so one tenant's output never answers, nor reveals, another tenant's pass.
+    cache_scope: str = ""
 
 
 class StepMonitor:

@@ -62,6 +62,15 @@ def test_input_image_pixels_are_part_of_the_key(cached_engine):
     assert not cached_engine.run(spec(denoising_strength=0.5), PassInputs(image=other)).cache_hit
 
 
+def test_a_tenants_cached_passes_never_answer_another_tenants(cached_engine):
+    """One tenant's output is no cache hit for another (a hit would tell it the prompt and seed were run)."""
+    first = cached_engine.run(spec(seed=4242), PassInputs(cache_scope="tenant-a"))
+    assert cached_engine.run(spec(seed=4242), PassInputs(cache_scope="tenant-a")).cache_hit
+    other = cached_engine.run(spec(seed=4242), PassInputs(cache_scope="tenant-b"))
+    assert not other.cache_hit and other.spec_hash != first.spec_hash
+    assert encode_png(other.image) == encode_png(first.image)  # the same work, run again
+
+
 def test_memory_cache_is_a_bounded_lru():
     cache = MemoryPassCache(2)
     images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(3)]
