@@ -56,6 +56,9 @@ class Limits:
     max_base_batch: int = DEFAULT_MAX_BATCH
     #: Uploads one tenant may hold at once (they expire, or DeleteUpload removes them).
     tenant_max_uploads: int = 500
+    #: Tunes one tenant may hold (each a stored file of up to ``max_tune_bytes``); one more RegisterTune is
+    #: RESOURCE_EXHAUSTED (``MULTIPASS_GATEWAY_TENANT_MAX_TUNES``).
+    tenant_max_tunes: int = 1000
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,9 @@ class GatewaySettings:
             max_base_batch=reader.int("GATEWAY_MAX_BASE_BATCH", defaults.max_base_batch, min=1, max=16),
             tenant_max_uploads=reader.int(
                 "GATEWAY_TENANT_MAX_UPLOADS", defaults.tenant_max_uploads, min=1, max=100_000
+            ),
+            tenant_max_tunes=reader.int(
+                "GATEWAY_TENANT_MAX_TUNES", defaults.tenant_max_tunes, min=1, max=1_000_000
             ),
         )
         tuning = PassTuning()

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from multipass import names
 from multipass.bus import KvBucket
-from multipass.errors import Internal, InvalidInput, NotFound, Reason, Violation, echo
+from multipass.errors import Internal, InvalidInput, NotFound, Reason, ResourceExhausted, Violation, echo
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
@@ -86,6 +86,7 @@ class TuneStore:
             if following is None or following:  # an empty chunk says nothing of what follows
                 problems += check_source(metadata, streamed=following is not None)
             raise InvalidInput.of(problems)
+        await self.check_room(tenant)
         if metadata.kind == FACEID:
             await _refuse_chunks(metadata, chunks)
             faces = await self._reference_faces(tenant, metadata)
@@ -304,6 +305,20 @@ class TuneStore:
         if value is None:
             return await self.get(tenant, request.tune_id)  # NotFound: deleted meanwhile
         return changed["tune"]
+
+    async def check_room(self, tenant: str) -> None:
+        """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED, ``scope=tunes``) when the tenant holds its most tunes
+        (``MULTIPASS_GATEWAY_TENANT_MAX_TUNES``): each tune is a stored file and records. Registrations
+        running together may pass the check together, so the bound holds to within those."""
+        most = self._limits.tenant_max_tunes
+        held = len(await self.ids(tenant))
+        if held >= most:
+            raise ResourceExhausted(
+                f"this tenant holds {held} tunes, the most it may ({most}): delete some with DeleteTune",
+                retry_after_seconds=60.0,
+                reason=Reason.QUOTA_EXCEEDED,
+                metadata={"scope": "tunes", "limit": str(most)},
+            )
 
     async def ids(self, tenant: str) -> list[str]:
         """Every tune id of ``tenant``."""

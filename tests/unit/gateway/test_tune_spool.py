@@ -45,6 +45,10 @@ class FakeKv:
         self.values[key] = value
         return 1
 
+    async def keys(self, pattern: str) -> list[str]:
+        prefix = pattern.removesuffix("*")
+        return [key for key in self.values if key.startswith(prefix)]
+
 
 class FakeObjects:
     """put_file reads its stream in parts, as the minio client does; it never takes a bytes object."""
@@ -285,3 +289,17 @@ async def test_a_faceid_tune_takes_no_upload_slot():
         await tunes.register("acme", faceid, chunks_of(b"\0" * 4096, 1024))
     # Refused for its chunk (a faceid tune has no file), not for the busy slot.
     assert [v.field for v in caught.value.violations] == ["chunk"]
+
+
+async def test_a_tenant_holds_at_most_its_quota_of_tunes_and_is_told_before_sending_a_file():
+    from multipass.errors import ResourceExhausted
+
+    tunes, objects = store(Limits(tenant_max_tunes=2))
+    for _ in range(2):
+        await tunes.register("acme", lora_metadata(), chunks_of(lora_file(4096), 1024))
+    pulled: list[int] = []
+    with pytest.raises(ResourceExhausted) as full:
+        await tunes.register("acme", lora_metadata(), chunks_of(lora_file(4096), 1024, pulled))
+    assert "holds 2 tunes, the most it may (2)" in str(full.value) and full.value.metadata["scope"] == "tunes"
+    assert pulled == [] and len(objects.stored) == 2  # nothing read, nothing stored
+    await tunes.register("other", lora_metadata(), chunks_of(lora_file(4096), 1024))  # its own quota
