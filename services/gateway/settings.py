@@ -36,6 +36,8 @@ class Limits:
     #: Tune files (chunks or a URL) one replica receives at once; one more RegisterTune is RESOURCE_EXHAUSTED.
     #: Streamed files are spooled to the temp dir, so its size bounds this times ``max_tune_bytes``.
     max_tune_uploads: int = 4
+    #: Seconds a tune upload may go without a chunk before it is given up (its slot freed).
+    upload_idle_seconds: float = 60.0
     #: Seconds for one HTTP fetch (connect + read) of an input image or a tune URL.
     fetch_timeout_seconds: float = 20.0
     #: Redirects followed (each re-checked against the address policy).
@@ -210,6 +212,9 @@ class GatewaySettings:
             max_image_pixels=reader.int("GATEWAY_MAX_IMAGE_PIXELS", defaults.max_image_pixels, min=64 * 64),
             max_tune_bytes=reader.int("GATEWAY_MAX_TUNE_BYTES", defaults.max_tune_bytes, min=1024),
             max_tune_uploads=reader.int("GATEWAY_MAX_TUNE_UPLOADS", defaults.max_tune_uploads, min=1, max=64),
+            upload_idle_seconds=reader.float(
+                "GATEWAY_UPLOAD_IDLE_SECONDS", defaults.upload_idle_seconds, min=1.0, max=3600.0
+            ),
             fetch_timeout_seconds=reader.float(
                 "GATEWAY_FETCH_TIMEOUT_SECONDS", defaults.fetch_timeout_seconds, min=0.1
             ),

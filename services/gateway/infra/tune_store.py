@@ -17,7 +17,16 @@ from google.protobuf.message import DecodeError
 
 from multipass import names
 from multipass.bus import KvBucket
-from multipass.errors import Internal, InvalidInput, NotFound, Reason, ResourceExhausted, Violation, echo
+from multipass.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    Violation,
+    echo,
+)
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import common_pb2, jobs_pb2
@@ -94,6 +103,8 @@ class TuneStore:
             references = await self._store_references(tenant, tune_id, faces)
             return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
         with self.uploads.hold():
+            # A slot is held only while the file moves: a client that stops sending gives it up.
+            chunks = _paced(chunks, self._limits.upload_idle_seconds)
             if metadata.url:
                 await _refuse_chunks(metadata, chunks)
                 return await self._register_fetched(tenant, metadata)
@@ -330,6 +341,22 @@ class TuneStore:
         tune = await self.get(tenant, tune_id)
         await self._kv.delete(names.tune_key(tenant, tune.tune_id))
         return await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))
+
+
+async def _paced(chunks: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
+    """``chunks``, each due within ``idle_seconds`` of the one before; DEADLINE_EXCEEDED when one is not."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as error:
+            raise DeadlineExceeded(
+                f"no chunk for {idle_seconds:g} s; the upload was given up "
+                "(MULTIPASS_GATEWAY_UPLOAD_IDLE_SECONDS)"
+            ) from error
+        yield chunk
 
 
 async def _refuse_chunks(metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]) -> None:

@@ -303,3 +303,19 @@ async def test_a_tenant_holds_at_most_its_quota_of_tunes_and_is_told_before_send
     assert "holds 2 tunes, the most it may (2)" in str(full.value) and full.value.metadata["scope"] == "tunes"
     assert pulled == [] and len(objects.stored) == 2  # nothing read, nothing stored
     await tunes.register("other", lora_metadata(), chunks_of(lora_file(4096), 1024))  # its own quota
+
+
+async def test_an_upload_that_stops_sending_gives_up_its_slot():
+    from multipass.errors import DeadlineExceeded
+
+    tunes, objects = store(Limits(max_tune_uploads=1, upload_idle_seconds=1.0))
+    stalled = asyncio.Event()
+
+    async def first_chunk_then_nothing():
+        yield lora_file(4096)[:1024]
+        await stalled.wait()
+
+    with pytest.raises(DeadlineExceeded, match="no chunk for 1 s"):
+        await tunes.register("acme", lora_metadata(), first_chunk_then_nothing())
+    assert tunes.uploads.running == 0 and not objects.stored
+    await tunes.register("acme", lora_metadata(), chunks_of(lora_file(4096), 1024))  # the slot is free
