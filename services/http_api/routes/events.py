@@ -82,20 +82,51 @@ def event_data(event: jobs_pb2.JobEvent, base_url: str) -> tuple[str, dict[str, 
     return kind, data
 
 
-async def _event_stream(
-    call, base_url: str, heartbeat_seconds: float, stopping: asyncio.Event
-) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue()
+#: How long a new event stream waits for the gateway's first answer before it starts: a refusal that comes
+#: at once (too many streams open, RESOURCE_EXHAUSTED) is then an HTTP error, not an ``error`` event.
+FIRST_ANSWER_WAIT_SECONDS = 0.5
 
-    async def pump() -> None:
+
+class EventPump:
+    """Reads the WatchJob call into a queue from the moment the route starts it."""
+
+    def __init__(self, call):
+        self.call = call
+        self.queue: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue()
+        self._first = asyncio.Event()
+        self.first_error: grpc.RpcError | None = None
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
         try:
-            async for event in call:
-                await queue.put(event)
-            await queue.put(None)
+            async for event in self.call:
+                self._first.set()
+                await self.queue.put(event)
+            await self.queue.put(None)
         except BaseException as error:  # noqa: BLE001 - handed to the stream, which reports it
-            await queue.put(error)
+            if not self._first.is_set() and isinstance(error, grpc.RpcError):
+                self.first_error = error
+            await self.queue.put(error)
+        finally:
+            self._first.set()
 
-    pump_task = asyncio.create_task(pump())
+    async def refused_at_once(self, seconds: float) -> grpc.RpcError | None:
+        """The call's error when the gateway refused it before any event, within ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first.wait(), seconds)
+        return self.first_error
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+async def _event_stream(
+    pump: EventPump, base_url: str, heartbeat_seconds: float, stopping: asyncio.Event
+) -> AsyncIterator[bytes]:
+    queue = pump.queue
     stop_task = asyncio.create_task(stopping.wait())
     try:
         yield sse_retry(RECONNECT_MS)
@@ -128,11 +159,8 @@ async def _event_stream(
             if kind == "finished":
                 return
     finally:
-        call.cancel()
         stop_task.cancel()
-        pump_task.cancel()
-        with contextlib.suppress(BaseException):
-            await pump_task
+        await pump.close()
 
 
 @router.get(
@@ -158,10 +186,14 @@ async def job_events(
     after = _resume_after(last_event_id, from_seq)
     # Ask first, so a job that is not the caller's (or a bad key) is an HTTP error, not a stream.
     await gateway.get_job(authorization, job_id)
-    call = gateway.watch_job(authorization, job_id, after)
+    pump = EventPump(gateway.watch_job(authorization, job_id, after))
+    refused = await pump.refused_at_once(FIRST_ANSWER_WAIT_SECONDS)
+    if refused is not None:
+        await pump.close()
+        raise http_error_for_rpc(refused)
     HTTP_STREAMS_OPEN.labels(route="/v1/jobs/{job_id}/events").inc()
     return StreamingResponse(
-        _event_stream(call, base_url, settings.sse_heartbeat_seconds, request.app.state.stopping),
+        _event_stream(pump, base_url, settings.sse_heartbeat_seconds, request.app.state.stopping),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from multipass.v1 import jobs_pb2
-from multipass_http_api.routes.events import _event_stream
+from multipass_http_api.routes.events import EventPump, _event_stream
 from multipass_http_api.sse import sse_event
 
 
@@ -42,10 +42,22 @@ async def test_a_failed_stream_ends_with_an_error_event_that_keeps_the_last_even
     chunks = [
         chunk
         async for chunk in _event_stream(
-            FailingCall([accepted]), "http://h", heartbeat_seconds=5.0, stopping=asyncio.Event()
+            EventPump(FailingCall([accepted])), "http://h", heartbeat_seconds=5.0, stopping=asyncio.Event()
         )
     ]
     events = [chunk.decode() for chunk in chunks if b"event:" in chunk]
     assert events[0].startswith("id: 1\nevent: accepted\n")
     assert events[-1].startswith("event: error\ndata: ")  # no id: a reconnection resumes after 1
     assert '"status":503' in events[-1]
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_before_any_event_is_seen_at_once_and_a_later_failure_is_not():
+    refused = EventPump(FailingCall([]))
+    error = await refused.refused_at_once(1.0)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    await refused.close()
+    accepted = jobs_pb2.JobEvent(job_id="j1", sequence=1)
+    streaming = EventPump(FailingCall([accepted]))
+    assert await streaming.refused_at_once(1.0) is None  # an event came first: the stream reports the rest
+    await streaming.close()
