@@ -112,7 +112,11 @@ def test_image_runs_the_service_as_a_non_root_user(target):
     exposed = {int(v) for c in made if c.cmd == "EXPOSE" for v in c.value}
     assert exposed == {grpc_port, metrics_port}
     checks = [list(c.value) for c in made if c.cmd == "RUN" and c.json]
-    assert ["python", "-c", f"import {package}"] in checks, "the target checks it holds its own service"
+    every_module = (
+        f"import importlib, pkgutil, {package} as p; [importlib.import_module(m.name) for m in "
+        "pkgutil.walk_packages(p.__path__, p.__name__ + '.') if not m.name.endswith('__main__')]"
+    )
+    assert ["python", "-c", every_module] in checks, "the target imports every module of its service"
     environment = " ".join(" ".join(c.value) for c in made if c.cmd == "ENV")
     assert ("MULTIPASS_MODEL_DIR" in environment) == (service in ML_SERVICES)
     assert ("NVIDIA_VISIBLE_DEVICES" in environment) == (torch == "cuda")

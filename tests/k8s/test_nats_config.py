@@ -234,6 +234,28 @@ async def test_gateway_and_diffusion_do_their_work_and_nothing_more(dev_nats, ca
         assert event.data == b"done"
         await event.ack()
 
+        # the gateway pulls its own passes (segment, mask, faces) from the work queue and acks them
+        await gateway.ensure_consumer(
+            stream=names.STREAM_PASSES,
+            durable=names.GATEWAY_PASS_DURABLE,
+            filter_subject=names.GATEWAY_PASS_SUBJECT,
+            ack_wait=30,
+            max_deliver=3,
+            max_ack_pending=4,
+        )
+        await gateway.publish(
+            names.GATEWAY_PASS_SUBJECT, b"segment-1", msg_id=names.pass_msg_id("j1", 0, "segment", 1)
+        )
+        own = await gateway.js.pull_subscribe_bind(
+            durable=names.GATEWAY_PASS_DURABLE, stream=names.STREAM_PASSES
+        )
+        (step,) = await own.fetch(1, timeout=2)
+        assert step.data == b"segment-1"
+        await step.in_progress()
+        await step.ack_sync(timeout=2)  # refused (and so timed out) without the permission
+        info = await gateway.js.consumer_info(names.STREAM_PASSES, names.GATEWAY_PASS_DURABLE)
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+
         # a cancel from the gateway reaches the worker
         await gateway.publish_core(names.cancel_subject("j1"), b"")
         cancel = await asyncio.wait_for(cancels.get(), 2)
