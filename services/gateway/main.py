@@ -217,6 +217,8 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             sweep_seconds=settings.upload_sweep_seconds,
             tenant_max_uploads=settings.limits.tenant_max_uploads,
             limits=tenants.limits,
+            max_receiving=settings.limits.max_image_uploads,
+            retry_after_seconds=settings.limits.retry_after_seconds,
         )
         retention = JobRetention(
             jobs=jobs,

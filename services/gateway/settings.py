@@ -36,8 +36,11 @@ class Limits:
     #: Tune files (chunks or a URL) one replica receives at once; one more RegisterTune is RESOURCE_EXHAUSTED.
     #: Streamed files are spooled to the temp dir, so its size bounds this times ``max_tune_bytes``.
     max_tune_uploads: int = 4
-    #: Seconds a tune upload may go without a chunk before it is given up (its slot freed).
+    #: Seconds an upload (a tune file, an image) may go without a chunk before it is given up (its slot freed).
     upload_idle_seconds: float = 60.0
+    #: Images (UploadImage) one replica receives at once, each held in memory until decoded (at most
+    #: ``max_image_bytes``); a tenant holds at most half of them. One more is RESOURCE_EXHAUSTED.
+    max_image_uploads: int = 8
     #: Seconds for one HTTP fetch (connect + read) of an input image or a tune URL.
     fetch_timeout_seconds: float = 20.0
     #: Redirects followed (each re-checked against the address policy).
@@ -214,6 +217,9 @@ class GatewaySettings:
             max_tune_uploads=reader.int("GATEWAY_MAX_TUNE_UPLOADS", defaults.max_tune_uploads, min=1, max=64),
             upload_idle_seconds=reader.float(
                 "GATEWAY_UPLOAD_IDLE_SECONDS", defaults.upload_idle_seconds, min=1.0, max=3600.0
+            ),
+            max_image_uploads=reader.int(
+                "GATEWAY_MAX_IMAGE_UPLOADS", defaults.max_image_uploads, min=1, max=256
             ),
             fetch_timeout_seconds=reader.float(
                 "GATEWAY_FETCH_TIMEOUT_SECONDS", defaults.fetch_timeout_seconds, min=0.1

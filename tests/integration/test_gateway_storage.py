@@ -309,3 +309,68 @@ async def test_a_tenants_own_limits_replace_the_gateways_for_it_alone(stack):
     ]
     unknown = await rpc_error(set_limits("t" + "0" * 16, max_uploads=5))
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _png(side: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_image_uploads_are_bounded_per_replica_and_tenant_paced_and_checked_again_before_storing(stack):
+    """A replica receives a bounded number of images at once (a tenant half of them), an upload that stops
+    sending is given up, and one whose key is revoked while it is sent stores nothing."""
+    await stack.start_gateway(limits=Limits(max_image_uploads=2, upload_idle_seconds=2.5))
+    owner, other = await stack.tenant("owner"), await stack.tenant("other")
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    release = asyncio.Event()
+
+    def upload(key: str, wait: asyncio.Event | None = None):
+        async def parts():
+            yield jobs_pb2.UploadImageRequest(filename="x.png")
+            data = _png()
+            yield jobs_pb2.UploadImageRequest(chunk=data[:100])
+            if wait is not None:
+                await wait.wait()
+            yield jobs_pb2.UploadImageRequest(chunk=data[100:])
+
+        return stack.jobs.UploadImage(parts(), metadata=bearer(key))
+
+    slow = asyncio.ensure_future(upload(owner.api_key, release))
+    await asyncio.sleep(0.3)
+    refused = await rpc_error(upload(owner.api_key))  # the owner's share (1 of 2) is taken
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "its share" in refused.details()
+    assert dict(reason_of(refused).metadata)["scope"] == "image_uploads"
+    assert (await upload(other.api_key)).image_id  # another tenant is not kept out
+    release.set()
+    assert (await slow).image_id
+
+    stalled = await rpc_error(upload(owner.api_key, asyncio.Event()))  # never sends the rest
+    assert stalled.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "given up" in stalled.details()
+
+    before = set(await stack.store.list_keys(BUCKET_JOBS, f"uploads/{owner.tenant}/"))
+    hold = asyncio.Event()
+    revoked_meanwhile = asyncio.ensure_future(upload(owner.api_key, hold))
+    await asyncio.sleep(0.3)
+    await stack.admin.RevokeKey(admin_pb2.RevokeKeyRequest(key_id=owner.key_id), metadata=admin)
+    hold.set()
+    error = await rpc_error(revoked_meanwhile)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert set(await stack.store.list_keys(BUCKET_JOBS, f"uploads/{owner.tenant}/")) == before
+
+
+async def test_a_tenant_being_removed_takes_no_new_key_and_none_outlives_it(stack):
+    await stack.start_gateway(auth_cache_seconds=1.0)
+    doomed = await stack.tenant("doomed")
+    admin = [("x-multipass-admin-token", ADMIN_TOKEN)]
+    removal = asyncio.ensure_future(
+        stack.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant=doomed.tenant), metadata=admin)
+    )
+    await asyncio.sleep(0.4)  # the removal waits out the auth cache after revoking: it is under way
+    late = await rpc_error(
+        stack.admin.CreateKey(admin_pb2.CreateKeyRequest(tenant=doomed.tenant), metadata=admin)
+    )
+    assert late.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND), late.details()
+    await removal
+    error = await rpc_error(stack.jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=bearer(doomed.api_key)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED

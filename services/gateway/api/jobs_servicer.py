@@ -27,6 +27,7 @@ from multipass_gateway.domain import job_state, request_checks
 from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.infra.job_store import JobStore
 from multipass_gateway.infra.tenant_store import TenantStore
+from multipass_gateway.infra.upload_limits import paced
 from multipass_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -162,24 +163,35 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
 
     async def UploadImage(self, request_iterator, context) -> jobs_pb2.UploadImageResponse:
         async with drained_on_refusal(ClientStream(request_iterator)) as stream:
-            tenant = await authenticate(self.tenants, context)
+            key = await authenticate_key(self.tenants, context)
+            tenant = key.tenant
             await self.uploads.check_room(tenant)
             limit = self.settings.limits.max_image_bytes
             data = bytearray()
-            async for part in stream:
-                if part.WhichOneof("part") == "chunk":
-                    data += part.chunk
-                    if len(data) > limit:
-                        raise InvalidInput.of(
-                            [Violation("chunk", f"the image is larger than {limit} bytes")],
-                            reason=Reason.IMAGE_TOO_LARGE,
-                            metadata={"maxBytes": str(limit)},
-                        )
-        if not data:
-            raise InvalidInput.of([Violation("chunk", "no image data received")])
-        image = await asyncio.to_thread(
-            decode_image, bytes(data), field="chunk", max_pixels=self.settings.limits.max_image_pixels
-        )
+            # A replica receives a bounded number of images at once (a tenant its share of them), each
+            # given up when it stops sending: the bytes are held in memory until decoded.
+            with self.uploads.slots.hold(tenant):
+                parts = paced(
+                    stream, self.settings.limits.upload_idle_seconds, "MULTIPASS_GATEWAY_UPLOAD_IDLE_SECONDS"
+                )
+                async for part in parts:
+                    if part.WhichOneof("part") == "chunk":
+                        data += part.chunk
+                        if len(data) > limit:
+                            raise InvalidInput.of(
+                                [Violation("chunk", f"the image is larger than {limit} bytes")],
+                                reason=Reason.IMAGE_TOO_LARGE,
+                                metadata={"maxBytes": str(limit)},
+                            )
+                if not data:
+                    raise InvalidInput.of([Violation("chunk", "no image data received")])
+                image = await asyncio.to_thread(
+                    decode_image, data, field="chunk", max_pixels=self.settings.limits.max_image_pixels
+                )
+                del data
+        await self.tenants.require_live(
+            key
+        )  # revoked, or its tenant removed, while it was sent: nothing stored
         image_id = secrets.token_hex(12)
         uploaded = datetime.now(UTC)
         ref = await self.objects.put_image(names.BUCKET_JOBS, names.upload_key(tenant, image_id), image)

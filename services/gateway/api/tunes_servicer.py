@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from multipass.errors import InvalidInput, Violation
 from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
-from multipass_gateway.api.auth import authenticate
+from multipass_gateway.api.auth import authenticate, authenticate_key
 from multipass_gateway.api.client_streams import ClientStream, drained_on_refusal
 from multipass_gateway.api.views import public_tune
 from multipass_gateway.infra.tenant_store import TenantStore
@@ -38,7 +38,7 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
 
     async def RegisterTune(self, request_iterator, context) -> jobs_pb2.Tune:
         async with drained_on_refusal(ClientStream(request_iterator)) as stream:
-            tenant = await authenticate(self.tenants, context)
+            key = await authenticate_key(self.tenants, context)
             first = await stream.next_or_none()
             if first is None or first.WhichOneof("part") != "metadata":
                 raise InvalidInput.of(
@@ -53,7 +53,10 @@ class TunesServicer(jobs_pb2_grpc.TunesServicer):
                         )
                     yield part.chunk
 
-            return await self._view(await self.tunes.register(tenant, first.metadata, chunks()))
+            registered = await self.tunes.register(
+                key.tenant, first.metadata, chunks(), still_allowed=lambda: self.tenants.require_live(key)
+            )
+            return await self._view(registered)
 
     async def GetTune(self, request: jobs_pb2.GetTuneRequest, context) -> jobs_pb2.Tune:
         tenant = await authenticate(self.tenants, context)

@@ -1,11 +1,13 @@
 """Removing a tenant (``Admin.DeleteTenant``): its keys, jobs, tunes and uploads go, then the tenant itself.
 
-The keys are revoked first, so nothing new starts with them: at once on this replica, on the others when
+The tenant is marked as being removed (it takes no new keys) and its keys are revoked first, so nothing
+new starts with them: at once on this replica, on the others when
 the revocation note arrives or, at worst, when their authentication cache expires
 (``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``). Every job is then deleted through ``DeleteJob``'s path (a
 running one is cancelled first), every tune with its files, every upload. Once the cache time since the
 revocation has passed, the jobs and tunes are listed again, so one that another replica accepted just
-before it forgot the keys goes too. The tenant's record goes last: a removal that fails half-way leaves
+before it forgot the keys goes too; uploads and tune files still being received check their key again
+before they store anything. The keys are revoked once more just before the tenant's record goes, last: a removal that fails half-way leaves
 the tenant in place (without keys), and is repeated by calling again.
 """
 
@@ -67,6 +69,7 @@ class TenantRemoval:
     async def remove(self, tenant: str) -> Removed:
         """Remove ``tenant`` and everything it owns; NotFound when there is no such tenant."""
         await self.tenants.require(tenant)
+        await self.tenants.mark_removing(tenant)  # no new keys from now on
         removed = Removed(keys_revoked=await self.tenants.revoke_all(tenant))
         revoked_at = self._clock()
         await self._delete_owned(tenant, removed)
@@ -80,6 +83,8 @@ class TenantRemoval:
             (names.BUCKET_TUNES, f"tunes/{tenant}/"),
         ):
             removed.objects_deleted += await self.objects.delete_prefix(bucket, prefix)
+        # A key created while the removal began (before it was marked) is revoked too: none outlives it.
+        removed.keys_revoked += await self.tenants.revoke_all(tenant)
         await self.tenants.delete_record(tenant)
         self.tenants.limits.forget(tenant)
         self.usage.forget(tenant)

@@ -27,6 +27,7 @@ from multipass_gateway.domain.tune_checks import valid_upload_id
 from multipass_gateway.infra import metrics, periodic
 from multipass_gateway.infra.tenant_limits import TenantLimitsCache
 from multipass_gateway.infra.tune_store import unknown_upload
+from multipass_gateway.infra.upload_limits import UploadSlots
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,23 @@ class Uploads:
         sweep_seconds: float,
         tenant_max_uploads: int = 500,
         limits: TenantLimitsCache | None = None,
+        max_receiving: int = 8,
+        retry_after_seconds: float = 1.0,
     ):
-        """``limits``: tenants' own quotas (a tenant's ``max_uploads`` replaces ``tenant_max_uploads``)."""
+        """``limits``: tenants' own quotas (a tenant's ``max_uploads`` replaces ``tenant_max_uploads``).
+        ``max_receiving``: images this replica receives at once (each held in memory until decoded)."""
         self.objects = objects
         self.limits = limits
         self.ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else None
         self.sweep_seconds = sweep_seconds
         self.tenant_max_uploads = tenant_max_uploads
+        self.slots = UploadSlots(
+            max_receiving,
+            retry_after_seconds=retry_after_seconds,
+            what="image uploads",
+            scope="image_uploads",
+            setting="MULTIPASS_GATEWAY_MAX_IMAGE_UPLOADS",
+        )
 
     def expires_at(self, uploaded: datetime) -> datetime | None:
         return uploaded + self.ttl if self.ttl is not None else None

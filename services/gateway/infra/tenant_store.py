@@ -20,7 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from multipass.bus import KvBucket
-from multipass.errors import InvalidInput, NotFound, Reason, Unauthenticated, Violation, echo
+from multipass.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    Reason,
+    Unauthenticated,
+    Violation,
+    echo,
+)
 from multipass_gateway.domain import api_keys, request_checks
 from multipass_gateway.domain.page_tokens import page_token, parse_page_token
 from multipass_gateway.infra import tenant_limits
@@ -112,8 +120,31 @@ class TenantStore:
         return await self._issue(tenant)
 
     async def create_key(self, tenant: str) -> NewKey:
+        """A new key of ``tenant``; NotFound for an unknown tenant, FAILED_PRECONDITION while it is being
+        removed (a key made then would outlive the tenant)."""
         await self.require(tenant)
+        found = await self._kv.get(f"tenant.{tenant}")
+        if found is not None and json.loads(found.value).get("removing"):
+            raise FailedPrecondition(
+                f"tenant {tenant} is being removed; it takes no new keys",
+                reason=Reason.UNKNOWN_TENANT,
+                metadata={"tenant": tenant},
+            )
         return await self._issue(tenant)
+
+    async def mark_removing(self, tenant: str) -> None:
+        """Record that ``tenant`` is being removed (``DeleteTenant``): it takes no new keys from now on."""
+
+        def change(current: bytes | None) -> bytes | None:
+            if current is None:
+                return None
+            record = json.loads(current)
+            if record.get("removing"):
+                return None
+            record["removing"] = True
+            return json.dumps(record).encode()
+
+        await self._kv.compare_and_set(f"tenant.{tenant}", change)
 
     async def require(self, tenant: str) -> None:
         """NotFound (``tenant``, ``UNKNOWN_TENANT``) unless the tenant exists."""
@@ -249,6 +280,13 @@ class TenantStore:
     async def run(self, stop: asyncio.Event) -> None:
         """Recheck the keys of open streams until ``stop`` (catches revocations whose note was lost)."""
         await self.streams.run(stop)
+
+    async def require_live(self, key: AuthenticatedKey) -> None:
+        """Unauthenticated unless ``key`` is still live in KV (no cache): a long upload checks its key
+        again before it stores anything, so a key revoked (or a tenant removed) meanwhile leaves nothing."""
+        if not await self._key_is_live(key.digest):
+            self._forget(key.digest)
+            raise Unauthenticated("invalid or revoked API key", reason=Reason.API_KEY_INVALID)
 
     async def _key_is_live(self, digest: str) -> bool:
         return await self._kv.get(f"{_LOOKUP_PREFIX}{digest}") is not None

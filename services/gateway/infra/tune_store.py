@@ -11,14 +11,13 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
 from multipass import names
 from multipass.bus import KvBucket
 from multipass.errors import (
-    DeadlineExceeded,
     Internal,
     InvalidInput,
     NotFound,
@@ -42,7 +41,7 @@ from multipass_gateway.domain.tune_checks import (
 from multipass_gateway.domain.tune_files import check_safetensors_head
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
 from multipass_gateway.infra.tune_spool import TuneSpool
-from multipass_gateway.infra.tune_upload_slots import TuneUploadSlots
+from multipass_gateway.infra.upload_limits import UploadSlots, paced
 from multipass_gateway.settings import Limits
 
 _TUNE_ID = re.compile(r"^[0-9]{1,24}$")
@@ -74,12 +73,20 @@ class TuneStore:
         self._http = http
         self._limits = limits
         #: Tune files being received now (``limits.max_tune_uploads`` at most).
-        self.uploads = TuneUploadSlots(
-            limits.max_tune_uploads, retry_after_seconds=limits.retry_after_seconds
+        self.uploads = UploadSlots(
+            limits.max_tune_uploads,
+            retry_after_seconds=limits.retry_after_seconds,
+            what="tune file uploads",
+            scope="tune_uploads",
+            setting="MULTIPASS_GATEWAY_MAX_TUNE_UPLOADS",
         )
 
     async def register(
-        self, tenant: str, metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]
+        self,
+        tenant: str,
+        metadata: jobs_pb2.TuneMetadata,
+        chunks: AsyncIterator[bytes],
+        still_allowed: Callable[[], Awaitable[None]] | None = None,
     ) -> jobs_pb2.Tune:
         """Validate, store the file and the record; the file comes from ``chunks`` or ``metadata.url``.
 
@@ -87,8 +94,11 @@ class TuneStore:
         message (which tells whether a file follows, so the refusal names every problem at once), and a
         chunk the tune takes none of is refused before the next is read. A file holds one of
         :attr:`uploads` while it is received, checked and stored; streamed files go to a
-        :class:`TuneSpool` (the gateway never holds one whole in memory).
+        :class:`TuneSpool` (the gateway never holds one whole in memory). ``still_allowed`` is awaited
+        once everything is received and checked, before anything is stored (it raises when the caller's
+        key was revoked meanwhile, or its tenant removed: nothing is left behind for no one).
         """
+        allowed = still_allowed or _always_allowed
         problems = check_fields(metadata)
         if problems:
             following = await anext(chunks, None)
@@ -99,30 +109,37 @@ class TuneStore:
         if metadata.kind == FACEID:
             await _refuse_chunks(metadata, chunks)
             faces = await self._reference_faces(tenant, metadata)
+            await allowed()
             tune_id = new_tune_id()
             references = await self._store_references(tenant, tune_id, faces)
             return await self._store_record(tenant, metadata, references, file_ref=None, tune_id=tune_id)
-        with self.uploads.hold():
+        with self.uploads.hold(tenant):
             # A slot is held only while the file moves: a client that stops sending gives it up.
-            chunks = _paced(chunks, self._limits.upload_idle_seconds)
+            chunks = paced(chunks, self._limits.upload_idle_seconds, "MULTIPASS_GATEWAY_UPLOAD_IDLE_SECONDS")
             if metadata.url:
                 await _refuse_chunks(metadata, chunks)
-                return await self._register_fetched(tenant, metadata)
+                return await self._register_fetched(tenant, metadata, allowed)
             with TuneSpool(self._limits.max_tune_bytes) as spool:
                 async for chunk in chunks:
                     await spool.write(chunk)
                 problems = check_source(metadata, streamed=spool.size > 0)
                 if problems:
                     raise InvalidInput.of(problems)
-                return await self._register_spooled(tenant, metadata, spool)
+                return await self._register_spooled(tenant, metadata, spool, allowed)
 
     async def _register_spooled(
-        self, tenant: str, metadata: jobs_pb2.TuneMetadata, spool: TuneSpool, field: str = "chunk"
+        self,
+        tenant: str,
+        metadata: jobs_pb2.TuneMetadata,
+        spool: TuneSpool,
+        allowed: Callable[[], Awaitable[None]],
+        field: str = "chunk",
     ) -> jobs_pb2.Tune:
         faces = await self._reference_faces(tenant, metadata)
         _check_sha256(metadata, spool.sha256)
         head = await asyncio.to_thread(spool.head)
         await asyncio.to_thread(check_safetensors_head, head, spool.size, field, metadata.base_family)
+        await allowed()
         tune_id = new_tune_id()
         references = await self._store_references(tenant, tune_id, faces)
         file_ref = await self._objects.put_file(
@@ -130,7 +147,9 @@ class TuneStore:
         )
         return await self._store_record(tenant, metadata, references, file_ref=file_ref, tune_id=tune_id)
 
-    async def _register_fetched(self, tenant: str, metadata: jobs_pb2.TuneMetadata) -> jobs_pb2.Tune:
+    async def _register_fetched(
+        self, tenant: str, metadata: jobs_pb2.TuneMetadata, allowed: Callable[[], Awaitable[None]]
+    ) -> jobs_pb2.Tune:
         """A tune whose file is at ``metadata.url``: fetched into a spool as it is read (never whole in
         memory), then checked and stored like a streamed one."""
         with TuneSpool(self._limits.max_tune_bytes) as spool:
@@ -144,7 +163,7 @@ class TuneStore:
                 )
             except FetchError as error:
                 raise InvalidInput.of([Violation("metadata.url", error.reason)]) from error
-            return await self._register_spooled(tenant, metadata, spool, "metadata.url")
+            return await self._register_spooled(tenant, metadata, spool, allowed, "metadata.url")
 
     async def _reference_faces(
         self, tenant: str, metadata: jobs_pb2.TuneMetadata
@@ -343,20 +362,8 @@ class TuneStore:
         return await self._objects.delete_prefix(names.BUCKET_TUNES, names.tune_prefix(tenant, tune.tune_id))
 
 
-async def _paced(chunks: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
-    """``chunks``, each due within ``idle_seconds`` of the one before; DEADLINE_EXCEEDED when one is not."""
-    iterator = aiter(chunks)
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(iterator), idle_seconds)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as error:
-            raise DeadlineExceeded(
-                f"no chunk for {idle_seconds:g} s; the upload was given up "
-                "(MULTIPASS_GATEWAY_UPLOAD_IDLE_SECONDS)"
-            ) from error
-        yield chunk
+async def _always_allowed() -> None:
+    return None
 
 
 async def _refuse_chunks(metadata: jobs_pb2.TuneMetadata, chunks: AsyncIterator[bytes]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from multipass.errors import ConfigError, ResourceExhausted
 from multipass.v1 import jobs_pb2
 from multipass_gateway.domain.tune_checks import check_fields, check_metadata, check_source
-from multipass_gateway.infra.tune_upload_slots import TuneUploadSlots
+from multipass_gateway.infra.upload_limits import UploadSlots
 from multipass_gateway.settings import GatewaySettings, Limits
 
 FACE_ID = "0123456789abcdef01234567"
@@ -93,7 +93,14 @@ def test_max_tune_uploads_is_read_once_with_its_bounds():
 
 
 def test_upload_slots_refuse_one_more_and_free_on_exit():
-    slots = TuneUploadSlots(2, retry_after_seconds=7.0)
+    slots = UploadSlots(
+        2,
+        retry_after_seconds=7.0,
+        what="tune file uploads",
+        scope="tune_uploads",
+        setting="MULTIPASS_GATEWAY_MAX_TUNE_UPLOADS",
+        per_tenant=2,
+    )
     with slots.hold(), slots.hold():
         assert slots.running == 2
         with pytest.raises(ResourceExhausted) as caught, slots.hold():
@@ -106,4 +113,17 @@ def test_upload_slots_refuse_one_more_and_free_on_exit():
     assert slots.running == 0
     with pytest.raises(RuntimeError), slots.hold():
         raise RuntimeError("the upload failed")
+    assert slots.running == 0
+
+
+def test_a_tenant_holds_at_most_its_share_of_the_slots():
+    slots = UploadSlots(4, retry_after_seconds=1.0, what="uploads", scope="s", setting="X")
+    assert slots.per_tenant == 2
+    with slots.hold("a"), slots.hold("a"):
+        with pytest.raises(ResourceExhausted, match="its share"), slots.hold("a"):
+            pass
+        with slots.hold("b"), slots.hold("b"):
+            assert slots.running == 4
+            with pytest.raises(ResourceExhausted, match="the most it receives"), slots.hold("c"):
+                pass
     assert slots.running == 0
