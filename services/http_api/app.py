@@ -33,7 +33,11 @@ def create_app(
     settings: HttpApiSettings, gateway: GatewayClient, objects: ObjectStore | None = None
 ) -> FastAPI:
     """The application answering HTTP for ``gateway``; ``objects`` serves pass outputs and masks."""
-    app = FastAPI(title="Multipass HTTP API", version="1", description=DESCRIPTION)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, on the web page's origin (where
+    # the page keeps the caller's key). The OpenAPI document is at /openapi.json for any viewer.
+    app = FastAPI(
+        title="Multipass HTTP API", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.gateway = gateway
     app.state.objects = objects

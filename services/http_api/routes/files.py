@@ -10,11 +10,13 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
+from multipass.store import ObjectStore
 from multipass_http_api.deps import Authorization, BaseUrl, Gateway, Objects
 from multipass_http_api.errors import HttpError
 from multipass_http_api.job_views import job_files, job_view
@@ -53,22 +55,49 @@ async def job_file(
     raise HttpError(404, f"job {job_id} has no image {image}/{shown} (yet)")
 
 
-@router.get("/{job_id}/archive.zip", response_class=Response, responses=ZIP_RESPONSE)
+@router.get("/{job_id}/archive.zip", response_class=StreamingResponse, responses=ZIP_RESPONSE)
 async def job_archive(
     job_id: str, authorization: Authorization, gateway: Gateway, objects: Objects, base_url: BaseUrl
-) -> Response:
-    """``job.json`` and every stored image of the job (``image-<k>/<name>.png``) in one zip."""
+) -> StreamingResponse:
+    """``job.json`` and every stored image of the job (``image-<k>/<name>.png``) in one zip, streamed as it
+    is made: one image at a time in memory, whatever the job's size."""
     job = await gateway.get_job(authorization, job_id)
     store = _store(objects)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+    return StreamingResponse(
+        _zip_stream(job, base_url, store),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
+    )
+
+
+class _ZipSink(io.RawIOBase):
+    """Where the zip is written: bytes taken away as soon as each entry is done (not seekable, so the
+    zip module writes each entry's sizes with it)."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        parts, self._parts = self._parts, []
+        return b"".join(parts)
+
+
+async def _zip_stream(job, base_url: str, store: ObjectStore) -> AsyncIterator[bytes]:
+    sink = _ZipSink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("job.json", json.dumps(job_view(job, base_url), indent=2, ensure_ascii=False))
+        yield sink.take()
         for entry in job_files(job):
             ref = entry["ref"]
             data = await store.get_bytes(ref.bucket, ref.key, field="file")
             archive.writestr(f"image-{entry['image']}/{entry['name']}.png", data)
-    return Response(
-        buffer.getvalue(),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
-    )
+            del data
+            yield sink.take()
+    yield sink.take()  # the central directory
