@@ -41,6 +41,10 @@ def checked_job_id(job_id: str) -> str:
     return names.check_token(job_id, "job_id")
 
 
+#: Job records a filtered ListJobs reads at once while it fills a page.
+LIST_READ_WINDOW = 32
+
+
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
     def __init__(
         self,
@@ -148,17 +152,24 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 continue
             candidates.append(job_id)
         response = jobs_pb2.ListJobsResponse()
-        for position, job_id in enumerate(candidates):
-            record = await self.jobs.load(tenant, job_id)
-            if record is None or (states and record.job.state not in states):
-                continue
-            if not record.job.idempotency_key.startswith(request.idempotency_key_prefix):
-                continue
-            response.jobs.append(await public_job(record, self.objects, self.settings.presign_expiry_seconds))
-            if len(response.jobs) == size:
-                if position + 1 < len(candidates):
-                    response.next_page_token = page_token(job_id)
-                break
+        filtered = bool(states or request.idempotency_key_prefix)
+        # Records are read a window at a time, concurrently: a filtered page may read many to fill.
+        window = LIST_READ_WINDOW if filtered else size
+        for start in range(0, len(candidates), window):
+            ids = candidates[start : start + window]
+            records = await asyncio.gather(*(self.jobs.load(tenant, job_id) for job_id in ids))
+            for offset, (job_id, record) in enumerate(zip(ids, records, strict=True)):
+                if record is None or (states and record.job.state not in states):
+                    continue
+                if not record.job.idempotency_key.startswith(request.idempotency_key_prefix):
+                    continue
+                response.jobs.append(
+                    await public_job(record, self.objects, self.settings.presign_expiry_seconds)
+                )
+                if len(response.jobs) == size:
+                    if start + offset + 1 < len(candidates):
+                        response.next_page_token = page_token(job_id)
+                    return response
         return response
 
     async def UploadImage(self, request_iterator, context) -> jobs_pb2.UploadImageResponse:
