@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
-import os
 import time
 
 import grpc
@@ -25,22 +23,13 @@ from PIL import Image
 
 from multipass.grpc.errors import field_violations, reason_of
 from multipass.v1 import jobs_pb2
+from multipass_dev.sample_files import lora_safetensors
 from multipass_gateway.settings import Limits
 
 MiB = 1024 * 1024
 
 
-def lora_file(data_bytes: int) -> bytes:
-    header = json.dumps(
-        {
-            "lora_unet_x.lora_down.weight": {
-                "dtype": "U8",
-                "shape": [data_bytes],
-                "data_offsets": [0, data_bytes],
-            }
-        }
-    ).encode()
-    return len(header).to_bytes(8, "little") + header + os.urandom(data_bytes)
+lora_file = lora_safetensors
 
 
 def lora_metadata(**fields) -> jobs_pb2.TuneMetadata:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import tracemalloc
 
 import pytest
 
 from multipass.errors import InvalidInput, ResourceExhausted
 from multipass.v1 import common_pb2, jobs_pb2
+from multipass_dev.sample_files import lora_safetensors
 from multipass_gateway.infra import tune_store as tune_store_module
 from multipass_gateway.infra.fetch import Fetched
 from multipass_gateway.infra.tune_spool import SPOOL_MEMORY_BYTES, TuneSpool
@@ -23,18 +22,7 @@ from multipass_gateway.settings import Limits
 MiB = 1024 * 1024
 
 
-def lora_file(data_bytes: int) -> bytes:
-    """A valid LoRA safetensors file with ``data_bytes`` bytes of (random) tensor data."""
-    header = json.dumps(
-        {
-            "lora_unet_x.lora_down.weight": {
-                "dtype": "U8",
-                "shape": [data_bytes],
-                "data_offsets": [0, data_bytes],
-            }
-        }
-    ).encode()
-    return len(header).to_bytes(8, "little") + header + os.urandom(data_bytes)
+lora_file = lora_safetensors
 
 
 class FakeKv:
