@@ -67,3 +67,26 @@ async def test_a_listing_while_keys_are_purged_ends_promptly_with_what_is_left(b
     listed_keys = {key for key, _ in listed}
     assert set(keys[1::2]) <= listed_keys <= set(keys)
     assert await store.keys("sched.flight.>") == sorted(keys[1::2])
+
+
+async def test_a_listing_carries_on_when_a_fetch_times_out_with_asyncios_own_error(bus, monkeypatch):
+    """nats-py raises asyncio's TimeoutError (not its own) when its deadline runs out between its two pull
+    requests; the listing treats it as "nothing came" and asks the stream, as for its own."""
+    from nats.js.client import JetStreamContext
+
+    store = await jobs_kv(bus)
+    keys = [f"sched.flight.t.j{index:03d}.0.base.1" for index in range(5)]
+    for key in keys:
+        await store.put(key, b"1")
+    real_fetch = JetStreamContext.PullSubscription.fetch
+    calls = []
+
+    async def first_fetch_times_out(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TimeoutError
+        return await real_fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", first_fetch_times_out)
+    assert await store.keys("sched.flight.>") == keys
+    assert len(calls) >= 2

@@ -181,7 +181,9 @@ class KvBucket:
                                 msgs = await sub.fetch(
                                     batch=min(remaining, _BATCH), timeout=FETCH_WAIT_SECONDS
                                 )
-                            except nats.errors.TimeoutError:
+                            except (TimeoutError, nats.errors.TimeoutError):
+                                # (nats-py raises asyncio's own TimeoutError too, when its deadline runs out
+                                # between its two pull requests.)
                                 # Nothing came: keys purged since the consumer counted them never arrive.
                                 # Done when every key that exists now was delivered; else wait again.
                                 if await self._subjects(subject_filter) <= seen:
