@@ -111,7 +111,40 @@ def drive(browser: Browser, url: str, api_key: str, screenshots: Path) -> dict:
     input_passes = browser.evaluate(
         "[...document.querySelectorAll('#passes-table tbody tr')].map((tr) => tr.cells[1].textContent)"
     )
+    # An ended job offers its zip, not a cancel; deleting it takes two clicks and goes back to the list.
+    ended_controls = browser.evaluate(
+        "[document.getElementById('download-zip').disabled, document.getElementById('cancel-job').hidden]"
+    )
+    browser.evaluate("document.getElementById('delete-job').click()")
+    armed = browser.evaluate("location.hash.slice(7)")  # one click only arms the button
+    browser.evaluate("document.getElementById('delete-job').click()")
+    browser.wait_for("!document.getElementById('home-view').hidden", 20, "the list after deleting")
+    listed = browser.wait_for(
+        "[...document.querySelectorAll('#jobs-table tbody a')].map((a) => a.textContent).length > 0"
+        " && [...document.querySelectorAll('#jobs-table tbody a')].map((a) => a.textContent)",
+        20,
+        "the job list",
+    )
+    # A tune tag that names no tune: one account of the problem, and how to find tune ids.
+    browser.evaluate(
+        "document.getElementById('prompt').value = 'a room <lora:999999:1>';"
+        "document.getElementById('submit-form').requestSubmit()"
+    )
+    refusal = browser.wait_for(
+        "document.getElementById('submit-error').textContent", 20, "the refusal of an unknown tune"
+    )
+    toggles = browser.evaluate(f"location.hash = '#/jobs/{job_id}'; 1") and browser.wait_for(
+        "document.querySelectorAll('#toggles-0 label').length >= 2"
+        " && [...document.querySelectorAll('#toggles-0 label')].map((l) => l.dataset.mask)",
+        30,
+        "the mask toggles of the first job",
+    )
     return {
+        "ended_controls": ended_controls,
+        "armed_on": armed,
+        "listed_after_delete": listed,
+        "refusal": refusal,
+        "toggles": toggles,
         "input_job": input_job,
         "input_state": input_state,
         "input_passes": input_passes,
@@ -143,6 +176,14 @@ async def test_web_page_watches_a_two_person_job_live(http_api, tmp_path):
     assert {"base", "person-0", "person-1"} <= set(seen["passes"])
     assert {"base", "segment", "person-0", "person-1"} <= {name for name, _ in seen["timings"]}
     assert seen["alts"] is True and seen["hidden_after_toggle"] is True
+    assert seen["ended_controls"] == [False, True]
+    assert seen["armed_on"] == seen["input_job"]  # the first click did not delete
+    assert (
+        seen["input_job"] not in seen["listed_after_delete"] and seen["job_id"] in seen["listed_after_delete"]
+    )
+    assert "multipass tunes list" in seen["refusal"], seen["refusal"]
+    assert seen["refusal"].count("does not exist") == 1, seen["refusal"]
+    assert seen["toggles"][:2] == ["person-0", "person-1"], seen["toggles"]
     # The input image went up through /v1/uploads, the job ran on it, and the upload was deleted after.
     assert seen["input_state"] == "succeeded" and seen["input_passes"][0] == "prepare", seen["input_passes"]
     assert any(url.endswith("/v1/uploads") for url in browser.requests)

@@ -32,12 +32,23 @@ async function api(path, options) {
   return response;
 }
 
-function errorText(body) {
+function errorText(body, reason) {
   if (!body) return "request failed";
-  const lines = [body.error || "request failed"];
-  for (const [field, messages] of Object.entries(body.errors || {})) lines.push(field + ": " + messages.join("; "));
+  const summary = body.error || "request failed";
+  const lines = [summary];
+  // Each field's messages, unless the summary already says them (one problem is summarised in full).
+  for (const [field, messages] of Object.entries(body.errors || {})) {
+    const untold = messages.filter((message) => !summary.includes(message));
+    if (untold.length) lines.push(field + ": " + untold.join("; "));
+  }
+  if (reason === "UNKNOWN_TUNE") {
+    lines.push("A <lora:ID:weight> tag names one of your tunes by its id: list them with `multipass tunes list` (or GET /tunes), or run `multipass demo` to register tiny demo tunes.");
+  }
   return lines.join("\n");
 }
+
+// A refused key logs out (api() says so); nothing else of that failure needs showing.
+function quietly(error) { if (error && error.message !== "unauthenticated" && error.name !== "AbortError") say(String(error.message || error)); }
 
 // ---------------------------------------------------------------------------------------- views
 
@@ -50,9 +61,9 @@ function route() {
   if (currentWatch) { currentWatch.abort(); currentWatch = null; }
   if (!apiKey()) { show("login-view"); $("api-key").focus(); return; }
   const match = location.hash.match(/^#\/jobs\/([A-Za-z0-9_.-]+)$/);
-  if (match) { openJob(match[1]); return; }
+  if (match) { openJob(match[1]).catch(quietly); return; }
   show("home-view");
-  loadJobs();
+  loadJobs().catch(quietly);
 }
 
 function logout(message) {
@@ -82,21 +93,37 @@ $("logout").addEventListener("click", () => logout());
 
 // ---------------------------------------------------------------------------------------- jobs list
 
-async function loadJobs() {
-  const response = await api("/v1/jobs?page_size=50");
+const JOBS_PAGE = 50;
+const LIST_REFRESH_MS = 3000;
+let nextJobsPage = ""; // page token of the jobs after those listed ("" when all are)
+let listRefresh = null;
+
+// The first page of jobs (``more``: the next page, appended). While a listed job is queued or running and
+// only the first page is shown, the list refreshes itself.
+async function loadJobs(more) {
+  clearTimeout(listRefresh);
+  const token = more ? "&page_token=" + encodeURIComponent(nextJobsPage) : "";
+  const response = await api("/v1/jobs?page_size=" + JOBS_PAGE + token);
   const body = await response.json();
   const rows = $("jobs-table").querySelector("tbody");
-  rows.replaceChildren();
+  if (!more) rows.replaceChildren();
   for (const job of body.jobs || []) {
-    rows.append(el("tr", {},
+    rows.append(el("tr", { "data-state": stateName(job.state) },
       el("td", {}, el("a", { href: "#/jobs/" + job.job_id, text: job.job_id })),
       el("td", { text: stateName(job.state) }),
       el("td", { text: job.created_at ? new Date(job.created_at).toLocaleString() : "" }),
       el("td", { text: (job.prompt || "").slice(0, 120) })));
   }
   if (!rows.children.length) rows.append(el("tr", {}, el("td", { colspan: 4, text: "No jobs yet." })));
+  nextJobsPage = body.next_page_token || "";
+  $("more-jobs").hidden = !nextJobsPage;
+  const active = rows.querySelector('[data-state="queued"], [data-state="running"]');
+  if (active && !more && rows.children.length <= JOBS_PAGE) {
+    listRefresh = setTimeout(() => { if (!$("home-view").hidden) loadJobs().catch(quietly); }, LIST_REFRESH_MS);
+  }
 }
-$("refresh-jobs").addEventListener("click", loadJobs);
+$("refresh-jobs").addEventListener("click", () => loadJobs().catch(quietly));
+$("more-jobs").addEventListener("click", () => loadJobs(true).catch(quietly));
 
 function stateName(state) { return (state || "").replace("JOB_STATE_", "").toLowerCase(); }
 
@@ -125,7 +152,11 @@ $("submit-form").addEventListener("submit", async (event) => {
   const response = await api("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (body.input_image_id) api("/v1/uploads/" + body.input_image_id, { method: "DELETE" }).catch(() => {});
   const answer = await response.json().catch(() => null);
-  if (response.status !== 201) { $("submit-error").textContent = errorText(answer); $("submit-error").focus(); return; }
+  if (response.status !== 201) {
+    $("submit-error").textContent = errorText(answer, response.headers.get("X-Multipass-Error-Reason"));
+    $("submit-error").focus();
+    return;
+  }
   say("Job " + answer.job_id + " submitted.");
   location.hash = "#/jobs/" + answer.job_id;
 });
@@ -206,7 +237,11 @@ async function showMask(index, mask, url) {
   box.addEventListener("change", () => { overlay.hidden = !box.checked; });
   const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
   swatch.style.background = `rgb(${colour.join(",")})`; // CSSOM, which the page's CSP allows
-  $("toggles-" + index).append(el("label", { for: id }, box, swatch, `Show mask ${mask}`));
+  const toggles = $("toggles-" + index);
+  toggles.append(el("label", { for: id, "data-mask": mask }, box, swatch, `Show mask ${mask}`));
+  // In person order, whichever mask loaded first.
+  const sorted = [...toggles.children].sort((a, b) => (a.dataset.mask || "").localeCompare(b.dataset.mask || "", undefined, { numeric: true }));
+  toggles.replaceChildren(...sorted);
 }
 
 async function showFinal(index, url) {
@@ -217,8 +252,15 @@ async function showFinal(index, url) {
   holder.replaceChildren(el("h4", { text: "Final image" }), el("img", { src, alt: `Final image ${index}`, class: "final-image", id: "final-image-" + index }));
 }
 
+const ENDED = ["succeeded", "failed", "partial", "cancelled"];
+
 function renderJob(job) {
-  $("job-state").textContent = stateName(job.state);
+  const state = stateName(job.state);
+  const ended = ENDED.includes(state);
+  $("job-state").textContent = state;
+  // The zip holds the images stored so far: offered once the job has ended. Cancel while it runs.
+  $("download-zip").disabled = !ended;
+  $("cancel-job").hidden = ended;
   $("job-progress").value = job.progress || 0;
   $("job-warnings").replaceChildren(...(job.warnings || []).map((text) => el("li", { text })));
   $("job-error").textContent = job.error ? (job.error.message || JSON.stringify(job.error)) : "";
@@ -326,6 +368,8 @@ async function watchJob(jobId, controller) {
 
 async function openJob(jobId) {
   show("job-view");
+  say("");
+  resetDelete();
   $("job-title").textContent = "Job " + jobId;
   $("job-title").focus();
   // Nothing of the job shown before stays on the page while this one loads.
@@ -351,6 +395,30 @@ $("download-zip").addEventListener("click", async () => {
   link.click();
   link.remove();
   say("Downloaded " + jobId + ".zip.");
+});
+
+$("cancel-job").addEventListener("click", async () => {
+  const jobId = location.hash.split("/").pop();
+  const response = await api("/v1/jobs/" + jobId, { method: "DELETE" }).catch(quietly);
+  if (!response) return;
+  const body = await response.json().catch(() => null);
+  if (!response.ok) { $("job-error").textContent = errorText(body); return; }
+  say(body.cancelled ? "Job " + jobId + " cancelled." : "Job " + jobId + " had already ended.");
+  refreshJobSoon(jobId);
+});
+
+// Deleting asks twice (no dialog): the first click arms the button, the second deletes.
+function resetDelete() { const button = $("delete-job"); button.dataset.armed = ""; button.textContent = "Delete job"; }
+$("delete-job").addEventListener("click", async () => {
+  const button = $("delete-job");
+  if (!button.dataset.armed) { button.dataset.armed = "1"; button.textContent = "Click again to delete the job and every image"; return; }
+  const jobId = location.hash.split("/").pop();
+  const response = await api("/v1/jobs/" + jobId + "?purge=true", { method: "DELETE" }).catch(quietly);
+  resetDelete();
+  if (!response) return;
+  if (!response.ok) { $("job-error").textContent = errorText(await response.json().catch(() => null)); return; }
+  say("Job " + jobId + " deleted.");
+  location.hash = "#/";
 });
 
 window.addEventListener("hashchange", route);
