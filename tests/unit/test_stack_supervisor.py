@@ -118,6 +118,25 @@ def test_a_process_that_never_turns_healthy_times_out(supervisor):
     assert time.monotonic() - started < 5
 
 
+def test_a_restarted_process_runs_its_after_restart_step_before_it_counts_as_running(supervisor):
+    """The in-memory S3 endpoint's buckets are made again this way; a failing step is tried again."""
+    calls = []
+
+    def remake_buckets():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OSError("the endpoint is not answering yet")
+
+    policy = RestartPolicy(initial_delay=0.1, stable_after=60)
+    supervisor.start_group(
+        [spec("store", "import time; time.sleep(60)", restart=policy, after_restart=remake_buckets)]
+    )
+    assert calls == []  # not at the first start: the services make their buckets then
+    os.kill(supervisor.status("store").pid, signal.SIGKILL)
+    wait_for(lambda: (s := supervisor.status("store")).restarts == 1 and s.state == RUNNING)
+    assert len(calls) == 2  # failed once, then done, and only then running
+
+
 def test_a_killed_process_is_restarted_logged_and_counted(supervisor, tmp_path):
     policy = RestartPolicy(initial_delay=0.1, stable_after=60)
     supervisor.start_group(

@@ -10,6 +10,7 @@ anyway (by another program, between release and bind) makes the whole start run 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import grpc
 
+from multipass import names
+from multipass.connections import S3Settings
+from multipass.store import ObjectStore
 from multipass_client.stack_record import StackPaths, read_state
 from multipass_dev.local.process import LOOPBACK, PortReservation, find_binary, is_port_clash
 from multipass_dev.local.s3_server import HEALTH_PATH
@@ -279,9 +283,26 @@ class LocalStack:
                     stop_grace=config.stop_grace,
                     restart=config.restart,
                     info={"endpoint": wiring.s3_endpoint, "kind": "moto"},
+                    # It keeps objects in memory: a restarted one has lost the buckets the services
+                    # made at their start, and every later pass would fail on them.
+                    after_restart=lambda: self._recreate_buckets(wiring),
                 )
             )
         return specs
+
+    def _recreate_buckets(self, wiring: _Wiring) -> None:
+        """The services' buckets, made again on a restarted in-memory S3 endpoint (the objects stay lost:
+        jobs running then fail or are retried as after any store outage)."""
+        config = self.config
+        settings = S3Settings(
+            endpoint=wiring.s3_endpoint,
+            access_key=config.s3_access_key,
+            secret_key=config.s3_secret_key,
+            secure=False,
+            region=config.s3_region,
+        )
+        asyncio.run(ObjectStore.from_settings(settings).ensure_buckets(names.OBJECT_BUCKETS))
+        log.warning("s3 restarted with no data: its buckets were made again (earlier objects are lost)")
 
     def _inherited_env(self) -> dict[str, str]:
         env = dict(self.config.base_env)

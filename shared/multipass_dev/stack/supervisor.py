@@ -78,6 +78,9 @@ class ProcessSpec:
     restart: RestartPolicy = RestartPolicy()
     #: Facts recorded for ``status`` (gRPC address, metrics URL, ...).
     info: Mapping[str, str] = field(default_factory=dict)
+    #: Run once a restarted process is healthy again, before it counts as running (the in-memory S3
+    #: endpoint gets back the buckets its restart lost); an error is logged and it is tried at the next check.
+    after_restart: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,12 @@ class Supervisor:
                 return True
         if managed.state == STARTING:
             if spec.probe is None or spec.probe.check(timeout=1.0):
+                if spec.after_restart is not None and managed.restarts:
+                    try:
+                        spec.after_restart()
+                    except Exception as error:  # noqa: BLE001 - tried again at the next check
+                        log.warning("%s: after restart: %s", spec.name, error)
+                        return False
                 with self._lock:
                     if managed.state == STARTING:
                         managed.state, managed.healthy = RUNNING, True
