@@ -219,17 +219,7 @@ async def test_curl_examples_multipart_and_json(astria_api):
 async def test_a_duplicate_carries_the_uploaded_input_and_mask_images(astria_api):
     """A duplicate of an inpainting prompt whose input and mask were uploaded runs on the same input and
     mask (it used to run as txt2img, then without the mask), and makes the same image with the same seed."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    from multipass.v1 import jobs_pb2
-
-    picture, mask = io.BytesIO(), io.BytesIO()
-    Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
-    drawn = Image.new("L", (256, 256), 0)
-    ImageDraw.Draw(drawn).rectangle((64, 64, 191, 191), fill=255)
-    drawn.save(mask, "PNG")
+    picture, mask = _photo_and_box_mask()
     async with astria_api.client() as client:
         created = await client.post(
             "/tunes/690204/prompts",
@@ -277,24 +267,26 @@ async def test_a_duplicate_carries_the_uploaded_input_and_mask_images(astria_api
     assert (await inputs_of(unmasked.json()["id"]))[1] != (await inputs_of(created.json()["id"]))[1]
 
 
-def _white_mask() -> bytes:
-    import io
-
-    from PIL import Image
-
-    data = io.BytesIO()
-    Image.new("L", (256, 256), 255).save(data, "PNG")
-    return data.getvalue()
-
-
-async def test_an_uploaded_mask_image_makes_the_base_pass_an_inpaint_inside_it(astria_api):
-    from PIL import Image, ImageDraw
+def _photo_and_box_mask() -> tuple[io.BytesIO, io.BytesIO]:
+    """A plain 256x256 photo and a mask whose white square (the middle half) is what to repaint."""
+    from PIL import ImageDraw
 
     picture, mask = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (256, 256), (200, 120, 40)).save(picture, "PNG")
     drawn = Image.new("L", (256, 256), 0)
     ImageDraw.Draw(drawn).rectangle((64, 64, 191, 191), fill=255)
     drawn.save(mask, "PNG")
+    return picture, mask
+
+
+def _white_mask() -> bytes:
+    data = io.BytesIO()
+    Image.new("L", (256, 256), 255).save(data, "PNG")
+    return data.getvalue()
+
+
+async def test_an_uploaded_mask_image_makes_the_base_pass_an_inpaint_inside_it(astria_api):
+    picture, mask = _photo_and_box_mask()
     async with astria_api.client() as client:
         created = await client.post(
             "/tunes/690204/prompts",
