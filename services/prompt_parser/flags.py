@@ -1,7 +1,8 @@
 """Inline flags (§4): ``--name`` or ``--name value`` anywhere in the prompt text.
 
 A flag starts with ``--`` and a letter, not preceded by a word character or a hyphen (so ``semi--gloss``
-is text). Its value runs to the next flag, ``BREAK``, model tag or the end of the line, and is trimmed.
+is text). Its value runs to the next flag, ``BREAK``, model tag or the end of the line, and is trimmed;
+``--name=value`` is the same as ``--name value`` (one ``=`` right after the name is not part of the value).
 Flags are removed from the text before it is split on BREAK.
 """
 
@@ -71,6 +72,12 @@ def _value_end(text: str, start: int, limit: int) -> int:
     return min(ends)
 
 
+def _flag_value(written: str) -> str:
+    """The value of a flag as written after its name: trimmed, without the ``=`` of ``--name=value``."""
+    value = written.strip()
+    return value[1:].strip() if value.startswith("=") else value
+
+
 def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, FlagValues]:
     """``text`` without its flags, and the flag values; flag problems go to ``problems``."""
     matches = list(FLAG.finditer(text))
@@ -84,7 +91,7 @@ def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, F
         pieces.append(text[position : match.start()])
         pieces.append(" ")
         position = end
-        _read_flag(match[1], text[match.end() : end].strip(), values, seen, problems, limits)
+        _read_flag(match[1], _flag_value(text[match.end() : end]), values, seen, problems, limits)
     pieces.append(text[position:])
     for glued in GLUED_FLAG.finditer(text):
         word_start = max(text.rfind(" ", 0, glued.start()), text.rfind("\n", 0, glued.start())) + 1

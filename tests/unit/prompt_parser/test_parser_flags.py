@@ -190,3 +190,24 @@ def test_zero_strengths_are_kept_and_said_what_they_do():
     assert parsed.params.denoising_strength == 0.0 and "denoising_strength" in parsed.explicit_params
     assert any(w.startswith("denoising_strength=0: nothing is denoised") for w in parsed.warnings)
     assert not any("denoising" in w for w in parse_prompt("a house\ndenoising_strength=0.3", IMAGE).warnings)
+
+
+def test_a_flag_written_name_equals_value_reads_as_name_space_value():
+    # "--mask_prompt=windows door" once segmented "=windows door" and "--mask_dilate=-20" was refused.
+    parsed = parse_prompt(
+        "a house --mask_prompt=windows door --mask_negative = curtains --mask_dilate=-20% --mask_invert= "
+        "--hires_denoising_strength=0.3\nhires_fix=true",
+        IMAGE,
+    )
+    assert parsed.base_prompt == "a house"
+    mask = parsed.mask
+    assert (mask.prompt, mask.negative, mask.invert) == ("windows door", "curtains", True)
+    assert (parsed.mask.dilate_pixels, parsed.mask.dilate_percent) == (None, -20.0)
+    assert parsed.hires_denoising_strength == 0.3
+    assert parse_prompt("a house --mask_prompt=door --mask_dilate=-20", IMAGE).mask.dilate_pixels == -20
+
+
+def test_a_bad_value_after_equals_is_named_without_the_equals():
+    found = problems_of("a house --mask_prompt door --mask_dilate=abc", IMAGE)
+    assert found["flag --mask_dilate"].startswith("got 'abc'; allowed:")
+    assert "needs a value" in problems_of("a house --mask_prompt=", IMAGE)["flag --mask_prompt"]
