@@ -3,7 +3,9 @@
 A flag starts with ``--`` and a letter, not preceded by a word character or a hyphen (so ``semi--gloss``
 is text). Its value runs to the next flag, ``BREAK``, model tag or the end of the line, and is trimmed;
 ``--name=value`` is the same as ``--name value`` (one ``=`` right after the name is not part of the value).
-Flags are removed from the text before it is split on BREAK.
+Flags are removed from the text before it is split on BREAK. A known flag glued to the word before it, or
+written with a typographic dash instead of ``--``, is an error, and so is a flag name with hyphens for
+underscores (named as written, with the flag meant).
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from multipass_prompt_parser.language import (
 from multipass_prompt_parser.problems import Problems
 from multipass_prompt_parser.tags import TAG_START
 
-FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9_]*)")
+#: A flag's name may hold single hyphens ("--mask-invert") so that such a misspelling is named whole.
+FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9_]*(?:-[A-Za-z0-9_]+)*)")
 #: A known flag glued to the word before it ("BREAK--mask_invert", "room--mask_prompt"): not a flag by the
 #: rule above, and surely not meant as text either.
 GLUED_FLAG = re.compile(r"(?<=\w)--(" + "|".join(FLAG_NAMES) + r")(?![\w-])")
+#: A known flag written with a typographic dash ("—mask_prompt", as editors turn "--" into): text to the encoder
+#: otherwise, and surely meant as the flag.
+DASHED_FLAG = re.compile(r"[\u2012-\u2015\u2212]-?(" + "|".join(FLAG_NAMES) + r")(?![\w-])")
 _PIXELS = re.compile(r"[+-]?[0-9]{1,9}")
 _PERCENT = re.compile(r"([+-]?(?:[0-9]{1,9}(?:\.[0-9]*)?|\.[0-9]+))\s*%")
 
@@ -100,6 +106,11 @@ def extract_flags(text: str, problems: Problems, limits: Limits) -> tuple[str, F
             f"flag --{glued[1]}",
             f"--{glued[1]} is glued to the word before it in {quote(written)}; put a space before the flag",
         )
+    for dashed in DASHED_FLAG.finditer(text):
+        problems.add(
+            f"flag --{dashed[1]}",
+            f"--{dashed[1]} is written {quote(dashed[0])}, with a typographic dash; write two hyphens: --{dashed[1]}",
+        )
     return "".join(pieces), FlagValues(**values)
 
 
@@ -112,6 +123,12 @@ def _read_flag(
             problems.add(
                 field,
                 f"--{name} is not a flag; {name} is a parameter: write {name}=VALUE in the parameter block",
+            )
+            return
+        if name.replace("-", "_") in FLAG_NAMES:
+            underscored = name.replace("-", "_")
+            problems.add(
+                field, f"unknown flag --{shorten(name)}; flag names use underscores: --{underscored}"
             )
             return
         hint = closest(name, FLAG_NAMES)

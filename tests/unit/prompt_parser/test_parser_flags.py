@@ -211,3 +211,33 @@ def test_a_bad_value_after_equals_is_named_without_the_equals():
     found = problems_of("a house --mask_prompt door --mask_dilate=abc", IMAGE)
     assert found["flag --mask_dilate"].startswith("got 'abc'; allowed:")
     assert "needs a value" in problems_of("a house --mask_prompt=", IMAGE)["flag --mask_prompt"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "meant"),
+    [
+        ("a house --mask_prompt door --mask-invert", "flag --mask-invert", "--mask_invert"),
+        ("a house --mask-prompt door", "flag --mask-prompt", "--mask_prompt"),
+        ("a house --only-upscale", "flag --only-upscale", "--only_upscale"),
+    ],
+)
+def test_a_flag_name_written_with_hyphens_is_named_as_written_with_the_flag_meant(text, field, meant):
+    # "--mask-invert" was reported as "unknown flag --mask; did you mean --mask_prompt?".
+    found = problems_of(text, IMAGE)
+    assert found[field] == f"unknown flag {field[5:]}; flag names use underscores: {meant}"
+
+
+@pytest.mark.parametrize("dash", ["\u2014", "\u2013", "\u2212"])
+def test_a_known_flag_written_with_a_typographic_dash_is_an_error(dash):
+    # An editor's "—mask_prompt" once reached the encoder as text and the job ran without its mask.
+    found = problems_of(f"a house {dash}mask_prompt person {dash}-mask_invert", IMAGE)
+    assert found["flag --mask_prompt"] == (
+        f"--mask_prompt is written {dash + 'mask_prompt'!r}, with a typographic dash; write two hyphens: "
+        "--mask_prompt"
+    )
+    assert "typographic dash" in found["flag --mask_invert"]
+
+
+def test_dashes_before_other_words_stay_text():
+    text = "a house \u2014 sunny, 1990\u20132000, \u2014masked ball"
+    assert parse_prompt(text).base_prompt == text
