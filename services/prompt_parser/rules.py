@@ -242,7 +242,10 @@ def _warn_implied(context: Context, warnings: list[str]) -> None:
         warnings.append("--hires_denoising_strength has no effect without hires_fix=true")
     elif context.flags.hires_denoising_strength == 0:
         warnings.append("--hires_denoising_strength 0: the hires pass only upscales (no denoising step)")
-    if "denoising_strength" in explicit and params.denoising_strength == 0:
+    unused_strength = _unused_denoising_strength(context)
+    if "denoising_strength" in explicit and unused_strength:
+        warnings.append(f"denoising_strength has no effect: {unused_strength}")
+    elif "denoising_strength" in explicit and params.denoising_strength == 0:
         warnings.append(
             "denoising_strength=0: nothing is denoised: an input image is kept as it is and person passes "
             "repaint nothing (leave it out for each pass's default)"
@@ -266,6 +269,26 @@ def _warn_implied(context: Context, warnings: list[str]) -> None:
         warnings.append(
             "face_swap=true needs a tune (<lora:...> or <faceid:...> tag) to take the face from; nothing to swap"
         )
+
+
+def _unused_denoising_strength(context: Context) -> str:
+    """Why no pass of the job starts from an image (so denoising_strength changes nothing), or ""."""
+    if context.persons:
+        return ""
+    if not context.input_image:
+        return "nothing starts from an image (no input image, no persons): the base pass generates from noise"
+    params = context.values.params
+    txt2img = params.controlnet and params.controlnet_txt2img
+    scale_off = (
+        "controlnet_conditioning_scale" in context.values.explicit
+        and not params.controlnet_conditioning_scale
+    )
+    if txt2img and not scale_off and not context.flags.mask_prompt and not context.mask_image:
+        return (
+            f"controlnet_txt2img=true generates the base pass from noise conditioned on the input image "
+            f"(controlnet={params.controlnet}), and there are no persons"
+        )
+    return ""
 
 
 def _warn_prompt_text(context: Context, warnings: list[str]) -> None:

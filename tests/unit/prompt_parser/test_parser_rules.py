@@ -245,6 +245,43 @@ def test_warnings_for_settings_without_effect():
         assert any(words in w for w in warnings), words
 
 
+@pytest.mark.parametrize(
+    ("text", "params", "why"),
+    [
+        ("a park", {}, "nothing starts from an image (no input image, no persons)"),
+        ("a park", {**IMAGE, "controlnet": "canny", "controlnet_txt2img": "true"}, "controlnet_txt2img=true"),
+    ],
+)
+def test_a_denoising_strength_no_pass_uses_is_said_to_have_no_effect(text, params, why):
+    # It was accepted without a word while every pass generated from noise.
+    for strength in ("0.3", "0"):
+        warnings = parse_prompt(text, {**params, "denoising_strength": strength}).warnings
+        (said,) = [w for w in warnings if "denoising_strength" in w]
+        assert said.startswith("denoising_strength has no effect: ") and why in said
+
+
+@pytest.mark.parametrize(
+    ("text", "params"),
+    [
+        ("a park", IMAGE),
+        ("a park BREAK BREAK ohwx man", {}),
+        ("a park --mask_prompt bench", {**IMAGE, "controlnet": "canny", "controlnet_txt2img": "true"}),
+        (
+            "a park",
+            {
+                **IMAGE,
+                "controlnet": "canny",
+                "controlnet_txt2img": "true",
+                "controlnet_conditioning_scale": "0",
+            },
+        ),
+    ],
+)
+def test_a_denoising_strength_some_pass_uses_has_no_such_warning(text, params):
+    warnings = parse_prompt(text, {**params, "denoising_strength": "0.3"}).warnings
+    assert not any("denoising_strength has no effect" in w for w in warnings)
+
+
 WEIGHTED = r"a (red:1.3) fox, [blurry], ((masterpiece)), \(escaped\), (old photo:0.8) BREAK (soft light:1.1)"
 
 
