@@ -5,7 +5,10 @@ Decisions where Astria is silent or differs:
 
 - ``controlnet`` needs an image to condition on. Without an input image it is an error, except
   ``controlnet=pose`` in a prompt with persons: the base pass is then conditioned on the default person
-  layout (evenly spaced standing figures drawn as a pose skeleton), and a warning says so.
+  layout (evenly spaced standing figures drawn as a pose skeleton), and a warning says so. A prompt with
+  persons and no input image gets that conditioning without ``controlnet`` too (where the pose ControlNet
+  is installed): ``controlnet_conditioning_scale`` scales it (0 turns it off) and an explicit
+  ``controlnet=none`` turns it off.
 - ``controlnet=composition`` (an image-prompt adapter, not a ControlNet) cannot share the base pass with
   a ``<faceid:...>`` tag of the base or common segment: both use the same attention layers.
 - ``hires_fix`` and ``inpaint_faces`` are accepted without ``super_resolution`` (Astria applies them
@@ -261,14 +264,27 @@ def _warn_implied(context: Context, warnings: list[str]) -> None:
             f"controlnet_conditioning_scale=0: controlnet={params.controlnet} has no effect; no ControlNet runs"
         )
     if not params.controlnet:
-        if "controlnet_conditioning_scale" in explicit:
+        if "controlnet_conditioning_scale" in explicit and not _layout_pose(context):
             warnings.append("controlnet_conditioning_scale is ignored without controlnet")
+        elif "controlnet_conditioning_scale" in explicit and params.controlnet_conditioning_scale == 0:
+            warnings.append(
+                "controlnet_conditioning_scale=0: the base pass is not conditioned on the pose of the "
+                "default person layout"
+            )
         if params.controlnet_txt2img:
             warnings.append("controlnet_txt2img is ignored without controlnet")
     if params.face_swap and not context.all_tags:
         warnings.append(
             "face_swap=true needs a tune (<lora:...> or <faceid:...> tag) to take the face from; nothing to swap"
         )
+
+
+def _layout_pose(context: Context) -> bool:
+    """Whether the base pass may be conditioned on the pose of the default person layout (persons, no input
+    image, no explicit controlnet=none), which controlnet_conditioning_scale scales where the pose
+    ControlNet is installed."""
+    declined = "controlnet" in context.values.explicit and not context.values.params.controlnet
+    return bool(context.persons) and not context.input_image and not declined
 
 
 def _unused_denoising_strength(context: Context) -> str:

@@ -24,6 +24,7 @@ from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt
 from multipass_gateway.domain.requirements import (
     CAPABILITY_POSE,
     can_estimate_pose,
+    controlnet_declined,
     controlnet_off,
     has_finish,
 )
@@ -301,6 +302,7 @@ def _base(chain: _Chain) -> None:
         and chain.pose_installed
         and inputs.pose_image is not None
         and not controlnet_off(params)
+        and not controlnet_declined(parsed)
     ):
         # Draw the persons where their slots are: the default layout's skeleton conditions the scene.
         spec.controlnet = "pose"

@@ -47,6 +47,12 @@ def controlnet_off(params: prompt_pb2.Params) -> bool:
     return params.HasField("controlnet_conditioning_scale") and params.controlnet_conditioning_scale == 0
 
 
+def controlnet_declined(parsed: prompt_pb2.ParsedPrompt) -> bool:
+    """An explicit ``controlnet=none`` (or ``off``): no ControlNet at all, so a prompt with persons and no
+    input image does not get the default layout's pose on its base pass either."""
+    return "controlnet" in parsed.explicit_params and not parsed.params.controlnet
+
+
 def required_capabilities(
     parsed: prompt_pb2.ParsedPrompt, *, has_input_image: bool, complete: bool = False
 ) -> list[tuple[str, str]]:

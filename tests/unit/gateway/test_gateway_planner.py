@@ -132,6 +132,15 @@ def test_default_layout_pose_conditions_the_base_pass():
     assert len(base.skeletons) == 2 and base.skeletons[1].keypoints[0].x == pytest.approx(384.0)
 
 
+def test_an_explicit_controlnet_none_leaves_the_default_layout_pose_out():
+    # controlnet=none once still planned the base pass with the layout's pose ControlNet.
+    declined = parsed_prompt(2, controlnet="", explicit=("controlnet",))
+    (plan,) = plan_of(declined, pose_image=image_ref("p.png"))
+    base = plan.passes[1].spec
+    assert not base.controlnet and not base.HasField("control_image") and not base.skeletons
+    assert plan.passes[3].spec.controlnet == "pose"  # the person passes still keep their slot's pose
+
+
 def test_without_pose_controlnet_no_conditioning_is_planned():
     parsed = parsed_prompt(2)
     (plan,) = plan_of(parsed, pose_image=image_ref("p.png"), cfg=config(capabilities=frozenset()))

@@ -282,6 +282,27 @@ def test_a_denoising_strength_some_pass_uses_has_no_such_warning(text, params):
     assert not any("denoising_strength has no effect" in w for w in warnings)
 
 
+def test_a_conditioning_scale_without_controlnet_is_not_ignored_where_it_scales_the_layout_pose():
+    # With persons and no input image the base pass is conditioned on the default layout's pose, which
+    # the scale scales (0: off); the job once said the scale was ignored.
+    persons = "a park BREAK BREAK ohwx man"
+    assert not any(
+        "conditioning" in w for w in parse_prompt(persons, {"controlnet_conditioning_scale": "0.5"}).warnings
+    )
+    assert (
+        "controlnet_conditioning_scale=0: the base pass is not conditioned on the pose of the default person layout"
+        in (parse_prompt(persons, {"controlnet_conditioning_scale": "0"}).warnings)
+    )
+    ignored = "controlnet_conditioning_scale is ignored without controlnet"
+    for text, params in (
+        (persons, {"controlnet": "none"}),
+        (persons, IMAGE),
+        ("a park", {}),
+    ):
+        warnings = parse_prompt(text, {**params, "controlnet_conditioning_scale": "0.5"}).warnings
+        assert ignored in warnings, (text, params)
+
+
 WEIGHTED = r"a (red:1.3) fox, [blurry], ((masterpiece)), \(escaped\), (old photo:0.8) BREAK (soft light:1.1)"
 
 
