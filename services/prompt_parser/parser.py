@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from multipass_prompt_parser import rules
-from multipass_prompt_parser.breaks import join, split_on_break, tidy
+from multipass_prompt_parser.breaks import break_lookalikes, join, split_on_break, tidy
 from multipass_prompt_parser.document import split_document
 from multipass_prompt_parser.flags import FlagValues, extract_flags
 from multipass_prompt_parser.language import HIRES_DENOISING_DEFAULT, Limits, shorten
@@ -132,7 +132,7 @@ def parse_prompt(
         multi_pass=context.multi_pass,
         params=values.params,
         explicit_params=tuple(sorted(values.explicit)),
-        warnings=(*document.warnings, *values.warnings, *warnings),
+        warnings=(*document.warnings, *break_lookalikes(body), *values.warnings, *warnings),
     )
 
 

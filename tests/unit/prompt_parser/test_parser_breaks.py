@@ -150,3 +150,29 @@ def test_person_with_only_common_tags_does_not_warn():
     parsed = parse_prompt("a park BREAK light <lora:7:1> BREAK ohwx man")
     assert [t.tune_id for t in parsed.persons[0].loras] == ["7"]
     assert not any("has no <lora" in w for w in parsed.warnings)
+
+
+@pytest.mark.parametrize(
+    ("text", "word", "why"),
+    [
+        ("a garden Break Break ohwx woman <lora:1:1>", "Break", "a model tag follows it"),
+        ("a garden\nbreak\nohwx woman", "break", "it stands alone on its line"),
+        ("a garden BREAK Break BREAK ohwx woman <lora:1>", "Break", "a model tag follows it"),
+    ],
+)
+def test_break_in_another_case_that_looks_meant_to_split_is_text_with_a_warning(text, word, why):
+    # "Break" once made a single-pass job, the persons' LoRAs on its one pass, without a word.
+    parsed = parse_prompt(text)
+    assert word in parsed.base_prompt or word in parsed.common_prompt
+    assert parsed.warnings[0] == (
+        f"{word!r} is sent as text, not read as BREAK ({why}): only BREAK in upper case splits the prompt "
+        "into segments"
+    )
+    assert len([w for w in parsed.warnings if "not read as BREAK" in w]) == 1
+
+
+@pytest.mark.parametrize(
+    "text", ["Break dance at noon", "a coffee break", "a break in the clouds\nBREAK\nsoft"]
+)
+def test_break_in_another_case_as_an_ordinary_word_has_no_warning(text):
+    assert not any("not read as BREAK" in w for w in parse_prompt(text).warnings)
