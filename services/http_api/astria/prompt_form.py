@@ -233,4 +233,6 @@ def form_of_job(job, text: str, callback: str | None) -> PromptForm:
     params = job.parsed.params
     explicit = set(job.parsed.explicit_params)
     values = {name: _param_text(getattr(params, name)) for name in PARAMS if name in explicit}
+    if values.get("controlnet") == "":
+        values["controlnet"] = "none"  # turned off over the text's block: an empty value would read as unset
     return PromptForm(text=text, params=values, callback=callback)

@@ -153,6 +153,16 @@ def test_duplicate_form_keeps_explicit_params_and_takes_overrides():
     assert merged.params["steps"] == "5" and merged.text == "ohwx woman"
 
 
+def test_duplicate_form_keeps_a_controlnet_turned_off():
+    # A prompt sent with controlnet=none over its text's "controlnet=canny" line was duplicated with an
+    # empty controlnet, which reads as unset: the duplicate ran the canny ControlNet.
+    job = finished_job()
+    job.parsed.explicit_params.append("controlnet")
+    original = form_of_job(job, "a dancer\ncontrolnet=canny", None)
+    assert original.params["controlnet"] == "none"
+    assert from_json({"prompt": {"steps": 5}}).merged_over(original).params["controlnet"] == "none"
+
+
 def test_relay_url_carries_the_callers_url_and_nothing_else_is_taken_for_one():
     relayed = callbacks.relay_url("http://h:1/astria/callbacks/prompt", "https://x.test/a?b=1&c=2")
     assert callbacks.target_of(relayed) == "https://x.test/a?b=1&c=2"
