@@ -208,15 +208,22 @@ def _check_mask_flags(context: Context, problems: Problems, warnings: list[str])
 
 #: Parameters that shape a generated image: with --only_upscale nothing is generated, so they do nothing.
 GENERATION_ONLY = (
-    "hires_fix", "inpaint_faces", "face_correct", "face_swap", "controlnet", "prompt_expansion",
-    "denoising_strength", "cfg_scale", "steps", "scheduler", "seed", "negative_prompt",
+    "hires_fix", "inpaint_faces", "face_correct", "face_swap", "controlnet", "controlnet_conditioning_scale",
+    "controlnet_txt2img", "prompt_expansion", "use_lpw", "denoising_strength", "cfg_scale", "steps",
+    "scheduler", "seed", "negative_prompt",
 )  # fmt: skip
 
 
 def _warn_only_upscale(context: Context, warnings: list[str]) -> None:
     """With --only_upscale the chain is the upscale (and the finish): say which options do nothing."""
-    params, explicit = context.values.params, context.values.explicit
+    params, explicit, flags = context.values.params, context.values.explicit, context.flags
     ignored = [name for name in GENERATION_ONLY if name in explicit and getattr(params, name, None)]
+    ignored += [f"--{name}" for name, given in (
+        ("mask_prompt", bool(flags.mask_prompt)),
+        ("hires_denoising_strength", flags.hires_denoising_strength is not None),
+    ) if given]  # fmt: skip
+    if context.mask_image:
+        ignored.append("the mask image")
     if ignored:
         warnings.append(
             f"--only_upscale: {', '.join(ignored)} ha{'ve' if len(ignored) > 1 else 's'} no effect; the input "

@@ -222,6 +222,26 @@ def test_only_upscale_names_the_options_it_ignores():
     assert parse_prompt("--only_upscale", {**IMAGE, "film_grain": "true"}).warnings == ()
 
 
+def test_only_upscale_names_the_mask_and_encoder_options_it_ignores():
+    # --mask_prompt, a mask image, --hires_denoising_strength, use_lpw and the ControlNet settings were
+    # accepted without a word while the chain only upscales.
+    settings = {"use_lpw": "true", "controlnet_conditioning_scale": "0.5", "controlnet_txt2img": "true"}
+    parsed = parse_prompt(
+        "--only_upscale --mask_prompt person --mask_invert --hires_denoising_strength 0.3",
+        {**IMAGE, **settings},
+    )
+    assert (
+        "--only_upscale: controlnet_conditioning_scale, controlnet_txt2img, use_lpw, --mask_prompt, "
+        "--hires_denoising_strength have no effect; the input image is only upscaled "
+        "(film_grain and color_grading still apply)"
+    ) in parsed.warnings
+    masked = parse_prompt("--only_upscale", {**IMAGE, "mask_image_url": "https://example.com/m.png"})
+    assert masked.warnings == (
+        "--only_upscale: the mask image has no effect; the input image is only upscaled "
+        "(film_grain and color_grading still apply)",
+    )
+
+
 @pytest.mark.parametrize("name", ["hires_fix", "inpaint_faces"])
 def test_settings_astria_ties_to_super_resolution_are_accepted_alone_with_a_warning(name):
     alone = parse_prompt("a park", {name: "true"})
