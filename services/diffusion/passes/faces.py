@@ -41,7 +41,7 @@ from multipass_diffusion.passes import face_tunes
 from multipass_diffusion.passes.context import PassContext, PassInputs
 from multipass_diffusion.passes.handler import FINISHING_VERSION, PassHandler
 from multipass_diffusion.passes.progress import PartMonitor
-from multipass_diffusion.passes.sampling import generate
+from multipass_diffusion.passes.sampling import generate, strength_of
 from multipass_diffusion.passes.validation import check_common, check_strength, mask_blur, needs_image
 from multipass_diffusion.spec_options import option_float
 from multipass_diffusion.tune_files import reference_keys, tune_file_parts
@@ -89,6 +89,10 @@ class FacesPass(PassHandler):
         spec = ctx.spec
         image = np.asarray(ctx.inputs.image.convert("RGB"))
         size = (image.shape[1], image.shape[0])
+        base_strength = strength_of(spec, DEFAULT_STRENGTH)
+        if base_strength <= 0:
+            ctx.metadata["strength"] = "0"
+            return Image.fromarray(image)  # denoising_strength=0: no face is repainted
         faces = [(index, face, face_box(face, size)) for index, face in enumerate(spec.faces)]
         usable = [(index, face, box) for index, face, box in faces if box is not None]
         for index, _, box in faces:
@@ -98,7 +102,6 @@ class FacesPass(PassHandler):
             ctx.warn("no face to repaint: the faces pass returned the image unchanged")
             return Image.fromarray(image)
         power = option_float(spec, "faces_denoise_power", DEFAULT_DENOISE_POWER, low=0.0, high=16.0)
-        base_strength = spec.denoising_strength or DEFAULT_STRENGTH
         strengths, crops, aligned = [], [], 0
         for part, (index, face, box) in enumerate(usable):
             ratio = box.width * box.height / (size[0] * size[1])

@@ -115,3 +115,14 @@ def test_face_lora_files_are_part_of_the_cache_key():
     parts = FacesPass().cache_parts(first, "/nowhere")
     assert "tune-file:9=aa" in parts
     assert parts != FacesPass().cache_parts(second, "/nowhere")
+
+
+def test_a_set_zero_denoising_strength_returns_the_image_unchanged(engine):
+    # docs/DIFFUSION.md: a set 0 (any pass from an image) runs no denoising step; unset is the default 0.4.
+    image = scene(*SIZE)
+    output = engine.run(spec("faces", faces=[face(LEFT)], denoising_strength=0.0), PassInputs(image=image))
+    assert np.array_equal(pixels(output.image), pixels(image))
+    assert output.metadata["strength"] == "0"
+    assert output.steps_run == 0
+    unset = engine.run(spec("faces", faces=[face(LEFT)]), PassInputs(image=image))
+    assert not np.array_equal(pixels(unset.image), pixels(image))
