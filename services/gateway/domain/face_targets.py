@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, segmentation_pb2
+from multipass_gateway.domain.face_slots import slot_of_face
 
 #: Face pass kinds that load each face's adapters (the others only need the faces' boxes and tunes).
 ADAPTER_FACE_KINDS = frozenset({"faces"})
@@ -55,24 +56,13 @@ def face_targets(
 
     ``scale`` (x, y) maps slot boxes to the current image when the segmentation service could not assign
     faces itself (the image was resized since the masks were made): the face goes to the slot holding its
-    centre.
+    centre, the nearest person's where several do (:mod:`.face_slots`).
     """
     plan = record.plans[image_index]
     persons = {p.person_index: p.spec for p in plan.passes if p.kind == "person"}
     targets = []
     for face in faces:
-        slot = face.slot_index
-        if scale is not None:
-            slot = -1
-            cx, cy = (face.box.x0 + face.box.x1) / 2, (face.box.y0 + face.box.y1) / 2
-            for candidate in record.slots:
-                box = candidate.box
-                if (
-                    box.x0 * scale[0] <= cx < box.x1 * scale[0]
-                    and box.y0 * scale[1] <= cy < box.y1 * scale[1]
-                ):
-                    slot = candidate.index
-                    break
+        slot = face.slot_index if scale is None else slot_of_face(face, record.slots, scale)
         source = persons.get(slot)
         target = diffusion_pb2.FaceTarget(box=face.box, landmarks=face.landmarks)
         if source is not None:

@@ -131,3 +131,22 @@ async def test_the_faces_step_forwards_the_kept_faces_and_tells_the_job_of_the_o
     assert add_warning(job) and list(job.job.warnings)[-1] == (
         "faces: 1 face(s) beyond the 2 largest left as they are"
     )
+
+
+def test_after_a_resize_a_face_in_two_slot_boxes_goes_to_the_nearer_person():
+    """After hires the masks no longer fit the image and faces are placed by the slots; where two slot boxes
+    overlap (persons side by side in a photo), the face belongs to the person whose figure is nearer, as
+    the person masks' territories are drawn, not to the lower slot index."""
+    job = record()
+    del job.slots[:]
+    for index, (x0, x1, head) in enumerate(((0, 300, 150), (200, 512, 356))):
+        job.slots.add(
+            index=index,
+            box=common_pb2.Box(x0=x0, y0=0, x1=x1, y1=512),
+            keypoints=[common_pb2.Keypoint(index=0, x=head, y=50, confidence=1.0)],
+        )
+    scale = (1.5, 1.5)
+    # Centres at x 150 (slot 0 only), 280 (both boxes, nearer person 1's head) and 230 (both, nearer 0's).
+    found = [face(x * 1.5 - 30, 30, 60) for x in (150, 280, 230)]
+    spec = faces_request(job, request_of(job, "faces"), found, scale).spec
+    assert [[r.tune_id for r in f.loras] for f in spec.faces] == [["7"], ["8"], ["7"]]
