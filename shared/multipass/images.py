@@ -3,6 +3,10 @@
 Every service that reads an image it did not write itself goes through :func:`decode_image`: it sniffs
 the content, refuses decompression bombs and oversized images before decoding pixels, applies EXIF
 orientation, and normalises modes (CMYK, 16-bit, palette, alpha) to 8-bit RGB or L.
+
+Transparency means "nothing here": a photo's transparent pixels become white, a mask's (mode ``L``, white =
+repaint) become black, so a mask painted white on a transparent canvas repaints only what was painted.
+Uploads keep their alpha channel (``keep_alpha``) so that an upload can serve as either.
 """
 
 from __future__ import annotations
@@ -44,9 +48,15 @@ _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 
 def decode_image(
-    data: bytes, *, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB"
+    data: bytes,
+    *,
+    field: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    mode: str = "RGB",
+    keep_alpha: bool = False,
 ) -> Image.Image:
-    """Decode untrusted bytes into an 8-bit ``mode`` image, or raise InvalidInput naming ``field``."""
+    """Decode untrusted bytes into an 8-bit ``mode`` image, or raise InvalidInput naming ``field``.
+    ``keep_alpha``: an image with transparency comes back as 8-bit RGBA instead."""
     kind = sniff_format(data)
     if kind is None:
         raise InvalidInput.of(
@@ -95,11 +105,21 @@ def decode_image(
         raise InvalidInput.of(
             [Violation(field, f"is a damaged or truncated {kind} image: {error}")]
         ) from error
-    return normalise(image, mode)
+    return normalise(image, mode, keep_alpha=keep_alpha)
 
 
-def normalise(image: Image.Image, mode: str = "RGB") -> Image.Image:
-    """Apply EXIF orientation and convert any mode (CMYK, I;16, P, RGBA, LA) to 8-bit ``mode``."""
+#: What a transparent pixel becomes, by target mode: white in a photo, black (keep) in a mask.
+_TRANSPARENT_AS = {"L": (0, 0, 0, 255)}
+_TRANSPARENT_DEFAULT = (255, 255, 255, 255)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def normalise(image: Image.Image, mode: str = "RGB", *, keep_alpha: bool = False) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (CMYK, I;16, P, RGBA, LA) to 8-bit ``mode``; with
+    ``keep_alpha``, an image with transparency to 8-bit RGBA."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np
@@ -107,9 +127,11 @@ def normalise(image: Image.Image, mode: str = "RGB") -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray((array / peak * 255.0).clip(0, 255).astype("uint8"), "L")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        if keep_alpha:
+            return rgba
+        background = Image.new("RGBA", rgba.size, _TRANSPARENT_AS.get(mode, _TRANSPARENT_DEFAULT))
         image = Image.alpha_composite(background, rgba)
     return image.convert(mode)
 

@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 
 from multipass.grpc.errors import field_violations, reason_of
 from multipass.names import BUCKET_JOBS, BUCKET_TUNES, KV_TENANTS
-from multipass.v1 import admin_pb2, jobs_pb2
+from multipass.v1 import admin_pb2, common_pb2, jobs_pb2
 from multipass_gateway.app.uploads import Uploads
 from multipass_gateway.settings import Limits
 
@@ -144,6 +144,54 @@ async def test_a_tenant_holds_a_bounded_number_of_uploads(stack):
         jobs_pb2.DeleteUploadRequest(image_id=held[0].image_id), metadata=bearer(owner.api_key)
     )
     assert (await upload(owner.api_key)).image_id
+
+
+async def test_an_uploaded_mask_painted_on_a_transparent_canvas_repaints_only_what_was_painted(stack):
+    """A mask drawn white on a transparent canvas (what a web canvas or an editor exports) repaints the
+    painted square only; the same upload as an input image reads transparent as white."""
+    await stack.start_gateway()
+    owner = await stack.tenant("owner")
+    canvas = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+    canvas.paste((255, 255, 255, 255), (128, 128, 256, 256))
+
+    async def upload(image: Image.Image) -> jobs_pb2.UploadImageResponse:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+
+        async def parts():
+            yield jobs_pb2.UploadImageRequest(filename="mask.png")
+            yield jobs_pb2.UploadImageRequest(chunk=buffer.getvalue())
+
+        return await stack.jobs.UploadImage(parts(), metadata=bearer(owner.api_key))
+
+    photo, mask = await upload(Image.new("RGB", (512, 512), (90, 120, 60))), await upload(canvas)
+    submitted = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(
+            prompt="a cat",
+            params={"steps": "1"},
+            input_image_id=photo.image_id,
+            mask_image_id=mask.image_id,
+        ),
+        metadata=bearer(owner.api_key),
+    )
+    stored = await stack.store.get_image(
+        common_pb2.ImageRef(
+            bucket=BUCKET_JOBS, key=f"jobs/{owner.tenant}/{submitted.job_id}/inputs/mask.png"
+        ),
+        mode="L",
+    )
+    # The job's size may differ from the upload's; the painted square is the mask, the rest keeps.
+    scale = stored.width / 512
+    assert stored.getbbox() == tuple(round(v * scale) for v in (128, 128, 256, 256))
+    assert stored.getpixel((round(192 * scale), round(192 * scale))) == 255
+    as_input = await stack.jobs.SubmitJob(
+        jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "1"}, input_image_id=mask.image_id),
+        metadata=bearer(owner.api_key),
+    )
+    stored = await stack.store.get_image(
+        common_pb2.ImageRef(bucket=BUCKET_JOBS, key=f"jobs/{owner.tenant}/{as_input.job_id}/inputs/input.png")
+    )
+    assert stored.getpixel((10, 10)) == (255, 255, 255)
 
 
 async def test_finished_jobs_past_the_retention_are_deleted_whole_and_running_ones_kept(stack):

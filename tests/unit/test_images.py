@@ -155,6 +155,21 @@ def test_rgba_is_composited_over_white():
     assert image.getpixel((1, 0)) == (255, 255, 255)
 
 
+def test_a_mask_reads_transparent_pixels_as_keep_and_alpha_can_be_kept():
+    canvas = Image.new("RGBA", (3, 1), (0, 0, 0, 0))
+    canvas.putpixel((1, 0), (255, 255, 255, 255))  # painted
+    canvas.putpixel((2, 0), (255, 255, 255, 128))  # half painted (an anti-aliased edge)
+    mask = decode_image(png_bytes(canvas), mode="L")
+    assert mask.mode == "L" and list(mask.getdata())[:2] == [0, 255]
+    assert 120 <= mask.getpixel((2, 0)) <= 136
+    la = Image.new("LA", (1, 1), (255, 0))
+    assert decode_image(png_bytes(la), mode="L").getpixel((0, 0)) == 0
+    kept = decode_image(png_bytes(canvas), keep_alpha=True)
+    assert kept.mode == "RGBA" and kept.getpixel((0, 0))[3] == 0 and kept.getpixel((1, 0)) == (255,) * 4
+    opaque = Image.new("RGB", (1, 1), (1, 2, 3))
+    assert decode_image(png_bytes(opaque), keep_alpha=True).mode == "RGB"
+
+
 def test_exif_rotated_jpeg_is_normalised_upright():
     # Stored 40x20, left half red and right half blue, with orientation 6 ("rotate 90 clockwise to view").
     stored = Image.new("RGB", (40, 20), (255, 0, 0))

@@ -196,8 +196,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                             )
                 if not data:
                     raise InvalidInput.of([Violation("chunk", "no image data received")])
+                # The alpha channel stays: transparent pixels read as white in an input image, as
+                # black (keep) in a mask.
                 image = await asyncio.to_thread(
-                    decode_image, data, field="chunk", max_pixels=self.settings.limits.max_image_pixels
+                    decode_image,
+                    data,
+                    field="chunk",
+                    max_pixels=self.settings.limits.max_image_pixels,
+                    keep_alpha=True,
                 )
                 del data
         await self.tenants.require_live(
