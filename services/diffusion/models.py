@@ -18,19 +18,13 @@ from typing import TYPE_CHECKING
 
 from multipass import tune_formats
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
+from multipass.model_catalog import base_models
 from multipass_diffusion import comfy_lora, single_file
 
 if TYPE_CHECKING:
     from multipass_diffusion.runtime import ModelRuntime
 
-FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionImg2ImgPipeline": "sd15",
-    "StableDiffusionInpaintPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-}
+FAMILIES = base_models.PIPELINE_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -62,41 +56,21 @@ def diffusion_root(model_dir: Path) -> Path:
     return Path(model_dir) / "diffusion"
 
 
-#: Folders of ``<model_dir>/diffusion/`` that hold components, never a base model (a diffusers x4
-#: upscaler under ``upscaler/`` has a model_index.json too).
-COMPONENT_FOLDERS = frozenset(
-    {
-        "controlnet",
-        "preprocessors",
-        "ip_adapter",
-        "upscaler",
-        "face_restorer",
-        "face_swapper",
-        "prompt_expander",
-    }
-)
-
-
 def discover(model_dir: Path) -> dict[str, ModelEntry]:
     """Every model under ``<model_dir>/diffusion/`` by name (component folders left out): diffusers
     directories, then single-file checkpoints ``<name>.safetensors`` (one named like a directory is left
-    out: the directory is the model)."""
-    root = diffusion_root(model_dir)
+    out: the directory is the model). A model the worker cannot serve (not SD1.5/SDXL, a diffusers
+    directory missing files its loaders read) is FailedPrecondition naming what is wrong with it: the
+    rule of ``multipass models check`` (:mod:`multipass.model_catalog.base_models`)."""
     entries = {}
-    if root.is_dir():
-        children = sorted(root.iterdir())
-        for child in children:
-            is_config = child.name.endswith(single_file.CONFIG_SUFFIX)  # a single file's configs, no weights
-            if (
-                child.name not in COMPONENT_FOLDERS
-                and not is_config
-                and (child / "model_index.json").is_file()
-            ):
-                entries[child.name] = ModelEntry(child.name, child, family_of(child))
-        for child in children:
-            name = child.name[: -len(single_file.SUFFIX)]
-            if child.is_file() and child.suffix == single_file.SUFFIX and name not in entries:
-                entries[name] = ModelEntry(name, child, single_file.family_of(child))
+    for name, found in base_models.find_base_models(model_dir).items():
+        if found.path.is_file():
+            entries[name] = ModelEntry(name, found.path, single_file.family_of(found.path))
+            continue
+        family = family_of(found.path)
+        if found.problem:
+            raise FailedPrecondition(f"{found.problem} ({found.path})")
+        entries[name] = ModelEntry(name, found.path, family)
     return entries
 
 
@@ -118,11 +92,14 @@ def select(model_dir: Path, names: tuple[str, ...]) -> list[ModelEntry]:
 
 
 def family_of(path: Path) -> str:
-    index = json.loads((path / "model_index.json").read_text())
-    family = FAMILIES.get(index.get("_class_name", ""))
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as error:
+        raise FailedPrecondition(f"{path}/model_index.json cannot be read: {error}") from error
+    family = FAMILIES.get(index.get("_class_name", "")) if isinstance(index, dict) else None
     if family is None:
         raise FailedPrecondition(
-            f"{path}/model_index.json: pipeline class {index.get('_class_name')!r} is not an SD1.5 or SDXL pipeline"
+            f"{path}/model_index.json: pipeline class {index.get('_class_name') if isinstance(index, dict) else None!r} is not an SD1.5 or SDXL pipeline"
         )
     return family
 

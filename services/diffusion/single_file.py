@@ -21,20 +21,12 @@ import json
 from pathlib import Path
 
 from multipass.errors import FailedPrecondition
+from multipass.model_catalog.base_models import checkpoint_family
 
 SUFFIX = ".safetensors"
 CONFIG_SUFFIX = ".config"
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "single_file_configs"
 CLIP_MERGES = SHIPPED_CONFIGS / "clip_merges.txt"
-#: Tensor-name prefixes that tell a checkpoint's family (checked in this order).
-_FAMILY_MARKERS = (
-    ("conditioner.embedders.1.model.", "sdxl"),
-    ("cond_stage_model.transformer.", "sd15"),
-)
-_REFUSED_MARKERS = (
-    ("cond_stage_model.model.", "an SD2.x checkpoint (OpenCLIP text encoder)"),
-    ("conditioner.embedders.0.model.", "an SDXL refiner checkpoint"),
-)
 
 
 def config_override(path: Path) -> Path:
@@ -52,15 +44,10 @@ def family_of(path: Path) -> str:
             keys = list(handle.keys())
     except (SafetensorError, OSError, ValueError) as error:
         raise FailedPrecondition(f"{path} is not a readable safetensors checkpoint: {error}") from error
-    for prefix, family in _FAMILY_MARKERS:
-        if any(key.startswith(prefix) for key in keys):
-            return family
-    for prefix, what in _REFUSED_MARKERS:
-        if any(key.startswith(prefix) for key in keys):
-            raise FailedPrecondition(f"{path} is {what} ({prefix}* tensors); only SD1.5 and SDXL are served")
-    raise FailedPrecondition(
-        f"{path} is not an SD1.5 or SDXL single-file checkpoint (no {' or '.join(p + '*' for p, _ in _FAMILY_MARKERS)} tensors)"
-    )
+    family, problem = checkpoint_family(keys)
+    if problem:
+        raise FailedPrecondition(f"{path} {problem}")
+    return family
 
 
 def config_dir(path: Path, family: str) -> Path:

@@ -8,7 +8,7 @@ the two cannot drift apart. :mod:`.features` turns the findings into the report.
 
 | feature | uses |
 |---|---|
-| ``base`` | ``diffusion/<model>/model_index.json`` (a diffusers SD1.5 or SDXL pipeline) |
+| ``base`` | ``diffusion/<model>/model_index.json`` (a complete diffusers SD1.5 or SDXL pipeline) or ``diffusion/<model>.safetensors`` (:mod:`.base_models`) |
 | ``inpaint`` | ``diffusion/<model>/unet_inpaint/config.json`` (9-channel inpainting UNet) |
 | ``controlnet:<kind>`` | ``diffusion/controlnet/<family>/<kind>/config.json`` (SD1.5 also ``controlnet/<kind>/``), for a family with a base model |
 | ``preprocessor:<kind>`` | ``diffusion/preprocessors/<kind>/config.json`` (depth, pose), ``hed/ControlNetHED.pth``, ``lineart/sk_model.pth`` (or the same as ``.safetensors``) |
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from multipass.errors import MultipassError
+from multipass.model_catalog.base_models import find_base_models
 
 DIFFUSION = "diffusion"
 SEGMENTATION = "segmentation"
@@ -49,28 +50,6 @@ PREPROCESSOR_FILES = {
     "lineart": ("lineart/sk_model.pth", "lineart/sk_model.safetensors"),
 }
 REPORTED_PREPROCESSORS = ("depth", "pose", "hed", "lineart")
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionImg2ImgPipeline": "sd15",
-    "StableDiffusionInpaintPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-}
-#: Folders of ``diffusion/`` that hold components, never a base model (a diffusers upscaler has a
-#: model_index.json too).
-COMPONENT_FOLDERS = frozenset(
-    {
-        "controlnet",
-        "preprocessors",
-        "ip_adapter",
-        "upscaler",
-        "face_restorer",
-        "face_swapper",
-        "prompt_expander",
-        "loras",
-    }
-)
 #: Named LoRAs (``<lora:NAME:W>``, A1111's ``models/Lora``): ``<NAME>.safetensors`` files, for every tenant.
 NAMED_LORAS_DIR = "diffusion/loras"
 #: What a named LoRA's NAME may be: what the prompt parser takes in a tag, and not all digits (a tune id).
@@ -144,26 +123,33 @@ def _read_json(path: Path) -> dict | None:
 
 
 def base_models(model_dir: Path) -> dict[str, str]:
-    """Family by model name of every diffusers pipeline under ``diffusion/`` ("" for an unknown pipeline)."""
-    root = Path(model_dir) / "diffusion"
-    models: dict[str, str] = {}
-    if root.is_dir():
-        for child in sorted(root.iterdir()):
-            index = child / "model_index.json"
-            if child.name not in COMPONENT_FOLDERS and index.is_file():
-                data = _read_json(index) or {}
-                models[child.name] = PIPELINE_FAMILIES.get(str(data.get("_class_name", "")), "")
-    return models
+    """Family by model name of every base model under ``diffusion/``: diffusers pipelines and single-file
+    checkpoints ("" for one that is neither SD1.5 nor SDXL)."""
+    return {name: model.family for name, model in find_base_models(model_dir).items()}
 
 
 def _find_base(model_dir: Path, models: dict[str, str]) -> Found:
-    known = {name: family for name, family in models.items() if family}
-    unknown = sorted(set(models) - set(known))
-    note = f"; not an SD1.5/SDXL pipeline: {', '.join(unknown)}" if unknown else ""
-    if not known:
-        return Found(False, detail=f"no diffusers model under diffusion/<name>/{note}", family="sd15")
-    listed = ", ".join(f"{name} ({family})" for name, family in known.items())
-    return Found(True, tuple(f"diffusion/{name}" for name in known), f"{listed}{note}")
+    found = find_base_models(model_dir)
+    unusable = [model for model in found.values() if model.problem]
+    if unusable:  # the diffusion worker does not start on such a model
+        families = {model.family for model in unusable if model.family}
+        return Found(
+            False,
+            tuple(_rel(model_dir, model.path) for model in unusable),
+            "; ".join(model.problem for model in unusable) + "; the diffusion worker does not start on it",
+            family=next(iter(families)) if len(families) == 1 else "sd15",
+        )
+    if not found:
+        return Found(
+            False,
+            detail="no diffusers model under diffusion/<name>/ nor diffusion/<name>.safetensors",
+            family="sd15",
+        )
+    listed = ", ".join(
+        f"{name} ({model.family}{', single file' if model.path.is_file() else ''})"
+        for name, model in found.items()
+    )
+    return Found(True, tuple(_rel(model_dir, model.path) for model in found.values()), listed)
 
 
 def _find_inpaint(model_dir: Path, models: dict[str, str]) -> Found:

@@ -147,3 +147,80 @@ def test_the_segmentation_service_finds_what_the_check_reports(directories):
             and json.loads(config.read_text()).get("model_type") in models.SUPPORTED_DETECTORS
         )
         assert report["text_masks"].available == supported, model_dir
+
+
+def _checkpoint(path: Path, names: list[str]) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: np.zeros(2, dtype=np.float32) for name in names}, str(path))
+    return path
+
+
+def test_a_single_file_checkpoint_is_a_base_model_for_the_check_as_for_the_worker(tmp_path):
+    from multipass_diffusion import models
+
+    _checkpoint(
+        tmp_path / "diffusion" / "dreamshaper_8.safetensors",
+        [
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+            "model.diffusion_model.out.2.bias",
+        ],
+    )
+    (tmp_path / "diffusion" / "dreamshaper_8.config").mkdir()  # its optional configs: never a model
+    (tmp_path / "diffusion" / "dreamshaper_8.config" / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline"})
+    )
+
+    base = features.check(tmp_path).by_name()["base"]
+
+    assert base.available and base.path == "diffusion/dreamshaper_8.safetensors", base
+    assert layout.base_models(tmp_path) == {"dreamshaper_8": "sd15"}
+    assert {n: e.family for n, e in models.discover(tmp_path).items()} == {"dreamshaper_8": "sd15"}
+    assert features.check(tmp_path).by_name()["controlnet:canny"].fix == (
+        "multipass models pull controlnet-sd15"
+    )
+
+
+def test_a_checkpoint_the_worker_refuses_is_no_base_model_for_the_check(tmp_path):
+    from multipass_diffusion import models
+
+    path = _checkpoint(
+        tmp_path / "diffusion" / "sd21.safetensors", ["cond_stage_model.model.token_embedding.weight"]
+    )
+
+    base = features.check(tmp_path).by_name()["base"]
+
+    assert not base.available and "is an SD2.x checkpoint" in base.detail, base
+    with pytest.raises(FailedPrecondition, match="is an SD2.x checkpoint") as caught:
+        models.discover(tmp_path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_half_pulled_pipeline_is_missing_for_the_check_and_the_worker_names_what_it_lacks(tmp_path):
+    from multipass_diffusion import models
+
+    write_profiles(tmp_path, [load_manifest().profiles["sd15"]])
+    assert features.check(tmp_path).by_name()["base"].available
+    (tmp_path / "diffusion/sd15/unet/diffusion_pytorch_model.safetensors").unlink()
+
+    base = features.check(tmp_path).by_name()["base"]
+
+    assert not base.available, base
+    assert "incomplete" in base.detail and "unet/diffusion_pytorch_model.safetensors" in base.detail
+    assert base.fix == "multipass models pull sd15"
+    with pytest.raises(FailedPrecondition, match="unet/diffusion_pytorch_model.safetensors") as caught:
+        models.discover(tmp_path)
+    assert "is incomplete" in str(caught.value) and "multipass models pull" in str(caught.value)
+
+
+def test_a_pipeline_with_only_fp16_weights_is_named_with_the_file_to_rename(tmp_path):
+    write_profiles(tmp_path, [load_manifest().profiles["sd15"]])
+    vae = tmp_path / "diffusion/sd15/vae"
+    (vae / "diffusion_pytorch_model.safetensors").rename(vae / "diffusion_pytorch_model.fp16.safetensors")
+
+    base = features.check(tmp_path).by_name()["base"]
+
+    assert not base.available
+    assert "found only diffusion_pytorch_model.fp16.safetensors" in base.detail, base.detail
