@@ -224,8 +224,20 @@ def _hub_error(item: ModelFile, hub: HubSettings, error: Exception) -> Exception
         return NotFound(f"{item.repo} has no revision {item.revision!r}")
     if isinstance(error, RemoteEntryNotFoundError):
         return NotFound(f"{item.repo}@{item.revision} has no file {item.path}")
+    status = (
+        error.response.status_code
+        if isinstance(error, HfHubHTTPError) and error.response is not None
+        else None
+    )
+    if status == 401:  # not a missing repository (above): the token itself is refused
+        where = "HF_TOKEN" if hub.token else "the token saved by `hf auth login`"
+        return PermissionDenied(
+            f"{hub.endpoint} refuses {where} (invalid or expired) for {item.source}: set HF_TOKEN to a valid "
+            f"token (see {hub.endpoint}/settings/tokens), or unset it for public repositories"
+        )
     if isinstance(error, HfHubHTTPError):
-        return Unavailable(f"{item.source}: the Hub answered {error}; run the pull again to resume")
+        answer = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return Unavailable(f"{item.source}: the Hub answered {answer}; run the pull again to resume")
     if isinstance(error, httpx2.TransportError):
         return Unavailable(
             f"cannot reach {hub.endpoint} for {item.source}: {error}; run the pull again to resume"

@@ -6,7 +6,8 @@ It answers the way the Hub does for what ``huggingface_hub`` asks about a file:
   with ``ETag`` = its git blob SHA-1 and ``X-Repo-Commit``; a large (LFS) file is a ``302`` to a second
   server (the "CDN", another origin, as on the real Hub) with ``X-Linked-Etag`` = its SHA-256 and
   ``X-Linked-Size``. Unknown repositories, revisions and files get the Hub's ``X-Error-Code`` answers, a
-  private repository a 401 without ``Authorization: Bearer <token>``.
+  private repository a 401 without ``Authorization: Bearer <token>``, any request with another token a
+  401 whose ``X-Error-Message`` says its credentials are invalid.
 * ``GET {cdn}/cdn/{sha256}``: the bytes, with ``Range`` requests answered ``206`` (resume).
 
 Counters: ``bytes_sent`` (body bytes of every GET, both servers). ``throttle`` slows the body down (so a
@@ -27,6 +28,8 @@ LFS_THRESHOLD = 1024
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<sha>[0-9a-f]{64})$")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
+#: What the Hub answers (401, ``X-Error-Message``) to a token it does not know, for any repository.
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -138,6 +141,9 @@ class FakeHub:
                 match = _RESOLVE.match(self.path)
                 if not match:
                     return self._plain(404)
+                sent = self.headers.get("Authorization")
+                if sent and sent != f"Bearer {hub.token}":  # as the Hub answers any unknown token
+                    return self._plain(401, headers={"X-Error-Message": INVALID_CREDENTIALS})
                 repo = hub.repos.get(match["repo"])
                 if repo is None or (
                     repo.private and self.headers.get("Authorization") != f"Bearer {hub.token}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub
 
-from multipass.errors import FailedPrecondition, NotFound, Unavailable
+from multipass.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from multipass.model_catalog.manifest import load_manifest
 from multipass.model_sync import catalog_commands
 from multipass.model_sync.hub_pull import (
@@ -387,3 +387,13 @@ def test_a_redirect_to_a_non_http_address_fails_at_once(tmp_path, hub):
         pull(manifest, manifest.select(["ups"]), tmp_path / "models", settings(hub), progress=False)
     assert time.monotonic() - started < 5  # not retried as an interrupted download
     assert not list((tmp_path / "models").rglob("*.part"))
+
+
+def test_a_token_the_hub_refuses_is_named_not_offered_a_resume(tmp_path, hub):
+    hub.add(REPO, {"config.json": SMALL_CONFIG})
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"ups": file_entries({"config.json": b""})}))
+    with pytest.raises(PermissionDenied) as caught:
+        pull(manifest, manifest.select(["ups"]), tmp_path / "m", settings(hub, "hf_expired"), progress=False)
+    message = str(caught.value)
+    assert "HF_TOKEN" in message and "invalid or expired" in message and "\n" not in message
+    assert "resume" not in message
