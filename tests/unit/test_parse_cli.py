@@ -132,3 +132,23 @@ def test_readable_output_of_keep_background_and_only_upscale(capsys):
     out = capsys.readouterr().out
     assert out.startswith("upscale only (no generation)")
     assert "flags: hires_denoising_strength=0.4, tiled_upscale, only_upscale" in out
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """``multipass parse --json ... | head -1``: no traceback when the reader has gone."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "multipass_client.cli.main", "parse", "--json", "-f",
+             str(EXAMPLES / "multi-person.prompt")],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode == 141
