@@ -1,7 +1,7 @@
 """Named LoRAs: ``<lora:NAME:W>`` for LoRA files the operator installed in the model directory.
 
 A1111 and ComfyUI users keep shared LoRAs (detail tweakers, styles) in a folder and tag them by file name.
-Here that folder is ``diffusion/loras/`` (:data:`multipass.model_catalog.layout.NAMED_LORAS_DIR`): a file
+Here that folder is ``diffusion/loras/`` (:data:`multipass.model_catalog.lora_folder.NAMED_LORAS_DIR`): a file
 ``<NAME>.safetensors`` answers ``<lora:NAME:W>`` for every tenant, beside the tenants' own tunes (whose
 ids are digits). A worker lists each one it can read as capability ``lora:<NAME>``, and as
 ``lora:<NAME>:<model>`` for every served model it fits, so the gateway refuses at submit a name that no
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from multipass.errors import FailedPrecondition, InvalidInput, Violation
-from multipass.model_catalog.layout import NAMED_LORA_NAME, NAMED_LORAS_DIR, named_lora_files
+from multipass.model_catalog.lora_folder import NAMED_LORA_NAME, NAMED_LORAS_DIR, named_lora_files
 from multipass.v1 import diffusion_pb2, prompt_pb2
 from multipass_diffusion import models
 from multipass_diffusion.passes.context import PassInputs

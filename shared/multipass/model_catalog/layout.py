@@ -26,13 +26,19 @@ the two cannot drift apart. :mod:`.features` turns the findings into the report.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from multipass.errors import MultipassError
 from multipass.model_catalog.base_models import find_base_models
+from multipass.model_catalog.lora_folder import (  # noqa: F401 - NAMED_LORA_NAME: the layout's rule, re-exported
+    NAMED_LORA_NAME,
+    NAMED_LORAS_DIR,
+    describe_ignored,
+    ignored_lora_files,
+    named_lora_files,
+)
 
 DIFFUSION = "diffusion"
 SEGMENTATION = "segmentation"
@@ -50,10 +56,6 @@ PREPROCESSOR_FILES = {
     "lineart": ("lineart/sk_model.pth", "lineart/sk_model.safetensors"),
 }
 REPORTED_PREPROCESSORS = ("depth", "pose", "hed", "lineart")
-#: Named LoRAs (``<lora:NAME:W>``, A1111's ``models/Lora``): ``<NAME>.safetensors`` files, for every tenant.
-NAMED_LORAS_DIR = "diffusion/loras"
-#: What a named LoRA's NAME may be: what the prompt parser takes in a tag, and not all digits (a tune id).
-NAMED_LORA_NAME = re.compile(r"^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 SAM_VARIANTS = ("vit_h", "vit_l", "vit_b")
 TEXT_DETECTORS = ("grounding-dino", "owlv2")
 FACEID_WEIGHTS = ("ip-adapter-faceid.safetensors", "ip-adapter-faceid.bin")
@@ -439,26 +441,20 @@ def _find_prompt_expander(model_dir: Path, models: dict[str, str]) -> Found:
     return Found(True, (_rel(model_dir, directory),), "transformers causal language model")
 
 
-def named_lora_files(model_dir: Path) -> dict[str, Path]:
-    """Every named LoRA of the model directory, by NAME (files whose stem cannot be a tag's NAME are not)."""
-    root = Path(model_dir) / NAMED_LORAS_DIR
-    if not root.is_dir():
-        return {}
-    return {
-        path.stem: path
-        for path in sorted(root.glob("*.safetensors"))
-        if NAMED_LORA_NAME.match(path.stem) and path.is_file()
-    }
-
-
 def _find_named_loras(model_dir: Path, models: dict[str, str]) -> Found:
     files = named_lora_files(model_dir)
+    ignored = ignored_lora_files(model_dir)
+    note = f"; {describe_ignored(ignored)}" if ignored else ""
     if not files:
-        return Found(False, detail=f"no {NAMED_LORAS_DIR}/<NAME>.safetensors (optional: <lora:NAME:W> tags)")
+        return Found(
+            False,
+            tuple(path for path, _ in ignored),
+            f"no {NAMED_LORAS_DIR}/<NAME>.safetensors (optional: <lora:NAME:W> tags){note}",
+        )
     return Found(
         True,
         tuple(_rel(model_dir, path) for path in files.values()),
-        f"{len(files)} for every tenant: " + ", ".join(f"<lora:{name}:W>" for name in files),
+        f"{len(files)} for every tenant: " + ", ".join(f"<lora:{name}:W>" for name in files) + note,
     )
 
 

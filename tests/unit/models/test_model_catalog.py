@@ -319,3 +319,34 @@ def test_the_catalog_needs_no_huggingface_hub(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_lora_files_that_cannot_be_named_lora_tags_are_each_named_with_what_to_do(tmp_path):
+    """An A1111 ``models/Lora`` folder copied as it is: what is not read is said, never dropped silently."""
+    loras = tmp_path / "diffusion" / "loras"
+    (loras / "styles").mkdir(parents=True)
+    for name in (
+        "add_detail.safetensors",
+        "more details.safetensors",
+        "849330.safetensors",
+        "styles/film.safetensors",
+        "old.pt",
+        "notes.txt",
+        ".x.safetensors.part",
+    ):
+        (loras / name).write_bytes(b"placeholder")  # fmt: skip
+
+    found = features.check(tmp_path).by_name()["named_loras"]
+
+    assert found.available and found.path == "diffusion/loras/add_detail.safetensors"
+    assert "<lora:add_detail:W>" in found.detail
+    assert "diffusion/loras/more details.safetensors: a tag cannot spell its name" in found.detail
+    assert "e.g. more_details.safetensors" in found.detail
+    assert "diffusion/loras/849330.safetensors: an all-digit name reads as a tune id" in found.detail
+    assert "diffusion/loras/styles/film.safetensors: subfolders are not read" in found.detail
+    assert "diffusion/loras/old.pt: only .safetensors files are read" in found.detail
+    assert "notes.txt" not in found.detail and ".part" not in found.detail
+
+    (loras / "add_detail.safetensors").unlink()
+    only_ignored = features.check(tmp_path).by_name()["named_loras"]
+    assert not only_ignored.available and "more details.safetensors" in only_ignored.detail
