@@ -103,6 +103,18 @@ class Manifest:
         return [profile for profile in self.profiles.values() if feature in profile.features]
 
 
+def in_pull_order(items: list[ModelFile]) -> list[ModelFile]:
+    """Weights and other files first, then ``*config.json``, then ``model_index.json``: a loader and
+    ``models check`` recognise a component by its config, so a pull that stops early never leaves a config
+    announcing weights that have not arrived."""
+
+    def rank(item: ModelFile) -> int:
+        name = item.target.rsplit("/", 1)[-1]
+        return 2 if name == "model_index.json" else 1 if name.endswith("config.json") else 0
+
+    return sorted(items, key=rank)  # stable: the manifest's order within each rank
+
+
 @dataclass(frozen=True)
 class Presence:
     """How much of a profile a model directory holds."""

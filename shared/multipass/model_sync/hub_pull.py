@@ -15,6 +15,8 @@ from), then the bytes come over HTTP into ``.<name>.<etag>.part`` beside the tar
 - **Checked.** The finished part must have the size the Hub announced and the manifest's ``sha256`` if it
   names one, else the SHA-256 the Hub publishes (the ETag of an LFS file) or the git blob hash (the ETag
   of a small file). A file that does not match is deleted and refused, naming expected and actual digests.
+- **Configs last.** Weights come before the ``config.json`` / ``model_index.json`` that announce them
+  (:func:`in_pull_order`), so a directory a pull left half-filled never shows a component as installed.
 - **Atomic.** Only a checked file is renamed to its target; the pull record
   (``<MODEL_DIR>/.multipass-pull.json``: repository, revision, commit, ETag, size, SHA-256 by target) then
   lets the next pull skip it without reading it again. A target that exists but is not the manifest's file
@@ -50,7 +52,7 @@ from multipass.errors import (
     Unavailable,
     Violation,
 )
-from multipass.model_catalog.manifest import Manifest, ModelFile, Profile
+from multipass.model_catalog.manifest import Manifest, ModelFile, Profile, in_pull_order
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +485,7 @@ def pull(
     report = PullReport()
     with _locked(model_dir):
         record = read_record(model_dir)
-        for item in manifest.files(profiles):
+        for item in in_pull_order(manifest.files(profiles)):
             _pull_file(item, model_dir, hub, record, report, force=force, bar_factory=bar_factory)
             _write_record(model_dir, record)
     return report

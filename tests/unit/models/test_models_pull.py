@@ -397,3 +397,29 @@ def test_a_token_the_hub_refuses_is_named_not_offered_a_resume(tmp_path, hub):
     message = str(caught.value)
     assert "HF_TOKEN" in message and "invalid or expired" in message and "\n" not in message
     assert "resume" not in message
+
+
+def test_a_pull_that_stops_early_leaves_no_config_announcing_weights_that_did_not_arrive(tmp_path, hub):
+    from multipass.model_catalog import features
+
+    weights = blobs(3, 1, 2 * MB)[0]
+    hub.add(REPO, {"config.json": SMALL_CONFIG, "diffusion_pytorch_model.safetensors": weights})
+    hub.corrupt[(REPO, "diffusion_pytorch_model.safetensors")] = bytes(len(weights))
+    entries = [  # the manifest's order: the config first
+        {"repo": REPO, "revision": "main", "path": path, "target": f"diffusion/controlnet/sd15/pose/{path}"}
+        for path in ("config.json", "diffusion_pytorch_model.safetensors")
+    ]
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", {"pose": entries}))
+    model_dir = tmp_path / "models"
+    base = model_dir / "diffusion" / "sd15"  # a base model, so a ControlNet there would be usable
+    base.mkdir(parents=True)
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+    with pytest.raises(ChecksumMismatch):
+        pull(manifest, manifest.select(["pose"]), model_dir, settings(hub), progress=False)
+
+    assert not (model_dir / "diffusion/controlnet/sd15/pose/config.json").exists()
+    assert not features.check(model_dir).by_name()["controlnet:pose"].available
+    hub.corrupt.clear()
+    report = pull(manifest, manifest.select(["pose"]), model_dir, settings(hub), progress=False)
+    assert report.downloaded == [e["target"] for e in reversed(entries)]
