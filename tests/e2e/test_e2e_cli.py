@@ -83,7 +83,7 @@ def test_tunes_register_list_get_delete(stack, sd15_model, tmp_path):
     shown = stack.cli("tunes", "get", faceid.stdout.strip())
     assert "1 reference face image(s)" in shown.stdout and "file " not in shown.stdout
     no_face = stack.cli("tunes", "register", "--kind", "faceid", "--token", "ohwx", "--class", "woman")
-    assert no_face.returncode == 1 and "--reference" in no_face.stderr
+    assert no_face.returncode == 2 and "--reference" in no_face.stderr
 
     not_a_lora = tmp_path / "notes.safetensors"
     not_a_lora.write_bytes(b"this is not a safetensors file")

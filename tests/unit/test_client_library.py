@@ -78,6 +78,10 @@ class RecordingApi(jobs_pb2_grpc.JobsServicer, jobs_pb2_grpc.TunesServicer, admi
         self.submits.append(request)
         if request.params.get("steps") == "0":
             _invalid(context, "params.steps", "got '0'; expected an integer in 1..50")
+        if "<lora:849330" in request.prompt:
+            status = status_pb2.Status(code=code_pb2.NOT_FOUND, message="unknown tune 849330")
+            status.details.add().Pack(error_details_pb2.ErrorInfo(reason="UNKNOWN_TUNE", domain="multipass"))
+            context.abort_with_status(rpc_status.to_status(status))
         return jobs_pb2.SubmitJobResponse(job_id="job-1", warnings=["hires_fix implied by super_resolution"])
 
     def UploadImage(self, request_iterator, context):
@@ -252,6 +256,13 @@ def test_cli_submit_prints_the_job_id_and_reports_failures(api, capsys):
     _, err = capsys.readouterr()
     assert "INVALID_ARGUMENT" in err and "params.steps: got '0'" in err
     assert main(["submit", "a cat", "--param", "steps", "--addr", api.address, "--api-key", "mpk_x"]) == 2
+    # A tune id the tenant does not have (the examples' placeholders): where tunes come from.
+    assert (
+        main(["submit", "x BREAK BREAK ohwx woman <lora:849330:1>", "--addr", api.address, "--api-key", "k"])
+        == 1
+    )
+    _, err = capsys.readouterr()
+    assert "UNKNOWN_TUNE" in err and "multipass tunes list" in err and "multipass demo --prompt-file" in err
 
 
 def test_cli_input_image_is_uploaded_when_local_and_passed_as_url_otherwise(api, tmp_path, capsys):
@@ -297,12 +308,11 @@ def test_cli_tenants_create_prints_only_the_key_on_stdout(api, capsys):
     assert "key id k1" in err
 
 
-def test_cli_without_credentials_says_how_to_get_them(api, tmp_path, monkeypatch):
+def test_cli_without_credentials_says_how_to_get_them(api, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MULTIPASS_STACK_DIR", str(tmp_path / "none"))
     monkeypatch.delenv("MULTIPASS_API_KEY", raising=False)
-    with pytest.raises(SystemExit) as caught:
-        main(["get", "job-1", "--addr", api.address])
-    assert "MULTIPASS_API_KEY" in str(caught.value)
+    assert main(["get", "job-1", "--addr", api.address]) == 2
+    assert "MULTIPASS_API_KEY" in capsys.readouterr().err
 
 
 class DictReader:
@@ -406,7 +416,7 @@ def test_demo_placeholders_map_to_new_tune_ids():
 
 
 def test_cli_names_a_directory_given_as_a_file(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exited:
+    assert (
         main(
             [
                 "tunes",
@@ -422,7 +432,9 @@ def test_cli_names_a_directory_given_as_a_file(tmp_path, capsys):
                 "k",
             ]
         )
-    assert str(exited.value) == f"{tmp_path}: is a directory, not a tune file"
+        == 2
+    )
+    assert capsys.readouterr().err == f"multipass tunes: {tmp_path}: is a directory, not a tune file\n"
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])

@@ -114,6 +114,42 @@ def test_usage_errors_exit_2(capsys, argv, words):
     assert words in capsys.readouterr().err
 
 
+WHO = ("--token", "ohwx", "--class", "woman")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["tunes", "register", *WHO, "--family", "sd15"],
+            "a .safetensors file or an http(s) URL is required",
+        ),
+        (["tunes", "register", *WHO, "/nonexistent/me.safetensors"], "--family is required"),
+        (
+            ["tunes", "register", *WHO, "/nonexistent/me.safetensors", "--family", "sd15"],
+            "/nonexistent/me.safetensors: no such file",
+        ),
+        (["tunes", "update", "1", "--no-characteristics", "--characteristic", "a=b"], "not both"),
+        (["submit", "a cat", "--input-image", "/nonexistent/in.png"], "/nonexistent/in.png: no such file"),
+    ],
+)
+def test_client_commands_used_wrongly_exit_2_naming_the_problem(capsys, monkeypatch, tmp_path, argv, words):
+    monkeypatch.setenv("MULTIPASS_API_KEY", "mp_test")
+    monkeypatch.setenv("MULTIPASS_STACK_DIR", str(tmp_path / "no-stack"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and f"multipass {argv[0]}: " in err and "Traceback" not in err
+
+
+def test_a_client_command_without_credentials_exits_2_saying_where_a_key_comes_from(
+    capsys, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("MULTIPASS_API_KEY", raising=False)
+    monkeypatch.setenv("MULTIPASS_STACK_DIR", str(tmp_path / "no-stack"))
+    assert main(["list"]) == 2
+    assert "no API key: pass --api-key" in capsys.readouterr().err
+
+
 def test_text_and_file_together_are_refused(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["parse", "a lighthouse", "-f", str(EXAMPLES / "multi-person.prompt")])

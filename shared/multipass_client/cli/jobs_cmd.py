@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from multipass_client.cli.options import (
+    UsageError,
     add_connection_args,
     client_from_args,
     local_stack_state,
@@ -124,7 +125,7 @@ def _image_argument(client, value: str | None, url_param: str, params: dict[str,
     path = Path(value)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
-        raise SystemExit(f"{value}: {what} (give a local image or an http(s) URL)")
+        raise UsageError(f"{value}: {what} (give a local image or an http(s) URL)")
     return client.jobs.upload_image(path).image_id
 
 

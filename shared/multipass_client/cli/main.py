@@ -16,6 +16,8 @@ import os
 import sys
 from importlib.metadata import entry_points
 
+from multipass_client.cli.options import UsageError
+
 COMMAND_MODULES = (
     "multipass_client.cli.jobs_cmd",
     "multipass_client.cli.tunes_cmd",
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status of a command used wrongly (argparse's own, for a bad option).
+USAGE = 2
 #: Exit status when the reader of stdout went away (``multipass models check | head``), as a shell reports
 #: a command ended by SIGPIPE.
 BROKEN_PIPE = 128 + 13
@@ -53,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
-        return 2
+        return USAGE
     try:
         status = int(args.run(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is noticed while it can be handled
+    except UsageError as error:
+        print(f"multipass {args.command}: {error}", file=sys.stderr)
+        return USAGE
     except BrokenPipeError:
         # Nothing more can be shown; point stdout at /dev/null so the interpreter's final flush is quiet.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -23,6 +23,11 @@ ADMIN_TOKEN_ENV = "MULTIPASS_ADMIN_TOKEN"
 RPC_FAILED = 1
 
 
+class UsageError(Exception):
+    """The command was given something it cannot work with (a missing file, options that exclude each
+    other, no credentials): ``multipass`` prints the message and exits 2, as for a bad option."""
+
+
 def add_connection_args(parser: argparse.ArgumentParser, *, admin: bool = False) -> None:
     parser.add_argument("--addr", help="gateway host:port (default: the local stack's, else 127.0.0.1:50050)")
     if admin:
@@ -63,16 +68,23 @@ def client_from_args(args: argparse.Namespace, *, admin: bool = False) -> Client
     if admin:
         token = resolve_admin_token(args)
         if not token:
-            raise SystemExit(
+            raise UsageError(
                 f"no admin token: pass --admin-token, set {ADMIN_TOKEN_ENV}, or start the local stack (`multipass up`)"
             )
         return connect(address, admin_token=token, timeout=args.timeout)
     key = resolve_api_key(args)
     if not key:
-        raise SystemExit(
+        raise UsageError(
             f"no API key: pass --api-key, set {API_KEY_ENV}, or start the local stack (`multipass up`)"
         )
     return connect(address, api_key=key, timeout=args.timeout)
+
+
+#: Said after a submit names a tune the tenant does not have (the examples' ids are placeholders).
+UNKNOWN_TUNE_HINT = (
+    "(`multipass tunes list` shows your tunes; `multipass tunes register` adds one. The examples' tune ids "
+    "are placeholders: `multipass demo --prompt-file FILE` runs a prompt file with sample tunes in their place)"
+)
 
 
 def reports_rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -82,7 +94,7 @@ def reports_rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[ar
     def wrapper(args: argparse.Namespace) -> int:
         import grpc
 
-        from multipass_client.errors import describe_rpc_error
+        from multipass_client.errors import describe_rpc_error, error_reason
 
         try:
             return run(args)
@@ -93,6 +105,8 @@ def reports_rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[ar
                     f"(is the gateway running at {resolve_address(args)}? `multipass status` shows the local stack)",
                     file=sys.stderr,
                 )
+            elif error_reason(error)[0] == "UNKNOWN_TUNE" and args.command == "submit":
+                print(UNKNOWN_TUNE_HINT, file=sys.stderr)
             return RPC_FAILED
 
     return wrapper

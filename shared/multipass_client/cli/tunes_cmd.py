@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
+from multipass_client.cli.options import (
+    UsageError,
+    add_connection_args,
+    client_from_args,
+    reports_rpc_errors,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,18 +112,18 @@ def _not_a_file(path: Path) -> str:
 def run_register(args: argparse.Namespace) -> int:
     faceid = args.kind == "faceid"
     if faceid and (args.file or not args.references):
-        raise SystemExit("--kind faceid takes no file, and at least one --reference face image")
+        raise UsageError("--kind faceid takes no file, and at least one --reference face image")
     if not faceid and not args.file:
-        raise SystemExit("a .safetensors file or an http(s) URL is required (or --kind faceid)")
+        raise UsageError("a .safetensors file or an http(s) URL is required (or --kind faceid)")
     if not faceid and not args.family:
-        raise SystemExit("--family is required (sd15 or sdxl)")
+        raise UsageError("--family is required (sd15 or sdxl)")
     for reference in args.references:
         if not reference.is_file():
-            raise SystemExit(f"{reference}: {_not_a_file(reference)}")
+            raise UsageError(f"{reference}: {_not_a_file(reference)}")
     is_url = args.file.lower().startswith(("http://", "https://"))
     path = None if is_url or faceid else Path(args.file)
     if path is not None and not path.is_file():
-        raise SystemExit(f"{args.file}: {_not_a_file(path)}")
+        raise UsageError(f"{args.file}: {_not_a_file(path)}")
     with client_from_args(args) as client:
         uploaded = tuple(client.jobs.upload_image(reference).image_id for reference in args.references)
         try:
@@ -172,7 +177,7 @@ def run_get(args: argparse.Namespace) -> int:
 @reports_rpc_errors
 def run_update(args: argparse.Namespace) -> int:
     if args.characteristics and args.no_characteristics:
-        raise SystemExit("give --characteristic or --no-characteristics, not both")
+        raise UsageError("give --characteristic or --no-characteristics, not both")
     characteristics = {} if args.no_characteristics else args.characteristics
     with client_from_args(args) as client:
         tune = client.tunes.update(
