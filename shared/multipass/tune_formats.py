@@ -46,6 +46,10 @@ _UNSUPPORTED = (
 )
 
 
+#: The only tensors of a textual-inversion embedding: A1111's (``emb_params``), SDXL's pair, and the older
+#: ``string_to_param`` layout saved as safetensors.
+_EMBEDDING_TENSORS = frozenset({"emb_params", "clip_l", "clip_g", "string_to_param.*"})
+
 #: Tensor names of diffusers' LoRA formats: PEFT's, and the older attention-processor ones.
 _DIFFUSERS_LORA_MARKERS = ("lora_A", "lora_B", ".lora.down", ".lora.up", "lora_linear_layer", "_lora.down")
 
@@ -57,6 +61,13 @@ def classify(names: Iterable[str], shapes: dict[str, list[int]] | None = None) -
     weights have four dimensions.
     """
     names = [name for name in names if name != "__metadata__"]
+    if names and set(names) <= _EMBEDDING_TENSORS:
+        return TuneFormat(
+            "embedding",
+            "textual-inversion embedding",
+            f"is a textual-inversion embedding (tensors {', '.join(sorted(names))}), not a LoRA or a "
+            "checkpoint: embeddings are not tunes; a LoRA or a checkpoint of the subject is",
+        )
     for marker, format_name, reason in _UNSUPPORTED:
         found = next((name for name in names if name.endswith(marker)), None)
         if found is not None:

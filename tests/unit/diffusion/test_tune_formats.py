@@ -97,6 +97,24 @@ def test_registration_reads_the_header_only_so_a_refusal_names_the_first_marker_
         check_safetensors(len(header).to_bytes(8, "little") + header + b"\x00" * 4, "metadata.url")
 
 
+@pytest.mark.parametrize("tensors", [{"emb_params": [4, 768]}, {"clip_l": [2, 768], "clip_g": [2, 1280]}])
+def test_a_textual_inversion_embedding_is_named_as_one_when_registered(tensors):
+    """An A1111 embedding (SD1.5's emb_params, SDXL's clip_l/clip_g) is told apart from an unknown file."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = 2 * shape[0] * shape[1]
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header).encode()
+    with pytest.raises(InvalidInput) as caught:
+        check_safetensors(len(encoded).to_bytes(8, "little") + encoded + b"\x00" * offset, "chunk")
+    [violation] = caught.value.violations
+    assert violation.field == "chunk"
+    assert violation.description.startswith("is a textual-inversion embedding (tensors ")
+    assert "not a LoRA or a checkpoint" in violation.description
+    assert tune_formats.classify(["emb_params", "lora_unet_x.lora_down.weight"]).supported
+
+
 def _lora_spec(tune_id: str, path: Path):
     return spec(
         seed=5,
