@@ -2,6 +2,14 @@
 
 Reflection is served as both ``grpc.reflection.v1`` (what current grpcurl, Postman and gRPC UI ask first)
 and ``grpc.reflection.v1alpha`` (older tools).
+
+Keepalive: clients may ping every :data:`MIN_CLIENT_PING_INTERVAL_MS` or less often, on a call that has
+sent nothing for a while (a watched job waiting its turn) and on an idle connection. gRPC's default
+answers a client that pings more often than every five minutes without data with GOAWAY
+``too_many_pings``, ending its streams; grpc-js, Go and Java clients keep pinging at their keepalive time
+whether data flows or not. The server pings each connection every :data:`SERVER_PING_INTERVAL_MS`, so
+proxies and load balancers in between see traffic on a quiet stream, and a client that stopped answering
+is dropped after :data:`SERVER_PING_TIMEOUT_MS`, ending its calls.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ log = logging.getLogger(__name__)
 
 #: Generous message limits for the few rpcs that stream uploads; images never travel inside messages.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Shortest interval between a client's keepalive pings the server accepts (more often: GOAWAY).
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+#: How often the server pings a connection, and how long it waits for the answer.
+SERVER_PING_INTERVAL_MS = 60_000
+SERVER_PING_TIMEOUT_MS = 20_000
 
 
 @dataclass
@@ -76,6 +89,11 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.keepalive_time_ms", SERVER_PING_INTERVAL_MS),
+            ("grpc.keepalive_timeout_ms", SERVER_PING_TIMEOUT_MS),
+            ("grpc.http2.max_pings_without_data", 0),  # its own pings go on while a stream is quiet
         ],
     )
     health_servicer = health.aio.HealthServicer()
