@@ -1,5 +1,7 @@
 """What clients in other languages and generic gRPC tools expect of every Multipass server.
 
+* Reflection answers ``file_containing_symbol`` for every fully-qualified symbol the spec names, methods
+  included (``grpcurl describe multipass.v1.PromptParser.Parse`` asks for the method's name).
 * Client keepalive pings are tolerated down to :data:`server.MIN_CLIENT_PING_INTERVAL_MS`, on a stream that
   sends nothing for a while (a watched job waiting its turn): gRPC's default
   policy answers a client that pings more often than every five minutes without data with GOAWAY
@@ -13,6 +15,7 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from multipass.grpc import server as grpc_server
 from multipass.grpc.server import Registration, start_grpc_server
@@ -35,6 +38,37 @@ async def server():
         yield running
     finally:
         await running.stop(grace=0.5)
+
+
+async def reflect(address: str, symbol: str) -> reflection_pb2.ServerReflectionResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    assert len(responses) == 1
+    return responses[0]
+
+
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        SERVICE,
+        f"{SERVICE}.Parse",
+        "multipass.v1.ParseRequest",
+        "multipass.v1.ParseRequest.text",
+        "grpc.health.v1.Health.Check",
+    ],
+)
+async def test_reflection_finds_the_file_of_every_kind_of_symbol(server, symbol):
+    answer = await reflect(server.address, symbol)
+    assert answer.WhichOneof("message_response") == "file_descriptor_response", answer.error_response
+    assert answer.file_descriptor_response.file_descriptor_proto
+
+
+async def test_reflection_still_answers_not_found_for_unknown_symbols(server):
+    for symbol in (f"{SERVICE}.Nope", "multipass.v1.Nope.Parse", "nope"):
+        answer = await reflect(server.address, symbol)
+        assert answer.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def test_a_quiet_stream_survives_client_keepalive_pings_at_the_documented_interval(server):

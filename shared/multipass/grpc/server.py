@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from multipass.grpc import reflection_v1
 from multipass.grpc.errors import ErrorInterceptor
+from multipass.grpc.reflection_symbols import ReflectionServicer
 from multipass.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ async def start_grpc_server(
     for registration in registrations:
         registration.add_to_server(registration.servicer, server)
     reflected = [*names, health.SERVICE_NAME, reflection_v1.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection_servicer = reflection.aio.ReflectionServicer(reflected)
+    reflection_servicer = ReflectionServicer(reflected)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, server)
     reflection_v1.add_reflection_v1_to_server(reflection_servicer, server)
     port = server.add_insecure_port(address)
