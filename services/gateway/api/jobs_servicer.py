@@ -43,6 +43,10 @@ def checked_job_id(job_id: str) -> str:
 
 #: Job records a filtered ListJobs reads at once while it fills a page.
 LIST_READ_WINDOW = 32
+#: Serialized bytes of one ListJobs answer: what gRPC clients receive unless told otherwise (4 MiB), less
+#: room for the token and framing. A page ends before the job that would not fit (a job of eight images
+#: with eight persons is near 100 KB); a single job larger than this still makes a page of its own.
+LIST_PAGE_BYTES = 4 * 1024 * 1024 - 16 * 1024
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
@@ -152,6 +156,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                 continue
             candidates.append(job_id)
         response = jobs_pb2.ListJobsResponse()
+        used = 0
         filtered = bool(states or request.idempotency_key_prefix)
         # Records are read a window at a time, concurrently: a filtered page may read many to fill.
         window = LIST_READ_WINDOW if filtered else size
@@ -163,9 +168,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
                     continue
                 if not record.job.idempotency_key.startswith(request.idempotency_key_prefix):
                     continue
-                response.jobs.append(
-                    await public_job(record, self.objects, self.settings.presign_expiry_seconds)
-                )
+                view = await public_job(record, self.objects, self.settings.presign_expiry_seconds)
+                entry_bytes = view.ByteSize() + 8  # the field's tag and length
+                if response.jobs and used + entry_bytes > LIST_PAGE_BYTES:
+                    response.next_page_token = page_token(response.jobs[-1].job_id)
+                    return response
+                response.jobs.append(view)
+                used += entry_bytes
                 if len(response.jobs) == size:
                     if start + offset + 1 < len(candidates):
                         response.next_page_token = page_token(job_id)
