@@ -7,7 +7,7 @@
 //       --prompt "a lighthouse at dusk" --param steps=4 --param w=256 --param h=256
 //
 // GATEWAY is the gateway's host:port: the local stack picks a free port at each start and prints it
-// (`multipass status`, or "gateway" in ../../.multipass/stack.json); a deployment's is its own
+// (`multipass status`, or "gateway_address" in ../../.multipass/stack.json); a deployment's is its own
 // (127.0.0.1:50050, the default, is the gateway's port in Kubernetes and with `python -m multipass_gateway`).
 //
 // The API key may also come from MULTIPASS_API_KEY. Exit status: 0 when the job succeeded, 1 when it
