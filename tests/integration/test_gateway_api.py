@@ -143,11 +143,23 @@ async def test_operators_list_tenants_in_pages_and_each_tenants_keys_never_the_k
         stack.admin.ListTenants(admin_pb2.ListTenantsRequest(), metadata=bearer(globex.api_key))
     )
     assert denied.code() == grpc.StatusCode.UNAUTHENTICATED
-    for tenant in ("t" + "0" * 16, "../etc", ""):
-        unknown = await rpc_error(
-            stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), metadata=admin)
-        )
-        assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    unknown = await rpc_error(
+        stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant="t" + "0" * 16), metadata=admin)
+    )
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    for tenant, described in (
+        ("../etc", "got '../etc'; expected a tenant id: 't' and 16 hex digits"),
+        ("", "is required (a tenant id from CreateTenant or ListTenants)"),
+    ):
+        for call in (
+            stack.admin.ListKeys(admin_pb2.ListKeysRequest(tenant=tenant), metadata=admin),
+            stack.admin.CreateKey(admin_pb2.CreateKeyRequest(tenant=tenant), metadata=admin),
+            stack.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(tenant=tenant), metadata=admin),
+            stack.admin.SetTenantLimits(admin_pb2.SetTenantLimitsRequest(tenant=tenant), metadata=admin),
+        ):
+            malformed = await rpc_error(call)
+            assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert dict(field_violations(malformed)) == {"tenant": described}
     bad_size = await rpc_error(
         stack.admin.ListTenants(admin_pb2.ListTenantsRequest(page_size=-1), metadata=admin)
     )

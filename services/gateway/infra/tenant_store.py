@@ -147,8 +147,16 @@ class TenantStore:
         await self._kv.compare_and_set(f"tenant.{tenant}", change)
 
     async def require(self, tenant: str) -> None:
-        """NotFound (``tenant``, ``UNKNOWN_TENANT``) unless the tenant exists."""
-        if not valid_tenant_id(tenant) or await self._kv.get(f"tenant.{tenant}") is None:
+        """NotFound (``tenant``, ``UNKNOWN_TENANT``) unless the tenant exists; InvalidInput naming ``tenant``
+        when it is empty or not a tenant id at all."""
+        if not valid_tenant_id(tenant):
+            described = (
+                "is required (a tenant id from CreateTenant or ListTenants)"
+                if not tenant
+                else f"got {echo(tenant)}; expected a tenant id: 't' and 16 hex digits"
+            )
+            raise InvalidInput.of([Violation("tenant", described)])
+        if await self._kv.get(f"tenant.{tenant}") is None:
             raise NotFound(
                 f"tenant {echo(tenant)} does not exist",
                 reason=Reason.UNKNOWN_TENANT,
