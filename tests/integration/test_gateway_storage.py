@@ -323,8 +323,9 @@ async def test_a_tenants_own_limits_replace_the_gateways_for_it_alone(stack):
     two_images = jobs_pb2.SubmitJobRequest(
         prompt="a cat", params={"steps": "2", "w": "256", "h": "256", "num_images": "2"}
     )
+    # Two passes can never fit a limit of one: refused for good, not told to retry.
     busy = await rpc_error(stack.jobs.SubmitJob(two_images, metadata=bearer(small.api_key)))
-    assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(busy).metadata["scope"] == "tenant" and reason_of(busy).metadata["limit"] == "1"
     # The other tenant keeps the gateway's settings.
     for _ in range(2):

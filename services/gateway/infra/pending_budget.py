@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from multipass import names
 from multipass.bus import KvBucket
-from multipass.errors import Reason, ResourceExhausted
+from multipass.errors import FailedPrecondition, Reason, ResourceExhausted
 from multipass_gateway.infra.kv_mirror import KvMirror
 from multipass_gateway.infra.replica_notes import ReplicaNotes
 from multipass_gateway.settings import Limits
@@ -130,11 +130,23 @@ class PendingBudget:
 
     async def check(self, tenant: str, cost: int, tenant_limit: int = 0) -> None:
         """RESOURCE_EXHAUSTED unless ``cost`` more passes fit the tenant's limit (``tenant_limit``, its own;
-        0: the gateway's setting) and the service's."""
+        0: the gateway's setting) and the service's; FAILED_PRECONDITION when ``cost`` alone exceeds one."""
         await self.mirror.ensure_loaded()
         mine, total = self.pending(tenant)
         retry = self._limits.retry_after_seconds
         limit = tenant_limit or self._limits.tenant_max_pending_passes
+        for scope, bound, who in (
+            ("tenant", limit, "this tenant's"),
+            ("service", self._limits.global_max_pending_passes, "the service's"),
+        ):
+            if cost > bound:  # no wait makes room for it: no retry hint
+                raise FailedPrecondition(
+                    f"this job alone needs {cost} passes, more than {who} limit of {bound} passes of "
+                    "unfinished jobs, so it can never be accepted; ask for fewer images or persons, or "
+                    "for a higher limit",
+                    reason=Reason.QUOTA_EXCEEDED,
+                    metadata={"scope": scope, "limit": str(bound), "cost": str(cost)},
+                )
         if mine + cost > limit:
             raise ResourceExhausted(
                 f"too much pending work for this tenant: {mine} passes of unfinished jobs + {cost} for this job "

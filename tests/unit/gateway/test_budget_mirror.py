@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from multipass.bus import KvEntry
-from multipass.errors import ResourceExhausted
+from multipass.errors import FailedPrecondition, ResourceExhausted
 from multipass_gateway.infra.pending_budget import PendingBudget
 from multipass_gateway.settings import Limits
 
@@ -65,6 +65,18 @@ async def test_checks_count_markers_without_listing_each_time(store):
     await budget.check("c", 1)
     assert budget.pending("a") == (2, 5)
     assert store.listings == 1  # the first check loaded the mirror; the rest read it
+
+
+async def test_a_job_larger_than_a_whole_limit_is_refused_without_a_retry_hint(store):
+    """No wait makes room for it: FAILED_PRECONDITION naming the cost and the limit, not a retry."""
+    budget = PendingBudget(store, LIMITS)  # type: ignore[arg-type]
+    with pytest.raises(FailedPrecondition) as caught:
+        await budget.check("a", 6)
+    assert "this job alone needs 6 passes, more than this tenant's limit of 5" in str(caught.value)
+    assert caught.value.metadata == {"scope": "tenant", "limit": "5", "cost": "6"}
+    with pytest.raises(FailedPrecondition, match="the service's limit of 8"):
+        await budget.check("a", 9, tenant_limit=20)
+    await budget.check("a", 5)  # exactly the limit still fits an idle tenant
 
 
 async def test_peers_notes_count_at_once(store):
