@@ -11,6 +11,7 @@ Asking for training (images but no weights) is refused with 422 saying how to re
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from multipass.errors import InvalidInput, Violation
 from multipass.v1 import jobs_pb2
 from multipass_http_api.astria.prompt_form import Upload
 from multipass_http_api.astria.prompt_object import astria_id, astria_time
+from multipass_http_api.text_checks import refuse_unencodable
 
 BRANCHES = {"sd15": "sd15", "sdxl1": "sdxl", "sdxl": "sdxl"}
 MODEL_TYPES = {"lora": "lora", "pti": "lora", "faceid": "lora", "checkpoint": "checkpoint", "": "checkpoint"}
@@ -225,6 +227,7 @@ class _Prompts:
 
     def add(self, key: str, value: object, problems: list[Violation]) -> None:
         if key == "prompts_attributes":
+            value = json_in_form(tune_field("prompts_attributes"), value)
             if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
                 problems.append(
                     Violation(
@@ -261,13 +264,29 @@ class _Prompts:
         return tuple(tuple(self._entries[i].items()) for i in sorted(self._entries, key=order))
 
 
+def json_in_form(name: str, value: object) -> object:
+    """A form field's JSON text as its object or list (``tune[characteristics]={"eye_color": "blue"}``,
+    as Astria's clients send objects in multipart bodies); any other value as it is. InvalidInput names
+    the field (``name``) when the JSON holds text no protobuf string can carry."""
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            decoded = json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+        refuse_unencodable({name: decoded})
+        return decoded
+    return value
+
+
 def _characteristics(key: str, value: object, into: dict[str, str], problems: list[Violation]) -> None:
     """``tune[characteristics]`` as a JSON object, or ``tune[characteristics][NAME]`` form fields (the
     gateway checks the names and values themselves)."""
     if key != "characteristics":  # characteristics[NAME]
         name = key[len("characteristics[") :].removesuffix("]")
         into[name] = _text(f"characteristics][{name}", value, problems)
-    elif isinstance(value, Mapping):
+        return
+    value = json_in_form(tune_field("characteristics"), value)
+    if isinstance(value, Mapping):
         for name, text in value.items():
             into[str(name)] = _text(f"characteristics][{name}", text, problems)
     elif value not in (None, ""):
