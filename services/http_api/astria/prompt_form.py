@@ -10,7 +10,7 @@ and unknown fields, which Astria ignores; we ignore them too and say so in ``war
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from multipass.errors import InvalidInput, Violation
 
@@ -54,6 +54,9 @@ BOOLEAN_PARAMS = frozenset(
         "prompt_expansion",
     }
 )
+#: Astria's other names of a parameter (its prompt-create docs list ``aspect_ratio``; its answers and the
+#: prompt language say ``ar``): the value is the parameter's.
+ALIASES = {"aspect_ratio": "ar"}
 #: File fields and the gateway field an upload of them becomes.
 FILE_FIELDS = ("input_image", "mask_image")
 _TRUE = frozenset({"true", "1", "t", "yes", "on"})
@@ -84,6 +87,9 @@ class PromptForm:
     callback: str | None = None
     uploads: dict[str, Upload] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: Gateway fields the request gave under another name (``params.ar`` → ``prompt[aspect_ratio]``), so
+    #: that a refusal names the field the client sent.
+    field_names: dict[str, str] = field(default_factory=dict)
 
     def merged_over(self, original: PromptForm) -> PromptForm:
         """This form's fields over ``original``'s (a duplicate with overrides)."""
@@ -93,6 +99,7 @@ class PromptForm:
             callback=self.callback if self.callback is not None else original.callback,
             uploads={**original.uploads, **self.uploads},
             warnings=self.warnings,
+            field_names={**original.field_names, **self.field_names},
         )
 
 
@@ -143,6 +150,7 @@ def build_form(fields: Iterable[tuple[str, object]]) -> PromptForm:
     callback: str | None = None
     params: dict[str, str] = {}
     uploads: dict[str, Upload] = {}
+    aliased: dict[str, str] = {}
     for name, value in fields:
         if name in FILE_FIELDS:
             if isinstance(value, Upload):
@@ -159,13 +167,16 @@ def build_form(fields: Iterable[tuple[str, object]]) -> PromptForm:
             else:
                 warnings.append(f"unknown field {form_field(name)} ignored")
             continue
-        if name not in PARAMS and name not in ("text", "callback"):
+        if name not in PARAMS and name not in ALIASES and name not in ("text", "callback"):
             warnings.append(f"unknown field {form_field(name)} ignored")
             continue
         scalar = _scalar(name, value, problems)
         if scalar is None:
             continue
-        if name == "text":
+        if name in ALIASES:
+            if scalar.strip():
+                aliased[name] = scalar.strip()
+        elif name == "text":
             text = scalar
         elif name == "callback":
             callback = scalar.strip() or None
@@ -175,9 +186,29 @@ def build_form(fields: Iterable[tuple[str, object]]) -> PromptForm:
                 params[name] = flag
         elif scalar.strip():
             params[name] = scalar.strip() if name != "negative_prompt" else scalar
+    field_names = _aliases(aliased, params, problems)
     if problems:
         raise InvalidInput.of(problems)
-    return PromptForm(text, params, callback, uploads, tuple(dict.fromkeys(warnings)))
+    return PromptForm(text, params, callback, uploads, tuple(dict.fromkeys(warnings)), field_names)
+
+
+def _aliases(aliased: dict[str, str], params: dict[str, str], problems: list[Violation]) -> dict[str, str]:
+    """Parameters given under another name (:data:`ALIASES`) set into ``params``; a value that differs
+    from the one given under the parameter's own name is a problem. The gateway fields so named."""
+    names: dict[str, str] = {}
+    for alias, value in aliased.items():
+        target = ALIASES[alias]
+        if params.get(target, value) != value:
+            problems.append(
+                Violation(
+                    form_field(alias),
+                    f"got {value[:40]!r} and {form_field(target)} {params[target][:40]!r}: give one of them",
+                )
+            )
+            continue
+        params[target] = value
+        names[f"params.{target}"] = form_field(alias)
+    return names
 
 
 def _inner_name(key: str, root: str) -> str | None:
@@ -199,9 +230,7 @@ def from_multipart(items: Iterable[tuple[str, object]]) -> PromptForm:
         else:
             fields.append((name, value))
     form = build_form(fields)
-    return PromptForm(
-        form.text, form.params, form.callback, form.uploads, tuple(dict.fromkeys([*ignored, *form.warnings]))
-    )
+    return replace(form, warnings=tuple(dict.fromkeys([*ignored, *form.warnings])))
 
 
 def from_json(body: object) -> PromptForm:
@@ -213,9 +242,7 @@ def from_json(body: object) -> PromptForm:
         raise InvalidInput.of([Violation("prompt", "expected an object of prompt fields")])
     extra = [f"unknown field {key} ignored" for key in body if key != "prompt"] if inner is not body else []
     form = build_form(inner.items())
-    return PromptForm(
-        form.text, form.params, form.callback, form.uploads, tuple(dict.fromkeys([*extra, *form.warnings]))
-    )
+    return replace(form, warnings=tuple(dict.fromkeys([*extra, *form.warnings])))
 
 
 def _param_text(value: object) -> str:

@@ -162,7 +162,7 @@ async def submit_prompt(
         except grpc.RpcError as error:
             first = _first_job_of_key(error) if nonce else None
             if first is None:
-                await call(_raise(error), submitted_body=True)
+                await call(_raise(error), submitted_body=True, fields=form.field_names)
             # The same key fields with other fields changed: Astria answers with the first prompt too.
             submitted = jobs_pb2.SubmitJobResponse(job_id=first, existing=True)
     finally:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from multipass.errors import InvalidInput
-from multipass_http_api.astria.prompt_form import Upload
+from multipass_http_api.astria.field_names import prompt_field
+from multipass_http_api.astria.prompt_form import Upload, from_json, from_multipart
 from multipass_http_api.astria.tune_object import tune_from_multipart, tune_update
+from multipass_http_api.errors import HttpError
 
 FACE = Upload("face.jpg", "image/jpeg", b"jpeg")
 
@@ -57,3 +59,24 @@ def test_json_text_no_protobuf_string_can_carry_names_where_it_is():
     with pytest.raises(InvalidInput) as caught:
         faceid_tune(("tune[characteristics]", '{"eye_color": "\\ud800"}'))
     assert [v.field for v in caught.value.violations] == ["tune[characteristics][eye_color]"]
+
+
+def test_aspect_ratio_is_the_ar_parameter_and_a_refusal_names_it():
+    form = from_multipart([("prompt[text]", "a dog"), ("prompt[aspect_ratio]", "16:9")])
+    assert form.params == {"ar": "16:9"} and form.warnings == ()
+    same = from_json({"prompt": {"text": "a dog", "aspect_ratio": "1:1", "ar": "1:1"}})
+    assert same.params == {"ar": "1:1"}
+    with pytest.raises(InvalidInput) as caught:
+        from_json({"prompt": {"text": "a dog", "aspect_ratio": "16:9", "ar": "1:1"}})
+    (violation,) = caught.value.violations
+    assert violation.field == "prompt[aspect_ratio]" and "prompt[ar] '1:1'" in violation.description
+    # The gateway's refusal of the value names the field the client sent.
+    refused = HttpError(422, "invalid params.ar: got '9:16'", {"params.ar": ["got '9:16'"]})
+    answer = refused.renamed(lambda name: form.field_names.get(name) or prompt_field(name))
+    assert answer.message == "invalid prompt[aspect_ratio]: got '9:16'"
+    assert answer.field_errors == {"prompt[aspect_ratio]": ["got '9:16'"]}
+    duplicate = from_json({"prompt": {"aspect_ratio": "landscape"}}).merged_over(
+        from_json({"prompt": {"text": "a dog", "ar": "1:1"}})
+    )
+    assert duplicate.params == {"ar": "landscape"}
+    assert duplicate.field_names == {"params.ar": "prompt[aspect_ratio]"}
