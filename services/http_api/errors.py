@@ -53,7 +53,8 @@ class HttpError(Exception):
 
     def renamed(self, rename: Callable[[str], str]) -> HttpError:
         """The same answer with its fields spelled as the client sent them, in ``errors`` and in the
-        message (whose ``invalid <field>: ...`` parts name the gateway's fields)."""
+        message (whose ``invalid <field>: ...`` part, or ``invalid request: N problems (<field>: ...;
+        <field>: ...)`` list, names the gateway's fields)."""
         fields: dict[str, list[str]] = {}
         message = self.message
         for name, messages in self.field_errors.items():
@@ -65,7 +66,8 @@ class HttpError(Exception):
             if spelled != name:
                 # "invalid flag --x: got ..." -> "invalid prompt[text]: flag --x: got ...": the part stays named
                 part = f"{name}: " if name.startswith(PART_OF_A_FIELD) else ""
-                message = message.replace(f"invalid {name}: ", f"invalid {spelled}: {part}")
+                for before in ("invalid ", "(", "; "):
+                    message = message.replace(f"{before}{name}: ", f"{before}{spelled}: {part}")
         return HttpError(self.status, message, fields, self.headers)
 
     def as_body_fault(self) -> HttpError:

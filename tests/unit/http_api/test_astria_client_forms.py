@@ -80,3 +80,17 @@ def test_aspect_ratio_is_the_ar_parameter_and_a_refusal_names_it():
     )
     assert duplicate.params == {"ar": "landscape"}
     assert duplicate.field_names == {"params.ar": "prompt[aspect_ratio]"}
+
+
+def test_a_message_listing_several_problems_names_the_fields_the_client_sent():
+    refused = HttpError(
+        422,
+        "invalid request: 3 problems (params.h: got '128'; params.w: got '100'; flag --mask_dilate: got 'x')",
+        {"params.h": ["got '128'"], "params.w": ["got '100'"], "flag --mask_dilate": ["got 'x'"]},
+    )
+    answer = refused.renamed(prompt_field)
+    assert answer.message == (
+        "invalid request: 3 problems (prompt[h]: got '128'; prompt[w]: got '100'; "
+        "prompt[text]: flag --mask_dilate: got 'x')"
+    )
+    assert set(answer.field_errors) == {"prompt[h]", "prompt[w]", "prompt[text]"}
