@@ -61,6 +61,8 @@ ALIASES = {"aspect_ratio": "ar"}
 FILE_FIELDS = ("input_image", "mask_image")
 _TRUE = frozenset({"true", "1", "t", "yes", "on"})
 _FALSE = frozenset({"false", "0", "f", "no", "off"})
+#: Floats up to this are integers exactly: a whole one is sent as the integer it is.
+_EXACT_FLOAT_INTEGER = 2**53
 MAX_TEXT_CHARS = 20_000
 MAX_VALUE_CHARS = 2_048
 
@@ -109,6 +111,8 @@ def _scalar(name: str, value: object, problems: list[Violation]) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGER:
+        return str(int(value))  # 2.0 is the number 2 (JSON has one number type; clients write either)
     if isinstance(value, int | float):
         return repr(value) if isinstance(value, float) else str(value)
     if isinstance(value, str):

@@ -82,6 +82,16 @@ def test_aspect_ratio_is_the_ar_parameter_and_a_refusal_names_it():
     assert duplicate.field_names == {"params.ar": "prompt[aspect_ratio]"}
 
 
+def test_whole_json_numbers_written_as_floats_are_the_integers():
+    # JSON has one number type: Python's json.dumps(2.0) and many serializers write whole numbers as 2.0.
+    form = from_json({"prompt": {"text": "a dog", "num_images": 2.0, "steps": 30.0, "seed": 7.0, "w": 512.0}})
+    assert form.params == {"num_images": "2", "steps": "30", "seed": "7", "w": "512"}
+    assert from_json({"prompt": {"text": "a", "cfg_scale": 7.5, "seed": 1e300}}).params == {
+        "cfg_scale": "7.5",
+        "seed": "1e+300",
+    }
+
+
 def test_a_message_listing_several_problems_names_the_fields_the_client_sent():
     refused = HttpError(
         422,
