@@ -89,6 +89,14 @@ ASPECT_RATIOS: dict[str, float] = {
     "16:9": 16 / 9,
     "landscape": 3 / 2,
     "anamorphic": 2.39,
+    # Astria's other ratios, as its clients send them.
+    "9:16": 9 / 16,
+    "4:3": 4 / 3,
+    "3:4": 3 / 4,
+    "5:4": 5 / 4,
+    "4:5": 4 / 5,
+    "21:9": 21 / 9,
+    "9:21": 9 / 21,
 }
 #: Other spellings accepted for ``ar``, mapped to the names above.
 ASPECT_RATIO_ALIASES = {"2:3": "portrait", "3:2": "landscape", "2.39:1": "anamorphic"}

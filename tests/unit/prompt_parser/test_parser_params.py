@@ -138,7 +138,7 @@ def test_color_grading(written, value):
 
 @pytest.mark.parametrize(
     ("name", "bad"),
-    [("scheduler", "ddim"), ("controlnet", "openpose"), ("color_grading", "Kodachrome"), ("ar", "4:3")],
+    [("scheduler", "ddim"), ("controlnet", "openpose"), ("color_grading", "Kodachrome"), ("ar", "7:5")],
 )
 def test_enum_errors_list_the_allowed_values(name, bad):
     description = problems_of("a lighthouse", {name: bad, "input_image_url": IMAGE})[f"params.{name}"]
@@ -161,6 +161,24 @@ def test_ar_resolves_width_and_height_from_the_native_size(ar, size):
     p = params_of(ar=ar)
     assert (p.w, p.h) == size
     assert p.ar in ("1:1", "portrait", "16:9", "landscape", "anamorphic")
+
+
+@pytest.mark.parametrize(
+    ("ar", "size"),
+    [
+        ("9:16", (512, 912)),
+        ("4:3", (680, 512)),
+        ("3:4", (512, 680)),
+        ("5:4", (640, 512)),
+        ("4:5", (512, 640)),
+        ("21:9", (1192, 512)),
+        ("9:21", (512, 1192)),
+    ],
+)
+def test_astrias_other_aspect_ratios_are_accepted(ar, size):
+    """The ratios Astria's clients send (9:16 for a phone screen, 4:5 for a portrait post, ...)."""
+    p = params_of(ar=ar)
+    assert ((p.w, p.h), p.ar) == (size, ar)
 
 
 def test_ar_sizes_follow_native_size_and_cap():
