@@ -201,7 +201,9 @@ async def test_curl_examples_multipart_and_json(astria_api):
 
     other = await astria_api.stack.tenant("other")
     async with astria_api.client(other.api_key) as stranger:
-        assert (await stranger.get(f"/prompts/{created['id']}")).status_code == 404
+        hidden = await stranger.get(f"/prompts/{created['id']}")
+        assert hidden.status_code == 404
+        assert hidden.json()["error"] == f"prompt {created['id']} does not exist"  # this API's words
         assert (await stranger.delete(f"/prompts/{created['id']}")).status_code == 404
     async with astria_api.client() as client:
         # Deleting a prompt deletes it (and its images): 404 afterwards, gone from the lists.

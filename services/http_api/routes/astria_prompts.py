@@ -201,7 +201,12 @@ async def create_prompt(
 
 
 async def _job(gateway, authorization, prompt_id: str, tune_id: str | None = None) -> jobs_pb2.Job:
-    job = await call(gateway.get_job(authorization, _prompt_id(prompt_id)))
+    try:
+        job = await call(gateway.get_job(authorization, _prompt_id(prompt_id)))
+    except HttpError as error:
+        if error.status == 404:  # in this API's words: a prompt, not the gateway's job
+            raise NotFound(f"prompt {_prompt_id(prompt_id)} does not exist") from error
+        raise
     if tune_id is not None:
         origin = origin_of(job.idempotency_key)
         if origin is None or origin.tune_id != _tune_id(tune_id):
