@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from multipass.errors import Cancelled, FailedPrecondition, InvalidInput, MultipassError, Violation
+from multipass.errors import FailedPrecondition, InvalidInput, Violation
 from multipass.v1 import diffusion_pb2
 from multipass_diffusion import composition, faceid, metrics, models, named_loras, prompt_expansion
 from multipass_diffusion.adapters import AdapterRequest
@@ -192,16 +192,11 @@ class Engine:
     ) -> PassOutput:
         """Run one pass. Raises InvalidInput, FailedPrecondition, Unavailable (tune fetch) or Cancelled.
 
-        ``counted=False`` leaves the pass metrics alone (a pass run ahead of its request: :meth:`count` it
-        when a request takes it)."""
+        A pass that succeeds is counted in the pass metrics; ``counted=False`` leaves them alone (a pass
+        run ahead of its request: :meth:`count` it when a request takes it). A failure is counted by the
+        worker, which sees every failure of a pass, those before and after the engine's part included."""
         started = time.perf_counter()
-        kind = spec.kind or "unknown"
-        try:
-            output = self._run(spec, inputs or PassInputs(), progress, cancel, started)
-        except BaseException as error:
-            if counted:
-                _count_failure(kind, error)
-            raise
+        output = self._run(spec, inputs or PassInputs(), progress, cancel, started)
         if counted:
             self.count(spec, output)
         self.record_memory()
@@ -366,24 +361,19 @@ class Engine:
         if len(reporters) != len(seeds):
             raise ValueError(f"{len(reporters)} progress callbacks for {len(seeds)} seeds")
         monitors = [StepMonitor(reporter, cancel) for reporter in reporters]
-        outputs: list[PassOutput | None] = [None] * len(seeds)
-        try:
-            prepared = [
-                self._prepare(_with_seed(spec, seed), inputs, monitor)
-                for seed, monitor in zip(seeds, monitors, strict=True)
-            ]
-            outputs = [self._cached(one, started) for one in prepared]
-            misses = [i for i, output in enumerate(outputs) if output is None]
-            if self._batches(prepared, misses, inputs):
-                self._run_together(prepared, misses, inputs, monitors, outputs, started)
-            else:
-                for i in misses:
-                    ctx = self._context(prepared[i], inputs, monitors[i])
-                    image = prepared[i].handler.run(ctx)
-                    outputs[i] = self._finish(prepared[i], ctx, image, monitors[i].steps_run, started)
-        except BaseException as error:
-            _count_failure(spec.kind or "unknown", error, sum(output is None for output in outputs))
-            raise
+        prepared = [
+            self._prepare(_with_seed(spec, seed), inputs, monitor)
+            for seed, monitor in zip(seeds, monitors, strict=True)
+        ]
+        outputs: list[PassOutput | None] = [self._cached(one, started) for one in prepared]
+        misses = [i for i, output in enumerate(outputs) if output is None]
+        if self._batches(prepared, misses, inputs):
+            self._run_together(prepared, misses, inputs, monitors, outputs, started)
+        else:
+            for i in misses:
+                ctx = self._context(prepared[i], inputs, monitors[i])
+                image = prepared[i].handler.run(ctx)
+                outputs[i] = self._finish(prepared[i], ctx, image, monitors[i].steps_run, started)
         for output in outputs:
             _count_success(spec.kind or "unknown", output)
         self.record_memory()
@@ -528,18 +518,6 @@ def _with_seed(spec: diffusion_pb2.PassSpec, seed: int) -> diffusion_pb2.PassSpe
 
 def _unseeded(spec: diffusion_pb2.PassSpec) -> bytes:
     return _with_seed(spec, 0).SerializeToString(deterministic=True)
-
-
-def _count_failure(kind: str, error: BaseException, passes: int = 1) -> None:
-    if isinstance(error, Cancelled):
-        outcome = "cancelled"
-    elif isinstance(error, MultipassError):
-        outcome = "retried" if error.retriable else "failed"
-    elif isinstance(error, Exception):
-        outcome = "failed"
-    else:
-        return
-    metrics.PASSES.labels(pass_kind=kind, outcome=outcome).inc(max(1, passes))
 
 
 def _count_success(kind: str, output: PassOutput) -> None:

@@ -61,3 +61,9 @@ RUN_AHEAD = Counter(
     "failed.",
     ["outcome"],
 )
+
+
+def count_failed_pass(kind: str, *, cancelled: bool, retried: bool) -> None:
+    """Count a pass a worker gave up on: cancelled, retried (nak'ed for another delivery) or failed."""
+    outcome = "cancelled" if cancelled else "retried" if retried else "failed"
+    PASSES.labels(pass_kind=kind or "unknown", outcome=outcome).inc()

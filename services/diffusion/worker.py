@@ -484,6 +484,7 @@ class DiffusionWorker:
         self, request: diffusion_pb2.PassRequest, delivery: Delivery, error: MultipassError
     ) -> Decision:
         retry = error.retriable and not delivery.is_last_delivery
+        metrics.count_failed_pass(request.spec.kind, cancelled=isinstance(error, Cancelled), retried=retry)
         detail = common_pb2.ErrorDetail(
             code=common_pb2.ErrorCode.Value(f"ERROR_CODE_{_code(error)}"),
             message=str(error.message),
