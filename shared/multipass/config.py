@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from multipass.errors import ConfigError, Violation
+from multipass.redaction import redact_url
 
 PREFIX = "MULTIPASS_"
 
@@ -94,7 +95,7 @@ class EnvReader:
         raw = self._raw(name) or default
         parsed = urlparse(raw)
         if parsed.scheme not in schemes or not parsed.netloc:
-            self._bad(name, raw, f"a URL with scheme {'/'.join(schemes)}")
+            self._bad(name, redact_url(raw), f"a URL with scheme {'/'.join(schemes)}")
         return raw
 
     def address(self, name: str, default: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from multipass.config import EnvReader
+from multipass.redaction import redact_url
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_S3_ENDPOINT = "127.0.0.1:9000"
@@ -29,6 +30,9 @@ class NatsSettings:
 
     url: str = DEFAULT_NATS_URL
     replicas: int = 1
+
+    def __repr__(self) -> str:  # the URL's password never reaches a log line
+        return f"NatsSettings(url={redact_url(self.url)!r}, replicas={self.replicas!r})"
 
     @classmethod
     def from_env(cls, reader: EnvReader) -> NatsSettings:

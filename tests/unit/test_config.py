@@ -182,3 +182,16 @@ def test_nats_replicas_default_to_one_and_are_bounded():
     with pytest.raises(ConfigError) as caught:
         reader.check()
     assert "MULTIPASS_NATS_REPLICAS" in str(caught.value)
+
+
+def test_the_nats_password_never_reaches_a_log_line():
+    """MULTIPASS_NATS_URL carries the NATS user's password in Kubernetes (nats://gateway:$(NATS_PASSWORD)@nats:4222)."""
+    nats = NatsSettings.from_env(EnvReader({"MULTIPASS_NATS_URL": "nats://gateway:n4ts-s3cret@nats:4222"}))
+    assert nats.url == "nats://gateway:n4ts-s3cret@nats:4222"  # the client still gets it
+    assert "n4ts-s3cret" not in repr(nats)
+    assert "nats://gateway:***@nats:4222" in repr(nats)
+    reader = EnvReader({"MULTIPASS_NATS_URL": "http://gateway:n4ts-s3cret@nats:4222"})
+    NatsSettings.from_env(reader)
+    with pytest.raises(ConfigError) as caught:
+        reader.check()
+    assert "n4ts-s3cret" not in str(caught.value)

@@ -25,6 +25,7 @@ from multipass.bus.replies import ReplyRouter
 from multipass.bus.streams import StoredMessages
 from multipass.bus.topology import TopologySetup
 from multipass.errors import Unavailable
+from multipass.redaction import redact_url
 
 log = logging.getLogger(__package__)
 
@@ -49,13 +50,15 @@ class Bus(CoreMessaging, Publishing, Consuming, KeyValueBuckets, StoredMessages,
         """
         nc = NATS()
         ref: list[Bus] = []
+        shown = redact_url(url)  # the URL as logs and errors show it: without its password
 
         async def disconnected() -> None:
             if not (ref and ref[0]._closing):
-                log.warning("nats disconnected", extra={"nats_url": url, "client": name})
+                log.warning("nats disconnected", extra={"nats_url": shown, "client": name})
 
         async def reconnected() -> None:
-            log.info("nats reconnected", extra={"nats_url": str(nc.connected_url.geturl()), "client": name})
+            server = redact_url(str(nc.connected_url.geturl()))
+            log.info("nats reconnected", extra={"nats_url": server, "client": name})
 
         async def closed() -> None:
             log.info("nats connection closed", extra={"client": name})
@@ -93,17 +96,17 @@ class Bus(CoreMessaging, Publishing, Consuming, KeyValueBuckets, StoredMessages,
             with contextlib.suppress(Exception):
                 await nc.close()
             raise Unavailable(
-                f"cannot connect to NATS at {url} within {connect_timeout:g}s: {err!r}"
+                f"cannot connect to NATS at {shown} within {connect_timeout:g}s: {redact_url(repr(err))}"
             ) from err
         try:
             await ReplyRouter(nc).install()
         except nats.errors.Error as err:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise Unavailable(f"cannot subscribe the reply inbox at {url}: {err!r}") from err
+            raise Unavailable(f"cannot subscribe the reply inbox at {shown}: {err!r}") from err
         bus = cls(nc, name, url)
         ref.append(bus)
-        log.info("nats connected", extra={"nats_url": url, "client": name})
+        log.info("nats connected", extra={"nats_url": shown, "client": name})
         return bus
 
     async def close(self, timeout: float = 5.0) -> None:
