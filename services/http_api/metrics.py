@@ -2,6 +2,7 @@
 
 Routes are labelled by their template (``/v1/jobs/{job_id}``), never by the raw path, so a label's
 values stay bounded whatever clients send; a request no route matches counts under ``<unmatched>``.
+Methods are the standard ones the API serves; any other a client sends counts under ``other``.
 Served on their own port like every other service's ``/metrics``.
 """
 
@@ -32,6 +33,9 @@ HTTP_STREAMS_OPEN = Counter(
 )
 
 UNMATCHED = "<unmatched>"
+#: Method label values; a method outside them is labelled ``other``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 def route_template(scope: Scope) -> str:
@@ -39,6 +43,12 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None) if route is not None else None
     return path or UNMATCHED
+
+
+def method_label(scope: Scope) -> str:
+    """The request's method when it is a standard one, else ``other``."""
+    method = scope.get("method", "GET")
+    return method if method in METHODS else OTHER_METHOD
 
 
 class MetricsMiddleware:
@@ -64,6 +74,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_counting)
         finally:
             route = route_template(scope)
-            method = scope.get("method", "GET")
+            method = method_label(scope)
             HTTP_REQUESTS.labels(method=method, route=route, status=str(status["code"])).inc()
             HTTP_REQUEST_SECONDS.labels(method=method, route=route).observe(time.perf_counter() - started)
