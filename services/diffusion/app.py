@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from multipass import names
 from multipass.bus import Bus
+from multipass.grpc.dependencies import watch_dependencies
 from multipass.grpc.internal_auth import InternalTokenInterceptor
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
@@ -44,6 +45,8 @@ class DiffusionService:
     worker: DiffusionWorker
     executor: ThreadPoolExecutor
     metrics: MetricsEndpoint
+    health_stop: asyncio.Event
+    health_task: asyncio.Task
 
     @property
     def grpc_address(self) -> str:
@@ -51,6 +54,8 @@ class DiffusionService:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.grpc.set_serving(False)
+        self.health_stop.set()
+        await self.health_task
         await self.worker.stop()
         await self.bus.close()
         await self.grpc.stop(grace)
@@ -102,6 +107,10 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
             metrics.close()
         raise
     await grpc.set_serving(True)
+    health_stop = asyncio.Event()
+    health_task = asyncio.create_task(
+        watch_dependencies(grpc, {"nats": lambda: bus.is_connected}, health_stop), name="dependency-health"
+    )
     log.info(
         "diffusion worker serving",
         extra={
@@ -111,4 +120,6 @@ async def serve(settings: DiffusionSettings) -> DiffusionService:
             "device": engine.device,
         },
     )
-    return DiffusionService(settings, engine, grpc, metrics.port, bus, store, worker, executor, metrics)
+    return DiffusionService(
+        settings, engine, grpc, metrics.port, bus, store, worker, executor, metrics, health_stop, health_task
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from multipass import names
 from multipass.bus import Bus
+from multipass.grpc.dependencies import watch_dependencies
 from multipass.grpc.server import Registration, RunningServer, start_grpc_server
 from multipass.metrics import metrics_host_for
 from multipass.metrics_endpoint import MetricsEndpoint
@@ -292,6 +293,12 @@ async def serve(settings: GatewaySettings, *, resolver: Resolver = system_resolv
             metrics = MetricsEndpoint.start(settings.metrics_port, metrics_host_for(settings.grpc_address))
             metrics_port = metrics.port
         server = await start_grpc_server(settings.grpc_address, registrations)
+        dependencies = {"nats": lambda: bus.is_connected}
+        tasks.append(
+            asyncio.create_task(
+                watch_dependencies(server, dependencies, stop_event), name="dependency-health"
+            )
+        )
     except BaseException:
         stop_event.set()
         for task in tasks:

@@ -471,3 +471,13 @@ async def test_the_gateway_may_call_the_http_apis_callback_relay_in_the_cluster(
     with pytest.raises(FetchError):
         await safe.check_url(f"http://{relay.netloc}/v1/jobs")
     assert relay.hostname not in gateway.fetch_allow.hosts
+
+
+def test_liveness_never_depends_on_health_that_follows_nats(resources):
+    """gRPC health (and so readiness) turns NOT_SERVING while NATS is down: a liveness probe on it would
+    restart every pod during a NATS blip."""
+    for service in SERVICES:
+        container = main_container(one(resources, "Deployment", service))
+        liveness = container["livenessProbe"]
+        assert "grpc" not in liveness, f"{service}: liveness must not read gRPC health"
+        assert "tcpSocket" in liveness or liveness.get("httpGet", {}).get("path") == "/healthz", service

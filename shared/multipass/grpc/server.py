@@ -49,16 +49,34 @@ class Registration:
 
 @dataclass
 class RunningServer:
+    """A started server. Health answers SERVING while the service says it serves (:meth:`set_serving`)
+    and no dependency it needs is down (:meth:`set_dependency`, from :mod:`multipass.grpc.dependencies`)."""
+
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     service_names: list[str] = field(default_factory=list)
+    serving: bool = False
+    dependencies_down: set[str] = field(default_factory=set)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def set_serving(self, serving: bool = True) -> None:
+        self.serving = serving
+        await self._publish()
+
+    async def set_dependency(self, name: str, up: bool) -> None:
+        """Note whether dependency ``name`` (``nats``, ``s3``) is reachable; any one down is NOT_SERVING."""
+        if up:
+            self.dependencies_down.discard(name)
+        else:
+            self.dependencies_down.add(name)
+        await self._publish()
+
+    async def _publish(self) -> None:
+        serving = self.serving and not self.dependencies_down
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
