@@ -140,7 +140,10 @@ class DiffusionWorker:
         if request.batch:
             return await self._handle_batch(model, request, delivery)
         with log_context(
-            job_id=request.job_id, **{"pass": request.pass_name}, delivery=delivery.num_delivered
+            job_id=request.job_id,
+            tenant=request.tenant,
+            **{"pass": request.pass_name},
+            delivery=delivery.num_delivered,
         ):
             try:
                 self._check_request(model, request)
@@ -332,6 +335,7 @@ class DiffusionWorker:
         members = batch_members(batched)
         with log_context(
             job_id=batched.job_id,
+            tenant=batched.tenant,
             **{"pass": batched.pass_name},
             delivery=delivery.num_delivered,
             batch=len(members),

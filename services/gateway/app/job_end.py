@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime
 
 from multipass.bus import KvBucket
-from multipass.v1 import events_pb2, jobs_pb2
+from multipass.v1 import common_pb2, events_pb2, jobs_pb2
 from multipass_gateway.app.tenant_usage import TenantUsage
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.callbacks import CallbackSender, JobLoader
@@ -78,7 +78,13 @@ class JobEnd:
             record.tenant, job.job_id, delete_released=job.state != jobs_pb2.JOB_STATE_SUCCEEDED
         )
         await self.budget.remove(record.tenant, job.job_id)
-        log.info("job finished", extra={"job_id": job.job_id, "state": state})
+        fields = {"job_id": job.job_id, "tenant": record.tenant, "state": state}
+        if job.HasField("error"):
+            fields |= {
+                "error_code": common_pb2.ErrorCode.Name(job.error.code).removeprefix("ERROR_CODE_"),
+                "failed_pass": job.error.pass_name,
+            }
+        log.info("job finished", extra=fields)
 
     # callbacks -------------------------------------------------------------------------------------
 

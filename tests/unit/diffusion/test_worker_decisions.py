@@ -85,3 +85,27 @@ async def test_a_cancel_before_the_pass_starts_terms_it(worker):
     decision = await worker.handle(SD15_MODEL, delivery(request(), 1))
     assert isinstance(decision, Term)
     assert worker.bus.published[-1][1].failed.error.code == common_pb2.ERROR_CODE_CANCELLED
+
+
+async def test_the_failure_line_carries_job_tenant_and_pass(worker):
+    """One job is followed across services by job_id, tenant and pass on every line a pass writes."""
+    import json
+    import logging
+
+    from multipass.logs import JsonFormatter
+
+    lines: list[dict] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            lines.append(json.loads(JsonFormatter("diffusion").format(record)))
+
+    handler = Lines()
+    logger = logging.getLogger("multipass_diffusion.worker")
+    logger.addHandler(handler)
+    try:
+        await worker.handle(SD15_MODEL, delivery(request(), 1))
+    finally:
+        logger.removeHandler(handler)
+    (line,) = [line for line in lines if line["message"] == "pass failed; nak"]
+    assert (line["job_id"], line["tenant"], line["pass"]) == ("J9", "t", "base")
