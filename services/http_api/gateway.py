@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -37,6 +38,18 @@ class GatewayClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def serving(self, timeout_seconds: float = 2.0) -> str:
+        """ "" when the gateway's gRPC health answers SERVING within ``timeout_seconds``; else why not."""
+        try:
+            answer = await health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_seconds
+            )
+        except grpc.aio.AioRpcError as error:
+            return f"the gateway at {self.target} does not answer: {error.code().name}"
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"the gateway at {self.target} is {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}"
+        return ""
 
     @staticmethod
     def metadata(authorization: str | None) -> tuple[tuple[str, str], ...]:
