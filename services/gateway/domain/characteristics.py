@@ -15,6 +15,10 @@ A name no tune of the prompt defines, or defines differently where the scope can
 naming the placeholder and what the tunes offer: a placeholder sent to the text encoder as it is would only
 make the image silently worse. Text that is not a well-formed placeholder (``{{}}``, ``{{ two words }}``)
 stays as written.
+
+Filling may make a text at most :data:`MAX_ADDED_CHARS` characters longer than it was written: a short
+placeholder repeated across a whole prompt would otherwise grow it forty-fold past the prompt length limit,
+and every pass encodes its text, chunk by chunk, at that cost.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*\}\}")
 MAX_ENTRIES = 32
 MAX_VALUE_CHARS = 200
+#: How many characters filling may add to one text (ten values of the longest length).
+MAX_ADDED_CHARS = 10 * MAX_VALUE_CHARS
 
 
 def check(characteristics: Mapping[str, str], field: str = "metadata.characteristics") -> list[Violation]:
@@ -81,6 +87,7 @@ def apply(
     filled.CopyFrom(parsed)
 
     left_out: list[str] = []
+    overgrown: set[str] = set()  # the parts already refused for growing too long
 
     def fill(text: str, scope: Sequence[str], where: str, strict: frozenset[str] | None = None) -> str:
         """``strict``: the names that must be filled (None: all); others that cannot be are left out."""
@@ -102,6 +109,18 @@ def apply(
             return match.group(0)
 
         result = PLACEHOLDER.sub(replace, text)
+        if len(result) - len(text) > MAX_ADDED_CHARS:
+            if where in overgrown:
+                return text
+            overgrown.add(where)
+            problems.append(
+                Violation(
+                    "prompt",
+                    f"the {{{{name}}}} placeholders of {where} add {len(result) - len(text)} characters; "
+                    f"at most {MAX_ADDED_CHARS} may be added (write each placeholder once)",
+                )
+            )
+            return text
         return _tidy(result) if dropped else result
 
     # The base pass sees the common prompt too: a placeholder of the common prompt that only the persons'

@@ -80,3 +80,26 @@ def test_registration_checks_names_count_and_values():
     assert bad.field == "metadata.characteristics[hair]"
     (bad,) = characteristics.check({f"k{i}": "v" for i in range(33)})
     assert "at most 32" in bad.description
+
+
+def test_placeholders_cannot_grow_a_text_past_the_added_length_bound():
+    long = {"111": {"a": "x" * characteristics.MAX_VALUE_CHARS}}
+    # A 4000-character prompt of one short placeholder would be 140,000 characters once filled.
+    prompt = parsed("<lora:111:1> " + "{{a}}" * 700)
+    before = prompt.SerializeToString()
+    (problem,) = characteristics.apply(prompt, long)
+    assert problem.field == "prompt"
+    assert "the base prompt add 136500 characters" in problem.description
+    assert f"at most {characteristics.MAX_ADDED_CHARS}" in problem.description
+    assert prompt.SerializeToString() == before
+    # Ten full-length values still fit; each person's part is bounded on its own.
+    prompt = parsed("<lora:111:1> " + "{{a}} " * 10)
+    assert characteristics.apply(prompt, long) == []
+    assert prompt.base_effective_prompt.count("x" * characteristics.MAX_VALUE_CHARS) == 10
+    persons = " BREAK ".join("ohwx woman <lora:111:1>" for _ in range(8))
+    prompt = parsed("a room BREAK " + "{{a}}" * 600 + " BREAK " + persons)
+    problems = characteristics.apply(prompt, long)
+    assert {p.description.split(" add ")[0] for p in problems} >= {
+        "the {{name}} placeholders of person 0's prompt",
+        "the {{name}} placeholders of person 7's prompt",
+    }
