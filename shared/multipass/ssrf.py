@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from multipass.errors import echo
 
@@ -170,9 +170,15 @@ class UrlPrefix:
         return cls(target.scheme, target.host, target.port, target.path)
 
     def matches(self, target: Target) -> bool:
+        """Same origin, and a path under the prefix's that has no ``.``/``..`` segment (also
+        percent-encoded, or behind a backslash): a proxy in front of the trusted endpoint would resolve
+        ``/astria/callbacks/prompt/../../other`` to another of its endpoints."""
         path = target.path.split("?", 1)[0]
-        return (target.scheme, target.host, target.port) == (self.scheme, self.host, self.port) and (
-            path == self.path or path.startswith(self.path.rstrip("/") + "/")
+        segments = unquote(path).replace("\\", "/").split("/")
+        return (
+            (target.scheme, target.host, target.port) == (self.scheme, self.host, self.port)
+            and (path == self.path or path.startswith(self.path.rstrip("/") + "/"))
+            and not any(segment in (".", "..") for segment in segments)
         )
 
 

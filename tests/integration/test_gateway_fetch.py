@@ -167,6 +167,11 @@ async def test_a_trusted_callback_prefix_is_posted_to_on_loopback_and_nothing_el
         server.url("/astria/callbacks/prompt", host="images.test"),  # another host
         f"http://relay.test:{server.port + 1}/astria/callbacks/prompt",  # another port
         f"https://relay.test:{server.port}/astria/callbacks/prompt",  # another scheme
+        # out of the prefix's path through dot segments, which a proxy in front of the relay resolves
+        server.url("/astria/callbacks/prompt/../../../v1/jobs", host="relay.test"),
+        server.url("/astria/callbacks/prompt/%2e%2e/%2E%2E/other", host="relay.test"),
+        server.url("/astria/callbacks/prompt/..%5c..%5cother", host="relay.test"),
+        server.url("/astria/callbacks/prompt/./x", host="relay.test"),
     ):
         with pytest.raises(FetchError, match="loopback"):
             await safe.check_url(other)
