@@ -87,12 +87,18 @@ def event_data(event: jobs_pb2.JobEvent, base_url: str) -> tuple[str, dict[str, 
 FIRST_ANSWER_WAIT_SECONDS = 0.5
 
 
-class EventPump:
-    """Reads the WatchJob call into a queue from the moment the route starts it."""
+#: Events read ahead of a client that has not taken them yet: past them the pump stops reading WatchJob,
+#: so a client that does not read holds the gateway's stream (HTTP/2 flow control) instead of this
+#: service's memory.
+READ_AHEAD_EVENTS = 32
 
-    def __init__(self, call):
+
+class EventPump:
+    """Reads the WatchJob call into a bounded queue from the moment the route starts it."""
+
+    def __init__(self, call, read_ahead: int = READ_AHEAD_EVENTS):
         self.call = call
-        self.queue: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[jobs_pb2.JobEvent | BaseException | None] = asyncio.Queue(read_ahead)
         self._first = asyncio.Event()
         self.first_error: grpc.RpcError | None = None
         self.task = asyncio.create_task(self._pump())
@@ -103,6 +109,10 @@ class EventPump:
                 self._first.set()
                 await self.queue.put(event)
             await self.queue.put(None)
+        except asyncio.CancelledError as error:
+            # The stream is closing (its reader may be gone): tell a reader that waits, never wait for one.
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(error)
         except BaseException as error:  # noqa: BLE001 - handed to the stream, which reports it
             if not self._first.is_set() and isinstance(error, grpc.RpcError):
                 self.first_error = error

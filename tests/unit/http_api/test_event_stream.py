@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from multipass.v1 import jobs_pb2
-from multipass_http_api.routes.events import EventPump, _event_stream
+from multipass_http_api.routes.events import READ_AHEAD_EVENTS, EventPump, _event_stream
 from multipass_http_api.sse import sse_event
 
 
@@ -61,3 +61,36 @@ async def test_a_refusal_before_any_event_is_seen_at_once_and_a_later_failure_is
     streaming = EventPump(FailingCall([accepted]))
     assert await streaming.refused_at_once(1.0) is None  # an event came first: the stream reports the rest
     await streaming.close()
+
+
+class EndlessCall:
+    """A WatchJob call with events for as long as they are read (a long job's replay); counts them."""
+
+    def __init__(self):
+        self.read = 0
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            await asyncio.sleep(0)  # as a network read would, lets the loop run
+            self.read += 1
+            event = jobs_pb2.JobEvent(job_id="j1", sequence=self.read)
+            event.step_progress.step = 1
+            yield event
+
+    def cancel(self):
+        return True
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_does_not_read_stops_the_pump_after_a_bounded_read_ahead():
+    call = EndlessCall()
+    pump = EventPump(call)
+    await asyncio.sleep(0.2)  # the client takes nothing meanwhile
+    assert call.read <= READ_AHEAD_EVENTS + 1
+    await pump.queue.get()
+    await asyncio.sleep(0.05)
+    assert call.read <= READ_AHEAD_EVENTS + 2  # one taken, about one more read
+    await pump.close()
