@@ -20,7 +20,17 @@ from multipass_http_api.settings import HttpApiSettings
 log = logging.getLogger(__name__)
 
 #: Route modules under ``multipass_http_api.routes``, each exposing ``router``, in inclusion order.
-ROUTE_MODULES = ("health", "jobs", "uploads", "events", "files", "astria_prompts", "astria_tunes", "web")
+ROUTE_MODULES = (
+    "health",
+    "jobs",
+    "uploads",
+    "events",
+    "files",
+    "callback_key",
+    "astria_prompts",
+    "astria_tunes",
+    "web",
+)
 
 DESCRIPTION = (
     "Multipass over HTTP: our job API (`/v1/...`, with Server-Sent Events), Astria-compatible "

@@ -160,6 +160,15 @@ class GatewayClient:
             requests(), metadata=self.metadata(authorization), timeout=self.timeout_seconds
         )
 
+    async def callback_key(self, authorization: str | None) -> str:
+        """The caller's tenant's callback signing key (``GetCallbackKey``)."""
+        answer = await self.jobs.GetCallbackKey(
+            jobs_pb2.GetCallbackKeyRequest(),
+            metadata=self.metadata(authorization),
+            timeout=self.timeout_seconds,
+        )
+        return answer.callback_signing_key
+
     async def get_tune(self, authorization: str | None, tune_id: str) -> jobs_pb2.Tune:
         return await self.tunes.GetTune(
             jobs_pb2.GetTuneRequest(tune_id=tune_id),

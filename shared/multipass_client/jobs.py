@@ -85,6 +85,12 @@ class JobsClient:
         """Delete an uploaded image now (jobs and tunes that used it keep their own copies)."""
         self._stub.DeleteUpload(jobs_pb2.DeleteUploadRequest(image_id=image_id), timeout=self._timeout)
 
+    def callback_key(self) -> str:
+        """The key this tenant's callbacks are signed with (X-Multipass-Signature), to check them."""
+        return self._stub.GetCallbackKey(
+            jobs_pb2.GetCallbackKeyRequest(), timeout=self._timeout
+        ).callback_signing_key
+
     def discard_uploads(self, image_ids: Iterable[str]) -> None:
         """Delete the uploads a command made for one request, once that request has its copies; one
         already gone is fine."""

@@ -87,7 +87,8 @@ def test_the_finished_job_is_posted_signed_and_a_failure_is_retried(stack, clien
     assert job.callback_outcome.startswith("delivered")
     assert job.callback_attempts == 2
     assert len(receiver.deliveries) == 2
-    key = stack.callback_key
+    key = client.jobs.callback_key()  # the tenant's own key, not the deployment's secret
+    assert key != stack.callback_key
     for delivery in receiver.deliveries:
         assert delivery.path == "/hooks/multipass"
         assert delivery.headers["content-type"].startswith("application/json")

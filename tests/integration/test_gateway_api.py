@@ -34,6 +34,7 @@ from grpc_probes import check_streaming_probes
 from grpc_status import rpc_status
 from PIL import Image
 
+from multipass.callback_signing import tenant_key
 from multipass.grpc.errors import field_violations, reason_of
 from multipass.names import BUCKET_JOBS
 from multipass.store import PublicEndpoint
@@ -553,8 +554,21 @@ async def test_signed_callback_is_retried_until_delivered(stack):
         assert other.callback_outcome == "failed after 3 attempts: HTTP 503" and other.callback_attempts == 3
         assert len(receiver.received) == 2 and len(failing.received) == 3
         headers, body = receiver.received[-1]
-        assert callbacks.verify(headers["x-multipass-signature"], body, SIGNING_KEY)
-        assert not callbacks.verify(headers["x-multipass-signature"], body, "another key")
+        # Signed with the tenant's own key (GetCallbackKey gives it), never the deployment's secret, so
+        # one tenant's key neither checks nor forges another's callbacks.
+        mine = await stack.jobs.GetCallbackKey(
+            jobs_pb2.GetCallbackKeyRequest(), metadata=bearer(tenant.api_key)
+        )
+        assert mine.callback_signing_key == tenant_key(SIGNING_KEY, tenant.tenant)
+        assert headers["x-multipass-tenant"] == tenant.tenant
+        assert callbacks.verify(headers["x-multipass-signature"], body, mine.callback_signing_key)
+        assert not callbacks.verify(headers["x-multipass-signature"], body, SIGNING_KEY)
+        someone = await stack.tenant("someone-else")
+        theirs = await stack.jobs.GetCallbackKey(
+            jobs_pb2.GetCallbackKeyRequest(), metadata=bearer(someone.api_key)
+        )
+        assert theirs.callback_signing_key != mine.callback_signing_key
+        assert not callbacks.verify(headers["x-multipass-signature"], body, theirs.callback_signing_key)
         payload = json.loads(body)
         assert payload["job_id"] == ok.job_id and payload["state"] == "JOB_STATE_SUCCEEDED"
         assert payload["images"][0]["url"].startswith("http")

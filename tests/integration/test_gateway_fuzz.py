@@ -235,6 +235,13 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
         request = jobs_pb2.DeleteUploadRequest(image_id=image_id)
         recorder.call("DeleteUpload", jobs.DeleteUpload, request, metadata=auth(key))
 
+    @FUZZ
+    @given(key=keys)
+    def callback_key(key):
+        recorder.call(
+            "GetCallbackKey", jobs.GetCallbackKey, jobs_pb2.GetCallbackKeyRequest(), metadata=auth(key)
+        )
+
     metadata = st.builds(
         jobs_pb2.TuneMetadata,
         name=st.text(max_size=40),
@@ -300,7 +307,17 @@ def fuzz_fields(address: str, api_key: str, known: dict[str, list[str]], recorde
             )
 
     try:
-        for run in (submit, by_job, listing, by_tune, upload, delete_upload, register, administration):
+        for run in (
+            submit,
+            by_job,
+            listing,
+            by_tune,
+            upload,
+            delete_upload,
+            callback_key,
+            register,
+            administration,
+        ):
             run()
     finally:
         channel.close()
@@ -316,6 +333,7 @@ METHODS = {
     "/multipass.v1.Jobs/ListJobs": "unary_unary",
     "/multipass.v1.Jobs/UploadImage": "stream_unary",
     "/multipass.v1.Jobs/DeleteUpload": "unary_unary",
+    "/multipass.v1.Jobs/GetCallbackKey": "unary_unary",
     "/multipass.v1.Tunes/RegisterTune": "stream_unary",
     "/multipass.v1.Tunes/GetTune": "unary_unary",
     "/multipass.v1.Tunes/ListTunes": "unary_unary",
@@ -383,7 +401,7 @@ async def test_every_public_rpc_answers_fuzz_with_client_errors_and_stays_health
     await asyncio.to_thread(fuzz_wire, stack.gateway.address, tenant.api_key, recorder)
 
     by_rpc = Counter(rpc for rpc, _ in recorder.codes.elements())
-    assert len(by_rpc) == 40, sorted(by_rpc)  # 20 rpcs through stubs, the same 20 raw
+    assert len(by_rpc) == 42, sorted(by_rpc)  # 21 rpcs through stubs, the same 21 raw
     assert recorder.codes[("SubmitJob (raw)", "INVALID_ARGUMENT")] > 0
     assert recorder.codes[("SubmitJob", "INVALID_ARGUMENT")] > 0
     # Healthy afterwards, and still doing real work for both tenants.
@@ -421,6 +439,7 @@ RPCS = {
     "ListJobs": ("multipass.v1.Jobs", jobs_pb2.ListJobsRequest, "unary_unary"),
     "UploadImage": ("multipass.v1.Jobs", jobs_pb2.UploadImageRequest, "stream_unary"),
     "DeleteUpload": ("multipass.v1.Jobs", jobs_pb2.DeleteUploadRequest, "unary_unary"),
+    "GetCallbackKey": ("multipass.v1.Jobs", jobs_pb2.GetCallbackKeyRequest, "unary_unary"),
     "RegisterTune": ("multipass.v1.Tunes", jobs_pb2.RegisterTuneRequest, "stream_unary"),
     "GetTune": ("multipass.v1.Tunes", jobs_pb2.GetTuneRequest, "unary_unary"),
     "ListTunes": ("multipass.v1.Tunes", jobs_pb2.ListTunesRequest, "unary_unary"),
@@ -494,6 +513,7 @@ def seeds(known: Known) -> dict[str, list]:
             [jobs_pb2.UploadImageRequest(filename="a.png"), jobs_pb2.UploadImageRequest(chunk=png_bytes())]
         ],
         "DeleteUpload": [jobs_pb2.DeleteUploadRequest(image_id="0" * 24)],
+        "GetCallbackKey": [jobs_pb2.GetCallbackKeyRequest()],
         "RegisterTune": [
             [
                 jobs_pb2.RegisterTuneRequest(
@@ -544,6 +564,7 @@ def odd_requests(known: Known) -> dict[str, list]:
         ],
         "CancelJob": [jobs_pb2.CancelJobRequest(job_id=known.job_id), jobs_pb2.CancelJobRequest()],
         "DeleteJob": [jobs_pb2.DeleteJobRequest(), jobs_pb2.DeleteJobRequest(job_id="x" * 300)],
+        "GetCallbackKey": [jobs_pb2.GetCallbackKeyRequest()],
         "DeleteUpload": [
             jobs_pb2.DeleteUploadRequest(),
             jobs_pb2.DeleteUploadRequest(image_id="../" * 10),

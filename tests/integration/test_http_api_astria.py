@@ -28,10 +28,11 @@ from gateway_support import (  # noqa: F401 - fixtures
 from http_api_support import HttpApi, start_http_api
 from PIL import Image
 
+from multipass.callback_signing import tenant_key
 from multipass.names import BUCKET_JOBS, BUCKET_TUNES
 from multipass.v1 import jobs_pb2
 from multipass_gateway.settings import FetchAllowList
-from multipass_http_api.astria.callbacks import CallbackSettings, verify
+from multipass_http_api.astria.callbacks import RELAY_PATH, CallbackSettings, sign, verify
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 #: Small, so that an upload a few times larger stays within what the service reads before its 413.
@@ -339,7 +340,12 @@ async def test_unmodified_client_and_signed_retried_callback(astria_api):
     finally:
         receiver.close()
     headers, body = receiver.requests[-1]
-    assert verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
+    # The tenant's own key (GET /v1/callback-key), not the deployment's secret.
+    async with astria_api.client() as client:
+        key = (await client.get("/v1/callback-key")).json()["callback_signing_key"]
+    assert key == tenant_key(SIGNING_KEY, astria_api.tenant)
+    assert verify(headers["X-Multipass-Signature"], body, key)
+    assert not verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
     prompt = json.loads(body)["prompt"]
     assert prompt["id"] == created["id"] and prompt["images"] and prompt["callback"] == receiver.url
     assert headers["X-Multipass-Attempt"] == "2"
@@ -355,6 +361,29 @@ async def test_callback_to_an_internal_address_is_refused(astria_api):
         )
     assert response.status_code == 422
     assert "a private address; refused" in response.json()["errors"]["prompt[callback]"][0]
+
+
+async def test_the_relay_takes_only_callbacks_signed_with_the_key_of_the_tenant_they_name(astria_api):
+    """A callback relabelled with another tenant, signed with the deployment's secret or unsigned is 401:
+    the relay derives the key from X-Multipass-Tenant, so no tenant can sign for another."""
+    body = b'{"job_id": "0123456789abcdef01234567"}'
+    now = int(time.time())
+    mine = tenant_key(SIGNING_KEY, astria_api.tenant)
+    cases = {
+        "relabelled": {"X-Multipass-Tenant": "t" + "0" * 16, "X-Multipass-Signature": sign(body, mine, now)},
+        "the secret": {
+            "X-Multipass-Tenant": astria_api.tenant,
+            "X-Multipass-Signature": sign(body, SIGNING_KEY, now),
+        },
+        "no tenant": {"X-Multipass-Signature": sign(body, mine, now)},
+    }
+    async with astria_api.client("") as client:
+        for case, headers in cases.items():
+            refused = await client.post(RELAY_PATH, content=body, headers=headers)
+            assert refused.status_code == 401, (case, refused.text)
+        # Its own key passes the check (then the body is no prompt callback: 422, not 401).
+        headers = {"X-Multipass-Tenant": astria_api.tenant, "X-Multipass-Signature": sign(body, mine, now)}
+        assert (await client.post(RELAY_PATH, content=body, headers=headers)).status_code == 422
 
 
 async def test_tunes_register_prompt_with_own_tune_and_delete(astria_api):
@@ -633,7 +662,8 @@ async def test_tune_callback_is_posted_once_the_tune_is_registered(astria_api):
         receiver.close()
     (headers, body), *more = receiver.requests
     assert not more
-    assert verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
+    assert verify(headers["X-Multipass-Signature"], body, tenant_key(SIGNING_KEY, astria_api.tenant))
+    assert not verify(headers["X-Multipass-Signature"], body, SIGNING_KEY)
     assert headers["X-Multipass-Tune-Id"] == str(created.json()["id"])
     tune = json.loads(body)["tune"]
     assert tune["id"] == created.json()["id"] and tune["trained_at"] and tune["callback"] == receiver.url

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from multipass import names
 from multipass.bus import Bus
-from multipass.errors import InvalidInput, MultipassError, Reason, Violation
+from multipass.callback_signing import tenant_key
+from multipass.errors import FailedPrecondition, InvalidInput, MultipassError, Reason, Violation
 from multipass.images import decode_image
 from multipass.store import ObjectStore
 from multipass.v1 import jobs_pb2, jobs_pb2_grpc
@@ -233,3 +234,15 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         tenant = await authenticate(self.tenants, context)
         await self.uploads.delete(tenant, request.image_id)
         return jobs_pb2.DeleteUploadResponse()
+
+    async def GetCallbackKey(
+        self, request: jobs_pb2.GetCallbackKeyRequest, context
+    ) -> jobs_pb2.GetCallbackKeyResponse:
+        tenant = await authenticate(self.tenants, context)
+        key = tenant_key(self.settings.callbacks.signing_key, tenant)
+        if not key:
+            raise FailedPrecondition(
+                "callbacks are disabled on this gateway (MULTIPASS_CALLBACK_SIGNING_KEY is not set)",
+                reason=Reason.CALLBACKS_DISABLED,
+            )
+        return jobs_pb2.GetCallbackKeyResponse(callback_signing_key=key)

@@ -2,14 +2,13 @@
 
 Delivery is at least once, claimed on the job record so one replica delivers at a time; the URL is
 checked against the address policy on every attempt. The signature and the delivery rules:
-docs/CONTRACTS.md ("Callbacks"); receivers can check a signature with :func:`verify`.
+docs/CONTRACTS.md ("Callbacks"). Each tenant's callbacks are signed with its own key
+(:func:`multipass.callback_signing.tenant_key`); receivers check them with :func:`verify`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,8 @@ from datetime import datetime, timedelta
 
 from google.protobuf import json_format
 
+from multipass.callback_signing import SIGNATURE_HEADER, TENANT_HEADER, sign, tenant_key
+from multipass.callback_signing import verify as verify  # re-exported: the receivers' check
 from multipass.v1 import events_pb2, jobs_pb2
 from multipass_gateway.infra import metrics
 from multipass_gateway.infra.fetch import FetchError, SafeHttp
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 #: The public Job (with URLs) of a record, as a callback carries it.
 JobLoader = Callable[[events_pb2.JobRecord], Awaitable[jobs_pb2.Job]]
 
-SIGNATURE_HEADER = "X-Multipass-Signature"
 #: Statuses after which another attempt may succeed.
 _RETRY_STATUSES = frozenset({408, 425, 429})
 
@@ -37,29 +37,6 @@ def job_json(job: jobs_pb2.Job) -> bytes:
     return json_format.MessageToJson(
         job, preserving_proto_field_name=True, indent=None, sort_keys=True
     ).encode("utf-8")
-
-
-def sign(body: bytes, key: str, timestamp: int) -> str:
-    """``t=<timestamp>,v1=<hex>`` with v1 = HMAC-SHA256(key, "<timestamp>.<body>")."""
-    digest = hmac.new(key.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify(header: str, body: bytes, key: str, *, now: float | None = None, tolerance: float = 300.0) -> bool:
-    """True when ``header`` is a valid signature of ``body`` under ``key``, made within ``tolerance`` s."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        fields.setdefault(name, []).append(value)
-    try:
-        timestamp = int(fields.get("t", [""])[0])
-    except ValueError:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        return False
-    expected = sign(body, key, timestamp).split("v1=", 1)[1]
-    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
 
 
 def backoff_delays(attempts: int, base: float) -> list[float]:
@@ -109,6 +86,7 @@ class CallbackSender:
         job = await self._load_job(record)
         body = job_json(job)
         url = record.job.callback_url
+        key = tenant_key(self._settings.signing_key, tenant)
         delays = backoff_delays(self._settings.max_attempts, self._settings.backoff_seconds)
         outcome = ""
         attempt = 0
@@ -116,7 +94,8 @@ class CallbackSender:
             timestamp = int(time.time())
             headers = {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(body, self._settings.signing_key, timestamp),
+                SIGNATURE_HEADER: sign(body, key, timestamp),
+                TENANT_HEADER: tenant,
                 "X-Multipass-Job-Id": job_id,
                 "X-Multipass-Attempt": str(attempt),
             }

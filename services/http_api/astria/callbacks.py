@@ -21,8 +21,6 @@ connects by name and the certificate check binds the connection to that name.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -33,12 +31,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from multipass.callback_signing import SIGNATURE_HEADER, TENANT_HEADER, tenant_key
+from multipass.callback_signing import sign as sign  # re-exported
+from multipass.callback_signing import verify as verify  # re-exported: the relay's check
 from multipass.errors import ConfigError, InvalidInput, Violation
 from multipass.ssrf import AddressPolicy, Refused, parse_url
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Multipass-Signature"
 #: Path of the relay endpoint the gateway POSTs finished jobs to.
 RELAY_PATH = "/astria/callbacks/prompt"
 _RETRY_STATUSES = frozenset({408, 425, 429})
@@ -69,26 +69,12 @@ class CallbackSettings:
         )
 
 
-def sign(body: bytes, key: str, timestamp: int) -> str:
-    """``t=<timestamp>,v1=<hex>`` with v1 = HMAC-SHA256(key, "<timestamp>.<body>") (the gateway's scheme)."""
-    digest = hmac.new(key.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify(header: str, body: bytes, key: str, *, tolerance: float = 300.0) -> bool:
-    """True when ``header`` signs ``body`` under ``key`` and was made within ``tolerance`` seconds."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        fields.setdefault(name, []).append(value)
-    try:
-        timestamp = int(fields.get("t", [""])[0])
-    except ValueError:
-        return False
-    if not key or abs(time.time() - timestamp) > tolerance:
-        return False
-    expected = sign(body, key, timestamp).split("v1=", 1)[1]
-    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+def relayed_tenant_key(settings: CallbackSettings, headers, body: bytes) -> tuple[str, str] | None:
+    """(tenant, its callback key) of a callback the gateway relays here, when its signature is valid under
+    that tenant's key; None otherwise (no secret here, no tenant named, or a bad or relabelled signature)."""
+    tenant = headers.get(TENANT_HEADER, "")
+    key = tenant_key(settings.signing_key, tenant) if tenant else ""
+    return (tenant, key) if key and verify(headers.get(SIGNATURE_HEADER, ""), body, key) else None
 
 
 def relay_url(base: str, target: str) -> str:
@@ -171,12 +157,13 @@ async def deliver(
     target: str,
     settings: CallbackSettings,
     *,
+    key: str,
     job_id: str = "",
     tune_id: str = "",
     attempt: str = "",
 ) -> Delivery:
-    """POST ``{"prompt": entity}`` (or ``{"tune": entity}`` with ``tune_id``) to ``target``, signed; never
-    raises for the caller's server's faults."""
+    """POST ``{"prompt": entity}`` (or ``{"tune": entity}`` with ``tune_id``) to ``target``, signed with the
+    tenant's callback key ``key``; never raises for the caller's server's faults."""
     kind = "tune" if tune_id else "prompt"
     try:
         checked = await check_target(target, settings)
@@ -186,7 +173,7 @@ async def deliver(
     headers = {
         "Content-Type": "application/json",
         "Host": checked.host_header,
-        SIGNATURE_HEADER: sign(body, settings.signing_key, int(time.time())),
+        SIGNATURE_HEADER: sign(body, key, int(time.time())),
         "User-Agent": "multipass-http-api",
     }
     if tune_id:

@@ -384,10 +384,10 @@ async def relay_prompt_callback(request: Request, settings: Settings, base_url: 
     """The gateway's signed job callback in, Astria's ``{"prompt": {...}}`` callback out."""
     config = settings.astria_callbacks
     body = await request.body()
-    if not config.signing_key or not callbacks.verify(
-        request.headers.get(callbacks.SIGNATURE_HEADER, ""), body, config.signing_key
-    ):
-        raise HttpError(401, "missing or bad X-Multipass-Signature")
+    relayed = callbacks.relayed_tenant_key(config, request.headers, body)
+    if relayed is None:
+        raise HttpError(401, "missing or bad X-Multipass-Signature for the X-Multipass-Tenant named")
+    _tenant, key = relayed
     job = jobs_pb2.Job()
     try:
         json_format.Parse(body, job, ignore_unknown_fields=True)
@@ -400,6 +400,7 @@ async def relay_prompt_callback(request: Request, settings: Settings, base_url: 
         _object(job, base_url),
         target,
         config,
+        key=key,
         job_id=job.job_id,
         attempt=request.headers.get("X-Multipass-Attempt", ""),
     )

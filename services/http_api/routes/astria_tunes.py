@@ -116,12 +116,14 @@ async def create_tune(
     if form.prompts:
         answer["prompts"] = prompts
     if form.callback:
-        # Astria POSTs the tune when its training ends; these weights are ready now: after this answer.
+        # Astria POSTs the tune when its training ends; these weights are ready now: after this answer,
+        # signed with the caller's tenant's key.
         background.add_task(
             callbacks.deliver,
             tune_object(tune, base_url=base_url, callback=form.callback),
             form.callback,
             settings.astria_callbacks,
+            key=await call(gateway.callback_key(authorization)),
             tune_id=tune.tune_id,
         )
     return answer

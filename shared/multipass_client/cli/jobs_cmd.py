@@ -90,6 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_connection_args(delete)
     delete.set_defaults(run=run_delete)
 
+    key = subparsers.add_parser(
+        "callback-key",
+        help="print the key your callbacks are signed with",
+        description="Print the key your tenant's job callbacks are signed with (X-Multipass-Signature: "
+        "t=<unix seconds>,v1=HMAC-SHA256(key, '<t>.<body>') in hex), to check them.",
+    )
+    add_connection_args(key)
+    key.set_defaults(run=run_callback_key)
+
     listing = subparsers.add_parser("list", help="list your jobs, newest first")
     listing.add_argument(
         "--state",
@@ -287,6 +296,13 @@ def run_list(args: argparse.Namespace) -> int:
         created = job.created_at.ToJsonString()[:19] if job.HasField("created_at") else "-"
         prompt = " ".join(job.prompt.split())[:60]
         print(f"{job.job_id}  {state_name(job.state):<10} {job.progress * 100:4.0f}%  {created}  {prompt}")
+    return 0
+
+
+@reports_rpc_errors
+def run_callback_key(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
+        print(client.jobs.callback_key())
     return 0
 
 
