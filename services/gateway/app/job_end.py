@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime
 
 from multipass.bus import KvBucket
@@ -30,6 +31,11 @@ CALLBACK_MARKERS = "callback.>"
 
 def callback_key(tenant: str, job_id: str) -> str:
     return f"callback.{tenant}.{job_id}"
+
+
+def pass_kind(pass_name: str) -> str:
+    """``person-1`` -> ``person``: a pass's kind, one label value per kind, never per person."""
+    return re.sub(r"-\d+$", "", pass_name)
 
 
 class JobEnd:
@@ -66,6 +72,11 @@ class JobEnd:
         state = jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
         if count:
             metrics.JOBS_FINISHED.labels(state=state).inc()
+            if job.state == jobs_pb2.JOB_STATE_FAILED:
+                metrics.JOBS_FAILED.labels(
+                    code=common_pb2.ErrorCode.Name(job.error.code).removeprefix("ERROR_CODE_").lower(),
+                    pass_kind=pass_kind(job.error.pass_name),
+                ).inc()
             self.usage.finished(record)
             if job.HasField("finished_at"):
                 duration = (job.finished_at.ToDatetime() - job.created_at.ToDatetime()).total_seconds()

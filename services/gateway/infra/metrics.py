@@ -10,6 +10,11 @@ JOBS_SUBMITTED = Counter("multipass_jobs_submitted_total", "Jobs accepted by Sub
 JOBS_FINISHED = Counter(
     "multipass_jobs_finished_total", "Jobs that reached a terminal state, by state.", ["state"]
 )
+JOBS_FAILED = Counter(
+    "multipass_jobs_failed_total",
+    "Jobs that ended FAILED, by the error's code and the kind of the pass that failed ('' when none did).",
+    ["code", "pass_kind"],
+)
 JOB_DURATION = Histogram(
     "multipass_job_duration_seconds", "Seconds from submit to the terminal state.", buckets=LONG_BUCKETS
 )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 
+from prometheus_client import REGISTRY
+
 from multipass.logs import JsonFormatter
 from multipass.v1 import common_pb2, events_pb2, jobs_pb2
 from multipass_gateway.app.job_end import JobEnd
@@ -72,3 +74,20 @@ async def test_the_job_finished_line_names_tenant_code_and_pass():
     assert line["error_code"] == "FAILED_PRECONDITION"
     assert line["failed_pass"] == "person-0"
     assert "s3cret" not in json.dumps(line)
+
+
+async def test_a_failed_job_is_counted_by_its_error_code_and_the_kind_of_pass_that_failed():
+    """``multipass_jobs_failed_total{code, pass_kind}``: why jobs fail, with one series per pass kind."""
+    job_end = JobEnd(
+        jobs=None,
+        jobs_kv=None,
+        budget=Quiet(),
+        scheduler=Quiet(),
+        http=None,
+        settings=GatewaySettings(),
+        public_view=None,
+    )
+    labels = {"code": "failed_precondition", "pass_kind": "person"}
+    before = REGISTRY.get_sample_value("multipass_jobs_failed_total", labels) or 0.0
+    await job_end.finished(failed_job("t" + "5" * 16))
+    assert REGISTRY.get_sample_value("multipass_jobs_failed_total", labels) == before + 1
