@@ -63,6 +63,20 @@ RUN_AHEAD = Counter(
 )
 
 
+PASS_REDELIVERIES = Counter(
+    "multipass_pass_redeliveries_total",
+    "Pass requests taken again by a worker (delivery 2 and later): a nak'ed retry, or a pass whose worker "
+    "died or stalled past the ack wait, by kind.",
+    ["pass_kind"],
+)
+
+
+def count_delivery(kind: str, num_delivered: int) -> None:
+    """Count a delivery of a pass request that is not its first."""
+    if num_delivered > 1:
+        PASS_REDELIVERIES.labels(pass_kind=kind or "unknown").inc()
+
+
 def count_failed_pass(kind: str, *, cancelled: bool, retried: bool) -> None:
     """Count a pass a worker gave up on: cancelled, retried (nak'ed for another delivery) or failed."""
     outcome = "cancelled" if cancelled else "retried" if retried else "failed"

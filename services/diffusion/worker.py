@@ -137,6 +137,7 @@ class DiffusionWorker:
 
     async def handle(self, model: str, delivery: Delivery) -> Decision:
         request = delivery.parse(diffusion_pb2.PassRequest)
+        metrics.count_delivery(request.spec.kind, delivery.num_delivered)
         if request.batch:
             return await self._handle_batch(model, request, delivery)
         with log_context(

@@ -121,3 +121,16 @@ async def test_a_pass_the_engine_refuses_counts_once(make_worker):
     # hires without an input image: refused by the pass's own validation, inside the engine
     assert isinstance(await worker.handle(SD15_MODEL, delivery(request(), 1)), Term)
     assert grew(before) == {"failed": 1}
+
+
+async def test_a_request_taken_again_counts_as_a_redelivery(make_worker):
+    """``multipass_pass_redeliveries_total``: deliveries after the first (a nak'ed retry, a dead worker's
+    pass), so passes run again show on the dashboard; a first delivery is not one."""
+    worker = make_worker(FailingStore(Unavailable("object store at 127.0.0.1:9 unreachable")))
+    redelivered = metrics.PASS_REDELIVERIES.labels(pass_kind="hires")
+    before = redelivered._value.get()
+    await worker.handle(SD15_MODEL, delivery(request(**with_input()), 1))
+    assert redelivered._value.get() == before
+    await worker.handle(SD15_MODEL, delivery(request(**with_input()), 2))
+    await worker.handle(SD15_MODEL, delivery(request(**with_input()), 3))
+    assert redelivered._value.get() == before + 2
