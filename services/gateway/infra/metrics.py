@@ -39,6 +39,8 @@ QUEUE_PENDING = Gauge(
 CALLBACKS = Counter(
     "multipass_callbacks_total", "Callback deliveries by outcome (delivered, retried, failed).", ["outcome"]
 )
+for _outcome in ("delivered", "retried", "failed"):  # exported at 0, so a first increase is a rate
+    CALLBACKS.labels(outcome=_outcome)
 PASSES_READY = Gauge(
     "multipass_gateway_passes_ready",
     "Pass requests waiting in the gateway's per-tenant ready queues for an in-flight slot.",

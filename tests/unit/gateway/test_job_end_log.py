@@ -91,3 +91,10 @@ async def test_a_failed_job_is_counted_by_its_error_code_and_the_kind_of_pass_th
     before = REGISTRY.get_sample_value("multipass_jobs_failed_total", labels) or 0.0
     await job_end.finished(failed_job("t" + "5" * 16))
     assert REGISTRY.get_sample_value("multipass_jobs_failed_total", labels) == before + 1
+
+
+def test_callback_outcomes_are_exported_before_the_first_callback():
+    """At 0 from the start, so the first failed callback is an increase Prometheus sees (a series that
+    appears at 1 has no rate)."""
+    for outcome in ("delivered", "retried", "failed"):
+        assert REGISTRY.get_sample_value("multipass_callbacks_total", {"outcome": outcome}) is not None
