@@ -75,8 +75,11 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self.settings = settings
 
     async def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context) -> jobs_pb2.SubmitJobResponse:
-        tenant = await authenticate(self.tenants, context)
-        return await self.submitter.submit(tenant, request)
+        key = await authenticate_key(self.tenants, context)
+        # A submit outlasting a revocation (a tenant's removal) stores nothing that outlives the removal.
+        return await self.submitter.submit(
+            key.tenant, request, still_authorised=lambda: self.tenants.require_live(key)
+        )
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context) -> jobs_pb2.Job:
         tenant = await authenticate(self.tenants, context)

@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -221,7 +221,16 @@ class Submitter:
             response.warnings[:] = list(record.job.warnings)
         return response
 
-    async def submit(self, tenant: str, request: jobs_pb2.SubmitJobRequest) -> jobs_pb2.SubmitJobResponse:
+    async def submit(
+        self,
+        tenant: str,
+        request: jobs_pb2.SubmitJobRequest,
+        *,
+        still_authorised: Callable[[], Awaitable[None]] | None = None,
+    ) -> jobs_pb2.SubmitJobResponse:
+        """Plan, store and queue the job. ``still_authorised`` raises when the caller's key was revoked
+        meanwhile; it runs once the record is stored, so a job either shows in the listing that a tenant's
+        removal makes after the revocation, or is discarded here (Unauthenticated)."""
         started = datetime.now(UTC)
         problems = check_request(request)
         if request.callback_url:
@@ -286,6 +295,8 @@ class Submitter:
             await self.budget.check(tenant, cost, own_limit)
             record_written = True
             await self._store(record, cost)
+            if still_authorised is not None:
+                await still_authorised()
         except BaseException:
             await self.cleanup.discard(tenant, job_id, record=record_written)
             raise

@@ -6,8 +6,9 @@ the revocation note arrives or, at worst, when their authentication cache expire
 (``MULTIPASS_GATEWAY_AUTH_CACHE_SECONDS``). Every job is then deleted through ``DeleteJob``'s path (a
 running one is cancelled first), every tune with its files, every upload. Once the cache time since the
 revocation has passed, the jobs and tunes are listed again, so one that another replica accepted just
-before it forgot the keys goes too; uploads and tune files still being received check their key again
-before they store anything. The keys are revoked once more just before the tenant's record goes, last: a removal that fails half-way leaves
+before it forgot the keys goes too; a job submitted meanwhile is checked against its key again once its
+record is stored (and discarded when the key is gone), and uploads and tune files still being received
+check their key again before they store anything. The keys are revoked once more just before the tenant's record goes, last: a removal that fails half-way leaves
 the tenant in place (without keys), and is repeated by calling again.
 """
 
