@@ -99,3 +99,28 @@ async def test_a_submit_under_way_on_one_replica_leaves_nothing_of_a_tenant_remo
     finally:
         image.close()
         await second.stop(grace=1.0)
+
+
+async def test_limits_set_on_one_replica_hold_on_the_other_at_once(stack):
+    # A long cache: only the replicas' note can make the other replica read the new limits this soon.
+    await stack.start_gateway(auth_cache_seconds=30.0)
+    second = await serve_gateway(stack.settings(auth_cache_seconds=30.0))
+    try:
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            tenant = await stack.tenant("acme")
+            there = jobs_pb2_grpc.JobsStub(channel)
+            stack.worker.gate.clear()  # the job stays pending
+            one = jobs_pb2.SubmitJobRequest(prompt="a cat", params={"steps": "1", "w": "256", "h": "256"})
+            await there.SubmitJob(one, metadata=bearer(tenant.api_key))  # B has read the tenant's limits
+            await stack.admin.SetTenantLimits(
+                admin_pb2.SetTenantLimitsRequest(
+                    tenant=tenant.tenant, limits=admin_pb2.TenantLimits(max_pending_passes=1)
+                ),
+                metadata=ADMIN,
+            )
+            await asyncio.sleep(0.2)  # the note travels
+            error = await rpc_error(there.SubmitJob(one, metadata=bearer(tenant.api_key)))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            stack.worker.gate.set()
+    finally:
+        await second.stop(grace=1.0)

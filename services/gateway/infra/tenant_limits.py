@@ -48,8 +48,9 @@ def to_record(limits: TenantLimits) -> dict:
 
 class TenantLimitsCache:
     """Tenants' limits as read from ``multipass-tenants``, each trusted for ``ttl`` seconds (0: read every
-    time); a replica that sets limits uses them at once, the others within ``ttl``. The pass scheduler
-    peeks at the last read without I/O where it cannot wait."""
+        time); a replica that sets limits uses them at once, the others when its note arrives (they forget
+    their read) or, should it be lost, within ``ttl``. The pass scheduler
+        peeks at the last read without I/O where it cannot wait."""
 
     def __init__(self, kv: KvBucket, ttl: float, *, clock=time.monotonic):
         self._kv = kv

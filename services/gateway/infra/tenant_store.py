@@ -201,6 +201,8 @@ class TenantStore:
         if value is None:
             await self.require(tenant)  # removed meanwhile: NotFound
         self.limits.remember(tenant, tenant_limits.from_record(json.loads(value)))
+        if self._notes is not None:  # the other replicas read the new limits on their next check
+            self._notes.written(f"tenant.{tenant}")
         live = sum(1 for key in await self._keys() if key.tenant == tenant and not key.revoked)
         return _summary(json.loads(value), live)
 
@@ -304,9 +306,12 @@ class TenantStore:
         self.streams.revoked(digest)
 
     def _on_note(self, op: str, key: str, _value: str) -> None:
-        """Another replica revoked a key: stop trusting it and end its streams here too."""
+        """Another replica revoked a key (stop trusting it and end its streams here too) or changed a
+        tenant's limits (read them again at the next check)."""
         if op == "-" and key.startswith(_LOOKUP_PREFIX):
             self._forget(key.removeprefix(_LOOKUP_PREFIX))
+        elif op == "+" and key.startswith("tenant."):
+            self.limits.forget(key.removeprefix("tenant."))
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke at once; False when it was already revoked. NotFound for an unknown key id."""
