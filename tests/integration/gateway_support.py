@@ -350,15 +350,20 @@ async def stack_fixture(
 
 
 class ImageServer:
-    """Serves one image on loopback (a job's input image, a tune's reference face)."""
+    """Serves one image on loopback (a job's input image, a tune's reference face). ``held``: each answer
+    waits until :attr:`release` is set (a fetch that takes long), at the latest on close."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, *, held: bool = False):
         owner = self
         self.hits = 0
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 owner.hits += 1
+                owner.release.wait(20)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
                 self.send_header("Content-Length", str(len(data)))
@@ -378,5 +383,6 @@ class ImageServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}/photo.png"
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
 from gateway_support import (  # noqa: F401 - fixtures
     ADMIN_TOKEN,
+    ImageServer,
     bearer,
     capabilities_fixture,
     rpc_error,
@@ -31,44 +30,10 @@ pytestmark = pytest.mark.timeout(60)
 ADMIN = [("x-multipass-admin-token", ADMIN_TOKEN)]
 
 
-class HeldImage:
-    """Serves one image on loopback, answering only once ``release`` is set (a submit that takes long)."""
-
-    def __init__(self):
-        buffer = io.BytesIO()
-        Image.new("RGB", (256, 256), (10, 20, 30)).save(buffer, format="PNG")
-        data, release = buffer.getvalue(), threading.Event()
-        self.release = release
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                release.wait(20)
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/photo.png"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 async def test_a_submit_under_way_on_one_replica_leaves_nothing_of_a_tenant_removed_on_another(stack):
-    image = HeldImage()
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (10, 20, 30)).save(buffer, format="PNG")
+    image = ImageServer(buffer.getvalue(), held=True)
     options = dict(
         auth_cache_seconds=0.5, fetch_allow=FetchAllowList(networks=(ipaddress.ip_network("127.0.0.1/32"),))
     )
