@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from multipass.bus import Delivery
 from multipass.v1 import diffusion_pb2
 from multipass_dev.tiny_models.diffusion import SD15_MODEL, SDXL_MODEL, TINY_WORKING_SIZE
 
@@ -57,3 +58,18 @@ def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Ima
     mask = Image.new("L", size, 0)
     mask.paste(255, box)
     return mask
+
+
+def pass_delivery(
+    request: diffusion_pb2.PassRequest, num_delivered: int, max_deliver: int = 5, msg_id: str = "J9:0:base:0"
+) -> Delivery:
+    """``request`` as a worker receives it: its ``num_delivered``-th delivery of ``max_deliver``."""
+    return Delivery(
+        data=request.SerializeToString(),
+        subject=f"multipass.pass.diffusion.{SD15_MODEL}",
+        headers={},
+        num_delivered=num_delivered,
+        msg_id=msg_id,
+        stream_sequence=1,
+        max_deliver=max_deliver,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from diffusion_testkit import SD15_MODEL, spec
+from diffusion_testkit import SD15_MODEL, pass_delivery, spec
 
 from multipass.bus import Delivery, Nak, Term
 from multipass.errors import Unavailable
@@ -27,15 +27,7 @@ class DownStore:
 
 
 def delivery(request: diffusion_pb2.PassRequest, num_delivered: int, max_deliver: int = 5) -> Delivery:
-    return Delivery(
-        data=request.SerializeToString(),
-        subject=f"multipass.pass.diffusion.{SD15_MODEL}",
-        headers={},
-        num_delivered=num_delivered,
-        msg_id="J9:0:base:0",
-        stream_sequence=1,
-        max_deliver=max_deliver,
-    )
+    return pass_delivery(request, num_delivered, max_deliver, msg_id="J9:0:base:0")
 
 
 @pytest.fixture

@@ -35,6 +35,19 @@ class Quiet:
         return None
 
 
+def quiet_job_end() -> JobEnd:
+    """A JobEnd with nothing behind it: no store, bucket, scheduler or budget work, no callbacks."""
+    return JobEnd(
+        jobs=None,
+        jobs_kv=None,
+        budget=Quiet(),
+        scheduler=Quiet(),
+        http=None,
+        settings=GatewaySettings(),
+        public_view=None,
+    )
+
+
 def failed_job(tenant: str) -> events_pb2.JobRecord:
     record = events_pb2.JobRecord(tenant=tenant)
     record.job.job_id = "01a2b3c4d5e6f7a8b9c0d1e2"
@@ -50,15 +63,7 @@ def failed_job(tenant: str) -> events_pb2.JobRecord:
 
 
 async def test_the_job_finished_line_names_tenant_code_and_pass():
-    job_end = JobEnd(
-        jobs=None,
-        jobs_kv=None,
-        budget=Quiet(),
-        scheduler=Quiet(),
-        http=None,
-        settings=GatewaySettings(),
-        public_view=None,
-    )
+    job_end = quiet_job_end()
     handler = Lines()
     logger = logging.getLogger("multipass_gateway.app.job_end")
     logger.addHandler(handler)
@@ -78,15 +83,7 @@ async def test_the_job_finished_line_names_tenant_code_and_pass():
 
 async def test_a_failed_job_is_counted_by_its_error_code_and_the_kind_of_pass_that_failed():
     """``multipass_jobs_failed_total{code, pass_kind}``: why jobs fail, with one series per pass kind."""
-    job_end = JobEnd(
-        jobs=None,
-        jobs_kv=None,
-        budget=Quiet(),
-        scheduler=Quiet(),
-        http=None,
-        settings=GatewaySettings(),
-        public_view=None,
-    )
+    job_end = quiet_job_end()
     labels = {"code": "failed_precondition", "pass_kind": "person"}
     before = REGISTRY.get_sample_value("multipass_jobs_failed_total", labels) or 0.0
     await job_end.finished(failed_job("t" + "5" * 16))
