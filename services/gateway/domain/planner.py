@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from multipass.v1 import common_pb2, diffusion_pb2, events_pb2, jobs_pb2, prompt_pb2, segmentation_pb2
+from multipass_gateway.domain import finishing_sizes
 from multipass_gateway.domain.requirements import (
     CAPABILITY_POSE,
     can_estimate_pose,
@@ -119,14 +120,6 @@ def reference_key(tune_id: str, index: int) -> str:
 def image_seed(seed: int, index: int) -> int:
     """Seed of output image ``index``: ``seed + index``, wrapped into 0..2^32-1."""
     return (seed + index) % 2**32
-
-
-def round8(value: float) -> int:
-    return max(8, int(round(value / 8.0)) * 8)
-
-
-def scaled(width: int, height: int, factor: float) -> tuple[int, int]:
-    return round8(width * factor), round8(height * factor)
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -363,7 +356,7 @@ def _hires(chain: _Chain) -> None:
     if not params.hires_fix:
         return
     spec = chain.base_spec("hires", parsed.base_loras)
-    chain.width, chain.height = scaled(chain.width, chain.height, config.hires_scale)
+    chain.width, chain.height = finishing_sizes.hires_size(chain.width, chain.height, config.hires_scale)
     spec.width, spec.height, spec.scale = chain.width, chain.height, config.hires_scale
     spec.denoising_strength = parsed.hires_denoising_strength
     if params.prompt_expansion:
@@ -424,7 +417,9 @@ def _face_swap(chain: _Chain) -> None:
 def _upscale(chain: _Chain) -> None:
     config = chain.config
     spec = chain.base_spec("upscale", [])
-    chain.width, chain.height = scaled(chain.width, chain.height, config.upscale_factor)
+    chain.width, chain.height = finishing_sizes.upscaled_size(
+        chain.width, chain.height, config.upscale_factor
+    )
     spec.width, spec.height, spec.scale, spec.tiled = (
         chain.width,
         chain.height,

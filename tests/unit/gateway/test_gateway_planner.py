@@ -567,3 +567,34 @@ def test_a_zero_hires_strength_plans_an_upscale_without_steps():
     hires = next(p for p in plan.passes if p.name == "hires")
     assert hires.spec.HasField("denoising_strength") and hires.spec.denoising_strength == 0.0
     assert hires.weight == 1  # the least progress weight: no step to count
+
+
+@pytest.mark.parametrize(("w", "h", "hires_scale"), [(2048, 1024, 4.0), (2048, 2048, 2.5), (1536, 1024, 3.0)])
+def test_finishing_sizes_past_the_workers_largest_side_are_planned_shrunk_as_the_worker_shrinks_them(
+    w, h, hires_scale
+):
+    """A scene at the size cap with hires and super resolution: hires and upscale are planned at the size
+    the worker makes (long side at most 4096, same aspect), so every pass's spec passes the worker's checks
+    instead of failing mid-job, and the planned sizes are the output sizes."""
+    from PIL import Image
+
+    from multipass_diffusion.passes.context import PassInputs
+    from multipass_diffusion.passes.hires import hires_size
+    from multipass_diffusion.passes.registry import HANDLERS
+    from multipass_diffusion.passes.upscale import target_size
+    from multipass_diffusion.passes.validation import MAX_SIDE
+
+    parsed = parsed_prompt(
+        1, w=w, h=h, hires_fix=True, inpaint_faces=True, super_resolution=True, film_grain=True
+    )
+    (plan,) = plan_of(parsed, cfg=config(hires_scale=hires_scale))
+    by_name = {p.name: p for p in plan.passes}
+    hires, faces, upscale = by_name["hires"].spec, by_name["faces"].spec, by_name["upscale"].spec
+    assert (hires.width, hires.height) == hires_size((w, h), hires_scale)
+    assert max(hires.width, hires.height) == MAX_SIDE
+    assert (faces.width, faces.height) == (hires.width, hires.height)
+    assert (upscale.width, upscale.height) == target_size((hires.width, hires.height), upscale.scale)[0]
+    assert (by_name["finish"].spec.width, by_name["finish"].spec.height) == (upscale.width, upscale.height)
+    image = PassInputs(image=Image.new("RGB", (8, 8)))
+    for name in ("base", "hires", "faces"):
+        HANDLERS[by_name[name].spec.kind].validate(by_name[name].spec, image)
