@@ -1,9 +1,9 @@
 """The ``face_swap`` pass: identity transfer from a tune's reference images with an inswapper-class model.
 
 The identity of a face is the mean normalised embedding of the reference images of its tune (the first
-of ``FaceTarget.loras``, or ``options["face_swap_tune"]`` for every face); reference images are face
-crops, of which the central square is used. A face whose tune has no reference images is left as it is,
-with a warning. A face with landmarks is swapped as inswapper was trained: on the crop that puts them
+of ``FaceTarget.loras`` that has reference images, e.g. the ``<faceid:ID:W>`` tune beside a LoRA without
+them, or ``options["face_swap_tune"]`` for every face); reference images are face crops, of which the
+central square is used. A face none of whose tunes has reference images is left as it is, with a warning. A face with landmarks is swapped as inswapper was trained: on the crop that puts them
 on the ArcFace template at the swapper's size (insightface's ``norm_crop``), warped back through the inverse
 transform and blended by the crop inset and feathered; a face without them on a square crop around its box,
 blended inside the feathered ellipse of the box. The model and its files:
@@ -47,6 +47,12 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def _no_references(tune_ids: list[str]) -> str:
+    if len(tune_ids) == 1:
+        return f"tune {tune_ids[0]} has no reference images"
+    return f"tunes {', '.join(tune_ids)} have no reference images"
+
+
 class FaceSwapPass(PassHandler):
     kind = "face_swap"
     code_version = FINISHING_VERSION
@@ -74,17 +80,18 @@ class FaceSwapPass(PassHandler):
         work = []
         for index, face in enumerate(spec.faces):
             box = face_box(face, size)
-            tune_id = spec.options.get("face_swap_tune") or (face.loras[0].tune_id if face.loras else "")
+            forced = spec.options.get("face_swap_tune")
+            tune_ids = [forced] if forced else list(dict.fromkeys(ref.tune_id for ref in face.loras))
             if box is None:
                 ctx.warn(f"face {index} lies outside the image: skipped")
-            elif not tune_id:
+            elif not tune_ids:
                 ctx.warn(f"face {index} belongs to no tune: face swap skipped for it")
             else:
-                references = face_tunes.reference_images(ctx, tune_id)
-                if references:
-                    work.append((index, box, face_landmarks(face), tune_id, references))
+                found = face_tunes.first_with_references(ctx, tune_ids)
+                if found is not None:
+                    work.append((index, box, face_landmarks(face), *found))
                 else:
-                    ctx.warn(f"tune {tune_id} has no reference images: face swap skipped for face {index}")
+                    ctx.warn(f"{_no_references(tune_ids)}: face swap skipped for face {index}")
         if not work:
             ctx.warn("no face to swap: the face_swap pass returned the image unchanged")
             return Image.fromarray(image)

@@ -86,6 +86,15 @@ def _identity(ctx: PassContext, loras) -> faceid.FaceIdRequest | None:
     return faceid.resolve(probe, ctx.inputs, ctx.runtime)
 
 
+def first_with_references(ctx: PassContext, tune_ids: list[str]) -> tuple[str, list[Path]] | None:
+    """The first of ``tune_ids`` that has reference images, with their local files; None when none has."""
+    for tune_id in tune_ids:
+        paths = reference_images(ctx, tune_id)
+        if paths:
+            return tune_id, paths
+    return None
+
+
 def reference_images(ctx: PassContext, tune_id: str) -> list[Path]:
     """Local files of ``tune_id``'s reference images, in index order (empty when the tune has none)."""
     paths = []

@@ -18,7 +18,7 @@ from multipass_diffusion.nets.components import fingerprint, installed_capabilit
 from multipass_diffusion.passes.context import PassContext, PassInputs
 
 #: Part of the cache key of the finishing passes: bump when a change of their code changes outputs.
-FINISHING_VERSION = "multipass-finishing-2"
+FINISHING_VERSION = "multipass-finishing-3"
 
 
 class PassHandler(ABC):

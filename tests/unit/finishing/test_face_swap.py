@@ -115,6 +115,27 @@ def test_a_tune_without_reference_images_is_skipped_with_a_warning(engine, tmp_p
     assert any("no face to swap" in w for w in alone.warnings)
 
 
+def test_a_face_takes_the_first_of_its_tunes_with_reference_images(engine, tmp_path):
+    """A person with a LoRA without references and a FaceID tune with them (``<lora:99:1> <faceid:55:1>``):
+    the face takes the FaceID tune's identity rather than being skipped for the LoRA's lack of references."""
+    files, paths = references(tmp_path, "55", seeds=[1])
+    image = scene(*SIZE)
+    loras = [
+        prompt_pb2.LoraRef(tune_id="99", weight=1.0, kind="lora"),
+        prompt_pb2.LoraRef(tune_id="55", weight=1.0, kind="faceid"),
+    ]
+    faces = [face(BOXES[0], "a person", loras=loras)]
+    output = engine.run(
+        spec("face_swap", faces=faces, tune_files=files), PassInputs(image=image, tune_paths=paths)
+    )
+    assert output.metadata["faces_swapped"] == "0:55"
+    assert not output.warnings, output.warnings
+    assert not np.array_equal(pixels(output.image), pixels(image))
+    lora_only = [face(BOXES[0], "a person", loras=loras[:1] + [prompt_pb2.LoraRef(tune_id="98", weight=1.0)])]
+    skipped = engine.run(spec("face_swap", faces=lora_only), PassInputs(image=image))
+    assert any("tunes 99, 98 have no reference images" in w for w in skipped.warnings), skipped.warnings
+
+
 def test_reference_images_that_were_not_fetched_fail(engine, tmp_path):
     files, _ = references(tmp_path, "55", seeds=[1])
     with pytest.raises(FailedPrecondition, match="reference image 55/reference-0"):
