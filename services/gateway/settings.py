@@ -14,6 +14,7 @@ from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.ssrf import Refused, UrlPrefix
 from multipass.store import PublicEndpoint
 from multipass_gateway.domain.base_batching import DEFAULT_MAX_BATCH
+from multipass_gateway.domain.finishing_sizes import MAX_OUTPUT_SIDE
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:50050"
 DEFAULT_METRICS_PORT = 9100
@@ -313,7 +314,7 @@ class GatewaySettings:
             ),
             parallel_persons=reader.bool("GATEWAY_PARALLEL_PERSONS", True),
             tenant_metrics=reader.bool("GATEWAY_TENANT_METRICS", True),
-            max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=8192),
+            max_side=reader.int("GATEWAY_MAX_SIDE", 2048, min=256, max=MAX_OUTPUT_SIDE),
             sweep_interval_seconds=reader.float("GATEWAY_SWEEP_INTERVAL_SECONDS", 30.0, min=0.1),
             queue_metrics_interval_seconds=reader.float(
                 "GATEWAY_QUEUE_METRICS_INTERVAL_SECONDS", 10.0, min=0.1

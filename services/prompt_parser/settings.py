@@ -11,8 +11,9 @@ from multipass.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from multipass.metrics import metrics_host_for
 from multipass_prompt_parser.language import MIN_SIZE, SIZE_STEP, Limits
 
-#: Largest size cap an operator may configure.
-MAX_SIZE_CAP = 8192
+#: Largest size cap an operator may configure: the longest side a diffusion worker makes (a larger w/h
+#: would be accepted here and refused by every pass of the job).
+MAX_SIZE_CAP = 4096
 
 
 @dataclass(frozen=True)

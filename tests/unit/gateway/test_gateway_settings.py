@@ -86,6 +86,14 @@ def test_bad_variables_are_named_together():
             GatewaySettings.from_env({"MULTIPASS_CALLBACK_TRUSTED_PREFIXES": too_broad})
 
 
+def test_the_scene_side_cap_stops_at_the_longest_side_a_worker_makes():
+    """An input image fitted under a larger MULTIPASS_GATEWAY_MAX_SIDE would be planned at a size every
+    diffusion pass refuses, failing the job mid-way instead of at start."""
+    assert GatewaySettings.from_env({"MULTIPASS_GATEWAY_MAX_SIDE": "4096"}).max_side == 4096
+    with pytest.raises(ConfigError, match="MULTIPASS_GATEWAY_MAX_SIDE"):
+        GatewaySettings.from_env({"MULTIPASS_GATEWAY_MAX_SIDE": "6144"})
+
+
 def test_trusted_callback_prefixes_are_parsed_urls():
     relay = "http://http-api:8080/astria/callbacks/prompt"
     (prefix,) = GatewaySettings.from_env(

@@ -59,6 +59,9 @@ def test_bad_values_are_named_together():
         ({"MULTIPASS_NATIVE_SIZE": "500"}, "MULTIPASS_NATIVE_SIZE"),
         ({"MULTIPASS_NATIVE_SIZE": "1024", "MULTIPASS_MAX_SIZE": "768"}, "MULTIPASS_NATIVE_SIZE"),
         ({"MULTIPASS_MAX_SIZE": "128"}, "MULTIPASS_MAX_SIZE"),
+        # Past the longest side a diffusion worker makes: such a w/h would be accepted, then fail mid-job.
+        ({"MULTIPASS_MAX_SIZE": "4104"}, "MULTIPASS_MAX_SIZE"),
+        ({"MULTIPASS_MAX_SIZE": "8192"}, "MULTIPASS_MAX_SIZE"),
     ],
 )
 def test_sizes_must_be_consistent(env, variable):
