@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
+from multipass_client.cli.tenant_ref import TenantNotResolved, resolve_tenant
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
+
+
+#: Every command that takes a tenant takes its id or its name.
+_TENANT_HELP = "the tenant's id (t and 16 hex digits) or its name, when no other tenant has that name"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,18 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(run=run_list)
 
     keys = actions.add_parser("keys", help="a tenant's API keys: ids, issue and revocation times")
-    keys.add_argument("tenant")
+    keys.add_argument("tenant", help=_TENANT_HELP)
     keys.add_argument("--json", action="store_true", help="one JSON array of ApiKeySummary objects")
     add_connection_args(keys, admin=True)
     keys.set_defaults(run=run_keys)
 
     add_key = actions.add_parser("add-key", help="issue another API key for a tenant (shown once)")
-    add_key.add_argument("tenant")
+    add_key.add_argument("tenant", help=_TENANT_HELP)
     add_connection_args(add_key, admin=True)
     add_key.set_defaults(run=run_add_key)
 
     limits = actions.add_parser("limits", help="set a tenant's own quotas (0 = the gateway's setting)")
-    limits.add_argument("tenant")
+    limits.add_argument("tenant", help=_TENANT_HELP)
     limits.add_argument("--max-pending-passes", type=int, help="planned passes of unfinished jobs")
     limits.add_argument("--max-uploads", type=int, help="uploads held at once")
     limits.add_argument(
@@ -58,10 +65,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete = actions.add_parser(
         "delete", help="remove a tenant with its keys, jobs, images, tunes and uploads (cannot be undone)"
     )
-    delete.add_argument("tenant")
+    delete.add_argument("tenant", help=_TENANT_HELP)
     delete.add_argument("--yes", action="store_true", help="confirm: without it nothing is removed")
     add_connection_args(delete, admin=True)
     delete.set_defaults(run=run_delete)
+
+
+def reports_unresolved_tenant(
+    run: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """Say on stderr which tenant argument named no tenant, or several, and exit with status 2."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except TenantNotResolved as error:
+            print(error, file=sys.stderr)
+            return 2
+
+    return wrapper
 
 
 @reports_rpc_errors
@@ -94,13 +117,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
+@reports_unresolved_tenant
 def run_limits(args: argparse.Namespace) -> int:
     """Set the limits given; the others keep their current values."""
     with client_from_args(args, admin=True) as client:
-        current = next((t.limits for t in client.admin.list_tenants() if t.tenant == args.tenant), None)
+        tenant = resolve_tenant(client.admin, args.tenant)
+        current = next((t.limits for t in client.admin.list_tenants() if t.tenant == tenant), None)
         given = {name: getattr(args, name) for name in _LIMITS}
         summary = client.admin.set_tenant_limits(
-            args.tenant,
+            tenant,
             **{
                 name: value if value is not None else (getattr(current, name) if current else 0)
                 for name, value in given.items()
@@ -124,9 +149,10 @@ def _limits_text(limits) -> str:
 
 
 @reports_rpc_errors
+@reports_unresolved_tenant
 def run_keys(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
-        keys = client.admin.list_keys(args.tenant)
+        keys = client.admin.list_keys(resolve_tenant(client.admin, args.tenant))
     if args.json:
         return _print_json(keys)
     if not keys:
@@ -138,9 +164,10 @@ def run_keys(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
+@reports_unresolved_tenant
 def run_add_key(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
-        return _show_issued(client.admin.create_key(args.tenant))
+        return _show_issued(client.admin.create_key(resolve_tenant(client.admin, args.tenant)))
 
 
 def _print_json(messages) -> int:
@@ -171,6 +198,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
+@reports_unresolved_tenant
 def run_delete(args: argparse.Namespace) -> int:
     if not args.yes:
         print(
@@ -179,9 +207,10 @@ def run_delete(args: argparse.Namespace) -> int:
         )
         return 2
     with client_from_args(args, admin=True) as client:
-        removed = client.admin.delete_tenant(args.tenant)
+        tenant = resolve_tenant(client.admin, args.tenant)
+        removed = client.admin.delete_tenant(tenant)
     print(
-        f"{args.tenant}: removed ({removed.keys_revoked} key(s) revoked, {removed.jobs_deleted} job(s), "
+        f"{tenant}: removed ({removed.keys_revoked} key(s) revoked, {removed.jobs_deleted} job(s), "
         f"{removed.tunes_deleted} tune(s), {removed.objects_deleted} stored object(s))"
     )
     return 0
