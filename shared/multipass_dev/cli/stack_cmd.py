@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up",
         help="start the local stack",
         description=(
-            "Start nats-server, an S3 endpoint (moto, unless MULTIPASS_S3_ENDPOINT is set) and the four services on "
-            "loopback, supervised (crashed processes are restarted with backoff); create a dev tenant. Tiny random "
+            "Start nats-server, an S3 endpoint (moto, unless MULTIPASS_S3_ENDPOINT is set) and the services "
+            "(prompt-parser, segmentation, diffusion, gateway, http-api: the HTTP API and web page) on loopback, supervised (crashed processes are restarted with backoff); create a dev tenant. Tiny random "
             f"models are built once under .multipass/models unless MULTIPASS_MODEL_DIR is set. State lives in "
             f".multipass/ (or ${HOME_ENV}/.multipass, or ${STACK_DIR_ENV})."
         ),

@@ -1,4 +1,4 @@
-"""The Multipass local stack: nats-server, an S3 endpoint and the four services, supervised, on loopback.
+"""The Multipass local stack: nats-server, an S3 endpoint and the five services, supervised, on loopback.
 
 :class:`LocalStack` reserves every port of the stack at once (each held until its process starts),
 builds the tiny models once (unless ``MULTIPASS_MODEL_DIR`` is set), starts the processes in dependency
