@@ -308,6 +308,13 @@ def test_cli_tenants_create_prints_only_the_key_on_stdout(api, capsys):
     assert "key id k1" in err
 
 
+def test_cli_callback_key_help_names_every_callback_the_key_signs(capsys):
+    with pytest.raises(SystemExit):
+        main(["callback-key", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "callback_url" in text and "prompt[callback]" in text and "tune[callback]" in text
+
+
 def test_cli_without_credentials_says_how_to_get_them(api, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MULTIPASS_STACK_DIR", str(tmp_path / "none"))
     monkeypatch.delenv("MULTIPASS_API_KEY", raising=False)

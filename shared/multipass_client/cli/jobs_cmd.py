@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     key = subparsers.add_parser(
         "callback-key",
         help="print the key your callbacks are signed with",
-        description="Print the key your tenant's job callbacks are signed with (X-Multipass-Signature: "
+        description="Print the key every callback to your tenant is signed with (a job's callback_url, and "
+        "the HTTP API's prompt[callback] and tune[callback]; X-Multipass-Signature: "
         "t=<unix seconds>,v1=HMAC-SHA256(key, '<t>.<body>') in hex), to check them.",
     )
     add_connection_args(key)
