@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from multipass_client.cli.options import add_connection_args, client_from_args, reports_rpc_errors
-from multipass_client.cli.tenant_ref import TenantNotResolved, resolve_tenant
+from multipass_client.cli.tenant_ref import resolve_tenant
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -71,22 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete.set_defaults(run=run_delete)
 
 
-def reports_unresolved_tenant(
-    run: Callable[[argparse.Namespace], int],
-) -> Callable[[argparse.Namespace], int]:
-    """Say on stderr which tenant argument named no tenant, or several, and exit with status 2."""
-
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except TenantNotResolved as error:
-            print(error, file=sys.stderr)
-            return 2
-
-    return wrapper
-
-
 @reports_rpc_errors
 def run_create(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
@@ -117,7 +99,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
-@reports_unresolved_tenant
 def run_limits(args: argparse.Namespace) -> int:
     """Set the limits given; the others keep their current values."""
     with client_from_args(args, admin=True) as client:
@@ -149,7 +130,6 @@ def _limits_text(limits) -> str:
 
 
 @reports_rpc_errors
-@reports_unresolved_tenant
 def run_keys(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
         keys = client.admin.list_keys(resolve_tenant(client.admin, args.tenant))
@@ -164,7 +144,6 @@ def run_keys(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
-@reports_unresolved_tenant
 def run_add_key(args: argparse.Namespace) -> int:
     with client_from_args(args, admin=True) as client:
         return _show_issued(client.admin.create_key(resolve_tenant(client.admin, args.tenant)))
@@ -198,7 +177,6 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 @reports_rpc_errors
-@reports_unresolved_tenant
 def run_delete(args: argparse.Namespace) -> int:
     if not args.yes:
         print(

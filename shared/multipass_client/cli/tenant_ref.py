@@ -6,14 +6,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from multipass_client.cli.options import UsageError
+
 if TYPE_CHECKING:
     from multipass_client.admin import AdminClient
 
 _TENANT_ID = re.compile(r"t[0-9a-f]{16}")
 
 
-class TenantNotResolved(Exception):
-    """No tenant has that id or name, or more than one has that name."""
+class TenantNotResolved(UsageError):
+    """No tenant has that id or name, or more than one has that name (the command exits 2 saying so)."""
 
 
 def resolve_tenant(admin: AdminClient, given: str) -> str:
